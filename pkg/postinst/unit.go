@@ -29,7 +29,8 @@ WorkingDirectory=/
 # '+' runs as root: restore the token, write %[2]s, install the capture rules.
 ExecStartPre=+%[1]s sidecar prepare
 EnvironmentFile=%[2]s
-ExecStart=/usr/local/bin/pilot-agent proxy sidecar
+# $ISTIO_AGENT_FLAGS splits into words, like istio-start.sh's flags array.
+ExecStart=/usr/local/bin/pilot-agent proxy $ISTIO_AGENT_FLAGS
 ExecStopPost=+%[1]s sidecar cleanup
 User=istio-proxy
 Group=istio-proxy

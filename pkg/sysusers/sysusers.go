@@ -106,6 +106,32 @@ func (db *DB) scan(file string, fields int, fn func([]string) bool) error {
 	return sc.Err()
 }
 
+// UserName returns the name of uid, or the number when it has none.
+func (db *DB) UserName(uid int) string {
+	name := strconv.Itoa(uid)
+	db.scan("/etc/passwd", 7, func(f []string) bool {
+		if f[2] == name {
+			name = f[0]
+			return true
+		}
+		return false
+	})
+	return name
+}
+
+// GroupName returns the name of gid, or the number when it has none.
+func (db *DB) GroupName(gid int) string {
+	name := strconv.Itoa(gid)
+	db.scan("/etc/group", 4, func(f []string) bool {
+		if f[2] == name {
+			name = f[0]
+			return true
+		}
+		return false
+	})
+	return name
+}
+
 // UserID resolves a user name, or a number, to a uid.
 func (db *DB) UserID(name string) (int, error) {
 	if n, err := strconv.Atoi(name); err == nil {

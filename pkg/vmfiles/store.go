@@ -39,6 +39,8 @@ type Stat struct {
 	Mode   uint32
 	UID    int
 	GID    int
+	// Owner and Group are names, or the numbers when no name exists.
+	Owner, Group string
 }
 
 // Outcome says what Put did.
@@ -316,6 +318,7 @@ func (s *Store) Stat(paths []string) ([]Stat, error) {
 		default:
 			st.Exists = true
 			st.Size, st.Mode, st.UID, st.GID = info.Size, fsroot.UnixMode(info.Mode), info.UID, info.GID
+			st.Owner, st.Group = s.users.UserName(info.UID), s.users.GroupName(info.GID)
 			if info.Mode.IsRegular() {
 				if st.SHA256, err = s.digest(p); err != nil {
 					return nil, err

@@ -1,0 +1,230 @@
+// Package agentclient is how hostctl talks to vmagent: one mutually
+// authenticated gRPC connection per VM, errors mapped back to agenterr
+// classes, and file delivery that skips files already in place.
+package agentclient
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+// ChunkSize is the size of file data messages; well under gRPC's 4 MiB limit.
+const ChunkSize = 1 << 20
+
+// Client is a connection to one agent.
+type Client struct {
+	addr string
+	conn *grpc.ClientConn
+	api  agentv1.AgentServiceClient
+}
+
+// Dial connects to the agent at addr (host:port) with tlsCfg, which must carry
+// the client certificate and pin the agent CA. The connection is lazy: the
+// first call reports an unreachable agent.
+func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: %w", addr, err)
+	}
+	return &Client{addr: addr, conn: conn, api: agentv1.NewAgentServiceClient(conn)}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// API exposes the raw service for calls this package does not wrap.
+func (c *Client) API() agentv1.AgentServiceClient { return c.api }
+
+// wrap maps a gRPC error back to its agenterr class and names the agent.
+func (c *Client) wrap(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	err = agenterr.FromGRPC(err)
+	if errors.Is(err, agenterr.Unavailable) {
+		return fmt.Errorf("agent at %s unreachable (%s): %w", c.addr, what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Version returns the agent's version and capabilities.
+func (c *Client) Version(ctx context.Context) (*agentv1.GetVersionResponse, error) {
+	r, err := c.api.GetVersion(ctx, &agentv1.GetVersionRequest{})
+	return r, c.wrap("version", err)
+}
+
+// Status returns the agent's view of the VM.
+func (c *Client) Status(ctx context.Context) (*agentv1.GetStatusResponse, error) {
+	r, err := c.api.GetStatus(ctx, &agentv1.GetStatusRequest{})
+	return r, c.wrap("status", err)
+}
+
+// StepsError reports the failed steps of an Install or Uninstall.
+type StepsError struct {
+	Steps []*agentv1.StepResult
+}
+
+func (e *StepsError) Error() string {
+	var failed []string
+	for _, s := range e.Steps {
+		if s.GetOutcome() == agentv1.StepOutcome_STEP_OUTCOME_FAILED {
+			failed = append(failed, s.GetName()+": "+s.GetDetail())
+		}
+	}
+	return "install step failed: " + strings.Join(failed, "; ")
+}
+
+func checkSteps(steps []*agentv1.StepResult) error {
+	for _, s := range steps {
+		if s.GetOutcome() == agentv1.StepOutcome_STEP_OUTCOME_FAILED {
+			return &StepsError{Steps: steps}
+		}
+	}
+	return nil
+}
+
+// Install runs the postinst; a failed step is returned as *StepsError along
+// with every step's result.
+func (c *Client) Install(ctx context.Context, req *agentv1.InstallRequest) ([]*agentv1.StepResult, error) {
+	r, err := c.api.Install(ctx, req)
+	if err != nil {
+		return nil, c.wrap("install", err)
+	}
+	return r.GetSteps(), checkSteps(r.GetSteps())
+}
+
+// Uninstall reverts the postinst.
+func (c *Client) Uninstall(ctx context.Context, dryRun bool) ([]*agentv1.StepResult, error) {
+	r, err := c.api.Uninstall(ctx, &agentv1.UninstallRequest{DryRun: dryRun})
+	if err != nil {
+		return nil, c.wrap("uninstall", err)
+	}
+	return r.GetSteps(), checkSteps(r.GetSteps())
+}
+
+// File is a local file to deliver.
+type File struct {
+	// Path on the VM (allowlisted by the agent).
+	Path string
+	// Mode, Owner and Group; zero values take the agent's policy defaults.
+	Mode         uint32
+	Owner, Group string
+	// Open returns the content; it is called at most twice (hash, send).
+	Open func() (io.ReadCloser, error)
+}
+
+// LocalFile delivers the file at local to path.
+func LocalFile(path, local string) File {
+	return File{Path: path, Open: func() (io.ReadCloser, error) { return os.Open(local) }}
+}
+
+// BytesFile delivers data to path.
+func BytesFile(path string, data []byte) File {
+	return File{Path: path, Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(data))), nil }}
+}
+
+// PutResult says what happened to one file.
+type PutResult struct {
+	Path string
+	// Sent is false when the agent already had the content.
+	Sent  bool
+	Bytes int64
+}
+
+// PutFile delivers f unless the agent already has the same content, in
+// which case only owner and mode are converged and no data is sent.
+func (c *Client) PutFile(ctx context.Context, f File) (PutResult, error) {
+	sum, size, err := digest(f)
+	if err != nil {
+		return PutResult{}, err
+	}
+	st, err := c.api.StatFiles(ctx, &agentv1.StatFilesRequest{Paths: []string{f.Path}})
+	if err != nil {
+		return PutResult{}, c.wrap("stat "+f.Path, err)
+	}
+	hdr := &agentv1.FileHeader{Path: f.Path, Size: uint64(size), Sha256: sum, Mode: f.Mode, Owner: f.Owner, Group: f.Group}
+	same := len(st.GetFiles()) == 1 && st.GetFiles()[0].GetSha256() == sum
+	stream, err := c.api.PutFile(ctx)
+	if err != nil {
+		return PutResult{}, c.wrap("put "+f.Path, err)
+	}
+	if err := stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: hdr}}); err != nil && err != io.EOF {
+		return PutResult{}, c.wrap("put "+f.Path, err)
+	}
+	var sent int64
+	if !same {
+		if sent, err = sendChunks(stream, f); err != nil {
+			return PutResult{}, c.wrap("put "+f.Path, err)
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return PutResult{}, c.wrap("put "+f.Path, err)
+	}
+	return PutResult{Path: f.Path, Sent: resp.GetOutcome() == agentv1.FileOutcome_FILE_OUTCOME_WRITTEN, Bytes: sent}, nil
+}
+
+func sendChunks(stream grpc.ClientStreamingClient[agentv1.PutFileRequest, agentv1.PutFileResponse], f File) (int64, error) {
+	r, err := f.Open()
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", f.Path, err)
+	}
+	defer r.Close()
+	buf := make([]byte, ChunkSize)
+	var sent int64
+	for {
+		n, rerr := io.ReadFull(r, buf)
+		if n > 0 {
+			if err := stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Chunk{Chunk: buf[:n]}}); err != nil {
+				// io.EOF means the agent ended the stream early: its status says why.
+				if err == io.EOF {
+					return sent, nil
+				}
+				return sent, err
+			}
+			sent += int64(n)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			return sent, nil
+		}
+		if rerr != nil {
+			return sent, fmt.Errorf("read %s: %w", f.Path, rerr)
+		}
+	}
+}
+
+func digest(f File) (string, int64, error) {
+	r, err := f.Open()
+	if err != nil {
+		return "", 0, fmt.Errorf("open %s: %w", f.Path, err)
+	}
+	defer r.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return "", 0, fmt.Errorf("read %s: %w", f.Path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// Sidecar starts, stops or restarts the istio unit.
+func (c *Client) Sidecar(ctx context.Context, action agentv1.SidecarAction) (*agentv1.SidecarState, error) {
+	r, err := c.api.ControlSidecar(ctx, &agentv1.ControlSidecarRequest{Action: action})
+	if err != nil {
+		return nil, c.wrap("sidecar", err)
+	}
+	return r.GetSidecar(), nil
+}

@@ -1,0 +1,267 @@
+// Package sidecarenv prepares the sidecar's start as root, which the
+// package's istio-start.sh did: it restores the token that /run lost at boot,
+// computes pilot-agent's environment from sidecar.env and cluster.env, and
+// installs or cleans the traffic capture rules through
+// `pilot-agent istio-iptables`. The istio unit calls it through
+// `vmagent sidecar prepare` and `vmagent sidecar cleanup`.
+package sidecarenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/meshvm/meshvm/pkg/envfile"
+	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/postinst"
+	"github.com/meshvm/meshvm/pkg/sysusers"
+	"github.com/meshvm/meshvm/pkg/vmfiles"
+)
+
+const (
+	sidecarEnv = "/var/lib/istio/envoy/sidecar.env"
+	clusterEnv = "/var/lib/istio/envoy/cluster.env"
+	tokenPath  = "/var/run/secrets/tokens/istio-token"
+	pilotAgent = "/usr/local/bin/pilot-agent"
+)
+
+// Host is what the environment depends on besides the files.
+type Host struct {
+	// Hostname is the short host name (POD_NAME default).
+	Hostname string
+	// FirstIP is the first global address (INSTANCE_IP default).
+	FirstIP string
+	// ProxyUID and ProxyGID are istio-proxy's ids, exempt from capture.
+	ProxyUID, ProxyGID int
+}
+
+// Compute returns pilot-agent's environment: every variable of the files, plus
+// what istio-start.sh derives from them.
+func Compute(files map[string]string, h Host) (map[string]string, error) {
+	env := make(map[string]string, len(files)+12)
+	for k, v := range files {
+		env[k] = v
+	}
+	def := func(k, v string) {
+		if env[k] == "" {
+			env[k] = v
+		}
+	}
+	if env["ISTIO_INBOUND_INTERCEPTION_MODE"] == "TPROXY" {
+		return nil, fmt.Errorf("ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY needs the proxy to run as root, which the vmagent unit does not do: use REDIRECT (the default)")
+	}
+	def("ISTIO_SYSTEM_NAMESPACE", "istio-system")
+	ns := env["ISTIO_NAMESPACE"]
+	if ns == "" {
+		ns = "default"
+	}
+	svc := env["ISTIO_SERVICE"]
+	if svc == "" {
+		svc = "rawvm"
+	}
+	def("ISTIO_SVC_IP", h.FirstIP)
+	if env["ISTIO_SVC_IP"] == "" {
+		return nil, fmt.Errorf("no address for the sidecar: set ISTIO_SVC_IP in cluster.env or give the VM a global address")
+	}
+	def("POD_NAME", h.Hostname)
+	env["INSTANCE_IP"] = env["ISTIO_SVC_IP"]
+	env["POD_NAMESPACE"] = ns
+
+	pilot := env["PILOT_ADDRESS"]
+	if pilot == "" && env["ISTIO_PILOT_PORT"] != "" {
+		pilot = "istiod." + env["ISTIO_SYSTEM_NAMESPACE"] + ".svc:" + env["ISTIO_PILOT_PORT"]
+	}
+	if pilot != "" {
+		def("CA_ADDR", pilot)
+	}
+	def("CA_ADDR", "istiod."+env["ISTIO_SYSTEM_NAMESPACE"]+".svc:15012")
+	if _, set := env["PROV_CERT"]; !set {
+		env["PROV_CERT"] = "./etc/certs"
+	}
+	if _, set := env["OUTPUT_CERTS"]; !set {
+		env["OUTPUT_CERTS"] = "./etc/certs"
+	}
+	if env["PROXY_CONFIG"] == "" {
+		auth := env["ISTIO_CP_AUTH"]
+		if auth == "" {
+			auth = "MUTUAL_TLS"
+		}
+		// Flow style keeps it on one line, as systemd environment files need.
+		env["PROXY_CONFIG"] = fmt.Sprintf("{serviceCluster: %q, controlPlaneAuthPolicy: %s}", svc, auth)
+		if pilot != "" {
+			env["PROXY_CONFIG"] = fmt.Sprintf("{discoveryAddress: %q}", pilot)
+		}
+	} else if strings.Contains(env["PROXY_CONFIG"], "\n") {
+		return nil, fmt.Errorf("PROXY_CONFIG spans several lines: write it on one line in YAML flow style, e.g. {discoveryAddress: \"istiod.istio-system.svc:15012\"}")
+	}
+	def("ISTIO_AGENT_FLAGS", "")
+	// istio-iptables exempts these ids from capture; its default gid is the uid.
+	env["PROXY_UID"] = strconv.Itoa(h.ProxyUID)
+	env["PROXY_GID"] = strconv.Itoa(h.ProxyGID)
+	return env, nil
+}
+
+// Preparer runs the root-side start and stop work of the sidecar unit.
+type Preparer struct {
+	Log   *slog.Logger
+	Root  *fsroot.Root
+	Users *sysusers.DB
+	// Run executes a command with env; tests may replace it.
+	Run func(ctx context.Context, env []string, name string, args ...string) error
+}
+
+// Prepare restores the token, writes the unit's environment file and
+// installs the capture rules.
+func (p *Preparer) Prepare(ctx context.Context) error {
+	u, ok, err := p.Users.LookupUser("istio-proxy")
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("user istio-proxy does not exist: run hostctl vm onboard to install the sidecar")
+	}
+	if err := p.restoreToken(u); err != nil {
+		return err
+	}
+	env, err := p.environment(u)
+	if err != nil {
+		return err
+	}
+	data, err := envfile.FormatSystemd(env)
+	if err != nil {
+		return err
+	}
+	dir := fsroot.DirOptions{Mode: 0o755}
+	if err := p.Root.WriteBytes(postinst.SidecarEnvPath, data, fsroot.WriteOptions{Mode: 0o600, Dir: &dir}); err != nil {
+		return fmt.Errorf("write sidecar environment: %w", err)
+	}
+	if env["ISTIO_CUSTOM_IP_TABLES"] == "true" {
+		p.Log.Info("ISTIO_CUSTOM_IP_TABLES=true: leaving the capture rules to the operator")
+		return nil
+	}
+	list := envList(env)
+	if err := p.run(ctx, list, pilotAgent, "istio-iptables", "--cleanup-only"); err != nil {
+		return err
+	}
+	return p.run(ctx, list, pilotAgent, "istio-iptables")
+}
+
+// Cleanup removes the capture rules after the sidecar stopped.
+func (p *Preparer) Cleanup(ctx context.Context) error {
+	files, err := p.readFiles()
+	if err != nil {
+		return err
+	}
+	if files["ISTIO_CUSTOM_IP_TABLES"] == "true" {
+		return nil
+	}
+	return p.run(ctx, envList(files), pilotAgent, "istio-iptables", "--cleanup-only")
+}
+
+func (p *Preparer) run(ctx context.Context, env []string, name string, args ...string) error {
+	if p.Run != nil {
+		return p.Run(ctx, env, name, args...)
+	}
+	cmd := exec.CommandContext(ctx, p.Root.HostPath(name), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w (its output is in the istio unit's journal)", name, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// restoreToken copies the reboot-proof token back under /run when it is
+// missing or stale there.
+func (p *Preparer) restoreToken(u sysusers.User) error {
+	spec, _ := vmfiles.Lookup(tokenPath)
+	want, size, err := p.Root.Digest(spec.PersistAt)
+	if errors.Is(err, fs.ErrNotExist) {
+		p.Log.Warn("no persisted istio-token: pilot-agent will renew with its existing certificate, or run hostctl vm onboard")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if have, _, err := p.Root.Digest(tokenPath); err == nil && have == want {
+		return nil
+	}
+	f, err := p.Root.Open(spec.PersistAt)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dir := fsroot.DirOptions{Mode: spec.ParentDir.Mode, UID: u.UID, GID: u.GID}
+	_, err = p.Root.WriteFile(tokenPath, f, fsroot.WriteOptions{Mode: 0o600, UID: u.UID, GID: u.GID, Size: size, SHA256: want, Dir: &dir})
+	if err != nil {
+		return fmt.Errorf("restore istio-token: %w", err)
+	}
+	p.Log.Info("restored istio-token from its persisted copy", "path", tokenPath)
+	return nil
+}
+
+func (p *Preparer) readFiles() (map[string]string, error) {
+	files := map[string]string{}
+	for _, f := range []struct {
+		path     string
+		required bool
+	}{{sidecarEnv, false}, {clusterEnv, true}} {
+		data, err := p.Root.ReadFile(f.path)
+		if errors.Is(err, fs.ErrNotExist) && !f.required {
+			continue
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s is missing: run hostctl vm onboard to deliver the workload files", f.path)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := envfile.Parse(f.path, data, files); err != nil {
+			return nil, err
+		}
+	}
+	return files, nil
+}
+
+func (p *Preparer) environment(u sysusers.User) (map[string]string, error) {
+	files, err := p.readFiles()
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	host, _, _ = strings.Cut(host, ".")
+	return Compute(files, Host{Hostname: host, FirstIP: FirstGlobalIP(), ProxyUID: u.UID, ProxyGID: u.GID})
+}
+
+// FirstGlobalIP returns the first global unicast address in interface order,
+// as `hostname --all-ip-addresses | cut -d' ' -f1` does.
+func FirstGlobalIP() string {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return ""
+	}
+	for _, ifc := range ifaces {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.IsGlobalUnicast() {
+				return n.IP.String()
+			}
+		}
+	}
+	return ""
+}
+
+func envList(env map[string]string) []string {
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	return out
+}

@@ -1,0 +1,63 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/mtls"
+)
+
+// The TLS handshake already refuses callers without a certificate from the
+// pinned CA; authenticate checks again before any handler runs, so a
+// misconfigured listener can never serve an anonymous caller.
+func authenticate(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", agenterr.Denied("no peer information: refusing the call")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return "", agenterr.Denied("caller did not use TLS: refusing the call")
+	}
+	id, err := mtls.PeerIdentity(info.State)
+	if err != nil {
+		return "", agenterr.Denied("caller not authenticated: %v", err)
+	}
+	return id, nil
+}
+
+// UnaryInterceptor authenticates, logs and maps errors to gRPC codes.
+func UnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		id, err := authenticate(ctx)
+		if err != nil {
+			log.Warn("refused call", "method", info.FullMethod, "err", err)
+			return nil, agenterr.ToGRPC(err)
+		}
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		log.Debug("call", "method", info.FullMethod, "caller", id, "took", time.Since(start), "err", err)
+		return resp, agenterr.ToGRPC(err)
+	}
+}
+
+// StreamInterceptor is UnaryInterceptor for streaming calls.
+func StreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		id, err := authenticate(ss.Context())
+		if err != nil {
+			log.Warn("refused call", "method", info.FullMethod, "err", err)
+			return agenterr.ToGRPC(err)
+		}
+		start := time.Now()
+		err = handler(srv, ss)
+		log.Debug("call", "method", info.FullMethod, "caller", id, "took", time.Since(start), "err", err)
+		return agenterr.ToGRPC(err)
+	}
+}

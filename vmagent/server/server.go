@@ -1,0 +1,348 @@
+// Package server is vmagent's gRPC adapter: requests in, calls into the pkg/
+// packages, responses out. Generated types stop here (see convert.go).
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/buildinfo"
+	"github.com/meshvm/meshvm/pkg/credinfo"
+	"github.com/meshvm/meshvm/pkg/dnscheck"
+	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/netcheck"
+	"github.com/meshvm/meshvm/pkg/postinst"
+	"github.com/meshvm/meshvm/pkg/probe"
+	"github.com/meshvm/meshvm/pkg/sidecar"
+	"github.com/meshvm/meshvm/pkg/vmfiles"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+var _ agentv1.AgentServiceServer = (*Server)(nil)
+
+// Capabilities the agent announces in GetVersion; hostctl checks them.
+var Capabilities = []string{"install.v1", "files.v1", "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1"}
+
+// Sidecar controls the istio unit.
+type Sidecar interface {
+	State(ctx context.Context) (sidecar.State, error)
+	Start(ctx context.Context) (sidecar.State, error)
+	Stop(ctx context.Context) (sidecar.State, error)
+	Restart(ctx context.Context) (sidecar.State, error)
+	Logs(ctx context.Context, src sidecar.LogSource, tail int, follow bool, emit func([]sidecar.LogLine) error) error
+}
+
+// Deps wires a Server.
+type Deps struct {
+	Root      *fsroot.Root
+	Installer *postinst.Installer
+	Files     *vmfiles.Store
+	Sidecar   Sidecar
+	DNS       dnscheck.Resolver
+}
+
+// Server implements agentv1.AgentServiceServer.
+type Server struct {
+	agentv1.UnimplementedAgentServiceServer
+	log     *slog.Logger
+	deps    Deps
+	started time.Time
+
+	mu         sync.Mutex
+	lastErrors map[string]string
+}
+
+// New returns a Server.
+func New(log *slog.Logger, deps Deps) *Server {
+	return &Server{log: log, deps: deps, started: time.Now(), lastErrors: map[string]string{}}
+}
+
+// note records (or clears, on nil) the last error of a subsystem for status.
+func (s *Server) note(subsystem string, err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		delete(s.lastErrors, subsystem)
+	} else {
+		s.lastErrors[subsystem] = err.Error()
+	}
+	return err
+}
+
+func (s *Server) GetVersion(ctx context.Context, _ *agentv1.GetVersionRequest) (*agentv1.GetVersionResponse, error) {
+	return &agentv1.GetVersionResponse{
+		Version: buildinfo.String(), Capabilities: Capabilities,
+		GoVersion: runtime.Version(), Os: runtime.GOOS, Arch: runtime.GOARCH,
+	}, nil
+}
+
+// Where pilot-agent writes its certificate (OUTPUT_CERTS=./etc/certs).
+const workloadCertPath = "/etc/certs/cert-chain.pem"
+
+func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*agentv1.GetStatusResponse, error) {
+	host, _ := os.Hostname()
+	resp := &agentv1.GetStatusResponse{
+		Version:   buildinfo.String(),
+		StartedAt: timestamppb.New(s.started),
+		Uptime:    durationpb.New(time.Since(s.started).Round(time.Second)),
+		Os:        runtime.GOOS, Arch: runtime.GOARCH, Hostname: host,
+		OsRelease: osRelease(s.deps.Root),
+	}
+	st, err := s.deps.Sidecar.State(ctx)
+	resp.Sidecar = sidecarState(st, err)
+	resp.InstallSteps = stepResults(s.deps.Installer.Install(ctx, true, nil))
+
+	if c, err := credinfo.ReadCertificate(s.deps.Root.HostPath(workloadCertPath)); err == nil {
+		resp.WorkloadCertificate = certInfo(workloadCertPath, c)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		s.note("certificate", err)
+	}
+	spec, _ := vmfiles.Lookup(tokenPath)
+	tokPath := tokenPath
+	tok, err := credinfo.ReadToken(s.deps.Root.HostPath(tokenPath))
+	if errors.Is(err, os.ErrNotExist) {
+		// /run is empty after a reboot until the sidecar starts; the persisted copy tells the truth.
+		tokPath = spec.PersistAt
+		tok, err = credinfo.ReadToken(s.deps.Root.HostPath(spec.PersistAt))
+	}
+	if err == nil {
+		resp.Token = tokenInfo(tokPath, spec.PersistAt, tok)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		s.note("token", err)
+	}
+	if files, err := s.deps.Files.Stat(nil); err == nil {
+		for _, f := range files {
+			if f.Exists {
+				resp.Files = append(resp.Files, fileStat(f))
+			}
+		}
+	} else {
+		s.note("files", err)
+	}
+	s.mu.Lock()
+	resp.LastErrors = make(map[string]string, len(s.lastErrors))
+	for k, v := range s.lastErrors {
+		resp.LastErrors[k] = v
+	}
+	s.mu.Unlock()
+	return resp, nil
+}
+
+const tokenPath = "/var/run/secrets/tokens/istio-token"
+
+func (s *Server) Install(ctx context.Context, req *agentv1.InstallRequest) (*agentv1.InstallResponse, error) {
+	hosts, err := hostsEntries(req.GetHostsEntries())
+	if err != nil {
+		return nil, err
+	}
+	res := s.deps.Installer.Install(ctx, req.GetDryRun(), hosts)
+	if !req.GetDryRun() {
+		s.note("install", failure(res))
+	}
+	return &agentv1.InstallResponse{Steps: stepResults(res)}, nil
+}
+
+func (s *Server) Uninstall(ctx context.Context, req *agentv1.UninstallRequest) (*agentv1.UninstallResponse, error) {
+	if !req.GetDryRun() {
+		// The capture rules go with the unit's stop; a missing systemd is fine here.
+		if _, err := s.deps.Sidecar.Stop(ctx); err != nil && !errors.Is(err, sidecar.ErrNoSystemd) {
+			s.log.Warn("stop sidecar before uninstall", "err", err)
+		}
+	}
+	res := s.deps.Installer.Uninstall(ctx, req.GetDryRun())
+	if !req.GetDryRun() {
+		s.note("install", failure(res))
+	}
+	return &agentv1.UninstallResponse{Steps: stepResults(res)}, nil
+}
+
+func failure(rs []postinst.Result) error {
+	for _, r := range rs {
+		if r.Outcome == postinst.Failed {
+			return errors.New(r.Name + ": " + r.Detail)
+		}
+	}
+	return nil
+}
+
+func (s *Server) StatFiles(ctx context.Context, req *agentv1.StatFilesRequest) (*agentv1.StatFilesResponse, error) {
+	files, err := s.deps.Files.Stat(req.GetPaths())
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentv1.StatFilesResponse{}
+	for _, f := range files {
+		resp.Files = append(resp.Files, fileStat(f))
+	}
+	return resp, nil
+}
+
+func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return agenterr.Invalid("put file: no header received: %v", err)
+	}
+	h := first.GetHeader()
+	if h == nil {
+		return agenterr.Invalid("put file: the first message must be the header")
+	}
+	hdr := vmfiles.Header{Path: h.GetPath(), Size: h.GetSize(), SHA256: h.GetSha256(), Mode: h.GetMode(), Owner: h.GetOwner(), Group: h.GetGroup()}
+	body := &chunkReader{stream: stream}
+	outcome, err := s.deps.Files.Put(hdr, body)
+	if err != nil {
+		return s.note("files", err)
+	}
+	s.note("files", nil)
+	s.log.Info("file delivered", "path", hdr.Path, "bytes", body.n, "unchanged", outcome == vmfiles.Unchanged)
+	return stream.SendAndClose(&agentv1.PutFileResponse{
+		Path: hdr.Path, Outcome: fileOutcome(outcome), BytesReceived: uint64(body.n), Sha256: hdr.SHA256,
+	})
+}
+
+// chunkReader turns the stream's chunk messages into an io.Reader. A broken
+// stream surfaces as a read error, which abandons the temporary file.
+type chunkReader struct {
+	stream agentv1.AgentService_PutFileServer
+	buf    []byte
+	n      int64
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		msg, err := r.stream.Recv()
+		if err == io.EOF {
+			return 0, io.EOF
+		}
+		if err != nil {
+			return 0, err
+		}
+		if msg.GetHeader() != nil {
+			return 0, agenterr.Invalid("put file: a second header arrived mid-stream")
+		}
+		r.buf = msg.GetChunk()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	r.n += int64(n)
+	return n, nil
+}
+
+func (s *Server) ControlSidecar(ctx context.Context, req *agentv1.ControlSidecarRequest) (*agentv1.ControlSidecarResponse, error) {
+	var (
+		st  sidecar.State
+		err error
+	)
+	switch req.GetAction() {
+	case agentv1.SidecarAction_SIDECAR_ACTION_START:
+		st, err = s.deps.Sidecar.Start(ctx)
+	case agentv1.SidecarAction_SIDECAR_ACTION_STOP:
+		st, err = s.deps.Sidecar.Stop(ctx)
+	case agentv1.SidecarAction_SIDECAR_ACTION_RESTART:
+		st, err = s.deps.Sidecar.Restart(ctx)
+	default:
+		return nil, agenterr.Invalid("sidecar action %v: want START, STOP or RESTART", req.GetAction())
+	}
+	if err = s.note("sidecar", sidecarErr(err)); err != nil {
+		return nil, err
+	}
+	return &agentv1.ControlSidecarResponse{Sidecar: sidecarState(st, nil)}, nil
+}
+
+func (s *Server) GetSidecar(ctx context.Context, _ *agentv1.GetSidecarRequest) (*agentv1.GetSidecarResponse, error) {
+	st, err := s.deps.Sidecar.State(ctx)
+	if err != nil {
+		return nil, sidecarErr(err)
+	}
+	return &agentv1.GetSidecarResponse{Sidecar: sidecarState(st, nil)}, nil
+}
+
+func sidecarErr(err error) error {
+	if errors.Is(err, sidecar.ErrNoSystemd) {
+		return agenterr.Precondition("%v", err)
+	}
+	return err
+}
+
+func (s *Server) SidecarLogs(req *agentv1.SidecarLogsRequest, stream agentv1.AgentService_SidecarLogsServer) error {
+	src, err := logSource(req.GetSource())
+	if err != nil {
+		return err
+	}
+	tail := int(req.GetTailLines())
+	if tail == 0 {
+		tail = 100
+	}
+	return s.deps.Sidecar.Logs(stream.Context(), src, tail, req.GetFollow(), func(lines []sidecar.LogLine) error {
+		return stream.Send(&agentv1.SidecarLogsResponse{Lines: logLines(lines)})
+	})
+}
+
+const defaultCheckTimeout = 3 * time.Second
+
+func timeoutOf(d *durationpb.Duration) time.Duration {
+	if d == nil || d.AsDuration() <= 0 {
+		return defaultCheckTimeout
+	}
+	return min(d.AsDuration(), 30*time.Second)
+}
+
+func (s *Server) ResolveDNS(ctx context.Context, req *agentv1.ResolveDNSRequest) (*agentv1.ResolveDNSResponse, error) {
+	if req.GetName() == "" {
+		return nil, agenterr.Invalid("resolve: name is empty")
+	}
+	via := dnscheck.ViaSystem
+	switch req.GetVia() {
+	case agentv1.DNSVia_DNS_VIA_SYSTEM, agentv1.DNSVia_DNS_VIA_UNSPECIFIED:
+	case agentv1.DNSVia_DNS_VIA_ISTIO_PROXY:
+		via = dnscheck.ViaIstioProxy
+	default:
+		return nil, agenterr.Invalid("resolve: unknown resolver %v", req.GetVia())
+	}
+	res := s.deps.DNS.Resolve(ctx, req.GetName(), via, timeoutOf(req.GetTimeout()))
+	out := &agentv1.ResolveDNSResponse{Name: req.GetName(), Addresses: res.Addresses, Server: res.Server, Latency: durationpb.New(res.Latency)}
+	if res.Err != nil {
+		out.Error = res.Err.Error()
+	}
+	return out, nil
+}
+
+func (s *Server) Probe(ctx context.Context, req *agentv1.ProbeRequest) (*agentv1.ProbeResponse, error) {
+	if req.GetPort() == 0 || req.GetPort() > 65535 {
+		return nil, agenterr.Invalid("probe: port %d is out of range 1-65535", req.GetPort())
+	}
+	var res probe.Result
+	switch req.GetKind() {
+	case agentv1.ProbeKind_PROBE_KIND_HTTP:
+		res = probe.HTTP(ctx, req.GetHost(), int(req.GetPort()), req.GetPath(), timeoutOf(req.GetTimeout()))
+	case agentv1.ProbeKind_PROBE_KIND_TCP:
+		res = probe.TCP(ctx, req.GetHost(), int(req.GetPort()), timeoutOf(req.GetTimeout()))
+	default:
+		return nil, agenterr.Invalid("probe: kind %v: want HTTP or TCP", req.GetKind())
+	}
+	if errors.Is(res.Err, probe.ErrNotLocal) {
+		return nil, agenterr.Invalid("%v", res.Err)
+	}
+	out := &agentv1.ProbeResponse{Ok: res.OK, StatusCode: int32(res.StatusCode), Latency: durationpb.New(res.Latency)}
+	if res.Err != nil {
+		out.Error = res.Err.Error()
+	}
+	return out, nil
+}
+
+func (s *Server) CheckNetwork(ctx context.Context, _ *agentv1.CheckNetworkRequest) (*agentv1.CheckNetworkResponse, error) {
+	rep, err := netcheck.Check(ctx, netcheck.Options{SvcIP: svcIP(s.deps.Root)})
+	if err != nil {
+		return nil, s.note("network", err)
+	}
+	return networkReport(rep), nil
+}

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/sidecarenv"
+	"github.com/meshvm/meshvm/pkg/sysusers"
+)
+
+// sidecarCmd holds the root-side hooks of the istio unit (ExecStartPre and
+// ExecStopPost); people do not run them by hand.
+type sidecarCmd struct {
+	g *globals
+}
+
+func (c *sidecarCmd) command() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "sidecar",
+		Short: "Hooks the istio unit runs as root before start and after stop",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "prepare",
+		Short: "Restore the token, write the sidecar environment, install the capture rules",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := c.preparer(cmd)
+			if err != nil {
+				return err
+			}
+			return p.Prepare(cmd.Context())
+		},
+	}, &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove the capture rules",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := c.preparer(cmd)
+			if err != nil {
+				return err
+			}
+			return p.Cleanup(cmd.Context())
+		},
+	})
+	return cmd
+}
+
+func (c *sidecarCmd) preparer(cmd *cobra.Command) (*sidecarenv.Preparer, error) {
+	cfg, log, err := c.g.load(cmd)
+	if err != nil {
+		return nil, err
+	}
+	root, err := fsroot.New(cfg.Root)
+	if err != nil {
+		return nil, err
+	}
+	return &sidecarenv.Preparer{Log: log, Root: root, Users: sysusers.New(root)}, nil
+}
