@@ -93,7 +93,7 @@ func (s *Store) validate(h Header) (resolved, error) {
 	if h.Path == "" {
 		return resolved{}, agenterr.Invalid("file path is empty")
 	}
-	if path.Clean(h.Path) != h.Path || strings.Contains(h.Path, "..") {
+	if !path.IsAbs(h.Path) || path.Clean(h.Path) != h.Path || strings.Contains(h.Path, "..") {
 		return resolved{}, agenterr.Invalid("file path %q is not canonical: send the clean absolute path", h.Path)
 	}
 	spec, ok := Lookup(h.Path)
