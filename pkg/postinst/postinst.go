@@ -121,6 +121,18 @@ type run struct {
 	record func(func(*agentstate.Record))
 }
 
+// dirsCreated records directories made along the way, for Uninstall.
+func (r *run) dirsCreated(created []string) {
+	if len(created) == 0 {
+		return
+	}
+	r.record(func(rec *agentstate.Record) {
+		for _, c := range created {
+			rec.CreatedDirs = agentstate.AddOnce(rec.CreatedDirs, c)
+		}
+	})
+}
+
 type step struct {
 	name string
 	do   func(*Installer, *run) (Outcome, string, error)
@@ -265,13 +277,7 @@ func (in *Installer) directories(r *run) (Outcome, string, error) {
 				continue
 			}
 			fd, created, err := in.opts.Root.OpenDir(d.path, fsroot.DirOptions{Create: true, Mode: d.mode, UID: uid, GID: gid})
-			if len(created) > 0 {
-				r.record(func(rec *agentstate.Record) {
-					for _, c := range created {
-						rec.CreatedDirs = agentstate.AddOnce(rec.CreatedDirs, c)
-					}
-				})
-			}
+			r.dirsCreated(created)
 			if err != nil {
 				return 0, "", err
 			}
@@ -447,7 +453,10 @@ func (in *Installer) unit(r *run) (Outcome, string, error) {
 			if _, err := in.opts.Root.Stat(UnitPath); errors.Is(err, fs.ErrNotExist) {
 				r.record(func(rec *agentstate.Record) { rec.Files = agentstate.AddOnce(rec.Files, UnitPath) })
 			}
-			if err := in.opts.Root.WriteBytes(UnitPath, want, fsroot.WriteOptions{Mode: 0o644}); err != nil {
+			dir := fsroot.DirOptions{Mode: 0o755}
+			res, err := in.opts.Root.WriteFile(UnitPath, bytes.NewReader(want), fsroot.WriteOptions{Mode: 0o644, Size: int64(len(want)), Dir: &dir})
+			r.dirsCreated(res.CreatedDirs)
+			if err != nil {
 				return 0, "", err
 			}
 		}
@@ -456,11 +465,7 @@ func (in *Installer) unit(r *run) (Outcome, string, error) {
 		changes = append(changes, "enable istio.service")
 		if !r.dry {
 			fd, created, err := in.opts.Root.OpenDir(UnitWantsDir, fsroot.DirOptions{Create: true, Mode: 0o755})
-			r.record(func(rec *agentstate.Record) {
-				for _, c := range created {
-					rec.CreatedDirs = agentstate.AddOnce(rec.CreatedDirs, c)
-				}
-			})
+			r.dirsCreated(created)
 			if err != nil {
 				return 0, "", err
 			}
