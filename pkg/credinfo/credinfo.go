@@ -1,0 +1,196 @@
+// Package credinfo reads what the sidecar's credentials say, for status
+// reports: the workload certificate pilot-agent writes and the istio-token
+// it presents to istiod. Nothing here verifies a signature; these are facts
+// to show an operator, not trust decisions.
+package credinfo
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"strings"
+	"time"
+)
+
+// Certificate describes the leaf of a PEM certificate chain.
+type Certificate struct {
+	Subject   string
+	URISANs   []string // the SPIFFE identity, spiffe://<trust domain>/ns/<ns>/sa/<sa>
+	NotBefore time.Time
+	NotAfter  time.Time
+}
+
+// ReadCertificate reads a PEM chain such as cert-chain.pem, leaf first as
+// pilot-agent writes it, and describes the leaf. A missing file gives an
+// error wrapping fs.ErrNotExist.
+func ReadCertificate(path string) (Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Certificate{}, fmt.Errorf("read certificate: %w", err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return Certificate{}, fmt.Errorf("certificate %s is empty: the sidecar writes it once istiod has signed one; check the istio service's logs", path)
+	}
+	var others []string
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			others = append(others, b.Type)
+			continue
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return Certificate{}, fmt.Errorf("parse first certificate in %s: %w; replace the file with a valid PEM chain", path, err)
+		}
+		c := Certificate{
+			Subject:   cert.Subject.String(),
+			NotBefore: cert.NotBefore,
+			NotAfter:  cert.NotAfter,
+		}
+		for _, u := range cert.URIs {
+			c.URISANs = append(c.URISANs, u.String())
+		}
+		return c, nil
+	}
+	if len(others) > 0 {
+		return Certificate{}, fmt.Errorf("%s holds no CERTIFICATE block (found %s): point at the certificate chain, e.g. cert-chain.pem", path, strings.Join(others, ", "))
+	}
+	return Certificate{}, fmt.Errorf("%s is not PEM: want a -----BEGIN CERTIFICATE----- block, as in cert-chain.pem", path)
+}
+
+// Token holds the claims of a JWT such as the istio-token, a Kubernetes
+// service-account token.
+type Token struct {
+	Subject   string // system:serviceaccount:<namespace>:<name>
+	Audiences []string
+	Issuer    string
+	IssuedAt  time.Time // zero if the token has no iat
+	ExpiresAt time.Time // zero if the token has no exp
+}
+
+// ReadToken reads a JWT from path and decodes its claims without verifying
+// the signature. Errors never quote the token: it is a credential.
+func ReadToken(path string) (Token, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Token{}, fmt.Errorf("read token: %w", err)
+	}
+	tok, err := parseToken(string(data))
+	if err != nil {
+		return Token{}, fmt.Errorf("token %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+// parseToken decodes the claims of a compact JWT; surrounding whitespace is
+// ignored.
+func parseToken(raw string) (Token, error) {
+	const fix = "write a fresh token (hostctl vm onboard does)"
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return Token{}, fmt.Errorf("token is empty: %s", fix)
+	}
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return Token{}, fmt.Errorf("token has %d dot-separated parts, want 3 (header.payload.signature): %s", len(parts), fix)
+	}
+	var header struct {
+		Alg string `json:"alg"`
+	}
+	if err := decodePart(parts[0], &header); err != nil {
+		return Token{}, fmt.Errorf("token header: %w: %s", err, fix)
+	}
+	var claims struct {
+		Sub string          `json:"sub"`
+		Iss string          `json:"iss"`
+		Aud json.RawMessage `json:"aud"`
+		Exp *numericDate    `json:"exp"`
+		Iat *numericDate    `json:"iat"`
+	}
+	if err := decodePart(parts[1], &claims); err != nil {
+		return Token{}, fmt.Errorf("token payload: %w: %s", err, fix)
+	}
+	aud, err := audiences(claims.Aud)
+	if err != nil {
+		return Token{}, fmt.Errorf("token payload: %w: %s", err, fix)
+	}
+	return Token{
+		Subject:   claims.Sub,
+		Audiences: aud,
+		Issuer:    claims.Iss,
+		IssuedAt:  claims.Iat.time(),
+		ExpiresAt: claims.Exp.time(),
+	}, nil
+}
+
+// decodePart decodes one base64url JSON part. JSON syntax errors are not
+// wrapped: their text quotes the payload.
+func decodePart(part string, v any) error {
+	// RFC 7515 drops the padding; accept it anyway, some encoders keep it.
+	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(part, "="))
+	if err != nil {
+		return fmt.Errorf("not base64url: %w", err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			return fmt.Errorf("claim %q is a JSON %s, want a %s", typeErr.Field, typeErr.Value, typeErr.Type)
+		}
+		var dateErr *dateError
+		if errors.As(err, &dateErr) {
+			return dateErr
+		}
+		return errors.New("not a JSON object")
+	}
+	return nil
+}
+
+// audiences reads aud, which RFC 7519 allows as one string or an array.
+func audiences(raw json.RawMessage) ([]string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return []string{one}, nil
+	}
+	var many []string
+	if err := json.Unmarshal(raw, &many); err == nil {
+		return many, nil
+	}
+	return nil, errors.New(`claim "aud" is neither a string nor an array of strings`)
+}
+
+// numericDate is a JWT time: seconds since the epoch, possibly fractional.
+type numericDate struct{ t time.Time }
+
+type dateError struct{}
+
+func (dateError) Error() string { return "a time claim (exp, iat) is not a number of seconds" }
+
+func (d *numericDate) UnmarshalJSON(b []byte) error {
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil || math.IsInf(f, 0) || math.Abs(f) > 1<<53 {
+		return &dateError{}
+	}
+	sec, frac := math.Modf(f)
+	d.t = time.Unix(int64(sec), int64(frac*1e9)).UTC()
+	return nil
+}
+
+func (d *numericDate) time() time.Time {
+	if d == nil {
+		return time.Time{}
+	}
+	return d.t
+}
