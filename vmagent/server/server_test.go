@@ -1,0 +1,330 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentstate"
+	"github.com/meshvm/meshvm/pkg/dnscheck"
+	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/mtls"
+	"github.com/meshvm/meshvm/pkg/postinst"
+	"github.com/meshvm/meshvm/pkg/sidecar"
+	"github.com/meshvm/meshvm/pkg/sysusers"
+	"github.com/meshvm/meshvm/pkg/vmfiles"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/vmagent/server"
+)
+
+// env is a real agent server on a loopback port with real mTLS, over a
+// sandbox root, and the CA that signs its callers.
+type env struct {
+	addr string
+	dir  string
+	ca   *mtls.CA
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startAgent(t *testing.T) env {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{"etc/certs", "var/lib/istio/envoy", "var/lib/istio/config", "usr/local/bin", "run", "var/lib"} {
+		must(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
+	}
+	must(t, os.Symlink("/run", filepath.Join(dir, "var/run")))
+	must(t, os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nistio-proxy:x:1337:1337::/var/lib/istio:/usr/sbin/nologin\n"), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "etc/group"), []byte("root:x:0:\nistio-proxy:x:1337:\n"), 0o644))
+
+	ca, err := mtls.NewCA("test agent CA", time.Hour)
+	must(t, err)
+	cert, key, err := ca.IssueServer("vmagent", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
+	must(t, err)
+	tlsCfg, err := mtls.ServerConfig(cert, key, ca.CertPEM())
+	must(t, err)
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	root, err := fsroot.New(dir)
+	must(t, err)
+	users := sysusers.New(root)
+	state := agentstate.New(root)
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.ChainUnaryInterceptor(server.UnaryInterceptor(log)),
+		grpc.ChainStreamInterceptor(server.StreamInterceptor(log)),
+	)
+	agentv1.RegisterAgentServiceServer(srv, server.New(log, server.Deps{
+		Root:      root,
+		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
+		Files:     vmfiles.NewStore(log, root, users, state),
+		// A sandbox has no systemd: the real manager must say so, promptly.
+		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second}),
+		DNS:     dnscheck.DefaultResolver(dir),
+	}))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return env{addr: lis.Addr().String(), dir: dir, ca: ca}
+}
+
+func (e env) client(t *testing.T) *agentclient.Client {
+	t.Helper()
+	cert, key, err := e.ca.IssueClient("hostctl", time.Hour)
+	must(t, err)
+	cfg, err := mtls.ClientConfig(cert, key, e.ca.CertPEM(), "localhost")
+	must(t, err)
+	return e.dial(t, cfg)
+}
+
+func (e env) dial(t *testing.T, cfg *tls.Config) *agentclient.Client {
+	t.Helper()
+	c, err := agentclient.Dial(e.addr, cfg)
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestOnlyCallersFromThePinnedCAGetIn(t *testing.T) {
+	e := startAgent(t)
+	if _, err := e.client(t).Version(ctxT(t)); err != nil {
+		t.Fatalf("good certificate: got %v, want the call to succeed", err)
+	}
+	other, err := mtls.NewCA("someone else", time.Hour)
+	must(t, err)
+	otherCert, otherKey, err := other.IssueClient("intruder", time.Hour)
+	must(t, err)
+	expiredCert, expiredKey, err := e.ca.Issue(mtls.IssueOptions{CommonName: "late", Client: true,
+		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	must(t, err)
+	pinned := x509Pool(t, e.ca.CertPEM())
+	tests := []struct {
+		name string
+		cfg  *tls.Config
+	}{
+		{"no client certificate", &tls.Config{RootCAs: pinned, ServerName: "localhost", MinVersion: tls.VersionTLS13}},
+		{"certificate from another CA", clientCfg(t, otherCert, otherKey, e.ca.CertPEM())},
+		{"expired certificate", clientCfg(t, expiredCert, expiredKey, e.ca.CertPEM())},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := e.dial(t, tt.cfg).Version(ctxT(t))
+			if err == nil {
+				t.Fatal("got a successful call, want it refused")
+			}
+		})
+	}
+}
+
+func x509Pool(t *testing.T, pemData []byte) *x509.CertPool {
+	t.Helper()
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(pemData) {
+		t.Fatal("bad CA PEM")
+	}
+	return p
+}
+
+func clientCfg(t *testing.T, cert, key, ca []byte) *tls.Config {
+	t.Helper()
+	cfg, err := mtls.ClientConfig(cert, key, ca, "localhost")
+	must(t, err)
+	return cfg
+}
+
+func TestFileDeliveryOverGRPC(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	ctx := ctxT(t)
+	data := bytes.Repeat([]byte("envoy"), 600_000) // 3 MB: several chunks
+	f := agentclient.BytesFile("/usr/local/bin/envoy", data)
+	res, err := c.PutFile(ctx, f)
+	if err != nil || !res.Sent || res.Bytes != int64(len(data)) {
+		t.Fatalf("first delivery: got %+v, %v, want all %d bytes sent", res, err, len(data))
+	}
+	got, _ := os.ReadFile(filepath.Join(e.dir, "usr/local/bin/envoy"))
+	if !bytes.Equal(got, data) {
+		t.Fatalf("delivered content differs")
+	}
+	res, err = c.PutFile(ctx, f)
+	if err != nil || res.Sent || res.Bytes != 0 {
+		t.Errorf("second delivery: got %+v, %v, want nothing sent", res, err)
+	}
+}
+
+func TestFileDeliveryRefusals(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	tests := []struct {
+		name  string
+		file  agentclient.File
+		class error
+	}{
+		{"outside the allowlist", agentclient.BytesFile("/etc/passwd", []byte("x")), agenterr.PermissionDenied},
+		{"traversal", agentclient.BytesFile("/var/lib/istio/envoy/../../../../etc/shadow", []byte("x")), agenterr.InvalidArgument},
+		{"token too wide", agentclient.File{Path: "/var/run/secrets/tokens/istio-token", Mode: 0o644, Open: agentclient.BytesFile("", []byte("t")).Open}, agenterr.InvalidArgument},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := c.PutFile(ctxT(t), tt.file)
+			if !errors.Is(err, tt.class) {
+				t.Fatalf("got %v, want a %v error", err, tt.class)
+			}
+		})
+	}
+}
+
+// sum is the hex SHA-256 of b.
+func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+
+func TestInterruptedAndOversizedTransfersLeaveOldFile(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	old := []byte("ISTIO_META_OLD='1'\n")
+	target := filepath.Join(e.dir, "var/lib/istio/envoy/cluster.env")
+	must(t, os.WriteFile(target, old, 0o644))
+	newData := bytes.Repeat([]byte("A='b'\n"), 100_000)
+
+	t.Run("interrupted", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		stream, err := c.API().PutFile(ctx)
+		must(t, err)
+		must(t, stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: &agentv1.FileHeader{
+			Path: "/var/lib/istio/envoy/cluster.env", Size: uint64(len(newData)), Sha256: sum(newData)}}}))
+		must(t, stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Chunk{Chunk: newData[:1000]}}))
+		// The agent has started writing; now the caller goes away.
+		waitFor(t, "a temporary file", func() bool { return len(entries(t, filepath.Dir(target))) == 2 })
+		cancel()
+		waitFor(t, "the temporary file to be removed", func() bool { return len(entries(t, filepath.Dir(target))) == 1 })
+		if got, _ := os.ReadFile(target); !bytes.Equal(got, old) {
+			t.Errorf("got %q, want the old content", got)
+		}
+	})
+	t.Run("more data than declared", func(t *testing.T) {
+		stream, err := c.API().PutFile(ctxT(t))
+		must(t, err)
+		short := newData[:10]
+		must(t, stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: &agentv1.FileHeader{
+			Path: "/var/lib/istio/envoy/cluster.env", Size: uint64(len(short)), Sha256: sum(short)}}}))
+		stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Chunk{Chunk: newData[:5000]}})
+		_, err = stream.CloseAndRecv()
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "size mismatch") {
+			t.Fatalf("got %v, want InvalidArgument size mismatch", err)
+		}
+		if got, _ := os.ReadFile(target); !bytes.Equal(got, old) {
+			t.Errorf("got %q, want the old content", got)
+		}
+		if n := len(entries(t, filepath.Dir(target))); n != 1 {
+			t.Errorf("got %d entries, want only cluster.env", n)
+		}
+	})
+}
+
+func entries(t *testing.T, dir string) []os.DirEntry {
+	ents, err := os.ReadDir(dir)
+	must(t, err)
+	return ents
+}
+
+// waitFor polls a condition the agent reaches asynchronously; it fails the
+// test only if the condition never holds, it asserts no timing.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never saw %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSidecarWithoutSystemdSaysSo(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	_, err := c.Sidecar(ctxT(t), agentv1.SidecarAction_SIDECAR_ACTION_START)
+	if !errors.Is(err, agenterr.FailedPrecondition) || !strings.Contains(err.Error(), "systemd") {
+		t.Fatalf("got %v, want FailedPrecondition naming systemd", err)
+	}
+	st, err := c.Status(ctxT(t))
+	must(t, err)
+	if st.GetSidecar().GetError() == "" {
+		t.Errorf("status: got no sidecar error, want one saying systemd is unreachable")
+	}
+	if len(st.GetInstallSteps()) != len(postinst.StepNames()) {
+		t.Errorf("status: got %d install steps, want %d", len(st.GetInstallSteps()), len(postinst.StepNames()))
+	}
+	if st.GetLastErrors()["sidecar"] == "" {
+		t.Errorf("status: got last errors %v, want the sidecar failure recorded", st.GetLastErrors())
+	}
+}
+
+func TestProbeOnlyLocal(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	_, err := c.API().Probe(ctxT(t), &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_TCP, Host: "192.0.2.1", Port: 80})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("got %v, want InvalidArgument for a remote host", err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	defer lis.Close()
+	port := lis.Addr().(*net.TCPAddr).Port
+	r, err := c.API().Probe(ctxT(t), &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_TCP, Port: uint32(port)})
+	if err != nil || !r.GetOk() {
+		t.Fatalf("got %v, %v, want the local port to answer", r, err)
+	}
+}
+
+func TestInstallDryRunOverGRPC(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	steps, err := c.Install(ctxT(t), &agentv1.InstallRequest{DryRun: true,
+		HostsEntries: []*agentv1.HostsEntry{{Ip: "10.0.0.1", Names: []string{"istiod.istio-system.svc"}}}})
+	if err != nil {
+		t.Fatalf("dry run: %v (%v)", err, steps)
+	}
+	for _, s := range steps {
+		if s.GetOutcome() == agentv1.StepOutcome_STEP_OUTCOME_CHANGED {
+			t.Errorf("dry run step %s reported a change", s.GetName())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "etc/hosts")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a dry run wrote /etc/hosts")
+	}
+	_, err = c.Install(ctxT(t), &agentv1.InstallRequest{HostsEntries: []*agentv1.HostsEntry{{Ip: "not-an-ip", Names: []string{"x"}}}})
+	if !errors.Is(err, agenterr.InvalidArgument) {
+		t.Errorf("got %v, want InvalidArgument for a bad IP", err)
+	}
+}
