@@ -90,15 +90,9 @@ type resolved struct {
 // validate checks h against the allowlist and policy. Every error names what
 // to send instead.
 func (s *Store) validate(h Header) (resolved, error) {
-	if h.Path == "" {
-		return resolved{}, agenterr.Invalid("file path is empty")
-	}
-	if !path.IsAbs(h.Path) || path.Clean(h.Path) != h.Path || strings.Contains(h.Path, "..") {
-		return resolved{}, agenterr.Invalid("file path %q is not canonical: send the clean absolute path", h.Path)
-	}
-	spec, ok := Lookup(h.Path)
-	if !ok {
-		return resolved{}, agenterr.Denied("file path %q is not on the agent's allowlist (allowed: %s)", h.Path, strings.Join(Paths(), ", "))
+	spec, err := allowed(h.Path)
+	if err != nil {
+		return resolved{}, err
 	}
 	if h.Size > uint64(spec.MaxSize) {
 		return resolved{}, agenterr.Invalid("%s: declared size %d exceeds the %d bytes allowed", h.Path, h.Size, spec.MaxSize)
@@ -138,14 +132,19 @@ func (s *Store) validate(h Header) (resolved, error) {
 	return resolved{spec: spec, mode: mode, uid: uid, gid: gid, size: int64(h.Size), sha256: sum}, nil
 }
 
-// Check validates h and reports whether the file already has its content, in
-// which case Put will not read the body.
-func (s *Store) Check(h Header) (unchanged bool, err error) {
-	r, err := s.validate(h)
-	if err != nil {
-		return false, err
+// allowed returns the policy of p, or an error naming why p is refused.
+func allowed(p string) (Spec, error) {
+	if p == "" {
+		return Spec{}, agenterr.Invalid("file path is empty")
 	}
-	return s.same(r.spec.Path, r.sha256), nil
+	if !path.IsAbs(p) || path.Clean(p) != p || strings.Contains(p, "..") {
+		return Spec{}, agenterr.Invalid("file path %q is not canonical: send the clean absolute path", p)
+	}
+	spec, ok := Lookup(p)
+	if !ok {
+		return Spec{}, agenterr.Denied("file path %q is not on the agent's allowlist (allowed: %s)", p, strings.Join(Paths(), ", "))
+	}
+	return spec, nil
 }
 
 // Put writes the file h declares from body. When the file already has the
@@ -306,8 +305,8 @@ func (s *Store) Stat(paths []string) ([]Stat, error) {
 	}
 	out := make([]Stat, 0, len(paths))
 	for _, p := range paths {
-		if _, ok := Lookup(p); !ok {
-			return nil, agenterr.Denied("file path %q is not on the agent's allowlist", p)
+		if _, err := allowed(p); err != nil {
+			return nil, err
 		}
 		st := Stat{Path: p}
 		info, err := s.root.Stat(p)
