@@ -11,7 +11,13 @@ export PATH := $(GOBIN):$(PATH)
 BUF_VERSION                ?= v1.75.0
 PROTOC_GEN_GO_VERSION      ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
-NFPM_VERSION               ?= v2.48.0
+# nfpm v2.46.0 and later need go.digitalxero.dev modules, which the module
+# proxy refuses (403); v2.45.2 is the newest that installs from it.
+NFPM_VERSION               ?= v2.45.2
+
+# The .deb/.rpm version: git describe's "abc1234" or "v1.2.0-3-gabc1234" is
+# valid for neither dpkg nor rpm, so version.sh maps it (0.0.0~git42.abc1234).
+PKG_VERSION ?= $(shell sh packaging/version.sh)
 
 LDFLAGS := -s -w -X github.com/meshvm/meshvm/pkg/buildinfo.Version=$(VERSION)
 
@@ -24,7 +30,7 @@ tools: ## Install buf, protoc plugins and nfpm at pinned versions
 	@command -v buf >/dev/null && buf --version | grep -qx '$(BUF_VERSION:v%=%)' || go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 	@command -v protoc-gen-go >/dev/null && protoc-gen-go --version | grep -q '$(PROTOC_GEN_GO_VERSION)' || go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@command -v protoc-gen-go-grpc >/dev/null && protoc-gen-go-grpc --version | grep -q '$(PROTOC_GEN_GO_GRPC_VERSION:v%=%)' || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
-	@command -v nfpm >/dev/null && nfpm --version 2>&1 | grep -q '$(NFPM_VERSION:v%=%)' || go install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	@command -v nfpm >/dev/null && go version -m "$$(command -v nfpm)" | grep -q 'nfpm/v2[[:space:]]*$(NFPM_VERSION)[[:space:]]' || go install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 
 .PHONY: build
 build: ## Cross-compile static vmagent and hostctl for linux/amd64 and linux/arm64 into bin/
@@ -76,8 +82,8 @@ fuzz: ## Fuzz the /etc/hosts merge for 60s
 
 .PHONY: package
 package: tools build ## Build vmagent .deb and .rpm for amd64 and arm64 into dist/
-	@mkdir -p dist; set -e; for arch in $(ARCHES); do for fmt in deb rpm; do \
-	  ARCH=$$arch VERSION=$(VERSION:v%=%) nfpm package -f packaging/nfpm.yaml -p $$fmt -t dist/; \
+	@rm -rf dist; mkdir -p dist; set -e; for arch in $(ARCHES); do for fmt in deb rpm; do \
+	  ARCH=$$arch VERSION='$(PKG_VERSION)' nfpm package -f packaging/nfpm.yaml -p $$fmt -t dist/; \
 	done; done; ls -l dist
 
 .PHONY: lab

@@ -9,7 +9,6 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -53,11 +52,7 @@ func (c *serveCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
-		grpc.ChainUnaryInterceptor(server.UnaryInterceptor(log)),
-		grpc.ChainStreamInterceptor(server.StreamInterceptor(log)),
-	)
+	srv := grpc.NewServer(server.Options(log, tlsCfg)...)
 	agentv1.RegisterAgentServiceServer(srv, a.server(log))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)

@@ -21,6 +21,8 @@ import (
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
+const flowWindow = 4 << 20
+
 // ChunkSize is the size of file data messages; well under gRPC's 4 MiB limit.
 const ChunkSize = 1 << 20
 
@@ -35,7 +37,12 @@ type Client struct {
 // the client certificate and pin the agent CA. The connection is lazy: the
 // first call reports an unreachable agent.
 func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		// Large windows keep 100+ MB binaries streaming at disk speed.
+		grpc.WithInitialWindowSize(flowWindow),
+		grpc.WithInitialConnWindowSize(flowWindow),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w", addr, err)
 	}
@@ -124,6 +131,10 @@ type File struct {
 	Owner, Group string
 	// Open returns the content; it is called at most twice (hash, send).
 	Open func() (io.ReadCloser, error)
+	// SHA256 and Size, when SHA256 is set, are trusted instead of reading
+	// the content once more (hostctl caches binaries by digest).
+	SHA256 string
+	Size   int64
 }
 
 // LocalFile delivers the file at local to path.
@@ -207,6 +218,9 @@ func sendChunks(stream grpc.ClientStreamingClient[agentv1.PutFileRequest, agentv
 }
 
 func digest(f File) (string, int64, error) {
+	if f.SHA256 != "" {
+		return f.SHA256, f.Size, nil
+	}
 	r, err := f.Open()
 	if err != nil {
 		return "", 0, fmt.Errorf("open %s: %w", f.Path, err)

@@ -420,7 +420,7 @@ func (r *Root) WriteFile(p string, src io.Reader, opts WriteOptions) (WriteResul
 	}()
 
 	h := sha256.New()
-	n, err := copyChecked(f, src, h, opts.Size)
+	n, err := copyChecked(&writeBehind{f: f}, src, h, opts.Size)
 	if err != nil {
 		return res, fmt.Errorf("write %s: %w", p, err)
 	}
@@ -455,22 +455,87 @@ func (r *Root) WriteBytes(p string, data []byte, opts WriteOptions) error {
 	return err
 }
 
+// writeBehind starts write-back of every few MiB while the rest still
+// arrives, so the final fsync of a large file waits for little.
+type writeBehind struct {
+	f        *os.File
+	off, beg int64
+}
+
+const writeBehindStep = 8 << 20
+
+func (w *writeBehind) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.off += int64(n)
+	if w.off-w.beg >= writeBehindStep {
+		// Only a hint: the fsync before rename is what guarantees durability.
+		unix.SyncFileRange(int(w.f.Fd()), w.beg, w.off-w.beg, unix.SYNC_FILE_RANGE_WRITE)
+		w.beg = w.off
+	}
+	return n, err
+}
+
 // ErrSizeMismatch reports content longer or shorter than declared.
 var ErrSizeMismatch = errors.New("size mismatch")
 
+// copyChecked copies src to dst, feeding h, and checks the size when size >= 0.
+// Hashing runs beside the copy: on a large file the two together would
+// otherwise cost as much again as the write.
 func copyChecked(dst io.Writer, src io.Reader, h hash.Hash, size int64) (int64, error) {
-	w := io.MultiWriter(dst, h)
-	if size < 0 {
-		return io.Copy(w, src)
+	bufSize := int64(1 << 20)
+	if size >= 0 && size < bufSize {
+		bufSize = max(size+1, 512)
 	}
-	n, err := io.Copy(w, io.LimitReader(src, size+1))
+	const nbuf = 4
+	free := make(chan []byte, nbuf)
+	for range nbuf {
+		free <- make([]byte, bufSize)
+	}
+	toHash := make(chan []byte, nbuf)
+	hashed := make(chan struct{})
+	go func() {
+		for b := range toHash {
+			h.Write(b)
+			free <- b[:cap(b)]
+		}
+		close(hashed)
+	}()
+	n, err := copyLoop(dst, src, size, free, toHash)
+	close(toHash)
+	<-hashed
 	if err != nil {
 		return n, err
 	}
-	if n != size {
+	if size >= 0 && n != size {
 		return n, fmt.Errorf("%w: got %d bytes, declared %d", ErrSizeMismatch, n, size)
 	}
 	return n, nil
+}
+
+func copyLoop(dst io.Writer, src io.Reader, size int64, free <-chan []byte, toHash chan<- []byte) (int64, error) {
+	var n int64
+	for {
+		b := <-free
+		m, rerr := src.Read(b)
+		if m > 0 {
+			if size >= 0 && n+int64(m) > size {
+				return n + int64(m), fmt.Errorf("%w: more than the %d bytes declared", ErrSizeMismatch, size)
+			}
+			if _, err := dst.Write(b[:m]); err != nil {
+				return n, err
+			}
+			n += int64(m)
+			toHash <- b[:m]
+		} else {
+			toHash <- b[:0]
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
 }
 
 func randomSuffix() string {

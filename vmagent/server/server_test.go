@@ -19,7 +19,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
@@ -73,11 +72,7 @@ func startAgent(t *testing.T) env {
 	must(t, err)
 	users := sysusers.New(root)
 	state := agentstate.New(root)
-	srv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
-		grpc.ChainUnaryInterceptor(server.UnaryInterceptor(log)),
-		grpc.ChainStreamInterceptor(server.StreamInterceptor(log)),
-	)
+	srv := grpc.NewServer(server.Options(log, tlsCfg)...)
 	agentv1.RegisterAgentServiceServer(srv, server.New(log, server.Deps{
 		Root:      root,
 		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
