@@ -4,6 +4,7 @@
 package agentclient
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -144,7 +145,7 @@ func LocalFile(path, local string) File {
 
 // BytesFile delivers data to path.
 func BytesFile(path string, data []byte) File {
-	return File{Path: path, Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(data))), nil }}
+	return File{Path: path, Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }}
 }
 
 // PutResult says what happened to one file.

@@ -11,6 +11,7 @@
 package fsroot
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -451,7 +452,7 @@ func (r *Root) WriteFile(p string, src io.Reader, opts WriteOptions) (WriteResul
 // WriteBytes is WriteFile for content in memory.
 func (r *Root) WriteBytes(p string, data []byte, opts WriteOptions) error {
 	opts.Size = int64(len(data))
-	_, err := r.WriteFile(p, strings.NewReader(string(data)), opts)
+	_, err := r.WriteFile(p, bytes.NewReader(data), opts)
 	return err
 }
 
