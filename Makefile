@@ -65,8 +65,10 @@ vet: ## go vet
 	go vet ./...
 
 .PHONY: test
-test: check-generate proto-lint vet build ## Run every check and test (what CI runs)
-	go test -race -count=1 ./...
+# MESHVM_LAB=1 turns on the tests that boot systemd VMs (systemd-nspawn in
+# network namespaces); their Debian root filesystem is cached in MESHVM_CACHE.
+test: check-generate proto-lint vet build ## Run every check and test, lab VMs included (what CI runs)
+	MESHVM_LAB=1 go test -race -count=1 ./...
 
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector

@@ -210,6 +210,12 @@ func (in *Installer) removeUser(r *run) (Outcome, string, error) {
 	if !in.recordOf(r).CreatedUser {
 		return Skipped, "the user " + proxyUser + " was not created by vmagent; kept", nil
 	}
+	if _, ok, err := in.opts.Users.LookupUser(proxyUser); err != nil {
+		return 0, "", err
+	} else if !ok {
+		r.record(func(rec *agentstate.Record) { rec.CreatedUser = false })
+		return Unchanged, "user " + proxyUser + " is already gone", nil
+	}
 	if !r.dry {
 		if err := in.opts.Users.DeleteUser(r.ctx, proxyUser); err != nil {
 			return 0, "", err
@@ -222,6 +228,13 @@ func (in *Installer) removeUser(r *run) (Outcome, string, error) {
 func (in *Installer) removeGroup(r *run) (Outcome, string, error) {
 	if !in.recordOf(r).CreatedGroup {
 		return Skipped, "the group " + proxyUser + " was not created by vmagent; kept", nil
+	}
+	if _, ok, err := in.opts.Users.LookupGroup(proxyUser); err != nil {
+		return 0, "", err
+	} else if !ok {
+		// userdel removes a user's own group where login.defs has USERGROUPS_ENAB.
+		r.record(func(rec *agentstate.Record) { rec.CreatedGroup = false })
+		return Unchanged, "group " + proxyUser + " already went with the user", nil
 	}
 	if !r.dry {
 		if err := in.opts.Users.DeleteGroup(r.ctx, proxyUser); err != nil {

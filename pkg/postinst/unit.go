@@ -28,7 +28,9 @@ Type=simple
 WorkingDirectory=/
 # '+' runs as root: restore the token, write %[2]s, install the capture rules.
 ExecStartPre=+%[1]s sidecar prepare
-EnvironmentFile=%[2]s
+# Optional at load time: systemd reads it for every command, ExecStartPre
+# included, and prepare is what writes it.
+EnvironmentFile=-%[2]s
 # $ISTIO_AGENT_FLAGS splits into words, like istio-start.sh's flags array.
 ExecStart=/usr/local/bin/pilot-agent proxy $ISTIO_AGENT_FLAGS
 ExecStopPost=+%[1]s sidecar cleanup

@@ -1,0 +1,292 @@
+// Package labvm runs lab "VMs" on one Linux machine: a network namespace
+// joined to the host by a veth pair, booting a real Debian with systemd as
+// PID 1 under systemd-nspawn. Users, files, /etc/hosts and units created
+// inside never touch the host. The root filesystem is made once with
+// debootstrap and cached; each VM boots a copy.
+package labvm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Suite and Packages define the cached root filesystem.
+const (
+	Suite  = "bookworm"
+	Mirror = "http://deb.debian.org/debian"
+)
+
+// Packages are what a lab VM needs beyond minbase: systemd as init, D-Bus,
+// the tools the sidecar and vmagent drive.
+var Packages = []string{"systemd", "systemd-sysv", "dbus", "iptables", "iproute2", "passwd", "libpam-systemd"}
+
+// Rootfs returns a cached Debian root filesystem under cacheDir, making it
+// with debootstrap the first time (a few minutes; progress goes to log).
+func Rootfs(ctx context.Context, log *slog.Logger, cacheDir string) (string, error) {
+	key := sha256.Sum256([]byte(Suite + " " + Mirror + " " + strings.Join(Packages, ",") + " " + runtime.GOARCH))
+	dir := filepath.Join(cacheDir, "rootfs-"+Suite+"-"+hex.EncodeToString(key[:6]))
+	if _, err := os.Stat(filepath.Join(dir, ".meshvm-complete")); err == nil {
+		return dir, nil
+	}
+	if _, err := exec.LookPath("debootstrap"); err != nil {
+		return "", fmt.Errorf("debootstrap not found: apt-get install debootstrap")
+	}
+	tmp := dir + ".partial"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", err
+	}
+	log.Info("building the lab VM root filesystem with debootstrap (cached afterwards)", "suite", Suite, "dir", dir)
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "debootstrap", "--variant=minbase", "--include="+strings.Join(Packages, ","), Suite, tmp, Mirror)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("debootstrap %s: %w: %s", Suite, err, lastLines(out, 5))
+	}
+	// debootstrap's /etc/hosts lacks localhost, which probes to localhost need.
+	if err := os.WriteFile(filepath.Join(tmp, "etc/hosts"), []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".meshvm-complete"), nil, 0o644); err != nil {
+		return "", err
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", err
+	}
+	log.Info("lab VM root filesystem ready", "took", time.Since(start).Round(time.Second))
+	return dir, nil
+}
+
+// Spec describes one lab VM.
+type Spec struct {
+	// Name is short (it names the netns and the veth): [a-z0-9-], <= 10 chars.
+	Name string
+	// Rootfs is the cached tree to copy; Dir is where the VM's own copy goes.
+	Rootfs, Dir string
+	// HostIP and VMIP are the two ends of the veth pair, in one /30.
+	HostIP, VMIP net.IP
+}
+
+// VM is a running lab VM.
+type VM struct {
+	Spec
+	log    *slog.Logger
+	nspawn *exec.Cmd
+	done   chan error
+	leader int
+}
+
+// Launch copies the root filesystem, creates the network and boots systemd.
+// It returns once systemd inside reports the system running (or degraded).
+func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
+	if err := os.MkdirAll(filepath.Dir(s.Dir), 0o755); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(s.Dir); errors.Is(err, fs.ErrNotExist) {
+		if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", s.Rootfs, s.Dir).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("copy root filesystem: %w: %s", err, out)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, "etc/hostname"), []byte(s.Name+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	if err := network(s); err != nil {
+		return nil, fmt.Errorf("lab network for %s: %w", s.Name, err)
+	}
+	vm := &VM{Spec: s, log: log.With("vm", s.Name), done: make(chan error, 1)}
+	vm.nspawn = exec.Command("systemd-nspawn", "--quiet", "-D", s.Dir, "--boot", "--register=no", "--keep-unit",
+		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+nsName(s.Name))
+	logf, err := os.Create(s.Dir + ".console.log")
+	if err != nil {
+		return nil, err
+	}
+	vm.nspawn.Stdout, vm.nspawn.Stderr = logf, logf
+	if err := vm.nspawn.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("systemd-nspawn: %w", err)
+	}
+	go func() { vm.done <- vm.nspawn.Wait(); logf.Close() }()
+	if err := vm.waitRunning(ctx); err != nil {
+		vm.Stop(context.Background())
+		return nil, err
+	}
+	return vm, nil
+}
+
+// waitRunning waits for the container's init and for systemd to finish booting.
+func (vm *VM) waitRunning(ctx context.Context) error {
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-vm.done:
+			return fmt.Errorf("systemd-nspawn exited during boot (%v): see %s.console.log", err, vm.Dir)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if vm.leader == 0 {
+			vm.leader = childOf(vm.nspawn.Process.Pid)
+			continue
+		}
+		out, _ := vm.Exec(ctx, "systemctl", "is-system-running")
+		switch strings.TrimSpace(string(out)) {
+		case "running", "degraded":
+			return nil
+		}
+	}
+	return fmt.Errorf("%s did not finish booting in 90s: see %s.console.log", vm.Name, vm.Dir)
+}
+
+// childOf returns the first child of pid: nspawn's container init.
+func childOf(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[0])
+	return n
+}
+
+// Exec runs a command inside the VM (all its namespaces) and returns its
+// combined output.
+func (vm *VM) Exec(ctx context.Context, name string, args ...string) ([]byte, error) {
+	if vm.leader == 0 {
+		return nil, fmt.Errorf("%s is not running", vm.Name)
+	}
+	full := append([]string{"-t", strconv.Itoa(vm.leader), "-a", "--", name}, args...)
+	out, err := exec.CommandContext(ctx, "nsenter", full...).CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s: %s %s: %w: %s", vm.Name, name, strings.Join(args, " "), err, lastLines(out, 3))
+	}
+	return out, nil
+}
+
+// Leader is the PID of the VM's systemd on the host.
+func (vm *VM) Leader() int { return vm.leader }
+
+// Stop powers the VM off, waits for it, and removes its network.
+func (vm *VM) Stop(ctx context.Context) error {
+	if vm.leader != 0 {
+		vm.Exec(ctx, "systemctl", "poweroff", "--no-block")
+	}
+	select {
+	case <-vm.done:
+	case <-time.After(30 * time.Second):
+		vm.nspawn.Process.Kill()
+		<-vm.done
+	}
+	vm.leader = 0
+	return removeNetwork(vm.Name)
+}
+
+// Remove stops the VM if needed and deletes its root filesystem copy.
+func (vm *VM) Remove(ctx context.Context) error {
+	err := vm.Stop(ctx)
+	return errors.Join(err, os.RemoveAll(vm.Dir), os.RemoveAll(vm.Dir+".console.log"))
+}
+
+func nsName(vm string) string   { return "meshvm-" + vm }
+func hostVeth(vm string) string { return "mv-" + vm }
+
+// network creates the namespace, the veth pair and the addresses.
+func network(s Spec) error {
+	removeNetwork(s.Name)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	ns, err := netns.NewNamed(nsName(s.Name))
+	if err != nil {
+		return fmt.Errorf("create netns: %w", err)
+	}
+	defer ns.Close()
+	if err := netns.Set(orig); err != nil {
+		return err
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth(s.Name)}, PeerName: "host0"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth: %w", err)
+	}
+	peer, err := netlink.LinkByName("host0")
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
+		return err
+	}
+	host, err := netlink.LinkByName(hostVeth(s.Name))
+	if err != nil {
+		return err
+	}
+	mask := net.CIDRMask(30, 32)
+	if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: &net.IPNet{IP: s.HostIP, Mask: mask}}); err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return err
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	inner, err := h.LinkByName("host0")
+	if err != nil {
+		return err
+	}
+	if err := h.AddrAdd(inner, &netlink.Addr{IPNet: &net.IPNet{IP: s.VMIP, Mask: mask}}); err != nil {
+		return err
+	}
+	if err := h.LinkSetUp(inner); err != nil {
+		return err
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return err
+	}
+	return h.RouteAdd(&netlink.Route{LinkIndex: inner.Attrs().Index, Gw: s.HostIP})
+}
+
+func removeNetwork(name string) error {
+	if l, err := netlink.LinkByName(hostVeth(name)); err == nil {
+		netlink.LinkDel(l)
+	}
+	if err := netns.DeleteNamed(nsName(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", nsName(name), err)
+	}
+	return nil
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
