@@ -52,6 +52,10 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", c.output)
 	}
+	if !cmd.Flags().Changed("log-level") {
+		// A person reads the report on stdout; the agent's own log is noise here.
+		c.g.overrides.LogLevel = "warn"
+	}
 	cfg, log, err := c.g.load(cmd)
 	if err != nil {
 		return err

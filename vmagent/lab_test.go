@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -190,6 +191,30 @@ func TestAgentInSystemdVM(t *testing.T) {
 	must(t, err)
 	if nw.GetSidecarAddress() != vmIP.String() {
 		t.Errorf("sidecar address: got %q (%s), want %s", nw.GetSidecarAddress(), nw.GetSidecarAddressSource(), vmIP)
+	}
+
+	// The doctor shows a person on the VM the same view, and fails on what is off.
+	out, err := vm.Exec(ctx, "/usr/local/bin/vmagent", "doctor", "-o", "json")
+	must(t, err)
+	var doc struct {
+		Checks []struct {
+			Check string `json:"check"`
+			OK    bool   `json:"ok"`
+		} `json:"checks"`
+	}
+	must(t, json.Unmarshal(out, &doc))
+	seen := map[string]bool{}
+	for _, ck := range doc.Checks {
+		seen[ck.Check] = ck.OK
+	}
+	if !seen["install: user"] || !seen["dns vm1"] || !seen["iptables backend"] {
+		t.Errorf("doctor checks: got %+v, want install, DNS and iptables checks passing", doc.Checks)
+	}
+	if ok, present := seen["istio-token"]; !present || ok {
+		t.Errorf("doctor: got istio-token ok=%v present=%v, want a failing token check (none delivered)", ok, present)
+	}
+	if _, err := vm.Exec(ctx, "/usr/local/bin/vmagent", "doctor"); err == nil {
+		t.Errorf("doctor exited 0 although the sidecar is down")
 	}
 
 	un, err := c.Uninstall(ctx, false)

@@ -187,7 +187,12 @@ func (in *Installer) runSteps(r *run, steps []step) []Result {
 		if r.dry && o == Changed {
 			o = WouldChange
 		}
-		in.log.Info("postinst step", "step", s.name, "outcome", o.String(), "detail", detail, "dry_run", r.dry)
+		// Status asks for a dry run on every call: only real runs are news.
+		level := slog.LevelInfo
+		if r.dry {
+			level = slog.LevelDebug
+		}
+		in.log.Log(r.ctx, level, "postinst step", "step", s.name, "outcome", o.String(), "detail", detail, "dry_run", r.dry)
 		out = append(out, Result{Name: s.name, Outcome: o, Detail: detail})
 	}
 	return out
