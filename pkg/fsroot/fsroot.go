@@ -213,16 +213,18 @@ func setOwnerMode(fd, uid, gid int, mode os.FileMode) error {
 	return nil
 }
 
+// specialBits pairs Go's mode flags with the unix bits they stand for.
+var specialBits = []struct {
+	flag os.FileMode
+	bit  uint32
+}{{os.ModeSetuid, unix.S_ISUID}, {os.ModeSetgid, unix.S_ISGID}, {os.ModeSticky, unix.S_ISVTX}}
+
 func unixMode(m os.FileMode) uint32 {
 	u := uint32(m.Perm())
-	if m&os.ModeSetgid != 0 {
-		u |= unix.S_ISGID
-	}
-	if m&os.ModeSetuid != 0 {
-		u |= unix.S_ISUID
-	}
-	if m&os.ModeSticky != 0 {
-		u |= unix.S_ISVTX
+	for _, b := range specialBits {
+		if m&b.flag != 0 {
+			u |= b.bit
+		}
 	}
 	return u
 }
@@ -230,14 +232,10 @@ func unixMode(m os.FileMode) uint32 {
 // FileMode converts a raw unix mode (e.g. 0o2755) into an os.FileMode.
 func FileMode(u uint32) os.FileMode {
 	m := os.FileMode(u & 0o777)
-	if u&unix.S_ISGID != 0 {
-		m |= os.ModeSetgid
-	}
-	if u&unix.S_ISUID != 0 {
-		m |= os.ModeSetuid
-	}
-	if u&unix.S_ISVTX != 0 {
-		m |= os.ModeSticky
+	for _, b := range specialBits {
+		if u&b.bit != 0 {
+			m |= b.flag
+		}
 	}
 	return m
 }

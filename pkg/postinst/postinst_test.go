@@ -47,11 +47,11 @@ func debianRoot(t *testing.T) string {
 	}
 	must(t, os.Symlink("/run", filepath.Join(dir, "var/run")))
 	files := map[string]string{
-		"etc/passwd":  "root:x:0:0:root:/root:/bin/bash\n",
-		"etc/group":   "root:x:0:\n",
-		"etc/shadow":  "root:*:19000:0:99999:7:::\n",
-		"etc/gshadow": "root:*::\n",
-		"etc/hosts":   userHosts,
+		"etc/passwd":       "root:x:0:0:root:/root:/bin/bash\n",
+		"etc/group":        "root:x:0:\n",
+		"etc/shadow":       "root:*:19000:0:99999:7:::\n",
+		"etc/gshadow":      "root:*::\n",
+		"etc/hosts":        userHosts,
 		"usr/sbin/nologin": "",
 	}
 	for p, c := range files {

@@ -133,20 +133,8 @@ func (in *Installer) removeHostsBlock(r *run) (Outcome, string, error) {
 }
 
 func (in *Installer) removeFiles(r *run) (Outcome, string, error) {
-	files := in.recordOf(r).Files
-	if len(files) == 0 {
-		return Skipped, "no files were delivered", nil
-	}
-	for _, p := range files {
-		if r.dry {
-			continue
-		}
-		if err := in.opts.Root.Remove(p); err != nil {
-			return 0, "", err
-		}
-		r.record(func(rec *agentstate.Record) { rec.Files = without(rec.Files, p) })
-	}
-	return Changed, "removed " + strings.Join(files, ", "), nil
+	return in.removeRecorded(r, in.recordOf(r).Files, "no files were delivered",
+		func(rec *agentstate.Record, p string) { rec.Files = without(rec.Files, p) })
 }
 
 func (in *Installer) restoreOwners(r *run) (Outcome, string, error) {
@@ -169,20 +157,25 @@ func (in *Installer) restoreOwners(r *run) (Outcome, string, error) {
 }
 
 func (in *Installer) removeLinks(r *run) (Outcome, string, error) {
-	links := in.recordOf(r).CreatedLinks
-	if len(links) == 0 {
-		return Skipped, "no links were created", nil
+	return in.removeRecorded(r, in.recordOf(r).CreatedLinks, "no links were created",
+		func(rec *agentstate.Record, p string) { rec.CreatedLinks = without(rec.CreatedLinks, p) })
+}
+
+// removeRecorded removes each recorded path and drops it from the record.
+func (in *Installer) removeRecorded(r *run, paths []string, none string, drop func(*agentstate.Record, string)) (Outcome, string, error) {
+	if len(paths) == 0 {
+		return Skipped, none, nil
 	}
-	for _, p := range links {
+	for _, p := range paths {
 		if r.dry {
 			continue
 		}
 		if err := in.opts.Root.Remove(p); err != nil {
 			return 0, "", err
 		}
-		r.record(func(rec *agentstate.Record) { rec.CreatedLinks = without(rec.CreatedLinks, p) })
+		r.record(func(rec *agentstate.Record) { drop(rec, p) })
 	}
-	return Changed, "removed " + strings.Join(links, ", "), nil
+	return Changed, "removed " + strings.Join(paths, ", "), nil
 }
 
 // removeDirs removes the directories Install created, deepest first, with
