@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
@@ -215,6 +216,50 @@ func TestAgentInSystemdVM(t *testing.T) {
 	}
 	if _, err := vm.Exec(ctx, "/usr/local/bin/vmagent", "doctor"); err == nil {
 		t.Errorf("doctor exited 0 although the sidecar is down")
+	}
+
+	// A reboot wipes /run: the token must come back from its persisted copy
+	// when the enabled unit starts at boot, with no action from hostctl.
+	claims := base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"system:serviceaccount:vmns:vmsa","aud":["istio-ca"],"exp":4102444800}`))
+	tok := []byte("eyJhbGciOiJSUzI1NiJ9." + claims + ".c2ln")
+	for _, f := range []agentclient.File{
+		agentclient.BytesFile("/var/run/secrets/tokens/istio-token", tok),
+		// No pilot-agent here: skip the capture rules so prepare gets to the end.
+		agentclient.BytesFile("/var/lib/istio/envoy/cluster.env", []byte("ISTIO_CUSTOM_IP_TABLES='true'\nISTIO_SVC_IP='"+vmIP.String()+"'\n")),
+	} {
+		if _, err := c.PutFile(ctx, f); err != nil {
+			t.Fatalf("deliver %s: %v", f.Path, err)
+		}
+	}
+	must(t, vm.Stop(ctx))
+	vm, err = labvm.Launch(ctx, log, labvm.Spec{Name: "vmt1", Rootfs: rootfs, Dir: vmDir, HostIP: hostIP, VMIP: vmIP})
+	if err != nil {
+		t.Fatalf("reboot: %v", err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := vm.Exec(ctx, "stat", "-c", "%a %U", "/run/secrets/tokens/istio-token")
+		if err == nil {
+			if got := strings.TrimSpace(string(out)); got != "600 istio-proxy" {
+				t.Errorf("restored token: got %q, want 600 istio-proxy", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the token was not restored after the reboot: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for {
+		st, err = c.Status(ctx)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	must(t, err)
+	if st.GetToken().GetPath() != "/var/run/secrets/tokens/istio-token" || st.GetToken().GetSubject() != "system:serviceaccount:vmns:vmsa" {
+		t.Errorf("status token after reboot: got %+v (errors %v), want the runtime token of vmns/vmsa", st.GetToken(), st.GetLastErrors())
 	}
 
 	un, err := c.Uninstall(ctx, false)
