@@ -113,6 +113,8 @@ func (ca *CA) KeyPEM() ([]byte, error) {
 // IssueOptions describes a certificate for Issue.
 type IssueOptions struct {
 	CommonName string
+	// Organization becomes the subject's O (Kubernetes reads it as groups).
+	Organization []string
 	DNSNames   []string
 	IPs        []net.IP
 	// Client makes a client certificate (ExtKeyUsageClientAuth); otherwise
@@ -177,7 +179,7 @@ func (ca *CA) Issue(o IssueOptions) (certPEM, keyPEM []byte, err error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: o.CommonName},
+		Subject:               pkix.Name{CommonName: o.CommonName, Organization: o.Organization},
 		DNSNames:              o.DNSNames,
 		IPAddresses:           o.IPs,
 		NotBefore:             o.NotBefore,

@@ -1,0 +1,203 @@
+// Package labbuild builds the lab's control plane from source through the Go
+// module proxy: kube-apiserver and kube-controller-manager from
+// k8s.io/kubernetes, istiod (pilot-discovery), pilot-agent and istioctl from
+// istio.io/istio, at the versions pinned by the hostctl/labbuild module. The
+// binaries are cached by a key of those pins, the Go version and the target
+// architecture, so only the first lab on a machine pays the ~25 minutes.
+package labbuild
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Component is one binary the lab needs.
+type Component struct {
+	Name    string
+	Package string
+	// versionFlags returns -X flags from the pinned module versions.
+	versionFlags func(v Versions) []string
+}
+
+// Versions are the pinned module versions read from the labbuild go.mod.
+type Versions struct {
+	Kubernetes string // e.g. v1.36.3
+	Istio      string // a pseudo-version of istio.io/istio
+}
+
+func k8sFlags(v Versions) []string {
+	major, minor, _ := strings.Cut(strings.TrimPrefix(v.Kubernetes, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	var out []string
+	// Without them the server reports v0.0.0-master and kubectl cannot parse it.
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		out = append(out, "-X", pkg+".gitVersion="+v.Kubernetes, "-X", pkg+".gitMajor="+major,
+			"-X", pkg+".gitMinor="+minor, "-X", pkg+".gitTreeState=clean")
+	}
+	return out
+}
+
+func istioFlags(v Versions) []string {
+	return []string{"-X", "istio.io/istio/pkg/version.buildVersion=" + v.Istio}
+}
+
+// Components are built in this order (the API server first: it is needed first).
+var Components = []Component{
+	{"kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", k8sFlags},
+	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", k8sFlags},
+	{"pilot-discovery", "istio.io/istio/pilot/cmd/pilot-discovery", istioFlags},
+	{"pilot-agent", "istio.io/istio/pilot/cmd/pilot-agent", istioFlags},
+	{"istioctl", "istio.io/istio/istioctl/cmd/istioctl", istioFlags},
+}
+
+// Options says where the pins are and where binaries go.
+type Options struct {
+	// ModuleDir is the hostctl/labbuild module (go.mod, go.sum, tools.go).
+	ModuleDir string
+	// CacheDir holds bin-<key> directories.
+	CacheDir string
+	// Arch is the GOARCH to build for; empty means this machine's.
+	Arch string
+	// Progress receives one line per step and a heartbeat while a build runs.
+	Progress io.Writer
+}
+
+// Result is a ready set of binaries.
+type Result struct {
+	Dir      string
+	Versions Versions
+	// Cached is true when nothing had to be built.
+	Cached bool
+}
+
+// Path returns the path of a component's binary.
+func (r Result) Path(name string) string { return filepath.Join(r.Dir, name) }
+
+// Build returns the cached binaries, building what is missing first.
+func Build(ctx context.Context, o Options) (Result, error) {
+	if o.Arch == "" {
+		o.Arch = runtime.GOARCH
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	gomod, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.mod"))
+	if err != nil {
+		return Result{}, fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the hostctl/labbuild directory", err)
+	}
+	gosum, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.sum"))
+	if err != nil {
+		return Result{}, fmt.Errorf("lab build pins: %w", err)
+	}
+	v, err := versions(gomod)
+	if err != nil {
+		return Result{}, err
+	}
+	goVersion, err := exec.CommandContext(ctx, "go", "env", "GOVERSION").Output()
+	if err != nil {
+		return Result{}, fmt.Errorf("the lab builds its control plane with Go: go not found (%v): install Go %s or newer", err, "1.26")
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", gomod, gosum, strings.TrimSpace(string(goVersion)), o.Arch)
+	for _, c := range Components {
+		fmt.Fprintf(h, "%s %s %q\n", c.Name, c.Package, c.versionFlags(v))
+	}
+	key := hex.EncodeToString(h.Sum(nil))[:16]
+	res := Result{Dir: filepath.Join(o.CacheDir, "bin-"+key), Versions: v}
+	if _, err := os.Stat(filepath.Join(res.Dir, ".complete")); err == nil {
+		res.Cached = true
+		return res, nil
+	}
+	if err := os.MkdirAll(res.Dir, 0o755); err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	for i, c := range Components {
+		out := filepath.Join(res.Dir, c.Name)
+		if _, err := os.Stat(out); err == nil {
+			fmt.Fprintf(o.Progress, "[%d/%d] %s: cached\n", i+1, len(Components), c.Name)
+			continue
+		}
+		fmt.Fprintf(o.Progress, "[%d/%d] building %s from %s (%s elapsed; the first build takes minutes)\n",
+			i+1, len(Components), c.Name, c.Package, time.Since(start).Round(time.Second))
+		if err := build(ctx, o, c, v, out, start); err != nil {
+			return Result{}, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(res.Dir, ".complete"), []byte(key+"\n"), 0o644); err != nil {
+		return Result{}, err
+	}
+	fmt.Fprintf(o.Progress, "lab control plane built in %s: %s\n", time.Since(start).Round(time.Second), res.Dir)
+	return res, nil
+}
+
+// build compiles one component into a temporary file and renames it into
+// place, so an interrupted build never leaves a half binary in the cache.
+func build(ctx context.Context, o Options, c Component, v Versions, out string, start time.Time) error {
+	tmp := out + ".partial"
+	ldflags := strings.Join(append([]string{"-s", "-w"}, c.versionFlags(v)...), " ")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", tmp, c.Package)
+	cmd.Dir = o.ModuleDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+o.Arch, "GOFLAGS=-mod=readonly")
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("build %s: %w", c.Name, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				os.Remove(tmp)
+				return fmt.Errorf("build %s: %w: %s", c.Name, err, lastLines(stderr.String(), 8))
+			}
+			return os.Rename(tmp, out)
+		case <-tick.C:
+			fmt.Fprintf(o.Progress, "      still building %s (%s elapsed)\n", c.Name, time.Since(start).Round(time.Second))
+		}
+	}
+}
+
+// versions reads the pinned versions from the labbuild go.mod.
+func versions(gomod []byte) (Versions, error) {
+	var v Versions
+	sc := bufio.NewScanner(strings.NewReader(string(gomod)))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 {
+			switch f[0] {
+			case "k8s.io/kubernetes":
+				v.Kubernetes = f[1]
+			case "istio.io/istio":
+				v.Istio = f[1]
+			}
+		}
+	}
+	if v.Kubernetes == "" || v.Istio == "" {
+		return v, errors.New("hostctl/labbuild/go.mod does not require k8s.io/kubernetes and istio.io/istio")
+	}
+	return v, nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
