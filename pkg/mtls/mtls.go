@@ -115,8 +115,8 @@ type IssueOptions struct {
 	CommonName string
 	// Organization becomes the subject's O (Kubernetes reads it as groups).
 	Organization []string
-	DNSNames   []string
-	IPs        []net.IP
+	DNSNames     []string
+	IPs          []net.IP
 	// Client makes a client certificate (ExtKeyUsageClientAuth); otherwise
 	// the certificate is for a server (ExtKeyUsageServerAuth).
 	Client bool
