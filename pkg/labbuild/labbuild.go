@@ -59,6 +59,8 @@ var Components = []Component{
 	{"pilot-discovery", "istio.io/istio/pilot/cmd/pilot-discovery", istioFlags},
 	{"pilot-agent", "istio.io/istio/pilot/cmd/pilot-agent", istioFlags},
 	{"istioctl", "istio.io/istio/istioctl/cmd/istioctl", istioFlags},
+	// The lab's stand-in for Envoy (no Envoy binary can be had here).
+	{"lab-envoy", "github.com/meshvm/meshvm/hostctl/labbuild/labenvoy", func(Versions) []string { return nil }},
 }
 
 // Options says where the pins are and where binaries go.

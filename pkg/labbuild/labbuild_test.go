@@ -60,6 +60,10 @@ func TestBuildControlPlane(t *testing.T) {
 		"pilot-agent":             {"version", "--short"},
 		"istioctl":                {"version", "--remote=false", "--short"},
 	}
+	// lab-envoy refuses to run without a bootstrap, naming what it needs.
+	if out, err := exec.Command(res.Path("lab-envoy")).CombinedOutput(); err == nil || !strings.Contains(string(out), "-c <envoy-rev.json>") {
+		t.Errorf("lab-envoy without -c: got %v, %q", err, out)
+	}
 	for name, args := range checks {
 		out, err := exec.Command(res.Path(name), args...).CombinedOutput()
 		if err != nil {
