@@ -1,0 +1,282 @@
+// Package config is hostctl's configuration, meshvm.yaml: every field
+// defaults to the value of the hand-run recipe it replaces, a file overrides
+// the defaults, MESHVM_* environment variables override the file, and flags
+// override those. Merged and validated in one place.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// DefaultFile is looked up in the working directory when --config is not given.
+const DefaultFile = "meshvm.yaml"
+
+// Config is version 1 of meshvm.yaml.
+type Config struct {
+	Version int `json:"version"`
+	// StateDir holds kubeconfig, agent CA, per-VM certificates, workload files
+	// and cached sidecar binaries; relative to the config file's directory.
+	StateDir string   `json:"stateDir"`
+	Istio    Istio    `json:"istio"`
+	Cluster  Cluster  `json:"cluster"`
+	Workload Workload `json:"workload"`
+	VMs      []VM     `json:"vms"`
+}
+
+// Istio is what the mesh is installed with.
+type Istio struct {
+	// Version empty means the version whose charts hostctl embeds.
+	Version     string `json:"version,omitempty"`
+	MeshID      string `json:"meshID"`
+	ClusterName string `json:"clusterName"`
+	Network     string `json:"network"`
+}
+
+// Provider names where machines come from.
+type Provider string
+
+const (
+	Multipass  Provider = "multipass"
+	SSH        Provider = "ssh"
+	Lab        Provider = "lab"
+	Kubeconfig Provider = "kubeconfig"
+)
+
+// Cluster is the Kubernetes cluster the mesh runs in.
+type Cluster struct {
+	Provider Provider `json:"provider"`
+	// Kubeconfig of an existing cluster (provider kubeconfig).
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	K3sVersion string `json:"k3sVersion"`
+	Servers    int    `json:"servers"`
+	Agents     int    `json:"agents"`
+	Machine    Size   `json:"machine"`
+}
+
+// Size is a machine's size.
+type Size struct {
+	CPUs   int    `json:"cpus"`
+	Memory string `json:"memory"`
+	Disk   string `json:"disk"`
+}
+
+// Workload is the VM workload's identity in the mesh.
+type Workload struct {
+	Namespace      string `json:"namespace"`
+	ServiceAccount string `json:"serviceAccount"`
+	// Group names the WorkloadGroup and the Service that selects the VMs.
+	Group    string `json:"group"`
+	Port     int    `json:"port"`
+	PortName string `json:"portName"`
+	Network  string `json:"network"`
+	Probe    Probe  `json:"probe"`
+	// TokenLifetime of the istio-token (TokenRequest expirationSeconds).
+	TokenLifetime Duration `json:"tokenLifetime"`
+}
+
+// Probe is the WorkloadGroup's HTTP readiness probe.
+type Probe struct {
+	Path                string `json:"path"`
+	Port                int    `json:"port"`
+	PeriodSeconds       int    `json:"periodSeconds"`
+	InitialDelaySeconds int    `json:"initialDelaySeconds"`
+}
+
+// VM is one machine to onboard.
+type VM struct {
+	Name string `json:"name"`
+	// Image is the Multipass image (e.g. "22.04").
+	Image string `json:"image,omitempty"`
+	Size  `json:",inline"`
+	// Address, User and Key are for provider ssh.
+	Address string `json:"address,omitempty"`
+	User    string `json:"user,omitempty"`
+	Key     string `json:"key,omitempty"`
+}
+
+// Duration is a time.Duration written as "1h" in YAML.
+type Duration struct{ time.Duration }
+
+func (d Duration) MarshalJSON() ([]byte, error) { return []byte(strconv.Quote(d.String())), nil }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s, err := strconv.Unquote(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %s: want a quoted value such as \"1h\"", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Default returns the recipe's values.
+func Default() Config {
+	return Config{
+		Version:  1,
+		StateDir: ".meshvm",
+		Istio:    Istio{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
+		Cluster: Cluster{
+			Provider: Multipass, K3sVersion: "v1.33.3+k3s1", Servers: 1, Agents: 2,
+			Machine: Size{CPUs: 2, Memory: "2G", Disk: "10G"},
+		},
+		Workload: Workload{
+			Namespace: "vmns", ServiceAccount: "vmsa", Group: "external-app",
+			Port: 8000, PortName: "http", Network: "vm-network",
+			Probe:         Probe{Path: "/", Port: 8000, PeriodSeconds: 5, InitialDelaySeconds: 1},
+			TokenLifetime: Duration{time.Hour},
+		},
+		VMs: []VM{{Name: "vm1", Image: "22.04", Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
+	}
+}
+
+// envOverrides maps MESHVM_* variables to fields.
+var envOverrides = []struct {
+	name string
+	set  func(*Config, string) error
+}{
+	{"MESHVM_ISTIO_VERSION", func(c *Config, v string) error { c.Istio.Version = v; return nil }},
+	{"MESHVM_MESH_ID", func(c *Config, v string) error { c.Istio.MeshID = v; return nil }},
+	{"MESHVM_CLUSTER_NAME", func(c *Config, v string) error { c.Istio.ClusterName = v; return nil }},
+	{"MESHVM_CLUSTER_NETWORK", func(c *Config, v string) error { c.Istio.Network = v; return nil }},
+	{"MESHVM_PROVIDER", func(c *Config, v string) error { c.Cluster.Provider = Provider(v); return nil }},
+	{"MESHVM_KUBECONFIG", func(c *Config, v string) error { c.Cluster.Kubeconfig = v; return nil }},
+	{"MESHVM_VM_NAMESPACE", func(c *Config, v string) error { c.Workload.Namespace = v; return nil }},
+	{"MESHVM_SERVICE_ACCOUNT", func(c *Config, v string) error { c.Workload.ServiceAccount = v; return nil }},
+	{"MESHVM_APP", func(c *Config, v string) error { c.Workload.Group = v; return nil }},
+	{"MESHVM_APP_PORT", func(c *Config, v string) error { return atoi(v, &c.Workload.Port) }},
+	{"MESHVM_VM_NETWORK", func(c *Config, v string) error { c.Workload.Network = v; return nil }},
+	{"MESHVM_STATE_DIR", func(c *Config, v string) error { c.StateDir = v; return nil }},
+}
+
+func atoi(s string, dst *int) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a whole number", s)
+	}
+	*dst = n
+	return nil
+}
+
+// Load reads path (optional when not explicit) over the defaults, applies
+// the environment from getenv, and validates. The state directory is made
+// absolute relative to the file's directory.
+func Load(path string, explicit bool, getenv func(string) string) (Config, error) {
+	c := Default()
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && !explicit:
+	case err != nil:
+		return Config{}, fmt.Errorf("read config: %w", err)
+	default:
+		// The default VM list is replaced, not merged, by a file that lists VMs.
+		c.VMs = nil
+		if err := yaml.UnmarshalStrict(data, &c); err != nil {
+			return Config{}, fmt.Errorf("config %s: %w: fix the field (hostctl config show prints every field with its default)", path, err)
+		}
+		if c.VMs == nil {
+			c.VMs = Default().VMs
+		}
+	}
+	for _, o := range envOverrides {
+		if v := getenv(o.name); v != "" {
+			if err := o.set(&c, v); err != nil {
+				return Config{}, fmt.Errorf("%s: %w", o.name, err)
+			}
+		}
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		base, err := filepath.Abs(filepath.Dir(path))
+		if err != nil {
+			return Config{}, err
+		}
+		c.StateDir = filepath.Join(base, c.StateDir)
+	}
+	return c, c.Validate()
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// Validate checks every field and names the first problem and its fix.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Version != 1 {
+		bad("version %d is not supported: this hostctl reads version 1", c.Version)
+	}
+	for field, v := range map[string]string{
+		"workload.namespace": c.Workload.Namespace, "workload.serviceAccount": c.Workload.ServiceAccount,
+		"workload.group": c.Workload.Group,
+	} {
+		if !dnsLabel.MatchString(v) {
+			bad("%s %q must be a DNS label (lower-case letters, digits and '-', at most 63)", field, v)
+		}
+	}
+	switch c.Cluster.Provider {
+	case Multipass, SSH, Lab:
+	case Kubeconfig:
+		if c.Cluster.Kubeconfig == "" {
+			bad("cluster.provider kubeconfig needs cluster.kubeconfig (or MESHVM_KUBECONFIG)")
+		}
+	default:
+		bad("cluster.provider %q: want multipass, ssh, lab or kubeconfig", c.Cluster.Provider)
+	}
+	if c.Workload.Port < 1 || c.Workload.Port > 65535 {
+		bad("workload.port %d is out of range 1-65535", c.Workload.Port)
+	}
+	if c.Workload.TokenLifetime.Duration < 10*time.Minute {
+		bad("workload.tokenLifetime %s is shorter than the API server's 10m minimum", c.Workload.TokenLifetime)
+	}
+	if c.Istio.MeshID == "" || c.Istio.ClusterName == "" || c.Istio.Network == "" || c.Workload.Network == "" {
+		bad("istio.meshID, istio.clusterName, istio.network and workload.network must not be empty")
+	}
+	if len(c.VMs) == 0 {
+		bad("vms is empty: list at least one VM")
+	}
+	seen := map[string]bool{}
+	for i, vm := range c.VMs {
+		if !dnsLabel.MatchString(vm.Name) {
+			bad("vms[%d].name %q must be a DNS label", i, vm.Name)
+		}
+		if seen[vm.Name] {
+			bad("vms[%d].name %q appears twice: VM names must be unique", i, vm.Name)
+		}
+		seen[vm.Name] = true
+		if c.Cluster.Provider == SSH {
+			if vm.Address == "" || vm.User == "" {
+				bad("vms[%d] (%s): provider ssh needs address and user", i, vm.Name)
+			} else if _, err := netip.ParseAddr(strings.Split(vm.Address, ":")[0]); err != nil && !strings.Contains(vm.Address, ".") {
+				bad("vms[%d] (%s): address %q is neither an IP nor a host name", i, vm.Name, vm.Address)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Marshal renders the config as YAML (hostctl config show).
+func (c Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }
+
+// VM returns the named VM.
+func (c Config) VM(name string) (VM, error) {
+	var names []string
+	for _, vm := range c.VMs {
+		if vm.Name == name {
+			return vm, nil
+		}
+		names = append(names, vm.Name)
+	}
+	return VM{}, fmt.Errorf("no VM named %q in the config (known: %s): check the spelling or add it under vms", name, strings.Join(names, ", "))
+}

@@ -1,0 +1,89 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func noEnv(string) string { return "" }
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "meshvm.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaultsAreTheRecipe(t *testing.T) {
+	c, err := Load(filepath.Join(t.TempDir(), "meshvm.yaml"), false, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []string{c.Istio.MeshID, c.Istio.ClusterName, c.Istio.Network, c.Workload.Namespace, c.Workload.ServiceAccount,
+		c.Workload.Group, c.Workload.Network, c.VMs[0].Name, c.VMs[0].Image, c.VMs[0].Memory}
+	want := []string{"mesh1", "test", "kube-network", "vmns", "vmsa", "external-app", "vm-network", "vm1", "22.04", "1G"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if c.Workload.Port != 8000 || c.Workload.Probe.PeriodSeconds != 5 || c.Workload.Probe.InitialDelaySeconds != 1 || c.Cluster.Agents != 2 {
+		t.Errorf("got %+v, want port 8000, probe 5s/1s, 2 agents", c)
+	}
+	if !filepath.IsAbs(c.StateDir) || filepath.Base(c.StateDir) != ".meshvm" {
+		t.Errorf("got state dir %q, want an absolute .meshvm beside the config", c.StateDir)
+	}
+}
+
+func TestFileThenEnvOverride(t *testing.T) {
+	p := write(t, "version: 1\nistio:\n  meshID: prod\nworkload:\n  tokenLifetime: 2h\nvms:\n- name: a\n- name: b\n")
+	env := map[string]string{"MESHVM_MESH_ID": "fromenv", "MESHVM_APP_PORT": "9000"}
+	c, err := Load(p, true, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Istio.MeshID != "fromenv" || c.Workload.Port != 9000 || c.Workload.TokenLifetime.Duration != 2*time.Hour || len(c.VMs) != 2 {
+		t.Errorf("got mesh %q port %d lifetime %s vms %d, want fromenv 9000 2h 2", c.Istio.MeshID, c.Workload.Port, c.Workload.TokenLifetime, len(c.VMs))
+	}
+	if c.Istio.ClusterName != "test" {
+		t.Errorf("got cluster %q, want the default kept", c.Istio.ClusterName)
+	}
+}
+
+func TestErrorsNameTheFix(t *testing.T) {
+	tests := []struct {
+		name, body, want string
+		env             map[string]string
+	}{
+		{"unknown field", "version: 1\nistio:\n  meshName: x\n", "unknown field", nil},
+		{"bad version", "version: 2\n", "reads version 1", nil},
+		{"bad namespace", "version: 1\nworkload:\n  namespace: VM_NS\n", "DNS label", nil},
+		{"duplicate vm", "version: 1\nvms:\n- name: vm1\n- name: vm1\n", "appears twice", nil},
+		{"ssh without address", "version: 1\ncluster:\n  provider: ssh\n", "needs address and user", nil},
+		{"unknown provider", "version: 1\ncluster:\n  provider: vagrant\n", "want multipass, ssh, lab or kubeconfig", nil},
+		{"short token", "version: 1\nworkload:\n  tokenLifetime: 1m\n", "10m minimum", nil},
+		{"bad env number", "version: 1\n", "MESHVM_APP_PORT", map[string]string{"MESHVM_APP_PORT": "eighty"}},
+		{"kubeconfig provider without file", "version: 1\ncluster:\n  provider: kubeconfig\n", "MESHVM_KUBECONFIG", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(write(t, tt.body), true, func(k string) string { return tt.env[k] })
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), true, noEnv); err == nil {
+		t.Error("an explicitly named missing file gave no error")
+	}
+}
+
+func TestVMLookupNamesKnownVMs(t *testing.T) {
+	c := Default()
+	if _, err := c.VM("vm2"); err == nil || !strings.Contains(err.Error(), "known: vm1") {
+		t.Errorf("got %v, want the known names listed", err)
+	}
+}
