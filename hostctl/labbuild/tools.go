@@ -5,12 +5,14 @@
 // pilot-discovery (istiod), pilot-agent and istioctl from istio.io/istio. It is
 // its own module so the product's go.mod never carries them; hostctl's lab
 // provider runs `go build` in this directory (see pkg/labbuild).
+//
+// Istio's commands are pinned by the tool directives in go.mod (their main
+// packages import more than their app packages do). Kubernetes' are pinned
+// here: `go get -tool` walks k8s.io/kubernetes packages that need its
+// unpublished staging tree.
 package labbuild
 
 import (
-	_ "istio.io/istio/istioctl/cmd"
-	_ "istio.io/istio/pilot/cmd/pilot-agent/app"
-	_ "istio.io/istio/pilot/cmd/pilot-discovery/app"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 )
