@@ -180,8 +180,9 @@ func versions(gomod []byte) (Versions, error) {
 	var v Versions
 	sc := bufio.NewScanner(strings.NewReader(string(gomod)))
 	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 2 {
+		// "module version" or "module version // indirect", in or out of a block.
+		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(sc.Text()), "require "))
+		if len(f) >= 2 && (len(f) == 2 || f[2] == "//") {
 			switch f[0] {
 			case "k8s.io/kubernetes":
 				v.Kubernetes = f[1]
