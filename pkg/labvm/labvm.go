@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -83,18 +84,43 @@ type Spec struct {
 	HostIP, VMIP net.IP
 }
 
-// VM is a running lab VM.
+// VM is a running lab VM. It outlives the process that launched it (the lab
+// stays up between hostctl runs): Open finds it again from its PID file.
 type VM struct {
 	Spec
 	log    *slog.Logger
-	nspawn *exec.Cmd
-	done   chan error
-	leader int
+	nspawn int // systemd-nspawn's PID
+	leader int // the VM's systemd, nspawn's child
 }
 
-// Launch copies the root filesystem, creates the network and boots systemd.
-// It returns once systemd inside reports the system running (or degraded).
+func pidFile(dir string) string { return dir + ".pid" }
+
+// Open returns the VM in s.Dir if it is running.
+func Open(log *slog.Logger, s Spec) (*VM, bool) {
+	data, err := os.ReadFile(pidFile(s.Dir))
+	if err != nil {
+		return nil, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || !isNspawn(pid) {
+		return nil, false
+	}
+	vm := &VM{Spec: s, log: log.With("vm", s.Name), nspawn: pid, leader: childOf(pid)}
+	return vm, vm.leader != 0
+}
+
+func isNspawn(pid int) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(cmdline), "systemd-nspawn")
+}
+
+// Launch copies the root filesystem, creates the network and boots systemd,
+// or returns the VM already running there. It returns once systemd inside
+// reports the system running (or degraded).
 func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
+	if vm, ok := Open(log, s); ok {
+		return vm, nil
+	}
 	if err := os.MkdirAll(filepath.Dir(s.Dir), 0o755); err != nil {
 		return nil, err
 	}
@@ -109,19 +135,24 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	if err := network(s); err != nil {
 		return nil, fmt.Errorf("lab network for %s: %w", s.Name, err)
 	}
-	vm := &VM{Spec: s, log: log.With("vm", s.Name), done: make(chan error, 1)}
-	vm.nspawn = exec.Command("systemd-nspawn", "--quiet", "-D", s.Dir, "--boot", "--register=no", "--keep-unit",
-		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+nsName(s.Name))
-	logf, err := os.Create(s.Dir + ".console.log")
+	logf, err := os.OpenFile(s.Dir+".console.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	vm.nspawn.Stdout, vm.nspawn.Stderr = logf, logf
-	if err := vm.nspawn.Start(); err != nil {
-		logf.Close()
+	defer logf.Close()
+	cmd := exec.Command("systemd-nspawn", "--quiet", "-D", s.Dir, "--boot", "--register=no", "--keep-unit",
+		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+nsName(s.Name))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own session: the VM keeps running after hostctl exits.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("systemd-nspawn: %w", err)
 	}
-	go func() { vm.done <- vm.nspawn.Wait(); logf.Close() }()
+	go cmd.Wait() // reap it if it ends while this process lives
+	vm := &VM{Spec: s, log: log.With("vm", s.Name), nspawn: cmd.Process.Pid}
+	if err := os.WriteFile(pidFile(s.Dir), []byte(strconv.Itoa(vm.nspawn)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
 	if err := vm.waitRunning(ctx); err != nil {
 		vm.Stop(context.Background())
 		return nil, err
@@ -134,14 +165,15 @@ func (vm *VM) waitRunning(ctx context.Context) error {
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-vm.done:
-			return fmt.Errorf("systemd-nspawn exited during boot (%v): see %s.console.log", err, vm.Dir)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
+		if !isNspawn(vm.nspawn) {
+			return fmt.Errorf("systemd-nspawn exited during boot: see %s.console.log", vm.Dir)
+		}
 		if vm.leader == 0 {
-			vm.leader = childOf(vm.nspawn.Process.Pid)
+			vm.leader = childOf(vm.nspawn)
 			continue
 		}
 		out, _ := vm.Exec(ctx, "systemctl", "is-system-running")
@@ -189,13 +221,18 @@ func (vm *VM) Stop(ctx context.Context) error {
 	if vm.leader != 0 {
 		vm.Exec(ctx, "systemctl", "poweroff", "--no-block")
 	}
-	select {
-	case <-vm.done:
-	case <-time.After(30 * time.Second):
-		vm.nspawn.Process.Kill()
-		<-vm.done
+	deadline := time.Now().Add(30 * time.Second)
+	for isNspawn(vm.nspawn) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if isNspawn(vm.nspawn) {
+		syscall.Kill(vm.nspawn, syscall.SIGKILL)
+		for i := 0; isNspawn(vm.nspawn) && i < 50; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	vm.leader = 0
+	os.Remove(pidFile(vm.Dir))
 	return removeNetwork(vm.Name)
 }
 
