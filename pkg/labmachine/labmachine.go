@@ -1,0 +1,232 @@
+// Package labmachine is the machine provider of the local lab: each machine
+// is a pkg/labvm VM (systemd under systemd-nspawn in its own network
+// namespace) with a /30 of 10.213.0.0/16 on its veth pair. It meets the same
+// machine.Provider contract as the Multipass and SSH providers, so hostctl
+// onboards a lab VM through the very code that onboards a real one.
+package labmachine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/meshvm/meshvm/pkg/labvm"
+	"github.com/meshvm/meshvm/pkg/machine"
+)
+
+// Provider launches lab VMs below Dir.
+type Provider struct {
+	log *slog.Logger
+	// Dir holds each VM's root filesystem, console log and slot record.
+	dir string
+	// CacheDir keeps the debootstrapped root filesystem between labs.
+	cacheDir string
+
+	mu sync.Mutex // guards slot allocation
+}
+
+var _ machine.Provider = (*Provider)(nil)
+
+// New returns a provider keeping VMs in dir and the root filesystem cache in cacheDir.
+func New(log *slog.Logger, dir, cacheDir string) *Provider {
+	return &Provider{log: log, dir: dir, cacheDir: cacheDir}
+}
+
+// slots are /30 networks: slot n has host .1 and VM .2 of 10.213.0.0/16 + 4n.
+const maxSlots = 16384
+
+type record struct {
+	Slot int `json:"slot"`
+}
+
+func (p *Provider) recordPath(name string) string { return filepath.Join(p.dir, name+".json") }
+
+// spec returns the VM's spec, allocating a slot on first use.
+func (p *Provider) spec(name string, allocate bool) (labvm.Spec, error) {
+	if len(name) > 10 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+		return labvm.Spec{}, fmt.Errorf("lab VM name %q: use at most 10 of a-z, 0-9 and '-' (it names a network interface)", name)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var rec record
+	data, err := os.ReadFile(p.recordPath(name))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(data, &rec); err != nil {
+			return labvm.Spec{}, fmt.Errorf("lab VM record %s: %w: delete the VM and launch it again", p.recordPath(name), err)
+		}
+	case errors.Is(err, fs.ErrNotExist) && allocate:
+		if rec.Slot, err = p.freeSlot(); err != nil {
+			return labvm.Spec{}, err
+		}
+		if err := os.MkdirAll(p.dir, 0o700); err != nil {
+			return labvm.Spec{}, err
+		}
+		data, _ := json.Marshal(rec)
+		if err := os.WriteFile(p.recordPath(name), data, 0o600); err != nil {
+			return labvm.Spec{}, err
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		return labvm.Spec{}, fmt.Errorf("lab VM %s: %w", name, machine.ErrNotFound)
+	default:
+		return labvm.Spec{}, err
+	}
+	base := 4 * rec.Slot
+	ip := func(host int) net.IP { return net.IPv4(10, 213, byte((base+host)>>8), byte((base+host)&0xff)) }
+	return labvm.Spec{Name: name, Dir: filepath.Join(p.dir, name), HostIP: ip(1), VMIP: ip(2)}, nil
+}
+
+func (p *Provider) freeSlot() (int, error) {
+	used := map[int]bool{}
+	files, _ := filepath.Glob(filepath.Join(p.dir, "*.json"))
+	for _, f := range files {
+		var rec record
+		if data, err := os.ReadFile(f); err == nil && json.Unmarshal(data, &rec) == nil {
+			used[rec.Slot] = true
+		}
+	}
+	for n := 0; n < maxSlots; n++ {
+		if !used[n] {
+			return n, nil
+		}
+	}
+	return 0, errors.New("every lab network slot is taken: delete lab VMs")
+}
+
+// Launch boots the VM, or returns it when it already runs.
+func (p *Provider) Launch(ctx context.Context, s machine.Spec) (machine.Machine, error) {
+	spec, err := p.spec(s.Name, true)
+	if err != nil {
+		return machine.Machine{}, err
+	}
+	if spec.Rootfs, err = labvm.Rootfs(ctx, p.log, p.cacheDir); err != nil {
+		return machine.Machine{}, err
+	}
+	if _, err := labvm.Launch(ctx, p.log, spec); err != nil {
+		return machine.Machine{}, err
+	}
+	return p.Info(ctx, s.Name)
+}
+
+// HostAddress is the host's end of the VM's link: where the VM reaches
+// services of the host (the lab's istiod).
+func (p *Provider) HostAddress(name string) (string, error) {
+	spec, err := p.spec(name, false)
+	if err != nil {
+		return "", err
+	}
+	return spec.HostIP.String(), nil
+}
+
+func (p *Provider) open(name string) (*labvm.VM, labvm.Spec, error) {
+	spec, err := p.spec(name, false)
+	if err != nil {
+		return nil, spec, err
+	}
+	vm, ok := labvm.Open(p.log, spec)
+	if !ok {
+		return nil, spec, fmt.Errorf("lab VM %s is not running: run hostctl up (or hostctl vm start %s)", name, name)
+	}
+	return vm, spec, nil
+}
+
+// Info reports the VM; a stopped VM is reported with state Stopped.
+func (p *Provider) Info(ctx context.Context, name string) (machine.Machine, error) {
+	spec, err := p.spec(name, false)
+	if err != nil {
+		return machine.Machine{}, err
+	}
+	m := machine.Machine{Name: name, State: "Stopped", Addresses: []string{spec.VMIP.String()}, Arch: runtime.GOARCH}
+	if _, ok := labvm.Open(p.log, spec); ok {
+		m.State = "Running"
+	}
+	return m, nil
+}
+
+// List reports every lab VM.
+func (p *Provider) List(ctx context.Context) ([]machine.Machine, error) {
+	files, _ := filepath.Glob(filepath.Join(p.dir, "*.json"))
+	sort.Strings(files)
+	var out []machine.Machine
+	for _, f := range files {
+		m, err := p.Info(ctx, strings.TrimSuffix(filepath.Base(f), ".json"))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Exec runs a command as root inside the VM.
+func (p *Provider) Exec(ctx context.Context, name string, stdin io.Reader, args ...string) ([]byte, error) {
+	vm, _, err := p.open(name)
+	if err != nil {
+		return nil, err
+	}
+	if len(args) == 0 {
+		return nil, errors.New("exec: no command")
+	}
+	full := append([]string{"-t", fmt.Sprint(vm.Leader()), "-a", "--"}, args...)
+	cmd := exec.CommandContext(ctx, "nsenter", full...)
+	cmd.Stdin = stdin
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("%s: %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return out, nil
+}
+
+// Transfer writes data to path inside the VM through its own shell: a
+// temporary file, synced, renamed over path.
+func (p *Provider) Transfer(ctx context.Context, name, dst string, data io.Reader, mode os.FileMode) error {
+	if !path.IsAbs(dst) {
+		return fmt.Errorf("%s: transfer destination %q must be absolute", name, dst)
+	}
+	tmp := path.Join(path.Dir(dst), "."+path.Base(dst)+".hostctl-tmp")
+	script := fmt.Sprintf("set -e; umask 077; mkdir -p '%s'; cat > '%s'; chmod %o '%s'; sync; mv -f '%s' '%s'",
+		path.Dir(dst), tmp, mode.Perm(), tmp, tmp, dst)
+	if _, err := p.Exec(ctx, name, data, "sh", "-c", script); err != nil {
+		p.Exec(context.Background(), name, nil, "rm", "-f", tmp)
+		return fmt.Errorf("transfer to %s: %w", dst, err)
+	}
+	return nil
+}
+
+// Stop powers the VM off, keeping its disk.
+func (p *Provider) Stop(ctx context.Context, name string) error {
+	vm, _, err := p.open(name)
+	if err != nil {
+		return nil // already stopped
+	}
+	return vm.Stop(ctx)
+}
+
+// Delete stops the VM and removes its disk and network slot.
+func (p *Provider) Delete(ctx context.Context, name string) error {
+	spec, err := p.spec(name, false)
+	if errors.Is(err, machine.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	vm, ok := labvm.Open(p.log, spec)
+	if !ok {
+		vm = &labvm.VM{Spec: spec}
+	}
+	return errors.Join(vm.Remove(ctx), os.Remove(p.recordPath(name)))
+}
