@@ -3,22 +3,36 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 )
 
+// globals are the flags every command shares.
+type globals struct {
+	configPath string
+}
+
+// load merges defaults, the config file, MESHVM_* variables and flags.
+func (g *globals) load(cmd *cobra.Command) (config.Config, error) {
+	return config.Load(g.configPath, cmd.Flags().Changed("config"), os.Getenv)
+}
+
 // New returns the hostctl command tree. Cluster, Istio and VM commands
-// arrive with their issue; today hostctl only reports its version.
+// arrive with their issue; today hostctl reports its version and config.
 func New() *cobra.Command {
+	g := &globals{}
 	root := &cobra.Command{
 		Use:           "hostctl",
 		Short:         "Join virtual machines to an Istio service mesh",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.PersistentFlags().StringVar(&g.configPath, "config", config.DefaultFile, "config file (defaults apply to every field it leaves out)")
 	root.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the hostctl version",
@@ -28,5 +42,8 @@ func New() *cobra.Command {
 			return nil
 		},
 	})
+	cfg := &cobra.Command{Use: "config", Short: "Show the configuration in effect"}
+	cfg.AddCommand((&configShowCmd{g: g}).command())
+	root.AddCommand(cfg)
 	return root
 }

@@ -1,0 +1,53 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := New()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestConfigShow(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "meshvm.yaml")
+	os.WriteFile(p, []byte("version: 1\nworkload:\n  namespace: apps\n"), 0o600)
+	t.Setenv("MESHVM_MESH_ID", "meshX")
+	out, err := run(t, "--config", p, "config", "show", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Istio    struct{ MeshID string }
+		Workload struct{ Namespace, Group string }
+		StateDir string
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if got.Istio.MeshID != "meshX" || got.Workload.Namespace != "apps" || got.Workload.Group != "external-app" || got.StateDir != filepath.Join(dir, ".meshvm") {
+		t.Errorf("got %+v, want env, file and defaults merged", got)
+	}
+	out, err = run(t, "--config", p, "config", "show")
+	if err != nil || !strings.Contains(out, "namespace: apps") {
+		t.Errorf("yaml: got %q, %v", out, err)
+	}
+	if _, err := run(t, "--config", filepath.Join(dir, "missing.yaml"), "config", "show"); err == nil {
+		t.Error("an explicit missing config gave no error")
+	}
+	if _, err := run(t, "--config", p, "config", "show", "-o", "xml"); err == nil || !strings.Contains(err.Error(), "want yaml or json") {
+		t.Errorf("got %v, want the output formats named", err)
+	}
+}
