@@ -141,7 +141,11 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	}
 	defer logf.Close()
 	cmd := exec.Command("systemd-nspawn", "--quiet", "-D", s.Dir, "--boot", "--register=no", "--keep-unit",
-		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+nsName(s.Name))
+		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+nsName(s.Name),
+		// The namespace is the VM's own, so its root may manage it: the
+		// sidecar's capture rules need this (nspawn grants it only with
+		// --private-network, not for a namespace given by path).
+		"--capability=CAP_NET_ADMIN")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: the VM keeps running after hostctl exits.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
