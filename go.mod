@@ -14,13 +14,16 @@ require (
 	golang.org/x/sys v0.50.0
 	google.golang.org/grpc v1.82.0
 	google.golang.org/protobuf v1.36.12
+	istio.io/api v1.31.4
 	sigs.k8s.io/yaml v1.6.0
 )
 
 require (
+	github.com/golang/protobuf v1.5.4 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
 	go.yaml.in/yaml/v2 v2.4.2 // indirect
 	golang.org/x/text v0.44.0 // indirect
+	google.golang.org/genproto/googleapis/api v0.0.0-20260414002931-afd174a4e478 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260414002931-afd174a4e478 // indirect
 )

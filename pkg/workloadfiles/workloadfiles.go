@@ -1,0 +1,301 @@
+// Package workloadfiles generates the files a VM needs to join the mesh:
+// cluster.env, mesh.yaml, hosts, root-cert.pem and istio-token, as
+// `istioctl x workload entry configure` writes them (see
+// shared/istio-vm-contract.md §1), from inputs the caller read from the
+// cluster. It differs on purpose in two places: it never writes an empty
+// hosts file (an error names the missing address instead), and it quotes
+// every cluster.env value the same way, which parses to the same values.
+package workloadfiles
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"istio.io/api/annotation"
+	"istio.io/api/label"
+	meshconfig "istio.io/api/mesh/v1alpha1"
+	networking "istio.io/api/networking/v1alpha3"
+	"sigs.k8s.io/yaml"
+)
+
+// Group is the WorkloadGroup the VM belongs to.
+type Group struct {
+	Name, Namespace string
+	// Annotations are the object's metadata annotations.
+	Annotations map[string]string
+	Spec        *networking.WorkloadGroup
+}
+
+// Options are the inputs of one generation.
+type Options struct {
+	// Mesh is the "mesh" key of the istio (or istio-<revision>) ConfigMap.
+	Mesh  string
+	Group Group
+	// IstioNamespace defaults to istio-system.
+	IstioNamespace string
+	Revision       string
+	ClusterID      string
+	AutoRegister   bool
+	// DNSCapture writes ISTIO_META_DNS_CAPTURE=true (istioctl's default).
+	DNSCapture bool
+	// InternalIP or ExternalIP (not both) become ISTIO_SVC_IP.
+	InternalIP, ExternalIP string
+	// IstiodIP is where the VM reaches istiod (the east-west gateway, or the
+	// lab host); the hosts file maps istiod's name to it.
+	IstiodIP string
+	// RootCert is istio-ca-root-cert's root-cert.pem in the group's namespace;
+	// Token is a TokenRequest token for the group's service account.
+	RootCert, Token []byte
+}
+
+// Files are the generated contents, by the names istioctl gives them.
+type Files struct {
+	ClusterEnv, Mesh, Hosts, RootCert, Token []byte
+}
+
+// Map returns the files by name (cluster.env, mesh.yaml, hosts, ...).
+func (f Files) Map() map[string][]byte {
+	return map[string][]byte{"cluster.env": f.ClusterEnv, "mesh.yaml": f.Mesh, "hosts": f.Hosts, "root-cert.pem": f.RootCert, "istio-token": f.Token}
+}
+
+// revisioned reports whether rev names a non-default control plane.
+func revisioned(rev string) bool { return rev != "" && rev != "default" }
+
+// IstiodHost is istiod's service name as the VM resolves it.
+func IstiodHost(ns, rev string) string {
+	if revisioned(rev) {
+		return fmt.Sprintf("istiod-%s.%s.svc", rev, ns)
+	}
+	return "istiod." + ns + ".svc"
+}
+
+// Generate produces the files, or an error naming the missing input.
+func Generate(o Options) (Files, error) {
+	if o.IstioNamespace == "" {
+		o.IstioNamespace = "istio-system"
+	}
+	if o.Group.Spec == nil || o.Group.Spec.GetTemplate() == nil {
+		return Files{}, errors.New("the WorkloadGroup has no spec.template: set at least template.serviceAccount")
+	}
+	if o.InternalIP != "" && o.ExternalIP != "" {
+		return Files{}, errors.New("set the VM's internal IP or its external IP, not both")
+	}
+	if len(o.RootCert) == 0 {
+		return Files{}, fmt.Errorf("no root certificate: istiod has not yet created ConfigMap istio-ca-root-cert in namespace %s (is istiod running?)", o.Group.Namespace)
+	}
+	if len(o.Token) == 0 {
+		return Files{}, errors.New("no istio-token: request one for the group's service account (audience istio-ca)")
+	}
+	pc, err := proxyConfig(o)
+	if err != nil {
+		return Files{}, err
+	}
+	mesh, err := meshYAML(pc)
+	if err != nil {
+		return Files{}, err
+	}
+	hosts, err := hostsFile(o)
+	if err != nil {
+		return Files{}, err
+	}
+	return Files{ClusterEnv: clusterEnv(o, pc), Mesh: mesh, Hosts: hosts, RootCert: o.RootCert, Token: o.Token}, nil
+}
+
+// proxyConfig is the mesh's defaultConfig with the group's proxy config
+// annotations merged in and the VM's metadata forced, as istioctl does.
+func proxyConfig(o Options) (*meshconfig.ProxyConfig, error) {
+	mc := &meshconfig.MeshConfig{DefaultConfig: &meshconfig.ProxyConfig{ProxyMetadata: map[string]string{}}}
+	if err := applyYAML(o.Mesh, mc); err != nil {
+		return nil, fmt.Errorf("mesh config: %w", err)
+	}
+	if mc.DefaultConfig == nil {
+		mc.DefaultConfig = &meshconfig.ProxyConfig{}
+	}
+	pc := mc.DefaultConfig
+	if revisioned(o.Revision) && pc.DiscoveryAddress == "" {
+		pc.DiscoveryAddress = IstiodHost(o.IstioNamespace, o.Revision) + ":15012"
+	}
+	// Object annotations first, then the template's: the later wins.
+	for _, ann := range []map[string]string{o.Group.Annotations, o.Group.Spec.GetMetadata().GetAnnotations()} {
+		y, ok := ann[annotation.ProxyConfig.Name]
+		if !ok {
+			continue
+		}
+		over := &meshconfig.ProxyConfig{}
+		if err := applyYAML(y, over); err != nil {
+			return nil, fmt.Errorf("WorkloadGroup annotation %s: %w", annotation.ProxyConfig.Name, err)
+		}
+		proto.Merge(pc, over) // maps merge key by key, as istioctl's metadata merge does
+	}
+	if pc.ProxyMetadata == nil {
+		pc.ProxyMetadata = map[string]string{}
+	}
+
+	tmpl := o.Group.Spec.GetTemplate()
+	labels := map[string]string{}
+	for k, v := range o.Group.Spec.GetMetadata().GetLabels() {
+		labels[k] = v
+	}
+	for k, v := range tmpl.GetLabels() {
+		labels[k] = v
+	}
+	pc.ReadinessProbe = o.Group.Spec.GetProbe()
+
+	md := pc.ProxyMetadata
+	md["CANONICAL_SERVICE"] = firstLabel(labels, o.Group.Name, label.ServiceCanonicalName.Name, "app.kubernetes.io/name", "app")
+	md["CANONICAL_REVISION"] = firstLabel(labels, "latest", label.ServiceCanonicalRevision.Name, "app.kubernetes.io/version", "version")
+	md["POD_NAMESPACE"] = o.Group.Namespace
+	md["SERVICE_ACCOUNT"] = tmpl.GetServiceAccount()
+	md["TRUST_DOMAIN"] = mc.GetTrustDomain()
+	md["ISTIO_META_CLUSTER_ID"] = o.ClusterID
+	md["ISTIO_META_MESH_ID"] = pc.GetMeshId()
+	md["ISTIO_META_NETWORK"] = tmpl.GetNetwork()
+	if ports := podPorts(tmpl.GetPorts()); ports != "" {
+		md["ISTIO_META_POD_PORTS"] = ports
+	}
+	md["ISTIO_META_WORKLOAD_NAME"] = o.Group.Name
+	labels[label.ServiceCanonicalName.Name] = md["CANONICAL_SERVICE"]
+	labels[label.ServiceCanonicalRevision.Name] = md["CANONICAL_REVISION"]
+	lj, err := json.Marshal(labels)
+	if err != nil {
+		return nil, err
+	}
+	md["ISTIO_METAJSON_LABELS"] = string(lj)
+	if o.DNSCapture {
+		md["ISTIO_META_DNS_CAPTURE"] = "true"
+	}
+	if o.AutoRegister {
+		md["ISTIO_META_AUTO_REGISTER_GROUP"] = o.Group.Name
+	}
+	return pc, nil
+}
+
+func firstLabel(labels map[string]string, def string, keys ...string) string {
+	for _, k := range keys {
+		if v, ok := labels[k]; ok {
+			return v
+		}
+	}
+	return def
+}
+
+// podPorts is ISTIO_META_POD_PORTS: the template's ports as container ports, by name.
+func podPorts(ports map[string]uint32) string {
+	type podPort struct {
+		Name          string `json:"name,omitempty"`
+		ContainerPort int    `json:"containerPort"`
+		Protocol      string `json:"protocol"`
+	}
+	if len(ports) == 0 {
+		return ""
+	}
+	out := make([]podPort, 0, len(ports))
+	for name, p := range ports {
+		out = append(out, podPort{Name: name, ContainerPort: int(p)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	b, _ := json.Marshal(out)
+	return string(b)
+}
+
+// applyYAML merges YAML (proto JSON names or field names) into msg.
+func applyYAML(y string, msg proto.Message) error {
+	if strings.TrimSpace(y) == "" {
+		return nil
+	}
+	js, err := yaml.YAMLToJSON([]byte(y))
+	if err != nil {
+		return err
+	}
+	over := msg.ProtoReflect().New().Interface()
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(js, over); err != nil {
+		return err
+	}
+	proto.Merge(msg, over)
+	return nil
+}
+
+func meshYAML(pc *meshconfig.ProxyConfig) ([]byte, error) {
+	js, err := protojson.Marshal(pc)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(js, &m); err != nil {
+		return nil, err
+	}
+	return yaml.Marshal(map[string]any{"defaultConfig": m})
+}
+
+// clusterEnv is the proxy metadata plus the VM's capture and identity settings.
+func clusterEnv(o Options, pc *meshconfig.ProxyConfig) []byte {
+	tmpl := o.Group.Spec.GetTemplate()
+	inbound := "*"
+	if len(tmpl.GetPorts()) > 0 {
+		var ports []string
+		for _, p := range tmpl.GetPorts() {
+			ports = append(ports, strconv.Itoa(int(p)))
+		}
+		sort.Strings(ports) // istioctl leaves map order; sorted is stable
+		inbound = strings.Join(ports, ",")
+	}
+	// 22 (ssh), 15090 (metrics), 15021 (readiness) and the agent's status port stay uncaptured.
+	exclude := "22,15090,15021"
+	if sp := pc.GetStatusPort(); sp != 15090 && sp != 15021 {
+		if sp == 0 {
+			sp = 15020
+		}
+		exclude += "," + strconv.Itoa(int(sp))
+	}
+	env := map[string]string{}
+	for k, v := range pc.GetProxyMetadata() {
+		env[k] = v
+	}
+	env["ISTIO_INBOUND_PORTS"] = inbound
+	env["ISTIO_NAMESPACE"] = o.Group.Namespace
+	env["ISTIO_SERVICE"] = o.Group.Name + "." + o.Group.Namespace
+	env["ISTIO_SERVICE_CIDR"] = "*"
+	env["ISTIO_LOCAL_EXCLUDE_PORTS"] = exclude
+	env["SERVICE_ACCOUNT"] = tmpl.GetServiceAccount()
+	if revisioned(o.Revision) {
+		env["CA_ADDR"] = IstiodHost(o.IstioNamespace, o.Revision) + ":15012"
+	}
+	switch {
+	case o.InternalIP != "":
+		env["ISTIO_SVC_IP"] = o.InternalIP
+	case o.ExternalIP != "":
+		env["ISTIO_SVC_IP"] = o.ExternalIP
+		env["REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION"] = "true"
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", k, shellQuote(env[k]))
+	}
+	return []byte(b.String())
+}
+
+// shellQuote single-quotes every value, so any value survives `set -a; .`.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
+}
+
+// hostsFile maps istiod's name to the address the VM reaches it on.
+func hostsFile(o Options) ([]byte, error) {
+	ip, err := netip.ParseAddr(o.IstiodIP)
+	if err != nil {
+		return nil, fmt.Errorf("no address for %s (%q): the east-west gateway has no external address yet; pass the address istiod is reachable on", IstiodHost(o.IstioNamespace, o.Revision), o.IstiodIP)
+	}
+	return []byte(fmt.Sprintf("%s %s\n", ip, IstiodHost(o.IstioNamespace, o.Revision))), nil
+}
