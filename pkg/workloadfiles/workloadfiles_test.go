@@ -25,11 +25,15 @@ func istioModule(t *testing.T) string {
 		t.Fatalf("locate istio.io/istio: %v", err)
 	}
 	dir := strings.TrimSpace(string(out))
-	if dir == "" {
-		if out, err := exec.Command("go", "mod", "download", "-json", "istio.io/istio").CombinedOutput(); err != nil {
+	if dir == "" { // not in the module cache yet: fetch the pinned version
+		dl := exec.Command("go", "mod", "download", "istio.io/istio")
+		dl.Dir = cmd.Dir
+		if out, err := dl.CombinedOutput(); err != nil {
 			t.Fatalf("download istio.io/istio: %v\n%s", err, out)
 		}
-		out, _ = cmd.Output()
+		again := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "istio.io/istio")
+		again.Dir = cmd.Dir
+		out, _ = again.Output()
 		dir = strings.TrimSpace(string(out))
 	}
 	return dir
