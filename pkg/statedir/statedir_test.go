@@ -1,0 +1,71 @@
+package statedir
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCAAndCertificatesPersistAndRenew(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".meshvm")
+	d, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := d.AgentCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := d.AgentCA()
+	if err != nil || !bytes.Equal(again.CertPEM(), ca.CertPEM()) {
+		t.Fatalf("second AgentCA: got a different CA (%v)", err)
+	}
+	c1, err := d.ClientCert(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := d.ClientCert(ca)
+	if !bytes.Equal(c1.Cert, c2.Cert) {
+		t.Error("client certificate reissued although still valid")
+	}
+
+	v1, changed, err := d.VMCert(ca, "vm1", []string{"10.213.0.2"})
+	if err != nil || !changed {
+		t.Fatalf("first VMCert: changed=%v err=%v", changed, err)
+	}
+	v2, changed, _ := d.VMCert(ca, "vm1", []string{"10.213.0.2"})
+	if changed || !bytes.Equal(v1.Cert, v2.Cert) {
+		t.Error("VM certificate reissued for the same address")
+	}
+	_, changed, _ = d.VMCert(ca, "vm1", []string{"10.213.0.6"})
+	if !changed {
+		t.Error("VM certificate kept although the VM's address changed")
+	}
+
+	for _, p := range []string{"agent-ca/ca-key.pem", "agent-ca/hostctl-key.pem", "vms/vm1/agent-key.pem", "vms/vm1/agent.pem"} {
+		st, err := os.Stat(filepath.Join(dir, p))
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v mode %v, want 0600", p, err, st.Mode())
+		}
+	}
+	for _, p := range []string{".", "agent-ca", "vms", "vms/vm1"} {
+		if st, _ := os.Stat(filepath.Join(dir, p)); st.Mode().Perm() != 0o700 {
+			t.Errorf("%s: mode %v, want 0700", p, st.Mode())
+		}
+	}
+
+	// A certificate signed by another CA (the CA was replaced) is reissued.
+	os.RemoveAll(filepath.Join(dir, "agent-ca"))
+	ca2, _ := d.AgentCA()
+	_, changed, _ = d.VMCert(ca2, "vm1", []string{"10.213.0.6"})
+	if !changed {
+		t.Error("VM certificate of the old CA kept")
+	}
+
+	os.WriteFile(filepath.Join(dir, "agent-ca/ca-key.pem"), []byte("garbage"), 0o600)
+	if _, err := d.AgentCA(); err == nil || !strings.Contains(err.Error(), "re-onboard every VM") {
+		t.Errorf("corrupt CA: got %v, want the fix named", err)
+	}
+}
