@@ -27,10 +27,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/mtls"
+	"github.com/meshvm/meshvm/pkg/procs"
 )
 
 // Config describes the lab control plane.
@@ -105,7 +105,7 @@ func Up(ctx context.Context, c Config) error {
 	}
 	for _, comp := range components {
 		start := time.Now()
-		if pid, ok := running(c.Dir, comp.name); ok {
+		if pid, ok := procs.Dir(c.Dir).Running(comp.name); ok {
 			if err := comp.ready(ctx, c); err == nil {
 				fmt.Fprintf(c.Progress, "lab cluster: %s already running (pid %d)\n", comp.name, pid)
 				continue
@@ -115,11 +115,12 @@ func Up(ctx context.Context, c Config) error {
 		if _, err := exec.LookPath(bin); err != nil {
 			return fmt.Errorf("%s: %w (etcd: apt-get install etcd-server; the others come from the lab build)", comp.name, err)
 		}
-		pid, err := spawn(c.Dir, comp.name, bin, comp.args(c))
+		pid, err := procs.Dir(c.Dir).Start(procs.Spec{Name: comp.name, Bin: bin, Args: comp.args(c)})
 		if err != nil {
 			return err
 		}
-		if err := waitReady(ctx, c, comp, pid); err != nil {
+		ready := func(ctx context.Context) error { return comp.ready(ctx, c) }
+		if err := procs.Dir(c.Dir).WaitReady(ctx, comp.name, pid, readyTimeout, ready); err != nil {
 			return err
 		}
 		fmt.Fprintf(c.Progress, "lab cluster: %s ready (pid %d, %s)\n", comp.name, pid, time.Since(start).Round(100*time.Millisecond))
@@ -127,33 +128,12 @@ func Up(ctx context.Context, c Config) error {
 	return nil
 }
 
-func waitReady(ctx context.Context, c Config, comp component, pid int) error {
-	deadline := time.Now().Add(readyTimeout)
-	for {
-		err := comp.ready(ctx, c)
-		if err == nil {
-			return nil
-		}
-		if !alive(pid) {
-			return fmt.Errorf("%s exited while starting: see %s", comp.name, logPath(c.Dir, comp.name))
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %s (%v): see %s", comp.name, readyTimeout, err, logPath(c.Dir, comp.name))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
 // Down stops the components newest first and etcd last: stopping etcd with
 // the others leaves them retrying it for half a minute.
 func Down(ctx context.Context, dir string) error {
 	var errs []error
 	for i := len(components) - 1; i >= 0; i-- {
-		errs = append(errs, stop(ctx, dir, components[i].name))
+		errs = append(errs, procs.Dir(dir).Stop(ctx, components[i].name, stopGrace))
 	}
 	return errors.Join(errs...)
 }
@@ -161,86 +141,6 @@ func Down(ctx context.Context, dir string) error {
 // Purge stops everything and deletes the state directory.
 func Purge(ctx context.Context, dir string) error {
 	return errors.Join(Down(ctx, dir), os.RemoveAll(dir))
-}
-
-func logPath(dir, name string) string { return filepath.Join(dir, "logs", name+".log") }
-func pidPath(dir, name string) string { return filepath.Join(dir, "run", name+".pid") }
-
-// spawn starts a detached process (its own session) with output to its log.
-func spawn(dir, name, bin string, args []string) (int, error) {
-	logf, err := os.OpenFile(logPath(dir, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return 0, err
-	}
-	defer logf.Close()
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start %s: %w", name, err)
-	}
-	pid := cmd.Process.Pid
-	// Reap it if it dies while this process lives; the PID file is the record.
-	go cmd.Wait()
-	if err := os.WriteFile(pidPath(dir, name), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
-		return 0, err
-	}
-	return pid, nil
-}
-
-// running reports the recorded PID if that process still runs the component.
-func running(dir, name string) (int, bool) {
-	data, err := os.ReadFile(pidPath(dir, name))
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || !alive(pid) {
-		return 0, false
-	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !strings.Contains(string(cmdline), name) {
-		return 0, false // the PID was reused by something else
-	}
-	return pid, true
-}
-
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// A zombie has exited; field 3 is the state.
-	f := strings.Fields(string(stat))
-	return len(f) > 2 && f[2] != "Z"
-}
-
-func stop(ctx context.Context, dir, name string) error {
-	pid, ok := running(dir, name)
-	if !ok {
-		os.Remove(pidPath(dir, name))
-		return nil
-	}
-	syscall.Kill(pid, syscall.SIGTERM)
-	deadline := time.Now().Add(stopGrace)
-	for alive(pid) && time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if alive(pid) {
-		syscall.Kill(pid, syscall.SIGKILL)
-		for i := 0; alive(pid) && i < 50; i++ {
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	if alive(pid) {
-		return fmt.Errorf("%s (pid %d) did not stop", name, pid)
-	}
-	return os.Remove(pidPath(dir, name))
 }
 
 func pki(dir, name string) string { return filepath.Join(dir, "pki", name) }

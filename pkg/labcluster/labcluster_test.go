@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/procs"
 )
 
 // TestControlPlane runs etcd, the API server and the controller manager for
@@ -46,7 +47,7 @@ func TestControlPlane(t *testing.T) {
 	}
 	pids := map[string]int{}
 	for _, c := range components {
-		pid, ok := running(dir, c.name)
+		pid, ok := procs.Dir(dir).Running(c.name)
 		if !ok {
 			t.Fatalf("%s not running after Up", c.name)
 		}
@@ -103,7 +104,7 @@ func TestControlPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, pid := range pids {
-		if now, _ := running(dir, name); now != pid {
+		if now, _ := procs.Dir(dir).Running(name); now != pid {
 			t.Errorf("%s: second Up replaced pid %d with %d", name, pid, now)
 		}
 	}
@@ -114,7 +115,7 @@ func TestControlPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, pid := range pids {
-		if alive(pid) {
+		if procs.Alive(pid) {
 			t.Errorf("%s (pid %d) still alive after Down", name, pid)
 		}
 	}
