@@ -204,3 +204,44 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// IstioCRDs returns Istio's crd-all.gen.yaml from the pinned istio.io/istio
+// module (downloaded through the module proxy on first use).
+func IstioCRDs(ctx context.Context, moduleDir string) ([]byte, error) {
+	dir, err := moduleSource(ctx, moduleDir, "istio.io/istio")
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(filepath.Join(dir, "manifests/charts/base/files/crd-all.gen.yaml"))
+}
+
+// IstioFile returns a file of the pinned istio.io/istio module.
+func IstioFile(ctx context.Context, moduleDir, rel string) (string, error) {
+	dir, err := moduleSource(ctx, moduleDir, "istio.io/istio")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, rel), nil
+}
+
+func moduleSource(ctx context.Context, moduleDir, module string) (string, error) {
+	list := func() (string, error) {
+		cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", module)
+		cmd.Dir = moduleDir
+		out, err := cmd.Output()
+		return strings.TrimSpace(string(out)), err
+	}
+	dir, err := list()
+	if err == nil && dir == "" {
+		dl := exec.CommandContext(ctx, "go", "mod", "download", module)
+		dl.Dir = moduleDir
+		if out, err := dl.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("download %s: %w: %s", module, err, out)
+		}
+		dir, err = list()
+	}
+	if err != nil || dir == "" {
+		return "", fmt.Errorf("locate %s through %s: %v", module, moduleDir, err)
+	}
+	return dir, nil
+}
