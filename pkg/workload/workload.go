@@ -1,0 +1,231 @@
+// Package workload is the cluster side of a VM workload: its namespace,
+// service account, WorkloadGroup and Service, and the inputs of its
+// workload files (mesh config, root certificate, a fresh token), read with
+// client-go and istio.io/client-go. Every step converges: objects that exist
+// are updated only where they differ.
+package workload
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	networking "istio.io/api/networking/v1alpha3"
+	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
+)
+
+// Spec is the workload, with the recipe's names by default.
+type Spec struct {
+	Namespace, ServiceAccount, Group string
+	Port                             int
+	PortName                         string
+	Network                          string
+	ProbePath                        string
+	ProbePort                        int
+	ProbePeriod, ProbeInitialDelay   int32
+}
+
+// Clients are the APIs the workload needs.
+type Clients struct {
+	Kube  kubernetes.Interface
+	Istio istioclient.Interface
+}
+
+// Change reports one object's fate.
+type Change struct {
+	Object string // e.g. "WorkloadGroup vmns/external-app"
+	Action string // "created", "updated", "unchanged"
+}
+
+// Ensure converges the namespace, service account, WorkloadGroup and Service.
+func Ensure(ctx context.Context, c Clients, s Spec) ([]Change, error) {
+	var out []Change
+	add := func(obj, action string, err error) error {
+		if err != nil {
+			return fmt.Errorf("%s: %w", obj, err)
+		}
+		out = append(out, Change{obj, action})
+		return nil
+	}
+	a, err := ensureNamespace(ctx, c.Kube, s.Namespace)
+	if err := add("Namespace "+s.Namespace, a, err); err != nil {
+		return out, err
+	}
+	a, err = ensureServiceAccount(ctx, c.Kube, s)
+	if err := add("ServiceAccount "+s.Namespace+"/"+s.ServiceAccount, a, err); err != nil {
+		return out, err
+	}
+	a, err = ensureGroup(ctx, c.Istio, s)
+	if err := add("WorkloadGroup "+s.Namespace+"/"+s.Group, a, err); err != nil {
+		return out, err
+	}
+	a, err = ensureService(ctx, c.Kube, s)
+	if err := add("Service "+s.Namespace+"/"+s.Group, a, err); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) (string, error) {
+	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	return createdOr(err)
+}
+
+func ensureServiceAccount(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
+	_, err := kc.CoreV1().ServiceAccounts(s.Namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: s.ServiceAccount}}, metav1.CreateOptions{})
+	return createdOr(err)
+}
+
+func createdOr(err error) (string, error) {
+	switch {
+	case err == nil:
+		return "created", nil
+	case apierrors.IsAlreadyExists(err):
+		return "unchanged", nil
+	}
+	return "", err
+}
+
+// GroupSpec is the WorkloadGroup the recipe creates.
+func GroupSpec(s Spec) *networking.WorkloadGroup {
+	return &networking.WorkloadGroup{
+		Metadata: &networking.WorkloadGroup_ObjectMeta{Labels: map[string]string{"app": s.Group}},
+		Template: &networking.WorkloadEntry{ServiceAccount: s.ServiceAccount, Network: s.Network, Ports: map[string]uint32{s.PortName: uint32(s.Port)}},
+		Probe: &networking.ReadinessProbe{
+			PeriodSeconds: s.ProbePeriod, InitialDelaySeconds: s.ProbeInitialDelay,
+			HealthCheckMethod: &networking.ReadinessProbe_HttpGet{HttpGet: &networking.HTTPHealthCheckConfig{Path: s.ProbePath, Port: uint32(s.ProbePort)}},
+		},
+	}
+}
+
+func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string, error) {
+	want := GroupSpec(s)
+	groups := ic.NetworkingV1().WorkloadGroups(s.Namespace)
+	cur, err := groups.Get(ctx, s.Group, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		wg := &clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace}}
+		proto.Merge(&wg.Spec, want)
+		_, err = groups.Create(ctx, wg, metav1.CreateOptions{})
+		return createdOr(err)
+	}
+	if err != nil {
+		return "", err
+	}
+	if equalGroup(&cur.Spec, want) {
+		return "unchanged", nil
+	}
+	proto.Reset(&cur.Spec)
+	proto.Merge(&cur.Spec, want)
+	_, err = groups.Update(ctx, cur, metav1.UpdateOptions{})
+	if err != nil {
+		return "", err
+	}
+	return "updated", nil
+}
+
+func equalGroup(a, b *networking.WorkloadGroup) bool {
+	return a.GetTemplate().GetServiceAccount() == b.GetTemplate().GetServiceAccount() &&
+		a.GetTemplate().GetNetwork() == b.GetTemplate().GetNetwork() &&
+		fmt.Sprint(a.GetTemplate().GetPorts()) == fmt.Sprint(b.GetTemplate().GetPorts()) &&
+		fmt.Sprint(a.GetMetadata().GetLabels()) == fmt.Sprint(b.GetMetadata().GetLabels()) &&
+		a.GetProbe().GetHttpGet().GetPath() == b.GetProbe().GetHttpGet().GetPath() &&
+		a.GetProbe().GetHttpGet().GetPort() == b.GetProbe().GetHttpGet().GetPort() &&
+		a.GetProbe().GetPeriodSeconds() == b.GetProbe().GetPeriodSeconds() &&
+		a.GetProbe().GetInitialDelaySeconds() == b.GetProbe().GetInitialDelaySeconds()
+}
+
+func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
+	port := corev1.ServicePort{Name: s.PortName, Port: int32(s.Port), TargetPort: intstr.FromInt32(int32(s.Port))}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: map[string]string{"app": s.Group}},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": s.Group}, Ports: []corev1.ServicePort{port}},
+	}
+	cur, err := kc.CoreV1().Services(s.Namespace).Get(ctx, s.Group, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = kc.CoreV1().Services(s.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+		return createdOr(err)
+	}
+	if err != nil {
+		return "", err
+	}
+	if len(cur.Spec.Ports) == 1 && cur.Spec.Ports[0].Port == port.Port && cur.Spec.Ports[0].Name == port.Name && cur.Spec.Selector["app"] == s.Group {
+		return "unchanged", nil
+	}
+	cur.Spec.Selector, cur.Spec.Ports = svc.Spec.Selector, svc.Spec.Ports
+	if _, err := kc.CoreV1().Services(s.Namespace).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		return "", err
+	}
+	return "updated", nil
+}
+
+// FilesFor are the per-VM inputs of the workload files.
+type FilesFor struct {
+	ClusterID      string
+	IstioNamespace string
+	// VMIP is the VM's address (ISTIO_SVC_IP); IstiodIP where it reaches istiod.
+	VMIP, IstiodIP string
+	TokenLifetime  time.Duration
+}
+
+// Files reads the mesh config and root certificate, requests a token and
+// generates the VM's workload files.
+func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Files, error) {
+	if f.IstioNamespace == "" {
+		f.IstioNamespace = "istio-system"
+	}
+	meshCM, err := c.Kube.CoreV1().ConfigMaps(f.IstioNamespace).Get(ctx, "istio", metav1.GetOptions{})
+	if err != nil {
+		return workloadfiles.Files{}, fmt.Errorf("mesh config (ConfigMap %s/istio): %w: is Istio installed? run hostctl istio install", f.IstioNamespace, err)
+	}
+	root, err := waitRootCert(ctx, c.Kube, s.Namespace)
+	if err != nil {
+		return workloadfiles.Files{}, err
+	}
+	wg, err := c.Istio.NetworkingV1().WorkloadGroups(s.Namespace).Get(ctx, s.Group, metav1.GetOptions{})
+	if err != nil {
+		return workloadfiles.Files{}, fmt.Errorf("WorkloadGroup %s/%s: %w", s.Namespace, s.Group, err)
+	}
+	secs := int64(f.TokenLifetime.Seconds())
+	tr, err := c.Kube.CoreV1().ServiceAccounts(s.Namespace).CreateToken(ctx, s.ServiceAccount, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{Audiences: []string{"istio-ca"}, ExpirationSeconds: &secs},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return workloadfiles.Files{}, fmt.Errorf("token for %s/%s: %w", s.Namespace, s.ServiceAccount, err)
+	}
+	return workloadfiles.Generate(workloadfiles.Options{
+		Mesh:           meshCM.Data["mesh"],
+		Group:          workloadfiles.Group{Name: wg.Name, Namespace: wg.Namespace, Annotations: wg.Annotations, Spec: &wg.Spec},
+		IstioNamespace: f.IstioNamespace, ClusterID: f.ClusterID, AutoRegister: true, DNSCapture: true,
+		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: []byte(tr.Status.Token),
+	})
+}
+
+// waitRootCert waits for istiod to publish its root certificate into ns.
+func waitRootCert(ctx context.Context, kc kubernetes.Interface, ns string) (string, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cm, err := kc.CoreV1().ConfigMaps(ns).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+		if err == nil && cm.Data["root-cert.pem"] != "" {
+			return cm.Data["root-cert.pem"], nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("ConfigMap %s/istio-ca-root-cert did not appear in 30s: is istiod running? (%v)", ns, err)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
