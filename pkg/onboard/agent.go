@@ -1,0 +1,138 @@
+// Package onboard installs vmagent on a machine through its provider, then
+// onboards the VM through the agent alone: the postinst, the workload files
+// and sidecar binaries (skipping what is already in place), and the sidecar.
+package onboard
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/meshvm/meshvm/packaging"
+	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/mtls"
+	"github.com/meshvm/meshvm/pkg/statedir"
+)
+
+// AgentPort is where vmagent listens (packaging/vmagent.yaml).
+const AgentPort = "7443"
+
+// Deps are what installing an agent needs.
+type Deps struct {
+	Provider machine.Provider
+	State    *statedir.Dir
+	// AgentBinary returns the path of the static vmagent for a GOARCH.
+	AgentBinary func(arch string) (string, error)
+}
+
+// InstallAgent installs or updates vmagent on m and returns a client
+// connected to it. Files already identical are not sent again, and the agent
+// is restarted only when something it reads changed.
+func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.Client, error) {
+	if len(m.Addresses) == 0 {
+		return nil, fmt.Errorf("%s has no address: check that it is running", m.Name)
+	}
+	ca, err := d.State.AgentCA()
+	if err != nil {
+		return nil, err
+	}
+	server, _, err := d.State.VMCert(ca, m.Name, m.Addresses)
+	if err != nil {
+		return nil, err
+	}
+	client, err := d.State.ClientCert(ca)
+	if err != nil {
+		return nil, err
+	}
+	binPath, err := d.AgentBinary(m.Arch)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := os.ReadFile(binPath)
+	if err != nil {
+		return nil, fmt.Errorf("vmagent for %s: %w: run make build", m.Arch, err)
+	}
+	files := []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{
+		{"/usr/local/bin/vmagent", bin, 0o755},
+		{"/etc/systemd/system/vmagent.service", packaging.Unit, 0o644},
+		{"/etc/meshvm/vmagent.yaml", packaging.Config, 0o644},
+		{"/etc/meshvm/agent/server.pem", server.Cert, 0o600},
+		{"/etc/meshvm/agent/server-key.pem", server.Key, 0o600},
+		{"/etc/meshvm/agent/client-ca.pem", ca.CertPEM(), 0o600},
+	}
+	changed := false
+	for _, f := range files {
+		same, err := sameFile(ctx, d.Provider, m.Name, f.path, f.data)
+		if err != nil {
+			return nil, err
+		}
+		if same {
+			continue
+		}
+		if err := d.Provider.Transfer(ctx, m.Name, f.path, bytes.NewReader(f.data), f.mode); err != nil {
+			return nil, err
+		}
+		changed = true
+	}
+	action := "start"
+	if changed {
+		action = "restart"
+	}
+	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", "systemctl daemon-reload && systemctl enable vmagent.service && systemctl "+action+" vmagent.service"); err != nil {
+		return nil, fmt.Errorf("%s: start vmagent: %w: %s", m.Name, err, out)
+	}
+	tlsCfg, err := mtls.ClientConfig(client.Cert, client.Key, ca.CertPEM(), m.Addresses[0])
+	if err != nil {
+		return nil, err
+	}
+	c, err := agentclient.Dial(net.JoinHostPort(m.Addresses[0], AgentPort), tlsCfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitAgent(ctx, c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: %w: see journalctl -u vmagent on the VM", m.Name, err)
+	}
+	return c, nil
+}
+
+// sameFile compares a file on the machine with data by digest.
+func sameFile(ctx context.Context, p machine.Provider, name, path string, data []byte) (bool, error) {
+	out, err := p.Exec(ctx, name, nil, "sh", "-c", "sha256sum '"+path+"' 2>/dev/null || true")
+	if err != nil {
+		return false, err
+	}
+	sum := sha256.Sum256(data)
+	return strings.HasPrefix(strings.TrimSpace(string(out)), hex.EncodeToString(sum[:])), nil
+}
+
+func waitAgent(ctx context.Context, c *agentclient.Client) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := c.Version(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent not answering after 30s: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
