@@ -22,8 +22,7 @@ func (g *globals) load(cmd *cobra.Command) (config.Config, error) {
 	return config.Load(g.configPath, cmd.Flags().Changed("config"), os.Getenv)
 }
 
-// New returns the hostctl command tree. Cluster, Istio and VM commands
-// arrive with their issue; today hostctl reports its version and config.
+// New returns the hostctl command tree.
 func New() *cobra.Command {
 	g := &globals{}
 	root := &cobra.Command{
@@ -44,6 +43,6 @@ func New() *cobra.Command {
 	})
 	cfg := &cobra.Command{Use: "config", Short: "Show the configuration in effect"}
 	cfg.AddCommand((&configShowCmd{g: g}).command())
-	root.AddCommand(cfg)
+	root.AddCommand(cfg, (&upCmd{g: g}).command(), (&downCmd{g: g}).command())
 	return root
 }

@@ -92,6 +92,9 @@ func ReadToken(path string) (Token, error) {
 	return tok, nil
 }
 
+// ParseToken decodes the claims of a JWT held in memory, unverified.
+func ParseToken(raw []byte) (Token, error) { return parseToken(string(raw)) }
+
 // parseToken decodes the claims of a compact JWT; surrounding whitespace is
 // ignored.
 func parseToken(raw string) (Token, error) {

@@ -35,7 +35,8 @@ const (
 
 // Packages are what a lab VM needs beyond minbase: systemd as init, D-Bus,
 // the tools the sidecar and vmagent drive.
-var Packages = []string{"systemd", "systemd-sysv", "dbus", "iptables", "iproute2", "passwd", "libpam-systemd"}
+// busybox serves the lab VM's app (httpd), where the recipe uses python3.
+var Packages = []string{"systemd", "systemd-sysv", "dbus", "iptables", "iproute2", "passwd", "libpam-systemd", "busybox"}
 
 // Rootfs returns a cached Debian root filesystem under cacheDir, making it
 // with debootstrap the first time (a few minutes; progress goes to log).

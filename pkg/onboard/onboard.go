@@ -2,9 +2,12 @@ package onboard
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
@@ -69,8 +72,37 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 	if len(r.Sent) > 0 {
 		action = agentv1.SidecarAction_SIDECAR_ACTION_RESTART
 	}
-	if r.Sidecar, err = c.Sidecar(ctx, action); err != nil {
+	if r.Sidecar, err = sidecar(ctx, c, action); err != nil {
 		return r, fmt.Errorf("sidecar: %w", err)
 	}
 	return r, nil
+}
+
+// sidecar starts or restarts the sidecar. Its capture rules may cut the
+// very connection the call runs on; then the state is read again over a
+// new one: the unit's state, not the lost reply, says whether it worked.
+func sidecar(ctx context.Context, c *agentclient.Client, action agentv1.SidecarAction) (*agentv1.SidecarState, error) {
+	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	st, err := c.Sidecar(cctx, action)
+	cancel()
+	if err == nil || !(errors.Is(err, agenterr.Unavailable) || errors.Is(err, context.DeadlineExceeded)) {
+		return st, err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, gerr := c.API().GetSidecar(cctx, &agentv1.GetSidecarRequest{})
+		cancel()
+		if gerr == nil && resp.GetSidecar().GetActiveState() == "active" {
+			return resp.GetSidecar(), nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%w; and the sidecar is not active after reconnecting (%v)", err, gerr)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }

@@ -61,7 +61,9 @@ func (d *Dir) WriteSecret(rel string, data []byte) error {
 }
 
 // ReadFile reads a file below the directory.
-func (d *Dir) ReadFile(rel string) ([]byte, error) { return d.root.ReadFile("/" + filepath.ToSlash(rel)) }
+func (d *Dir) ReadFile(rel string) ([]byte, error) {
+	return d.root.ReadFile("/" + filepath.ToSlash(rel))
+}
 
 // AgentCA loads the agent CA, creating it on first use.
 func (d *Dir) AgentCA() (*mtls.CA, error) {

@@ -22,6 +22,7 @@ import (
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
+	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
@@ -176,6 +177,16 @@ type FilesFor struct {
 	// VMIP is the VM's address (ISTIO_SVC_IP); IstiodIP where it reaches istiod.
 	VMIP, IstiodIP string
 	TokenLifetime  time.Duration
+	// ReuseToken is the token delivered last time: it is kept while more than
+	// half its lifetime is left, so re-running up changes nothing.
+	ReuseToken []byte
+}
+
+// reusable reports whether tok is the service account's and still fresh.
+func reusable(tok []byte, s Spec, lifetime time.Duration) bool {
+	t, err := credinfo.ParseToken(tok)
+	return err == nil && t.Subject == "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount &&
+		time.Until(t.ExpiresAt) > lifetime/2
 }
 
 // Files reads the mesh config and root certificate, requests a token and
@@ -196,18 +207,22 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 	if err != nil {
 		return workloadfiles.Files{}, fmt.Errorf("WorkloadGroup %s/%s: %w", s.Namespace, s.Group, err)
 	}
-	secs := int64(f.TokenLifetime.Seconds())
-	tr, err := c.Kube.CoreV1().ServiceAccounts(s.Namespace).CreateToken(ctx, s.ServiceAccount, &authv1.TokenRequest{
-		Spec: authv1.TokenRequestSpec{Audiences: []string{"istio-ca"}, ExpirationSeconds: &secs},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return workloadfiles.Files{}, fmt.Errorf("token for %s/%s: %w", s.Namespace, s.ServiceAccount, err)
+	token := f.ReuseToken
+	if !reusable(token, s, f.TokenLifetime) {
+		secs := int64(f.TokenLifetime.Seconds())
+		tr, err := c.Kube.CoreV1().ServiceAccounts(s.Namespace).CreateToken(ctx, s.ServiceAccount, &authv1.TokenRequest{
+			Spec: authv1.TokenRequestSpec{Audiences: []string{"istio-ca"}, ExpirationSeconds: &secs},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return workloadfiles.Files{}, fmt.Errorf("token for %s/%s: %w", s.Namespace, s.ServiceAccount, err)
+		}
+		token = []byte(tr.Status.Token)
 	}
 	return workloadfiles.Generate(workloadfiles.Options{
 		Mesh:           meshCM.Data["mesh"],
 		Group:          workloadfiles.Group{Name: wg.Name, Namespace: wg.Namespace, Annotations: wg.Annotations, Spec: &wg.Spec},
 		IstioNamespace: f.IstioNamespace, ClusterID: f.ClusterID, AutoRegister: true, DNSCapture: true,
-		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: []byte(tr.Status.Token),
+		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: token,
 	})
 }
 
@@ -228,4 +243,66 @@ func waitRootCert(ctx context.Context, kc kubernetes.Interface, ns string) (stri
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// Entry is a VM's autoregistered WorkloadEntry as istiod wrote it.
+type Entry struct {
+	Name, Address, Network string
+	// Healthy is "True", "False" or "" (no condition yet); Message says why.
+	Healthy, Message string
+}
+
+// FindEntry returns the WorkloadEntry istiod registered for the VM at address.
+func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, bool, error) {
+	list, err := c.Istio.NetworkingV1().WorkloadEntries(s.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err)
+	}
+	for _, we := range list.Items {
+		if we.Spec.GetAddress() != address || we.Annotations["istio.io/autoRegistrationGroup"] != s.Group {
+			continue
+		}
+		e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork()}
+		for _, cond := range we.Status.GetConditions() {
+			if cond.GetType() == "Healthy" {
+				e.Healthy, e.Message = cond.GetStatus(), cond.GetMessage()
+			}
+		}
+		return e, true, nil
+	}
+	return Entry{}, false, nil
+}
+
+// WaitHealthy waits until the VM's WorkloadEntry exists and is Healthy.
+func WaitHealthy(ctx context.Context, c Clients, s Spec, address string, timeout time.Duration) (Entry, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		e, ok, err := FindEntry(ctx, c, s, address)
+		if err != nil {
+			return e, err
+		}
+		if ok && e.Healthy == "True" {
+			return e, nil
+		}
+		if time.Now().After(deadline) {
+			switch {
+			case !ok:
+				return e, fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", address, timeout)
+			default:
+				return e, fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", e.Name, timeout, orNone(e.Message), s.ProbePort)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return e, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no health report yet"
+	}
+	return s
 }

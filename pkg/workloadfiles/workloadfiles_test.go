@@ -129,7 +129,7 @@ func TestRecipeDefaults(t *testing.T) {
 		"ISTIO_META_AUTO_REGISTER_GROUP": "external-app", "ISTIO_META_CLUSTER_ID": "test", "ISTIO_META_MESH_ID": "mesh1",
 		"ISTIO_META_NETWORK": "vm-network", "ISTIO_INBOUND_PORTS": "8000", "ISTIO_SVC_IP": "10.213.0.2",
 		"REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION": "true", "TRUST_DOMAIN": "cluster.local",
-		"ISTIO_META_POD_PORTS": `[{"name":"http","containerPort":8000,"protocol":""}]`,
+		"ISTIO_META_POD_PORTS":  `[{"name":"http","containerPort":8000,"protocol":""}]`,
 		"ISTIO_METAJSON_LABELS": `{"app":"external-app","service.istio.io/canonical-name":"external-app","service.istio.io/canonical-revision":"latest"}`,
 	}
 	for k, v := range want {

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
@@ -46,6 +47,8 @@ func Options(log *slog.Logger, tlsCfg *tls.Config) []grpc.ServerOption {
 		grpc.ChainStreamInterceptor(StreamInterceptor(log)),
 		grpc.InitialWindowSize(flowWindow),
 		grpc.InitialConnWindowSize(flowWindow),
+		// Callers ping to notice connections the sidecar's capture rules cut.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
 }
 
