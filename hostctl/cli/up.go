@@ -235,7 +235,11 @@ func upVM(ctx context.Context, p *progress, lab *labmachine.Provider, deps onboa
 	if err != nil {
 		return err
 	}
-	p.step(5, "onboard "+vm.Name, "sent %d file(s), %d already in place; sidecar %s", len(rep.Sent), len(rep.Skipped), rep.Sidecar.GetActiveState())
+	sent := "nothing sent"
+	if len(rep.Sent) > 0 {
+		sent = "sent " + strings.Join(rep.Sent, ", ")
+	}
+	p.step(5, "onboard "+vm.Name, "%s; %d file(s) already in place; sidecar %s", sent, len(rep.Skipped), rep.Sidecar.GetActiveState())
 	e, err := workload.WaitHealthy(ctx, clients, spec, m.Addresses[0], 2*time.Minute)
 	if err != nil {
 		return err
