@@ -138,10 +138,6 @@ func Down(ctx context.Context, dir string) error {
 	return errors.Join(errs...)
 }
 
-// Purge stops everything and deletes the state directory.
-func Purge(ctx context.Context, dir string) error {
-	return errors.Join(Down(ctx, dir), os.RemoveAll(dir))
-}
 
 func pki(dir, name string) string { return filepath.Join(dir, "pki", name) }
 

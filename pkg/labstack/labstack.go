@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"path/filepath"
 
 	"github.com/meshvm/meshvm/pkg/labbuild"
@@ -54,11 +55,12 @@ func Up(ctx context.Context, c Config) (*Stack, error) {
 	return &Stack{Bins: bins, Kubeconfig: labcluster.Kubeconfig(cl)}, nil
 }
 
-// Down stops istiod, then the control plane; purge also deletes its state.
+// Down stops istiod, then the control plane; purge also deletes the lab's
+// state directory (stop its VMs first: their disks live there).
 func Down(ctx context.Context, dir string, purge bool) error {
 	err := errors.Join(meshlab.Down(ctx, filepath.Join(dir, "istio")), labcluster.Down(ctx, filepath.Join(dir, "cluster")))
-	if purge {
-		err = errors.Join(err, labcluster.Purge(ctx, filepath.Join(dir, "cluster")))
+	if purge && err == nil {
+		err = os.RemoveAll(dir)
 	}
 	return err
 }
