@@ -258,10 +258,15 @@ func saveFiles(state *statedir.Dir, vm string, f workloadfiles.Files) error {
 	return nil
 }
 
-// agentBinary finds the static vmagent `make build` wrote for arch.
+// agentBinary finds the static vmagent for arch: in MESHVM_AGENT_DIR, else
+// where `make build` writes it.
 func agentBinary(src string) func(string) (string, error) {
 	return func(arch string) (string, error) {
-		p := filepath.Join(src, "..", "..", "bin", "vmagent-linux-"+arch)
+		dir := os.Getenv("MESHVM_AGENT_DIR")
+		if dir == "" {
+			dir = filepath.Join(src, "..", "..", "bin")
+		}
+		p := filepath.Join(dir, "vmagent-linux-"+arch)
 		if _, err := os.Stat(p); err != nil {
 			return "", fmt.Errorf("no vmagent for linux/%s at %s: run make build", arch, p)
 		}
