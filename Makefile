@@ -104,6 +104,7 @@ lab-deps: ## Install what the lab needs (Debian/Ubuntu, as root)
 .PHONY: lab
 lab: lab-deps build ## Bring up the local lab: control plane built from source, a systemd VM onboarded and Healthy
 	MESHVM_SOURCE=$(CURDIR) $(HOSTCTL) up --provider lab --timeout 60m
+	$(HOSTCTL) vm status --provider lab
 
 .PHONY: lab-down
 lab-down: ## Remove the lab's VMs and control plane

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"os"
@@ -71,6 +72,18 @@ func TestUpOnLab(t *testing.T) {
 		}
 	}
 
+	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
+	if err != nil {
+		t.Fatalf("vm status: %v\n%s", err, out)
+	}
+	var status []VMStatus
+	if err := json.Unmarshal([]byte(out), &status); err != nil {
+		t.Fatalf("vm status -o json: %v\n%s", err, out)
+	}
+	if s := status[0]; !s.OK || s.Healthy != "True" || s.Sidecar != "active/running" || s.IstiodDNS == "" || s.App != "HTTP 200" || s.CertExpiry == "" {
+		t.Errorf("vm status: got %+v, want a healthy, onboarded VM", s)
+	}
+
 	cfg, err := config.Load(cfgPath, true, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
@@ -93,6 +106,9 @@ func TestUpOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEntry(t, clients, spec, m.Addresses[0], "False")
+	if out, err := run(t, "--config", cfgPath, "vm", "status"); err == nil || !strings.Contains(err.Error(), "is the app answering on port 8000") {
+		t.Errorf("vm status with the app down: got %v\n%s\nwant a non-zero exit naming the next step", err, out)
+	}
 	if _, err := lab.Exec(ctx, "e2e1", nil, "systemctl", "start", "meshvm-lab-app"); err != nil {
 		t.Fatal(err)
 	}

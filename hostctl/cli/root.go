@@ -43,6 +43,8 @@ func New() *cobra.Command {
 	})
 	cfg := &cobra.Command{Use: "config", Short: "Show the configuration in effect"}
 	cfg.AddCommand((&configShowCmd{g: g}).command())
-	root.AddCommand(cfg, (&upCmd{g: g}).command(), (&downCmd{g: g}).command())
+	vm := &cobra.Command{Use: "vm", Short: "Inspect the VMs"}
+	vm.AddCommand((&vmStatusCmd{g: g}).command())
+	root.AddCommand(cfg, vm, (&upCmd{g: g}).command(), (&downCmd{g: g}).command())
 	return root
 }

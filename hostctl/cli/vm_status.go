@@ -1,0 +1,228 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/labcluster"
+	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/mtls"
+	"github.com/meshvm/meshvm/pkg/onboard"
+	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/workload"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+type vmStatusCmd struct {
+	g        *globals
+	output   string
+	provider string
+}
+
+func (c *vmStatusCmd) command() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status [VM...]",
+		Short: "Show each VM's WorkloadEntry, agent, sidecar, credentials, DNS and app in one view",
+		RunE:  c.run,
+	}
+	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json")
+	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
+	return cmd
+}
+
+// VMStatus joins the cluster's view of a VM with its agent's.
+type VMStatus struct {
+	Name    string `json:"name"`
+	Address string `json:"address,omitempty"`
+	Machine string `json:"machine"`
+	// WorkloadEntry is the autoregistered entry's name; Healthy its condition.
+	WorkloadEntry string `json:"workloadEntry,omitempty"`
+	Healthy       string `json:"healthy,omitempty"`
+	HealthMessage string `json:"healthMessage,omitempty"`
+	Agent         string `json:"agent"`
+	Sidecar       string `json:"sidecar,omitempty"`
+	CertExpiry    string `json:"certificateExpiresIn,omitempty"`
+	TokenExpiry   string `json:"tokenExpiresIn,omitempty"`
+	IstiodDNS     string `json:"istiodDNS,omitempty"`
+	App           string `json:"app,omitempty"`
+	OK            bool   `json:"ok"`
+	// Next is the step that fixes what is wrong.
+	Next string `json:"next,omitempty"`
+}
+
+func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
+	if c.output != "table" && c.output != "json" {
+		return fmt.Errorf("--output %q: want table or json", c.output)
+	}
+	cfg, err := c.g.load(cmd)
+	if err != nil {
+		return err
+	}
+	if c.provider != "" {
+		cfg.Cluster.Provider = config.Provider(c.provider)
+	}
+	if cfg.Cluster.Provider != config.Lab {
+		return fmt.Errorf("hostctl vm status with provider %s is not built yet (only the lab is)", cfg.Cluster.Provider)
+	}
+	vms := cfg.VMs
+	if len(args) > 0 {
+		vms = nil
+		for _, a := range args {
+			vm, err := cfg.VM(a)
+			if err != nil {
+				return err
+			}
+			vms = append(vms, vm)
+		}
+	}
+	state, err := statedir.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster")))
+	if err != nil {
+		return err
+	}
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
+	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+	defer cancel()
+	out := make([]VMStatus, len(vms))
+	var wg sync.WaitGroup
+	for i, vm := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = vmStatus(ctx, cfg, state, lab, clients, vm.Name)
+		}()
+	}
+	wg.Wait()
+	if err := renderStatus(cmd.OutOrStdout(), c.output, out); err != nil {
+		return err
+	}
+	var bad []string
+	for _, s := range out {
+		if !s.OK {
+			bad = append(bad, fmt.Sprintf("%s: %s", s.Name, s.Next))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("not healthy:\n%s", strings.Join(bad, "\n"))
+	}
+	return nil
+}
+
+func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *labmachine.Provider, clients workload.Clients, name string) VMStatus {
+	s := VMStatus{Name: name}
+	m, err := lab.Info(ctx, name)
+	if err != nil {
+		s.Machine, s.Agent, s.Next = "absent", "-", "run hostctl up to create it"
+		return s
+	}
+	s.Machine, s.Address = strings.ToLower(m.State), m.Addresses[0]
+	if m.State != "Running" {
+		s.Agent, s.Next = "-", "run hostctl up to start it"
+		return s
+	}
+	if e, ok, err := workload.FindEntry(ctx, clients, workloadSpec(cfg), s.Address); err != nil {
+		s.WorkloadEntry = "error: " + err.Error()
+	} else if ok {
+		s.WorkloadEntry, s.Healthy, s.HealthMessage = e.Name, e.Healthy, e.Message
+	}
+	c, err := agentClient(state, m.Name, s.Address)
+	if err != nil {
+		s.Agent, s.Next = "error: "+err.Error(), "run hostctl up to reinstall the agent"
+		return s
+	}
+	defer c.Close()
+	st, err := c.Status(ctx)
+	if err != nil {
+		s.Agent, s.Next = "unreachable", fmt.Sprintf("run hostctl up to reinstall the agent on %s", name)
+		return s
+	}
+	s.Agent = "up " + st.GetVersion()
+	sc := st.GetSidecar()
+	s.Sidecar = sc.GetActiveState() + "/" + sc.GetSubState()
+	if sc.GetError() != "" {
+		s.Sidecar = "error: " + sc.GetError()
+	}
+	if cert := st.GetWorkloadCertificate(); cert != nil {
+		s.CertExpiry = time.Until(cert.GetNotAfter().AsTime()).Round(time.Minute).String()
+	}
+	if tok := st.GetToken(); tok != nil {
+		s.TokenExpiry = time.Until(tok.GetExpiresAt().AsTime()).Round(time.Minute).String()
+	}
+	if r, err := c.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: "istiod.istio-system.svc"}); err == nil {
+		s.IstiodDNS = strings.Join(r.GetAddresses(), ",")
+		if r.GetError() != "" {
+			s.IstiodDNS = "error: " + r.GetError()
+		}
+	}
+	if p, err := c.API().Probe(ctx, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path}); err == nil {
+		s.App = fmt.Sprintf("HTTP %d", p.GetStatusCode())
+		if p.GetError() != "" {
+			s.App = p.GetError()
+		}
+	}
+	switch {
+	case sc.GetActiveState() != "active":
+		s.Next = "the sidecar is not running: run hostctl up (hostctl vm logs is not built yet: journalctl -u istio on the VM)"
+	case s.WorkloadEntry == "":
+		s.Next = "no WorkloadEntry: the sidecar has not reached istiod; check istiod and journalctl -u istio on the VM"
+	case s.Healthy != "True":
+		s.Next = fmt.Sprintf("WorkloadEntry not Healthy (%s): is the app answering on port %d?", orDash(s.HealthMessage), cfg.Workload.Probe.Port)
+	default:
+		s.OK = true
+	}
+	return s
+}
+
+// agentClient connects to a VM's agent with hostctl's certificate.
+func agentClient(state *statedir.Dir, vm, addr string) (*agentclient.Client, error) {
+	ca, err := state.AgentCA()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := state.ClientCert(ca)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := mtls.ClientConfig(cert.Cert, cert.Key, ca.CertPEM(), addr)
+	if err != nil {
+		return nil, err
+	}
+	return agentclient.Dial(net.JoinHostPort(addr, onboard.AgentPort), tlsCfg)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func renderStatus(w io.Writer, output string, vms []VMStatus) error {
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(vms)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tADDRESS\tMACHINE\tWORKLOADENTRY\tHEALTHY\tAGENT\tSIDECAR\tCERT\tTOKEN\tISTIOD DNS\tAPP")
+	for _, s := range vms {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, orDash(s.Address), s.Machine, orDash(s.WorkloadEntry),
+			orDash(s.Healthy), s.Agent, orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(s.IstiodDNS), orDash(s.App))
+	}
+	return tw.Flush()
+}
