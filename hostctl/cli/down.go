@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -53,6 +54,10 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 		if err := lab.Delete(cmd.Context(), vm.Name); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 			continue
+		}
+		// Its certificate and workload files belonged to that machine and cluster.
+		if err := os.RemoveAll(state.Path("vms", vm.Name)); err != nil {
+			errs = append(errs, err)
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s deleted\n", vm.Name)
 	}

@@ -182,11 +182,17 @@ type FilesFor struct {
 	ReuseToken []byte
 }
 
-// reusable reports whether tok is the service account's and still fresh.
-func reusable(tok []byte, s Spec, lifetime time.Duration) bool {
+// reusable reports whether tok is the service account's, still fresh, and
+// accepted by this cluster's API server (a rebuilt cluster signs with a new key).
+func reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, lifetime time.Duration) bool {
 	t, err := credinfo.ParseToken(tok)
-	return err == nil && t.Subject == "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount &&
-		time.Until(t.ExpiresAt) > lifetime/2
+	if err != nil || t.Subject != "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount || time.Until(t.ExpiresAt) <= lifetime/2 {
+		return false
+	}
+	review, err := kc.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
+		Spec: authv1.TokenReviewSpec{Token: string(tok), Audiences: []string{"istio-ca"}},
+	}, metav1.CreateOptions{})
+	return err == nil && review.Status.Authenticated
 }
 
 // Files reads the mesh config and root certificate, requests a token and
@@ -208,7 +214,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 		return workloadfiles.Files{}, fmt.Errorf("WorkloadGroup %s/%s: %w", s.Namespace, s.Group, err)
 	}
 	token := f.ReuseToken
-	if !reusable(token, s, f.TokenLifetime) {
+	if !reusable(ctx, c.Kube, token, s, f.TokenLifetime) {
 		secs := int64(f.TokenLifetime.Seconds())
 		tr, err := c.Kube.CoreV1().ServiceAccounts(s.Namespace).CreateToken(ctx, s.ServiceAccount, &authv1.TokenRequest{
 			Spec: authv1.TokenRequestSpec{Audiences: []string{"istio-ca"}, ExpirationSeconds: &secs},

@@ -2,6 +2,8 @@ package workload
 
 import (
 	"context"
+	"encoding/base64"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,5 +84,18 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 	}
 	if strings.Count(string(files.Token), ".") != 2 || !strings.Contains(string(files.RootCert), "BEGIN CERTIFICATE") {
 		t.Errorf("token %q or root cert missing", files.Token)
+	}
+
+	// A fresh token of this cluster is reused; one another cluster signed
+	// (same subject, still valid by its claims) is not.
+	again, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", TokenLifetime: time.Hour, ReuseToken: files.Token})
+	if err != nil || string(again.Token) != string(files.Token) {
+		t.Errorf("a fresh token was not reused (%v)", err)
+	}
+	claims := base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"sub":"system:serviceaccount:vmns:vmsa","aud":["istio-ca"],"exp":%d}`, time.Now().Add(time.Hour).Unix())))
+	forged := []byte("eyJhbGciOiJSUzI1NiJ9." + claims + ".c2lnbmF0dXJl")
+	other, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", TokenLifetime: time.Hour, ReuseToken: forged})
+	if err != nil || string(other.Token) == string(forged) {
+		t.Errorf("a token this cluster did not sign was reused (%v)", err)
 	}
 }
