@@ -17,22 +17,11 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/labtest"
 	"github.com/meshvm/meshvm/pkg/labvm"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
-
-// labCache is where the debootstrapped root filesystem is kept between runs.
-func labCache(t *testing.T) string {
-	if d := os.Getenv("MESHVM_CACHE"); d != "" {
-		return d
-	}
-	home, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Join(home, "meshvm")
-}
 
 // TestAgentInSystemdVM installs the packaged vmagent unit in a Debian VM
 // booting systemd as PID 1 (systemd-nspawn in its own network namespace),
@@ -40,9 +29,7 @@ func labCache(t *testing.T) string {
 // useradd and daemon-reload, the istio unit through D-Bus, its journal,
 // DNS and network checks, and Uninstall.
 func TestAgentInSystemdVM(t *testing.T) {
-	if os.Getenv("MESHVM_LAB") == "" {
-		t.Skip("lab test: set MESHVM_LAB=1 (make test does) to boot a systemd VM")
-	}
+	labtest.RequireVMs(t)
 	if os.Geteuid() != 0 {
 		t.Fatal("the lab needs root (network namespaces, systemd-nspawn)")
 	}
@@ -54,7 +41,7 @@ func TestAgentInSystemdVM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	rootfs, err := labvm.Rootfs(ctx, log, labCache(t))
+	rootfs, err := labvm.Rootfs(ctx, log, labtest.Cache())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,7 +130,11 @@ func TestUpOnLab(t *testing.T) {
 	}
 	ours := filepath.Join(state, "vms", "e2e1", "files")
 	read := func(dir, name string) []byte { b, _ := os.ReadFile(filepath.Join(dir, name)); return b }
-	env := func(b []byte) map[string]string { m := map[string]string{}; envfile.Parse("cluster.env", b, m); return m }
+	env := func(b []byte) map[string]string {
+		m := map[string]string{}
+		envfile.Parse("cluster.env", b, m)
+		return m
+	}
 	if diff := cmp.Diff(env(read(ref, "cluster.env")), env(read(ours, "cluster.env"))); diff != "" {
 		t.Errorf("cluster.env (-istioctl +meshvm):\n%s", diff)
 	}

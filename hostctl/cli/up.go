@@ -119,16 +119,7 @@ func labSource() (string, error) {
 	}
 }
 
-func cacheDir() string {
-	if d := os.Getenv("MESHVM_CACHE"); d != "" {
-		return d
-	}
-	d, err := os.UserCacheDir()
-	if err != nil {
-		return filepath.Join(os.TempDir(), "meshvm-cache")
-	}
-	return filepath.Join(d, "meshvm")
-}
+func cacheDir() string { return labbuild.DefaultCacheDir() }
 
 func workloadSpec(cfg config.Config) workload.Spec {
 	w := cfg.Workload

@@ -56,7 +56,7 @@ func TestFileThenEnvOverride(t *testing.T) {
 func TestErrorsNameTheFix(t *testing.T) {
 	tests := []struct {
 		name, body, want string
-		env             map[string]string
+		env              map[string]string
 	}{
 		{"unknown field", "version: 1\nistio:\n  meshName: x\n", "unknown field", nil},
 		{"bad version", "version: 2\n", "reads version 1", nil},

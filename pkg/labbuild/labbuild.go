@@ -245,3 +245,15 @@ func moduleSource(ctx context.Context, moduleDir, module string) (string, error)
 	}
 	return dir, nil
 }
+
+// DefaultCacheDir is MESHVM_CACHE, else meshvm in the user's cache directory.
+func DefaultCacheDir() string {
+	if d := os.Getenv("MESHVM_CACHE"); d != "" {
+		return d
+	}
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return filepath.Join(os.TempDir(), "meshvm-cache")
+	}
+	return filepath.Join(d, "meshvm")
+}

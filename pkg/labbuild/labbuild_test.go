@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,11 +39,7 @@ func TestBuildControlPlane(t *testing.T) {
 	if os.Getenv("MESHVM_LAB_BUILD") == "" {
 		t.Skip("set MESHVM_LAB_BUILD=1 to build the lab control plane from source")
 	}
-	cache := os.Getenv("MESHVM_CACHE")
-	if cache == "" {
-		dir, _ := os.UserCacheDir()
-		cache = filepath.Join(dir, "meshvm")
-	}
+	cache := DefaultCacheDir()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	var progress bytes.Buffer

@@ -138,7 +138,6 @@ func Down(ctx context.Context, dir string) error {
 	return errors.Join(errs...)
 }
 
-
 func pki(dir, name string) string { return filepath.Join(dir, "pki", name) }
 
 func etcdArgs(c Config) []string {

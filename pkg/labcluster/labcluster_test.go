@@ -7,12 +7,12 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/labtest"
 	"github.com/meshvm/meshvm/pkg/procs"
 )
 
@@ -21,17 +21,11 @@ import (
 // istio-ca, and namespace deletion (controller manager). Up twice keeps the
 // running processes; Down leaves none.
 func TestControlPlane(t *testing.T) {
-	if os.Getenv("MESHVM_LAB_BUILD") == "" {
-		t.Skip("set MESHVM_LAB_BUILD=1 to build and run the lab control plane")
-	}
-	cache := os.Getenv("MESHVM_CACHE")
-	if cache == "" {
-		d, _ := os.UserCacheDir()
-		cache = filepath.Join(d, "meshvm")
-	}
+	labtest.RequireBuild(t)
+	cache := labtest.Cache()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: "../../hostctl/labbuild", CacheDir: cache, Progress: os.Stderr})
+	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: labtest.ModuleDir, CacheDir: cache, Progress: os.Stderr})
 	if err != nil {
 		t.Fatal(err)
 	}

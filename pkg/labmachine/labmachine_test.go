@@ -5,31 +5,21 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshvm/meshvm/pkg/labtest"
 	"github.com/meshvm/meshvm/pkg/machine"
 )
 
-func cacheDir() string {
-	if d := os.Getenv("MESHVM_CACHE"); d != "" {
-		return d
-	}
-	d, _ := os.UserCacheDir()
-	return filepath.Join(d, "meshvm")
-}
-
 // TestLifecycle drives two real lab VMs through the machine contract.
 func TestLifecycle(t *testing.T) {
-	if os.Getenv("MESHVM_LAB") == "" {
-		t.Skip("lab test: set MESHVM_LAB=1 (make test does) to boot systemd VMs")
-	}
+	labtest.RequireVMs(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p := New(log, t.TempDir(), cacheDir())
+	p := New(log, t.TempDir(), labtest.Cache())
 	t.Cleanup(func() {
 		for _, n := range []string{"lm1", "lm2"} {
 			if err := p.Delete(context.Background(), n); err != nil {

@@ -15,23 +15,18 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/labcluster"
+	"github.com/meshvm/meshvm/pkg/labtest"
 )
 
 // TestIstiodOnLabCluster runs real istiod against the real lab API server:
 // the CRDs are established, istiod gets ready, and its namespace controller
 // publishes istio-ca-root-cert into a new namespace (what VMs need).
 func TestIstiodOnLabCluster(t *testing.T) {
-	if os.Getenv("MESHVM_LAB_BUILD") == "" {
-		t.Skip("set MESHVM_LAB_BUILD=1 to build and run the lab control plane")
-	}
-	cache := os.Getenv("MESHVM_CACHE")
-	if cache == "" {
-		d, _ := os.UserCacheDir()
-		cache = filepath.Join(d, "meshvm")
-	}
+	labtest.RequireBuild(t)
+	cache := labtest.Cache()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	const mod = "../../hostctl/labbuild"
+	const mod = labtest.ModuleDir
 	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: mod, CacheDir: cache, Progress: os.Stderr})
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/labstack"
+	"github.com/meshvm/meshvm/pkg/labtest"
 )
 
 var recipe = Spec{Namespace: "vmns", ServiceAccount: "vmsa", Group: "external-app", Port: 8000, PortName: "http",
@@ -25,19 +25,13 @@ var recipe = Spec{Namespace: "vmns", ServiceAccount: "vmsa", Group: "external-ap
 // TestEnsureAndFilesOnLab converges the workload on the real lab API server
 // with istiod running, twice, and generates the VM's files from it.
 func TestEnsureAndFilesOnLab(t *testing.T) {
-	if os.Getenv("MESHVM_LAB_BUILD") == "" {
-		t.Skip("set MESHVM_LAB_BUILD=1 to build and run the lab control plane")
-	}
-	cache := os.Getenv("MESHVM_CACHE")
-	if cache == "" {
-		d, _ := os.UserCacheDir()
-		cache = filepath.Join(d, "meshvm")
-	}
+	labtest.RequireBuild(t)
+	cache := labtest.Cache()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	dir := t.TempDir()
 	t.Cleanup(func() { labstack.Down(context.Background(), dir, false) })
-	st, err := labstack.Up(ctx, labstack.Config{ModuleDir: "../../hostctl/labbuild", CacheDir: cache, Dir: dir, MeshID: "mesh1", ClusterID: "test", Progress: os.Stderr})
+	st, err := labstack.Up(ctx, labstack.Config{ModuleDir: labtest.ModuleDir, CacheDir: cache, Dir: dir, MeshID: "mesh1", ClusterID: "test", Progress: os.Stderr})
 	if err != nil {
 		t.Fatal(err)
 	}
