@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/labmachine"
 	"github.com/meshvm/meshvm/pkg/labstack"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -34,15 +33,9 @@ func (c *downCmd) command() *cobra.Command {
 }
 
 func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, err := c.g.load(cmd)
+	cfg, err := c.g.loadLab(cmd, c.provider)
 	if err != nil {
 		return err
-	}
-	if c.provider != "" {
-		cfg.Cluster.Provider = config.Provider(c.provider)
-	}
-	if cfg.Cluster.Provider != config.Lab {
-		return fmt.Errorf("hostctl down with provider %s is not built yet (only the lab is)", cfg.Cluster.Provider)
 	}
 	state, err := statedir.Open(cfg.StateDir)
 	if err != nil {

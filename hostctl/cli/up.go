@@ -78,18 +78,9 @@ func (w lineWriter) Write(b []byte) (int, error) {
 }
 
 func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, err := c.g.load(cmd)
+	cfg, err := c.g.loadLab(cmd, c.provider)
 	if err != nil {
 		return err
-	}
-	if c.provider != "" {
-		cfg.Cluster.Provider = config.Provider(c.provider)
-		if err := cfg.Validate(); err != nil {
-			return err
-		}
-	}
-	if cfg.Cluster.Provider != config.Lab {
-		return fmt.Errorf("hostctl up with provider %s is not built yet (only the lab is): run hostctl up --provider lab, or follow the open issue for %s", cfg.Cluster.Provider, cfg.Cluster.Provider)
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()

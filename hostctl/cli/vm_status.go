@@ -66,15 +66,9 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", c.output)
 	}
-	cfg, err := c.g.load(cmd)
+	cfg, err := c.g.loadLab(cmd, c.provider)
 	if err != nil {
 		return err
-	}
-	if c.provider != "" {
-		cfg.Cluster.Provider = config.Provider(c.provider)
-	}
-	if cfg.Cluster.Provider != config.Lab {
-		return fmt.Errorf("hostctl vm status with provider %s is not built yet (only the lab is)", cfg.Cluster.Provider)
 	}
 	vms := cfg.VMs
 	if len(args) > 0 {
