@@ -55,7 +55,7 @@ func TestConfigShow(t *testing.T) {
 func TestProvidersNotBuiltSaySo(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "meshvm.yaml")
 	os.WriteFile(p, []byte("version: 1\n"), 0o600) // the default provider: multipass
-	for _, args := range [][]string{{"up"}, {"down"}, {"vm", "status"}} {
+	for _, args := range [][]string{{"up"}, {"down"}, {"vm", "status"}, {"verify"}} {
 		_, err := run(t, append([]string{"--config", p}, args...)...)
 		if err == nil || !strings.Contains(err.Error(), "not built yet") || !strings.Contains(err.Error(), "--provider lab") {
 			t.Errorf("%v: got %v, want a clear not-built-yet error naming the lab", args, err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -82,6 +83,11 @@ func TestUpOnLab(t *testing.T) {
 	}
 	if s := status[0]; !s.OK || s.Healthy != "True" || s.Sidecar != "active/running" || s.IstiodDNS == "" || s.App != "HTTP 200" || s.CertExpiry == "" {
 		t.Errorf("vm status: got %+v, want a healthy, onboarded VM", s)
+	}
+
+	out, err = run(t, "--config", cfgPath, "verify")
+	if err != nil || !regexp.MustCompile(`istiod resolves on the VM\s+ok\s`).MatchString(out) || strings.Count(out, "skipped") != 2 || !strings.Contains(out, "no Envoy data path") {
+		t.Errorf("verify: got %v\n%s\nwant istiod resolved and both traffic checks said to be impossible here", err, out)
 	}
 
 	cfg, err := config.Load(cfgPath, true, func(string) string { return "" })

@@ -64,6 +64,6 @@ func New() *cobra.Command {
 	cfg.AddCommand((&configShowCmd{g: g}).command())
 	vm := &cobra.Command{Use: "vm", Short: "Inspect the VMs"}
 	vm.AddCommand((&vmStatusCmd{g: g}).command())
-	root.AddCommand(cfg, vm, (&upCmd{g: g}).command(), (&downCmd{g: g}).command())
+	root.AddCommand(cfg, vm, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command())
 	return root
 }

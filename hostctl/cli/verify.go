@@ -1,0 +1,100 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+type verifyCmd struct {
+	g        *globals
+	provider string
+}
+
+func (c *verifyCmd) command() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Run the recipe's closing checks: istiod resolves on the VM, and traffic both ways",
+		Args:  cobra.NoArgs,
+		RunE:  c.run,
+	}
+	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
+	return cmd
+}
+
+// verdict is one line of the report: ok, FAIL, or not checked (with why).
+type verdict struct{ vm, check, result, detail string }
+
+func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
+	cfg, err := c.g.loadLab(cmd, c.provider)
+	if err != nil {
+		return err
+	}
+	state, err := statedir.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
+	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+	defer cancel()
+	istiod := workloadfiles.IstiodHost("istio-system", "")
+	var out []verdict
+	failed := 0
+	for _, vm := range cfg.VMs {
+		m, err := lab.Info(ctx, vm.Name)
+		if err != nil || m.State != "Running" {
+			out = append(out, verdict{vm.Name, "VM running", "FAIL", "run hostctl up"})
+			failed++
+			continue
+		}
+		want, _ := lab.HostAddress(vm.Name)
+		v := verdict{vm.Name, "istiod resolves on the VM", "FAIL", ""}
+		if ac, err := agentClient(state, vm.Name, m.Addresses[0]); err != nil {
+			v.detail = err.Error()
+		} else {
+			r, err := ac.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: istiod})
+			ac.Close()
+			switch {
+			case err != nil:
+				v.detail = err.Error()
+			case r.GetError() != "":
+				v.detail = r.GetError()
+			case len(r.GetAddresses()) > 0 && r.GetAddresses()[0] == want:
+				v.result, v.detail = "ok", fmt.Sprintf("%s -> %s via %s", istiod, want, r.GetServer())
+			default:
+				v.detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", istiod, strings.Join(r.GetAddresses(), ","), want)
+			}
+		}
+		if v.result != "ok" {
+			failed++
+		}
+		// The lab's proxy has no data plane: these would only pretend.
+		why := "not checked: the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
+		out = append(out, v,
+			verdict{vm.Name, "VM -> helloworld.sample:5000/hello", "skipped", why},
+			verdict{vm.Name, fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), "skipped", why})
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VM\tCHECK\tRESULT\tDETAIL")
+	for _, v := range out {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.vm, v.check, v.result, v.detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d check(s) failed", failed)
+	}
+	return nil
+}
