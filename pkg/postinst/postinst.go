@@ -169,14 +169,17 @@ func (in *Installer) Install(ctx context.Context, dryRun bool, hosts []hostsfile
 			in.log.Error("record install state", "err", err)
 		}
 	}
-	return in.runSteps(r, installSteps)
+	return in.runSteps(r, installSteps, false)
 }
 
-func (in *Installer) runSteps(r *run, steps []step) []Result {
+// runSteps runs steps in order. Install stops at a failure (later steps
+// depend on earlier ones) and reports the rest as skipped; Uninstall keeps
+// going, to revert as much as it can.
+func (in *Installer) runSteps(r *run, steps []step, keepGoing bool) []Result {
 	out := make([]Result, 0, len(steps))
 	failed := ""
 	for _, s := range steps {
-		if failed != "" {
+		if failed != "" && !keepGoing {
 			out = append(out, Result{Name: s.name, Outcome: Skipped, Detail: "step " + failed + " failed"})
 			continue
 		}

@@ -35,19 +35,8 @@ func (in *Installer) Uninstall(ctx context.Context, dryRun bool) []Result {
 		{"user", (*Installer).removeUser},
 		{"group", (*Installer).removeGroup},
 	}
-	// Uninstall keeps going past a failure: reverting as much as possible is
-	// what an operator wants; the record keeps what is left for a retry.
-	out := make([]Result, 0, len(steps))
-	for _, s := range steps {
-		o, detail, err := s.do(in, r)
-		if err != nil {
-			o, detail = Failed, err.Error()
-		}
-		if dryRun && o == Changed {
-			o = WouldChange
-		}
-		out = append(out, Result{Name: s.name, Outcome: o, Detail: detail})
-	}
+	// The record keeps what a failed step left, for a retry.
+	out := in.runSteps(r, steps, true)
 	if dryRun {
 		return out
 	}
