@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"runtime"
@@ -180,27 +179,16 @@ func (p *Provider) Exec(ctx context.Context, name string, stdin io.Reader, args 
 	if len(args) == 0 {
 		return nil, errors.New("exec: no command")
 	}
-	full := append([]string{"-t", fmt.Sprint(vm.Leader()), "-a", "--"}, args...)
-	cmd := exec.CommandContext(ctx, "nsenter", full...)
-	cmd.Stdin = stdin
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("%s: %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return out, nil
+	return vm.ExecInput(ctx, stdin, args[0], args[1:]...)
 }
 
-// Transfer writes data to path inside the VM through its own shell: a
-// temporary file, synced, renamed over path.
+// Transfer writes data to path inside the VM atomically, as root.
 func (p *Provider) Transfer(ctx context.Context, name, dst string, data io.Reader, mode os.FileMode) error {
 	if !path.IsAbs(dst) {
 		return fmt.Errorf("%s: transfer destination %q must be absolute", name, dst)
 	}
-	tmp := path.Join(path.Dir(dst), "."+path.Base(dst)+".hostctl-tmp")
-	script := fmt.Sprintf("set -e; umask 077; mkdir -p '%s'; cat > '%s'; chmod %o '%s'; sync; mv -f '%s' '%s'",
-		path.Dir(dst), tmp, mode.Perm(), tmp, tmp, dst)
-	if _, err := p.Exec(ctx, name, data, "sh", "-c", script); err != nil {
-		p.Exec(context.Background(), name, nil, "rm", "-f", tmp)
+	if _, err := p.Exec(ctx, name, data, "sh", "-c", machine.AtomicWriteScript(dst, mode)); err != nil {
+		p.Exec(context.Background(), name, nil, "rm", "-f", machine.TempPath(dst))
 		return fmt.Errorf("transfer to %s: %w", dst, err)
 	}
 	return nil

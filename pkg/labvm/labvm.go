@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -207,11 +208,18 @@ func childOf(pid int) int {
 // Exec runs a command inside the VM (all its namespaces) and returns its
 // combined output.
 func (vm *VM) Exec(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return vm.ExecInput(ctx, nil, name, args...)
+}
+
+// ExecInput is Exec with stdin.
+func (vm *VM) ExecInput(ctx context.Context, stdin io.Reader, name string, args ...string) ([]byte, error) {
 	if vm.leader == 0 {
 		return nil, fmt.Errorf("%s is not running", vm.Name)
 	}
 	full := append([]string{"-t", strconv.Itoa(vm.leader), "-a", "--", name}, args...)
-	out, err := exec.CommandContext(ctx, "nsenter", full...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "nsenter", full...)
+	cmd.Stdin = stdin
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("%s: %s %s: %w: %s", vm.Name, name, strings.Join(args, " "), err, lastLines(out, 3))
 	}

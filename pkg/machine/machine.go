@@ -6,8 +6,11 @@ package machine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"path"
+	"strings"
 )
 
 // ErrNotFound reports a machine the provider does not know.
@@ -43,6 +46,28 @@ type Provider interface {
 	// Transfer writes data to path on the machine atomically, as root.
 	Transfer(ctx context.Context, name, path string, data io.Reader, mode os.FileMode) error
 	Delete(ctx context.Context, name string) error
+}
+
+// TempPath is the temporary file a transfer writes beside dst.
+func TempPath(dst string) string { return path.Join(path.Dir(dst), "."+path.Base(dst)+".hostctl-tmp") }
+
+// AtomicWriteScript is the shell script a provider runs as root on the
+// machine to write stdin to dst: into TempPath(dst), with mode, synced, then
+// renamed over dst, so a broken transfer leaves the old file.
+func AtomicWriteScript(dst string, mode os.FileMode) string {
+	tmp := ShellQuote(TempPath(dst))
+	return fmt.Sprintf("set -e; umask 077; mkdir -p %s; cat > %s; chmod %o %s; sync %s 2>/dev/null || sync; mv -f %s %s",
+		ShellQuote(path.Dir(dst)), tmp, mode.Perm(), tmp, tmp, tmp, ShellQuote(dst))
+}
+
+// ShellQuote quotes s for sh, leaving plain words as they are.
+func ShellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,@+", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
 }
 
 // GoArch maps `uname -m` to GOARCH.

@@ -179,7 +179,7 @@ func (p *Provider) Transfer(ctx context.Context, name, dst string, data io.Reade
 	if _, err := p.run(ctx, nil, "transfer", local.Name(), name+":"+staged); err != nil {
 		return err
 	}
-	tmp := path.Join(path.Dir(dst), "."+path.Base(dst)+".hostctl-tmp")
+	tmp := machine.TempPath(dst)
 	script := fmt.Sprintf("set -e; mkdir -p '%s'; install -m %o '%s' '%s'; rm -f '%s'; sync; mv -f '%s' '%s'",
 		path.Dir(dst), mode.Perm(), staged, tmp, staged, tmp, dst)
 	_, err = p.Exec(ctx, name, nil, "sh", "-c", script)

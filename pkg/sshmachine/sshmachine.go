@@ -151,22 +151,13 @@ func (p *Provider) pinHostKey(hostname string, remote net.Addr, key ssh.PublicKe
 func sudo(user string, args []string) string {
 	quoted := make([]string, len(args))
 	for i, a := range args {
-		quoted[i] = shellQuote(a)
+		quoted[i] = machine.ShellQuote(a)
 	}
 	cmd := strings.Join(quoted, " ")
 	if user == "root" {
 		return cmd
 	}
 	return "sudo -n -- " + cmd
-}
-
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,@+", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'"'"'`) + "'"
 }
 
 // Exec runs args as root on the machine.
@@ -240,11 +231,8 @@ func (p *Provider) Transfer(ctx context.Context, name, dst string, data io.Reade
 	if !path.IsAbs(dst) {
 		return fmt.Errorf("%s: transfer destination %q must be absolute", name, dst)
 	}
-	tmp := path.Join(path.Dir(dst), "."+path.Base(dst)+".hostctl-tmp")
-	script := fmt.Sprintf("set -e; umask 077; mkdir -p %[1]s; cat > %[2]s; chmod %[3]o %[2]s; sync %[2]s 2>/dev/null || sync; mv -f %[2]s %[4]s",
-		shellQuote(path.Dir(dst)), shellQuote(tmp), mode.Perm(), shellQuote(dst))
-	if _, err := p.Exec(ctx, name, data, "sh", "-c", script); err != nil {
-		p.Exec(context.Background(), name, nil, "rm", "-f", tmp)
+	if _, err := p.Exec(ctx, name, data, "sh", "-c", machine.AtomicWriteScript(dst, mode)); err != nil {
+		p.Exec(context.Background(), name, nil, "rm", "-f", machine.TempPath(dst))
 		return fmt.Errorf("transfer to %s: %w", dst, err)
 	}
 	return nil
