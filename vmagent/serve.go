@@ -52,6 +52,7 @@ func (c *serveCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
+	a.files.SweepInterrupted()
 	srv := grpc.NewServer(server.Options(log, tlsCfg)...)
 	agentv1.RegisterAgentServiceServer(srv, a.server(log))
 	hs := health.NewServer()

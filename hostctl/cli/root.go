@@ -62,8 +62,9 @@ func New() *cobra.Command {
 	})
 	cfg := &cobra.Command{Use: "config", Short: "Show the configuration in effect"}
 	cfg.AddCommand((&configShowCmd{g: g}).command())
-	vm := &cobra.Command{Use: "vm", Short: "Inspect the VMs"}
+	vm := &cobra.Command{Use: "vm", Short: "Add, onboard, inspect, start, stop and remove VMs"}
 	vm.AddCommand((&vmStatusCmd{g: g}).command())
+	vm.AddCommand(vmCommands(g)...)
 	root.AddCommand(cfg, vm, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command())
 	return root
 }

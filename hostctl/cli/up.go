@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,10 +20,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/labstack"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
@@ -49,30 +46,38 @@ func (c *upCmd) command() *cobra.Command {
 	return cmd
 }
 
-// progress prints "[n/N] step: detail (elapsed)" lines to stderr.
+// progress prints "[n/N] step VM: detail (elapsed)" lines to stderr; the
+// steps are named up front so every line says how far along it is.
 type progress struct {
 	mu    sync.Mutex
 	w     io.Writer
-	total int
+	steps []string
 	start time.Time
 }
 
-func (p *progress) step(n int, name, format string, args ...any) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	fmt.Fprintf(p.w, "[%d/%d] %s: %s (%s)\n", n, p.total, name, fmt.Sprintf(format, args...), time.Since(p.start).Round(100*time.Millisecond))
+func newProgress(w io.Writer, steps ...string) *progress {
+	return &progress{w: w, steps: steps, start: time.Now()}
 }
 
-// lineWriter prefixes what a long step writes with its step number.
+func (p *progress) step(name, vm, format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := slices.Index(p.steps, name) + 1
+	if vm != "" {
+		name += " " + vm
+	}
+	fmt.Fprintf(p.w, "[%d/%d] %s: %s (%s)\n", n, len(p.steps), name, fmt.Sprintf(format, args...), time.Since(p.start).Round(100*time.Millisecond))
+}
+
+// lineWriter reports what a long step writes, line by line.
 type lineWriter struct {
 	p    *progress
-	n    int
 	name string
 }
 
 func (w lineWriter) Write(b []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		w.p.step(w.n, w.name, "%s", strings.TrimSpace(line))
+		w.p.step(w.name, "", "%s", strings.TrimSpace(line))
 	}
 	return len(b), nil
 }
@@ -119,59 +124,16 @@ func workloadSpec(cfg config.Config) workload.Spec {
 		ProbePeriod: int32(w.Probe.PeriodSeconds), ProbeInitialDelay: int32(w.Probe.InitialDelaySeconds)}
 }
 
-const upSteps = 6
+// upSteps are the steps of up and vm add.
+var upSteps = []string{"control plane", "workload", "machine", "agent", "onboard", "healthy"}
 
 func upLab(ctx context.Context, stderr io.Writer, cfg config.Config) error {
-	p := &progress{w: stderr, total: upSteps, start: time.Now()}
-	src, err := labSource()
+	p := newProgress(stderr, upSteps...)
+	r, err := startLab(ctx, p, cfg)
 	if err != nil {
 		return err
 	}
-	state, err := statedir.Open(cfg.StateDir)
-	if err != nil {
-		return err
-	}
-	p.step(1, "lab control plane", "building (cached after the first run) and starting")
-	st, err := labstack.Up(ctx, labstack.Config{ModuleDir: src, CacheDir: cacheDir(), Dir: state.Path("lab"),
-		MeshID: cfg.Istio.MeshID, ClusterID: cfg.Istio.ClusterName, Progress: lineWriter{p, 1, "lab control plane"}})
-	if err != nil {
-		return err
-	}
-	clients, err := kubeClients(st.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	spec := workloadSpec(cfg)
-	changes, err := workload.Ensure(ctx, clients, spec)
-	if err != nil {
-		return err
-	}
-	for _, ch := range changes {
-		p.step(2, "workload", "%s %s", ch.Object, ch.Action)
-	}
-	bootstrap, err := labbuild.IstioFile(ctx, src, "tools/packaging/common/envoy_bootstrap.json")
-	if err != nil {
-		return err
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	lab := labmachine.New(log, state.Path("lab", "vms"), cacheDir())
-	side := onboard.Sidecar{PilotAgent: st.Bins.Path("pilot-agent"), Envoy: st.Bins.Path("lab-envoy"), BootstrapTemplate: bootstrap}
-	deps := onboard.Deps{Provider: lab, State: state, AgentBinary: agentBinary(src)}
-
-	// VMs onboard concurrently; one failing is reported by name and does not stop the others.
-	var wg sync.WaitGroup
-	errs := make([]error, len(cfg.VMs))
-	for i, vm := range cfg.VMs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := upVM(ctx, p, lab, deps, clients, cfg, spec, side, vm); err != nil {
-				errs[i] = fmt.Errorf("%s: %w", vm.Name, err)
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := eachVM(cfg.VMs, func(vm config.VM) error { return r.up(ctx, vm.Name) }); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "up: %d VM(s) onboarded and Healthy in %s. The lab runs no Envoy: traffic between workloads is not exercised.\n",
@@ -179,55 +141,14 @@ func upLab(ctx context.Context, stderr io.Writer, cfg config.Config) error {
 	return nil
 }
 
-func upVM(ctx context.Context, p *progress, lab *labmachine.Provider, deps onboard.Deps, clients workload.Clients,
-	cfg config.Config, spec workload.Spec, side onboard.Sidecar, vm config.VM) error {
-	m, err := lab.Launch(ctx, machine.Spec{Name: vm.Name})
+// up converges one VM: machine, agent, onboarding.
+func (r *labRun) up(ctx context.Context, name string) error {
+	m, c, err := r.provision(ctx, name)
 	if err != nil {
 		return err
 	}
-	hostIP, err := lab.HostAddress(vm.Name)
-	if err != nil {
-		return err
-	}
-	p.step(3, "machine "+vm.Name, "%s at %s", strings.ToLower(m.State), m.Addresses[0])
-	if err := labApp(ctx, lab, vm.Name, cfg.Workload.Port); err != nil {
-		return err
-	}
-	client, err := onboard.InstallAgent(ctx, deps, m)
-	if err != nil {
-		return err
-	}
-	defer client.Close()
-	v, err := client.Version(ctx)
-	if err != nil {
-		return err
-	}
-	p.step(4, "agent "+vm.Name, "vmagent %s answering on %s:%s", v.GetVersion(), m.Addresses[0], onboard.AgentPort)
-	lastToken, _ := deps.State.ReadFile(filepath.Join("vms", vm.Name, "files", "istio-token"))
-	files, err := workload.Files(ctx, clients, spec, workload.FilesFor{ClusterID: cfg.Istio.ClusterName,
-		VMIP: m.Addresses[0], IstiodIP: hostIP, TokenLifetime: cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken})
-	if err != nil {
-		return err
-	}
-	if err := saveFiles(deps.State, vm.Name, files); err != nil {
-		return err
-	}
-	rep, err := onboard.Onboard(ctx, client, files, side, onboard.Hosts{
-		IstiodIP: hostIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: m.Addresses[0], VMName: vm.Name})
-	if err != nil {
-		return err
-	}
-	sent := "nothing sent"
-	if len(rep.Sent) > 0 {
-		sent = "sent " + strings.Join(rep.Sent, ", ")
-	}
-	p.step(5, "onboard "+vm.Name, "%s; %d file(s) already in place; sidecar %s", sent, len(rep.Skipped), rep.Sidecar.GetActiveState())
-	e, err := workload.WaitHealthy(ctx, clients, spec, m.Addresses[0], 2*time.Minute)
-	if err != nil {
-		return err
-	}
-	p.step(6, "healthy "+vm.Name, "WorkloadEntry %s Healthy", e.Name)
-	return nil
+	defer c.Close()
+	return r.onboard(ctx, name, m, c, false)
 }
 
 // saveFiles keeps the generated workload files in the state directory (0600).

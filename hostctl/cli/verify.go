@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -60,7 +61,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 		}
 		want, _ := lab.HostAddress(vm.Name)
 		v := verdict{vm.Name, "istiod resolves on the VM", "FAIL", ""}
-		if ac, err := agentClient(state, vm.Name, m.Addresses[0]); err != nil {
+		if ac, err := onboard.Dial(state, m.Addresses[0]); err != nil {
 			v.detail = err.Error()
 		} else {
 			r, err := ac.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: istiod})

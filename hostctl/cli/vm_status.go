@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -15,10 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/labcluster"
 	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
@@ -134,7 +131,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 	} else if ok {
 		s.WorkloadEntry, s.Healthy, s.HealthMessage = e.Name, e.Healthy, e.Message
 	}
-	c, err := agentClient(state, m.Name, s.Address)
+	c, err := onboard.Dial(state, s.Address)
 	if err != nil {
 		s.Agent, s.Next = "error: "+err.Error(), "run hostctl up to reinstall the agent"
 		return s
@@ -171,32 +168,15 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 	}
 	switch {
 	case sc.GetActiveState() != "active":
-		s.Next = "the sidecar is not running: run hostctl up (hostctl vm logs is not built yet: journalctl -u istio on the VM)"
+		s.Next = fmt.Sprintf("the sidecar is not running: see hostctl vm logs %s, then run hostctl vm onboard %s", name, name)
 	case s.WorkloadEntry == "":
-		s.Next = "no WorkloadEntry: the sidecar has not reached istiod; check istiod and journalctl -u istio on the VM"
+		s.Next = fmt.Sprintf("no WorkloadEntry: the sidecar has not reached istiod; see hostctl vm logs %s", name)
 	case s.Healthy != "True":
 		s.Next = fmt.Sprintf("WorkloadEntry not Healthy (%s): is the app answering on port %d?", orDash(s.HealthMessage), cfg.Workload.Probe.Port)
 	default:
 		s.OK = true
 	}
 	return s
-}
-
-// agentClient connects to a VM's agent with hostctl's certificate.
-func agentClient(state *statedir.Dir, vm, addr string) (*agentclient.Client, error) {
-	ca, err := state.AgentCA()
-	if err != nil {
-		return nil, err
-	}
-	cert, err := state.ClientCert(ca)
-	if err != nil {
-		return nil, err
-	}
-	tlsCfg, err := mtls.ClientConfig(cert.Cert, cert.Key, ca.CertPEM(), addr)
-	if err != nil {
-		return nil, err
-	}
-	return agentclient.Dial(net.JoinHostPort(addr, onboard.AgentPort), tlsCfg)
 }
 
 func orDash(s string) string {

@@ -543,21 +543,37 @@ func randomSuffix() string {
 	return hex.EncodeToString(b)
 }
 
+// SweepTemps removes the temporary files an interrupted write of p left
+// (the writer killed before it could clean up), and reports how many.
+func (r *Root) SweepTemps(p string) (int, error) {
+	dirfd, name, err := r.parent(p, DirOptions{})
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(dirfd)
+	return sweepTemps(dirfd, name), nil
+}
+
 // sweepTemps removes temporary files that an interrupted write of name left.
-func sweepTemps(dirfd int, name string) {
+func sweepTemps(dirfd int, name string) int {
 	prefix := "." + name + tempMarker
 	dfd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return
+		return 0
 	}
 	d := os.NewFile(uintptr(dfd), ".")
 	defer d.Close()
 	names, _ := d.Readdirnames(-1)
-	for _, n := range names {
-		if strings.HasPrefix(n, prefix) {
-			unix.Unlinkat(dirfd, n, 0)
+	n := 0
+	for _, f := range names {
+		if strings.HasPrefix(f, prefix) && unix.Unlinkat(dirfd, f, 0) == nil {
+			n++
 		}
 	}
+	return n
 }
 
 // Chown sets owner and mode of the existing file or directory at p (not

@@ -218,3 +218,22 @@ func (p *Provider) Delete(ctx context.Context, name string) error {
 	}
 	return errors.Join(vm.Remove(ctx), os.Remove(p.recordPath(name)))
 }
+
+// Renumber moves a stopped VM to a free network slot, so it boots with a new
+// address: what a DHCP server may do to a Multipass VM across restarts, and
+// the lab's way to exercise it.
+func (p *Provider) Renumber(ctx context.Context, name string) error {
+	if m, err := p.Info(ctx, name); err != nil {
+		return err
+	} else if m.State == "Running" {
+		return fmt.Errorf("lab VM %s is running: stop it before renumbering", name)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	slot, err := p.freeSlot()
+	if err != nil {
+		return err
+	}
+	data, _ := json.Marshal(record{Slot: slot})
+	return os.WriteFile(p.recordPath(name), data, 0o600)
+}

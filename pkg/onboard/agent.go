@@ -47,10 +47,6 @@ func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.
 	if err != nil {
 		return nil, err
 	}
-	client, err := d.State.ClientCert(ca)
-	if err != nil {
-		return nil, err
-	}
 	binPath, err := d.AgentBinary(m.Arch)
 	if err != nil {
 		return nil, err
@@ -92,17 +88,39 @@ func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.
 	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", "systemctl daemon-reload && systemctl enable vmagent.service && systemctl "+action+" vmagent.service"); err != nil {
 		return nil, fmt.Errorf("%s: start vmagent: %w: %s", m.Name, err, out)
 	}
-	tlsCfg, err := mtls.ClientConfig(client.Cert, client.Key, ca.CertPEM(), m.Addresses[0])
+	return Connect(ctx, d.State, m)
+}
+
+// Dial connects to the agent at addr with hostctl's client certificate,
+// without waiting for it to answer.
+func Dial(state *statedir.Dir, addr string) (*agentclient.Client, error) {
+	ca, err := state.AgentCA()
 	if err != nil {
 		return nil, err
 	}
-	c, err := agentclient.Dial(net.JoinHostPort(m.Addresses[0], AgentPort), tlsCfg)
+	cert, err := state.ClientCert(ca)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := mtls.ClientConfig(cert.Cert, cert.Key, ca.CertPEM(), addr)
+	if err != nil {
+		return nil, err
+	}
+	return agentclient.Dial(net.JoinHostPort(addr, AgentPort), tlsCfg)
+}
+
+// Connect dials m's agent and waits until it answers (it may be starting).
+func Connect(ctx context.Context, state *statedir.Dir, m machine.Machine) (*agentclient.Client, error) {
+	if len(m.Addresses) == 0 {
+		return nil, fmt.Errorf("%s has no address: check that it is running", m.Name)
+	}
+	c, err := Dial(state, m.Addresses[0])
 	if err != nil {
 		return nil, err
 	}
 	if err := waitAgent(ctx, c); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%s: %w: see journalctl -u vmagent on the VM", m.Name, err)
+		return nil, fmt.Errorf("%s: %w: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it", m.Name, err)
 	}
 	return c, nil
 }

@@ -33,8 +33,8 @@ type Report struct {
 }
 
 // Onboard runs the postinst, delivers what differs, and (re)starts the
-// sidecar: a restart when anything was sent, otherwise a start, which leaves
-// a running sidecar alone.
+// sidecar: a restart when anything was sent or the hosts block changed,
+// otherwise a start, which leaves a running sidecar alone.
 func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Files, side Sidecar, h Hosts) (Report, error) {
 	var r Report
 	hosts := []*agentv1.HostsEntry{{Ip: h.IstiodIP, Names: []string{h.IstiodName}}, {Ip: h.VMIP, Names: []string{h.VMName}}}
@@ -42,6 +42,13 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 	r.Steps = steps
 	if err != nil {
 		return r, err
+	}
+	// A new hosts block (istiod or the VM moved) is read by a sidecar that starts.
+	hostsChanged := false
+	for _, st := range steps {
+		if st.GetName() == "hosts" && st.GetOutcome() == agentv1.StepOutcome_STEP_OUTCOME_CHANGED {
+			hostsChanged = true
+		}
 	}
 	deliveries := []agentclient.File{
 		agentclient.LocalFile("/usr/local/bin/pilot-agent", side.PilotAgent),
@@ -73,7 +80,7 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		return r, err
 	}
 	action := agentv1.SidecarAction_SIDECAR_ACTION_START
-	if len(r.Sent) > 0 {
+	if len(r.Sent) > 0 || hostsChanged {
 		action = agentv1.SidecarAction_SIDECAR_ACTION_RESTART
 	}
 	if r.Sidecar, err = sidecar(ctx, c, action); err != nil {

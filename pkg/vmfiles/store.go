@@ -335,3 +335,22 @@ func inode(fi fs.FileInfo) uint64 {
 	}
 	return 0
 }
+
+// SweepInterrupted removes what deliveries cut short by the agent's own
+// death left beside the allowlisted files (a write cleans up after itself
+// otherwise). The agent runs it once at start.
+func (s *Store) SweepInterrupted() {
+	for _, spec := range allowlist {
+		for _, p := range []string{spec.Path, spec.PersistAt} {
+			if p == "" {
+				continue
+			}
+			n, err := s.root.SweepTemps(p)
+			if err != nil {
+				s.log.Warn("sweep interrupted deliveries", "path", p, "err", err)
+			} else if n > 0 {
+				s.log.Info("removed the partial file(s) of an interrupted delivery", "path", p, "count", n)
+			}
+		}
+	}
+}

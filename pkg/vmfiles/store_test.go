@@ -159,3 +159,29 @@ func TestTokenIsPersistedForReboot(t *testing.T) {
 		t.Errorf("got created dirs %v, want /run/secrets/tokens recorded for uninstall", rec.CreatedDirs)
 	}
 }
+
+// An agent killed mid-transfer cannot clean up; the next agent does, and
+// touches nothing else.
+func TestSweepInterruptedRemovesOnlyLeftovers(t *testing.T) {
+	s, dir := sandbox(t)
+	bin := filepath.Join(dir, "usr/local/bin")
+	must(t, os.MkdirAll(bin, 0o755))
+	for name, data := range map[string]string{
+		"envoy": "the old envoy", ".envoy.meshvm-tmp-0a1b2c": "half an envoy",
+		".pilot-agent.meshvm-tmp-ffff": "half", ".profile": "someone else's dotfile",
+	} {
+		must(t, os.WriteFile(filepath.Join(bin, name), []byte(data), 0o600))
+	}
+	s.SweepInterrupted()
+	entries, _ := os.ReadDir(bin)
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if got := strings.Join(left, ","); got != ".profile,envoy" {
+		t.Errorf("left %s, want .profile,envoy", got)
+	}
+	if b, _ := os.ReadFile(filepath.Join(bin, "envoy")); string(b) != "the old envoy" {
+		t.Errorf("envoy = %q", b)
+	}
+}

@@ -256,6 +256,9 @@ type Entry struct {
 	Name, Address, Network string
 	// Healthy is "True", "False" or "" (no condition yet); Message says why.
 	Healthy, Message string
+	// ConnectedAt is when the VM's proxy last connected to istiod: it changes
+	// when the proxy reconnects (a reboot, an istiod restart).
+	ConnectedAt string
 }
 
 // FindEntry returns the WorkloadEntry istiod registered for the VM at address.
@@ -268,7 +271,7 @@ func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, b
 		if we.Spec.GetAddress() != address || we.Annotations["istio.io/autoRegistrationGroup"] != s.Group {
 			continue
 		}
-		e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork()}
+		e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork(), ConnectedAt: we.Annotations["istio.io/connectedAt"]}
 		for _, cond := range we.Status.GetConditions() {
 			if cond.GetType() == "Healthy" {
 				e.Healthy, e.Message = cond.GetStatus(), cond.GetMessage()
@@ -311,4 +314,22 @@ func orNone(s string) string {
 		return "no health report yet"
 	}
 	return s
+}
+
+// DeleteEntry removes the group's autoregistered WorkloadEntry at address,
+// if there is one: a VM that moved leaves its old entry behind until istiod's
+// grace period ends, or for good when istiod restarted meanwhile.
+func DeleteEntry(ctx context.Context, c Clients, s Spec, address string) (string, error) {
+	e, ok, err := FindEntry(ctx, c, s, address)
+	if err != nil || !ok {
+		return "", err
+	}
+	err = c.Istio.NetworkingV1().WorkloadEntries(s.Namespace).Delete(ctx, e.Name, metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("delete WorkloadEntry %s/%s: %w", s.Namespace, e.Name, err)
+	}
+	return e.Name, nil
 }

@@ -1,0 +1,373 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/labcluster"
+	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/onboard"
+	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/workload"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+// vmCmd holds what the per-VM commands share.
+type vmCmd struct {
+	g        *globals
+	provider string
+	timeout  time.Duration
+}
+
+func (c *vmCmd) flags(cmd *cobra.Command, timeout time.Duration) *cobra.Command {
+	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
+	cmd.Flags().DurationVar(&c.timeout, "timeout", timeout, "give up after this long")
+	return cmd
+}
+
+// lab opens the lab's VMs and state without starting anything.
+func (c *vmCmd) lab(cmd *cobra.Command) (config.Config, *statedir.Dir, *labmachine.Provider, error) {
+	cfg, err := c.g.loadLab(cmd, c.provider)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	state, err := statedir.Open(cfg.StateDir)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	return cfg, state, labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir()), nil
+}
+
+func vmCommands(g *globals) []*cobra.Command {
+	return []*cobra.Command{
+		(&vmOnboardCmd{vmCmd{g: g}}).command(),
+		(&vmAddCmd{vmCmd{g: g}}).command(),
+		(&vmRmCmd{vmCmd{g: g}}).command(),
+		(&vmStartCmd{vmCmd{g: g}}).command(),
+		(&vmStopCmd{vmCmd{g: g}}).command(),
+		(&vmLogsCmd{vmCmd: vmCmd{g: g}}).command(),
+	}
+}
+
+type vmOnboardCmd struct{ vmCmd }
+
+func (c *vmOnboardCmd) command() *cobra.Command {
+	return c.flags(&cobra.Command{
+		Use:   "onboard VM...",
+		Short: "Re-onboard running VMs without reinstalling: fresh token and files, sidecar restart, wait for Healthy",
+		Long: "onboard sends what differs (a fresh token at least; binaries only when they changed), restarts the\n" +
+			"sidecar and waits until the VM's WorkloadEntry is Healthy. It neither creates nor reinstalls anything.",
+		Args: cobra.MinimumNArgs(1),
+		RunE: c.run,
+	}, 3*time.Minute)
+}
+
+func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
+	cfg, err := c.g.loadLab(cmd, c.provider)
+	if err != nil {
+		return err
+	}
+	vms, err := pick(cfg, args)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	p := newProgress(cmd.ErrOrStderr(), "control plane", "workload", "agent", "onboard", "healthy")
+	r, err := startLab(ctx, p, cfg)
+	if err != nil {
+		return err
+	}
+	return eachVM(vms, func(vm config.VM) error {
+		m, ac, err := r.running(ctx, vm.Name)
+		if err != nil {
+			return err
+		}
+		defer ac.Close()
+		p.step("agent", vm.Name, "answering on %s:%s", m.Addresses[0], onboard.AgentPort)
+		return r.onboard(ctx, vm.Name, m, ac, true)
+	})
+}
+
+// pick returns the named VMs from the config.
+func pick(cfg config.Config, names []string) ([]config.VM, error) {
+	var out []config.VM
+	for _, n := range names {
+		vm, err := cfg.VM(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vm)
+	}
+	return out, nil
+}
+
+type vmAddCmd struct{ vmCmd }
+
+func (c *vmAddCmd) command() *cobra.Command {
+	return c.flags(&cobra.Command{
+		Use:   "add VM",
+		Short: "List a new VM in the config, then create, install and onboard it like up does",
+		Args:  cobra.ExactArgs(1),
+		RunE:  c.run,
+	}, 10*time.Minute)
+}
+
+func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
+	cfg, err := c.g.loadLab(cmd, c.provider)
+	if err != nil {
+		return err
+	}
+	vm := config.VM{Name: args[0]}
+	probe := cfg
+	probe.VMs = append(append([]config.VM(nil), cfg.VMs...), vm)
+	if _, err := cfg.VM(vm.Name); err != nil {
+		if err := probe.Validate(); err != nil {
+			return err
+		}
+	}
+	added, err := config.AddVM(c.g.configPath, vm, cfg.VMs)
+	if err != nil {
+		return err
+	}
+	if added {
+		fmt.Fprintf(cmd.ErrOrStderr(), "vm add: %s listed in %s\n", vm.Name, c.g.configPath)
+	}
+	if cfg, err = c.g.loadLab(cmd, c.provider); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	r, err := startLab(ctx, newProgress(cmd.ErrOrStderr(), upSteps...), cfg)
+	if err != nil {
+		return err
+	}
+	if err := r.up(ctx, vm.Name); err != nil {
+		return fmt.Errorf("%s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+type vmRmCmd struct{ vmCmd }
+
+func (c *vmRmCmd) command() *cobra.Command {
+	return c.flags(&cobra.Command{
+		Use:   "rm VM",
+		Short: "Delete a VM, its WorkloadEntry and its state, and take it off the config",
+		Args:  cobra.ExactArgs(1),
+		RunE:  c.run,
+	}, time.Minute)
+}
+
+func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
+	cfg, state, lab, err := c.lab(cmd)
+	if err != nil {
+		return err
+	}
+	name, w := args[0], cmd.ErrOrStderr()
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	var errs []error
+	m, err := lab.Info(ctx, name)
+	switch {
+	case errors.Is(err, machine.ErrNotFound):
+		fmt.Fprintf(w, "vm rm: no machine %s\n", name)
+	case err != nil:
+		return err
+	default:
+		if err := lab.Delete(ctx, name); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "vm rm: machine %s deleted\n", name)
+		// istiod would drop the entry after its grace period; do not leave it to chance.
+		if clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster"))); err != nil {
+			errs = append(errs, err)
+		} else if gone, err := workload.DeleteEntry(ctx, clients, workloadSpec(cfg), m.Addresses[0]); err != nil {
+			errs = append(errs, fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err))
+		} else if gone != "" {
+			fmt.Fprintf(w, "vm rm: WorkloadEntry %s deleted\n", gone)
+		}
+	}
+	if err := os.RemoveAll(state.Path("vms", name)); err != nil {
+		errs = append(errs, err)
+	}
+	removed, err := config.RemoveVM(c.g.configPath, name)
+	switch {
+	case err != nil:
+		errs = append(errs, err)
+	case removed:
+		fmt.Fprintf(w, "vm rm: %s taken off %s\n", name, c.g.configPath)
+	case len(cfg.VMs) == 1 && cfg.VMs[0].Name == name:
+		fmt.Fprintf(w, "vm rm: %s stays listed in %s (a config needs one VM): the next up creates it again\n", name, c.g.configPath)
+	}
+	return errors.Join(errs...)
+}
+
+type vmStopCmd struct{ vmCmd }
+
+func (c *vmStopCmd) command() *cobra.Command {
+	return c.flags(&cobra.Command{
+		Use:   "stop VM...",
+		Short: "Power VMs off, keeping their disks (istiod drops their WorkloadEntries after its grace period)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE:  c.run,
+	}, time.Minute)
+}
+
+func (c *vmStopCmd) run(cmd *cobra.Command, args []string) error {
+	cfg, _, lab, err := c.lab(cmd)
+	if err != nil {
+		return err
+	}
+	vms, err := pick(cfg, args)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	return eachVM(vms, func(vm config.VM) error {
+		if err := lab.Stop(ctx, vm.Name); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "vm stop: %s stopped\n", vm.Name)
+		return nil
+	})
+}
+
+type vmStartCmd struct{ vmCmd }
+
+func (c *vmStartCmd) command() *cobra.Command {
+	return c.flags(&cobra.Command{
+		Use:   "start VM...",
+		Short: "Boot stopped VMs and wait until they are Healthy again on their own",
+		Long: "start boots the machine and waits for its agent and its WorkloadEntry: the sidecar comes back by\n" +
+			"itself (the agent restores the token; the unit is enabled). Nothing is sent.",
+		Args: cobra.MinimumNArgs(1),
+		RunE: c.run,
+	}, 3*time.Minute)
+}
+
+func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
+	cfg, state, lab, err := c.lab(cmd)
+	if err != nil {
+		return err
+	}
+	vms, err := pick(cfg, args)
+	if err != nil {
+		return err
+	}
+	clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster")))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	p := newProgress(cmd.ErrOrStderr(), "machine", "agent", "healthy")
+	return eachVM(vms, func(vm config.VM) error {
+		if _, err := lab.Info(ctx, vm.Name); err != nil {
+			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
+		}
+		m, err := lab.Launch(ctx, machine.Spec{Name: vm.Name})
+		if err != nil {
+			return err
+		}
+		p.step("machine", vm.Name, "%s at %s", strings.ToLower(m.State), m.Addresses[0])
+		ac, err := onboard.Connect(ctx, state, m)
+		if err != nil {
+			return err
+		}
+		ac.Close()
+		p.step("agent", vm.Name, "answering")
+		e, err := workload.WaitHealthy(ctx, clients, workloadSpec(cfg), m.Addresses[0], c.timeout)
+		if err != nil {
+			return fmt.Errorf("%w; then run hostctl vm onboard %s", err, vm.Name)
+		}
+		p.step("healthy", vm.Name, "WorkloadEntry %s Healthy", e.Name)
+		return nil
+	})
+}
+
+type vmLogsCmd struct {
+	vmCmd
+	source string
+	tail   uint32
+	follow bool
+}
+
+var logSources = map[string]agentv1.LogSource{
+	"journal":   agentv1.LogSource_LOG_SOURCE_JOURNAL,
+	"proxy":     agentv1.LogSource_LOG_SOURCE_PROXY_LOG,
+	"proxy-err": agentv1.LogSource_LOG_SOURCE_PROXY_ERR_LOG,
+}
+
+func (c *vmLogsCmd) command() *cobra.Command {
+	cmd := c.flags(&cobra.Command{
+		Use:   "logs VM",
+		Short: "Print the sidecar's logs from the VM, through its agent",
+		Args:  cobra.ExactArgs(1),
+		RunE:  c.run,
+	}, 0)
+	cmd.Flags().StringVar(&c.source, "source", "journal", "journal (the istio unit), proxy (/var/log/istio/istio.log) or proxy-err")
+	cmd.Flags().Uint32Var(&c.tail, "tail", 100, "lines from the end to print first")
+	cmd.Flags().BoolVarP(&c.follow, "follow", "f", false, "keep printing new lines")
+	return cmd
+}
+
+func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
+	src, ok := logSources[c.source]
+	if !ok {
+		return fmt.Errorf("--source %q: want journal, proxy or proxy-err", c.source)
+	}
+	cfg, state, lab, err := c.lab(cmd)
+	if err != nil {
+		return err
+	}
+	if _, err := cfg.VM(args[0]); err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	m, err := lab.Info(ctx, args[0])
+	if err != nil {
+		return fmt.Errorf("%w: run hostctl up to create it", err)
+	}
+	if m.State != "Running" {
+		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, strings.ToLower(m.State), m.Name)
+	}
+	ac, err := onboard.Dial(state, m.Addresses[0])
+	if err != nil {
+		return err
+	}
+	defer ac.Close()
+	stream, err := ac.API().SidecarLogs(ctx, &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
+	if err != nil {
+		return fmt.Errorf("%s: logs: %w", m.Name, err)
+	}
+	out := cmd.OutOrStdout()
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: logs: %w", m.Name, err)
+		}
+		for _, l := range resp.GetLines() {
+			fmt.Fprintln(out, l.GetText())
+		}
+	}
+}
