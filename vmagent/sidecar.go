@@ -1,6 +1,10 @@
 package main
 
 import (
+	"fmt"
+	"net"
+	"strconv"
+
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/fsroot"
@@ -54,5 +58,13 @@ func (c *sidecarCmd) preparer(cmd *cobra.Command) (*sidecarenv.Preparer, error) 
 	if err != nil {
 		return nil, err
 	}
-	return &sidecarenv.Preparer{Log: log, Root: root, Users: sysusers.New(root)}, nil
+	_, port, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen %q: %w", cfg.Listen, err)
+	}
+	agentPort, err := strconv.Atoi(port)
+	if err != nil {
+		return nil, fmt.Errorf("listen %q: port %q is not a number", cfg.Listen, port)
+	}
+	return &sidecarenv.Preparer{Log: log, Root: root, Users: sysusers.New(root), AgentPort: agentPort}, nil
 }

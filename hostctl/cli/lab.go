@@ -155,6 +155,10 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 	if err := saveFiles(r.state, name, files); err != nil {
 		return err
 	}
+	prev, _, err := workload.FindEntry(ctx, r.clients, r.spec, addr)
+	if err != nil {
+		return err
+	}
 	rep, err := onboard.Onboard(ctx, c, files, r.side, onboard.Hosts{
 		IstiodIP: hostIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: addr, VMName: name})
 	if err != nil {
@@ -165,7 +169,10 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 		sent = "sent " + strings.Join(rep.Sent, ", ")
 	}
 	r.p.step("onboard", name, "%s; %d file(s) already in place; sidecar %s", sent, len(rep.Skipped), rep.Sidecar.GetActiveState())
-	e, err := workload.WaitHealthy(ctx, r.clients, r.spec, addr, 2*time.Minute)
+	if !rep.Restarted {
+		prev = workload.Entry{}
+	}
+	e, err := workload.WaitHealthy(ctx, r.clients, r.spec, addr, 2*time.Minute, prev)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -17,11 +18,16 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/meshlab"
+	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/procs"
+	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
 )
 
@@ -159,6 +165,199 @@ func TestUpOnLab(t *testing.T) {
 		if st, _ := os.Stat(filepath.Join(ours, f)); st.Mode().Perm() != 0o600 {
 			t.Errorf("%s: mode %v, want 0600", f, st.Mode())
 		}
+	}
+
+	onboardAgainAndFaults(t, cfgPath, state, lab, clients, spec)
+}
+
+// onboardAgainAndFaults is the life of an onboarded VM: re-onboarding after
+// the token is lost, the agent killed mid-transfer, a reboot, an istiod
+// restart, and a new address.
+func onboardAgainAndFaults(t *testing.T, cfgPath, state string, lab *labmachine.Provider, clients workload.Clients, spec workload.Spec) {
+	ctx := context.Background()
+	const vm = "e2e1"
+	m, _ := lab.Info(ctx, vm)
+	addr := m.Addresses[0]
+	vmFile := func(p string) string {
+		out, _ := lab.Exec(ctx, vm, nil, "sh", "-c", "sha256sum "+p+" 2>/dev/null | cut -c1-64")
+		return strings.TrimSpace(string(out))
+	}
+
+	t.Run("onboard after the token is lost and the sidecar stopped", func(t *testing.T) {
+		oldToken := vmFile("/var/run/secrets/tokens/istio-token")
+		if out, err := lab.Exec(ctx, vm, nil, "sh", "-c", "systemctl stop istio && rm /var/run/secrets/tokens/istio-token"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if out, err := run(t, "--config", cfgPath, "vm", "status", vm); err == nil || !strings.Contains(err.Error(), "hostctl vm onboard "+vm) {
+			t.Errorf("vm status with the sidecar stopped: got %v\n%s\nwant a non-zero exit naming vm onboard", err, out)
+		}
+		out, err := run(t, "--config", cfgPath, "vm", "onboard", vm)
+		t.Logf("vm onboard:\n%s", out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "sent /var/run/secrets/tokens/istio-token") || strings.Contains(out, "/usr/local/bin/") {
+			t.Errorf("vm onboard should send the token and not the unchanged binaries:\n%s", out)
+		}
+		if tok := vmFile("/var/run/secrets/tokens/istio-token"); tok == "" || tok == oldToken {
+			t.Errorf("token on the VM: %q, want a fresh one (old %s)", tok, oldToken)
+		}
+		waitEntry(t, clients, spec, addr, "True")
+	})
+
+	t.Run("agent killed mid-transfer", func(t *testing.T) {
+		const target = "/usr/local/bin/envoy"
+		before := vmFile(target)
+		ac, err := onboard.Dial(mustState(t, state), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ac.Close()
+		release := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			_, err := ac.PutFile(ctx, agentclient.File{Path: target, SHA256: strings.Repeat("ab", 32), Size: 64 << 20,
+				Open: func() (io.ReadCloser, error) { return io.NopCloser(&stalling{left: 8 << 20, release: release}), nil }})
+			done <- err
+		}()
+		// Mid-transfer: the agent's temporary file exists beside the target.
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(vmLs(ctx, lab, vm), ".meshvm-tmp-") {
+			if time.Now().After(deadline) {
+				t.Fatalf("no transfer in progress after 30s: %s", vmLs(ctx, lab, vm))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if out, err := lab.Exec(ctx, vm, nil, "systemctl", "kill", "--signal=KILL", "vmagent.service"); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		close(release)
+		if err := <-done; err == nil {
+			t.Fatal("PutFile succeeded although the agent was killed")
+		}
+		// systemd restarts the agent, which removes what the dead one left.
+		c, err := onboard.Connect(ctx, mustState(t, state), m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if ls := vmLs(ctx, lab, vm); strings.Contains(ls, ".meshvm-tmp-") {
+			t.Errorf("partial file left after the agent came back:\n%s", ls)
+		}
+		if after := vmFile(target); after != before {
+			t.Errorf("%s changed by a cut transfer: %s, was %s", target, after, before)
+		}
+		out, err := run(t, "--config", cfgPath, "up")
+		if err != nil || !strings.Contains(out, "Healthy") {
+			t.Fatalf("up after the agent was killed: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("reboot comes back Healthy with no action", func(t *testing.T) {
+		e, _, _ := workload.FindEntry(ctx, clients, spec, addr)
+		if out, err := run(t, "--config", cfgPath, "vm", "stop", vm); err != nil {
+			t.Fatalf("vm stop: %v\n%s", err, out)
+		}
+		if _, err := lab.Launch(ctx, machine.Spec{Name: vm}); err != nil {
+			t.Fatal(err)
+		}
+		waitReconnected(t, clients, spec, addr, e.ConnectedAt)
+		out, err := run(t, "--config", cfgPath, "vm", "start", vm)
+		if err != nil || !strings.Contains(out, "Healthy") {
+			t.Errorf("vm start on a running VM: %v\n%s", err, out)
+		}
+		if out, err := run(t, "--config", cfgPath, "vm", "logs", vm, "--tail", "20"); err != nil || !strings.Contains(out, "istio") {
+			t.Errorf("vm logs: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("istiod restarted", func(t *testing.T) {
+		e, _, _ := workload.FindEntry(ctx, clients, spec, addr)
+		istio := filepath.Join(state, "lab", "istio")
+		if err := meshlab.Down(ctx, istio); err != nil {
+			t.Fatal(err)
+		}
+		// up starts it again; the VM's proxy reconnects by itself.
+		if out, err := run(t, "--config", cfgPath, "up"); err != nil {
+			t.Fatalf("up: %v\n%s", err, out)
+		}
+		waitReconnected(t, clients, spec, addr, e.ConnectedAt)
+	})
+
+	t.Run("address changed", func(t *testing.T) {
+		// istiod down while the VM moves: nobody sees the old connection end,
+		// so only up can clear the old entry.
+		if err := meshlab.Down(ctx, filepath.Join(state, "lab", "istio")); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := run(t, "--config", cfgPath, "vm", "stop", vm); err != nil {
+			t.Fatalf("vm stop: %v\n%s", err, out)
+		}
+		if err := lab.Renumber(ctx, vm); err != nil {
+			t.Fatal(err)
+		}
+		out, err := run(t, "--config", cfgPath, "up")
+		t.Logf("up after the address changed:\n%s", out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved, _ := lab.Info(ctx, vm)
+		if moved.Addresses[0] == addr {
+			t.Fatalf("the VM kept %s", addr)
+		}
+		if e, ok, err := workload.FindEntry(ctx, clients, spec, addr); err != nil || ok {
+			t.Errorf("stale WorkloadEntry at the old address %s: %+v (%v)", addr, e, err)
+		}
+		if !strings.Contains(out, "stale WorkloadEntry") {
+			t.Errorf("up did not say it removed the stale entry:\n%s", out)
+		}
+		waitEntry(t, clients, spec, moved.Addresses[0], "True")
+	})
+}
+
+// stalling yields left bytes, then blocks until release closes, then fails.
+type stalling struct {
+	left    int
+	release chan struct{}
+}
+
+func (s *stalling) Read(b []byte) (int, error) {
+	if s.left > 0 {
+		n := min(len(b), s.left)
+		s.left -= n
+		return n, nil
+	}
+	<-s.release
+	return 0, errors.New("transfer abandoned")
+}
+
+func vmLs(ctx context.Context, lab *labmachine.Provider, vm string) string {
+	out, _ := lab.Exec(ctx, vm, nil, "ls", "-a", "/usr/local/bin")
+	return string(out)
+}
+
+func mustState(t *testing.T, dir string) *statedir.Dir {
+	t.Helper()
+	s, err := statedir.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitReconnected waits for the entry to be Healthy over a new connection.
+func waitReconnected(t *testing.T, c workload.Clients, s workload.Spec, addr, before string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		e, ok, err := workload.FindEntry(context.Background(), c, s, addr)
+		if err == nil && ok && e.Healthy == "True" && e.ConnectedAt != before {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("WorkloadEntry for %s not Healthy over a new connection (connected at %q before; last: %+v, %v)", addr, before, e, err)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 

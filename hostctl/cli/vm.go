@@ -274,10 +274,18 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 	defer cancel()
 	p := newProgress(cmd.ErrOrStderr(), "machine", "agent", "healthy")
 	return eachVM(vms, func(vm config.VM) error {
-		if _, err := lab.Info(ctx, vm.Name); err != nil {
+		m, err := lab.Info(ctx, vm.Name)
+		if err != nil {
 			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
 		}
-		m, err := lab.Launch(ctx, machine.Spec{Name: vm.Name})
+		var prev workload.Entry
+		if m.State != "Running" {
+			// Booting: the entry must come from the new boot's proxy.
+			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), m.Addresses[0]); err != nil {
+				return err
+			}
+		}
+		m, err = lab.Launch(ctx, machine.Spec{Name: vm.Name})
 		if err != nil {
 			return err
 		}
@@ -288,7 +296,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		}
 		ac.Close()
 		p.step("agent", vm.Name, "answering")
-		e, err := workload.WaitHealthy(ctx, clients, workloadSpec(cfg), m.Addresses[0], c.timeout)
+		e, err := workload.WaitHealthy(ctx, clients, workloadSpec(cfg), m.Addresses[0], c.timeout, prev)
 		if err != nil {
 			return fmt.Errorf("%w; then run hostctl vm onboard %s", err, vm.Name)
 		}

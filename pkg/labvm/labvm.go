@@ -276,16 +276,11 @@ func network(s Spec) error {
 	if err := netns.Set(orig); err != nil {
 		return err
 	}
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth(s.Name)}, PeerName: "host0"}
+	// The peer is born inside the namespace: VMs launched at once would
+	// otherwise race for the name host0 in the host's namespace.
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth(s.Name)}, PeerName: "host0", PeerNamespace: netlink.NsFd(ns)}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth: %w", err)
-	}
-	peer, err := netlink.LinkByName("host0")
-	if err != nil {
-		return err
-	}
-	if err := netlink.LinkSetNsFd(peer, int(ns)); err != nil {
-		return err
 	}
 	host, err := netlink.LinkByName(hostVeth(s.Name))
 	if err != nil {

@@ -30,6 +30,8 @@ type Report struct {
 	// Sent and Skipped list delivered files by whether data crossed the wire.
 	Sent, Skipped []string
 	Sidecar       *agentv1.SidecarState
+	// Restarted is true when the sidecar was restarted (it reconnects to istiod).
+	Restarted bool
 }
 
 // Onboard runs the postinst, delivers what differs, and (re)starts the
@@ -82,6 +84,7 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 	action := agentv1.SidecarAction_SIDECAR_ACTION_START
 	if len(r.Sent) > 0 || hostsChanged {
 		action = agentv1.SidecarAction_SIDECAR_ACTION_RESTART
+		r.Restarted = true
 	}
 	if r.Sidecar, err = sidecar(ctx, c, action); err != nil {
 		return r, fmt.Errorf("sidecar: %w", err)

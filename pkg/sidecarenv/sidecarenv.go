@@ -113,6 +113,8 @@ type Preparer struct {
 	Log   *slog.Logger
 	Root  *fsroot.Root
 	Users *sysusers.DB
+	// AgentPort is where vmagent listens: its replies are kept out of the capture.
+	AgentPort int
 	// Run executes a command with env; tests may replace it.
 	Run func(ctx context.Context, env []string, name string, args ...string) error
 }
@@ -150,7 +152,52 @@ func (p *Preparer) Prepare(ctx context.Context) error {
 	if err := p.run(ctx, list, pilotAgent, "istio-iptables", "--cleanup-only"); err != nil {
 		return err
 	}
-	return p.run(ctx, list, pilotAgent, "istio-iptables")
+	if err := p.run(ctx, list, pilotAgent, "istio-iptables"); err != nil {
+		return err
+	}
+	return p.exemptAgent(ctx, true)
+}
+
+// iptablesTools are the front ends istio-iptables may have used; the one
+// holding its ISTIO_OUTPUT chain gets the agent's exemption.
+var iptablesTools = []string{"/usr/sbin/iptables-legacy", "/usr/sbin/iptables-nft", "/usr/sbin/iptables",
+	"/usr/sbin/ip6tables-legacy", "/usr/sbin/ip6tables-nft", "/usr/sbin/ip6tables"}
+
+// exemptAgent adds (or removes) a rule returning the agent's replies before
+// the capture. Without it, rules installed while hostctl's connection is
+// open redirect the agent's next reply to Envoy (conntrack takes it for a
+// new flow): the very call that started the sidecar loses its connection
+// and waits for keepalive to notice.
+func (p *Preparer) exemptAgent(ctx context.Context, add bool) error {
+	if p.AgentPort == 0 {
+		return nil
+	}
+	rule := []string{"OUTPUT", "-p", "tcp", "--sport", strconv.Itoa(p.AgentPort), "-j", "RETURN"}
+	for _, tool := range iptablesTools {
+		if _, err := p.Root.Stat(tool); err != nil {
+			continue
+		}
+		present := p.try(ctx, tool, append([]string{"-w", "-t", "nat", "-C"}, rule...)...)
+		switch {
+		case add && !present && p.try(ctx, tool, "-w", "-t", "nat", "-S", "ISTIO_OUTPUT"):
+			if err := p.run(ctx, nil, tool, append([]string{"-w", "-t", "nat", "-I", rule[0], "1"}, rule[1:]...)...); err != nil {
+				return err
+			}
+		case !add && present:
+			if err := p.run(ctx, nil, tool, append([]string{"-w", "-t", "nat", "-D"}, rule...)...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// try runs a check command and reports whether it succeeded, quietly.
+func (p *Preparer) try(ctx context.Context, name string, args ...string) bool {
+	if p.Run != nil {
+		return p.Run(ctx, nil, name, args...) == nil
+	}
+	return exec.CommandContext(ctx, p.Root.HostPath(name), args...).Run() == nil
 }
 
 // Cleanup removes the capture rules after the sidecar stopped.
@@ -161,6 +208,9 @@ func (p *Preparer) Cleanup(ctx context.Context) error {
 	}
 	if files["ISTIO_CUSTOM_IP_TABLES"] == "true" {
 		return nil
+	}
+	if err := p.exemptAgent(ctx, false); err != nil {
+		return err
 	}
 	return p.run(ctx, envList(files), pilotAgent, "istio-iptables", "--cleanup-only")
 }

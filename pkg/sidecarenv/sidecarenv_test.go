@@ -2,6 +2,7 @@ package sidecarenv
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -134,5 +135,66 @@ func TestPrepareRestoresTokenAndWritesEnv(t *testing.T) {
 	os.Remove(filepath.Join(dir, "var/lib/istio/envoy/cluster.env"))
 	if err := p.Prepare(context.Background()); err == nil || !strings.Contains(err.Error(), "hostctl vm onboard") {
 		t.Errorf("got %v, want an error naming hostctl vm onboard", err)
+	}
+}
+
+// The agent's replies are exempted from the capture in the iptables that
+// istio-iptables used (here: legacy), once, and the exemption goes on stop.
+func TestAgentExemptionFollowsTheCaptureBackend(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"etc", "var/lib/istio/envoy", "usr/sbin", "run"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("istio-proxy:x:1337:1338::/var/lib/istio:/usr/sbin/nologin\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "etc/group"), []byte("istio-proxy:x:1338:\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "var/lib/istio/envoy/cluster.env"), []byte("ISTIO_SVC_IP='10.9.0.2'\n"), 0o644)
+	for _, tool := range []string{"iptables-legacy", "iptables-nft"} {
+		os.WriteFile(filepath.Join(dir, "usr/sbin", tool), nil, 0o755)
+	}
+	root, _ := fsroot.New(dir)
+	present := false // the legacy OUTPUT rule
+	var changes []string
+	p := &Preparer{
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Root: root, Users: sysusers.New(root), AgentPort: 7443,
+		Run: func(_ context.Context, _ []string, name string, args ...string) error {
+			cmd := name + " " + strings.Join(args, " ")
+			switch {
+			case name == pilotAgent:
+				return nil
+			case strings.Contains(cmd, "-S ISTIO_OUTPUT"):
+				if strings.HasSuffix(name, "-legacy") {
+					return nil
+				}
+				return errors.New("no chain")
+			case strings.Contains(cmd, " -C "):
+				if present && strings.HasSuffix(name, "-legacy") {
+					return nil
+				}
+				return errors.New("no rule")
+			case strings.Contains(cmd, " -I "):
+				present = true
+			case strings.Contains(cmd, " -D "):
+				present = false
+			}
+			changes = append(changes, cmd)
+			return nil
+		},
+	}
+	for range 2 {
+		if err := p.Prepare(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"/usr/sbin/iptables-legacy -w -t nat -I OUTPUT 1 -p tcp --sport 7443 -j RETURN"}
+	if !slices.Equal(changes, want) {
+		t.Errorf("prepare twice: got %q, want %q", changes, want)
+	}
+	changes = nil
+	if err := p.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want = []string{"/usr/sbin/iptables-legacy -w -t nat -D OUTPUT -p tcp --sport 7443 -j RETURN"}
+	if !slices.Equal(changes, want) || present {
+		t.Errorf("cleanup: got %q, want %q", changes, want)
 	}
 }

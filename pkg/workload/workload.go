@@ -259,6 +259,9 @@ type Entry struct {
 	// ConnectedAt is when the VM's proxy last connected to istiod: it changes
 	// when the proxy reconnects (a reboot, an istiod restart).
 	ConnectedAt string
+	// ProbedAt is the health condition's last probe time: it changes with
+	// every health report the proxy sends.
+	ProbedAt time.Time
 }
 
 // FindEntry returns the WorkloadEntry istiod registered for the VM at address.
@@ -275,6 +278,7 @@ func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, b
 		for _, cond := range we.Status.GetConditions() {
 			if cond.GetType() == "Healthy" {
 				e.Healthy, e.Message = cond.GetStatus(), cond.GetMessage()
+				e.ProbedAt = cond.GetLastProbeTime().AsTime()
 			}
 		}
 		return e, true, nil
@@ -282,21 +286,28 @@ func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, b
 	return Entry{}, false, nil
 }
 
-// WaitHealthy waits until the VM's WorkloadEntry exists and is Healthy.
-func WaitHealthy(ctx context.Context, c Clients, s Spec, address string, timeout time.Duration) (Entry, error) {
+// WaitHealthy waits until the VM's WorkloadEntry exists and is Healthy. After
+// a sidecar restart, pass the entry seen before it as prev: the entry must
+// then come from a new connection and a new health report, or a stale
+// Healthy condition of the old proxy would pass for the new one.
+func WaitHealthy(ctx context.Context, c Clients, s Spec, address string, timeout time.Duration, prev Entry) (Entry, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		e, ok, err := FindEntry(ctx, c, s, address)
 		if err != nil {
 			return e, err
 		}
-		if ok && e.Healthy == "True" {
+		// A proxy that went away leaves its entry without connectedAt.
+		fresh := e.ConnectedAt != "" && (prev.Name == "" || (e.ConnectedAt != prev.ConnectedAt && e.ProbedAt.After(prev.ProbedAt)))
+		if ok && fresh && e.Healthy == "True" {
 			return e, nil
 		}
 		if time.Now().After(deadline) {
 			switch {
 			case !ok:
 				return e, fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", address, timeout)
+			case !fresh:
+				return e, fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s (see hostctl vm logs)", e.Name, timeout)
 			default:
 				return e, fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", e.Name, timeout, orNone(e.Message), s.ProbePort)
 			}
@@ -304,7 +315,7 @@ func WaitHealthy(ctx context.Context, c Clients, s Spec, address string, timeout
 		select {
 		case <-ctx.Done():
 			return e, ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(250 * time.Millisecond):
 		}
 	}
 }
