@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -35,34 +36,7 @@ import (
 // kube-controller-manager and istiod built from source, a Debian VM booting
 // systemd, the real vmagent and pilot-agent (with the lab's Envoy stand-in).
 func TestUpOnLab(t *testing.T) {
-	if os.Getenv("MESHVM_LAB") == "" || os.Getenv("MESHVM_LAB_BUILD") == "" {
-		t.Skip("set MESHVM_LAB=1 and MESHVM_LAB_BUILD=1 to run hostctl up on the lab")
-	}
-	root, _ := filepath.Abs("../..")
-	work := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(work, "vmagent-linux-"+runtime.GOARCH), "./vmagent")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build vmagent: %v\n%s", err, out)
-	}
-	t.Setenv("MESHVM_AGENT_DIR", work)
-	t.Setenv("MESHVM_SOURCE", root)
-	cfgPath := filepath.Join(work, "meshvm.yaml")
-	os.WriteFile(cfgPath, []byte("version: 1\ncluster:\n  provider: lab\nvms:\n- name: e2e1\n"), 0o600)
-	state := filepath.Join(work, ".meshvm")
-	t.Cleanup(func() {
-		if _, err := run(t, "--config", cfgPath, "down"); err != nil {
-			t.Errorf("down: %v", err)
-		}
-		for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-			if _, ok := procs.Dir(filepath.Join(state, "lab", "cluster")).Running(name); ok {
-				t.Errorf("%s still running after down", name)
-			}
-		}
-		if _, err := os.Stat("/run/netns/meshvm-e2e1"); err == nil {
-			t.Error("the VM's network namespace is left after down")
-		}
-	})
+	root, work, cfgPath, state := labSetup(t, "e2e1")
 
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
 	t.Logf("first up:\n%s", out)
@@ -168,6 +142,107 @@ func TestUpOnLab(t *testing.T) {
 	}
 
 	onboardAgainAndFaults(t, cfgPath, state, lab, clients, spec)
+}
+
+// labSetup builds the agent, writes a lab config listing vms, and has the
+// test end with hostctl down, checked to leave nothing behind.
+func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
+	t.Helper()
+	if os.Getenv("MESHVM_LAB") == "" || os.Getenv("MESHVM_LAB_BUILD") == "" {
+		t.Skip("set MESHVM_LAB=1 and MESHVM_LAB_BUILD=1 to run hostctl up on the lab")
+	}
+	root, _ = filepath.Abs("../..")
+	work = t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(work, "vmagent-linux-"+runtime.GOARCH), "./vmagent")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build vmagent: %v\n%s", err, out)
+	}
+	t.Setenv("MESHVM_AGENT_DIR", work)
+	t.Setenv("MESHVM_SOURCE", root)
+	cfgPath = filepath.Join(work, "meshvm.yaml")
+	writeLabConfig(t, cfgPath, vms...)
+	state = filepath.Join(work, ".meshvm")
+	t.Cleanup(func() {
+		cfg, _ := config.Load(cfgPath, true, func(string) string { return "" })
+		if _, err := run(t, "--config", cfgPath, "down"); err != nil {
+			t.Errorf("down: %v", err)
+		}
+		for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+			if _, ok := procs.Dir(filepath.Join(state, "lab", "cluster")).Running(name); ok {
+				t.Errorf("%s still running after down", name)
+			}
+		}
+		for _, vm := range cfg.VMs {
+			if _, err := os.Stat("/run/netns/meshvm-" + vm.Name); err == nil {
+				t.Errorf("the network namespace of %s is left after down", vm.Name)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(state, "lab")); err == nil {
+			t.Error("the lab's state is left after down")
+		}
+	})
+	return root, work, cfgPath, state
+}
+
+func writeLabConfig(t *testing.T, path string, vms ...string) {
+	t.Helper()
+	cfg := "version: 1\ncluster:\n  provider: lab\nvms:\n"
+	for _, vm := range vms {
+		cfg += "- name: " + vm + "\n"
+	}
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestManyVMsOnLab onboards two lab VMs at once, then ten; a VM that cannot
+// be created fails by name without stopping the others.
+func TestManyVMsOnLab(t *testing.T) {
+	_, _, cfgPath, _ := labSetup(t, "m1", "m2", "m-too-long-name")
+	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
+	t.Logf("up with two good VMs and a bad one:\n%s", out)
+	if err == nil || !strings.Contains(err.Error(), "m-too-long-name: ") || !strings.Contains(err.Error(), "use at most 10") {
+		t.Fatalf("got %v, want the bad VM's failure by name", err)
+	}
+	if strings.Count(out, "Healthy (") != 2 {
+		t.Errorf("want the two good VMs Healthy despite the bad one:\n%s", out)
+	}
+
+	var ten []string
+	for i := 1; i <= 10; i++ {
+		ten = append(ten, fmt.Sprintf("m%d", i))
+	}
+	writeLabConfig(t, cfgPath, ten...)
+	out, err = run(t, "--config", cfgPath, "up")
+	t.Logf("up with ten VMs:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
+	var status []VMStatus
+	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil {
+		t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
+	}
+	addrs := map[string]bool{}
+	for _, s := range status {
+		if !s.OK || s.Healthy != "True" {
+			t.Errorf("%s: %+v", s.Name, s)
+		}
+		addrs[s.Address] = true
+	}
+	if len(status) != 10 || len(addrs) != 10 {
+		t.Errorf("want 10 VMs at 10 addresses, got %d at %d", len(status), len(addrs))
+	}
+
+	m10 := status[9]
+	out, err = run(t, "--config", cfgPath, "vm", "rm", "m10")
+	if err != nil || !strings.Contains(out, "WorkloadEntry "+m10.WorkloadEntry+" deleted") || !strings.Contains(out, "m10 taken off") {
+		t.Errorf("vm rm: %v\n%s", err, out)
+	}
+	if cfg, err := config.Load(cfgPath, true, func(string) string { return "" }); err != nil || len(cfg.VMs) != 9 {
+		t.Errorf("config after vm rm: %d VMs, %v", len(cfg.VMs), err)
+	}
 }
 
 // onboardAgainAndFaults is the life of an onboarded VM: re-onboarding after
