@@ -62,3 +62,13 @@ func TestProvidersNotBuiltSaySo(t *testing.T) {
 		}
 	}
 }
+
+func TestUpRefusesAnotherIstioVersion(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "meshvm.yaml")
+	os.WriteFile(p, []byte("version: 1\ncluster:\n  provider: lab\nistio:\n  version: 1.24.2\n"), 0o600)
+	_, err := run(t, "--config", p, "up")
+	if err == nil || !strings.Contains(err.Error(), "istio.version 1.24.2") || !strings.Contains(err.Error(), "leave istio.version empty") {
+		t.Errorf("got %v, want the version refused with the fix", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/labmachine"
 	"github.com/meshvm/meshvm/pkg/labstack"
@@ -41,13 +42,16 @@ func startLab(ctx context.Context, p *progress, cfg config.Config) (*labRun, err
 	if err != nil {
 		return nil, err
 	}
+	if v := cfg.Istio.Version; v != "" && v != istioinstall.EmbeddedVersion {
+		return nil, fmt.Errorf("istio.version %s: this hostctl installs Istio %s from the charts it embeds; installing another version through an istioctl of that version is not built yet: leave istio.version empty", v, istioinstall.EmbeddedVersion)
+	}
 	state, err := statedir.Open(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	p.step("control plane", "", "building (cached after the first run) and starting")
 	st, err := labstack.Up(ctx, labstack.Config{ModuleDir: src, CacheDir: cacheDir(), Dir: state.Path("lab"),
-		MeshID: cfg.Istio.MeshID, ClusterID: cfg.Istio.ClusterName, Progress: lineWriter{p, "control plane"}})
+		Istio: istioOptions(cfg), Progress: lineWriter{p, "control plane"}})
 	if err != nil {
 		return nil, err
 	}
@@ -73,6 +77,11 @@ func startLab(ctx context.Context, p *progress, cfg config.Config) (*labRun, err
 		side: onboard.Sidecar{PilotAgent: st.Bins.Path("pilot-agent"), Envoy: st.Bins.Path("lab-envoy"), BootstrapTemplate: bootstrap},
 		deps: onboard.Deps{Provider: lab, State: state, AgentBinary: agentBinary(src)},
 	}, nil
+}
+
+// istioOptions are the install's inputs from the config.
+func istioOptions(cfg config.Config) istioinstall.Options {
+	return istioinstall.Options{MeshID: cfg.Istio.MeshID, ClusterName: cfg.Istio.ClusterName, Network: cfg.Istio.Network}
 }
 
 // eachVM runs fn for every VM concurrently; one failing is reported by name

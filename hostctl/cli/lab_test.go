@@ -47,7 +47,7 @@ func TestUpOnLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"WorkloadGroup vmns/external-app unchanged", "nothing sent", "Healthy"} {
+	for _, want := range []string{"rendered from the embedded charts (Istio 1.31.0): 0 created, 0 configured", "WorkloadGroup vmns/external-app unchanged", "nothing sent", "Healthy"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("second up lacks %q:\n%s", want, out)
 		}
@@ -68,6 +68,12 @@ func TestUpOnLab(t *testing.T) {
 	out, err = run(t, "--config", cfgPath, "verify")
 	if err != nil || !regexp.MustCompile(`istiod resolves on the VM\s+ok\s`).MatchString(out) || strings.Count(out, "skipped") != 2 || !strings.Contains(out, "no Envoy data path") {
 		t.Errorf("verify: got %v\n%s\nwant istiod resolved and both traffic checks said to be impossible here", err, out)
+	}
+	out, err = run(t, "--config", cfgPath, "verify", "-o", "json")
+	var verdicts []verdict
+	if jerr := json.Unmarshal([]byte(out), &verdicts); err != nil || jerr != nil || len(verdicts) != 3 ||
+		verdicts[0].Result != "ok" || verdicts[1].Result != "skipped" || verdicts[2].Result != "skipped" {
+		t.Errorf("verify -o json: %v %v\n%s", err, jerr, out)
 	}
 
 	cfg, err := config.Load(cfgPath, true, func(string) string { return "" })

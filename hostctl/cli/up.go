@@ -182,6 +182,8 @@ func kubeClients(kubeconfig string) (workload.Clients, error) {
 	if err != nil {
 		return workload.Clients{}, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
+	// Many VMs onboard and report at once: client-go's default 5 requests/s would queue them.
+	rc.QPS, rc.Burst = 50, 100
 	kc, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return workload.Clients{}, err

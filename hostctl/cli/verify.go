@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 type verifyCmd struct {
 	g        *globals
 	provider string
+	output   string
 }
 
 func (c *verifyCmd) command() *cobra.Command {
@@ -31,13 +33,22 @@ func (c *verifyCmd) command() *cobra.Command {
 		RunE:  c.run,
 	}
 	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
+	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json")
 	return cmd
 }
 
-// verdict is one line of the report: ok, FAIL, or not checked (with why).
-type verdict struct{ vm, check, result, detail string }
+// verdict is one line of the report: ok, FAIL, or skipped (with why).
+type verdict struct {
+	VM     string `json:"vm"`
+	Check  string `json:"check"`
+	Result string `json:"result"`
+	Detail string `json:"detail,omitempty"`
+}
 
 func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
+	if c.output != "table" && c.output != "json" {
+		return fmt.Errorf("--output %q: want table or json", c.output)
+	}
 	cfg, err := c.g.loadLab(cmd, c.provider)
 	if err != nil {
 		return err
@@ -62,22 +73,22 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 		want, _ := lab.HostAddress(vm.Name)
 		v := verdict{vm.Name, "istiod resolves on the VM", "FAIL", ""}
 		if ac, err := onboard.Dial(state, m.Addresses[0]); err != nil {
-			v.detail = err.Error()
+			v.Detail = err.Error()
 		} else {
 			r, err := ac.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: istiod})
 			ac.Close()
 			switch {
 			case err != nil:
-				v.detail = err.Error()
+				v.Detail = err.Error()
 			case r.GetError() != "":
-				v.detail = r.GetError()
+				v.Detail = r.GetError()
 			case len(r.GetAddresses()) > 0 && r.GetAddresses()[0] == want:
-				v.result, v.detail = "ok", fmt.Sprintf("%s -> %s via %s", istiod, want, r.GetServer())
+				v.Result, v.Detail = "ok", fmt.Sprintf("%s -> %s via %s", istiod, want, r.GetServer())
 			default:
-				v.detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", istiod, strings.Join(r.GetAddresses(), ","), want)
+				v.Detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", istiod, strings.Join(r.GetAddresses(), ","), want)
 			}
 		}
-		if v.result != "ok" {
+		if v.Result != "ok" {
 			failed++
 		}
 		// The lab's proxy has no data plane: these would only pretend.
@@ -86,13 +97,21 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 			verdict{vm.Name, "VM -> helloworld.sample:5000/hello", "skipped", why},
 			verdict{vm.Name, fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), "skipped", why})
 	}
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tCHECK\tRESULT\tDETAIL")
-	for _, v := range out {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.vm, v.check, v.result, v.detail)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
+	if c.output == "json" {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VM\tCHECK\tRESULT\tDETAIL")
+		for _, v := range out {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.VM, v.Check, v.Result, v.Detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d check(s) failed", failed)

@@ -205,16 +205,6 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// IstioCRDs returns Istio's crd-all.gen.yaml from the pinned istio.io/istio
-// module (downloaded through the module proxy on first use).
-func IstioCRDs(ctx context.Context, moduleDir string) ([]byte, error) {
-	dir, err := moduleSource(ctx, moduleDir, "istio.io/istio")
-	if err != nil {
-		return nil, err
-	}
-	return os.ReadFile(filepath.Join(dir, "manifests/charts/base/files/crd-all.gen.yaml"))
-}
-
 // IstioFile returns a file of the pinned istio.io/istio module.
 func IstioFile(ctx context.Context, moduleDir, rel string) (string, error) {
 	dir, err := moduleSource(ctx, moduleDir, "istio.io/istio")

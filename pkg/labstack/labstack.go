@@ -1,16 +1,22 @@
 // Package labstack brings up the lab's control plane in order: the
 // binaries (built from source, cached), the Kubernetes control plane, then
-// Istio's CRDs and istiod. It is the lab's cluster provider; hostctl's
-// steps and the end-to-end tests both go through it.
+// Istio, installed as on any cluster (rendered from the embedded charts,
+// applied where the lab can hold it) with istiod run as a process. It is the
+// lab's cluster provider; hostctl's steps and the end-to-end tests both go
+// through it.
 package labstack
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/labcluster"
 	"github.com/meshvm/meshvm/pkg/meshlab"
@@ -21,9 +27,9 @@ type Config struct {
 	// ModuleDir is hostctl/labbuild; CacheDir keeps the built binaries.
 	ModuleDir, CacheDir string
 	// Dir keeps the running control plane's state.
-	Dir               string
-	MeshID, ClusterID string
-	Progress          io.Writer
+	Dir      string
+	Istio    istioinstall.Options
+	Progress io.Writer
 }
 
 // Stack is a running lab control plane.
@@ -43,16 +49,35 @@ func Up(ctx context.Context, c Config) (*Stack, error) {
 		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress}); err != nil {
 		return nil, err
 	}
-	crds, err := labbuild.IstioCRDs(ctx, c.ModuleDir)
+	kubeconfig := labcluster.Kubeconfig(cl)
+	objs, err := istioinstall.Render(c.Istio)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("lab kubeconfig: %w", err)
+	}
+	changes, err := istioinstall.Apply(ctx, rc, objs, istioinstall.LabRunnable)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(c.Progress, "istio: %d objects rendered from the embedded charts (Istio %s): %s (workloads and webhooks: no kubelet here)\n",
+		len(objs), istioinstall.EmbeddedVersion, istioinstall.Summary(changes))
+	mesh, err := istioinstall.MeshConfig(objs)
+	if err != nil {
+		return nil, err
+	}
+	env, err := istioinstall.IstiodEnv(objs)
 	if err != nil {
 		return nil, err
 	}
 	err = meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Istiod: bins.Path("pilot-discovery"),
-		Kubeconfig: labcluster.Kubeconfig(cl), CRDs: crds, MeshID: c.MeshID, ClusterID: c.ClusterID, Progress: c.Progress})
+		Kubeconfig: kubeconfig, Mesh: mesh, Env: env, ClusterID: c.Istio.ClusterName, Progress: c.Progress})
 	if err != nil {
 		return nil, err
 	}
-	return &Stack{Bins: bins, Kubeconfig: labcluster.Kubeconfig(cl)}, nil
+	return &Stack{Bins: bins, Kubeconfig: kubeconfig}, nil
 }
 
 // Down stops istiod, then the control plane; purge also deletes the lab's

@@ -134,6 +134,9 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	if err := os.WriteFile(filepath.Join(s.Dir, "etc/hostname"), []byte(s.Name+"\n"), 0o644); err != nil {
 		return nil, err
 	}
+	if err := raiseInotifyInstances(log); err != nil {
+		return nil, err
+	}
 	if err := network(s); err != nil {
 		return nil, fmt.Errorf("lab network for %s: %w", s.Name, err)
 	}
@@ -334,4 +337,28 @@ func lastLines(b []byte, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// minInotifyInstances lets about 200 lab VMs boot: each VM's systemd,
+// journald and logind hold inotify instances, and the kernel's default of
+// 128 per user stops the 25th VM's systemd at boot.
+const minInotifyInstances = 1024
+
+// raiseInotifyInstances raises the host's per-user inotify instance limit
+// to minInotifyInstances when it is lower.
+func raiseInotifyInstances(log *slog.Logger) error {
+	const path = "/proc/sys/fs/inotify/max_user_instances"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil // not Linux procfs: nothing to raise
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || n >= minInotifyInstances {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(minInotifyInstances)), 0o644); err != nil {
+		return fmt.Errorf("fs.inotify.max_user_instances is %d, too few for many lab VMs, and raising it failed (%w): run sysctl -w fs.inotify.max_user_instances=%d", n, err, minInotifyInstances)
+	}
+	log.Info("raised fs.inotify.max_user_instances for the lab VMs' systemd", "from", n, "to", minInotifyInstances)
+	return nil
 }

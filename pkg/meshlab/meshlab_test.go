@@ -13,14 +13,16 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/labcluster"
 	"github.com/meshvm/meshvm/pkg/labtest"
 )
 
-// TestIstiodOnLabCluster runs real istiod against the real lab API server:
-// the CRDs are established, istiod gets ready, and its namespace controller
-// publishes istio-ca-root-cert into a new namespace (what VMs need).
+// TestIstiodOnLabCluster installs Istio's render on the real lab API server
+// and runs real istiod with it: the CRDs are established, a second apply
+// changes nothing, istiod gets ready, and its namespace controller publishes
+// istio-ca-root-cert into a new namespace (what VMs need).
 func TestIstiodOnLabCluster(t *testing.T) {
 	labtest.RequireBuild(t)
 	cache := labtest.Cache()
@@ -28,10 +30,6 @@ func TestIstiodOnLabCluster(t *testing.T) {
 	defer cancel()
 	const mod = labtest.ModuleDir
 	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: mod, CacheDir: cache, Progress: os.Stderr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	crds, err := labbuild.IstioCRDs(ctx, mod)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,12 +42,33 @@ func TestIstiodOnLabCluster(t *testing.T) {
 	if err := labcluster.Up(ctx, labcluster.Config{Dir: cl, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager")}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Dir: filepath.Join(dir, "istio"), Istiod: bins.Path("pilot-discovery"), Kubeconfig: labcluster.Kubeconfig(cl),
-		CRDs: crds, MeshID: "mesh1", ClusterID: "test", Progress: os.Stderr}
-	if err := Up(ctx, cfg); err != nil {
+	objs, err := istioinstall.Render(istioinstall.Options{MeshID: "mesh1", ClusterName: "test", Network: "net1"})
+	if err != nil {
 		t.Fatal(err)
 	}
 	rc, _ := clientcmd.BuildConfigFromFlags("", labcluster.Kubeconfig(cl))
+	changes, err := istioinstall.Apply(ctx, rc, objs, istioinstall.LabRunnable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("install: %s", istioinstall.Summary(changes))
+	// Applied again, the same render changes nothing.
+	again, err := istioinstall.Apply(ctx, rc, objs, istioinstall.LabRunnable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range again {
+		if c.Action != "unchanged" && c.Action != "skipped" {
+			t.Errorf("second apply: %s %s, want unchanged", c.Ref, c.Action)
+		}
+	}
+	mesh, _ := istioinstall.MeshConfig(objs)
+	env, _ := istioinstall.IstiodEnv(objs)
+	cfg := Config{Dir: filepath.Join(dir, "istio"), Istiod: bins.Path("pilot-discovery"), Kubeconfig: labcluster.Kubeconfig(cl),
+		Mesh: mesh, Env: env, ClusterID: "test", Progress: os.Stderr}
+	if err := Up(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
 	kc := kubernetes.NewForConfigOrDie(rc)
 	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "vmns"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ package workload
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	networking "istio.io/api/networking/v1alpha3"
@@ -270,53 +272,103 @@ func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, b
 	if err != nil {
 		return Entry{}, false, fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err)
 	}
-	for _, we := range list.Items {
-		if we.Spec.GetAddress() != address || we.Annotations["istio.io/autoRegistrationGroup"] != s.Group {
-			continue
+	for i := range list.Items {
+		if e, ok := entryAt(list.Items[i], s, address); ok {
+			return e, true, nil
 		}
-		e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork(), ConnectedAt: we.Annotations["istio.io/connectedAt"]}
-		for _, cond := range we.Status.GetConditions() {
-			if cond.GetType() == "Healthy" {
-				e.Healthy, e.Message = cond.GetStatus(), cond.GetMessage()
-				e.ProbedAt = cond.GetLastProbeTime().AsTime()
-			}
-		}
-		return e, true, nil
 	}
 	return Entry{}, false, nil
 }
 
-// WaitHealthy waits until the VM's WorkloadEntry exists and is Healthy. After
-// a sidecar restart, pass the entry seen before it as prev: the entry must
-// then come from a new connection and a new health report, or a stale
-// Healthy condition of the old proxy would pass for the new one.
-func WaitHealthy(ctx context.Context, c Clients, s Spec, address string, timeout time.Duration, prev Entry) (Entry, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		e, ok, err := FindEntry(ctx, c, s, address)
-		if err != nil {
-			return e, err
+// entryAt reads we as the group's entry for address.
+func entryAt(we *clientnetworking.WorkloadEntry, s Spec, address string) (Entry, bool) {
+	if we.Spec.GetAddress() != address || we.Annotations["istio.io/autoRegistrationGroup"] != s.Group {
+		return Entry{}, false
+	}
+	e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork(), ConnectedAt: we.Annotations["istio.io/connectedAt"]}
+	for _, cond := range we.Status.GetConditions() {
+		if cond.GetType() == "Healthy" {
+			e.Healthy, e.Message = cond.GetStatus(), cond.GetMessage()
+			e.ProbedAt = cond.GetLastProbeTime().AsTime()
 		}
+	}
+	return e, true
+}
+
+// WaitHealthy waits until the VM's WorkloadEntry exists and is Healthy,
+// watching the namespace's entries (many VMs waiting at once cost one watch
+// each, not a list every second). After a sidecar restart, pass the entry
+// seen before it as prev: the entry must then come from a new connection and
+// a new health report, or a stale Healthy condition of the old proxy would
+// pass for the new one.
+func WaitHealthy(ctx context.Context, c Clients, s Spec, address string, timeout time.Duration, prev Entry) (Entry, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var (
+		last  Entry
+		found bool
+	)
+	done := func(e Entry) bool {
 		// A proxy that went away leaves its entry without connectedAt.
 		fresh := e.ConnectedAt != "" && (prev.Name == "" || (e.ConnectedAt != prev.ConnectedAt && e.ProbedAt.After(prev.ProbedAt)))
-		if ok && fresh && e.Healthy == "True" {
-			return e, nil
+		return fresh && e.Healthy == "True"
+	}
+	api := c.Istio.NetworkingV1().WorkloadEntries(s.Namespace)
+	for ctx.Err() == nil {
+		list, err := api.List(ctx, metav1.ListOptions{})
+		if err != nil && ctx.Err() == nil {
+			return last, fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err)
 		}
-		if time.Now().After(deadline) {
-			switch {
-			case !ok:
-				return e, fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", address, timeout)
-			case !fresh:
-				return e, fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s (see hostctl vm logs)", e.Name, timeout)
-			default:
-				return e, fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", e.Name, timeout, orNone(e.Message), s.ProbePort)
+		if err != nil {
+			break
+		}
+		found = false
+		for i := range list.Items {
+			if e, ok := entryAt(list.Items[i], s, address); ok {
+				last, found = e, true
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return e, ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		if found && done(last) {
+			return last, nil
 		}
+		w, err := api.Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+		if err != nil && ctx.Err() == nil {
+			return last, fmt.Errorf("watch WorkloadEntries in %s: %w", s.Namespace, err)
+		}
+		if err != nil {
+			break
+		}
+		for ev := range w.ResultChan() {
+			we, ok := ev.Object.(*clientnetworking.WorkloadEntry)
+			if !ok {
+				continue // a watch error: list again
+			}
+			e, mine := entryAt(we, s, address)
+			if !mine {
+				continue
+			}
+			if ev.Type == watch.Deleted {
+				found = false
+				continue
+			}
+			last, found = e, true
+			if done(e) {
+				w.Stop()
+				return e, nil
+			}
+		}
+		w.Stop()
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return last, ctx.Err()
+	}
+	switch {
+	case !found:
+		return last, fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", address, timeout)
+	case last.Healthy == "True":
+		return last, fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s (see hostctl vm logs)", last.Name, timeout)
+	default:
+		return last, fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", last.Name, timeout, orNone(last.Message), s.ProbePort)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
 	"github.com/meshvm/meshvm/pkg/envfile"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labstack"
 	"github.com/meshvm/meshvm/pkg/labtest"
 )
@@ -31,7 +32,7 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	t.Cleanup(func() { labstack.Down(context.Background(), dir, false) })
-	st, err := labstack.Up(ctx, labstack.Config{ModuleDir: labtest.ModuleDir, CacheDir: cache, Dir: dir, MeshID: "mesh1", ClusterID: "test", Progress: os.Stderr})
+	st, err := labstack.Up(ctx, labstack.Config{ModuleDir: labtest.ModuleDir, CacheDir: cache, Dir: dir, Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"}, Progress: os.Stderr})
 	if err != nil {
 		t.Fatal(err)
 	}

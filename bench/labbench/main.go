@@ -1,0 +1,176 @@
+// labbench measures onboarding on the lab and prints figures and ratios
+// (never asserted):
+//
+//   - re-onboarding one VM (hostctl vm onboard) vs reinstalling it (vm rm,
+//     then vm add: a new machine, the agent, every file), same run
+//     (goal: re-onboard <= 2 s and >= 20x faster);
+//   - onboarding 1, 10 and 50 fresh lab VMs with hostctl up on a running
+//     control plane: wall time and growth (goal: 50 in <= 60 s, sub-linear);
+//   - the agent's RSS on a lab VM after onboarding (goal <= 15 MiB).
+//
+// It drives the real hostctl binary against a lab of its own, as a user
+// would. Run it as root with `make bench-lab` (stop `make lab` first: the
+// lab's control plane ports are fixed).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/labmachine"
+)
+
+func main() {
+	sizes := flag.String("sizes", "1,10,50", "fleet sizes to onboard, comma-separated")
+	flag.Parse()
+	if err := run(*sizes); err != nil {
+		fmt.Fprintln(os.Stderr, "labbench:", err)
+		os.Exit(1)
+	}
+}
+
+type bench struct {
+	hostctl, config string
+	env             []string
+}
+
+func run(sizes string) error {
+	src, err := filepath.Abs(".")
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "labbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	for _, b := range []struct{ out, pkg string }{{"hostctl", "./hostctl"}, {"vmagent-linux-amd64", "./vmagent"}} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(work, b.out), b.pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %w\n%s", b.pkg, err, out)
+		}
+	}
+	if arch := os.Getenv("GOARCH"); arch != "" && arch != "amd64" {
+		return fmt.Errorf("labbench builds the amd64 agent only")
+	}
+	b := &bench{hostctl: filepath.Join(work, "hostctl"), config: filepath.Join(work, "meshvm.yaml"),
+		env: append(os.Environ(), "MESHVM_SOURCE="+src, "MESHVM_AGENT_DIR="+work)}
+	defer func() {
+		if _, err := b.hostctl1("down"); err != nil {
+			fmt.Fprintln(os.Stderr, "labbench: down:", err)
+		}
+	}()
+
+	// Warm up: the control plane runs and the root filesystem is cached,
+	// so what follows times the VMs alone.
+	fmt.Println("warming up: control plane and one VM")
+	if err := b.fleet("w", 1); err != nil {
+		return err
+	}
+	if _, err := b.hostctl1("up", "--timeout", "60m"); err != nil {
+		return err
+	}
+
+	fmt.Println("\n== re-onboard vs reinstall (one VM)")
+	reonboard, err := b.timed("vm", "onboard", "w1")
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := b.hostctl1("vm", "rm", "w1"); err != nil {
+		return err
+	}
+	if _, err := b.hostctl1("vm", "add", "w1"); err != nil {
+		return err
+	}
+	reinstall := time.Since(start)
+	fmt.Printf("re-onboard (vm onboard)      %6.2f s   goal <= 2 s\n", reonboard.Seconds())
+	fmt.Printf("reinstall (vm rm + vm add)   %6.2f s\n", reinstall.Seconds())
+	fmt.Printf("ratio reinstall/re-onboard   %6.1fx    goal >= 20x\n", reinstall.Seconds()/reonboard.Seconds())
+
+	fmt.Println("\n== agent RSS on a lab VM after onboarding")
+	rss, err := agentRSS(work, "w1")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("vmagent RSS on w1            %6.1f MiB goal <= 15 MiB\n", float64(rss)/(1<<20))
+	if _, err := b.hostctl1("down", "--keep-cluster"); err != nil {
+		return err
+	}
+
+	fmt.Println("\n== onboarding fresh VMs with hostctl up (control plane running)")
+	var base time.Duration
+	first := 0
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("-sizes: %q is not a VM count", f)
+		}
+		if err := b.fleet(fmt.Sprintf("n%d-", n), n); err != nil {
+			return err
+		}
+		d, err := b.timed("up")
+		if err != nil {
+			return err
+		}
+		if first == 0 {
+			first, base = n, d
+		}
+		growth := d.Seconds() / base.Seconds()
+		fmt.Printf("%3d VM(s)  %7.1f s  %5.2f s/VM  x%.1f time for x%.0f VMs (linear would be x%.0f)\n",
+			n, d.Seconds(), d.Seconds()/float64(n), growth, float64(n)/float64(first), float64(n)/float64(first))
+		if _, err := b.hostctl1("down", "--keep-cluster"); err != nil {
+			return err
+		}
+	}
+	fmt.Println("goal: 50 VMs in <= 60 s, growing sub-linearly")
+	return nil
+}
+
+// fleet writes a config listing n VMs named prefix1..prefixN.
+func (b *bench) fleet(prefix string, n int) error {
+	cfg := "version: 1\ncluster:\n  provider: lab\nvms:\n"
+	for i := 1; i <= n; i++ {
+		cfg += fmt.Sprintf("- name: %s%d\n", prefix, i)
+	}
+	return os.WriteFile(b.config, []byte(cfg), 0o600)
+}
+
+func (b *bench) hostctl1(args ...string) ([]byte, error) {
+	cmd := exec.Command(b.hostctl, append([]string{"--config", b.config}, args...)...)
+	cmd.Env = b.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("hostctl %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return out, nil
+}
+
+func (b *bench) timed(args ...string) (time.Duration, error) {
+	start := time.Now()
+	_, err := b.hostctl1(args...)
+	return time.Since(start), err
+}
+
+// agentRSS reads vmagent's resident set inside the VM.
+func agentRSS(work, vm string) (int64, error) {
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(work, ".meshvm", "lab", "vms"), labbuild.DefaultCacheDir())
+	out, err := lab.Exec(context.Background(), vm, nil, "sh", "-c",
+		"awk '/^VmRSS:/ {print $2}' /proc/$(systemctl show -p MainPID --value vmagent.service)/status")
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s", err, out)
+	}
+	kib, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+	return kib << 10, err
+}
