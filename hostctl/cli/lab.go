@@ -144,9 +144,10 @@ func (r *labRun) running(ctx context.Context, name string) (machine.Machine, *ag
 }
 
 // onboard generates the workload files (reusing a still-valid token unless
-// fresh), delivers what differs through the agent, waits for the VM's
-// WorkloadEntry to be Healthy, and removes the one it left at an old address.
-func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh bool) error {
+// fresh), delivers what differs through the agent, restarts the sidecar when
+// it needs it (or restart is set), waits for the VM's WorkloadEntry to be
+// Healthy, and removes the one it left at an old address.
+func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool) error {
 	hostIP, err := r.lab.HostAddress(name)
 	if err != nil {
 		return err
@@ -169,7 +170,7 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 		return err
 	}
 	rep, err := onboard.Onboard(ctx, c, files, r.side, onboard.Hosts{
-		IstiodIP: hostIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: addr, VMName: name})
+		IstiodIP: hostIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: addr, VMName: name}, restart)
 	if err != nil {
 		return err
 	}
@@ -177,7 +178,11 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 	if len(rep.Sent) > 0 {
 		sent = "sent " + strings.Join(rep.Sent, ", ")
 	}
-	r.p.step("onboard", name, "%s; %d file(s) already in place; sidecar %s", sent, len(rep.Skipped), rep.Sidecar.GetActiveState())
+	side := "sidecar " + rep.Sidecar.GetActiveState()
+	if rep.Restarted {
+		side += " (restarted)"
+	}
+	r.p.step("onboard", name, "%s; %d file(s) already in place; %s", sent, len(rep.Skipped), side)
 	if !rep.Restarted {
 		prev = workload.Entry{}
 	}

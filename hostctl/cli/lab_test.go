@@ -286,6 +286,22 @@ func onboardAgainAndFaults(t *testing.T, cfgPath, state string, lab *labmachine.
 		waitEntry(t, clients, spec, addr, "True")
 	})
 
+	t.Run("onboard a healthy VM: a new token does not restart the sidecar unless asked", func(t *testing.T) {
+		pid := func() string {
+			out, _ := lab.Exec(ctx, vm, nil, "systemctl", "show", "-p", "MainPID", "--value", "istio.service")
+			return strings.TrimSpace(string(out))
+		}
+		before := pid()
+		out, err := run(t, "--config", cfgPath, "vm", "onboard", vm)
+		if err != nil || strings.Contains(out, "(restarted)") || pid() != before {
+			t.Errorf("vm onboard: %v, pid %s -> %s\n%s\nwant the running sidecar kept", err, before, pid(), out)
+		}
+		out, err = run(t, "--config", cfgPath, "vm", "onboard", "--restart", vm)
+		if err != nil || !strings.Contains(out, "(restarted)") || pid() == before {
+			t.Errorf("vm onboard --restart: %v, pid %s -> %s\n%s\nwant a restarted sidecar, Healthy again", err, before, pid(), out)
+		}
+	})
+
 	t.Run("agent killed mid-transfer", func(t *testing.T) {
 		const target = "/usr/local/bin/envoy"
 		before := vmFile(target)

@@ -148,7 +148,7 @@ func (r *labRun) up(ctx context.Context, name string) error {
 		return err
 	}
 	defer c.Close()
-	return r.onboard(ctx, name, m, c, false)
+	return r.onboard(ctx, name, m, c, false, false)
 }
 
 // saveFiles keeps the generated workload files in the state directory (0600).

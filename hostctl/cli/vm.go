@@ -50,7 +50,7 @@ func (c *vmCmd) lab(cmd *cobra.Command) (config.Config, *statedir.Dir, *labmachi
 
 func vmCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
-		(&vmOnboardCmd{vmCmd{g: g}}).command(),
+		(&vmOnboardCmd{vmCmd: vmCmd{g: g}}).command(),
 		(&vmAddCmd{vmCmd{g: g}}).command(),
 		(&vmRmCmd{vmCmd{g: g}}).command(),
 		(&vmStartCmd{vmCmd{g: g}}).command(),
@@ -59,17 +59,24 @@ func vmCommands(g *globals) []*cobra.Command {
 	}
 }
 
-type vmOnboardCmd struct{ vmCmd }
+type vmOnboardCmd struct {
+	vmCmd
+	restart bool
+}
 
 func (c *vmOnboardCmd) command() *cobra.Command {
-	return c.flags(&cobra.Command{
+	cmd := c.flags(&cobra.Command{
 		Use:   "onboard VM...",
-		Short: "Re-onboard running VMs without reinstalling: fresh token and files, sidecar restart, wait for Healthy",
-		Long: "onboard sends what differs (a fresh token at least; binaries only when they changed), restarts the\n" +
-			"sidecar and waits until the VM's WorkloadEntry is Healthy. It neither creates nor reinstalls anything.",
+		Short: "Re-onboard running VMs without reinstalling: fresh token and files, sidecar (re)start, wait for Healthy",
+		Long: "onboard sends what differs (a fresh token at least; binaries only when they changed), starts the\n" +
+			"sidecar, restarting it when a file it reads at start changed, and waits until the VM's WorkloadEntry\n" +
+			"is Healthy. A new token alone does not restart a running sidecar: pilot-agent reads the token file\n" +
+			"for every certificate request (--restart restarts it anyway). It neither creates nor reinstalls anything.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: c.run,
 	}, 3*time.Minute)
+	cmd.Flags().BoolVar(&c.restart, "restart", false, "restart the sidecar even when nothing it reads at start changed (it drains for Istio's terminationDrainDuration, 5s by default)")
+	return cmd
 }
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
@@ -95,7 +102,7 @@ func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 		}
 		defer ac.Close()
 		p.step("agent", vm.Name, "answering on %s:%s", m.Addresses[0], onboard.AgentPort)
-		return r.onboard(ctx, vm.Name, m, ac, true)
+		return r.onboard(ctx, vm.Name, m, ac, true, c.restart)
 	})
 }
 

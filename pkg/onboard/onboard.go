@@ -34,10 +34,15 @@ type Report struct {
 	Restarted bool
 }
 
-// Onboard runs the postinst, delivers what differs, and (re)starts the
-// sidecar: a restart when anything was sent or the hosts block changed,
-// otherwise a start, which leaves a running sidecar alone.
-func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Files, side Sidecar, h Hosts) (Report, error) {
+// TokenPath is where the sidecar reads its istio-ca token.
+const TokenPath = "/var/run/secrets/tokens/istio-token"
+
+// Onboard runs the postinst, delivers what differs, and starts the sidecar,
+// restarting it when something it reads only at start changed (a file, the
+// hosts block) or when restart is set. A new token alone needs no restart:
+// pilot-agent reads the token file for every certificate request. A start
+// leaves a running sidecar alone.
+func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Files, side Sidecar, h Hosts, restart bool) (Report, error) {
 	var r Report
 	hosts := []*agentv1.HostsEntry{{Ip: h.IstiodIP, Names: []string{h.IstiodName}}, {Ip: h.VMIP, Names: []string{h.VMName}}}
 	steps, err := c.Install(ctx, &agentv1.InstallRequest{HostsEntries: hosts})
@@ -62,7 +67,7 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		// with its certificate) without the final newline: deliver it the same
 		// way, or every re-onboarding would resend and restart.
 		agentclient.BytesFile("/etc/certs/root-cert.pem", bytes.TrimRight(files.RootCert, "\n")),
-		agentclient.BytesFile("/var/run/secrets/tokens/istio-token", files.Token),
+		agentclient.BytesFile(TokenPath, files.Token),
 	}
 	for _, f := range deliveries {
 		res, err := c.PutFile(ctx, f)
@@ -82,7 +87,10 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		return r, err
 	}
 	action := agentv1.SidecarAction_SIDECAR_ACTION_START
-	if len(r.Sent) > 0 || hostsChanged {
+	for _, p := range r.Sent {
+		restart = restart || p != TokenPath
+	}
+	if restart || hostsChanged {
 		action = agentv1.SidecarAction_SIDECAR_ACTION_RESTART
 		r.Restarted = true
 	}
