@@ -81,6 +81,10 @@ test-short: ## Unit tests only, no race detector
 bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size
 	go run ./bench/agentbench
 
+.PHONY: bench-status
+bench-status: ## vm status fan-out over 100 real agents on loopback vs one after another
+	go run ./bench/statusbench
+
 .PHONY: bench-lab
 bench-lab: ## Lab benchmarks (root): re-onboard vs reinstall, onboarding 1/10/50 VMs, agent RSS on a VM
 	go run ./bench/labbench

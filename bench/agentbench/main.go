@@ -13,21 +13,16 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/meshvm/meshvm/bench/internal/agentproc"
 	"github.com/meshvm/meshvm/pkg/agentclient"
-	"github.com/meshvm/meshvm/pkg/mtls"
 )
 
 const (
@@ -50,12 +45,9 @@ func run() error {
 	}
 	defer os.RemoveAll(work)
 
-	bin := filepath.Join(work, "vmagent")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./vmagent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build vmagent: %w", err)
+	bin, err := agentproc.Build(work)
+	if err != nil {
+		return err
 	}
 	st, err := os.Stat(bin)
 	if err != nil {
@@ -63,36 +55,26 @@ func run() error {
 	}
 	fmt.Printf("binary size:        %6.1f MiB   (goal <= 25 MiB)\n", float64(st.Size())/mib)
 
-	root := filepath.Join(work, "root")
-	if err := sandbox(root); err != nil {
-		return err
-	}
-	addr, err := freePort()
+	fleet, err := agentproc.NewFleet(bin, work)
 	if err != nil {
 		return err
 	}
-	clientTLS, cfgPath, err := certificates(work, addr)
+	defer fleet.Stop()
+	agent, err := fleet.Start()
 	if err != nil {
 		return err
 	}
-	agent := exec.Command(bin, "serve", "--config", cfgPath, "--root", root, "--log-level", "warn")
-	agent.Stderr = os.Stderr
-	if err := agent.Start(); err != nil {
-		return err
-	}
-	defer func() { agent.Process.Kill(); agent.Wait() }()
-
-	c, err := agentclient.Dial(addr, clientTLS)
+	c, err := fleet.Dial(agent)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	ctx := context.Background()
-	if err := waitReady(ctx, c); err != nil {
+	if err := agentproc.WaitReady(ctx, c); err != nil {
 		return err
 	}
 	time.Sleep(2 * time.Second) // let start-up garbage be collected
-	idle, err := rssMiB(agent.Process.Pid)
+	idle, err := agentproc.RSSMiB(agent.Cmd.Process.Pid)
 	if err != nil {
 		return err
 	}
@@ -128,7 +110,7 @@ func run() error {
 		delivers = append(delivers, time.Since(start))
 		os.Remove(src)
 	}
-	after, err := rssMiB(agent.Process.Pid)
+	after, err := agentproc.RSSMiB(agent.Cmd.Process.Pid)
 	if err != nil {
 		return err
 	}
@@ -151,85 +133,6 @@ func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// sandbox is a machine root after Install, enough for file delivery.
-func sandbox(root string) error {
-	for _, d := range []string{"etc", "usr/local/bin", "var/lib"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nistio-proxy:x:1337:1337::/var/lib/istio:/usr/sbin/nologin\n"), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nistio-proxy:x:1337:\n"), 0o644)
-}
-
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-func certificates(dir, addr string) (clientTLS *tls.Config, cfgPath string, err error) {
-	ca, err := mtls.NewCA("agentbench CA", time.Hour)
-	if err != nil {
-		return nil, "", err
-	}
-	srvCert, srvKey, err := ca.IssueServer("vmagent", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
-	if err != nil {
-		return nil, "", err
-	}
-	cliCert, cliKey, err := ca.IssueClient("hostctl", time.Hour)
-	if err != nil {
-		return nil, "", err
-	}
-	files := map[string][]byte{"server.pem": srvCert, "server-key.pem": srvKey, "client-ca.pem": ca.CertPEM()}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return nil, "", err
-		}
-	}
-	cfg := fmt.Sprintf("version: 1\nlisten: %q\ntls:\n  cert: %s\n  key: %s\n  client_ca: %s\n", addr,
-		filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"), filepath.Join(dir, "client-ca.pem"))
-	cfgPath = filepath.Join(dir, "vmagent.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		return nil, "", err
-	}
-	clientTLS, err = mtls.ClientConfig(cliCert, cliKey, ca.CertPEM(), "localhost")
-	return clientTLS, cfgPath, err
-}
-
-func waitReady(ctx context.Context, c *agentclient.Client) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, err := c.Version(ctx)
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("agent not ready after 10s: %w", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func rssMiB(pid int) (float64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return float64(kb) / 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
 }
 
 func randomFile(path string, size int) error {

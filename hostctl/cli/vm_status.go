@@ -89,13 +89,14 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
 	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 	defer cancel()
+	entries, entriesErr := workload.Entries(ctx, clients, workloadSpec(cfg))
 	out := make([]VMStatus, len(vms))
 	var wg sync.WaitGroup
 	for i, vm := range vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i] = vmStatus(ctx, cfg, state, lab, clients, vm.Name)
+			out[i] = vmStatus(ctx, cfg, state, lab, entries, entriesErr, vm.Name)
 		}()
 	}
 	wg.Wait()
@@ -114,7 +115,8 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *labmachine.Provider, clients workload.Clients, name string) VMStatus {
+func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *labmachine.Provider,
+	entries map[string]workload.Entry, entriesErr error, name string) VMStatus {
 	s := VMStatus{Name: name}
 	m, err := lab.Info(ctx, name)
 	if err != nil {
@@ -126,9 +128,9 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 		s.Agent, s.Next = "-", "run hostctl up to start it"
 		return s
 	}
-	if e, ok, err := workload.FindEntry(ctx, clients, workloadSpec(cfg), s.Address); err != nil {
-		s.WorkloadEntry = "error: " + err.Error()
-	} else if ok {
+	if entriesErr != nil {
+		s.WorkloadEntry = "error: " + entriesErr.Error()
+	} else if e, ok := entries[s.Address]; ok {
 		s.WorkloadEntry, s.Healthy, s.HealthMessage = e.Name, e.Healthy, e.Message
 	}
 	c, err := onboard.Dial(state, s.Address)
@@ -137,11 +139,13 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 		return s
 	}
 	defer c.Close()
-	st, err := c.Status(ctx)
-	if err != nil {
+	ov := c.Overview(ctx, "istiod.istio-system.svc",
+		&agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
+	if ov.StatusErr != nil {
 		s.Agent, s.Next = "unreachable", fmt.Sprintf("run hostctl up to reinstall the agent on %s", name)
 		return s
 	}
+	st := ov.Status
 	s.Agent = "up " + st.GetVersion()
 	sc := st.GetSidecar()
 	s.Sidecar = sc.GetActiveState() + "/" + sc.GetSubState()
@@ -154,13 +158,13 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 	if tok := st.GetToken(); tok != nil {
 		s.TokenExpiry = time.Until(tok.GetExpiresAt().AsTime()).Round(time.Minute).String()
 	}
-	if r, err := c.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: "istiod.istio-system.svc"}); err == nil {
+	if r := ov.DNS; r != nil {
 		s.IstiodDNS = strings.Join(r.GetAddresses(), ",")
 		if r.GetError() != "" {
 			s.IstiodDNS = "error: " + r.GetError()
 		}
 	}
-	if p, err := c.API().Probe(ctx, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path}); err == nil {
+	if p := ov.App; p != nil {
 		s.App = fmt.Sprintf("HTTP %d", p.GetStatusCode())
 		if p.GetError() != "" {
 			s.App = p.GetError()

@@ -280,6 +280,22 @@ func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, b
 	return Entry{}, false, nil
 }
 
+// Entries returns the group's autoregistered entries by address: one list
+// for any number of VMs.
+func Entries(ctx context.Context, c Clients, s Spec) (map[string]Entry, error) {
+	list, err := c.Istio.NetworkingV1().WorkloadEntries(s.Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err)
+	}
+	out := map[string]Entry{}
+	for _, we := range list.Items {
+		if e, ok := entryAt(we, s, we.Spec.GetAddress()); ok {
+			out[e.Address] = e
+		}
+	}
+	return out, nil
+}
+
 // entryAt reads we as the group's entry for address.
 func entryAt(we *clientnetworking.WorkloadEntry, s Spec, address string) (Entry, bool) {
 	if we.Spec.GetAddress() != address || we.Annotations["istio.io/autoRegistrationGroup"] != s.Group {

@@ -1,0 +1,160 @@
+// Package agentproc runs real vmagent processes against sandbox roots on
+// loopback, for the benchmarks: one CA, one server certificate for
+// 127.0.0.1, one client certificate, as hostctl would have them.
+package agentproc
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/mtls"
+)
+
+// Build compiles the agent as `make build` does (its RSS counts its text).
+func Build(work string) (string, error) {
+	bin := filepath.Join(work, "vmagent")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./vmagent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return "", fmt.Errorf("build vmagent: %w", err)
+	}
+	return bin, nil
+}
+
+// Fleet starts agents that trust one client.
+type Fleet struct {
+	bin, dir  string
+	ClientTLS *tls.Config
+	agents    []*Agent
+}
+
+// Agent is one running vmagent.
+type Agent struct {
+	Addr string
+	Cmd  *exec.Cmd
+}
+
+// NewFleet issues the certificates under dir.
+func NewFleet(bin, dir string) (*Fleet, error) {
+	ca, err := mtls.NewCA("bench CA", time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	srvCert, srvKey, err := ca.IssueServer("vmagent", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	cliCert, cliKey, err := ca.IssueClient("hostctl", time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	for name, data := range map[string][]byte{"server.pem": srvCert, "server-key.pem": srvKey, "client-ca.pem": ca.CertPEM()} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	clientTLS, err := mtls.ClientConfig(cliCert, cliKey, ca.CertPEM(), "localhost")
+	if err != nil {
+		return nil, err
+	}
+	return &Fleet{bin: bin, dir: dir, ClientTLS: clientTLS}, nil
+}
+
+// Start runs one more agent on a free loopback port with its own sandbox root.
+func (f *Fleet) Start() (*Agent, error) {
+	n := len(f.agents)
+	root := filepath.Join(f.dir, fmt.Sprintf("root-%d", n))
+	if err := sandbox(root); err != nil {
+		return nil, err
+	}
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf("version: 1\nlisten: %q\ntls:\n  cert: %s\n  key: %s\n  client_ca: %s\n", addr,
+		filepath.Join(f.dir, "server.pem"), filepath.Join(f.dir, "server-key.pem"), filepath.Join(f.dir, "client-ca.pem"))
+	cfgPath := filepath.Join(f.dir, fmt.Sprintf("vmagent-%d.yaml", n))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(f.bin, "serve", "--config", cfgPath, "--root", root, "--log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	a := &Agent{Addr: addr, Cmd: cmd}
+	f.agents = append(f.agents, a)
+	return a, nil
+}
+
+// Dial connects to a with the fleet's client certificate.
+func (f *Fleet) Dial(a *Agent) (*agentclient.Client, error) { return agentclient.Dial(a.Addr, f.ClientTLS) }
+
+// Stop kills every agent.
+func (f *Fleet) Stop() {
+	for _, a := range f.agents {
+		a.Cmd.Process.Kill()
+		a.Cmd.Wait()
+	}
+}
+
+// WaitReady waits until the agent answers.
+func WaitReady(ctx context.Context, c *agentclient.Client) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := c.Version(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent not ready after 20s: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// RSSMiB is a process's resident set.
+func RSSMiB(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			return float64(kb) / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
+
+func sandbox(root string) error {
+	for _, d := range []string{"etc", "usr/local/bin", "var/lib"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nistio-proxy:x:1337:1337::/var/lib/istio:/usr/sbin/nologin\n"), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nistio-proxy:x:1337:\n"), 0o644)
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
