@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
@@ -85,6 +87,28 @@ func TestUpOnLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	// doctor: all clear, then a LoadBalancer holding the east-west ports is named with its fix.
+	out, err = run(t, "--config", cfgPath, "doctor", "-o", "json")
+	var findings []finding
+	if jerr := json.Unmarshal([]byte(out), &findings); err != nil || jerr != nil {
+		t.Fatalf("doctor on a healthy lab: %v %v\n%s", err, jerr, out)
+	}
+	for _, f := range findings {
+		if f.Result != "ok" {
+			t.Errorf("doctor on a healthy lab: %+v", f)
+		}
+	}
+	lb := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "istio-ingressgateway", Namespace: "istio-system"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Ports: []corev1.ServicePort{{Name: "status-port", Port: 15021}}}}
+	if _, err := clients.Kube.CoreV1().Services("istio-system").Create(context.Background(), lb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "--config", cfgPath, "doctor")
+	if err == nil || !strings.Contains(out, "istio-system/istio-ingressgateway holds 15021") || !strings.Contains(out, "delete that LoadBalancer") {
+		t.Errorf("doctor with the default ingress gateway in the way: %v\n%s", err, out)
+	}
+	clients.Kube.CoreV1().Services("istio-system").Delete(context.Background(), "istio-ingressgateway", metav1.DeleteOptions{})
 	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), cacheDir())
 	m, err := lab.Info(context.Background(), "e2e1")
 	if err != nil {

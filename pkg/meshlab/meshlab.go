@@ -51,6 +51,9 @@ func Up(ctx context.Context, c Config) error {
 	return startIstiod(ctx, c)
 }
 
+// Ready reports whether the lab's istiod answers on its HTTP port.
+func Ready(ctx context.Context) error { return istiodReady(ctx) }
+
 func istiodReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

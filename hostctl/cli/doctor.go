@@ -1,0 +1,284 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/labcluster"
+	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/meshlab"
+	"github.com/meshvm/meshvm/pkg/onboard"
+	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/workload"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+type doctorCmd struct {
+	vmCmd
+	output string
+}
+
+func (c *doctorCmd) command() *cobra.Command {
+	cmd := c.flags(&cobra.Command{
+		Use:   "doctor",
+		Short: "Name the known failure modes before they bite, each with its fix",
+		Long: "doctor checks the cluster (API, istiod, host ports the east-west gateway needs) and every VM\n" +
+			"(address, agent, hosts file and istiod DNS, token and certificate, iptables backend, proxy build\n" +
+			"against istiod's). It changes nothing; it exits non-zero when a check fails.",
+		Args: cobra.NoArgs,
+		RunE: c.run,
+	}, time.Minute)
+	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json")
+	return cmd
+}
+
+// finding is one check's verdict: ok, warn or fail, with the fix.
+type finding struct {
+	Scope  string `json:"scope"`
+	Check  string `json:"check"`
+	Result string `json:"result"`
+	Detail string `json:"detail,omitempty"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
+	if c.output != "table" && c.output != "json" {
+		return fmt.Errorf("--output %q: want table or json", c.output)
+	}
+	cfg, state, lab, err := c.lab(cmd)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	var out []finding
+	add := func(f finding) { out = append(out, f) }
+	clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster")))
+	if err == nil {
+		_, err = clients.Kube.Discovery().ServerVersion()
+	}
+	if err != nil {
+		add(finding{"cluster", "API server", "fail", err.Error(), "run hostctl up"})
+	} else {
+		add(finding{"cluster", "API server", "ok", "answering", ""})
+		out = append(out, clusterChecks(ctx, clients)...)
+	}
+	side := localSidecar(ctx)
+	for _, vm := range cfg.VMs {
+		out = append(out, vmChecks(ctx, cfg, state, lab, side, vm.Name)...)
+	}
+	if err := renderFindings(cmd.OutOrStdout(), c.output, out); err != nil {
+		return err
+	}
+	failed := 0
+	for _, f := range out {
+		if f.Result == "fail" {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d check(s) failed: see FIX", failed)
+	}
+	return nil
+}
+
+// eastWestPorts are the ports the east-west gateway's LoadBalancer needs.
+var eastWestPorts = map[int32]string{15021: "status", 15443: "cross-network", 15012: "istiod", 15017: "webhook"}
+
+func clusterChecks(ctx context.Context, clients workload.Clients) []finding {
+	var out []finding
+	if err := meshlab.Ready(ctx); err != nil {
+		out = append(out, finding{"cluster", "istiod", "fail", err.Error(), "run hostctl up (it starts istiod)"})
+	} else {
+		out = append(out, finding{"cluster", "istiod", "ok", "ready, Istio " + istioinstall.EmbeddedVersion, ""})
+	}
+	svcs, err := clients.Kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return append(out, finding{"cluster", "east-west ports", "fail", err.Error(), "check the API server"})
+	}
+	// On k3s, klipper binds a LoadBalancer's ports on the nodes: another
+	// LoadBalancer holding them (the default ingress gateway) leaves the
+	// east-west gateway pending for ever.
+	var held []string
+	for _, s := range svcs.Items {
+		if s.Spec.Type != corev1.ServiceTypeLoadBalancer || (s.Namespace == istioinstall.Namespace && s.Name == istioinstall.EastWestGateway) {
+			continue
+		}
+		for _, p := range s.Spec.Ports {
+			if what, ok := eastWestPorts[p.Port]; ok {
+				held = append(held, fmt.Sprintf("%s/%s holds %d (%s)", s.Namespace, s.Name, p.Port, what))
+			}
+		}
+	}
+	if len(held) > 0 {
+		out = append(out, finding{"cluster", "east-west ports", "fail", strings.Join(held, "; "),
+			"delete that LoadBalancer (hostctl installs Istio without the default ingress gateway), e.g. kubectl -n istio-system delete svc istio-ingressgateway"})
+	} else {
+		out = append(out, finding{"cluster", "east-west ports", "ok", "no other LoadBalancer holds 15021/15443/15012/15017", ""})
+	}
+	return out
+}
+
+// localSidecar is the sidecar build hostctl delivers, by digest: what the
+// VMs must run (istiod's version).
+func localSidecar(ctx context.Context) map[string]string {
+	src, err := labSource()
+	if err != nil {
+		return nil
+	}
+	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: io.Discard})
+	if err != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for path, local := range map[string]string{"/usr/local/bin/pilot-agent": bins.Path("pilot-agent"), "/usr/local/bin/envoy": bins.Path("lab-envoy")} {
+		f, err := os.Open(local)
+		if err != nil {
+			return nil
+		}
+		h := sha256.New()
+		io.Copy(h, f)
+		f.Close()
+		out[path] = hex.EncodeToString(h.Sum(nil))
+	}
+	return out
+}
+
+func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *labmachine.Provider, side map[string]string, name string) []finding {
+	var out []finding
+	add := func(check, result, detail, fix string) { out = append(out, finding{name, check, result, detail, fix}) }
+	m, err := lab.Info(ctx, name)
+	if err != nil || m.State != "Running" {
+		add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+name+")")
+		return out
+	}
+	addr := m.Addresses[0]
+	if prev, _ := state.ReadFile(filepath.Join("vms", name, "address")); len(prev) > 0 && string(prev) != addr {
+		add("address", "warn", fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr),
+			"run hostctl up: new certificate and hosts block, and the stale WorkloadEntry is deleted")
+	} else {
+		add("address", "ok", addr, "")
+	}
+	if hosts, err := state.ReadFile(filepath.Join("vms", name, "files", "hosts")); err != nil || len(strings.TrimSpace(string(hosts))) == 0 {
+		add("hosts file", "fail", "the generated hosts file is empty or missing (without it the VM cannot resolve istiod)", "run hostctl vm onboard "+name)
+	}
+	c, err := onboard.Dial(state, addr)
+	if err != nil {
+		add("agent", "fail", err.Error(), "run hostctl up to reinstall the agent")
+		return out
+	}
+	defer c.Close()
+	hostIP, _ := lab.HostAddress(name)
+	ov := c.Overview(ctx, "istiod.istio-system.svc", &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
+	if ov.StatusErr != nil {
+		add("agent", "fail", ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
+		return out
+	}
+	add("agent", "ok", "vmagent "+ov.Status.GetVersion(), "")
+	switch r := ov.DNS; {
+	case r == nil || r.GetError() != "":
+		add("istiod DNS", "fail", "istiod.istio-system.svc does not resolve on the VM", "run hostctl vm onboard "+name+" (it writes the hosts block)")
+	case len(r.GetAddresses()) == 0 || r.GetAddresses()[0] != hostIP:
+		add("istiod DNS", "fail", fmt.Sprintf("resolves to %s, want %s", strings.Join(r.GetAddresses(), ","), hostIP), "run hostctl vm onboard "+name)
+	default:
+		add("istiod DNS", "ok", "-> "+hostIP, "")
+	}
+	out = append(out, credentialFindings(name, ov.Status, time.Now())...)
+	if n, err := c.API().CheckNetwork(ctx, &agentv1.CheckNetworkRequest{}); err == nil {
+		usable := false
+		for _, b := range n.GetFirewallBackends() {
+			usable = usable || b.GetAvailable()
+		}
+		if usable {
+			add("iptables", "ok", "a backend for the capture rules is available", "")
+		} else {
+			add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
+		}
+	}
+	skew := proxySkew(side, ov.Status.GetFiles())
+	switch {
+	case side == nil:
+		add("proxy version", "warn", "the sidecar build to compare with is not available here", "run hostctl up")
+	case skew != "":
+		add("proxy version", "fail", skew+" differs from the build of istiod's version (Istio "+istioinstall.EmbeddedVersion+")",
+			"run hostctl vm onboard "+name+" (it sends the matching binaries)")
+	default:
+		add("proxy version", "ok", "the sidecar is istiod's build (Istio "+istioinstall.EmbeddedVersion+")", "")
+	}
+	return out
+}
+
+// credentialFindings judges the token and the workload certificate together:
+// an expired token is fine while pilot-agent renews with its certificate.
+func credentialFindings(vm string, st *agentv1.GetStatusResponse, now time.Time) []finding {
+	fix := "run hostctl vm onboard " + vm + " (a fresh token)"
+	cert, tok := st.GetWorkloadCertificate(), st.GetToken()
+	certLeft := time.Duration(-1)
+	if cert != nil {
+		certLeft = cert.GetNotAfter().AsTime().Sub(now)
+	}
+	tokLeft := time.Duration(-1)
+	if tok != nil {
+		tokLeft = tok.GetExpiresAt().AsTime().Sub(now)
+	}
+	switch {
+	case certLeft > time.Hour:
+		return []finding{{vm, "credentials", "ok", fmt.Sprintf("workload certificate valid %s more; pilot-agent renews it with itself", certLeft.Round(time.Minute)), ""}}
+	case tokLeft <= 0 && certLeft <= 0:
+		return []finding{{vm, "credentials", "fail", "no valid workload certificate and the istio-token is expired or missing: the sidecar cannot get a certificate", fix}}
+	case tokLeft <= 0:
+		return []finding{{vm, "credentials", "warn", fmt.Sprintf("the workload certificate expires in %s and the token is expired: if renewal fails the VM drops out", certLeft.Round(time.Minute)), fix}}
+	case certLeft <= 0 && tokLeft < 10*time.Minute:
+		return []finding{{vm, "credentials", "warn", fmt.Sprintf("no workload certificate yet and the token expires in %s", tokLeft.Round(time.Second)), fix}}
+	}
+	return []finding{{vm, "credentials", "ok", fmt.Sprintf("token valid %s more", tokLeft.Round(time.Minute)), ""}}
+}
+
+// proxySkew names the sidecar binaries on the VM that are not the build
+// hostctl delivers.
+func proxySkew(want map[string]string, files []*agentv1.FileStat) string {
+	var differ []string
+	for _, f := range files {
+		if sum, ok := want[f.GetPath()]; ok && f.GetExists() && f.GetSha256() != sum {
+			differ = append(differ, f.GetPath())
+		}
+	}
+	return strings.Join(differ, ", ")
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func renderFindings(w io.Writer, output string, out []finding) error {
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SCOPE\tCHECK\tRESULT\tDETAIL\tFIX")
+	for _, f := range out {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix))
+	}
+	return tw.Flush()
+}
