@@ -50,8 +50,7 @@ func startLab(ctx context.Context, p *progress, cfg config.Config) (*labRun, err
 		return nil, err
 	}
 	p.step("control plane", "", "building (cached after the first run) and starting")
-	st, err := labstack.Up(ctx, labstack.Config{ModuleDir: src, CacheDir: cacheDir(), Dir: state.Path("lab"),
-		Istio: istioOptions(cfg), Progress: lineWriter{p, "control plane"}})
+	st, err := labstack.Up(ctx, stackConfig(cfg, src, state, lineWriter{p, "control plane"}))
 	if err != nil {
 		return nil, err
 	}
@@ -77,6 +76,11 @@ func startLab(ctx context.Context, p *progress, cfg config.Config) (*labRun, err
 		side: onboard.Sidecar{PilotAgent: st.Bins.Path("pilot-agent"), Envoy: st.Bins.Path("lab-envoy"), BootstrapTemplate: bootstrap},
 		deps: onboard.Deps{Provider: lab, State: state, AgentBinary: agentBinary(src)},
 	}, nil
+}
+
+// stackConfig is the lab control plane's configuration.
+func stackConfig(cfg config.Config, src string, state *statedir.Dir, progress io.Writer) labstack.Config {
+	return labstack.Config{ModuleDir: src, CacheDir: cacheDir(), Dir: state.Path("lab"), Istio: istioOptions(cfg), Progress: progress}
 }
 
 // istioOptions are the install's inputs from the config.

@@ -88,6 +88,20 @@ func TestUpOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	for _, args := range [][]string{{"cluster", "status", "-o", "json"}, {"istio", "status", "-o", "json"}} {
+		out, err := run(t, append([]string{"--config", cfgPath}, args...)...)
+		var comps []component
+		if jerr := json.Unmarshal([]byte(out), &comps); err != nil || jerr != nil || len(comps) < 3 {
+			t.Errorf("%v: %v %v\n%s", args, err, jerr, out)
+		}
+	}
+	if out, err := run(t, "--config", cfgPath, "istio", "status"); err != nil || !strings.Contains(out, "0 missing") {
+		t.Errorf("istio status: %v\n%s", err, out)
+	}
+	if out, err := run(t, "--config", cfgPath, "cluster", "kubeconfig"); err != nil || !strings.Contains(out, "server: https://127.0.0.1:16443") {
+		t.Errorf("cluster kubeconfig: %v\n%s", err, out)
+	}
+
 	// doctor: all clear, then a LoadBalancer holding the east-west ports is named with its fix.
 	out, err = run(t, "--config", cfgPath, "doctor", "-o", "json")
 	var findings []finding
@@ -398,9 +412,12 @@ func onboardAgainAndFaults(t *testing.T, cfgPath, state string, lab *labmachine.
 		if err := meshlab.Down(ctx, istio); err != nil {
 			t.Fatal(err)
 		}
-		// up starts it again; the VM's proxy reconnects by itself.
-		if out, err := run(t, "--config", cfgPath, "up"); err != nil {
-			t.Fatalf("up: %v\n%s", err, out)
+		if out, err := run(t, "--config", cfgPath, "istio", "status"); err == nil || !strings.Contains(err.Error(), "istiod not ready") {
+			t.Errorf("istio status with istiod stopped: %v\n%s", err, out)
+		}
+		// istio install starts it again; the VM's proxy reconnects by itself.
+		if out, err := run(t, "--config", cfgPath, "istio", "install"); err != nil {
+			t.Fatalf("istio install: %v\n%s", err, out)
 		}
 		waitReconnected(t, clients, spec, addr, e.ConnectedAt)
 	})

@@ -65,7 +65,8 @@ func New() *cobra.Command {
 	vm := &cobra.Command{Use: "vm", Short: "Add, onboard, inspect, start, stop and remove VMs"}
 	vm.AddCommand((&vmStatusCmd{g: g}).command())
 	vm.AddCommand(vmCommands(g)...)
-	root.AddCommand(cfg, vm, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
+	cluster, istio := clusterCommands(g)
+	root.AddCommand(cfg, vm, cluster, istio, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
 		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())
 	return root
 }

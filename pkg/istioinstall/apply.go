@@ -51,19 +51,10 @@ var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version:
 // CRDs to be established before the objects that use them. Re-applying an
 // unchanged render changes nothing and reports so.
 func Apply(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) ([]Change, error) {
-	// client-go's default 5 requests/s would make a re-apply of ~40 objects
-	// (a get and an apply each) take 15 s.
-	rc = rest.CopyConfig(rc)
-	rc.QPS, rc.Burst = 100, 200
-	dc, err := discovery.NewDiscoveryClientForConfig(rc)
+	dyn, mapper, err := clients(rc)
 	if err != nil {
 		return nil, err
 	}
-	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		return nil, err
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
 	var out []Change
 	var crds []string
 	for _, o := range objs {
@@ -93,15 +84,68 @@ func Apply(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) ([]Ch
 	return out, err
 }
 
-func applyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, o Object) (string, error) {
+// resource is the API endpoint of o's kind, in o's namespace if it has one.
+func resource(dyn dynamic.Interface, mapper meta.RESTMapper, o Object) (dynamic.ResourceInterface, error) {
 	gvk := o.GroupVersionKind()
 	m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	if err != nil {
-		return "", fmt.Errorf("apply %s: %w", o.Ref(), err)
+		return nil, err
 	}
-	var ri dynamic.ResourceInterface = dyn.Resource(m.Resource)
 	if m.Scope.Name() == meta.RESTScopeNameNamespace {
-		ri = dyn.Resource(m.Resource).Namespace(o.GetNamespace())
+		return dyn.Resource(m.Resource).Namespace(o.GetNamespace()), nil
+	}
+	return dyn.Resource(m.Resource), nil
+}
+
+// Check reports, without changing anything, which of the objects keep
+// accepts exist in the cluster: present, missing, or skipped (with why).
+func Check(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) ([]Change, error) {
+	dyn, mapper, err := clients(rc)
+	if err != nil {
+		return nil, err
+	}
+	var out []Change
+	for _, o := range objs {
+		if ok, why := keep(o); !ok {
+			out = append(out, Change{Ref: o.Ref(), Action: "skipped", Why: why})
+			continue
+		}
+		action := "present"
+		ri, err := resource(dyn, mapper, o)
+		if err == nil {
+			_, err = ri.Get(ctx, o.GetName(), metav1.GetOptions{})
+		}
+		switch {
+		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
+			action = "missing"
+		case err != nil:
+			return out, fmt.Errorf("get %s: %w", o.Ref(), err)
+		}
+		out = append(out, Change{Ref: o.Ref(), Action: action})
+	}
+	return out, nil
+}
+
+func clients(rc *rest.Config) (dynamic.Interface, *restmapper.DeferredDiscoveryRESTMapper, error) {
+	// client-go's default 5 requests/s would make a re-apply of ~40 objects
+	// (a get and an apply each) take 15 s.
+	rc = rest.CopyConfig(rc)
+	rc.QPS, rc.Burst = 100, 200
+	dc, err := discovery.NewDiscoveryClientForConfig(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	return dyn, restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)), nil
+}
+
+func applyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, o Object) (string, error) {
+	ri, err := resource(dyn, mapper, o)
+	if err != nil {
+		return "", fmt.Errorf("apply %s: %w", o.Ref(), err)
 	}
 	before := ""
 	cur, err := ri.Get(ctx, o.GetName(), metav1.GetOptions{})
@@ -161,6 +205,9 @@ func Summary(changes []Change) string {
 	n := map[string]int{}
 	for _, c := range changes {
 		n[c.Action]++
+	}
+	if n["present"]+n["missing"] > 0 {
+		return fmt.Sprintf("%d present, %d missing, %d skipped", n["present"], n["missing"], n["skipped"])
 	}
 	return fmt.Sprintf("%d created, %d configured, %d unchanged, %d skipped", n["created"], n["configured"], n["unchanged"], n["skipped"])
 }

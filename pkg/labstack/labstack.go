@@ -38,8 +38,18 @@ type Stack struct {
 	Kubeconfig string
 }
 
-// Up builds what is missing and starts what is not running.
+// Up builds what is missing and starts what is not running: the cluster,
+// then Istio.
 func Up(ctx context.Context, c Config) (*Stack, error) {
+	st, err := UpCluster(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return st, InstallIstio(ctx, c, st)
+}
+
+// UpCluster builds the binaries if needed and starts the Kubernetes control plane.
+func UpCluster(ctx context.Context, c Config) (*Stack, error) {
 	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: c.ModuleDir, CacheDir: c.CacheDir, Progress: c.Progress})
 	if err != nil {
 		return nil, err
@@ -49,35 +59,45 @@ func Up(ctx context.Context, c Config) (*Stack, error) {
 		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress}); err != nil {
 		return nil, err
 	}
-	kubeconfig := labcluster.Kubeconfig(cl)
+	return &Stack{Bins: bins, Kubeconfig: labcluster.Kubeconfig(cl)}, nil
+}
+
+// InstallIstio renders Istio, applies what the lab can hold, and runs istiod
+// with the rendered mesh configuration and environment.
+func InstallIstio(ctx context.Context, c Config, st *Stack) error {
 	objs, err := istioinstall.Render(c.Istio)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("lab kubeconfig: %w", err)
+		return fmt.Errorf("lab kubeconfig: %w", err)
 	}
 	changes, err := istioinstall.Apply(ctx, rc, objs, istioinstall.LabRunnable)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	fmt.Fprintf(c.Progress, "istio: %d objects rendered from the embedded charts (Istio %s): %s (workloads and webhooks: no kubelet here)\n",
 		len(objs), istioinstall.EmbeddedVersion, istioinstall.Summary(changes))
 	mesh, err := istioinstall.MeshConfig(objs)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	env, err := istioinstall.IstiodEnv(objs)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	err = meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Istiod: bins.Path("pilot-discovery"),
-		Kubeconfig: kubeconfig, Mesh: mesh, Env: env, ClusterID: c.Istio.ClusterName, Progress: c.Progress})
-	if err != nil {
-		return nil, err
+	return meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Istiod: st.Bins.Path("pilot-discovery"),
+		Kubeconfig: st.Kubeconfig, Mesh: mesh, Env: env, ClusterID: c.Istio.ClusterName, Progress: c.Progress})
+}
+
+// DownCluster stops istiod and the control plane and removes their state,
+// keeping the lab's VMs.
+func DownCluster(ctx context.Context, dir string) error {
+	if err := Down(ctx, dir, false); err != nil {
+		return err
 	}
-	return &Stack{Bins: bins, Kubeconfig: kubeconfig}, nil
+	return errors.Join(os.RemoveAll(filepath.Join(dir, "istio")), os.RemoveAll(filepath.Join(dir, "cluster")))
 }
 
 // Down stops istiod, then the control plane; purge also deletes the lab's
