@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/labcluster"
@@ -190,7 +191,12 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 		add("agent", "fail", ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
 		return out
 	}
-	add("agent", "ok", "vmagent "+ov.Status.GetVersion(), "")
+	if v := ov.Status.GetVersion(); v != buildinfo.String() {
+		add("agent", "warn", fmt.Sprintf("vmagent %s, hostctl %s: the agent may lack what this hostctl asks for", v, buildinfo.String()),
+			"run hostctl up (it updates the agent; nothing else changes)")
+	} else {
+		add("agent", "ok", "vmagent "+v, "")
+	}
 	switch r := ov.DNS; {
 	case r == nil || r.GetError() != "":
 		add("istiod DNS", "fail", "istiod.istio-system.svc does not resolve on the VM", "run hostctl vm onboard "+name+" (it writes the hosts block)")

@@ -22,6 +22,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/labbuild"
@@ -197,7 +198,10 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 	}
 	root, _ = filepath.Abs("../..")
 	work = t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(work, "vmagent-linux-"+runtime.GOARCH), "./vmagent")
+	// The agent and this in-process hostctl carry one version, as a release does.
+	buildinfo.Version = "e2e"
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/meshvm/meshvm/pkg/buildinfo.Version=e2e",
+		"-o", filepath.Join(work, "vmagent-linux-"+runtime.GOARCH), "./vmagent")
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build vmagent: %v\n%s", err, out)
