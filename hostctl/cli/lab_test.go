@@ -254,7 +254,7 @@ func TestManyVMsOnLab(t *testing.T) {
 		t.Fatalf("got %v, want the bad VM's failure by name", err)
 	}
 	if strings.Count(out, "Healthy (") != 2 {
-		t.Errorf("want the two good VMs Healthy despite the bad one:\n%s", out)
+		t.Errorf("want the two good VMs Healthy despite the bad one; got %v", err)
 	}
 
 	var ten []string

@@ -17,6 +17,8 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/mtls"
 )
@@ -65,8 +67,32 @@ func (d *Dir) ReadFile(rel string) ([]byte, error) {
 	return d.root.ReadFile("/" + filepath.ToSlash(rel))
 }
 
+// locked runs fn holding the directory's lock: VMs onboard concurrently, and
+// two of them creating the CA (or one certificate) at once would each pin a
+// different one. flock serializes goroutines and hostctl processes alike.
+func (d *Dir) locked(fn func() error) error {
+	f, err := os.OpenFile(d.Path(".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("state directory lock: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("state directory lock: %w", err)
+	}
+	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return fn()
+}
+
 // AgentCA loads the agent CA, creating it on first use.
-func (d *Dir) AgentCA() (*mtls.CA, error) {
+func (d *Dir) AgentCA() (ca *mtls.CA, err error) {
+	err = d.locked(func() error {
+		ca, err = d.agentCA()
+		return err
+	})
+	return ca, err
+}
+
+func (d *Dir) agentCA() (*mtls.CA, error) {
 	cert, errC := d.ReadFile("agent-ca/ca.pem")
 	key, errK := d.ReadFile("agent-ca/ca-key.pem")
 	if errC == nil && errK == nil {
@@ -138,7 +164,15 @@ func sortedIPs(ips []net.IP) []net.IP {
 
 // leaf reuses the pair at base(.pem, -key.pem) while it is valid, signed by
 // ca, and fits; otherwise it issues a new one.
-func (d *Dir) leaf(ca *mtls.CA, base string, issue func() ([]byte, []byte, error), fits func(*x509.Certificate) bool) (Pair, error) {
+func (d *Dir) leaf(ca *mtls.CA, base string, issue func() ([]byte, []byte, error), fits func(*x509.Certificate) bool) (p Pair, err error) {
+	err = d.locked(func() error {
+		p, err = d.leafLocked(ca, base, issue, fits)
+		return err
+	})
+	return p, err
+}
+
+func (d *Dir) leafLocked(ca *mtls.CA, base string, issue func() ([]byte, []byte, error), fits func(*x509.Certificate) bool) (Pair, error) {
 	cert, errC := d.ReadFile(base + ".pem")
 	key, errK := d.ReadFile(base + "-key.pem")
 	if errC == nil && errK == nil && usable(ca, cert, fits) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -67,5 +68,44 @@ func TestCAAndCertificatesPersistAndRenew(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "agent-ca/ca-key.pem"), []byte("garbage"), 0o600)
 	if _, err := d.AgentCA(); err == nil || !strings.Contains(err.Error(), "re-onboard every VM") {
 		t.Errorf("corrupt CA: got %v, want the fix named", err)
+	}
+}
+
+// VMs onboard concurrently: the first uses of the CA and the client
+// certificate, from separate openings of the directory, must agree.
+func TestConcurrentFirstUseAgrees(t *testing.T) {
+	dir := t.TempDir()
+	const n = 8
+	cas := make([][]byte, n)
+	clients := make([][]byte, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := Open(dir)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			ca, err := d.AgentCA()
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			cas[i] = ca.CertPEM()
+			p, err := d.ClientCert(ca)
+			clients[i], errs[i] = p.Cert, err
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if !bytes.Equal(cas[i], cas[0]) || !bytes.Equal(clients[i], clients[0]) {
+			t.Fatalf("opener %d got another CA or client certificate than opener 0", i)
+		}
 	}
 }
