@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,7 @@ func TestUpOnLab(t *testing.T) {
 	}
 	spec := workloadSpec(cfg)
 	ctx := context.Background()
+	inVM(t, ctx, lab, state, m, spec, clients)
 
 	// Health follows the app: stop it, the entry turns unhealthy; start it, back.
 	if _, err := lab.Exec(ctx, "e2e1", nil, "systemctl", "stop", "meshvm-lab-app"); err != nil {
@@ -187,6 +189,60 @@ func TestUpOnLab(t *testing.T) {
 	}
 
 	onboardAgainAndFaults(t, cfgPath, state, lab, clients, spec)
+}
+
+// inVM checks what onboarding left inside the VM and in the cluster: the
+// postinst's user, group, modes, hosts block and unit; a workload
+// certificate with the service account's SPIFFE identity; the entry istiod
+// registered, named after the group, the address and the network.
+func inVM(t *testing.T, ctx context.Context, lab *labmachine.Provider, state string, m machine.Machine, spec workload.Spec, clients workload.Clients) {
+	t.Helper()
+	sh := func(cmd string) string {
+		out, err := lab.Exec(ctx, m.Name, nil, "sh", "-c", cmd)
+		if err != nil {
+			t.Errorf("%s: %v: %s", cmd, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := sh("id -un istio-proxy && id -gn istio-proxy"); got != "istio-proxy\nistio-proxy" {
+		t.Errorf("istio-proxy user and group: %q", got)
+	}
+	want := map[string]string{
+		"/var/run/secrets/tokens/istio-token": "600 istio-proxy:istio-proxy",
+		"/etc/certs":                          "750 istio-proxy:istio-proxy",
+		"/usr/local/bin/pilot-agent":          "2755 root:istio-proxy",
+		"/usr/local/bin/envoy":                "2755 root:istio-proxy",
+	}
+	for path, mode := range want {
+		if got := sh("stat -L -c '%a %U:%G' " + path); got != mode {
+			t.Errorf("%s: %s, want %s", path, got, mode)
+		}
+	}
+	hostIP, _ := lab.HostAddress(m.Name)
+	if hosts := sh("cat /etc/hosts"); !regexp.MustCompile(regexp.QuoteMeta(hostIP) + `\s+istiod\.istio-system\.svc`).MatchString(hosts) {
+		t.Errorf("/etc/hosts lacks istiod at %s:\n%s", hostIP, hosts)
+	}
+	if got := sh("systemctl is-enabled istio.service vmagent.service"); got != "enabled\nenabled" {
+		t.Errorf("units: %q, want both enabled", got)
+	}
+	c, err := onboard.Dial(mustState(t, state), m.Addresses[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "spiffe://cluster.local/ns/" + spec.Namespace + "/sa/" + spec.ServiceAccount
+	if sans := st.GetWorkloadCertificate().GetUriSans(); !slices.Contains(sans, id) {
+		t.Errorf("workload certificate SANs %v, want %s", sans, id)
+	}
+	e, ok, err := workload.FindEntry(ctx, clients, spec, m.Addresses[0])
+	wantName := spec.Group + "-" + m.Addresses[0] + "-" + spec.Network
+	if err != nil || !ok || e.Name != wantName || e.Network != spec.Network {
+		t.Errorf("WorkloadEntry %+v (%v), want %s on network %s", e, err, wantName, spec.Network)
+	}
 }
 
 // labSetup builds the agent, writes a lab config listing vms, and has the
