@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -16,9 +15,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/labcluster"
-	"github.com/meshvm/meshvm/pkg/labstack"
-	"github.com/meshvm/meshvm/pkg/meshlab"
 	"github.com/meshvm/meshvm/pkg/procs"
 )
 
@@ -51,72 +47,55 @@ func (c *clusterCmd) output(cmd *cobra.Command) *cobra.Command {
 	return cmd
 }
 
-func (c *clusterCmd) stack(cmd *cobra.Command, steps ...string) (labstack.Config, *progress, error) {
-	cfg, state, _, err := c.lab(cmd)
-	if err != nil {
-		return labstack.Config{}, nil, err
-	}
-	src, err := labSource()
-	if err != nil {
-		return labstack.Config{}, nil, err
-	}
-	p := newProgress(cmd.ErrOrStderr(), steps...)
-	return stackConfig(cfg, src, state, lineWriter{p, steps[0]}), p, nil
-}
-
 func (c *clusterCmd) up(cmd *cobra.Command, _ []string) error {
-	sc, p, err := c.stack(cmd, "cluster")
+	_, _, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	st, err := labstack.UpCluster(ctx, sc)
-	if err != nil {
+	p := newProgress(cmd.ErrOrStderr(), "control plane")
+	if err := s.upCluster(ctx, p); err != nil {
 		return err
 	}
-	p.step("cluster", "", "up; kubeconfig %s", st.Kubeconfig)
+	p.step("control plane", "", "up; kubeconfig %s", s.kubeconfig())
 	return nil
 }
 
 func (c *clusterCmd) install(cmd *cobra.Command, _ []string) error {
-	sc, _, err := c.stack(cmd, "istio")
+	_, _, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(labcluster.Kubeconfig(filepath.Join(sc.Dir, "cluster"))); err != nil {
-		return fmt.Errorf("no lab cluster: run hostctl cluster up first")
+	if _, err := os.Stat(s.kubeconfig()); err != nil {
+		return fmt.Errorf("no cluster kubeconfig at %s: run hostctl cluster up first", s.kubeconfig())
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
+	p := newProgress(cmd.ErrOrStderr(), "control plane")
 	// The cluster is converged too (seconds when it runs): istiod needs it.
-	st, err := labstack.UpCluster(ctx, sc)
-	if err != nil {
+	if err := s.upCluster(ctx, p); err != nil {
 		return err
 	}
-	return labstack.InstallIstio(ctx, sc, st)
+	return s.installIstio(ctx, p)
 }
 
 func (c *clusterCmd) down(cmd *cobra.Command, _ []string) error {
-	_, state, _, err := c.lab(cmd)
+	_, _, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
-	if err := labstack.DownCluster(cmd.Context(), state.Path("lab")); err != nil {
-		return err
-	}
-	fmt.Fprintln(cmd.ErrOrStderr(), "cluster down: control plane and istiod stopped, their state removed; the VMs are kept (hostctl down removes them too)")
-	return nil
+	return s.downCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), false)
 }
 
 func (c *clusterCmd) kubeconfig(cmd *cobra.Command, _ []string) error {
-	_, state, _, err := c.lab(cmd)
+	_, _, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(labcluster.Kubeconfig(state.Path("lab", "cluster")))
+	data, err := os.ReadFile(s.kubeconfig())
 	if err != nil {
-		return fmt.Errorf("no lab cluster kubeconfig (%w): run hostctl cluster up", err)
+		return fmt.Errorf("no cluster kubeconfig (%w): run hostctl cluster up", err)
 	}
 	_, err = cmd.OutOrStdout().Write(data)
 	return err
@@ -130,51 +109,52 @@ type component struct {
 }
 
 func (c *clusterCmd) status(cmd *cobra.Command, _ []string) error {
-	_, state, _, err := c.lab(cmd)
+	_, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
-	dir := state.Path("lab", "cluster")
 	var out []component
-	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if pid, ok := procs.Dir(dir).Running(name); ok {
-			out = append(out, component{name, "running", fmt.Sprintf("pid %d", pid)})
-		} else {
-			out = append(out, component{name, "stopped", "run hostctl cluster up"})
+	if _, lab := s.(*labSite); lab {
+		dir := state.Path("lab", "cluster")
+		for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+			if pid, ok := procs.Dir(dir).Running(name); ok {
+				out = append(out, component{name, "running", fmt.Sprintf("pid %d", pid)})
+			} else {
+				out = append(out, component{name, "stopped", "run hostctl cluster up"})
+			}
 		}
 	}
 	api := component{"API", "unreachable", "run hostctl cluster up"}
-	if clients, err := kubeClients(labcluster.Kubeconfig(dir)); err == nil {
+	if clients, err := kubeClients(s.kubeconfig()); err == nil {
 		if v, err := clients.Kube.Discovery().ServerVersion(); err == nil {
-			api = component{"API", "answering", fmt.Sprintf("Kubernetes %s; kubeconfig %s", v.GitVersion, labcluster.Kubeconfig(dir))}
+			api = component{"API", "answering", fmt.Sprintf("Kubernetes %s; kubeconfig %s", v.GitVersion, s.kubeconfig())}
 		}
 	}
 	return report(cmd.OutOrStdout(), c.format, append(out, api), "running", "answering")
 }
 
 func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
-	cfg, state, _, err := c.lab(cmd)
+	_, _, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	var out []component
-	if err := meshlab.Ready(ctx); err != nil {
-		out = append(out, component{"istiod", "not ready", "run hostctl istio install"})
+	if detail, err := s.istiodReady(ctx); err != nil {
+		out = append(out, component{"istiod", "not ready", fmt.Sprintf("%v: run hostctl istio install", err)})
 	} else {
-		pid, _ := procs.Dir(state.Path("lab", "istio")).Running("pilot-discovery")
-		out = append(out, component{"istiod", "ready", fmt.Sprintf("Istio %s, a local process (pid %d)", istioinstall.EmbeddedVersion, pid)})
+		out = append(out, component{"istiod", "ready", detail})
 	}
-	objs, err := istioinstall.Render(istioOptions(cfg))
+	objs, keep, err := s.istio()
 	if err != nil {
 		return err
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", labcluster.Kubeconfig(state.Path("lab", "cluster")))
+	rc, err := clientcmd.BuildConfigFromFlags("", s.kubeconfig())
 	if err != nil {
-		return fmt.Errorf("no lab cluster: run hostctl cluster up")
+		return fmt.Errorf("no cluster kubeconfig: run hostctl cluster up")
 	}
-	changes, err := istioinstall.Check(ctx, rc, objs, istioinstall.LabRunnable)
+	changes, err := istioinstall.Check(ctx, rc, objs, keep)
 	if err != nil {
 		return fmt.Errorf("%w: is the cluster up? (hostctl cluster status)", err)
 	}
@@ -184,8 +164,9 @@ func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
 			st = "incomplete: run hostctl istio install"
 		}
 	}
-	out = append(out, component{"install", st, fmt.Sprintf("%d objects rendered: %s", len(objs), istioinstall.Summary(changes))},
-		component{"east-west gateway", "not run", "the lab has no kubelet or load balancer: VMs reach istiod on the host's address"})
+	ew := component{Name: "east-west gateway"}
+	ew.State, ew.Detail = s.eastWest(ctx)
+	out = append(out, component{"install", st, fmt.Sprintf("%d objects rendered: %s", len(objs), istioinstall.Summary(changes))}, ew)
 	return report(cmd.OutOrStdout(), c.format, out, "ready", "installed", "not run")
 }
 

@@ -14,16 +14,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/labcluster"
-	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/meshlab"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
@@ -62,7 +56,7 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", c.output)
 	}
-	cfg, state, lab, err := c.lab(cmd)
+	cfg, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
@@ -70,7 +64,7 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	defer cancel()
 	var out []finding
 	add := func(f finding) { out = append(out, f) }
-	clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster")))
+	clients, err := kubeClients(s.kubeconfig())
 	if err == nil {
 		_, err = clients.Kube.Discovery().ServerVersion()
 	}
@@ -78,11 +72,10 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 		add(finding{"cluster", "API server", "fail", err.Error(), "run hostctl up"})
 	} else {
 		add(finding{"cluster", "API server", "ok", "answering", ""})
-		out = append(out, clusterChecks(ctx, clients)...)
+		out = append(out, clusterChecks(ctx, s, clients)...)
 	}
-	side := localSidecar(ctx)
 	for _, vm := range cfg.VMs {
-		out = append(out, vmChecks(ctx, cfg, state, lab, side, vm.Name)...)
+		out = append(out, vmChecks(ctx, cfg, state, s, vm.Name)...)
 	}
 	if err := renderFindings(cmd.OutOrStdout(), c.output, out); err != nil {
 		return err
@@ -99,56 +92,34 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	return nil
 }
 
-// eastWestPorts are the ports the east-west gateway's LoadBalancer needs.
-var eastWestPorts = map[int32]string{15021: "status", 15443: "cross-network", 15012: "istiod", 15017: "webhook"}
-
-func clusterChecks(ctx context.Context, clients workload.Clients) []finding {
+func clusterChecks(ctx context.Context, s site, clients workload.Clients) []finding {
 	var out []finding
-	if err := meshlab.Ready(ctx); err != nil {
-		out = append(out, finding{"cluster", "istiod", "fail", err.Error(), "run hostctl up (it starts istiod)"})
+	if detail, err := s.istiodReady(ctx); err != nil {
+		out = append(out, finding{"cluster", "istiod", "fail", err.Error(), "run hostctl up (it installs and waits for istiod)"})
 	} else {
-		out = append(out, finding{"cluster", "istiod", "ok", "ready, Istio " + istioinstall.EmbeddedVersion, ""})
+		out = append(out, finding{"cluster", "istiod", "ok", detail, ""})
 	}
-	svcs, err := clients.Kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return append(out, finding{"cluster", "east-west ports", "fail", err.Error(), "check the API server"})
-	}
-	// On k3s, klipper binds a LoadBalancer's ports on the nodes: another
-	// LoadBalancer holding them (the default ingress gateway) leaves the
-	// east-west gateway pending for ever.
-	var held []string
-	for _, s := range svcs.Items {
-		if s.Spec.Type != corev1.ServiceTypeLoadBalancer || (s.Namespace == istioinstall.Namespace && s.Name == istioinstall.EastWestGateway) {
-			continue
-		}
-		for _, p := range s.Spec.Ports {
-			if what, ok := eastWestPorts[p.Port]; ok {
-				held = append(held, fmt.Sprintf("%s/%s holds %d (%s)", s.Namespace, s.Name, p.Port, what))
-			}
-		}
-	}
-	if len(held) > 0 {
-		out = append(out, finding{"cluster", "east-west ports", "fail", strings.Join(held, "; "),
-			"delete that LoadBalancer (hostctl installs Istio without the default ingress gateway), e.g. kubectl -n istio-system delete svc istio-ingressgateway"})
-	} else {
+	held, err := istioinstall.PortConflicts(ctx, clients.Kube)
+	switch {
+	case err != nil:
+		out = append(out, finding{"cluster", "east-west ports", "fail", err.Error(), "check the API server"})
+	case len(held) > 0:
+		out = append(out, finding{"cluster", "east-west ports", "fail", strings.Join(held, "; "), istioinstall.PortConflictFix})
+	default:
 		out = append(out, finding{"cluster", "east-west ports", "ok", "no other LoadBalancer holds 15021/15443/15012/15017", ""})
 	}
 	return out
 }
 
-// localSidecar is the sidecar build hostctl delivers, by digest: what the
-// VMs must run (istiod's version).
-func localSidecar(ctx context.Context) map[string]string {
-	src, err := labSource()
-	if err != nil {
-		return nil
-	}
-	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: io.Discard})
+// sidecarDigests is the sidecar build hostctl delivers to arch, by digest
+// of each file on the VM: what the VMs must run (istiod's version).
+func sidecarDigests(ctx context.Context, s site, arch string) map[string]string {
+	side, err := s.sidecar(ctx, arch)
 	if err != nil {
 		return nil
 	}
 	out := map[string]string{}
-	for path, local := range map[string]string{"/usr/local/bin/pilot-agent": bins.Path("pilot-agent"), "/usr/local/bin/envoy": bins.Path("lab-envoy")} {
+	for path, local := range map[string]string{"/usr/local/bin/pilot-agent": side.PilotAgent, "/usr/local/bin/envoy": side.Envoy} {
 		f, err := os.Open(local)
 		if err != nil {
 			return nil
@@ -161,10 +132,10 @@ func localSidecar(ctx context.Context) map[string]string {
 	return out
 }
 
-func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *labmachine.Provider, side map[string]string, name string) []finding {
+func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string) []finding {
 	var out []finding
 	add := func(check, result, detail, fix string) { out = append(out, finding{name, check, result, detail, fix}) }
-	m, err := lab.Info(ctx, name)
+	m, err := s.machines().Info(ctx, name)
 	if err != nil || m.State != "Running" {
 		add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+name+")")
 		return out
@@ -185,7 +156,7 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 		return out
 	}
 	defer c.Close()
-	hostIP, _ := lab.HostAddress(name)
+	hostIP, _ := s.istiodAddress(ctx, name)
 	ov := c.Overview(ctx, "istiod.istio-system.svc", &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
 	if ov.StatusErr != nil {
 		add("agent", "fail", ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
@@ -217,6 +188,7 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *
 			add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
 		}
 	}
+	side := sidecarDigests(ctx, s, m.Arch)
 	skew := proxySkew(side, ov.Status.GetFiles())
 	switch {
 	case side == nil:

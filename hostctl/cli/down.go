@@ -3,15 +3,9 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
-
-	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/labstack"
-	"github.com/meshvm/meshvm/pkg/statedir"
 )
 
 type downCmd struct {
@@ -33,18 +27,13 @@ func (c *downCmd) command() *cobra.Command {
 }
 
 func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, err := c.g.loadLab(cmd, c.provider)
+	cfg, state, s, err := c.g.open(cmd, c.provider)
 	if err != nil {
 		return err
 	}
-	state, err := statedir.Open(cfg.StateDir)
-	if err != nil {
-		return err
-	}
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
 	var errs []error
 	for _, vm := range cfg.VMs {
-		if err := lab.Delete(cmd.Context(), vm.Name); err != nil {
+		if err := s.machines().Delete(cmd.Context(), vm.Name); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 			continue
 		}
@@ -55,10 +44,8 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 		fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s deleted\n", vm.Name)
 	}
 	if !c.keepCluster {
-		if err := labstack.Down(cmd.Context(), state.Path("lab"), true); err != nil {
+		if err := s.downCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), len(errs) == 0); err != nil {
 			errs = append(errs, err)
-		} else {
-			fmt.Fprintln(cmd.ErrOrStderr(), "down: lab control plane stopped and its state removed")
 		}
 	}
 	return errors.Join(errs...)

@@ -22,25 +22,6 @@ func (g *globals) load(cmd *cobra.Command) (config.Config, error) {
 	return config.Load(g.configPath, cmd.Flags().Changed("config"), os.Getenv)
 }
 
-// loadLab loads the config with a --provider override applied, and refuses
-// the providers whose cluster side is not built yet (only the lab is).
-func (g *globals) loadLab(cmd *cobra.Command, provider string) (config.Config, error) {
-	cfg, err := g.load(cmd)
-	if err != nil {
-		return cfg, err
-	}
-	if provider != "" {
-		cfg.Cluster.Provider = config.Provider(provider)
-		if err := cfg.Validate(); err != nil {
-			return cfg, err
-		}
-	}
-	if cfg.Cluster.Provider != config.Lab {
-		return cfg, fmt.Errorf("hostctl %s with provider %s is not built yet (only the lab is): use --provider lab", cmd.Name(), cfg.Cluster.Provider)
-	}
-	return cfg, nil
-}
-
 // New returns the hostctl command tree.
 func New() *cobra.Command {
 	g := &globals{}

@@ -83,13 +83,13 @@ func (w lineWriter) Write(b []byte) (int, error) {
 }
 
 func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, err := c.g.loadLab(cmd, c.provider)
+	cfg, state, s, err := c.g.open(cmd, c.provider)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	return upLab(ctx, cmd.ErrOrStderr(), cfg)
+	return up(ctx, cmd.ErrOrStderr(), cfg, state, s)
 }
 
 // labSource finds the hostctl/labbuild module: MESHVM_SOURCE, else the
@@ -127,22 +127,24 @@ func workloadSpec(cfg config.Config) workload.Spec {
 // upSteps are the steps of up and vm add.
 var upSteps = []string{"control plane", "workload", "machine", "agent", "onboard", "healthy"}
 
-func upLab(ctx context.Context, stderr io.Writer, cfg config.Config) error {
+func up(ctx context.Context, stderr io.Writer, cfg config.Config, state *statedir.Dir, s site) error {
 	p := newProgress(stderr, upSteps...)
-	r, err := startLab(ctx, p, cfg)
+	r, err := start(ctx, p, cfg, state, s)
 	if err != nil {
 		return err
 	}
 	if err := eachVM(cfg.VMs, func(vm config.VM) error { return r.up(ctx, vm.Name) }); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "up: %d VM(s) onboarded and Healthy in %s. The lab runs no Envoy: traffic between workloads is not exercised.\n",
-		len(cfg.VMs), time.Since(p.start).Round(time.Second))
+	fmt.Fprintf(stderr, "up: %d VM(s) onboarded and Healthy in %s.\n", len(cfg.VMs), time.Since(p.start).Round(time.Second))
+	if why := s.trafficUncheckable(); why != "" {
+		fmt.Fprintf(stderr, "up: traffic between workloads is not exercised: %s.\n", why)
+	}
 	return nil
 }
 
 // up converges one VM: machine, agent, onboarding.
-func (r *labRun) up(ctx context.Context, name string) error {
+func (r *session) up(ctx context.Context, name string) error {
 	m, c, err := r.provision(ctx, name)
 	if err != nil {
 		return err

@@ -4,17 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/labmachine"
 	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
@@ -49,28 +45,28 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", c.output)
 	}
-	cfg, err := c.g.loadLab(cmd, c.provider)
+	cfg, state, s, err := c.g.open(cmd, c.provider)
 	if err != nil {
 		return err
 	}
-	state, err := statedir.Open(cfg.StateDir)
-	if err != nil {
-		return err
-	}
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
 	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
 	defer cancel()
 	istiod := workloadfiles.IstiodHost("istio-system", "")
 	var out []verdict
 	failed := 0
 	for _, vm := range cfg.VMs {
-		m, err := lab.Info(ctx, vm.Name)
+		m, err := s.machines().Info(ctx, vm.Name)
 		if err != nil || m.State != "Running" {
 			out = append(out, verdict{vm.Name, "VM running", "FAIL", "run hostctl up"})
 			failed++
 			continue
 		}
-		want, _ := lab.HostAddress(vm.Name)
+		want, err := s.istiodAddress(ctx, vm.Name)
+		if err != nil {
+			out = append(out, verdict{vm.Name, "istiod resolves on the VM", "FAIL", err.Error()})
+			failed++
+			continue
+		}
 		v := verdict{vm.Name, "istiod resolves on the VM", "FAIL", ""}
 		if ac, err := onboard.Dial(state, m.Addresses[0]); err != nil {
 			v.Detail = err.Error()
@@ -91,8 +87,8 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 		if v.Result != "ok" {
 			failed++
 		}
-		// The lab's proxy has no data plane: these would only pretend.
-		why := "not checked: the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
+		// Without a data path to check, a result would only pretend.
+		why := "not checked: " + s.trafficUncheckable()
 		out = append(out, v,
 			verdict{vm.Name, "VM -> helloworld.sample:5000/hello", "skipped", why},
 			verdict{vm.Name, fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), "skipped", why})

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -13,8 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/labcluster"
-	"github.com/meshvm/meshvm/pkg/labmachine"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -35,17 +32,9 @@ func (c *vmCmd) flags(cmd *cobra.Command, timeout time.Duration) *cobra.Command 
 	return cmd
 }
 
-// lab opens the lab's VMs and state without starting anything.
-func (c *vmCmd) lab(cmd *cobra.Command) (config.Config, *statedir.Dir, *labmachine.Provider, error) {
-	cfg, err := c.g.loadLab(cmd, c.provider)
-	if err != nil {
-		return cfg, nil, nil, err
-	}
-	state, err := statedir.Open(cfg.StateDir)
-	if err != nil {
-		return cfg, nil, nil, err
-	}
-	return cfg, state, labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir()), nil
+// open loads the config and its site without starting anything.
+func (c *vmCmd) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, error) {
+	return c.g.open(cmd, c.provider)
 }
 
 func vmCommands(g *globals) []*cobra.Command {
@@ -80,7 +69,7 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 }
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, err := c.g.loadLab(cmd, c.provider)
+	cfg, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
@@ -91,7 +80,7 @@ func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	p := newProgress(cmd.ErrOrStderr(), "control plane", "workload", "agent", "onboard", "healthy")
-	r, err := startLab(ctx, p, cfg)
+	r, err := start(ctx, p, cfg, state, s)
 	if err != nil {
 		return err
 	}
@@ -131,7 +120,7 @@ func (c *vmAddCmd) command() *cobra.Command {
 }
 
 func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, err := c.g.loadLab(cmd, c.provider)
+	cfg, err := c.g.load(cmd)
 	if err != nil {
 		return err
 	}
@@ -150,12 +139,13 @@ func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
 	if added {
 		fmt.Fprintf(cmd.ErrOrStderr(), "vm add: %s listed in %s\n", vm.Name, c.g.configPath)
 	}
-	if cfg, err = c.g.loadLab(cmd, c.provider); err != nil {
+	cfg, state, s, err := c.open(cmd)
+	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	r, err := startLab(ctx, newProgress(cmd.ErrOrStderr(), upSteps...), cfg)
+	r, err := start(ctx, newProgress(cmd.ErrOrStderr(), upSteps...), cfg, state, s)
 	if err != nil {
 		return err
 	}
@@ -177,10 +167,11 @@ func (c *vmRmCmd) command() *cobra.Command {
 }
 
 func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, state, lab, err := c.lab(cmd)
+	cfg, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
+	lab := s.machines()
 	name, w := args[0], cmd.ErrOrStderr()
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
@@ -197,7 +188,7 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 		}
 		fmt.Fprintf(w, "vm rm: machine %s deleted\n", name)
 		// istiod would drop the entry after its grace period; do not leave it to chance.
-		if clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster"))); err != nil {
+		if clients, err := kubeClients(s.kubeconfig()); err != nil {
 			errs = append(errs, err)
 		} else if gone, err := workload.DeleteEntry(ctx, clients, workloadSpec(cfg), m.Addresses[0]); err != nil {
 			errs = append(errs, fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err))
@@ -232,9 +223,13 @@ func (c *vmStopCmd) command() *cobra.Command {
 }
 
 func (c *vmStopCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, _, lab, err := c.lab(cmd)
+	cfg, _, s, err := c.open(cmd)
 	if err != nil {
 		return err
+	}
+	stopper, ok := s.machines().(machine.Stopper)
+	if !ok {
+		return fmt.Errorf("%s machines are not hostctl's to power off: stop them yourself (the agent and sidecar come back on boot)", cfg.MachineProvider())
 	}
 	vms, err := pick(cfg, args)
 	if err != nil {
@@ -243,7 +238,7 @@ func (c *vmStopCmd) run(cmd *cobra.Command, args []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	return eachVM(vms, func(vm config.VM) error {
-		if err := lab.Stop(ctx, vm.Name); err != nil {
+		if err := stopper.Stop(ctx, vm.Name); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "vm stop: %s stopped\n", vm.Name)
@@ -265,15 +260,16 @@ func (c *vmStartCmd) command() *cobra.Command {
 }
 
 func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, state, lab, err := c.lab(cmd)
+	cfg, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
+	lab := s.machines()
 	vms, err := pick(cfg, args)
 	if err != nil {
 		return err
 	}
-	clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster")))
+	clients, err := kubeClients(s.kubeconfig())
 	if err != nil {
 		return err
 	}
@@ -343,7 +339,7 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 	if !ok {
 		return fmt.Errorf("--source %q: want journal, proxy or proxy-err", c.source)
 	}
-	cfg, state, lab, err := c.lab(cmd)
+	cfg, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
@@ -356,7 +352,7 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	m, err := lab.Info(ctx, args[0])
+	m, err := s.machines().Info(ctx, args[0])
 	if err != nil {
 		return fmt.Errorf("%w: run hostctl up to create it", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -14,8 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/labcluster"
-	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
@@ -63,7 +61,7 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	if c.output != "table" && c.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", c.output)
 	}
-	cfg, err := c.g.loadLab(cmd, c.provider)
+	cfg, state, site, err := c.g.open(cmd, c.provider)
 	if err != nil {
 		return err
 	}
@@ -78,15 +76,10 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 			vms = append(vms, vm)
 		}
 	}
-	state, err := statedir.Open(cfg.StateDir)
+	clients, err := kubeClients(site.kubeconfig())
 	if err != nil {
 		return err
 	}
-	clients, err := kubeClients(labcluster.Kubeconfig(state.Path("lab", "cluster")))
-	if err != nil {
-		return err
-	}
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
 	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 	defer cancel()
 	entries, entriesErr := workload.Entries(ctx, clients, workloadSpec(cfg))
@@ -96,7 +89,7 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i] = vmStatus(ctx, cfg, state, lab, entries, entriesErr, vm.Name)
+			out[i] = vmStatus(ctx, cfg, state, site.machines(), entries, entriesErr, vm.Name)
 		}()
 	}
 	wg.Wait()
@@ -115,7 +108,7 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab *labmachine.Provider,
+func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab machine.Provider,
 	entries map[string]workload.Entry, entriesErr error, name string) VMStatus {
 	s := VMStatus{Name: name}
 	m, err := lab.Info(ctx, name)

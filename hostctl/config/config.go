@@ -27,9 +27,13 @@ type Config struct {
 	Version int `json:"version"`
 	// StateDir holds kubeconfig, agent CA, per-VM certificates, workload files
 	// and cached sidecar binaries; relative to the config file's directory.
-	StateDir string   `json:"stateDir"`
-	Istio    Istio    `json:"istio"`
-	Cluster  Cluster  `json:"cluster"`
+	StateDir string  `json:"stateDir"`
+	Istio    Istio   `json:"istio"`
+	Cluster  Cluster `json:"cluster"`
+	// Machines is where the VMs come from: lab, multipass or ssh. Empty
+	// follows cluster.provider (kubeconfig: ssh when every VM has an
+	// address, else multipass).
+	Machines Provider `json:"machines,omitempty"`
 	Workload Workload `json:"workload"`
 	VMs      []VM     `json:"vms"`
 }
@@ -37,7 +41,10 @@ type Config struct {
 // Istio is what the mesh is installed with.
 type Istio struct {
 	// Version empty means the version whose charts hostctl embeds.
-	Version     string `json:"version,omitempty"`
+	Version string `json:"version,omitempty"`
+	// Hub is the registry path of Istio's images (the cluster's and the VMs'
+	// proxyv2); empty means docker.io/istio.
+	Hub         string `json:"hub,omitempty"`
 	MeshID      string `json:"meshID"`
 	ClusterName string `json:"clusterName"`
 	Network     string `json:"network"`
@@ -149,6 +156,8 @@ var envOverrides = []struct {
 	set  func(*Config, string) error
 }{
 	{"MESHVM_ISTIO_VERSION", func(c *Config, v string) error { c.Istio.Version = v; return nil }},
+	{"MESHVM_ISTIO_HUB", func(c *Config, v string) error { c.Istio.Hub = v; return nil }},
+	{"MESHVM_MACHINES", func(c *Config, v string) error { c.Machines = Provider(v); return nil }},
 	{"MESHVM_MESH_ID", func(c *Config, v string) error { c.Istio.MeshID = v; return nil }},
 	{"MESHVM_CLUSTER_NAME", func(c *Config, v string) error { c.Istio.ClusterName = v; return nil }},
 	{"MESHVM_CLUSTER_NETWORK", func(c *Config, v string) error { c.Istio.Network = v; return nil }},
@@ -246,6 +255,13 @@ func (c Config) Validate() error {
 	if len(c.VMs) == 0 {
 		bad("vms is empty: list at least one VM")
 	}
+	machines := c.MachineProvider()
+	switch {
+	case machines != Lab && machines != Multipass && machines != SSH:
+		bad("machines %q: want lab, multipass or ssh", c.Machines)
+	case c.Cluster.Provider == Lab && machines != Lab:
+		bad("machines %s with cluster.provider lab: the lab's istiod is reachable only from lab VMs; leave machines empty", machines)
+	}
 	seen := map[string]bool{}
 	for i, vm := range c.VMs {
 		if !dnsLabel.MatchString(vm.Name) {
@@ -255,15 +271,32 @@ func (c Config) Validate() error {
 			bad("vms[%d].name %q appears twice: VM names must be unique", i, vm.Name)
 		}
 		seen[vm.Name] = true
-		if c.Cluster.Provider == SSH {
+		if machines == SSH {
 			if vm.Address == "" || vm.User == "" {
-				bad("vms[%d] (%s): provider ssh needs address and user", i, vm.Name)
+				bad("vms[%d] (%s): ssh machines need address and user", i, vm.Name)
 			} else if _, err := netip.ParseAddr(strings.Split(vm.Address, ":")[0]); err != nil && !strings.Contains(vm.Address, ".") {
 				bad("vms[%d] (%s): address %q is neither an IP nor a host name", i, vm.Name, vm.Address)
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// MachineProvider is where the VMs come from: machines, else what
+// cluster.provider implies.
+func (c Config) MachineProvider() Provider {
+	switch {
+	case c.Machines != "":
+		return c.Machines
+	case c.Cluster.Provider != Kubeconfig:
+		return c.Cluster.Provider
+	}
+	for _, vm := range c.VMs {
+		if vm.Address == "" {
+			return Multipass
+		}
+	}
+	return SSH
 }
 
 // Marshal renders the config as YAML (hostctl config show).

@@ -53,6 +53,27 @@ func TestFileThenEnvOverride(t *testing.T) {
 	}
 }
 
+func TestMachinesFollowTheCluster(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		want Provider
+	}{
+		{"version: 1\n", Multipass},
+		{"version: 1\ncluster:\n  provider: lab\n", Lab},
+		{"version: 1\ncluster:\n  provider: kubeconfig\n  kubeconfig: k\n", Multipass},
+		{"version: 1\ncluster:\n  provider: kubeconfig\n  kubeconfig: k\nvms:\n- {name: a, address: 10.0.0.2, user: u}\n", SSH},
+		{"version: 1\ncluster:\n  provider: kubeconfig\n  kubeconfig: k\nmachines: lab\n", Lab},
+	} {
+		c, err := Load(write(t, tt.body), true, noEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.MachineProvider(); got != tt.want {
+			t.Errorf("%q: machines %s, want %s", tt.body, got, tt.want)
+		}
+	}
+}
+
 func TestErrorsNameTheFix(t *testing.T) {
 	tests := []struct {
 		name, body, want string
@@ -62,7 +83,9 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"bad version", "version: 2\n", "reads version 1", nil},
 		{"bad namespace", "version: 1\nworkload:\n  namespace: VM_NS\n", "DNS label", nil},
 		{"duplicate vm", "version: 1\nvms:\n- name: vm1\n- name: vm1\n", "appears twice", nil},
-		{"ssh without address", "version: 1\ncluster:\n  provider: ssh\n", "needs address and user", nil},
+		{"ssh without address", "version: 1\ncluster:\n  provider: ssh\n", "need address and user", nil},
+		{"unknown machines", "version: 1\nmachines: vagrant\n", "want lab, multipass or ssh", nil},
+		{"lab cluster, multipass VMs", "version: 1\ncluster:\n  provider: lab\nmachines: multipass\n", "reachable only from lab VMs", nil},
 		{"unknown provider", "version: 1\ncluster:\n  provider: vagrant\n", "want multipass, ssh, lab or kubeconfig", nil},
 		{"short token", "version: 1\nworkload:\n  tokenLifetime: 1m\n", "10m minimum", nil},
 		{"bad env number", "version: 1\n", "MESHVM_APP_PORT", map[string]string{"MESHVM_APP_PORT": "eighty"}},

@@ -3,6 +3,7 @@ package istioinstall
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -206,8 +207,51 @@ func Summary(changes []Change) string {
 	for _, c := range changes {
 		n[c.Action]++
 	}
-	if n["present"]+n["missing"] > 0 {
-		return fmt.Sprintf("%d present, %d missing, %d skipped", n["present"], n["missing"], n["skipped"])
+	order := []string{"created", "configured", "unchanged", "skipped"}
+	switch {
+	case n["present"]+n["missing"] > 0:
+		order = []string{"present", "missing", "skipped"}
+	case n["deleted"]+n["absent"]+n["kept"] > 0:
+		order = []string{"deleted", "absent", "kept", "skipped"}
 	}
-	return fmt.Sprintf("%d created, %d configured, %d unchanged, %d skipped", n["created"], n["configured"], n["unchanged"], n["skipped"])
+	parts := make([]string, len(order))
+	for i, a := range order {
+		parts[i] = fmt.Sprintf("%d %s", n[a], a)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Uninstall deletes the objects keep accepts, newest first, except the
+// CustomResourceDefinitions: deleting those would delete every Istio
+// resource in the cluster, ours or not. Objects already gone are fine.
+func Uninstall(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) ([]Change, error) {
+	dyn, mapper, err := clients(rc)
+	if err != nil {
+		return nil, err
+	}
+	var out []Change
+	for i := len(objs) - 1; i >= 0; i-- {
+		o := objs[i]
+		if ok, why := keep(o); !ok {
+			out = append(out, Change{Ref: o.Ref(), Action: "skipped", Why: why})
+			continue
+		}
+		if o.GetKind() == "CustomResourceDefinition" {
+			out = append(out, Change{Ref: o.Ref(), Action: "kept", Why: "other Istio resources may use it"})
+			continue
+		}
+		action := "deleted"
+		ri, err := resource(dyn, mapper, o)
+		if err == nil {
+			err = ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{})
+		}
+		switch {
+		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
+			action = "absent"
+		case err != nil:
+			return out, fmt.Errorf("delete %s: %w", o.Ref(), err)
+		}
+		out = append(out, Change{Ref: o.Ref(), Action: action})
+	}
+	return out, nil
 }

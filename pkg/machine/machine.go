@@ -48,6 +48,12 @@ type Provider interface {
 	Delete(ctx context.Context, name string) error
 }
 
+// Stopper is a provider that can power a machine off, keeping its disk
+// (Launch starts it again). SSH machines are not ours to power off.
+type Stopper interface {
+	Stop(ctx context.Context, name string) error
+}
+
 // TempPath is the temporary file a transfer writes beside dst.
 func TempPath(dst string) string { return path.Join(path.Dir(dst), "."+path.Base(dst)+".hostctl-tmp") }
 

@@ -186,6 +186,12 @@ func (p *Provider) Transfer(ctx context.Context, name, dst string, data io.Reade
 	return err
 }
 
+// Stop powers the instance off, keeping its disk.
+func (p *Provider) Stop(ctx context.Context, name string) error {
+	_, err := p.run(ctx, nil, "stop", name)
+	return err
+}
+
 // Delete deletes and purges the instance; a missing one is fine.
 func (p *Provider) Delete(ctx context.Context, name string) error {
 	_, err := p.run(ctx, nil, "delete", "--purge", name)

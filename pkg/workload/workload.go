@@ -80,6 +80,19 @@ func Ensure(ctx context.Context, c Clients, s Spec) ([]Change, error) {
 	return out, nil
 }
 
+// Remove deletes the workload's namespace, and with it the group, the
+// Service, the service account and the entries: "deleted", or "absent".
+func Remove(ctx context.Context, c Clients, s Spec) (string, error) {
+	err := c.Kube.CoreV1().Namespaces().Delete(ctx, s.Namespace, metav1.DeleteOptions{})
+	switch {
+	case err == nil:
+		return "deleted", nil
+	case apierrors.IsNotFound(err):
+		return "absent", nil
+	}
+	return "", err
+}
+
 func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) (string, error) {
 	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	return createdOr(err)

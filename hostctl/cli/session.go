@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,9 +12,6 @@ import (
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/labstack"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -24,37 +19,31 @@ import (
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
-// labRun is a lab control plane that is up, with what every per-VM step needs.
-type labRun struct {
+// session is a site whose cluster and Istio are up, with what every per-VM
+// step needs.
+type session struct {
 	cfg     config.Config
 	state   *statedir.Dir
-	lab     *labmachine.Provider
+	site    site
 	clients workload.Clients
 	spec    workload.Spec
-	side    onboard.Sidecar
 	deps    onboard.Deps
 	p       *progress
 }
 
-// startLab converges the lab's control plane and the workload's objects.
-func startLab(ctx context.Context, p *progress, cfg config.Config) (*labRun, error) {
+// start converges the site's cluster, Istio and the workload's objects.
+func start(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
 	src, err := labSource()
 	if err != nil {
 		return nil, err
 	}
-	if v := cfg.Istio.Version; v != "" && v != istioinstall.EmbeddedVersion {
-		return nil, fmt.Errorf("istio.version %s: this hostctl installs Istio %s from the charts it embeds; installing another version through an istioctl of that version is not built yet: leave istio.version empty", v, istioinstall.EmbeddedVersion)
-	}
-	state, err := statedir.Open(cfg.StateDir)
-	if err != nil {
+	if err := s.upCluster(ctx, p); err != nil {
 		return nil, err
 	}
-	p.step("control plane", "", "building (cached after the first run) and starting")
-	st, err := labstack.Up(ctx, stackConfig(cfg, src, state, lineWriter{p, "control plane"}))
-	if err != nil {
+	if err := s.installIstio(ctx, p); err != nil {
 		return nil, err
 	}
-	clients, err := kubeClients(st.Kubeconfig)
+	clients, err := kubeClients(s.kubeconfig())
 	if err != nil {
 		return nil, err
 	}
@@ -66,21 +55,10 @@ func startLab(ctx context.Context, p *progress, cfg config.Config) (*labRun, err
 	for _, ch := range changes {
 		p.step("workload", "", "%s %s", ch.Object, ch.Action)
 	}
-	bootstrap, err := labbuild.IstioFile(ctx, src, "tools/packaging/common/envoy_bootstrap.json")
-	if err != nil {
-		return nil, err
-	}
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
-	return &labRun{
-		cfg: cfg, state: state, lab: lab, clients: clients, spec: spec, p: p,
-		side: onboard.Sidecar{PilotAgent: st.Bins.Path("pilot-agent"), Envoy: st.Bins.Path("lab-envoy"), BootstrapTemplate: bootstrap},
-		deps: onboard.Deps{Provider: lab, State: state, AgentBinary: agentBinary(src)},
+	return &session{
+		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
+		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(src)},
 	}, nil
-}
-
-// stackConfig is the lab control plane's configuration.
-func stackConfig(cfg config.Config, src string, state *statedir.Dir, progress io.Writer) labstack.Config {
-	return labstack.Config{ModuleDir: src, CacheDir: cacheDir(), Dir: state.Path("lab"), Istio: istioOptions(cfg), Progress: progress}
 }
 
 // istioOptions are the install's inputs from the config.
@@ -108,13 +86,17 @@ func eachVM(vms []config.VM, fn func(config.VM) error) error {
 
 // provision boots the VM (or finds it running), runs its app and installs or
 // updates the agent, returning a client connected to it.
-func (r *labRun) provision(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
-	m, err := r.lab.Launch(ctx, machine.Spec{Name: name})
+func (r *session) provision(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
+	vm, err := r.cfg.VM(name)
+	if err != nil {
+		return machine.Machine{}, nil, err
+	}
+	m, err := r.site.machines().Launch(ctx, machine.Spec{Name: name, Image: vm.Image, CPUs: vm.CPUs, Memory: vm.Memory, Disk: vm.Disk})
 	if err != nil {
 		return m, nil, err
 	}
 	r.p.step("machine", name, "%s at %s", strings.ToLower(m.State), m.Addresses[0])
-	if err := labApp(ctx, r.lab, name, r.cfg.Workload.Port); err != nil {
+	if err := r.site.prepareVM(ctx, name); err != nil {
 		return m, nil, err
 	}
 	c, err := onboard.InstallAgent(ctx, r.deps, m)
@@ -132,10 +114,10 @@ func (r *labRun) provision(ctx context.Context, name string) (machine.Machine, *
 
 // running returns a VM that must already run, and its connected agent: the
 // per-VM commands other than up and add never create or reinstall anything.
-func (r *labRun) running(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
-	m, err := r.lab.Info(ctx, name)
+func (r *session) running(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
+	m, err := r.site.machines().Info(ctx, name)
 	if errors.Is(err, machine.ErrNotFound) {
-		return m, nil, fmt.Errorf("no lab VM %s: run hostctl up (or hostctl vm add %s) to create it", name, name)
+		return m, nil, fmt.Errorf("no VM %s: run hostctl up (or hostctl vm add %s) to create it", name, name)
 	}
 	if err != nil {
 		return m, nil, err
@@ -151,8 +133,12 @@ func (r *labRun) running(ctx context.Context, name string) (machine.Machine, *ag
 // fresh), delivers what differs through the agent, restarts the sidecar when
 // it needs it (or restart is set), waits for the VM's WorkloadEntry to be
 // Healthy, and removes the one it left at an old address.
-func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool) error {
-	hostIP, err := r.lab.HostAddress(name)
+func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool) error {
+	istiodIP, err := r.site.istiodAddress(ctx, name)
+	if err != nil {
+		return err
+	}
+	side, err := r.site.sidecar(ctx, m.Arch)
 	if err != nil {
 		return err
 	}
@@ -162,7 +148,7 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 		lastToken, _ = r.state.ReadFile(filepath.Join("vms", name, "files", "istio-token"))
 	}
 	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.cfg.Istio.ClusterName,
-		VMIP: addr, IstiodIP: hostIP, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken})
+		VMIP: addr, IstiodIP: istiodIP, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken})
 	if err != nil {
 		return err
 	}
@@ -173,8 +159,8 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 	if err != nil {
 		return err
 	}
-	rep, err := onboard.Onboard(ctx, c, files, r.side, onboard.Hosts{
-		IstiodIP: hostIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: addr, VMName: name}, restart)
+	rep, err := onboard.Onboard(ctx, c, files, side, onboard.Hosts{
+		IstiodIP: istiodIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: addr, VMName: name}, restart)
 	if err != nil {
 		return err
 	}
@@ -182,11 +168,11 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 	if len(rep.Sent) > 0 {
 		sent = "sent " + strings.Join(rep.Sent, ", ")
 	}
-	side := "sidecar " + rep.Sidecar.GetActiveState()
+	sidecarState := "sidecar " + rep.Sidecar.GetActiveState()
 	if rep.Restarted {
-		side += " (restarted)"
+		sidecarState += " (restarted)"
 	}
-	r.p.step("onboard", name, "%s; %d file(s) already in place; %s", sent, len(rep.Skipped), side)
+	r.p.step("onboard", name, "%s; %d file(s) already in place; %s", sent, len(rep.Skipped), sidecarState)
 	if !rep.Restarted {
 		prev = workload.Entry{}
 	}
@@ -200,7 +186,7 @@ func (r *labRun) onboard(ctx context.Context, name string, m machine.Machine, c 
 
 // moved records the VM's address and deletes the WorkloadEntry left at the
 // previous one, unless another VM of ours now holds that address.
-func (r *labRun) moved(ctx context.Context, name, addr string) error {
+func (r *session) moved(ctx context.Context, name, addr string) error {
 	rel := filepath.Join("vms", name, "address")
 	prev, _ := r.state.ReadFile(rel)
 	if old := string(prev); old != "" && old != addr && !r.addressInUse(name, old) {
@@ -215,7 +201,7 @@ func (r *labRun) moved(ctx context.Context, name, addr string) error {
 	return r.state.WriteSecret(rel, []byte(addr))
 }
 
-func (r *labRun) addressInUse(self, addr string) bool {
+func (r *session) addressInUse(self, addr string) bool {
 	for _, vm := range r.cfg.VMs {
 		if vm.Name == self {
 			continue

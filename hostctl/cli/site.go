@@ -1,0 +1,97 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/multipass"
+	"github.com/meshvm/meshvm/pkg/onboard"
+	"github.com/meshvm/meshvm/pkg/sshmachine"
+	"github.com/meshvm/meshvm/pkg/statedir"
+)
+
+// site is where the mesh and its VMs live: the lab on this machine, or a
+// real cluster with Multipass or SSH VMs. up, vm, status, doctor, verify and
+// down run the same steps on every site; only what is here differs.
+type site interface {
+	// machines is the VMs' provider.
+	machines() machine.Provider
+	// kubeconfig is the cluster's admin kubeconfig.
+	kubeconfig() string
+	// upCluster brings the cluster up, or finds it, and says which.
+	upCluster(ctx context.Context, p *progress) error
+	// installIstio installs (or converges) Istio and waits until VMs can reach istiod.
+	installIstio(ctx context.Context, p *progress) error
+	// istio is the rendered install and what of it this site applies.
+	istio() ([]istioinstall.Object, istioinstall.Keep, error)
+	// eastWest is the east-west gateway's state ("ready" or "not run" are
+	// good) and detail.
+	eastWest(ctx context.Context) (string, string)
+	// istiodReady says whether istiod serves, and describes it.
+	istiodReady(ctx context.Context) (string, error)
+	// istiodAddress is where the VM reaches istiod (its hosts block names it).
+	istiodAddress(ctx context.Context, vm string) (string, error)
+	// sidecar is the sidecar's files for a VM architecture: istiod's version.
+	sidecar(ctx context.Context, arch string) (onboard.Sidecar, error)
+	// prepareVM runs before the agent is installed (the lab's app).
+	prepareVM(ctx context.Context, vm string) error
+	// downCluster removes the cluster, or what up installed in one it did
+	// not create; vmsGone says the VMs were deleted first.
+	downCluster(ctx context.Context, p *progress, vmsGone bool) error
+	// trafficCheckable says why mesh traffic cannot be checked here, if it cannot.
+	trafficUncheckable() string
+}
+
+// open loads the config (with a --provider override) and the site it names,
+// starting nothing.
+func (g *globals) open(cmd *cobra.Command, provider string) (config.Config, *statedir.Dir, site, error) {
+	cfg, err := g.load(cmd)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	if provider != "" {
+		cfg.Cluster.Provider = config.Provider(provider)
+		if err := cfg.Validate(); err != nil {
+			return cfg, nil, nil, err
+		}
+	}
+	state, err := statedir.Open(cfg.StateDir)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	if v := cfg.Istio.Version; v != "" && v != istioinstall.EmbeddedVersion {
+		return cfg, nil, nil, fmt.Errorf("istio.version %s: this hostctl installs Istio %s from the charts it embeds; installing another version through an istioctl of that version is not built yet: leave istio.version empty", v, istioinstall.EmbeddedVersion)
+	}
+	ms := machinesFor(cfg, state)
+	switch cfg.Cluster.Provider {
+	case config.Lab:
+		return cfg, state, newLabSite(cfg, state, ms.(*labmachine.Provider)), nil
+	case config.Kubeconfig:
+		return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: cfg.Cluster.Kubeconfig}, nil
+	}
+	return cfg, state, nil, fmt.Errorf("cluster.provider %s: provisioning k3s on %s machines is not built yet: "+
+		"create the cluster yourself and set cluster.provider kubeconfig (with cluster.kubeconfig), or use --provider lab", cfg.Cluster.Provider, cfg.Cluster.Provider)
+}
+
+// machinesFor is the provider of the config's VMs.
+func machinesFor(cfg config.Config, state *statedir.Dir) machine.Provider {
+	switch cfg.MachineProvider() {
+	case config.Lab:
+		return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
+	case config.SSH:
+		hosts := map[string]sshmachine.Host{}
+		for _, vm := range cfg.VMs {
+			hosts[vm.Name] = sshmachine.Host{Address: vm.Address, User: vm.User, KeyFile: vm.Key}
+		}
+		return sshmachine.New(hosts, state.Path("known_hosts"))
+	}
+	return &multipass.Provider{}
+}

@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"net"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/procs"
+)
+
+// TestUpOnYourCluster runs up through the path a real cluster takes
+// (cluster.provider kubeconfig): the whole Istio render applied, a wait for
+// istiod and the east-west gateway's LoadBalancer address, the sidecar
+// pulled from a proxyv2 image for the VM's architecture, and the VM pointed
+// at istiod through the gateway's address. The cluster is the lab's real
+// API server with its real istiod process; what it lacks (a kubelet, a load
+// balancer) the test plays: it marks the two Deployments available and
+// gives the gateway's Service the host's address, where istiod listens. The
+// image is the lab's pilot-agent and Envoy stand-in, served by a real
+// registry in-process.
+func TestUpOnYourCluster(t *testing.T) {
+	root, work, labCfg, state := labSetup(t, "yc1")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
+	defer cancel()
+	if out, err := run(t, "--config", labCfg, "istio", "install"); err != nil {
+		if out2, err2 := run(t, "--config", labCfg, "cluster", "up", "--timeout", "50m"); err2 != nil {
+			t.Fatalf("cluster up: %v\n%s\n%s", err2, out, out2)
+		}
+		if out, err := run(t, "--config", labCfg, "istio", "install"); err != nil {
+			t.Fatalf("istio install: %v\n%s", err, out)
+		}
+	}
+	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
+	// No controller manager: it would overwrite the Deployment status the
+	// test writes in the kubelet's place.
+	if err := procs.Dir(filepath.Join(state, "lab", "cluster")).Stop(ctx, "kube-controller-manager", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	hub := proxyRegistry(t, root)
+	cfgPath := filepath.Join(work, "yours.yaml")
+	os.WriteFile(cfgPath, []byte("version: 1\nstateDir: "+state+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+kubeconfig+
+		"\nmachines: lab\nistio:\n  hub: "+hub+"\nvms:\n- name: yc1\n"), 0o600)
+	clients, err := kubeClients(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A LoadBalancer holding the gateway's ports: up names it and stops.
+	lb := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "istio-ingressgateway", Namespace: "istio-system"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Ports: []corev1.ServicePort{{Name: "tls", Port: 15443}}}}
+	if _, err := clients.Kube.CoreV1().Services("istio-system").Create(ctx, lb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run(t, "--config", cfgPath, "up", "--timeout", "2m")
+	if err == nil || !strings.Contains(err.Error(), "istio-system/istio-ingressgateway holds 15443") || !strings.Contains(err.Error(), "delete that LoadBalancer") {
+		t.Fatalf("up with a LoadBalancer in the way: got %v\n%s\nwant it named with the fix", err, out)
+	}
+	clients.Kube.CoreV1().Services("istio-system").Delete(ctx, lb.Name, metav1.DeleteOptions{})
+
+	hostIP := hostAddress(t)
+	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
+	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
+	t.Logf("up on your cluster:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"existing cluster, Kubernetes", "waiting: Deployment istio-system/istiod", "east-west gateway at " + hostIP, "Healthy"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("up lacks %q", want)
+		}
+	}
+	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
+	var status []VMStatus
+	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil || !status[0].OK {
+		t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
+	}
+	if status[0].IstiodDNS != hostIP {
+		t.Errorf("istiod resolves on the VM to %s, want the gateway's address %s", status[0].IstiodDNS, hostIP)
+	}
+	// The sidecar came out of the image, cached by digest in the state directory.
+	if m, _ := filepath.Glob(filepath.Join(state, "sidecar", "*", "pilot-agent")); len(m) != 1 {
+		t.Errorf("sidecar cache: %v, want one pulled pilot-agent", m)
+	}
+	out, err = run(t, "--config", cfgPath, "up")
+	if err != nil || !strings.Contains(out, "0 created, 0 configured") || !strings.Contains(out, "nothing sent") {
+		t.Errorf("second up: %v\n%s\nwant nothing changed", err, out)
+	}
+	for _, args := range [][]string{{"istio", "status"}, {"doctor"}} {
+		if out, err := run(t, append([]string{"--config", cfgPath}, args...)...); err != nil {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
+	}
+
+	out, err = run(t, "--config", cfgPath, "down")
+	t.Logf("down:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clients.Kube.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{}); err == nil {
+		t.Error("istiod's Deployment is left after down")
+	}
+	if ns, err := clients.Kube.CoreV1().Namespaces().Get(ctx, "vmns", metav1.GetOptions{}); err == nil && ns.DeletionTimestamp == nil {
+		t.Error("the workload namespace is left after down")
+	}
+	if _, err := clients.Kube.Discovery().ServerVersion(); err != nil {
+		t.Errorf("down took the cluster with it: %v", err)
+	}
+}
+
+// proxyRegistry serves a real registry in-process holding hub/proxyv2 at
+// the embedded version for this machine's architecture, made of the lab's
+// sidecar build, and returns the hub.
+func proxyRegistry(t *testing.T, root string) string {
+	t.Helper()
+	ctx := context.Background()
+	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: filepath.Join(root, "hostctl", "labbuild"), CacheDir: cacheDir(), Progress: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bootstrap, err := labbuild.IstioFile(ctx, filepath.Join(root, "hostctl", "labbuild"), "tools/packaging/common/envoy_bootstrap.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for dst, src := range map[string]string{"usr/local/bin/pilot-agent": bins.Path("pilot-agent"), "usr/local/bin/envoy": bins.Path("lab-envoy"),
+		"var/lib/istio/envoy/envoy_bootstrap_tmpl.json": bootstrap} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tw.WriteHeader(&tar.Header{Name: dst, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg})
+		tw.Write(data)
+	}
+	tw.Close()
+	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	idx := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}}})
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	hub := strings.TrimPrefix(srv.URL, "http://") + "/istio"
+	ref, err := name.ParseReference(hub + "/proxyv2:" + istioinstall.EmbeddedVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(ref, idx); err != nil {
+		t.Fatal(err)
+	}
+	return hub
+}
+
+// hostAddress is an address of this machine the lab VMs reach through
+// their default route, as they would a LoadBalancer's.
+func hostAddress(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !strings.HasPrefix(ipn.IP.String(), "10.") {
+			return ipn.IP.String()
+		}
+	}
+	t.Skip("no non-loopback IPv4 address to stand for the LoadBalancer's")
+	return ""
+}
+
+// playKubeletAndLoadBalancer does what the lab's cluster has nobody for:
+// it marks istiod's and the gateway's Deployments available (istiod runs
+// as the lab's process) and gives the gateway's Service a LoadBalancer
+// address, until ctx ends.
+func playKubeletAndLoadBalancer(ctx context.Context, kc kubernetes.Interface, addr string) {
+	for ctx.Err() == nil {
+		for _, n := range []string{"istiod", istioinstall.EastWestGateway} {
+			d, err := kc.AppsV1().Deployments(istioinstall.Namespace).Get(ctx, n, metav1.GetOptions{})
+			if err != nil || d.Status.AvailableReplicas > 0 {
+				continue
+			}
+			d.Status = appsv1.DeploymentStatus{ObservedGeneration: d.Generation, Replicas: 1, ReadyReplicas: 1, AvailableReplicas: 1, UpdatedReplicas: 1,
+				Conditions: []appsv1.DeploymentCondition{{Type: appsv1.DeploymentAvailable, Status: corev1.ConditionTrue, Reason: "MinimumReplicasAvailable"}}}
+			kc.AppsV1().Deployments(istioinstall.Namespace).UpdateStatus(ctx, d, metav1.UpdateOptions{})
+		}
+		if s, err := kc.CoreV1().Services(istioinstall.Namespace).Get(ctx, istioinstall.EastWestGateway, metav1.GetOptions{}); err == nil && len(s.Status.LoadBalancer.Ingress) == 0 {
+			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: addr}}
+			kc.CoreV1().Services(istioinstall.Namespace).UpdateStatus(ctx, s, metav1.UpdateOptions{})
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(3 * time.Second):
+		}
+	}
+}

@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+
+	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/labcluster"
+	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/labstack"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/meshlab"
+	"github.com/meshvm/meshvm/pkg/onboard"
+	"github.com/meshvm/meshvm/pkg/statedir"
+)
+
+// labSite is the lab: a control plane built from source running as local
+// processes, istiod among them, and VMs that are network namespaces booting
+// systemd. VMs reach istiod on the host's end of their link; the sidecar is
+// the pilot-agent built from source with the lab's Envoy stand-in.
+type labSite struct {
+	cfg   config.Config
+	state *statedir.Dir
+	lab   *labmachine.Provider
+	stack *labstack.Stack
+}
+
+func newLabSite(cfg config.Config, state *statedir.Dir, lab *labmachine.Provider) *labSite {
+	return &labSite{cfg: cfg, state: state, lab: lab}
+}
+
+func (s *labSite) machines() machine.Provider { return s.lab }
+
+func (s *labSite) kubeconfig() string { return labcluster.Kubeconfig(s.state.Path("lab", "cluster")) }
+
+func (s *labSite) config(p *progress, step string) (labstack.Config, error) {
+	src, err := labSource()
+	if err != nil {
+		return labstack.Config{}, err
+	}
+	return labstack.Config{ModuleDir: src, CacheDir: cacheDir(), Dir: s.state.Path("lab"), Istio: istioOptions(s.cfg),
+		Progress: lineWriter{p, step}}, nil
+}
+
+func (s *labSite) upCluster(ctx context.Context, p *progress) error {
+	c, err := s.config(p, "control plane")
+	if err != nil {
+		return err
+	}
+	p.step("control plane", "", "building (cached after the first run) and starting the lab cluster")
+	s.stack, err = labstack.UpCluster(ctx, c)
+	return err
+}
+
+func (s *labSite) installIstio(ctx context.Context, p *progress) error {
+	c, err := s.config(p, "control plane")
+	if err != nil {
+		return err
+	}
+	if s.stack == nil {
+		if err := s.upCluster(ctx, p); err != nil {
+			return err
+		}
+	}
+	return labstack.InstallIstio(ctx, c, s.stack)
+}
+
+func (s *labSite) istio() ([]istioinstall.Object, istioinstall.Keep, error) {
+	objs, err := istioinstall.Render(istioOptions(s.cfg))
+	return objs, istioinstall.LabRunnable, err
+}
+
+func (s *labSite) eastWest(context.Context) (string, string) {
+	return "not run", "the lab has no kubelet or load balancer: VMs reach istiod on the host's address"
+}
+
+func (s *labSite) istiodReady(ctx context.Context) (string, error) {
+	if err := meshlab.Ready(ctx); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("ready, Istio %s, a local process", istioinstall.EmbeddedVersion), nil
+}
+
+func (s *labSite) istiodAddress(_ context.Context, vm string) (string, error) {
+	return s.lab.HostAddress(vm)
+}
+
+func (s *labSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar, error) {
+	if arch != "" && arch != runtime.GOARCH {
+		return onboard.Sidecar{}, fmt.Errorf("lab VM is %s, the lab builds the sidecar for %s only", arch, runtime.GOARCH)
+	}
+	src, err := labSource()
+	if err != nil {
+		return onboard.Sidecar{}, err
+	}
+	bins := labbuild.Result{}
+	if s.stack != nil {
+		bins = s.stack.Bins
+	} else if bins, err = labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: nopWriter{}}); err != nil {
+		return onboard.Sidecar{}, err
+	}
+	bootstrap, err := labbuild.IstioFile(ctx, src, "tools/packaging/common/envoy_bootstrap.json")
+	if err != nil {
+		return onboard.Sidecar{}, err
+	}
+	return onboard.Sidecar{PilotAgent: bins.Path("pilot-agent"), Envoy: bins.Path("lab-envoy"), BootstrapTemplate: bootstrap}, nil
+}
+
+func (s *labSite) prepareVM(ctx context.Context, vm string) error {
+	return labApp(ctx, s.lab, vm, s.cfg.Workload.Port)
+}
+
+func (s *labSite) downCluster(ctx context.Context, p *progress, vmsGone bool) error {
+	if vmsGone {
+		// Nothing of the lab is left to keep: its whole state directory goes.
+		if err := labstack.Down(ctx, s.state.Path("lab"), true); err != nil {
+			return err
+		}
+		p.step("cluster", "", "lab control plane stopped and its state removed")
+		return nil
+	}
+	if err := labstack.DownCluster(ctx, s.state.Path("lab")); err != nil {
+		return err
+	}
+	p.step("cluster", "", "lab control plane and istiod stopped, their state removed; the VMs are kept")
+	return nil
+}
+
+func (s *labSite) trafficUncheckable() string {
+	return "the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
+}
+
+type nopWriter struct{}
+
+func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
