@@ -52,14 +52,34 @@ func TestConfigShow(t *testing.T) {
 	}
 }
 
-func TestProvidersNotBuiltSaySo(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "meshvm.yaml")
-	os.WriteFile(p, []byte("version: 1\n"), 0o600) // the default provider: multipass
-	for _, args := range [][]string{{"up"}, {"down"}, {"vm", "status"}, {"verify"}} {
-		_, err := run(t, append([]string{"--config", p}, args...)...)
-		if err == nil || !strings.Contains(err.Error(), "not built yet") || !strings.Contains(err.Error(), "--provider lab") {
-			t.Errorf("%v: got %v, want a clear not-built-yet error naming the lab", args, err)
+// Without Multipass (the default provider) or a cluster, each command names
+// what is missing and the way out; k3s on SSH nodes says it is not built.
+func TestMissingPartsNameTheFix(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // no multipass
+	dir := t.TempDir()
+	p := filepath.Join(dir, "meshvm.yaml")
+	os.WriteFile(p, []byte("version: 1\n"), 0o600)
+	for args, want := range map[string][]string{
+		"up":        {"multipass not found", "--provider lab"},
+		"down":      {"multipass not found", "--provider lab"},
+		"vm status": {"no kubeconfig at", "run hostctl up"},
+	} {
+		_, err := run(t, append([]string{"--config", p}, strings.Fields(args)...)...)
+		for _, w := range want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: got %v, want an error containing %q", args, err, w)
+			}
 		}
+	}
+	ssh := filepath.Join(dir, "ssh.yaml")
+	os.WriteFile(ssh, []byte("version: 1\ncluster:\n  provider: ssh\nvms:\n- {name: vm1, address: 10.0.0.2, user: ubuntu}\n"), 0o600)
+	if _, err := run(t, "--config", ssh, "up"); err == nil || !strings.Contains(err.Error(), "not built yet") || !strings.Contains(err.Error(), "cluster.provider kubeconfig") {
+		t.Errorf("k3s on ssh nodes: got %v, want it said to be not built, with the way out", err)
+	}
+	two := filepath.Join(dir, "two.yaml")
+	os.WriteFile(two, []byte("version: 1\ncluster:\n  servers: 3\n"), 0o600)
+	if _, err := run(t, "--config", two, "up"); err == nil || !strings.Contains(err.Error(), "set it to 1") {
+		t.Errorf("three k3s servers: got %v, want the fix named", err)
 	}
 }
 

@@ -76,9 +76,14 @@ func (g *globals) open(cmd *cobra.Command, provider string) (config.Config, *sta
 		return cfg, state, newLabSite(cfg, state, ms.(*labmachine.Provider)), nil
 	case config.Kubeconfig:
 		return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: cfg.Cluster.Kubeconfig}, nil
+	case config.Multipass:
+		if cfg.Cluster.Servers != 1 {
+			return cfg, state, nil, fmt.Errorf("cluster.servers %d: hostctl provisions one k3s server (HA servers are not built): set it to 1", cfg.Cluster.Servers)
+		}
+		return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: state.Path("kubeconfig"), k3s: &multipass.Provider{}}, nil
 	}
-	return cfg, state, nil, fmt.Errorf("cluster.provider %s: provisioning k3s on %s machines is not built yet: "+
-		"create the cluster yourself and set cluster.provider kubeconfig (with cluster.kubeconfig), or use --provider lab", cfg.Cluster.Provider, cfg.Cluster.Provider)
+	return cfg, state, nil, fmt.Errorf("cluster.provider %s: provisioning k3s on SSH nodes is not built yet (the config names no nodes): "+
+		"create the cluster yourself and set cluster.provider kubeconfig (with cluster.kubeconfig); the VMs can stay ssh machines", cfg.Cluster.Provider)
 }
 
 // machinesFor is the provider of the config's VMs.

@@ -2,13 +2,17 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/k3s"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/proxyimage"
@@ -17,7 +21,8 @@ import (
 )
 
 // clusterSite is a real Kubernetes cluster, reached through a kubeconfig:
-// Istio is installed in full, VMs reach istiod through the east-west
+// one of yours, or k3s that up provisions on Multipass machines. Istio is
+// installed in full, VMs reach istiod through the east-west
 // gateway's LoadBalancer address, and the sidecar comes out of the
 // istio/proxyv2 image of istiod's version for each VM's architecture.
 type clusterSite struct {
@@ -25,6 +30,8 @@ type clusterSite struct {
 	state *statedir.Dir
 	ms    machine.Provider
 	kc    string
+	// k3s provisions the cluster on its machines; nil for a cluster of yours.
+	k3s machine.Provider
 	// addr is the east-west gateway's address, once known.
 	addr string
 }
@@ -35,7 +42,30 @@ func (s *clusterSite) kubeconfig() string { return s.kc }
 
 func (s *clusterSite) clients() (workload.Clients, error) { return kubeClients(s.kc) }
 
+// k3sConfig is the recipe's cluster: one server, agents, the configured size.
+func (s *clusterSite) k3sConfig(p *progress) k3s.Config {
+	cl := s.cfg.Cluster
+	spec := func(name string) machine.Spec {
+		return machine.Spec{Name: name, Image: "22.04", CPUs: cl.Machine.CPUs, Memory: cl.Machine.Memory, Disk: cl.Machine.Disk}
+	}
+	c := k3s.Config{Provider: s.k3s, Version: cl.K3sVersion, Server: spec("k3s-server"),
+		Progress: func(f string, a ...any) { p.step("control plane", "", f, a...) }}
+	for i := 1; i <= cl.Agents; i++ {
+		c.Agents = append(c.Agents, spec(fmt.Sprintf("k3s-agent-%d", i)))
+	}
+	return c
+}
+
 func (s *clusterSite) upCluster(ctx context.Context, p *progress) error {
+	if s.k3s != nil {
+		kc, err := k3s.Up(ctx, s.k3sConfig(p))
+		if err != nil {
+			return err
+		}
+		if err := s.state.WriteSecret("kubeconfig", kc); err != nil {
+			return err
+		}
+	}
 	c, err := s.clients()
 	if err != nil {
 		return err
@@ -145,9 +175,23 @@ func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar
 
 func (s *clusterSite) prepareVM(context.Context, string) error { return nil }
 
-// downCluster uninstalls what up installed: the workload's namespace and
-// Istio (its CRDs stay). The cluster itself is not ours to delete.
+// downCluster deletes the k3s machines up created; in a cluster of yours it
+// uninstalls what up installed: the workload's namespace and Istio (its
+// CRDs stay). Your cluster itself is not ours to delete.
 func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) error {
+	if s.k3s != nil {
+		c := s.k3sConfig(p)
+		for _, m := range append([]machine.Spec{c.Server}, c.Agents...) {
+			if err := s.k3s.Delete(ctx, m.Name); err != nil {
+				return err
+			}
+			p.step("cluster", "", "k3s machine %s deleted", m.Name)
+		}
+		if err := os.Remove(s.kc); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
 	c, err := s.clients()
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -180,6 +181,9 @@ func agentBinary(src string) func(string) (string, error) {
 }
 
 func kubeClients(kubeconfig string) (workload.Clients, error) {
+	if _, err := os.Stat(kubeconfig); errors.Is(err, fs.ErrNotExist) {
+		return workload.Clients{}, fmt.Errorf("no kubeconfig at %s: is the cluster up? run hostctl up (or hostctl cluster up)", kubeconfig)
+	}
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return workload.Clients{}, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)

@@ -62,7 +62,7 @@ func (p *Provider) bin() string {
 func (p *Provider) run(ctx context.Context, stdin io.Reader, args ...string) ([]byte, error) {
 	bin, err := exec.LookPath(p.bin())
 	if err != nil {
-		return nil, fmt.Errorf("multipass not found: install it (https://multipass.run), or choose another provider (cluster.provider lab|ssh)")
+		return nil, fmt.Errorf("multipass not found: install it (https://multipass.run), or use another provider (--provider lab for the local lab; cluster.provider kubeconfig with ssh machines for a cluster and VMs of yours)")
 	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	var stdout, stderr bytes.Buffer

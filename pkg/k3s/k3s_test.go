@@ -1,0 +1,197 @@
+package k3s
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/labcluster"
+	"github.com/meshvm/meshvm/pkg/labtest"
+	"github.com/meshvm/meshvm/pkg/machine"
+)
+
+func TestRewritePointsAtTheServer(t *testing.T) {
+	raw, err := os.ReadFile("testdata/k3s.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Rewrite(raw, "https://192.168.64.5:6443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.Load(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Clusters["default"].Server; got != "https://192.168.64.5:6443" {
+		t.Errorf("server %s, want the server machine's address", got)
+	}
+	if len(cfg.AuthInfos["default"].ClientKeyData) == 0 || len(cfg.Clusters["default"].CertificateAuthorityData) == 0 || cfg.CurrentContext != "default" {
+		t.Errorf("credentials or context lost: %s", out)
+	}
+	if _, err := Rewrite([]byte("not: [a kubeconfig"), "https://x:6443"); err == nil {
+		t.Error("garbage was accepted as a kubeconfig")
+	}
+}
+
+func TestInstallScriptQuotes(t *testing.T) {
+	got := InstallScript("v1.33.3+k3s1", "agent", map[string]string{"K3S_URL": "https://10.0.0.5:6443", "K3S_TOKEN": "K10ab::server:c'd"})
+	want := `set -e; curl -sfL https://get.k3s.io | INSTALL_K3S_VERSION=v1.33.3+k3s1 K3S_TOKEN='K10ab::server:c'"'"'d' K3S_URL=https://10.0.0.5:6443 sh -s - agent`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+// machines stands in for the machine provider at the boundary k3s needs
+// (its installer downloads from the internet): it records every command,
+// answers k3s --version once the installer ran, and serves the node token
+// and the server's kubeconfig.
+type machines struct {
+	mu         sync.Mutex
+	installed  map[string]string
+	calls      []string
+	kubeconfig []byte
+	onInstall  func(name string)
+}
+
+func (m *machines) Launch(_ context.Context, s machine.Spec) (machine.Machine, error) {
+	return machine.Machine{Name: s.Name, State: "Running", Addresses: []string{"127.0.0.1"}, Arch: "amd64"}, nil
+}
+
+func (m *machines) Info(ctx context.Context, name string) (machine.Machine, error) {
+	return m.Launch(ctx, machine.Spec{Name: name})
+}
+
+func (m *machines) Exec(_ context.Context, name string, _ io.Reader, args ...string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cmd := strings.Join(args, " ")
+	m.calls = append(m.calls, name+": "+cmd)
+	switch {
+	case cmd == "k3s --version":
+		if v, ok := m.installed[name]; ok {
+			return []byte("k3s version " + v + " (abc123)\ngo version go1.24.4\n"), nil
+		}
+		return []byte("sh: 1: k3s: not found"), errors.New("exit status 127")
+	case strings.HasPrefix(cmd, "sh -c set -e; curl -sfL https://get.k3s.io"):
+		m.installed[name] = strings.Fields(strings.SplitN(cmd, "INSTALL_K3S_VERSION=", 2)[1])[0]
+		if m.onInstall != nil {
+			go m.onInstall(name)
+		}
+		return nil, nil
+	case cmd == "cat "+tokenPath:
+		return []byte("K10secret::server:token\n"), nil
+	case cmd == "cat "+kubeconfigPath:
+		return m.kubeconfig, nil
+	}
+	return nil, fmt.Errorf("unexpected command %q", cmd)
+}
+
+func (m *machines) Transfer(context.Context, string, string, io.Reader, os.FileMode) error {
+	return errors.New("k3s transfers nothing")
+}
+func (m *machines) Delete(context.Context, string) error { return nil }
+
+// TestUpOnMachines converges a server and two agents: the server first,
+// with traefik off and the pinned version; the agents joined with its
+// address and token; the kubeconfig rewritten; the nodes waited Ready on a
+// real API server (the lab's), where the test registers them as their
+// kubelets would. A second Up installs nothing.
+func TestUpOnMachines(t *testing.T) {
+	labtest.RequireBuild(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Progress: os.Stderr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "cluster")
+	t.Cleanup(func() { labcluster.Down(context.Background(), dir) })
+	if err := labcluster.Up(ctx, labcluster.Config{Dir: dir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager")}); err != nil {
+		t.Fatal(err)
+	}
+	lab, err := os.ReadFile(labcluster.Kubeconfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := clientcmd.BuildConfigFromFlags("", labcluster.Kubeconfig(dir))
+	kc := kubernetes.NewForConfigOrDie(rc)
+	m := &machines{installed: map[string]string{}, kubeconfig: lab}
+	m.onInstall = func(name string) { registerReadyNode(ctx, t, kc, name) }
+	port := labcluster.Server()[strings.LastIndex(labcluster.Server(), ":")+1:]
+	c := Config{Provider: m, Version: "v1.33.3+k3s1", APIPort: port, Server: machine.Spec{Name: "k3s-server"},
+		Agents: []machine.Spec{{Name: "k3s-agent-1"}, {Name: "k3s-agent-2"}}, Progress: func(f string, a ...any) { t.Logf(f, a...) }}
+	out, err := Up(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := clientcmd.Load(out); cfg == nil || cfg.Clusters["meshvm-lab"].Server != "https://127.0.0.1:"+port {
+		t.Errorf("kubeconfig not pointed at the server machine:\n%s", out)
+	}
+	var serverInstall, firstAgent int = -1, -1
+	for i, call := range m.calls {
+		switch {
+		case strings.HasPrefix(call, "k3s-server: sh -c"):
+			serverInstall = i
+			if !strings.Contains(call, "INSTALL_K3S_VERSION=v1.33.3+k3s1") || !strings.Contains(call, "server --disable traefik --https-listen-port "+port) {
+				t.Errorf("server install: %s", call)
+			}
+		case strings.HasPrefix(call, "k3s-agent-") && strings.Contains(call, "sh -c"):
+			if firstAgent < 0 {
+				firstAgent = i
+			}
+			if !strings.Contains(call, "K3S_URL=https://127.0.0.1:"+port) || !strings.Contains(call, "K3S_TOKEN=K10secret::server:token") || !strings.HasSuffix(call, " agent") {
+				t.Errorf("agent join: %s", call)
+			}
+		}
+	}
+	if serverInstall < 0 || firstAgent < serverInstall {
+		t.Errorf("want the server installed before the agents join:\n%s", strings.Join(m.calls, "\n"))
+	}
+
+	m.calls = nil
+	if _, err := Up(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	for _, call := range m.calls {
+		if strings.Contains(call, "get.k3s.io") {
+			t.Errorf("second Up reinstalled: %s", call)
+		}
+	}
+
+	// A node that never gets Ready is named when the wait gives up.
+	short, cancelShort := context.WithTimeout(ctx, 3*time.Second)
+	defer cancelShort()
+	err = WaitNodes(short, rc, []string{"k3s-server", "k3s-agent-9"}, t.Logf)
+	if err == nil || !strings.Contains(err.Error(), "k3s-agent-9") || strings.Contains(err.Error(), "k3s-server,") {
+		t.Errorf("got %v, want the missing node named", err)
+	}
+}
+
+// registerReadyNode does what the node's kubelet would: register it Ready.
+func registerReadyNode(ctx context.Context, t *testing.T, kc kubernetes.Interface, name string) {
+	time.Sleep(500 * time.Millisecond)
+	n, err := kc.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Errorf("register node %s: %v", name, err)
+		return
+	}
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	if _, err := kc.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Errorf("node %s Ready: %v", name, err)
+	}
+}
