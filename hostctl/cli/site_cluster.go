@@ -161,12 +161,18 @@ func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, erro
 }
 
 func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar, error) {
-	hub := s.cfg.Istio.Hub
-	if hub == "" {
-		hub = istioinstall.DefaultHub
+	var side proxyimage.Sidecar
+	var err error
+	if deb := s.cfg.Istio.SidecarDeb; deb != "" {
+		side, err = proxyimage.FromDeb(s.state.Path("sidecar"), deb, arch)
+	} else {
+		hub := s.cfg.Istio.Hub
+		if hub == "" {
+			hub = istioinstall.DefaultHub
+		}
+		f := proxyimage.Fetcher{CacheDir: s.state.Path("sidecar")}
+		side, err = f.Fetch(ctx, proxyimage.Image(hub, istioinstall.EmbeddedVersion), arch)
 	}
-	f := proxyimage.Fetcher{CacheDir: s.state.Path("sidecar")}
-	side, err := f.Fetch(ctx, proxyimage.Image(hub, istioinstall.EmbeddedVersion), arch)
 	if err != nil {
 		return onboard.Sidecar{}, err
 	}

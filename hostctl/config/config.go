@@ -44,7 +44,11 @@ type Istio struct {
 	Version string `json:"version,omitempty"`
 	// Hub is the registry path of Istio's images (the cluster's and the VMs'
 	// proxyv2); empty means docker.io/istio.
-	Hub         string `json:"hub,omitempty"`
+	Hub string `json:"hub,omitempty"`
+	// SidecarDeb is a local istio-sidecar .deb to take the VMs' sidecar from
+	// instead of the proxyv2 image (one architecture only); relative to the
+	// config file's directory.
+	SidecarDeb  string `json:"sidecarDeb,omitempty"`
 	MeshID      string `json:"meshID"`
 	ClusterName string `json:"clusterName"`
 	Network     string `json:"network"`
@@ -157,6 +161,7 @@ var envOverrides = []struct {
 }{
 	{"MESHVM_ISTIO_VERSION", func(c *Config, v string) error { c.Istio.Version = v; return nil }},
 	{"MESHVM_ISTIO_HUB", func(c *Config, v string) error { c.Istio.Hub = v; return nil }},
+	{"MESHVM_SIDECAR_DEB", func(c *Config, v string) error { c.Istio.SidecarDeb = v; return nil }},
 	{"MESHVM_MACHINES", func(c *Config, v string) error { c.Machines = Provider(v); return nil }},
 	{"MESHVM_MESH_ID", func(c *Config, v string) error { c.Istio.MeshID = v; return nil }},
 	{"MESHVM_CLUSTER_NAME", func(c *Config, v string) error { c.Istio.ClusterName = v; return nil }},
@@ -207,12 +212,15 @@ func Load(path string, explicit bool, getenv func(string) string) (Config, error
 			}
 		}
 	}
+	base, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return Config{}, err
+	}
 	if !filepath.IsAbs(c.StateDir) {
-		base, err := filepath.Abs(filepath.Dir(path))
-		if err != nil {
-			return Config{}, err
-		}
 		c.StateDir = filepath.Join(base, c.StateDir)
+	}
+	if c.Istio.SidecarDeb != "" && !filepath.IsAbs(c.Istio.SidecarDeb) {
+		c.Istio.SidecarDeb = filepath.Join(base, c.Istio.SidecarDeb)
 	}
 	return c, c.Validate()
 }

@@ -2,7 +2,8 @@
 // Envoy's bootstrap template) out of the istio/proxyv2 image for a VM's
 // architecture, straight from the registry with go-containerregistry (no
 // docker or podman), and keeps them cached by image digest: amd64 and arm64
-// VMs alike get the files of the very proxy istiod was released with.
+// VMs alike get the files of the very proxy istiod was released with. A
+// local istio-sidecar .deb can stand in for the image (FromDeb).
 package proxyimage
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -107,6 +109,15 @@ func complete(dir, platform string) bool {
 // applied) into a temporary directory, synced, then renames it into place:
 // an interrupted pull leaves no half-filled cache entry.
 func extract(img v1.Image, dir, platform string) error {
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	return extractTar(rc, dir, platform, "is it an istio/proxyv2 image?")
+}
+
+// extractTar takes Files out of a tar stream into dir (through a synced
+// temporary directory renamed into place); what names the source when a
+// file is missing.
+func extractTar(r io.Reader, dir, platform, what string) error {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return err
 	}
@@ -115,9 +126,7 @@ func extract(img v1.Image, dir, platform string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
+	tr := tar.NewReader(r)
 	found := map[string]bool{}
 	for {
 		h, err := tr.Next()
@@ -125,7 +134,7 @@ func extract(img v1.Image, dir, platform string) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("read layers: %w", err)
+			return fmt.Errorf("read files: %w", err)
 		}
 		want, ok := Files[strings.TrimPrefix(path.Clean("/"+h.Name), "/")]
 		if !ok || h.Typeflag != tar.TypeReg {
@@ -143,7 +152,8 @@ func extract(img v1.Image, dir, platform string) error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("the image lacks %s: is it an istio/proxyv2 image?", strings.Join(missing, ", "))
+		slices.Sort(missing)
+		return fmt.Errorf("it lacks %s: %s", strings.Join(missing, ", "), what)
 	}
 	if err := writeFile(filepath.Join(tmp, marker), strings.NewReader(platform), 0o644); err != nil {
 		return err
