@@ -1,11 +1,16 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/onboard"
+	"github.com/meshvm/meshvm/pkg/statedir"
 )
 
 type downCmd struct {
@@ -33,7 +38,7 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	var errs []error
 	for _, vm := range cfg.VMs {
-		if err := s.machines().Delete(cmd.Context(), vm.Name); err != nil {
+		if err := removeVM(cmd.Context(), cfg, state, s, vm.Name); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 			continue
 		}
@@ -41,7 +46,7 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 		if err := os.RemoveAll(state.Path("vms", vm.Name)); err != nil {
 			errs = append(errs, err)
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s deleted\n", vm.Name)
+		fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s %s\n", vm.Name, removedHow(cfg))
 	}
 	if !c.keepCluster {
 		if err := s.downCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), len(errs) == 0); err != nil {
@@ -49,4 +54,24 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeVM deletes a VM hostctl created; one brought over SSH is not ours to
+// delete: the agent reverts what it did and is removed itself.
+func removeVM(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string) error {
+	if cfg.MachineProvider() != config.SSH {
+		return s.machines().Delete(ctx, name)
+	}
+	m, err := s.machines().Info(ctx, name)
+	if err != nil {
+		return err
+	}
+	return onboard.RemoveAgent(ctx, onboard.Deps{Provider: s.machines(), State: state}, m)
+}
+
+func removedHow(cfg config.Config) string {
+	if cfg.MachineProvider() == config.SSH {
+		return "left as it was before up (sidecar, postinst and agent removed; the machine is yours)"
+	}
+	return "deleted"
 }

@@ -189,6 +189,28 @@ func TestUpOnLab(t *testing.T) {
 	}
 
 	onboardAgainAndFaults(t, cfgPath, state, lab, clients, spec)
+	agentRemoved(t, ctx, lab, state, "e2e1")
+}
+
+// agentRemoved removes the agent as down does from a machine that is not
+// ours (SSH), and checks that the VM is left as it was before up.
+func agentRemoved(t *testing.T, ctx context.Context, lab *labmachine.Provider, state, vm string) {
+	t.Helper()
+	m, err := lab.Info(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := onboard.RemoveAgent(ctx, onboard.Deps{Provider: lab, State: mustState(t, state)}, m); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := lab.Exec(ctx, vm, nil, "sh", "-c", "id istio-proxy; ls /etc/meshvm /var/lib/meshvm /usr/local/bin/vmagent /usr/local/bin/pilot-agent; "+
+		"systemctl is-active vmagent.service istio.service; grep -c meshvm /etc/hosts")
+	for _, want := range []string{"no such user", "/etc/meshvm: No such file", "/var/lib/meshvm: No such file", "/usr/local/bin/vmagent: No such file",
+		"/usr/local/bin/pilot-agent: No such file", "inactive\ninactive", "\n0"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("after the agent was removed, want %q in:\n%s", want, out)
+		}
+	}
 }
 
 // inVM checks what onboarding left inside the VM and in the cluster: the

@@ -183,10 +183,10 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 	case err != nil:
 		return err
 	default:
-		if err := lab.Delete(ctx, name); err != nil {
+		if err := removeVM(ctx, cfg, state, s, name); err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "vm rm: machine %s deleted\n", name)
+		fmt.Fprintf(w, "vm rm: machine %s %s\n", name, removedHow(cfg))
 		// istiod would drop the entry after its grace period; do not leave it to chance.
 		if clients, err := kubeClients(s.kubeconfig()); err != nil {
 			errs = append(errs, err)

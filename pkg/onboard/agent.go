@@ -19,6 +19,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/pkg/statedir"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
 // AgentPort is where vmagent listens (packaging/vmagent.yaml).
@@ -153,4 +154,31 @@ func waitAgent(ctx context.Context, c *agentclient.Client) error {
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
+}
+
+// RemoveAgent leaves a machine that is not ours to delete (one brought over
+// SSH) as it was: the agent reverts the postinst (sidecar stopped, capture
+// rules, hosts block, delivered files, the user and group it created), then
+// the agent itself, its unit, certificates and state are removed.
+func RemoveAgent(ctx context.Context, d Deps, m machine.Machine) error {
+	c, err := Connect(ctx, d.State, m)
+	if err != nil {
+		return err
+	}
+	steps, err := c.Uninstall(ctx, false)
+	c.Close()
+	if err != nil {
+		return fmt.Errorf("%s: uninstall: %w", m.Name, err)
+	}
+	for _, st := range steps {
+		if st.GetOutcome() == agentv1.StepOutcome_STEP_OUTCOME_FAILED {
+			return fmt.Errorf("%s: uninstall step %s: %s", m.Name, st.GetName(), st.GetDetail())
+		}
+	}
+	const script = "systemctl disable --now vmagent.service 2>/dev/null || true; " +
+		"rm -f /usr/local/bin/vmagent /etc/systemd/system/vmagent.service; rm -rf /etc/meshvm /var/lib/meshvm; systemctl daemon-reload"
+	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
+		return fmt.Errorf("%s: remove vmagent: %w: %s", m.Name, err, out)
+	}
+	return nil
 }
