@@ -73,8 +73,8 @@ func TestMissingPartsNameTheFix(t *testing.T) {
 	}
 	ssh := filepath.Join(dir, "ssh.yaml")
 	os.WriteFile(ssh, []byte("version: 1\ncluster:\n  provider: ssh\nvms:\n- {name: vm1, address: 10.0.0.2, user: ubuntu}\n"), 0o600)
-	if _, err := run(t, "--config", ssh, "up"); err == nil || !strings.Contains(err.Error(), "not built yet") || !strings.Contains(err.Error(), "cluster.provider kubeconfig") {
-		t.Errorf("k3s on ssh nodes: got %v, want it said to be not built, with the way out", err)
+	if _, err := run(t, "--config", ssh, "up"); err == nil || !strings.Contains(err.Error(), "needs cluster.nodes") {
+		t.Errorf("k3s on ssh nodes without nodes: got %v, want cluster.nodes asked for", err)
 	}
 	two := filepath.Join(dir, "two.yaml")
 	os.WriteFile(two, []byte("version: 1\ncluster:\n  servers: 3\n"), 0o600)

@@ -82,8 +82,12 @@ func (g *globals) open(cmd *cobra.Command, provider string) (config.Config, *sta
 		}
 		return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: state.Path("kubeconfig"), k3s: &multipass.Provider{}}, nil
 	}
-	return cfg, state, nil, fmt.Errorf("cluster.provider %s: provisioning k3s on SSH nodes is not built yet (the config names no nodes): "+
-		"create the cluster yourself and set cluster.provider kubeconfig (with cluster.kubeconfig); the VMs can stay ssh machines", cfg.Cluster.Provider)
+	// ssh: k3s on the nodes you list.
+	hosts := map[string]sshmachine.Host{}
+	for _, n := range cfg.Cluster.Nodes {
+		hosts[n.Name] = sshmachine.Host{Address: n.Address, User: n.User, KeyFile: n.Key}
+	}
+	return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: state.Path("kubeconfig"), k3s: sshmachine.New(hosts, state.Path("known_hosts"))}, nil
 }
 
 // machinesFor is the provider of the config's VMs.

@@ -49,7 +49,14 @@ func (s *clusterSite) k3sConfig(p *progress) k3s.Config {
 		return machine.Spec{Name: name, Image: "22.04", CPUs: cl.Machine.CPUs, Memory: cl.Machine.Memory, Disk: cl.Machine.Disk}
 	}
 	c := k3s.Config{Provider: s.k3s, Version: cl.K3sVersion, Server: spec("k3s-server"),
-		Progress: func(f string, a ...any) { p.step("control plane", "", f, a...) }}
+		Progress: func(f string, a ...any) { p.step(p.steps[0], "", f, a...) }}
+	if len(cl.Nodes) > 0 {
+		c.Server = spec(cl.Nodes[0].Name)
+		for _, n := range cl.Nodes[1:] {
+			c.Agents = append(c.Agents, spec(n.Name))
+		}
+		return c
+	}
 	for i := 1; i <= cl.Agents; i++ {
 		c.Agents = append(c.Agents, spec(fmt.Sprintf("k3s-agent-%d", i)))
 	}
@@ -187,11 +194,18 @@ func (s *clusterSite) prepareVM(context.Context, string) error { return nil }
 func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) error {
 	if s.k3s != nil {
 		c := s.k3sConfig(p)
-		for _, m := range append([]machine.Spec{c.Server}, c.Agents...) {
-			if err := s.k3s.Delete(ctx, m.Name); err != nil {
+		if len(s.cfg.Cluster.Nodes) > 0 {
+			// Nodes you brought stay; k3s goes.
+			if err := k3s.Uninstall(ctx, c); err != nil {
 				return err
 			}
-			p.step("cluster", "", "k3s machine %s deleted", m.Name)
+		} else {
+			for _, m := range append([]machine.Spec{c.Server}, c.Agents...) {
+				if err := s.k3s.Delete(ctx, m.Name); err != nil {
+					return err
+				}
+				p.step("cluster", "", "k3s machine %s deleted", m.Name)
+			}
 		}
 		if err := os.Remove(s.kc); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err

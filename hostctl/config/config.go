@@ -73,6 +73,17 @@ type Cluster struct {
 	Servers    int    `json:"servers"`
 	Agents     int    `json:"agents"`
 	Machine    Size   `json:"machine"`
+	// Nodes are the machines k3s goes on with provider ssh: the first is
+	// the server, the others agents (servers and agents are then ignored).
+	Nodes []Node `json:"nodes,omitempty"`
+}
+
+// Node is a cluster machine reached over SSH.
+type Node struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	User    string `json:"user"`
+	Key     string `json:"key,omitempty"`
 }
 
 // Size is a machine's size.
@@ -243,7 +254,16 @@ func (c Config) Validate() error {
 		}
 	}
 	switch c.Cluster.Provider {
-	case Multipass, SSH, Lab:
+	case SSH:
+		if len(c.Cluster.Nodes) == 0 {
+			bad("cluster.provider ssh needs cluster.nodes (name, address, user, key of each machine; the first is the k3s server)")
+		}
+		for i, n := range c.Cluster.Nodes {
+			if !dnsLabel.MatchString(n.Name) || n.Address == "" || n.User == "" {
+				bad("cluster.nodes[%d] %q: want a DNS-label name, an address and a user", i, n.Name)
+			}
+		}
+	case Multipass, Lab:
 	case Kubeconfig:
 		if c.Cluster.Kubeconfig == "" {
 			bad("cluster.provider kubeconfig needs cluster.kubeconfig (or MESHVM_KUBECONFIG)")

@@ -116,6 +116,33 @@ func Up(ctx context.Context, c Config) ([]byte, error) {
 	return kc, WaitNodes(ctx, rc, names, c.Progress)
 }
 
+// Uninstall removes k3s from machines that are not ours to delete, agents
+// first, with the uninstall scripts its installer left; a machine without
+// k3s is fine.
+func Uninstall(ctx context.Context, c Config) error {
+	var errs []error
+	for _, a := range c.Agents {
+		errs = append(errs, c.uninstall(ctx, a.Name, "/usr/local/bin/k3s-agent-uninstall.sh"))
+	}
+	errs = append(errs, c.uninstall(ctx, c.Server.Name, "/usr/local/bin/k3s-uninstall.sh"))
+	return errors.Join(errs...)
+}
+
+func (c Config) uninstall(ctx context.Context, name, script string) error {
+	out, err := c.Provider.Exec(ctx, name, nil, "sh", "-c", "if [ -x "+script+" ]; then "+script+"; else echo absent; fi")
+	if err != nil {
+		return fmt.Errorf("k3s on %s: %s: %w: %s", name, script, err, lastLine(out))
+	}
+	if c.Progress != nil {
+		if strings.TrimSpace(string(out)) == "absent" {
+			c.Progress("%s: no k3s", name)
+		} else {
+			c.Progress("%s: k3s uninstalled", name)
+		}
+	}
+	return nil
+}
+
 // install runs k3s's installer on the machine unless it already runs the
 // pinned version.
 func (c Config) install(ctx context.Context, name, args string, env map[string]string) error {

@@ -92,6 +92,9 @@ func (m *machines) Exec(_ context.Context, name string, _ io.Reader, args ...str
 			go m.onInstall(name)
 		}
 		return nil, nil
+	case strings.Contains(cmd, "uninstall.sh"):
+		delete(m.installed, name)
+		return nil, nil
 	case cmd == "cat "+tokenPath:
 		return []byte("K10secret::server:token\n"), nil
 	case cmd == "cat "+kubeconfigPath:
@@ -170,6 +173,16 @@ func TestUpOnMachines(t *testing.T) {
 		if strings.Contains(call, "get.k3s.io") {
 			t.Errorf("second Up reinstalled: %s", call)
 		}
+	}
+
+	// Uninstall on machines that are not ours: agents first, the right script each.
+	m.calls = nil
+	if err := Uninstall(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.calls) != 3 || !strings.HasPrefix(m.calls[2], "k3s-server: ") || !strings.Contains(m.calls[2], "/usr/local/bin/k3s-uninstall.sh") ||
+		!strings.Contains(m.calls[0], "k3s-agent-uninstall.sh") || len(m.installed) != 0 {
+		t.Errorf("uninstall calls:\n%s", strings.Join(m.calls, "\n"))
 	}
 
 	// A node that never gets Ready is named when the wait gives up.
