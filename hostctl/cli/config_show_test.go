@@ -91,4 +91,11 @@ func TestUpRefusesAnotherIstioVersion(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "istio.version 1.24.2") || !strings.Contains(err.Error(), "leave istio.version empty") {
 		t.Errorf("got %v, want the version refused with the fix", err)
 	}
+	// On a cluster of yours another version needs istioctl of that version.
+	t.Setenv("PATH", t.TempDir())
+	os.WriteFile(p, []byte("version: 1\ncluster:\n  provider: kubeconfig\n  kubeconfig: /nonexistent\nistio:\n  version: 1.24.2\n"), 0o600)
+	_, err = run(t, "--config", p, "up")
+	if err == nil || !strings.Contains(err.Error(), "istioctl of that version on PATH") || !strings.Contains(err.Error(), "releases/tag/1.24.2") {
+		t.Errorf("got %v, want istioctl 1.24.2 asked for", err)
+	}
 }

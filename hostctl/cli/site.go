@@ -67,27 +67,36 @@ func (g *globals) open(cmd *cobra.Command, provider string) (config.Config, *sta
 	if err != nil {
 		return cfg, nil, nil, err
 	}
-	if v := cfg.Istio.Version; v != "" && v != istioinstall.EmbeddedVersion {
-		return cfg, nil, nil, fmt.Errorf("istio.version %s: this hostctl installs Istio %s from the charts it embeds; installing another version through an istioctl of that version is not built yet: leave istio.version empty", v, istioinstall.EmbeddedVersion)
-	}
 	ms := machinesFor(cfg, state)
-	switch cfg.Cluster.Provider {
-	case config.Lab:
+	v := cfg.Istio.Version
+	if cfg.Cluster.Provider == config.Lab {
+		if v != "" && v != istioinstall.EmbeddedVersion {
+			return cfg, nil, nil, fmt.Errorf("istio.version %s: the lab builds istiod and pilot-agent %s from source and no other version: leave istio.version empty", v, istioinstall.EmbeddedVersion)
+		}
 		return cfg, state, newLabSite(cfg, state, ms.(*labmachine.Provider)), nil
-	case config.Kubeconfig:
-		return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: cfg.Cluster.Kubeconfig}, nil
+	}
+	cs := &clusterSite{cfg: cfg, state: state, ms: ms, kc: cfg.Cluster.Kubeconfig, version: istioinstall.EmbeddedVersion}
+	if v != "" && v != istioinstall.EmbeddedVersion {
+		if cs.istioctl, err = istioinstall.FindIstioctl(cmd.Context(), v); err != nil {
+			return cfg, nil, nil, err
+		}
+		cs.version = v
+	}
+	switch cfg.Cluster.Provider {
 	case config.Multipass:
 		if cfg.Cluster.Servers != 1 {
 			return cfg, state, nil, fmt.Errorf("cluster.servers %d: hostctl provisions one k3s server (HA servers are not built): set it to 1", cfg.Cluster.Servers)
 		}
-		return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: state.Path("kubeconfig"), k3s: &multipass.Provider{}}, nil
+		cs.kc, cs.k3s = state.Path("kubeconfig"), &multipass.Provider{}
+	case config.SSH:
+		// k3s on the nodes you list.
+		hosts := map[string]sshmachine.Host{}
+		for _, n := range cfg.Cluster.Nodes {
+			hosts[n.Name] = sshmachine.Host{Address: n.Address, User: n.User, KeyFile: n.Key}
+		}
+		cs.kc, cs.k3s = state.Path("kubeconfig"), sshmachine.New(hosts, state.Path("known_hosts"))
 	}
-	// ssh: k3s on the nodes you list.
-	hosts := map[string]sshmachine.Host{}
-	for _, n := range cfg.Cluster.Nodes {
-		hosts[n.Name] = sshmachine.Host{Address: n.Address, User: n.User, KeyFile: n.Key}
-	}
-	return cfg, state, &clusterSite{cfg: cfg, state: state, ms: ms, kc: state.Path("kubeconfig"), k3s: sshmachine.New(hosts, state.Path("known_hosts"))}, nil
+	return cfg, state, cs, nil
 }
 
 // machinesFor is the provider of the config's VMs.

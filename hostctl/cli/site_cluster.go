@@ -34,6 +34,9 @@ type clusterSite struct {
 	k3s machine.Provider
 	// addr is the east-west gateway's address, once known.
 	addr string
+	// version is Istio's (the embedded one unless istio.version names
+	// another, then rendered with istioctl of that version).
+	version, istioctl string
 }
 
 func (s *clusterSite) machines() machine.Provider { return s.ms }
@@ -87,7 +90,7 @@ func (s *clusterSite) upCluster(ctx context.Context, p *progress) error {
 
 func (s *clusterSite) options() istioinstall.Options {
 	o := istioOptions(s.cfg)
-	o.Hub = s.cfg.Istio.Hub
+	o.Hub, o.Tag, o.Istioctl = s.cfg.Istio.Hub, s.version, s.istioctl
 	return o
 }
 
@@ -104,7 +107,11 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 	if err != nil {
 		return err
 	}
-	p.step("control plane", "", "Istio %s: %d objects rendered from the embedded charts: %s", istioinstall.EmbeddedVersion, len(objs), istioinstall.Summary(changes))
+	from := "the embedded charts"
+	if s.istioctl != "" {
+		from = s.istioctl
+	}
+	p.step("control plane", "", "Istio %s: %d objects rendered from %s: %s", s.version, len(objs), from, istioinstall.Summary(changes))
 	c, err := s.clients()
 	if err != nil {
 		return err
@@ -178,7 +185,7 @@ func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar
 			hub = istioinstall.DefaultHub
 		}
 		f := proxyimage.Fetcher{CacheDir: s.state.Path("sidecar")}
-		side, err = f.Fetch(ctx, proxyimage.Image(hub, istioinstall.EmbeddedVersion), arch)
+		side, err = f.Fetch(ctx, proxyimage.Image(hub, s.version), arch)
 	}
 	if err != nil {
 		return onboard.Sidecar{}, err

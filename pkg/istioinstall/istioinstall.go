@@ -43,6 +43,9 @@ type Options struct {
 	MeshID, ClusterName, Network string
 	// Hub and Tag name the images; empty means DefaultHub and EmbeddedVersion.
 	Hub, Tag string
+	// Istioctl renders with that istioctl (of version Tag, see FindIstioctl)
+	// instead of the embedded charts.
+	Istioctl string
 }
 
 // Object is one rendered Kubernetes object and the component it belongs to.
@@ -142,7 +145,7 @@ func Render(o Options) ([]Object, error) {
 		name string
 		spec map[string]any
 	}{{"control-plane", controlPlane(o)}, {"eastwest", eastWest(o)}} {
-		objs, err := renderIOP(dir, iop.name, iop.spec)
+		objs, err := renderIOP(dir, iop.name, iop.spec, o.Istioctl)
 		if err != nil {
 			return nil, err
 		}
@@ -157,7 +160,7 @@ func Render(o Options) ([]Object, error) {
 	return out, nil
 }
 
-func renderIOP(dir, name string, iop map[string]any) ([]Object, error) {
+func renderIOP(dir, name string, iop map[string]any, istioctl string) ([]Object, error) {
 	data, err := yaml.Marshal(iop)
 	if err != nil {
 		return nil, err
@@ -165,6 +168,9 @@ func renderIOP(dir, name string, iop map[string]any) ([]Object, error) {
 	path := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		return nil, err
+	}
+	if istioctl != "" {
+		return istioctlRender(istioctl, path)
 	}
 	sets, _, err := render.GenerateManifest([]string{path}, nil, false, nil, clog.NewConsoleLogger(os.Stderr, os.Stderr, nil))
 	if err != nil {
