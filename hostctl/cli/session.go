@@ -12,6 +12,7 @@ import (
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/labmachine"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -96,8 +97,11 @@ func (r *session) provision(ctx context.Context, name string) (machine.Machine, 
 		return m, nil, err
 	}
 	r.p.step("machine", name, "%s at %s", strings.ToLower(m.State), m.Addresses[0])
-	if err := r.site.prepareVM(ctx, name); err != nil {
-		return m, nil, err
+	// A lab VM comes with the recipe's app, whatever cluster it joins.
+	if lab, ok := r.site.machines().(*labmachine.Provider); ok {
+		if err := labApp(ctx, lab, name, r.cfg.Workload.Port); err != nil {
+			return m, nil, err
+		}
 	}
 	c, err := onboard.InstallAgent(ctx, r.deps, m)
 	if err != nil {

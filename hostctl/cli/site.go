@@ -41,8 +41,6 @@ type site interface {
 	istiodAddress(ctx context.Context, vm string) (string, error)
 	// sidecar is the sidecar's files for a VM architecture: istiod's version.
 	sidecar(ctx context.Context, arch string) (onboard.Sidecar, error)
-	// prepareVM runs before the agent is installed (the lab's app).
-	prepareVM(ctx context.Context, vm string) error
 	// downCluster removes the cluster, or what up installed in one it did
 	// not create; vmsGone says the VMs were deleted first.
 	downCluster(ctx context.Context, p *progress, vmsGone bool) error

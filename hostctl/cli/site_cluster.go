@@ -193,8 +193,6 @@ func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar
 	return onboard.Sidecar{PilotAgent: side.Path("pilot-agent"), Envoy: side.Path("envoy"), BootstrapTemplate: side.Path("envoy_bootstrap_tmpl.json")}, nil
 }
 
-func (s *clusterSite) prepareVM(context.Context, string) error { return nil }
-
 // downCluster deletes the k3s machines up created; in a cluster of yours it
 // uninstalls what up installed: the workload's namespace and Istio (its
 // CRDs stay). Your cluster itself is not ours to delete.

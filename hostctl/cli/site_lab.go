@@ -109,10 +109,6 @@ func (s *labSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar, er
 	return onboard.Sidecar{PilotAgent: bins.Path("pilot-agent"), Envoy: bins.Path("lab-envoy"), BootstrapTemplate: bootstrap}, nil
 }
 
-func (s *labSite) prepareVM(ctx context.Context, vm string) error {
-	return labApp(ctx, s.lab, vm, s.cfg.Workload.Port)
-}
-
 func (s *labSite) downCluster(ctx context.Context, p *progress, vmsGone bool) error {
 	if vmsGone {
 		// Nothing of the lab is left to keep: its whole state directory goes.
