@@ -30,6 +30,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/meshcall"
 	"github.com/meshvm/meshvm/pkg/procs"
 )
 
@@ -114,6 +115,22 @@ func TestUpOnYourCluster(t *testing.T) {
 		if out, err := run(t, append([]string{"--config", cfgPath}, args...)...); err != nil {
 			t.Errorf("%v: %v\n%s", args, err, out)
 		}
+	}
+
+	// verify: the VMs are lab VMs (no data path), so traffic is not checked;
+	// the mesh-side client pod is tried directly: here it cannot run (no
+	// kubelet; the injection webhook it needs is unreachable), the failure
+	// names it, and no pod is left.
+	if out, err := run(t, "--config", cfgPath, "verify"); err != nil || strings.Count(out, "skipped") != 2 || !strings.Contains(out, "Envoy stand-in") {
+		t.Errorf("verify: %v\n%s", err, out)
+	}
+	_, err = meshcall.Fetch(ctx, clients.Kube, meshcall.DefaultImage, "http://external-app.vmns:8000/", 5*time.Second)
+	t.Logf("mesh client pod on the lab: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "pod") || !strings.Contains(err.Error(), meshcall.Namespace) {
+		t.Errorf("client pod without a kubelet: got %v, want the pod's failure named", err)
+	}
+	if pods, _ := clients.Kube.CoreV1().Pods(meshcall.Namespace).List(ctx, metav1.ListOptions{}); pods != nil && len(pods.Items) > 0 && pods.Items[0].DeletionTimestamp == nil {
+		t.Errorf("client pod left: %s", pods.Items[0].Name)
 	}
 
 	out, err = run(t, "--config", cfgPath, "down")

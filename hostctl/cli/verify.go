@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/meshcall"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -49,49 +51,58 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 	defer cancel()
 	istiod := workloadfiles.IstiodHost("istio-system", "")
+	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
+	noTraffic := s.trafficUncheckable()
 	var out []verdict
 	failed := 0
+	add := func(v verdict) {
+		if v.Result == "FAIL" {
+			failed++
+		}
+		out = append(out, v)
+	}
 	for _, vm := range cfg.VMs {
 		m, err := s.machines().Info(ctx, vm.Name)
 		if err != nil || m.State != "Running" {
-			out = append(out, verdict{vm.Name, "VM running", "FAIL", "run hostctl up"})
-			failed++
+			add(verdict{vm.Name, "VM running", "FAIL", "run hostctl up"})
 			continue
 		}
 		want, err := s.istiodAddress(ctx, vm.Name)
 		if err != nil {
-			out = append(out, verdict{vm.Name, "istiod resolves on the VM", "FAIL", err.Error()})
-			failed++
+			add(verdict{vm.Name, "istiod resolves on the VM", "FAIL", err.Error()})
 			continue
 		}
-		v := verdict{vm.Name, "istiod resolves on the VM", "FAIL", ""}
-		if ac, err := onboard.Dial(state, m.Addresses[0]); err != nil {
+		ac, err := onboard.Dial(state, m.Addresses[0])
+		if err != nil {
+			add(verdict{vm.Name, "agent", "FAIL", err.Error()})
+			continue
+		}
+		add(resolves(ctx, ac, vm.Name, istiod, want))
+		fromVM := verdict{vm.Name, "VM -> " + meshSample, "skipped", "not checked: " + noTraffic}
+		if noTraffic == "" {
+			fromVM = callFromVM(ctx, ac, vm.Name)
+		}
+		ac.Close()
+		add(fromVM)
+		if noTraffic != "" {
+			// Without a data path to check, a result would only pretend.
+			add(verdict{vm.Name, toVM, "skipped", "not checked: " + noTraffic})
+		}
+	}
+	if noTraffic == "" {
+		v := verdict{"mesh", toVM, "FAIL", ""}
+		if clients, err := kubeClients(s.kubeconfig()); err != nil {
+			v.Detail = err.Error()
+		} else if body, err := meshcall.Fetch(ctx, clients.Kube, meshcall.DefaultImage,
+			fmt.Sprintf("http://%s.%s:%d/", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), 2*time.Minute); err != nil {
 			v.Detail = err.Error()
 		} else {
-			r, err := ac.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: istiod})
-			ac.Close()
-			switch {
-			case err != nil:
-				v.Detail = err.Error()
-			case r.GetError() != "":
-				v.Detail = r.GetError()
-			case len(r.GetAddresses()) > 0 && r.GetAddresses()[0] == want:
-				v.Result, v.Detail = "ok", fmt.Sprintf("%s -> %s via %s", istiod, want, r.GetServer())
-			default:
-				v.Detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", istiod, strings.Join(r.GetAddresses(), ","), want)
-			}
+			v.Result, v.Detail = "ok", firstLine(body)
 		}
-		if v.Result != "ok" {
-			failed++
-		}
-		// Without a data path to check, a result would only pretend.
-		why := "not checked: " + s.trafficUncheckable()
-		out = append(out, v,
-			verdict{vm.Name, "VM -> helloworld.sample:5000/hello", "skipped", why},
-			verdict{vm.Name, fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), "skipped", why})
+		add(v)
 	}
 	if c.output == "json" {
 		enc := json.NewEncoder(cmd.OutOrStdout())
@@ -113,4 +124,44 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("%d check(s) failed", failed)
 	}
 	return nil
+}
+
+// meshSample is the recipe's mesh service, Istio's helloworld sample.
+const meshSample = "helloworld.sample:5000/hello"
+
+// resolves checks that name resolves on the VM to want.
+func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string) verdict {
+	v := verdict{vm, "istiod resolves on the VM", "FAIL", ""}
+	r, err := ac.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
+	switch {
+	case err != nil:
+		v.Detail = err.Error()
+	case r.GetError() != "":
+		v.Detail = r.GetError()
+	case len(r.GetAddresses()) > 0 && r.GetAddresses()[0] == want:
+		v.Result, v.Detail = "ok", fmt.Sprintf("%s -> %s via %s", name, want, r.GetServer())
+	default:
+		v.Detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", name, strings.Join(r.GetAddresses(), ","), want)
+	}
+	return v
+}
+
+// callFromVM has the VM's agent call the mesh sample through the sidecar.
+func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) verdict {
+	v := verdict{vm, "VM -> " + meshSample, "FAIL", ""}
+	r, err := ac.API().CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
+	switch {
+	case err != nil:
+		v.Detail = err.Error() + " (an agent older than this hostctl lacks CallService: run hostctl up)"
+	case !r.GetOk():
+		v.Detail = r.GetError() + ": is Istio's helloworld sample deployed in namespace sample, with injection on?"
+	default:
+		v.Result, v.Detail = "ok", firstLine(r.GetBody())
+	}
+	return v
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	return line
 }

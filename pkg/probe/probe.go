@@ -1,9 +1,11 @@
-// Package probe checks the health of ports on this machine.
+// Package probe checks the health of ports on this machine, and calls mesh
+// services by name for hostctl verify.
 //
 // The agent accepts probe targets over its API, so it must not become a
 // way to reach other hosts: only this machine's own addresses are probed,
 // checked before any packet is sent and again on every connection the
-// dialer makes (a name such as localhost resolves at dial time).
+// dialer makes (a name such as localhost resolves at dial time). A service
+// call takes only a Kubernetes service name, which the sidecar routes.
 package probe
 
 import (
@@ -15,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strconv"
 	"syscall"
 	"time"
@@ -49,23 +52,10 @@ func HTTP(ctx context.Context, host string, port int, path string, timeout time.
 	if err != nil {
 		return Result{Err: err}
 	}
-	if path == "" {
-		path = "/"
-	}
-	u, err := url.ParseRequestURI(path)
-	if err != nil || u.Scheme != "" || u.Host != "" {
-		return Result{Err: fmt.Errorf("probe path %q: want an absolute path such as /healthz, not a URL", path)}
-	}
-	u.Scheme = "http"
-	u.Host = net.JoinHostPort(host, strconv.Itoa(port))
-
-	ctx, cancel := context.WithTimeout(ctx, orDefault(timeout))
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	u, err := requestURL(host, port, path)
 	if err != nil {
-		return Result{Err: fmt.Errorf("probe %s: %w", u, err)}
+		return Result{Err: err}
 	}
-	req.Header.Set("User-Agent", "meshvm-probe")
 	client := &http.Client{
 		Transport: &http.Transport{
 			Proxy:             nil, // never send a local probe through HTTP_PROXY
@@ -75,23 +65,52 @@ func HTTP(ctx context.Context, host string, port int, path string, timeout time.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	defer client.CloseIdleConnections()
+	r, _ := get(ctx, client, u, orDefault(timeout))
+	return r
+}
 
+// requestURL is http://host:port/path, path checked to be a path.
+func requestURL(host string, port int, path string) (*url.URL, error) {
+	if path == "" {
+		path = "/"
+	}
+	u, err := url.ParseRequestURI(path)
+	if err != nil || u.Scheme != "" || u.Host != "" {
+		return nil, fmt.Errorf("probe path %q: want an absolute path such as /healthz, not a URL", path)
+	}
+	u.Scheme = "http"
+	u.Host = net.JoinHostPort(host, strconv.Itoa(port))
+	return u, nil
+}
+
+// get sends GET u and judges it like a Kubernetes httpGet probe: 2xx or
+// 3xx is OK. It returns the first KiB of the body.
+func get(ctx context.Context, client *http.Client, u *url.URL, timeout time.Duration) (Result, string) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return Result{Err: fmt.Errorf("probe %s: %w", u, err)}, ""
+	}
+	req.Header.Set("User-Agent", "meshvm-probe")
 	start := time.Now()
 	resp, err := client.Do(req)
 	latency := time.Since(start)
 	if err != nil {
-		return Result{Latency: latency, Err: fmt.Errorf("probe %s: %w", u, plain(err))}
+		return Result{Latency: latency, Err: fmt.Errorf("probe %s: %w", u, plain(err))}, ""
 	}
 	// Read a little so the server does not see a reset mid-write.
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	resp.Body.Close()
-
+	if len(body) > 1<<10 {
+		body = body[:1<<10]
+	}
 	r := Result{StatusCode: resp.StatusCode, Latency: latency}
 	r.OK = resp.StatusCode >= 200 && resp.StatusCode < 400
 	if !r.OK {
 		r.Err = fmt.Errorf("probe %s: got HTTP status %d, want 200-399", u, resp.StatusCode)
 	}
-	return r
+	return r, string(body)
 }
 
 // TCP reports OK when a TCP connection to host:port opens. An empty host
@@ -113,6 +132,43 @@ func TCP(ctx context.Context, host string, port int, timeout time.Duration) Resu
 	}
 	conn.Close()
 	return Result{OK: true, Latency: latency}
+}
+
+// ErrNotService refuses a call target that is not a Kubernetes service name.
+var ErrNotService = errors.New("only Kubernetes service names are called")
+
+var serviceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.svc(\.cluster\.local)?)?$`)
+
+// ServiceResult is a call's outcome, with the start of the body.
+type ServiceResult struct {
+	Result
+	Body string
+}
+
+// Service sends GET path to a mesh service (name.namespace[.svc[.cluster.local]])
+// on port through this machine's resolver and routes: on a VM, the
+// sidecar's DNS proxy and capture carry it into the mesh.
+func Service(ctx context.Context, host string, port int, path string, timeout time.Duration) ServiceResult {
+	if !serviceName.MatchString(host) {
+		return ServiceResult{Result: Result{Err: fmt.Errorf("%w: %q: give name.namespace, e.g. helloworld.sample", ErrNotService, host)}}
+	}
+	if port < 1 || port > 65535 {
+		return ServiceResult{Result: Result{Err: fmt.Errorf("%w: got port %d, want 1-65535", ErrBadPort, port)}}
+	}
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	u, err := requestURL(host, port, path)
+	if err != nil {
+		return ServiceResult{Result: Result{Err: err}}
+	}
+	client := &http.Client{
+		Transport:     &http.Transport{Proxy: nil, DisableKeepAlives: true},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	defer client.CloseIdleConnections()
+	r, body := get(ctx, client, u, timeout)
+	return ServiceResult{Result: r, Body: body}
 }
 
 // checkTarget validates host and port and returns the host to dial.

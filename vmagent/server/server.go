@@ -32,7 +32,7 @@ import (
 var _ agentv1.AgentServiceServer = (*Server)(nil)
 
 // Capabilities the agent announces in GetVersion; hostctl checks them.
-var Capabilities = []string{"install.v1", "files.v1", "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1"}
+var Capabilities = []string{"install.v1", "files.v1", "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1"}
 
 // Sidecar controls the istio unit.
 type Sidecar interface {
@@ -347,6 +347,18 @@ func (s *Server) Probe(ctx context.Context, req *agentv1.ProbeRequest) (*agentv1
 		return nil, agenterr.Invalid("%v", res.Err)
 	}
 	out := &agentv1.ProbeResponse{Ok: res.OK, StatusCode: int32(res.StatusCode), Latency: durationpb.New(res.Latency)}
+	if res.Err != nil {
+		out.Error = res.Err.Error()
+	}
+	return out, nil
+}
+
+func (s *Server) CallService(ctx context.Context, req *agentv1.CallServiceRequest) (*agentv1.CallServiceResponse, error) {
+	res := probe.Service(ctx, req.GetHost(), int(req.GetPort()), req.GetPath(), timeoutOf(req.GetTimeout()))
+	if errors.Is(res.Err, probe.ErrNotService) || errors.Is(res.Err, probe.ErrBadPort) {
+		return nil, agenterr.Invalid("%v", res.Err)
+	}
+	out := &agentv1.CallServiceResponse{Ok: res.OK, StatusCode: int32(res.StatusCode), Body: res.Body, Latency: durationpb.New(res.Latency)}
 	if res.Err != nil {
 		out.Error = res.Err.Error()
 	}

@@ -302,6 +302,22 @@ func TestProbeOnlyLocal(t *testing.T) {
 	}
 }
 
+// CallService calls only service names; one that does not resolve comes
+// back as the call's error, not the RPC's.
+func TestCallServiceOnlyServiceNames(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	for _, host := range []string{"192.0.2.1", "example.com."} {
+		if _, err := c.API().CallService(ctxT(t), &agentv1.CallServiceRequest{Host: host, Port: 80}); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: got %v, want InvalidArgument", host, err)
+		}
+	}
+	r, err := c.API().CallService(ctxT(t), &agentv1.CallServiceRequest{Host: "no-such-svc.no-such-ns", Port: 5000, Path: "/hello"})
+	if err != nil || r.GetOk() || !strings.Contains(r.GetError(), "no-such-svc.no-such-ns") {
+		t.Errorf("unresolvable service: %v, %v; want the failure in the response", r, err)
+	}
+}
+
 func TestInstallDryRunOverGRPC(t *testing.T) {
 	e := startAgent(t)
 	c := e.client(t)

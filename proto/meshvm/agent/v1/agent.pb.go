@@ -2236,6 +2236,156 @@ func (x *ProbeResponse) GetError() string {
 	return ""
 }
 
+type CallServiceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A Kubernetes service name: name.namespace, optionally with .svc or
+	// .svc.cluster.local. Nothing else is called.
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// HTTP path; defaults to "/".
+	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	// Defaults to 5s.
+	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallServiceRequest) Reset() {
+	*x = CallServiceRequest{}
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallServiceRequest) ProtoMessage() {}
+
+func (x *CallServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallServiceRequest.ProtoReflect.Descriptor instead.
+func (*CallServiceRequest) Descriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CallServiceRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *CallServiceRequest) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *CallServiceRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CallServiceRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+type CallServiceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 2xx or 3xx arrived.
+	Ok         bool  `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	StatusCode int32 `protobuf:"varint,2,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	// The first KiB of the response body.
+	Body          string               `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	Latency       *durationpb.Duration `protobuf:"bytes,4,opt,name=latency,proto3" json:"latency,omitempty"`
+	Error         string               `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallServiceResponse) Reset() {
+	*x = CallServiceResponse{}
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallServiceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallServiceResponse) ProtoMessage() {}
+
+func (x *CallServiceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallServiceResponse.ProtoReflect.Descriptor instead.
+func (*CallServiceResponse) Descriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CallServiceResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *CallServiceResponse) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *CallServiceResponse) GetBody() string {
+	if x != nil {
+		return x.Body
+	}
+	return ""
+}
+
+func (x *CallServiceResponse) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *CallServiceResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type CheckNetworkRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2244,7 +2394,7 @@ type CheckNetworkRequest struct {
 
 func (x *CheckNetworkRequest) Reset() {
 	*x = CheckNetworkRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2406,7 @@ func (x *CheckNetworkRequest) String() string {
 func (*CheckNetworkRequest) ProtoMessage() {}
 
 func (x *CheckNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2419,7 @@ func (x *CheckNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckNetworkRequest.ProtoReflect.Descriptor instead.
 func (*CheckNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 type CheckNetworkResponse struct {
@@ -2287,7 +2437,7 @@ type CheckNetworkResponse struct {
 
 func (x *CheckNetworkResponse) Reset() {
 	*x = CheckNetworkResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2449,7 @@ func (x *CheckNetworkResponse) String() string {
 func (*CheckNetworkResponse) ProtoMessage() {}
 
 func (x *CheckNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2462,7 @@ func (x *CheckNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckNetworkResponse.ProtoReflect.Descriptor instead.
 func (*CheckNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CheckNetworkResponse) GetFirewallBackends() []*FirewallBackend {
@@ -2364,7 +2514,7 @@ type FirewallBackend struct {
 
 func (x *FirewallBackend) Reset() {
 	*x = FirewallBackend{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2526,7 @@ func (x *FirewallBackend) String() string {
 func (*FirewallBackend) ProtoMessage() {}
 
 func (x *FirewallBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2389,7 +2539,7 @@ func (x *FirewallBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallBackend.ProtoReflect.Descriptor instead.
 func (*FirewallBackend) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *FirewallBackend) GetName() string {
@@ -2433,7 +2583,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2595,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2608,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -2507,7 +2657,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2519,7 +2669,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2532,7 +2682,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Route) GetDestination() string {
@@ -2701,7 +2851,19 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\vstatus_code\x18\x02 \x01(\x05R\n" +
 	"statusCode\x123\n" +
 	"\alatency\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\x15\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\x85\x01\n" +
+	"\x12CallServiceRequest\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x123\n" +
+	"\atimeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\xa5\x01\n" +
+	"\x13CallServiceResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x1f\n" +
+	"\vstatus_code\x18\x02 \x01(\x05R\n" +
+	"statusCode\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\tR\x04body\x123\n" +
+	"\alatency\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\alatency\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\x15\n" +
 	"\x13CheckNetworkRequest\"\xc6\x02\n" +
 	"\x14CheckNetworkResponse\x12M\n" +
 	"\x11firewall_backends\x18\x01 \x03(\v2 .meshvm.agent.v1.FirewallBackendR\x10firewallBackends\x12A\n" +
@@ -2754,7 +2916,7 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\tProbeKind\x12\x1a\n" +
 	"\x16PROBE_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROBE_KIND_HTTP\x10\x01\x12\x12\n" +
-	"\x0ePROBE_KIND_TCP\x10\x022\x91\b\n" +
+	"\x0ePROBE_KIND_TCP\x10\x022\xeb\b\n" +
 	"\fAgentService\x12U\n" +
 	"\n" +
 	"GetVersion\x12\".meshvm.agent.v1.GetVersionRequest\x1a#.meshvm.agent.v1.GetVersionResponse\x12R\n" +
@@ -2770,7 +2932,8 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"ResolveDNS\x12\".meshvm.agent.v1.ResolveDNSRequest\x1a#.meshvm.agent.v1.ResolveDNSResponse\x12F\n" +
 	"\x05Probe\x12\x1d.meshvm.agent.v1.ProbeRequest\x1a\x1e.meshvm.agent.v1.ProbeResponse\x12[\n" +
-	"\fCheckNetwork\x12$.meshvm.agent.v1.CheckNetworkRequest\x1a%.meshvm.agent.v1.CheckNetworkResponseB8Z6github.com/meshvm/meshvm/proto/meshvm/agent/v1;agentv1b\x06proto3"
+	"\fCheckNetwork\x12$.meshvm.agent.v1.CheckNetworkRequest\x1a%.meshvm.agent.v1.CheckNetworkResponse\x12X\n" +
+	"\vCallService\x12#.meshvm.agent.v1.CallServiceRequest\x1a$.meshvm.agent.v1.CallServiceResponseB8Z6github.com/meshvm/meshvm/proto/meshvm/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_meshvm_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2785,7 +2948,7 @@ func file_meshvm_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_meshvm_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_meshvm_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_meshvm_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_meshvm_agent_v1_agent_proto_goTypes = []any{
 	(StepOutcome)(0),               // 0: meshvm.agent.v1.StepOutcome
 	(FileOutcome)(0),               // 1: meshvm.agent.v1.FileOutcome
@@ -2823,27 +2986,29 @@ var file_meshvm_agent_v1_agent_proto_goTypes = []any{
 	(*ResolveDNSResponse)(nil),     // 33: meshvm.agent.v1.ResolveDNSResponse
 	(*ProbeRequest)(nil),           // 34: meshvm.agent.v1.ProbeRequest
 	(*ProbeResponse)(nil),          // 35: meshvm.agent.v1.ProbeResponse
-	(*CheckNetworkRequest)(nil),    // 36: meshvm.agent.v1.CheckNetworkRequest
-	(*CheckNetworkResponse)(nil),   // 37: meshvm.agent.v1.CheckNetworkResponse
-	(*FirewallBackend)(nil),        // 38: meshvm.agent.v1.FirewallBackend
-	(*NetworkInterface)(nil),       // 39: meshvm.agent.v1.NetworkInterface
-	(*Route)(nil),                  // 40: meshvm.agent.v1.Route
-	nil,                            // 41: meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
-	(*timestamppb.Timestamp)(nil),  // 42: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 43: google.protobuf.Duration
+	(*CallServiceRequest)(nil),     // 36: meshvm.agent.v1.CallServiceRequest
+	(*CallServiceResponse)(nil),    // 37: meshvm.agent.v1.CallServiceResponse
+	(*CheckNetworkRequest)(nil),    // 38: meshvm.agent.v1.CheckNetworkRequest
+	(*CheckNetworkResponse)(nil),   // 39: meshvm.agent.v1.CheckNetworkResponse
+	(*FirewallBackend)(nil),        // 40: meshvm.agent.v1.FirewallBackend
+	(*NetworkInterface)(nil),       // 41: meshvm.agent.v1.NetworkInterface
+	(*Route)(nil),                  // 42: meshvm.agent.v1.Route
+	nil,                            // 43: meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
+	(*timestamppb.Timestamp)(nil),  // 44: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 45: google.protobuf.Duration
 }
 var file_meshvm_agent_v1_agent_proto_depIdxs = []int32{
-	42, // 0: meshvm.agent.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	43, // 1: meshvm.agent.v1.GetStatusResponse.uptime:type_name -> google.protobuf.Duration
+	44, // 0: meshvm.agent.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	45, // 1: meshvm.agent.v1.GetStatusResponse.uptime:type_name -> google.protobuf.Duration
 	28, // 2: meshvm.agent.v1.GetStatusResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
 	17, // 3: meshvm.agent.v1.GetStatusResponse.install_steps:type_name -> meshvm.agent.v1.StepResult
 	10, // 4: meshvm.agent.v1.GetStatusResponse.workload_certificate:type_name -> meshvm.agent.v1.CertificateInfo
 	11, // 5: meshvm.agent.v1.GetStatusResponse.token:type_name -> meshvm.agent.v1.TokenInfo
-	41, // 6: meshvm.agent.v1.GetStatusResponse.last_errors:type_name -> meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
+	43, // 6: meshvm.agent.v1.GetStatusResponse.last_errors:type_name -> meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
 	20, // 7: meshvm.agent.v1.GetStatusResponse.files:type_name -> meshvm.agent.v1.FileStat
-	42, // 8: meshvm.agent.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
-	42, // 9: meshvm.agent.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
-	42, // 10: meshvm.agent.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	44, // 8: meshvm.agent.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
+	44, // 9: meshvm.agent.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
+	44, // 10: meshvm.agent.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
 	13, // 11: meshvm.agent.v1.InstallRequest.hosts_entries:type_name -> meshvm.agent.v1.HostsEntry
 	17, // 12: meshvm.agent.v1.InstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
 	17, // 13: meshvm.agent.v1.UninstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
@@ -2854,48 +3019,52 @@ var file_meshvm_agent_v1_agent_proto_depIdxs = []int32{
 	2,  // 18: meshvm.agent.v1.ControlSidecarRequest.action:type_name -> meshvm.agent.v1.SidecarAction
 	28, // 19: meshvm.agent.v1.ControlSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
 	28, // 20: meshvm.agent.v1.GetSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	42, // 21: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
+	44, // 21: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
 	3,  // 22: meshvm.agent.v1.SidecarLogsRequest.source:type_name -> meshvm.agent.v1.LogSource
 	31, // 23: meshvm.agent.v1.SidecarLogsResponse.lines:type_name -> meshvm.agent.v1.LogLine
-	42, // 24: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	44, // 24: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	4,  // 25: meshvm.agent.v1.ResolveDNSRequest.via:type_name -> meshvm.agent.v1.DNSVia
-	43, // 26: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
-	43, // 27: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
+	45, // 26: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 27: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
 	5,  // 28: meshvm.agent.v1.ProbeRequest.kind:type_name -> meshvm.agent.v1.ProbeKind
-	43, // 29: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
-	43, // 30: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
-	38, // 31: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
-	39, // 32: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
-	40, // 33: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
-	6,  // 34: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
-	8,  // 35: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
-	12, // 36: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
-	15, // 37: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
-	18, // 38: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
-	21, // 39: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
-	24, // 40: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
-	26, // 41: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
-	29, // 42: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
-	32, // 43: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
-	34, // 44: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
-	36, // 45: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
-	7,  // 46: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
-	9,  // 47: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
-	14, // 48: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
-	16, // 49: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
-	19, // 50: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
-	23, // 51: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
-	25, // 52: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
-	27, // 53: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
-	30, // 54: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
-	33, // 55: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
-	35, // 56: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
-	37, // 57: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
-	46, // [46:58] is the sub-list for method output_type
-	34, // [34:46] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	45, // 29: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 30: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
+	45, // 31: meshvm.agent.v1.CallServiceRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 32: meshvm.agent.v1.CallServiceResponse.latency:type_name -> google.protobuf.Duration
+	40, // 33: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
+	41, // 34: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
+	42, // 35: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
+	6,  // 36: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
+	8,  // 37: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
+	12, // 38: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
+	15, // 39: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
+	18, // 40: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
+	21, // 41: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
+	24, // 42: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
+	26, // 43: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
+	29, // 44: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
+	32, // 45: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
+	34, // 46: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
+	38, // 47: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
+	36, // 48: meshvm.agent.v1.AgentService.CallService:input_type -> meshvm.agent.v1.CallServiceRequest
+	7,  // 49: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
+	9,  // 50: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
+	14, // 51: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
+	16, // 52: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
+	19, // 53: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
+	23, // 54: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
+	25, // 55: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
+	27, // 56: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
+	30, // 57: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
+	33, // 58: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
+	35, // 59: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
+	39, // 60: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
+	37, // 61: meshvm.agent.v1.AgentService.CallService:output_type -> meshvm.agent.v1.CallServiceResponse
+	49, // [49:62] is the sub-list for method output_type
+	36, // [36:49] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_meshvm_agent_v1_agent_proto_init() }
@@ -2913,7 +3082,7 @@ func file_meshvm_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshvm_agent_v1_agent_proto_rawDesc), len(file_meshvm_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

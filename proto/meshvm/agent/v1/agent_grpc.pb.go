@@ -34,6 +34,7 @@ const (
 	AgentService_ResolveDNS_FullMethodName     = "/meshvm.agent.v1.AgentService/ResolveDNS"
 	AgentService_Probe_FullMethodName          = "/meshvm.agent.v1.AgentService/Probe"
 	AgentService_CheckNetwork_FullMethodName   = "/meshvm.agent.v1.AgentService/CheckNetwork"
+	AgentService_CallService_FullMethodName    = "/meshvm.agent.v1.AgentService/CallService"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -70,6 +71,10 @@ type AgentServiceClient interface {
 	Probe(ctx context.Context, in *ProbeRequest, opts ...grpc.CallOption) (*ProbeResponse, error)
 	// CheckNetwork reports firewall backends, Istio chains, interfaces and routes.
 	CheckNetwork(ctx context.Context, in *CheckNetworkRequest, opts ...grpc.CallOption) (*CheckNetworkResponse, error)
+	// CallService sends an HTTP GET from the VM to a mesh service, by its
+	// Kubernetes name, through the VM's resolver and the sidecar's capture:
+	// the VM reaching the mesh (hostctl verify).
+	CallService(ctx context.Context, in *CallServiceRequest, opts ...grpc.CallOption) (*CallServiceResponse, error)
 }
 
 type agentServiceClient struct {
@@ -212,6 +217,16 @@ func (c *agentServiceClient) CheckNetwork(ctx context.Context, in *CheckNetworkR
 	return out, nil
 }
 
+func (c *agentServiceClient) CallService(ctx context.Context, in *CallServiceRequest, opts ...grpc.CallOption) (*CallServiceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CallServiceResponse)
+	err := c.cc.Invoke(ctx, AgentService_CallService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -246,6 +261,10 @@ type AgentServiceServer interface {
 	Probe(context.Context, *ProbeRequest) (*ProbeResponse, error)
 	// CheckNetwork reports firewall backends, Istio chains, interfaces and routes.
 	CheckNetwork(context.Context, *CheckNetworkRequest) (*CheckNetworkResponse, error)
+	// CallService sends an HTTP GET from the VM to a mesh service, by its
+	// Kubernetes name, through the VM's resolver and the sidecar's capture:
+	// the VM reaching the mesh (hostctl verify).
+	CallService(context.Context, *CallServiceRequest) (*CallServiceResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -291,6 +310,9 @@ func (UnimplementedAgentServiceServer) Probe(context.Context, *ProbeRequest) (*P
 }
 func (UnimplementedAgentServiceServer) CheckNetwork(context.Context, *CheckNetworkRequest) (*CheckNetworkResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CheckNetwork not implemented")
+}
+func (UnimplementedAgentServiceServer) CallService(context.Context, *CallServiceRequest) (*CallServiceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CallService not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -511,6 +533,24 @@ func _AgentService_CheckNetwork_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_CallService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CallServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).CallService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_CallService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).CallService(ctx, req.(*CallServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -557,6 +597,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CheckNetwork",
 			Handler:    _AgentService_CheckNetwork_Handler,
+		},
+		{
+			MethodName: "CallService",
+			Handler:    _AgentService_CallService_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
