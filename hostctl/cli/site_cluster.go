@@ -8,12 +8,15 @@ import (
 	"os"
 	"strings"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/k3s"
 	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/meshcall"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/proxyimage"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -226,6 +229,10 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 		return err
 	}
 	p.step("cluster", "", "workload namespace %s %s", s.cfg.Workload.Namespace, gone)
+	// verify's client pods live in their own namespace.
+	if err := c.Kube.CoreV1().Namespaces().Delete(ctx, meshcall.Namespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
 	objs, keep, err := s.istio()
 	if err != nil {
 		return err

@@ -144,6 +144,9 @@ func TestUpOnYourCluster(t *testing.T) {
 	if ns, err := clients.Kube.CoreV1().Namespaces().Get(ctx, "vmns", metav1.GetOptions{}); err == nil && ns.DeletionTimestamp == nil {
 		t.Error("the workload namespace is left after down")
 	}
+	if ns, err := clients.Kube.CoreV1().Namespaces().Get(ctx, meshcall.Namespace, metav1.GetOptions{}); err == nil && ns.DeletionTimestamp == nil {
+		t.Error("verify's namespace is left after down")
+	}
 	if _, err := clients.Kube.Discovery().ServerVersion(); err != nil {
 		t.Errorf("down took the cluster with it: %v", err)
 	}
