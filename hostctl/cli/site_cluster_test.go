@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/vishvananda/netlink"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -83,7 +84,7 @@ func TestUpOnYourCluster(t *testing.T) {
 	}
 	clients.Kube.CoreV1().Services("istio-system").Delete(ctx, lb.Name, metav1.DeleteOptions{})
 
-	hostIP := hostAddress(t)
+	hostIP := loadBalancerAddress(t)
 	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
 	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
 	t.Logf("up on your cluster:\n%s", out)
@@ -206,21 +207,25 @@ func proxyRegistry(t *testing.T, root string) string {
 	return hub
 }
 
-// hostAddress is an address of this machine the lab VMs reach through
-// their default route, as they would a LoadBalancer's.
-func hostAddress(t *testing.T) string {
+// loadBalancerAddress puts an address on a dummy interface of this
+// machine, where istiod (a local process) listens, and returns it: the lab
+// VMs reach it through their default route, as they would a LoadBalancer's.
+func loadBalancerAddress(t *testing.T) string {
 	t.Helper()
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
+	const addr = "198.51.100.7"
+	link := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "mv-test-lb"}}
+	netlink.LinkDel(link)
+	if err := netlink.LinkAdd(link); err != nil {
+		t.Fatalf("dummy link: %v", err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(link) })
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(addr), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !strings.HasPrefix(ipn.IP.String(), "10.") {
-			return ipn.IP.String()
-		}
+	if err := netlink.LinkSetUp(link); err != nil {
+		t.Fatal(err)
 	}
-	t.Skip("no non-loopback IPv4 address to stand for the LoadBalancer's")
-	return ""
+	return addr
 }
 
 // playKubeletAndLoadBalancer does what the lab's cluster has nobody for:
