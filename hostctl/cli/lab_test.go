@@ -205,8 +205,8 @@ func agentRemoved(t *testing.T, ctx context.Context, lab *labmachine.Provider, s
 	}
 	out, _ := lab.Exec(ctx, vm, nil, "sh", "-c", "id istio-proxy; ls /etc/meshvm /var/lib/meshvm /usr/local/bin/vmagent /usr/local/bin/pilot-agent; "+
 		"systemctl is-active vmagent.service istio.service; grep -c meshvm /etc/hosts")
-	for _, want := range []string{"no such user", "/etc/meshvm: No such file", "/var/lib/meshvm: No such file", "/usr/local/bin/vmagent: No such file",
-		"/usr/local/bin/pilot-agent: No such file", "inactive\ninactive", "\n0"} {
+	for _, want := range []string{"no such user", "'/etc/meshvm': No such file", "'/var/lib/meshvm': No such file", "'/usr/local/bin/vmagent': No such file",
+		"'/usr/local/bin/pilot-agent': No such file", "inactive\ninactive", "\n0"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("after the agent was removed, want %q in:\n%s", want, out)
 		}

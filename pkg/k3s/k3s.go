@@ -196,6 +196,11 @@ func WaitNodes(ctx context.Context, rc *rest.Config, names []string, progress fu
 		return err
 	}
 	ready := map[string]bool{}
+	if nodes, err := kc.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+		for i := range nodes.Items {
+			ready[nodes.Items[i].Name] = nodeReady(&nodes.Items[i])
+		}
+	}
 	waiting := func() []string {
 		var out []string
 		for _, n := range names {
@@ -204,6 +209,10 @@ func WaitNodes(ctx context.Context, rc *rest.Config, names []string, progress fu
 			}
 		}
 		return out
+	}
+	if len(waiting()) == 0 {
+		progress("nodes Ready: %s", strings.Join(names, ", "))
+		return nil
 	}
 	last := ""
 	lw := &cache.ListWatch{
