@@ -41,8 +41,23 @@ func Fetch(ctx context.Context, kc kubernetes.Interface, image, url string, time
 				`curl -sS -m 10 "$0"; rc=$?; curl -sf -XPOST http://127.0.0.1:15020/quitquitquit >/dev/null; exit $rc`, url}}},
 		},
 	}
-	p, err := kc.CoreV1().Pods(Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	// A new namespace gets its default service account from a controller,
+	// a moment later: until then the pod is refused.
+	var p *corev1.Pod
+	var refused error
+	err := wait.PollUntilContextTimeout(ctx, time.Second, min(timeout, 30*time.Second), true, func(ctx context.Context) (bool, error) {
+		var err error
+		p, err = kc.CoreV1().Pods(Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		if apierrors.IsForbidden(err) && strings.Contains(err.Error(), "serviceaccount") {
+			refused = err
+			return false, nil
+		}
+		return err == nil, err
+	})
 	if err != nil {
+		if refused != nil && !apierrors.IsForbidden(err) {
+			err = fmt.Errorf("%w (still refused: %v)", err, refused)
+		}
 		return "", fmt.Errorf("create the client pod in %s: %w", Namespace, err)
 	}
 	defer kc.CoreV1().Pods(Namespace).Delete(context.WithoutCancel(ctx), p.Name, metav1.DeleteOptions{})
