@@ -194,10 +194,10 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 	case side == nil:
 		add("proxy version", "warn", "the sidecar build to compare with is not available here", "run hostctl up")
 	case skew != "":
-		add("proxy version", "fail", skew+" differs from the build of istiod's version (Istio "+istioinstall.EmbeddedVersion+")",
+		add("proxy version", "fail", skew+" differs from the build of istiod's version (Istio "+orEmbedded(cfg.Istio.Version)+")",
 			"run hostctl vm onboard "+name+" (it sends the matching binaries)")
 	default:
-		add("proxy version", "ok", "the sidecar is istiod's build (Istio "+istioinstall.EmbeddedVersion+")", "")
+		add("proxy version", "ok", "the sidecar is istiod's build (Istio "+orEmbedded(cfg.Istio.Version)+")", "")
 	}
 	return out
 }
@@ -259,4 +259,12 @@ func renderFindings(w io.Writer, output string, out []finding) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix))
 	}
 	return tw.Flush()
+}
+
+// orEmbedded is the configured Istio version, the embedded one by default.
+func orEmbedded(v string) string {
+	if v == "" {
+		return istioinstall.EmbeddedVersion
+	}
+	return v
 }
