@@ -156,7 +156,14 @@ func Render(o Options) ([]Object, error) {
 		return nil, err
 	}
 	out = append(out, exposed...)
-	sort.SliceStable(out, func(i, j int) bool { return applyOrder(out[i]) < applyOrder(out[j]) })
+	// The charts' renderer emits objects of a kind in no fixed order: sort
+	// fully, so every render (and every apply's report) is the same.
+	sort.Slice(out, func(i, j int) bool {
+		if a, b := applyOrder(out[i]), applyOrder(out[j]); a != b {
+			return a < b
+		}
+		return out[i].Ref() < out[j].Ref()
+	})
 	return out, nil
 }
 
