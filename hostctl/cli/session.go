@@ -30,6 +30,29 @@ type session struct {
 	spec    workload.Spec
 	deps    onboard.Deps
 	p       *progress
+
+	// sidecars are the sidecar files by architecture, found once for all
+	// the VMs onboarding at once (a module lookup or a registry request).
+	sidecarsMu sync.Mutex
+	sidecars   map[string]onboard.Sidecar
+}
+
+// sidecar returns the site's sidecar files for arch, looked up once.
+func (r *session) sidecar(ctx context.Context, arch string) (onboard.Sidecar, error) {
+	r.sidecarsMu.Lock()
+	defer r.sidecarsMu.Unlock()
+	if side, ok := r.sidecars[arch]; ok {
+		return side, nil
+	}
+	side, err := r.site.sidecar(ctx, arch)
+	if err != nil {
+		return side, err
+	}
+	if r.sidecars == nil {
+		r.sidecars = map[string]onboard.Sidecar{}
+	}
+	r.sidecars[arch] = side
+	return side, nil
 }
 
 // start converges the site's cluster, Istio and the workload's objects.
@@ -142,7 +165,7 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 	if err != nil {
 		return err
 	}
-	side, err := r.site.sidecar(ctx, m.Arch)
+	side, err := r.sidecar(ctx, m.Arch)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +38,9 @@ type clusterSite struct {
 	k3s machine.Provider
 	// addr is the east-west gateway's address, once known.
 	addr string
+	kube workload.Clients
+	// mu guards addr and kube: VMs onboard concurrently.
+	mu sync.Mutex
 	// version is Istio's (the embedded one unless istio.version names
 	// another, then rendered with istioctl of that version).
 	version, istioctl string
@@ -46,7 +50,20 @@ func (s *clusterSite) machines() machine.Provider { return s.ms }
 
 func (s *clusterSite) kubeconfig() string { return s.kc }
 
-func (s *clusterSite) clients() (workload.Clients, error) { return kubeClients(s.kc) }
+// clients connects once (the kubeconfig of a k3s cluster appears only
+// when upCluster has written it).
+func (s *clusterSite) clients() (workload.Clients, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kube.Kube != nil {
+		return s.kube, nil
+	}
+	c, err := kubeClients(s.kc)
+	if err == nil {
+		s.kube = c
+	}
+	return c, err
+}
 
 // k3sConfig is the recipe's cluster: one server, agents, the configured size.
 func (s *clusterSite) k3sConfig(p *progress) k3s.Config {
@@ -119,11 +136,14 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 	if err != nil {
 		return err
 	}
-	s.addr, err = istioinstall.WaitReady(ctx, c.Kube, func(msg string) { p.step("control plane", "", "%s", msg) })
+	addr, err := istioinstall.WaitReady(ctx, c.Kube, func(msg string) { p.step("control plane", "", "%s", msg) })
 	if err != nil {
 		return err
 	}
-	p.step("control plane", "", "istiod ready; VMs reach it through the east-west gateway at %s", s.addr)
+	s.mu.Lock()
+	s.addr = addr
+	s.mu.Unlock()
+	p.step("control plane", "", "istiod ready; VMs reach it through the east-west gateway at %s", addr)
 	return nil
 }
 
@@ -159,12 +179,14 @@ func (s *clusterSite) istiodReady(ctx context.Context) (string, error) {
 }
 
 func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, error) {
-	if s.addr != "" {
-		return s.addr, nil
-	}
 	c, err := s.clients()
 	if err != nil {
 		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.addr != "" {
+		return s.addr, nil
 	}
 	addr, err := istioinstall.EastWestAddress(ctx, c.Kube)
 	if err != nil {
