@@ -57,10 +57,6 @@ func (r *session) sidecar(ctx context.Context, arch string) (onboard.Sidecar, er
 
 // start converges the site's cluster, Istio and the workload's objects.
 func start(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
-	src, err := labSource()
-	if err != nil {
-		return nil, err
-	}
 	if err := s.upCluster(ctx, p); err != nil {
 		return nil, err
 	}
@@ -81,7 +77,7 @@ func start(ctx context.Context, p *progress, cfg config.Config, state *statedir.
 	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
-		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(src)},
+		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary},
 	}, nil
 }
 

@@ -44,7 +44,7 @@ type site interface {
 	// downCluster removes the cluster, or what up installed in one it did
 	// not create; vmsGone says the VMs were deleted first.
 	downCluster(ctx context.Context, p *progress, vmsGone bool) error
-	// trafficCheckable says why mesh traffic cannot be checked here, if it cannot.
+	// trafficUncheckable says why mesh traffic cannot be checked here, if it cannot.
 	trafficUncheckable() string
 }
 

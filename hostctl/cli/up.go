@@ -165,19 +165,28 @@ func saveFiles(state *statedir.Dir, vm string, f workloadfiles.Files) error {
 }
 
 // agentBinary finds the static vmagent for arch: in MESHVM_AGENT_DIR, else
-// where `make build` writes it.
-func agentBinary(src string) func(string) (string, error) {
-	return func(arch string) (string, error) {
-		dir := os.Getenv("MESHVM_AGENT_DIR")
-		if dir == "" {
-			dir = filepath.Join(src, "..", "..", "bin")
+// beside the hostctl binary (make build and a release put them together),
+// else where make build writes them in the checkout.
+func agentBinary(arch string) (string, error) {
+	name := "vmagent-linux-" + arch
+	var dirs []string
+	if d := os.Getenv("MESHVM_AGENT_DIR"); d != "" {
+		dirs = []string{d}
+	} else {
+		if exe, err := os.Executable(); err == nil {
+			dirs = append(dirs, filepath.Dir(exe))
 		}
-		p := filepath.Join(dir, "vmagent-linux-"+arch)
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("no vmagent for linux/%s at %s: run make build", arch, p)
+		if src, err := labSource(); err == nil {
+			dirs = append(dirs, filepath.Join(src, "..", "..", "bin"))
 		}
-		return p, nil
 	}
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no %s in %s: run make build (or set MESHVM_AGENT_DIR to where the vmagent binaries are)", name, strings.Join(dirs, ", "))
 }
 
 func kubeClients(kubeconfig string) (workload.Clients, error) {
