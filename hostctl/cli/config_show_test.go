@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshvm/meshvm/hostctl/config"
 )
 
 func run(t *testing.T, args ...string) (string, error) {
@@ -97,5 +99,29 @@ func TestUpRefusesAnotherIstioVersion(t *testing.T) {
 	_, err = run(t, "--config", p, "up")
 	if err == nil || !strings.Contains(err.Error(), "istioctl of that version on PATH") || !strings.Contains(err.Error(), "releases/tag/1.24.2") {
 		t.Errorf("got %v, want istioctl 1.24.2 asked for", err)
+	}
+}
+
+// vm add takes an SSH machine's details as flags, refuses it without them,
+// and lists it with them before bringing it up.
+func TestVMAddSSHMachine(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "meshvm.yaml")
+	os.WriteFile(p, []byte("version: 1\ncluster:\n  provider: kubeconfig\n  kubeconfig: /nonexistent\nmachines: ssh\nvms:\n- {name: vm1, address: 10.0.0.2, user: ubuntu}\n"), 0o600)
+	if _, err := run(t, "--config", p, "vm", "add", "vm2"); err == nil || !strings.Contains(err.Error(), "need address and user") {
+		t.Errorf("without --address/--user: got %v", err)
+	}
+	if b, _ := os.ReadFile(p); strings.Contains(string(b), "vm2") {
+		t.Errorf("a refused VM was listed:\n%s", b)
+	}
+	_, err := run(t, "--config", p, "vm", "add", "vm2", "--address", "10.0.0.3", "--user", "ubuntu", "--key", "/keys/id")
+	if err == nil || !strings.Contains(err.Error(), "no kubeconfig at /nonexistent") {
+		t.Errorf("with no cluster: got %v, want the missing kubeconfig named", err)
+	}
+	cfg, err := config.Load(p, true, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm, err := cfg.VM("vm2"); err != nil || vm.Address != "10.0.0.3" || vm.User != "ubuntu" || vm.Key != "/keys/id" {
+		t.Errorf("vm2 listed as %+v, %v", vm, err)
 	}
 }

@@ -40,7 +40,7 @@ func (c *vmCmd) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, er
 func vmCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
 		(&vmOnboardCmd{vmCmd: vmCmd{g: g}}).command(),
-		(&vmAddCmd{vmCmd{g: g}}).command(),
+		(&vmAddCmd{vmCmd: vmCmd{g: g}}).command(),
 		(&vmRmCmd{vmCmd{g: g}}).command(),
 		(&vmStartCmd{vmCmd{g: g}}).command(),
 		(&vmStopCmd{vmCmd{g: g}}).command(),
@@ -108,15 +108,27 @@ func pick(cfg config.Config, names []string) ([]config.VM, error) {
 	return out, nil
 }
 
-type vmAddCmd struct{ vmCmd }
+type vmAddCmd struct {
+	vmCmd
+	vm config.VM
+}
 
 func (c *vmAddCmd) command() *cobra.Command {
-	return c.flags(&cobra.Command{
+	cmd := c.flags(&cobra.Command{
 		Use:   "add VM",
 		Short: "List a new VM in the config, then create, install and onboard it like up does",
 		Args:  cobra.ExactArgs(1),
 		RunE:  c.run,
 	}, 10*time.Minute)
+	f := cmd.Flags()
+	f.StringVar(&c.vm.Image, "image", "", "Multipass image (e.g. 22.04)")
+	f.IntVar(&c.vm.CPUs, "cpus", 0, "Multipass CPUs")
+	f.StringVar(&c.vm.Memory, "memory", "", "Multipass memory (e.g. 1G)")
+	f.StringVar(&c.vm.Disk, "disk", "", "Multipass disk (e.g. 4G)")
+	f.StringVar(&c.vm.Address, "address", "", "SSH machines: host or host:port")
+	f.StringVar(&c.vm.User, "user", "", "SSH machines: user (root, or one with passwordless sudo)")
+	f.StringVar(&c.vm.Key, "key", "", "SSH machines: private key file")
+	return cmd
 }
 
 func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
@@ -124,7 +136,8 @@ func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	vm := config.VM{Name: args[0]}
+	vm := c.vm
+	vm.Name = args[0]
 	probe := cfg
 	probe.VMs = append(append([]config.VM(nil), cfg.VMs...), vm)
 	if _, err := cfg.VM(vm.Name); err != nil {
