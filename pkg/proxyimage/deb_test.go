@@ -15,6 +15,7 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
+// tarOf is a tar stream holding files (path -> content), mode 0755.
 func tarOf(t *testing.T, files map[string]string) []byte {
 	t.Helper()
 	var buf bytes.Buffer

@@ -1,7 +1,6 @@
 package proxyimage
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"io"
@@ -25,14 +24,7 @@ import (
 // layer is a tar layer holding files (path -> content).
 func layer(t *testing.T, files map[string]string) v1.Layer {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for p, c := range files {
-		tw.WriteHeader(&tar.Header{Name: p, Mode: 0o755, Size: int64(len(c)), Typeflag: tar.TypeReg})
-		tw.Write([]byte(c))
-	}
-	tw.Close()
-	l, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	l, err := tarball.LayerFromReader(bytes.NewReader(tarOf(t, files)))
 	if err != nil {
 		t.Fatal(err)
 	}
