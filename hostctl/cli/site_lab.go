@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"runtime"
 
 	"github.com/meshvm/meshvm/hostctl/config"
@@ -99,7 +100,7 @@ func (s *labSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar, er
 	bins := labbuild.Result{}
 	if s.stack != nil {
 		bins = s.stack.Bins
-	} else if bins, err = labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: nopWriter{}}); err != nil {
+	} else if bins, err = labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: io.Discard}); err != nil {
 		return onboard.Sidecar{}, err
 	}
 	bootstrap, err := labbuild.IstioFile(ctx, src, "tools/packaging/common/envoy_bootstrap.json")
@@ -128,7 +129,3 @@ func (s *labSite) downCluster(ctx context.Context, p *progress, vmsGone bool) er
 func (s *labSite) trafficUncheckable() string {
 	return "the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
 }
-
-type nopWriter struct{}
-
-func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
