@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -133,7 +134,9 @@ func TestUpOnMachines(t *testing.T) {
 	rc, _ := clientcmd.BuildConfigFromFlags("", labcluster.Kubeconfig(dir))
 	kc := kubernetes.NewForConfigOrDie(rc)
 	m := &machines{installed: map[string]string{}, kubeconfig: lab}
-	m.onInstall = func(name string) { registerReadyNode(ctx, t, kc, name) }
+	beats, stopBeats := context.WithCancel(ctx)
+	defer stopBeats()
+	m.onInstall = func(name string) { kubelet(beats, t, kc, name) }
 	port := labcluster.Server()[strings.LastIndex(labcluster.Server(), ":")+1:]
 	c := Config{Provider: m, Version: "v1.33.3+k3s1", APIPort: port, Server: machine.Spec{Name: "k3s-server"},
 		Agents: []machine.Spec{{Name: "k3s-agent-1"}, {Name: "k3s-agent-2"}}, Progress: func(f string, a ...any) { t.Logf(f, a...) }}
@@ -194,17 +197,34 @@ func TestUpOnMachines(t *testing.T) {
 	}
 }
 
-// registerReadyNode does what the node's kubelet would: register it Ready.
-func registerReadyNode(ctx context.Context, t *testing.T, kc kubernetes.Interface, name string) {
+// kubelet does what the node's kubelet would: register the node, then
+// keep its Ready condition and its Lease fresh, so the controller manager's
+// node lifecycle controller sees a live node, until ctx ends.
+func kubelet(ctx context.Context, t *testing.T, kc kubernetes.Interface, name string) {
 	time.Sleep(500 * time.Millisecond)
-	n, err := kc.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := kc.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil && ctx.Err() == nil {
 		t.Errorf("register node %s: %v", name, err)
 		return
 	}
-	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
-		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
-	if _, err := kc.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Errorf("node %s Ready: %v", name, err)
+	holder, seconds := name, int32(40)
+	for ctx.Err() == nil {
+		now := metav1.Now()
+		if n, err := kc.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); err == nil {
+			n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+				LastHeartbeatTime: now, LastTransitionTime: now}}
+			kc.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}) // a conflict is retried next beat
+		}
+		lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "kube-node-lease"},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &seconds, RenewTime: &metav1.MicroTime{Time: now.Time}}}
+		if l, err := kc.CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{}); err == nil {
+			l.Spec = lease.Spec
+			kc.CoordinationV1().Leases("kube-node-lease").Update(ctx, l, metav1.UpdateOptions{})
+		} else {
+			kc.CoordinationV1().Leases("kube-node-lease").Create(ctx, lease, metav1.CreateOptions{})
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
 }
