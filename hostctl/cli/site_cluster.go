@@ -205,12 +205,9 @@ func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar
 	if deb := s.cfg.Istio.SidecarDeb; deb != "" {
 		side, err = proxyimage.FromDeb(s.state.Path("sidecar"), deb, arch)
 	} else {
-		hub := s.cfg.Istio.Hub
-		if hub == "" {
-			hub = istioinstall.DefaultHub
-		}
+		// The VMs' proxy comes from where the cluster's images do.
 		f := proxyimage.Fetcher{CacheDir: s.state.Path("sidecar")}
-		side, err = f.Fetch(ctx, proxyimage.Image(hub, s.version), arch)
+		side, err = f.Fetch(ctx, proxyimage.Image(s.options().ImageHub(), s.version), arch)
 	}
 	if err != nil {
 		return onboard.Sidecar{}, err

@@ -62,10 +62,17 @@ func (o Object) Ref() string {
 	return o.GetKind() + "/" + o.GetNamespace() + "/" + o.GetName()
 }
 
-func (o Options) withDefaults() (Options, error) {
+// ImageHub is where the install's images come from, the VMs' proxyv2
+// among them: Hub, else DefaultHub.
+func (o Options) ImageHub() string {
 	if o.Hub == "" {
-		o.Hub = DefaultHub
+		return DefaultHub
 	}
+	return o.Hub
+}
+
+func (o Options) withDefaults() (Options, error) {
+	o.Hub = o.ImageHub()
 	if o.Tag == "" {
 		o.Tag = EmbeddedVersion
 	}
