@@ -38,7 +38,8 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	var errs []error
 	for _, vm := range cfg.VMs {
-		if err := removeVM(cmd.Context(), cfg, state, s, vm.Name); err != nil {
+		how, err := removeVM(cmd.Context(), cfg, state, s, vm.Name)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 			continue
 		}
@@ -46,7 +47,7 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 		if err := os.RemoveAll(state.Path("vms", vm.Name)); err != nil {
 			errs = append(errs, err)
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s %s\n", vm.Name, removedHow(cfg))
+		fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s %s\n", vm.Name, how)
 	}
 	if !c.keepCluster {
 		if err := s.downCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), len(errs) == 0); err != nil {
@@ -57,21 +58,16 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 }
 
 // removeVM deletes a VM hostctl created; one brought over SSH is not ours to
-// delete: the agent reverts what it did and is removed itself.
-func removeVM(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string) error {
+// delete: the agent reverts what it did and is removed itself. It says
+// which happened.
+func removeVM(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string) (string, error) {
 	if cfg.MachineProvider() != config.SSH {
-		return s.machines().Delete(ctx, name)
+		return "deleted", s.machines().Delete(ctx, name)
 	}
 	m, err := s.machines().Info(ctx, name)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return onboard.RemoveAgent(ctx, onboard.Deps{Provider: s.machines(), State: state}, m)
-}
-
-func removedHow(cfg config.Config) string {
-	if cfg.MachineProvider() == config.SSH {
-		return "left as it was before up (sidecar, postinst and agent removed; the machine is yours)"
-	}
-	return "deleted"
+	return "left as it was before up (sidecar, postinst and agent removed; the machine is yours)",
+		onboard.RemoveAgent(ctx, onboard.Deps{Provider: s.machines(), State: state}, m)
 }

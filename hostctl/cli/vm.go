@@ -196,10 +196,11 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 	case err != nil:
 		return err
 	default:
-		if err := removeVM(ctx, cfg, state, s, name); err != nil {
+		how, err := removeVM(ctx, cfg, state, s, name)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "vm rm: machine %s %s\n", name, removedHow(cfg))
+		fmt.Fprintf(w, "vm rm: machine %s %s\n", name, how)
 		// istiod would drop the entry after its grace period; do not leave it to chance.
 		if clients, err := kubeClients(s.kubeconfig()); err != nil {
 			errs = append(errs, err)
