@@ -18,6 +18,6 @@ func main() {
 	stop()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "hostctl:", err)
-		os.Exit(1)
 	}
+	os.Exit(cli.ExitCode(err))
 }

@@ -2,13 +2,11 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -43,8 +41,7 @@ type clusterCmd struct {
 }
 
 func (c *clusterCmd) output(cmd *cobra.Command) *cobra.Command {
-	cmd.Flags().StringVarP(&c.format, "output", "o", "table", "output format: table|json")
-	return cmd
+	return outputFlag(cmd, &c.format, "table", "json", "yaml")
 }
 
 func (c *clusterCmd) up(cmd *cobra.Command, _ []string) error {
@@ -189,18 +186,6 @@ func report(w io.Writer, format string, out []component, good ...string) error {
 }
 
 func printComponents(w io.Writer, format string, out []component) error {
-	if format == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
-	}
-	if format != "table" {
-		return fmt.Errorf("--output %q: want table or json", format)
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "COMPONENT\tSTATE\tDETAIL")
-	for _, c := range out {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, c.State, c.Detail)
-	}
-	return tw.Flush()
+	return render(w, format, out, []string{"COMPONENT", "STATE", "DETAIL"},
+		func(c component) []string { return []string{c.Name, c.State, c.Detail} })
 }

@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
-	"fmt"
-
 	"github.com/spf13/cobra"
 )
 
@@ -19,8 +16,7 @@ func (c *configShowCmd) command() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  c.run,
 	}
-	cmd.Flags().StringVarP(&c.output, "output", "o", "yaml", "output format: yaml|json")
-	return cmd
+	return outputFlag(cmd, &c.output, "yaml", "json")
 }
 
 func (c *configShowCmd) run(cmd *cobra.Command, _ []string) error {
@@ -28,18 +24,6 @@ func (c *configShowCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	switch c.output {
-	case "yaml":
-		out, err := cfg.Marshal()
-		if err != nil {
-			return err
-		}
-		_, err = cmd.OutOrStdout().Write(out)
-		return err
-	case "json":
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		return enc.Encode(cfg)
-	}
-	return fmt.Errorf("--output %q: want yaml or json", c.output)
+	_, err = encode(cmd.OutOrStdout(), c.output, cfg)
+	return err
 }

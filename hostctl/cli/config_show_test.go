@@ -49,7 +49,7 @@ func TestConfigShow(t *testing.T) {
 	if _, err := run(t, "--config", filepath.Join(dir, "missing.yaml"), "config", "show"); err == nil {
 		t.Error("an explicit missing config gave no error")
 	}
-	if _, err := run(t, "--config", p, "config", "show", "-o", "xml"); err == nil || !strings.Contains(err.Error(), "want yaml or json") {
+	if _, err := run(t, "--config", p, "config", "show", "-o", "xml"); err == nil || !strings.Contains(err.Error(), "want yaml|json") {
 		t.Errorf("got %v, want the output formats named", err)
 	}
 }

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -39,8 +37,7 @@ func (c *doctorCmd) command() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: c.run,
 	}, time.Minute)
-	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json")
-	return cmd
+	return outputFlag(cmd, &c.output, "table", "json", "yaml")
 }
 
 // finding is one check's verdict: ok, warn or fail, with the fix.
@@ -53,9 +50,6 @@ type finding struct {
 }
 
 func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
-	if c.output != "table" && c.output != "json" {
-		return fmt.Errorf("--output %q: want table or json", c.output)
-	}
 	cfg, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
@@ -248,17 +242,8 @@ func errString(err error) string {
 }
 
 func renderFindings(w io.Writer, output string, out []finding) error {
-	if output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCOPE\tCHECK\tRESULT\tDETAIL\tFIX")
-	for _, f := range out {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix))
-	}
-	return tw.Flush()
+	return render(w, output, out, []string{"SCOPE", "CHECK", "RESULT", "DETAIL", "FIX"},
+		func(f finding) []string { return []string{f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix)} })
 }
 
 // orEmbedded is the configured Istio version, the embedded one by default.

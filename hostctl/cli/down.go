@@ -15,7 +15,6 @@ import (
 
 type downCmd struct {
 	g           *globals
-	provider    string
 	keepCluster bool
 }
 
@@ -26,13 +25,12 @@ func (c *downCmd) command() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  c.run,
 	}
-	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
 	cmd.Flags().BoolVar(&c.keepCluster, "keep-cluster", false, "remove the VMs but keep the cluster")
 	return cmd
 }
 
 func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, state, s, err := c.g.open(cmd, c.provider)
+	cfg, state, s, err := c.g.open(cmd)
 	if err != nil {
 		return err
 	}

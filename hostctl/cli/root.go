@@ -4,7 +4,10 @@ package cli
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -15,12 +18,39 @@ import (
 // globals are the flags every command shares.
 type globals struct {
 	configPath string
+	provider   string
+	kubeconfig string
 }
 
-// load merges defaults, the config file, MESHVM_* variables and flags.
+// load merges defaults, the config file, MESHVM_* variables and flags. A
+// config that does not load is a usage error: fixing it is the way on.
 func (g *globals) load(cmd *cobra.Command) (config.Config, error) {
-	return config.Load(g.configPath, cmd.Flags().Changed("config"), os.Getenv)
+	cfg, err := config.Load(g.configPath, cmd.Flags().Changed("config"), g.getenv)
+	if err != nil {
+		return cfg, usageError{err}
+	}
+	return cfg, nil
 }
+
+// getenv layers the flags over the environment: each stands for its
+// MESHVM_* variable. --kubeconfig alone means "use that cluster".
+func (g *globals) getenv(name string) string {
+	switch {
+	case name == "MESHVM_PROVIDER" && g.provider != "":
+		return g.provider
+	case name == "MESHVM_PROVIDER" && g.kubeconfig != "":
+		return string(config.Kubeconfig)
+	case name == "MESHVM_KUBECONFIG" && g.kubeconfig != "":
+		if abs, err := filepath.Abs(g.kubeconfig); err == nil {
+			return abs
+		}
+		return g.kubeconfig
+	}
+	return os.Getenv(name)
+}
+
+// providers are cluster.provider's values, for completion.
+var providers = []string{string(config.Lab), string(config.Multipass), string(config.SSH), string(config.Kubeconfig)}
 
 // New returns the hostctl command tree.
 func New() *cobra.Command {
@@ -32,15 +62,10 @@ func New() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringVar(&g.configPath, "config", config.DefaultFile, "config file (defaults apply to every field it leaves out)")
-	root.AddCommand(&cobra.Command{
-		Use:   "version",
-		Short: "Print the hostctl version",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "hostctl %s (%s, %s/%s)\n", buildinfo.String(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-			return nil
-		},
-	})
+	root.PersistentFlags().StringVar(&g.provider, "provider", "", "override cluster.provider: "+strings.Join(providers, "|"))
+	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "use the existing cluster this kubeconfig reaches (cluster.provider kubeconfig): hostctl provisions no cluster")
+	_ = root.RegisterFlagCompletionFunc("provider", cobra.FixedCompletions(providers, cobra.ShellCompDirectiveNoFileComp))
+	root.AddCommand(versionCommand())
 	cfg := &cobra.Command{Use: "config", Short: "Show the configuration in effect"}
 	cfg.AddCommand((&configShowCmd{g: g}).command())
 	vm := &cobra.Command{Use: "vm", Short: "Add, onboard, inspect, start, stop and remove VMs"}
@@ -49,5 +74,50 @@ func New() *cobra.Command {
 	cluster, istio := clusterCommands(g)
 	root.AddCommand(cfg, vm, cluster, istio, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
 		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())
+	strictUsage(root)
 	return root
+}
+
+func versionCommand() *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "version",
+		Short: "Print the hostctl version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v := struct {
+				Version string `json:"version"`
+				Go      string `json:"go"`
+				OS      string `json:"os"`
+				Arch    string `json:"arch"`
+			}{buildinfo.String(), runtime.Version(), runtime.GOOS, runtime.GOARCH}
+			if ok, err := encode(cmd.OutOrStdout(), format, v); ok {
+				return err
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "hostctl %s (%s, %s/%s)\n", v.Version, v.Go, v.OS, v.Arch)
+			return err
+		},
+	}
+	return outputFlag(cmd, &format, "text", "json", "yaml")
+}
+
+// completeVMs completes the config's VM names not already given, up to
+// max arguments (0: any number).
+func (g *globals) completeVMs(max int) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+		if max > 0 && len(args) >= max {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		cfg, err := g.load(cmd)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveError
+		}
+		var names []string
+		for _, vm := range cfg.VMs {
+			if !slices.Contains(args, vm.Name) {
+				names = append(names, vm.Name)
+			}
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	}
 }

@@ -48,18 +48,11 @@ type site interface {
 	trafficUncheckable() string
 }
 
-// open loads the config (with a --provider override) and the site it names,
-// starting nothing.
-func (g *globals) open(cmd *cobra.Command, provider string) (config.Config, *statedir.Dir, site, error) {
+// open loads the config and the site it names, starting nothing.
+func (g *globals) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, error) {
 	cfg, err := g.load(cmd)
 	if err != nil {
 		return cfg, nil, nil, err
-	}
-	if provider != "" {
-		cfg.Cluster.Provider = config.Provider(provider)
-		if err := cfg.Validate(); err != nil {
-			return cfg, nil, nil, err
-		}
 	}
 	state, err := statedir.Open(cfg.StateDir)
 	if err != nil {

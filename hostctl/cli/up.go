@@ -28,9 +28,8 @@ import (
 )
 
 type upCmd struct {
-	g        *globals
-	provider string
-	timeout  time.Duration
+	g       *globals
+	timeout time.Duration
 }
 
 func (c *upCmd) command() *cobra.Command {
@@ -42,7 +41,6 @@ func (c *upCmd) command() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: c.run,
 	}
-	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
 	cmd.Flags().DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up after this long (the first lab build takes longer: raise it)")
 	return cmd
 }
@@ -84,7 +82,7 @@ func (w lineWriter) Write(b []byte) (int, error) {
 }
 
 func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, state, s, err := c.g.open(cmd, c.provider)
+	cfg, state, s, err := c.g.open(cmd)
 	if err != nil {
 		return err
 	}

@@ -2,10 +2,8 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,9 +16,8 @@ import (
 )
 
 type verifyCmd struct {
-	g        *globals
-	provider string
-	output   string
+	g      *globals
+	output string
 }
 
 func (c *verifyCmd) command() *cobra.Command {
@@ -30,9 +27,7 @@ func (c *verifyCmd) command() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  c.run,
 	}
-	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
-	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json")
-	return cmd
+	return outputFlag(cmd, &c.output, "table", "json", "yaml")
 }
 
 // verdict is one line of the report: ok, FAIL, or skipped (with why).
@@ -44,10 +39,7 @@ type verdict struct {
 }
 
 func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
-	if c.output != "table" && c.output != "json" {
-		return fmt.Errorf("--output %q: want table or json", c.output)
-	}
-	cfg, state, s, err := c.g.open(cmd, c.provider)
+	cfg, state, s, err := c.g.open(cmd)
 	if err != nil {
 		return err
 	}
@@ -104,21 +96,9 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 		}
 		add(v)
 	}
-	if c.output == "json" {
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			return err
-		}
-	} else {
-		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "VM\tCHECK\tRESULT\tDETAIL")
-		for _, v := range out {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.VM, v.Check, v.Result, v.Detail)
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
+	if err := render(cmd.OutOrStdout(), c.output, out, []string{"VM", "CHECK", "RESULT", "DETAIL"},
+		func(v verdict) []string { return []string{v.VM, v.Check, v.Result, v.Detail} }); err != nil {
+		return err
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d check(s) failed", failed)

@@ -21,20 +21,18 @@ import (
 
 // vmCmd holds what the per-VM commands share.
 type vmCmd struct {
-	g        *globals
-	provider string
-	timeout  time.Duration
+	g       *globals
+	timeout time.Duration
 }
 
 func (c *vmCmd) flags(cmd *cobra.Command, timeout time.Duration) *cobra.Command {
-	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
 	cmd.Flags().DurationVar(&c.timeout, "timeout", timeout, "give up after this long")
 	return cmd
 }
 
 // open loads the config and its site without starting anything.
 func (c *vmCmd) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, error) {
-	return c.g.open(cmd, c.provider)
+	return c.g.open(cmd)
 }
 
 func vmCommands(g *globals) []*cobra.Command {
@@ -55,8 +53,9 @@ type vmOnboardCmd struct {
 
 func (c *vmOnboardCmd) command() *cobra.Command {
 	cmd := c.flags(&cobra.Command{
-		Use:   "onboard VM...",
-		Short: "Re-onboard running VMs without reinstalling: fresh token and files, sidecar (re)start, wait for Healthy",
+		Use:               "onboard VM...",
+		ValidArgsFunction: c.g.completeVMs(0),
+		Short:             "Re-onboard running VMs without reinstalling: fresh token and files, sidecar (re)start, wait for Healthy",
 		Long: "onboard sends what differs (a fresh token at least; binaries only when they changed), starts the\n" +
 			"sidecar, restarting it when a file it reads at start changed, and waits until the VM's WorkloadEntry\n" +
 			"is Healthy. A new token alone does not restart a running sidecar: pilot-agent reads the token file\n" +
@@ -95,13 +94,14 @@ func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 	})
 }
 
-// pick returns the named VMs from the config.
+// pick returns the named VMs from the config; a name it does not list is a
+// usage error.
 func pick(cfg config.Config, names []string) ([]config.VM, error) {
 	var out []config.VM
 	for _, n := range names {
 		vm, err := cfg.VM(n)
 		if err != nil {
-			return nil, err
+			return nil, usageError{err}
 		}
 		out = append(out, vm)
 	}
@@ -172,10 +172,11 @@ type vmRmCmd struct{ vmCmd }
 
 func (c *vmRmCmd) command() *cobra.Command {
 	return c.flags(&cobra.Command{
-		Use:   "rm VM",
-		Short: "Delete a VM, its WorkloadEntry and its state, and take it off the config",
-		Args:  cobra.ExactArgs(1),
-		RunE:  c.run,
+		Use:               "rm VM",
+		ValidArgsFunction: c.g.completeVMs(1),
+		Short:             "Delete a VM, its WorkloadEntry and its state, and take it off the config",
+		Args:              cobra.ExactArgs(1),
+		RunE:              c.run,
 	}, time.Minute)
 }
 
@@ -229,10 +230,11 @@ type vmStopCmd struct{ vmCmd }
 
 func (c *vmStopCmd) command() *cobra.Command {
 	return c.flags(&cobra.Command{
-		Use:   "stop VM...",
-		Short: "Power VMs off, keeping their disks (istiod drops their WorkloadEntries after its grace period)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE:  c.run,
+		Use:               "stop VM...",
+		ValidArgsFunction: c.g.completeVMs(0),
+		Short:             "Power VMs off, keeping their disks (istiod drops their WorkloadEntries after its grace period)",
+		Args:              cobra.MinimumNArgs(1),
+		RunE:              c.run,
 	}, time.Minute)
 }
 
@@ -264,8 +266,9 @@ type vmStartCmd struct{ vmCmd }
 
 func (c *vmStartCmd) command() *cobra.Command {
 	return c.flags(&cobra.Command{
-		Use:   "start VM...",
-		Short: "Boot stopped VMs and wait until they are Healthy again on their own",
+		Use:               "start VM...",
+		ValidArgsFunction: c.g.completeVMs(0),
+		Short:             "Boot stopped VMs and wait until they are Healthy again on their own",
 		Long: "start boots the machine and waits for its agent and its WorkloadEntry: the sidecar comes back by\n" +
 			"itself (the agent restores the token; the unit is enabled). Nothing is sent.",
 		Args: cobra.MinimumNArgs(1),
@@ -337,10 +340,11 @@ var logSources = map[string]agentv1.LogSource{
 
 func (c *vmLogsCmd) command() *cobra.Command {
 	cmd := c.flags(&cobra.Command{
-		Use:   "logs VM",
-		Short: "Print the sidecar's logs from the VM, through its agent",
-		Args:  cobra.ExactArgs(1),
-		RunE:  c.run,
+		Use:               "logs VM",
+		ValidArgsFunction: c.g.completeVMs(1),
+		Short:             "Print the sidecar's logs from the VM, through its agent",
+		Args:              cobra.ExactArgs(1),
+		RunE:              c.run,
 	}, 0)
 	cmd.Flags().StringVar(&c.source, "source", "journal", "journal (the istio unit), proxy (/var/log/istio/istio.log) or proxy-err")
 	cmd.Flags().Uint32Var(&c.tail, "tail", 100, "lines from the end to print first")
@@ -351,13 +355,13 @@ func (c *vmLogsCmd) command() *cobra.Command {
 func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 	src, ok := logSources[c.source]
 	if !ok {
-		return fmt.Errorf("--source %q: want journal, proxy or proxy-err", c.source)
+		return usageErrorf("--source %q: want journal, proxy or proxy-err", c.source)
 	}
 	cfg, state, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
-	if _, err := cfg.VM(args[0]); err != nil {
+	if _, err := pick(cfg, args); err != nil {
 		return err
 	}
 	ctx := cmd.Context()

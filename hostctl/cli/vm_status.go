@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,9 +19,8 @@ import (
 )
 
 type vmStatusCmd struct {
-	g        *globals
-	output   string
-	provider string
+	g      *globals
+	output string
 }
 
 func (c *vmStatusCmd) command() *cobra.Command {
@@ -32,9 +29,8 @@ func (c *vmStatusCmd) command() *cobra.Command {
 		Short: "Show each VM's WorkloadEntry, agent, sidecar, credentials, DNS and app in one view",
 		RunE:  c.run,
 	}
-	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json")
-	cmd.Flags().StringVar(&c.provider, "provider", "", "override cluster.provider (lab|multipass|ssh|kubeconfig)")
-	return cmd
+	cmd.ValidArgsFunction = c.g.completeVMs(0)
+	return outputFlag(cmd, &c.output, "table", "json", "yaml")
 }
 
 // VMStatus joins the cluster's view of a VM with its agent's.
@@ -58,22 +54,14 @@ type VMStatus struct {
 }
 
 func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
-	if c.output != "table" && c.output != "json" {
-		return fmt.Errorf("--output %q: want table or json", c.output)
-	}
-	cfg, state, site, err := c.g.open(cmd, c.provider)
+	cfg, state, site, err := c.g.open(cmd)
 	if err != nil {
 		return err
 	}
 	vms := cfg.VMs
 	if len(args) > 0 {
-		vms = nil
-		for _, a := range args {
-			vm, err := cfg.VM(a)
-			if err != nil {
-				return err
-			}
-			vms = append(vms, vm)
+		if vms, err = pick(cfg, args); err != nil {
+			return err
 		}
 	}
 	clients, err := kubeClients(site.kubeconfig())
@@ -184,16 +172,10 @@ func orDash(s string) string {
 }
 
 func renderStatus(w io.Writer, output string, vms []VMStatus) error {
-	if output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(vms)
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VM\tADDRESS\tMACHINE\tWORKLOADENTRY\tHEALTHY\tAGENT\tSIDECAR\tCERT\tTOKEN\tISTIOD DNS\tAPP")
-	for _, s := range vms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Name, orDash(s.Address), s.Machine, orDash(s.WorkloadEntry),
-			orDash(s.Healthy), s.Agent, orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(s.IstiodDNS), orDash(s.App))
-	}
-	return tw.Flush()
+	return render(w, output, vms,
+		[]string{"VM", "ADDRESS", "MACHINE", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "ISTIOD DNS", "APP"},
+		func(s VMStatus) []string {
+			return []string{s.Name, orDash(s.Address), s.Machine, orDash(s.WorkloadEntry), orDash(s.Healthy), s.Agent,
+				orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(s.IstiodDNS), orDash(s.App)}
+		})
 }

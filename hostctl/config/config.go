@@ -327,9 +327,6 @@ func (c Config) MachineProvider() Provider {
 	return SSH
 }
 
-// Marshal renders the config as YAML (hostctl config show).
-func (c Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }
-
 // VM returns the named VM.
 func (c Config) VM(name string) (VM, error) {
 	var names []string
