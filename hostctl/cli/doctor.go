@@ -134,8 +134,12 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 		add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+name+")")
 		return out
 	}
-	addr := m.Addresses[0]
-	if prev, _ := state.ReadFile(filepath.Join("vms", name, "address")); len(prev) > 0 && string(prev) != addr {
+	addr := m.Address()
+	if addr == "" {
+		add("address", "fail", "running but reports no address", "check the machine's network (multipass info "+name+"), then run hostctl up")
+		return out
+	}
+	if prev := onboardedAddress(state, name); prev != "" && prev != addr {
 		add("address", "warn", fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr),
 			"run hostctl up: new certificate and hosts block, and the stale WorkloadEntry is deleted")
 	} else {

@@ -115,7 +115,7 @@ func (r *session) provision(ctx context.Context, name string) (machine.Machine, 
 	if err != nil {
 		return m, nil, err
 	}
-	r.p.step("machine", name, "%s at %s", strings.ToLower(m.State), m.Addresses[0])
+	r.p.step("machine", name, "%s at %s", strings.ToLower(m.State), m.Address())
 	// A lab VM comes with the recipe's app, whatever cluster it joins.
 	if lab, ok := r.site.machines().(*labmachine.Provider); ok {
 		if err := labApp(ctx, lab, name, r.cfg.Workload.Port); err != nil {
@@ -131,7 +131,7 @@ func (r *session) provision(ctx context.Context, name string) (machine.Machine, 
 		c.Close()
 		return m, nil, err
 	}
-	r.p.step("agent", name, "vmagent %s answering on %s:%s", v.GetVersion(), m.Addresses[0], onboard.AgentPort)
+	r.p.step("agent", name, "vmagent %s answering on %s:%s", v.GetVersion(), m.Address(), onboard.AgentPort)
 	return m, c, nil
 }
 
@@ -165,7 +165,7 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 	if err != nil {
 		return err
 	}
-	addr := m.Addresses[0]
+	addr := m.Address()
 	var lastToken []byte
 	if !fresh {
 		lastToken, _ = r.state.ReadFile(filepath.Join("vms", name, "files", "istio-token"))
@@ -207,12 +207,19 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 	return r.moved(ctx, name, addr)
 }
 
+// onboardedAddress is the address the VM was last onboarded at ("" when
+// never): its WorkloadEntry is there.
+func onboardedAddress(state *statedir.Dir, name string) string {
+	b, _ := state.ReadFile(addressFile(name))
+	return string(b)
+}
+
+func addressFile(vm string) string { return filepath.Join("vms", vm, "address") }
+
 // moved records the VM's address and deletes the WorkloadEntry left at the
 // previous one, unless another VM of ours now holds that address.
 func (r *session) moved(ctx context.Context, name, addr string) error {
-	rel := filepath.Join("vms", name, "address")
-	prev, _ := r.state.ReadFile(rel)
-	if old := string(prev); old != "" && old != addr && !r.addressInUse(name, old) {
+	if old := onboardedAddress(r.state, name); old != "" && old != addr && !r.addressInUse(name, old) {
 		gone, err := workload.DeleteEntry(ctx, r.clients, r.spec, old)
 		if err != nil {
 			return err
@@ -221,7 +228,7 @@ func (r *session) moved(ctx context.Context, name, addr string) error {
 			r.p.step("healthy", name, "address changed from %s: stale WorkloadEntry %s deleted", old, gone)
 		}
 	}
-	return r.state.WriteSecret(rel, []byte(addr))
+	return r.state.WriteSecret(addressFile(name), []byte(addr))
 }
 
 func (r *session) addressInUse(self, addr string) bool {
@@ -229,7 +236,7 @@ func (r *session) addressInUse(self, addr string) bool {
 		if vm.Name == self {
 			continue
 		}
-		if b, _ := r.state.ReadFile(filepath.Join("vms", vm.Name, "address")); string(b) == addr {
+		if onboardedAddress(r.state, vm.Name) == addr {
 			return true
 		}
 	}

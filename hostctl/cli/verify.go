@@ -58,8 +58,8 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	for _, vm := range cfg.VMs {
 		m, err := s.machines().Info(ctx, vm.Name)
-		if err != nil || m.State != "Running" {
-			add(verdict{vm.Name, "VM running", "FAIL", "run hostctl up"})
+		if err != nil || m.State != "Running" || m.Address() == "" {
+			add(verdict{vm.Name, "VM running", "FAIL", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", vm.Name)})
 			continue
 		}
 		want, err := s.istiodAddress(ctx, vm.Name)
@@ -67,7 +67,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 			add(verdict{vm.Name, "istiod resolves on the VM", "FAIL", err.Error()})
 			continue
 		}
-		ac, err := onboard.Dial(state, m.Addresses[0])
+		ac, err := onboard.Dial(state, m.Address())
 		if err != nil {
 			add(verdict{vm.Name, "agent", "FAIL", err.Error()})
 			continue

@@ -89,7 +89,7 @@ func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 			return err
 		}
 		defer ac.Close()
-		p.step("agent", vm.Name, "answering on %s:%s", m.Addresses[0], onboard.AgentPort)
+		p.step("agent", vm.Name, "answering on %s:%s", m.Address(), onboard.AgentPort)
 		return r.onboard(ctx, vm.Name, m, ac, true, c.restart)
 	})
 }
@@ -202,10 +202,18 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 			return err
 		}
 		fmt.Fprintf(w, "vm rm: machine %s %s\n", name, how)
-		// istiod would drop the entry after its grace period; do not leave it to chance.
+		// istiod would drop the entry after its grace period; do not leave it
+		// to chance. A stopped machine may report no address: the entry is
+		// at the one it was onboarded with.
+		addr := m.Address()
+		if addr == "" {
+			addr = onboardedAddress(state, name)
+		}
 		if clients, err := kubeClients(s.kubeconfig()); err != nil {
 			errs = append(errs, err)
-		} else if gone, err := workload.DeleteEntry(ctx, clients, workloadSpec(cfg), m.Addresses[0]); err != nil {
+		} else if addr == "" {
+			fmt.Fprintf(w, "vm rm: %s has no address and was never onboarded: no WorkloadEntry to delete\n", name)
+		} else if gone, err := workload.DeleteEntry(ctx, clients, workloadSpec(cfg), addr); err != nil {
 			errs = append(errs, fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err))
 		} else if gone != "" {
 			fmt.Fprintf(w, "vm rm: WorkloadEntry %s deleted\n", gone)
@@ -301,7 +309,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		var prev workload.Entry
 		if m.State != "Running" {
 			// Booting: the entry must come from the new boot's proxy.
-			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), m.Addresses[0]); err != nil {
+			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), m.Address()); err != nil {
 				return err
 			}
 		}
@@ -309,14 +317,14 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		if err != nil {
 			return err
 		}
-		p.step("machine", vm.Name, "%s at %s", strings.ToLower(m.State), m.Addresses[0])
+		p.step("machine", vm.Name, "%s at %s", strings.ToLower(m.State), m.Address())
 		ac, err := onboard.Connect(ctx, state, m)
 		if err != nil {
 			return err
 		}
 		ac.Close()
 		p.step("agent", vm.Name, "answering")
-		e, err := workload.WaitHealthy(ctx, clients, workloadSpec(cfg), m.Addresses[0], c.timeout, prev)
+		e, err := workload.WaitHealthy(ctx, clients, workloadSpec(cfg), m.Address(), c.timeout, prev)
 		if err != nil {
 			return fmt.Errorf("%w; then run hostctl vm onboard %s", err, vm.Name)
 		}
@@ -377,7 +385,7 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 	if m.State != "Running" {
 		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, strings.ToLower(m.State), m.Name)
 	}
-	ac, err := onboard.Dial(state, m.Addresses[0])
+	ac, err := onboard.Dial(state, m.Address())
 	if err != nil {
 		return err
 	}

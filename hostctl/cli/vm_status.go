@@ -104,9 +104,9 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab m
 		s.Machine, s.Agent, s.Next = "absent", "-", "run hostctl up to create it"
 		return s
 	}
-	s.Machine, s.Address = strings.ToLower(m.State), m.Addresses[0]
-	if m.State != "Running" {
-		s.Agent, s.Next = "-", "run hostctl up to start it"
+	s.Machine, s.Address = strings.ToLower(m.State), m.Address()
+	if m.State != "Running" || s.Address == "" {
+		s.Agent, s.Next = "-", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", name)
 		return s
 	}
 	if entriesErr != nil {

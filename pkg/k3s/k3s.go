@@ -78,7 +78,7 @@ func Up(ctx context.Context, c Config) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("k3s server %s: node token: %w", srv.Name, err)
 	}
-	url := "https://" + srv.Addresses[0] + ":" + port
+	url := "https://" + srv.Address() + ":" + port
 	join := map[string]string{"K3S_URL": url, "K3S_TOKEN": strings.TrimSpace(string(token))}
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.Agents))

@@ -36,6 +36,15 @@ type Machine struct {
 	Arch string `json:"arch,omitempty"`
 }
 
+// Address is the address to reach the machine at, "" when it has none (a
+// stopped Multipass instance reports no IPv4 address).
+func (m Machine) Address() string {
+	if len(m.Addresses) == 0 {
+		return ""
+	}
+	return m.Addresses[0]
+}
+
 // Provider launches and reaches machines. Every method is idempotent where it
 // can be: Launch reuses a machine that exists, Delete of a missing one is fine.
 type Provider interface {

@@ -39,7 +39,11 @@ func fakeMultipass(dir string, args []string) int {
 			return missing("info", name)
 		}
 		tmpl, _ := os.ReadFile("testdata/info.json")
-		out := strings.NewReplacer(`"NAME"`, `"`+name+`"`, `"IP"`, `"192.168.64.7"`, `"STATE"`, `"`+state(name)+`"`).Replace(string(tmpl))
+		ip := []string{`"IP"`, `"192.168.64.7"`}
+		if state(name) != "Running" {
+			ip = []string{"\n                \"IP\"", ""} // only a running instance has an address
+		}
+		out := strings.NewReplacer(append(ip, `"NAME"`, `"`+name+`"`, `"STATE"`, `"`+state(name)+`"`)...).Replace(string(tmpl))
 		fmt.Print(out)
 	case "list":
 		fmt.Print(`{"list": []}`)
@@ -113,8 +117,11 @@ func TestLaunchReusesAndReadsJSON(t *testing.T) {
 	if n != 1 {
 		t.Errorf("got %d launches, want 1: %q", n, calls(t, dir))
 	}
-	// A stopped instance is started, not relaunched.
+	// A stopped instance has no address, and is started, not relaunched.
 	os.WriteFile(filepath.Join(dir, "vm1.state"), []byte("Stopped"), 0o600)
+	if m, err := p.Info(ctx, "vm1"); err != nil || m.State != "Stopped" || m.Address() != "" {
+		t.Errorf("stopped: got %+v, %v, want Stopped with no address", m, err)
+	}
 	if _, err := p.Launch(ctx, spec); err != nil {
 		t.Fatal(err)
 	}

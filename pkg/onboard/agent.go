@@ -115,7 +115,7 @@ func Connect(ctx context.Context, state *statedir.Dir, m machine.Machine) (*agen
 	if len(m.Addresses) == 0 {
 		return nil, fmt.Errorf("%s has no address: check that it is running", m.Name)
 	}
-	c, err := Dial(state, m.Addresses[0])
+	c, err := Dial(state, m.Address())
 	if err != nil {
 		return nil, err
 	}
