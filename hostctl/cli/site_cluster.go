@@ -104,7 +104,11 @@ func (s *clusterSite) upCluster(ctx context.Context, p *progress) error {
 	if err != nil {
 		return fmt.Errorf("cluster.kubeconfig %s: the API server does not answer (%w): check the file and that the cluster runs", s.kc, err)
 	}
-	p.step("control plane", "", "existing cluster, Kubernetes %s (kubeconfig %s)", v.GitVersion, s.kc)
+	whose := "existing cluster"
+	if s.k3s != nil {
+		whose = "k3s " + s.cfg.Cluster.K3sVersion
+	}
+	p.step("control plane", "", "%s, Kubernetes %s (kubeconfig %s)", whose, v.GitVersion, s.kc)
 	return nil
 }
 
