@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/procs"
@@ -147,9 +146,9 @@ func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", s.kubeconfig())
+	rc, err := restConfig(s.kubeconfig())
 	if err != nil {
-		return fmt.Errorf("no cluster kubeconfig: run hostctl cluster up")
+		return err
 	}
 	changes, err := istioinstall.Check(ctx, rc, objs, keep)
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
@@ -123,9 +122,9 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 	if err != nil {
 		return err
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", s.kc)
+	rc, err := restConfig(s.kc)
 	if err != nil {
-		return fmt.Errorf("kubeconfig %s: %w", s.kc, err)
+		return err
 	}
 	changes, err := istioinstall.Apply(ctx, rc, objs, keep)
 	if err != nil {
@@ -260,7 +259,7 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	if err != nil {
 		return err
 	}
-	rc, err := clientcmd.BuildConfigFromFlags("", s.kc)
+	rc, err := restConfig(s.kc)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
@@ -187,13 +188,23 @@ func agentBinary(arch string) (string, error) {
 	return "", fmt.Errorf("no %s in %s: run make build (or set MESHVM_AGENT_DIR to where the vmagent binaries are)", name, strings.Join(dirs, ", "))
 }
 
-func kubeClients(kubeconfig string) (workload.Clients, error) {
+// restConfig loads the cluster's kubeconfig, naming what to do when it is
+// missing or broken.
+func restConfig(kubeconfig string) (*rest.Config, error) {
 	if _, err := os.Stat(kubeconfig); errors.Is(err, fs.ErrNotExist) {
-		return workload.Clients{}, fmt.Errorf("no kubeconfig at %s: is the cluster up? run hostctl up (or hostctl cluster up)", kubeconfig)
+		return nil, fmt.Errorf("no kubeconfig at %s: is the cluster up? run hostctl up (or hostctl cluster up)", kubeconfig)
 	}
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
-		return workload.Clients{}, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		return nil, fmt.Errorf("kubeconfig %s does not load (%w): fix the file, or point cluster.kubeconfig (--kubeconfig) at another", kubeconfig, err)
+	}
+	return rc, nil
+}
+
+func kubeClients(kubeconfig string) (workload.Clients, error) {
+	rc, err := restConfig(kubeconfig)
+	if err != nil {
+		return workload.Clients{}, err
 	}
 	// Many VMs onboard and report at once: client-go's default 5 requests/s would queue them.
 	rc.QPS, rc.Burst = 50, 100
