@@ -19,6 +19,8 @@ NFPM_VERSION               ?= v2.45.2
 # valid for neither dpkg nor rpm, so version.sh maps it (0.0.0~git42.abc1234).
 PKG_VERSION ?= $(shell sh packaging/version.sh)
 
+# pkg/buildinfo.AgentTags (its test checks they agree): gRPC without x/net/trace.
+GOTAGS  := grpcnotrace
 LDFLAGS := -s -w -X github.com/meshvm/meshvm/pkg/buildinfo.Version=$(VERSION)
 
 .PHONY: help
@@ -37,7 +39,7 @@ build: ## Cross-compile static vmagent and hostctl for linux/amd64 and linux/arm
 	@set -e; for arch in $(ARCHES); do \
 	  for prog in vmagent hostctl; do \
 	    echo "build bin/$$prog-linux-$$arch"; \
-	    CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -ldflags '$(LDFLAGS)' -o bin/$$prog-linux-$$arch ./$$prog; \
+	    CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o bin/$$prog-linux-$$arch ./$$prog; \
 	  done; \
 	done
 	@go run ./packaging/checkstatic bin/vmagent-linux-*

@@ -278,7 +278,7 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 	work = t.TempDir()
 	// The agent and this in-process hostctl carry one version, as a release does.
 	buildinfo.Version = "e2e"
-	build := exec.Command("go", "build", "-ldflags", "-X github.com/meshvm/meshvm/pkg/buildinfo.Version=e2e",
+	build := exec.Command("go", "build", "-tags", buildinfo.AgentTags, "-ldflags", "-X github.com/meshvm/meshvm/pkg/buildinfo.Version=e2e",
 		"-o", filepath.Join(work, "vmagent-linux-"+runtime.GOARCH), "./vmagent")
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {

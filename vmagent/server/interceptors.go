@@ -41,10 +41,11 @@ const flowWindow = 4 << 20
 // Options returns the server options every agent server uses: TLS with the
 // given config, authentication and error mapping, flow-control windows.
 func Options(log *slog.Logger, tlsCfg *tls.Config) []grpc.ServerOption {
+	t := newTrimmer()
 	return []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
-		grpc.ChainUnaryInterceptor(UnaryInterceptor(log)),
-		grpc.ChainStreamInterceptor(StreamInterceptor(log)),
+		grpc.ChainUnaryInterceptor(t.unary, UnaryInterceptor(log)),
+		grpc.ChainStreamInterceptor(t.stream, StreamInterceptor(log)),
 		grpc.InitialWindowSize(flowWindow),
 		grpc.InitialConnWindowSize(flowWindow),
 		// Callers ping to notice connections the sidecar's capture rules cut.

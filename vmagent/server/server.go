@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -204,24 +203,11 @@ func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 		return s.note("files", err)
 	}
 	s.note("files", nil)
-	if body.n >= bigFile {
-		// The agent idles between onboardings on small VMs: hand the
-		// transfer's buffers back now rather than at the next GC cycles.
-		// Two collections: the first moves pooled buffers (gRPC's, ours) to
-		// sync.Pool's victim cache, the second frees them.
-		runtime.GC()
-		debug.FreeOSMemory()
-	}
 	s.log.Info("file delivered", "path", hdr.Path, "bytes", body.n, "unchanged", outcome == vmfiles.Unchanged)
 	return stream.SendAndClose(&agentv1.PutFileResponse{
 		Path: hdr.Path, Outcome: fileOutcome(outcome), BytesReceived: uint64(body.n), Sha256: hdr.SHA256,
 	})
 }
-
-// bigFile is the delivery size after which memory is returned to the OS: a
-// forced GC costs milliseconds on the agent's small heap, while a transfer
-// of a few MiB leaves tens of MiB of buffers resident.
-const bigFile = 1 << 20
 
 // chunkReader turns the stream's chunk messages into an io.Reader. A broken
 // stream surfaces as a read error, which abandons the temporary file.

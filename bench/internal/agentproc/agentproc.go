@@ -16,13 +16,14 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/mtls"
 )
 
 // Build compiles the agent as `make build` does (its RSS counts its text).
 func Build(work string) (string, error) {
 	bin := filepath.Join(work, "vmagent")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./vmagent")
+	build := exec.Command("go", "build", "-trimpath", "-tags", buildinfo.AgentTags, "-ldflags", "-s -w", "-o", bin, "./vmagent")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -98,7 +99,9 @@ func (f *Fleet) Start() (*Agent, error) {
 }
 
 // Dial connects to a with the fleet's client certificate.
-func (f *Fleet) Dial(a *Agent) (*agentclient.Client, error) { return agentclient.Dial(a.Addr, f.ClientTLS) }
+func (f *Fleet) Dial(a *Agent) (*agentclient.Client, error) {
+	return agentclient.Dial(a.Addr, f.ClientTLS)
+}
 
 // Stop kills every agent.
 func (f *Fleet) Stop() {
