@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,8 @@ func TestLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	p := New(log, t.TempDir(), labtest.Cache())
+	dir := t.TempDir()
+	p := New(log, dir, labtest.Cache())
 	t.Cleanup(func() {
 		for _, n := range []string{"lm1", "lm2"} {
 			if err := p.Delete(context.Background(), n); err != nil {
@@ -91,6 +93,19 @@ func TestLifecycle(t *testing.T) {
 	}
 	if _, err := os.Stat("/run/netns/meshvm-lm2"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("netns of lm2 left behind: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "lm2*")); len(left) > 0 {
+		t.Errorf("lm2's files left behind: %v", left)
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), filepath.Join(dir, "lm2")) {
+		t.Error("lm2's root is still mounted")
+	}
+	// The VMs' changes stay in their own layer: the cached tree is untouched.
+	rootfs, _ := filepath.Glob(filepath.Join(labtest.Cache(), "rootfs-*"))
+	for _, r := range rootfs {
+		if _, err := os.Stat(filepath.Join(r, "etc/meshvm")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a VM wrote into the cached root filesystem %s: %v", r, err)
+		}
 	}
 	if _, err := p.Launch(ctx, machine.Spec{Name: "Bad_Name"}); err == nil {
 		t.Error("an invalid VM name was accepted")

@@ -2,7 +2,8 @@
 // joined to the host by a veth pair, booting a real Debian with systemd as
 // PID 1 under systemd-nspawn. Users, files, /etc/hosts and units created
 // inside never touch the host. The root filesystem is made once with
-// debootstrap and cached; each VM boots a copy.
+// debootstrap and cached; each VM boots an overlay of it holding only its
+// own changes.
 package labvm
 
 import (
@@ -80,7 +81,7 @@ func Rootfs(ctx context.Context, log *slog.Logger, cacheDir string) (string, err
 type Spec struct {
 	// Name is short (it names the netns and the veth): [a-z0-9-], <= 10 chars.
 	Name string
-	// Rootfs is the cached tree to copy; Dir is where the VM's own copy goes.
+	// Rootfs is the cached tree; Dir is the VM's root, an overlay of it.
 	Rootfs, Dir string
 	// HostIP and VMIP are the two ends of the veth pair, in one /30.
 	HostIP, VMIP net.IP
@@ -116,7 +117,7 @@ func isNspawn(pid int) bool {
 	return err == nil && strings.Contains(string(cmdline), "systemd-nspawn")
 }
 
-// Launch copies the root filesystem, creates the network and boots systemd,
+// Launch mounts the root filesystem, creates the network and boots systemd,
 // or returns the VM already running there. It returns once systemd inside
 // reports the system running (or degraded).
 func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
@@ -126,10 +127,8 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	if err := os.MkdirAll(filepath.Dir(s.Dir), 0o755); err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(s.Dir); errors.Is(err, fs.ErrNotExist) {
-		if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", s.Rootfs, s.Dir).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("copy root filesystem: %w: %s", err, out)
-		}
+	if err := mountRoot(ctx, log, s); err != nil {
+		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(s.Dir, "etc/hostname"), []byte(s.Name+"\n"), 0o644); err != nil {
 		return nil, err
@@ -252,10 +251,15 @@ func (vm *VM) Stop(ctx context.Context) error {
 	return removeNetwork(vm.Name)
 }
 
-// Remove stops the VM if needed and deletes its root filesystem copy.
+// Remove stops the VM if needed and deletes its root filesystem and changes.
 func (vm *VM) Remove(ctx context.Context) error {
-	err := vm.Stop(ctx)
-	return errors.Join(err, os.RemoveAll(vm.Dir), os.RemoveAll(vm.Dir+".console.log"))
+	stopErr := vm.Stop(ctx)
+	if err := unmountRoot(vm.Dir); err != nil {
+		// Never delete through a mount that is still up.
+		return errors.Join(stopErr, fmt.Errorf("unmount %s: %w", vm.Dir, err))
+	}
+	return errors.Join(stopErr, os.RemoveAll(vm.Dir), os.RemoveAll(upperDir(vm.Dir)), os.RemoveAll(workDir(vm.Dir)),
+		os.RemoveAll(vm.Dir+".console.log"))
 }
 
 func nsName(vm string) string   { return "meshvm-" + vm }
