@@ -63,6 +63,23 @@ func start(ctx context.Context, p *progress, cfg config.Config, state *statedir.
 	if err := s.installIstio(ctx, p); err != nil {
 		return nil, err
 	}
+	return workloadSession(ctx, p, cfg, state, s)
+}
+
+// attach is start for re-onboarding: the mesh must be up already, and only
+// the workload's objects are converged. Re-applying Istio would cost
+// seconds and is up's job.
+func attach(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
+	detail, err := s.istiodReady(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("istiod is not ready (%w): run hostctl up", err)
+	}
+	p.step("control plane", "", "istiod %s", detail)
+	return workloadSession(ctx, p, cfg, state, s)
+}
+
+// workloadSession converges the workload's objects and opens the session.
+func workloadSession(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
 	clients, err := kubeClients(s.kubeconfig())
 	if err != nil {
 		return nil, err

@@ -111,6 +111,12 @@ func TestUpOnYourCluster(t *testing.T) {
 	if err != nil || !strings.Contains(out, "0 created, 0 configured") || !strings.Contains(out, "nothing sent") {
 		t.Errorf("second up: %v\n%s\nwant nothing changed", err, out)
 	}
+	// vm onboard re-onboards without touching Istio: istiod is found at
+	// the gateway's address, only the fresh token goes.
+	out, err = run(t, "--config", cfgPath, "vm", "onboard", "yc1")
+	if err != nil || strings.Contains(out, "objects rendered") || !strings.Contains(out, "sent /var/run/secrets/tokens/istio-token;") {
+		t.Errorf("vm onboard: %v\n%s\nwant the token sent and Istio left alone", err, out)
+	}
 	for _, args := range [][]string{{"istio", "status"}, {"doctor"}} {
 		if out, err := run(t, append([]string{"--config", cfgPath}, args...)...); err != nil {
 			t.Errorf("%v: %v\n%s", args, err, out)

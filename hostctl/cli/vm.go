@@ -79,7 +79,7 @@ func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	p := newProgress(cmd.ErrOrStderr(), "control plane", "workload", "agent", "onboard", "healthy")
-	r, err := start(ctx, p, cfg, state, s)
+	r, err := attach(ctx, p, cfg, state, s)
 	if err != nil {
 		return err
 	}
