@@ -235,10 +235,19 @@ Restart=always
 [Install]
 WantedBy=multi-user.target
 `, port, vm)
-	if err := p.Transfer(ctx, vm, "/etc/systemd/system/meshvm-lab-app.service", strings.NewReader(unit), 0o644); err != nil {
+	const path = "/etc/systemd/system/meshvm-lab-app.service"
+	differ, err := machine.Differing(ctx, p, vm, map[string][]byte{path: []byte(unit)})
+	if err != nil {
 		return err
 	}
-	if out, err := p.Exec(ctx, vm, nil, "sh", "-c", "systemctl daemon-reload && systemctl enable --now meshvm-lab-app.service"); err != nil {
+	script := "systemctl enable --no-reload --now meshvm-lab-app.service"
+	if differ[path] {
+		if err := p.Transfer(ctx, vm, path, strings.NewReader(unit), 0o644); err != nil {
+			return err
+		}
+		script = "systemctl daemon-reload && " + script
+	}
+	if out, err := p.Exec(ctx, vm, nil, "sh", "-c", script); err != nil {
 		return fmt.Errorf("lab app: %w: %s", err, out)
 	}
 	return nil

@@ -180,8 +180,9 @@ func (vm *VM) waitRunning(ctx context.Context) error {
 		if !isNspawn(vm.nspawn) {
 			return fmt.Errorf("systemd-nspawn exited during boot: see %s.console.log", vm.Dir)
 		}
-		if vm.leader == 0 {
-			vm.leader = childOf(vm.nspawn)
+		// Asked again each time: while nspawn sets the container up, its
+		// child is a helper that exits (a stale PID would never boot).
+		if vm.leader = childOf(vm.nspawn); vm.leader == 0 {
 			continue
 		}
 		out, _ := vm.Exec(ctx, "systemctl", "is-system-running")
@@ -193,18 +194,20 @@ func (vm *VM) waitRunning(ctx context.Context) error {
 	return fmt.Errorf("%s did not finish booting in 90s: see %s.console.log", vm.Name, vm.Dir)
 }
 
-// childOf returns the first child of pid: nspawn's container init.
+// childOf returns nspawn's container init: its child that is not nspawn
+// itself (the helper that sets the container up is a fork of nspawn), or 0.
 func childOf(pid int) int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	if err != nil {
 		return 0
 	}
-	f := strings.Fields(string(data))
-	if len(f) == 0 {
-		return 0
+	for _, f := range strings.Fields(string(data)) {
+		n, _ := strconv.Atoi(f)
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", n)); err == nil && strings.TrimSpace(string(comm)) != "systemd-nspawn" {
+			return n
+		}
 	}
-	n, _ := strconv.Atoi(f[0])
-	return n
+	return 0
 }
 
 // Exec runs a command inside the VM (all its namespaces) and returns its

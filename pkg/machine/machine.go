@@ -5,6 +5,8 @@ package machine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -94,4 +96,31 @@ func GoArch(unameM string) string {
 		return "arm64"
 	}
 	return unameM
+}
+
+// Differing returns which of files (path -> content) the machine does not
+// hold as given, asking it once for every digest.
+func Differing(ctx context.Context, p Provider, name string, files map[string][]byte) (map[string]bool, error) {
+	paths := make([]string, 0, len(files))
+	for f := range files {
+		paths = append(paths, ShellQuote(f))
+	}
+	out, err := p.Exec(ctx, name, nil, "sh", "-c", "sha256sum "+strings.Join(paths, " ")+" 2>/dev/null || true")
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if sum, file, ok := strings.Cut(line, "  "); ok {
+			have[file] = sum
+		}
+	}
+	differ := map[string]bool{}
+	for f, data := range files {
+		sum := sha256.Sum256(data)
+		if have[f] != hex.EncodeToString(sum[:]) {
+			differ[f] = true
+		}
+	}
+	return differ, nil
 }

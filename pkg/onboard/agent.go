@@ -6,12 +6,9 @@ package onboard
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/meshvm/meshvm/packaging"
@@ -24,6 +21,9 @@ import (
 
 // AgentPort is where vmagent listens (packaging/vmagent.yaml).
 const AgentPort = "7443"
+
+// unitPath is where hostctl installs vmagent's unit.
+const unitPath = "/etc/systemd/system/vmagent.service"
 
 // Deps are what installing an agent needs.
 type Deps struct {
@@ -62,31 +62,38 @@ func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.
 		mode os.FileMode
 	}{
 		{"/usr/local/bin/vmagent", bin, 0o755},
-		{"/etc/systemd/system/vmagent.service", packaging.Unit, 0o644},
+		{unitPath, packaging.Unit, 0o644},
 		{"/etc/meshvm/vmagent.yaml", packaging.Config, 0o644},
 		{"/etc/meshvm/agent/server.pem", server.Cert, 0o600},
 		{"/etc/meshvm/agent/server-key.pem", server.Key, 0o600},
 		{"/etc/meshvm/agent/client-ca.pem", ca.CertPEM(), 0o600},
 	}
-	changed := false
+	want := map[string][]byte{}
 	for _, f := range files {
-		same, err := sameFile(ctx, d.Provider, m.Name, f.path, f.data)
-		if err != nil {
-			return nil, err
-		}
-		if same {
+		want[f.path] = f.data
+	}
+	differ, err := machine.Differing(ctx, d.Provider, m.Name, want)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		if !differ[f.path] {
 			continue
 		}
 		if err := d.Provider.Transfer(ctx, m.Name, f.path, bytes.NewReader(f.data), f.mode); err != nil {
 			return nil, err
 		}
-		changed = true
 	}
-	action := "start"
-	if changed {
-		action = "restart"
+	// A daemon-reload costs systemd a re-read of every unit: only when the
+	// unit changed, and enable does not add its own.
+	script := "systemctl enable --no-reload vmagent.service && systemctl start vmagent.service"
+	if len(differ) > 0 {
+		script = "systemctl enable --no-reload vmagent.service && systemctl restart vmagent.service"
 	}
-	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", "systemctl daemon-reload && systemctl enable vmagent.service && systemctl "+action+" vmagent.service"); err != nil {
+	if differ[unitPath] {
+		script = "systemctl daemon-reload && " + script
+	}
+	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
 		return nil, fmt.Errorf("%s: start vmagent: %w: %s", m.Name, err, out)
 	}
 	return Connect(ctx, d.State, m)
@@ -124,16 +131,6 @@ func Connect(ctx context.Context, state *statedir.Dir, m machine.Machine) (*agen
 		return nil, fmt.Errorf("%s: %w: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it", m.Name, err)
 	}
 	return c, nil
-}
-
-// sameFile compares a file on the machine with data by digest.
-func sameFile(ctx context.Context, p machine.Provider, name, path string, data []byte) (bool, error) {
-	out, err := p.Exec(ctx, name, nil, "sh", "-c", "sha256sum '"+path+"' 2>/dev/null || true")
-	if err != nil {
-		return false, err
-	}
-	sum := sha256.Sum256(data)
-	return strings.HasPrefix(strings.TrimSpace(string(out)), hex.EncodeToString(sum[:])), nil
 }
 
 func waitAgent(ctx context.Context, c *agentclient.Client) error {
