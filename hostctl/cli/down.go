@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -34,25 +35,25 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, vm := range cfg.VMs {
+	// All at once, as up brings them: each waits for its machine's shutdown.
+	var out sync.Mutex
+	err = eachVM(cfg.VMs, func(vm config.VM) error {
 		how, err := removeVM(cmd.Context(), cfg, state, s, vm.Name)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
-			continue
+			return err
 		}
-		// Its certificate and workload files belonged to that machine and cluster.
-		if err := os.RemoveAll(state.Path("vms", vm.Name)); err != nil {
-			errs = append(errs, err)
-		}
+		out.Lock()
 		fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s %s\n", vm.Name, how)
-	}
+		out.Unlock()
+		// Its certificate and workload files belonged to that machine and cluster.
+		return os.RemoveAll(state.Path("vms", vm.Name))
+	})
 	if !c.keepCluster {
-		if err := s.downCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), len(errs) == 0); err != nil {
-			errs = append(errs, err)
+		if derr := s.downCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), err == nil); derr != nil {
+			err = errors.Join(err, derr)
 		}
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 // removeVM deletes a VM hostctl created; one brought over SSH is not ours to
