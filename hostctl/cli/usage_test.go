@@ -35,6 +35,7 @@ func TestExitCodes(t *testing.T) {
 		{"--config " + broken + " config show", ExitUsage, "fix the field"},
 		{"--provider cloud config show", ExitUsage, `cluster.provider "cloud"`},
 		{"vm status", ExitFailed, "no kubeconfig at /nonexistent"},
+		{"vm onboard vm1", ExitFailed, "istiod is not ready (no kubeconfig at /nonexistent"},
 		{"--kubeconfig " + broken + " vm status", ExitFailed, "fix the file, or point cluster.kubeconfig (--kubeconfig) at another"},
 	} {
 		args := strings.Fields(tc.args)
