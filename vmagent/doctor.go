@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/hostsfile"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -29,7 +30,7 @@ func (c *doctorCmd) command() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  c.run,
 	}
-	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json")
+	cmd.Flags().StringVarP(&c.output, "output", "o", "table", "output format: table|json|yaml")
 	return cmd
 }
 
@@ -49,8 +50,8 @@ type doctorReport struct {
 }
 
 func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
-	if c.output != "table" && c.output != "json" {
-		return fmt.Errorf("--output %q: want table or json", c.output)
+	if c.output != "table" && c.output != "json" && c.output != "yaml" {
+		return fmt.Errorf("--output %q: want table, json or yaml", c.output)
 	}
 	if !cmd.Flags().Changed("log-level") {
 		// A person reads the report on stdout; the agent's own log is noise here.
@@ -186,26 +187,44 @@ func dnsSummary(r *agentv1.ResolveDNSResponse) string {
 }
 
 func render(w io.Writer, output string, rep doctorReport) error {
-	if output == "json" {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+	if err := write(w, output, rep); err != nil {
+		return err
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHECK\tOK\tDETAIL")
+	// Whatever the format, a failed check is a non-zero exit.
 	failed := 0
 	for _, c := range rep.Checks {
-		mark := "ok"
 		if !c.OK {
-			mark, failed = "FAIL", failed+1
+			failed++
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Check, mark, c.Detail)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d checks failed", failed, len(rep.Checks))
 	}
 	return nil
+}
+
+func write(w io.Writer, output string, rep doctorReport) error {
+	switch output {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	case "yaml":
+		out, err := yaml.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(out)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHECK\tOK\tDETAIL")
+	for _, c := range rep.Checks {
+		mark := "ok"
+		if !c.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Check, mark, c.Detail)
+	}
+	return tw.Flush()
 }
