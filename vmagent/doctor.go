@@ -10,9 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/hostsfile"
+	"github.com/meshvm/meshvm/pkg/report"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -204,17 +204,7 @@ func render(w io.Writer, output string, rep doctorReport) error {
 }
 
 func write(w io.Writer, output string, rep doctorReport) error {
-	switch output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
-	case "yaml":
-		out, err := yaml.Marshal(rep)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(out)
+	if ok, err := report.Encode(w, output, rep); ok {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -126,7 +126,7 @@ func (c *clusterCmd) status(cmd *cobra.Command, _ []string) error {
 			api = component{"API", "answering", fmt.Sprintf("Kubernetes %s; kubeconfig %s", v.GitVersion, s.kubeconfig())}
 		}
 	}
-	return report(cmd.OutOrStdout(), c.format, append(out, api), "running", "answering")
+	return reportComponents(cmd.OutOrStdout(), c.format, append(out, api), "running", "answering")
 }
 
 func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
@@ -163,12 +163,12 @@ func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
 	ew := component{Name: "east-west gateway"}
 	ew.State, ew.Detail = s.eastWest(ctx)
 	out = append(out, component{"install", st, fmt.Sprintf("%d objects rendered: %s", len(objs), istioinstall.Summary(changes))}, ew)
-	return report(cmd.OutOrStdout(), c.format, out, "ready", "installed", "not run")
+	return reportComponents(cmd.OutOrStdout(), c.format, out, "ready", "installed", "not run")
 }
 
-// report prints the components and fails, naming them, when any is in a
+// reportComponents prints the components and fails, naming them, when any is in a
 // state other than the good ones.
-func report(w io.Writer, format string, out []component, good ...string) error {
+func reportComponents(w io.Writer, format string, out []component, good ...string) error {
 	if err := printComponents(w, format, out); err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/pkg/report"
 )
 
 type configShowCmd struct {
@@ -24,6 +26,6 @@ func (c *configShowCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = encode(cmd.OutOrStdout(), c.output, cfg)
+	_, err = report.Encode(cmd.OutOrStdout(), c.output, cfg)
 	return err
 }

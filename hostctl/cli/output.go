@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -9,7 +8,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
+
+	"github.com/meshvm/meshvm/pkg/report"
 )
 
 // outputFlag adds -o to a command that reports state: formats[0] is the
@@ -31,30 +31,12 @@ func outputFlag(cmd *cobra.Command, format *string, formats ...string) *cobra.Co
 	return cmd
 }
 
-// encode writes v as json or yaml; ok is false for any other format.
-func encode(w io.Writer, format string, v any) (ok bool, err error) {
-	switch format {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return true, enc.Encode(v)
-	case "yaml":
-		out, err := yaml.Marshal(v)
-		if err != nil {
-			return true, err
-		}
-		_, err = w.Write(out)
-		return true, err
-	}
-	return false, nil
-}
-
 // render prints rows as json, yaml, or a table of header and cells per row.
 func render[T any](w io.Writer, format string, rows []T, header []string, cells func(T) []string) error {
 	if rows == nil {
 		rows = []T{} // [] rather than null for scripts
 	}
-	if ok, err := encode(w, format, rows); ok {
+	if ok, err := report.Encode(w, format, rows); ok {
 		return err
 	}
 	if format != "table" {

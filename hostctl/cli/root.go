@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
+	"github.com/meshvm/meshvm/pkg/report"
 )
 
 // globals are the flags every command shares.
@@ -91,7 +92,7 @@ func versionCommand() *cobra.Command {
 				OS      string `json:"os"`
 				Arch    string `json:"arch"`
 			}{buildinfo.String(), runtime.Version(), runtime.GOOS, runtime.GOARCH}
-			if ok, err := encode(cmd.OutOrStdout(), format, v); ok {
+			if ok, err := report.Encode(cmd.OutOrStdout(), format, v); ok {
 				return err
 			}
 			_, err := fmt.Fprintf(cmd.OutOrStdout(), "hostctl %s (%s, %s/%s)\n", v.Version, v.Go, v.OS, v.Arch)
