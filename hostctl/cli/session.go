@@ -233,6 +233,15 @@ func onboardedAddress(state *statedir.Dir, name string) string {
 
 func addressFile(vm string) string { return filepath.Join("vms", vm, "address") }
 
+// entryAddress is where the VM's WorkloadEntry is: its address, or the one it
+// was onboarded at when it reports none (a stopped Multipass instance).
+func entryAddress(state *statedir.Dir, m machine.Machine) string {
+	if a := m.Address(); a != "" {
+		return a
+	}
+	return onboardedAddress(state, m.Name)
+}
+
 // moved records the VM's address and deletes the WorkloadEntry left at the
 // previous one, unless another VM of ours now holds that address.
 func (r *session) moved(ctx context.Context, name, addr string) error {

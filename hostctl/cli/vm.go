@@ -202,13 +202,8 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 			return err
 		}
 		fmt.Fprintf(w, "vm rm: machine %s %s\n", name, how)
-		// istiod would drop the entry after its grace period; do not leave it
-		// to chance. A stopped machine may report no address: the entry is
-		// at the one it was onboarded with.
-		addr := m.Address()
-		if addr == "" {
-			addr = onboardedAddress(state, name)
-		}
+		// istiod would drop the entry after its grace period; do not leave it to chance.
+		addr := entryAddress(state, m)
 		if clients, err := kubeClients(s.kubeconfig()); err != nil {
 			errs = append(errs, err)
 		} else if addr == "" {
@@ -309,7 +304,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		var prev workload.Entry
 		if m.State != "Running" {
 			// Booting: the entry must come from the new boot's proxy.
-			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), m.Address()); err != nil {
+			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), entryAddress(state, m)); err != nil {
 				return err
 			}
 		}

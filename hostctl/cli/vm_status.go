@@ -96,10 +96,10 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, lab machine.Provider,
+func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machines machine.Provider,
 	entries map[string]workload.Entry, entriesErr error, name string) VMStatus {
 	s := VMStatus{Name: name}
-	m, err := lab.Info(ctx, name)
+	m, err := machines.Info(ctx, name)
 	if err != nil {
 		s.Machine, s.Agent, s.Next = "absent", "-", "run hostctl up to create it"
 		return s

@@ -40,3 +40,27 @@ func TestStatusOfMachinesNotRunning(t *testing.T) {
 		t.Errorf("absent: got %+v", s)
 	}
 }
+
+// A stopped Multipass instance has no address: its WorkloadEntry is found at
+// the one it was onboarded with (vm rm deletes it there, vm start waits for
+// a new one).
+func TestEntryAddressOfAStoppedMachine(t *testing.T) {
+	state, err := statedir.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := machine.Machine{Name: "vm1", State: "Stopped"}
+	if got := entryAddress(state, stopped); got != "" {
+		t.Errorf("never onboarded: got %q, want none", got)
+	}
+	if err := state.WriteSecret(addressFile("vm1"), []byte("192.168.64.7")); err != nil {
+		t.Fatal(err)
+	}
+	if got := entryAddress(state, stopped); got != "192.168.64.7" {
+		t.Errorf("onboarded at 192.168.64.7: got %q", got)
+	}
+	running := machine.Machine{Name: "vm1", State: "Running", Addresses: []string{"192.168.64.9"}}
+	if got := entryAddress(state, running); got != "192.168.64.9" {
+		t.Errorf("running: got %q, want its own address", got)
+	}
+}

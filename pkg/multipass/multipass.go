@@ -140,7 +140,7 @@ func (p *Provider) Launch(ctx context.Context, s machine.Spec) (machine.Machine,
 	if m, err = p.Info(ctx, s.Name); err != nil {
 		return machine.Machine{}, err
 	}
-	if m.State != "Running" || len(m.Addresses) == 0 {
+	if m.State != "Running" || m.Address() == "" {
 		return m, fmt.Errorf("multipass instance %s is %s with no IPv4 address: check multipass info %s", s.Name, m.State, s.Name)
 	}
 	arch, err := p.Exec(ctx, s.Name, nil, "uname", "-m")

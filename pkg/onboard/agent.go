@@ -37,7 +37,7 @@ type Deps struct {
 // connected to it. Files already identical are not sent again, and the agent
 // is restarted only when something it reads changed.
 func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.Client, error) {
-	if len(m.Addresses) == 0 {
+	if m.Address() == "" {
 		return nil, fmt.Errorf("%s has no address: check that it is running", m.Name)
 	}
 	ca, err := d.State.AgentCA()
@@ -84,12 +84,13 @@ func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.
 			return nil, err
 		}
 	}
+	action := "start"
+	if len(differ) > 0 {
+		action = "restart"
+	}
 	// A daemon-reload costs systemd a re-read of every unit: only when the
 	// unit changed, and enable does not add its own.
-	script := "systemctl enable --no-reload vmagent.service && systemctl start vmagent.service"
-	if len(differ) > 0 {
-		script = "systemctl enable --no-reload vmagent.service && systemctl restart vmagent.service"
-	}
+	script := "systemctl enable --no-reload vmagent.service && systemctl " + action + " vmagent.service"
 	if differ[unitPath] {
 		script = "systemctl daemon-reload && " + script
 	}
@@ -119,7 +120,7 @@ func Dial(state *statedir.Dir, addr string) (*agentclient.Client, error) {
 
 // Connect dials m's agent and waits until it answers (it may be starting).
 func Connect(ctx context.Context, state *statedir.Dir, m machine.Machine) (*agentclient.Client, error) {
-	if len(m.Addresses) == 0 {
+	if m.Address() == "" {
 		return nil, fmt.Errorf("%s has no address: check that it is running", m.Name)
 	}
 	c, err := Dial(state, m.Address())
