@@ -105,6 +105,12 @@ type Workload struct {
 	Probe    Probe  `json:"probe"`
 	// TokenLifetime of the istio-token (TokenRequest expirationSeconds).
 	TokenLifetime Duration `json:"tokenLifetime"`
+	// App gives every VM the recipe's app: a systemd unit (meshvm-app)
+	// serving HTTP on port, with python3 -m http.server (busybox httpd
+	// where the VM has no python3). false when the VMs run their own app on
+	// port: up then waits for each VM's registration, not for Healthy.
+	// vms[].app overrides it for one VM.
+	App bool `json:"app"`
 }
 
 // Probe is the WorkloadGroup's HTTP readiness probe.
@@ -125,6 +131,8 @@ type VM struct {
 	Address string `json:"address,omitempty"`
 	User    string `json:"user,omitempty"`
 	Key     string `json:"key,omitempty"`
+	// App overrides workload.app for this VM (false: it runs its own app).
+	App *bool `json:"app,omitempty"`
 }
 
 // Duration is a time.Duration written as "1h" in YAML.
@@ -160,6 +168,7 @@ func Default() Config {
 			Port: 8000, PortName: "http", Network: "vm-network",
 			Probe:         Probe{Path: "/", Port: 8000, PeriodSeconds: 5, InitialDelaySeconds: 1},
 			TokenLifetime: Duration{time.Hour},
+			App:           true,
 		},
 		VMs: []VM{{Name: "vm1", Image: "22.04", Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
 	}
@@ -182,7 +191,17 @@ var envOverrides = []struct {
 	{"MESHVM_VM_NAMESPACE", func(c *Config, v string) error { c.Workload.Namespace = v; return nil }},
 	{"MESHVM_SERVICE_ACCOUNT", func(c *Config, v string) error { c.Workload.ServiceAccount = v; return nil }},
 	{"MESHVM_APP", func(c *Config, v string) error { c.Workload.Group = v; return nil }},
-	{"MESHVM_APP_PORT", func(c *Config, v string) error { return atoi(v, &c.Workload.Port) }},
+	{"MESHVM_APP_PORT", func(c *Config, v string) error {
+		// The probe follows the port it probed, unless it was set apart.
+		old := c.Workload.Port
+		if err := atoi(v, &c.Workload.Port); err != nil {
+			return err
+		}
+		if c.Workload.Probe.Port == old {
+			c.Workload.Probe.Port = c.Workload.Port
+		}
+		return nil
+	}},
 	{"MESHVM_VM_NETWORK", func(c *Config, v string) error { c.Workload.Network = v; return nil }},
 	{"MESHVM_STATE_DIR", func(c *Config, v string) error { c.StateDir = v; return nil }},
 }
@@ -274,6 +293,10 @@ func (c Config) Validate() error {
 	if c.Workload.Port < 1 || c.Workload.Port > 65535 {
 		bad("workload.port %d is out of range 1-65535", c.Workload.Port)
 	}
+	if c.anyRunsApp() && c.Workload.Probe.Port != c.Workload.Port {
+		bad("workload.probe.port %d is not workload.port %d, where hostctl's app serves: set workload.probe.port to %d (or set workload.app: false and serve port %d yourself)",
+			c.Workload.Probe.Port, c.Workload.Port, c.Workload.Port, c.Workload.Probe.Port)
+	}
 	if c.Workload.TokenLifetime.Duration < 10*time.Minute {
 		bad("workload.tokenLifetime %s is shorter than the API server's 10m minimum", c.Workload.TokenLifetime)
 	}
@@ -325,6 +348,24 @@ func (c Config) MachineProvider() Provider {
 		}
 	}
 	return SSH
+}
+
+// RunsApp says whether hostctl runs the recipe's app on vm: vms[].app, else
+// workload.app.
+func (c Config) RunsApp(vm VM) bool {
+	if vm.App != nil {
+		return *vm.App
+	}
+	return c.Workload.App
+}
+
+func (c Config) anyRunsApp() bool {
+	for _, vm := range c.VMs {
+		if c.RunsApp(vm) {
+			return true
+		}
+	}
+	return false
 }
 
 // VM returns the named VM.

@@ -89,6 +89,9 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"unknown provider", "version: 1\ncluster:\n  provider: vagrant\n", "want multipass, ssh, lab or kubeconfig", nil},
 		{"short token", "version: 1\nworkload:\n  tokenLifetime: 1m\n", "10m minimum", nil},
 		{"bad env number", "version: 1\n", "MESHVM_APP_PORT", map[string]string{"MESHVM_APP_PORT": "eighty"}},
+		{"app not a bool", "version: 1\nworkload:\n  app: maybe\n", "fix the field", nil},
+		{"app's port not probed", "version: 1\nworkload:\n  port: 9000\n", "set workload.probe.port to 9000 (or set workload.app: false", nil},
+		{"a VM's app's port not probed", "version: 1\nworkload:\n  app: false\n  port: 9000\nvms:\n- {name: a, app: true}\n", "set workload.probe.port to 9000", nil},
 		{"kubeconfig provider without file", "version: 1\ncluster:\n  provider: kubeconfig\n", "MESHVM_KUBECONFIG", nil},
 	}
 	for _, tt := range tests {
@@ -101,6 +104,37 @@ func TestErrorsNameTheFix(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), true, noEnv); err == nil {
 		t.Error("an explicitly named missing file gave no error")
+	}
+}
+
+// The recipe's app is on by default; workload.app turns it off for every VM
+// and vms[].app decides for one.
+func TestAppPerVMOverridesWorkload(t *testing.T) {
+	if d := Default(); !d.RunsApp(d.VMs[0]) {
+		t.Error("the default VM runs no app, want the recipe's app")
+	}
+	c, err := Load(write(t, "version: 1\nworkload:\n  app: false\n  port: 9000\nvms:\n- {name: a}\n- {name: b, app: false}\n"), true, noEnv)
+	if err != nil {
+		t.Fatalf("app off with an unprobed port: %v, want it accepted (the VM's own app answers the probe)", err)
+	}
+	if c.RunsApp(c.VMs[0]) || c.RunsApp(c.VMs[1]) {
+		t.Errorf("got app on for %+v, want off for both", c.VMs)
+	}
+	c, err = Load(write(t, "version: 1\nvms:\n- {name: a}\n- {name: b, app: false}\n"), true, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.RunsApp(c.VMs[0]) || c.RunsApp(c.VMs[1]) {
+		t.Errorf("got a %v, b %v, want a on (workload.app) and b off (its own)", c.RunsApp(c.VMs[0]), c.RunsApp(c.VMs[1]))
+	}
+	// MESHVM_APP_PORT moves the probe with the app, unless the probe was set apart.
+	c, err = Load(write(t, "version: 1\n"), true, func(k string) string { return map[string]string{"MESHVM_APP_PORT": "9000"}[k] })
+	if err != nil || c.Workload.Probe.Port != 9000 {
+		t.Errorf("MESHVM_APP_PORT=9000: probe port %d, %v, want 9000", c.Workload.Probe.Port, err)
+	}
+	c, err = Load(write(t, "version: 1\nworkload:\n  app: false\n  probe: {port: 8080}\n"), true, func(k string) string { return map[string]string{"MESHVM_APP_PORT": "9000"}[k] })
+	if err != nil || c.Workload.Probe.Port != 8080 {
+		t.Errorf("MESHVM_APP_PORT=9000 with probe.port 8080: probe port %d, %v, want 8080 kept", c.Workload.Probe.Port, err)
 	}
 }
 

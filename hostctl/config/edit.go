@@ -141,5 +141,8 @@ func vmNode(vm VM) *yaml3.Node {
 	add("address", vm.Address)
 	add("user", vm.User)
 	add("key", vm.Key)
+	if vm.App != nil {
+		add("app", strconv.FormatBool(*vm.App))
+	}
 	return n
 }

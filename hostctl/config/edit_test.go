@@ -26,7 +26,7 @@ func names(c Config) string {
 
 func TestAddRemoveVMKeepsComments(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshvm.yaml")
-	orig := "version: 1\n# the VMs we run\nvms:\n  - name: vm1 # first\n    cpus: 2\nworkload:\n  port: 8080\n"
+	orig := "version: 1\n# the VMs we run\nvms:\n  - name: vm1 # first\n    cpus: 2\nworkload:\n  port: 8080\n  probe: {port: 8080}\n"
 	os.WriteFile(path, []byte(orig), 0o640)
 
 	changed, err := AddVM(path, VM{Name: "vm2"}, nil)
@@ -78,6 +78,20 @@ func TestAddVMToDefaults(t *testing.T) {
 	}
 	if c := load(t, path); names(c) != "vm1,extra" || c.Istio.MeshID != "m" {
 		t.Errorf("file without vms: %s, mesh %s", names(c), c.Istio.MeshID)
+	}
+}
+
+// A VM added with its own app keeps app: false in the file.
+func TestAddVMKeepsApp(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshvm.yaml")
+	off := false
+	if _, err := AddVM(path, VM{Name: "own", App: &off}, Default().VMs); err != nil {
+		t.Fatal(err)
+	}
+	c := load(t, path)
+	if names(c) != "vm1,own" || !c.RunsApp(c.VMs[0]) || c.RunsApp(c.VMs[1]) {
+		data, _ := os.ReadFile(path)
+		t.Errorf("got %s with app %v/%v, want vm1 (app on) and own (app off):\n%s", names(c), c.RunsApp(c.VMs[0]), c.RunsApp(c.VMs[1]), data)
 	}
 }
 
