@@ -268,8 +268,9 @@ func (r *Root) Stat(p string) (Info, error) {
 }
 
 func infoFrom(st *unix.Stat_t) Info {
-	m := FileMode(st.Mode & 0o7777)
-	switch st.Mode & unix.S_IFMT {
+	mode := uint32(st.Mode) // uint16 on darwin
+	m := FileMode(mode & 0o7777)
+	switch mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		m |= os.ModeDir
 	case unix.S_IFLNK:
@@ -468,7 +469,7 @@ func (w *writeBehind) Write(p []byte) (int, error) {
 	w.off += int64(n)
 	if w.off-w.beg >= writeBehindStep {
 		// Only a hint: the fsync before rename is what guarantees durability.
-		unix.SyncFileRange(int(w.f.Fd()), w.beg, w.off-w.beg, unix.SYNC_FILE_RANGE_WRITE)
+		startWriteBack(w.f, w.beg, w.off-w.beg)
 		w.beg = w.off
 	}
 	return n, err
@@ -596,7 +597,7 @@ func (r *Root) Chown(p string, uid, gid int, mode os.FileMode, dryRun bool) (cha
 	if err := unix.Fstat(fd, &st); err != nil {
 		return false, fmt.Errorf("stat %s: %w", p, err)
 	}
-	if int(st.Uid) == uid && int(st.Gid) == gid && st.Mode&0o7777 == unixMode(mode) {
+	if int(st.Uid) == uid && int(st.Gid) == gid && uint32(st.Mode)&0o7777 == unixMode(mode) {
 		return false, nil
 	}
 	if dryRun {
@@ -619,7 +620,7 @@ func (r *Root) Remove(p string) error {
 	}
 	defer unix.Close(dirfd)
 	err = unix.Unlinkat(dirfd, name, 0)
-	if errors.Is(err, unix.EISDIR) {
+	if isDirectory(dirfd, name, err) {
 		err = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
 	}
 	if err != nil && !errors.Is(err, unix.ENOENT) {
@@ -649,7 +650,7 @@ func removeAllAt(dirfd int, name, display string) error {
 	if err == nil || errors.Is(err, unix.ENOENT) {
 		return nil
 	}
-	if !errors.Is(err, unix.EISDIR) {
+	if !isDirectory(dirfd, name, err) {
 		return fmt.Errorf("remove %s: %w", display, err)
 	}
 	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -673,6 +674,20 @@ func removeAllAt(dirfd int, name, display string) error {
 		return fmt.Errorf("remove %s: %w", display, err)
 	}
 	return nil
+}
+
+// isDirectory reports whether unlinking name failed because it is a
+// directory: Linux says EISDIR, macOS says EPERM (which may also mean
+// permission denied, so the entry is looked at).
+func isDirectory(dirfd int, name string, unlinkErr error) bool {
+	if errors.Is(unlinkErr, unix.EISDIR) {
+		return true
+	}
+	if !errors.Is(unlinkErr, unix.EPERM) {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR
 }
 
 // Symlink creates (or leaves in place when equal) the symlink p -> target.

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
@@ -253,5 +255,37 @@ func TestRemoveAllDoesNotFollowLinks(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "var/lib/istio")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("got %v, want /var/lib/istio gone", err)
+	}
+}
+
+// macOS answers unlink of a directory with EPERM, not Linux's EISDIR:
+// Remove and RemoveAll must still recognise the directory, and EPERM on a
+// file must stay an error.
+func TestIsDirectoryAcceptsMacOSUnlinkError(t *testing.T) {
+	_, dir := newRoot(t)
+	if err := os.WriteFile(filepath.Join(dir, "etc/file"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(filepath.Join(dir, "etc"), unix.O_DIRECTORY|unix.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := os.Mkdir(filepath.Join(dir, "etc/sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"sub", unix.EISDIR, true},
+		{"sub", unix.EPERM, true},
+		{"file", unix.EPERM, false},
+		{"sub", unix.EACCES, false},
+	} {
+		if got := isDirectory(fd, c.name, c.err); got != c.want {
+			t.Errorf("isDirectory(%s, %v) = %v, want %v", c.name, c.err, got, c.want)
+		}
 	}
 }
