@@ -21,8 +21,10 @@ type Spec struct {
 	// ParentDir, when set, is created if missing (for paths on tmpfs);
 	// otherwise the parent must exist (Install creates it).
 	ParentDir *Dir
-	// PersistAt keeps a root-only copy that survives a reboot, for files
-	// under /run (tmpfs). The sidecar unit restores it before start.
+	// PersistAt keeps a root-only copy: one that survives a reboot, for
+	// files under /run (tmpfs), which the sidecar unit restores before start;
+	// and the one root-side steps read, for files in a directory istio-proxy
+	// can write (it could swap the file it was given).
 	PersistAt string
 }
 
@@ -51,9 +53,11 @@ var allowlist = []Spec{
 	{Path: "/var/lib/istio/envoy/envoy_bootstrap_tmpl.json", Mode: 0o644, MaxMode: 0o644,
 		Owners: []string{"root"}, Groups: []string{"root"}, MaxSize: 4 * mib},
 	{Path: "/var/lib/istio/envoy/sidecar.env", Mode: 0o644, MaxMode: 0o644,
-		Owners: []string{"root"}, Groups: []string{"root"}, MaxSize: mib},
+		Owners: []string{"root"}, Groups: []string{"root"}, MaxSize: mib,
+		PersistAt: PersistDir + "/sidecar.env"},
 	{Path: "/var/lib/istio/envoy/cluster.env", Mode: 0o644, MaxMode: 0o644,
-		Owners: []string{"root"}, Groups: []string{"root"}, MaxSize: mib},
+		Owners: []string{"root"}, Groups: []string{"root"}, MaxSize: mib,
+		PersistAt: PersistDir + "/cluster.env"},
 	{Path: "/etc/istio/config/mesh", Mode: 0o640, MaxMode: 0o644,
 		Owners: []string{"root", proxyUser}, Groups: []string{proxyUser}, MaxSize: 4 * mib},
 	// pilot-agent rewrites root-cert.pem in its output directory, so it owns it.
