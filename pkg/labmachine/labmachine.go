@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"runtime"
@@ -34,14 +35,34 @@ type Provider struct {
 	// CacheDir keeps the debootstrapped root filesystem between labs.
 	cacheDir string
 
+	// image, when set, is the root filesystem variant the VMs boot.
+	image *Image
+	// network is the second octet of the VMs' 10.x.0.0/16.
+	network byte
+
 	mu sync.Mutex // guards slot allocation
+}
+
+// Image is a variant of the lab VM's root filesystem: extra Debian
+// packages (a root filesystem cached apart) and Setup, run on each VM's
+// root before every boot.
+type Image struct {
+	Packages []string
+	Setup    func(name, root string) error
 }
 
 var _ machine.Provider = (*Provider)(nil)
 
 // New returns a provider keeping VMs in dir and the root filesystem cache in cacheDir.
 func New(log *slog.Logger, dir, cacheDir string) *Provider {
-	return &Provider{log: log, dir: dir, cacheDir: cacheDir}
+	return &Provider{log: log, dir: dir, cacheDir: cacheDir, network: 213}
+}
+
+// WithImage makes the provider's VMs boot img on 10.network.0.0/16, a
+// range of their own, so they can run beside the lab's VMs.
+func (p *Provider) WithImage(img Image, network byte) *Provider {
+	p.image, p.network = &img, network
+	return p
 }
 
 // slots are /30 networks: slot n has host .1 and VM .2 of 10.213.0.0/16 + 4n.
@@ -84,8 +105,13 @@ func (p *Provider) spec(name string, allocate bool) (labvm.Spec, error) {
 		return labvm.Spec{}, err
 	}
 	base := 4 * rec.Slot
-	ip := func(host int) net.IP { return net.IPv4(10, 213, byte((base+host)>>8), byte((base+host)&0xff)) }
-	return labvm.Spec{Name: name, Dir: filepath.Join(p.dir, name), HostIP: ip(1), VMIP: ip(2)}, nil
+	ip := func(host int) net.IP { return net.IPv4(10, p.network, byte((base+host)>>8), byte((base+host)&0xff)) }
+	spec := labvm.Spec{Name: name, Dir: filepath.Join(p.dir, name), HostIP: ip(1), VMIP: ip(2)}
+	if p.image != nil && p.image.Setup != nil {
+		setup := p.image.Setup
+		spec.Setup = func(root string) error { return setup(name, root) }
+	}
+	return spec, nil
 }
 
 func (p *Provider) freeSlot() (int, error) {
@@ -111,7 +137,11 @@ func (p *Provider) Launch(ctx context.Context, s machine.Spec) (machine.Machine,
 	if err != nil {
 		return machine.Machine{}, err
 	}
-	if spec.Rootfs, err = labvm.Rootfs(ctx, p.log, p.cacheDir); err != nil {
+	var extra []string
+	if p.image != nil {
+		extra = p.image.Packages
+	}
+	if spec.Rootfs, err = labvm.RootfsWith(ctx, p.log, p.cacheDir, extra...); err != nil {
 		return machine.Machine{}, err
 	}
 	if _, err := labvm.Launch(ctx, p.log, spec); err != nil {
@@ -180,6 +210,19 @@ func (p *Provider) Exec(ctx context.Context, name string, stdin io.Reader, args 
 		return nil, errors.New("exec: no command")
 	}
 	return vm.ExecInput(ctx, stdin, args[0], args[1:]...)
+}
+
+// Command returns the command running args as root inside the VM, for a
+// caller that wires its streams and reads its exit code.
+func (p *Provider) Command(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	vm, _, err := p.open(name)
+	if err != nil {
+		return nil, err
+	}
+	if len(args) == 0 {
+		return nil, errors.New("exec: no command")
+	}
+	return vm.Command(ctx, args[0], args[1:]...)
 }
 
 // Transfer writes data to path inside the VM atomically, as root.

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,7 +44,14 @@ var Packages = []string{"systemd", "systemd-sysv", "dbus", "iptables", "iproute2
 // Rootfs returns a cached Debian root filesystem under cacheDir, making it
 // with debootstrap the first time (a few minutes; progress goes to log).
 func Rootfs(ctx context.Context, log *slog.Logger, cacheDir string) (string, error) {
-	key := sha256.Sum256([]byte(Suite + " " + Mirror + " " + strings.Join(Packages, ",") + " " + runtime.GOARCH))
+	return RootfsWith(ctx, log, cacheDir)
+}
+
+// RootfsWith is Rootfs with extra packages beyond Packages, cached apart
+// (the package list is part of the cache key).
+func RootfsWith(ctx context.Context, log *slog.Logger, cacheDir string, extra ...string) (string, error) {
+	packages := append(slices.Clip(Packages), extra...)
+	key := sha256.Sum256([]byte(Suite + " " + Mirror + " " + strings.Join(packages, ",") + " " + runtime.GOARCH))
 	dir := filepath.Join(cacheDir, "rootfs-"+Suite+"-"+hex.EncodeToString(key[:6]))
 	if _, err := os.Stat(filepath.Join(dir, ".meshvm-complete")); err == nil {
 		return dir, nil
@@ -58,7 +66,7 @@ func Rootfs(ctx context.Context, log *slog.Logger, cacheDir string) (string, err
 	}
 	log.Info("building the lab VM root filesystem with debootstrap (cached afterwards)", "suite", Suite, "dir", dir)
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "debootstrap", "--variant=minbase", "--include="+strings.Join(Packages, ","), Suite, tmp, Mirror)
+	cmd := exec.CommandContext(ctx, "debootstrap", "--variant=minbase", "--include="+strings.Join(packages, ","), Suite, tmp, Mirror)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("debootstrap %s: %w: %s", Suite, err, lastLines(out, 5))
 	}
@@ -85,6 +93,9 @@ type Spec struct {
 	Rootfs, Dir string
 	// HostIP and VMIP are the two ends of the veth pair, in one /30.
 	HostIP, VMIP net.IP
+	// Setup, if set, runs on the mounted root before each boot (a
+	// cloud-init seed, say).
+	Setup func(root string) error
 }
 
 // VM is a running lab VM. It outlives the process that launched it (the lab
@@ -132,6 +143,11 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	}
 	if err := os.WriteFile(filepath.Join(s.Dir, "etc/hostname"), []byte(s.Name+"\n"), 0o644); err != nil {
 		return nil, err
+	}
+	if s.Setup != nil {
+		if err := s.Setup(s.Dir); err != nil {
+			return nil, fmt.Errorf("set up lab VM %s: %w", s.Name, err)
+		}
 	}
 	if err := raiseInotifyInstances(log); err != nil {
 		return nil, err
@@ -218,17 +234,26 @@ func (vm *VM) Exec(ctx context.Context, name string, args ...string) ([]byte, er
 
 // ExecInput is Exec with stdin.
 func (vm *VM) ExecInput(ctx context.Context, stdin io.Reader, name string, args ...string) ([]byte, error) {
-	if vm.leader == 0 {
-		return nil, fmt.Errorf("%s is not running", vm.Name)
+	cmd, err := vm.Command(ctx, name, args...)
+	if err != nil {
+		return nil, err
 	}
-	full := append([]string{"-t", strconv.Itoa(vm.leader), "-a", "--", name}, args...)
-	cmd := exec.CommandContext(ctx, "nsenter", full...)
 	cmd.Stdin = stdin
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("%s: %s %s: %w: %s", vm.Name, name, strings.Join(args, " "), err, lastLines(out, 3))
 	}
 	return out, nil
+}
+
+// Command returns the command that runs name inside the VM (all its
+// namespaces), for a caller that wires its streams and reads its exit code.
+func (vm *VM) Command(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	if vm.leader == 0 {
+		return nil, fmt.Errorf("%s is not running", vm.Name)
+	}
+	full := append([]string{"-t", strconv.Itoa(vm.leader), "-a", "--", name}, args...)
+	return exec.CommandContext(ctx, "nsenter", full...), nil
 }
 
 // Leader is the PID of the VM's systemd on the host.
