@@ -1,6 +1,8 @@
 package vmfiles
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -62,18 +64,42 @@ type Store struct {
 
 	mu      sync.Mutex
 	digests map[string]cachedDigest // path -> digest of a file state
+	busy    map[string]bool         // allowlisted path -> a delivery of it is running
 }
 
 // cachedDigest avoids re-hashing 100+ MB binaries on every re-onboarding.
+// ctime is in the key because no caller can set it: the owner of a file can
+// put back its size and mtime after changing it, not its ctime.
 type cachedDigest struct {
-	size, mtime int64
-	ino         uint64
-	sha256      string
+	size, mtime, ctime int64
+	ino                uint64
+	sha256             string
 }
 
 // NewStore returns a Store.
 func NewStore(log *slog.Logger, root *fsroot.Root, users *sysusers.DB, state *agentstate.Store) *Store {
-	return &Store{log: log, root: root, users: users, state: state, digests: map[string]cachedDigest{}}
+	return &Store{log: log, root: root, users: users, state: state, digests: map[string]cachedDigest{}, busy: map[string]bool{}}
+}
+
+// ErrBusy reports a delivery refused because another one of the same path
+// is running.
+var ErrBusy = errors.New("delivery in progress")
+
+// claim marks a delivery of the allowlisted path p running, so that two at
+// once cannot interleave their writes (nor the sweep remove a live temporary
+// file); release ends it.
+func (s *Store) claim(p string) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy[p] {
+		return nil, fmt.Errorf("%w: another delivery of %s is running: retry when it has finished", ErrBusy, p)
+	}
+	s.busy[p] = true
+	return func() {
+		s.mu.Lock()
+		delete(s.busy, p)
+		s.mu.Unlock()
+	}, nil
 }
 
 var hexDigest = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -148,42 +174,21 @@ func allowed(p string) (Spec, error) {
 }
 
 // Put writes the file h declares from body. When the file already has the
-// declared digest it converges owner and mode and does not read body.
+// declared digest it converges owner and mode and does not read body. A
+// second delivery of the same path while one runs fails with ErrBusy.
 func (s *Store) Put(h Header, body io.Reader) (Outcome, error) {
 	r, err := s.validate(h)
 	if err != nil {
 		return 0, err
 	}
-	outcome := Written
-	if s.same(r.spec.Path, r.sha256) {
-		outcome = Unchanged
-		if _, err := s.root.Chown(r.spec.Path, r.uid, r.gid, r.mode, false); err != nil {
-			return 0, err
-		}
-	} else {
-		opts := fsroot.WriteOptions{Mode: r.mode, UID: r.uid, GID: r.gid, Size: r.size, SHA256: r.sha256}
-		if d := r.spec.ParentDir; d != nil {
-			duid, err := s.users.UserID(d.Owner)
-			if err != nil {
-				return 0, agenterr.Precondition("%s: %v", h.Path, err)
-			}
-			dgid, err := s.users.GroupID(d.Group)
-			if err != nil {
-				return 0, agenterr.Precondition("%s: %v", h.Path, err)
-			}
-			opts.Dir = &fsroot.DirOptions{Mode: d.Mode, UID: duid, GID: dgid}
-		}
-		res, err := s.root.WriteFile(r.spec.Path, body, opts)
-		s.recordDirs(res.CreatedDirs)
-		if err != nil {
-			return 0, classify(r.spec.Path, err)
-		}
-		s.remember(r.spec.Path, r.sha256)
+	release, err := s.claim(r.spec.Path)
+	if err != nil {
+		return 0, err
 	}
-	if r.spec.PersistAt != "" {
-		if err := s.persist(r); err != nil {
-			return 0, err
-		}
+	defer release()
+	outcome, err := s.put(r, body)
+	if err != nil {
+		return 0, err
 	}
 	err = s.state.Update(true, func(rec *agentstate.Record) error {
 		rec.Files = agentstate.AddOnce(rec.Files, r.spec.Path)
@@ -195,24 +200,91 @@ func (s *Store) Put(h Header, body io.Reader) (Outcome, error) {
 	return outcome, err
 }
 
-// persist copies a delivered /run file to its reboot-proof place (root only).
-func (s *Store) persist(r resolved) error {
-	if s.same(r.spec.PersistAt, r.sha256) {
-		return nil
+func (s *Store) put(r resolved, body io.Reader) (Outcome, error) {
+	if f, ok := s.matching(r.spec.Path, r.sha256); ok {
+		defer f.Close()
+		if err := converge(f, r); err != nil {
+			return 0, fmt.Errorf("%s: %w", r.spec.Path, err)
+		}
+		s.rememberFile(r.spec.Path, f, r.sha256) // chown and chmod changed its ctime
+		if r.spec.PersistAt != "" {
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return 0, err
+			}
+			kept, err := s.keep(r, f)
+			if err != nil {
+				return 0, err
+			}
+			kept.Close()
+		}
+		return Unchanged, nil
 	}
-	f, err := s.root.Open(r.spec.Path)
+	src := body
+	if r.spec.PersistAt != "" {
+		// The root-only copy is written first and the delivered file from it:
+		// what the proxy user can do to the file in its directory never
+		// reaches the copy root-side steps read.
+		kept, err := s.keep(r, body)
+		if err != nil {
+			return 0, err
+		}
+		defer kept.Close()
+		src = kept
+	}
+	opts := fsroot.WriteOptions{Mode: r.mode, UID: r.uid, GID: r.gid, Size: r.size, SHA256: r.sha256}
+	if d := r.spec.ParentDir; d != nil {
+		duid, err := s.users.UserID(d.Owner)
+		if err != nil {
+			return 0, agenterr.Precondition("%s: %v", r.spec.Path, err)
+		}
+		dgid, err := s.users.GroupID(d.Group)
+		if err != nil {
+			return 0, agenterr.Precondition("%s: %v", r.spec.Path, err)
+		}
+		opts.Dir = &fsroot.DirOptions{Mode: d.Mode, UID: duid, GID: dgid}
+	}
+	res, err := s.root.WriteFile(r.spec.Path, src, opts)
+	s.recordDirs(res.CreatedDirs)
+	if err != nil {
+		return 0, classify(r.spec.Path, err)
+	}
+	s.remember(r.spec.Path, r.sha256)
+	return Written, nil
+}
+
+// keep makes sure the root-only copy of a /run or proxy-writable file holds
+// the declared content, writing it from src unless it already does, and
+// returns it opened for reading.
+func (s *Store) keep(r resolved, src io.Reader) (*os.File, error) {
+	if f, ok := s.matching(r.spec.PersistAt, r.sha256); ok {
+		return f, nil
+	}
+	dir := fsroot.DirOptions{Mode: 0o700}
+	res, err := s.root.WriteFile(r.spec.PersistAt, src, fsroot.WriteOptions{Mode: 0o600, Size: r.size, SHA256: r.sha256, Dir: &dir})
+	s.recordDirs(res.CreatedDirs)
+	if err != nil {
+		return nil, classify(r.spec.Path, fmt.Errorf("keep a root-only copy of %s: %w", r.spec.Path, err))
+	}
+	s.remember(r.spec.PersistAt, r.sha256)
+	return s.root.Open(r.spec.PersistAt)
+}
+
+// converge gives the open file f the owner and mode r asks for. It only
+// ever runs on a file whose one name is the allowlisted path (see single).
+func converge(f *os.File, r resolved) error {
+	fi, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	dir := fsroot.DirOptions{Mode: 0o700}
-	res, err := s.root.WriteFile(r.spec.PersistAt, f, fsroot.WriteOptions{Mode: 0o600, Size: r.size, SHA256: r.sha256, Dir: &dir})
-	s.recordDirs(res.CreatedDirs)
-	if err != nil {
-		return fmt.Errorf("keep a reboot-proof copy of %s: %w", r.spec.Path, err)
+	uid, gid := owner(fi)
+	if uid == r.uid && gid == r.gid && fsroot.UnixMode(fi.Mode()) == fsroot.UnixMode(r.mode) {
+		return nil
 	}
-	s.remember(r.spec.PersistAt, r.sha256)
-	return nil
+	// chown clears setgid, so it goes first.
+	if err := f.Chown(r.uid, r.gid); err != nil {
+		return err
+	}
+	return f.Chmod(r.mode)
 }
 
 // recordDirs remembers directories a delivery created, for Uninstall.
@@ -245,60 +317,89 @@ func classify(p string, err error) error {
 	return fmt.Errorf("deliver %s: %w", p, err)
 }
 
-// same reports whether the regular file at p has digest sum.
-func (s *Store) same(p, sum string) bool {
-	d, err := s.digest(p)
-	return err == nil && d == sum
+// errLinked refuses to read or change a file that has other names: a hard
+// link planted at an allowlisted path (in a directory istio-proxy can write)
+// would otherwise let a delivery chown, chmod or reveal the digest of the
+// file it links to, such as /etc/shadow.
+var errLinked = errors.New("the file has other names (hard links): it is replaced, never read or changed")
+
+// single opens the regular file at p when its only name is p.
+func (s *Store) single(p string) (*os.File, cachedDigest, error) {
+	f, err := s.root.Open(p)
+	if err != nil {
+		return nil, cachedDigest{}, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, cachedDigest{}, err
+	}
+	if links(fi) != 1 {
+		f.Close()
+		return nil, cachedDigest{}, fmt.Errorf("%s: %w", p, errLinked)
+	}
+	return f, keyOf(fi), nil
 }
 
-// digest hashes p, reusing the last result while size, mtime and inode match.
-func (s *Store) digest(p string) (string, error) {
-	key, err := s.fileKey(p)
+// matching opens p and reports whether it is a file of its own with digest
+// sum; then the caller closes f.
+func (s *Store) matching(p, sum string) (f *os.File, ok bool) {
+	f, key, err := s.single(p)
 	if err != nil {
-		return "", err
+		return nil, false
 	}
+	if d, err := s.digestOf(p, f, key); err != nil || d != sum {
+		f.Close()
+		return nil, false
+	}
+	return f, true
+}
+
+// digestOf hashes f (opened at p), reusing the last result while size,
+// mtime, ctime and inode match.
+func (s *Store) digestOf(p string, f *os.File, key cachedDigest) (string, error) {
 	s.mu.Lock()
 	c, ok := s.digests[p]
 	s.mu.Unlock()
-	if ok && c.size == key.size && c.mtime == key.mtime && c.ino == key.ino {
+	if ok && c.size == key.size && c.mtime == key.mtime && c.ctime == key.ctime && c.ino == key.ino {
 		return c.sha256, nil
 	}
-	sum, _, err := s.root.Digest(p)
-	if err != nil {
-		return "", err
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", p, err)
 	}
-	key.sha256 = sum
+	key.sha256 = hex.EncodeToString(h.Sum(nil))
 	s.mu.Lock()
 	s.digests[p] = key
 	s.mu.Unlock()
-	return sum, nil
+	return key.sha256, nil
 }
 
+// remember records the digest of the file just written at p.
 func (s *Store) remember(p, sum string) {
-	key, err := s.fileKey(p)
+	f, _, err := s.single(p)
 	if err != nil {
 		return
 	}
+	defer f.Close()
+	s.rememberFile(p, f, sum)
+}
+
+func (s *Store) rememberFile(p string, f *os.File, sum string) {
+	fi, err := f.Stat()
+	if err != nil {
+		return
+	}
+	key := keyOf(fi)
 	key.sha256 = sum
 	s.mu.Lock()
 	s.digests[p] = key
 	s.mu.Unlock()
 }
 
-func (s *Store) fileKey(p string) (cachedDigest, error) {
-	f, err := s.root.Open(p)
-	if err != nil {
-		return cachedDigest{}, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return cachedDigest{}, err
-	}
-	return cachedDigest{size: st.Size(), mtime: st.ModTime().UnixNano(), ino: inode(st)}, nil
-}
-
 // Stat reports the allowlisted paths given, or all of them when none are.
+// A file with other names is reported present without its digest: the
+// caller sends it, and the delivery replaces the name.
 func (s *Store) Stat(paths []string) ([]Stat, error) {
 	if len(paths) == 0 {
 		paths = Paths()
@@ -319,7 +420,7 @@ func (s *Store) Stat(paths []string) ([]Stat, error) {
 			st.Size, st.Mode, st.UID, st.GID = info.Size, fsroot.UnixMode(info.Mode), info.UID, info.GID
 			st.Owner, st.Group = s.users.UserName(info.UID), s.users.GroupName(info.GID)
 			if info.Mode.IsRegular() {
-				if st.SHA256, err = s.digest(p); err != nil {
+				if st.SHA256, err = s.statDigest(p); err != nil {
 					return nil, err
 				}
 			}
@@ -329,28 +430,58 @@ func (s *Store) Stat(paths []string) ([]Stat, error) {
 	return out, nil
 }
 
-func inode(fi fs.FileInfo) uint64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
+// statDigest is the digest of the file at p, or "" when it has other names
+// or was swapped since it was looked at.
+func (s *Store) statDigest(p string) (string, error) {
+	f, key, err := s.single(p)
+	if errors.Is(err, errLinked) || errors.Is(err, fs.ErrNotExist) {
+		return "", nil
 	}
-	return 0
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return s.digestOf(p, f, key)
 }
 
 // SweepInterrupted removes what deliveries cut short by the agent's own
 // death left beside the allowlisted files (a write cleans up after itself
-// otherwise). The agent runs it once at start.
+// otherwise). The agent runs it once at start; a path being delivered is
+// skipped, so a live temporary file is never taken for a leftover.
 func (s *Store) SweepInterrupted() {
 	for _, spec := range allowlist {
-		for _, p := range []string{spec.Path, spec.PersistAt} {
-			if p == "" {
-				continue
-			}
-			n, err := s.root.SweepTemps(p)
-			if err != nil {
-				s.log.Warn("sweep interrupted deliveries", "path", p, "err", err)
-			} else if n > 0 {
-				s.log.Info("removed the partial file(s) of an interrupted delivery", "path", p, "count", n)
-			}
+		release, err := s.claim(spec.Path)
+		if err != nil {
+			continue
+		}
+		s.sweep(spec)
+		release()
+	}
+}
+
+// links is the number of names the file has.
+func links(fi fs.FileInfo) uint64 { return uint64(fi.Sys().(*syscall.Stat_t).Nlink) }
+
+func owner(fi fs.FileInfo) (uid, gid int) {
+	st := fi.Sys().(*syscall.Stat_t)
+	return int(st.Uid), int(st.Gid)
+}
+
+func keyOf(fi fs.FileInfo) cachedDigest {
+	st := fi.Sys().(*syscall.Stat_t)
+	return cachedDigest{size: st.Size, mtime: fi.ModTime().UnixNano(), ctime: changeTime(st), ino: st.Ino}
+}
+
+func (s *Store) sweep(spec Spec) {
+	for _, p := range []string{spec.Path, spec.PersistAt} {
+		if p == "" {
+			continue
+		}
+		n, err := s.root.SweepTemps(p)
+		if err != nil {
+			s.log.Warn("sweep interrupted deliveries", "path", p, "err", err)
+		} else if n > 0 {
+			s.log.Info("removed the partial file(s) of an interrupted delivery", "path", p, "count", n)
 		}
 	}
 }
