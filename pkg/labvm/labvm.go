@@ -109,6 +109,10 @@ type VM struct {
 
 func pidFile(dir string) string { return dir + ".pid" }
 
+// upperDir and workDir hold the VM's overlay layers beside its root.
+func upperDir(dir string) string { return dir + ".upper" }
+func workDir(dir string) string  { return dir + ".work" }
+
 // Open returns the VM in s.Dir if it is running.
 func Open(log *slog.Logger, s Spec) (*VM, bool) {
 	data, err := os.ReadFile(pidFile(s.Dir))

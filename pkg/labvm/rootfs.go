@@ -1,3 +1,5 @@
+//go:build linux
+
 package labvm
 
 import (
@@ -13,9 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-func upperDir(dir string) string { return dir + ".upper" }
-func workDir(dir string) string  { return dir + ".work" }
 
 // mountRoot makes s.Dir the VM's root: an overlay of the cached tree (its
 // read-only lower layer) and the VM's own changes in Dir.upper. A VM then
