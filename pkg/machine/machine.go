@@ -38,6 +38,36 @@ type Machine struct {
 	Arch string `json:"arch,omitempty"`
 }
 
+// State is a machine's power state in the provider's words. The constants
+// are Multipass's (format_utils.cpp's status_string_for); the other
+// providers report Running and Stopped only.
+type State string
+
+const (
+	Running         State = "Running"
+	Stopped         State = "Stopped"
+	Starting        State = "Starting"
+	Restarting      State = "Restarting"
+	DelayedShutdown State = "Delayed Shutdown"
+	Suspending      State = "Suspending"
+	Suspended       State = "Suspended"
+	Deleted         State = "Deleted" // deleted but not purged: it can still be recovered
+	Unknown         State = "Unknown"
+)
+
+// Transitional reports a state that becomes another on its own, so the
+// right move is to wait for it.
+func (s State) Transitional() bool {
+	switch s {
+	case Starting, Restarting, DelayedShutdown, Suspending:
+		return true
+	}
+	return false
+}
+
+// Running reports whether the machine is up.
+func (m Machine) Running() bool { return State(m.State) == Running }
+
 // Address is the address to reach the machine at, "" when it has none (a
 // stopped Multipass instance reports no IPv4 address).
 func (m Machine) Address() string {
