@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshvm/meshvm/pkg/labvm"
 	"github.com/meshvm/meshvm/pkg/machine"
 )
@@ -81,6 +83,13 @@ func (p *Provider) spec(name string, allocate bool) (labvm.Spec, error) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if allocate {
+		unlock, err := p.lockSlots()
+		if err != nil {
+			return labvm.Spec{}, err
+		}
+		defer unlock()
+	}
 	var rec record
 	data, err := os.ReadFile(p.recordPath(name))
 	switch {
@@ -112,6 +121,24 @@ func (p *Provider) spec(name string, allocate bool) (labvm.Spec, error) {
 		spec.Setup = func(root string) error { return setup(name, root) }
 	}
 	return spec, nil
+}
+
+// lockSlots holds a lock on the slot records across processes: launches
+// by separate processes (a multipass stand-in per command) would otherwise
+// take the same slot.
+func (p *Provider) lockSlots() (unlock func(), err error) {
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(p.dir, ".slots.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
 }
 
 func (p *Provider) freeSlot() (int, error) {
@@ -223,6 +250,15 @@ func (p *Provider) Command(ctx context.Context, name string, args ...string) (*e
 		return nil, errors.New("exec: no command")
 	}
 	return vm.Command(ctx, args[0], args[1:]...)
+}
+
+// Leader is the host PID of the running VM's systemd.
+func (p *Provider) Leader(name string) (int, error) {
+	vm, _, err := p.open(name)
+	if err != nil {
+		return 0, err
+	}
+	return vm.Leader(), nil
 }
 
 // Transfer writes data to path inside the VM atomically, as root.

@@ -1,0 +1,14 @@
+// Package labmultipass is a stand-in for the multipass CLI, backed by the
+// lab's systemd-nspawn VMs (pkg/labmachine), for tests that drive
+// pkg/multipass unchanged. It reproduces what canonical/multipass v1.16
+// does at that boundary, read from its source: the instance states and
+// their transitions (Starting until cloud-init has finished, Suspended,
+// Deleted until purged), the JSON of info and list, exec as the ubuntu
+// user with the remote exit status and stderr, transfer of files and stdin
+// as SFTP writes them, and the client's error texts and exit codes. Each VM
+// boots Debian's cloud-init with Multipass's base cloud-init config from a
+// NoCloud seed, so /etc/hosts is rewritten on every boot as on a real
+// instance. It does not stand in for mounts, snapshots, networks,
+// --cloud-init, or the resource limits (--cpus, --memory and --disk are
+// checked and recorded; lab VMs share the host). Linux only.
+package labmultipass
