@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshvm/meshvm/pkg/agentstate"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/sidecarenv"
 	"github.com/meshvm/meshvm/pkg/sysusers"
@@ -25,7 +26,7 @@ func (c *sidecarCmd) command() *cobra.Command {
 	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "prepare",
-		Short: "Restore the token, write the sidecar environment, install the capture rules",
+		Short: "Restore the token and the hosts block, write the sidecar environment, install the capture rules",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			p, err := c.preparer(cmd)
@@ -66,5 +67,5 @@ func (c *sidecarCmd) preparer(cmd *cobra.Command) (*sidecarenv.Preparer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("listen %q: port %q is not a number", cfg.Listen, port)
 	}
-	return &sidecarenv.Preparer{Log: log, Root: root, Users: sysusers.New(root), AgentPort: agentPort}, nil
+	return &sidecarenv.Preparer{Log: log, Root: root, Users: sysusers.New(root), State: agentstate.New(root), AgentPort: agentPort}, nil
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/hostsfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,7 +35,13 @@ type Record struct {
 	CreatedDirs  []string         `json:"createdDirs,omitempty"`
 	Chowned      map[string]Prior `json:"chowned,omitempty"`
 	Files        []string         `json:"files,omitempty"`
+	// Hosts is the /etc/hosts block Install wrote; the sidecar's start puts
+	// it back when something (cloud-init) rewrote the file.
+	Hosts []hostsfile.Entry `json:"hosts,omitempty"`
 }
+
+// maxSize bounds the record's read: it lists paths, not content.
+const maxSize = 16 << 20
 
 // Remove deletes the record, once everything it lists has been reverted.
 func (s *Store) Remove() error {
@@ -80,7 +87,8 @@ func (s *Store) Load() (Record, error) {
 }
 
 func (s *Store) load() (Record, error) {
-	data, err := s.root.ReadFile(Path)
+	// Root acts on the record (removes what it lists): only root may write it.
+	data, err := s.root.ReadTrusted(Path, maxSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Record{Version: 1}, nil
 	}

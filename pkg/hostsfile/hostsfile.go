@@ -31,8 +31,8 @@ const (
 
 // Entry maps one address to its host names, as one /etc/hosts line.
 type Entry struct {
-	IP    netip.Addr
-	Names []string
+	IP    netip.Addr `json:"ip"`
+	Names []string   `json:"names"`
 }
 
 // block is where the managed block sits in the content.

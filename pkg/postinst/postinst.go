@@ -421,8 +421,12 @@ func (in *Installer) hostsBlock(r *run) (Outcome, string, error) {
 		if len(cur) == 0 {
 			return Skipped, "no hosts entries given and no managed block present", nil
 		}
+		r.record(func(rec *agentstate.Record) { rec.Hosts = cur })
 		return Unchanged, fmt.Sprintf("managed block holds %d entries", len(cur)), nil
 	}
+	// The sidecar's start puts the block back from this root-only record
+	// when cloud-init rewrote /etc/hosts (pkg/sidecarenv).
+	r.record(func(rec *agentstate.Record) { rec.Hosts = r.hosts })
 	merged, err := hostsfile.Merge(content, r.hosts)
 	if err != nil {
 		return 0, "", fmt.Errorf("%s: %w", hostsPath, err)

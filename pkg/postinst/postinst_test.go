@@ -201,6 +201,10 @@ func TestInstallTwiceThenUninstallRestoresByteForByte(t *testing.T) {
 	if !bytes.HasPrefix(gotHosts, []byte(userHosts)) || !bytes.Contains(gotHosts, []byte("192.168.64.10\tistiod.istio-system.svc")) {
 		t.Errorf("hosts file not merged as expected:\n%s", gotHosts)
 	}
+	// The sidecar's start puts the block back from this record after cloud-init.
+	if rec, err := agentstate.New(f.root).Load(); err != nil || !cmp.Equal(rec.Hosts, hosts, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
+		t.Errorf("got recorded hosts %v (%v), want %v", rec.Hosts, err, hosts)
+	}
 	unit, _ := os.ReadFile(filepath.Join(dir, UnitPath))
 	if !bytes.Contains(unit, []byte("User=istio-proxy")) || !bytes.Contains(unit, []byte("ExecStartPre=+/usr/local/bin/vmagent sidecar prepare")) {
 		t.Errorf("unit file unexpected:\n%s", unit)

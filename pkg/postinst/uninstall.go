@@ -109,6 +109,7 @@ func (in *Installer) removeHostsBlock(r *run) (Outcome, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
+	r.record(func(rec *agentstate.Record) { rec.Hosts = nil })
 	cleaned := hostsfile.Remove(content)
 	if string(cleaned) == string(content) {
 		return Unchanged, "no managed block in " + hostsPath, nil

@@ -20,13 +20,19 @@ func Unit(agentPath string) string {
 Description=Istio sidecar (pilot-agent and Envoy), managed by vmagent
 Documentation=https://istio.io/latest/docs/setup/install/virtual-machine/
 Wants=network-online.target
-After=network-online.target
+# cloud-init's network stage (cloud-init.service, cloud-init-network.service
+# since 24.3) rewrites /etc/hosts on every boot when manage_etc_hosts is on,
+# as Multipass sets it: prepare runs after it and puts meshvm's block back.
+# Not cloud-final.service: it is After=multi-user.target, which wants this
+# unit, so that order would be a cycle.
+After=network-online.target cloud-init.service cloud-init-network.service
 StartLimitIntervalSec=0
 
 [Service]
 Type=simple
 WorkingDirectory=/
-# '+' runs as root: restore the token, write %[2]s, install the capture rules.
+# '+' runs as root: restore the token and the hosts block, write %[2]s,
+# install the capture rules.
 ExecStartPre=+%[1]s sidecar prepare
 # Optional at load time: systemd reads it for every command, ExecStartPre
 # included, and prepare is what writes it.

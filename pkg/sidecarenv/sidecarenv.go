@@ -1,25 +1,39 @@
 // Package sidecarenv prepares the sidecar's start as root, which the
 // package's istio-start.sh did: it restores the token that /run lost at boot,
-// computes pilot-agent's environment from sidecar.env and cluster.env, and
-// installs or cleans the traffic capture rules through
-// `pilot-agent istio-iptables`. The istio unit calls it through
-// `vmagent sidecar prepare` and `vmagent sidecar cleanup`.
+// puts meshvm's block back into /etc/hosts, computes pilot-agent's
+// environment from sidecar.env and cluster.env, and installs or cleans the
+// traffic capture rules through `pilot-agent istio-iptables`. The istio unit
+// calls it through `vmagent sidecar prepare` and `vmagent sidecar cleanup`.
+//
+// This code runs as root, so it trusts nothing istio-proxy can write. The
+// delivered files sit in /var/lib/istio/envoy, a directory istio-proxy owns
+// (as the package makes it): it could swap them at any time. So root reads
+// only the copies vmfiles keeps in its root-only directory, refuses PATH and
+// loader variables in them outright, and gives the root child
+// (istio-iptables) a fixed PATH and only the variables istio-iptables reads,
+// by name, never its own environment (systemd loads the sidecar's
+// EnvironmentFile into the '+' hooks too).
 package sidecarenv
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/meshvm/meshvm/pkg/agentstate"
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/hostsfile"
 	"github.com/meshvm/meshvm/pkg/postinst"
 	"github.com/meshvm/meshvm/pkg/sysusers"
 	"github.com/meshvm/meshvm/pkg/vmfiles"
@@ -30,7 +44,50 @@ const (
 	clusterEnv = "/var/lib/istio/envoy/cluster.env"
 	tokenPath  = "/var/run/secrets/tokens/istio-token"
 	pilotAgent = "/usr/local/bin/pilot-agent"
+	hostsPath  = "/etc/hosts"
+	// maxHosts bounds the read of /etc/hosts (root's, but large on some hosts).
+	maxHosts = 16 << 20
 )
+
+// rootPath is the only PATH a root child gets.
+const rootPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// iptablesInputs are the variables `pilot-agent istio-iptables` reads
+// (tools/istio-iptables/pkg/cmd/root.go: each flag upper-cased, plus its
+// aliases), less those that point it elsewhere than this VM's own network
+// (NETWORK_NAMESPACE, CNI_MODE) or only serve the CNI's validation.
+var iptablesInputs = []string{
+	"ENVOY_PORT", "INBOUND_CAPTURE_PORT", "INBOUND_TUNNEL_PORT", "PROXY_UID", "PROXY_GID", "ENVOY_USER",
+	"ISTIO_INBOUND_INTERCEPTION_MODE", "ISTIO_INBOUND_TPROXY_MARK", "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
+	"ISTIO_INBOUND_PORTS", "ISTIO_LOCAL_EXCLUDE_PORTS", "ISTIO_EXCLUDE_INTERFACES",
+	"ISTIO_SERVICE_CIDR", "ISTIO_SERVICE_EXCLUDE_CIDR", "ISTIO_OUTBOUND_PORTS", "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+	"KUBE_VIRT_INTERFACES", "REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE", "CAPTURE_ALL_DNS",
+	"DROP_INVALID", "INVALID_DROP", "DUAL_STACK", "ISTIO_DUAL_STACK",
+	"RECONCILE", "FORCE_APPLY", "NATIVE_NFTABLES", "FORCE_IPTABLES_BINARY",
+}
+
+// refused are variables no environment file may set: they choose what a
+// process runs or loads (glibc's unsecvars, the shells' startup files), and
+// systemd hands the sidecar's environment to the unit's root hooks too.
+var refused = []string{"PATH", "IFS", "BASH_ENV", "ENV", "SHELLOPTS", "PS4",
+	"GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE",
+	"NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR"}
+
+func refusedName(k string) bool {
+	return strings.HasPrefix(k, "LD_") || slices.Contains(refused, k)
+}
+
+// childEnv is the whole environment of a root child: the fixed PATH and the
+// istio-iptables inputs of env, nothing else.
+func childEnv(env map[string]string) []string {
+	out := []string{rootPath}
+	for _, k := range iptablesInputs {
+		if v, ok := env[k]; ok {
+			out = append(out, k+"="+v)
+		}
+	}
+	return out
+}
 
 // Host is what the environment depends on besides the files.
 type Host struct {
@@ -113,14 +170,17 @@ type Preparer struct {
 	Log   *slog.Logger
 	Root  *fsroot.Root
 	Users *sysusers.DB
+	// State holds the hosts block Install wrote, which Prepare puts back.
+	State *agentstate.Store
 	// AgentPort is where vmagent listens: its replies are kept out of the capture.
 	AgentPort int
-	// Run executes a command with env; tests may replace it.
+	// Run executes a command with env, its whole environment; tests may
+	// replace it.
 	Run func(ctx context.Context, env []string, name string, args ...string) error
 }
 
-// Prepare restores the token, writes the unit's environment file and
-// installs the capture rules.
+// Prepare restores the token and the hosts block, writes the unit's
+// environment file and installs the capture rules.
 func (p *Preparer) Prepare(ctx context.Context) error {
 	u, ok, err := p.Users.LookupUser("istio-proxy")
 	if err != nil {
@@ -131,6 +191,10 @@ func (p *Preparer) Prepare(ctx context.Context) error {
 	}
 	if err := p.restoreToken(u); err != nil {
 		return err
+	}
+	// Without the block istiod may still resolve through DNS: warn, go on.
+	if err := p.restoreHosts(); err != nil {
+		p.Log.Warn("could not put meshvm's block back into /etc/hosts", "err", err)
 	}
 	env, err := p.environment(u)
 	if err != nil {
@@ -148,7 +212,7 @@ func (p *Preparer) Prepare(ctx context.Context) error {
 		p.Log.Info("ISTIO_CUSTOM_IP_TABLES=true: leaving the capture rules to the operator")
 		return nil
 	}
-	list := envList(env)
+	list := childEnv(env)
 	if err := p.run(ctx, list, pilotAgent, "istio-iptables", "--cleanup-only"); err != nil {
 		return err
 	}
@@ -180,11 +244,11 @@ func (p *Preparer) exemptAgent(ctx context.Context, add bool) error {
 		present := p.try(ctx, tool, append([]string{"-w", "-t", "nat", "-C"}, rule...)...)
 		switch {
 		case add && !present && p.try(ctx, tool, "-w", "-t", "nat", "-S", "ISTIO_OUTPUT"):
-			if err := p.run(ctx, nil, tool, append([]string{"-w", "-t", "nat", "-I", rule[0], "1"}, rule[1:]...)...); err != nil {
+			if err := p.run(ctx, childEnv(nil), tool, append([]string{"-w", "-t", "nat", "-I", rule[0], "1"}, rule[1:]...)...); err != nil {
 				return err
 			}
 		case !add && present:
-			if err := p.run(ctx, nil, tool, append([]string{"-w", "-t", "nat", "-D"}, rule...)...); err != nil {
+			if err := p.run(ctx, childEnv(nil), tool, append([]string{"-w", "-t", "nat", "-D"}, rule...)...); err != nil {
 				return err
 			}
 		}
@@ -195,9 +259,11 @@ func (p *Preparer) exemptAgent(ctx context.Context, add bool) error {
 // try runs a check command and reports whether it succeeded, quietly.
 func (p *Preparer) try(ctx context.Context, name string, args ...string) bool {
 	if p.Run != nil {
-		return p.Run(ctx, nil, name, args...) == nil
+		return p.Run(ctx, childEnv(nil), name, args...) == nil
 	}
-	return exec.CommandContext(ctx, p.Root.HostPath(name), args...).Run() == nil
+	cmd := exec.CommandContext(ctx, p.Root.HostPath(name), args...)
+	cmd.Env = childEnv(nil)
+	return cmd.Run() == nil
 }
 
 // Cleanup removes the capture rules after the sidecar stopped.
@@ -212,7 +278,7 @@ func (p *Preparer) Cleanup(ctx context.Context) error {
 	if err := p.exemptAgent(ctx, false); err != nil {
 		return err
 	}
-	return p.run(ctx, envList(files), pilotAgent, "istio-iptables", "--cleanup-only")
+	return p.run(ctx, childEnv(files), pilotAgent, "istio-iptables", "--cleanup-only")
 }
 
 func (p *Preparer) run(ctx context.Context, env []string, name string, args ...string) error {
@@ -220,7 +286,7 @@ func (p *Preparer) run(ctx context.Context, env []string, name string, args ...s
 		return p.Run(ctx, env, name, args...)
 	}
 	cmd := exec.CommandContext(ctx, p.Root.HostPath(name), args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = env // never os.Environ(): systemd filled it from a file
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("%s %s: %w (its output is in the istio unit's journal)", name, strings.Join(args, " "), err)
@@ -232,7 +298,7 @@ func (p *Preparer) run(ctx context.Context, env []string, name string, args ...s
 // missing or stale there.
 func (p *Preparer) restoreToken(u sysusers.User) error {
 	spec, _ := vmfiles.Lookup(tokenPath)
-	want, size, err := p.Root.Digest(spec.PersistAt)
+	want, err := p.Root.ReadTrusted(spec.PersistAt, spec.MaxSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		p.Log.Warn("no persisted istio-token: pilot-agent will renew with its existing certificate, or run hostctl vm onboard")
 		return nil
@@ -240,16 +306,13 @@ func (p *Preparer) restoreToken(u sysusers.User) error {
 	if err != nil {
 		return err
 	}
-	if have, _, err := p.Root.Digest(tokenPath); err == nil && have == want {
+	// The /run copy is istio-proxy's: read it bounded, and replace anything
+	// that is not the same regular file.
+	if have, err := p.Root.ReadLimited(tokenPath, spec.MaxSize); err == nil && bytes.Equal(have, want) {
 		return nil
 	}
-	f, err := p.Root.Open(spec.PersistAt)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
 	dir := fsroot.DirOptions{Mode: spec.ParentDir.Mode, UID: u.UID, GID: u.GID}
-	_, err = p.Root.WriteFile(tokenPath, f, fsroot.WriteOptions{Mode: 0o600, UID: u.UID, GID: u.GID, Size: size, SHA256: want, Dir: &dir})
+	err = p.Root.WriteBytes(tokenPath, want, fsroot.WriteOptions{Mode: 0o600, UID: u.UID, GID: u.GID, Dir: &dir})
 	if err != nil {
 		return fmt.Errorf("restore istio-token: %w", err)
 	}
@@ -257,27 +320,76 @@ func (p *Preparer) restoreToken(u sysusers.User) error {
 	return nil
 }
 
+// readFiles reads sidecar.env (optional) and cluster.env from the root-only
+// copies vmfiles keeps, never from /var/lib/istio/envoy.
 func (p *Preparer) readFiles() (map[string]string, error) {
 	files := map[string]string{}
 	for _, f := range []struct {
 		path     string
 		required bool
 	}{{sidecarEnv, false}, {clusterEnv, true}} {
-		data, err := p.Root.ReadFile(f.path)
+		spec, _ := vmfiles.Lookup(f.path)
+		data, err := p.Root.ReadTrusted(spec.PersistAt, spec.MaxSize)
 		if errors.Is(err, fs.ErrNotExist) && !f.required {
 			continue
 		}
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%s is missing: run hostctl vm onboard to deliver the workload files", f.path)
+			return nil, fmt.Errorf("%s has no root-only copy at %s: run hostctl vm onboard to deliver the workload files", f.path, spec.PersistAt)
 		}
 		if err != nil {
 			return nil, err
 		}
-		if err := envfile.Parse(f.path, data, files); err != nil {
+		one := maps.Clone(files)
+		if err := envfile.Parse(f.path, data, one); err != nil {
 			return nil, err
 		}
+		for k := range one {
+			if refusedName(k) {
+				return nil, fmt.Errorf("%s sets %s: an environment file may not set PATH or loader variables (they would reach root processes); remove it and deliver the file again", f.path, k)
+			}
+		}
+		files = one
 	}
 	return files, nil
+}
+
+// restoreHosts puts the block Install wrote back into /etc/hosts when it is
+// missing or differs, from the agent's root-only record. On Multipass,
+// cloud-init's manage_etc_hosts rewrites /etc/hosts from its template on
+// every boot and drops the block (istiod's name). Re-asserting it here, in
+// the unit's root ExecStartPre ordered after cloud-init's rewrite, holds
+// whatever cloud-init's configuration says and edits none of the user's.
+func (p *Preparer) restoreHosts() error {
+	if p.State == nil {
+		return nil
+	}
+	rec, err := p.State.Load()
+	if err != nil {
+		return err
+	}
+	if len(rec.Hosts) == 0 {
+		return nil
+	}
+	content, err := p.Root.ReadTrusted(hostsPath, maxHosts)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("restore the hosts block: %w", err)
+	}
+	merged, err := hostsfile.Merge(content, rec.Hosts)
+	if err != nil {
+		return fmt.Errorf("restore the hosts block: %s: %w", hostsPath, err)
+	}
+	if bytes.Equal(merged, content) {
+		return nil
+	}
+	opts := fsroot.WriteOptions{Mode: 0o644}
+	if info, err := p.Root.Stat(hostsPath); err == nil {
+		opts.Mode, opts.UID, opts.GID = info.Mode.Perm(), info.UID, info.GID
+	}
+	if err := p.Root.WriteBytes(hostsPath, merged, opts); err != nil {
+		return fmt.Errorf("restore the hosts block: %w", err)
+	}
+	p.Log.Info("put meshvm's block back into /etc/hosts (something rewrote the file, e.g. cloud-init's manage_etc_hosts)", "entries", len(rec.Hosts))
+	return nil
 }
 
 func (p *Preparer) environment(u sysusers.User) (map[string]string, error) {
@@ -306,12 +418,4 @@ func FirstGlobalIP() string {
 		}
 	}
 	return ""
-}
-
-func envList(env map[string]string) []string {
-	out := make([]string, 0, len(env))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	return out
 }

@@ -77,14 +77,7 @@ func TestComputeRefusals(t *testing.T) {
 // pilot-agent's istio-iptables is recorded instead of run here: the real
 // rules are exercised in the lab VM, where the kernel state is the VM's own.
 func TestPrepareRestoresTokenAndWritesEnv(t *testing.T) {
-	dir := t.TempDir()
-	for _, d := range []string{"etc", "var/lib/istio/envoy", "var/lib/meshvm/secrets", "run"} {
-		os.MkdirAll(filepath.Join(dir, d), 0o755)
-	}
-	os.Symlink("/run", filepath.Join(dir, "var/run"))
-	os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("istio-proxy:x:1337:1338::/var/lib/istio:/usr/sbin/nologin\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "etc/group"), []byte("istio-proxy:x:1338:\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "var/lib/istio/envoy/cluster.env"), []byte("ISTIO_SVC_IP='10.9.0.2'\nISTIO_NAMESPACE='vmns'\n"), 0o644)
+	dir := sandbox(t, "ISTIO_SVC_IP='10.9.0.2'\nISTIO_NAMESPACE='vmns'\n")
 	os.WriteFile(filepath.Join(dir, "var/lib/meshvm/secrets/istio-token"), []byte("tok"), 0o600)
 
 	root, _ := fsroot.New(dir)
@@ -132,7 +125,7 @@ func TestPrepareRestoresTokenAndWritesEnv(t *testing.T) {
 	}
 
 	// Without cluster.env the unit fails with the fix named.
-	os.Remove(filepath.Join(dir, "var/lib/istio/envoy/cluster.env"))
+	os.Remove(filepath.Join(dir, "var/lib/meshvm/secrets/cluster.env"))
 	if err := p.Prepare(context.Background()); err == nil || !strings.Contains(err.Error(), "hostctl vm onboard") {
 		t.Errorf("got %v, want an error naming hostctl vm onboard", err)
 	}
@@ -141,13 +134,8 @@ func TestPrepareRestoresTokenAndWritesEnv(t *testing.T) {
 // The agent's replies are exempted from the capture in the iptables that
 // istio-iptables used (here: legacy), once, and the exemption goes on stop.
 func TestAgentExemptionFollowsTheCaptureBackend(t *testing.T) {
-	dir := t.TempDir()
-	for _, d := range []string{"etc", "var/lib/istio/envoy", "usr/sbin", "run"} {
-		os.MkdirAll(filepath.Join(dir, d), 0o755)
-	}
-	os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("istio-proxy:x:1337:1338::/var/lib/istio:/usr/sbin/nologin\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "etc/group"), []byte("istio-proxy:x:1338:\n"), 0o644)
-	os.WriteFile(filepath.Join(dir, "var/lib/istio/envoy/cluster.env"), []byte("ISTIO_SVC_IP='10.9.0.2'\n"), 0o644)
+	dir := sandbox(t, "ISTIO_SVC_IP='10.9.0.2'\n")
+	os.MkdirAll(filepath.Join(dir, "usr/sbin"), 0o755)
 	for _, tool := range []string{"iptables-legacy", "iptables-nft"} {
 		os.WriteFile(filepath.Join(dir, "usr/sbin", tool), nil, 0o755)
 	}
@@ -197,4 +185,25 @@ func TestAgentExemptionFollowsTheCaptureBackend(t *testing.T) {
 	if !slices.Equal(changes, want) || present {
 		t.Errorf("cleanup: got %q, want %q", changes, want)
 	}
+}
+
+// sandbox is a VM root as Install and delivery leave it: istio-proxy's
+// /var/lib/istio/envoy holding cluster.env, and vmfiles' root-only copy of it.
+func sandbox(t *testing.T, clusterEnv string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: root-side reads take only root's files")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{"etc", "var/lib/istio/envoy", "run", "usr/local/bin"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	os.MkdirAll(filepath.Join(dir, "var/lib/meshvm/secrets"), 0o700)
+	os.Symlink("/run", filepath.Join(dir, "var/run"))
+	os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("istio-proxy:x:1337:1338::/var/lib/istio:/usr/sbin/nologin\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "etc/group"), []byte("istio-proxy:x:1338:\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "var/lib/istio/envoy/cluster.env"), []byte(clusterEnv), 0o644)
+	os.Chown(filepath.Join(dir, "var/lib/istio/envoy"), 1337, 1338)
+	os.WriteFile(filepath.Join(dir, "var/lib/meshvm/secrets/cluster.env"), []byte(clusterEnv), 0o600)
+	return dir
 }
