@@ -158,6 +158,8 @@ func apiserverArgs(c Config) []string {
 		"--tls-cert-file=" + pki(c.Dir, "apiserver.pem"), "--tls-private-key-file=" + pki(c.Dir, "apiserver-key.pem"),
 		"--client-ca-file=" + pki(c.Dir, "ca.pem"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		// A cap as real clusters may have: meshvm names it when it shortens a VM's token.
+		"--service-account-max-token-expiration=2160h",
 		"--service-account-key-file=" + pki(c.Dir, "sa.pub"), "--service-account-signing-key-file=" + pki(c.Dir, "sa-key.pem"),
 		"--service-cluster-ip-range=" + serviceCIDR, "--authorization-mode=RBAC", "--enable-priority-and-fairness=false",
 	}

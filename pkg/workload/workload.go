@@ -191,23 +191,14 @@ type FilesFor struct {
 	IstioNamespace string
 	// VMIP is the VM's address (ISTIO_SVC_IP); IstiodIP where it reaches istiod.
 	VMIP, IstiodIP string
-	TokenLifetime  time.Duration
+	// VM names the machine: its token is bound to the Secret CredentialName(VM).
+	VM            string
+	TokenLifetime time.Duration
 	// ReuseToken is the token delivered last time: it is kept while more than
 	// half its lifetime is left, so re-running up changes nothing.
 	ReuseToken []byte
-}
-
-// reusable reports whether tok is the service account's, still fresh, and
-// accepted by this cluster's API server (a rebuilt cluster signs with a new key).
-func reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, lifetime time.Duration) bool {
-	t, err := credinfo.ParseToken(tok)
-	if err != nil || t.Subject != "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount || time.Until(t.ExpiresAt) <= lifetime/2 {
-		return false
-	}
-	review, err := kc.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
-		Spec: authv1.TokenReviewSpec{Token: string(tok), Audiences: []string{"istio-ca"}},
-	}, metav1.CreateOptions{})
-	return err == nil && review.Status.Authenticated
+	// Warn, if set, hears what the caller should tell the user (a capped lifetime).
+	Warn func(string)
 }
 
 // Files reads the mesh config and root certificate, requests a token and
@@ -228,16 +219,19 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 	if err != nil {
 		return workloadfiles.Files{}, fmt.Errorf("WorkloadGroup %s/%s: %w", s.Namespace, s.Group, err)
 	}
+	if f.VM == "" {
+		return workloadfiles.Files{}, errors.New("workload files: no VM name to bind the token to")
+	}
 	token := f.ReuseToken
-	if !reusable(ctx, c.Kube, token, s, f.TokenLifetime) {
-		secs := int64(f.TokenLifetime.Seconds())
-		tr, err := c.Kube.CoreV1().ServiceAccounts(s.Namespace).CreateToken(ctx, s.ServiceAccount, &authv1.TokenRequest{
-			Spec: authv1.TokenRequestSpec{Audiences: []string{"istio-ca"}, ExpirationSeconds: &secs},
-		}, metav1.CreateOptions{})
+	if !reusable(ctx, c.Kube, token, s, f.VM, f.TokenLifetime) {
+		t, err := IssueToken(ctx, c.Kube, s, f.VM, f.TokenLifetime)
 		if err != nil {
-			return workloadfiles.Files{}, fmt.Errorf("token for %s/%s: %w", s.Namespace, s.ServiceAccount, err)
+			return workloadfiles.Files{}, err
 		}
-		token = []byte(tr.Status.Token)
+		if t.Capped != "" && f.Warn != nil {
+			f.Warn(t.Capped)
+		}
+		token = t.Raw
 	}
 	return workloadfiles.Generate(workloadfiles.Options{
 		Mesh:           meshCM.Data["mesh"],

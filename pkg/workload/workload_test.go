@@ -9,11 +9,14 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
+	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labstack"
@@ -66,7 +69,7 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 		t.Errorf("a changed probe: got %+v, want the WorkloadGroup updated", third[2])
 	}
 
-	files, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", TokenLifetime: time.Hour})
+	files, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", VM: "vm1", TokenLifetime: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,14 +86,79 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 
 	// A fresh token of this cluster is reused; one another cluster signed
 	// (same subject, still valid by its claims) is not.
-	again, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", TokenLifetime: time.Hour, ReuseToken: files.Token})
+	again, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", VM: "vm1", TokenLifetime: time.Hour, ReuseToken: files.Token})
 	if err != nil || string(again.Token) != string(files.Token) {
 		t.Errorf("a fresh token was not reused (%v)", err)
 	}
 	claims := base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"sub":"system:serviceaccount:vmns:vmsa","aud":["istio-ca"],"exp":%d}`, time.Now().Add(time.Hour).Unix())))
 	forged := []byte("eyJhbGciOiJSUzI1NiJ9." + claims + ".c2lnbmF0dXJl")
-	other, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", TokenLifetime: time.Hour, ReuseToken: forged})
+	other, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", VM: "vm1", TokenLifetime: time.Hour, ReuseToken: forged})
 	if err != nil || string(other.Token) == string(forged) {
 		t.Errorf("a token this cluster did not sign was reused (%v)", err)
+	}
+
+	credentialsOnLab(t, ctx, c, files.Token)
+}
+
+// credentialsOnLab checks the VM's token is bound to its Secret: reused
+// while it is, refused by TokenReview once the Secret is deleted, and
+// replaced by one bound to the new Secret afterwards.
+func credentialsOnLab(t *testing.T, ctx context.Context, c Clients, token []byte) {
+	tok, err := credinfo.ParseToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec, err := c.Kube.CoreV1().Secrets("vmns").Get(ctx, CredentialName("vm1"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the VM's credential Secret: %v", err)
+	}
+	if tok.BoundSecret.Name != sec.Name || tok.BoundSecret.UID != string(sec.UID) || sec.Labels[ManagedByLabel] != ManagedBy || sec.Labels[VMLabel] != "vm1" {
+		t.Errorf("token bound to %+v, Secret %s/%s labels %v: want the token bound to the labelled Secret", tok.BoundSecret, sec.Name, sec.UID, sec.Labels)
+	}
+	if r, err := Review(ctx, c.Kube, token); err != nil || !r.Authenticated {
+		t.Fatalf("TokenReview of a fresh bound token: %+v %v", r, err)
+	}
+	// A 30-day token is issued as asked.
+	long, err := IssueToken(ctx, c.Kube, recipe, "vm1", 30*24*time.Hour)
+	if err != nil || long.Capped != "" || time.Until(long.ExpiresAt) < 29*24*time.Hour {
+		t.Errorf("a 30-day token: expires %s, capped %q, %v", long.ExpiresAt, long.Capped, err)
+	}
+	// The lab API server caps tokens at 90 days, as a real one may: named.
+	capped, err := IssueToken(ctx, c.Kube, recipe, "vm1", 100*24*time.Hour)
+	if err != nil || !strings.Contains(capped.Capped, "--service-account-max-token-expiration") {
+		t.Errorf("a 100-day token on a 90-day API server: capped %q, %v", capped.Capped, err)
+	}
+
+	if a, err := Revoke(ctx, c.Kube, "vmns", "vm1"); err != nil || a != "deleted" {
+		t.Fatalf("revoke: %s %v", a, err)
+	}
+	if a, err := Revoke(ctx, c.Kube, "vmns", "vm1"); err != nil || a != "absent" {
+		t.Errorf("revoke again: %s %v, want absent", a, err)
+	}
+	// The API server checks the bound object at review time: refused at once.
+	if r, err := Review(ctx, c.Kube, token); err != nil || r.Authenticated {
+		t.Errorf("TokenReview of a revoked token: %+v %v, want refused", r, err)
+	}
+	again, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", VM: "vm1", TokenLifetime: time.Hour, ReuseToken: token})
+	if err != nil || string(again.Token) == string(token) {
+		t.Fatalf("a revoked token was reused (%v)", err)
+	}
+	if r, err := Review(ctx, c.Kube, again.Token); err != nil || !r.Authenticated {
+		t.Errorf("TokenReview of the token issued after revocation: %+v %v", r, err)
+	}
+
+	// A Secret of that name meshvm did not create is neither used nor deleted.
+	foreign := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: CredentialName("vm2"), Namespace: "vmns"}}
+	if _, err := c.Kube.CoreV1().Secrets("vmns").Create(ctx, foreign, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := IssueToken(ctx, c.Kube, recipe, "vm2", time.Hour); err == nil || !strings.Contains(err.Error(), "meshvm did not create it") {
+		t.Errorf("token bound to a foreign Secret: %v, want refused", err)
+	}
+	if _, err := Revoke(ctx, c.Kube, "vmns", "vm2"); err == nil {
+		t.Error("revoke deleted a Secret meshvm did not create")
+	}
+	if _, err := c.Kube.CoreV1().Secrets("vmns").Get(ctx, foreign.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("the foreign Secret: %v", err)
 	}
 }

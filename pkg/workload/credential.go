@@ -1,0 +1,151 @@
+package workload
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshvm/meshvm/pkg/credinfo"
+)
+
+// Labels meshvm puts on what it creates, so that it removes only that.
+const (
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	ManagedBy      = "meshvm"
+	VMLabel        = "meshvm.io/vm"
+)
+
+// credentialType marks the per-VM Secret; it holds no data.
+const credentialType corev1.SecretType = "meshvm.io/vm-credential"
+
+// CredentialName is the Secret a VM's istio-token is bound to: while it
+// exists the token is valid until it expires; deleting it revokes the token
+// at once (the API server's TokenReview checks the bound object).
+func CredentialName(vm string) string { return "meshvm-" + vm }
+
+// Token is an istio-token issued for a VM.
+type Token struct {
+	Raw       []byte
+	ExpiresAt time.Time
+	// Capped says the API server issued a shorter lifetime than asked
+	// (its --service-account-max-token-expiration), and how long.
+	Capped string
+}
+
+// ensureCredential creates the VM's Secret unless it exists.
+func ensureCredential(ctx context.Context, kc kubernetes.Interface, ns, vm string) (*corev1.Secret, error) {
+	name := CredentialName(vm)
+	sec, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err == nil {
+		if sec.Labels[ManagedByLabel] != ManagedBy {
+			return nil, fmt.Errorf("Secret %s/%s exists but meshvm did not create it (no %s=%s label): rename or delete it, meshvm binds VM %s's token to that name", ns, name, ManagedByLabel, ManagedBy, vm)
+		}
+		return sec, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, err
+	}
+	sec = &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{ManagedByLabel: ManagedBy, VMLabel: vm},
+			Annotations: map[string]string{"meshvm.io/purpose": "VM " + vm + "'s istio-token is bound to this Secret: delete it to revoke the token (hostctl vm revoke " + vm + ")"}},
+		Type: credentialType,
+	}
+	created, err := kc.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	}
+	return created, err
+}
+
+// IssueToken requests an istio-token for vm bound to its credential Secret
+// (created if missing), audience istio-ca, valid for lifetime or what the
+// API server allows.
+func IssueToken(ctx context.Context, kc kubernetes.Interface, s Spec, vm string, lifetime time.Duration) (Token, error) {
+	sec, err := ensureCredential(ctx, kc, s.Namespace, vm)
+	if err != nil {
+		return Token{}, fmt.Errorf("credential of %s: %w", vm, err)
+	}
+	secs := int64(lifetime.Seconds())
+	tr, err := kc.CoreV1().ServiceAccounts(s.Namespace).CreateToken(ctx, s.ServiceAccount, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{
+			Audiences:         []string{"istio-ca"},
+			ExpirationSeconds: &secs,
+			BoundObjectRef:    &authv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: sec.Name, UID: sec.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return Token{}, fmt.Errorf("token for %s/%s bound to Secret %s: %w", s.Namespace, s.ServiceAccount, sec.Name, err)
+	}
+	t := Token{Raw: []byte(tr.Status.Token), ExpiresAt: tr.Status.ExpirationTimestamp.Time}
+	// The API server caps a request at its maximum without saying so: name it.
+	if got := time.Until(t.ExpiresAt); got < lifetime-time.Minute {
+		t.Capped = fmt.Sprintf("the API server issued %s of the %s asked for (its --service-account-max-token-expiration): lower workload.tokenLifetime to at most that, or raise the flag", got.Round(time.Minute), lifetime)
+	}
+	return t, nil
+}
+
+// Revoke deletes the VM's credential Secret, which invalidates every token
+// bound to it: "deleted" or "absent".
+func Revoke(ctx context.Context, kc kubernetes.Interface, ns, vm string) (string, error) {
+	name := CredentialName(vm)
+	sec, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return "absent", nil
+	case err != nil:
+		return "", err
+	case sec.Labels[ManagedByLabel] != ManagedBy:
+		return "", fmt.Errorf("Secret %s/%s was not created by meshvm (no %s=%s label): left as it is", ns, name, ManagedByLabel, ManagedBy)
+	}
+	err = kc.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sec.UID}})
+	if apierrors.IsNotFound(err) {
+		return "absent", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return "deleted", nil
+}
+
+// TokenReview is what the cluster says of a token now.
+type TokenReview struct {
+	Authenticated bool
+	Error         string
+}
+
+// Review asks the API server whether tok is valid for istio-ca, as istiod does.
+func Review(ctx context.Context, kc kubernetes.Interface, tok []byte) (TokenReview, error) {
+	r, err := kc.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
+		Spec: authv1.TokenReviewSpec{Token: string(tok), Audiences: []string{"istio-ca"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return TokenReview{}, err
+	}
+	return TokenReview{Authenticated: r.Status.Authenticated, Error: r.Status.Error}, nil
+}
+
+// reusable reports whether tok is vm's: the service account's, bound to the
+// VM's current credential Secret, more than half its life left, and accepted
+// by this cluster's API server (a rebuilt cluster signs with a new key; a
+// revoked one has a new Secret).
+func reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, vm string, lifetime time.Duration) bool {
+	t, err := credinfo.ParseToken(tok)
+	if err != nil || t.Subject != "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount || t.BoundSecret.Name != CredentialName(vm) {
+		return false
+	}
+	// Past half its life (measured on the token itself: a cap may have
+	// shortened it) it is replaced, so it never lapses between two runs.
+	// A token that outlives a shortened lifetime is replaced too.
+	left := time.Until(t.ExpiresAt)
+	if life := t.ExpiresAt.Sub(t.IssuedAt); life <= 0 || left <= life/2 || left > lifetime+time.Minute {
+		return false
+	}
+	r, err := Review(ctx, kc, tok)
+	return err == nil && r.Authenticated
+}
