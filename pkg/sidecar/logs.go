@@ -11,10 +11,11 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshvm/meshvm/pkg/fsroot"
 )
 
 // LogSource selects which log Logs reads.
@@ -75,9 +76,9 @@ func (m *Manager) Logs(ctx context.Context, src LogSource, tail int, follow bool
 	case Journal:
 		err = m.journal(ctx, tail, follow, emit)
 	case ProxyLog:
-		err = m.file(ctx, filepath.Join(m.opts.Root, ProxyLogPath), tail, follow, emit)
+		err = m.file(ctx, ProxyLogPath, tail, follow, emit)
 	case ProxyErrLog:
-		err = m.file(ctx, filepath.Join(m.opts.Root, ProxyErrLogPath), tail, follow, emit)
+		err = m.file(ctx, ProxyErrLogPath, tail, follow, emit)
 	default:
 		return fmt.Errorf("read logs: unknown source %v; want journal, proxy-log or proxy-err-log", src)
 	}
@@ -312,34 +313,56 @@ func leadingTime(s string) time.Time {
 	return t
 }
 
-// file sends the last tail lines of path and, with follow, polls it for
-// more. It copes with rotation (path now names another file: the old one is
-// read to its end, then the new one from its start) and truncation (the
-// file got shorter: read again from the start).
-func (m *Manager) file(ctx context.Context, path string, tail int, follow bool, emit func([]LogLine) error) error {
-	f, err := os.Open(path)
+// maxBacklog bounds how far back a log file is read: /var/log/istio is
+// istio-proxy's, so the file may be as large as the disk.
+const maxBacklog = 32 << 20
+
+// file sends the last tail lines of the log file at rel (below the root)
+// and, with follow, polls it for more until ctx is done. The agent is root
+// and istio-proxy owns the directory, so the file is opened as fsroot does:
+// no symlinks (none to /etc/shadow or /dev/zero), regular files only (a
+// FIFO never blocks the call), and no further back than maxBacklog. It copes
+// with rotation (the name now holds another file: the old one is read to its
+// end, then the new one from its start) and truncation (the file got
+// shorter: read again from the start).
+func (m *Manager) file(ctx context.Context, rel string, tail int, follow bool, emit func([]LogLine) error) error {
+	p := "/" + rel
+	root, err := fsroot.New(m.opts.Root)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", p, err)
+	}
+	f, err := root.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("read %s: no such file: the sidecar has not written this log; its output may be in the journal instead (log source journal)", path)
+		return fmt.Errorf("read %s: no such file: the sidecar has not written this log; its output may be in the journal instead (log source journal)", p)
 	}
 	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return fmt.Errorf("read %s: %w", p, err)
 	}
 	defer func() { f.Close() }()
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return fmt.Errorf("read %s: %w", p, err)
 	}
-	start, err := tailOffset(f, fi.Size(), tail)
+	base := max(0, fi.Size()-maxBacklog)
+	start, err := tailOffset(io.NewSectionReader(f, base, fi.Size()-base), fi.Size()-base, tail)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return fmt.Errorf("read %s: %w", p, err)
 	}
+	start += base
 	if _, err := f.Seek(start, io.SeekStart); err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return fmt.Errorf("read %s: %w", p, err)
 	}
 
-	t := &fileTail{f: f, offset: start, b: &batcher{emit: emit}}
+	t := &fileTail{ctx: ctx, f: f, offset: start, b: &batcher{emit: emit}}
+	if start > 0 && start == base {
+		// Cut at the backlog's limit: drop the line it starts inside.
+		var prev [1]byte
+		if _, err := f.ReadAt(prev[:], start-1); err == nil && prev[0] != '\n' {
+			t.skipping = true
+		}
+	}
 	if err := t.read(); err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return fmt.Errorf("read %s: %w", p, err)
 	}
 	if !follow {
 		if len(t.partial) > 0 {
@@ -362,26 +385,22 @@ func (m *Manager) file(ctx context.Context, path string, tail int, follow bool, 
 		case <-tick.C:
 		}
 		if err := t.read(); err != nil {
-			return fmt.Errorf("read %s: %w", path, err)
+			return fmt.Errorf("read %s: %w", p, err)
 		}
-		cur, err := os.Stat(path)
+		nf, err := root.Open(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // rotated away and not yet recreated: wait for the new file
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", p, err)
+		}
+		cur, err := nf.Stat()
+		if err != nil {
+			nf.Close()
+			return fmt.Errorf("read %s: %w", p, err)
+		}
 		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			// Rotated away and not yet recreated: wait for the new file.
-		case err != nil:
-			return fmt.Errorf("read %s: %w", path, err)
 		case !os.SameFile(fi, cur):
-			nf, err := os.Open(path)
-			if errors.Is(err, fs.ErrNotExist) {
-				break // gone again; try on the next tick
-			}
-			if err != nil {
-				return fmt.Errorf("read %s: %w", path, err)
-			}
-			if fi, err = nf.Stat(); err != nil {
-				nf.Close()
-				return fmt.Errorf("read %s: %w", path, err)
-			}
 			// The old file will not grow: its unterminated rest is a line.
 			if len(t.partial) > 0 {
 				if err := t.b.add(fileLine(t.partial)); err != nil {
@@ -390,21 +409,24 @@ func (m *Manager) file(ctx context.Context, path string, tail int, follow bool, 
 				}
 			}
 			f.Close()
-			m.log.Debug("log file rotated", "path", path)
-			f = nf
-			*t = fileTail{f: nf, b: t.b, buf: t.buf}
+			m.log.Debug("log file rotated", "path", p)
+			f, fi = nf, cur
+			*t = fileTail{ctx: ctx, f: nf, b: t.b, buf: t.buf}
 			if err := t.read(); err != nil {
-				return fmt.Errorf("read %s: %w", path, err)
+				return fmt.Errorf("read %s: %w", p, err)
 			}
 		case cur.Size() < t.offset:
-			m.log.Debug("log file truncated", "path", path, "size", cur.Size(), "offset", t.offset)
+			nf.Close()
+			m.log.Debug("log file truncated", "path", p, "size", cur.Size(), "offset", t.offset)
 			if _, err := f.Seek(0, io.SeekStart); err != nil {
-				return fmt.Errorf("read %s: %w", path, err)
+				return fmt.Errorf("read %s: %w", p, err)
 			}
 			t.offset, t.partial = 0, nil
 			if err := t.read(); err != nil {
-				return fmt.Errorf("read %s: %w", path, err)
+				return fmt.Errorf("read %s: %w", p, err)
 			}
+		default:
+			nf.Close()
 		}
 		if err := t.b.flush(); err != nil {
 			return err
@@ -414,11 +436,14 @@ func (m *Manager) file(ctx context.Context, path string, tail int, follow bool, 
 
 // fileTail reads complete lines from an open file as it grows.
 type fileTail struct {
-	f       *os.File
-	offset  int64  // bytes consumed so far
-	partial []byte // an unterminated last line, waiting for its newline
-	b       *batcher
-	buf     []byte
+	ctx context.Context // read stops when it is done
+	f   *os.File
+	// skipping drops bytes up to the first newline: the read started mid-line.
+	skipping bool
+	offset   int64  // bytes consumed so far
+	partial  []byte // an unterminated last line, waiting for its newline
+	b        *batcher
+	buf      []byte
 }
 
 // read consumes what was appended since the last read, queueing complete
@@ -427,11 +452,18 @@ func (t *fileTail) read() error {
 	if t.buf == nil {
 		t.buf = make([]byte, 64<<10)
 	}
-	for {
+	for t.ctx.Err() == nil {
 		n, err := t.f.Read(t.buf)
 		if n > 0 {
 			t.offset += int64(n)
 			data := t.buf[:n]
+			if t.skipping {
+				i := bytes.IndexByte(data, '\n')
+				if i < 0 {
+					continue
+				}
+				data, t.skipping = data[i+1:], false
+			}
 			for {
 				i := bytes.IndexByte(data, '\n')
 				if i < 0 {
@@ -458,6 +490,7 @@ func (t *fileTail) read() error {
 			return err
 		}
 	}
+	return nil
 }
 
 // tailOffset returns where the last n lines of a file of the given size
