@@ -1,11 +1,15 @@
 // Package probe checks the health of ports on this machine, and calls mesh
 // services by name for hostctl verify.
 //
-// The agent accepts probe targets over its API, so it must not become a
-// way to reach other hosts: only this machine's own addresses are probed,
-// checked before any packet is sent and again on every connection the
-// dialer makes (a name such as localhost resolves at dial time). A service
-// call takes only a Kubernetes service name, which the sidecar routes.
+// The agent accepts targets over its API, so it must not become a way to
+// reach other hosts. A probe reaches loopback only (127.0.0.0/8, ::1; an
+// empty host and "localhost" mean 127.0.0.1, never resolved), checked before
+// any packet is sent and again on the connection. A service call takes only
+// a Kubernetes service name, resolved once as the absolute
+// name.namespace.svc.cluster.local. (no search domains), and every address
+// it resolves to is checked: loopback, link-local (cloud metadata),
+// multicast and unspecified addresses are refused, and the connection goes
+// to the checked address itself, so a second resolution cannot swap it.
 package probe
 
 import (
@@ -18,6 +22,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -26,7 +31,7 @@ import (
 // Errors for targets the package refuses; callers map both to
 // InvalidArgument.
 var (
-	ErrNotLocal = errors.New("only local ports are probed")
+	ErrNotLocal = errors.New("only loopback ports are probed")
 	ErrBadPort  = errors.New("port out of range")
 )
 
@@ -45,8 +50,8 @@ type Result struct {
 
 // HTTP sends GET path to host:port and reports OK for a 2xx or 3xx status,
 // like a Kubernetes httpGet probe. Redirects are not followed, and no proxy
-// from the environment is used. An empty host means 127.0.0.1 and an empty
-// path "/".
+// from the environment is used. host is a loopback address; empty or
+// "localhost" means 127.0.0.1. An empty path means "/".
 func HTTP(ctx context.Context, host string, port int, path string, timeout time.Duration) Result {
 	host, err := checkTarget(host, port)
 	if err != nil {
@@ -113,8 +118,8 @@ func get(ctx context.Context, client *http.Client, u *url.URL, timeout time.Dura
 	return r, string(body)
 }
 
-// TCP reports OK when a TCP connection to host:port opens. An empty host
-// means 127.0.0.1.
+// TCP reports OK when a TCP connection to host:port opens. host is as for
+// HTTP.
 func TCP(ctx context.Context, host string, port int, timeout time.Duration) Result {
 	host, err := checkTarget(host, port)
 	if err != nil {
@@ -134,10 +139,15 @@ func TCP(ctx context.Context, host string, port int, timeout time.Duration) Resu
 	return Result{OK: true, Latency: latency}
 }
 
-// ErrNotService refuses a call target that is not a Kubernetes service name.
+// ErrNotService refuses a call target that is not a Kubernetes service name,
+// or a name that resolves to where a mesh service cannot be.
 var ErrNotService = errors.New("only Kubernetes service names are called")
 
-var serviceName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.svc(\.cluster\.local)?)?$`)
+// ClusterDomain is the DNS domain of the mesh's cluster, as Kubernetes and
+// Istio default it.
+const ClusterDomain = "cluster.local"
+
+var serviceName = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)\.([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.svc(\.` + regexp.QuoteMeta(ClusterDomain) + `)?)?$`)
 
 // ServiceResult is a call's outcome, with the start of the body.
 type ServiceResult struct {
@@ -145,25 +155,48 @@ type ServiceResult struct {
 	Body string
 }
 
+// lookup resolves a service's absolute name; tests replace it.
+var lookup = func(ctx context.Context, fqdn string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", fqdn)
+}
+
 // Service sends GET path to a mesh service (name.namespace[.svc[.cluster.local]])
 // on port through this machine's resolver and routes: on a VM, the
-// sidecar's DNS proxy and capture carry it into the mesh.
+// sidecar's DNS proxy and capture carry it into the mesh. The request's
+// Host is the name as given, which the sidecar routes by.
 func Service(ctx context.Context, host string, port int, path string, timeout time.Duration) ServiceResult {
-	if !serviceName.MatchString(host) {
-		return ServiceResult{Result: Result{Err: fmt.Errorf("%w: %q: give name.namespace, e.g. helloworld.sample", ErrNotService, host)}}
+	refuse := func(err error) ServiceResult { return ServiceResult{Result: Result{Err: err}} }
+	m := serviceName.FindStringSubmatch(host)
+	if m == nil {
+		return refuse(fmt.Errorf("%w: %q: give name.namespace, e.g. helloworld.sample (optionally .svc or .svc.%s)", ErrNotService, host, ClusterDomain))
 	}
 	if port < 1 || port > 65535 {
-		return ServiceResult{Result: Result{Err: fmt.Errorf("%w: got port %d, want 1-65535", ErrBadPort, port)}}
+		return refuse(fmt.Errorf("%w: got port %d, want 1-65535", ErrBadPort, port))
 	}
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
 	u, err := requestURL(host, port, path)
 	if err != nil {
-		return ServiceResult{Result: Result{Err: err}}
+		return refuse(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	// Absolute, so no search domain of resolv.conf turns it into another host.
+	fqdn := m[1] + "." + m[3] + ".svc." + ClusterDomain + "."
+	addrs, err := lookup(ctx, fqdn)
+	if err != nil {
+		return refuse(fmt.Errorf("resolve %s: %w: on a VM the sidecar's DNS proxy answers for mesh services (ISTIO_META_DNS_CAPTURE)", fqdn, plain(err)))
+	}
+	for i, a := range addrs {
+		a = a.Unmap()
+		addrs[i] = a
+		if why := unreachable(a); why != "" {
+			return refuse(fmt.Errorf("%w: %s resolves to %s, %s, where no mesh service is: check /etc/hosts and the VM's DNS", ErrNotService, host, a, why))
+		}
 	}
 	client := &http.Client{
-		Transport:     &http.Transport{Proxy: nil, DisableKeepAlives: true},
+		Transport:     &http.Transport{Proxy: nil, DisableKeepAlives: true, DialContext: pinnedDialer(addrs, port)},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	defer client.CloseIdleConnections()
@@ -171,49 +204,70 @@ func Service(ctx context.Context, host string, port int, path string, timeout ti
 	return ServiceResult{Result: r, Body: body}
 }
 
-// checkTarget validates host and port and returns the host to dial.
+// unreachable says why a mesh service cannot be at a, or "" when it can.
+func unreachable(a netip.Addr) string {
+	a = a.Unmap()
+	switch {
+	case a.IsLoopback():
+		return "a loopback address"
+	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast():
+		return "a link-local address"
+	case a.IsUnspecified():
+		return "the unspecified address"
+	case a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "a multicast or broadcast address"
+	}
+	return ""
+}
+
+// pinnedDialer connects to the checked addresses, in order, whatever
+// address the HTTP client asks for: the name is never resolved again.
+func pinnedDialer(addrs []netip.Addr, port int) func(context.Context, string, string) (net.Conn, error) {
+	d := &net.Dialer{Control: func(_, address string, _ syscall.RawConn) error {
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil || unreachable(ap.Addr()) != "" || !slices.Contains(addrs, ap.Addr()) {
+			return fmt.Errorf("%w: refusing to dial %s", ErrNotService, address)
+		}
+		return nil
+	}}
+	return func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var firstErr error
+		for _, a := range addrs {
+			conn, err := d.DialContext(ctx, network, netip.AddrPortFrom(a, uint16(port)).String())
+			if err == nil {
+				return conn, nil
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		if firstErr == nil {
+			firstErr = errors.New("no address to dial")
+		}
+		return nil, firstErr
+	}
+}
+
+// checkTarget validates host and port and returns the loopback address to
+// dial.
 func checkTarget(host string, port int) (string, error) {
 	if port < 1 || port > 65535 {
 		return "", fmt.Errorf("%w: got port %d, want 1-65535", ErrBadPort, port)
 	}
-	switch host {
-	case "":
+	if host == "" || host == "localhost" {
 		return "127.0.0.1", nil
-	case "localhost":
-		return host, nil
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		return "", fmt.Errorf("%w: %q is not localhost or an IP address of this machine: probe a local address instead", ErrNotLocal, host)
+		return "", fmt.Errorf("%w: %q is not localhost or a loopback address: probe 127.0.0.1 (the app's port on this VM)", ErrNotLocal, host)
 	}
-	if !isLocal(ip) {
-		return "", fmt.Errorf("%w: %s is not an address of this machine: probe 127.0.0.1 or one of its interface addresses instead", ErrNotLocal, ip)
+	if !ip.Unmap().IsLoopback() {
+		return "", fmt.Errorf("%w: %s is not a loopback address: probe 127.0.0.1 or ::1 (the app's port on this VM)", ErrNotLocal, ip)
 	}
-	return host, nil
+	return ip.Unmap().String(), nil
 }
 
-func isLocal(ip netip.Addr) bool {
-	ip = ip.Unmap().WithZone("")
-	if ip.IsLoopback() {
-		return true
-	}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, a := range addrs {
-		n, ok := a.(*net.IPNet)
-		if !ok {
-			continue
-		}
-		if local, ok := netip.AddrFromSlice(n.IP); ok && local.Unmap() == ip {
-			return true
-		}
-	}
-	return false
-}
-
-// localDialer refuses, at connect time, any address that is not local.
+// localDialer refuses, at connect time, any address that is not loopback.
 func localDialer() *net.Dialer {
 	return &net.Dialer{
 		Control: func(_, address string, _ syscall.RawConn) error {
@@ -221,8 +275,8 @@ func localDialer() *net.Dialer {
 			if err != nil {
 				return fmt.Errorf("%w: cannot check dial address %q", ErrNotLocal, address)
 			}
-			if !isLocal(ap.Addr()) {
-				return fmt.Errorf("%w: %s is not an address of this machine", ErrNotLocal, ap.Addr())
+			if !ap.Addr().Unmap().IsLoopback() {
+				return fmt.Errorf("%w: %s is not a loopback address", ErrNotLocal, ap.Addr())
 			}
 			return nil
 		},

@@ -151,9 +151,9 @@ func TestTCP(t *testing.T) {
 	}
 }
 
-// An address of one of this machine's interfaces, other than loopback, is
-// local too.
-func TestTCPInterfaceAddress(t *testing.T) {
+// An address of one of this machine's interfaces other than loopback is not
+// probed: a probe stays on loopback.
+func TestTCPInterfaceAddressRefused(t *testing.T) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		t.Fatal(err)
@@ -175,9 +175,8 @@ func TestTCPInterfaceAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	r := TCP(context.Background(), ip.String(), portOf(t, l.Addr().String()), time.Second)
-	if !r.OK {
-		t.Errorf("got OK=false (err %v), want true for %s", r.Err, ip)
+	if r := TCP(context.Background(), ip.String(), portOf(t, l.Addr().String()), time.Second); !errors.Is(r.Err, ErrNotLocal) || r.OK {
+		t.Errorf("got OK=%v err %v, want ErrNotLocal for %s", r.OK, r.Err, ip)
 	}
 }
 
@@ -192,6 +191,8 @@ func TestRefusedTargets(t *testing.T) {
 		{name: "public ipv6", host: "2001:db8::1", port: 80, wantErr: ErrNotLocal},
 		{name: "host name", host: "example.com", port: 80, wantErr: ErrNotLocal},
 		{name: "unspecified", host: "0.0.0.0", port: 80, wantErr: ErrNotLocal},
+		{name: "link-local", host: "169.254.169.254", port: 80, wantErr: ErrNotLocal},
+		{name: "private", host: "10.0.0.1", port: 80, wantErr: ErrNotLocal},
 		{name: "port zero", port: 0, wantErr: ErrBadPort},
 		{name: "port too big", port: 65536, wantErr: ErrBadPort},
 		{name: "negative port", port: -1, wantErr: ErrBadPort},

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
-	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,38 +30,96 @@ func TestServiceRefusesWhatIsNotAServiceName(t *testing.T) {
 	}
 }
 
-// TestServiceByName calls a service by its Kubernetes name through the
+// TestServiceByName calls services by their Kubernetes names through the
 // machine's resolver, as the agent does on a VM: a child process in its own
-// mount namespace sees an /etc/hosts naming helloworld.sample.
+// mount and network namespaces sees an /etc/hosts naming them, and a
+// non-loopback address (10.213.250.1) on its loopback interface where the
+// service listens. Names that /etc/hosts maps to loopback or link-local
+// addresses are refused before any connection.
 func TestServiceByName(t *testing.T) {
-	if port := os.Getenv("PROBE_SERVICE_PORT"); port != "" {
-		p, _ := strconv.Atoi(port)
-		r := Service(context.Background(), "helloworld.sample", p, "/hello", 0)
-		fmt.Printf("status=%d ok=%v err=%v body=%s\n", r.StatusCode, r.OK, r.Err, r.Body)
+	if os.Getenv("PROBE_SERVICE_CHILD") != "" {
+		serviceChild()
 		return
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to bind-mount /etc/hosts in a mount namespace")
+		t.Skip("needs root for mount and network namespaces")
 	}
-	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("needs unshare (util-linux)")
+	for _, tool := range []string{"unshare", "ip"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s", tool)
+		}
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "Hello version: v1, path %s, host %s", r.URL.Path, r.Host)
-	}))
-	defer srv.Close()
-	port := srv.URL[strings.LastIndex(srv.URL, ":")+1:]
 	hosts := filepath.Join(t.TempDir(), "hosts")
-	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n127.0.0.1 helloworld.sample\n"), 0o644)
+	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"+
+		"10.213.250.1 helloworld.sample.svc.cluster.local\n"+
+		"127.0.0.1 loop.sample.svc.cluster.local\n"+
+		"::1 loop6.sample.svc.cluster.local\n"+
+		"169.254.169.254 metadata.sample.svc.cluster.local\n"+
+		"10.213.250.1 example.com\n"), 0o644)
 	self, _ := os.Executable()
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
-		`mount --bind "$1" /etc/hosts && exec "$2" -test.run '^TestServiceByName$'`, "sh", hosts, self)
-	cmd.Env = append(os.Environ(), "PROBE_SERVICE_PORT="+port)
+	cmd := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-c",
+		`ip link set lo up && ip addr add 10.213.250.1/32 dev lo && mount --bind "$1" /etc/hosts && exec "$2" -test.run '^TestServiceByName$' -test.v`, "sh", hosts, self)
+	cmd.Env = append(os.Environ(), "PROBE_SERVICE_CHILD=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "status=200 ok=true err=<nil> body=Hello version: v1, path /hello, host helloworld.sample:"+port) {
-		t.Errorf("got %s", out)
+	for _, want := range []string{
+		"helloworld.sample: status=200 ok=true err=<nil> body=Hello, path /hello, host helloworld.sample:",
+		"helloworld.sample.svc.cluster.local: status=200 ok=true",
+		"loop.sample: refused=true err=only Kubernetes service names are called: loop.sample resolves to 127.0.0.1, a loopback address",
+		"loop6.sample: refused=true",
+		"metadata.sample: refused=true err=only Kubernetes service names are called: metadata.sample resolves to 169.254.169.254, a link-local address",
+		// Looked up as service "example" of namespace "com", never as the host.
+		"example.com: status=0 ok=false err=resolve example.com.svc.cluster.local.:",
+		"10.213.250.1: refused=true",
+		"pinned.sample: status=200 ok=true lookups=1",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
 	}
+}
+
+// serviceChild runs inside the namespaces TestServiceByName made.
+func serviceChild() {
+	l, err := net.Listen("tcp", "10.213.250.1:0")
+	if err != nil {
+		fmt.Println("listen:", err)
+		return
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "Hello, path %s, host %s", r.URL.Path, r.Host)
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+	// Loopback listeners on the same port: a refused name must not reach them.
+	port := l.Addr().(*net.TCPAddr).Port
+	for _, a := range []string{"127.0.0.1", "[::1]"} {
+		if ll, err := net.Listen("tcp", a+":"+strconv.Itoa(port)); err == nil {
+			go srv.Serve(ll)
+		}
+	}
+	for _, host := range []string{"helloworld.sample", "helloworld.sample.svc.cluster.local", "loop.sample", "loop6.sample", "metadata.sample", "example.com", "10.213.250.1"} {
+		r := Service(context.Background(), host, port, "/hello", 0)
+		if errors.Is(r.Err, ErrNotService) {
+			fmt.Printf("%s: refused=true err=%v\n", host, r.Err)
+			continue
+		}
+		fmt.Printf("%s: status=%d ok=%v err=%v body=%s\n", host, r.StatusCode, r.OK, r.Err, r.Body)
+	}
+	// The name is resolved once and the connection goes to that address: a
+	// name only the lookup knows (the system resolver cannot) still works.
+	calls := 0
+	real := lookup
+	lookup = func(ctx context.Context, fqdn string) ([]netip.Addr, error) {
+		calls++
+		if fqdn == "pinned.sample.svc.cluster.local." {
+			return []netip.Addr{netip.MustParseAddr("10.213.250.1")}, nil
+		}
+		return real(ctx, fqdn)
+	}
+	defer func() { lookup = real }()
+	r := Service(context.Background(), "pinned.sample", port, "/", 0)
+	fmt.Printf("pinned.sample: status=%d ok=%v lookups=%d err=%v\n", r.StatusCode, r.OK, calls, r.Err)
 }
