@@ -12,3 +12,8 @@
 // --cloud-init, or the resource limits (--cpus, --memory and --disk are
 // checked and recorded; lab VMs share the host). Linux only.
 package labmultipass
+
+// DirEnv names the stand-in's state directory: its "daemon". When it is
+// unset or missing, every command fails as the real client does when
+// multipassd is not running.
+const DirEnv = "MULTIPASS_STANDIN_DIR"

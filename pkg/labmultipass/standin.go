@@ -28,11 +28,6 @@ import (
 	"github.com/meshvm/meshvm/pkg/machine"
 )
 
-// DirEnv names the stand-in's state directory: its "daemon". When it is
-// unset or missing, every command fails as the real client does when
-// multipassd is not running.
-const DirEnv = "MULTIPASS_STANDIN_DIR"
-
 // socketPath is what the real client names when it cannot reach the daemon.
 const socketPath = "/var/snap/multipass/common/multipass_socket"
 
@@ -67,8 +62,8 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitCommandFail
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d := &daemon{dir: dir, stdin: stdin, stdout: stdout, stderr: stderr,
-		lab: labmachine.New(log, filepath.Join(dir, "vms"), labbuild.DefaultCacheDir()).WithImage(labmachine.Image{Packages: Packages, Setup: seed}, network)}
+	d := &daemon{dir: dir, stdin: stdin, stdout: stdout, stderr: stderr}
+	d.lab = labmachine.New(log, filepath.Join(dir, "vms"), labbuild.DefaultCacheDir()).WithImage(labmachine.Image{Packages: Packages, Setup: d.seed}, network)
 	// No signal handling: a killed client dies where it is, and so does a
 	// launch in progress (its instance stays Starting).
 	ctx := context.Background()
@@ -135,6 +130,20 @@ func options(args []string, takesValue map[string]bool, aliases map[string]strin
 		opts[key] = value
 	}
 	return opts, pos, nil
+}
+
+// seed writes the cloud-init seed of the instance booting as lab VM vm.
+func (d *daemon) seed(vm, root string) error {
+	ins, err := d.all()
+	if err != nil {
+		return err
+	}
+	for _, in := range ins {
+		if in.LabName == vm {
+			return seed(in.Name, root)
+		}
+	}
+	return fmt.Errorf("no instance boots as lab VM %s", vm)
 }
 
 func (d *daemon) recordPath(name string) string {

@@ -86,7 +86,9 @@ func TestDeletedRecoverPurge(t *testing.T) {
 	plant(t, dir, instance{Name: "c", State: "Stopped", ImageRelease: "22.04 LTS"})
 	states := func() map[string]string {
 		out, stderr, code := multipass(t, dir, "list", "--format", "json")
-		var l struct{ List []struct{ Name, State string } }
+		var l struct {
+			List []struct{ Name, State string }
+		}
 		if err := json.Unmarshal([]byte(out), &l); err != nil || code != 0 {
 			t.Fatalf("list: %v %d %s\n%s", err, code, stderr, out)
 		}
