@@ -34,15 +34,37 @@ tools: ## Install buf, protoc plugins and nfpm at pinned versions
 	@command -v protoc-gen-go-grpc >/dev/null && protoc-gen-go-grpc --version | grep -q '$(PROTOC_GEN_GO_GRPC_VERSION:v%=%)' || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	@command -v nfpm >/dev/null && go version -m "$$(command -v nfpm)" | grep -q 'nfpm/v2[[:space:]]*$(NFPM_VERSION)[[:space:]]' || go install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 
+# hostctl embeds the agents make build copies here (git-ignored), so one
+# downloaded hostctl is all a user needs; HOSTCTL_TARGETS are the
+# workstations it is built for, bin/hostctl the one for this machine.
+AGENT_EMBED     := hostctl/agentbin/vmagent
+HOSTCTL_TARGETS ?= darwin/arm64 darwin/amd64 linux/amd64 linux/arm64
+GOOS_HOST       := $(shell go env GOOS)
+GOARCH_HOST     := $(shell go env GOARCH)
+
 .PHONY: build
-build: ## Cross-compile static vmagent and hostctl for linux/amd64 and linux/arm64 into bin/
+build: ## Static vmagent for linux/amd64 and arm64, then hostctl (embedding them) for macOS and Linux, into bin/
 	@set -e; for arch in $(ARCHES); do \
-	  for prog in vmagent hostctl; do \
-	    echo "build bin/$$prog-linux-$$arch"; \
-	    CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o bin/$$prog-linux-$$arch ./$$prog; \
-	  done; \
+	  echo "build bin/vmagent-linux-$$arch"; \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o bin/vmagent-linux-$$arch ./vmagent; \
 	done
 	@go run ./packaging/checkstatic bin/vmagent-linux-*
+	@rm -f $(AGENT_EMBED)/vmagent-linux-*; set -e; for arch in $(ARCHES); do cp bin/vmagent-linux-$$arch $(AGENT_EMBED)/; done
+	@set -e; for target in $(HOSTCTL_TARGETS); do \
+	  os=$${target%/*}; arch=$${target#*/}; \
+	  echo "build bin/hostctl-$$os-$$arch"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o bin/hostctl-$$os-$$arch ./hostctl; \
+	done
+	ln -sf hostctl-$(GOOS_HOST)-$(GOARCH_HOST) bin/hostctl
+
+# vet-darwin keeps hostctl building on macOS (both arches): a Linux-only call
+# outside a build constraint fails here, not on a user's Mac.
+.PHONY: vet-darwin
+vet-darwin: ## go vet hostctl for darwin/arm64 and darwin/amd64
+	@set -e; for arch in arm64 amd64; do \
+	  echo "vet hostctl for darwin/$$arch"; \
+	  CGO_ENABLED=0 GOOS=darwin GOARCH=$$arch go vet ./hostctl/...; \
+	done
 
 .PHONY: generate
 generate: tools ## Regenerate Go code from proto/ with buf
@@ -72,7 +94,7 @@ vet: ## go vet
 # control plane from source (minutes the first time, cached in MESHVM_CACHE)
 # and run it. The lab tests share fixed ports and addresses: -p 1 runs the
 # packages one at a time.
-test: check-generate proto-lint vet build ## Run every check and test, the lab end to end included (what CI runs)
+test: check-generate proto-lint vet vet-darwin build ## Run every check and test, the lab end to end included (what CI runs)
 	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -race -count=1 -p 1 -timeout 60m ./...
 
 .PHONY: test-short
@@ -101,8 +123,7 @@ package: tools build ## Build vmagent .deb and .rpm for amd64 and arm64 into dis
 	  ARCH=$$arch VERSION='$(PKG_VERSION)' nfpm package -f packaging/nfpm.yaml -p $$fmt -t dist/; \
 	done; done; ls -l dist
 
-GOARCH_HOST := $(shell go env GOARCH)
-HOSTCTL     := bin/hostctl-linux-$(GOARCH_HOST)
+HOSTCTL := bin/hostctl
 
 .PHONY: lab-deps
 lab-deps: ## Install what the lab needs (Debian/Ubuntu, as root)
@@ -111,6 +132,8 @@ lab-deps: ## Install what the lab needs (Debian/Ubuntu, as root)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    etcd-server debootstrap systemd-container util-linux iptables iproute2 ca-certificates >/dev/null; fi
 
+# The lab needs hostctl for this machine only.
+lab: HOSTCTL_TARGETS := $(GOOS_HOST)/$(GOARCH_HOST)
 .PHONY: lab
 lab: lab-deps build ## Bring up the local lab: control plane built from source, a systemd VM onboarded and Healthy
 	MESHVM_SOURCE=$(CURDIR) $(HOSTCTL) up --provider lab --timeout 60m
@@ -122,4 +145,4 @@ lab-down: ## Remove the lab's VMs and control plane
 
 .PHONY: clean
 clean: ## Remove build output
-	rm -rf bin dist
+	rm -rf bin dist $(AGENT_EMBED)/vmagent-linux-*
