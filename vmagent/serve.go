@@ -53,7 +53,7 @@ func (c *serveCmd) run(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	a.files.SweepInterrupted()
-	srv := grpc.NewServer(server.Options(log, tlsCfg)...)
+	srv := grpc.NewServer(server.Options(log, tlsCfg, cfg.Limits)...)
 	agentv1.RegisterAgentServiceServer(srv, a.server(log))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)

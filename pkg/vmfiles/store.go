@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/agentstate"
@@ -63,8 +64,8 @@ type Store struct {
 	state *agentstate.Store
 
 	mu      sync.Mutex
-	digests map[string]cachedDigest // path -> digest of a file state
-	busy    map[string]bool         // allowlisted path -> a delivery of it is running
+	digests map[string]cachedDigest  // path -> digest of a file state
+	busy    map[string]chan struct{} // allowlisted path -> closed when its running delivery ends
 }
 
 // cachedDigest avoids re-hashing 100+ MB binaries on every re-onboarding.
@@ -78,27 +79,41 @@ type cachedDigest struct {
 
 // NewStore returns a Store.
 func NewStore(log *slog.Logger, root *fsroot.Root, users *sysusers.DB, state *agentstate.Store) *Store {
-	return &Store{log: log, root: root, users: users, state: state, digests: map[string]cachedDigest{}, busy: map[string]bool{}}
+	return &Store{log: log, root: root, users: users, state: state, digests: map[string]cachedDigest{}, busy: map[string]chan struct{}{}}
 }
 
 // ErrBusy reports a delivery refused because another one of the same path
 // is running.
 var ErrBusy = errors.New("delivery in progress")
 
+// busyWait is how long a delivery waits for another one of the same path
+// to end before it gives up: long enough for one just cancelled to clean up.
+const busyWait = 2 * time.Second
+
 // claim marks a delivery of the allowlisted path p running, so that two at
 // once cannot interleave their writes (nor the sweep remove a live temporary
 // file); release ends it.
-func (s *Store) claim(p string) (release func(), err error) {
+func (s *Store) claim(p string, wait time.Duration) (release func(), err error) {
+	timeout := time.After(wait)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.busy[p] {
-		return nil, fmt.Errorf("%w: another delivery of %s is running: retry when it has finished", ErrBusy, p)
+	for s.busy[p] != nil {
+		running := s.busy[p]
+		s.mu.Unlock()
+		select {
+		case <-running:
+		case <-timeout:
+			return nil, fmt.Errorf("%w: another delivery of %s is running: retry when it has finished", ErrBusy, p)
+		}
+		s.mu.Lock()
 	}
-	s.busy[p] = true
+	done := make(chan struct{})
+	s.busy[p] = done
+	s.mu.Unlock()
 	return func() {
 		s.mu.Lock()
 		delete(s.busy, p)
 		s.mu.Unlock()
+		close(done)
 	}, nil
 }
 
@@ -175,13 +190,14 @@ func allowed(p string) (Spec, error) {
 
 // Put writes the file h declares from body. When the file already has the
 // declared digest it converges owner and mode and does not read body. A
-// second delivery of the same path while one runs fails with ErrBusy.
+// delivery of a path another one is writing waits for it up to busyWait,
+// then fails with ErrBusy.
 func (s *Store) Put(h Header, body io.Reader) (Outcome, error) {
 	r, err := s.validate(h)
 	if err != nil {
 		return 0, err
 	}
-	release, err := s.claim(r.spec.Path)
+	release, err := s.claim(r.spec.Path, busyWait)
 	if err != nil {
 		return 0, err
 	}
@@ -450,7 +466,7 @@ func (s *Store) statDigest(p string) (string, error) {
 // skipped, so a live temporary file is never taken for a leftover.
 func (s *Store) SweepInterrupted() {
 	for _, spec := range allowlist {
-		release, err := s.claim(spec.Path)
+		release, err := s.claim(spec.Path, 0)
 		if err != nil {
 			continue
 		}

@@ -22,7 +22,7 @@ func digestOf(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToStrin
 
 // sandbox is a machine root after Install: the istio-proxy account and the
 // directories exist.
-func sandbox(t *testing.T) (*Store, string) {
+func sandbox(t testing.TB) (*Store, string) {
 	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{"etc/certs", "var/lib/istio/envoy", "var/lib/istio/config", "usr/local/bin", "run", "var/lib"} {
@@ -40,7 +40,7 @@ func sandbox(t *testing.T) (*Store, string) {
 	return NewStore(log, root, sysusers.New(root), agentstate.New(root)), dir
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

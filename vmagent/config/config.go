@@ -4,12 +4,14 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -32,6 +34,38 @@ type Config struct {
 	TLS       TLS    `json:"tls"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
+	Limits   Limits `json:"limits"`
+}
+
+// Limits bound what an authenticated caller can make the agent hold.
+type Limits struct {
+	// MaxDeliveries is how many files may stream in at once; one more is
+	// refused (RESOURCE_EXHAUSTED) until one finishes.
+	MaxDeliveries int `json:"max_deliveries"`
+	// StreamsPerConnection caps concurrent calls on one connection.
+	StreamsPerConnection uint32 `json:"streams_per_connection"`
+	// DeliveryIdleTimeout cancels a delivery that sends nothing for so long.
+	DeliveryIdleTimeout Duration `json:"delivery_idle_timeout"`
+	// ConnectionIdleTimeout closes a connection with no call for so long.
+	ConnectionIdleTimeout Duration `json:"connection_idle_timeout"`
+}
+
+// Duration is a time.Duration written as "30s" or "5m".
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration %s: want a string such as \"30s\" or \"5m\"", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: want a number with a unit such as \"30s\" or \"5m\"", s)
+	}
+	*d = Duration(v)
+	return nil
 }
 
 // TLS names the PEM files of the agent's identity and the pinned client CA.
@@ -54,6 +88,12 @@ func Default() Config {
 			ClientCA: "/etc/meshvm/agent/client-ca.pem",
 		},
 		LogLevel: "info",
+		Limits: Limits{
+			MaxDeliveries:         4,
+			StreamsPerConnection:  16,
+			DeliveryIdleTimeout:   Duration(30 * time.Second),
+			ConnectionIdleTimeout: Duration(5 * time.Minute),
+		},
 	}
 }
 
@@ -102,6 +142,21 @@ func (c Config) validate(path string) error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return c.Limits.validate()
+}
+
+func (l Limits) validate() error {
+	d := Default().Limits
+	switch {
+	case l.MaxDeliveries < 1 || l.MaxDeliveries > 64:
+		return fmt.Errorf("config: limits.max_deliveries %d: want 1 to 64 (default %d)", l.MaxDeliveries, d.MaxDeliveries)
+	case l.StreamsPerConnection < 1 || l.StreamsPerConnection > 1000:
+		return fmt.Errorf("config: limits.streams_per_connection %d: want 1 to 1000 (default %d)", l.StreamsPerConnection, d.StreamsPerConnection)
+	case l.DeliveryIdleTimeout < Duration(time.Second):
+		return fmt.Errorf("config: limits.delivery_idle_timeout %s: want at least 1s (default %s)", time.Duration(l.DeliveryIdleTimeout), time.Duration(d.DeliveryIdleTimeout))
+	case l.ConnectionIdleTimeout < Duration(time.Second):
+		return fmt.Errorf("config: limits.connection_idle_timeout %s: want at least 1s (default %s)", time.Duration(l.ConnectionIdleTimeout), time.Duration(d.ConnectionIdleTimeout))
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/mtls"
+	"github.com/meshvm/meshvm/vmagent/config"
 )
 
 // The TLS handshake already refuses callers without a certificate from the
@@ -35,21 +36,31 @@ func authenticate(ctx context.Context) (string, error) {
 }
 
 // flowWindow lets a file stream keep the pipe full on fast links; gRPC's
-// 64 KiB default stalls 1 MiB chunks.
+// 64 KiB default stalls 1 MiB chunks. It is also what one stream can make
+// the agent buffer, so it counts in Limits' memory budget.
 const flowWindow = 4 << 20
 
 // Options returns the server options every agent server uses: TLS with the
-// given config, authentication and error mapping, flow-control windows.
-func Options(log *slog.Logger, tlsCfg *tls.Config) []grpc.ServerOption {
+// given config, authentication and error mapping, flow-control windows,
+// and the limits on streams, messages, stalled deliveries and idle
+// connections.
+func Options(log *slog.Logger, tlsCfg *tls.Config, limits config.Limits) []grpc.ServerOption {
 	t := newTrimmer()
 	return []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(t.unary, UnaryInterceptor(log)),
-		grpc.ChainStreamInterceptor(t.stream, StreamInterceptor(log)),
+		// Authentication first: an anonymous stream never takes a delivery slot.
+		grpc.ChainStreamInterceptor(t.stream, StreamInterceptor(log), newDeliveryLimiter(limits).stream),
 		grpc.InitialWindowSize(flowWindow),
 		grpc.InitialConnWindowSize(flowWindow),
-		// Callers ping to notice connections the sidecar's capture rules cut.
+		grpc.MaxConcurrentStreams(limits.StreamsPerConnection),
+		grpc.MaxRecvMsgSize(maxMessage),
+		// Callers ping to notice connections the sidecar's capture rules cut;
+		// more often than every 5 s closes the connection.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// The agent pings quiet callers too, so a vanished one releases its
+		// streams within 40 s, and closes connections idle for ConnectionIdle.
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: time.Duration(limits.ConnectionIdleTimeout), Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	}
 }
 

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -189,6 +191,9 @@ func (s *Server) StatFiles(ctx context.Context, req *agentv1.StatFilesRequest) (
 
 func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 	first, err := stream.Recv()
+	if _, ok := status.FromError(err); ok && err != nil {
+		return err // cancelled, or stalled past the idle limit
+	}
 	if err != nil {
 		return agenterr.Invalid("put file: no header received: %v", err)
 	}
@@ -199,6 +204,9 @@ func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 	hdr := vmfiles.Header{Path: h.GetPath(), Size: h.GetSize(), SHA256: h.GetSha256(), Mode: h.GetMode(), Owner: h.GetOwner(), Group: h.GetGroup()}
 	body := &chunkReader{stream: stream}
 	outcome, err := s.deps.Files.Put(hdr, body)
+	if errors.Is(err, vmfiles.ErrBusy) {
+		return status.Error(codes.Aborted, err.Error())
+	}
 	if err != nil {
 		return s.note("files", err)
 	}
