@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -144,23 +145,59 @@ func (c Config) uninstall(ctx context.Context, name, script string) error {
 }
 
 // install runs k3s's installer on the machine unless it already runs the
-// pinned version.
+// pinned version: the installer is downloaded to a file first, so a failed
+// download fails here, naming the network, instead of feeding sh nothing
+// (in `curl | sh`, sh exits 0 when curl fails).
 func (c Config) install(ctx context.Context, name, args string, env map[string]string) error {
-	if out, err := c.Provider.Exec(ctx, name, nil, "k3s", "--version"); err == nil && strings.Contains(string(out), c.Version) {
+	role := strings.Fields(args)[0]
+	unit := map[string]string{"server": "k3s", "agent": "k3s-agent"}[role]
+	if out, err := c.Provider.Exec(ctx, name, nil, "sh", "-c", RunningScript(unit)); err == nil && strings.Contains(string(out), c.Version) {
 		c.Progress("%s: k3s %s already installed", name, c.Version)
 		return nil
 	}
-	c.Progress("%s: installing k3s %s (%s)", name, c.Version, strings.Fields(args)[0])
-	if out, err := c.Provider.Exec(ctx, name, nil, "sh", "-c", InstallScript(c.Version, args, env)); err != nil {
-		return fmt.Errorf("k3s on %s: %w: %s (the machine needs to reach get.k3s.io and github.com)", name, err, lastLine(out))
+	c.Progress("%s: downloading the k3s installer", name)
+	out, err := c.Provider.Exec(ctx, name, nil, "sh", "-c", DownloadScript)
+	installer := strings.TrimSpace(string(out))
+	if err != nil || !installerPath.MatchString(installer) {
+		return fmt.Errorf("k3s on %s: downloading the installer from %s: %v: %s (the machine needs the internet: get.k3s.io and github.com for k3s, docker.io for its images; check its DNS, proxy and firewall)", name, installerURL, err, lastLine(out))
+	}
+	c.Progress("%s: installing k3s %s (%s)", name, c.Version, role)
+	if out, err := c.Provider.Exec(ctx, name, nil, "sh", "-c", InstallScript(installer, c.Version, args, env)); err != nil {
+		hint := "journalctl -u " + unit + " on the machine shows why"
+		if role == "agent" {
+			hint = "the agent must reach the server at " + env["K3S_URL"] + "; " + hint
+		}
+		return fmt.Errorf("k3s on %s: %w: %s (%s)", name, err, lastLine(out), hint)
 	}
 	return nil
 }
 
-// InstallScript is the shell command installing k3s version with args
-// (server or agent flags) and env (K3S_URL and K3S_TOKEN for an agent).
-func InstallScript(version, args string, env map[string]string) string {
-	vars := []string{"INSTALL_K3S_VERSION=" + machine.ShellQuote(version)}
+const installerURL = "https://get.k3s.io"
+
+// DownloadScript downloads k3s's installer to a fresh root-owned file,
+// checks that it is a shell script (not a proxy's or captive portal's page)
+// and prints its path.
+const DownloadScript = `set -e; f=$(mktemp /tmp/k3s-install.XXXXXXXX); ` +
+	`curl -sSfL --retry 3 -o "$f" ` + installerURL + ` || { rm -f "$f"; exit 1; }; ` +
+	`if [ "$(head -n 1 "$f")" != '#!/bin/sh' ]; then rm -f "$f"; echo "` + installerURL + ` did not serve the k3s installer (a proxy or captive portal?)" >&2; exit 1; fi; ` +
+	`echo "$f"`
+
+// installerPath is what DownloadScript prints.
+var installerPath = regexp.MustCompile(`^/tmp/k3s-install\.[A-Za-z0-9]+$`)
+
+// RunningScript prints k3s's version when its unit is active: a machine
+// whose k3s is installed but not running (an install interrupted while the
+// agent was joining) is installed again.
+func RunningScript(unit string) string {
+	return "k3s --version && systemctl is-active " + unit
+}
+
+// InstallScript is the shell command running the downloaded installer for
+// version with args (server or agent flags) and env (K3S_URL and K3S_TOKEN
+// for an agent), then removing it. INSTALL_K3S_FORCE_RESTART starts the
+// unit even when the files are unchanged (a unit left stopped).
+func InstallScript(installer, version, args string, env map[string]string) string {
+	vars := []string{"INSTALL_K3S_FORCE_RESTART=true", "INSTALL_K3S_VERSION=" + machine.ShellQuote(version)}
 	keys := make([]string, 0, len(env))
 	for k := range env {
 		keys = append(keys, k)
@@ -169,7 +206,7 @@ func InstallScript(version, args string, env map[string]string) string {
 	for _, k := range keys {
 		vars = append(vars, k+"="+machine.ShellQuote(env[k]))
 	}
-	return "set -e; curl -sfL https://get.k3s.io | " + strings.Join(vars, " ") + " sh -s - " + args
+	return "set -e; f=" + machine.ShellQuote(installer) + `; trap 'rm -f "$f"' EXIT; ` + strings.Join(vars, " ") + ` sh "$f" ` + args
 }
 
 // Rewrite points every cluster of a k3s kubeconfig (which names

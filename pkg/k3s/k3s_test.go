@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -48,11 +49,77 @@ func TestRewritePointsAtTheServer(t *testing.T) {
 	}
 }
 
+// The installer runs from the file the download left, with the version,
+// the join variables quoted, and is removed afterwards (a stand-in
+// installer prints what it was given).
 func TestInstallScriptQuotes(t *testing.T) {
-	got := InstallScript("v1.33.3+k3s1", "agent", map[string]string{"K3S_URL": "https://10.0.0.5:6443", "K3S_TOKEN": "K10ab::server:c'd"})
-	want := `set -e; curl -sfL https://get.k3s.io | INSTALL_K3S_VERSION=v1.33.3+k3s1 K3S_TOKEN='K10ab::server:c'"'"'d' K3S_URL=https://10.0.0.5:6443 sh -s - agent`
-	if got != want {
-		t.Errorf("got  %s\nwant %s", got, want)
+	installer := filepath.Join(t.TempDir(), "k3s-install.sh")
+	os.WriteFile(installer, []byte(`#!/bin/sh
+printf '%s\n' "$INSTALL_K3S_VERSION" "$K3S_TOKEN" "$K3S_URL" "$INSTALL_K3S_FORCE_RESTART" "$@"
+`), 0o600)
+	script := InstallScript(installer, "v1.33.3+k3s1", "agent --node-label a=b", map[string]string{"K3S_URL": "https://10.0.0.5:6443", "K3S_TOKEN": "K10ab::server:c'd"})
+	out, err := exec.Command("sh", "-c", script).CombinedOutput()
+	want := "v1.33.3+k3s1\nK10ab::server:c'd\nhttps://10.0.0.5:6443\ntrue\nagent\n--node-label\na=b\n"
+	if err != nil || string(out) != want {
+		t.Errorf("got %q, %v, want %q", out, err, want)
+	}
+	if _, err := os.Stat(installer); !os.IsNotExist(err) {
+		t.Errorf("installer left behind (%v)", err)
+	}
+}
+
+// DownloadScript against a stand-in curl (the internet is the boundary):
+// a failed download or a page that is not the installer fails the step and
+// leaves no file; the installer's path is printed otherwise.
+func TestDownloadScript(t *testing.T) {
+	for _, tc := range []struct {
+		name, curl, wantErr string
+	}{
+		{name: "installer", curl: `printf '#!/bin/sh\nset -e\n' > "$f"`},
+		{name: "no network", curl: `echo "curl: (6) Could not resolve host: get.k3s.io" >&2; exit 6`, wantErr: "Could not resolve host"},
+		{name: "captive portal", curl: `echo '<html>log in</html>' > "$f"`, wantErr: "did not serve the k3s installer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bin := t.TempDir()
+			// curl ... -o FILE URL: the stand-in finds FILE after -o.
+			os.WriteFile(filepath.Join(bin, "curl"), []byte("#!/bin/sh\nwhile [ \"$1\" != -o ]; do shift; done; f=$2\n"+tc.curl+"\n"), 0o755)
+			cmd := exec.Command("sh", "-c", DownloadScript)
+			cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+			out, err := cmd.CombinedOutput()
+			left, _ := filepath.Glob("/tmp/k3s-install.*")
+			for _, f := range left {
+				os.Remove(f)
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(string(out), tc.wantErr) || len(left) != 0 {
+					t.Errorf("got %q, %v, files %v, want it to fail with %q and leave nothing", out, err, left, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !installerPath.MatchString(strings.TrimSpace(string(out))) || len(left) != 1 {
+				t.Errorf("got %q, %v, files %v, want the installer's path", out, err, left)
+			}
+		})
+	}
+}
+
+// A failed download fails that machine's step at once, naming the network,
+// and no installer runs; an agent's failure is reported by name.
+func TestDownloadFailureNamesTheNetwork(t *testing.T) {
+	ctx := context.Background()
+	for _, offline := range []string{"k3s-server", "k3s-agent-2"} {
+		m := &machines{installed: map[string]string{}, offline: map[string]bool{offline: true}}
+		c := Config{Provider: m, Version: "v1.33.3+k3s1", Server: machine.Spec{Name: "k3s-server"},
+			Agents: []machine.Spec{{Name: "k3s-agent-1"}, {Name: "k3s-agent-2"}}}
+		_, err := Up(ctx, c)
+		for _, want := range []string{"k3s on " + offline, "Could not resolve host: get.k3s.io", "get.k3s.io and github.com", "docker.io"} {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s offline: got %v, want %q", offline, err, want)
+			}
+		}
+		if _, ok := m.installed[offline]; ok {
+			t.Errorf("%s offline: the installer ran", offline)
+		}
 	}
 }
 
@@ -63,6 +130,7 @@ func TestInstallScriptQuotes(t *testing.T) {
 type machines struct {
 	mu         sync.Mutex
 	installed  map[string]string
+	offline    map[string]bool // machines whose download of the installer fails
 	calls      []string
 	kubeconfig []byte
 	onInstall  func(name string)
@@ -82,12 +150,17 @@ func (m *machines) Exec(_ context.Context, name string, _ io.Reader, args ...str
 	cmd := strings.Join(args, " ")
 	m.calls = append(m.calls, name+": "+cmd)
 	switch {
-	case cmd == "k3s --version":
+	case cmd == "sh -c "+RunningScript("k3s") || cmd == "sh -c "+RunningScript("k3s-agent"):
 		if v, ok := m.installed[name]; ok {
-			return []byte("k3s version " + v + " (abc123)\ngo version go1.24.4\n"), nil
+			return []byte("k3s version " + v + " (abc123)\ngo version go1.24.4\nactive\n"), nil
 		}
 		return []byte("sh: 1: k3s: not found"), errors.New("exit status 127")
-	case strings.HasPrefix(cmd, "sh -c set -e; curl -sfL https://get.k3s.io"):
+	case cmd == "sh -c "+DownloadScript:
+		if m.offline[name] {
+			return []byte("curl: (6) Could not resolve host: get.k3s.io\n"), errors.New("exit status 6")
+		}
+		return []byte("/tmp/k3s-install.Ab12Cd34\n"), nil
+	case strings.HasPrefix(cmd, "sh -c set -e; f=/tmp/k3s-install.Ab12Cd34;"):
 		m.installed[name] = strings.Fields(strings.SplitN(cmd, "INSTALL_K3S_VERSION=", 2)[1])[0]
 		if m.onInstall != nil {
 			go m.onInstall(name)
@@ -150,16 +223,16 @@ func TestUpOnMachines(t *testing.T) {
 	var serverInstall, firstAgent int = -1, -1
 	for i, call := range m.calls {
 		switch {
-		case strings.HasPrefix(call, "k3s-server: sh -c"):
+		case strings.HasPrefix(call, "k3s-server: ") && strings.Contains(call, "INSTALL_K3S_VERSION="):
 			serverInstall = i
 			if !strings.Contains(call, "INSTALL_K3S_VERSION=v1.33.3+k3s1") || !strings.Contains(call, "server --disable traefik --https-listen-port "+port) {
 				t.Errorf("server install: %s", call)
 			}
-		case strings.HasPrefix(call, "k3s-agent-") && strings.Contains(call, "sh -c"):
+		case strings.HasPrefix(call, "k3s-agent-") && strings.Contains(call, "INSTALL_K3S_VERSION="):
 			if firstAgent < 0 {
 				firstAgent = i
 			}
-			if !strings.Contains(call, "K3S_URL=https://127.0.0.1:"+port) || !strings.Contains(call, "K3S_TOKEN=K10secret::server:token") || !strings.HasSuffix(call, " agent") {
+			if !strings.Contains(call, "K3S_URL=https://127.0.0.1:"+port) || !strings.Contains(call, "K3S_TOKEN=K10secret::server:token") || !strings.HasSuffix(call, ` sh "$f" agent`) {
 				t.Errorf("agent join: %s", call)
 			}
 		}
@@ -173,7 +246,7 @@ func TestUpOnMachines(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, call := range m.calls {
-		if strings.Contains(call, "get.k3s.io") {
+		if strings.Contains(call, "get.k3s.io") || strings.Contains(call, "INSTALL_K3S_VERSION") {
 			t.Errorf("second Up reinstalled: %s", call)
 		}
 	}
