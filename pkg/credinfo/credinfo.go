@@ -13,10 +13,17 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/meshvm/meshvm/pkg/fsroot"
 )
+
+// maxFile bounds what is read of a credential file. Both live where
+// istio-proxy writes (/etc/certs, /var/run/secrets) and hold a few KiB; the
+// agent reading them is root, so they are opened as fsroot does (no
+// symlinks, regular files only: a FIFO or device is refused, never waited on).
+const maxFile = 1 << 20
 
 // Certificate describes the leaf of a PEM certificate chain.
 type Certificate struct {
@@ -26,11 +33,11 @@ type Certificate struct {
 	NotAfter  time.Time
 }
 
-// ReadCertificate reads a PEM chain such as cert-chain.pem, leaf first as
-// pilot-agent writes it, and describes the leaf. A missing file gives an
-// error wrapping fs.ErrNotExist.
-func ReadCertificate(path string) (Certificate, error) {
-	data, err := os.ReadFile(path)
+// ReadCertificate reads a PEM chain such as cert-chain.pem below root, leaf
+// first as pilot-agent writes it, and describes the leaf. A missing file
+// gives an error wrapping fs.ErrNotExist.
+func ReadCertificate(root *fsroot.Root, path string) (Certificate, error) {
+	data, err := root.ReadLimited(path, maxFile)
 	if err != nil {
 		return Certificate{}, fmt.Errorf("read certificate: %w", err)
 	}
@@ -76,12 +83,20 @@ type Token struct {
 	Issuer    string
 	IssuedAt  time.Time // zero if the token has no iat
 	ExpiresAt time.Time // zero if the token has no exp
+	// BoundSecret is the Secret a bound token dies with ("" for none):
+	// deleting that Secret revokes the token.
+	BoundSecret BoundObject
 }
 
-// ReadToken reads a JWT from path and decodes its claims without verifying
-// the signature. Errors never quote the token: it is a credential.
-func ReadToken(path string) (Token, error) {
-	data, err := os.ReadFile(path)
+// BoundObject names the object a bound service-account token is tied to.
+type BoundObject struct {
+	Name, UID string
+}
+
+// ReadToken reads a JWT from path below root and decodes its claims without
+// verifying the signature. Errors never quote the token: it is a credential.
+func ReadToken(root *fsroot.Root, path string) (Token, error) {
+	data, err := root.ReadLimited(path, maxFile)
 	if err != nil {
 		return Token{}, fmt.Errorf("read token: %w", err)
 	}
@@ -119,6 +134,12 @@ func parseToken(raw string) (Token, error) {
 		Aud json.RawMessage `json:"aud"`
 		Exp *numericDate    `json:"exp"`
 		Iat *numericDate    `json:"iat"`
+		K8s struct {
+			Secret *struct {
+				Name string `json:"name"`
+				UID  string `json:"uid"`
+			} `json:"secret"`
+		} `json:"kubernetes.io"`
 	}
 	if err := decodePart(parts[1], &claims); err != nil {
 		return Token{}, fmt.Errorf("token payload: %w: %s", err, fix)
@@ -127,13 +148,17 @@ func parseToken(raw string) (Token, error) {
 	if err != nil {
 		return Token{}, fmt.Errorf("token payload: %w: %s", err, fix)
 	}
-	return Token{
+	tok := Token{
 		Subject:   claims.Sub,
 		Audiences: aud,
 		Issuer:    claims.Iss,
 		IssuedAt:  claims.Iat.time(),
 		ExpiresAt: claims.Exp.time(),
-	}, nil
+	}
+	if sec := claims.K8s.Secret; sec != nil {
+		tok.BoundSecret = BoundObject{Name: sec.Name, UID: sec.UID}
+	}
+	return tok, nil
 }
 
 // decodePart decodes one base64url JSON part. JSON syntax errors are not

@@ -16,10 +16,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshvm/meshvm/pkg/fsroot"
 )
 
 // chain mints a root CA and a workload leaf signed by it, as istiod would,
@@ -104,7 +107,7 @@ func TestReadCertificate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeFile(t, "cert-chain.pem", tt.data)
-			got, err := ReadCertificate(path)
+			got, err := ReadCertificate(slash, path)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("got error %v, want one containing %q", err, tt.wantErr)
@@ -136,7 +139,7 @@ func TestReadCertificateSubject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := ReadCertificate(writeFile(t, "c.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	got, err := ReadCertificate(slash, writeFile(t, "c.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,8 +157,8 @@ func TestReadMissing(t *testing.T) {
 		name string
 		read func(string) error
 	}{
-		{"certificate", func(p string) error { _, err := ReadCertificate(p); return err }},
-		{"token", func(p string) error { _, err := ReadToken(p); return err }},
+		{"certificate", func(p string) error { _, err := ReadCertificate(slash, p); return err }},
+		{"token", func(p string) error { _, err := ReadToken(slash, p); return err }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,7 +239,7 @@ func TestReadToken(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ReadToken(writeFile(t, "istio-token", []byte(tt.data)))
+			got, err := ReadToken(slash, writeFile(t, "istio-token", []byte(tt.data)))
 			if err != nil {
 				t.Fatalf("got error %v, want nil", err)
 			}
@@ -269,13 +272,63 @@ func TestReadTokenMalformed(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ReadToken(writeFile(t, "istio-token", []byte(tt.data)))
+			_, err := ReadToken(slash, writeFile(t, "istio-token", []byte(tt.data)))
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("got error %v, want one containing %q", err, tt.wantErr)
 			}
 			for _, leak := range []string{secret, "secret-token-text", "12345"} {
 				if strings.Contains(err.Error(), leak) {
 					t.Errorf("got error %q quoting the token (%q), want no token text", err, leak)
+				}
+			}
+		})
+	}
+}
+
+// The test files are host paths: read them from the host's root.
+var slash, _ = fsroot.New("/")
+
+// Status is root reading where istio-proxy writes: a FIFO planted at the
+// certificate path must not block it (os.ReadFile waited forever for a
+// writer), a link must not lead it to root's files, and a huge or endless
+// file is not read to its end.
+func TestReadRefusesWhatTheProxyCouldPlant(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "cert-chain.pem")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	shadow := filepath.Join(dir, "shadow")
+	os.WriteFile(shadow, []byte("root:$6$secret:19000:0:99999:7:::\n"), 0o600)
+	link := filepath.Join(dir, "link.pem")
+	os.Symlink(shadow, link)
+	zero := filepath.Join(dir, "zero.pem")
+	os.Symlink("/dev/zero", zero)
+	huge := filepath.Join(dir, "huge.pem")
+	f, _ := os.Create(huge)
+	f.Truncate(4 << 30) // sparse: 4 GiB to read, none on disk
+	f.Close()
+	for _, tt := range []struct{ name, path, want string }{
+		{"fifo", fifo, "not a regular file"},
+		{"link to a root file", link, "symbolic link"},
+		{"link to /dev/zero", zero, "symbolic link"},
+		{"huge file", huge, "too large"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			done := make(chan error, 2)
+			go func() { _, err := ReadCertificate(slash, tt.path); done <- err }()
+			go func() { _, err := ReadToken(slash, tt.path); done <- err }()
+			for range 2 {
+				select {
+				case err := <-done:
+					if err == nil || !strings.Contains(err.Error(), tt.want) {
+						t.Errorf("got %v, want an error saying %q", err, tt.want)
+					}
+					if err != nil && strings.Contains(err.Error(), "secret") {
+						t.Errorf("the error quotes the linked file: %v", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("the read blocked")
 				}
 			}
 		})

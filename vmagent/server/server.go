@@ -104,18 +104,19 @@ func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*a
 	resp.Sidecar = sidecarState(st, err)
 	resp.InstallSteps = stepResults(s.deps.Installer.Install(ctx, true, nil))
 
-	if c, err := credinfo.ReadCertificate(s.deps.Root.HostPath(workloadCertPath)); err == nil {
+	// Both live where istio-proxy writes: credinfo reads them bounded, no links, regular files only.
+	if c, err := credinfo.ReadCertificate(s.deps.Root, workloadCertPath); err == nil {
 		resp.WorkloadCertificate = certInfo(workloadCertPath, c)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		s.note("certificate", err)
 	}
 	spec, _ := vmfiles.Lookup(tokenPath)
 	tokPath := tokenPath
-	tok, err := credinfo.ReadToken(s.deps.Root.HostPath(tokenPath))
+	tok, err := credinfo.ReadToken(s.deps.Root, tokenPath)
 	if errors.Is(err, os.ErrNotExist) {
 		// /run is empty after a reboot until the sidecar starts; the persisted copy tells the truth.
 		tokPath = spec.PersistAt
-		tok, err = credinfo.ReadToken(s.deps.Root.HostPath(spec.PersistAt))
+		tok, err = credinfo.ReadToken(s.deps.Root, spec.PersistAt)
 	}
 	if err == nil {
 		resp.Token = tokenInfo(tokPath, spec.PersistAt, tok)
