@@ -167,7 +167,7 @@ func TestAgentInSystemdVM(t *testing.T) {
 			journal.WriteString(l.GetText() + "\n")
 		}
 	}
-	if !strings.Contains(journal.String(), "cluster.env is missing: run hostctl vm onboard") {
+	if !strings.Contains(journal.String(), "cluster.env has no root-only copy at /var/lib/meshvm/secrets/cluster.env: run hostctl vm onboard") {
 		t.Errorf("journal of istio.service lacks prepare's error:\n%s", journal.String())
 	}
 
