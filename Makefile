@@ -102,7 +102,7 @@ test-short: ## Unit tests only, no race detector
 	go test -short ./...
 
 .PHONY: bench
-bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size
+bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size, 200 concurrent and 200 stalled deliveries
 	go run ./bench/agentbench
 
 .PHONY: bench-status
@@ -114,8 +114,9 @@ bench-lab: ## Lab benchmarks (root): re-onboard vs reinstall, onboarding 1/10/50
 	go run ./bench/labbench
 
 .PHONY: fuzz
-fuzz: ## Fuzz the /etc/hosts merge for 60s
+fuzz: ## Fuzz the /etc/hosts merge and the file delivery policy, 60s each
 	go test ./pkg/hostsfile -run '^$$' -fuzz FuzzMerge -fuzztime 60s
+	go test ./pkg/vmfiles -run '^$$' -fuzz FuzzPolicy -fuzztime 60s
 
 .PHONY: package
 package: tools build ## Build vmagent .deb and .rpm for amd64 and arm64 into dist/
