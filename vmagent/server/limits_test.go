@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/config"
 )
@@ -30,15 +29,11 @@ func testLimits() config.Limits {
 	return l
 }
 
-// rawConn is a plain gRPC connection with a client certificate of the
-// agent's CA, for tests that need the connection itself.
+// rawConn is a plain gRPC connection as hostctl's, for tests that need the
+// connection itself.
 func (e env) rawConn(t testing.TB) *grpc.ClientConn {
 	t.Helper()
-	cert, key, err := e.ca.IssueClient("hostctl", time.Hour)
-	must(t, err)
-	cfg, err := mtls.ClientConfig(cert, key, e.ca.CertPEM(), "localhost")
-	must(t, err)
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(e.clientTLS(t))))
 	must(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return conn

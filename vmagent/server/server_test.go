@@ -96,11 +96,17 @@ func startAgentWith(t testing.TB, limits config.Limits) env {
 
 func (e env) client(t testing.TB) *agentclient.Client {
 	t.Helper()
+	return e.dial(t, e.clientTLS(t))
+}
+
+// clientTLS is hostctl's side of mTLS: a client certificate of the agent's CA.
+func (e env) clientTLS(t testing.TB) *tls.Config {
+	t.Helper()
 	cert, key, err := e.ca.IssueClient("hostctl", time.Hour)
 	must(t, err)
 	cfg, err := mtls.ClientConfig(cert, key, e.ca.CertPEM(), "localhost")
 	must(t, err)
-	return e.dial(t, cfg)
+	return cfg
 }
 
 func (e env) dial(t testing.TB, cfg *tls.Config) *agentclient.Client {
