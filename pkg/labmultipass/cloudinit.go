@@ -21,7 +21,9 @@ manage_etc_hosts: true
 
 // Packages are what the stand-in's image adds to the lab VM's: Debian's
 // cloud-init (which brings python3, as an Ubuntu image has) and sudo.
-var Packages = []string{"cloud-init", "sudo"}
+// python3-cffi-backend is named because debootstrap does not resolve the
+// virtual package python3-cryptography depends on (python3-cffi-backend-api-*).
+var Packages = []string{"cloud-init", "sudo", "python3-cffi-backend"}
 
 // imageConfig makes the Debian tree behave as an Ubuntu cloud image does
 // under Multipass: the NoCloud seed is the only datasource (Multipass
