@@ -21,6 +21,7 @@ type globals struct {
 	configPath string
 	provider   string
 	kubeconfig string
+	agentDir   string
 }
 
 // load merges defaults, the config file, MESHVM_* variables and flags. A
@@ -42,12 +43,20 @@ func (g *globals) getenv(name string) string {
 	case name == "MESHVM_PROVIDER" && g.kubeconfig != "":
 		return string(config.Kubeconfig)
 	case name == "MESHVM_KUBECONFIG" && g.kubeconfig != "":
-		if abs, err := filepath.Abs(g.kubeconfig); err == nil {
-			return abs
-		}
-		return g.kubeconfig
+		return absPath(g.kubeconfig)
+	case name == "MESHVM_AGENT_DIR" && g.agentDir != "":
+		return absPath(g.agentDir)
 	}
 	return os.Getenv(name)
+}
+
+// absPath makes a path given on the command line absolute: the config
+// resolves relative paths against its own directory, not the shell's.
+func absPath(p string) string {
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
 }
 
 // providers are cluster.provider's values, for completion.
@@ -65,6 +74,8 @@ func New() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.configPath, "config", config.DefaultFile, "config file (defaults apply to every field it leaves out)")
 	root.PersistentFlags().StringVar(&g.provider, "provider", "", "override cluster.provider: "+strings.Join(providers, "|"))
 	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "use the existing cluster this kubeconfig reaches (cluster.provider kubeconfig): hostctl provisions no cluster")
+	root.PersistentFlags().StringVar(&g.agentDir, "vmagent-dir", "", "install the vmagent-linux-ARCH binaries of this directory instead of the ones built into hostctl (agent.dir)")
+	_ = root.MarkPersistentFlagDirname("vmagent-dir")
 	_ = root.RegisterFlagCompletionFunc("provider", cobra.FixedCompletions(providers, cobra.ShellCompDirectiveNoFileComp))
 	root.AddCommand(versionCommand())
 	cfg := &cobra.Command{Use: "config", Short: "Show the configuration in effect"}

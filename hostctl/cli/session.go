@@ -94,7 +94,7 @@ func workloadSession(ctx context.Context, p *progress, cfg config.Config, state 
 	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
-		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary},
+		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(cfg.Agent.Dir)},
 	}, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/labvm"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/multipass"
 	"github.com/meshvm/meshvm/pkg/onboard"
@@ -54,6 +55,9 @@ func (g *globals) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, 
 	if err != nil {
 		return cfg, nil, nil, err
 	}
+	if err := labPossible(cfg, labvm.Unsupported()); err != nil {
+		return cfg, nil, nil, err
+	}
 	state, err := statedir.Open(cfg.StateDir)
 	if err != nil {
 		return cfg, nil, nil, err
@@ -88,6 +92,16 @@ func (g *globals) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, 
 		cs.kc, cs.k3s = state.Path("kubeconfig"), sshmachine.New(hosts, state.Path("known_hosts"))
 	}
 	return cfg, state, cs, nil
+}
+
+// labPossible refuses a config asking for the lab (cluster or machines)
+// where it cannot run, before anything is built or booted: unsupported is
+// labvm.Unsupported(), why not on this OS.
+func labPossible(cfg config.Config, unsupported error) error {
+	if unsupported != nil && (cfg.Cluster.Provider == config.Lab || cfg.MachineProvider() == config.Lab) {
+		return usageError{unsupported}
+	}
+	return nil
 }
 
 // machinesFor is the provider of the config's VMs.

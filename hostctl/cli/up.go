@@ -163,31 +163,6 @@ func saveFiles(state *statedir.Dir, vm string, f workloadfiles.Files) error {
 	return nil
 }
 
-// agentBinary finds the static vmagent for arch: in MESHVM_AGENT_DIR, else
-// beside the hostctl binary (make build and a release put them together),
-// else where make build writes them in the checkout.
-func agentBinary(arch string) (string, error) {
-	name := "vmagent-linux-" + arch
-	var dirs []string
-	if d := os.Getenv("MESHVM_AGENT_DIR"); d != "" {
-		dirs = []string{d}
-	} else {
-		if exe, err := os.Executable(); err == nil {
-			dirs = append(dirs, filepath.Dir(exe))
-		}
-		if src, err := labSource(); err == nil {
-			dirs = append(dirs, filepath.Join(src, "..", "..", "bin"))
-		}
-	}
-	for _, d := range dirs {
-		p := filepath.Join(d, name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("no %s in %s: run make build (or set MESHVM_AGENT_DIR to where the vmagent binaries are)", name, strings.Join(dirs, ", "))
-}
-
 // restConfig loads the cluster's kubeconfig, naming what to do when it is
 // missing or broken.
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -36,6 +36,15 @@ type Config struct {
 	Machines Provider `json:"machines,omitempty"`
 	Workload Workload `json:"workload"`
 	VMs      []VM     `json:"vms"`
+	Agent    Agent    `json:"agent"`
+}
+
+// Agent is the vmagent hostctl installs on the VMs.
+type Agent struct {
+	// Dir holds vmagent-linux-amd64 and vmagent-linux-arm64 to install
+	// instead of the ones built into hostctl (development); relative to the
+	// config file's directory.
+	Dir string `json:"dir,omitempty"`
 }
 
 // Istio is what the mesh is installed with.
@@ -204,6 +213,7 @@ var envOverrides = []struct {
 	}},
 	{"MESHVM_VM_NETWORK", func(c *Config, v string) error { c.Workload.Network = v; return nil }},
 	{"MESHVM_STATE_DIR", func(c *Config, v string) error { c.StateDir = v; return nil }},
+	{"MESHVM_AGENT_DIR", func(c *Config, v string) error { c.Agent.Dir = v; return nil }},
 }
 
 func atoi(s string, dst *int) error {
@@ -249,8 +259,10 @@ func Load(path string, explicit bool, getenv func(string) string) (Config, error
 	if !filepath.IsAbs(c.StateDir) {
 		c.StateDir = filepath.Join(base, c.StateDir)
 	}
-	if c.Istio.SidecarDeb != "" && !filepath.IsAbs(c.Istio.SidecarDeb) {
-		c.Istio.SidecarDeb = filepath.Join(base, c.Istio.SidecarDeb)
+	for _, p := range []*string{&c.Istio.SidecarDeb, &c.Agent.Dir} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
 	}
 	return c, c.Validate()
 }

@@ -29,8 +29,8 @@ const unitPath = "/etc/systemd/system/vmagent.service"
 type Deps struct {
 	Provider machine.Provider
 	State    *statedir.Dir
-	// AgentBinary returns the path of the static vmagent for a GOARCH.
-	AgentBinary func(arch string) (string, error)
+	// AgentBinary returns the static vmagent for a GOARCH.
+	AgentBinary func(arch string) ([]byte, error)
 }
 
 // InstallAgent installs or updates vmagent on m and returns a client
@@ -48,13 +48,9 @@ func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.
 	if err != nil {
 		return nil, err
 	}
-	binPath, err := d.AgentBinary(m.Arch)
+	bin, err := d.AgentBinary(m.Arch)
 	if err != nil {
 		return nil, err
-	}
-	bin, err := os.ReadFile(binPath)
-	if err != nil {
-		return nil, fmt.Errorf("vmagent for %s: %w: run make build", m.Arch, err)
 	}
 	files := []struct {
 		path string
