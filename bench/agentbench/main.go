@@ -3,7 +3,9 @@
 //   - delivery of a 150 MB file over the mTLS channel on loopback vs a plain
 //     local copy of the same file, same run (goal: ratio >= 0.9);
 //   - agent RSS when idle after start and after the delivery (goal <= 15 MiB idle);
-//   - the static binary's size (goal <= 25 MiB).
+//   - the static binary's size (goal <= 25 MiB);
+//   - the agent's peak RSS and the wall time with 200 concurrent 8 MB
+//     deliveries, and with 200 that stall after their first chunk.
 //
 // It builds the real vmagent, runs it against a sandbox root and talks to it
 // through pkg/agentclient, as hostctl does. Run it with `make bench`.
@@ -130,6 +132,27 @@ func run() error {
 	fmt.Printf("delivery/copy throughput ratio: %.2f   (goal >= 0.9)\n", cp.Seconds()/dl.Seconds())
 	fmt.Printf("with client-side hash:          %.2f\n", cp.Seconds()/(dl+hs).Seconds())
 	fmt.Printf("agent RSS right after delivery: %6.1f MiB; 2 s later: %.1f MiB (goal <= 15 MiB)\n", after, settled)
+
+	// Many callers at once: the unit's MemoryMax is 256M, GOMEMLIMIT 64MiB.
+	conns, err := dialCrowd(fleet, agent)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	res, err := measureCrowd(agent, func() map[string]int { return concurrentDeliveries(conns) })
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d concurrent 8 MB deliveries: %s (goal: peak well under MemoryMax 256 MiB)\n", crowd, res)
+	res, err = measureCrowd(agent, func() map[string]int { return stalledDeliveries(conns) })
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d stalled deliveries:          %s\n", crowd, res)
 	return nil
 }
 

@@ -127,18 +127,29 @@ func WaitReady(ctx context.Context, c *agentclient.Client) error {
 }
 
 // RSSMiB is a process's resident set.
-func RSSMiB(pid int) (float64, error) {
+func RSSMiB(pid int) (float64, error) { return statusMiB(pid, "VmRSS:") }
+
+// PeakRSSMiB is the most a process has had resident since it started or
+// since ResetPeakRSS.
+func PeakRSSMiB(pid int) (float64, error) { return statusMiB(pid, "VmHWM:") }
+
+// ResetPeakRSS starts PeakRSSMiB again from the current resident set.
+func ResetPeakRSS(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+func statusMiB(pid int, field string) (float64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 			return float64(kb) / 1024, err
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("no %s for pid %d", field, pid)
 }
 
 func sandbox(root string) error {
