@@ -31,7 +31,6 @@ import (
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/meshcall"
-	"github.com/meshvm/meshvm/pkg/procs"
 )
 
 // TestUpOnYourCluster runs up through the path a real cluster takes
@@ -48,20 +47,7 @@ func TestUpOnYourCluster(t *testing.T) {
 	root, work, labCfg, state := labSetup(t, "yc1")
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
-	if out, err := run(t, "--config", labCfg, "istio", "install"); err != nil {
-		if out2, err2 := run(t, "--config", labCfg, "cluster", "up", "--timeout", "50m"); err2 != nil {
-			t.Fatalf("cluster up: %v\n%s\n%s", err2, out, out2)
-		}
-		if out, err := run(t, "--config", labCfg, "istio", "install"); err != nil {
-			t.Fatalf("istio install: %v\n%s", err, out)
-		}
-	}
-	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
-	// No controller manager: it would overwrite the Deployment status the
-	// test writes in the kubelet's place.
-	if err := procs.Dir(filepath.Join(state, "lab", "cluster")).Stop(ctx, "kube-controller-manager", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := clusterOfYours(t, ctx, labCfg, state)
 	hub := proxyRegistry(t, root)
 	cfgPath := filepath.Join(work, "yours.yaml")
 	os.WriteFile(cfgPath, []byte("version: 1\nstateDir: "+state+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+kubeconfig+
