@@ -138,7 +138,7 @@ lab: HOSTCTL_TARGETS := $(GOOS_HOST)/$(GOARCH_HOST)
 .PHONY: lab
 lab: lab-deps build ## Bring up the local lab: control plane built from source, a systemd VM onboarded and Healthy
 	MESHVM_SOURCE=$(CURDIR) $(HOSTCTL) up --provider lab --timeout 60m
-	$(HOSTCTL) vm status --provider lab
+	$(HOSTCTL) vm status   # no flags: hostctl remembers the site up used
 
 .PHONY: lab-down
 lab-down: ## Remove the lab's VMs and control plane

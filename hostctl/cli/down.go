@@ -53,6 +53,10 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 			err = errors.Join(err, derr)
 		}
 	}
+	if err == nil && !c.keepCluster {
+		// The site is gone: the next command without flags takes the defaults.
+		err = c.g.forget(cmd)
+	}
 	return err
 }
 
@@ -67,6 +71,9 @@ func removeVM(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 	if err != nil {
 		return "", err
 	}
-	return "left as it was before up (sidecar, postinst and agent removed; the machine is yours)",
+	if _, err := removeApp(ctx, s.machines(), name); err != nil {
+		return "", err
+	}
+	return "left as it was before up (hostctl's app, sidecar, postinst and agent removed; the machine is yours)",
 		onboard.RemoveAgent(ctx, onboard.Deps{Provider: s.machines(), State: state}, m)
 }

@@ -135,14 +135,14 @@ func TestUpOnLab(t *testing.T) {
 	inVM(t, ctx, lab, state, m, spec, clients)
 
 	// Health follows the app: stop it, the entry turns unhealthy; start it, back.
-	if _, err := lab.Exec(ctx, "e2e1", nil, "systemctl", "stop", "meshvm-lab-app"); err != nil {
+	if _, err := lab.Exec(ctx, "e2e1", nil, "systemctl", "stop", "meshvm-app"); err != nil {
 		t.Fatal(err)
 	}
 	waitEntry(t, clients, spec, m.Addresses[0], "False")
 	if out, err := run(t, "--config", cfgPath, "vm", "status"); err == nil || !strings.Contains(err.Error(), "is the app answering on port 8000") {
 		t.Errorf("vm status with the app down: got %v\n%s\nwant a non-zero exit naming the next step", err, out)
 	}
-	if _, err := lab.Exec(ctx, "e2e1", nil, "systemctl", "start", "meshvm-lab-app"); err != nil {
+	if _, err := lab.Exec(ctx, "e2e1", nil, "systemctl", "start", "meshvm-app"); err != nil {
 		t.Fatal(err)
 	}
 	waitEntry(t, clients, spec, m.Addresses[0], "True")

@@ -22,12 +22,18 @@ type globals struct {
 	provider   string
 	kubeconfig string
 	agentDir   string
+	// recalled says configPath is the one up was last given (remember.go).
+	recalled, recallDone bool
 }
 
-// load merges defaults, the config file, MESHVM_* variables and flags. A
-// config that does not load is a usage error: fixing it is the way on.
+// load merges defaults, the config file, MESHVM_* variables and flags (or
+// the site up was last given, when none picks one). A config that does not
+// load is a usage error: fixing it is the way on.
 func (g *globals) load(cmd *cobra.Command) (config.Config, error) {
-	cfg, err := config.Load(g.configPath, cmd.Flags().Changed("config"), g.getenv)
+	if err := g.recall(cmd); err != nil {
+		return config.Config{}, usageError{err}
+	}
+	cfg, err := config.Load(g.configPath, cmd.Flags().Changed("config") || g.recalled, g.getenv)
 	if err != nil {
 		return cfg, usageError{err}
 	}
@@ -59,6 +65,15 @@ func absPath(p string) string {
 	return p
 }
 
+// flags binds the shared flags. --config, --provider and --kubeconfig pick
+// the site; without them, commands take the one up was last given.
+func (g *globals) flags(cmd *cobra.Command) {
+	f := cmd.PersistentFlags()
+	f.StringVar(&g.configPath, "config", config.DefaultFile, "config file (defaults apply to every field it leaves out); without --config, --provider and --kubeconfig, those hostctl up was last given")
+	f.StringVar(&g.provider, "provider", "", "override cluster.provider: "+strings.Join(providers, "|"))
+	f.StringVar(&g.kubeconfig, "kubeconfig", "", "use the existing cluster this kubeconfig reaches (cluster.provider kubeconfig): hostctl provisions no cluster")
+}
+
 // providers are cluster.provider's values, for completion.
 var providers = []string{string(config.Lab), string(config.Multipass), string(config.SSH), string(config.Kubeconfig)}
 
@@ -71,9 +86,7 @@ func New() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.configPath, "config", config.DefaultFile, "config file (defaults apply to every field it leaves out)")
-	root.PersistentFlags().StringVar(&g.provider, "provider", "", "override cluster.provider: "+strings.Join(providers, "|"))
-	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "use the existing cluster this kubeconfig reaches (cluster.provider kubeconfig): hostctl provisions no cluster")
+	g.flags(root)
 	root.PersistentFlags().StringVar(&g.agentDir, "vmagent-dir", "", "install the vmagent-linux-ARCH binaries of this directory instead of the ones built into hostctl (agent.dir)")
 	_ = root.MarkPersistentFlagDirname("vmagent-dir")
 	_ = root.RegisterFlagCompletionFunc("provider", cobra.FixedCompletions(providers, cobra.ShellCompDirectiveNoFileComp))

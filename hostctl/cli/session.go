@@ -12,7 +12,6 @@ import (
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/labmachine"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -121,7 +120,7 @@ func eachVM(vms []config.VM, fn func(config.VM) error) error {
 	return errors.Join(errs...)
 }
 
-// provision boots the VM (or finds it running), runs its app and installs or
+// provision boots the VM (or finds it running), converges its app and installs or
 // updates the agent, returning a client connected to it.
 func (r *session) provision(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
 	vm, err := r.cfg.VM(name)
@@ -133,11 +132,8 @@ func (r *session) provision(ctx context.Context, name string) (machine.Machine, 
 		return m, nil, err
 	}
 	r.p.step("machine", name, "%s at %s", strings.ToLower(m.State), m.Address())
-	// A lab VM comes with the recipe's app, whatever cluster it joins.
-	if lab, ok := r.site.machines().(*labmachine.Provider); ok {
-		if err := labApp(ctx, lab, name, r.cfg.Workload.Port); err != nil {
-			return m, nil, err
-		}
+	if err := r.convergeApp(ctx, vm); err != nil {
+		return m, nil, err
 	}
 	c, err := onboard.InstallAgent(ctx, r.deps, m)
 	if err != nil {
@@ -172,7 +168,8 @@ func (r *session) running(ctx context.Context, name string) (machine.Machine, *a
 // onboard generates the workload files (reusing a still-valid token unless
 // fresh), delivers what differs through the agent, restarts the sidecar when
 // it needs it (or restart is set), waits for the VM's WorkloadEntry to be
-// Healthy, and removes the one it left at an old address.
+// Healthy (registered, when the app is the user's), and removes the one it
+// left at an old address.
 func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool) error {
 	istiodIP, err := r.site.istiodAddress(ctx, name)
 	if err != nil {
@@ -188,7 +185,8 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 		lastToken, _ = r.state.ReadFile(filepath.Join("vms", name, "files", "istio-token"))
 	}
 	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.cfg.Istio.ClusterName,
-		VMIP: addr, IstiodIP: istiodIP, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken})
+		VMIP: addr, IstiodIP: istiodIP, VM: name, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken,
+		Warn: func(msg string) { r.p.step("onboard", name, "%s", msg) }})
 	if err != nil {
 		return err
 	}
@@ -216,11 +214,15 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 	if !rep.Restarted {
 		prev = workload.Entry{}
 	}
-	e, err := workload.WaitHealthy(ctx, r.clients, r.spec, addr, 2*time.Minute, prev)
+	vm, err := r.cfg.VM(name)
 	if err != nil {
 		return err
 	}
-	r.p.step("healthy", name, "WorkloadEntry %s Healthy", e.Name)
+	_, detail, err := waitOnboarded(ctx, r.cfg, r.clients, vm, addr, 2*time.Minute, prev)
+	if err != nil {
+		return err
+	}
+	r.p.step("healthy", name, "%s", detail)
 	return r.moved(ctx, name, addr)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -62,7 +63,7 @@ func (g *globals) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, 
 	if err != nil {
 		return cfg, nil, nil, err
 	}
-	ms := machinesFor(cfg, state)
+	ms := machinesFor(cfg, state, cmd.ErrOrStderr())
 	v := cfg.Istio.Version
 	if cfg.Cluster.Provider == config.Lab {
 		if v != "" && v != istioinstall.EmbeddedVersion {
@@ -82,7 +83,7 @@ func (g *globals) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, 
 		if cfg.Cluster.Servers != 1 {
 			return cfg, state, nil, fmt.Errorf("cluster.servers %d: hostctl provisions one k3s server (HA servers are not built): set it to 1", cfg.Cluster.Servers)
 		}
-		cs.kc, cs.k3s = state.Path("kubeconfig"), &multipass.Provider{}
+		cs.kc, cs.k3s = state.Path("kubeconfig"), multipassProvider(cmd.ErrOrStderr())
 	case config.SSH:
 		// k3s on the nodes you list.
 		hosts := map[string]sshmachine.Host{}
@@ -105,7 +106,7 @@ func labPossible(cfg config.Config, unsupported error) error {
 }
 
 // machinesFor is the provider of the config's VMs.
-func machinesFor(cfg config.Config, state *statedir.Dir) machine.Provider {
+func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machine.Provider {
 	switch cfg.MachineProvider() {
 	case config.Lab:
 		return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
@@ -116,5 +117,14 @@ func machinesFor(cfg config.Config, state *statedir.Dir) machine.Provider {
 		}
 		return sshmachine.New(hosts, state.Path("known_hosts"))
 	}
-	return &multipass.Provider{}
+	return multipassProvider(stderr)
+}
+
+// multipassProvider says on stderr what a launch waits for (an instance
+// Starting, cloud-init), with the time since it began.
+func multipassProvider(stderr io.Writer) *multipass.Provider {
+	start := time.Now()
+	return &multipass.Provider{Progress: func(format string, args ...any) {
+		fmt.Fprintf(stderr, "multipass: %s (%s)\n", fmt.Sprintf(format, args...), time.Since(start).Round(time.Second))
+	}}
 }

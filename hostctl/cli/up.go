@@ -22,7 +22,6 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
@@ -42,7 +41,7 @@ func (c *upCmd) command() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: c.run,
 	}
-	cmd.Flags().DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up after this long (the first lab build takes longer: raise it)")
+	cmd.Flags().DurationVar(&c.timeout, "timeout", 0, "give up after this long (default 30m with Multipass, 10m otherwise; the first lab build takes longer: raise it)")
 	return cmd
 }
 
@@ -87,9 +86,25 @@ func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	// Before anything starts: a failed up is still the site down must find.
+	if err := c.g.remember(cmd); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), upTimeout(c.timeout, cfg))
 	defer cancel()
 	return up(ctx, cmd.ErrOrStderr(), cfg, state, s)
+}
+
+// upTimeout is --timeout, else what a first up needs: on Multipass an image
+// download, three launches, k3s and Istio's images (30m); elsewhere 10m.
+func upTimeout(flag time.Duration, cfg config.Config) time.Duration {
+	switch {
+	case flag > 0:
+		return flag
+	case cfg.Cluster.Provider == config.Multipass || cfg.MachineProvider() == config.Multipass:
+		return 30 * time.Minute
+	}
+	return 10 * time.Minute
 }
 
 // labSource finds the hostctl/labbuild module: MESHVM_SOURCE, else the
@@ -121,11 +136,12 @@ func workloadSpec(cfg config.Config) workload.Spec {
 	w := cfg.Workload
 	return workload.Spec{Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Group: w.Group, Port: w.Port, PortName: w.PortName,
 		Network: w.Network, ProbePath: w.Probe.Path, ProbePort: w.Probe.Port,
-		ProbePeriod: int32(w.Probe.PeriodSeconds), ProbeInitialDelay: int32(w.Probe.InitialDelaySeconds)}
+		ProbePeriod: int32(w.Probe.PeriodSeconds), ProbeInitialDelay: int32(w.Probe.InitialDelaySeconds),
+		CertificateLifetime: w.CertificateLifetime.Duration}
 }
 
 // upSteps are the steps of up and vm add.
-var upSteps = []string{"control plane", "workload", "machine", "agent", "onboard", "healthy"}
+var upSteps = []string{"control plane", "workload", "machine", "app", "agent", "onboard", "healthy"}
 
 func up(ctx context.Context, stderr io.Writer, cfg config.Config, state *statedir.Dir, s site) error {
 	p := newProgress(stderr, upSteps...)
@@ -136,7 +152,13 @@ func up(ctx context.Context, stderr io.Writer, cfg config.Config, state *statedi
 	if err := eachVM(cfg.VMs, func(vm config.VM) error { return r.up(ctx, vm.Name) }); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "up: %d VM(s) onboarded and Healthy in %s.\n", len(cfg.VMs), time.Since(p.start).Round(time.Second))
+	took := time.Since(p.start).Round(time.Second)
+	if own := ownApps(cfg); len(own) > 0 {
+		fmt.Fprintf(stderr, "up: %d VM(s) onboarded in %s; %s run their own app (app: false): Healthy follows it on port %d.\n",
+			len(cfg.VMs), took, strings.Join(own, ", "), cfg.Workload.Probe.Port)
+	} else {
+		fmt.Fprintf(stderr, "up: %d VM(s) onboarded and Healthy in %s.\n", len(cfg.VMs), took)
+	}
 	if why := s.trafficUncheckable(); why != "" {
 		fmt.Fprintf(stderr, "up: traffic between workloads is not exercised: %s.\n", why)
 	}
@@ -192,38 +214,4 @@ func kubeClients(kubeconfig string) (workload.Clients, error) {
 		return workload.Clients{}, err
 	}
 	return workload.Clients{Kube: kc, Istio: ic}, nil
-}
-
-// labApp runs the recipe's app on a lab VM: an HTTP server on the workload
-// port, as a unit (the recipe runs python3 -m http.server; the lab's Debian
-// has busybox).
-func labApp(ctx context.Context, p machine.Provider, vm string, port int) error {
-	unit := fmt.Sprintf(`[Unit]
-Description=meshvm lab app: HTTP on port %[1]d
-After=network.target
-
-[Service]
-ExecStartPre=/bin/sh -c 'mkdir -p /srv/lab-app && echo "hello from %[2]s" > /srv/lab-app/index.html'
-ExecStart=/bin/busybox httpd -f -p %[1]d -h /srv/lab-app
-Restart=always
-
-[Install]
-WantedBy=multi-user.target
-`, port, vm)
-	const path = "/etc/systemd/system/meshvm-lab-app.service"
-	differ, err := machine.Differing(ctx, p, vm, map[string][]byte{path: []byte(unit)})
-	if err != nil {
-		return err
-	}
-	script := "systemctl enable --no-reload --now meshvm-lab-app.service"
-	if differ[path] {
-		if err := p.Transfer(ctx, vm, path, strings.NewReader(unit), 0o644); err != nil {
-			return err
-		}
-		script = "systemctl daemon-reload && " + script
-	}
-	if out, err := p.Exec(ctx, vm, nil, "sh", "-c", script); err != nil {
-		return fmt.Errorf("lab app: %w: %s", err, out)
-	}
-	return nil
 }

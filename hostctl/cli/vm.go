@@ -43,7 +43,54 @@ func vmCommands(g *globals) []*cobra.Command {
 		(&vmStartCmd{vmCmd{g: g}}).command(),
 		(&vmStopCmd{vmCmd{g: g}}).command(),
 		(&vmLogsCmd{vmCmd: vmCmd{g: g}}).command(),
+		(&vmRevokeCmd{vmCmd{g: g}}).command(),
 	}
+}
+
+type vmRevokeCmd struct{ vmCmd }
+
+func (c *vmRevokeCmd) command() *cobra.Command {
+	return c.flags(&cobra.Command{
+		Use:               "revoke VM...",
+		ValidArgsFunction: c.g.completeVMs(0),
+		Short:             "Revoke VMs' istio-tokens at once: they leave the mesh when their certificates lapse",
+		Long: "revoke deletes the Secret each VM's token is bound to (meshvm-VM in the workload namespace), so the\n" +
+			"API server refuses the token from then on and istiod issues the VM no new certificate. The VM keeps its\n" +
+			"current certificate until it expires. hostctl vm onboard VM issues a new token bound to a new Secret.",
+		Args: cobra.MinimumNArgs(1),
+		RunE: c.run,
+	}, time.Minute)
+}
+
+func (c *vmRevokeCmd) run(cmd *cobra.Command, args []string) error {
+	cfg, _, s, err := c.open(cmd)
+	if err != nil {
+		return err
+	}
+	vms, err := pick(cfg, args)
+	if err != nil {
+		return err
+	}
+	clients, err := kubeClients(s.kubeconfig())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	defer cancel()
+	var errs []error
+	for _, vm := range vms {
+		how, err := workload.Revoke(ctx, clients.Kube, cfg.Workload.Namespace, vm.Name)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
+		case how == "absent":
+			fmt.Fprintf(cmd.ErrOrStderr(), "vm revoke %s: no Secret %s/%s: already revoked, or never onboarded\n", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
+		default:
+			fmt.Fprintf(cmd.ErrOrStderr(), "vm revoke %s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)\n",
+				vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name), vm.Name)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 type vmOnboardCmd struct {
@@ -110,7 +157,8 @@ func pick(cfg config.Config, names []string) ([]config.VM, error) {
 
 type vmAddCmd struct {
 	vmCmd
-	vm config.VM
+	vm  config.VM
+	app bool
 }
 
 func (c *vmAddCmd) command() *cobra.Command {
@@ -128,6 +176,7 @@ func (c *vmAddCmd) command() *cobra.Command {
 	f.StringVar(&c.vm.Address, "address", "", "SSH machines: host or host:port")
 	f.StringVar(&c.vm.User, "user", "", "SSH machines: user (root, or one with passwordless sudo)")
 	f.StringVar(&c.vm.Key, "key", "", "SSH machines: private key file")
+	f.BoolVar(&c.app, "app", true, "run the recipe's app on it (--app=false: it runs its own on the workload port)")
 	return cmd
 }
 
@@ -138,6 +187,9 @@ func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	vm := c.vm
 	vm.Name = args[0]
+	if cmd.Flags().Changed("app") {
+		vm.App = &c.app
+	}
 	probe := cfg
 	probe.VMs = append(append([]config.VM(nil), cfg.VMs...), vm)
 	if _, err := cfg.VM(vm.Name); err != nil {
@@ -212,6 +264,14 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 			errs = append(errs, fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err))
 		} else if gone != "" {
 			fmt.Fprintf(w, "vm rm: WorkloadEntry %s deleted\n", gone)
+		}
+	}
+	// The token goes with the VM even when the machine is already gone.
+	if clients, err := kubeClients(s.kubeconfig()); err == nil {
+		if how, err := workload.Revoke(ctx, clients.Kube, cfg.Workload.Namespace, name); err != nil {
+			errs = append(errs, err)
+		} else if how == "deleted" {
+			fmt.Fprintf(w, "vm rm: token revoked (Secret %s/%s deleted)\n", cfg.Workload.Namespace, workload.CredentialName(name))
 		}
 	}
 	if err := os.RemoveAll(state.Path("vms", name)); err != nil {
@@ -319,11 +379,11 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		}
 		ac.Close()
 		p.step("agent", vm.Name, "answering")
-		e, err := workload.WaitHealthy(ctx, clients, workloadSpec(cfg), m.Address(), c.timeout, prev)
+		_, detail, err := waitOnboarded(ctx, cfg, clients, vm, m.Address(), c.timeout, prev)
 		if err != nil {
 			return fmt.Errorf("%w; then run hostctl vm onboard %s", err, vm.Name)
 		}
-		p.step("healthy", vm.Name, "WorkloadEntry %s Healthy", e.Name)
+		p.step("healthy", vm.Name, "%s", detail)
 		return nil
 	})
 }

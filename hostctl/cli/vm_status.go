@@ -77,7 +77,7 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i] = vmStatus(ctx, cfg, state, site.machines(), entries, entriesErr, vm.Name)
+			out[i] = vmStatus(ctx, cfg, state, site.machines(), entries, entriesErr, vm)
 		}()
 	}
 	wg.Wait()
@@ -97,7 +97,8 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 }
 
 func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machines machine.Provider,
-	entries map[string]workload.Entry, entriesErr error, name string) VMStatus {
+	entries map[string]workload.Entry, entriesErr error, vm config.VM) VMStatus {
+	name := vm.Name
 	s := VMStatus{Name: name}
 	m, err := machines.Info(ctx, name)
 	if err != nil {
@@ -151,17 +152,24 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 			s.App = p.GetError()
 		}
 	}
-	switch {
-	case sc.GetActiveState() != "active":
-		s.Next = fmt.Sprintf("the sidecar is not running: see hostctl vm logs %s, then run hostctl vm onboard %s", name, name)
-	case s.WorkloadEntry == "":
-		s.Next = fmt.Sprintf("no WorkloadEntry: the sidecar has not reached istiod; see hostctl vm logs %s", name)
-	case s.Healthy != "True":
-		s.Next = fmt.Sprintf("WorkloadEntry not Healthy (%s): is the app answering on port %d?", orDash(s.HealthMessage), cfg.Workload.Probe.Port)
-	default:
-		s.OK = true
-	}
+	s.OK, s.Next = judge(cfg, vm, s, sc.GetActiveState())
 	return s
+}
+
+// judge says whether the VM is healthy, else the step that fixes it.
+func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (bool, string) {
+	port := cfg.Workload.Probe.Port
+	switch {
+	case sidecarActive != "active":
+		return false, fmt.Sprintf("the sidecar is not running: see hostctl vm logs %s, then run hostctl vm onboard %s", vm.Name, vm.Name)
+	case s.WorkloadEntry == "":
+		return false, fmt.Sprintf("no WorkloadEntry: the sidecar has not reached istiod; see hostctl vm logs %s", vm.Name)
+	case s.Healthy != "True" && !cfg.RunsApp(vm):
+		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s): hostctl runs no app on %s (app: false), so Healthy waits on yours: start it on port %d", orDash(s.HealthMessage), vm.Name, port)
+	case s.Healthy != "True":
+		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s): is the app answering on port %d?", orDash(s.HealthMessage), port)
+	}
+	return true, ""
 }
 
 func orDash(s string) string {

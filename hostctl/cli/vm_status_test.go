@@ -31,13 +31,42 @@ func TestStatusOfMachinesNotRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: "Stopped"}}}
-	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, "vm1")
+	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, config.VM{Name: "vm1"})
 	if s.OK || s.Machine != "stopped" || s.Address != "" || s.Next != "run hostctl vm start vm1 (or hostctl up)" {
 		t.Errorf("stopped: got %+v", s)
 	}
-	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, "vm2")
+	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, config.VM{Name: "vm2"})
 	if s.OK || s.Machine != "absent" || !strings.Contains(s.Next, "hostctl up") {
 		t.Errorf("absent: got %+v", s)
+	}
+}
+
+// A VM that runs its own app is not Healthy until that app answers: status
+// says so instead of asking whether hostctl's app answers.
+func TestStatusOfAVMWithItsOwnApp(t *testing.T) {
+	cfg := config.Default()
+	off := false
+	own := config.VM{Name: "own", App: &off}
+	registered := VMStatus{WorkloadEntry: "external-app-10.0.0.2", Healthy: "False", HealthMessage: "connection refused"}
+	tests := []struct {
+		name string
+		vm   config.VM
+		s    VMStatus
+		ok   bool
+		want string
+	}{
+		{"hostctl's app down", cfg.VMs[0], registered, false, "(connection refused): is the app answering on port 8000?"},
+		{"own app down", own, registered, false, "hostctl runs no app on own (app: false), so Healthy waits on yours: start it on port 8000"},
+		{"own app up", own, VMStatus{WorkloadEntry: "e", Healthy: "True"}, true, ""},
+		{"own app, not registered", own, VMStatus{}, false, "no WorkloadEntry: the sidecar has not reached istiod"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ok, next := judge(cfg, tt.vm, tt.s, "active")
+			if ok != tt.ok || !strings.Contains(next, tt.want) || (tt.want == "" && next != "") {
+				t.Errorf("got %v %q, want %v %q", ok, next, tt.ok, tt.want)
+			}
+		})
 	}
 }
 

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshvm/meshvm/pkg/multipass"
 )
 
 // DefaultFile is looked up in the working directory when --config is not given.
@@ -112,8 +114,13 @@ type Workload struct {
 	PortName string `json:"portName"`
 	Network  string `json:"network"`
 	Probe    Probe  `json:"probe"`
-	// TokenLifetime of the istio-token (TokenRequest expirationSeconds).
+	// TokenLifetime of the istio-token (TokenRequest expirationSeconds),
+	// bound to the VM's Secret meshvm-<vm>: a VM off for less than this
+	// rejoins on its own; hostctl vm revoke ends it early.
 	TokenLifetime Duration `json:"tokenLifetime"`
+	// CertificateLifetime of the workload certificate pilot-agent asks
+	// istiod for (SECRET_TTL); empty leaves Istio's default, 24h.
+	CertificateLifetime Duration `json:"certificateLifetime"`
 	// App gives every VM the recipe's app: a systemd unit (meshvm-app)
 	// serving HTTP on port, with python3 -m http.server (busybox httpd
 	// where the VM has no python3). false when the VMs run their own app on
@@ -176,7 +183,7 @@ func Default() Config {
 			Namespace: "vmns", ServiceAccount: "vmsa", Group: "external-app",
 			Port: 8000, PortName: "http", Network: "vm-network",
 			Probe:         Probe{Path: "/", Port: 8000, PeriodSeconds: 5, InitialDelaySeconds: 1},
-			TokenLifetime: Duration{time.Hour},
+			TokenLifetime: Duration{30 * 24 * time.Hour},
 			App:           true,
 		},
 		VMs: []VM{{Name: "vm1", Image: "22.04", Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
@@ -309,6 +316,9 @@ func (c Config) Validate() error {
 		bad("workload.probe.port %d is not workload.port %d, where hostctl's app serves: set workload.probe.port to %d (or set workload.app: false and serve port %d yourself)",
 			c.Workload.Probe.Port, c.Workload.Port, c.Workload.Port, c.Workload.Probe.Port)
 	}
+	if d := c.Workload.CertificateLifetime.Duration; d != 0 && d < time.Minute {
+		bad("workload.certificateLifetime %s is shorter than 1m: pilot-agent renews at half the lifetime; set 1m or more (or leave it empty for Istio's 24h)", d)
+	}
 	if c.Workload.TokenLifetime.Duration < 10*time.Minute {
 		bad("workload.tokenLifetime %s is shorter than the API server's 10m minimum", c.Workload.TokenLifetime)
 	}
@@ -329,6 +339,11 @@ func (c Config) Validate() error {
 	for i, vm := range c.VMs {
 		if !dnsLabel.MatchString(vm.Name) {
 			bad("vms[%d].name %q must be a DNS label", i, vm.Name)
+		} else if machines == Multipass {
+			// Checked before anything is launched, with Multipass's own rule.
+			if err := multipass.ValidName(vm.Name); err != nil {
+				bad("vms[%d].name: %v", i, err)
+			}
 		}
 		if seen[vm.Name] {
 			bad("vms[%d].name %q appears twice: VM names must be unique", i, vm.Name)

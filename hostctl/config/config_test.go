@@ -88,6 +88,8 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"lab cluster, multipass VMs", "version: 1\ncluster:\n  provider: lab\nmachines: multipass\n", "reachable only from lab VMs", nil},
 		{"unknown provider", "version: 1\ncluster:\n  provider: vagrant\n", "want multipass, ssh, lab or kubeconfig", nil},
 		{"short token", "version: 1\nworkload:\n  tokenLifetime: 1m\n", "10m minimum", nil},
+		{"short certificate", "version: 1\nworkload:\n  certificateLifetime: 30s\n", "shorter than 1m", nil},
+		{"multipass name", "version: 1\nvms:\n- name: 1vm\n", "invalid multipass instance name", nil},
 		{"bad env number", "version: 1\n", "MESHVM_APP_PORT", map[string]string{"MESHVM_APP_PORT": "eighty"}},
 		{"app not a bool", "version: 1\nworkload:\n  app: maybe\n", "fix the field", nil},
 		{"app's port not probed", "version: 1\nworkload:\n  port: 9000\n", "set workload.probe.port to 9000 (or set workload.app: false", nil},
