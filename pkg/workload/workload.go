@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,7 +23,6 @@ import (
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
-	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
@@ -37,6 +35,23 @@ type Spec struct {
 	ProbePath                        string
 	ProbePort                        int
 	ProbePeriod, ProbeInitialDelay   int32
+	// CertificateLifetime is the workload certificate's lifetime pilot-agent
+	// asks istiod for (SECRET_TTL); zero leaves Istio's default (24 h).
+	CertificateLifetime time.Duration
+}
+
+// proxyConfigAnnotation carries ProxyConfig overrides to the VM's mesh.yaml
+// and cluster.env (istioctl merges it from the WorkloadGroup).
+const proxyConfigAnnotation = "proxy.istio.io/config"
+
+// groupAnnotations are the WorkloadGroup's spec.metadata annotations: the
+// certificate lifetime, when set, as proxy metadata. The VM's files carry it
+// to pilot-agent; the mesh config stays as it is.
+func groupAnnotations(s Spec) map[string]string {
+	if s.CertificateLifetime <= 0 {
+		return nil
+	}
+	return map[string]string{proxyConfigAnnotation: "proxyMetadata:\n  SECRET_TTL: " + s.CertificateLifetime.String() + "\n"}
 }
 
 // Clients are the APIs the workload needs.
@@ -116,7 +131,7 @@ func createdOr(err error) (string, error) {
 // GroupSpec is the WorkloadGroup the recipe creates.
 func GroupSpec(s Spec) *networking.WorkloadGroup {
 	return &networking.WorkloadGroup{
-		Metadata: &networking.WorkloadGroup_ObjectMeta{Labels: map[string]string{"app": s.Group}},
+		Metadata: &networking.WorkloadGroup_ObjectMeta{Labels: map[string]string{"app": s.Group}, Annotations: groupAnnotations(s)},
 		Template: &networking.WorkloadEntry{ServiceAccount: s.ServiceAccount, Network: s.Network, Ports: map[string]uint32{s.PortName: uint32(s.Port)}},
 		Probe: &networking.ReadinessProbe{
 			PeriodSeconds: s.ProbePeriod, InitialDelaySeconds: s.ProbeInitialDelay,
@@ -155,6 +170,7 @@ func equalGroup(a, b *networking.WorkloadGroup) bool {
 		a.GetTemplate().GetNetwork() == b.GetTemplate().GetNetwork() &&
 		fmt.Sprint(a.GetTemplate().GetPorts()) == fmt.Sprint(b.GetTemplate().GetPorts()) &&
 		fmt.Sprint(a.GetMetadata().GetLabels()) == fmt.Sprint(b.GetMetadata().GetLabels()) &&
+		fmt.Sprint(a.GetMetadata().GetAnnotations()) == fmt.Sprint(b.GetMetadata().GetAnnotations()) &&
 		a.GetProbe().GetHttpGet().GetPath() == b.GetProbe().GetHttpGet().GetPath() &&
 		a.GetProbe().GetHttpGet().GetPort() == b.GetProbe().GetHttpGet().GetPort() &&
 		a.GetProbe().GetPeriodSeconds() == b.GetProbe().GetPeriodSeconds() &&

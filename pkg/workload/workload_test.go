@@ -97,6 +97,24 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 		t.Errorf("a token this cluster did not sign was reused (%v)", err)
 	}
 
+	// A certificate lifetime reaches the VM's cluster.env as SECRET_TTL,
+	// through the WorkloadGroup only.
+	short := recipe
+	short.CertificateLifetime = 5 * time.Minute
+	if ch, err := Ensure(ctx, c, short); err != nil || ch[2].Action != "updated" {
+		t.Fatalf("a certificate lifetime: %+v %v, want the WorkloadGroup updated", ch, err)
+	}
+	ttl, err := Files(ctx, c, short, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", VM: "vm1", TokenLifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttlEnv := map[string]string{}
+	if err := envfile.Parse("cluster.env", ttl.ClusterEnv, ttlEnv); err != nil || ttlEnv["SECRET_TTL"] != "5m0s" {
+		t.Errorf("cluster.env SECRET_TTL %q (%v), want 5m0s", ttlEnv["SECRET_TTL"], err)
+	}
+	if ch, _ := Ensure(ctx, c, short); ch[2].Action != "unchanged" {
+		t.Errorf("the same lifetime again: WorkloadGroup %s", ch[2].Action)
+	}
 	credentialsOnLab(t, ctx, c, files.Token)
 }
 
