@@ -197,9 +197,9 @@ const (
 	LogSource_LOG_SOURCE_UNSPECIFIED LogSource = 0
 	// The istio unit's journal.
 	LogSource_LOG_SOURCE_JOURNAL LogSource = 1
-	// /var/log/istio/istio.log.
+	// /var/log/istio/istio.log (a regular file, no symlink).
 	LogSource_LOG_SOURCE_PROXY_LOG LogSource = 2
-	// /var/log/istio/istio.err.log.
+	// /var/log/istio/istio.err.log (a regular file, no symlink).
 	LogSource_LOG_SOURCE_PROXY_ERR_LOG LogSource = 3
 )
 
@@ -1796,7 +1796,8 @@ func (x *SidecarState) GetError() string {
 type SidecarLogsRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Source LogSource              `protobuf:"varint,1,opt,name=source,proto3,enum=meshvm.agent.v1.LogSource" json:"source,omitempty"`
-	// How many lines from the end to send first; 0 means 100.
+	// How many lines from the end to send first; 0 means 100. From a log
+	// file, no line further back than its last 32 MiB is sent.
 	TailLines uint32 `protobuf:"varint,2,opt,name=tail_lines,json=tailLines,proto3" json:"tail_lines,omitempty"`
 	// Keep the stream open and send new lines as they come.
 	Follow        bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
@@ -2092,11 +2093,15 @@ func (x *ResolveDNSResponse) GetError() string {
 type ProbeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kind  ProbeKind              `protobuf:"varint,1,opt,name=kind,proto3,enum=meshvm.agent.v1.ProbeKind" json:"kind,omitempty"`
-	// Defaults to 127.0.0.1; only local addresses are probed.
+	// A loopback address: empty or "localhost" means 127.0.0.1 (never
+	// resolved); otherwise an IP literal in 127.0.0.0/8 or ::1. Anything else
+	// (a name, an interface or remote address) is refused.
 	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	// 1-65535.
 	Port uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
-	// HTTP path; defaults to "/".
-	Path          string               `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// HTTP path (an absolute path, not a URL); defaults to "/".
+	Path string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// Defaults to 3s; at most 30s.
 	Timeout       *durationpb.Duration `protobuf:"bytes,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2239,12 +2244,18 @@ func (x *ProbeResponse) GetError() string {
 type CallServiceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A Kubernetes service name: name.namespace, optionally with .svc or
-	// .svc.cluster.local. Nothing else is called.
+	// .svc.cluster.local (DNS labels, lower case). Nothing else is called: no
+	// IP literal, URL or other host name. The agent resolves the absolute
+	// name.namespace.svc.cluster.local. once (no search domains), refuses it
+	// if any address is loopback, link-local, multicast or unspecified (as a
+	// name /etc/hosts maps there would be), and connects to the checked
+	// address itself. The request's Host header is this field as given.
 	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// 1-65535.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	// HTTP path; defaults to "/".
+	// HTTP path (an absolute path, not a URL); defaults to "/".
 	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
-	// Defaults to 5s.
+	// Defaults to 3s; at most 30s. Redirects are not followed.
 	Timeout       *durationpb.Duration `protobuf:"bytes,4,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -46,7 +46,11 @@ const (
 type AgentServiceClient interface {
 	// GetVersion returns the agent version and the capabilities it supports.
 	GetVersion(ctx context.Context, in *GetVersionRequest, opts ...grpc.CallOption) (*GetVersionResponse, error)
-	// GetStatus is the agent's whole view of the VM in one call.
+	// GetStatus is the agent's whole view of the VM in one call. The
+	// workload certificate and token are read where istio-proxy can write, so
+	// they are read as untrusted: at most 1 MiB each, never through a symlink,
+	// regular files only (a FIFO or device is reported as an error, never
+	// waited on).
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
 	// Install replays the istio-sidecar postinst as ordered, idempotent steps.
 	Install(ctx context.Context, in *InstallRequest, opts ...grpc.CallOption) (*InstallResponse, error)
@@ -63,17 +67,22 @@ type AgentServiceClient interface {
 	ControlSidecar(ctx context.Context, in *ControlSidecarRequest, opts ...grpc.CallOption) (*ControlSidecarResponse, error)
 	// GetSidecar reports the istio unit's state.
 	GetSidecar(ctx context.Context, in *GetSidecarRequest, opts ...grpc.CallOption) (*GetSidecarResponse, error)
-	// SidecarLogs streams the unit's journal or the proxy's log files.
+	// SidecarLogs streams the unit's journal or the proxy's log files. Only
+	// the sources of LogSource are read; a log file is opened without
+	// following symlinks and only if it is a regular file, at most its last
+	// 32 MiB are sent, and the stream ends when the call is cancelled.
 	SidecarLogs(ctx context.Context, in *SidecarLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SidecarLogsResponse], error)
 	// ResolveDNS resolves a name on the VM.
 	ResolveDNS(ctx context.Context, in *ResolveDNSRequest, opts ...grpc.CallOption) (*ResolveDNSResponse, error)
-	// Probe checks a local HTTP or TCP endpoint.
+	// Probe checks an HTTP or TCP port on the VM's loopback interface only
+	// (see ProbeRequest.host); any other address is InvalidArgument.
 	Probe(ctx context.Context, in *ProbeRequest, opts ...grpc.CallOption) (*ProbeResponse, error)
 	// CheckNetwork reports firewall backends, Istio chains, interfaces and routes.
 	CheckNetwork(ctx context.Context, in *CheckNetworkRequest, opts ...grpc.CallOption) (*CheckNetworkResponse, error)
 	// CallService sends an HTTP GET from the VM to a mesh service, by its
 	// Kubernetes name, through the VM's resolver and the sidecar's capture:
-	// the VM reaching the mesh (hostctl verify).
+	// the VM reaching the mesh (hostctl verify). It reaches nothing else: see
+	// CallServiceRequest.host. A refused name or port is InvalidArgument.
 	CallService(ctx context.Context, in *CallServiceRequest, opts ...grpc.CallOption) (*CallServiceResponse, error)
 }
 
@@ -236,7 +245,11 @@ func (c *agentServiceClient) CallService(ctx context.Context, in *CallServiceReq
 type AgentServiceServer interface {
 	// GetVersion returns the agent version and the capabilities it supports.
 	GetVersion(context.Context, *GetVersionRequest) (*GetVersionResponse, error)
-	// GetStatus is the agent's whole view of the VM in one call.
+	// GetStatus is the agent's whole view of the VM in one call. The
+	// workload certificate and token are read where istio-proxy can write, so
+	// they are read as untrusted: at most 1 MiB each, never through a symlink,
+	// regular files only (a FIFO or device is reported as an error, never
+	// waited on).
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
 	// Install replays the istio-sidecar postinst as ordered, idempotent steps.
 	Install(context.Context, *InstallRequest) (*InstallResponse, error)
@@ -253,17 +266,22 @@ type AgentServiceServer interface {
 	ControlSidecar(context.Context, *ControlSidecarRequest) (*ControlSidecarResponse, error)
 	// GetSidecar reports the istio unit's state.
 	GetSidecar(context.Context, *GetSidecarRequest) (*GetSidecarResponse, error)
-	// SidecarLogs streams the unit's journal or the proxy's log files.
+	// SidecarLogs streams the unit's journal or the proxy's log files. Only
+	// the sources of LogSource are read; a log file is opened without
+	// following symlinks and only if it is a regular file, at most its last
+	// 32 MiB are sent, and the stream ends when the call is cancelled.
 	SidecarLogs(*SidecarLogsRequest, grpc.ServerStreamingServer[SidecarLogsResponse]) error
 	// ResolveDNS resolves a name on the VM.
 	ResolveDNS(context.Context, *ResolveDNSRequest) (*ResolveDNSResponse, error)
-	// Probe checks a local HTTP or TCP endpoint.
+	// Probe checks an HTTP or TCP port on the VM's loopback interface only
+	// (see ProbeRequest.host); any other address is InvalidArgument.
 	Probe(context.Context, *ProbeRequest) (*ProbeResponse, error)
 	// CheckNetwork reports firewall backends, Istio chains, interfaces and routes.
 	CheckNetwork(context.Context, *CheckNetworkRequest) (*CheckNetworkResponse, error)
 	// CallService sends an HTTP GET from the VM to a mesh service, by its
 	// Kubernetes name, through the VM's resolver and the sidecar's capture:
-	// the VM reaching the mesh (hostctl verify).
+	// the VM reaching the mesh (hostctl verify). It reaches nothing else: see
+	// CallServiceRequest.host. A refused name or port is InvalidArgument.
 	CallService(context.Context, *CallServiceRequest) (*CallServiceResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
