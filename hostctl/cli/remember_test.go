@@ -62,10 +62,10 @@ func TestCommandsTakeTheSiteUpWasGiven(t *testing.T) {
 	if p, _, _ := providerIn(t, out); err != nil || p != "multipass" {
 		t.Errorf("--provider multipass: %s, %v, want the flag to win", p, err)
 	}
-	t.Setenv("MESHVM_PROVIDER", "ssh")
-	out, _ = run(t, "config", "show", "-o", "json")
-	if p, _, _ := providerIn(t, out); p != "ssh" {
-		t.Errorf("MESHVM_PROVIDER=ssh: %s, want the environment to win", p)
+	t.Setenv("MESHVM_PROVIDER", "multipass")
+	out, err = run(t, "config", "show", "-o", "json")
+	if p, _, _ := providerIn(t, out); err != nil || p != "multipass" {
+		t.Errorf("MESHVM_PROVIDER=multipass: %s, %v, want the environment to win", p, err)
 	}
 	t.Setenv("MESHVM_PROVIDER", "")
 
