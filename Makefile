@@ -97,6 +97,10 @@ vet: ## go vet
 test: check-generate proto-lint vet vet-darwin build ## Run every check and test, the lab end to end included (what CI runs)
 	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -race -count=1 -p 1 -timeout 60m ./...
 
+.PHONY: test-multipass
+test-multipass: build ## The Multipass stand-in's lab tests (root): the stand-in alone, then hostctl up with machines: multipass
+	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 MESHVM_LAB_MULTIPASS=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/labmultipass ./hostctl/cli
+
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector
 	go test -short ./...

@@ -21,7 +21,7 @@ import (
 // multipass CLI against a daemon directory of its own.
 func standin(t *testing.T) (run func(stdin string, args ...string) (stdout, stderr string, code int), bin, dir string) {
 	t.Helper()
-	labtest.RequireVMs(t)
+	labtest.RequireMultipassStandin(t)
 	work := t.TempDir()
 	bin = filepath.Join(work, "multipass")
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/multipass").CombinedOutput(); err != nil {

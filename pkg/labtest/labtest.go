@@ -32,3 +32,15 @@ func RequireBuild(t *testing.T) {
 
 // Cache is the shared lab cache directory.
 func Cache() string { return labbuild.DefaultCacheDir() }
+
+// RequireMultipassStandin skips unless MESHVM_LAB_MULTIPASS is set (make
+// test-multipass sets it): the Multipass stand-in's VMs boot a second image,
+// Debian with cloud-init. These tests are kept out of make test until they
+// have passed on a lab (see the README's Tests section).
+func RequireMultipassStandin(t *testing.T) {
+	t.Helper()
+	RequireVMs(t)
+	if os.Getenv("MESHVM_LAB_MULTIPASS") == "" {
+		t.Skip("Multipass stand-in test: set MESHVM_LAB_MULTIPASS=1 (make test-multipass) to run it")
+	}
+}
