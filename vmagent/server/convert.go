@@ -156,10 +156,11 @@ func osRelease(root *fsroot.Root) string {
 	return ""
 }
 
-// svcIP reads ISTIO_SVC_IP from the delivered cluster.env.
+// svcIP reads ISTIO_SVC_IP from the delivered cluster.env. Its directory is
+// istio-proxy's: read as untrusted (no links, regular file only, capped).
 func svcIP(root *fsroot.Root) string {
 	const p = "/var/lib/istio/envoy/cluster.env"
-	data, err := root.ReadFile(p)
+	data, err := root.ReadLimited(p, 1<<20)
 	if err != nil {
 		return ""
 	}
