@@ -26,7 +26,8 @@ const credentialType corev1.SecretType = "meshvm.io/vm-credential"
 
 // CredentialName is the Secret a VM's istio-token is bound to: while it
 // exists the token is valid until it expires; deleting it revokes the token
-// at once (the API server's TokenReview checks the bound object).
+// (the API server's TokenReview checks the bound object, within the 10 s it
+// keeps a successful review cached).
 func CredentialName(vm string) string { return "meshvm-" + vm }
 
 // Token is an istio-token issued for a VM.
