@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshvm/meshvm/pkg/labmultipass"
-	"github.com/meshvm/meshvm/pkg/labtest"
 	"github.com/meshvm/meshvm/pkg/procs"
 )
 
@@ -29,7 +28,6 @@ import (
 // by itself), an instance left Starting by a killed launch that the next
 // up recovers, and down.
 func TestUpOnMultipass(t *testing.T) {
-	labtest.RequireMultipassStandin(t)
 	root, work, labCfg, state := labSetup(t, "mpe1", "mpe2")
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()

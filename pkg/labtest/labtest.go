@@ -34,9 +34,9 @@ func RequireBuild(t *testing.T) {
 func Cache() string { return labbuild.DefaultCacheDir() }
 
 // RequireMultipassStandin skips unless MESHVM_LAB_MULTIPASS is set (make
-// test-multipass sets it): the Multipass stand-in's VMs boot a second image,
-// Debian with cloud-init. These tests are kept out of make test until they
-// have passed on a lab (see the README's Tests section).
+// test-multipass sets it): the stand-in's own test of every Multipass
+// command, kept out of make test until it passes on a lab (see the README's
+// Tests section). TestUpOnMultipass, which drives it through hostctl, is in.
 func RequireMultipassStandin(t *testing.T) {
 	t.Helper()
 	RequireVMs(t)
