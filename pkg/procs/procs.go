@@ -59,7 +59,14 @@ func (d Dir) Start(s Spec) (int, error) {
 	}
 	pid := cmd.Process.Pid
 	go cmd.Wait() // reap it if it ends while this process lives
-	if err := os.WriteFile(d.pidPath(s.Name), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+	// The start time with the PID names this process and no later one that
+	// reuses the PID; it is set at fork, so it can be read at once (argv in
+	// /proc/<pid>/cmdline is briefly empty while exec maps the program).
+	rec := strconv.Itoa(pid)
+	if st, ok := startTime(pid); ok {
+		rec += " " + st
+	}
+	if err := os.WriteFile(d.pidPath(s.Name), []byte(rec+"\n"), 0o600); err != nil {
 		return 0, err
 	}
 	return pid, nil
@@ -71,30 +78,56 @@ func (d Dir) Running(name string) (int, bool) {
 	if err != nil {
 		return 0, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	rec := strings.Fields(string(data))
+	if len(rec) == 0 {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(rec[0])
 	if err != nil || !Alive(pid) {
 		return 0, false
 	}
+	if len(rec) > 1 {
+		if st, ok := startTime(pid); !ok || st != rec[1] {
+			return 0, false // the PID was reused by something else
+		}
+		return pid, true
+	}
+	// A PID file without a start time (written by an older meshvm).
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	if err != nil || !strings.Contains(string(cmdline), name) {
-		return 0, false // the PID was reused by something else
+		return 0, false
 	}
 	return pid, true
 }
 
 // Alive reports whether pid runs (a zombie has exited).
 func Alive(pid int) bool {
+	f := statFields(pid)
+	return len(f) > 0 && f[0] != "Z"
+}
+
+// startTime is field 22 of /proc/<pid>/stat: when the process started, in
+// clock ticks since boot.
+func startTime(pid int) (string, bool) {
+	f := statFields(pid)
+	if len(f) < 20 {
+		return "", false
+	}
+	return f[19], true
+}
+
+// statFields are the fields of /proc/<pid>/stat from the state (field 3) on,
+// after the parenthesised command name, which may hold spaces.
+func statFields(pid int) []string {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return false
+		return nil
 	}
-	// The state follows the parenthesised command name.
 	rest := string(stat)
 	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
 		rest = rest[i+1:]
 	}
-	f := strings.Fields(rest)
-	return len(f) > 0 && f[0] != "Z"
+	return strings.Fields(rest)
 }
 
 // Stop sends SIGTERM, waits up to grace, then SIGKILL.

@@ -2,6 +2,8 @@ package procs
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -33,5 +35,34 @@ func TestStartFindStop(t *testing.T) {
 	err = d.WaitReady(context.Background(), "false", pid, time.Minute, func(context.Context) error { return context.DeadlineExceeded })
 	if err == nil || !strings.Contains(err.Error(), "exited while starting") {
 		t.Errorf("got %v, want an exit report", err)
+	}
+}
+
+// A PID file whose process was replaced by another with the same PID (here:
+// the same PID, another start time) is not reported running, even when the
+// new program's command line carries the name.
+func TestReusedPIDIsNotRunning(t *testing.T) {
+	d := Dir(t.TempDir())
+	pid, err := d.Start(Spec{Name: "sleep", Bin: "sleep", Args: []string{"300"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop(context.Background(), "sleep", 5*time.Second)
+	st, ok := startTime(pid)
+	if !ok {
+		t.Fatal("no start time for a running process")
+	}
+	if err := os.WriteFile(d.pidPath("sleep"), []byte(fmt.Sprintf("%d %s1\n", pid, st)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := d.Running("sleep"); ok {
+		t.Error("a PID with another start time reported running")
+	}
+	// An older PID file (PID only) still finds it by its command line.
+	if err := os.WriteFile(d.pidPath("sleep"), []byte(fmt.Sprintf("%d\n", pid)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := d.Running("sleep"); !ok || got != pid {
+		t.Errorf("PID-only file: got %d %v, want %d", got, ok, pid)
 	}
 }
