@@ -98,8 +98,8 @@ test: check-generate proto-lint vet vet-darwin build ## Run every check and test
 	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -race -count=1 -p 1 -timeout 60m ./...
 
 .PHONY: test-multipass
-test-multipass: build ## The Multipass stand-in's own lab test, every command (root; not yet in make test), and hostctl up through it
-	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 MESHVM_LAB_MULTIPASS=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/labmultipass ./hostctl/cli
+test-multipass: build ## Only the Multipass lab tests (root; make test runs them too): the stand-in's every command, and hostctl up through it
+	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/labmultipass ./hostctl/cli
 
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector

@@ -205,9 +205,12 @@ func (p *Provider) Info(ctx context.Context, name string) (machine.Machine, erro
 	if err != nil {
 		return machine.Machine{}, err
 	}
-	m := machine.Machine{Name: name, State: "Stopped", Addresses: []string{spec.VMIP.String()}, Arch: runtime.GOARCH}
-	if _, ok := labvm.Open(p.log, spec); ok {
-		m.State = "Running"
+	m := machine.Machine{Name: name, State: string(machine.Stopped), Addresses: []string{spec.VMIP.String()}, Arch: runtime.GOARCH}
+	switch vm, ok := labvm.Open(p.log, spec); {
+	case ok:
+		m.State = string(machine.Running)
+	case vm != nil:
+		m.State = string(machine.Starting)
 	}
 	return m, nil
 }
@@ -275,8 +278,12 @@ func (p *Provider) Transfer(ctx context.Context, name, dst string, data io.Reade
 
 // Stop powers the VM off, keeping its disk.
 func (p *Provider) Stop(ctx context.Context, name string) error {
-	vm, _, err := p.open(name)
+	spec, err := p.spec(name, false)
 	if err != nil {
+		return err
+	}
+	vm, _ := labvm.Open(p.log, spec) // also one still booting
+	if vm == nil {
 		return nil // already stopped
 	}
 	return vm.Stop(ctx)
@@ -291,8 +298,8 @@ func (p *Provider) Delete(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	vm, ok := labvm.Open(p.log, spec)
-	if !ok {
+	vm, _ := labvm.Open(p.log, spec)
+	if vm == nil {
 		vm = &labvm.VM{Spec: spec}
 	}
 	return errors.Join(vm.Remove(ctx), os.Remove(p.recordPath(name)))

@@ -21,7 +21,7 @@ import (
 // multipass CLI against a daemon directory of its own.
 func standin(t *testing.T) (run func(stdin string, args ...string) (stdout, stderr string, code int), bin, dir string) {
 	t.Helper()
-	labtest.RequireMultipassStandin(t)
+	labtest.RequireVMs(t)
 	work := t.TempDir()
 	bin = filepath.Join(work, "multipass")
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/multipass").CombinedOutput(); err != nil {
@@ -33,6 +33,9 @@ func standin(t *testing.T) (run func(stdin string, args ...string) (stdout, stde
 	run = func(stdin string, args ...string) (string, string, int) {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
+		// A client's environment as a service or CI gives it: no SHELL, no
+		// HOME; and one variable that must not reach the instance.
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), DirEnv + "=" + dir, "MESHVM_CALLER_ONLY=1"}
 		var out, errOut bytes.Buffer
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errOut
 		err := cmd.Run()
@@ -65,7 +68,8 @@ type infoJSON struct {
 // start waits it out.
 func TestStandinOnLabVM(t *testing.T) {
 	mp, bin, _ := standin(t)
-	t.Cleanup(func() { mp("", "delete", "--purge", "sm1", "sm2") })
+	// One at a time: delete fails whole when one name does not exist.
+	t.Cleanup(func() { mp("", "delete", "--purge", "sm1"); mp("", "delete", "--purge", "sm2") })
 	info := func(name string) (infoJSON, int) {
 		t.Helper()
 		out, stderr, code := mp("", "info", name, "--format", "json")
@@ -103,6 +107,10 @@ func TestStandinOnLabVM(t *testing.T) {
 	if out, _, _ := mp("", "exec", "sm1", "-n", "--", "pwd"); out != "/home/ubuntu\n" {
 		t.Errorf("exec runs from %q, want the ubuntu user's home", out)
 	}
+	// sshd's environment for the user, none of the client's.
+	if out, _, _ := mp("", "exec", "sm1", "-n", "--", "sh", "-c", `echo "$SHELL $HOME $USER [$MESHVM_CALLER_ONLY]"`); out != "/bin/bash /home/ubuntu ubuntu []\n" {
+		t.Errorf("exec environment: got %q, want the ubuntu user's shell, home and name and nothing of the caller's", out)
+	}
 
 	// transfer: stdin and a file, written as ubuntu, modes as SFTP leaves them.
 	if _, stderr, code := mp("hello", "transfer", "-", "sm1:/tmp/in.txt"); code != 0 {
@@ -116,6 +124,11 @@ func TestStandinOnLabVM(t *testing.T) {
 	out, _, _ = mp("", "exec", "sm1", "-n", "--", "stat", "-c", "%U %a %s %n", "/tmp/in.txt", "/tmp/local.bin")
 	if out != "ubuntu 644 5 /tmp/in.txt\nubuntu 600 4 /tmp/local.bin\n" {
 		t.Errorf("transferred files: got %q", out)
+	}
+	// A relative target is under the user's home, which (unlike /tmp,
+	// emptied at boot) keeps it across a restart.
+	if _, stderr, code := mp("kept", "transfer", "-", "sm1:kept.txt"); code != 0 {
+		t.Errorf("transfer to a relative path: exit %d %s", code, stderr)
 	}
 	if _, stderr, code := mp("x", "transfer", "-", "sm1:/etc/forbidden"); code != 2 || !strings.Contains(stderr, "cannot open remote file /etc/forbidden") {
 		t.Errorf("transfer where ubuntu may not write: exit %d %q", code, stderr)
@@ -159,7 +172,7 @@ func TestStandinOnLabVM(t *testing.T) {
 		t.Errorf("transfer to a stopped instance: exit %d %q", code, stderr)
 	}
 	// exec on a stopped instance starts it (the client's retry); its disk was kept.
-	if out, stderr, code := mp("", "exec", "sm1", "-n", "--", "cat", "/tmp/in.txt"); code != 0 || out != "hello" {
+	if out, stderr, code := mp("", "exec", "sm1", "-n", "--", "cat", "/home/ubuntu/kept.txt"); code != 0 || out != "kept" {
 		t.Errorf("exec on a stopped instance: exit %d, %q %s; want it started and the file kept", code, out, stderr)
 	}
 	if i, _ := info("sm1"); i.Info["sm1"].State != "Running" {

@@ -477,8 +477,8 @@ func (d *daemon) list(ctx context.Context, args []string) int {
 // RuntimeInstanceInfoHelper asks, one "key: value" a line. The root is an
 // overlay, so df looks at / rather than at ext4 file systems.
 const runtimeScript = `echo "loadavg: $(cut -d ' ' -f1-3 /proc/loadavg)"
-echo "mem_total: $(awk '/^MemTotal:/ {print $2 * 1024}' /proc/meminfo)"
-echo "mem_usage: $(awk '/^MemTotal:/ {t = $2} /^MemAvailable:/ {a = $2} END {print (t - a) * 1024}' /proc/meminfo)"
+echo "mem_total: $(awk '/^MemTotal:/ {printf "%.0f", $2 * 1024}' /proc/meminfo)"
+echo "mem_usage: $(awk '/^MemTotal:/ {t = $2} /^MemAvailable:/ {a = $2} END {printf "%.0f", (t - a) * 1024}' /proc/meminfo)"
 echo "disk_usage: $(df -B1 --output=used / | tail -n 1 | tr -d ' ')"
 echo "disk_total: $(df -B1 --output=size / | tail -n 1 | tr -d ' ')"
 echo "cpus: $(nproc)"
@@ -580,13 +580,34 @@ func (d *daemon) exec(ctx context.Context, args []string) int {
 	if hasDir {
 		line = commandLine([]string{"cd", dir}) + "&&" + line
 	}
-	// As sshd runs an exec request: the user's shell with -c, from home.
-	c, err := d.lab.Command(ctx, in.LabName, "runuser", "-u", "ubuntu", "--", "sh", "-c", `cd && exec "$SHELL" -c "$1"`, "sh", line)
+	c, err := d.sshSession(ctx, in.LabName, line)
 	if err != nil {
 		return d.failed("exec", err.Error(), "")
 	}
 	c.Stdin, c.Stdout, c.Stderr = d.stdin, d.stdout, d.stderr
 	return exitCode(c.Run())
+}
+
+// sessionScript runs $1 as sshd runs a session's command for the ubuntu
+// user: its login shell from passwd with -c, from its home, in sshd's
+// environment and none of the caller's (a Multipass client's environment
+// never reaches the instance).
+const sessionScript = `ent=$(getent passwd ubuntu) || { echo "no user ubuntu in the instance" >&2; exit 255; }
+home=$(printf %s "$ent" | cut -d: -f6)
+shell=$(printf %s "$ent" | cut -d: -f7)
+cd "$home" || exit 255
+exec runuser -u ubuntu -- env -i HOME="$home" USER=ubuntu LOGNAME=ubuntu SHELL="$shell" MAIL=/var/mail/ubuntu \
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/games:/usr/local/games:/snap/bin \
+  "$shell" -c "$1"`
+
+// sshSession is the command that runs line in the lab VM as an SSH session.
+func (d *daemon) sshSession(ctx context.Context, labName, line string) (*exec.Cmd, error) {
+	c, err := d.lab.Command(ctx, labName, "sh", "-c", sessionScript, "sh", line)
+	if err != nil {
+		return nil, err
+	}
+	c.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"} // for nsenter itself
+	return c, nil
 }
 
 func exitCode(err error) int {
@@ -617,7 +638,8 @@ elif [ ! -e "$t" ]; then
   if [ ! -d "$p" ]; then echo "remote target does not exist" >&2; exit 2; fi
 fi
 umask 022
-if ! : > "$t" 2>/dev/null; then echo "cannot open remote file $t: SFTP server: Permission denied" >&2; exit 2; fi
+# A subshell: in sh a failed redirection of ":" (a special built-in) ends the script.
+if ! (: > "$t") 2>/dev/null; then echo "cannot open remote file $t: SFTP server: Permission denied" >&2; exit 2; fi
 cat > "$t" || exit 2
 if [ -n "$4" ]; then chmod "$4" "$t" || { echo "cannot set permissions for remote file $t" >&2; exit 2; }; fi
 `
@@ -684,7 +706,7 @@ func (d *daemon) transfer(ctx context.Context, args []string) int {
 			defer f.Close()
 			data, base, mode = f, filepath.Base(src), fmt.Sprintf("%o", st.Mode().Perm())
 		}
-		c, err := d.lab.Command(ctx, in.LabName, "runuser", "-u", "ubuntu", "--", "sh", "-c", `cd && exec sh -c "$1" sh "$2" "$3" "$4" "$5"`, "sh", transferScript, tPath, base, mk, mode)
+		c, err := d.sshSession(ctx, in.LabName, commandLine([]string{"sh", "-c", transferScript, "sh", tPath, base, mk, mode}))
 		if err != nil {
 			return d.failed("transfer", err.Error(), "")
 		}

@@ -32,15 +32,3 @@ func RequireBuild(t *testing.T) {
 
 // Cache is the shared lab cache directory.
 func Cache() string { return labbuild.DefaultCacheDir() }
-
-// RequireMultipassStandin skips unless MESHVM_LAB_MULTIPASS is set (make
-// test-multipass sets it): the stand-in's own test of every Multipass
-// command, kept out of make test until it passes on a lab (see the README's
-// Tests section). TestUpOnMultipass, which drives it through hostctl, is in.
-func RequireMultipassStandin(t *testing.T) {
-	t.Helper()
-	RequireVMs(t)
-	if os.Getenv("MESHVM_LAB_MULTIPASS") == "" {
-		t.Skip("Multipass stand-in test: set MESHVM_LAB_MULTIPASS=1 (make test-multipass) to run it")
-	}
-}

@@ -113,23 +113,53 @@ func pidFile(dir string) string { return dir + ".pid" }
 func upperDir(dir string) string { return dir + ".upper" }
 func workDir(dir string) string  { return dir + ".work" }
 
-// Open returns the VM in s.Dir if it is running.
-func Open(log *slog.Logger, s Spec) (*VM, bool) {
-	data, err := os.ReadFile(pidFile(s.Dir))
-	if err != nil {
+// Open returns the VM in s.Dir if it is running. While its systemd-nspawn
+// runs but the container's init is not up yet (a launch cut off mid-boot),
+// it returns the VM with ok false: there must not be a second nspawn.
+func Open(log *slog.Logger, s Spec) (vm *VM, ok bool) {
+	pid := nspawnOf(s.Dir)
+	if pid == 0 {
 		return nil, false
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || !isNspawn(pid) {
-		return nil, false
-	}
-	vm := &VM{Spec: s, log: log.With("vm", s.Name), nspawn: pid, leader: childOf(pid)}
+	vm = &VM{Spec: s, log: log.With("vm", s.Name), nspawn: pid, leader: childOf(pid)}
 	return vm, vm.leader != 0
 }
 
-func isNspawn(pid int) bool {
+// nspawnOf is the PID of the systemd-nspawn booting dir: the one in the PID
+// file, else one found by its command line (a launch killed between starting
+// nspawn and writing the file), else 0.
+func nspawnOf(dir string) int {
+	if data, err := os.ReadFile(pidFile(dir)); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && nspawnFor(pid, dir) {
+			return pid
+		}
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && nspawnFor(pid, dir) {
+			os.WriteFile(pidFile(dir), []byte(strconv.Itoa(pid)+"\n"), 0o600)
+			return pid
+		}
+	}
+	return 0
+}
+
+// nspawnFor reports whether pid is a systemd-nspawn with -D dir.
+func nspawnFor(pid int, dir string) bool {
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && strings.Contains(string(cmdline), "systemd-nspawn")
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if len(args) == 0 || filepath.Base(args[0]) != "systemd-nspawn" {
+		return false
+	}
+	for i := 1; i+1 < len(args); i++ {
+		if args[i] == "-D" && args[i+1] == dir {
+			return true
+		}
+	}
+	return false
 }
 
 // Launch mounts the root filesystem, creates the network and boots systemd,
@@ -137,6 +167,11 @@ func isNspawn(pid int) bool {
 // reports the system running (or degraded).
 func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	if vm, ok := Open(log, s); ok {
+		return vm, nil
+	} else if vm != nil {
+		if err := vm.waitRunning(ctx); err != nil {
+			return nil, err
+		}
 		return vm, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(s.Dir), 0o755); err != nil {
@@ -197,7 +232,7 @@ func (vm *VM) waitRunning(ctx context.Context) error {
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
-		if !isNspawn(vm.nspawn) {
+		if !nspawnFor(vm.nspawn, vm.Dir) {
 			return fmt.Errorf("systemd-nspawn exited during boot: see %s.console.log", vm.Dir)
 		}
 		// Asked again each time: while nspawn sets the container up, its
@@ -265,16 +300,22 @@ func (vm *VM) Leader() int { return vm.leader }
 
 // Stop powers the VM off, waits for it, and removes its network.
 func (vm *VM) Stop(ctx context.Context) error {
+	if vm.leader == 0 && vm.nspawn != 0 {
+		vm.leader = childOf(vm.nspawn)
+	}
+	grace := 30 * time.Second
 	if vm.leader != 0 {
 		vm.Exec(ctx, "systemctl", "poweroff", "--no-block")
+	} else {
+		grace = 0 // nspawn is still setting up: nothing inside to power off
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for isNspawn(vm.nspawn) && time.Now().Before(deadline) {
+	deadline := time.Now().Add(grace)
+	for nspawnFor(vm.nspawn, vm.Dir) && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if isNspawn(vm.nspawn) {
+	if nspawnFor(vm.nspawn, vm.Dir) {
 		syscall.Kill(vm.nspawn, syscall.SIGKILL)
-		for i := 0; isNspawn(vm.nspawn) && i < 50; i++ {
+		for i := 0; nspawnFor(vm.nspawn, vm.Dir) && i < 50; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
