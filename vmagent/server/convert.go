@@ -73,10 +73,15 @@ func certInfo(path string, c credinfo.Certificate) *agentv1.CertificateInfo {
 }
 
 func tokenInfo(path, persistent string, t credinfo.Token) *agentv1.TokenInfo {
-	return &agentv1.TokenInfo{
+	out := &agentv1.TokenInfo{
 		Path: path, Subject: t.Subject, Audiences: t.Audiences,
 		ExpiresAt: timestamppb.New(t.ExpiresAt), PersistentPath: persistent,
+		BoundSecretName: t.BoundSecret.Name, BoundSecretUid: t.BoundSecret.UID,
 	}
+	if !t.IssuedAt.IsZero() {
+		out.IssuedAt = timestamppb.New(t.IssuedAt)
+	}
+	return out
 }
 
 func fileStat(f vmfiles.Stat) *agentv1.FileStat {

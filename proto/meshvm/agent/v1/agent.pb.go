@@ -725,8 +725,14 @@ type TokenInfo struct {
 	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	// Where the copy that survives a reboot lives.
 	PersistentPath string `protobuf:"bytes,5,opt,name=persistent_path,json=persistentPath,proto3" json:"persistent_path,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// When it was issued; with expires_at, its lifetime (rotated past half).
+	IssuedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
+	// The Secret a bound token dies with (kubernetes.io claims); empty for an
+	// unbound token. Deleting that Secret revokes the token.
+	BoundSecretName string `protobuf:"bytes,7,opt,name=bound_secret_name,json=boundSecretName,proto3" json:"bound_secret_name,omitempty"`
+	BoundSecretUid  string `protobuf:"bytes,8,opt,name=bound_secret_uid,json=boundSecretUid,proto3" json:"bound_secret_uid,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TokenInfo) Reset() {
@@ -790,6 +796,27 @@ func (x *TokenInfo) GetExpiresAt() *timestamppb.Timestamp {
 func (x *TokenInfo) GetPersistentPath() string {
 	if x != nil {
 		return x.PersistentPath
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetIssuedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.IssuedAt
+	}
+	return nil
+}
+
+func (x *TokenInfo) GetBoundSecretName() string {
+	if x != nil {
+		return x.BoundSecretName
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetBoundSecretUid() string {
+	if x != nil {
+		return x.BoundSecretUid
 	}
 	return ""
 }
@@ -2758,14 +2785,17 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\buri_sans\x18\x03 \x03(\tR\auriSans\x129\n" +
 	"\n" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
-	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xbb\x01\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xca\x02\n" +
 	"\tTokenInfo\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1c\n" +
 	"\taudiences\x18\x03 \x03(\tR\taudiences\x129\n" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12'\n" +
-	"\x0fpersistent_path\x18\x05 \x01(\tR\x0epersistentPath\"k\n" +
+	"\x0fpersistent_path\x18\x05 \x01(\tR\x0epersistentPath\x127\n" +
+	"\tissued_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12*\n" +
+	"\x11bound_secret_name\x18\a \x01(\tR\x0fboundSecretName\x12(\n" +
+	"\x10bound_secret_uid\x18\b \x01(\tR\x0eboundSecretUid\"k\n" +
 	"\x0eInstallRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12@\n" +
 	"\rhosts_entries\x18\x02 \x03(\v2\x1b.meshvm.agent.v1.HostsEntryR\fhostsEntries\"2\n" +
@@ -3020,62 +3050,63 @@ var file_meshvm_agent_v1_agent_proto_depIdxs = []int32{
 	44, // 8: meshvm.agent.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
 	44, // 9: meshvm.agent.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
 	44, // 10: meshvm.agent.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	13, // 11: meshvm.agent.v1.InstallRequest.hosts_entries:type_name -> meshvm.agent.v1.HostsEntry
-	17, // 12: meshvm.agent.v1.InstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
-	17, // 13: meshvm.agent.v1.UninstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
-	0,  // 14: meshvm.agent.v1.StepResult.outcome:type_name -> meshvm.agent.v1.StepOutcome
-	20, // 15: meshvm.agent.v1.StatFilesResponse.files:type_name -> meshvm.agent.v1.FileStat
-	22, // 16: meshvm.agent.v1.PutFileRequest.header:type_name -> meshvm.agent.v1.FileHeader
-	1,  // 17: meshvm.agent.v1.PutFileResponse.outcome:type_name -> meshvm.agent.v1.FileOutcome
-	2,  // 18: meshvm.agent.v1.ControlSidecarRequest.action:type_name -> meshvm.agent.v1.SidecarAction
-	28, // 19: meshvm.agent.v1.ControlSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	28, // 20: meshvm.agent.v1.GetSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	44, // 21: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
-	3,  // 22: meshvm.agent.v1.SidecarLogsRequest.source:type_name -> meshvm.agent.v1.LogSource
-	31, // 23: meshvm.agent.v1.SidecarLogsResponse.lines:type_name -> meshvm.agent.v1.LogLine
-	44, // 24: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	4,  // 25: meshvm.agent.v1.ResolveDNSRequest.via:type_name -> meshvm.agent.v1.DNSVia
-	45, // 26: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 27: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
-	5,  // 28: meshvm.agent.v1.ProbeRequest.kind:type_name -> meshvm.agent.v1.ProbeKind
-	45, // 29: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 30: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
-	45, // 31: meshvm.agent.v1.CallServiceRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 32: meshvm.agent.v1.CallServiceResponse.latency:type_name -> google.protobuf.Duration
-	40, // 33: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
-	41, // 34: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
-	42, // 35: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
-	6,  // 36: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
-	8,  // 37: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
-	12, // 38: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
-	15, // 39: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
-	18, // 40: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
-	21, // 41: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
-	24, // 42: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
-	26, // 43: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
-	29, // 44: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
-	32, // 45: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
-	34, // 46: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
-	38, // 47: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
-	36, // 48: meshvm.agent.v1.AgentService.CallService:input_type -> meshvm.agent.v1.CallServiceRequest
-	7,  // 49: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
-	9,  // 50: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
-	14, // 51: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
-	16, // 52: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
-	19, // 53: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
-	23, // 54: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
-	25, // 55: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
-	27, // 56: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
-	30, // 57: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
-	33, // 58: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
-	35, // 59: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
-	39, // 60: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
-	37, // 61: meshvm.agent.v1.AgentService.CallService:output_type -> meshvm.agent.v1.CallServiceResponse
-	49, // [49:62] is the sub-list for method output_type
-	36, // [36:49] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	44, // 11: meshvm.agent.v1.TokenInfo.issued_at:type_name -> google.protobuf.Timestamp
+	13, // 12: meshvm.agent.v1.InstallRequest.hosts_entries:type_name -> meshvm.agent.v1.HostsEntry
+	17, // 13: meshvm.agent.v1.InstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
+	17, // 14: meshvm.agent.v1.UninstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
+	0,  // 15: meshvm.agent.v1.StepResult.outcome:type_name -> meshvm.agent.v1.StepOutcome
+	20, // 16: meshvm.agent.v1.StatFilesResponse.files:type_name -> meshvm.agent.v1.FileStat
+	22, // 17: meshvm.agent.v1.PutFileRequest.header:type_name -> meshvm.agent.v1.FileHeader
+	1,  // 18: meshvm.agent.v1.PutFileResponse.outcome:type_name -> meshvm.agent.v1.FileOutcome
+	2,  // 19: meshvm.agent.v1.ControlSidecarRequest.action:type_name -> meshvm.agent.v1.SidecarAction
+	28, // 20: meshvm.agent.v1.ControlSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	28, // 21: meshvm.agent.v1.GetSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	44, // 22: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
+	3,  // 23: meshvm.agent.v1.SidecarLogsRequest.source:type_name -> meshvm.agent.v1.LogSource
+	31, // 24: meshvm.agent.v1.SidecarLogsResponse.lines:type_name -> meshvm.agent.v1.LogLine
+	44, // 25: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	4,  // 26: meshvm.agent.v1.ResolveDNSRequest.via:type_name -> meshvm.agent.v1.DNSVia
+	45, // 27: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 28: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
+	5,  // 29: meshvm.agent.v1.ProbeRequest.kind:type_name -> meshvm.agent.v1.ProbeKind
+	45, // 30: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 31: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
+	45, // 32: meshvm.agent.v1.CallServiceRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 33: meshvm.agent.v1.CallServiceResponse.latency:type_name -> google.protobuf.Duration
+	40, // 34: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
+	41, // 35: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
+	42, // 36: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
+	6,  // 37: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
+	8,  // 38: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
+	12, // 39: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
+	15, // 40: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
+	18, // 41: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
+	21, // 42: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
+	24, // 43: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
+	26, // 44: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
+	29, // 45: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
+	32, // 46: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
+	34, // 47: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
+	38, // 48: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
+	36, // 49: meshvm.agent.v1.AgentService.CallService:input_type -> meshvm.agent.v1.CallServiceRequest
+	7,  // 50: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
+	9,  // 51: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
+	14, // 52: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
+	16, // 53: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
+	19, // 54: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
+	23, // 55: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
+	25, // 56: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
+	27, // 57: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
+	30, // 58: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
+	33, // 59: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
+	35, // 60: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
+	39, // 61: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
+	37, // 62: meshvm.agent.v1.AgentService.CallService:output_type -> meshvm.agent.v1.CallServiceResponse
+	50, // [50:63] is the sub-list for method output_type
+	37, // [37:50] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_meshvm_agent_v1_agent_proto_init() }
