@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
+	"github.com/meshvm/meshvm/pkg/credcheck"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -68,8 +70,14 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 		add(finding{"cluster", "API server", "ok", "answering", ""})
 		out = append(out, clusterChecks(ctx, s, clients)...)
 	}
+	// The VMs' credential Secrets, listed once: a token whose Secret is gone is revoked.
+	var bindings map[string]string
+	var bindErr error = errors.New("no API server")
+	if clients.Kube != nil {
+		bindings, bindErr = workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
+	}
 	for _, vm := range cfg.VMs {
-		out = append(out, vmChecks(ctx, cfg, state, s, vm.Name)...)
+		out = append(out, vmChecks(ctx, cfg, state, s, vm.Name, bindings, bindErr == nil)...)
 	}
 	if err := renderFindings(cmd.OutOrStdout(), c.output, out); err != nil {
 		return err
@@ -126,7 +134,7 @@ func sidecarDigests(ctx context.Context, s site, arch string) map[string]string 
 	return out
 }
 
-func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string) []finding {
+func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string, bindings map[string]string, bindingsKnown bool) []finding {
 	var out []finding
 	add := func(check, result, detail, fix string) { out = append(out, finding{name, check, result, detail, fix}) }
 	m, err := s.machines().Info(ctx, name)
@@ -174,7 +182,7 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 	default:
 		add("istiod DNS", "ok", "-> "+hostIP, "")
 	}
-	out = append(out, credentialFindings(name, ov.Status, time.Now())...)
+	out = append(out, credentialFinding(credentialFacts(cfg, name, ov.Status, bindings, bindingsKnown, time.Now())))
 	if n, err := c.API().CheckNetwork(ctx, &agentv1.CheckNetworkRequest{}); err == nil {
 		usable := false
 		for _, b := range n.GetFirewallBackends() {
@@ -200,30 +208,19 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 	return out
 }
 
-// credentialFindings judges the token and the workload certificate together:
-// an expired token is fine while pilot-agent renews with its certificate.
-func credentialFindings(vm string, st *agentv1.GetStatusResponse, now time.Time) []finding {
-	fix := "run hostctl vm onboard " + vm + " (a fresh token)"
-	cert, tok := st.GetWorkloadCertificate(), st.GetToken()
-	certLeft := time.Duration(-1)
-	if cert != nil {
-		certLeft = cert.GetNotAfter().AsTime().Sub(now)
-	}
-	tokLeft := time.Duration(-1)
-	if tok != nil {
-		tokLeft = tok.GetExpiresAt().AsTime().Sub(now)
-	}
+// credentialFinding is the credential verdict as a doctor finding: a
+// certificate being replaced after a power-off warns, a VM that cannot
+// renew fails.
+func credentialFinding(f credcheck.Facts) finding {
+	v := credcheck.Judge(f)
+	result := "ok"
 	switch {
-	case certLeft > time.Hour:
-		return []finding{{vm, "credentials", "ok", fmt.Sprintf("workload certificate valid %s more; pilot-agent renews it with itself", certLeft.Round(time.Minute)), ""}}
-	case tokLeft <= 0 && certLeft <= 0:
-		return []finding{{vm, "credentials", "fail", "no valid workload certificate and the istio-token is expired or missing: the sidecar cannot get a certificate", fix}}
-	case tokLeft <= 0:
-		return []finding{{vm, "credentials", "warn", fmt.Sprintf("the workload certificate expires in %s and the token is expired: if renewal fails the VM drops out", certLeft.Round(time.Minute)), fix}}
-	case certLeft <= 0 && tokLeft < 10*time.Minute:
-		return []finding{{vm, "credentials", "warn", fmt.Sprintf("no workload certificate yet and the token expires in %s", tokLeft.Round(time.Second)), fix}}
+	case v.Fail:
+		result = "fail"
+	case v.State != credcheck.OK:
+		result = "warn"
 	}
-	return []finding{{vm, "credentials", "ok", fmt.Sprintf("token valid %s more", tokLeft.Round(time.Minute)), ""}}
+	return finding{f.VM, "credentials", result, string(v.State) + ": " + v.Detail, v.Fix}
 }
 
 // proxySkew names the sidecar binaries on the VM that are not the build

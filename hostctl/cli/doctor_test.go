@@ -7,33 +7,41 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/meshvm/meshvm/hostctl/config"
+
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-func TestCredentialFindings(t *testing.T) {
+// doctor grades the credential verdict: ok, warn for what heals or wants a
+// rotation, fail for what strands the VM; the detail starts with the state.
+func TestCredentialFinding(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	at := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(d)) }
-	cert := func(d time.Duration) *agentv1.CertificateInfo { return &agentv1.CertificateInfo{NotAfter: at(d)} }
-	tok := func(d time.Duration) *agentv1.TokenInfo { return &agentv1.TokenInfo{ExpiresAt: at(d)} }
+	cert := func(d time.Duration) *agentv1.CertificateInfo {
+		return &agentv1.CertificateInfo{NotBefore: at(d - 24*time.Hour), NotAfter: at(d)}
+	}
+	tok := func(d time.Duration) *agentv1.TokenInfo {
+		return &agentv1.TokenInfo{IssuedAt: at(-time.Hour), ExpiresAt: at(d), BoundSecretName: "meshvm-vm1", BoundSecretUid: "u1"}
+	}
+	cfg := config.Default()
 	for _, tc := range []struct {
 		name   string
 		st     *agentv1.GetStatusResponse
+		uids   map[string]string
 		result string
-		says   string
+		prefix string
 	}{
-		{"renewing certificate, expired token", &agentv1.GetStatusResponse{WorkloadCertificate: cert(20 * time.Hour), Token: tok(-time.Hour)}, "ok", "renews it"},
-		{"nothing valid", &agentv1.GetStatusResponse{WorkloadCertificate: cert(-time.Minute), Token: tok(-time.Hour)}, "fail", "cannot get a certificate"},
-		{"no certificate, no token", &agentv1.GetStatusResponse{}, "fail", "expired or missing"},
-		{"certificate ending, token expired", &agentv1.GetStatusResponse{WorkloadCertificate: cert(30 * time.Minute), Token: tok(-time.Hour)}, "warn", "drops out"},
-		{"no certificate yet, token ending", &agentv1.GetStatusResponse{Token: tok(5 * time.Minute)}, "warn", "token expires in 5m0s"},
-		{"no certificate yet, token fine", &agentv1.GetStatusResponse{Token: tok(50 * time.Minute)}, "ok", "token valid"},
+		{"both valid", &agentv1.GetStatusResponse{WorkloadCertificate: cert(20 * time.Hour), Token: tok(700 * time.Hour)}, map[string]string{"vm1": "u1"}, "ok", "ok: "},
+		{"certificate lapsed while off", &agentv1.GetStatusResponse{WorkloadCertificate: cert(-time.Hour), Token: tok(700 * time.Hour)}, map[string]string{"vm1": "u1"}, "warn", "certificate-expired: "},
+		{"revoked", &agentv1.GetStatusResponse{WorkloadCertificate: cert(20 * time.Hour), Token: tok(700 * time.Hour)}, map[string]string{}, "fail", "revoked: "},
+		{"stranded", &agentv1.GetStatusResponse{WorkloadCertificate: cert(-time.Minute), Token: tok(-time.Hour)}, map[string]string{"vm1": "u1"}, "fail", "stranded: "},
 	} {
-		f := credentialFindings("vm1", tc.st, now)[0]
-		if f.Result != tc.result || !strings.Contains(f.Detail, tc.says) {
+		f := credentialFinding(credentialFacts(cfg, "vm1", tc.st, tc.uids, true, now))
+		if f.Result != tc.result || !strings.HasPrefix(f.Detail, tc.prefix) {
 			t.Errorf("%s: got %s %q", tc.name, f.Result, f.Detail)
 		}
-		if f.Result != "ok" && !strings.Contains(f.Fix, "hostctl vm onboard vm1") {
-			t.Errorf("%s: fix %q does not name vm onboard", tc.name, f.Fix)
+		if f.Result != "ok" && f.Fix == "" {
+			t.Errorf("%s: no fix", tc.name)
 		}
 	}
 }

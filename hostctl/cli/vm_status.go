@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/credcheck"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -44,11 +45,22 @@ type VMStatus struct {
 	HealthMessage string `json:"healthMessage,omitempty"`
 	Agent         string `json:"agent"`
 	Sidecar       string `json:"sidecar,omitempty"`
-	CertExpiry    string `json:"certificateExpiresIn,omitempty"`
-	TokenExpiry   string `json:"tokenExpiresIn,omitempty"`
-	IstiodDNS     string `json:"istiodDNS,omitempty"`
-	App           string `json:"app,omitempty"`
-	OK            bool   `json:"ok"`
+	// Disconnected is when istiod saw the VM's proxy go: a Healthy entry
+	// with it is stale.
+	Disconnected string `json:"disconnectedAt,omitempty"`
+	CertExpiry   string `json:"certificateExpiresIn,omitempty"`
+	TokenExpiry  string `json:"tokenExpiresIn,omitempty"`
+	// The credentials' times (RFC 3339) and the verdict on them together.
+	CertNotAfter       *time.Time      `json:"certificateNotAfter,omitempty"`
+	CertRenewBy        *time.Time      `json:"certificateRenewBy,omitempty"`
+	TokenIssuedAt      *time.Time      `json:"tokenIssuedAt,omitempty"`
+	TokenExpiresAt     *time.Time      `json:"tokenExpiresAt,omitempty"`
+	Credentials        credcheck.State `json:"credentials,omitempty"`
+	CredentialsDetail  string          `json:"credentialsDetail,omitempty"`
+	credentialsVerdict credcheck.Verdict
+	IstiodDNS          string `json:"istiodDNS,omitempty"`
+	App                string `json:"app,omitempty"`
+	OK                 bool   `json:"ok"`
 	// Next is the step that fixes what is wrong.
 	Next string `json:"next,omitempty"`
 }
@@ -71,13 +83,18 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 	defer cancel()
 	entries, entriesErr := workload.Entries(ctx, clients, workloadSpec(cfg))
+	// Without the list, revocation is unknown, not assumed.
+	bindings, bindErr := workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
+	if bindErr != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "vm status: %v: revoked tokens are not told apart\n", bindErr)
+	}
 	out := make([]VMStatus, len(vms))
 	var wg sync.WaitGroup
 	for i, vm := range vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i] = vmStatus(ctx, cfg, state, site.machines(), entries, entriesErr, vm)
+			out[i] = vmStatus(ctx, cfg, state, site.machines(), entries, entriesErr, bindings, bindErr == nil, vm)
 		}()
 	}
 	wg.Wait()
@@ -97,7 +114,7 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 }
 
 func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machines machine.Provider,
-	entries map[string]workload.Entry, entriesErr error, vm config.VM) VMStatus {
+	entries map[string]workload.Entry, entriesErr error, bindings map[string]string, bindingsKnown bool, vm config.VM) VMStatus {
 	name := vm.Name
 	s := VMStatus{Name: name}
 	m, err := machines.Info(ctx, name)
@@ -113,7 +130,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 	if entriesErr != nil {
 		s.WorkloadEntry = "error: " + entriesErr.Error()
 	} else if e, ok := entries[s.Address]; ok {
-		s.WorkloadEntry, s.Healthy, s.HealthMessage = e.Name, e.Healthy, e.Message
+		s.WorkloadEntry, s.Healthy, s.HealthMessage, s.Disconnected = e.Name, e.Healthy, e.Message, e.DisconnectedAt
 	}
 	c, err := onboard.Dial(state, s.Address)
 	if err != nil {
@@ -134,12 +151,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 	if sc.GetError() != "" {
 		s.Sidecar = "error: " + sc.GetError()
 	}
-	if cert := st.GetWorkloadCertificate(); cert != nil {
-		s.CertExpiry = time.Until(cert.GetNotAfter().AsTime()).Round(time.Minute).String()
-	}
-	if tok := st.GetToken(); tok != nil {
-		s.TokenExpiry = time.Until(tok.GetExpiresAt().AsTime()).Round(time.Minute).String()
-	}
+	s.credentials(credentialFacts(cfg, vm.Name, st, bindings, bindingsKnown, time.Now()))
 	if r := ov.DNS; r != nil {
 		s.IstiodDNS = strings.Join(r.GetAddresses(), ",")
 		if r.GetError() != "" {
@@ -156,10 +168,55 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 	return s
 }
 
+// credentialFacts gathers what the agent and the cluster say of a VM's
+// credentials.
+func credentialFacts(cfg config.Config, vm string, st *agentv1.GetStatusResponse, bindings map[string]string, known bool, now time.Time) credcheck.Facts {
+	f := credcheck.Facts{VM: vm, Namespace: cfg.Workload.Namespace, Now: now,
+		Binding: credcheck.Binding{Checked: known, UID: bindings[vm]}}
+	if c := st.GetWorkloadCertificate(); c != nil {
+		f.Cert = &credcheck.Certificate{NotBefore: c.GetNotBefore().AsTime(), NotAfter: c.GetNotAfter().AsTime()}
+	}
+	if t := st.GetToken(); t != nil {
+		f.Token = &credcheck.Token{ExpiresAt: t.GetExpiresAt().AsTime(), BoundSecret: t.GetBoundSecretName(), BoundUID: t.GetBoundSecretUid()}
+		if t.GetIssuedAt() != nil {
+			f.Token.IssuedAt = t.GetIssuedAt().AsTime()
+		}
+	}
+	return f
+}
+
+// credentials fills the credential columns from f.
+func (s *VMStatus) credentials(f credcheck.Facts) {
+	left := func(t time.Time) string {
+		if d := t.Sub(f.Now); d > 0 {
+			return d.Round(time.Minute).String()
+		}
+		return "expired"
+	}
+	utc := func(t time.Time) *time.Time { t = t.UTC().Truncate(time.Second); return &t }
+	if c := f.Cert; c != nil {
+		s.CertExpiry, s.CertNotAfter = left(c.NotAfter), utc(c.NotAfter)
+	}
+	if t := f.Token; t != nil {
+		s.TokenExpiry, s.TokenExpiresAt = left(t.ExpiresAt), utc(t.ExpiresAt)
+		if !t.IssuedAt.IsZero() {
+			s.TokenIssuedAt = utc(t.IssuedAt)
+		}
+	}
+	v := credcheck.Judge(f)
+	if !v.RenewBy.IsZero() {
+		s.CertRenewBy = utc(v.RenewBy)
+	}
+	s.Credentials, s.CredentialsDetail, s.credentialsVerdict = v.State, v.Detail, v
+}
+
 // judge says whether the VM is healthy, else the step that fixes it.
 func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (bool, string) {
 	port := cfg.Workload.Probe.Port
+	cred := s.credentialsVerdict
 	switch {
+	case cred.Fail:
+		return false, fmt.Sprintf("credentials %s: %s: %s", cred.State, cred.Detail, cred.Fix)
 	case sidecarActive != "active":
 		return false, fmt.Sprintf("the sidecar is not running: see hostctl vm logs %s, then run hostctl vm onboard %s", vm.Name, vm.Name)
 	case s.WorkloadEntry == "":
@@ -168,6 +225,10 @@ func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (b
 		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s): hostctl runs no app on %s (app: false), so Healthy waits on yours: start it on port %d", orDash(s.HealthMessage), vm.Name, port)
 	case s.Healthy != "True":
 		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s): is the app answering on port %d?", orDash(s.HealthMessage), port)
+	case s.Disconnected != "":
+		return false, fmt.Sprintf("WorkloadEntry %s says Healthy, but istiod saw its proxy disconnect at %s, so that is stale: see hostctl vm logs %s", s.WorkloadEntry, s.Disconnected, vm.Name)
+	case cred.State == credcheck.CertExpired || cred.State == credcheck.NoCertificate || cred.State == credcheck.RenewalOverdue:
+		return false, fmt.Sprintf("credentials %s: %s: %s", cred.State, cred.Detail, cred.Fix)
 	}
 	return true, ""
 }
@@ -181,9 +242,13 @@ func orDash(s string) string {
 
 func renderStatus(w io.Writer, output string, vms []VMStatus) error {
 	return render(w, output, vms,
-		[]string{"VM", "ADDRESS", "MACHINE", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "ISTIOD DNS", "APP"},
+		[]string{"VM", "ADDRESS", "MACHINE", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "CREDENTIALS", "ISTIOD DNS", "APP"},
 		func(s VMStatus) []string {
-			return []string{s.Name, orDash(s.Address), s.Machine, orDash(s.WorkloadEntry), orDash(s.Healthy), s.Agent,
-				orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(s.IstiodDNS), orDash(s.App)}
+			healthy := orDash(s.Healthy)
+			if s.Disconnected != "" {
+				healthy += " (stale)"
+			}
+			return []string{s.Name, orDash(s.Address), s.Machine, orDash(s.WorkloadEntry), healthy, s.Agent,
+				orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(string(s.Credentials)), orDash(s.IstiodDNS), orDash(s.App)}
 		})
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/credcheck"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/statedir"
 )
@@ -31,11 +32,11 @@ func TestStatusOfMachinesNotRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: "Stopped"}}}
-	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, config.VM{Name: "vm1"})
+	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm1"})
 	if s.OK || s.Machine != "stopped" || s.Address != "" || s.Next != "run hostctl vm start vm1 (or hostctl up)" {
 		t.Errorf("stopped: got %+v", s)
 	}
-	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, config.VM{Name: "vm2"})
+	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm2"})
 	if s.OK || s.Machine != "absent" || !strings.Contains(s.Next, "hostctl up") {
 		t.Errorf("absent: got %+v", s)
 	}
@@ -59,6 +60,16 @@ func TestStatusOfAVMWithItsOwnApp(t *testing.T) {
 		{"own app down", own, registered, false, "hostctl runs no app on own (app: false), so Healthy waits on yours: start it on port 8000"},
 		{"own app up", own, VMStatus{WorkloadEntry: "e", Healthy: "True"}, true, ""},
 		{"own app, not registered", own, VMStatus{}, false, "no WorkloadEntry: the sidecar has not reached istiod"},
+		{"Healthy but disconnected", own, VMStatus{WorkloadEntry: "e", Healthy: "True", Disconnected: "2026-12-02T10:00:00.000Z"}, false,
+			"istiod saw its proxy disconnect at 2026-12-02T10:00:00.000Z, so that is stale"},
+		{"Healthy, token revoked", cfg.VMs[0], VMStatus{WorkloadEntry: "e", Healthy: "True",
+			credentialsVerdict: credcheck.Verdict{State: credcheck.Revoked, Fail: true, Detail: "revoked: ...", Fix: "run hostctl vm onboard vm1"}}, false,
+			"credentials revoked: revoked: ...: run hostctl vm onboard vm1"},
+		{"Healthy, certificate expired", cfg.VMs[0], VMStatus{WorkloadEntry: "e", Healthy: "True",
+			credentialsVerdict: credcheck.Verdict{State: credcheck.CertExpired, Detail: "the certificate expired at", Fix: "see"}}, false,
+			"credentials certificate-expired"},
+		{"Healthy, token to rotate", cfg.VMs[0], VMStatus{WorkloadEntry: "e", Healthy: "True",
+			credentialsVerdict: credcheck.Verdict{State: credcheck.Rotate, Detail: "past half", Fix: "run hostctl vm onboard"}}, true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

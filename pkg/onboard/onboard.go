@@ -63,10 +63,10 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		agentclient.LocalFile("/var/lib/istio/envoy/envoy_bootstrap_tmpl.json", side.BootstrapTemplate),
 		agentclient.BytesFile("/var/lib/istio/envoy/cluster.env", files.ClusterEnv),
 		agentclient.BytesFile("/etc/istio/config/mesh", files.Mesh),
-		// pilot-agent rewrites this file (OUTPUT_CERTS = PROV_CERT, so it can renew
-		// with its certificate) without the final newline: deliver it the same
-		// way, or every re-onboarding would resend and restart.
-		agentclient.BytesFile("/etc/certs/root-cert.pem", bytes.TrimRight(files.RootCert, "\n")),
+		// pilot-agent rewrites this file (it is in OUTPUT_CERTS) without the
+		// final newline: deliver it the same way, or every re-onboarding
+		// would resend and restart.
+		agentclient.BytesFile(workloadfiles.RootCertPath, bytes.TrimRight(files.RootCert, "\n")),
 		agentclient.BytesFile(TokenPath, files.Token),
 	}
 	for _, f := range deliveries {

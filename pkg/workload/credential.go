@@ -150,3 +150,19 @@ func reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, 
 	r, err := Review(ctx, kc, tok)
 	return err == nil && r.Authenticated
 }
+
+// CredentialUIDs returns the UIDs of the namespace's VM credential Secrets by
+// VM name, in one list: what the VMs' tokens must still be bound to.
+func CredentialUIDs(ctx context.Context, kc kubernetes.Interface, ns string) (map[string]string, error) {
+	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedBy + "," + VMLabel})
+	if err != nil {
+		return nil, fmt.Errorf("list the VM credentials in %s: %w", ns, err)
+	}
+	out := map[string]string{}
+	for _, sec := range list.Items {
+		if sec.Type == credentialType && sec.Name == CredentialName(sec.Labels[VMLabel]) {
+			out[sec.Labels[VMLabel]] = string(sec.UID)
+		}
+	}
+	return out, nil
+}

@@ -44,14 +44,23 @@ type Spec struct {
 // and cluster.env (istioctl merges it from the WorkloadGroup).
 const proxyConfigAnnotation = "proxy.istio.io/config"
 
-// groupAnnotations are the WorkloadGroup's spec.metadata annotations: the
-// certificate lifetime, when set, as proxy metadata. The VM's files carry it
-// to pilot-agent; the mesh config stays as it is.
+// groupAnnotations are the WorkloadGroup's spec.metadata annotations: proxy
+// metadata that istioctl's files (and ours) carry to pilot-agent's
+// environment; the mesh config stays as it is.
+//
+// PROV_CERT is emptied so that pilot-agent asks for every certificate with
+// the istio-token alone: istiod's first authenticator is the client
+// certificate, so with PROV_CERT set a certificate renews itself forever and
+// revoking the token would change nothing while the VM is up. The root for
+// the CA connection, which PROV_CERT located, is named instead (CA_ROOT_CA);
+// pilot-agent still writes its certificates to OUTPUT_CERTS (/etc/certs).
+// SECRET_TTL is the certificate lifetime, when set.
 func groupAnnotations(s Spec) map[string]string {
-	if s.CertificateLifetime <= 0 {
-		return nil
+	md := "proxyMetadata:\n  PROV_CERT: \"\"\n  CA_ROOT_CA: " + workloadfiles.RootCertPath + "\n"
+	if s.CertificateLifetime > 0 {
+		md += "  SECRET_TTL: " + s.CertificateLifetime.String() + "\n"
 	}
-	return map[string]string{proxyConfigAnnotation: "proxyMetadata:\n  SECRET_TTL: " + s.CertificateLifetime.String() + "\n"}
+	return map[string]string{proxyConfigAnnotation: md}
 }
 
 // Clients are the APIs the workload needs.
@@ -284,6 +293,9 @@ type Entry struct {
 	// ConnectedAt is when the VM's proxy last connected to istiod: it changes
 	// when the proxy reconnects (a reboot, an istiod restart).
 	ConnectedAt string
+	// DisconnectedAt is set while no proxy is connected for the entry
+	// (istiod replaces connectedAt with it): its Healthy is then stale.
+	DisconnectedAt string
 	// ProbedAt is the health condition's last probe time: it changes with
 	// every health report the proxy sends.
 	ProbedAt time.Time
@@ -324,7 +336,8 @@ func entryAt(we *clientnetworking.WorkloadEntry, s Spec, address string) (Entry,
 	if we.Spec.GetAddress() != address || we.Annotations["istio.io/autoRegistrationGroup"] != s.Group {
 		return Entry{}, false
 	}
-	e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork(), ConnectedAt: we.Annotations["istio.io/connectedAt"]}
+	e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork(), ConnectedAt: we.Annotations["istio.io/connectedAt"],
+		DisconnectedAt: we.Annotations["istio.io/disconnectedAt"]}
 	for _, cond := range we.Status.GetConditions() {
 		if cond.GetType() == "Healthy" {
 			e.Healthy, e.Message = cond.GetStatus(), cond.GetMessage()

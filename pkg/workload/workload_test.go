@@ -112,6 +112,11 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 	if err := envfile.Parse("cluster.env", ttl.ClusterEnv, ttlEnv); err != nil || ttlEnv["SECRET_TTL"] != "5m0s" {
 		t.Errorf("cluster.env SECRET_TTL %q (%v), want 5m0s", ttlEnv["SECRET_TTL"], err)
 	}
+	// Every certificate request is made with the token alone (PROV_CERT
+	// set but empty), with the CA's root named instead.
+	if v, set := ttlEnv["PROV_CERT"]; !set || v != "" || ttlEnv["CA_ROOT_CA"] != "/etc/certs/root-cert.pem" {
+		t.Errorf("cluster.env PROV_CERT %q (set %v), CA_ROOT_CA %q: want PROV_CERT empty and the root named", v, set, ttlEnv["CA_ROOT_CA"])
+	}
 	if ch, _ := Ensure(ctx, c, short); ch[2].Action != "unchanged" {
 		t.Errorf("the same lifetime again: WorkloadGroup %s", ch[2].Action)
 	}

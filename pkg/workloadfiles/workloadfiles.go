@@ -25,6 +25,11 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
+// RootCertPath is where the VM keeps the mesh's root certificate, the trust
+// anchor for istiod's certificate (pilot-agent rewrites it with the one istiod
+// sends).
+const RootCertPath = "/etc/certs/root-cert.pem"
+
 // Group is the WorkloadGroup the VM belongs to.
 type Group struct {
 	Name, Namespace string
