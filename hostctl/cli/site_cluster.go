@@ -246,6 +246,13 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	if err != nil {
 		return err
 	}
+	// Revoked first and by name: the tokens die even if the namespace
+	// stays or takes a while to go.
+	revoked, err := workload.RevokeAll(ctx, c.Kube, s.cfg.Workload.Namespace)
+	if err != nil {
+		return err
+	}
+	p.step("cluster", "", "%d VM credential(s) revoked in %s", revoked, s.cfg.Workload.Namespace)
 	gone, err := workload.Remove(ctx, c, workloadSpec(s.cfg))
 	if err != nil {
 		return err

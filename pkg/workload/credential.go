@@ -166,3 +166,30 @@ func CredentialUIDs(ctx context.Context, kc kubernetes.Interface, ns string) (ma
 	}
 	return out, nil
 }
+
+// RevokeAll deletes every VM credential Secret meshvm made in ns, so no
+// token it issued there stays valid: what down does before anything else,
+// whether or not the namespace goes too. It returns how many it deleted.
+func RevokeAll(ctx context.Context, kc kubernetes.Interface, ns string) (int, error) {
+	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedBy + "," + VMLabel})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("list the VM credentials in %s: %w", ns, err)
+	}
+	n := 0
+	for _, sec := range list.Items {
+		if sec.Type != credentialType {
+			continue
+		}
+		err := kc.CoreV1().Secrets(ns).Delete(ctx, sec.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sec.UID}})
+		switch {
+		case err == nil:
+			n++
+		case !apierrors.IsNotFound(err):
+			return n, fmt.Errorf("revoke Secret %s/%s: %w", ns, sec.Name, err)
+		}
+	}
+	return n, nil
+}

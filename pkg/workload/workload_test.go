@@ -193,4 +193,14 @@ func credentialsOnLab(t *testing.T, ctx context.Context, c Clients, token []byte
 	if _, err := c.Kube.CoreV1().Secrets("vmns").Get(ctx, foreign.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("the foreign Secret: %v", err)
 	}
+	// down's RevokeAll: every credential meshvm made, nothing else.
+	if n, err := RevokeAll(ctx, c.Kube, "vmns"); err != nil || n != 1 {
+		t.Errorf("RevokeAll: %d %v, want vm1's one credential", n, err)
+	}
+	if uids, err := CredentialUIDs(ctx, c.Kube, "vmns"); err != nil || len(uids) != 0 {
+		t.Errorf("credentials after RevokeAll: %v %v", uids, err)
+	}
+	if _, err := c.Kube.CoreV1().Secrets("vmns").Get(ctx, foreign.Name, metav1.GetOptions{}); err != nil {
+		t.Errorf("the foreign Secret after RevokeAll: %v", err)
+	}
 }
