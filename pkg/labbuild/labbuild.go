@@ -3,7 +3,8 @@
 // k8s.io/kubernetes, istiod (pilot-discovery), pilot-agent and istioctl from
 // istio.io/istio, at the versions pinned by the hostctl/labbuild module. The
 // binaries are cached by a key of those pins, the Go version and the target
-// architecture, so only the first lab on a machine pays the ~25 minutes.
+// architecture, so only the first lab on a machine pays the ~25 minutes;
+// meshvm's own stand-in beside them is rebuilt whenever its source changes.
 package labbuild
 
 import (
@@ -118,8 +119,9 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 	res := Result{Dir: filepath.Join(o.CacheDir, "bin-"+key), Versions: v}
 	if _, err := os.Stat(filepath.Join(res.Dir, ".complete")); err == nil {
-		res.Cached = true
-		return res, nil
+		rebuilt, err := refreshOwn(ctx, o, v, res.Dir)
+		res.Cached = !rebuilt
+		return res, err
 	}
 	if err := os.MkdirAll(res.Dir, 0o755); err != nil {
 		return Result{}, err
@@ -127,6 +129,9 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	start := time.Now()
 	for i, c := range Components {
 		out := filepath.Join(res.Dir, c.Name)
+		if ownPackage(c.Package) {
+			continue // built below, keyed by its source
+		}
 		if _, err := os.Stat(out); err == nil {
 			fmt.Fprintf(o.Progress, "[%d/%d] %s: cached\n", i+1, len(Components), c.Name)
 			continue
@@ -137,11 +142,68 @@ func Build(ctx context.Context, o Options) (Result, error) {
 			return Result{}, err
 		}
 	}
+	if _, err := refreshOwn(ctx, o, v, res.Dir); err != nil {
+		return Result{}, err
+	}
 	if err := os.WriteFile(filepath.Join(res.Dir, ".complete"), []byte(key+"\n"), 0o644); err != nil {
 		return Result{}, err
 	}
 	fmt.Fprintf(o.Progress, "lab control plane built in %s: %s\n", time.Since(start).Round(time.Second), res.Dir)
 	return res, nil
+}
+
+// ownModule is the module of meshvm's own lab components (the Envoy
+// stand-in): the pins do not name their version, their source does.
+const ownModule = "github.com/meshvm/meshvm/hostctl/labbuild"
+
+func ownPackage(pkg string) bool { return strings.HasPrefix(pkg, ownModule+"/") }
+
+// refreshOwn (re)builds meshvm's own components whose source differs from
+// the one their binary was built from (recorded beside it as <name>.src):
+// a change to the stand-in costs its own build, never the control plane's.
+func refreshOwn(ctx context.Context, o Options, v Versions, dir string) (rebuilt bool, err error) {
+	for _, c := range Components {
+		if !ownPackage(c.Package) {
+			continue
+		}
+		sum, err := sourceSum(filepath.Join(o.ModuleDir, strings.TrimPrefix(c.Package, ownModule+"/")))
+		if err != nil {
+			return rebuilt, err
+		}
+		out := filepath.Join(dir, c.Name)
+		if had, err := os.ReadFile(out + ".src"); err == nil && strings.TrimSpace(string(had)) == sum {
+			if _, err := os.Stat(out); err == nil {
+				continue
+			}
+		}
+		fmt.Fprintf(o.Progress, "building %s from %s (its source changed)\n", c.Name, c.Package)
+		if err := build(ctx, o, c, v, out, time.Now()); err != nil {
+			return rebuilt, err
+		}
+		if err := os.WriteFile(out+".src", []byte(sum+"\n"), 0o644); err != nil {
+			return rebuilt, err
+		}
+		rebuilt = true
+	}
+	return rebuilt, nil
+}
+
+// sourceSum digests a package directory's Go files, names and contents.
+func sourceSum(dir string) (string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil || len(files) == 0 {
+		return "", fmt.Errorf("lab component source %s: no Go files (%v)", dir, err)
+	}
+	h := sha256.New()
+	for _, f := range files { // Glob sorts
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %d\n", filepath.Base(f), len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
 // build compiles one component into a temporary file and renames it into

@@ -3,8 +3,11 @@ package labbuild
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -76,5 +79,30 @@ func TestBuildControlPlane(t *testing.T) {
 	again, err := Build(ctx, Options{ModuleDir: "../../hostctl/labbuild", CacheDir: cache})
 	if err != nil || !again.Cached || again.Dir != res.Dir {
 		t.Errorf("second build: got %+v, %v, want the cached set", again, err)
+	}
+}
+
+// The Envoy stand-in is meshvm's own source: a cached control plane keeps
+// its binaries, and the stand-in alone is rebuilt when its source changes.
+func TestOwnComponentFollowsItsSource(t *testing.T) {
+	mod := t.TempDir()
+	os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module "+ownModule+"\n\ngo 1.22\n"), 0o644)
+	os.Mkdir(filepath.Join(mod, "labenvoy"), 0o755)
+	src := filepath.Join(mod, "labenvoy", "main.go")
+	os.WriteFile(src, []byte("package main\n\nfunc main() { println(1) }\n"), 0o644)
+	bin := t.TempDir()
+	o := Options{ModuleDir: mod, Arch: runtime.GOARCH, Progress: io.Discard}
+	for i, want := range []bool{true, false} {
+		if rebuilt, err := refreshOwn(context.Background(), o, Versions{}, bin); err != nil || rebuilt != want {
+			t.Fatalf("refresh %d: rebuilt %v (%v), want %v", i, rebuilt, err, want)
+		}
+	}
+	before, _ := os.ReadFile(filepath.Join(bin, "lab-envoy"))
+	os.WriteFile(src, []byte("package main\n\nfunc main() { println(2) }\n"), 0o644)
+	if rebuilt, err := refreshOwn(context.Background(), o, Versions{}, bin); err != nil || !rebuilt {
+		t.Fatalf("after a source change: rebuilt %v (%v), want a rebuild", rebuilt, err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(bin, "lab-envoy")); bytes.Equal(before, after) {
+		t.Error("the binary did not change with its source")
 	}
 }
