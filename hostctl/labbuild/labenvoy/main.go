@@ -6,6 +6,10 @@
 //   - opens an ADS stream (state of the world) on the xds-grpc cluster, the
 //     agent's unix socket, asks for clusters then listeners, ACKs every
 //     response, and counts the updates as Envoy's stats do;
+//   - fetches the secrets their TLS contexts name over SDS (sds.go), takes
+//     every renewed certificate pilot-agent pushes and retries a failed
+//     stream with Envoy's backoff; it is LIVE once listeners and secrets
+//     are in;
 //   - serves admin /stats (usedonly, filter), /stats/prometheus, /ready,
 //     /server_info, /drain_listeners and /quitquitquit;
 //   - turns each static listener (15021 readiness, 15090 metrics) into a
@@ -231,8 +235,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	w := &warming{st: st}
+	secrets := newSDS(ctx, node, clusters, st, w.check)
+	w.sds = secrets
 	for ctx.Err() == nil {
-		err := ads(ctx, network, addr, node, st)
+		err := ads(ctx, network, addr, node, st, secrets, w)
 		if ctx.Err() == nil {
 			log.Printf("ADS stream ended (%v); reconnecting", err)
 			time.Sleep(time.Second)
@@ -241,9 +248,38 @@ func run() error {
 	return nil
 }
 
+// warming makes the server LIVE once listeners have arrived and every secret
+// they and the clusters reference has been fetched, as Envoy's listener
+// warming waits for SDS; once LIVE it stays so.
+type warming struct {
+	st  *stats
+	sds *sds
+
+	mu        sync.Mutex
+	listeners bool
+}
+
+func (w *warming) gotListeners() {
+	w.mu.Lock()
+	w.listeners = true
+	w.mu.Unlock()
+	w.check()
+}
+
+func (w *warming) check() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.listeners && w.sds.ready() && !w.st.live() {
+		w.st.set("server.state", 0)
+		w.st.set("listener_manager.workers_started", 1)
+		log.Printf("LIVE: listeners in place, secrets %v fetched", w.sds.names())
+	}
+}
+
 // ads runs one state-of-the-world ADS stream: clusters first, then listeners,
-// as Envoy orders them, ACKing every response.
-func ads(ctx context.Context, network, addr string, node *core.Node, st *stats) error {
+// as Envoy orders them, ACKing every response and subscribing to the secrets
+// they reference.
+func ads(ctx context.Context, network, addr string, node *core.Node, st *stats, secrets *sds, w *warming) error {
 	conn, err := grpc.NewClient("passthrough:///"+addr,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
@@ -271,6 +307,10 @@ func ads(ctx context.Context, network, addr string, node *core.Node, st *stats) 
 			return err
 		}
 		switch resp.GetTypeUrl() {
+		case clusterType, listenerType:
+			secrets.update(resp.GetTypeUrl(), resp.GetResources())
+		}
+		switch resp.GetTypeUrl() {
 		case clusterType:
 			st.add("cluster_manager.cds.update_success", 1)
 			if !askedListeners {
@@ -281,8 +321,7 @@ func ads(ctx context.Context, network, addr string, node *core.Node, st *stats) 
 			}
 		case listenerType:
 			st.add("listener_manager.lds.update_success", 1)
-			st.set("server.state", 0)
-			st.set("listener_manager.workers_started", 1)
+			w.gotListeners()
 		}
 		log.Printf("ACK %s version %s (%d resources)", resp.GetTypeUrl(), resp.GetVersionInfo(), len(resp.GetResources()))
 	}
