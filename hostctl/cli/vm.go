@@ -35,6 +35,44 @@ func (c *vmCmd) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, er
 	return c.g.open(cmd)
 }
 
+// vmRun is what a per-VM command starts from: the config, its state and
+// site, the VMs named (each must be listed) and a context bounded by
+// --timeout.
+type vmRun struct {
+	cfg   config.Config
+	state *statedir.Dir
+	site  site
+	vms   []config.VM
+	ctx   context.Context
+
+	clients    workload.Clients
+	clientsErr error
+	dialed     bool
+}
+
+// begin opens the site for the named VMs; call the CancelFunc when done.
+func (c *vmCmd) begin(cmd *cobra.Command, names []string) (*vmRun, context.CancelFunc, error) {
+	cfg, state, s, err := c.open(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	vms, err := pick(cfg, names)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+	return &vmRun{cfg: cfg, state: state, site: s, vms: vms, ctx: ctx}, cancel, nil
+}
+
+// kube returns the cluster's clients, made once.
+func (r *vmRun) kube() (workload.Clients, error) {
+	if !r.dialed {
+		r.clients, r.clientsErr = kubeClients(r.site.kubeconfig())
+		r.dialed = true
+	}
+	return r.clients, r.clientsErr
+}
+
 func vmCommands(g *globals) []*cobra.Command {
 	return []*cobra.Command{
 		(&vmOnboardCmd{vmCmd: vmCmd{g: g}}).command(),
@@ -63,23 +101,19 @@ func (c *vmRevokeCmd) command() *cobra.Command {
 }
 
 func (c *vmRevokeCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, _, s, err := c.open(cmd)
+	r, cancel, err := c.begin(cmd, args)
 	if err != nil {
 		return err
 	}
-	vms, err := pick(cfg, args)
-	if err != nil {
-		return err
-	}
-	clients, err := kubeClients(s.kubeconfig())
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
+	clients, err := r.kube()
+	if err != nil {
+		return err
+	}
+	cfg := r.cfg
 	var errs []error
-	for _, vm := range vms {
-		how, err := workload.Revoke(ctx, clients.Kube, cfg.Workload.Namespace, vm.Name)
+	for _, vm := range r.vms {
+		how, err := workload.Revoke(r.ctx, clients.Kube, cfg.Workload.Namespace, vm.Name)
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
@@ -115,22 +149,18 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 }
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, state, s, err := c.open(cmd)
+	v, cancel, err := c.begin(cmd, args)
 	if err != nil {
 		return err
 	}
-	vms, err := pick(cfg, args)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
+	ctx := v.ctx
 	p := newProgress(cmd.ErrOrStderr(), "control plane", "workload", "agent", "onboard", "healthy")
-	r, err := attach(ctx, p, cfg, state, s)
+	r, err := attach(ctx, p, v.cfg, v.state, v.site)
 	if err != nil {
 		return err
 	}
-	return eachVM(vms, func(vm config.VM) error {
+	return eachVM(v.vms, func(vm config.VM) error {
 		m, ac, err := r.running(ctx, vm.Name)
 		if err != nil {
 			return err
@@ -241,6 +271,8 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 	name, w := args[0], cmd.ErrOrStderr()
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
+	r := &vmRun{site: s}
+	clients := r.kube
 	var errs []error
 	m, err := lab.Info(ctx, name)
 	switch {
@@ -256,7 +288,7 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 		fmt.Fprintf(w, "vm rm: machine %s %s\n", name, how)
 		// istiod would drop the entry after its grace period; do not leave it to chance.
 		addr := entryAddress(state, m)
-		if clients, err := kubeClients(s.kubeconfig()); err != nil {
+		if clients, err := clients(); err != nil {
 			errs = append(errs, err)
 		} else if addr == "" {
 			fmt.Fprintf(w, "vm rm: %s has no address and was never onboarded: no WorkloadEntry to delete\n", name)
@@ -267,7 +299,7 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 		}
 	}
 	// The token goes with the VM even when the machine is already gone.
-	if clients, err := kubeClients(s.kubeconfig()); err == nil {
+	if clients, err := clients(); err == nil {
 		if how, err := workload.Revoke(ctx, clients.Kube, cfg.Workload.Namespace, name); err != nil {
 			errs = append(errs, err)
 		} else if how == "deleted" {
@@ -302,22 +334,17 @@ func (c *vmStopCmd) command() *cobra.Command {
 }
 
 func (c *vmStopCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, _, s, err := c.open(cmd)
+	r, cancel, err := c.begin(cmd, args)
 	if err != nil {
 		return err
 	}
-	stopper, ok := s.machines().(machine.Stopper)
-	if !ok {
-		return fmt.Errorf("%s machines are not hostctl's to power off: stop them yourself (the agent and sidecar come back on boot)", cfg.MachineProvider())
-	}
-	vms, err := pick(cfg, args)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	return eachVM(vms, func(vm config.VM) error {
-		if err := stopper.Stop(ctx, vm.Name); err != nil {
+	stopper, ok := r.site.machines().(machine.Stopper)
+	if !ok {
+		return fmt.Errorf("%s machines are not hostctl's to power off: stop them yourself (the agent and sidecar come back on boot)", r.cfg.MachineProvider())
+	}
+	return eachVM(r.vms, func(vm config.VM) error {
+		if err := stopper.Stop(r.ctx, vm.Name); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.ErrOrStderr(), "vm stop: %s stopped\n", vm.Name)
@@ -340,23 +367,18 @@ func (c *vmStartCmd) command() *cobra.Command {
 }
 
 func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, state, s, err := c.open(cmd)
+	r, cancel, err := c.begin(cmd, args)
 	if err != nil {
 		return err
 	}
-	lab := s.machines()
-	vms, err := pick(cfg, args)
-	if err != nil {
-		return err
-	}
-	clients, err := kubeClients(s.kubeconfig())
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
+	clients, err := r.kube()
+	if err != nil {
+		return err
+	}
+	cfg, state, lab, ctx := r.cfg, r.state, r.site.machines(), r.ctx
 	p := newProgress(cmd.ErrOrStderr(), "machine", "agent", "healthy")
-	return eachVM(vms, func(vm config.VM) error {
+	return eachVM(r.vms, func(vm config.VM) error {
 		m, err := lab.Info(ctx, vm.Name)
 		if err != nil {
 			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
