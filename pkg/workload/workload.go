@@ -44,23 +44,14 @@ type Spec struct {
 // and cluster.env (istioctl merges it from the WorkloadGroup).
 const proxyConfigAnnotation = "proxy.istio.io/config"
 
-// groupAnnotations are the WorkloadGroup's spec.metadata annotations: proxy
-// metadata that istioctl's files (and ours) carry to pilot-agent's
-// environment; the mesh config stays as it is.
-//
-// PROV_CERT is emptied so that pilot-agent asks for every certificate with
-// the istio-token alone: istiod's first authenticator is the client
-// certificate, so with PROV_CERT set a certificate renews itself forever and
-// revoking the token would change nothing while the VM is up. The root for
-// the CA connection, which PROV_CERT located, is named instead (CA_ROOT_CA);
-// pilot-agent still writes its certificates to OUTPUT_CERTS (/etc/certs).
-// SECRET_TTL is the certificate lifetime, when set.
+// groupAnnotations are the WorkloadGroup's spec.metadata annotations: the
+// certificate lifetime, when set, as proxy metadata. The VM's files carry it
+// to pilot-agent; the mesh config stays as it is.
 func groupAnnotations(s Spec) map[string]string {
-	md := "proxyMetadata:\n  PROV_CERT: \"\"\n  CA_ROOT_CA: " + workloadfiles.RootCertPath + "\n"
-	if s.CertificateLifetime > 0 {
-		md += "  SECRET_TTL: " + s.CertificateLifetime.String() + "\n"
+	if s.CertificateLifetime <= 0 {
+		return nil
 	}
-	return map[string]string{proxyConfigAnnotation: md}
+	return map[string]string{proxyConfigAnnotation: "proxyMetadata:\n  SECRET_TTL: " + s.CertificateLifetime.String() + "\n"}
 }
 
 // Clients are the APIs the workload needs.

@@ -30,6 +30,16 @@ import (
 // sends).
 const RootCertPath = "/etc/certs/root-cert.pem"
 
+// TokenOnly is what cluster.env holds beyond istioctl's: every certificate
+// request made with the istio-token alone, as Istio's own VM tests set it
+// (PROV_CERT empty). With PROV_CERT, pilot-agent presents its certificate,
+// istiod's first authenticator takes it and a certificate renews itself for
+// ever, so revoking the token would change nothing while the VM runs. The
+// CA's root, which PROV_CERT located, is named instead.
+func TokenOnly() map[string]string {
+	return map[string]string{"PROV_CERT": "", "CA_ROOT_CA": RootCertPath}
+}
+
 // Group is the WorkloadGroup the VM belongs to.
 type Group struct {
 	Name, Namespace string
@@ -269,6 +279,12 @@ func clusterEnv(o Options, pc *meshconfig.ProxyConfig) []byte {
 	env["ISTIO_SERVICE_CIDR"] = "*"
 	env["ISTIO_LOCAL_EXCLUDE_PORTS"] = exclude
 	env["SERVICE_ACCOUNT"] = tmpl.GetServiceAccount()
+	// A PROV_CERT set in the proxy metadata is left as the mesh wants it.
+	if _, set := env["PROV_CERT"]; !set {
+		for k, v := range TokenOnly() {
+			env[k] = v
+		}
+	}
 	if revisioned(o.Revision) {
 		env["CA_ADDR"] = IstiodHost(o.IstioNamespace, o.Revision) + ":15012"
 	}
