@@ -253,13 +253,21 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 		return err
 	}
 	p.step("cluster", "", "%d VM credential(s) revoked in %s", revoked, s.cfg.Workload.Namespace)
-	gone, err := workload.Remove(ctx, c, workloadSpec(s.cfg))
+	removed, err := workload.Remove(ctx, c, workloadSpec(s.cfg))
+	for _, ch := range removed {
+		p.step("cluster", "", "%s %s", ch.Object, ch.Action)
+	}
 	if err != nil {
 		return err
 	}
-	p.step("cluster", "", "workload namespace %s %s", s.cfg.Workload.Namespace, gone)
-	// verify's client pods live in their own namespace.
-	if err := c.Kube.CoreV1().Namespaces().Delete(ctx, meshcall.Namespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+	// verify's client pods live in their own namespace, when meshvm made it.
+	if ns, err := c.Kube.CoreV1().Namespaces().Get(ctx, meshcall.Namespace, metav1.GetOptions{}); err == nil {
+		if ns.Labels[workload.ManagedByLabel] != workload.ManagedBy {
+			p.step("cluster", "", "Namespace %s %s", meshcall.Namespace, workload.Yours)
+		} else if err := c.Kube.CoreV1().Namespaces().Delete(ctx, meshcall.Namespace, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &ns.UID}}); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	} else if !apierrors.IsNotFound(err) {
 		return err
 	}
 	objs, keep, err := s.istio()

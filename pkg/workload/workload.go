@@ -63,8 +63,25 @@ type Clients struct {
 // Change reports one object's fate.
 type Change struct {
 	Object string // e.g. "WorkloadGroup vmns/external-app"
-	Action string // "created", "updated", "unchanged"
+	// Action is "created", "updated", "unchanged" or "deleted", "absent";
+	// Yours for an object meshvm did not create: used, or left, as it is.
+	Action string
 }
+
+// Yours is the action on an object meshvm did not create: it is used (or
+// left) as it is, never changed or deleted.
+const Yours = "not meshvm's: left as it is"
+
+// ownedLabels mark what meshvm creates, so that it removes only that.
+func ownedLabels(extra map[string]string) map[string]string {
+	l := map[string]string{ManagedByLabel: ManagedBy}
+	for k, v := range extra {
+		l[k] = v
+	}
+	return l
+}
+
+func owned(m metav1.Object) bool { return m.GetLabels()[ManagedByLabel] == ManagedBy }
 
 // Ensure converges the namespace, service account, WorkloadGroup and Service.
 func Ensure(ctx context.Context, c Clients, s Spec) ([]Change, error) {
@@ -95,27 +112,102 @@ func Ensure(ctx context.Context, c Clients, s Spec) ([]Change, error) {
 	return out, nil
 }
 
-// Remove deletes the workload's namespace, and with it the group, the
-// Service, the service account and the entries: "deleted", or "absent".
-func Remove(ctx context.Context, c Clients, s Spec) (string, error) {
-	err := c.Kube.CoreV1().Namespaces().Delete(ctx, s.Namespace, metav1.DeleteOptions{})
-	switch {
-	case err == nil:
-		return "deleted", nil
-	case apierrors.IsNotFound(err):
-		return "absent", nil
+// Remove deletes what Ensure created and nothing else: the WorkloadGroup
+// (istiod's entries for it go with it, their owner), the Service and the
+// service account when they carry meshvm's label, then the namespace when
+// meshvm created it. A namespace of yours stays, with everything in it that
+// is not meshvm's.
+func Remove(ctx context.Context, c Clients, s Spec) ([]Change, error) {
+	var out []Change
+	ns := s.Namespace
+	del := func(kind, name string, get func() (metav1.Object, error), remove func(metav1.Preconditions) error) error {
+		obj := kind + " " + ns + "/" + name
+		m, err := get()
+		switch {
+		case apierrors.IsNotFound(err):
+			out = append(out, Change{obj, "absent"})
+			return nil
+		case err != nil:
+			return fmt.Errorf("%s: %w", obj, err)
+		case !owned(m):
+			out = append(out, Change{obj, Yours})
+			return nil
+		}
+		uid := m.GetUID()
+		if err := remove(metav1.Preconditions{UID: &uid}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete %s: %w", obj, err)
+		}
+		out = append(out, Change{obj, "deleted"})
+		return nil
 	}
-	return "", err
+	groups, svcs, sas := c.Istio.NetworkingV1().WorkloadGroups(ns), c.Kube.CoreV1().Services(ns), c.Kube.CoreV1().ServiceAccounts(ns)
+	steps := []error{
+		del("WorkloadGroup", s.Group, func() (metav1.Object, error) { return groups.Get(ctx, s.Group, metav1.GetOptions{}) },
+			func(p metav1.Preconditions) error {
+				return groups.Delete(ctx, s.Group, metav1.DeleteOptions{Preconditions: &p})
+			}),
+		del("Service", s.Group, func() (metav1.Object, error) { return svcs.Get(ctx, s.Group, metav1.GetOptions{}) },
+			func(p metav1.Preconditions) error {
+				return svcs.Delete(ctx, s.Group, metav1.DeleteOptions{Preconditions: &p})
+			}),
+		del("ServiceAccount", s.ServiceAccount, func() (metav1.Object, error) { return sas.Get(ctx, s.ServiceAccount, metav1.GetOptions{}) },
+			func(p metav1.Preconditions) error {
+				return sas.Delete(ctx, s.ServiceAccount, metav1.DeleteOptions{Preconditions: &p})
+			}),
+	}
+	for _, err := range steps {
+		if err != nil {
+			return out, err
+		}
+	}
+	nsObj := "Namespace " + ns
+	cur, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		out = append(out, Change{nsObj, "absent"})
+	case err != nil:
+		return out, fmt.Errorf("%s: %w", nsObj, err)
+	case !owned(cur):
+		out = append(out, Change{nsObj, Yours})
+	default:
+		err := c.Kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &cur.UID}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return out, fmt.Errorf("delete %s: %w", nsObj, err)
+		}
+		out = append(out, Change{nsObj, "deleted"})
+	}
+	return out, nil
 }
 
 func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) (string, error) {
-	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: ownedLabels(nil)}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		cur, err := kc.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		return yoursOr(cur, err)
+	}
 	return createdOr(err)
 }
 
 func ensureServiceAccount(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
-	_, err := kc.CoreV1().ServiceAccounts(s.Namespace).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: s.ServiceAccount}}, metav1.CreateOptions{})
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: s.ServiceAccount, Labels: ownedLabels(nil)}}
+	_, err := kc.CoreV1().ServiceAccounts(s.Namespace).Create(ctx, sa, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		cur, err := kc.CoreV1().ServiceAccounts(s.Namespace).Get(ctx, s.ServiceAccount, metav1.GetOptions{})
+		return yoursOr(cur, err)
+	}
 	return createdOr(err)
+}
+
+// yoursOr is "unchanged" for an existing object meshvm created, Yours for
+// one it did not.
+func yoursOr(m metav1.Object, err error) (string, error) {
+	switch {
+	case err != nil:
+		return "", err
+	case owned(m):
+		return "unchanged", nil
+	}
+	return Yours, nil
 }
 
 func createdOr(err error) (string, error) {
@@ -145,13 +237,16 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 	groups := ic.NetworkingV1().WorkloadGroups(s.Namespace)
 	cur, err := groups.Get(ctx, s.Group, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		wg := &clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace}}
+		wg := &clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownedLabels(nil)}}
 		proto.Merge(&wg.Spec, want)
 		_, err = groups.Create(ctx, wg, metav1.CreateOptions{})
 		return createdOr(err)
 	}
 	if err != nil {
 		return "", err
+	}
+	if !owned(cur) {
+		return Yours, nil // the VMs join it with its template and probe
 	}
 	if equalGroup(&cur.Spec, want) {
 		return "unchanged", nil
@@ -180,7 +275,7 @@ func equalGroup(a, b *networking.WorkloadGroup) bool {
 func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
 	port := corev1.ServicePort{Name: s.PortName, Port: int32(s.Port), TargetPort: intstr.FromInt32(int32(s.Port))}
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: map[string]string{"app": s.Group}},
+		ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownedLabels(map[string]string{"app": s.Group})},
 		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": s.Group}, Ports: []corev1.ServicePort{port}},
 	}
 	cur, err := kc.CoreV1().Services(s.Namespace).Get(ctx, s.Group, metav1.GetOptions{})
@@ -190,6 +285,9 @@ func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (string
 	}
 	if err != nil {
 		return "", err
+	}
+	if !owned(cur) {
+		return Yours, nil
 	}
 	if len(cur.Spec.Ports) == 1 && cur.Spec.Ports[0].Port == port.Port && cur.Spec.Ports[0].Name == port.Name && cur.Spec.Selector["app"] == s.Group {
 		return "unchanged", nil

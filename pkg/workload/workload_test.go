@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	networking "istio.io/api/networking/v1alpha3"
+	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
 	"github.com/meshvm/meshvm/pkg/credinfo"
@@ -121,6 +124,91 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 		t.Errorf("the same lifetime again: WorkloadGroup %s", ch[2].Action)
 	}
 	credentialsOnLab(t, ctx, c, files.Token)
+	yoursLeftAlone(t, ctx, c)
+
+	// What meshvm made, Remove deletes, its namespace last.
+	gone, err := Remove(ctx, c, recipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range gone {
+		if ch.Action != "deleted" {
+			t.Errorf("Remove of meshvm's workload: %s %s, want deleted", ch.Object, ch.Action)
+		}
+	}
+}
+
+// yoursLeftAlone runs Ensure and Remove in a namespace whose objects of the
+// workload's names were not made by meshvm: each is used or left as it is,
+// byte for byte, and the namespace and what else it holds stay.
+func yoursLeftAlone(t *testing.T, ctx context.Context, c Clients) {
+	t.Helper()
+	spec := recipe
+	spec.Namespace = "yours"
+	kc := c.Kube.CoreV1()
+	mk := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := kc.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "yours", Labels: map[string]string{"team": "a"}}}, metav1.CreateOptions{})
+	mk(err)
+	_, err = kc.ConfigMaps("yours").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "theirs"}, Data: map[string]string{"k": "v"}}, metav1.CreateOptions{})
+	mk(err)
+	_, err = kc.ServiceAccounts("yours").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: spec.ServiceAccount}}, metav1.CreateOptions{})
+	mk(err)
+	_, err = kc.Services("yours").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: spec.Group},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "other"}, Ports: []corev1.ServicePort{{Name: "web", Port: 9090}}}}, metav1.CreateOptions{})
+	mk(err)
+	wg := &clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: spec.Group, Namespace: "yours"}}
+	wg.Spec.Template = &networking.WorkloadEntry{ServiceAccount: spec.ServiceAccount, Ports: map[string]uint32{"web": 9090}}
+	_, err = c.Istio.NetworkingV1().WorkloadGroups("yours").Create(ctx, wg, metav1.CreateOptions{})
+	mk(err)
+
+	snapshot := func() map[string]string {
+		t.Helper()
+		out := map[string]string{}
+		add := func(name string, obj any, err error) {
+			if err != nil {
+				out[name] = "error: " + err.Error()
+				return
+			}
+			b, _ := json.Marshal(obj)
+			out[name] = string(b)
+		}
+		ns, err := kc.Namespaces().Get(ctx, "yours", metav1.GetOptions{})
+		add("namespace", ns, err)
+		cm, err := kc.ConfigMaps("yours").Get(ctx, "theirs", metav1.GetOptions{})
+		add("configmap", cm, err)
+		sa, err := kc.ServiceAccounts("yours").Get(ctx, spec.ServiceAccount, metav1.GetOptions{})
+		add("serviceaccount", sa, err)
+		svc, err := kc.Services("yours").Get(ctx, spec.Group, metav1.GetOptions{})
+		add("service", svc, err)
+		g, err := c.Istio.NetworkingV1().WorkloadGroups("yours").Get(ctx, spec.Group, metav1.GetOptions{})
+		add("workloadgroup", g, err)
+		return out
+	}
+	before := snapshot()
+	ensured, err := Ensure(ctx, c, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed, err := Remove(ctx, c, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range append(ensured, removed...) {
+		if ch.Action != Yours {
+			t.Errorf("%s: %s, want %q", ch.Object, ch.Action, Yours)
+		}
+	}
+	after := snapshot()
+	for k, v := range before {
+		if after[k] != v {
+			t.Errorf("%s changed:\nbefore %s\nafter  %s", k, v, after[k])
+		}
+	}
 }
 
 // credentialsOnLab checks the VM's token is bound to its Secret: reused
