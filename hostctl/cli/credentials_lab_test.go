@@ -20,9 +20,11 @@ import (
 // TestCredentialsOnLab runs three VMs with one-minute workload certificates
 // (the config's floor; pilot-agent renews at half-life) through what strands
 // VMs with Istio's defaults, all in one wait of a certificate's lifetime:
-//   - cr1 is stopped past its certificate's end and started: it is Healthy
-//     again with a certificate istiod issued after the stop, no hostctl
-//     command between, with the token a rotation left in the root-only copy;
+//   - cr1's token is replaced by vm onboard and vm renew --force with no
+//     sidecar restart; then it is stopped past its certificate's end and
+//     started: it is Healthy again with a certificate istiod issued after
+//     the stop, no hostctl command between, with the token the rotation
+//     left in the root-only copy;
 //   - cr2 is revoked: the API server refuses its token and istiod issues it
 //     no certificate after that; status and doctor say revoked;
 //   - cr3 loses its token and its certificate lapses: status and doctor say
@@ -76,13 +78,32 @@ func TestCredentialsOnLab(t *testing.T) {
 		before[vm] = s
 	}
 
-	// cr1: a rotation updates the root-only copy the agent restores at boot.
+	// cr1: vm onboard and vm renew replace the token without a restart,
+	// and the root-only copy the agent restores at boot follows.
+	pid := func() string {
+		out, _ := lab.Exec(ctx, "cr1", nil, "systemctl", "show", "-p", "MainPID", "--value", "istio.service")
+		return strings.TrimSpace(string(out))
+	}
+	sidecarPID, first := pid(), sha("cr1", tokenPath)
 	if out, err := run(t, "--config", cfgPath, "vm", "onboard", "cr1"); err != nil || strings.Contains(out, "(restarted)") {
 		t.Fatalf("vm onboard cr1: %v\n%s", err, out)
 	}
+	if out, err := run(t, "--config", cfgPath, "vm", "renew", "cr1"); err != nil || !strings.Contains(out, "vm renew cr1: token kept") {
+		t.Errorf("vm renew of a fresh token: %v\n%s\nwant it kept", err, out)
+	}
+	onboarded := sha("cr1", tokenPath)
+	if out, err := run(t, "--config", cfgPath, "vm", "renew", "--force", "cr1"); err != nil || !strings.Contains(out, "new token valid until") {
+		t.Fatalf("vm renew --force cr1: %v\n%s", err, out)
+	}
 	rotated := sha("cr1", tokenPath)
+	if first == onboarded || onboarded == rotated {
+		t.Errorf("cr1's token did not change with vm onboard and vm renew --force: %s, %s, %s", first, onboarded, rotated)
+	}
 	if got := sha("cr1", tokenCopy); got != rotated || rotated == "" {
 		t.Errorf("cr1: the root-only token copy %q is not the rotated token %q", got, rotated)
+	}
+	if now := pid(); now != sidecarPID {
+		t.Errorf("cr1's sidecar restarted (pid %s -> %s) for a new token", sidecarPID, now)
 	}
 	stoppedAt := time.Now()
 	if out, err := run(t, "--config", cfgPath, "vm", "stop", "cr1"); err != nil {

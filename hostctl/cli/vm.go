@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
@@ -82,6 +84,7 @@ func vmCommands(g *globals) []*cobra.Command {
 		(&vmStopCmd{vmCmd{g: g}}).command(),
 		(&vmLogsCmd{vmCmd: vmCmd{g: g}}).command(),
 		(&vmRevokeCmd{vmCmd{g: g}}).command(),
+		(&vmRenewCmd{vmCmd: vmCmd{g: g}}).command(),
 	}
 }
 
@@ -484,4 +487,81 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 			fmt.Fprintln(out, l.GetText())
 		}
 	}
+}
+
+type vmRenewCmd struct {
+	vmCmd
+	force bool
+}
+
+func (c *vmRenewCmd) command() *cobra.Command {
+	cmd := c.flags(&cobra.Command{
+		Use:               "renew [VM...]",
+		ValidArgsFunction: c.g.completeVMs(0),
+		Short:             "Replace running VMs' tokens past half their life, nothing else (for a timer)",
+		Long: "renew issues a new istio-token bound to the VM's Secret for each running VM whose token is past half\n" +
+			"its life (all VMs when none is named; --force: every one) and sends only that file: no other file,\n" +
+			"no sidecar restart (pilot-agent reads it for every certificate request), no wait. The agent keeps\n" +
+			"its root-only copy in step. Run it from a timer when VMs stay up longer than half workload.tokenLifetime.",
+		RunE: c.run,
+	}, 2*time.Minute)
+	cmd.Flags().BoolVar(&c.force, "force", false, "replace the token even when more than half its life is left")
+	return cmd
+}
+
+func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		cfg, err := c.g.load(cmd)
+		if err != nil {
+			return err
+		}
+		for _, vm := range cfg.VMs {
+			args = append(args, vm.Name)
+		}
+	}
+	r, cancel, err := c.begin(cmd, args)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	clients, err := r.kube()
+	if err != nil {
+		return err
+	}
+	spec, life, w := workloadSpec(r.cfg), r.cfg.Workload.TokenLifetime.Duration, cmd.ErrOrStderr()
+	return eachVM(r.vms, func(vm config.VM) error {
+		saved := filepath.Join("vms", vm.Name, "files", "istio-token")
+		last, _ := r.state.ReadFile(saved)
+		if !c.force && workload.Reusable(r.ctx, clients.Kube, last, spec, vm.Name, life) {
+			fmt.Fprintf(w, "vm renew %s: token kept (more than half its life left)\n", vm.Name)
+			return nil
+		}
+		m, err := r.site.machines().Info(r.ctx, vm.Name)
+		if err != nil {
+			return err
+		}
+		if !m.Running() {
+			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, strings.ToLower(m.State), vm.Name)
+		}
+		tok, err := workload.IssueToken(r.ctx, clients.Kube, spec, vm.Name, life)
+		if err != nil {
+			return err
+		}
+		if tok.Capped != "" {
+			fmt.Fprintf(w, "vm renew %s: %s\n", vm.Name, tok.Capped)
+		}
+		ac, err := onboard.Connect(r.ctx, r.state, m)
+		if err != nil {
+			return err
+		}
+		defer ac.Close()
+		if _, err := ac.PutFile(r.ctx, agentclient.BytesFile(onboard.TokenPath, tok.Raw)); err != nil {
+			return err
+		}
+		if err := r.state.WriteSecret(saved, tok.Raw); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "vm renew %s: new token valid until %s sent; sidecar not restarted\n", vm.Name, tok.ExpiresAt.UTC().Format(time.RFC3339))
+		return nil
+	})
 }

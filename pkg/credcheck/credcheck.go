@@ -131,7 +131,7 @@ func Judge(f Facts) Verdict {
 	case pastHalf(f.Token, f.Now):
 		v.State = Rotate
 		v.Detail = fmt.Sprintf("the token is past half its life (it expires at %s)", stamp(f.Token.ExpiresAt))
-		v.Fix = "run hostctl vm onboard " + f.VM + " (or hostctl up): it replaces the token, no restart"
+		v.Fix = "run hostctl vm renew " + f.VM + " (or hostctl up): it replaces the token, no restart"
 	default:
 		v.State = OK
 		v.Detail = fmt.Sprintf("certificate valid until %s; token valid until %s", stamp(f.Cert.NotAfter), stamp(f.Token.ExpiresAt))

@@ -25,7 +25,7 @@ func TestJudge(t *testing.T) {
 		{"fresh", Facts{Cert: cert(-time.Hour, 24*time.Hour), Token: tok(-time.Hour, 720*time.Hour), Binding: bound},
 			OK, false, []string{"certificate valid until 2026-12-03T11:00:00Z", "token valid until 2027-01-01T11:00:00Z"}},
 		{"token past half its life", Facts{Cert: cert(-time.Hour, 24*time.Hour), Token: tok(-400*time.Hour, 720*time.Hour), Binding: bound},
-			Rotate, false, []string{"past half its life", "hostctl vm onboard vm1"}},
+			Rotate, false, []string{"past half its life", "hostctl vm renew vm1"}},
 		{"renewal overdue", Facts{Cert: cert(-20*time.Hour, 24*time.Hour), Token: tok(-time.Hour, 720*time.Hour), Binding: bound},
 			RenewalOverdue, false, []string{"should have been renewed by 2026-12-02T10:00:00Z", "hostctl vm logs vm1"}},
 		{"off longer than the certificate, token valid", Facts{Cert: cert(-30*time.Hour, 24*time.Hour), Token: tok(-30*time.Hour, 720*time.Hour), Binding: bound},

@@ -131,11 +131,11 @@ func Review(ctx context.Context, kc kubernetes.Interface, tok []byte) (TokenRevi
 	return TokenReview{Authenticated: r.Status.Authenticated, Error: r.Status.Error}, nil
 }
 
-// reusable reports whether tok is vm's: the service account's, bound to the
+// Reusable reports whether tok is vm's: the service account's, bound to the
 // VM's current credential Secret, more than half its life left, and accepted
 // by this cluster's API server (a rebuilt cluster signs with a new key; a
 // revoked one has a new Secret).
-func reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, vm string, lifetime time.Duration) bool {
+func Reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, vm string, lifetime time.Duration) bool {
 	t, err := credinfo.ParseToken(tok)
 	if err != nil || t.Subject != "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount || t.BoundSecret.Name != CredentialName(vm) {
 		return false

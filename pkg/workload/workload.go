@@ -337,7 +337,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 		return workloadfiles.Files{}, errors.New("workload files: no VM name to bind the token to")
 	}
 	token := f.ReuseToken
-	if !reusable(ctx, c.Kube, token, s, f.VM, f.TokenLifetime) {
+	if !Reusable(ctx, c.Kube, token, s, f.VM, f.TokenLifetime) {
 		t, err := IssueToken(ctx, c.Kube, s, f.VM, f.TokenLifetime)
 		if err != nil {
 			return workloadfiles.Files{}, err
