@@ -18,6 +18,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/meshcall"
 	"github.com/meshvm/meshvm/pkg/onboard"
+	"github.com/meshvm/meshvm/pkg/ownership"
 	"github.com/meshvm/meshvm/pkg/proxyimage"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
@@ -118,6 +119,16 @@ func (s *clusterSite) options() istioinstall.Options {
 }
 
 func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
+	c, err := s.clients()
+	if err != nil {
+		return err
+	}
+	// Never an install over a control plane someone else runs.
+	if found, err := istioinstall.ForeignControlPlane(ctx, c.Kube); err != nil {
+		return err
+	} else if len(found) > 0 {
+		return istioinstall.ForeignControlPlaneError(found)
+	}
 	objs, keep, err := s.istio()
 	if err != nil {
 		return err
@@ -135,9 +146,10 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 		from = s.istioctl
 	}
 	p.step("control plane", "", "Istio %s: %d objects rendered from %s: %s", s.version, len(objs), from, istioinstall.Summary(changes))
-	c, err := s.clients()
-	if err != nil {
-		return err
+	for _, ch := range changes {
+		if ch.Action == istioinstall.Yours {
+			p.step("control plane", "", "%s exists and is not meshvm's: left as it is", ch.Ref)
+		}
 	}
 	addr, err := istioinstall.WaitReady(ctx, c.Kube, func(msg string) { p.step("control plane", "", "%s", msg) })
 	if err != nil {
@@ -262,8 +274,8 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	}
 	// verify's client pods live in their own namespace, when meshvm made it.
 	if ns, err := c.Kube.CoreV1().Namespaces().Get(ctx, meshcall.Namespace, metav1.GetOptions{}); err == nil {
-		if ns.Labels[workload.ManagedByLabel] != workload.ManagedBy {
-			p.step("cluster", "", "Namespace %s %s", meshcall.Namespace, workload.Yours)
+		if ns.Labels[ownership.Label] != ownership.Value {
+			p.step("cluster", "", "Namespace %s %s", meshcall.Namespace, ownership.Yours)
 		} else if err := c.Kube.CoreV1().Namespaces().Delete(ctx, meshcall.Namespace, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &ns.UID}}); err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log"
 	"net"
@@ -31,6 +32,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labbuild"
 	"github.com/meshvm/meshvm/pkg/meshcall"
+	"github.com/meshvm/meshvm/pkg/workload"
 )
 
 // TestUpOnYourCluster runs up through the path a real cluster takes
@@ -57,13 +59,48 @@ func TestUpOnYourCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An Istio control plane of yours (here a revision's istiod): up names
+	// it and changes nothing in the cluster.
+	foreign := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "istiod-canary", Namespace: "istio-system", Labels: map[string]string{"app": "istiod", "istio.io/rev": "canary"}},
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "istiod", "istio.io/rev": "canary"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "istiod", "istio.io/rev": "canary"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "discovery", Image: "docker.io/istio/pilot:1.31.0"}}}}}}
+	if _, err := clients.Kube.AppsV1().Deployments("istio-system").Create(ctx, foreign, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := istioSystem(t, ctx, clients)
+	out, err := run(t, "--config", cfgPath, "up", "--timeout", "2m")
+	if err == nil || !strings.Contains(err.Error(), "Deployment istio-system/istiod-canary") || !strings.Contains(err.Error(), "meshvm changes none of it") {
+		t.Fatalf("up with an istiod of yours: got %v\n%s\nwant it named and left", err, out)
+	}
+	if after := istioSystem(t, ctx, clients); after != before {
+		t.Errorf("up changed istio-system although it found a control plane of yours")
+	}
+	clients.Kube.AppsV1().Deployments("istio-system").Delete(ctx, foreign.Name, metav1.DeleteOptions{})
+
+	// An object of the render that someone else made: up and down leave it
+	// byte for byte.
+	vs, err := clients.Istio.NetworkingV1().VirtualServices("istio-system").Get(ctx, "istiod-vs", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := clients.Istio.NetworkingV1().VirtualServices("istio-system").Delete(ctx, vs.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	theirs := vs.DeepCopy()
+	theirs.ObjectMeta = metav1.ObjectMeta{Name: vs.Name, Namespace: vs.Namespace, Labels: map[string]string{"team": "mesh"}}
+	if theirs, err = clients.Istio.NetworkingV1().VirtualServices("istio-system").Create(ctx, theirs, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	theirsJSON, _ := json.Marshal(theirs)
+
 	// A LoadBalancer holding the gateway's ports: up names it and stops.
 	lb := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "istio-ingressgateway", Namespace: "istio-system"},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Ports: []corev1.ServicePort{{Name: "tls", Port: 15443}}}}
 	if _, err := clients.Kube.CoreV1().Services("istio-system").Create(ctx, lb, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	out, err := run(t, "--config", cfgPath, "up", "--timeout", "2m")
+	out, err = run(t, "--config", cfgPath, "up", "--timeout", "2m")
 	if err == nil || !strings.Contains(err.Error(), "istio-system/istio-ingressgateway holds 15443") || !strings.Contains(err.Error(), "delete that LoadBalancer") {
 		t.Fatalf("up with a LoadBalancer in the way: got %v\n%s\nwant it named with the fix", err, out)
 	}
@@ -76,7 +113,8 @@ func TestUpOnYourCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"existing cluster, Kubernetes", "east-west gateway at " + hostIP, "Healthy"} {
+	for _, want := range []string{"existing cluster, Kubernetes", "east-west gateway at " + hostIP, "Healthy",
+		"VirtualService/istio-system/istiod-vs exists and is not meshvm's: left as it is"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("up lacks %q", want)
 		}
@@ -142,6 +180,32 @@ func TestUpOnYourCluster(t *testing.T) {
 	if _, err := clients.Kube.Discovery().ServerVersion(); err != nil {
 		t.Errorf("down took the cluster with it: %v", err)
 	}
+	if now, err := clients.Istio.NetworkingV1().VirtualServices("istio-system").Get(ctx, "istiod-vs", metav1.GetOptions{}); err != nil {
+		t.Errorf("down deleted the VirtualService meshvm did not make: %v", err)
+	} else if nowJSON, _ := json.Marshal(now); string(nowJSON) != string(theirsJSON) {
+		t.Errorf("the VirtualService meshvm did not make changed:\nbefore %s\nafter  %s", theirsJSON, nowJSON)
+	}
+}
+
+// istioSystem is every ConfigMap, Service and Deployment in istio-system,
+// as JSON: what must not change when up finds a control plane of yours.
+func istioSystem(t *testing.T, ctx context.Context, c workload.Clients) string {
+	t.Helper()
+	cms, err1 := c.Kube.CoreV1().ConfigMaps("istio-system").List(ctx, metav1.ListOptions{})
+	svcs, err2 := c.Kube.CoreV1().Services("istio-system").List(ctx, metav1.ListOptions{})
+	deps, err3 := c.Kube.AppsV1().Deployments("istio-system").List(ctx, metav1.ListOptions{})
+	if err := errors.Join(err1, err2, err3); err != nil {
+		t.Fatal(err)
+	}
+	var kept []corev1.ConfigMap
+	for _, cm := range cms.Items {
+		// istiod's leader election renews these by itself.
+		if _, lock := cm.Annotations["control-plane.alpha.kubernetes.io/leader"]; !lock {
+			kept = append(kept, cm)
+		}
+	}
+	b, _ := json.Marshal([]any{kept, svcs.Items, deps.Items})
+	return string(b)
 }
 
 // proxyRegistry serves a real registry in-process holding hub/proxyv2 at

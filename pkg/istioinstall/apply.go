@@ -19,16 +19,22 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+
+	"github.com/meshvm/meshvm/pkg/ownership"
 )
 
 // FieldManager names meshvm's server-side applies.
-const FieldManager = "meshvm"
+const FieldManager = ownership.FieldManager
 
 // Change is what applying did to one object: created, configured,
-// unchanged, or skipped (Why says why).
+// unchanged, skipped (Why says why), or Yours.
 type Change struct {
 	Ref, Action, Why string
 }
+
+// Yours is the action on an object of the render that exists and meshvm did
+// not make (another installer's): it is neither applied over nor deleted.
+const Yours = "not meshvm's"
 
 // Keep decides whether an object is applied, and if not, why.
 type Keep func(Object) (bool, string)
@@ -192,6 +198,8 @@ func applyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper
 	before := ""
 	cur, err := ri.Get(ctx, o.GetName(), metav1.GetOptions{})
 	switch {
+	case err == nil && !ownership.Owned(cur):
+		return Yours, nil // another installer's: never applied over
 	case err == nil:
 		before = cur.GetResourceVersion()
 	case !apierrors.IsNotFound(err):
@@ -255,6 +263,9 @@ func Summary(changes []Change) string {
 	case n["deleted"]+n["absent"]+n["kept"] > 0:
 		order = []string{"deleted", "absent", "kept", "skipped"}
 	}
+	if n[Yours] > 0 {
+		order = append(order, Yours)
+	}
 	parts := make([]string, len(order))
 	for i, a := range order {
 		parts[i] = fmt.Sprintf("%d %s", n[a], a)
@@ -283,8 +294,17 @@ func Uninstall(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) (
 		}
 		action := "deleted"
 		ri, err := resource(dyn, mapper, o)
+		var cur *unstructured.Unstructured
 		if err == nil {
-			err = ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{})
+			cur, err = ri.Get(ctx, o.GetName(), metav1.GetOptions{})
+		}
+		if err == nil && !ownership.Owned(cur) {
+			out = append(out, Change{Ref: o.Ref(), Action: Yours, Why: ownership.Yours})
+			continue
+		}
+		if err == nil {
+			uid := cur.GetUID()
+			err = ri.Delete(ctx, o.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
 		}
 		switch {
 		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):

@@ -23,6 +23,8 @@ import (
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	"istio.io/istio/operator/pkg/render"
 	"istio.io/istio/operator/pkg/util/clog"
+
+	"github.com/meshvm/meshvm/pkg/ownership"
 )
 
 const (
@@ -163,6 +165,16 @@ func Render(o Options) ([]Object, error) {
 		return nil, err
 	}
 	out = append(out, exposed...)
+	// meshvm's mark on all of it: down deletes only what carries it (or
+	// what meshvm applied), and up never applies over another installer's.
+	for _, o := range out {
+		labels := o.GetLabels()
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[ownership.Label] = ownership.Value
+		o.SetLabels(labels)
+	}
 	// The charts' renderer emits objects of a kind in no fixed order: sort
 	// fully, so every render (and every apply's report) is the same.
 	sort.Slice(out, func(i, j int) bool {

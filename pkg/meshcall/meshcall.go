@@ -16,7 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/ownership"
 )
 
 // Namespace holds the client pods; injection is on so they are in the mesh.
@@ -82,7 +82,7 @@ func Fetch(ctx context.Context, kc kubernetes.Interface, image, url string, time
 }
 
 func ensureNamespace(ctx context.Context, kc kubernetes.Interface) error {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: map[string]string{"istio-injection": "enabled", workload.ManagedByLabel: workload.ManagedBy}}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace, Labels: map[string]string{"istio-injection": "enabled", ownership.Label: ownership.Value}}}
 	if _, err := kc.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("namespace %s: %w", Namespace, err)
 	}

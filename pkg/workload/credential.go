@@ -12,13 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshvm/meshvm/pkg/credinfo"
-)
-
-// Labels meshvm puts on what it creates, so that it removes only that.
-const (
-	ManagedByLabel = "app.kubernetes.io/managed-by"
-	ManagedBy      = "meshvm"
-	VMLabel        = "meshvm.io/vm"
+	"github.com/meshvm/meshvm/pkg/ownership"
 )
 
 // credentialType marks the per-VM Secret; it holds no data.
@@ -44,8 +38,8 @@ func ensureCredential(ctx context.Context, kc kubernetes.Interface, ns, vm strin
 	name := CredentialName(vm)
 	sec, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 	if err == nil {
-		if sec.Labels[ManagedByLabel] != ManagedBy {
-			return nil, fmt.Errorf("Secret %s/%s exists but meshvm did not create it (no %s=%s label): rename or delete it, meshvm binds VM %s's token to that name", ns, name, ManagedByLabel, ManagedBy, vm)
+		if sec.Labels[ownership.Label] != ownership.Value {
+			return nil, fmt.Errorf("Secret %s/%s exists but meshvm did not create it (no %s=%s label): rename or delete it, meshvm binds VM %s's token to that name", ns, name, ownership.Label, ownership.Value, vm)
 		}
 		return sec, nil
 	}
@@ -53,7 +47,7 @@ func ensureCredential(ctx context.Context, kc kubernetes.Interface, ns, vm strin
 		return nil, err
 	}
 	sec = &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{ManagedByLabel: ManagedBy, VMLabel: vm},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{ownership.Label: ownership.Value, ownership.VMLabel: vm},
 			Annotations: map[string]string{"meshvm.io/purpose": "VM " + vm + "'s istio-token is bound to this Secret: delete it to revoke the token (hostctl vm revoke " + vm + ")"}},
 		Type: credentialType,
 	}
@@ -101,8 +95,8 @@ func Revoke(ctx context.Context, kc kubernetes.Interface, ns, vm string) (string
 		return "absent", nil
 	case err != nil:
 		return "", err
-	case sec.Labels[ManagedByLabel] != ManagedBy:
-		return "", fmt.Errorf("Secret %s/%s was not created by meshvm (no %s=%s label): left as it is", ns, name, ManagedByLabel, ManagedBy)
+	case sec.Labels[ownership.Label] != ownership.Value:
+		return "", fmt.Errorf("Secret %s/%s was not created by meshvm (no %s=%s label): left as it is", ns, name, ownership.Label, ownership.Value)
 	}
 	err = kc.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sec.UID}})
 	if apierrors.IsNotFound(err) {
@@ -154,14 +148,14 @@ func Reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, 
 // CredentialUIDs returns the UIDs of the namespace's VM credential Secrets by
 // VM name, in one list: what the VMs' tokens must still be bound to.
 func CredentialUIDs(ctx context.Context, kc kubernetes.Interface, ns string) (map[string]string, error) {
-	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedBy + "," + VMLabel})
+	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ownership.Label + "=" + ownership.Value + "," + ownership.VMLabel})
 	if err != nil {
 		return nil, fmt.Errorf("list the VM credentials in %s: %w", ns, err)
 	}
 	out := map[string]string{}
 	for _, sec := range list.Items {
-		if sec.Type == credentialType && sec.Name == CredentialName(sec.Labels[VMLabel]) {
-			out[sec.Labels[VMLabel]] = string(sec.UID)
+		if sec.Type == credentialType && sec.Name == CredentialName(sec.Labels[ownership.VMLabel]) {
+			out[sec.Labels[ownership.VMLabel]] = string(sec.UID)
 		}
 	}
 	return out, nil
@@ -171,7 +165,7 @@ func CredentialUIDs(ctx context.Context, kc kubernetes.Interface, ns string) (ma
 // token it issued there stays valid: what down does before anything else,
 // whether or not the namespace goes too. It returns how many it deleted.
 func RevokeAll(ctx context.Context, kc kubernetes.Interface, ns string) (int, error) {
-	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + ManagedBy + "," + VMLabel})
+	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ownership.Label + "=" + ownership.Value + "," + ownership.VMLabel})
 	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return 0, nil

@@ -23,6 +23,7 @@ import (
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
+	"github.com/meshvm/meshvm/pkg/ownership"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
@@ -64,24 +65,9 @@ type Clients struct {
 type Change struct {
 	Object string // e.g. "WorkloadGroup vmns/external-app"
 	// Action is "created", "updated", "unchanged" or "deleted", "absent";
-	// Yours for an object meshvm did not create: used, or left, as it is.
+	// ownership.Yours for an object meshvm did not create.
 	Action string
 }
-
-// Yours is the action on an object meshvm did not create: it is used (or
-// left) as it is, never changed or deleted.
-const Yours = "not meshvm's: left as it is"
-
-// ownedLabels mark what meshvm creates, so that it removes only that.
-func ownedLabels(extra map[string]string) map[string]string {
-	l := map[string]string{ManagedByLabel: ManagedBy}
-	for k, v := range extra {
-		l[k] = v
-	}
-	return l
-}
-
-func owned(m metav1.Object) bool { return m.GetLabels()[ManagedByLabel] == ManagedBy }
 
 // Ensure converges the namespace, service account, WorkloadGroup and Service.
 func Ensure(ctx context.Context, c Clients, s Spec) ([]Change, error) {
@@ -129,8 +115,8 @@ func Remove(ctx context.Context, c Clients, s Spec) ([]Change, error) {
 			return nil
 		case err != nil:
 			return fmt.Errorf("%s: %w", obj, err)
-		case !owned(m):
-			out = append(out, Change{obj, Yours})
+		case !ownership.Owned(m):
+			out = append(out, Change{obj, ownership.Yours})
 			return nil
 		}
 		uid := m.GetUID()
@@ -167,8 +153,8 @@ func Remove(ctx context.Context, c Clients, s Spec) ([]Change, error) {
 		out = append(out, Change{nsObj, "absent"})
 	case err != nil:
 		return out, fmt.Errorf("%s: %w", nsObj, err)
-	case !owned(cur):
-		out = append(out, Change{nsObj, Yours})
+	case !ownership.Owned(cur):
+		out = append(out, Change{nsObj, ownership.Yours})
 	default:
 		err := c.Kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &cur.UID}})
 		if err != nil && !apierrors.IsNotFound(err) {
@@ -180,7 +166,7 @@ func Remove(ctx context.Context, c Clients, s Spec) ([]Change, error) {
 }
 
 func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) (string, error) {
-	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: ownedLabels(nil)}}, metav1.CreateOptions{})
+	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: ownership.Labels(nil)}}, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		cur, err := kc.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
 		return yoursOr(cur, err)
@@ -189,7 +175,7 @@ func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) 
 }
 
 func ensureServiceAccount(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: s.ServiceAccount, Labels: ownedLabels(nil)}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: s.ServiceAccount, Labels: ownership.Labels(nil)}}
 	_, err := kc.CoreV1().ServiceAccounts(s.Namespace).Create(ctx, sa, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		cur, err := kc.CoreV1().ServiceAccounts(s.Namespace).Get(ctx, s.ServiceAccount, metav1.GetOptions{})
@@ -198,16 +184,16 @@ func ensureServiceAccount(ctx context.Context, kc kubernetes.Interface, s Spec) 
 	return createdOr(err)
 }
 
-// yoursOr is "unchanged" for an existing object meshvm created, Yours for
+// yoursOr is "unchanged" for an existing object meshvm created, ownership.Yours for
 // one it did not.
 func yoursOr(m metav1.Object, err error) (string, error) {
 	switch {
 	case err != nil:
 		return "", err
-	case owned(m):
+	case ownership.Owned(m):
 		return "unchanged", nil
 	}
-	return Yours, nil
+	return ownership.Yours, nil
 }
 
 func createdOr(err error) (string, error) {
@@ -237,7 +223,7 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 	groups := ic.NetworkingV1().WorkloadGroups(s.Namespace)
 	cur, err := groups.Get(ctx, s.Group, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		wg := &clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownedLabels(nil)}}
+		wg := &clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownership.Labels(nil)}}
 		proto.Merge(&wg.Spec, want)
 		_, err = groups.Create(ctx, wg, metav1.CreateOptions{})
 		return createdOr(err)
@@ -245,8 +231,8 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 	if err != nil {
 		return "", err
 	}
-	if !owned(cur) {
-		return Yours, nil // the VMs join it with its template and probe
+	if !ownership.Owned(cur) {
+		return ownership.Yours, nil // the VMs join it with its template and probe
 	}
 	if equalGroup(&cur.Spec, want) {
 		return "unchanged", nil
@@ -275,7 +261,7 @@ func equalGroup(a, b *networking.WorkloadGroup) bool {
 func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
 	port := corev1.ServicePort{Name: s.PortName, Port: int32(s.Port), TargetPort: intstr.FromInt32(int32(s.Port))}
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownedLabels(map[string]string{"app": s.Group})},
+		ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownership.Labels(map[string]string{"app": s.Group})},
 		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": s.Group}, Ports: []corev1.ServicePort{port}},
 	}
 	cur, err := kc.CoreV1().Services(s.Namespace).Get(ctx, s.Group, metav1.GetOptions{})
@@ -286,8 +272,8 @@ func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (string
 	if err != nil {
 		return "", err
 	}
-	if !owned(cur) {
-		return Yours, nil
+	if !ownership.Owned(cur) {
+		return ownership.Yours, nil
 	}
 	if len(cur.Spec.Ports) == 1 && cur.Spec.Ports[0].Port == port.Port && cur.Spec.Ports[0].Name == port.Name && cur.Spec.Selector["app"] == s.Group {
 		return "unchanged", nil

@@ -24,6 +24,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/labstack"
 	"github.com/meshvm/meshvm/pkg/labtest"
+	"github.com/meshvm/meshvm/pkg/ownership"
 )
 
 var recipe = Spec{Namespace: "vmns", ServiceAccount: "vmsa", Group: "external-app", Port: 8000, PortName: "http",
@@ -199,8 +200,8 @@ func yoursLeftAlone(t *testing.T, ctx context.Context, c Clients) {
 		t.Fatal(err)
 	}
 	for _, ch := range append(ensured, removed...) {
-		if ch.Action != Yours {
-			t.Errorf("%s: %s, want %q", ch.Object, ch.Action, Yours)
+		if ch.Action != ownership.Yours {
+			t.Errorf("%s: %s, want %q", ch.Object, ch.Action, ownership.Yours)
 		}
 	}
 	after := snapshot()
@@ -223,7 +224,7 @@ func credentialsOnLab(t *testing.T, ctx context.Context, c Clients, token []byte
 	if err != nil {
 		t.Fatalf("the VM's credential Secret: %v", err)
 	}
-	if tok.BoundSecret.Name != sec.Name || tok.BoundSecret.UID != string(sec.UID) || sec.Labels[ManagedByLabel] != ManagedBy || sec.Labels[VMLabel] != "vm1" {
+	if tok.BoundSecret.Name != sec.Name || tok.BoundSecret.UID != string(sec.UID) || sec.Labels[ownership.Label] != ownership.Value || sec.Labels[ownership.VMLabel] != "vm1" {
 		t.Errorf("token bound to %+v, Secret %s/%s labels %v: want the token bound to the labelled Secret", tok.BoundSecret, sec.Name, sec.UID, sec.Labels)
 	}
 	if r, err := Review(ctx, c.Kube, token); err != nil || !r.Authenticated {
