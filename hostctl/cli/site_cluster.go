@@ -124,10 +124,10 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 		return err
 	}
 	// Never an install over a control plane someone else runs.
-	if found, err := istioinstall.ForeignControlPlane(ctx, c.Kube); err != nil {
+	if found, err := istioinstall.InspectForeign(ctx, c.Kube); err != nil {
 		return err
-	} else if len(found) > 0 {
-		return istioinstall.ForeignControlPlaneError(found)
+	} else if found.Found() {
+		return found.Error()
 	}
 	objs, keep, err := s.istio()
 	if err != nil {

@@ -70,7 +70,8 @@ func TestUpOnYourCluster(t *testing.T) {
 	}
 	before := istioSystem(t, ctx, clients)
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "2m")
-	if err == nil || !strings.Contains(err.Error(), "Deployment istio-system/istiod-canary") || !strings.Contains(err.Error(), "meshvm changes none of it") {
+	if err == nil || !strings.Contains(err.Error(), "Deployment istio-system/istiod-canary (revision canary, Istio 1.31.0") || !strings.Contains(err.Error(), "meshvm changes none of it") ||
+		!strings.Contains(err.Error(), "set PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION=true on Deployment istio-system/istiod-canary") {
 		t.Fatalf("up with an istiod of yours: got %v\n%s\nwant it named and left", err, out)
 	}
 	if after := istioSystem(t, ctx, clients); after != before {

@@ -3,45 +3,199 @@ package istioinstall
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/ownership"
 )
 
-// ForeignControlPlane names what shows an Istio control plane meshvm did
-// not install: istiod Deployments (label app=istiod, any namespace) and mesh
-// config ConfigMaps (istio or istio-<revision>, label istio.io/rev) that
-// meshvm neither labelled nor applied. Empty when there is none.
-func ForeignControlPlane(ctx context.Context, kc kubernetes.Interface) ([]string, error) {
-	var out []string
-	deps, err := kc.AppsV1().Deployments("").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
-	if err != nil {
-		return nil, fmt.Errorf("look for istiod Deployments: %w", err)
-	}
-	for i := range deps.Items {
-		if d := &deps.Items[i]; !ownership.Owned(d) {
-			out = append(out, "Deployment "+d.Namespace+"/"+d.Name)
-		}
-	}
-	cms, err := kc.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "istio.io/rev"})
-	if err != nil {
-		return nil, fmt.Errorf("look for Istio's mesh config: %w", err)
-	}
-	for i := range cms.Items {
-		cm := &cms.Items[i]
-		if _, mesh := cm.Data["mesh"]; mesh && (cm.Name == "istio" || strings.HasPrefix(cm.Name, "istio-")) && !ownership.Owned(cm) {
-			out = append(out, "ConfigMap "+cm.Namespace+"/"+cm.Name)
-		}
-	}
-	return out, nil
+// ControlPlane is an istiod meshvm did not install, as the cluster shows it.
+type ControlPlane struct {
+	Deployment string // namespace/name
+	Revision   string // istio.io/rev, "default" when unset
+	Version    string // the image's tag
+	ClusterID  string // istiod's CLUSTER_ID
+	MeshID     string // the mesh config's defaultConfig.meshId, else its trust domain
+	Network    string // the istiod namespace's topology.istio.io/network
+	// Autoregistration and HealthChecks are istiod's WorkloadEntry switches.
+	Autoregistration, HealthChecks bool
+	// Gateway is a Service exposing istiod's 15012 and 15017 to VMs (an
+	// east-west gateway), "" when there is none.
+	Gateway string
 }
 
-// ForeignControlPlaneError says what up does about a control plane of
-// yours: nothing, and why.
-func ForeignControlPlaneError(found []string) error {
-	return fmt.Errorf("an Istio control plane meshvm did not install is in this cluster (%s): meshvm changes none of it. "+
-		"Joining VMs to an Istio of yours is not built yet: use a cluster without Istio, or one whose Istio hostctl installed", strings.Join(found, ", "))
+// Foreign is what shows an Istio meshvm did not install: its control
+// planes, and mesh config ConfigMaps (istio or istio-<rev>, label
+// istio.io/rev) meshvm neither labelled nor applied.
+type Foreign struct {
+	ControlPlanes []ControlPlane
+	MeshConfigs   []string // namespace/name
+}
+
+// Found reports whether there is anything.
+func (f Foreign) Found() bool { return len(f.ControlPlanes)+len(f.MeshConfigs) > 0 }
+
+// InspectForeign reads the cluster for an Istio meshvm did not install.
+func InspectForeign(ctx context.Context, kc kubernetes.Interface) (Foreign, error) {
+	var f Foreign
+	cms, err := kc.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{LabelSelector: "istio.io/rev"})
+	if err != nil {
+		return f, fmt.Errorf("look for Istio's mesh config: %w", err)
+	}
+	mesh := map[string]string{} // namespace/name -> mesh YAML
+	for i := range cms.Items {
+		cm := &cms.Items[i]
+		if _, ok := cm.Data["mesh"]; ok && (cm.Name == "istio" || strings.HasPrefix(cm.Name, "istio-")) {
+			mesh[cm.Namespace+"/"+cm.Name] = cm.Data["mesh"]
+			if !ownership.Owned(cm) {
+				f.MeshConfigs = append(f.MeshConfigs, cm.Namespace+"/"+cm.Name)
+			}
+		}
+	}
+	deps, err := kc.AppsV1().Deployments("").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+	if err != nil {
+		return f, fmt.Errorf("look for istiod Deployments: %w", err)
+	}
+	svcs, err := kc.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return f, fmt.Errorf("look for an east-west gateway: %w", err)
+	}
+	for i := range deps.Items {
+		d := &deps.Items[i]
+		if ownership.Owned(d) {
+			continue
+		}
+		cp := readControlPlane(d, svcs.Items)
+		cmName := "istio"
+		if cp.Revision != "default" {
+			cmName += "-" + cp.Revision
+		}
+		cp.MeshID = meshID(mesh[d.Namespace+"/"+cmName])
+		if ns, err := kc.CoreV1().Namespaces().Get(ctx, d.Namespace, metav1.GetOptions{}); err == nil {
+			cp.Network = ns.Labels["topology.istio.io/network"]
+		}
+		f.ControlPlanes = append(f.ControlPlanes, cp)
+	}
+	sort.Strings(f.MeshConfigs)
+	return f, nil
+}
+
+// readControlPlane reads an istiod Deployment, and finds among svcs a
+// gateway exposing its ports.
+func readControlPlane(d *appsv1.Deployment, svcs []corev1.Service) ControlPlane {
+	cp := ControlPlane{Deployment: d.Namespace + "/" + d.Name, Revision: d.Labels["istio.io/rev"]}
+	if cp.Revision == "" {
+		cp.Revision = "default"
+	}
+	for _, c := range d.Spec.Template.Spec.Containers {
+		if c.Name != "discovery" {
+			continue
+		}
+		image, _, _ := strings.Cut(c.Image, "@") // a digest names no version
+		if i := strings.LastIndexByte(image, ':'); i >= 0 && !strings.Contains(image[i:], "/") {
+			cp.Version = image[i+1:]
+		}
+		for _, e := range c.Env {
+			switch e.Name {
+			case "CLUSTER_ID":
+				cp.ClusterID = e.Value
+			case "PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION":
+				cp.Autoregistration = e.Value == "true"
+			case "PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS":
+				cp.HealthChecks = e.Value == "true"
+			}
+		}
+	}
+	for _, s := range svcs {
+		if s.Labels["istio"] != "eastwestgateway" {
+			continue
+		}
+		ports := map[int32]bool{}
+		for _, p := range s.Spec.Ports {
+			ports[p.Port] = true
+		}
+		if ports[15012] && ports[15017] {
+			cp.Gateway = s.Namespace + "/" + s.Name
+			break
+		}
+	}
+	return cp
+}
+
+// meshID is a mesh config's defaultConfig.meshId, else its trust domain
+// (Istio's own default), else "".
+func meshID(meshYAML string) string {
+	var m struct {
+		TrustDomain   string `json:"trustDomain"`
+		DefaultConfig struct {
+			MeshID string `json:"meshId"`
+		} `json:"defaultConfig"`
+	}
+	if yaml.Unmarshal([]byte(meshYAML), &m) != nil {
+		return ""
+	}
+	if m.DefaultConfig.MeshID != "" {
+		return m.DefaultConfig.MeshID
+	}
+	return m.TrustDomain
+}
+
+// Needs are the changes a control plane needs before VMs can join it, each
+// as the exact change to make.
+func (cp ControlPlane) Needs() []string {
+	var out []string
+	set := func(env string) string {
+		return fmt.Sprintf("set %s=true on Deployment %s (istioctl install --set values.pilot.env.%s=true)", env, cp.Deployment, env)
+	}
+	if !cp.Autoregistration {
+		out = append(out, "WorkloadEntry autoregistration: "+set("PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION"))
+	}
+	if !cp.HealthChecks {
+		out = append(out, "VM health checks: "+set("PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS"))
+	}
+	if cp.Gateway == "" {
+		out = append(out, "istiod reachable from the VMs: an east-west gateway Service (label istio=eastwestgateway) exposing 15012 and 15017, "+
+			"as samples/multicluster/gen-eastwest-gateway.sh makes, and istiod exposed through it (samples/multicluster/expose-istiod.yaml)")
+	}
+	return out
+}
+
+// String says what the control plane is, in one line.
+func (cp ControlPlane) String() string {
+	return fmt.Sprintf("Deployment %s (revision %s, Istio %s, cluster %s, mesh %s, network %s)", cp.Deployment, cp.Revision,
+		orUnknown(cp.Version), orUnknown(cp.ClusterID), orUnknown(cp.MeshID), orUnknown(cp.Network))
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unset"
+	}
+	return s
+}
+
+// Error says what up does about an Istio of yours, nothing, and what VMs
+// would need of it.
+func (f Foreign) Error() error {
+	var b strings.Builder
+	b.WriteString("an Istio meshvm did not install is in this cluster; meshvm changes none of it:")
+	for _, cp := range f.ControlPlanes {
+		fmt.Fprintf(&b, "\n  %s", cp)
+		if needs := cp.Needs(); len(needs) > 0 {
+			b.WriteString("\n    VMs would need of it:")
+			for _, n := range needs {
+				b.WriteString("\n    - " + n)
+			}
+		}
+	}
+	for _, cm := range f.MeshConfigs {
+		fmt.Fprintf(&b, "\n  ConfigMap %s (its mesh config)", cm)
+	}
+	b.WriteString("\nJoining VMs to an Istio of yours is not built yet: use a cluster without Istio, or one whose Istio hostctl installed")
+	return fmt.Errorf("%s", b.String())
 }

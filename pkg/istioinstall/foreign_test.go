@@ -1,0 +1,73 @@
+package istioinstall
+
+import (
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func istiod(rev, image string, env map[string]string) *appsv1.Deployment {
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "istiod", Namespace: "istio-system", Labels: map[string]string{"app": "istiod"}}}
+	if rev != "" {
+		d.Name, d.Labels["istio.io/rev"] = "istiod-"+rev, rev
+	}
+	c := corev1.Container{Name: "discovery", Image: image}
+	for k, v := range env {
+		c.Env = append(c.Env, corev1.EnvVar{Name: k, Value: v})
+	}
+	d.Spec.Template.Spec.Containers = []corev1.Container{{Name: "other", Image: "x:9"}, c}
+	return d
+}
+
+func TestReadControlPlane(t *testing.T) {
+	gw := corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "istio-eastwestgateway", Namespace: "istio-system", Labels: map[string]string{"istio": "eastwestgateway"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 15021}, {Port: 15443}, {Port: 15012}, {Port: 15017}}}}
+	partial := gw
+	partial.Spec.Ports = []corev1.ServicePort{{Port: 15443}}
+
+	cp := readControlPlane(istiod("canary", "docker.io/istio/pilot:1.30.2", map[string]string{"CLUSTER_ID": "c1",
+		"PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION": "true", "PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS": "true"}), []corev1.Service{partial, gw})
+	want := ControlPlane{Deployment: "istio-system/istiod-canary", Revision: "canary", Version: "1.30.2", ClusterID: "c1",
+		Autoregistration: true, HealthChecks: true, Gateway: "istio-system/istio-eastwestgateway"}
+	if cp != want {
+		t.Errorf("got %+v\nwant %+v", cp, want)
+	}
+	if n := cp.Needs(); len(n) != 0 {
+		t.Errorf("a control plane VMs can join: needs %v", n)
+	}
+
+	// Istio's defaults: no autoregistration, no health checks, no gateway.
+	bare := readControlPlane(istiod("", "registry.local:5000/pilot@sha256:abcd", nil), []corev1.Service{partial})
+	if bare.Revision != "default" || bare.Version != "" || bare.Gateway != "" {
+		t.Errorf("a default istiod by digest: %+v", bare)
+	}
+	needs := strings.Join(bare.Needs(), "\n")
+	for _, s := range []string{"set PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION=true on Deployment istio-system/istiod",
+		"set PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS=true", "exposing 15012 and 15017"} {
+		if !strings.Contains(needs, s) {
+			t.Errorf("needs lack %q:\n%s", s, needs)
+		}
+	}
+	err := Foreign{ControlPlanes: []ControlPlane{bare}, MeshConfigs: []string{"istio-system/istio"}}.Error().Error()
+	for _, s := range []string{"meshvm changes none of it", "Deployment istio-system/istiod (revision default, Istio unset", "ConfigMap istio-system/istio", "not built yet"} {
+		if !strings.Contains(err, s) {
+			t.Errorf("error lacks %q:\n%s", s, err)
+		}
+	}
+}
+
+func TestMeshID(t *testing.T) {
+	for mesh, want := range map[string]string{
+		"trustDomain: td\ndefaultConfig:\n  meshId: m1\n": "m1",
+		"trustDomain: td\n": "td",
+		"":                  "",
+		"{not yaml":         "",
+	} {
+		if got := meshID(mesh); got != want {
+			t.Errorf("meshID(%q) = %q, want %q", mesh, got, want)
+		}
+	}
+}
