@@ -184,7 +184,7 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 	if !fresh {
 		lastToken, _ = r.state.ReadFile(filepath.Join("vms", name, "files", "istio-token"))
 	}
-	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.cfg.Istio.ClusterName,
+	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.site.clusterID(ctx),
 		VMIP: addr, IstiodIP: istiodIP, VM: name, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken,
 		Warn: func(msg string) { r.p.step("onboard", name, "%s", msg) }})
 	if err != nil {

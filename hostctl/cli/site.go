@@ -39,6 +39,8 @@ type site interface {
 	eastWest(ctx context.Context) (string, string)
 	// istiodReady says whether istiod serves, and describes it.
 	istiodReady(ctx context.Context) (string, error)
+	// clusterID is the cluster's name in the mesh (the VMs' cluster.env).
+	clusterID(ctx context.Context) string
 	// istiodAddress is where the VM reaches istiod (its hosts block names it).
 	istiodAddress(ctx context.Context, vm string) (string, error)
 	// sidecar is the sidecar's files for a VM architecture: istiod's version.

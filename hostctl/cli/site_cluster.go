@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,8 +43,65 @@ type clusterSite struct {
 	// mu guards addr and kube: VMs onboard concurrently.
 	mu sync.Mutex
 	// version is Istio's (the embedded one unless istio.version names
-	// another, then rendered with istioctl of that version).
+	// another, then rendered with istioctl of that version; an Istio of
+	// yours's when the VMs join it).
 	version, istioctl string
+	// joined is the Istio of yours the VMs join (nil: meshvm's own), and
+	// joinErr why they cannot; looked up once (inspected). Guarded by mu.
+	joined    *istioinstall.ControlPlane
+	joinErr   error
+	inspected bool
+}
+
+// joinedPlane is the Istio of yours the VMs join, nil when the cluster has
+// none (meshvm's own does not count). With istio.install always, or when
+// VMs cannot join it as it is, the error says what is in the way.
+func (s *clusterSite) joinedPlane(ctx context.Context) (*istioinstall.ControlPlane, error) {
+	c, err := s.clients()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.inspected {
+		defer s.mu.Unlock()
+		return s.joined, s.joinErr
+	}
+	s.mu.Unlock()
+	f, err := istioinstall.InspectForeign(ctx, c.Kube)
+	if err != nil {
+		return nil, err
+	}
+	var joined *istioinstall.ControlPlane
+	var joinErr error
+	switch {
+	case !f.Found():
+	case s.cfg.Istio.Install == config.InstallAlways:
+		joinErr = f.Error()
+	default:
+		cp, err := f.Joinable()
+		if joinErr = err; err == nil {
+			joined = &cp
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.joined, s.joinErr, s.inspected = joined, joinErr, true
+	if joined != nil && joined.Version != "" {
+		s.version = joined.Version // the VMs' proxy is their istiod's version
+	}
+	return joined, joinErr
+}
+
+// clusterID is the cluster's name in the mesh: istiod's, when the VMs join
+// an Istio of yours (Istio's default is Kubernetes).
+func (s *clusterSite) clusterID(ctx context.Context) string {
+	if cp, _ := s.joinedPlane(ctx); cp != nil {
+		if cp.ClusterID == "" {
+			return "Kubernetes"
+		}
+		return cp.ClusterID
+	}
+	return s.cfg.Istio.ClusterName
 }
 
 func (s *clusterSite) machines() machine.Provider { return s.ms }
@@ -123,11 +181,18 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 	if err != nil {
 		return err
 	}
-	// Never an install over a control plane someone else runs.
-	if found, err := istioinstall.InspectForeign(ctx, c.Kube); err != nil {
+	// Never an install over a control plane someone else runs: the VMs
+	// join it as it is.
+	cp, err := s.joinedPlane(ctx)
+	if err != nil {
 		return err
-	} else if found.Found() {
-		return found.Error()
+	}
+	if cp != nil {
+		return s.join(ctx, p, c, cp)
+	}
+	if s.cfg.Istio.Install == config.InstallNever {
+		return fmt.Errorf("istio.install is never (join only) but no Istio control plane runs in this cluster: install Istio with WorkloadEntry " +
+			"autoregistration, health checks and an east-west gateway for istiod, or set istio.install to auto")
 	}
 	objs, keep, err := s.istio()
 	if err != nil {
@@ -162,6 +227,40 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 	return nil
 }
 
+// join waits until the Istio of yours serves and its gateway has an
+// address, changing nothing of it.
+func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients, cp *istioinstall.ControlPlane) error {
+	p.step("control plane", "", "joining the Istio of yours: %s; meshvm installs and changes none of it", cp)
+	last := ""
+	for {
+		_, notReady := istioinstall.DeploymentReady(ctx, c.Kube, cp.Deployment)
+		addr, err := istioinstall.GatewayAddress(ctx, c.Kube, cp.Gateway)
+		if err != nil {
+			return err
+		}
+		if notReady == nil && addr != "" {
+			s.mu.Lock()
+			s.addr = addr
+			s.mu.Unlock()
+			p.step("control plane", "", "istiod ready; VMs reach it through %s at %s", cp.Gateway, addr)
+			return nil
+		}
+		waiting := "Service " + cp.Gateway + " has no LoadBalancer address yet"
+		if notReady != nil {
+			waiting = notReady.Error()
+		}
+		if waiting != last {
+			p.step("control plane", "", "waiting: %s", waiting)
+			last = waiting
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the Istio of yours is not ready: %s: %w", last, ctx.Err())
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
 func (s *clusterSite) istio() ([]istioinstall.Object, istioinstall.Keep, error) {
 	objs, err := istioinstall.Render(s.options())
 	return objs, istioinstall.Everything, err
@@ -172,7 +271,11 @@ func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
 	if err != nil {
 		return "unknown", err.Error()
 	}
-	addr, err := istioinstall.EastWestAddress(ctx, c.Kube)
+	gateway := istioinstall.Namespace + "/" + istioinstall.EastWestGateway
+	if cp, _ := s.joinedPlane(ctx); cp != nil {
+		gateway = cp.Gateway
+	}
+	addr, err := istioinstall.GatewayAddress(ctx, c.Kube, gateway)
 	switch {
 	case err != nil:
 		return "missing", err.Error()
@@ -190,6 +293,11 @@ func (s *clusterSite) istiodReady(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if cp, err := s.joinedPlane(ctx); err != nil {
+		return "", err
+	} else if cp != nil {
+		return istioinstall.DeploymentReady(ctx, c.Kube, cp.Deployment)
+	}
 	return istioinstall.IstiodReady(ctx, c.Kube)
 }
 
@@ -198,12 +306,18 @@ func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, erro
 	if err != nil {
 		return "", err
 	}
+	gateway := istioinstall.Namespace + "/" + istioinstall.EastWestGateway
+	if cp, err := s.joinedPlane(ctx); err != nil {
+		return "", err
+	} else if cp != nil {
+		gateway = cp.Gateway
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.addr != "" {
 		return s.addr, nil
 	}
-	addr, err := istioinstall.EastWestAddress(ctx, c.Kube)
+	addr, err := istioinstall.GatewayAddress(ctx, c.Kube, gateway)
 	if err != nil {
 		return "", err
 	}
@@ -215,6 +329,9 @@ func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, erro
 }
 
 func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar, error) {
+	if _, err := s.joinedPlane(ctx); err != nil { // it sets the version
+		return onboard.Sidecar{}, err
+	}
 	var side proxyimage.Sidecar
 	var err error
 	if deb := s.cfg.Istio.SidecarDeb; deb != "" {
@@ -281,6 +398,10 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 		}
 	} else if !apierrors.IsNotFound(err) {
 		return err
+	}
+	if cp, _ := s.joinedPlane(ctx); cp != nil {
+		p.step("cluster", "", "Istio is yours (%s): nothing of it removed; the cluster itself is yours and stays", cp.Deployment)
+		return nil
 	}
 	objs, keep, err := s.istio()
 	if err != nil {

@@ -85,6 +85,8 @@ func (s *labSite) istiodReady(ctx context.Context) (string, error) {
 	return fmt.Sprintf("ready, Istio %s, a local process", istioinstall.EmbeddedVersion), nil
 }
 
+func (s *labSite) clusterID(context.Context) string { return s.cfg.Istio.ClusterName }
+
 func (s *labSite) istiodAddress(_ context.Context, vm string) (string, error) {
 	return s.lab.HostAddress(vm)
 }

@@ -59,11 +59,25 @@ type Istio struct {
 	// SidecarDeb is a local istio-sidecar .deb to take the VMs' sidecar from
 	// instead of the proxyv2 image (one architecture only); relative to the
 	// config file's directory.
-	SidecarDeb  string `json:"sidecarDeb,omitempty"`
-	MeshID      string `json:"meshID"`
-	ClusterName string `json:"clusterName"`
-	Network     string `json:"network"`
+	SidecarDeb string `json:"sidecarDeb,omitempty"`
+	// Install says whether up installs Istio: auto (the default) installs
+	// it where there is none and joins the VMs to an Istio of yours where
+	// there is one; always installs and refuses a cluster with another;
+	// never only joins one that is there.
+	Install     IstioInstall `json:"install,omitempty"`
+	MeshID      string       `json:"meshID"`
+	ClusterName string       `json:"clusterName"`
+	Network     string       `json:"network"`
 }
+
+// IstioInstall is istio.install.
+type IstioInstall string
+
+const (
+	InstallAuto   IstioInstall = "auto"
+	InstallAlways IstioInstall = "always"
+	InstallNever  IstioInstall = "never"
+)
 
 // Provider names where machines come from.
 type Provider string
@@ -321,6 +335,14 @@ func (c Config) Validate() error {
 	}
 	if c.Workload.TokenLifetime.Duration < 10*time.Minute {
 		bad("workload.tokenLifetime %s is shorter than the API server's 10m minimum", c.Workload.TokenLifetime)
+	}
+	switch c.Istio.Install {
+	case "", InstallAuto, InstallAlways, InstallNever:
+		if c.Cluster.Provider == Lab && c.Istio.Install == InstallNever {
+			bad("istio.install never with cluster.provider lab: the lab's cluster has only the Istio hostctl installs; leave istio.install empty")
+		}
+	default:
+		bad("istio.install %q: want auto (install where there is no Istio, else join it), always or never (only join an Istio of yours)", c.Istio.Install)
 	}
 	if c.Istio.MeshID == "" || c.Istio.ClusterName == "" || c.Istio.Network == "" || c.Workload.Network == "" {
 		bad("istio.meshID, istio.clusterName, istio.network and workload.network must not be empty")

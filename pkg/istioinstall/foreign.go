@@ -179,8 +179,8 @@ func orUnknown(s string) string {
 	return s
 }
 
-// Error says what up does about an Istio of yours, nothing, and what VMs
-// would need of it.
+// Error is up's refusal to install next to an Istio of yours (istio.install:
+// always): what it found, and what VMs would need of it to join it instead.
 func (f Foreign) Error() error {
 	var b strings.Builder
 	b.WriteString("an Istio meshvm did not install is in this cluster; meshvm changes none of it:")
@@ -196,6 +196,28 @@ func (f Foreign) Error() error {
 	for _, cm := range f.MeshConfigs {
 		fmt.Fprintf(&b, "\n  ConfigMap %s (its mesh config)", cm)
 	}
-	b.WriteString("\nJoining VMs to an Istio of yours is not built yet: use a cluster without Istio, or one whose Istio hostctl installed")
+	b.WriteString("\nistio.install is always: meshvm installs Istio only where there is none; set istio.install to auto to join the VMs to this one")
 	return fmt.Errorf("%s", b.String())
+}
+
+// Joinable is the control plane VMs can join: the only one, with nothing
+// missing. Otherwise the error names what is in the way and the change
+// that fixes it.
+func (f Foreign) Joinable() (ControlPlane, error) {
+	switch n := len(f.ControlPlanes); {
+	case n == 0:
+		return ControlPlane{}, fmt.Errorf("an Istio mesh config meshvm did not install is in this cluster (ConfigMap %s) but no istiod Deployment (label app=istiod) runs it: "+
+			"meshvm joins VMs only to a running control plane", strings.Join(f.MeshConfigs, ", "))
+	case n > 1:
+		var names []string
+		for _, cp := range f.ControlPlanes {
+			names = append(names, cp.String())
+		}
+		return ControlPlane{}, fmt.Errorf("several Istio control planes run in this cluster (%s): choosing a revision is not built yet", strings.Join(names, "; "))
+	}
+	cp := f.ControlPlanes[0]
+	if needs := cp.Needs(); len(needs) > 0 {
+		return cp, fmt.Errorf("VMs cannot join %s yet; meshvm changes none of it, so make these changes, then run up again:\n- %s", cp, strings.Join(needs, "\n- "))
+	}
+	return cp, nil
 }

@@ -52,7 +52,7 @@ func TestReadControlPlane(t *testing.T) {
 		}
 	}
 	err := Foreign{ControlPlanes: []ControlPlane{bare}, MeshConfigs: []string{"istio-system/istio"}}.Error().Error()
-	for _, s := range []string{"meshvm changes none of it", "Deployment istio-system/istiod (revision default, Istio unset", "ConfigMap istio-system/istio", "not built yet"} {
+	for _, s := range []string{"meshvm changes none of it", "Deployment istio-system/istiod (revision default, Istio unset", "ConfigMap istio-system/istio", "set istio.install to auto"} {
 		if !strings.Contains(err, s) {
 			t.Errorf("error lacks %q:\n%s", s, err)
 		}
@@ -69,5 +69,24 @@ func TestMeshID(t *testing.T) {
 		if got := meshID(mesh); got != want {
 			t.Errorf("meshID(%q) = %q, want %q", mesh, got, want)
 		}
+	}
+}
+
+func TestJoinable(t *testing.T) {
+	ready := ControlPlane{Deployment: "istio-system/istiod", Revision: "default", Autoregistration: true, HealthChecks: true, Gateway: "istio-system/gw"}
+	if cp, err := (Foreign{ControlPlanes: []ControlPlane{ready}}).Joinable(); err != nil || cp != ready {
+		t.Errorf("one ready control plane: %+v %v", cp, err)
+	}
+	off := ready
+	off.HealthChecks = false
+	if _, err := (Foreign{ControlPlanes: []ControlPlane{off}}).Joinable(); err == nil || !strings.Contains(err.Error(), "PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS=true") ||
+		!strings.Contains(err.Error(), "meshvm changes none of it") {
+		t.Errorf("health checks off: %v", err)
+	}
+	if _, err := (Foreign{ControlPlanes: []ControlPlane{ready, ready}}).Joinable(); err == nil || !strings.Contains(err.Error(), "choosing a revision is not built yet") {
+		t.Errorf("two control planes: %v", err)
+	}
+	if _, err := (Foreign{MeshConfigs: []string{"istio-system/istio"}}).Joinable(); err == nil || !strings.Contains(err.Error(), "no istiod Deployment") {
+		t.Errorf("a mesh config alone: %v", err)
 	}
 }

@@ -55,9 +55,16 @@ var readyDeployments = []string{"istiod", EastWestGateway}
 // EastWestAddress is the east-west gateway's LoadBalancer address (IP, else
 // host name): where VMs reach istiod. Empty while it is pending.
 func EastWestAddress(ctx context.Context, kc kubernetes.Interface) (string, error) {
-	svc, err := kc.CoreV1().Services(Namespace).Get(ctx, EastWestGateway, metav1.GetOptions{})
+	return GatewayAddress(ctx, kc, Namespace+"/"+EastWestGateway)
+}
+
+// GatewayAddress is the LoadBalancer address (IP, else host name) of the
+// Service ref (namespace/name); empty while it is pending.
+func GatewayAddress(ctx context.Context, kc kubernetes.Interface, ref string) (string, error) {
+	ns, name, _ := strings.Cut(ref, "/")
+	svc, err := kc.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("no Service %s/%s: run hostctl istio install", Namespace, EastWestGateway)
+		return "", fmt.Errorf("no Service %s: run hostctl istio install", ref)
 	}
 	if err != nil {
 		return "", err
@@ -151,12 +158,19 @@ func ptrOr(p *int32, d int32) int32 {
 
 // IstiodReady describes istiod's Deployment when it is available.
 func IstiodReady(ctx context.Context, kc kubernetes.Interface) (string, error) {
-	d, err := kc.AppsV1().Deployments(Namespace).Get(ctx, "istiod", metav1.GetOptions{})
+	return DeploymentReady(ctx, kc, Namespace+"/istiod")
+}
+
+// DeploymentReady describes the Deployment ref (namespace/name) when it is
+// available.
+func DeploymentReady(ctx context.Context, kc kubernetes.Interface, ref string) (string, error) {
+	ns, name, _ := strings.Cut(ref, "/")
+	d, err := kc.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return "", err
 	}
 	if !available(d) {
-		return "", fmt.Errorf("Deployment %s/istiod: %d/%d available", Namespace, d.Status.AvailableReplicas, ptrOr(d.Spec.Replicas, 1))
+		return "", fmt.Errorf("Deployment %s: %d/%d available", ref, d.Status.AvailableReplicas, ptrOr(d.Spec.Replicas, 1))
 	}
 	return fmt.Sprintf("ready, %d replica(s) of %s", d.Status.AvailableReplicas, d.Spec.Template.Spec.Containers[0].Image), nil
 }
