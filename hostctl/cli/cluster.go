@@ -142,6 +142,12 @@ func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
 	} else {
 		out = append(out, component{"istiod", "ready", detail})
 	}
+	ew := component{Name: "east-west gateway"}
+	if yours := s.joinedIstio(ctx); yours != "" {
+		ew.State, ew.Detail = s.eastWest(ctx)
+		out = append(out, component{"install", "yours", yours + ": the VMs join it; meshvm installs and changes none of it"}, ew)
+		return reportComponents(cmd.OutOrStdout(), c.format, out, "ready", "yours")
+	}
 	objs, keep, err := s.istio()
 	if err != nil {
 		return err
@@ -160,7 +166,6 @@ func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
 			st = "incomplete: run hostctl istio install"
 		}
 	}
-	ew := component{Name: "east-west gateway"}
 	ew.State, ew.Detail = s.eastWest(ctx)
 	out = append(out, component{"install", st, fmt.Sprintf("%d objects rendered: %s", len(objs), istioinstall.Summary(changes))}, ew)
 	return reportComponents(cmd.OutOrStdout(), c.format, out, "ready", "installed", "not run")

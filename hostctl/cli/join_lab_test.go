@@ -85,6 +85,9 @@ func TestJoinYourIstio(t *testing.T) {
 	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil || len(status) != 1 || !status[0].OK {
 		t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
 	}
+	if out, err := run(t, "--config", cfgPath, "istio", "status"); err != nil || !strings.Contains(out, "the VMs join it; meshvm installs and changes none of it") {
+		t.Errorf("istio status on a joined Istio: %v\n%s", err, out)
+	}
 	if out, err := run(t, "--config", cfgPath, "down"); err != nil || !strings.Contains(out, "Istio is yours (istio-system/istiod): nothing of it removed") {
 		t.Errorf("down: %v\n%s", err, out)
 	}

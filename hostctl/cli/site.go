@@ -39,6 +39,9 @@ type site interface {
 	eastWest(ctx context.Context) (string, string)
 	// istiodReady says whether istiod serves, and describes it.
 	istiodReady(ctx context.Context) (string, error)
+	// joinedIstio describes the Istio of yours the VMs join; "" when the
+	// Istio is meshvm's (or there is none).
+	joinedIstio(ctx context.Context) string
 	// clusterID is the cluster's name in the mesh (the VMs' cluster.env).
 	clusterID(ctx context.Context) string
 	// istiodAddress is where the VM reaches istiod (its hosts block names it).

@@ -92,6 +92,13 @@ func (s *clusterSite) joinedPlane(ctx context.Context) (*istioinstall.ControlPla
 	return joined, joinErr
 }
 
+func (s *clusterSite) joinedIstio(ctx context.Context) string {
+	if cp, _ := s.joinedPlane(ctx); cp != nil {
+		return cp.String()
+	}
+	return ""
+}
+
 // clusterID is the cluster's name in the mesh: istiod's, when the VMs join
 // an Istio of yours (Istio's default is Kubernetes).
 func (s *clusterSite) clusterID(ctx context.Context) string {

@@ -87,6 +87,8 @@ func (s *labSite) istiodReady(ctx context.Context) (string, error) {
 
 func (s *labSite) clusterID(context.Context) string { return s.cfg.Istio.ClusterName }
 
+func (s *labSite) joinedIstio(context.Context) string { return "" }
+
 func (s *labSite) istiodAddress(_ context.Context, vm string) (string, error) {
 	return s.lab.HostAddress(vm)
 }
