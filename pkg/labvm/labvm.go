@@ -125,14 +125,23 @@ func Open(log *slog.Logger, s Spec) (vm *VM, ok bool) {
 	return vm, vm.leader != 0
 }
 
+// starting is what the PID file holds from just before nspawn starts until
+// its PID is known.
+const starting = "starting"
+
 // nspawnOf is the PID of the systemd-nspawn booting dir: the one in the PID
-// file, else one found by its command line (a launch killed between starting
-// nspawn and writing the file), else 0.
+// file, else, when a launch was killed between starting nspawn and writing
+// its PID, one found by its command line; else 0 (no PID file: stopped).
 func nspawnOf(dir string) int {
-	if data, err := os.ReadFile(pidFile(dir)); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && nspawnFor(pid, dir) {
+	data, err := os.ReadFile(pidFile(dir))
+	if err != nil {
+		return 0
+	}
+	if rec := strings.TrimSpace(string(data)); rec != starting {
+		if pid, err := strconv.Atoi(rec); err == nil && nspawnFor(pid, dir) {
 			return pid
 		}
+		return 0
 	}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -208,7 +217,11 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: the VM keeps running after hostctl exits.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := os.WriteFile(pidFile(s.Dir), []byte(starting+"\n"), 0o600); err != nil {
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
+		os.Remove(pidFile(s.Dir))
 		return nil, fmt.Errorf("systemd-nspawn: %w", err)
 	}
 	go cmd.Wait() // reap it if it ends while this process lives
