@@ -146,7 +146,7 @@ func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
 	if yours := s.joinedIstio(ctx); yours != "" {
 		ew.State, ew.Detail = s.eastWest(ctx)
 		out = append(out, component{"install", "yours", yours + ": the VMs join it; meshvm installs and changes none of it"}, ew)
-		return reportComponents(cmd.OutOrStdout(), c.format, out, "ready", "yours")
+		return reportComponents(cmd.OutOrStdout(), c.format, out, "ready", "yours", "not run")
 	}
 	objs, keep, err := s.istio()
 	if err != nil {

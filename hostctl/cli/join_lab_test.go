@@ -57,9 +57,9 @@ func TestJoinYourIstio(t *testing.T) {
 	before := yourIstio(t, ctx, kubeconfig, objs)
 
 	cfgPath := filepath.Join(work, "join.yaml")
-	write := func(install config.IstioInstall) {
+	write := func(install config.IstioInstall, extra ...string) {
 		os.WriteFile(cfgPath, []byte("version: 1\nstateDir: "+state+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+kubeconfig+
-			"\nmachines: lab\nistio:\n  hub: "+hub+"\n  install: "+string(install)+"\nvms:\n- name: jy1\n"), 0o600)
+			"\nmachines: lab\nistio:\n  hub: "+hub+"\n  install: "+string(install)+"\n"+strings.Join(extra, "")+"vms:\n- name: jy1\n"), 0o600)
 	}
 	write(config.InstallAlways)
 	if out, err := run(t, "--config", cfgPath, "up", "--timeout", "2m"); err == nil || !strings.Contains(err.Error(), "istio.install is always") ||
@@ -99,6 +99,35 @@ func TestJoinYourIstio(t *testing.T) {
 	}
 	if ns, err := clients.Kube.CoreV1().Namespaces().Get(ctx, "vmns", metav1.GetOptions{}); err == nil && ns.DeletionTimestamp == nil {
 		t.Error("the workload namespace meshvm made is left after down")
+	}
+
+	// One network, no east-west gateway: the VMs reach istiod directly at
+	// the address given, on the mesh's network.
+	if err := clients.Kube.CoreV1().Services("istio-system").Delete(ctx, istioinstall.EastWestGateway, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, "--config", cfgPath, "up", "--timeout", "2m"); err == nil || !strings.Contains(err.Error(), "set istio.istiodAddress") {
+		t.Fatalf("up on a mesh without a gateway and no istiod address: %v\n%s\nwant the two ways named", err, out)
+	}
+	write(config.InstallAuto, "  istiodAddress: "+hostIP+"\n")
+	if out, err := run(t, "--config", cfgPath, "up", "--timeout", "2m"); err == nil || !strings.Contains(err.Error(), `set workload.network to "kube-network"`) {
+		t.Fatalf("up on one network with the VMs' own network: %v\n%s\nwant workload.network named", err, out)
+	}
+	// (Another namespace: the lab runs no namespace controller to finish deleting vmns.)
+	write(config.InstallAuto, "  istiodAddress: "+hostIP+"\nworkload:\n  network: kube-network\n  namespace: vmone\n")
+	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
+	t.Logf("up on one network:\n%s", out)
+	if err != nil || !strings.Contains(out, "VMs reach it directly (istio.istiodAddress, one network) at "+hostIP) {
+		t.Fatalf("up on one network: %v", err)
+	}
+	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
+	status = nil
+	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil || len(status) != 1 || !status[0].OK ||
+		!strings.HasSuffix(status[0].WorkloadEntry, "-kube-network") || status[0].IstiodDNS != hostIP {
+		t.Errorf("vm status on one network: %v %v\n%s\nwant Healthy, registered on kube-network, istiod at %s", err, jerr, out, hostIP)
+	}
+	if out, err := run(t, "--config", cfgPath, "down"); err != nil {
+		t.Errorf("down: %v\n%s", err, out)
 	}
 }
 

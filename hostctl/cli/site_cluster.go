@@ -78,8 +78,15 @@ func (s *clusterSite) joinedPlane(ctx context.Context) (*istioinstall.ControlPla
 	case s.cfg.Istio.Install == config.InstallAlways:
 		joinErr = f.Error()
 	default:
-		cp, err := f.Joinable()
-		if joinErr = err; err == nil {
+		cp, err := f.Joinable(s.cfg.Istio.IstiodAddress != "")
+		switch {
+		case err != nil:
+			joinErr = err
+		case cp.Gateway == "" && cp.Network != s.cfg.Workload.Network:
+			// Without a gateway VMs and pods must share one network.
+			joinErr = fmt.Errorf("%s has no east-west gateway, so the VMs join it on its network, which is %q: set workload.network to %q "+
+				"(for a network of the VMs' own, the mesh needs an east-west gateway)", cp, cp.Network, cp.Network)
+		default:
 			joined = &cp
 		}
 	}
@@ -241,15 +248,19 @@ func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients,
 	last := ""
 	for {
 		_, notReady := istioinstall.DeploymentReady(ctx, c.Kube, cp.Deployment)
-		addr, err := istioinstall.GatewayAddress(ctx, c.Kube, cp.Gateway)
-		if err != nil {
-			return err
+		addr, through := s.cfg.Istio.IstiodAddress, "directly (istio.istiodAddress, one network)"
+		if cp.Gateway != "" {
+			var err error
+			if addr, err = istioinstall.GatewayAddress(ctx, c.Kube, cp.Gateway); err != nil {
+				return err
+			}
+			through = "through " + cp.Gateway
 		}
 		if notReady == nil && addr != "" {
 			s.mu.Lock()
 			s.addr = addr
 			s.mu.Unlock()
-			p.step("control plane", "", "istiod ready; VMs reach it through %s at %s", cp.Gateway, addr)
+			p.step("control plane", "", "istiod ready; VMs reach it %s at %s", through, addr)
 			return nil
 		}
 		waiting := "Service " + cp.Gateway + " has no LoadBalancer address yet"
@@ -280,6 +291,9 @@ func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
 	}
 	gateway := istioinstall.Namespace + "/" + istioinstall.EastWestGateway
 	if cp, _ := s.joinedPlane(ctx); cp != nil {
+		if cp.Gateway == "" {
+			return "not run", "one network: VMs reach istiod directly at " + s.cfg.Istio.IstiodAddress
+		}
 		gateway = cp.Gateway
 	}
 	addr, err := istioinstall.GatewayAddress(ctx, c.Kube, gateway)
@@ -316,6 +330,8 @@ func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, erro
 	gateway := istioinstall.Namespace + "/" + istioinstall.EastWestGateway
 	if cp, err := s.joinedPlane(ctx); err != nil {
 		return "", err
+	} else if cp != nil && cp.Gateway == "" {
+		return s.cfg.Istio.IstiodAddress, nil
 	} else if cp != nil {
 		gateway = cp.Gateway
 	}

@@ -64,10 +64,14 @@ type Istio struct {
 	// it where there is none and joins the VMs to an Istio of yours where
 	// there is one; always installs and refuses a cluster with another;
 	// never only joins one that is there.
-	Install     IstioInstall `json:"install,omitempty"`
-	MeshID      string       `json:"meshID"`
-	ClusterName string       `json:"clusterName"`
-	Network     string       `json:"network"`
+	Install IstioInstall `json:"install,omitempty"`
+	// IstiodAddress is where VMs reach istiod's 15012 directly, in a
+	// single-network mesh of yours without an east-west gateway (then
+	// workload.network is the mesh's network).
+	IstiodAddress string `json:"istiodAddress,omitempty"`
+	MeshID        string `json:"meshID"`
+	ClusterName   string `json:"clusterName"`
+	Network       string `json:"network"`
 }
 
 // IstioInstall is istio.install.
@@ -343,6 +347,11 @@ func (c Config) Validate() error {
 		}
 	default:
 		bad("istio.install %q: want auto (install where there is no Istio, else join it), always or never (only join an Istio of yours)", c.Istio.Install)
+	}
+	if a := c.Istio.IstiodAddress; a != "" {
+		if _, err := netip.ParseAddr(a); err != nil {
+			bad("istio.istiodAddress %q is not an IP address: give the address where VMs reach istiod's port 15012", a)
+		}
 	}
 	if c.Istio.MeshID == "" || c.Istio.ClusterName == "" || c.Istio.Network == "" || c.Workload.Network == "" {
 		bad("istio.meshID, istio.clusterName, istio.network and workload.network must not be empty")

@@ -96,6 +96,7 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"a VM's app's port not probed", "version: 1\nworkload:\n  app: false\n  port: 9000\nvms:\n- {name: a, app: true}\n", "set workload.probe.port to 9000", nil},
 		{"kubeconfig provider without file", "version: 1\ncluster:\n  provider: kubeconfig\n", "MESHVM_KUBECONFIG", nil},
 		{"unknown istio.install", "version: 1\nistio:\n  install: sometimes\n", "want auto (install where there is no Istio, else join it), always or never", nil},
+		{"istiod address not an IP", "version: 1\nistio:\n  istiodAddress: istiod.example\n", "is not an IP address", nil},
 		{"lab never installing", "version: 1\ncluster:\n  provider: lab\nistio:\n  install: never\n", "leave istio.install empty", nil},
 	}
 	for _, tt := range tests {

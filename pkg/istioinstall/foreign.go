@@ -147,8 +147,9 @@ func meshID(meshYAML string) string {
 }
 
 // Needs are the changes a control plane needs before VMs can join it, each
-// as the exact change to make.
-func (cp ControlPlane) Needs() []string {
+// as the exact change to make. direct says the VMs reach istiod without a
+// gateway (a single-network mesh, istio.istiodAddress).
+func (cp ControlPlane) Needs(direct bool) []string {
 	var out []string
 	set := func(env string) string {
 		return fmt.Sprintf("set %s=true on Deployment %s (istioctl install --set values.pilot.env.%s=true)", env, cp.Deployment, env)
@@ -159,9 +160,10 @@ func (cp ControlPlane) Needs() []string {
 	if !cp.HealthChecks {
 		out = append(out, "VM health checks: "+set("PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS"))
 	}
-	if cp.Gateway == "" {
+	if cp.Gateway == "" && !direct {
 		out = append(out, "istiod reachable from the VMs: an east-west gateway Service (label istio=eastwestgateway) exposing 15012 and 15017, "+
-			"as samples/multicluster/gen-eastwest-gateway.sh makes, and istiod exposed through it (samples/multicluster/expose-istiod.yaml)")
+			"as samples/multicluster/gen-eastwest-gateway.sh makes, and istiod exposed through it (samples/multicluster/expose-istiod.yaml); "+
+			"or, in a single-network mesh, set istio.istiodAddress to where VMs reach istiod's 15012 and workload.network to the mesh's network")
 	}
 	return out
 }
@@ -186,7 +188,7 @@ func (f Foreign) Error() error {
 	b.WriteString("an Istio meshvm did not install is in this cluster; meshvm changes none of it:")
 	for _, cp := range f.ControlPlanes {
 		fmt.Fprintf(&b, "\n  %s", cp)
-		if needs := cp.Needs(); len(needs) > 0 {
+		if needs := cp.Needs(false); len(needs) > 0 {
 			b.WriteString("\n    VMs would need of it:")
 			for _, n := range needs {
 				b.WriteString("\n    - " + n)
@@ -201,9 +203,9 @@ func (f Foreign) Error() error {
 }
 
 // Joinable is the control plane VMs can join: the only one, with nothing
-// missing. Otherwise the error names what is in the way and the change
-// that fixes it.
-func (f Foreign) Joinable() (ControlPlane, error) {
+// missing (direct as for Needs). Otherwise the error names what is in the
+// way and the change that fixes it.
+func (f Foreign) Joinable(direct bool) (ControlPlane, error) {
 	switch n := len(f.ControlPlanes); {
 	case n == 0:
 		return ControlPlane{}, fmt.Errorf("an Istio mesh config meshvm did not install is in this cluster (ConfigMap %s) but no istiod Deployment (label app=istiod) runs it: "+
@@ -216,7 +218,7 @@ func (f Foreign) Joinable() (ControlPlane, error) {
 		return ControlPlane{}, fmt.Errorf("several Istio control planes run in this cluster (%s): choosing a revision is not built yet", strings.Join(names, "; "))
 	}
 	cp := f.ControlPlanes[0]
-	if needs := cp.Needs(); len(needs) > 0 {
+	if needs := cp.Needs(direct); len(needs) > 0 {
 		return cp, fmt.Errorf("VMs cannot join %s yet; meshvm changes none of it, so make these changes, then run up again:\n- %s", cp, strings.Join(needs, "\n- "))
 	}
 	return cp, nil

@@ -35,7 +35,7 @@ func TestReadControlPlane(t *testing.T) {
 	if cp != want {
 		t.Errorf("got %+v\nwant %+v", cp, want)
 	}
-	if n := cp.Needs(); len(n) != 0 {
+	if n := cp.Needs(false); len(n) != 0 {
 		t.Errorf("a control plane VMs can join: needs %v", n)
 	}
 
@@ -44,7 +44,7 @@ func TestReadControlPlane(t *testing.T) {
 	if bare.Revision != "default" || bare.Version != "" || bare.Gateway != "" {
 		t.Errorf("a default istiod by digest: %+v", bare)
 	}
-	needs := strings.Join(bare.Needs(), "\n")
+	needs := strings.Join(bare.Needs(false), "\n")
 	for _, s := range []string{"set PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION=true on Deployment istio-system/istiod",
 		"set PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS=true", "exposing 15012 and 15017"} {
 		if !strings.Contains(needs, s) {
@@ -74,19 +74,30 @@ func TestMeshID(t *testing.T) {
 
 func TestJoinable(t *testing.T) {
 	ready := ControlPlane{Deployment: "istio-system/istiod", Revision: "default", Autoregistration: true, HealthChecks: true, Gateway: "istio-system/gw"}
-	if cp, err := (Foreign{ControlPlanes: []ControlPlane{ready}}).Joinable(); err != nil || cp != ready {
+	if cp, err := (Foreign{ControlPlanes: []ControlPlane{ready}}).Joinable(false); err != nil || cp != ready {
 		t.Errorf("one ready control plane: %+v %v", cp, err)
 	}
 	off := ready
 	off.HealthChecks = false
-	if _, err := (Foreign{ControlPlanes: []ControlPlane{off}}).Joinable(); err == nil || !strings.Contains(err.Error(), "PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS=true") ||
+	if _, err := (Foreign{ControlPlanes: []ControlPlane{off}}).Joinable(false); err == nil || !strings.Contains(err.Error(), "PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS=true") ||
 		!strings.Contains(err.Error(), "meshvm changes none of it") {
 		t.Errorf("health checks off: %v", err)
 	}
-	if _, err := (Foreign{ControlPlanes: []ControlPlane{ready, ready}}).Joinable(); err == nil || !strings.Contains(err.Error(), "choosing a revision is not built yet") {
+	if _, err := (Foreign{ControlPlanes: []ControlPlane{ready, ready}}).Joinable(false); err == nil || !strings.Contains(err.Error(), "choosing a revision is not built yet") {
 		t.Errorf("two control planes: %v", err)
 	}
-	if _, err := (Foreign{MeshConfigs: []string{"istio-system/istio"}}).Joinable(); err == nil || !strings.Contains(err.Error(), "no istiod Deployment") {
+	if _, err := (Foreign{MeshConfigs: []string{"istio-system/istio"}}).Joinable(false); err == nil || !strings.Contains(err.Error(), "no istiod Deployment") {
 		t.Errorf("a mesh config alone: %v", err)
+	}
+}
+
+// In a single-network mesh the VMs reach istiod directly: no gateway needed.
+func TestDirectNeedsNoGateway(t *testing.T) {
+	cp := ControlPlane{Deployment: "istio-system/istiod", Autoregistration: true, HealthChecks: true}
+	if n := cp.Needs(false); len(n) != 1 || !strings.Contains(n[0], "set istio.istiodAddress") {
+		t.Errorf("no gateway, not direct: %v", n)
+	}
+	if n := cp.Needs(true); len(n) != 0 {
+		t.Errorf("no gateway, direct: %v", n)
 	}
 }
