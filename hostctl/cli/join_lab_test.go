@@ -88,6 +88,9 @@ func TestJoinYourIstio(t *testing.T) {
 	if out, err := run(t, "--config", cfgPath, "istio", "status"); err != nil || !strings.Contains(out, "the VMs join it; meshvm installs and changes none of it") {
 		t.Errorf("istio status on a joined Istio: %v\n%s", err, out)
 	}
+	if out, err := run(t, "--config", cfgPath, "doctor"); err != nil || !strings.Contains(out, "its gateway and ports are as you run them") {
+		t.Errorf("doctor on a joined Istio: %v\n%s", err, out)
+	}
 	if out, err := run(t, "--config", cfgPath, "down"); err != nil || !strings.Contains(out, "Istio is yours (istio-system/istiod): nothing of it removed") {
 		t.Errorf("down: %v\n%s", err, out)
 	}

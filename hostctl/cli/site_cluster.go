@@ -290,7 +290,8 @@ func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
 		return "unknown", err.Error()
 	}
 	gateway := istioinstall.Namespace + "/" + istioinstall.EastWestGateway
-	if cp, _ := s.joinedPlane(ctx); cp != nil {
+	cp, _ := s.joinedPlane(ctx)
+	if cp != nil {
 		if cp.Gateway == "" {
 			return "not run", "one network: VMs reach istiod directly at " + s.cfg.Istio.IstiodAddress
 		}
@@ -300,6 +301,8 @@ func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
 	switch {
 	case err != nil:
 		return "missing", err.Error()
+	case addr == "" && cp != nil:
+		return "pending", "Service " + gateway + " (yours) has no LoadBalancer address yet"
 	case addr == "":
 		if held, _ := istioinstall.PortConflicts(ctx, c.Kube); len(held) > 0 {
 			return "pending", strings.Join(held, "; ") + ": " + istioinstall.PortConflictFix
