@@ -36,6 +36,9 @@ type ControlPlane struct {
 type Foreign struct {
 	ControlPlanes []ControlPlane
 	MeshConfigs   []string // namespace/name
+	// Own says meshvm's own Istio is in the cluster too (an istiod
+	// Deployment or mesh config meshvm made).
+	Own bool
 }
 
 // Found reports whether there is anything.
@@ -53,7 +56,9 @@ func InspectForeign(ctx context.Context, kc kubernetes.Interface) (Foreign, erro
 		cm := &cms.Items[i]
 		if _, ok := cm.Data["mesh"]; ok && (cm.Name == "istio" || strings.HasPrefix(cm.Name, "istio-")) {
 			mesh[cm.Namespace+"/"+cm.Name] = cm.Data["mesh"]
-			if !ownership.Owned(cm) {
+			if ownership.Owned(cm) {
+				f.Own = true
+			} else {
 				f.MeshConfigs = append(f.MeshConfigs, cm.Namespace+"/"+cm.Name)
 			}
 		}
@@ -69,6 +74,7 @@ func InspectForeign(ctx context.Context, kc kubernetes.Interface) (Foreign, erro
 	for i := range deps.Items {
 		d := &deps.Items[i]
 		if ownership.Owned(d) {
+			f.Own = true
 			continue
 		}
 		cp := readControlPlane(d, svcs.Items)
@@ -207,6 +213,17 @@ func (f Foreign) Error() error {
 // way and the change that fixes it.
 func (f Foreign) Joinable(direct bool) (ControlPlane, error) {
 	switch n := len(f.ControlPlanes); {
+	case f.Own:
+		// Moving the VMs to another control plane is a revision change.
+		var names []string
+		for _, cp := range f.ControlPlanes {
+			names = append(names, cp.String())
+		}
+		for _, cm := range f.MeshConfigs {
+			names = append(names, "ConfigMap "+cm)
+		}
+		return ControlPlane{}, fmt.Errorf("meshvm's own Istio is in this cluster, and another one meshvm did not install (%s); meshvm changes none of it: "+
+			"choosing between control planes (revisions) is not built yet", strings.Join(names, "; "))
 	case n == 0:
 		return ControlPlane{}, fmt.Errorf("an Istio mesh config meshvm did not install is in this cluster (ConfigMap %s) but no istiod Deployment (label app=istiod) runs it: "+
 			"meshvm joins VMs only to a running control plane", strings.Join(f.MeshConfigs, ", "))

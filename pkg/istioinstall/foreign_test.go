@@ -101,3 +101,13 @@ func TestDirectNeedsNoGateway(t *testing.T) {
 		t.Errorf("no gateway, direct: %v", n)
 	}
 }
+
+// Next to meshvm's own Istio, another control plane is not joined: that
+// would move the VMs to another revision.
+func TestNotJoinedNextToOurs(t *testing.T) {
+	ready := ControlPlane{Deployment: "istio-system/istiod-canary", Revision: "canary", Autoregistration: true, HealthChecks: true, Gateway: "istio-system/gw"}
+	_, err := (Foreign{ControlPlanes: []ControlPlane{ready}, Own: true}).Joinable(false)
+	if err == nil || !strings.Contains(err.Error(), "meshvm's own Istio is in this cluster") || !strings.Contains(err.Error(), "istio-system/istiod-canary") {
+		t.Errorf("got %v", err)
+	}
+}
