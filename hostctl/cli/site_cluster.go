@@ -10,9 +10,6 @@ import (
 	"sync"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/k3s"
@@ -116,6 +113,20 @@ func (s *clusterSite) clusterID(ctx context.Context) string {
 		return cp.ClusterID
 	}
 	return s.cfg.Istio.ClusterName
+}
+
+// istiodRoute is how the VMs reach istiod: through the gateway Service
+// (namespace/name), or, in a single-network mesh of yours without one,
+// directly at direct (istio.istiodAddress). cp is the Istio joined, nil for
+// meshvm's own.
+func (s *clusterSite) istiodRoute(cp *istioinstall.ControlPlane) (gateway, direct string) {
+	switch {
+	case cp == nil:
+		return istioinstall.Namespace + "/" + istioinstall.EastWestGateway, ""
+	case cp.Gateway == "":
+		return "", s.cfg.Istio.IstiodAddress
+	}
+	return cp.Gateway, ""
 }
 
 func (s *clusterSite) machines() machine.Provider { return s.ms }
@@ -246,15 +257,16 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients, cp *istioinstall.ControlPlane) error {
 	p.step("control plane", "", "joining the Istio of yours: %s; meshvm installs and changes none of it", cp)
 	last := ""
+	gateway, direct := s.istiodRoute(cp)
 	for {
 		_, notReady := istioinstall.DeploymentReady(ctx, c.Kube, cp.Deployment)
-		addr, through := s.cfg.Istio.IstiodAddress, "directly (istio.istiodAddress, one network)"
-		if cp.Gateway != "" {
+		addr, through := direct, "directly (istio.istiodAddress, one network)"
+		if gateway != "" {
 			var err error
-			if addr, err = istioinstall.GatewayAddress(ctx, c.Kube, cp.Gateway); err != nil {
+			if addr, err = istioinstall.GatewayAddress(ctx, c.Kube, gateway); err != nil {
 				return err
 			}
-			through = "through " + cp.Gateway
+			through = "through " + gateway
 		}
 		if notReady == nil && addr != "" {
 			s.mu.Lock()
@@ -263,7 +275,7 @@ func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients,
 			p.step("control plane", "", "istiod ready; VMs reach it %s at %s", through, addr)
 			return nil
 		}
-		waiting := "Service " + cp.Gateway + " has no LoadBalancer address yet"
+		waiting := "Service " + gateway + " has no LoadBalancer address yet"
 		if notReady != nil {
 			waiting = notReady.Error()
 		}
@@ -289,13 +301,10 @@ func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
 	if err != nil {
 		return "unknown", err.Error()
 	}
-	gateway := istioinstall.Namespace + "/" + istioinstall.EastWestGateway
 	cp, _ := s.joinedPlane(ctx)
-	if cp != nil {
-		if cp.Gateway == "" {
-			return "not run", "one network: VMs reach istiod directly at " + s.cfg.Istio.IstiodAddress
-		}
-		gateway = cp.Gateway
+	gateway, direct := s.istiodRoute(cp)
+	if gateway == "" {
+		return "not run", "one network: VMs reach istiod directly at " + direct
 	}
 	addr, err := istioinstall.GatewayAddress(ctx, c.Kube, gateway)
 	switch {
@@ -330,13 +339,13 @@ func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	gateway := istioinstall.Namespace + "/" + istioinstall.EastWestGateway
-	if cp, err := s.joinedPlane(ctx); err != nil {
+	cp, err := s.joinedPlane(ctx)
+	if err != nil {
 		return "", err
-	} else if cp != nil && cp.Gateway == "" {
-		return s.cfg.Istio.IstiodAddress, nil
-	} else if cp != nil {
-		gateway = cp.Gateway
+	}
+	gateway, direct := s.istiodRoute(cp)
+	if gateway == "" {
+		return direct, nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -416,14 +425,10 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 		return err
 	}
 	// verify's client pods live in their own namespace, when meshvm made it.
-	if ns, err := c.Kube.CoreV1().Namespaces().Get(ctx, meshcall.Namespace, metav1.GetOptions{}); err == nil {
-		if ns.Labels[ownership.Label] != ownership.Value {
-			p.step("cluster", "", "Namespace %s %s", meshcall.Namespace, ownership.Yours)
-		} else if err := c.Kube.CoreV1().Namespaces().Delete(ctx, meshcall.Namespace, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &ns.UID}}); err != nil && !apierrors.IsNotFound(err) {
-			return err
-		}
-	} else if !apierrors.IsNotFound(err) {
+	if ch, err := workload.RemoveNamespace(ctx, c.Kube, meshcall.Namespace); err != nil {
 		return err
+	} else if ch.Action == ownership.Yours {
+		p.step("cluster", "", "%s %s", ch.Object, ch.Action)
 	}
 	if cp, _ := s.joinedPlane(ctx); cp != nil {
 		p.step("cluster", "", "Istio is yours (%s): nothing of it removed; the cluster itself is yours and stays", cp.Deployment)

@@ -104,65 +104,57 @@ func Ensure(ctx context.Context, c Clients, s Spec) ([]Change, error) {
 // meshvm created it. A namespace of yours stays, with everything in it that
 // is not meshvm's.
 func Remove(ctx context.Context, c Clients, s Spec) ([]Change, error) {
-	var out []Change
 	ns := s.Namespace
-	del := func(kind, name string, get func() (metav1.Object, error), remove func(metav1.Preconditions) error) error {
-		obj := kind + " " + ns + "/" + name
-		m, err := get()
-		switch {
-		case apierrors.IsNotFound(err):
-			out = append(out, Change{obj, "absent"})
-			return nil
-		case err != nil:
-			return fmt.Errorf("%s: %w", obj, err)
-		case !ownership.Owned(m):
-			out = append(out, Change{obj, ownership.Yours})
-			return nil
-		}
-		uid := m.GetUID()
-		if err := remove(metav1.Preconditions{UID: &uid}); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("delete %s: %w", obj, err)
-		}
-		out = append(out, Change{obj, "deleted"})
-		return nil
-	}
 	groups, svcs, sas := c.Istio.NetworkingV1().WorkloadGroups(ns), c.Kube.CoreV1().Services(ns), c.Kube.CoreV1().ServiceAccounts(ns)
-	steps := []error{
-		del("WorkloadGroup", s.Group, func() (metav1.Object, error) { return groups.Get(ctx, s.Group, metav1.GetOptions{}) },
-			func(p metav1.Preconditions) error {
-				return groups.Delete(ctx, s.Group, metav1.DeleteOptions{Preconditions: &p})
-			}),
-		del("Service", s.Group, func() (metav1.Object, error) { return svcs.Get(ctx, s.Group, metav1.GetOptions{}) },
-			func(p metav1.Preconditions) error {
-				return svcs.Delete(ctx, s.Group, metav1.DeleteOptions{Preconditions: &p})
-			}),
-		del("ServiceAccount", s.ServiceAccount, func() (metav1.Object, error) { return sas.Get(ctx, s.ServiceAccount, metav1.GetOptions{}) },
-			func(p metav1.Preconditions) error {
-				return sas.Delete(ctx, s.ServiceAccount, metav1.DeleteOptions{Preconditions: &p})
-			}),
-	}
-	for _, err := range steps {
+	var out []Change
+	for _, step := range []func() (Change, error){
+		func() (Change, error) {
+			return removeOwned(ctx, "WorkloadGroup "+ns+"/"+s.Group, s.Group, groups.Get, groups.Delete)
+		},
+		func() (Change, error) {
+			return removeOwned(ctx, "Service "+ns+"/"+s.Group, s.Group, svcs.Get, svcs.Delete)
+		},
+		func() (Change, error) {
+			return removeOwned(ctx, "ServiceAccount "+ns+"/"+s.ServiceAccount, s.ServiceAccount, sas.Get, sas.Delete)
+		},
+		func() (Change, error) { return RemoveNamespace(ctx, c.Kube, ns) },
+	} {
+		ch, err := step()
 		if err != nil {
 			return out, err
 		}
-	}
-	nsObj := "Namespace " + ns
-	cur, err := c.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		out = append(out, Change{nsObj, "absent"})
-	case err != nil:
-		return out, fmt.Errorf("%s: %w", nsObj, err)
-	case !ownership.Owned(cur):
-		out = append(out, Change{nsObj, ownership.Yours})
-	default:
-		err := c.Kube.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &cur.UID}})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return out, fmt.Errorf("delete %s: %w", nsObj, err)
-		}
-		out = append(out, Change{nsObj, "deleted"})
+		out = append(out, ch)
 	}
 	return out, nil
+}
+
+// RemoveNamespace deletes the namespace name if meshvm created it, with
+// everything in it; one of yours stays.
+func RemoveNamespace(ctx context.Context, kc kubernetes.Interface, name string) (Change, error) {
+	nss := kc.CoreV1().Namespaces()
+	return removeOwned(ctx, "Namespace "+name, name, nss.Get, nss.Delete)
+}
+
+// removeOwned deletes the object name (obj as progress names it) when meshvm
+// owns it, and only that very object (its UID): "deleted", "absent", or
+// ownership.Yours.
+func removeOwned[T metav1.Object](ctx context.Context, obj, name string,
+	get func(context.Context, string, metav1.GetOptions) (T, error),
+	del func(context.Context, string, metav1.DeleteOptions) error) (Change, error) {
+	m, err := get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return Change{obj, "absent"}, nil
+	case err != nil:
+		return Change{}, fmt.Errorf("%s: %w", obj, err)
+	case !ownership.Owned(m):
+		return Change{obj, ownership.Yours}, nil
+	}
+	uid := m.GetUID()
+	if err := del(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
+		return Change{}, fmt.Errorf("delete %s: %w", obj, err)
+	}
+	return Change{obj, "deleted"}, nil
 }
 
 func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) (string, error) {
