@@ -148,14 +148,29 @@ func Reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, 
 // CredentialUIDs returns the UIDs of the namespace's VM credential Secrets by
 // VM name, in one list: what the VMs' tokens must still be bound to.
 func CredentialUIDs(ctx context.Context, kc kubernetes.Interface, ns string) (map[string]string, error) {
+	secs, err := credentials(ctx, kc, ns)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, sec := range secs {
+		if sec.Name == CredentialName(sec.Labels[ownership.VMLabel]) {
+			out[sec.Labels[ownership.VMLabel]] = string(sec.UID)
+		}
+	}
+	return out, nil
+}
+
+// credentials are the VM credential Secrets meshvm made in ns.
+func credentials(ctx context.Context, kc kubernetes.Interface, ns string) ([]corev1.Secret, error) {
 	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ownership.Label + "=" + ownership.Value + "," + ownership.VMLabel})
 	if err != nil {
 		return nil, fmt.Errorf("list the VM credentials in %s: %w", ns, err)
 	}
-	out := map[string]string{}
+	var out []corev1.Secret
 	for _, sec := range list.Items {
-		if sec.Type == credentialType && sec.Name == CredentialName(sec.Labels[ownership.VMLabel]) {
-			out[sec.Labels[ownership.VMLabel]] = string(sec.UID)
+		if sec.Type == credentialType {
+			out = append(out, sec)
 		}
 	}
 	return out, nil
@@ -165,18 +180,15 @@ func CredentialUIDs(ctx context.Context, kc kubernetes.Interface, ns string) (ma
 // token it issued there stays valid: what down does before anything else,
 // whether or not the namespace goes too. It returns how many it deleted.
 func RevokeAll(ctx context.Context, kc kubernetes.Interface, ns string) (int, error) {
-	list, err := kc.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: ownership.Label + "=" + ownership.Value + "," + ownership.VMLabel})
+	secs, err := credentials(ctx, kc, ns)
+	if apierrors.IsNotFound(err) {
+		return 0, nil
+	}
 	if err != nil {
-		if apierrors.IsNotFound(err) {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("list the VM credentials in %s: %w", ns, err)
+		return 0, err
 	}
 	n := 0
-	for _, sec := range list.Items {
-		if sec.Type != credentialType {
-			continue
-		}
+	for _, sec := range secs {
 		err := kc.CoreV1().Secrets(ns).Delete(ctx, sec.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sec.UID}})
 		switch {
 		case err == nil:
