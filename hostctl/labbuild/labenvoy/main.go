@@ -280,11 +280,7 @@ func (w *warming) check() {
 // as Envoy orders them, ACKing every response and subscribing to the secrets
 // they reference.
 func ads(ctx context.Context, network, addr string, node *core.Node, st *stats, secrets *sds, w *warming) error {
-	conn, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}))
+	conn, err := grpcConn(network, addr)
 	if err != nil {
 		return err
 	}
@@ -325,6 +321,16 @@ func ads(ctx context.Context, network, addr string, node *core.Node, st *stats, 
 		}
 		log.Printf("ACK %s version %s (%d resources)", resp.GetTypeUrl(), resp.GetVersionInfo(), len(resp.GetResources()))
 	}
+}
+
+// grpcConn is a plaintext gRPC connection to pilot-agent's socket (or
+// address), as Envoy's envoy_grpc clusters to it are.
+func grpcConn(network, addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}))
 }
 
 func serveAdmin(a address, st *stats, stop func()) error {

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"log"
 	"math/rand/v2"
-	"net"
 	"sort"
 	"sync"
 	"time"
@@ -30,9 +29,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -213,11 +210,7 @@ func (s *sds) subscribe(ctx context.Context, name, network, addr string) {
 // stream runs one SDS stream for name, ACKing every secret it can read and
 // NACKing one it cannot; got says whether any secret arrived.
 func (s *sds) stream(ctx context.Context, name, network, addr string) (got bool, err error) {
-	conn, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}))
+	conn, err := grpcConn(network, addr)
 	if err != nil {
 		return false, err
 	}
