@@ -69,6 +69,11 @@ type Istio struct {
 	// single-network mesh of yours without an east-west gateway (then
 	// workload.network is the mesh's network).
 	IstiodAddress string `json:"istiodAddress,omitempty"`
+	// Revision is the Istio revision (istio.io/rev) the VMs join: their
+	// files point at istiod-<revision>. Empty is the default revision.
+	// meshvm installs that revision's control plane when it installs Istio;
+	// hostctl vm upgrade moves VMs between revisions.
+	Revision      string `json:"revision,omitempty"`
 	MeshID        string `json:"meshID"`
 	ClusterName   string `json:"clusterName"`
 	Network       string `json:"network"`
@@ -353,6 +358,9 @@ func (c Config) Validate() error {
 			bad("istio.istiodAddress %q is not an IP address: give the address where VMs reach istiod's port 15012", a)
 		}
 	}
+	if r := c.Istio.Revision; r != "" && !ValidRevision(r) {
+		bad("istio.revision %q: a revision is a DNS label (lowercase letters, digits and '-', at most 63, as istioctl install --revision takes it), e.g. 1-31-0 or canary", r)
+	}
 	if c.Istio.MeshID == "" || c.Istio.ClusterName == "" || c.Istio.Network == "" || c.Workload.Network == "" {
 		bad("istio.meshID, istio.clusterName, istio.network and workload.network must not be empty")
 	}
@@ -436,4 +444,18 @@ func (c Config) VM(name string) (VM, error) {
 		names = append(names, vm.Name)
 	}
 	return VM{}, fmt.Errorf("no VM named %q in the config (known: %s): check the spelling or add it under vms", name, strings.Join(names, ", "))
+}
+
+// ValidRevision reports whether rev can name an Istio revision: a DNS label,
+// since it becomes part of istiod-<rev>'s Service name.
+func ValidRevision(rev string) bool {
+	if rev == "" || len(rev) > 63 || rev[0] == '-' || rev[len(rev)-1] == '-' {
+		return false
+	}
+	for _, r := range rev {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
 }

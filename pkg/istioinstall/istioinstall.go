@@ -25,6 +25,7 @@ import (
 	"istio.io/istio/operator/pkg/util/clog"
 
 	"github.com/meshvm/meshvm/pkg/ownership"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
 const (
@@ -45,6 +46,9 @@ type Options struct {
 	MeshID, ClusterName, Network string
 	// Hub and Tag name the images; empty means DefaultHub and EmbeddedVersion.
 	Hub, Tag string
+	// Revision is the control plane's istio.io/rev; empty (or "default")
+	// is the default revision.
+	Revision string
 	// Istioctl renders with that istioctl (of version Tag, see FindIstioctl)
 	// instead of the embedded charts.
 	Istioctl string
@@ -92,7 +96,7 @@ func controlPlane(o Options) map[string]any {
 		"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
 		"metadata": map[string]any{"name": "meshvm-control-plane", "namespace": Namespace},
 		"spec": map[string]any{
-			"profile": "default", "hub": o.Hub, "tag": o.Tag,
+			"profile": "default", "hub": o.Hub, "tag": o.Tag, "revision": revisionValue(o.Revision),
 			"values": map[string]any{
 				"global": map[string]any{"meshID": o.MeshID, "network": o.Network,
 					"multiCluster": map[string]any{"clusterName": o.ClusterName}},
@@ -118,7 +122,8 @@ func eastWest(o Options) map[string]any {
 		"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
 		"metadata": map[string]any{"name": "meshvm-eastwest", "namespace": Namespace},
 		"spec": map[string]any{
-			"profile": "empty", "hub": o.Hub, "tag": o.Tag,
+			// The gateway's own proxy is served by the revision installed last.
+			"profile": "empty", "hub": o.Hub, "tag": o.Tag, "revision": revisionValue(o.Revision),
 			"components": map[string]any{"ingressGateways": []any{map[string]any{
 				"name": EastWestGateway, "enabled": true,
 				"label": map[string]any{"istio": "eastwestgateway", "app": EastWestGateway, "topology.istio.io/network": o.Network},
@@ -160,7 +165,7 @@ func Render(o Options) ([]Object, error) {
 		}
 		out = append(out, objs...)
 	}
-	exposed, err := exposeObjects()
+	exposed, err := exposeObjects(o.Revision)
 	if err != nil {
 		return nil, err
 	}
@@ -222,20 +227,38 @@ func namespace(o Options) Object {
 	return Object{Component: "Network", Unstructured: u}
 }
 
-// exposeObjects are Istio's expose-istiod.yaml and cross-network-gateway.yaml
-// samples, as typed objects.
-func exposeObjects() ([]Object, error) {
+// exposeObjects are Istio's expose-istiod.yaml (expose-istiod-rev.yaml.tmpl
+// for a revision) and cross-network-gateway.yaml samples, as typed objects.
+// A revision's VirtualService routes only its own name (SNI
+// istiod-<rev>.istio-system.svc, what pilot-agent dials), so the default
+// revision's catch-all and every revision's route live side by side on one
+// gateway while VMs move between them.
+func exposeObjects(rev string) ([]Object, error) {
 	selector := map[string]string{"istio": "eastwestgateway"}
 	tls := func(port uint32, name string, mode networking.ServerTLSSettings_TLSmode, hosts ...string) *networking.Server {
 		return &networking.Server{Port: &networking.Port{Number: port, Name: name, Protocol: "TLS"},
 			Tls: &networking.ServerTLSSettings{Mode: mode}, Hosts: hosts}
 	}
+	istiod := IstiodService(rev)
+	sni := "*"
+	if revisionValue(rev) != "" {
+		sni = istiod + "." + Namespace + ".svc"
+	}
 	route := func(port uint32, dst uint32) *networking.TLSRoute {
 		return &networking.TLSRoute{
-			Match: []*networking.TLSMatchAttributes{{Port: port, SniHosts: []string{"*"}}},
+			Match: []*networking.TLSMatchAttributes{{Port: port, SniHosts: []string{sni}}},
 			Route: []*networking.RouteDestination{{Destination: &networking.Destination{
-				Host: "istiod." + Namespace + ".svc.cluster.local", Port: &networking.PortSelector{Number: dst}}}},
+				Host: istiod + "." + Namespace + ".svc.cluster.local", Port: &networking.PortSelector{Number: dst}}}},
 		}
+	}
+	// Only the default revision's route takes the webhook port: VMs never
+	// call it, and a catch-all per revision would collide.
+	routes := []*networking.TLSRoute{route(15012, 15012)}
+	vsName := "istiod-vs"
+	if sni == "*" {
+		routes = append(routes, route(15017, 443))
+	} else {
+		vsName += "-" + rev
 	}
 	objs := []runtime.Object{
 		&clientnetworking.Gateway{
@@ -248,9 +271,8 @@ func exposeObjects() ([]Object, error) {
 		},
 		&clientnetworking.VirtualService{
 			TypeMeta:   typeMeta("VirtualService"),
-			ObjectMeta: objectMeta("istiod-vs"),
-			Spec: networking.VirtualService{Hosts: []string{"*"}, Gateways: []string{"istiod-gateway"},
-				Tls: []*networking.TLSRoute{route(15012, 15012), route(15017, 443)}},
+			ObjectMeta: objectMeta(vsName),
+			Spec: networking.VirtualService{Hosts: []string{"*"}, Gateways: []string{"istiod-gateway"}, Tls: routes},
 		},
 		&clientnetworking.Gateway{
 			TypeMeta:   typeMeta("Gateway"),
@@ -300,6 +322,12 @@ func objectMeta(name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: name, Namespace: Namespace}
 }
 
+// IstiodService is the revision's istiod Deployment and Service name.
+func IstiodService(rev string) string { return workloadfiles.IstiodService(rev) }
+
+// MeshConfigName is the revision's mesh config ConfigMap.
+func MeshConfigName(rev string) string { return workloadfiles.MeshConfigName(rev) }
+
 // find returns the rendered object of that kind and name.
 func find(objs []Object, kind, name string) (Object, bool) {
 	for _, o := range objs {
@@ -310,26 +338,28 @@ func find(objs []Object, kind, name string) (Object, bool) {
 	return Object{}, false
 }
 
-// MeshConfig is the mesh configuration the render puts in the istio
-// ConfigMap: what istiod reads.
-func MeshConfig(objs []Object) (string, error) {
-	cm, ok := find(objs, "ConfigMap", "istio")
+// MeshConfig is the mesh configuration the render puts in the revision's
+// istio ConfigMap: what its istiod reads.
+func MeshConfig(objs []Object, rev string) (string, error) {
+	name := MeshConfigName(rev)
+	cm, ok := find(objs, "ConfigMap", name)
 	if !ok {
-		return "", fmt.Errorf("the render has no istio ConfigMap")
+		return "", fmt.Errorf("the render has no %s ConfigMap", name)
 	}
 	mesh, ok, _ := unstructured.NestedString(cm.Object, "data", "mesh")
 	if !ok {
-		return "", fmt.Errorf("the istio ConfigMap has no mesh key")
+		return "", fmt.Errorf("the %s ConfigMap has no mesh key", name)
 	}
 	return mesh, nil
 }
 
-// IstiodEnv is the literal environment of the rendered istiod container
-// (values taken from the pod, like POD_NAME, are left to whoever runs it).
-func IstiodEnv(objs []Object) (map[string]string, error) {
-	d, ok := find(objs, "Deployment", "istiod")
+// IstiodEnv is the literal environment of the revision's rendered istiod
+// container (values taken from the pod, like POD_NAME, are left to whoever
+// runs it).
+func IstiodEnv(objs []Object, rev string) (map[string]string, error) {
+	d, ok := find(objs, "Deployment", IstiodService(rev))
 	if !ok {
-		return nil, fmt.Errorf("the render has no istiod Deployment")
+		return nil, fmt.Errorf("the render has no %s Deployment", IstiodService(rev))
 	}
 	containers, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
 	for _, c := range containers {
@@ -349,4 +379,13 @@ func IstiodEnv(objs []Object) (map[string]string, error) {
 		return env, nil
 	}
 	return nil, fmt.Errorf("the istiod Deployment has no discovery container")
+}
+
+// revisionValue is the IstioOperator's spec.revision: "" for the default
+// revision, which Istio names no revision at all.
+func revisionValue(rev string) string {
+	if rev == "default" {
+		return ""
+	}
+	return rev
 }

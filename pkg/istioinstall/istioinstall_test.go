@@ -48,7 +48,7 @@ func TestRenderIsTheRecipe(t *testing.T) {
 	if _, ok := find(objs, "CustomResourceDefinition", "workloadgroups.networking.istio.io"); !ok {
 		t.Error("no WorkloadGroup CRD")
 	}
-	env, err := IstiodEnv(objs)
+	env, err := IstiodEnv(objs, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestRenderIsTheRecipe(t *testing.T) {
 			t.Errorf("istiod env %s=%q, want %q", k, env[k], v)
 		}
 	}
-	mesh, err := MeshConfig(objs)
+	mesh, err := MeshConfig(objs, "")
 	if err != nil || !strings.Contains(mesh, "meshId: mesh1") {
 		t.Errorf("mesh config lacks the mesh id (%v):\n%s", err, mesh)
 	}
@@ -161,5 +161,55 @@ func TestOnePinForIstio(t *testing.T) {
 	}
 	if got[0] != got[1] {
 		t.Errorf("go.mod pins istio.io/istio %s, hostctl/labbuild/go.mod %s: pin both to the same version", got[0], got[1])
+	}
+}
+
+// A revision's render is that revision's control plane, and its route
+// through the east-west gateway takes only its own name, so it can sit
+// beside the default revision's catch-all.
+func TestRenderRevision(t *testing.T) {
+	objs, err := Render(Options{MeshID: "mesh1", ClusterName: "cluster1", Network: "network1", Revision: "canary"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := find(objs, "Deployment", "istiod-canary")
+	if !ok || d.GetLabels()["istio.io/rev"] != "canary" {
+		t.Fatalf("no istiod-canary Deployment labelled with its revision (%v)", d.GetLabels())
+	}
+	if _, ok := find(objs, "Deployment", "istiod"); ok {
+		t.Error("a revision's render has the default revision's istiod too")
+	}
+	env, err := IstiodEnv(objs, "canary")
+	if err != nil || env["REVISION"] != "canary" {
+		t.Errorf("istiod-canary env REVISION=%q (%v), want canary", env["REVISION"], err)
+	}
+	if _, err := MeshConfig(objs, "canary"); err != nil {
+		t.Error(err)
+	}
+	if _, ok := find(objs, "VirtualService", "istiod-vs"); ok {
+		t.Error("the revision's render carries the default revision's catch-all VirtualService")
+	}
+	vs, ok := find(objs, "VirtualService", "istiod-vs-canary")
+	if !ok {
+		t.Fatal("no istiod-vs-canary VirtualService")
+	}
+	tls, _, _ := unstructured.NestedSlice(vs.Object, "spec", "tls")
+	if len(tls) != 1 {
+		t.Fatalf("istiod-vs-canary has %d TLS routes, want one (15012)", len(tls))
+	}
+	route := tls[0].(map[string]any)
+	match := route["match"].([]any)[0].(map[string]any)
+	dst := route["route"].([]any)[0].(map[string]any)["destination"].(map[string]any)
+	if sni := match["sniHosts"].([]any); len(sni) != 1 || sni[0] != "istiod-canary.istio-system.svc" || dst["host"] != "istiod-canary.istio-system.svc.cluster.local" {
+		t.Errorf("istiod-vs-canary routes %v to %v, want istiod-canary.istio-system.svc to istiod-canary", sni, dst["host"])
+	}
+	gw, _ := find(objs, "Deployment", EastWestGateway)
+	if gw.GetLabels()["istio.io/rev"] != "canary" {
+		t.Errorf("the east-west gateway's proxy is served by revision %q, want canary (the only istiod)", gw.GetLabels()["istio.io/rev"])
+	}
+	for rev, want := range map[string][2]string{"": {"istiod", "istio"}, "default": {"istiod", "istio"}, "1-31": {"istiod-1-31", "istio-1-31"}} {
+		if IstiodService(rev) != want[0] || MeshConfigName(rev) != want[1] {
+			t.Errorf("revision %q: %s %s, want %v", rev, IstiodService(rev), MeshConfigName(rev), want)
+		}
 	}
 }

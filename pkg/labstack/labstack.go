@@ -62,8 +62,9 @@ func UpCluster(ctx context.Context, c Config) (*Stack, error) {
 	return &Stack{Bins: bins, Kubeconfig: labcluster.Kubeconfig(cl)}, nil
 }
 
-// InstallIstio renders Istio, applies what the lab can hold, and runs istiod
-// with the rendered mesh configuration and environment.
+// InstallIstio renders Istio (c.Istio.Revision's control plane), applies
+// what the lab can hold, and runs that revision's istiod with the rendered
+// mesh configuration and environment; other revisions' keep running.
 func InstallIstio(ctx context.Context, c Config, st *Stack) error {
 	objs, err := istioinstall.Render(c.Istio)
 	if err != nil {
@@ -79,15 +80,16 @@ func InstallIstio(ctx context.Context, c Config, st *Stack) error {
 	}
 	fmt.Fprintf(c.Progress, "istio: %d objects rendered from the embedded charts (Istio %s): %s (workloads and webhooks: no kubelet here)\n",
 		len(objs), istioinstall.EmbeddedVersion, istioinstall.Summary(changes))
-	mesh, err := istioinstall.MeshConfig(objs)
+	mesh, err := istioinstall.MeshConfig(objs, c.Istio.Revision)
 	if err != nil {
 		return err
 	}
-	env, err := istioinstall.IstiodEnv(objs)
+	env, err := istioinstall.IstiodEnv(objs, c.Istio.Revision)
 	if err != nil {
 		return err
 	}
-	return meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Istiod: st.Bins.Path("pilot-discovery"),
+	return meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Revision: c.Istio.Revision, Istiod: st.Bins.Path("pilot-discovery"),
+		Gateway: st.Bins.Path("lab-envoy"),
 		Kubeconfig: st.Kubeconfig, Mesh: mesh, Env: env, ClusterID: c.Istio.ClusterName, Progress: c.Progress})
 }
 

@@ -62,8 +62,8 @@ func TestIstiodOnLabCluster(t *testing.T) {
 			t.Errorf("second apply: %s %s, want unchanged", c.Ref, c.Action)
 		}
 	}
-	mesh, _ := istioinstall.MeshConfig(objs)
-	env, _ := istioinstall.IstiodEnv(objs)
+	mesh, _ := istioinstall.MeshConfig(objs, "")
+	env, _ := istioinstall.IstiodEnv(objs, "")
 	cfg := Config{Dir: filepath.Join(dir, "istio"), Istiod: bins.Path("pilot-discovery"), Kubeconfig: labcluster.Kubeconfig(cl),
 		Mesh: mesh, Env: env, ClusterID: "test", Progress: os.Stderr}
 	if err := Up(ctx, cfg); err != nil {

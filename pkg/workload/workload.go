@@ -39,6 +39,12 @@ type Spec struct {
 	// CertificateLifetime is the workload certificate's lifetime pilot-agent
 	// asks istiod for (SECRET_TTL); zero leaves Istio's default (24 h).
 	CertificateLifetime time.Duration
+	// Revision labels the WorkloadGroup istio.io/rev when all its VMs are
+	// on that revision; "" leaves it unlabelled. istiod ignores objects
+	// labelled for another revision (Istio's LabelsInRevision), so while
+	// VMs are split between revisions the group must carry none, or the
+	// VMs on the other one could not register.
+	Revision string
 }
 
 // proxyConfigAnnotation carries ProxyConfig overrides to the VM's mesh.yaml
@@ -216,6 +222,7 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 	cur, err := groups.Get(ctx, s.Group, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		wg := &clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownership.Labels(nil)}}
+		setRevision(&wg.ObjectMeta, s.Revision)
 		proto.Merge(&wg.Spec, want)
 		_, err = groups.Create(ctx, wg, metav1.CreateOptions{})
 		return createdOr(err)
@@ -226,9 +233,10 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 	if !ownership.Owned(cur) {
 		return ownership.Yours, nil // the VMs join it with its template and probe
 	}
-	if equalGroup(&cur.Spec, want) {
+	if equalGroup(&cur.Spec, want) && cur.Labels[revisionLabel] == s.Revision {
 		return "unchanged", nil
 	}
+	setRevision(&cur.ObjectMeta, s.Revision)
 	proto.Reset(&cur.Spec)
 	proto.Merge(&cur.Spec, want)
 	_, err = groups.Update(ctx, cur, metav1.UpdateOptions{})
@@ -236,6 +244,19 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 		return "", err
 	}
 	return "updated", nil
+}
+
+const revisionLabel = "istio.io/rev"
+
+func setRevision(m *metav1.ObjectMeta, rev string) {
+	if rev == "" {
+		delete(m.Labels, revisionLabel)
+		return
+	}
+	if m.Labels == nil {
+		m.Labels = map[string]string{}
+	}
+	m.Labels[revisionLabel] = rev
 }
 
 func equalGroup(a, b *networking.WorkloadGroup) bool {
@@ -291,6 +312,9 @@ type FilesFor struct {
 	ReuseToken []byte
 	// Warn, if set, hears what the caller should tell the user (a capped lifetime).
 	Warn func(string)
+	// Revision is the Istio revision the VM joins ("" or "default": the
+	// default): its mesh config and istiod-<revision>.
+	Revision string
 }
 
 // Files reads the mesh config and root certificate, requests a token and
@@ -299,9 +323,10 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 	if f.IstioNamespace == "" {
 		f.IstioNamespace = "istio-system"
 	}
-	meshCM, err := c.Kube.CoreV1().ConfigMaps(f.IstioNamespace).Get(ctx, "istio", metav1.GetOptions{})
+	meshName := workloadfiles.MeshConfigName(f.Revision)
+	meshCM, err := c.Kube.CoreV1().ConfigMaps(f.IstioNamespace).Get(ctx, meshName, metav1.GetOptions{})
 	if err != nil {
-		return workloadfiles.Files{}, fmt.Errorf("mesh config (ConfigMap %s/istio): %w: is Istio installed? run hostctl istio install", f.IstioNamespace, err)
+		return workloadfiles.Files{}, fmt.Errorf("mesh config (ConfigMap %s/%s): %w: is Istio (revision %s) installed? run hostctl up", f.IstioNamespace, meshName, err, orDefault(f.Revision))
 	}
 	root, err := waitRootCert(ctx, c.Kube, s.Namespace)
 	if err != nil {
@@ -328,7 +353,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 	return workloadfiles.Generate(workloadfiles.Options{
 		Mesh:           meshCM.Data["mesh"],
 		Group:          workloadfiles.Group{Name: wg.Name, Namespace: wg.Namespace, Annotations: wg.Annotations, Spec: &wg.Spec},
-		IstioNamespace: f.IstioNamespace, ClusterID: f.ClusterID, AutoRegister: true, DNSCapture: true,
+		IstioNamespace: f.IstioNamespace, ClusterID: f.ClusterID, AutoRegister: true, DNSCapture: true, Revision: f.Revision,
 		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: token,
 	})
 }
@@ -363,6 +388,9 @@ type Entry struct {
 	// DisconnectedAt is set while no proxy is connected for the entry
 	// (istiod replaces connectedAt with it): its Healthy is then stale.
 	DisconnectedAt string
+	// Controller is the istiod instance (its pod name) that registered the
+	// entry and holds the VM's connection: which revision serves the VM.
+	Controller string
 	// ProbedAt is the health condition's last probe time: it changes with
 	// every health report the proxy sends.
 	ProbedAt time.Time
@@ -404,7 +432,7 @@ func entryAt(we *clientnetworking.WorkloadEntry, s Spec, address string) (Entry,
 		return Entry{}, false
 	}
 	e := Entry{Name: we.Name, Address: we.Spec.GetAddress(), Network: we.Spec.GetNetwork(), ConnectedAt: we.Annotations["istio.io/connectedAt"],
-		DisconnectedAt: we.Annotations["istio.io/disconnectedAt"]}
+		DisconnectedAt: we.Annotations["istio.io/disconnectedAt"], Controller: we.Annotations["istio.io/workloadController"]}
 	for _, cond := range we.Status.GetConditions() {
 		if cond.GetType() == "Healthy" {
 			e.Healthy, e.Message = cond.GetStatus(), cond.GetMessage()
@@ -514,4 +542,11 @@ func DeleteEntry(ctx context.Context, c Clients, s Spec, address string) (string
 		return "", fmt.Errorf("delete WorkloadEntry %s/%s: %w", s.Namespace, e.Name, err)
 	}
 	return e.Name, nil
+}
+
+func orDefault(rev string) string {
+	if rev == "" {
+		return "default"
+	}
+	return rev
 }

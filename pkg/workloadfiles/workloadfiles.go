@@ -83,13 +83,25 @@ func (f Files) Map() map[string][]byte {
 // revisioned reports whether rev names a non-default control plane.
 func revisioned(rev string) bool { return rev != "" && rev != "default" }
 
-// IstiodHost is istiod's service name as the VM resolves it.
-func IstiodHost(ns, rev string) string {
+// IstiodService is the revision's istiod Deployment and Service name.
+func IstiodService(rev string) string {
 	if revisioned(rev) {
-		return fmt.Sprintf("istiod-%s.%s.svc", rev, ns)
+		return "istiod-" + rev
 	}
-	return "istiod." + ns + ".svc"
+	return "istiod"
 }
+
+// MeshConfigName is the revision's mesh config ConfigMap (what istioctl
+// reads the VM's mesh.yaml from).
+func MeshConfigName(rev string) string {
+	if revisioned(rev) {
+		return "istio-" + rev
+	}
+	return "istio"
+}
+
+// IstiodHost is istiod's service name as the VM resolves it.
+func IstiodHost(ns, rev string) string { return IstiodService(rev) + "." + ns + ".svc" }
 
 // Generate produces the files, or an error naming the missing input.
 func Generate(o Options) (Files, error) {

@@ -15,6 +15,8 @@
 //   - turns each static listener (15021 readiness, 15090 metrics) into a
 //     plain HTTP reverse proxy to the cluster it routes to.
 //
+// `lab-envoy gateway` is the lab's east-west gateway instead (gateway.go).
+//
 // It has no data plane: nothing listens on 15001/15006, so traffic capture
 // blackholes app traffic. The lab says so; it exercises onboarding,
 // certificates, autoregistration and health, not Envoy's data path.
@@ -171,6 +173,13 @@ func (l listener) routedCluster() string {
 
 func main() {
 	log.SetPrefix("labenvoy: ")
+	if len(os.Args) > 1 && os.Args[1] == "gateway" {
+		// The lab's east-west gateway (gateway.go): a daemon of its own.
+		if err := runGateway(os.Args[2:]); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	// Die with pilot-agent, as Envoy would be killed with its parent.
 	syscall.Syscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0)
 	if err := run(); err != nil {

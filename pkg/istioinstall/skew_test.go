@@ -1,0 +1,24 @@
+package istioinstall
+
+import "testing"
+
+func TestSkew(t *testing.T) {
+	for _, c := range []struct {
+		proxy, istiod string
+		ok            bool
+	}{
+		{"1.31.0", "1.31.0", true},
+		{"1.31.4", "1.31.0", true}, // patches are not skew
+		{"1.30.2", "1.31.0", true}, // one minor behind
+		{"1.29.0", "1.31.0", false},
+		{"1.32.0", "1.31.5", false}, // ahead of istiod
+		{"2.0.0", "1.31.0", false},
+		{"1.31.0-beta.1", "1.31.0", true},
+		{"dev", "1.31.0", true}, // not judged
+		{"", "", true},
+	} {
+		if ok, detail := Skew(c.proxy, c.istiod); ok != c.ok || detail == "" {
+			t.Errorf("Skew(%q, %q) = %v %q, want %v", c.proxy, c.istiod, ok, detail, c.ok)
+		}
+	}
+}
