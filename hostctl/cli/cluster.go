@@ -137,7 +137,7 @@ func (c *clusterCmd) istioStatus(cmd *cobra.Command, _ []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	var out []component
-	if detail, err := s.istiodReady(ctx); err != nil {
+	if detail, err := s.istiodReady(ctx, s.revision(ctx)); err != nil {
 		out = append(out, component{"istiod", "not ready", fmt.Sprintf("%v: run hostctl istio install", err)})
 	} else {
 		out = append(out, component{"istiod", "ready", detail})

@@ -21,6 +21,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -96,7 +97,7 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 
 func clusterChecks(ctx context.Context, s site, clients workload.Clients) []finding {
 	var out []finding
-	if detail, err := s.istiodReady(ctx); err != nil {
+	if detail, err := s.istiodReady(ctx, s.revision(ctx)); err != nil {
 		out = append(out, finding{"cluster", "istiod", "fail", err.Error(), "run hostctl up (it installs and waits for istiod)"})
 	} else {
 		out = append(out, finding{"cluster", "istiod", "ok", detail, ""})
@@ -118,10 +119,10 @@ func clusterChecks(ctx context.Context, s site, clients workload.Clients) []find
 	return out
 }
 
-// sidecarDigests is the sidecar build hostctl delivers to arch, by digest
-// of each file on the VM: what the VMs must run (istiod's version).
-func sidecarDigests(ctx context.Context, s site, arch string) map[string]string {
-	side, err := s.sidecar(ctx, arch)
+// sidecarDigests is the sidecar build of an Istio version for arch, by
+// digest of each file on the VM.
+func sidecarDigests(ctx context.Context, s site, arch, version string) map[string]string {
+	side, err := s.sidecar(ctx, arch, version)
 	if err != nil {
 		return nil
 	}
@@ -168,7 +169,9 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 	}
 	defer c.Close()
 	hostIP, _ := s.istiodAddress(ctx, name)
-	ov := c.Overview(ctx, "istiod.istio-system.svc", &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
+	rev := vmRevision(state, name, s.revision(ctx))
+	istiodName := workloadfiles.IstiodHost(istioinstall.Namespace, rev)
+	ov := c.Overview(ctx, istiodName, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
 	if ov.StatusErr != nil {
 		add("agent", "fail", ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
 		return out
@@ -181,11 +184,11 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 	}
 	switch r := ov.DNS; {
 	case r == nil || r.GetError() != "":
-		add("istiod DNS", "fail", "istiod.istio-system.svc does not resolve on the VM", "run hostctl vm onboard "+name+" (it writes the hosts block)")
+		add("istiod DNS", "fail", istiodName+" does not resolve on the VM", "run hostctl vm onboard "+name+" (it writes the hosts block)")
 	case len(r.GetAddresses()) == 0 || r.GetAddresses()[0] != hostIP:
 		add("istiod DNS", "fail", fmt.Sprintf("resolves to %s, want %s", strings.Join(r.GetAddresses(), ","), hostIP), "run hostctl vm onboard "+name)
 	default:
-		add("istiod DNS", "ok", "-> "+hostIP, "")
+		add("istiod DNS", "ok", istiodName+" -> "+hostIP, "")
 	}
 	out = append(out, credentialFinding(credentialFacts(cfg, name, ov.Status, bindings, bindingsKnown, time.Now())))
 	if n, err := c.API().CheckNetwork(ctx, &agentv1.CheckNetworkRequest{}); err == nil {
@@ -199,16 +202,38 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 			add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
 		}
 	}
-	side := sidecarDigests(ctx, s, m.Arch)
-	skew := proxySkew(side, ov.Status.GetFiles())
-	switch {
+	out = append(out, proxyFindings(ctx, state, s, name, rev, m.Arch, ov.Status.GetFiles())...)
+	return out
+}
+
+// proxyFindings judge the VM's proxy: the version it was given against the
+// one its revision's running istiod reports (Istio's skew policy), and its
+// binaries against that version's build.
+func proxyFindings(ctx context.Context, state *statedir.Dir, s site, name, rev, arch string, files []*agentv1.FileStat) []finding {
+	istiod, from, err := s.istiodVersion(ctx, rev)
+	if err != nil {
+		return []finding{{name, "proxy version", "fail", fmt.Sprintf("revision %s: %v", revisionName(rev), err), "run hostctl up"}}
+	}
+	proxy := istiod
+	var out []finding
+	if j, ok := joinedOf(state, name); ok && j.Istio != "" {
+		proxy = j.Istio
+		ok, detail := istioinstall.Skew(proxy, istiod)
+		f := finding{name, "version skew", "ok", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(rev), detail, from), ""}
+		if !ok {
+			f.Result, f.Fix = "fail", "run hostctl vm onboard "+name+" (it delivers istiod's version)"
+		}
+		out = append(out, f)
+	}
+	side := sidecarDigests(ctx, s, arch, proxy)
+	switch differ := proxySkew(side, files); {
 	case side == nil:
-		add("proxy version", "warn", "the sidecar build to compare with is not available here", "run hostctl up")
-	case skew != "":
-		add("proxy version", "fail", skew+" differs from the build of istiod's version (Istio "+orEmbedded(cfg.Istio.Version)+")",
-			"run hostctl vm onboard "+name+" (it sends the matching binaries)")
+		out = append(out, finding{name, "proxy version", "warn", "the Istio " + proxy + " sidecar build to compare with is not available here", "run hostctl up"})
+	case differ != "":
+		out = append(out, finding{name, "proxy version", "fail", differ + " differs from the Istio " + proxy + " build hostctl delivered",
+			"run hostctl vm onboard " + name + " (it sends the matching binaries)"})
 	default:
-		add("proxy version", "ok", "the sidecar is istiod's build (Istio "+orEmbedded(cfg.Istio.Version)+")", "")
+		out = append(out, finding{name, "proxy version", "ok", "the sidecar is the Istio " + proxy + " build", ""})
 	}
 	return out
 }
@@ -250,12 +275,4 @@ func errString(err error) string {
 func renderFindings(w io.Writer, output string, out []finding) error {
 	return render(w, output, out, []string{"SCOPE", "CHECK", "RESULT", "DETAIL", "FIX"},
 		func(f finding) []string { return []string{f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix)} })
-}
-
-// orEmbedded is the configured Istio version, the embedded one by default.
-func orEmbedded(v string) string {
-	if v == "" {
-		return istioinstall.EmbeddedVersion
-	}
-	return v
 }

@@ -30,27 +30,29 @@ type session struct {
 	deps    onboard.Deps
 	p       *progress
 
-	// sidecars are the sidecar files by architecture, found once for all
-	// the VMs onboarding at once (a module lookup or a registry request).
+	// sidecars are the sidecar files by architecture and version, found
+	// once for all the VMs onboarding at once (a module lookup or a
+	// registry request).
 	sidecarsMu sync.Mutex
 	sidecars   map[string]onboard.Sidecar
 }
 
-// sidecar returns the site's sidecar files for arch, looked up once.
-func (r *session) sidecar(ctx context.Context, arch string) (onboard.Sidecar, error) {
+// sidecar returns the site's sidecar files of version for arch, looked up once.
+func (r *session) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
 	r.sidecarsMu.Lock()
 	defer r.sidecarsMu.Unlock()
-	if side, ok := r.sidecars[arch]; ok {
+	key := arch + "/" + version
+	if side, ok := r.sidecars[key]; ok {
 		return side, nil
 	}
-	side, err := r.site.sidecar(ctx, arch)
+	side, err := r.site.sidecar(ctx, arch, version)
 	if err != nil {
 		return side, err
 	}
 	if r.sidecars == nil {
 		r.sidecars = map[string]onboard.Sidecar{}
 	}
-	r.sidecars[arch] = side
+	r.sidecars[key] = side
 	return side, nil
 }
 
@@ -69,7 +71,7 @@ func start(ctx context.Context, p *progress, cfg config.Config, state *statedir.
 // the workload's objects are converged. Re-applying Istio would cost
 // seconds and is up's job.
 func attach(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
-	detail, err := s.istiodReady(ctx)
+	detail, err := s.istiodReady(ctx, s.revision(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("istiod is not ready (%w): run hostctl up", err)
 	}
@@ -84,6 +86,7 @@ func workloadSession(ctx context.Context, p *progress, cfg config.Config, state 
 		return nil, err
 	}
 	spec := workloadSpec(cfg)
+	spec.Revision = groupRevision(cfg, state, s.revision(ctx))
 	changes, err := workload.Ensure(ctx, clients, spec)
 	if err != nil {
 		return nil, err
@@ -99,7 +102,7 @@ func workloadSession(ctx context.Context, p *progress, cfg config.Config, state 
 
 // istioOptions are the install's inputs from the config.
 func istioOptions(cfg config.Config) istioinstall.Options {
-	return istioinstall.Options{MeshID: cfg.Istio.MeshID, ClusterName: cfg.Istio.ClusterName, Network: cfg.Istio.Network}
+	return istioinstall.Options{MeshID: cfg.Istio.MeshID, ClusterName: cfg.Istio.ClusterName, Network: cfg.Istio.Network, Revision: cfg.Istio.Revision}
 }
 
 // eachVM runs fn for every VM concurrently; one failing is reported by name
@@ -171,14 +174,38 @@ func (r *session) running(ctx context.Context, name string) (machine.Machine, *a
 // Healthy (registered, when the app is the user's), and removes the one it
 // left at an old address.
 func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool) error {
+	rev := r.vmRevision(ctx, name)
+	if want := r.site.revision(ctx); !sameRevision(rev, want) {
+		r.p.step("onboard", name, "stays on revision %s (the VMs join %s): hostctl vm upgrade %s --revision %s moves it",
+			revisionName(rev), revisionName(want), name, revisionName(want))
+	}
+	_, err := r.onboardOnto(ctx, name, m, c, fresh, restart, rev)
+	return err
+}
+
+// vmRevision is the revision the VM is on: its record's; a VM onboarded
+// before meshvm kept one is on the default; a new one joins the site's.
+func (r *session) vmRevision(ctx context.Context, name string) string {
+	return vmRevision(r.state, name, r.site.revision(ctx))
+}
+
+// onboardOnto is onboard onto revision rev, with the proxy of the version
+// that revision's running istiod reports (never newer than it); it returns
+// the VM's WorkloadEntry once Healthy.
+func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool, rev string) (workload.Entry, error) {
 	istiodIP, err := r.site.istiodAddress(ctx, name)
 	if err != nil {
-		return err
+		return workload.Entry{}, err
 	}
-	side, err := r.sidecar(ctx, m.Arch)
+	version, from, err := r.site.istiodVersion(ctx, rev)
 	if err != nil {
-		return err
+		return workload.Entry{}, err
 	}
+	side, err := r.sidecar(ctx, m.Arch, version)
+	if err != nil {
+		return workload.Entry{}, err
+	}
+	r.p.step("onboard", name, "revision %s: Istio %s (from %s)", revisionName(rev), version, from)
 	addr := m.Address()
 	var lastToken []byte
 	if !fresh {
@@ -186,21 +213,21 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 	}
 	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.site.clusterID(ctx),
 		VMIP: addr, IstiodIP: istiodIP, VM: name, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken,
-		Warn: func(msg string) { r.p.step("onboard", name, "%s", msg) }})
+		Warn: func(msg string) { r.p.step("onboard", name, "%s", msg) }, Revision: rev})
 	if err != nil {
-		return err
+		return workload.Entry{}, err
 	}
 	if err := saveFiles(r.state, name, files); err != nil {
-		return err
+		return workload.Entry{}, err
 	}
 	prev, _, err := workload.FindEntry(ctx, r.clients, r.spec, addr)
 	if err != nil {
-		return err
+		return workload.Entry{}, err
 	}
 	rep, err := onboard.Onboard(ctx, c, files, side, onboard.Hosts{
-		IstiodIP: istiodIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: addr, VMName: name}, restart)
+		IstiodIP: istiodIP, IstiodName: workloadfiles.IstiodHost(istioinstall.Namespace, rev), VMIP: addr, VMName: name}, restart)
 	if err != nil {
-		return err
+		return workload.Entry{}, err
 	}
 	sent := "nothing sent"
 	if len(rep.Sent) > 0 {
@@ -216,14 +243,17 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 	}
 	vm, err := r.cfg.VM(name)
 	if err != nil {
-		return err
+		return workload.Entry{}, err
 	}
-	_, detail, err := waitOnboarded(ctx, r.cfg, r.clients, vm, addr, 2*time.Minute, prev)
+	e, detail, err := waitOnboarded(ctx, r.cfg, r.clients, vm, addr, 2*time.Minute, prev)
 	if err != nil {
-		return err
+		return e, err
 	}
 	r.p.step("healthy", name, "%s", detail)
-	return r.moved(ctx, name, addr)
+	if err := recordJoined(r.state, name, joined{Revision: rev, Istio: version}); err != nil {
+		return e, err
+	}
+	return e, r.moved(ctx, name, addr)
 }
 
 // onboardedAddress is the address the VM was last onboarded at ("" when

@@ -37,8 +37,17 @@ type site interface {
 	// eastWest is the east-west gateway's state ("ready" or "not run" are
 	// good) and detail.
 	eastWest(ctx context.Context) (string, string)
-	// istiodReady says whether istiod serves, and describes it.
-	istiodReady(ctx context.Context) (string, error)
+	// istiodReady says whether the revision's istiod serves, and describes it.
+	istiodReady(ctx context.Context, rev string) (string, error)
+	// revision is the Istio revision new VMs join: istio.revision, or the
+	// joined Istio's ("" is the default).
+	revision(ctx context.Context) string
+	// istiodVersion asks the revision's running istiod its version (not the
+	// config's), and says where the answer came from.
+	istiodVersion(ctx context.Context, rev string) (version, from string, err error)
+	// revisionOf is the revision of the istiod instance (pod) that
+	// registered a WorkloadEntry, "" when the site cannot tell.
+	revisionOf(ctx context.Context, controller string) string
 	// joinedIstio describes the Istio of yours the VMs join; "" when the
 	// Istio is meshvm's (or there is none).
 	joinedIstio(ctx context.Context) string
@@ -46,8 +55,8 @@ type site interface {
 	clusterID(ctx context.Context) string
 	// istiodAddress is where the VM reaches istiod (its hosts block names it).
 	istiodAddress(ctx context.Context, vm string) (string, error)
-	// sidecar is the sidecar's files for a VM architecture: istiod's version.
-	sidecar(ctx context.Context, arch string) (onboard.Sidecar, error)
+	// sidecar is the sidecar's files of an Istio version for a VM architecture.
+	sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error)
 	// downCluster removes the cluster, or what up installed in one it did
 	// not create; vmsGone says the VMs were deleted first.
 	downCluster(ctx context.Context, p *progress, vmsGone bool) error

@@ -20,6 +20,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/proxyimage"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // clusterSite is a real Kubernetes cluster, reached through a kubeconfig:
@@ -75,7 +76,7 @@ func (s *clusterSite) joinedPlane(ctx context.Context) (*istioinstall.ControlPla
 	case s.cfg.Istio.Install == config.InstallAlways:
 		joinErr = f.Error()
 	default:
-		cp, err := f.Joinable(s.cfg.Istio.IstiodAddress != "")
+		cp, err := f.Joinable(s.cfg.Istio.IstiodAddress != "", s.cfg.Istio.Revision)
 		switch {
 		case err != nil:
 			joinErr = err
@@ -241,7 +242,7 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 			p.step("control plane", "", "%s exists and is not meshvm's: left as it is", ch.Ref)
 		}
 	}
-	addr, err := istioinstall.WaitReady(ctx, c.Kube, func(msg string) { p.step("control plane", "", "%s", msg) })
+	addr, err := istioinstall.WaitReady(ctx, c.Kube, s.cfg.Istio.Revision, func(msg string) { p.step("control plane", "", "%s", msg) })
 	if err != nil {
 		return err
 	}
@@ -321,17 +322,81 @@ func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
 	return "ready", "VMs reach istiod at " + addr
 }
 
-func (s *clusterSite) istiodReady(ctx context.Context) (string, error) {
+func (s *clusterSite) istiodReady(ctx context.Context, rev string) (string, error) {
 	c, err := s.clients()
 	if err != nil {
 		return "", err
 	}
-	if cp, err := s.joinedPlane(ctx); err != nil {
+	ref, err := s.istiodDeployment(ctx, rev)
+	if err != nil {
 		return "", err
-	} else if cp != nil {
-		return istioinstall.DeploymentReady(ctx, c.Kube, cp.Deployment)
 	}
-	return istioinstall.IstiodReady(ctx, c.Kube)
+	return istioinstall.DeploymentReady(ctx, c.Kube, ref)
+}
+
+// istiodDeployment is the revision's istiod Deployment (namespace/name):
+// the joined Istio's of that revision, else meshvm's.
+func (s *clusterSite) istiodDeployment(ctx context.Context, rev string) (string, error) {
+	cp, err := s.joinedPlane(ctx)
+	if err != nil {
+		return "", err
+	}
+	if cp == nil {
+		return istioinstall.Namespace + "/" + istioinstall.IstiodService(rev), nil
+	}
+	if revisionName(rev) == cp.Revision {
+		return cp.Deployment, nil
+	}
+	c, err := s.clients()
+	if err != nil {
+		return "", err
+	}
+	f, err := istioinstall.InspectForeign(ctx, c.Kube)
+	if err != nil {
+		return "", err
+	}
+	other, ok := f.Revision(rev)
+	if !ok {
+		return "", fmt.Errorf("no istiod of revision %s runs in this cluster (the VMs join %s)", revisionName(rev), cp)
+	}
+	return other.Deployment, nil
+}
+
+func (s *clusterSite) revision(ctx context.Context) string {
+	if cp, _ := s.joinedPlane(ctx); cp != nil && cp.Revision != "default" {
+		return cp.Revision
+	}
+	return s.cfg.Istio.Revision
+}
+
+func (s *clusterSite) istiodVersion(ctx context.Context, rev string) (string, string, error) {
+	c, err := s.clients()
+	if err != nil {
+		return "", "", err
+	}
+	ref, err := s.istiodDeployment(ctx, rev)
+	if err != nil {
+		return "", "", err
+	}
+	return istioinstall.RunningVersion(ctx, c.Kube, ref)
+}
+
+// revisionOf reads the istio.io/rev of the istiod pod that registered the
+// entry.
+func (s *clusterSite) revisionOf(ctx context.Context, controller string) string {
+	c, err := s.clients()
+	if err != nil || controller == "" {
+		return ""
+	}
+	ns := istioinstall.Namespace
+	if cp, _ := s.joinedPlane(ctx); cp != nil {
+		ns, _, _ = strings.Cut(cp.Deployment, "/")
+	}
+	pod, err := c.Kube.CoreV1().Pods(ns).Get(ctx, controller, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	return pod.Labels["istio.io/rev"]
 }
 
 func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, error) {
@@ -363,10 +428,7 @@ func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, erro
 	return addr, nil
 }
 
-func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar, error) {
-	if _, err := s.joinedPlane(ctx); err != nil { // it sets the version
-		return onboard.Sidecar{}, err
-	}
+func (s *clusterSite) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
 	var side proxyimage.Sidecar
 	var err error
 	if deb := s.cfg.Istio.SidecarDeb; deb != "" {
@@ -374,7 +436,7 @@ func (s *clusterSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar
 	} else {
 		// The VMs' proxy comes from where the cluster's images do.
 		f := proxyimage.Fetcher{CacheDir: s.state.Path("sidecar")}
-		side, err = f.Fetch(ctx, proxyimage.Image(s.options().ImageHub(), s.version), arch)
+		side, err = f.Fetch(ctx, proxyimage.Image(s.options().ImageHub(), version), arch)
 	}
 	if err != nil {
 		return onboard.Sidecar{}, err

@@ -78,11 +78,33 @@ func (s *labSite) eastWest(context.Context) (string, string) {
 	return "not run", "the lab has no kubelet or load balancer: VMs reach istiod on the host's address"
 }
 
-func (s *labSite) istiodReady(ctx context.Context) (string, error) {
-	if err := meshlab.Ready(ctx); err != nil {
+func (s *labSite) istioDir() string { return s.state.Path("lab", "istio") }
+
+func (s *labSite) istiodReady(ctx context.Context, rev string) (string, error) {
+	if err := meshlab.Ready(ctx, s.istioDir(), rev); err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("ready, Istio %s, a local process", istioinstall.EmbeddedVersion), nil
+	v, _, err := s.istiodVersion(ctx, rev)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("ready, revision %s, Istio %s, a local process", revisionName(rev), v), nil
+}
+
+func (s *labSite) revision(context.Context) string { return s.cfg.Istio.Revision }
+
+func (s *labSite) istiodVersion(ctx context.Context, rev string) (string, string, error) {
+	v, err := meshlab.Version(ctx, s.istioDir(), rev)
+	return v, "its /version", err
+}
+
+func (s *labSite) revisionOf(_ context.Context, controller string) string {
+	for _, rev := range meshlab.Revisions(s.istioDir()) {
+		if meshlab.PodName(rev) == controller {
+			return rev
+		}
+	}
+	return ""
 }
 
 func (s *labSite) clusterID(context.Context) string { return s.cfg.Istio.ClusterName }
@@ -93,9 +115,12 @@ func (s *labSite) istiodAddress(_ context.Context, vm string) (string, error) {
 	return s.lab.HostAddress(vm)
 }
 
-func (s *labSite) sidecar(ctx context.Context, arch string) (onboard.Sidecar, error) {
+func (s *labSite) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
 	if arch != "" && arch != runtime.GOARCH {
 		return onboard.Sidecar{}, fmt.Errorf("lab VM is %s, the lab builds the sidecar for %s only", arch, runtime.GOARCH)
+	}
+	if version != istioinstall.EmbeddedVersion {
+		return onboard.Sidecar{}, fmt.Errorf("Istio %s: the lab builds pilot-agent %s only", version, istioinstall.EmbeddedVersion)
 	}
 	src, err := labSource()
 	if err != nil {

@@ -12,10 +12,12 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/credcheck"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -59,8 +61,14 @@ type VMStatus struct {
 	CredentialsDetail  string          `json:"credentialsDetail,omitempty"`
 	credentialsVerdict credcheck.Verdict
 	IstiodDNS          string `json:"istiodDNS,omitempty"`
-	App                string `json:"app,omitempty"`
-	OK                 bool   `json:"ok"`
+	// Revision is the Istio revision the VM's files point at, Istio the
+	// proxy version it was given, and IstiodController the istiod instance
+	// that registered its WorkloadEntry (and holds its connection).
+	Revision         string `json:"revision"`
+	Istio            string `json:"istio,omitempty"`
+	IstiodController string `json:"istiodController,omitempty"`
+	App              string `json:"app,omitempty"`
+	OK               bool   `json:"ok"`
 	// Next is the step that fixes what is wrong.
 	Next string `json:"next,omitempty"`
 }
@@ -88,13 +96,14 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	if bindErr != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "vm status: %v: revoked tokens are not told apart\n", bindErr)
 	}
+	siteRev := site.revision(ctx)
 	out := make([]VMStatus, len(vms))
 	var wg sync.WaitGroup
 	for i, vm := range vms {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i] = vmStatus(ctx, cfg, state, site.machines(), entries, entriesErr, bindings, bindErr == nil, vm)
+			out[i] = vmStatus(ctx, cfg, state, site.machines(), entries, entriesErr, bindings, bindErr == nil, vm, vmRevision(state, vm.Name, siteRev))
 		}()
 	}
 	wg.Wait()
@@ -114,9 +123,12 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 }
 
 func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machines machine.Provider,
-	entries map[string]workload.Entry, entriesErr error, bindings map[string]string, bindingsKnown bool, vm config.VM) VMStatus {
+	entries map[string]workload.Entry, entriesErr error, bindings map[string]string, bindingsKnown bool, vm config.VM, rev string) VMStatus {
 	name := vm.Name
-	s := VMStatus{Name: name}
+	s := VMStatus{Name: name, Revision: revisionName(rev)}
+	if j, ok := joinedOf(state, name); ok {
+		s.Istio = j.Istio
+	}
 	m, err := machines.Info(ctx, name)
 	if err != nil {
 		s.Machine, s.Agent, s.Next = "absent", "-", "run hostctl up to create it"
@@ -131,6 +143,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.WorkloadEntry = "error: " + entriesErr.Error()
 	} else if e, ok := entries[s.Address]; ok {
 		s.WorkloadEntry, s.Healthy, s.HealthMessage, s.Disconnected = e.Name, e.Healthy, e.Message, e.DisconnectedAt
+		s.IstiodController = e.Controller
 	}
 	c, err := onboard.Dial(state, s.Address)
 	if err != nil {
@@ -138,7 +151,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		return s
 	}
 	defer c.Close()
-	ov := c.Overview(ctx, "istiod.istio-system.svc",
+	ov := c.Overview(ctx, workloadfiles.IstiodHost(istioinstall.Namespace, rev),
 		&agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
 	if ov.StatusErr != nil {
 		s.Agent, s.Next = "unreachable", fmt.Sprintf("run hostctl up to reinstall the agent on %s", name)
@@ -242,13 +255,13 @@ func orDash(s string) string {
 
 func renderStatus(w io.Writer, output string, vms []VMStatus) error {
 	return render(w, output, vms,
-		[]string{"VM", "ADDRESS", "MACHINE", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "CREDENTIALS", "ISTIOD DNS", "APP"},
+		[]string{"VM", "ADDRESS", "MACHINE", "REVISION", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "CREDENTIALS", "ISTIOD DNS", "APP"},
 		func(s VMStatus) []string {
 			healthy := orDash(s.Healthy)
 			if s.Disconnected != "" {
 				healthy += " (stale)"
 			}
-			return []string{s.Name, orDash(s.Address), s.Machine, orDash(s.WorkloadEntry), healthy, s.Agent,
+			return []string{s.Name, orDash(s.Address), s.Machine, s.Revision, orDash(s.WorkloadEntry), healthy, s.Agent,
 				orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(string(s.Credentials)), orDash(s.IstiodDNS), orDash(s.App)}
 		})
 }

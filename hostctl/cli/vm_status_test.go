@@ -32,11 +32,11 @@ func TestStatusOfMachinesNotRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: "Stopped"}}}
-	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm1"})
+	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
 	if s.OK || s.Machine != "stopped" || s.Address != "" || s.Next != "run hostctl vm start vm1 (or hostctl up)" {
 		t.Errorf("stopped: got %+v", s)
 	}
-	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm2"})
+	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm2"}, "")
 	if s.OK || s.Machine != "absent" || !strings.Contains(s.Next, "hostctl up") {
 		t.Errorf("absent: got %+v", s)
 	}

@@ -73,10 +73,10 @@ type Istio struct {
 	// files point at istiod-<revision>. Empty is the default revision.
 	// meshvm installs that revision's control plane when it installs Istio;
 	// hostctl vm upgrade moves VMs between revisions.
-	Revision      string `json:"revision,omitempty"`
-	MeshID        string `json:"meshID"`
-	ClusterName   string `json:"clusterName"`
-	Network       string `json:"network"`
+	Revision    string `json:"revision,omitempty"`
+	MeshID      string `json:"meshID"`
+	ClusterName string `json:"clusterName"`
+	Network     string `json:"network"`
 }
 
 // IstioInstall is istio.install.

@@ -41,6 +41,27 @@ type Foreign struct {
 	Own bool
 }
 
+// Revision is the control plane of revision rev ("" or "default": the default).
+func (f Foreign) Revision(rev string) (ControlPlane, bool) {
+	if rev == "" {
+		rev = "default"
+	}
+	for _, cp := range f.ControlPlanes {
+		if cp.Revision == rev {
+			return cp, true
+		}
+	}
+	return ControlPlane{}, false
+}
+
+func (f Foreign) revisions() []string {
+	var out []string
+	for _, cp := range f.ControlPlanes {
+		out = append(out, cp.Revision)
+	}
+	return out
+}
+
 // Found reports whether there is anything.
 func (f Foreign) Found() bool { return len(f.ControlPlanes)+len(f.MeshConfigs) > 0 }
 
@@ -208,10 +229,19 @@ func (f Foreign) Error() error {
 	return fmt.Errorf("%s", b.String())
 }
 
-// Joinable is the control plane VMs can join: the only one, with nothing
-// missing (direct as for Needs). Otherwise the error names what is in the
-// way and the change that fixes it.
-func (f Foreign) Joinable(direct bool) (ControlPlane, error) {
+// Joinable is the control plane VMs can join: the one of revision rev
+// (istio.revision; "" takes the only one), with nothing missing (direct as
+// for Needs). Otherwise the error names what is in the way and the change
+// that fixes it.
+func (f Foreign) Joinable(direct bool, rev string) (ControlPlane, error) {
+	if rev != "" {
+		if cp, ok := f.Revision(rev); ok {
+			f.ControlPlanes = []ControlPlane{cp}
+		} else if len(f.ControlPlanes) > 0 && !f.Own {
+			return ControlPlane{}, fmt.Errorf("istio.revision is %s, but no istiod of that revision runs in this cluster; its revisions: %s: "+
+				"set istio.revision to one of them", rev, strings.Join(f.revisions(), ", "))
+		}
+	}
 	switch n := len(f.ControlPlanes); {
 	case f.Own:
 		// Moving the VMs to another control plane is a revision change.
@@ -232,7 +262,8 @@ func (f Foreign) Joinable(direct bool) (ControlPlane, error) {
 		for _, cp := range f.ControlPlanes {
 			names = append(names, cp.String())
 		}
-		return ControlPlane{}, fmt.Errorf("several Istio control planes run in this cluster (%s): choosing a revision is not built yet", strings.Join(names, "; "))
+		return ControlPlane{}, fmt.Errorf("several Istio control planes run in this cluster (%s): set istio.revision to the one the VMs join (%s)",
+			strings.Join(names, "; "), strings.Join(f.revisions(), ", "))
 	}
 	cp := f.ControlPlanes[0]
 	if needs := cp.Needs(direct); len(needs) > 0 {

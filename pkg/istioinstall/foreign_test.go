@@ -74,19 +74,30 @@ func TestMeshID(t *testing.T) {
 
 func TestJoinable(t *testing.T) {
 	ready := ControlPlane{Deployment: "istio-system/istiod", Revision: "default", Autoregistration: true, HealthChecks: true, Gateway: "istio-system/gw"}
-	if cp, err := (Foreign{ControlPlanes: []ControlPlane{ready}}).Joinable(false); err != nil || cp != ready {
+	if cp, err := (Foreign{ControlPlanes: []ControlPlane{ready}}).Joinable(false, ""); err != nil || cp != ready {
 		t.Errorf("one ready control plane: %+v %v", cp, err)
 	}
 	off := ready
 	off.HealthChecks = false
-	if _, err := (Foreign{ControlPlanes: []ControlPlane{off}}).Joinable(false); err == nil || !strings.Contains(err.Error(), "PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS=true") ||
+	if _, err := (Foreign{ControlPlanes: []ControlPlane{off}}).Joinable(false, ""); err == nil || !strings.Contains(err.Error(), "PILOT_ENABLE_WORKLOAD_ENTRY_HEALTHCHECKS=true") ||
 		!strings.Contains(err.Error(), "meshvm changes none of it") {
 		t.Errorf("health checks off: %v", err)
 	}
-	if _, err := (Foreign{ControlPlanes: []ControlPlane{ready, ready}}).Joinable(false); err == nil || !strings.Contains(err.Error(), "choosing a revision is not built yet") {
-		t.Errorf("two control planes: %v", err)
+	canary := ready
+	canary.Deployment, canary.Revision = "istio-system/istiod-canary", "canary"
+	two := Foreign{ControlPlanes: []ControlPlane{ready, canary}}
+	if _, err := two.Joinable(false, ""); err == nil || !strings.Contains(err.Error(), "set istio.revision to the one the VMs join (default, canary)") {
+		t.Errorf("two control planes, no revision: %v", err)
 	}
-	if _, err := (Foreign{MeshConfigs: []string{"istio-system/istio"}}).Joinable(false); err == nil || !strings.Contains(err.Error(), "no istiod Deployment") {
+	for _, rev := range []string{"canary", "default"} {
+		if cp, err := two.Joinable(false, rev); err != nil || cp.Revision != rev {
+			t.Errorf("two control planes, revision %s: %+v %v", rev, cp, err)
+		}
+	}
+	if _, err := two.Joinable(false, "stable"); err == nil || !strings.Contains(err.Error(), "no istiod of that revision runs") {
+		t.Errorf("a revision that does not run: %v", err)
+	}
+	if _, err := (Foreign{MeshConfigs: []string{"istio-system/istio"}}).Joinable(false, ""); err == nil || !strings.Contains(err.Error(), "no istiod Deployment") {
 		t.Errorf("a mesh config alone: %v", err)
 	}
 }
@@ -106,7 +117,7 @@ func TestDirectNeedsNoGateway(t *testing.T) {
 // would move the VMs to another revision.
 func TestNotJoinedNextToOurs(t *testing.T) {
 	ready := ControlPlane{Deployment: "istio-system/istiod-canary", Revision: "canary", Autoregistration: true, HealthChecks: true, Gateway: "istio-system/gw"}
-	_, err := (Foreign{ControlPlanes: []ControlPlane{ready}, Own: true}).Joinable(false)
+	_, err := (Foreign{ControlPlanes: []ControlPlane{ready}, Own: true}).Joinable(false, "")
 	if err == nil || !strings.Contains(err.Error(), "meshvm's own Istio is in this cluster") || !strings.Contains(err.Error(), "istio-system/istiod-canary") {
 		t.Errorf("got %v", err)
 	}

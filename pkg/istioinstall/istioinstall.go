@@ -272,7 +272,7 @@ func exposeObjects(rev string) ([]Object, error) {
 		&clientnetworking.VirtualService{
 			TypeMeta:   typeMeta("VirtualService"),
 			ObjectMeta: objectMeta(vsName),
-			Spec: networking.VirtualService{Hosts: []string{"*"}, Gateways: []string{"istiod-gateway"}, Tls: routes},
+			Spec:       networking.VirtualService{Hosts: []string{"*"}, Gateways: []string{"istiod-gateway"}, Tls: routes},
 		},
 		&clientnetworking.Gateway{
 			TypeMeta:   typeMeta("Gateway"),

@@ -49,8 +49,9 @@ const PortConflictFix = "delete that LoadBalancer Service (hostctl installs Isti
 // the east-west gateway's ports.
 var ErrPortConflict = errors.New("the east-west gateway's LoadBalancer is pending while another LoadBalancer holds its ports")
 
-// readyDeployments must be available before VMs can onboard.
-var readyDeployments = []string{"istiod", EastWestGateway}
+// readyDeployments must be available before VMs can onboard: the
+// revision's istiod and the east-west gateway.
+func readyDeployments(rev string) []string { return []string{IstiodService(rev), EastWestGateway} }
 
 // EastWestAddress is the east-west gateway's LoadBalancer address (IP, else
 // host name): where VMs reach istiod. Empty while it is pending.
@@ -85,10 +86,10 @@ func GatewayAddress(ctx context.Context, kc kubernetes.Interface, ref string) (s
 // reports each new state through report, and gives up at once, naming the
 // Services, when the LoadBalancer is pending because another one holds its
 // ports, instead of hanging until the deadline.
-func WaitReady(ctx context.Context, kc kubernetes.Interface, report func(string)) (string, error) {
+func WaitReady(ctx context.Context, kc kubernetes.Interface, rev string, report func(string)) (string, error) {
 	last := ""
 	for {
-		waiting, err := notReady(ctx, kc)
+		waiting, err := notReady(ctx, kc, rev)
 		if err != nil {
 			return "", err
 		}
@@ -123,9 +124,9 @@ func WaitReady(ctx context.Context, kc kubernetes.Interface, report func(string)
 
 // notReady describes the deployments in readyDeployments that are not
 // available yet.
-func notReady(ctx context.Context, kc kubernetes.Interface) ([]string, error) {
+func notReady(ctx context.Context, kc kubernetes.Interface, rev string) ([]string, error) {
 	var out []string
-	for _, name := range readyDeployments {
+	for _, name := range readyDeployments(rev) {
 		d, err := kc.AppsV1().Deployments(Namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("no Deployment %s/%s: run hostctl istio install", Namespace, name)
@@ -156,9 +157,9 @@ func ptrOr(p *int32, d int32) int32 {
 	return *p
 }
 
-// IstiodReady describes istiod's Deployment when it is available.
-func IstiodReady(ctx context.Context, kc kubernetes.Interface) (string, error) {
-	return DeploymentReady(ctx, kc, Namespace+"/istiod")
+// IstiodReady describes the revision's istiod Deployment when it is available.
+func IstiodReady(ctx context.Context, kc kubernetes.Interface, rev string) (string, error) {
+	return DeploymentReady(ctx, kc, Namespace+"/"+IstiodService(rev))
 }
 
 // DeploymentReady describes the Deployment ref (namespace/name) when it is

@@ -22,3 +22,15 @@ func TestSkew(t *testing.T) {
 		}
 	}
 }
+
+func TestVersionOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"1.31.0-unknown-unknown\n":     "1.31.0",
+		"1.31.2-6f0fc0e0a1b2-Clean":    "1.31.2",
+		"1.32.0-beta.1-6f0fc0e0-Clean": "1.32.0-beta.1",
+	} {
+		if got := VersionOf(in); got != want {
+			t.Errorf("VersionOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

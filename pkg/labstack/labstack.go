@@ -89,7 +89,7 @@ func InstallIstio(ctx context.Context, c Config, st *Stack) error {
 		return err
 	}
 	return meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Revision: c.Istio.Revision, Istiod: st.Bins.Path("pilot-discovery"),
-		Gateway: st.Bins.Path("lab-envoy"),
+		Gateway:    st.Bins.Path("lab-envoy"),
 		Kubeconfig: st.Kubeconfig, Mesh: mesh, Env: env, ClusterID: c.Istio.ClusterName, Progress: c.Progress})
 }
 

@@ -160,19 +160,7 @@ func Version(ctx context.Context, dir, rev string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("istiod (revision %s) /version: %w", orDefault(rev), err)
 	}
-	return VersionOf(string(b)), nil
-}
-
-// VersionOf is the version in istiod's /version answer, which appends
-// "-<git revision>-<build status>" to it.
-func VersionOf(info string) string {
-	info = strings.TrimSpace(info)
-	for range 2 {
-		if i := strings.LastIndexByte(info, '-'); i > 0 {
-			info = info[:i]
-		}
-	}
-	return info
+	return istioinstall.VersionOf(string(b)), nil
 }
 
 func orDefault(rev string) string {
