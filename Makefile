@@ -114,7 +114,7 @@ bench-status: ## vm status fan-out over 100 real agents on loopback vs one after
 	go run ./bench/statusbench
 
 .PHONY: bench-lab
-bench-lab: ## Lab benchmarks (root): re-onboard vs reinstall, onboarding 1/10/50 VMs, agent RSS on a VM
+bench-lab: ## Lab benchmarks (root): re-onboard vs reinstall, onboarding 1/10/50 VMs, agent RSS on a VM, rolling vm upgrade of 10 VMs
 	go run ./bench/labbench
 
 .PHONY: fuzz

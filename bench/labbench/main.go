@@ -8,7 +8,10 @@
 //     control plane: wall time and growth (goal: 50 in <= 60 s, sub-linear);
 //   - the agent's RSS on a lab VM after onboarding (goal <= 15 MiB);
 //   - vm start to Healthy for a VM whose certificate lapsed while it was
-//     off, beside one whose certificate is still valid, same run.
+//     off, beside one whose certificate is still valid, same run;
+//   - a rolling vm upgrade of 10 VMs between two revisions: time per VM
+//     beside one VM's own sidecar restart (vm onboard --restart), same run
+//     (goal: the restart and re-registration dominate, ~1x).
 //
 // It drives the real hostctl binary against a lab of its own, as a user
 // would. Run it as root with `make bench-lab` (stop `make lab` first: the
@@ -25,6 +28,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -36,8 +40,9 @@ import (
 
 func main() {
 	sizes := flag.String("sizes", "1,10,50", "fleet sizes to onboard, comma-separated")
+	only := flag.String("only", "", "run only this part after the warm-up: upgrade")
 	flag.Parse()
-	if err := run(*sizes); err != nil {
+	if err := run(*sizes, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "labbench:", err)
 		os.Exit(1)
 	}
@@ -48,7 +53,7 @@ type bench struct {
 	env             []string
 }
 
-func run(sizes string) error {
+func run(sizes, only string) error {
 	src, err := filepath.Abs(".")
 	if err != nil {
 		return err
@@ -85,6 +90,9 @@ func run(sizes string) error {
 	}
 	if _, err := b.hostctl1("up", "--timeout", "60m"); err != nil {
 		return err
+	}
+	if only == "upgrade" {
+		return b.rollingUpgrade(10)
 	}
 
 	fmt.Println("\n== re-onboard vs reinstall (one VM)")
@@ -123,6 +131,9 @@ func run(sizes string) error {
 	}
 
 	if err := b.startAfterLapse(); err != nil {
+		return err
+	}
+	if err := b.rollingUpgrade(10); err != nil {
 		return err
 	}
 
@@ -198,6 +209,52 @@ func (b *bench) startAfterLapse() error {
 	_, err = b.hostctl1("down", "--keep-cluster")
 	return err
 }
+
+// rollingUpgrade onboards n VMs on the default revision, starts a canary
+// revision's istiod beside it and times vm upgrade moving them all, one at
+// a time; the baseline is one VM's own sidecar restart and re-registration.
+func (b *bench) rollingUpgrade(n int) error {
+	fmt.Printf("\n== rolling vm upgrade of %d VMs, default -> canary revision\n", n)
+	if err := b.fleet("u", n); err != nil {
+		return err
+	}
+	if _, err := b.hostctl1("up"); err != nil {
+		return err
+	}
+	restart, err := b.timed("vm", "onboard", "--restart", "u1")
+	if err != nil {
+		return err
+	}
+	if err := b.fleet("u", n, "istio:\n  revision: canary\n"); err != nil {
+		return err
+	}
+	if _, err := b.hostctl1("up"); err != nil {
+		return err
+	}
+	start := time.Now()
+	out, err := b.hostctl1("vm", "upgrade", "--revision", "canary")
+	if err != nil {
+		return err
+	}
+	total := time.Since(start)
+	var longest time.Duration
+	for _, m := range movedIn.FindAllStringSubmatch(string(out), -1) {
+		if d, err := time.ParseDuration(m[1]); err == nil && d > longest {
+			longest = d
+		}
+	}
+	perVM := total / time.Duration(n)
+	fmt.Printf("one VM's sidecar restart to Healthy (vm onboard --restart)  %6.2f s\n", restart.Seconds())
+	fmt.Printf("vm upgrade of %d VMs, one at a time                         %6.2f s  (%.2f s per VM)\n", n, total.Seconds(), perVM.Seconds())
+	fmt.Printf("longest single VM move                                     %6.2f s\n", longest.Seconds())
+	fmt.Printf("ratio per-VM upgrade / own restart                          %6.2fx   goal ~1x: the restart and re-registration dominate\n", perVM.Seconds()/restart.Seconds())
+	fmt.Printf("ratio longest move / own restart                            %6.2fx   goal ~1x: no VM unhealthy longer than its own restart\n", longest.Seconds()/restart.Seconds())
+	_, err = b.hostctl1("down", "--keep-cluster")
+	return err
+}
+
+// movedIn reads each VM's move time from vm upgrade's progress.
+var movedIn = regexp.MustCompile(`moved from [a-z0-9-]+ in ([0-9.]+m?s)`)
 
 // fleet writes a config listing n VMs named prefix1..prefixN, with extra
 // top-level YAML.

@@ -330,7 +330,7 @@ func writeLabConfig(t *testing.T, path string, vms ...string) {
 // TestManyVMsOnLab onboards two lab VMs at once, then ten; a VM that cannot
 // be created fails by name without stopping the others.
 func TestManyVMsOnLab(t *testing.T) {
-	_, _, cfgPath, _ := labSetup(t, "m1", "m2", "m-too-long-name")
+	_, _, cfgPath, state := labSetup(t, "m1", "m2", "m-too-long-name")
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
 	t.Logf("up with two good VMs and a bad one:\n%s", out)
 	if err == nil || !strings.Contains(err.Error(), "m-too-long-name: ") || !strings.Contains(err.Error(), "use at most 10") {
@@ -373,6 +373,90 @@ func TestManyVMsOnLab(t *testing.T) {
 	}
 	if cfg, err := config.Load(cfgPath, true, func(string) string { return "" }); err != nil || len(cfg.VMs) != 9 {
 		t.Errorf("config after vm rm: %d VMs, %v", len(cfg.VMs), err)
+	}
+	revisions(t, cfgPath, state, ten[:9])
+}
+
+// revisions runs a second revision's istiod beside the default one and
+// moves VMs to it and back: the WorkloadEntry of a moved VM is registered
+// by the new revision's istiod, the others stay where they are, and the
+// WorkloadGroup carries istio.io/rev only while all VMs share one.
+func revisions(t *testing.T, cfgPath, state string, vms []string) {
+	ctx := context.Background()
+	clients, err := kubeClients(filepath.Join(state, "lab", "cluster", "kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	groupRev := func() (string, bool) {
+		wg, err := clients.Istio.NetworkingV1().WorkloadGroups("vmns").Get(ctx, "helloworld-vm", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev, ok := wg.Labels["istio.io/rev"]
+		return rev, ok
+	}
+	statusOf := func() map[string]VMStatus {
+		t.Helper()
+		out, err := run(t, "--config", cfgPath, "vm", "status", "-o", "json")
+		var list []VMStatus
+		if jerr := json.Unmarshal([]byte(out), &list); err != nil || jerr != nil {
+			t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
+		}
+		by := map[string]VMStatus{}
+		for _, s := range list {
+			by[s.Name] = s
+		}
+		return by
+	}
+	if rev, ok := groupRev(); !ok || rev != "default" {
+		t.Errorf("WorkloadGroup istio.io/rev %q (set %v) with every VM on the default revision, want default", rev, ok)
+	}
+	if out, err := run(t, "--config", cfgPath, "vm", "upgrade", vms[0], "--revision", "canary"); err == nil || !strings.Contains(err.Error(), "istiod of revision canary is not ready") {
+		t.Errorf("vm upgrade to a revision that does not run: %v\n%s", err, out)
+	}
+
+	cfg := "version: 1\ncluster:\n  provider: lab\nistio:\n  revision: canary\nvms:\n"
+	for _, vm := range vms {
+		cfg += "- name: " + vm + "\n"
+	}
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	out, err := run(t, "--config", cfgPath, "up")
+	t.Logf("up with istio.revision canary:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "istiod (revision canary) ready") || !strings.Contains(out, "stays on revision default (the VMs join canary): hostctl vm upgrade "+vms[0]+" --revision canary") {
+		t.Errorf("up with a new revision should start its istiod and move no VM")
+	}
+
+	out, err = run(t, "--config", cfgPath, "vm", "upgrade", vms[0], vms[1], "--revision", "canary")
+	t.Logf("vm upgrade to canary:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	by := statusOf()
+	for _, vm := range vms[:2] {
+		if s := by[vm]; s.Revision != "canary" || s.IstiodController != "istiod-canary-lab" || !s.OK {
+			t.Errorf("%s after the move: revision %s, registered by %q, ok %v (%s); want canary, istiod-canary-lab", vm, s.Revision, s.IstiodController, s.OK, s.Next)
+		}
+	}
+	if s := by[vms[2]]; s.Revision != "default" || s.IstiodController != "istiod-lab" || !s.OK {
+		t.Errorf("%s, not moved: revision %s, registered by %q, ok %v; want default, istiod-lab", vms[2], s.Revision, s.IstiodController, s.OK)
+	}
+	if rev, ok := groupRev(); ok {
+		t.Errorf("WorkloadGroup labelled istio.io/rev %s while VMs are split between revisions", rev)
+	}
+	if out, err := run(t, "--config", cfgPath, "doctor"); err != nil || !strings.Contains(out, "istiod-canary.istio-system.svc -> ") {
+		t.Errorf("doctor with VMs on two revisions: %v\n%s", err, out)
+	}
+
+	out, err = run(t, "--config", cfgPath, "vm", "upgrade", vms[0], "--revision", "default")
+	t.Logf("vm upgrade back to default:\n%s", out)
+	if err != nil || !strings.Contains(out, "moved from canary") {
+		t.Fatalf("back to default: %v", err)
+	}
+	if s := statusOf()[vms[0]]; s.Revision != "default" || s.IstiodController != "istiod-lab" || !s.OK {
+		t.Errorf("%s moved back: revision %s, registered by %q, ok %v; want default, istiod-lab", vms[0], s.Revision, s.IstiodController, s.OK)
 	}
 }
 

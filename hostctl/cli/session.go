@@ -229,6 +229,11 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if err != nil {
 		return workload.Entry{}, err
 	}
+	// The files now point at rev, whether or not the VM comes back Healthy:
+	// a rollback is a move back from it.
+	if err := recordJoined(r.state, name, joined{Revision: rev, Istio: version}); err != nil {
+		return workload.Entry{}, err
+	}
 	sent := "nothing sent"
 	if len(rep.Sent) > 0 {
 		sent = "sent " + strings.Join(rep.Sent, ", ")
@@ -250,9 +255,6 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 		return e, err
 	}
 	r.p.step("healthy", name, "%s", detail)
-	if err := recordJoined(r.state, name, joined{Revision: rev, Istio: version}); err != nil {
-		return e, err
-	}
 	return e, r.moved(ctx, name, addr)
 }
 

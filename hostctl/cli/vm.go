@@ -85,6 +85,7 @@ func vmCommands(g *globals) []*cobra.Command {
 		(&vmLogsCmd{vmCmd: vmCmd{g: g}}).command(),
 		(&vmRevokeCmd{vmCmd{g: g}}).command(),
 		(&vmRenewCmd{vmCmd: vmCmd{g: g}}).command(),
+		(&vmUpgradeCmd{vmCmd: vmCmd{g: g}}).command(),
 	}
 }
 
