@@ -388,7 +388,7 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 		t.Fatal(err)
 	}
 	groupRev := func() (string, bool) {
-		wg, err := clients.Istio.NetworkingV1().WorkloadGroups("vmns").Get(ctx, "helloworld-vm", metav1.GetOptions{})
+		wg, err := clients.Istio.NetworkingV1().WorkloadGroups("vmns").Get(ctx, "external-app", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

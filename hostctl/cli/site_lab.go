@@ -93,9 +93,26 @@ func (s *labSite) istiodReady(ctx context.Context, rev string) (string, error) {
 
 func (s *labSite) revision(context.Context) string { return s.cfg.Istio.Revision }
 
+// istiodVersion is the lab istiod's /version. It reports the pinned
+// istio.io/istio pseudo-version it was built from, which is Istio's
+// EmbeddedVersion line: that is the version the VMs get.
 func (s *labSite) istiodVersion(ctx context.Context, rev string) (string, string, error) {
 	v, err := meshlab.Version(ctx, s.istioDir(), rev)
-	return v, "its /version", err
+	if err != nil {
+		return "", "", err
+	}
+	src, err := labSource()
+	if err != nil {
+		return "", "", err
+	}
+	pins, err := labbuild.Pinned(src)
+	if err != nil {
+		return "", "", err
+	}
+	if v == pins.Istio {
+		return istioinstall.EmbeddedVersion, "its /version (" + v + ", the pinned build of that line)", nil
+	}
+	return v, "its /version", nil
 }
 
 func (s *labSite) revisionOf(_ context.Context, controller string) string {

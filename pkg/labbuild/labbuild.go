@@ -87,6 +87,16 @@ type Result struct {
 // Path returns the path of a component's binary.
 func (r Result) Path(name string) string { return filepath.Join(r.Dir, name) }
 
+// Pinned is what the module's pins build: the versions the lab's binaries
+// report (istiod's /version is its istio.io/istio pseudo-version).
+func Pinned(moduleDir string) (Versions, error) {
+	gomod, err := os.ReadFile(filepath.Join(moduleDir, "go.mod"))
+	if err != nil {
+		return Versions{}, fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the hostctl/labbuild directory", err)
+	}
+	return versions(gomod)
+}
+
 // Build returns the cached binaries, building what is missing first.
 func Build(ctx context.Context, o Options) (Result, error) {
 	if o.Arch == "" {
