@@ -197,7 +197,7 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	version, from, err := r.site.istiodVersion(ctx, rev)
+	version, _, err := r.site.istiodVersion(ctx, rev)
 	if err != nil {
 		return workload.Entry{}, err
 	}
@@ -205,7 +205,7 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	r.p.step("onboard", name, "revision %s: Istio %s (from %s)", revisionName(rev), version, from)
+	r.p.step("onboard", name, "revision %s, Istio %s (its istiod's)", revisionName(rev), version)
 	addr := m.Address()
 	var lastToken []byte
 	if !fresh {

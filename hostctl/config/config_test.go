@@ -96,6 +96,7 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"a VM's app's port not probed", "version: 1\nworkload:\n  app: false\n  port: 9000\nvms:\n- {name: a, app: true}\n", "set workload.probe.port to 9000", nil},
 		{"kubeconfig provider without file", "version: 1\ncluster:\n  provider: kubeconfig\n", "MESHVM_KUBECONFIG", nil},
 		{"unknown istio.install", "version: 1\nistio:\n  install: sometimes\n", "want auto (install where there is no Istio, else join it), always or never", nil},
+		{"revision not a DNS label", "version: 1\nistio:\n  revision: Canary_1\n", "a revision is a DNS label", nil},
 		{"istiod address not an IP", "version: 1\nistio:\n  istiodAddress: istiod.example\n", "is not an IP address", nil},
 		{"lab never installing", "version: 1\ncluster:\n  provider: lab\nistio:\n  install: never\n", "leave istio.install empty", nil},
 	}
@@ -147,5 +148,14 @@ func TestVMLookupNamesKnownVMs(t *testing.T) {
 	c := Default()
 	if _, err := c.VM("vm2"); err == nil || !strings.Contains(err.Error(), "known: vm1") {
 		t.Errorf("got %v, want the known names listed", err)
+	}
+}
+
+func TestValidRevision(t *testing.T) {
+	for rev, want := range map[string]bool{"canary": true, "1-31-0": true, "default": true, "": false, "-a": false, "a-": false,
+		"1.31": false, "Canary": false, strings.Repeat("a", 64): false, strings.Repeat("a", 63): true} {
+		if got := ValidRevision(rev); got != want {
+			t.Errorf("ValidRevision(%q) = %v, want %v", rev, got, want)
+		}
 	}
 }
