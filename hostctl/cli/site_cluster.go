@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -122,6 +123,8 @@ func (s *clusterSite) clusterID(ctx context.Context) string {
 // meshvm's own.
 func (s *clusterSite) istiodRoute(cp *istioinstall.ControlPlane) (gateway, direct string) {
 	switch {
+	case cp == nil && s.cfg.Istio.IstiodAddress != "":
+		return "", s.cfg.Istio.IstiodAddress // meshvm's Istio on one network
 	case cp == nil:
 		return istioinstall.Namespace + "/" + istioinstall.EastWestGateway, ""
 	case cp.Gateway == "":
@@ -199,6 +202,8 @@ func (s *clusterSite) upCluster(ctx context.Context, p *progress) error {
 func (s *clusterSite) options() istioinstall.Options {
 	o := istioOptions(s.cfg)
 	o.Hub, o.Tag, o.Istioctl = s.cfg.Istio.Hub, s.version, s.istioctl
+	// VMs given istiod's address share the pods' network: no gateway.
+	o.OneNetwork = s.cfg.Istio.IstiodAddress != ""
 	return o
 }
 
@@ -219,6 +224,11 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 	if s.cfg.Istio.Install == config.InstallNever {
 		return fmt.Errorf("istio.install is never (join only) but no Istio control plane runs in this cluster: install Istio with WorkloadEntry " +
 			"autoregistration, health checks and an east-west gateway for istiod, or set istio.install to auto")
+	}
+	oneNetwork := s.cfg.Istio.IstiodAddress != ""
+	if oneNetwork && s.cfg.Workload.Network != s.cfg.Istio.Network {
+		return fmt.Errorf("istio.istiodAddress makes a single-network mesh (VMs reach istiod directly, no east-west gateway), but workload.network %q is not istio.network %q: "+
+			"set both to one network, or leave istio.istiodAddress empty for the VMs' own network behind an east-west gateway", s.cfg.Workload.Network, s.cfg.Istio.Network)
 	}
 	objs, keep, err := s.istio()
 	if err != nil {
@@ -242,9 +252,13 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 			p.step("control plane", "", "%s exists and is not meshvm's: left as it is", ch.Ref)
 		}
 	}
-	addr, err := istioinstall.WaitReady(ctx, c.Kube, s.cfg.Istio.Revision, func(msg string) { p.step("control plane", "", "%s", msg) })
+	addr, err := istioinstall.WaitReady(ctx, c.Kube, s.cfg.Istio.Revision, !oneNetwork, func(msg string) { p.step("control plane", "", "%s", msg) })
 	if err != nil {
 		return err
+	}
+	if oneNetwork {
+		p.step("control plane", "", "istiod ready; one network: VMs reach it directly at %s (istio.istiodAddress), no east-west gateway", s.cfg.Istio.IstiodAddress)
+		return nil
 	}
 	s.mu.Lock()
 	s.addr = addr
@@ -496,7 +510,12 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 		p.step("cluster", "", "Istio is yours (%s): nothing of it removed; the cluster itself is yours and stays", cp.Deployment)
 		return nil
 	}
-	objs, keep, err := s.istio()
+	// Every revision meshvm installed, with or without a gateway.
+	revs, err := s.ownRevisions(ctx, c)
+	if err != nil {
+		return err
+	}
+	objs, err := istioinstall.RenderRevisions(s.options(), revs)
 	if err != nil {
 		return err
 	}
@@ -504,12 +523,30 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	if err != nil {
 		return err
 	}
-	changes, err := istioinstall.Uninstall(ctx, rc, objs, keep)
+	changes, err := istioinstall.Uninstall(ctx, rc, objs, istioinstall.Everything)
 	if err != nil {
 		return err
 	}
 	p.step("cluster", "", "Istio uninstalled: %s; the cluster itself is yours and stays", istioinstall.Summary(changes))
 	return nil
+}
+
+// ownRevisions are the revisions of the istiod Deployments meshvm made,
+// and the config's.
+func (s *clusterSite) ownRevisions(ctx context.Context, c workload.Clients) ([]string, error) {
+	revs := []string{s.cfg.Istio.Revision}
+	deps, err := c.Kube.AppsV1().Deployments(istioinstall.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+	if err != nil {
+		return nil, fmt.Errorf("list istiod Deployments: %w", err)
+	}
+	for i := range deps.Items {
+		if d := &deps.Items[i]; ownership.Owned(d) {
+			if rev := d.Labels["istio.io/rev"]; !slices.ContainsFunc(revs, func(r string) bool { return sameRevision(r, rev) }) {
+				revs = append(revs, rev)
+			}
+		}
+	}
+	return revs, nil
 }
 
 func (s *clusterSite) trafficUncheckable() string {

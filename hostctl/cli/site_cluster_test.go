@@ -165,10 +165,28 @@ func TestUpOnYourCluster(t *testing.T) {
 		t.Errorf("client pod left: %s", pods.Items[0].Name)
 	}
 
+	// meshvm's Istio on one network: the VMs, given istiod's address and
+	// the pods' network, reach istiod directly; no gateway is waited for.
+	os.WriteFile(cfgPath, []byte("version: 1\nstateDir: "+state+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+kubeconfig+
+		"\nmachines: lab\nistio:\n  hub: "+hub+"\n  istiodAddress: "+hostIP+"\nworkload:\n  network: kube-network\nvms:\n- name: yc1\n"), 0o600)
+	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
+	t.Logf("up on one network:\n%s", out)
+	if err != nil || !strings.Contains(out, "one network: VMs reach it directly at "+hostIP) || strings.Contains(out, "east-west gateway at") {
+		t.Errorf("up of meshvm's Istio on one network: %v", err)
+	}
+	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
+	status = nil
+	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil || !status[0].OK || !strings.HasSuffix(status[0].WorkloadEntry, "-kube-network") {
+		t.Errorf("vm status on one network: %v %v\n%s\nwant Healthy on kube-network", err, jerr, out)
+	}
+
 	out, err = run(t, "--config", cfgPath, "down")
 	t.Logf("down:\n%s", out)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := clients.Kube.AppsV1().Deployments("istio-system").Get(ctx, istioinstall.EastWestGateway, metav1.GetOptions{}); err == nil {
+		t.Error("the east-west gateway of the earlier install is left after a down on one network")
 	}
 	if _, err := clients.Kube.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{}); err == nil {
 		t.Error("istiod's Deployment is left after down")

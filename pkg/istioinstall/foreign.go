@@ -244,7 +244,7 @@ func (f Foreign) Joinable(direct bool, rev string) (ControlPlane, error) {
 	}
 	switch n := len(f.ControlPlanes); {
 	case f.Own:
-		// Moving the VMs to another control plane is a revision change.
+		// meshvm's revisions are its own to add and remove; yours are not.
 		var names []string
 		for _, cp := range f.ControlPlanes {
 			names = append(names, cp.String())
@@ -253,7 +253,7 @@ func (f Foreign) Joinable(direct bool, rev string) (ControlPlane, error) {
 			names = append(names, "ConfigMap "+cm)
 		}
 		return ControlPlane{}, fmt.Errorf("meshvm's own Istio is in this cluster, and another one meshvm did not install (%s); meshvm changes none of it: "+
-			"choosing between control planes (revisions) is not built yet", strings.Join(names, "; "))
+			"the VMs join meshvm's Istio or yours, not a mix: remove the one you do not want (hostctl down removes meshvm's)", strings.Join(names, "; "))
 	case n == 0:
 		return ControlPlane{}, fmt.Errorf("an Istio mesh config meshvm did not install is in this cluster (ConfigMap %s) but no istiod Deployment (label app=istiod) runs it: "+
 			"meshvm joins VMs only to a running control plane", strings.Join(f.MeshConfigs, ", "))

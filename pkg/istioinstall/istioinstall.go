@@ -49,6 +49,10 @@ type Options struct {
 	// Revision is the control plane's istio.io/rev; empty (or "default")
 	// is the default revision.
 	Revision string
+	// OneNetwork renders a single-network mesh: VMs and pods share a
+	// routable network and reach istiod directly, so there is no east-west
+	// gateway and nothing exposed through it.
+	OneNetwork bool
 	// Istioctl renders with that istioctl (of version Tag, see FindIstioctl)
 	// instead of the embedded charts.
 	Istioctl string
@@ -155,21 +159,30 @@ func Render(o Options) ([]Object, error) {
 	defer os.RemoveAll(dir)
 	var out []Object
 	out = append(out, namespace(o))
-	for _, iop := range []struct {
+	iops := []struct {
 		name string
 		spec map[string]any
-	}{{"control-plane", controlPlane(o)}, {"eastwest", eastWest(o)}} {
+	}{{"control-plane", controlPlane(o)}}
+	if !o.OneNetwork {
+		iops = append(iops, struct {
+			name string
+			spec map[string]any
+		}{"eastwest", eastWest(o)})
+	}
+	for _, iop := range iops {
 		objs, err := renderIOP(dir, iop.name, iop.spec, o.Istioctl)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, objs...)
 	}
-	exposed, err := exposeObjects(o.Revision)
-	if err != nil {
-		return nil, err
+	if !o.OneNetwork {
+		exposed, err := exposeObjects(o.Revision)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, exposed...)
 	}
-	out = append(out, exposed...)
 	// meshvm's mark on all of it: down deletes only what carries it (or
 	// what meshvm applied), and up never applies over another installer's.
 	for _, o := range out {
@@ -180,15 +193,43 @@ func Render(o Options) ([]Object, error) {
 		labels[ownership.Label] = ownership.Value
 		o.SetLabels(labels)
 	}
-	// The charts' renderer emits objects of a kind in no fixed order: sort
-	// fully, so every render (and every apply's report) is the same.
-	sort.Slice(out, func(i, j int) bool {
+	sortObjects(out)
+	return out, nil
+}
+
+// RenderRevisions renders o for each revision (gateway included), the
+// objects they share once, in apply order: everything meshvm installs
+// across revisions, for down to uninstall.
+func RenderRevisions(o Options, revs []string) ([]Object, error) {
+	seen := map[string]bool{}
+	var out []Object
+	for _, rev := range revs {
+		o.Revision, o.OneNetwork = rev, false
+		objs, err := Render(o)
+		if err != nil {
+			return nil, err
+		}
+		for _, obj := range objs {
+			if !seen[obj.Ref()] {
+				seen[obj.Ref()] = true
+				out = append(out, obj)
+			}
+		}
+	}
+	sortObjects(out)
+	return out, nil
+}
+
+// sortObjects puts objects in apply order, fully: the charts' renderer
+// emits objects of a kind in no fixed order, and every render (and every
+// apply's report) must be the same.
+func sortObjects(out []Object) {
+	sort.SliceStable(out, func(i, j int) bool {
 		if a, b := applyOrder(out[i]), applyOrder(out[j]); a != b {
 			return a < b
 		}
 		return out[i].Ref() < out[j].Ref()
 	})
-	return out, nil
 }
 
 func renderIOP(dir, name string, iop map[string]any, istioctl string) ([]Object, error) {

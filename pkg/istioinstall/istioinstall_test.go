@@ -213,3 +213,37 @@ func TestRenderRevision(t *testing.T) {
 		}
 	}
 }
+
+// One network: no east-west gateway and nothing exposed through one; down
+// renders every revision with the gateway, shared objects once.
+func TestRenderOneNetworkAndAllRevisions(t *testing.T) {
+	objs, err := Render(Options{MeshID: "mesh1", ClusterName: "cluster1", Network: "network1", OneNetwork: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if o.Component == "EastWestExposure" || o.GetName() == EastWestGateway {
+			t.Errorf("one network renders %s", o.Ref())
+		}
+	}
+	if _, ok := find(objs, "Deployment", "istiod"); !ok {
+		t.Error("one network renders no istiod")
+	}
+	all, err := RenderRevisions(Options{MeshID: "mesh1", ClusterName: "cluster1", Network: "network1", OneNetwork: true}, []string{"", "canary"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := map[string]int{}
+	for _, o := range all {
+		refs[o.Ref()]++
+	}
+	for _, want := range []string{"Deployment/istio-system/istiod", "Deployment/istio-system/istiod-canary", "Deployment/istio-system/" + EastWestGateway,
+		"VirtualService/istio-system/istiod-vs", "VirtualService/istio-system/istiod-vs-canary", "Namespace/istio-system"} {
+		if refs[want] != 1 {
+			t.Errorf("%s rendered %d times across revisions, want once", want, refs[want])
+		}
+	}
+	if all[0].GetKind() != "Namespace" {
+		t.Errorf("first object %s, want the namespace", all[0].Ref())
+	}
+}

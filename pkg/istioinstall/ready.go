@@ -51,7 +51,12 @@ var ErrPortConflict = errors.New("the east-west gateway's LoadBalancer is pendin
 
 // readyDeployments must be available before VMs can onboard: the
 // revision's istiod and the east-west gateway.
-func readyDeployments(rev string) []string { return []string{IstiodService(rev), EastWestGateway} }
+func readyDeployments(rev string, gateway bool) []string {
+	if !gateway {
+		return []string{IstiodService(rev)}
+	}
+	return []string{IstiodService(rev), EastWestGateway}
+}
 
 // EastWestAddress is the east-west gateway's LoadBalancer address (IP, else
 // host name): where VMs reach istiod. Empty while it is pending.
@@ -86,18 +91,22 @@ func GatewayAddress(ctx context.Context, kc kubernetes.Interface, ref string) (s
 // reports each new state through report, and gives up at once, naming the
 // Services, when the LoadBalancer is pending because another one holds its
 // ports, instead of hanging until the deadline.
-func WaitReady(ctx context.Context, kc kubernetes.Interface, rev string, report func(string)) (string, error) {
+// Without a gateway (a single-network mesh) it waits for istiod alone and
+// returns "".
+func WaitReady(ctx context.Context, kc kubernetes.Interface, rev string, gateway bool, report func(string)) (string, error) {
 	last := ""
 	for {
-		waiting, err := notReady(ctx, kc, rev)
+		waiting, err := notReady(ctx, kc, rev, gateway)
 		if err != nil {
 			return "", err
 		}
-		addr, err := EastWestAddress(ctx, kc)
-		if err != nil {
-			return "", err
+		addr := ""
+		if gateway {
+			if addr, err = EastWestAddress(ctx, kc); err != nil {
+				return "", err
+			}
 		}
-		if addr == "" {
+		if gateway && addr == "" {
 			held, err := PortConflicts(ctx, kc)
 			if err != nil {
 				return "", err
@@ -124,9 +133,9 @@ func WaitReady(ctx context.Context, kc kubernetes.Interface, rev string, report 
 
 // notReady describes the deployments in readyDeployments that are not
 // available yet.
-func notReady(ctx context.Context, kc kubernetes.Interface, rev string) ([]string, error) {
+func notReady(ctx context.Context, kc kubernetes.Interface, rev string, gateway bool) ([]string, error) {
 	var out []string
-	for _, name := range readyDeployments(rev) {
+	for _, name := range readyDeployments(rev, gateway) {
 		d, err := kc.AppsV1().Deployments(Namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("no Deployment %s/%s: run hostctl istio install", Namespace, name)

@@ -54,7 +54,7 @@ func TestWaitReady(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			var reports []string
-			got, err := WaitReady(ctx, fake.NewSimpleClientset(tt.objs...), "", func(s string) { reports = append(reports, s) })
+			got, err := WaitReady(ctx, fake.NewSimpleClientset(tt.objs...), "", true, func(s string) { reports = append(reports, s) })
 			if tt.wantErr == "" {
 				if err != nil || got != tt.want {
 					t.Fatalf("got %q, %v; want %q", got, err, tt.want)
@@ -82,7 +82,7 @@ func TestWaitReadyReportsAndWaits(t *testing.T) {
 		kc.CoreV1().Services(Namespace).UpdateStatus(context.Background(), s, metav1.UpdateOptions{})
 	}()
 	var reports []string
-	got, err := WaitReady(context.Background(), kc, "", func(s string) { reports = append(reports, s) })
+	got, err := WaitReady(context.Background(), kc, "", true, func(s string) { reports = append(reports, s) })
 	if err != nil || got != "lb.example.net" {
 		t.Fatalf("got %q, %v", got, err)
 	}
