@@ -458,6 +458,27 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 	if s := statusOf()[vms[0]]; s.Revision != "default" || s.IstiodController != "istiod-lab" || !s.OK {
 		t.Errorf("%s moved back: revision %s, registered by %q, ok %v; want default, istiod-lab", vms[0], s.Revision, s.IstiodController, s.OK)
 	}
+
+	// A VM that does not come back in time stops the upgrade there, and
+	// the command it names moves it back.
+	out, err = run(t, "--config", cfgPath, "vm", "upgrade", vms[2], vms[3], "--revision", "canary", "--timeout", "4s")
+	t.Logf("vm upgrade that times out:\n%s", out)
+	rollback := "roll it back with hostctl vm upgrade " + vms[2] + " --revision default"
+	if err == nil || !strings.Contains(err.Error(), "did not come back on revision canary") || !strings.Contains(err.Error(), rollback) {
+		t.Fatalf("vm upgrade past its timeout: %v, want the VM named with its rollback", err)
+	}
+	if strings.Contains(out, "onboard "+vms[3]) {
+		t.Errorf("vm upgrade went on to %s after %s did not come back", vms[3], vms[2])
+	}
+	if out, err := run(t, "--config", cfgPath, "vm", "upgrade", vms[2], "--revision", "default"); err != nil {
+		t.Errorf("the rollback it named: %v\n%s", err, out)
+	}
+	by = statusOf()
+	for _, vm := range vms[2:4] {
+		if s := by[vm]; s.Revision != "default" || s.IstiodController != "istiod-lab" || !s.OK {
+			t.Errorf("%s after the rollback: revision %s, registered by %q, ok %v (%s); want default, istiod-lab", vm, s.Revision, s.IstiodController, s.OK, s.Next)
+		}
+	}
 }
 
 // onboardAgainAndFaults is the life of an onboarded VM: re-onboarding after

@@ -66,6 +66,20 @@ func (c *vmCmd) begin(cmd *cobra.Command, names []string) (*vmRun, context.Cance
 	return &vmRun{cfg: cfg, state: state, site: s, vms: vms, ctx: ctx}, cancel, nil
 }
 
+// beginAll is begin for the commands that take every VM when none is named.
+func (c *vmCmd) beginAll(cmd *cobra.Command, names []string) (*vmRun, context.CancelFunc, error) {
+	if len(names) == 0 {
+		cfg, err := c.g.load(cmd)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, vm := range cfg.VMs {
+			names = append(names, vm.Name)
+		}
+	}
+	return c.begin(cmd, names)
+}
+
 // kube returns the cluster's clients, made once.
 func (r *vmRun) kube() (workload.Clients, error) {
 	if !r.dialed {
@@ -511,16 +525,7 @@ func (c *vmRenewCmd) command() *cobra.Command {
 }
 
 func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
-	if len(args) == 0 {
-		cfg, err := c.g.load(cmd)
-		if err != nil {
-			return err
-		}
-		for _, vm := range cfg.VMs {
-			args = append(args, vm.Name)
-		}
-	}
-	r, cancel, err := c.begin(cmd, args)
+	r, cancel, err := c.beginAll(cmd, args)
 	if err != nil {
 		return err
 	}

@@ -48,16 +48,7 @@ func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 	if c.parallel < 1 {
 		return usageError{fmt.Errorf("--parallel %d: move at least one VM at a time", c.parallel)}
 	}
-	if len(args) == 0 {
-		cfg, err := c.g.load(cmd)
-		if err != nil {
-			return err
-		}
-		for _, vm := range cfg.VMs {
-			args = append(args, vm.Name)
-		}
-	}
-	v, cancel, err := c.begin(cmd, args)
+	v, cancel, err := c.beginAll(cmd, args)
 	if err != nil {
 		return err
 	}

@@ -402,12 +402,24 @@ func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, b
 	if err != nil {
 		return Entry{}, false, fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err)
 	}
+	var best Entry
+	found := false
 	for i := range list.Items {
-		if e, ok := entryAt(list.Items[i], s, address); ok {
-			return e, true, nil
+		if e, ok := entryAt(list.Items[i], s, address); ok && (!found || e.better(best, s)) {
+			best, found = e, true
 		}
 	}
-	return Entry{}, false, nil
+	return best, found, nil
+}
+
+// better says whether e is the VM's entry rather than other, at one
+// address: the entry on the workload's network (after the network changed,
+// the old one lingers until istiod cleans it up), then the connected one.
+func (e Entry) better(other Entry, s Spec) bool {
+	if (e.Network == s.Network) != (other.Network == s.Network) {
+		return e.Network == s.Network
+	}
+	return e.DisconnectedAt == "" && other.DisconnectedAt != ""
 }
 
 // Entries returns the group's autoregistered entries by address: one list
@@ -420,7 +432,9 @@ func Entries(ctx context.Context, c Clients, s Spec) (map[string]Entry, error) {
 	out := map[string]Entry{}
 	for _, we := range list.Items {
 		if e, ok := entryAt(we, s, we.Spec.GetAddress()); ok {
-			out[e.Address] = e
+			if had, seen := out[e.Address]; !seen || e.better(had, s) {
+				out[e.Address] = e
+			}
 		}
 	}
 	return out, nil
