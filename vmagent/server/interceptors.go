@@ -30,7 +30,7 @@ func authenticate(ctx context.Context) (string, error) {
 	}
 	id, err := mtls.PeerIdentity(info.State)
 	if err != nil {
-		return "", agenterr.Denied("caller not authenticated: %v", err)
+		return "", agenterr.Denied("caller not authenticated: %w", err)
 	}
 	return id, nil
 }
@@ -75,7 +75,7 @@ func UnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		start := time.Now()
 		resp, err := handler(ctx, req)
 		log.Debug("call", "method", info.FullMethod, "caller", id, "took", time.Since(start), "err", err)
-		return resp, agenterr.ToGRPC(err)
+		return resp, agenterr.ToGRPC(classify(err))
 	}
 }
 
@@ -90,6 +90,6 @@ func StreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 		start := time.Now()
 		err = handler(srv, ss)
 		log.Debug("call", "method", info.FullMethod, "caller", id, "took", time.Since(start), "err", err)
-		return agenterr.ToGRPC(err)
+		return agenterr.ToGRPC(classify(err))
 	}
 }
