@@ -188,7 +188,7 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s sit
 		add("istiod DNS", "ok", "-> "+hostIP, "")
 	}
 	out = append(out, credentialFinding(credentialFacts(cfg, name, ov.Status, bindings, bindingsKnown, time.Now())))
-	if n, err := c.API().CheckNetwork(ctx, &agentv1.CheckNetworkRequest{}); err == nil {
+	if n, err := c.CheckNetwork(ctx); err == nil {
 		usable := false
 		for _, b := range n.GetFirewallBackends() {
 			usable = usable || b.GetAvailable()

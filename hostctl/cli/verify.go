@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/meshcall"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
@@ -112,7 +114,7 @@ const meshSample = "helloworld.sample:5000/hello"
 // resolves checks that name resolves on the VM to want.
 func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string) verdict {
 	v := verdict{vm, "istiod resolves on the VM", "FAIL", ""}
-	r, err := ac.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
+	r, err := ac.ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
 	switch {
 	case err != nil:
 		v.Detail = err.Error()
@@ -129,10 +131,12 @@ func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string
 // callFromVM has the VM's agent call the mesh sample through the sidecar.
 func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) verdict {
 	v := verdict{vm, "VM -> " + meshSample, "FAIL", ""}
-	r, err := ac.API().CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
+	r, err := ac.CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
 	switch {
+	case errors.Is(err, agenterr.Unimplemented):
+		v.Detail = err.Error() + ": the agent is older than this hostctl: run hostctl up"
 	case err != nil:
-		v.Detail = err.Error() + " (an agent older than this hostctl lacks CallService: run hostctl up)"
+		v.Detail = err.Error()
 	case !r.GetOk():
 		v.Detail = r.GetError() + ": is Istio's helloworld sample deployed in namespace sample, with injection on?"
 	default:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -470,23 +469,19 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer ac.Close()
-	stream, err := ac.API().SidecarLogs(ctx, &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
-	if err != nil {
-		return fmt.Errorf("%s: logs: %w", m.Name, err)
-	}
 	out := cmd.OutOrStdout()
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
+	err = ac.SidecarLogs(ctx, &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow}, func(lines []*agentv1.LogLine) error {
+		for _, l := range lines {
+			if _, err := fmt.Fprintln(out, l.GetText()); err != nil {
+				return err
+			}
 		}
-		if err != nil {
-			return fmt.Errorf("%s: logs: %w", m.Name, err)
-		}
-		for _, l := range resp.GetLines() {
-			fmt.Fprintln(out, l.GetText())
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.Name, err)
 	}
+	return nil
 }
 
 type vmRenewCmd struct {

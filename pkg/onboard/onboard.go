@@ -113,13 +113,16 @@ func sidecar(ctx context.Context, c *agentclient.Client, action agentv1.SidecarA
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, gerr := c.API().GetSidecar(cctx, &agentv1.GetSidecarRequest{})
+		st, gerr := c.SidecarState(cctx)
 		cancel()
-		if gerr == nil && resp.GetSidecar().GetActiveState() == "active" {
-			return resp.GetSidecar(), nil
+		if gerr == nil && st.GetActiveState() == "active" {
+			return st, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%w; and the sidecar is not active after reconnecting (%v)", err, gerr)
+			if gerr == nil {
+				return nil, fmt.Errorf("%w; and the sidecar is %s/%s after reconnecting", err, st.GetActiveState(), st.GetSubState())
+			}
+			return nil, fmt.Errorf("%w; and its state is unknown after reconnecting (%v)", err, gerr)
 		}
 		select {
 		case <-ctx.Done():

@@ -275,7 +275,6 @@ func (s *Server) GetSidecar(ctx context.Context, _ *agentv1.GetSidecarRequest) (
 	return &agentv1.GetSidecarResponse{Sidecar: sidecarState(st, nil)}, nil
 }
 
-
 func (s *Server) SidecarLogs(req *agentv1.SidecarLogsRequest, stream agentv1.AgentService_SidecarLogsServer) error {
 	src, err := logSource(req.GetSource())
 	if err != nil {

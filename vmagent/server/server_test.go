@@ -19,6 +19,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
@@ -115,6 +116,16 @@ func (e env) dial(t testing.TB, cfg *tls.Config) *agentclient.Client {
 	must(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// raw is the service without agentclient, for streams no caller would
+// send (cut short, longer than declared).
+func (e env) raw(t testing.TB) agentv1.AgentServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(e.clientTLS(t))))
+	must(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return agentv1.NewAgentServiceClient(conn)
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -217,7 +228,7 @@ func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:
 
 func TestInterruptedAndOversizedTransfersLeaveOldFile(t *testing.T) {
 	e := startAgent(t)
-	c := e.client(t)
+	c := e.raw(t)
 	old := []byte("ISTIO_META_OLD='1'\n")
 	target := filepath.Join(e.dir, "var/lib/istio/envoy/cluster.env")
 	must(t, os.WriteFile(target, old, 0o644))
@@ -225,7 +236,7 @@ func TestInterruptedAndOversizedTransfersLeaveOldFile(t *testing.T) {
 
 	t.Run("interrupted", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
-		stream, err := c.API().PutFile(ctx)
+		stream, err := c.PutFile(ctx)
 		must(t, err)
 		must(t, stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: &agentv1.FileHeader{
 			Path: "/var/lib/istio/envoy/cluster.env", Size: uint64(len(newData)), Sha256: sum(newData)}}}))
@@ -239,7 +250,7 @@ func TestInterruptedAndOversizedTransfersLeaveOldFile(t *testing.T) {
 		}
 	})
 	t.Run("more data than declared", func(t *testing.T) {
-		stream, err := c.API().PutFile(ctxT(t))
+		stream, err := c.PutFile(ctxT(t))
 		must(t, err)
 		short := newData[:10]
 		must(t, stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: &agentv1.FileHeader{
@@ -314,15 +325,15 @@ func TestSidecarWithoutSystemdSaysSo(t *testing.T) {
 func TestProbeOnlyLocal(t *testing.T) {
 	e := startAgent(t)
 	c := e.client(t)
-	_, err := c.API().Probe(ctxT(t), &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_TCP, Host: "192.0.2.1", Port: 80})
-	if status.Code(err) != codes.InvalidArgument {
+	_, err := c.Probe(ctxT(t), &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_TCP, Host: "192.0.2.1", Port: 80})
+	if !errors.Is(err, agenterr.InvalidArgument) || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("got %v, want InvalidArgument for a remote host", err)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	defer lis.Close()
 	port := lis.Addr().(*net.TCPAddr).Port
-	r, err := c.API().Probe(ctxT(t), &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_TCP, Port: uint32(port)})
+	r, err := c.Probe(ctxT(t), &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_TCP, Port: uint32(port)})
 	if err != nil || !r.GetOk() {
 		t.Fatalf("got %v, %v, want the local port to answer", r, err)
 	}
@@ -334,11 +345,11 @@ func TestCallServiceOnlyServiceNames(t *testing.T) {
 	e := startAgent(t)
 	c := e.client(t)
 	for _, host := range []string{"192.0.2.1", "example.com."} {
-		if _, err := c.API().CallService(ctxT(t), &agentv1.CallServiceRequest{Host: host, Port: 80}); status.Code(err) != codes.InvalidArgument {
+		if _, err := c.CallService(ctxT(t), &agentv1.CallServiceRequest{Host: host, Port: 80}); !errors.Is(err, agenterr.InvalidArgument) {
 			t.Errorf("%s: got %v, want InvalidArgument", host, err)
 		}
 	}
-	r, err := c.API().CallService(ctxT(t), &agentv1.CallServiceRequest{Host: "no-such-svc.no-such-ns", Port: 5000, Path: "/hello"})
+	r, err := c.CallService(ctxT(t), &agentv1.CallServiceRequest{Host: "no-such-svc.no-such-ns", Port: 5000, Path: "/hello"})
 	if err != nil || r.GetOk() || !strings.Contains(r.GetError(), "no-such-svc.no-such-ns") {
 		t.Errorf("unresolvable service: %v, %v; want the failure in the response", r, err)
 	}
