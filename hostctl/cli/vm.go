@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -457,7 +458,12 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	m, err := s.machines().Info(ctx, args[0])
+	return printLogs(ctx, cmd.OutOrStdout(), state, s.machines(), args[0], &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
+}
+
+// printLogs prints the sidecar's log lines from VM name's agent to out.
+func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
+	m, err := machines.Info(ctx, name)
 	if err != nil {
 		return fmt.Errorf("%w: run hostctl up to create it", err)
 	}
@@ -469,8 +475,7 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer ac.Close()
-	out := cmd.OutOrStdout()
-	err = ac.SidecarLogs(ctx, &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow}, func(lines []*agentv1.LogLine) error {
+	err = ac.SidecarLogs(ctx, req, func(lines []*agentv1.LogLine) error {
 		for _, l := range lines {
 			if _, err := fmt.Fprintln(out, l.GetText()); err != nil {
 				return err

@@ -8,8 +8,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -24,25 +22,20 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/agenterr"
-	"github.com/meshvm/meshvm/pkg/agentstate"
-	"github.com/meshvm/meshvm/pkg/dnscheck"
-	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/pkg/postinst"
-	"github.com/meshvm/meshvm/pkg/sidecar"
-	"github.com/meshvm/meshvm/pkg/sysusers"
-	"github.com/meshvm/meshvm/pkg/vmfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/vmagent/agenttest"
 	"github.com/meshvm/meshvm/vmagent/config"
-	"github.com/meshvm/meshvm/vmagent/server"
 )
 
 // env is a real agent server on a loopback port with real mTLS, over a
 // sandbox root, and the CA that signs its callers.
 type env struct {
-	addr string
-	dir  string
-	ca   *mtls.CA
+	addr  string
+	dir   string
+	ca    *mtls.CA
+	agent *agenttest.Agent
 }
 
 func must(t testing.TB, err error) {
@@ -59,40 +52,8 @@ func startAgent(t testing.TB) env {
 
 func startAgentWith(t testing.TB, limits config.Limits) env {
 	t.Helper()
-	dir := t.TempDir()
-	for _, d := range []string{"etc/certs", "var/lib/istio/envoy", "var/lib/istio/config", "usr/local/bin", "run", "var/lib"} {
-		must(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
-	}
-	must(t, os.Symlink("/run", filepath.Join(dir, "var/run")))
-	must(t, os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nistio-proxy:x:1337:1337::/var/lib/istio:/usr/sbin/nologin\n"), 0o644))
-	must(t, os.WriteFile(filepath.Join(dir, "etc/group"), []byte("root:x:0:\nistio-proxy:x:1337:\n"), 0o644))
-
-	ca, err := mtls.NewCA("test agent CA", time.Hour)
-	must(t, err)
-	cert, key, err := ca.IssueServer("vmagent", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
-	must(t, err)
-	tlsCfg, err := mtls.ServerConfig(cert, key, ca.CertPEM())
-	must(t, err)
-
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	root, err := fsroot.New(dir)
-	must(t, err)
-	users := sysusers.New(root)
-	state := agentstate.New(root)
-	srv := grpc.NewServer(server.Options(log, tlsCfg, limits)...)
-	agentv1.RegisterAgentServiceServer(srv, server.New(log, server.Deps{
-		Root:      root,
-		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
-		Files:     vmfiles.NewStore(log, root, users, state),
-		// A sandbox has no systemd: the real manager must say so, promptly.
-		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second}),
-		DNS:     dnscheck.DefaultResolver(dir),
-	}))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return env{addr: lis.Addr().String(), dir: dir, ca: ca}
+	a := agenttest.Start(t, agenttest.Options{Limits: &limits})
+	return env{addr: a.Addr, dir: a.Root, ca: a.CA, agent: a}
 }
 
 func (e env) client(t testing.TB) *agentclient.Client {
@@ -100,23 +61,9 @@ func (e env) client(t testing.TB) *agentclient.Client {
 	return e.dial(t, e.clientTLS(t))
 }
 
-// clientTLS is hostctl's side of mTLS: a client certificate of the agent's CA.
-func (e env) clientTLS(t testing.TB) *tls.Config {
-	t.Helper()
-	cert, key, err := e.ca.IssueClient("hostctl", time.Hour)
-	must(t, err)
-	cfg, err := mtls.ClientConfig(cert, key, e.ca.CertPEM(), "localhost")
-	must(t, err)
-	return cfg
-}
+func (e env) clientTLS(t testing.TB) *tls.Config { return e.agent.ClientTLS(t) }
 
-func (e env) dial(t testing.TB, cfg *tls.Config) *agentclient.Client {
-	t.Helper()
-	c, err := agentclient.Dial(e.addr, cfg)
-	must(t, err)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
+func (e env) dial(t testing.TB, cfg *tls.Config) *agentclient.Client { return e.agent.Client(t, cfg) }
 
 // raw is the service without agentclient, for streams no caller would
 // send (cut short, longer than declared).
