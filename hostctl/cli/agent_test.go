@@ -81,12 +81,18 @@ func testCtx(t *testing.T) context.Context {
 // agentSite is a site whose VMs are the test's; the cluster is not asked.
 type agentSite struct {
 	site
-	ms machine.Provider
+	ms        machine.Provider
+	istiodErr error
 }
 
 func (s agentSite) machines() machine.Provider { return s.ms }
 
-func (s agentSite) istiodAddress(context.Context, string) (string, error) { return testIstiodIP, nil }
+func (s agentSite) istiodAddress(context.Context, string) (string, error) {
+	if s.istiodErr != nil {
+		return "", s.istiodErr
+	}
+	return testIstiodIP, nil
+}
 
 func (s agentSite) sidecar(context.Context, string) (onboard.Sidecar, error) {
 	return onboard.Sidecar{}, errors.New("no sidecar build in a test")
@@ -167,5 +173,52 @@ func TestDoctorAgainstARealAgent(t *testing.T) {
 	}
 	if got["agent"].Detail != "vmagent "+buildinfo.String() {
 		t.Errorf("agent: got %q", got["agent"].Detail)
+	}
+}
+
+// An agent that does not answer is reported with the reason, in status and
+// in doctor alike.
+func TestUnreachableAgentSaysWhy(t *testing.T) {
+	vm := startVM(t)
+	// A VM whose address has no agent listening: its port refuses.
+	gone := vm.m
+	gone.Addresses = []string{"127.0.0.1"}
+	if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", onboard.AgentPort)); err == nil {
+		l.Close()
+	} else {
+		t.Skipf("the agent port on 127.0.0.1 is taken here: %v", err)
+	}
+	ms := infoOnly{m: map[string]machine.Machine{"vm1": gone}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s := vmStatus(ctx, config.Default(), vm.state, ms, nil, nil, nil, false, config.VM{Name: "vm1"})
+	if s.Agent != "unreachable" || s.AgentError == "" || !strings.Contains(s.Next, s.AgentError) || !strings.Contains(s.Next, "run hostctl up") {
+		t.Errorf("got agent %q error %q next %q, want the reason and the fix", s.Agent, s.AgentError, s.Next)
+	}
+}
+
+// doctor's checks after the agent answers each give a row, with the reason
+// when they cannot tell (here: no sidecar build to compare with).
+func TestDoctorRowsCarryTheReason(t *testing.T) {
+	vm := startVM(t)
+	got := map[string]finding{}
+	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms}, "vm1", nil, false) {
+		got[f.Check] = f
+	}
+	if f := got["proxy version"]; !strings.Contains(f.Detail, "no sidecar build in a test") {
+		t.Errorf("proxy version: got %+v, want the reason", f)
+	}
+	if f, ok := got["iptables"]; !ok || f.Detail == "" {
+		t.Errorf("iptables: got %+v, want a row whatever the network check said", f)
+	}
+	if f := got["credentials"]; f.Result == "" {
+		t.Errorf("credentials: no row")
+	}
+	got = map[string]finding{}
+	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms, istiodErr: errors.New("no east-west gateway address")}, "vm1", nil, false) {
+		got[f.Check] = f
+	}
+	if f := got["istiod DNS"]; f.Result != "fail" || !strings.Contains(f.Detail, "no east-west gateway address") {
+		t.Errorf("istiod DNS without istiod's address: got %+v, want fail with the reason", f)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
 // session is a site whose cluster and Istio are up, with what every per-VM
@@ -198,7 +197,7 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 		return err
 	}
 	rep, err := onboard.Onboard(ctx, c, files, side, onboard.Hosts{
-		IstiodIP: istiodIP, IstiodName: workloadfiles.IstiodHost("istio-system", ""), VMIP: addr, VMName: name}, restart)
+		IstiodIP: istiodIP, IstiodName: istiodService, VMIP: addr, VMName: name}, restart)
 	if err != nil {
 		return err
 	}

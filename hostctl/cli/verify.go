@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/meshcall"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
@@ -47,7 +48,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 	defer cancel()
-	istiod := workloadfiles.IstiodHost("istio-system", "")
+	istiod := istiodService
 	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
 	noTraffic := s.trafficUncheckable()
 	var out []verdict
@@ -107,6 +108,9 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	return nil
 }
+
+// istiodService is istiod's name as the VMs resolve it.
+var istiodService = workloadfiles.IstiodHost(istioinstall.Namespace, "")
 
 // meshSample is the recipe's mesh service, Istio's helloworld sample.
 const meshSample = "helloworld.sample:5000/hello"

@@ -44,7 +44,9 @@ type VMStatus struct {
 	Healthy       string `json:"healthy,omitempty"`
 	HealthMessage string `json:"healthMessage,omitempty"`
 	Agent         string `json:"agent"`
-	Sidecar       string `json:"sidecar,omitempty"`
+	// AgentError is why the agent did not answer.
+	AgentError string `json:"agentError,omitempty"`
+	Sidecar    string `json:"sidecar,omitempty"`
 	// Disconnected is when istiod saw the VM's proxy go: a Healthy entry
 	// with it is stale.
 	Disconnected string `json:"disconnectedAt,omitempty"`
@@ -138,10 +140,11 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		return s
 	}
 	defer c.Close()
-	ov := c.Overview(ctx, "istiod.istio-system.svc",
+	ov := c.Overview(ctx, istiodService,
 		&agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
 	if ov.StatusErr != nil {
-		s.Agent, s.Next = "unreachable", fmt.Sprintf("run hostctl up to reinstall the agent on %s", name)
+		s.Agent, s.AgentError = "unreachable", ov.StatusErr.Error()
+		s.Next = fmt.Sprintf("agent unreachable (%v): run hostctl up to reinstall the agent on %s", ov.StatusErr, name)
 		return s
 	}
 	st := ov.Status
@@ -152,17 +155,21 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.Sidecar = "error: " + sc.GetError()
 	}
 	s.credentials(credentialFacts(cfg, vm.Name, st, bindings, bindingsKnown, time.Now()))
-	if r := ov.DNS; r != nil {
+	switch r := ov.DNS; {
+	case ov.DNSErr != nil:
+		s.IstiodDNS = "error: " + ov.DNSErr.Error()
+	case r.GetError() != "":
+		s.IstiodDNS = "error: " + r.GetError()
+	default:
 		s.IstiodDNS = strings.Join(r.GetAddresses(), ",")
-		if r.GetError() != "" {
-			s.IstiodDNS = "error: " + r.GetError()
-		}
 	}
-	if p := ov.App; p != nil {
+	switch p := ov.App; {
+	case ov.AppErr != nil:
+		s.App = "error: " + ov.AppErr.Error()
+	case p.GetError() != "":
+		s.App = p.GetError()
+	default:
 		s.App = fmt.Sprintf("HTTP %d", p.GetStatusCode())
-		if p.GetError() != "" {
-			s.App = p.GetError()
-		}
 	}
 	s.OK, s.Next = judge(cfg, vm, s, sc.GetActiveState())
 	return s
