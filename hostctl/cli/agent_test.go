@@ -68,7 +68,7 @@ func startVM(t *testing.T) vmWithAgent {
 	if err := os.WriteFile(filepath.Join(a.Root, "etc/hosts"), []byte(hosts), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := machine.Machine{Name: "vm1", State: "Running", Addresses: []string{ip}, Arch: runtime.GOARCH}
+	m := machine.Machine{Name: "vm1", State: machine.Running, Addresses: []string{ip}, Arch: runtime.GOARCH}
 	return vmWithAgent{state: state, m: m, agent: a, ms: infoOnly{m: map[string]machine.Machine{"vm1": m}}}
 }
 
@@ -153,7 +153,7 @@ func TestLogsFromARealAgent(t *testing.T) {
 	if out.String() != "two\nthree\n" {
 		t.Errorf("got %q, want the last two lines", out.String())
 	}
-	stopped := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: "Stopped"}}}
+	stopped := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Stopped}}}
 	err := printLogs(testCtx(t), &out, vm.state, stopped, "vm1", req)
 	if err == nil || !strings.Contains(err.Error(), "run hostctl vm start vm1") {
 		t.Errorf("stopped VM: got %v, want the way to start it", err)

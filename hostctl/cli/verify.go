@@ -61,7 +61,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	for _, vm := range cfg.VMs {
 		m, err := s.machines().Info(ctx, vm.Name)
-		if err != nil || m.State != "Running" || m.Address() == "" {
+		if err != nil || !m.Running() || m.Address() == "" {
 			add(verdict{vm.Name, "VM running", "FAIL", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", vm.Name)})
 			continue
 		}

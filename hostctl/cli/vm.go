@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -387,7 +386,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
 		}
 		var prev workload.Entry
-		if m.State != "Running" {
+		if !m.Running() {
 			// Booting: the entry must come from the new boot's proxy.
 			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), entryAddress(state, m)); err != nil {
 				return err
@@ -397,7 +396,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		if err != nil {
 			return err
 		}
-		p.step("machine", vm.Name, "%s at %s", strings.ToLower(m.State), m.Address())
+		p.step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
 		ac, err := onboard.Connect(ctx, state, m)
 		if err != nil {
 			return err
@@ -467,8 +466,8 @@ func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines
 	if err != nil {
 		return fmt.Errorf("%w: run hostctl up to create it", err)
 	}
-	if m.State != "Running" {
-		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, strings.ToLower(m.State), m.Name)
+	if !m.Running() {
+		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
 	}
 	ac, err := onboard.Dial(state, m.Address())
 	if err != nil {
@@ -541,7 +540,7 @@ func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
 			return err
 		}
 		if !m.Running() {
-			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, strings.ToLower(m.State), vm.Name)
+			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, m.State.Lower(), vm.Name)
 		}
 		tok, err := workload.IssueToken(r.ctx, clients.Kube, spec, vm.Name, life)
 		if err != nil {

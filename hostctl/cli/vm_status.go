@@ -124,8 +124,8 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.Machine, s.Agent, s.Next = "absent", "-", "run hostctl up to create it"
 		return s
 	}
-	s.Machine, s.Address = strings.ToLower(m.State), m.Address()
-	if m.State != "Running" || s.Address == "" {
+	s.Machine, s.Address = m.State.Lower(), m.Address()
+	if !m.Running() || s.Address == "" {
 		s.Agent, s.Next = "-", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", name)
 		return s
 	}

@@ -223,7 +223,7 @@ func (p *Provider) Info(ctx context.Context, name string) (machine.Machine, erro
 	if !ok {
 		return machine.Machine{}, fmt.Errorf("multipass info %s: %w", name, machine.ErrNotFound)
 	}
-	return machine.Machine{Name: name, State: ii.State, Addresses: addresses(ii.IPv4)}, nil
+	return machine.Machine{Name: name, State: machine.State(ii.State), Addresses: addresses(ii.IPv4)}, nil
 }
 
 // List reports every instance.
@@ -238,7 +238,7 @@ func (p *Provider) List(ctx context.Context) ([]machine.Machine, error) {
 	}
 	ms := make([]machine.Machine, 0, len(l.List))
 	for _, i := range l.List {
-		ms = append(ms, machine.Machine{Name: i.Name, State: i.State, Addresses: addresses(i.IPv4)})
+		ms = append(ms, machine.Machine{Name: i.Name, State: machine.State(i.State), Addresses: addresses(i.IPv4)})
 	}
 	return ms, nil
 }
@@ -282,7 +282,7 @@ func (p *Provider) up(ctx context.Context, s machine.Spec, deadline time.Time) (
 	launched, acted := false, false
 	for {
 		m, err := p.Info(ctx, s.Name)
-		state := machine.State(m.State)
+		state := m.State
 		mayAct := !acted // at most one start per look, so a state that stays put is waited for
 		acted = false
 		switch {
@@ -313,7 +313,7 @@ func (p *Provider) up(ctx context.Context, s machine.Spec, deadline time.Time) (
 		case state != machine.Running && !state.Transitional() && !startable(state):
 			return m, fmt.Errorf("multipass instance %s is in state %q, which hostctl does not know: check `multipass info %s`", s.Name, m.State, s.Name)
 		}
-		what := fmt.Sprintf("%s to run with an IPv4 address (it is %s)", s.Name, orDefault(m.State, "being prepared by another launch"))
+		what := fmt.Sprintf("%s to run with an IPv4 address (it is %s)", s.Name, orDefault(string(m.State), "being prepared by another launch"))
 		if err := p.wait(ctx, deadline, what); err != nil {
 			return m, err
 		}
