@@ -205,7 +205,7 @@ func Default() Config {
 			TokenLifetime: Duration{30 * 24 * time.Hour},
 			App:           true,
 		},
-		VMs: []VM{{Name: "vm1", Image: "22.04", Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
+		VMs: []VM{{Name: "vm1", Image: multipass.DefaultImage, Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
 	}
 }
 

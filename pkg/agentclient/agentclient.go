@@ -14,13 +14,13 @@ import (
 	"io"
 	"os"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -48,7 +48,7 @@ func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
 		// When the sidecar starts, its capture rules can cut this connection
 		// mid-stream (conntrack picks it up as new and redirects the replies):
 		// pings notice within seconds, and the channel reconnects.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: agentspec.KeepaliveTime, Timeout: agentspec.KeepaliveTimeout, PermitWithoutStream: true}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w", addr, err)

@@ -43,6 +43,10 @@ type Provider struct {
 var _ machine.Provider = (*Provider)(nil)
 var _ machine.Stopper = (*Provider)(nil)
 
+// DefaultImage is the image a VM is launched from when its spec names none
+// (and hostctl's default for vms[].image and the k3s nodes).
+const DefaultImage = "22.04"
+
 var (
 	// ErrDaemonDown reports that multipassd does not answer.
 	ErrDaemonDown = errors.New("the multipass daemon is not running")
@@ -321,7 +325,7 @@ func (p *Provider) up(ctx context.Context, s machine.Spec, deadline time.Time) (
 }
 
 func (p *Provider) launch(ctx context.Context, s machine.Spec) error {
-	args := []string{"launch", orDefault(s.Image, "22.04"), "--name", s.Name}
+	args := []string{"launch", orDefault(s.Image, DefaultImage), "--name", s.Name}
 	if s.CPUs > 0 {
 		args = append(args, "--cpus", strconv.Itoa(s.CPUs))
 	}
@@ -331,7 +335,7 @@ func (p *Provider) launch(ctx context.Context, s machine.Spec) error {
 	if s.Disk != "" {
 		args = append(args, "--disk", s.Disk)
 	}
-	p.progress("%s: launching %s (the first launch downloads the image)", s.Name, orDefault(s.Image, "22.04"))
+	p.progress("%s: launching %s (the first launch downloads the image)", s.Name, orDefault(s.Image, DefaultImage))
 	_, err := p.cli(ctx, s.Name, args...)
 	return err
 }

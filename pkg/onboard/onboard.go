@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
@@ -35,7 +36,7 @@ type Report struct {
 }
 
 // TokenPath is where the sidecar reads its istio-ca token.
-const TokenPath = "/var/run/secrets/tokens/istio-token"
+const TokenPath = agentspec.TokenPath
 
 // Onboard runs the postinst, delivers what differs, and starts the sidecar,
 // restarting it when something it reads only at start changed (a file, the

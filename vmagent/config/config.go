@@ -14,13 +14,15 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshvm/meshvm/pkg/agentspec"
 )
 
 // DefaultPath is where the packaged unit points --config.
 const DefaultPath = "/etc/meshvm/vmagent.yaml"
 
 // DefaultPort is the agent's fixed default port.
-const DefaultPort = 7443
+const DefaultPort = agentspec.Port
 
 // Config is version 1 of vmagent.yaml.
 type Config struct {

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/vmagent/config"
 )
@@ -56,8 +57,8 @@ func Options(log *slog.Logger, tlsCfg *tls.Config, limits config.Limits) []grpc.
 		grpc.MaxConcurrentStreams(limits.StreamsPerConnection),
 		grpc.MaxRecvMsgSize(maxMessage),
 		// Callers ping to notice connections the sidecar's capture rules cut;
-		// more often than every 5 s closes the connection.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// more often than KeepaliveMinTime closes the connection.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: agentspec.KeepaliveMinTime, PermitWithoutStream: true}),
 		// The agent pings quiet callers too, so a vanished one releases its
 		// streams within 40 s, and closes connections idle for ConnectionIdle.
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: time.Duration(limits.ConnectionIdleTimeout), Time: 30 * time.Second, Timeout: 10 * time.Second}),

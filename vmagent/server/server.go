@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/dnscheck"
@@ -141,7 +142,7 @@ func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*a
 	return resp, nil
 }
 
-const tokenPath = "/var/run/secrets/tokens/istio-token"
+const tokenPath = agentspec.TokenPath
 
 func (s *Server) Install(ctx context.Context, req *agentv1.InstallRequest) (*agentv1.InstallResponse, error) {
 	hosts, err := hostsEntries(req.GetHostsEntries())
