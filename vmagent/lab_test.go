@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -154,29 +153,23 @@ func TestAgentInSystemdVM(t *testing.T) {
 	if !strings.Contains(err.Error(), "hostctl vm logs") {
 		t.Errorf("got %v, want a start failure pointing at hostctl vm logs", err)
 	}
-	logs, err := c.API().SidecarLogs(ctx, &agentv1.SidecarLogsRequest{Source: agentv1.LogSource_LOG_SOURCE_JOURNAL, TailLines: 50})
-	must(t, err)
 	var journal strings.Builder
-	for {
-		msg, err := logs.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		must(t, err)
-		for _, l := range msg.GetLines() {
+	must(t, c.SidecarLogs(ctx, &agentv1.SidecarLogsRequest{Source: agentv1.LogSource_LOG_SOURCE_JOURNAL, TailLines: 50}, func(lines []*agentv1.LogLine) error {
+		for _, l := range lines {
 			journal.WriteString(l.GetText() + "\n")
 		}
-	}
+		return nil
+	}))
 	if !strings.Contains(journal.String(), "cluster.env has no root-only copy at /var/lib/meshvm/secrets/cluster.env: run hostctl vm onboard") {
 		t.Errorf("journal of istio.service lacks prepare's error:\n%s", journal.String())
 	}
 
-	r, err := c.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: "vm1", Via: agentv1.DNSVia_DNS_VIA_SYSTEM})
+	r, err := c.ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: "vm1", Via: agentv1.DNSVia_DNS_VIA_SYSTEM})
 	must(t, err)
 	if len(r.GetAddresses()) == 0 || r.GetAddresses()[0] != vmIP.String() || r.GetServer() != "/etc/hosts" {
 		t.Errorf("resolve vm1: got %+v, want %s from /etc/hosts", r, vmIP)
 	}
-	nw, err := c.API().CheckNetwork(ctx, &agentv1.CheckNetworkRequest{})
+	nw, err := c.CheckNetwork(ctx)
 	must(t, err)
 	if nw.GetSidecarAddress() != vmIP.String() {
 		t.Errorf("sidecar address: got %q (%s), want %s", nw.GetSidecarAddress(), nw.GetSidecarAddressSource(), vmIP)

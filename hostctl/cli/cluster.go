@@ -104,22 +104,29 @@ type component struct {
 	Detail string `json:"detail,omitempty"`
 }
 
+// processes are the lab cluster's control-plane processes.
+func (s *labSite) processes() []component {
+	var out []component
+	dir := s.state.Path("lab", "cluster")
+	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+		if pid, ok := procs.Dir(dir).Running(name); ok {
+			out = append(out, component{name, "running", fmt.Sprintf("pid %d", pid)})
+		} else {
+			out = append(out, component{name, "stopped", "run hostctl cluster up"})
+		}
+	}
+	return out
+}
+
+// processes: a cluster of yours (or k3s) runs its own.
+func (s *clusterSite) processes() []component { return nil }
+
 func (c *clusterCmd) status(cmd *cobra.Command, _ []string) error {
-	_, state, s, err := c.open(cmd)
+	_, _, s, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
-	var out []component
-	if _, lab := s.(*labSite); lab {
-		dir := state.Path("lab", "cluster")
-		for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-			if pid, ok := procs.Dir(dir).Running(name); ok {
-				out = append(out, component{name, "running", fmt.Sprintf("pid %d", pid)})
-			} else {
-				out = append(out, component{name, "stopped", "run hostctl cluster up"})
-			}
-		}
-	}
+	out := s.processes()
 	api := component{"API", "unreachable", "run hostctl cluster up"}
 	if clients, err := kubeClients(s.kubeconfig()); err == nil {
 		if v, err := clients.Kube.Discovery().ServerVersion(); err == nil {

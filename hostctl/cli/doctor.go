@@ -15,9 +15,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credcheck"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
@@ -121,121 +123,198 @@ func clusterChecks(ctx context.Context, s site, clients workload.Clients) []find
 
 // sidecarDigests is the sidecar build of an Istio version for arch, by
 // digest of each file on the VM.
-func sidecarDigests(ctx context.Context, s site, arch, version string) map[string]string {
+func sidecarDigests(ctx context.Context, s site, arch, version string) (map[string]string, error) {
 	side, err := s.sidecar(ctx, arch, version)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	out := map[string]string{}
 	for path, local := range map[string]string{"/usr/local/bin/pilot-agent": side.PilotAgent, "/usr/local/bin/envoy": side.Envoy} {
-		f, err := os.Open(local)
+		sum, err := fileDigest(local)
 		if err != nil {
-			return nil
+			return nil, err
 		}
-		h := sha256.New()
-		io.Copy(h, f)
-		f.Close()
-		out[path] = hex.EncodeToString(h.Sum(nil))
+		out[path] = sum
 	}
-	return out
+	return out, nil
 }
 
+func fileDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// vmDoctor is what the checks of one VM share: the machine and, once it
+// answers, its agent and what it reported.
+type vmDoctor struct {
+	cfg           config.Config
+	state         *statedir.Dir
+	s             site
+	name          string
+	bindings      map[string]string
+	bindingsKnown bool
+
+	m      machine.Machine
+	c      *agentclient.Client
+	ov     agentclient.Overview
+	istiod string // where the VM should reach istiod; "" when unknown
+	// rev is the VM's revision, istiodName the istiod name it resolves.
+	rev, istiodName string
+	out    []finding
+}
+
+func (d *vmDoctor) add(check, result, detail, fix string) {
+	d.out = append(d.out, finding{d.name, check, result, detail, fix})
+}
+
+// vmChecks runs the checks of one VM in order. The first ones need each
+// other (a machine, then its address, then its agent): one that fails ends
+// the list; the rest read what the agent reported and all run.
 func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string, bindings map[string]string, bindingsKnown bool) []finding {
-	var out []finding
-	add := func(check, result, detail, fix string) { out = append(out, finding{name, check, result, detail, fix}) }
-	m, err := s.machines().Info(ctx, name)
-	if err != nil || m.State != "Running" {
-		add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+name+")")
-		return out
+	d := &vmDoctor{cfg: cfg, state: state, s: s, name: name, bindings: bindings, bindingsKnown: bindingsKnown}
+	for _, reach := range []func(context.Context) bool{d.machine, d.address, d.agent} {
+		if !reach(ctx) {
+			return d.out
+		}
 	}
-	addr := m.Address()
+	defer d.c.Close()
+	for _, check := range []func(context.Context){d.agentVersion, d.istiodDNS, d.credentials, d.iptables, d.proxyVersion} {
+		check(ctx)
+	}
+	return d.out
+}
+
+func (d *vmDoctor) machine(ctx context.Context) bool {
+	m, err := d.s.machines().Info(ctx, d.name)
+	if err != nil || !m.Running() {
+		d.add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+d.name+")")
+		return false
+	}
+	d.m = m
+	return true
+}
+
+func (d *vmDoctor) address(ctx context.Context) bool {
+	addr := d.m.Address()
 	if addr == "" {
-		add("address", "fail", "running but reports no address", "check the machine's network (multipass info "+name+"), then run hostctl up")
-		return out
+		d.add("address", "fail", "running but reports no address", "check the machine's network (multipass info "+d.name+"), then run hostctl up")
+		return false
 	}
-	if prev := onboardedAddress(state, name); prev != "" && prev != addr {
-		add("address", "warn", fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr),
+	if prev := onboardedAddress(d.state, d.name); prev != "" && prev != addr {
+		d.add("address", "warn", fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr),
 			"run hostctl up: new certificate and hosts block, and the stale WorkloadEntry is deleted")
 	} else {
-		add("address", "ok", addr, "")
+		d.add("address", "ok", addr, "")
 	}
-	if hosts, err := state.ReadFile(filepath.Join("vms", name, "files", "hosts")); err != nil || len(strings.TrimSpace(string(hosts))) == 0 {
-		add("hosts file", "fail", "the generated hosts file is empty or missing (without it the VM cannot resolve istiod)", "run hostctl vm onboard "+name)
+	if hosts, err := d.state.ReadFile(filepath.Join("vms", d.name, "files", "hosts")); err != nil || len(strings.TrimSpace(string(hosts))) == 0 {
+		d.add("hosts file", "fail", "the generated hosts file is empty or missing (without it the VM cannot resolve istiod)", "run hostctl vm onboard "+d.name)
 	}
-	c, err := onboard.Dial(state, addr)
-	if err != nil {
-		add("agent", "fail", err.Error(), "run hostctl up to reinstall the agent")
-		return out
-	}
-	defer c.Close()
-	hostIP, _ := s.istiodAddress(ctx, name)
-	rev := vmRevision(state, name, s.revision(ctx))
-	istiodName := workloadfiles.IstiodHost(istioinstall.Namespace, rev)
-	ov := c.Overview(ctx, istiodName, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
-	if ov.StatusErr != nil {
-		add("agent", "fail", ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
-		return out
-	}
-	if v := ov.Status.GetVersion(); v != buildinfo.String() {
-		add("agent", "warn", fmt.Sprintf("vmagent %s, hostctl %s: the agent may lack what this hostctl asks for", v, buildinfo.String()),
-			"run hostctl up (it updates the agent; nothing else changes)")
-	} else {
-		add("agent", "ok", "vmagent "+v, "")
-	}
-	switch r := ov.DNS; {
-	case r == nil || r.GetError() != "":
-		add("istiod DNS", "fail", istiodName+" does not resolve on the VM", "run hostctl vm onboard "+name+" (it writes the hosts block)")
-	case len(r.GetAddresses()) == 0 || r.GetAddresses()[0] != hostIP:
-		add("istiod DNS", "fail", fmt.Sprintf("resolves to %s, want %s", strings.Join(r.GetAddresses(), ","), hostIP), "run hostctl vm onboard "+name)
-	default:
-		add("istiod DNS", "ok", istiodName+" -> "+hostIP, "")
-	}
-	out = append(out, credentialFinding(credentialFacts(cfg, name, ov.Status, bindings, bindingsKnown, time.Now())))
-	if n, err := c.API().CheckNetwork(ctx, &agentv1.CheckNetworkRequest{}); err == nil {
-		usable := false
-		for _, b := range n.GetFirewallBackends() {
-			usable = usable || b.GetAvailable()
-		}
-		if usable {
-			add("iptables", "ok", "a backend for the capture rules is available", "")
-		} else {
-			add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
-		}
-	}
-	out = append(out, proxyFindings(ctx, state, s, name, rev, m.Arch, ov.Status.GetFiles())...)
-	return out
+	return true
 }
 
-// proxyFindings judge the VM's proxy: the version it was given against the
+func (d *vmDoctor) agent(ctx context.Context) bool {
+	c, err := onboard.Dial(d.state, d.m.Address())
+	if err != nil {
+		d.add("agent", "fail", err.Error(), "run hostctl up to reinstall the agent")
+		return false
+	}
+	d.rev = vmRevision(d.state, d.name, d.s.revision(ctx))
+	d.istiodName = workloadfiles.IstiodHost(istioinstall.Namespace, d.rev)
+	d.ov = c.Overview(ctx, d.istiodName, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(d.cfg.Workload.Probe.Port), Path: d.cfg.Workload.Probe.Path})
+	if d.ov.StatusErr != nil {
+		c.Close()
+		d.add("agent", "fail", d.ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
+		return false
+	}
+	d.c = c
+	return true
+}
+
+func (d *vmDoctor) agentVersion(context.Context) {
+	if v := d.ov.Status.GetVersion(); v != buildinfo.String() {
+		d.add("agent", "warn", fmt.Sprintf("vmagent %s, hostctl %s: the agent may lack what this hostctl asks for", v, buildinfo.String()),
+			"run hostctl up (it updates the agent; nothing else changes)")
+	} else {
+		d.add("agent", "ok", "vmagent "+v, "")
+	}
+}
+
+func (d *vmDoctor) istiodDNS(ctx context.Context) {
+	want, err := d.s.istiodAddress(ctx, d.name)
+	if err != nil {
+		d.add("istiod DNS", "fail", "where the VM should reach istiod is unknown: "+err.Error(), "run hostctl up")
+		return
+	}
+	switch r := d.ov.DNS; {
+	case d.ov.DNSErr != nil:
+		d.add("istiod DNS", "fail", "the agent did not resolve "+d.istiodName+": "+d.ov.DNSErr.Error(), "run hostctl up (it updates the agent)")
+	case r.GetError() != "":
+		d.add("istiod DNS", "fail", d.istiodName+" does not resolve on the VM: "+r.GetError(), "run hostctl vm onboard "+d.name+" (it writes the hosts block)")
+	case len(r.GetAddresses()) == 0 || r.GetAddresses()[0] != want:
+		d.add("istiod DNS", "fail", fmt.Sprintf("resolves to %s, want %s", strings.Join(r.GetAddresses(), ","), want), "run hostctl vm onboard "+d.name)
+	default:
+		d.add("istiod DNS", "ok", d.istiodName+" -> "+want, "")
+	}
+}
+
+func (d *vmDoctor) credentials(context.Context) {
+	d.out = append(d.out, credentialFinding(credentialFacts(d.cfg, d.name, d.ov.Status, d.bindings, d.bindingsKnown, time.Now())))
+}
+
+func (d *vmDoctor) iptables(ctx context.Context) {
+	n, err := d.c.CheckNetwork(ctx)
+	if err != nil {
+		d.add("iptables", "warn", "the agent did not check the network: "+err.Error(), "run hostctl up (it updates the agent), or see journalctl -u vmagent on the VM")
+		return
+	}
+	for _, b := range n.GetFirewallBackends() {
+		if b.GetAvailable() {
+			d.add("iptables", "ok", "a backend for the capture rules is available", "")
+			return
+		}
+	}
+	d.add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
+}
+
+// proxyVersion judges the VM's proxy: the version it was given against the
 // one its revision's running istiod reports (Istio's skew policy), and its
 // binaries against that version's build.
-func proxyFindings(ctx context.Context, state *statedir.Dir, s site, name, rev, arch string, files []*agentv1.FileStat) []finding {
-	istiod, from, err := s.istiodVersion(ctx, rev)
+func (d *vmDoctor) proxyVersion(ctx context.Context) {
+	istiod, from, err := d.s.istiodVersion(ctx, d.rev)
 	if err != nil {
-		return []finding{{name, "proxy version", "fail", fmt.Sprintf("revision %s: %v", revisionName(rev), err), "run hostctl up"}}
+		d.add("proxy version", "fail", fmt.Sprintf("revision %s: %v", revisionName(d.rev), err), "run hostctl up")
+		return
 	}
 	proxy := istiod
-	var out []finding
-	if j, ok := joinedOf(state, name); ok && j.Istio != "" {
+	if j, ok := joinedOf(d.state, d.name); ok && j.Istio != "" {
 		proxy = j.Istio
 		ok, detail := istioinstall.Skew(proxy, istiod)
-		f := finding{name, "version skew", "ok", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(rev), detail, from), ""}
-		if !ok {
-			f.Result, f.Fix = "fail", "run hostctl vm onboard "+name+" (it delivers istiod's version)"
+		if ok {
+			d.add("version skew", "ok", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from), "")
+		} else {
+			d.add("version skew", "fail", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from),
+				"run hostctl vm onboard "+d.name+" (it delivers istiod's version)")
 		}
-		out = append(out, f)
 	}
-	side := sidecarDigests(ctx, s, arch, proxy)
-	switch differ := proxySkew(side, files); {
-	case side == nil:
-		out = append(out, finding{name, "proxy version", "warn", "the Istio " + proxy + " sidecar build to compare with is not available here", "run hostctl up"})
-	case differ != "":
-		out = append(out, finding{name, "proxy version", "fail", differ + " differs from the Istio " + proxy + " build hostctl delivered",
-			"run hostctl vm onboard " + name + " (it sends the matching binaries)"})
-	default:
-		out = append(out, finding{name, "proxy version", "ok", "the sidecar is the Istio " + proxy + " build", ""})
+	side, err := sidecarDigests(ctx, d.s, d.m.Arch, proxy)
+	if err != nil {
+		d.add("proxy version", "warn", "the Istio "+proxy+" sidecar build to compare with is not available here: "+err.Error(), "run hostctl up")
+		return
 	}
-	return out
+	if differ := proxySkew(side, d.ov.Status.GetFiles()); differ != "" {
+		d.add("proxy version", "fail", differ+" differs from the Istio "+proxy+" build hostctl delivered",
+			"run hostctl vm onboard "+d.name+" (it sends the matching binaries)")
+		return
+	}
+	d.add("proxy version", "ok", "the sidecar is the Istio "+proxy+" build", "")
 }
 
 // credentialFinding is the credential verdict as a doctor finding: a

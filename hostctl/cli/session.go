@@ -134,7 +134,7 @@ func (r *session) provision(ctx context.Context, name string) (machine.Machine, 
 	if err != nil {
 		return m, nil, err
 	}
-	r.p.step("machine", name, "%s at %s", strings.ToLower(m.State), m.Address())
+	r.p.step("machine", name, "%s at %s", m.State.Lower(), m.Address())
 	if err := r.convergeApp(ctx, vm); err != nil {
 		return m, nil, err
 	}
@@ -161,8 +161,8 @@ func (r *session) running(ctx context.Context, name string) (machine.Machine, *a
 	if err != nil {
 		return m, nil, err
 	}
-	if m.State != "Running" {
-		return m, nil, fmt.Errorf("VM %s is %s: run hostctl vm start %s", name, strings.ToLower(m.State), name)
+	if !m.Running() {
+		return m, nil, fmt.Errorf("VM %s is %s: run hostctl vm start %s", name, m.State.Lower(), name)
 	}
 	c, err := onboard.Connect(ctx, r.state, m)
 	return m, c, err

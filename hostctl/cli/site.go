@@ -62,6 +62,9 @@ type site interface {
 	downCluster(ctx context.Context, p *progress, vmsGone bool) error
 	// trafficUncheckable says why mesh traffic cannot be checked here, if it cannot.
 	trafficUncheckable() string
+	// processes are the cluster's processes hostctl runs itself, for
+	// cluster status (cluster.go); none when the cluster is not hostctl's lab.
+	processes() []component
 }
 
 // open loads the config and the site it names, starting nothing.
@@ -83,7 +86,7 @@ func (g *globals) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, 
 		if v != "" && v != istioinstall.EmbeddedVersion {
 			return cfg, nil, nil, fmt.Errorf("istio.version %s: the lab builds istiod and pilot-agent %s from source and no other version: leave istio.version empty", v, istioinstall.EmbeddedVersion)
 		}
-		return cfg, state, newLabSite(cfg, state, ms.(*labmachine.Provider)), nil
+		return cfg, state, newLabSite(cfg, state, labMachines(state)), nil
 	}
 	cs := &clusterSite{cfg: cfg, state: state, ms: ms, kc: cfg.Cluster.Kubeconfig, version: istioinstall.EmbeddedVersion}
 	if v != "" && v != istioinstall.EmbeddedVersion {
@@ -123,7 +126,7 @@ func labPossible(cfg config.Config, unsupported error) error {
 func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machine.Provider {
 	switch cfg.MachineProvider() {
 	case config.Lab:
-		return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
+		return labMachines(state)
 	case config.SSH:
 		hosts := map[string]sshmachine.Host{}
 		for _, vm := range cfg.VMs {
@@ -132,6 +135,11 @@ func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machi
 		return sshmachine.New(hosts, state.Path("known_hosts"))
 	}
 	return multipassProvider(stderr)
+}
+
+// labMachines is the lab's machine provider, its VMs under the state dir.
+func labMachines(state *statedir.Dir) *labmachine.Provider {
+	return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), cacheDir())
 }
 
 // multipassProvider says on stderr what a launch waits for (an instance

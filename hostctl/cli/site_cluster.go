@@ -156,7 +156,7 @@ func (s *clusterSite) clients() (workload.Clients, error) {
 func (s *clusterSite) k3sConfig(p *progress) k3s.Config {
 	cl := s.cfg.Cluster
 	spec := func(name string) machine.Spec {
-		return machine.Spec{Name: name, Image: "22.04", CPUs: cl.Machine.CPUs, Memory: cl.Machine.Memory, Disk: cl.Machine.Disk}
+		return machine.Spec{Name: name, CPUs: cl.Machine.CPUs, Memory: cl.Machine.Memory, Disk: cl.Machine.Disk}
 	}
 	c := k3s.Config{Provider: s.k3s, Version: cl.K3sVersion, Server: spec("k3s-server"),
 		Progress: func(f string, a ...any) { p.step(p.steps[0], "", f, a...) }}

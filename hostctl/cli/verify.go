@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -9,6 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/meshcall"
 	"github.com/meshvm/meshvm/pkg/onboard"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
@@ -45,7 +48,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 	defer cancel()
-	istiod := workloadfiles.IstiodHost("istio-system", "")
+	siteRev := s.revision(ctx)
 	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
 	noTraffic := s.trafficUncheckable()
 	var out []verdict
@@ -58,7 +61,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	for _, vm := range cfg.VMs {
 		m, err := s.machines().Info(ctx, vm.Name)
-		if err != nil || m.State != "Running" || m.Address() == "" {
+		if err != nil || !m.Running() || m.Address() == "" {
 			add(verdict{vm.Name, "VM running", "FAIL", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", vm.Name)})
 			continue
 		}
@@ -72,7 +75,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 			add(verdict{vm.Name, "agent", "FAIL", err.Error()})
 			continue
 		}
-		add(resolves(ctx, ac, vm.Name, istiod, want))
+		add(resolves(ctx, ac, vm.Name, workloadfiles.IstiodHost(istioinstall.Namespace, vmRevision(state, vm.Name, siteRev)), want))
 		fromVM := verdict{vm.Name, "VM -> " + meshSample, "skipped", "not checked: " + noTraffic}
 		if noTraffic == "" {
 			fromVM = callFromVM(ctx, ac, vm.Name)
@@ -112,7 +115,7 @@ const meshSample = "helloworld.sample:5000/hello"
 // resolves checks that name resolves on the VM to want.
 func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string) verdict {
 	v := verdict{vm, "istiod resolves on the VM", "FAIL", ""}
-	r, err := ac.API().ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
+	r, err := ac.ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
 	switch {
 	case err != nil:
 		v.Detail = err.Error()
@@ -129,10 +132,12 @@ func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string
 // callFromVM has the VM's agent call the mesh sample through the sidecar.
 func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) verdict {
 	v := verdict{vm, "VM -> " + meshSample, "FAIL", ""}
-	r, err := ac.API().CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
+	r, err := ac.CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
 	switch {
+	case errors.Is(err, agenterr.Unimplemented):
+		v.Detail = err.Error() + ": the agent is older than this hostctl: run hostctl up"
 	case err != nil:
-		v.Detail = err.Error() + " (an agent older than this hostctl lacks CallService: run hostctl up)"
+		v.Detail = err.Error()
 	case !r.GetOk():
 		v.Detail = r.GetError() + ": is Istio's helloworld sample deployed in namespace sample, with injection on?"
 	default:

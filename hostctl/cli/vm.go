@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -285,58 +284,98 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	lab := s.machines()
-	name, w := args[0], cmd.ErrOrStderr()
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	r := &vmRun{site: s}
-	clients := r.kube
+	rm := &vmRemoval{vmRun: &vmRun{cfg: cfg, state: state, site: s, ctx: ctx}, name: args[0], w: cmd.ErrOrStderr(), configPath: c.g.configPath}
 	var errs []error
-	m, err := lab.Info(ctx, name)
+	m, err := s.machines().Info(ctx, rm.name)
 	switch {
 	case errors.Is(err, machine.ErrNotFound):
-		fmt.Fprintf(w, "vm rm: no machine %s\n", name)
+		fmt.Fprintf(rm.w, "vm rm: no machine %s\n", rm.name)
 	case err != nil:
 		return err
 	default:
-		how, err := removeVM(ctx, cfg, state, s, name)
-		if err != nil {
+		if err := rm.machine(); err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "vm rm: machine %s %s\n", name, how)
-		// istiod would drop the entry after its grace period; do not leave it to chance.
-		addr := entryAddress(state, m)
-		if clients, err := clients(); err != nil {
-			errs = append(errs, err)
-		} else if addr == "" {
-			fmt.Fprintf(w, "vm rm: %s has no address and was never onboarded: no WorkloadEntry to delete\n", name)
-		} else if gone, err := workload.DeleteEntry(ctx, clients, workloadSpec(cfg), addr); err != nil {
-			errs = append(errs, fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err))
-		} else if gone != "" {
-			fmt.Fprintf(w, "vm rm: WorkloadEntry %s deleted\n", gone)
-		}
+		errs = append(errs, rm.entry(m))
 	}
 	// The token goes with the VM even when the machine is already gone.
-	if clients, err := clients(); err == nil {
-		if how, err := workload.Revoke(ctx, clients.Kube, cfg.Workload.Namespace, name); err != nil {
-			errs = append(errs, err)
-		} else if how == "deleted" {
-			fmt.Fprintf(w, "vm rm: token revoked (Secret %s/%s deleted)\n", cfg.Workload.Namespace, workload.CredentialName(name))
-		}
+	errs = append(errs, rm.token(), os.RemoveAll(state.Path("vms", rm.name)), rm.unlist())
+	return errors.Join(errs...)
+}
+
+// vmRemoval is vm rm of one VM, step by step: the machine, its
+// WorkloadEntry, its token, its files, its line in the config.
+type vmRemoval struct {
+	*vmRun
+	name       string
+	w          io.Writer
+	configPath string
+}
+
+func (rm *vmRemoval) machine() error {
+	how, err := removeVM(rm.ctx, rm.cfg, rm.state, rm.site, rm.name)
+	if err != nil {
+		return err
 	}
-	if err := os.RemoveAll(state.Path("vms", name)); err != nil {
-		errs = append(errs, err)
+	fmt.Fprintf(rm.w, "vm rm: machine %s %s\n", rm.name, how)
+	return nil
+}
+
+// entry deletes the VM's WorkloadEntry: istiod would drop it after its
+// grace period; do not leave it to chance.
+func (rm *vmRemoval) entry(m machine.Machine) error {
+	clients, err := rm.kube()
+	if err != nil {
+		return err
 	}
-	removed, err := config.RemoveVM(c.g.configPath, name)
+	addr := entryAddress(rm.state, m)
+	if addr == "" {
+		fmt.Fprintf(rm.w, "vm rm: %s has no address and was never onboarded: no WorkloadEntry to delete\n", rm.name)
+		return nil
+	}
+	gone, err := workload.DeleteEntry(rm.ctx, clients, workloadSpec(rm.cfg), addr)
+	if err != nil {
+		return fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err)
+	}
+	if gone != "" {
+		fmt.Fprintf(rm.w, "vm rm: WorkloadEntry %s deleted\n", gone)
+	}
+	return nil
+}
+
+// token revokes the VM's token. Without a cluster it says so and goes on,
+// as before: the machine and its files go anyway.
+func (rm *vmRemoval) token() error {
+	clients, err := rm.kube()
+	if err != nil {
+		fmt.Fprintf(rm.w, "vm rm: token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers\n", rm.name, err, rm.name)
+		return nil
+	}
+	ns := rm.cfg.Workload.Namespace
+	how, err := workload.Revoke(rm.ctx, clients.Kube, ns, rm.name)
+	if err != nil {
+		return err
+	}
+	if how == "deleted" {
+		fmt.Fprintf(rm.w, "vm rm: token revoked (Secret %s/%s deleted)\n", ns, workload.CredentialName(rm.name))
+	}
+	return nil
+}
+
+// unlist takes the VM off the config file, unless it is the last one.
+func (rm *vmRemoval) unlist() error {
+	removed, err := config.RemoveVM(rm.configPath, rm.name)
 	switch {
 	case err != nil:
-		errs = append(errs, err)
+		return err
 	case removed:
-		fmt.Fprintf(w, "vm rm: %s taken off %s\n", name, c.g.configPath)
-	case len(cfg.VMs) == 1 && cfg.VMs[0].Name == name:
-		fmt.Fprintf(w, "vm rm: %s stays listed in %s (a config needs one VM): the next up creates it again\n", name, c.g.configPath)
+		fmt.Fprintf(rm.w, "vm rm: %s taken off %s\n", rm.name, rm.configPath)
+	case len(rm.cfg.VMs) == 1 && rm.cfg.VMs[0].Name == rm.name:
+		fmt.Fprintf(rm.w, "vm rm: %s stays listed in %s (a config needs one VM): the next up creates it again\n", rm.name, rm.configPath)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 type vmStopCmd struct{ vmCmd }
@@ -402,7 +441,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
 		}
 		var prev workload.Entry
-		if m.State != "Running" {
+		if !m.Running() {
 			// Booting: the entry must come from the new boot's proxy.
 			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), entryAddress(state, m)); err != nil {
 				return err
@@ -412,7 +451,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		if err != nil {
 			return err
 		}
-		p.step("machine", vm.Name, "%s at %s", strings.ToLower(m.State), m.Address())
+		p.step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
 		ac, err := onboard.Connect(ctx, state, m)
 		if err != nil {
 			return err
@@ -473,35 +512,35 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	m, err := s.machines().Info(ctx, args[0])
+	return printLogs(ctx, cmd.OutOrStdout(), state, s.machines(), args[0], &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
+}
+
+// printLogs prints the sidecar's log lines from VM name's agent to out.
+func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
+	m, err := machines.Info(ctx, name)
 	if err != nil {
 		return fmt.Errorf("%w: run hostctl up to create it", err)
 	}
-	if m.State != "Running" {
-		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, strings.ToLower(m.State), m.Name)
+	if !m.Running() {
+		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
 	}
 	ac, err := onboard.Dial(state, m.Address())
 	if err != nil {
 		return err
 	}
 	defer ac.Close()
-	stream, err := ac.API().SidecarLogs(ctx, &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
+	err = ac.SidecarLogs(ctx, req, func(lines []*agentv1.LogLine) error {
+		for _, l := range lines {
+			if _, err := fmt.Fprintln(out, l.GetText()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("%s: logs: %w", m.Name, err)
+		return fmt.Errorf("%s: %w", m.Name, err)
 	}
-	out := cmd.OutOrStdout()
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("%s: logs: %w", m.Name, err)
-		}
-		for _, l := range resp.GetLines() {
-			fmt.Fprintln(out, l.GetText())
-		}
-	}
+	return nil
 }
 
 type vmRenewCmd struct {
@@ -547,7 +586,7 @@ func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
 			return err
 		}
 		if !m.Running() {
-			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, strings.ToLower(m.State), vm.Name)
+			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, m.State.Lower(), vm.Name)
 		}
 		tok, err := workload.IssueToken(r.ctx, clients.Kube, spec, vm.Name, life)
 		if err != nil {

@@ -46,7 +46,9 @@ type VMStatus struct {
 	Healthy       string `json:"healthy,omitempty"`
 	HealthMessage string `json:"healthMessage,omitempty"`
 	Agent         string `json:"agent"`
-	Sidecar       string `json:"sidecar,omitempty"`
+	// AgentError is why the agent did not answer.
+	AgentError string `json:"agentError,omitempty"`
+	Sidecar    string `json:"sidecar,omitempty"`
 	// Disconnected is when istiod saw the VM's proxy go: a Healthy entry
 	// with it is stale.
 	Disconnected string `json:"disconnectedAt,omitempty"`
@@ -134,8 +136,8 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.Machine, s.Agent, s.Next = "absent", "-", "run hostctl up to create it"
 		return s
 	}
-	s.Machine, s.Address = strings.ToLower(m.State), m.Address()
-	if m.State != "Running" || s.Address == "" {
+	s.Machine, s.Address = m.State.Lower(), m.Address()
+	if !m.Running() || s.Address == "" {
 		s.Agent, s.Next = "-", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", name)
 		return s
 	}
@@ -154,7 +156,8 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 	ov := c.Overview(ctx, workloadfiles.IstiodHost(istioinstall.Namespace, rev),
 		&agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
 	if ov.StatusErr != nil {
-		s.Agent, s.Next = "unreachable", fmt.Sprintf("run hostctl up to reinstall the agent on %s", name)
+		s.Agent, s.AgentError = "unreachable", ov.StatusErr.Error()
+		s.Next = fmt.Sprintf("agent unreachable (%v): run hostctl up to reinstall the agent on %s", ov.StatusErr, name)
 		return s
 	}
 	st := ov.Status
@@ -165,17 +168,21 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.Sidecar = "error: " + sc.GetError()
 	}
 	s.credentials(credentialFacts(cfg, vm.Name, st, bindings, bindingsKnown, time.Now()))
-	if r := ov.DNS; r != nil {
+	switch r := ov.DNS; {
+	case ov.DNSErr != nil:
+		s.IstiodDNS = "error: " + ov.DNSErr.Error()
+	case r.GetError() != "":
+		s.IstiodDNS = "error: " + r.GetError()
+	default:
 		s.IstiodDNS = strings.Join(r.GetAddresses(), ",")
-		if r.GetError() != "" {
-			s.IstiodDNS = "error: " + r.GetError()
-		}
 	}
-	if p := ov.App; p != nil {
+	switch p := ov.App; {
+	case ov.AppErr != nil:
+		s.App = "error: " + ov.AppErr.Error()
+	case p.GetError() != "":
+		s.App = p.GetError()
+	default:
 		s.App = fmt.Sprintf("HTTP %d", p.GetStatusCode())
-		if p.GetError() != "" {
-			s.App = p.GetError()
-		}
 	}
 	s.OK, s.Next = judge(cfg, vm, s, sc.GetActiveState())
 	return s

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -209,7 +210,7 @@ func Default() Config {
 			TokenLifetime: Duration{30 * 24 * time.Hour},
 			App:           true,
 		},
-		VMs: []VM{{Name: "vm1", Image: "22.04", Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
+		VMs: []VM{{Name: "vm1", Image: multipass.DefaultImage, Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
 	}
 }
 
@@ -306,12 +307,13 @@ func (c Config) Validate() error {
 	if c.Version != 1 {
 		bad("version %d is not supported: this hostctl reads version 1", c.Version)
 	}
-	for field, v := range map[string]string{
-		"workload.namespace": c.Workload.Namespace, "workload.serviceAccount": c.Workload.ServiceAccount,
-		"workload.group": c.Workload.Group,
+	// A slice, not a map: the errors come in the same order every time.
+	for _, f := range []struct{ field, v string }{
+		{"workload.namespace", c.Workload.Namespace}, {"workload.serviceAccount", c.Workload.ServiceAccount},
+		{"workload.group", c.Workload.Group},
 	} {
-		if !dnsLabel.MatchString(v) {
-			bad("%s %q must be a DNS label (lower-case letters, digits and '-', at most 63)", field, v)
+		if !dnsLabel.MatchString(f.v) {
+			bad("%s %q must be a DNS label (lower-case letters, digits and '-', at most 63)", f.field, f.v)
 		}
 	}
 	switch c.Cluster.Provider {
@@ -322,6 +324,8 @@ func (c Config) Validate() error {
 		for i, n := range c.Cluster.Nodes {
 			if !dnsLabel.MatchString(n.Name) || n.Address == "" || n.User == "" {
 				bad("cluster.nodes[%d] %q: want a DNS-label name, an address and a user", i, n.Name)
+			} else if err := sshAddress(n.Address); err != nil {
+				bad("cluster.nodes[%d] (%s): %v", i, n.Name, err)
 			}
 		}
 	case Multipass, Lab:
@@ -391,12 +395,34 @@ func (c Config) Validate() error {
 		if machines == SSH {
 			if vm.Address == "" || vm.User == "" {
 				bad("vms[%d] (%s): ssh machines need address and user", i, vm.Name)
-			} else if _, err := netip.ParseAddr(strings.Split(vm.Address, ":")[0]); err != nil && !strings.Contains(vm.Address, ".") {
-				bad("vms[%d] (%s): address %q is neither an IP nor a host name", i, vm.Name, vm.Address)
+			} else if err := sshAddress(vm.Address); err != nil {
+				bad("vms[%d] (%s): %v", i, vm.Name, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hostName is a DNS name: labels of letters, digits and '-', dot-separated.
+var hostName = regexp.MustCompile(`^(?i)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$`)
+
+// sshAddress checks an SSH machine's address: an IP (v4 or v6) or a host
+// name, with or without a port ("[v6]:port" for IPv6 with one).
+func sshAddress(a string) error {
+	host := a
+	if h, port, err := net.SplitHostPort(a); err == nil {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("address %q: port %q is not 1-65535", a, port)
+		}
+		host = h
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if len(host) > 253 || !hostName.MatchString(host) {
+		return fmt.Errorf("address %q is neither an IP nor a host name: give host, host:port or [IPv6]:port", a)
+	}
+	return nil
 }
 
 // MachineProvider is where the VMs come from: machines, else what

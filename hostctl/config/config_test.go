@@ -159,3 +159,43 @@ func TestValidRevision(t *testing.T) {
 		}
 	}
 }
+
+// SSH addresses are parsed, not split on ':': IPv6, host names with or
+// without a dot, and ports are accepted; the rest named.
+func TestSSHAddresses(t *testing.T) {
+	for _, a := range []string{"10.0.0.7", "10.0.0.7:2222", "fd00::7", "[fd00::7]:22", "vmhost", "vm1.example.com", "vm1.example.com:22"} {
+		if err := sshAddress(a); err != nil {
+			t.Errorf("%s: %v", a, err)
+		}
+	}
+	for _, a := range []string{"vm_1", "10.0.0.7:0", "10.0.0.7:ssh", "[fd00::7]:99999", "-vm", "a b"} {
+		if err := sshAddress(a); err == nil {
+			t.Errorf("%s: accepted", a)
+		}
+	}
+	body := "version: 1\nmachines: ssh\nvms:\n- {name: v6, address: 'fd00::7', user: ubuntu}\n- {name: bare, address: vmhost, user: ubuntu}\n"
+	if _, err := Load(write(t, body), true, noEnv); err != nil {
+		t.Errorf("IPv6 and bare host names: %v", err)
+	}
+}
+
+// Every problem is named, in the same order on every run.
+func TestValidationErrorsInAStableOrder(t *testing.T) {
+	body := "version: 1\nworkload:\n  namespace: A\n  serviceAccount: B\n  group: C\n"
+	first := ""
+	for i := range 20 {
+		_, err := Load(write(t, body), true, noEnv)
+		if err == nil {
+			t.Fatal("no error")
+		}
+		if i == 0 {
+			first = err.Error()
+			if !(strings.Index(first, "workload.namespace") < strings.Index(first, "workload.serviceAccount") &&
+				strings.Index(first, "workload.serviceAccount") < strings.Index(first, "workload.group")) {
+				t.Fatalf("got %q, want namespace, serviceAccount, group in that order", first)
+			}
+		} else if err.Error() != first {
+			t.Fatalf("run %d: got %q, want %q", i, err, first)
+		}
+	}
+}

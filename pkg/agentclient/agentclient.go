@@ -14,13 +14,13 @@ import (
 	"io"
 	"os"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -48,7 +48,7 @@ func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
 		// When the sidecar starts, its capture rules can cut this connection
 		// mid-stream (conntrack picks it up as new and redirects the replies):
 		// pings notice within seconds, and the channel reconnects.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: agentspec.KeepaliveTime, Timeout: agentspec.KeepaliveTimeout, PermitWithoutStream: true}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w", addr, err)
@@ -59,7 +59,10 @@ func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
-// API exposes the raw service for calls this package does not wrap.
+// API is the raw service, whose errors are gRPC's and not agenterr's.
+//
+// Deprecated: use the typed methods, which map errors back to agenterr;
+// only bench/agentbench's hand-built PutFile streams still call it.
 func (c *Client) API() agentv1.AgentServiceClient { return c.api }
 
 // wrap maps a gRPC error back to its agenterr class and names the agent.
@@ -248,4 +251,60 @@ func (c *Client) Sidecar(ctx context.Context, action agentv1.SidecarAction) (*ag
 		return nil, c.wrap("sidecar", err)
 	}
 	return r.GetSidecar(), nil
+}
+
+// SidecarState reads the istio unit's state without changing it.
+func (c *Client) SidecarState(ctx context.Context) (*agentv1.SidecarState, error) {
+	r, err := c.api.GetSidecar(ctx, &agentv1.GetSidecarRequest{})
+	if err != nil {
+		return nil, c.wrap("sidecar state", err)
+	}
+	return r.GetSidecar(), nil
+}
+
+// SidecarLogs streams the sidecar's log lines to emit until the agent ends
+// the stream (at once unless req.Follow) or ctx is done; emit's error stops it.
+func (c *Client) SidecarLogs(ctx context.Context, req *agentv1.SidecarLogsRequest, emit func([]*agentv1.LogLine) error) error {
+	stream, err := c.api.SidecarLogs(ctx, req)
+	if err != nil {
+		return c.wrap("logs", err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return c.wrap("logs", err)
+		}
+		if err := emit(resp.GetLines()); err != nil {
+			return err
+		}
+	}
+}
+
+// ResolveDNS resolves req.Name on the VM; a name that does not resolve is
+// the response's Error, not the call's.
+func (c *Client) ResolveDNS(ctx context.Context, req *agentv1.ResolveDNSRequest) (*agentv1.ResolveDNSResponse, error) {
+	r, err := c.api.ResolveDNS(ctx, req)
+	return r, c.wrap("resolve "+req.GetName(), err)
+}
+
+// Probe checks a port on the VM's loopback; a port that does not answer is
+// the response's Error, not the call's.
+func (c *Client) Probe(ctx context.Context, req *agentv1.ProbeRequest) (*agentv1.ProbeResponse, error) {
+	r, err := c.api.Probe(ctx, req)
+	return r, c.wrap("probe", err)
+}
+
+// CallService has the agent call a mesh service through the sidecar.
+func (c *Client) CallService(ctx context.Context, req *agentv1.CallServiceRequest) (*agentv1.CallServiceResponse, error) {
+	r, err := c.api.CallService(ctx, req)
+	return r, c.wrap("call "+req.GetHost(), err)
+}
+
+// CheckNetwork reports the VM's interfaces, routes and firewall backends.
+func (c *Client) CheckNetwork(ctx context.Context) (*agentv1.CheckNetworkResponse, error) {
+	r, err := c.api.CheckNetwork(ctx, &agentv1.CheckNetworkRequest{})
+	return r, c.wrap("check network", err)
 }

@@ -109,72 +109,103 @@ func (r *Root) OpenDir(p string, opts DirOptions) (fd int, created []string, err
 	if err != nil {
 		return -1, nil, err
 	}
-	fd, err = r.openRoot()
-	if err != nil {
+	w := &dirWalk{r: r, p: p, opts: opts}
+	if w.fd, err = r.openRoot(); err != nil {
 		return -1, nil, err
 	}
-	links := 0
-	cur := []string{} // resolved machine path so far
 	for len(comps) > 0 {
 		c := comps[0]
 		comps = comps[1:]
 		if c == "" || c == "." {
 			continue
 		}
-		next, oerr := unix.Openat(fd, c, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if errors.Is(oerr, unix.ENOENT) && opts.Create {
-			if merr := unix.Mkdirat(fd, c, 0o700); merr != nil && !errors.Is(merr, unix.EEXIST) {
-				unix.Close(fd)
-				return -1, created, fmt.Errorf("create %s: %w", "/"+path.Join(append(cur, c)...), merr)
-			}
-			next, oerr = unix.Openat(fd, c, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if oerr == nil {
-				if err := setOwnerMode(next, opts.UID, opts.GID, opts.Mode); err != nil {
-					unix.Close(next)
-					unix.Close(fd)
-					return -1, created, fmt.Errorf("create %s: %w", "/"+path.Join(append(cur, c)...), err)
-				}
-				created = append(created, "/"+path.Join(append(cur, c)...))
+		next, link, err := w.open(c)
+		if err == nil && link {
+			if comps, err = w.follow(c, comps); err == nil {
+				continue
 			}
 		}
-		if errors.Is(oerr, unix.ELOOP) || errors.Is(oerr, unix.ENOTDIR) {
-			target, terr := trustedLink(fd, c)
-			if terr != nil {
-				unix.Close(fd)
-				return -1, created, fmt.Errorf("%s: %w: %s", p, ErrUnsafePath, terr)
-			}
-			if links++; links > maxLinks {
-				unix.Close(fd)
-				return -1, created, fmt.Errorf("%s: too many symlinks", p)
-			}
-			// cur holds no symlinks, so the target can be joined lexically;
-			// the walk then restarts from the root on the resolved path.
-			// Like a chroot, ".." at the root stays at the root.
-			base := "/" + path.Join(cur...)
-			if path.IsAbs(target) {
-				base = "/"
-			}
-			resolved := path.Join(append([]string{base, target}, comps...)...)
-			comps = strings.Split(strings.TrimPrefix(resolved, "/"), "/")
-			unix.Close(fd)
-			if fd, err = r.openRoot(); err != nil {
-				return -1, created, err
-			}
-			cur = cur[:0]
-			continue
+		if err != nil {
+			unix.Close(w.fd) // the one cleanup: w.fd is the only descriptor held
+			return -1, w.created, err
 		}
-		if oerr != nil {
-			unix.Close(fd)
-			if errors.Is(oerr, unix.ENOENT) {
-				return -1, created, fmt.Errorf("open %s: %w", "/"+path.Join(append(cur, c)...), fs.ErrNotExist)
-			}
-			return -1, created, fmt.Errorf("open %s: %w", "/"+path.Join(append(cur, c)...), oerr)
-		}
-		unix.Close(fd)
-		fd = next
-		cur = append(cur, c)
+		unix.Close(w.fd)
+		w.fd, w.cur = next, append(w.cur, c)
 	}
-	return fd, created, nil
+	return w.fd, w.created, nil
+}
+
+// dirWalk is OpenDir's walk: the directory it holds open and the machine
+// path to it, which contains no symlinks.
+type dirWalk struct {
+	r       *Root
+	p       string
+	opts    DirOptions
+	fd      int
+	cur     []string
+	links   int
+	created []string
+}
+
+func (w *dirWalk) here(c string) string { return "/" + path.Join(append(w.cur, c)...) }
+
+func openDirAt(dirfd int, name string) (int, error) {
+	return unix.Openat(dirfd, name, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+}
+
+// open opens directory c below the one held, creating it when asked; link
+// says c is a symlink (or not a directory) for follow to judge.
+func (w *dirWalk) open(c string) (next int, link bool, err error) {
+	next, err = openDirAt(w.fd, c)
+	if errors.Is(err, unix.ENOENT) && w.opts.Create {
+		if merr := unix.Mkdirat(w.fd, c, 0o700); merr != nil && !errors.Is(merr, unix.EEXIST) {
+			return -1, false, fmt.Errorf("create %s: %w", w.here(c), merr)
+		}
+		next, err = openDirAt(w.fd, c)
+		if err == nil {
+			if serr := setOwnerMode(next, w.opts.UID, w.opts.GID, w.opts.Mode); serr != nil {
+				unix.Close(next)
+				return -1, false, fmt.Errorf("create %s: %w", w.here(c), serr)
+			}
+			w.created = append(w.created, w.here(c))
+		}
+	}
+	switch {
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+		return -1, true, nil
+	case errors.Is(err, unix.ENOENT):
+		return -1, false, fmt.Errorf("open %s: %w", w.here(c), fs.ErrNotExist)
+	case err != nil:
+		return -1, false, fmt.Errorf("open %s: %w", w.here(c), err)
+	}
+	return next, false, nil
+}
+
+// follow resolves symlink c, when trusted, against the path walked so far
+// and returns the components still to walk, from the root again.
+func (w *dirWalk) follow(c string, rest []string) ([]string, error) {
+	target, err := trustedLink(w.fd, c)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", w.p, ErrUnsafePath, err)
+	}
+	if w.links++; w.links > maxLinks {
+		return nil, fmt.Errorf("%s: too many symlinks", w.p)
+	}
+	// cur holds no symlinks, so the target can be joined lexically; the walk
+	// then restarts from the root on the resolved path. Like a chroot, ".."
+	// at the root stays at the root.
+	base := "/" + path.Join(w.cur...)
+	if path.IsAbs(target) {
+		base = "/"
+	}
+	resolved := path.Join(append([]string{base, target}, rest...)...)
+	fd, err := w.r.openRoot()
+	if err != nil {
+		return nil, err
+	}
+	unix.Close(w.fd)
+	w.fd, w.cur = fd, w.cur[:0]
+	return strings.Split(strings.TrimPrefix(resolved, "/"), "/"), nil
 }
 
 // trustedLink returns the target of symlink name in dirfd if the link is

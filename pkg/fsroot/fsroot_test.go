@@ -289,3 +289,51 @@ func TestIsDirectoryAcceptsMacOSUnlinkError(t *testing.T) {
 		}
 	}
 }
+
+// Every way OpenDir fails closes the descriptor it held: a missing
+// directory, a file in the path, a link loop; a success returns the one
+// descriptor.
+func TestOpenDirHoldsNoDescriptorOnFailure(t *testing.T) {
+	r, dir := newRoot(t)
+	if err := os.WriteFile(filepath.Join(dir, "etc/file"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][2]string{{"a", "/etc/b"}, {"b", "/etc/a"}} {
+		if err := os.Symlink(l[1], filepath.Join(dir, "etc", l[0])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skipf("no /proc/self/fd: %v", err)
+		}
+		return len(ents)
+	}
+	before := open()
+	for _, tc := range []struct {
+		p    string
+		opts DirOptions
+		want error
+	}{
+		{"/var/lib/missing/deeper", DirOptions{}, fs.ErrNotExist},
+		{"/etc/file/below", DirOptions{Create: true, Mode: 0o755}, ErrUnsafePath},
+		{"/etc/a/x", DirOptions{}, nil},
+	} {
+		fd, _, err := r.OpenDir(tc.p, tc.opts)
+		if err == nil || fd != -1 || (tc.want != nil && !errors.Is(err, tc.want)) {
+			t.Errorf("%s: got fd %d, %v; want -1 and %v", tc.p, fd, err, tc.want)
+		}
+	}
+	if after := open(); after != before {
+		t.Errorf("%d descriptors open after the failures, %d before", after, before)
+	}
+	fd, created, err := r.OpenDir("/var/lib/istio/envoy/new", DirOptions{Create: true, Mode: 0o755})
+	if err != nil || len(created) != 1 || created[0] != "/var/lib/istio/envoy/new" {
+		t.Fatalf("got %d %v %v", fd, created, err)
+	}
+	CloseFD(fd)
+	if after := open(); after != before {
+		t.Errorf("%d descriptors open after a success closed, %d before", after, before)
+	}
+}

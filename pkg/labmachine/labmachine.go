@@ -205,12 +205,12 @@ func (p *Provider) Info(ctx context.Context, name string) (machine.Machine, erro
 	if err != nil {
 		return machine.Machine{}, err
 	}
-	m := machine.Machine{Name: name, State: string(machine.Stopped), Addresses: []string{spec.VMIP.String()}, Arch: runtime.GOARCH}
+	m := machine.Machine{Name: name, State: machine.Stopped, Addresses: []string{spec.VMIP.String()}, Arch: runtime.GOARCH}
 	switch vm, ok := labvm.Open(p.log, spec); {
 	case ok:
-		m.State = string(machine.Running)
+		m.State = machine.Running
 	case vm != nil:
-		m.State = string(machine.Starting)
+		m.State = machine.Starting
 	}
 	return m, nil
 }
@@ -311,7 +311,7 @@ func (p *Provider) Delete(ctx context.Context, name string) error {
 func (p *Provider) Renumber(ctx context.Context, name string) error {
 	if m, err := p.Info(ctx, name); err != nil {
 		return err
-	} else if m.State == "Running" {
+	} else if m.Running() {
 		return fmt.Errorf("lab VM %s is running: stop it before renumbering", name)
 	}
 	p.mu.Lock()

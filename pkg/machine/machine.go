@@ -31,7 +31,7 @@ type Spec struct {
 type Machine struct {
 	Name string `json:"name"`
 	// State is the provider's word: Running, Stopped, ...
-	State string `json:"state"`
+	State State `json:"state"`
 	// Addresses are IPv4/IPv6 addresses, the one to use first.
 	Addresses []string `json:"addresses"`
 	// Arch is the machine's GOARCH (amd64, arm64), for picking binaries.
@@ -65,8 +65,11 @@ func (s State) Transitional() bool {
 	return false
 }
 
+// Lower is the state as the CLI prints it: "running", "delayed shutdown".
+func (s State) Lower() string { return strings.ToLower(string(s)) }
+
 // Running reports whether the machine is up.
-func (m Machine) Running() bool { return State(m.State) == Running }
+func (m Machine) Running() bool { return m.State == Running }
 
 // Address is the address to reach the machine at, "" when it has none (a
 // stopped Multipass instance reports no IPv4 address).

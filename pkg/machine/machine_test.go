@@ -34,3 +34,22 @@ func TestDiffering(t *testing.T) {
 		t.Errorf("got %v, want only %s and %s", got, changed, missing)
 	}
 }
+
+// The state is typed: the CLI asks Running and prints Lower instead of
+// comparing and lowering strings.
+func TestState(t *testing.T) {
+	for _, tc := range []struct {
+		m       Machine
+		running bool
+		lower   string
+	}{
+		{Machine{State: Running}, true, "running"},
+		{Machine{State: Stopped}, false, "stopped"},
+		{Machine{State: DelayedShutdown}, false, "delayed shutdown"},
+		{Machine{}, false, ""},
+	} {
+		if tc.m.Running() != tc.running || tc.m.State.Lower() != tc.lower {
+			t.Errorf("%q: Running %v Lower %q", tc.m.State, tc.m.Running(), tc.m.State.Lower())
+		}
+	}
+}

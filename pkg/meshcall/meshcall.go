@@ -44,13 +44,14 @@ func Fetch(ctx context.Context, kc kubernetes.Interface, image, url string, time
 		},
 	}
 	// A new namespace gets its default service account from a controller,
-	// a moment later: until then the pod is refused.
+	// a moment later: until then the pod is refused as Forbidden. That
+	// refusal is told from others by the account's absence, not its text.
 	var p *corev1.Pod
 	var refused error
 	err := wait.PollUntilContextTimeout(ctx, time.Second, min(timeout, 30*time.Second), true, func(ctx context.Context) (bool, error) {
 		var err error
 		p, err = kc.CoreV1().Pods(Namespace).Create(ctx, pod, metav1.CreateOptions{})
-		if apierrors.IsForbidden(err) && strings.Contains(err.Error(), "serviceaccount") {
+		if apierrors.IsForbidden(err) && !defaultAccount(ctx, kc) {
 			refused = err
 			return false, nil
 		}
@@ -87,6 +88,13 @@ func ensureNamespace(ctx context.Context, kc kubernetes.Interface) error {
 		return fmt.Errorf("namespace %s: %w", Namespace, err)
 	}
 	return nil
+}
+
+// defaultAccount says whether the namespace's default service account
+// exists yet (an error reading it counts as yes: the refusal is then real).
+func defaultAccount(ctx context.Context, kc kubernetes.Interface) bool {
+	_, err := kc.CoreV1().ServiceAccounts(Namespace).Get(ctx, "default", metav1.GetOptions{})
+	return !apierrors.IsNotFound(err)
 }
 
 func podLogs(ctx context.Context, kc kubernetes.Interface, name string) (string, error) {

@@ -64,7 +64,7 @@ func TestIstiodOnLabCluster(t *testing.T) {
 	}
 	mesh, _ := istioinstall.MeshConfig(objs, "")
 	env, _ := istioinstall.IstiodEnv(objs, "")
-	cfg := Config{Dir: filepath.Join(dir, "istio"), Istiod: bins.Path("pilot-discovery"), Kubeconfig: labcluster.Kubeconfig(cl),
+	cfg := Config{Dir: filepath.Join(dir, "istio"), Istiod: bins.Path("pilot-discovery"), Gateway: bins.Path("lab-envoy"), Kubeconfig: labcluster.Kubeconfig(cl),
 		Mesh: mesh, Env: env, ClusterID: "test", Progress: os.Stderr}
 	if err := Up(ctx, cfg); err != nil {
 		t.Fatal(err)

@@ -43,6 +43,10 @@ type Provider struct {
 var _ machine.Provider = (*Provider)(nil)
 var _ machine.Stopper = (*Provider)(nil)
 
+// DefaultImage is the image a VM is launched from when its spec names none
+// (and hostctl's default for vms[].image and the k3s nodes).
+const DefaultImage = "22.04"
+
 var (
 	// ErrDaemonDown reports that multipassd does not answer.
 	ErrDaemonDown = errors.New("the multipass daemon is not running")
@@ -223,7 +227,7 @@ func (p *Provider) Info(ctx context.Context, name string) (machine.Machine, erro
 	if !ok {
 		return machine.Machine{}, fmt.Errorf("multipass info %s: %w", name, machine.ErrNotFound)
 	}
-	return machine.Machine{Name: name, State: ii.State, Addresses: addresses(ii.IPv4)}, nil
+	return machine.Machine{Name: name, State: machine.State(ii.State), Addresses: addresses(ii.IPv4)}, nil
 }
 
 // List reports every instance.
@@ -238,7 +242,7 @@ func (p *Provider) List(ctx context.Context) ([]machine.Machine, error) {
 	}
 	ms := make([]machine.Machine, 0, len(l.List))
 	for _, i := range l.List {
-		ms = append(ms, machine.Machine{Name: i.Name, State: i.State, Addresses: addresses(i.IPv4)})
+		ms = append(ms, machine.Machine{Name: i.Name, State: machine.State(i.State), Addresses: addresses(i.IPv4)})
 	}
 	return ms, nil
 }
@@ -282,7 +286,7 @@ func (p *Provider) up(ctx context.Context, s machine.Spec, deadline time.Time) (
 	launched, acted := false, false
 	for {
 		m, err := p.Info(ctx, s.Name)
-		state := machine.State(m.State)
+		state := m.State
 		mayAct := !acted // at most one start per look, so a state that stays put is waited for
 		acted = false
 		switch {
@@ -313,7 +317,7 @@ func (p *Provider) up(ctx context.Context, s machine.Spec, deadline time.Time) (
 		case state != machine.Running && !state.Transitional() && !startable(state):
 			return m, fmt.Errorf("multipass instance %s is in state %q, which hostctl does not know: check `multipass info %s`", s.Name, m.State, s.Name)
 		}
-		what := fmt.Sprintf("%s to run with an IPv4 address (it is %s)", s.Name, orDefault(m.State, "being prepared by another launch"))
+		what := fmt.Sprintf("%s to run with an IPv4 address (it is %s)", s.Name, orDefault(string(m.State), "being prepared by another launch"))
 		if err := p.wait(ctx, deadline, what); err != nil {
 			return m, err
 		}
@@ -321,7 +325,7 @@ func (p *Provider) up(ctx context.Context, s machine.Spec, deadline time.Time) (
 }
 
 func (p *Provider) launch(ctx context.Context, s machine.Spec) error {
-	args := []string{"launch", orDefault(s.Image, "22.04"), "--name", s.Name}
+	args := []string{"launch", orDefault(s.Image, DefaultImage), "--name", s.Name}
 	if s.CPUs > 0 {
 		args = append(args, "--cpus", strconv.Itoa(s.CPUs))
 	}
@@ -331,7 +335,7 @@ func (p *Provider) launch(ctx context.Context, s machine.Spec) error {
 	if s.Disk != "" {
 		args = append(args, "--disk", s.Disk)
 	}
-	p.progress("%s: launching %s (the first launch downloads the image)", s.Name, orDefault(s.Image, "22.04"))
+	p.progress("%s: launching %s (the first launch downloads the image)", s.Name, orDefault(s.Image, DefaultImage))
 	_, err := p.cli(ctx, s.Name, args...)
 	return err
 }

@@ -9,18 +9,20 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/meshvm/meshvm/packaging"
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-// AgentPort is where vmagent listens (packaging/vmagent.yaml).
-const AgentPort = "7443"
+// AgentPort is where vmagent listens, as net.JoinHostPort takes it.
+var AgentPort = strconv.Itoa(agentspec.Port)
 
 // unitPath is where hostctl installs vmagent's unit.
 const unitPath = "/etc/systemd/system/vmagent.service"

@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
@@ -35,7 +36,7 @@ type Report struct {
 }
 
 // TokenPath is where the sidecar reads its istio-ca token.
-const TokenPath = "/var/run/secrets/tokens/istio-token"
+const TokenPath = agentspec.TokenPath
 
 // Onboard runs the postinst, delivers what differs, and starts the sidecar,
 // restarting it when something it reads only at start changed (a file, the
@@ -113,13 +114,16 @@ func sidecar(ctx context.Context, c *agentclient.Client, action agentv1.SidecarA
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, gerr := c.API().GetSidecar(cctx, &agentv1.GetSidecarRequest{})
+		st, gerr := c.SidecarState(cctx)
 		cancel()
-		if gerr == nil && resp.GetSidecar().GetActiveState() == "active" {
-			return resp.GetSidecar(), nil
+		if gerr == nil && st.GetActiveState() == "active" {
+			return st, nil
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("%w; and the sidecar is not active after reconnecting (%v)", err, gerr)
+			if gerr == nil {
+				return nil, fmt.Errorf("%w; and the sidecar is %s/%s after reconnecting", err, st.GetActiveState(), st.GetSubState())
+			}
+			return nil, fmt.Errorf("%w; and its state is unknown after reconnecting (%v)", err, gerr)
 		}
 		select {
 		case <-ctx.Done():

@@ -331,51 +331,73 @@ func (m *Manager) file(ctx context.Context, rel string, tail int, follow bool, e
 	if err != nil {
 		return fmt.Errorf("read %s: %w", p, err)
 	}
-	f, err := root.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("read %s: no such file: the sidecar has not written this log; its output may be in the journal instead (log source journal)", p)
-	}
+	t, err := openTail(ctx, root, p, tail, &batcher{emit: emit})
 	if err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
+		return err
 	}
-	defer func() { f.Close() }()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
-	}
-	base := max(0, fi.Size()-maxBacklog)
-	start, err := tailOffset(io.NewSectionReader(f, base, fi.Size()-base), fi.Size()-base, tail)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
-	}
-	start += base
-	if _, err := f.Seek(start, io.SeekStart); err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
-	}
-
-	t := &fileTail{ctx: ctx, f: f, offset: start, b: &batcher{emit: emit}}
-	if start > 0 && start == base {
-		// Cut at the backlog's limit: drop the line it starts inside.
-		var prev [1]byte
-		if _, err := f.ReadAt(prev[:], start-1); err == nil && prev[0] != '\n' {
-			t.skipping = true
-		}
-	}
+	defer func() { t.f.Close() }() // the file read last: rotation replaces t.f
 	if err := t.read(); err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
+		return t.err(err)
 	}
 	if !follow {
-		if len(t.partial) > 0 {
-			if err := t.b.add(fileLine(t.partial)); err != nil {
-				return err
-			}
+		if err := t.endLine(); err != nil {
+			return err
 		}
 		return t.b.flush()
 	}
 	if err := t.b.flush(); err != nil {
 		return err
 	}
+	return m.follow(ctx, root, t)
+}
 
+// openTail opens p at the start of its last tail lines, looking no further
+// back than maxBacklog.
+func openTail(ctx context.Context, root *fsroot.Root, p string, tail int, b *batcher) (*fileTail, error) {
+	f, err := root.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("read %s: no such file: the sidecar has not written this log; its output may be in the journal instead (log source journal)", p)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
+	}
+	t := &fileTail{ctx: ctx, path: p, f: f, b: b}
+	if err := t.seekTail(tail); err != nil {
+		f.Close()
+		return nil, t.err(err)
+	}
+	return t, nil
+}
+
+func (t *fileTail) seekTail(tail int) error {
+	fi, err := t.f.Stat()
+	if err != nil {
+		return err
+	}
+	t.fi = fi
+	base := max(0, fi.Size()-maxBacklog)
+	start, err := tailOffset(io.NewSectionReader(t.f, base, fi.Size()-base), fi.Size()-base, tail)
+	if err != nil {
+		return err
+	}
+	start += base
+	if _, err := t.f.Seek(start, io.SeekStart); err != nil {
+		return err
+	}
+	t.offset = start
+	if start > 0 && start == base {
+		// Cut at the backlog's limit: drop the line it starts inside.
+		var prev [1]byte
+		if _, err := t.f.ReadAt(prev[:], start-1); err == nil && prev[0] != '\n' {
+			t.skipping = true
+		}
+	}
+	return nil
+}
+
+// follow reads what is appended every PollInterval until ctx is done,
+// following the file through rotation and truncation.
+func (m *Manager) follow(ctx context.Context, root *fsroot.Root, t *fileTail) error {
 	tick := time.NewTicker(m.opts.PollInterval)
 	defer tick.Stop()
 	for {
@@ -385,48 +407,10 @@ func (m *Manager) file(ctx context.Context, rel string, tail int, follow bool, e
 		case <-tick.C:
 		}
 		if err := t.read(); err != nil {
-			return fmt.Errorf("read %s: %w", p, err)
+			return t.err(err)
 		}
-		nf, err := root.Open(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // rotated away and not yet recreated: wait for the new file
-		}
-		if err != nil {
-			return fmt.Errorf("read %s: %w", p, err)
-		}
-		cur, err := nf.Stat()
-		if err != nil {
-			nf.Close()
-			return fmt.Errorf("read %s: %w", p, err)
-		}
-		switch {
-		case !os.SameFile(fi, cur):
-			// The old file will not grow: its unterminated rest is a line.
-			if len(t.partial) > 0 {
-				if err := t.b.add(fileLine(t.partial)); err != nil {
-					nf.Close()
-					return err
-				}
-			}
-			f.Close()
-			m.log.Debug("log file rotated", "path", p)
-			f, fi = nf, cur
-			*t = fileTail{ctx: ctx, f: nf, b: t.b, buf: t.buf}
-			if err := t.read(); err != nil {
-				return fmt.Errorf("read %s: %w", p, err)
-			}
-		case cur.Size() < t.offset:
-			nf.Close()
-			m.log.Debug("log file truncated", "path", p, "size", cur.Size(), "offset", t.offset)
-			if _, err := f.Seek(0, io.SeekStart); err != nil {
-				return fmt.Errorf("read %s: %w", p, err)
-			}
-			t.offset, t.partial = 0, nil
-			if err := t.read(); err != nil {
-				return fmt.Errorf("read %s: %w", p, err)
-			}
-		default:
-			nf.Close()
+		if err := m.reopen(root, t); err != nil {
+			return err
 		}
 		if err := t.b.flush(); err != nil {
 			return err
@@ -434,10 +418,69 @@ func (m *Manager) file(ctx context.Context, rel string, tail int, follow bool, e
 	}
 }
 
+// reopen looks at the file now at t's path: a new one (rotated) is read
+// from its start, the same one shorter than what was read (truncated) from
+// its new start; a missing one is waited for.
+func (m *Manager) reopen(root *fsroot.Root, t *fileTail) error {
+	nf, err := root.Open(t.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // rotated away and not yet recreated: wait for the new file
+	}
+	if err != nil {
+		return t.err(err)
+	}
+	cur, err := nf.Stat()
+	if err != nil {
+		nf.Close()
+		return t.err(err)
+	}
+	switch {
+	case !os.SameFile(t.fi, cur):
+		// The old file will not grow: its unterminated rest is a line.
+		if err := t.endLine(); err != nil {
+			nf.Close()
+			return err
+		}
+		t.f.Close()
+		m.log.Debug("log file rotated", "path", t.path)
+		*t = fileTail{ctx: t.ctx, path: t.path, f: nf, fi: cur, b: t.b, buf: t.buf}
+		if err := t.read(); err != nil {
+			return t.err(err)
+		}
+	case cur.Size() < t.offset:
+		nf.Close()
+		m.log.Debug("log file truncated", "path", t.path, "size", cur.Size(), "offset", t.offset)
+		if _, err := t.f.Seek(0, io.SeekStart); err != nil {
+			return t.err(err)
+		}
+		t.offset, t.partial = 0, nil
+		if err := t.read(); err != nil {
+			return t.err(err)
+		}
+	default:
+		nf.Close()
+	}
+	return nil
+}
+
+// endLine queues the unterminated rest as a line: the file will not grow.
+func (t *fileTail) endLine() error {
+	if len(t.partial) == 0 {
+		return nil
+	}
+	err := t.b.add(fileLine(t.partial))
+	t.partial = nil
+	return err
+}
+
+func (t *fileTail) err(err error) error { return fmt.Errorf("read %s: %w", t.path, err) }
+
 // fileTail reads complete lines from an open file as it grows.
 type fileTail struct {
-	ctx context.Context // read stops when it is done
-	f   *os.File
+	ctx  context.Context // read stops when it is done
+	path string
+	f    *os.File
+	fi   fs.FileInfo // f's, to tell a rotated file from it
 	// skipping drops bytes up to the first newline: the read started mid-line.
 	skipping bool
 	offset   int64  // bytes consumed so far

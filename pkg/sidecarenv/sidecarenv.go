@@ -30,6 +30,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/agentstate"
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/fsroot"
@@ -42,7 +43,7 @@ import (
 const (
 	sidecarEnv = "/var/lib/istio/envoy/sidecar.env"
 	clusterEnv = "/var/lib/istio/envoy/cluster.env"
-	tokenPath  = "/var/run/secrets/tokens/istio-token"
+	tokenPath  = agentspec.TokenPath
 	pilotAgent = "/usr/local/bin/pilot-agent"
 	hostsPath  = "/etc/hosts"
 	// maxHosts bounds the read of /etc/hosts (root's, but large on some hosts).

@@ -255,7 +255,7 @@ func (p *Provider) Info(ctx context.Context, name string) (machine.Machine, erro
 		return machine.Machine{}, err
 	}
 	host, _, _ := net.SplitHostPort(h.Address)
-	return machine.Machine{Name: name, State: "Running", Addresses: []string{host}, Arch: machine.GoArch(strings.TrimSpace(string(out)))}, nil
+	return machine.Machine{Name: name, State: machine.Running, Addresses: []string{host}, Arch: machine.GoArch(strings.TrimSpace(string(out)))}, nil
 }
 
 // Delete refuses: hostctl does not destroy machines it did not create.

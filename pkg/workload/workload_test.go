@@ -49,28 +49,14 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 	}
 	c := Clients{Kube: kubernetes.NewForConfigOrDie(rc), Istio: istioclient.NewForConfigOrDie(rc)}
 	first, err := Ensure(ctx, c, recipe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ch := range first {
-		if ch.Action != "created" {
-			t.Errorf("first Ensure: %s %s, want created", ch.Object, ch.Action)
-		}
-	}
+	wantActions(t, "first Ensure", first, err, "created")
 	second, err := Ensure(ctx, c, recipe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ch := range second {
-		if ch.Action != "unchanged" {
-			t.Errorf("second Ensure: %s %s, want unchanged", ch.Object, ch.Action)
-		}
-	}
+	wantActions(t, "second Ensure", second, err, "unchanged")
 	changed := recipe
 	changed.ProbePeriod = 10
-	third, _ := Ensure(ctx, c, changed)
-	if third[2].Action != "updated" {
-		t.Errorf("a changed probe: got %+v, want the WorkloadGroup updated", third[2])
+	third, err := Ensure(ctx, c, changed)
+	if a := actions(t, "a changed probe", third, err)[group]; a != "updated" {
+		t.Errorf("a changed probe: WorkloadGroup %s, want updated", a)
 	}
 
 	files, err := Files(ctx, c, recipe, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", VM: "vm1", TokenLifetime: time.Hour})
@@ -105,8 +91,8 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 	// through the WorkloadGroup only.
 	short := recipe
 	short.CertificateLifetime = 5 * time.Minute
-	if ch, err := Ensure(ctx, c, short); err != nil || ch[2].Action != "updated" {
-		t.Fatalf("a certificate lifetime: %+v %v, want the WorkloadGroup updated", ch, err)
+	if ch, err := Ensure(ctx, c, short); actions(t, "a certificate lifetime", ch, err)[group] != "updated" {
+		t.Fatalf("a certificate lifetime: %+v, want the WorkloadGroup updated", ch)
 	}
 	ttl, err := Files(ctx, c, short, FilesFor{ClusterID: "test", VMIP: "10.213.0.2", IstiodIP: "10.213.0.1", VM: "vm1", TokenLifetime: time.Hour})
 	if err != nil {
@@ -121,20 +107,54 @@ func TestEnsureAndFilesOnLab(t *testing.T) {
 	if v, set := ttlEnv["PROV_CERT"]; !set || v != "" || ttlEnv["CA_ROOT_CA"] != "/etc/certs/root-cert.pem" {
 		t.Errorf("cluster.env PROV_CERT %q (set %v), CA_ROOT_CA %q: want PROV_CERT empty and the root named", v, set, ttlEnv["CA_ROOT_CA"])
 	}
-	if ch, _ := Ensure(ctx, c, short); ch[2].Action != "unchanged" {
-		t.Errorf("the same lifetime again: WorkloadGroup %s", ch[2].Action)
+	if ch, err := Ensure(ctx, c, short); actions(t, "the same lifetime again", ch, err)[group] != "unchanged" {
+		t.Errorf("the same lifetime again: %+v, want the WorkloadGroup unchanged", ch)
 	}
 	credentialsOnLab(t, ctx, c, files.Token)
 	yoursLeftAlone(t, ctx, c)
 
 	// What meshvm made, Remove deletes, its namespace last.
 	gone, err := Remove(ctx, c, recipe)
+	wantActions(t, "Remove of meshvm's workload", gone, err, "deleted")
+}
+
+// The objects Ensure and Remove handle, by kind: each reports all four.
+const (
+	namespace      = "Namespace"
+	serviceAccount = "ServiceAccount"
+	group          = "WorkloadGroup"
+	service        = "Service"
+)
+
+// actions is each object's action by kind; an error, or a kind missing
+// or reported twice, fails the test: an empty list must not pass.
+func actions(t *testing.T, what string, chs []Change, err error) map[string]string {
+	t.Helper()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: %v", what, err)
 	}
-	for _, ch := range gone {
-		if ch.Action != "deleted" {
-			t.Errorf("Remove of meshvm's workload: %s %s, want deleted", ch.Object, ch.Action)
+	out := map[string]string{}
+	for _, ch := range chs {
+		kind, _, _ := strings.Cut(ch.Object, " ")
+		if _, dup := out[kind]; dup {
+			t.Fatalf("%s: %s reported twice in %+v", what, kind, chs)
+		}
+		out[kind] = ch.Action
+	}
+	for _, kind := range []string{namespace, serviceAccount, group, service} {
+		if _, ok := out[kind]; !ok || len(out) != 4 {
+			t.Fatalf("%s: got %+v, want one change of each of Namespace, ServiceAccount, WorkloadGroup and Service", what, chs)
+		}
+	}
+	return out
+}
+
+// wantActions checks that every object's action is want.
+func wantActions(t *testing.T, what string, chs []Change, err error, want string) {
+	t.Helper()
+	for kind, a := range actions(t, what, chs, err) {
+		if a != want {
+			t.Errorf("%s: %s %s, want %s", what, kind, a, want)
 		}
 	}
 }
@@ -192,18 +212,9 @@ func yoursLeftAlone(t *testing.T, ctx context.Context, c Clients) {
 	}
 	before := snapshot()
 	ensured, err := Ensure(ctx, c, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
+	wantActions(t, "Ensure among yours", ensured, err, ownership.Yours)
 	removed, err := Remove(ctx, c, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ch := range append(ensured, removed...) {
-		if ch.Action != ownership.Yours {
-			t.Errorf("%s: %s, want %q", ch.Object, ch.Action, ownership.Yours)
-		}
-	}
+	wantActions(t, "Remove among yours", removed, err, ownership.Yours)
 	after := snapshot()
 	for k, v := range before {
 		if after[k] != v {

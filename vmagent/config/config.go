@@ -14,13 +14,15 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshvm/meshvm/pkg/agentspec"
 )
 
 // DefaultPath is where the packaged unit points --config.
 const DefaultPath = "/etc/meshvm/vmagent.yaml"
 
 // DefaultPort is the agent's fixed default port.
-const DefaultPort = 7443
+const DefaultPort = agentspec.Port
 
 // Config is version 1 of vmagent.yaml.
 type Config struct {
@@ -132,8 +134,10 @@ func (c Config) validate(path string) error {
 	if c.Version != 1 {
 		return fmt.Errorf("config %s: version %d is not supported: this agent reads version 1", path, c.Version)
 	}
+	// Host and port as net.Listen takes them: an IP (v6 in brackets), a
+	// name, or none; a number or a service name.
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("config: listen %q: %v: want host:port such as \":%d\"", c.Listen, err, DefaultPort)
+		return fmt.Errorf("config: listen %q: %w: want host:port such as \":%d\" or \"[::1]:%d\"", c.Listen, err, DefaultPort, DefaultPort)
 	}
 	if !filepath.IsAbs(c.Root) {
 		return fmt.Errorf("config: root %q must be an absolute path", c.Root)

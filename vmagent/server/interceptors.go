@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/vmagent/config"
 )
@@ -30,7 +31,7 @@ func authenticate(ctx context.Context) (string, error) {
 	}
 	id, err := mtls.PeerIdentity(info.State)
 	if err != nil {
-		return "", agenterr.Denied("caller not authenticated: %v", err)
+		return "", agenterr.Denied("caller not authenticated: %w", err)
 	}
 	return id, nil
 }
@@ -56,8 +57,8 @@ func Options(log *slog.Logger, tlsCfg *tls.Config, limits config.Limits) []grpc.
 		grpc.MaxConcurrentStreams(limits.StreamsPerConnection),
 		grpc.MaxRecvMsgSize(maxMessage),
 		// Callers ping to notice connections the sidecar's capture rules cut;
-		// more often than every 5 s closes the connection.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// more often than KeepaliveMinTime closes the connection.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: agentspec.KeepaliveMinTime, PermitWithoutStream: true}),
 		// The agent pings quiet callers too, so a vanished one releases its
 		// streams within 40 s, and closes connections idle for ConnectionIdle.
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: time.Duration(limits.ConnectionIdleTimeout), Time: 30 * time.Second, Timeout: 10 * time.Second}),
@@ -75,7 +76,7 @@ func UnaryInterceptor(log *slog.Logger) grpc.UnaryServerInterceptor {
 		start := time.Now()
 		resp, err := handler(ctx, req)
 		log.Debug("call", "method", info.FullMethod, "caller", id, "took", time.Since(start), "err", err)
-		return resp, agenterr.ToGRPC(err)
+		return resp, agenterr.ToGRPC(classify(err))
 	}
 }
 
@@ -90,6 +91,6 @@ func StreamInterceptor(log *slog.Logger) grpc.StreamServerInterceptor {
 		start := time.Now()
 		err = handler(srv, ss)
 		log.Debug("call", "method", info.FullMethod, "caller", id, "took", time.Since(start), "err", err)
-		return agenterr.ToGRPC(err)
+		return agenterr.ToGRPC(classify(err))
 	}
 }

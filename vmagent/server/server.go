@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/dnscheck"
@@ -141,7 +142,7 @@ func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*a
 	return resp, nil
 }
 
-const tokenPath = "/var/run/secrets/tokens/istio-token"
+const tokenPath = agentspec.TokenPath
 
 func (s *Server) Install(ctx context.Context, req *agentv1.InstallRequest) (*agentv1.InstallResponse, error) {
 	hosts, err := hostsEntries(req.GetHostsEntries())
@@ -196,7 +197,7 @@ func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 		return err // cancelled, or stalled past the idle limit
 	}
 	if err != nil {
-		return agenterr.Invalid("put file: no header received: %v", err)
+		return agenterr.Invalid("put file: no header received: %w", err)
 	}
 	h := first.GetHeader()
 	if h == nil {
@@ -261,7 +262,7 @@ func (s *Server) ControlSidecar(ctx context.Context, req *agentv1.ControlSidecar
 	default:
 		return nil, agenterr.Invalid("sidecar action %v: want START, STOP or RESTART", req.GetAction())
 	}
-	if err = s.note("sidecar", sidecarErr(err)); err != nil {
+	if err = s.note("sidecar", err); err != nil {
 		return nil, err
 	}
 	return &agentv1.ControlSidecarResponse{Sidecar: sidecarState(st, nil)}, nil
@@ -270,16 +271,9 @@ func (s *Server) ControlSidecar(ctx context.Context, req *agentv1.ControlSidecar
 func (s *Server) GetSidecar(ctx context.Context, _ *agentv1.GetSidecarRequest) (*agentv1.GetSidecarResponse, error) {
 	st, err := s.deps.Sidecar.State(ctx)
 	if err != nil {
-		return nil, sidecarErr(err)
+		return nil, err
 	}
 	return &agentv1.GetSidecarResponse{Sidecar: sidecarState(st, nil)}, nil
-}
-
-func sidecarErr(err error) error {
-	if errors.Is(err, sidecar.ErrNoSystemd) {
-		return agenterr.Precondition("%v", err)
-	}
-	return err
 }
 
 func (s *Server) SidecarLogs(req *agentv1.SidecarLogsRequest, stream agentv1.AgentService_SidecarLogsServer) error {
@@ -339,7 +333,7 @@ func (s *Server) Probe(ctx context.Context, req *agentv1.ProbeRequest) (*agentv1
 		return nil, agenterr.Invalid("probe: kind %v: want HTTP or TCP", req.GetKind())
 	}
 	if errors.Is(res.Err, probe.ErrNotLocal) {
-		return nil, agenterr.Invalid("%v", res.Err)
+		return nil, agenterr.Invalid("%w", res.Err)
 	}
 	out := &agentv1.ProbeResponse{Ok: res.OK, StatusCode: int32(res.StatusCode), Latency: durationpb.New(res.Latency)}
 	if res.Err != nil {
@@ -351,7 +345,7 @@ func (s *Server) Probe(ctx context.Context, req *agentv1.ProbeRequest) (*agentv1
 func (s *Server) CallService(ctx context.Context, req *agentv1.CallServiceRequest) (*agentv1.CallServiceResponse, error) {
 	res := probe.Service(ctx, req.GetHost(), int(req.GetPort()), req.GetPath(), timeoutOf(req.GetTimeout()))
 	if errors.Is(res.Err, probe.ErrNotService) || errors.Is(res.Err, probe.ErrBadPort) {
-		return nil, agenterr.Invalid("%v", res.Err)
+		return nil, agenterr.Invalid("%w", res.Err)
 	}
 	out := &agentv1.CallServiceResponse{Ok: res.OK, StatusCode: int32(res.StatusCode), Body: res.Body, Latency: durationpb.New(res.Latency)}
 	if res.Err != nil {

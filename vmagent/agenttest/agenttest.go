@@ -1,0 +1,132 @@
+// Package agenttest runs a real vmagent server in the test's process: the
+// real handlers over a sandbox root, real gRPC, real mutual TLS, on
+// loopback. Tests of the agent and of hostctl's agent-facing commands use
+// it instead of mocks, so `go test ./...` without the lab still exercises
+// them end to end.
+package agenttest
+
+import (
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/agentstate"
+	"github.com/meshvm/meshvm/pkg/dnscheck"
+	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/mtls"
+	"github.com/meshvm/meshvm/pkg/postinst"
+	"github.com/meshvm/meshvm/pkg/sidecar"
+	"github.com/meshvm/meshvm/pkg/sysusers"
+	"github.com/meshvm/meshvm/pkg/vmfiles"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/vmagent/config"
+	"github.com/meshvm/meshvm/vmagent/server"
+)
+
+// Options shape the agent; the zero value is a fresh CA on 127.0.0.1, any port.
+type Options struct {
+	// Limits default to the agent's.
+	Limits *config.Limits
+	// Listen is the host:port to listen on.
+	Listen string
+	// CA signs the agent's certificate and its callers'; ServerCert and
+	// ServerKey, when set, are the agent's (as hostctl's state issues them).
+	CA                    *mtls.CA
+	ServerCert, ServerKey []byte
+}
+
+// Agent is a running agent.
+type Agent struct {
+	// Addr is where it listens; Root the sandbox it treats as /.
+	Addr, Root string
+	CA         *mtls.CA
+}
+
+// Start starts an agent that stops when the test ends. Its sandbox has the
+// directories and users a VM image has, and no systemd: the sidecar calls
+// fail promptly saying so.
+func Start(t testing.TB, o Options) *Agent {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{"etc/certs", "var/lib/istio/envoy", "var/lib/istio/config", "usr/local/bin", "run", "var/lib"} {
+		must(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
+	}
+	must(t, os.Symlink("/run", filepath.Join(dir, "var/run")))
+	must(t, os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nistio-proxy:x:1337:1337::/var/lib/istio:/usr/sbin/nologin\n"), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "etc/group"), []byte("root:x:0:\nistio-proxy:x:1337:\n"), 0o644))
+
+	ca, cert, key := o.CA, o.ServerCert, o.ServerKey
+	var err error
+	if ca == nil {
+		ca, err = mtls.NewCA("test agent CA", time.Hour)
+		must(t, err)
+	}
+	if cert == nil {
+		cert, key, err = ca.IssueServer("vmagent", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
+		must(t, err)
+	}
+	tlsCfg, err := mtls.ServerConfig(cert, key, ca.CertPEM())
+	must(t, err)
+	limits := config.Default().Limits
+	if o.Limits != nil {
+		limits = *o.Limits
+	}
+	listen := o.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	root, err := fsroot.New(dir)
+	must(t, err)
+	users := sysusers.New(root)
+	state := agentstate.New(root)
+	srv := grpc.NewServer(server.Options(log, tlsCfg, limits)...)
+	agentv1.RegisterAgentServiceServer(srv, server.New(log, server.Deps{
+		Root:      root,
+		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
+		Files:     vmfiles.NewStore(log, root, users, state),
+		// A sandbox has no systemd: the real manager must say so, promptly.
+		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second}),
+		DNS:     dnscheck.DefaultResolver(dir),
+	}))
+	lis, err := net.Listen("tcp", listen)
+	must(t, err)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return &Agent{Addr: lis.Addr().String(), Root: dir, CA: ca}
+}
+
+// ClientTLS is hostctl's side of mTLS: a client certificate of the agent's CA.
+func (a *Agent) ClientTLS(t testing.TB) *tls.Config {
+	t.Helper()
+	cert, key, err := a.CA.IssueClient("hostctl", time.Hour)
+	must(t, err)
+	cfg, err := mtls.ClientConfig(cert, key, a.CA.CertPEM(), "localhost")
+	must(t, err)
+	return cfg
+}
+
+// Client dials the agent with cfg; it is closed when the test ends.
+func (a *Agent) Client(t testing.TB, cfg *tls.Config) *agentclient.Client {
+	t.Helper()
+	c, err := agentclient.Dial(a.Addr, cfg)
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
