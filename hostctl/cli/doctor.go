@@ -168,7 +168,7 @@ type vmDoctor struct {
 	istiod string // where the VM should reach istiod; "" when unknown
 	// rev is the VM's revision, istiodName the istiod name it resolves.
 	rev, istiodName string
-	out    []finding
+	out             []finding
 }
 
 func (d *vmDoctor) add(check, result, detail, fix string) {
