@@ -92,6 +92,9 @@ func run(sizes, only string) error {
 		return err
 	}
 	if only == "upgrade" {
+		if _, err := b.hostctl1("down", "--keep-cluster"); err != nil {
+			return err
+		}
 		return b.rollingUpgrade(10)
 	}
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
@@ -158,6 +159,24 @@ func (s *labSite) sidecar(ctx context.Context, arch, version string) (onboard.Si
 
 func (s *labSite) downCluster(ctx context.Context, p *progress, vmsGone bool) error {
 	if vmsGone {
+		// A lab VM the config no longer lists still runs from the state
+		// directory: keep it (and its disk) rather than fail half-way.
+		left, err := s.lab.List(ctx)
+		if err != nil {
+			return err
+		}
+		if len(left) > 0 {
+			var names []string
+			for _, m := range left {
+				names = append(names, m.Name)
+			}
+			if err := labstack.DownCluster(ctx, s.state.Path("lab")); err != nil {
+				return err
+			}
+			p.step("cluster", "", "lab control plane stopped and its state removed; lab VM(s) %s are not in the config and stay: list them under vms and run hostctl down again to delete them",
+				strings.Join(names, ", "))
+			return nil
+		}
 		// Nothing of the lab is left to keep: its whole state directory goes.
 		if err := labstack.Down(ctx, s.state.Path("lab"), true); err != nil {
 			return err
