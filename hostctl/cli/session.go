@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/formcache"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
@@ -34,6 +35,7 @@ type session struct {
 	// the VMs onboarding at once (a module lookup or a registry request).
 	sidecarsMu sync.Mutex
 	sidecars   map[string]onboard.Sidecar
+	forms      *formcache.Cache
 }
 
 // sidecar returns the site's sidecar files for arch, looked up once.
@@ -47,6 +49,9 @@ func (r *session) sidecar(ctx context.Context, arch string) (onboard.Sidecar, er
 	if err != nil {
 		return side, err
 	}
+	// Beside the extracted binaries, by digest: every VM of this and later
+	// runs sends the same compressed bytes.
+	side.Forms = r.forms
 	if r.sidecars == nil {
 		r.sidecars = map[string]onboard.Sidecar{}
 	}
@@ -93,6 +98,7 @@ func workloadSession(ctx context.Context, p *progress, cfg config.Config, state 
 	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
+		forms: formcache.New(state.Path("sidecar", "zstd")),
 		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(cfg.Agent.Dir)},
 	}, nil
 }

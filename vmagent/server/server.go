@@ -21,6 +21,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/dnscheck"
+	"github.com/meshvm/meshvm/pkg/filecodec"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/netcheck"
 	"github.com/meshvm/meshvm/pkg/postinst"
@@ -33,7 +34,7 @@ import (
 var _ agentv1.AgentServiceServer = (*Server)(nil)
 
 // Capabilities the agent announces in GetVersion; hostctl checks them.
-var Capabilities = []string{"install.v1", "files.v1", "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1"}
+var Capabilities = []string{"install.v1", "files.v1", filecodec.Capability, "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1"}
 
 // Sidecar controls the istio unit.
 type Sidecar interface {
@@ -204,6 +205,7 @@ func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 	}
 	hdr := vmfiles.Header{Path: h.GetPath(), Size: h.GetSize(), SHA256: h.GetSha256(), Mode: h.GetMode(), Owner: h.GetOwner(), Group: h.GetGroup()}
 	body := &chunkReader{stream: stream}
+	defer body.close()
 	outcome, err := s.deps.Files.Put(hdr, body)
 	if errors.Is(err, vmfiles.ErrBusy) {
 		return status.Error(codes.Aborted, err.Error())
@@ -218,12 +220,22 @@ func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 	})
 }
 
-// chunkReader turns the stream's chunk messages into an io.Reader. A broken
-// stream surfaces as a read error, which abandons the temporary file.
+// chunkReader turns the stream's chunk messages into an io.Reader,
+// decoding zstd frames as they come (one decoder per delivery, made at the
+// first frame). A broken stream or a bad frame surfaces as a read error,
+// which abandons the temporary file; the store stops reading past the
+// declared size.
 type chunkReader struct {
 	stream agentv1.AgentService_PutFileServer
+	dec    *filecodec.Decoder
 	buf    []byte
 	n      int64
+}
+
+func (r *chunkReader) close() {
+	if r.dec != nil {
+		r.dec.Close()
+	}
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
@@ -235,15 +247,36 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if msg.GetHeader() != nil {
+		switch m := msg.GetMsg().(type) {
+		case *agentv1.PutFileRequest_Chunk:
+			r.buf = m.Chunk
+		case *agentv1.PutFileRequest_ZstdChunk:
+			if r.buf, err = r.decode(m.ZstdChunk); err != nil {
+				return 0, err
+			}
+		case *agentv1.PutFileRequest_Header:
 			return 0, agenterr.Invalid("put file: a second header arrived mid-stream")
 		}
-		r.buf = msg.GetChunk()
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
 	r.n += int64(n)
 	return n, nil
+}
+
+func (r *chunkReader) decode(frame []byte) ([]byte, error) {
+	if r.dec == nil {
+		dec, err := filecodec.NewDecoder()
+		if err != nil {
+			return nil, err
+		}
+		r.dec = dec
+	}
+	out, err := r.dec.Decode(frame)
+	if err != nil {
+		return nil, agenterr.Invalid("put file: after %d bytes: %w: send the file again, or plain", r.n, err)
+	}
+	return out, nil
 }
 
 func (s *Server) ControlSidecar(ctx context.Context, req *agentv1.ControlSidecarRequest) (*agentv1.ControlSidecarResponse, error) {

@@ -58,6 +58,13 @@ func startAgent(t testing.TB) env {
 
 func startAgentWith(t testing.TB, limits config.Limits) env {
 	t.Helper()
+	return startAgentServing(t, limits, nil)
+}
+
+// startAgentServing serves wrap's service in front of the agent's (an
+// agent of an older release), or the agent's own when wrap is nil.
+func startAgentServing(t testing.TB, limits config.Limits, wrap func(*server.Server) agentv1.AgentServiceServer) env {
+	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{"etc/certs", "var/lib/istio/envoy", "var/lib/istio/config", "usr/local/bin", "run", "var/lib"} {
 		must(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
@@ -79,14 +86,19 @@ func startAgentWith(t testing.TB, limits config.Limits) env {
 	users := sysusers.New(root)
 	state := agentstate.New(root)
 	srv := grpc.NewServer(server.Options(log, tlsCfg, limits)...)
-	agentv1.RegisterAgentServiceServer(srv, server.New(log, server.Deps{
+	agent := server.New(log, server.Deps{
 		Root:      root,
 		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
 		Files:     vmfiles.NewStore(log, root, users, state),
 		// A sandbox has no systemd: the real manager must say so, promptly.
 		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second}),
 		DNS:     dnscheck.DefaultResolver(dir),
-	}))
+	})
+	var svc agentv1.AgentServiceServer = agent
+	if wrap != nil {
+		svc = wrap(agent)
+	}
+	agentv1.RegisterAgentServiceServer(srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	must(t, err)
 	go srv.Serve(lis)
