@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,9 +42,8 @@ type Client struct {
 	// zstd says the agent takes zstd frames; asked once, at the first
 	// compressed delivery.
 	zstd *bool
-	// drain is the plain throughput (bytes/s) the first probe measured; 0
-	// until one has.
-	drain float64
+	// framed is what the first probe found faster (see sendContent).
+	framed probed
 }
 
 // Dial connects to the agent at addr (host:port) with tlsCfg, which must carry
@@ -201,9 +199,10 @@ func (c *Client) PutFile(ctx context.Context, f File) (PutResult, error) {
 	if err := stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: hdr}}); err != nil && err != io.EOF {
 		return PutResult{}, c.wrap("put "+f.Path, err)
 	}
-	out := &chunkSender{stream: stream}
+	out := &chunkSender{stream: stream, f: f}
+	defer out.close()
 	if !same {
-		if err := c.sendContent(ctx, out, f, size); err != nil {
+		if err := c.sendContent(ctx, out, size); err != nil {
 			return PutResult{}, c.wrap("put "+f.Path, err)
 		}
 	}
@@ -212,184 +211,6 @@ func (c *Client) PutFile(ctx context.Context, f File) (PutResult, error) {
 		return PutResult{}, c.wrap("put "+f.Path, err)
 	}
 	return PutResult{Path: f.Path, Sent: resp.GetOutcome() == agentv1.FileOutcome_FILE_OUTCOME_WRITTEN, Bytes: out.wire, Compressed: out.frames > 0}, nil
-}
-
-// sendContent sends f's content plainly, or from its compressed form when
-// the agent takes it and the link is slower than plainAbove. The first
-// large delivery over a connection measures that: it starts plain, and
-// switches to the form at the next chunk if the link turns out slow.
-func (c *Client) sendContent(ctx context.Context, s *chunkSender, f File, size int64) error {
-	defer s.close()
-	useForm := false
-	if f.Form != nil {
-		ok, err := c.takesZstd(ctx)
-		if err != nil {
-			return err
-		}
-		useForm = ok
-	}
-	drain := c.measured()
-	switch {
-	case !useForm || drain >= plainAbove:
-		return s.plain(f, -1)
-	case drain > 0 || size < 2*probeEnd:
-		return s.form(f, 0)
-	}
-	if err := s.plain(f, probeEnd/ChunkSize); err != nil || s.done {
-		return err
-	}
-	// The first probeStart bytes only fill the flow-control window; from
-	// there each Send waits for the agent to take data, as fast as the
-	// link or the agent allows.
-	drain = float64(probeEnd-probeStart) / time.Since(s.probed).Seconds()
-	c.mu.Lock()
-	c.drain = drain
-	c.mu.Unlock()
-	if drain >= plainAbove {
-		return s.plain(f, -1)
-	}
-	return s.form(f, probeEnd/ChunkSize)
-}
-
-// plainAbove is the throughput past which plain chunks beat frames: above
-// it the agent's one core decoding zstd (about 300 MB/s of output on a
-// small cloud core) would be slower than the link.
-const plainAbove = 200e6
-
-// The probe: bytes sent plain before the link is judged, and from where
-// on they are timed (past the 4 MiB flow-control window).
-const (
-	probeStart = flowWindow
-	probeEnd   = probeStart + 4<<20
-)
-
-func (c *Client) measured() float64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.drain
-}
-
-// takesZstd asks the agent once whether it announces filecodec.Capability;
-// an agent from before it gets plain chunks.
-func (c *Client) takesZstd(ctx context.Context) (bool, error) {
-	c.mu.Lock()
-	known := c.zstd
-	c.mu.Unlock()
-	if known != nil {
-		return *known, nil
-	}
-	v, err := c.Version(ctx)
-	if err != nil {
-		return false, err
-	}
-	ok := slices.Contains(v.GetCapabilities(), filecodec.Capability)
-	c.mu.Lock()
-	c.zstd = &ok
-	c.mu.Unlock()
-	return ok, nil
-}
-
-// chunkSender sends one file's content and keeps count.
-type chunkSender struct {
-	stream grpc.ClientStreamingClient[agentv1.PutFileRequest, agentv1.PutFileResponse]
-	// content and wire count bytes of content covered and of data sent;
-	// frames the zstd frames among them.
-	content, wire int64
-	frames        int
-	// probed is when the content sent first passed probeStart.
-	probed time.Time
-	// done is set when the content ended or the agent ended the stream
-	// early (its status says why).
-	done bool
-	// plainOpen is the content opened by plain, read on from where it
-	// stopped.
-	plainOpen io.ReadCloser
-}
-
-func (s *chunkSender) close() {
-	if s.plainOpen != nil {
-		s.plainOpen.Close()
-	}
-}
-
-func (s *chunkSender) send(msg *agentv1.PutFileRequest, content, wire int) error {
-	if err := s.stream.Send(msg); err != nil {
-		if err == io.EOF {
-			s.done = true
-			return nil
-		}
-		return err
-	}
-	if s.content < probeStart && s.content+int64(content) >= probeStart {
-		s.probed = time.Now()
-	}
-	s.content += int64(content)
-	s.wire += int64(wire)
-	return nil
-}
-
-// plain sends up to chunks chunks of the content as it is (all when
-// negative).
-func (s *chunkSender) plain(f File, chunks int) error {
-	if s.plainOpen == nil {
-		r, err := f.Open()
-		if err != nil {
-			return fmt.Errorf("open %s: %w", f.Path, err)
-		}
-		s.plainOpen = r
-	}
-	buf := make([]byte, ChunkSize)
-	for i := 0; chunks < 0 || i < chunks; i++ {
-		n, rerr := io.ReadFull(s.plainOpen, buf)
-		if n > 0 {
-			if err := s.send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Chunk{Chunk: buf[:n]}}, n, n); err != nil || s.done {
-				return err
-			}
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			s.done = true
-			return nil
-		}
-		if rerr != nil {
-			return fmt.Errorf("read %s: %w", f.Path, rerr)
-		}
-	}
-	return nil
-}
-
-// form sends the content from its compressed form, from record skip on.
-func (s *chunkSender) form(f File, skip int) error {
-	r, err := f.Form()
-	if err != nil {
-		return fmt.Errorf("open the compressed form of %s: %w", f.Path, err)
-	}
-	defer r.Close()
-	fr := filecodec.NewFormReader(r)
-	for range skip {
-		if err := fr.Skip(); err != nil {
-			return fmt.Errorf("the compressed form of %s: %w", f.Path, err)
-		}
-	}
-	for {
-		payload, frame, err := fr.Next()
-		if err == io.EOF {
-			s.done = true
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("the compressed form of %s: %w", f.Path, err)
-		}
-		msg := &agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Chunk{Chunk: payload}}
-		content := len(payload)
-		if frame {
-			msg.Msg = &agentv1.PutFileRequest_ZstdChunk{ZstdChunk: payload}
-			content = ChunkSize // the last may be shorter; only the probe reads this
-			s.frames++
-		}
-		if err := s.send(msg, content, len(payload)); err != nil || s.done {
-			return err
-		}
-	}
 }
 
 func digest(f File) (string, int64, error) {

@@ -59,14 +59,11 @@ func (e *Encoder) Encode(dst, chunk []byte) ([]byte, bool) {
 // than ChunkSize.
 var ErrCorrupt = errors.New("corrupt zstd frame")
 
-// Decoder decodes frames one at a time into a buffer it reuses. It is not
-// safe for concurrent use: the agent keeps one per delivery.
-type Decoder struct {
-	dec *zstd.Decoder
-	out []byte
-}
+// Decoder decodes frames one at a time. It is not safe for concurrent use:
+// the agent keeps one per delivery.
+type Decoder struct{ dec *zstd.Decoder }
 
-// NewDecoder returns a Decoder that holds at most ChunkSize of output and
+// NewDecoder returns a Decoder that writes at most ChunkSize per frame and
 // refuses larger windows; Close releases it.
 func NewDecoder() (*Decoder, error) {
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.IgnoreChecksum(true),
@@ -74,23 +71,25 @@ func NewDecoder() (*Decoder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zstd decoder: %w", err)
 	}
-	return &Decoder{dec: dec, out: make([]byte, 0, ChunkSize)}, nil
+	return &Decoder{dec: dec}, nil
 }
 
-// Decode returns the content of frame; the slice is valid until the next
-// call. A frame that decodes to more than ChunkSize is ErrCorrupt, before
-// more than ChunkSize is held.
-func (d *Decoder) Decode(frame []byte) ([]byte, error) {
-	out, err := d.dec.DecodeAll(frame, d.out[:0])
+// Decode writes the content of frame into buf (of ChunkSize capacity) and
+// returns it. A frame that decodes to more than ChunkSize is ErrCorrupt,
+// and nothing beyond buf is ever allocated for it.
+func (d *Decoder) Decode(buf, frame []byte) ([]byte, error) {
+	out, err := d.dec.DecodeAll(frame, buf[:0])
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	if len(out) > ChunkSize || cap(out) > ChunkSize {
+	if len(out) > ChunkSize {
 		return nil, fmt.Errorf("%w: it decodes to more than %d bytes", ErrCorrupt, ChunkSize)
 	}
-	d.out = out
 	return out, nil
 }
+
+// NewBuffer is a buffer for Decode.
+func NewBuffer() []byte { return make([]byte, 0, ChunkSize) }
 
 // Close releases the decoder.
 func (d *Decoder) Close() { d.dec.Close() }

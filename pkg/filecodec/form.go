@@ -154,6 +154,7 @@ func Verify(r io.Reader, size int64, sum string) error {
 	defer dec.Close()
 	h := sha256.New()
 	var n int64
+	buf := NewBuffer()
 	fr := NewFormReader(r)
 	for {
 		payload, frame, err := fr.Next()
@@ -164,7 +165,7 @@ func Verify(r io.Reader, size int64, sum string) error {
 			return err
 		}
 		if frame {
-			if payload, err = dec.Decode(payload); err != nil {
+			if payload, err = dec.Decode(buf, payload); err != nil {
 				return err
 			}
 		}
