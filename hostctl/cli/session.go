@@ -99,7 +99,7 @@ func workloadSession(ctx context.Context, p *progress, cfg config.Config, state 
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
 		forms: formcache.New(state.Path("sidecar", "zstd")),
-		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(cfg.Agent.Dir)},
+		deps:  onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(cfg.Agent.Dir)},
 	}, nil
 }
 
