@@ -22,20 +22,26 @@ import (
 	"github.com/meshvm/meshvm/vmagent/server"
 )
 
-// binaryLike is content that compresses as a Go binary does: text and
-// repeats among random bytes.
+// binaryLike is content that compresses as a Go binary does: symbol text
+// with random bytes among it, different in every chunk.
 func binaryLike(t testing.TB, size int) []byte {
 	t.Helper()
-	var b bytes.Buffer
-	noise := make([]byte, 64)
-	for i := 0; b.Len() < size; i++ {
-		fmt.Fprintf(&b, "runtime.func%d github.com/meshvm/meshvm/pkg/x.(*T).Method%d ", i%5000, i%97)
-		if i%4 == 0 {
-			rand.Read(noise)
-			b.Write(noise[:i%64])
-		}
+	var text bytes.Buffer
+	for i := 0; text.Len() < filecodec.ChunkSize; i++ {
+		fmt.Fprintf(&text, "runtime.func%d github.com/meshvm/meshvm/pkg/x.(*T).Method%d ", i, i%97)
 	}
-	return b.Bytes()[:size]
+	out := make([]byte, 0, size+filecodec.ChunkSize)
+	noise := make([]byte, 16<<10)
+	for len(out) < size {
+		rand.Read(noise)
+		chunk := bytes.Clone(text.Bytes()[:filecodec.ChunkSize])
+		for k := 32 << 10; k < len(chunk); k += 64 << 10 {
+			copy(chunk[k:], noise[:1<<10])
+			noise = append(noise[1<<10:], noise[:1<<10]...)
+		}
+		out = append(out, chunk...)
+	}
+	return out[:size]
 }
 
 // cachedFile writes data where hostctl keeps a binary and returns its
@@ -72,6 +78,26 @@ func TestCompressedDeliveryRoundTrip(t *testing.T) {
 	}
 	if res, err = c.PutFile(ctxT(t), f); err != nil || res.Sent {
 		t.Errorf("second delivery: got %+v, %v, want nothing sent", res, err)
+	}
+}
+
+func TestProbedDeliveryRoundTrip(t *testing.T) {
+	e := startAgent(t)
+	c := e.client(t)
+	// Large enough to be probed: part plain, part framed, the rest the
+	// faster way; the next file goes all the way the probe chose.
+	for i, size := range []int{40 << 20, 20 << 20} {
+		data := binaryLike(t, size)
+		res, err := c.PutFile(ctxT(t), cachedFile(t, "/usr/local/bin/envoy", data))
+		if err != nil || !res.Sent {
+			t.Fatalf("file %d: got %+v, %v, want it sent", i, res, err)
+		}
+		if i == 0 && !res.Compressed {
+			t.Errorf("file %d: got %+v, want frames among the probe's chunks", i, res)
+		}
+		if got, _ := os.ReadFile(filepath.Join(e.dir, "usr/local/bin/envoy")); !bytes.Equal(got, data) {
+			t.Fatalf("file %d: delivered content differs", i)
+		}
 	}
 }
 
