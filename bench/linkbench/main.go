@@ -20,10 +20,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -33,6 +31,7 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/bench/internal/agentproc"
+	"github.com/meshvm/meshvm/bench/internal/measure"
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/formcache"
 	"github.com/meshvm/meshvm/pkg/labbuild"
@@ -96,7 +95,7 @@ func run() error {
 	}
 	defer os.RemoveAll(work)
 	random := []payload{{filepath.Join(work, "random"), "/usr/local/bin/envoy"}}
-	if err := randomFile(random[0].local, randomSize); err != nil {
+	if err := measure.RandomFile(random[0].local, randomSize); err != nil {
 		return err
 	}
 
@@ -157,53 +156,34 @@ type bench struct {
 
 // measure prints one link's figures.
 func (b *bench) measure(l link, binaries, random []payload, warm *formcache.Cache) error {
-	sample := func(fn func() (time.Duration, error)) (time.Duration, error) {
+	var scp, scpC, before, now, cold, rscp, rbefore, rnow time.Duration
+	cases := []struct {
+		into *time.Duration
+		run  func() (time.Duration, error)
+	}{
+		{&scp, func() (time.Duration, error) { return b.scp(binaries, false) }},
+		{&scpC, func() (time.Duration, error) { return b.scp(binaries, true) }},
+		{&before, func() (time.Duration, error) { return b.deliver(binaries, nil) }},
+		{&now, func() (time.Duration, error) { return b.deliver(binaries, warm) }},
+		{&cold, func() (time.Duration, error) {
+			dir := filepath.Join(b.work, "zstd-cold")
+			defer os.RemoveAll(dir)
+			return b.deliver(binaries, formcache.New(dir))
+		}},
+		{&rscp, func() (time.Duration, error) { return b.scp(random, false) }},
+		{&rbefore, func() (time.Duration, error) { return b.deliver(random, nil) }},
+		{&rnow, func() (time.Duration, error) { return b.deliver(random, warm) }},
+	}
+	for _, c := range cases {
 		var ds []time.Duration
 		for range rounds {
-			d, err := fn()
+			d, err := c.run()
 			if err != nil {
-				return 0, err
+				return err
 			}
 			ds = append(ds, d)
 		}
-		slices.Sort(ds)
-		return ds[len(ds)/2], nil
-	}
-	scp, err := sample(func() (time.Duration, error) { return b.scp(binaries, false) })
-	if err != nil {
-		return err
-	}
-	scpC, err := sample(func() (time.Duration, error) { return b.scp(binaries, true) })
-	if err != nil {
-		return err
-	}
-	before, err := sample(func() (time.Duration, error) { return b.deliver(binaries, nil) })
-	if err != nil {
-		return err
-	}
-	now, err := sample(func() (time.Duration, error) { return b.deliver(binaries, warm) })
-	if err != nil {
-		return err
-	}
-	cold, err := sample(func() (time.Duration, error) {
-		dir := filepath.Join(b.work, "zstd-cold")
-		defer os.RemoveAll(dir)
-		return b.deliver(binaries, formcache.New(dir))
-	})
-	if err != nil {
-		return err
-	}
-	rscp, err := sample(func() (time.Duration, error) { return b.scp(random, false) })
-	if err != nil {
-		return err
-	}
-	rbefore, err := sample(func() (time.Duration, error) { return b.deliver(random, nil) })
-	if err != nil {
-		return err
-	}
-	rnow, err := sample(func() (time.Duration, error) { return b.deliver(random, warm) })
-	if err != nil {
-		return err
+		*c.into = measure.Median(ds)
 	}
 	goal := map[string]float64{"100 Mbit": 3, "1 Gbit": 2, "unshaped": 2}[l.name]
 	fmt.Printf("\n%s\n", l.name)
@@ -384,16 +364,4 @@ func sizeOf(files []payload) int64 {
 		}
 	}
 	return n
-}
-
-func randomFile(path string, size int) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.CopyN(f, rand.Reader, int64(size)); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -20,10 +20,9 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/filecodec"
+	"github.com/meshvm/meshvm/pkg/filelock"
 )
 
 // minSize is the smallest file given a form: below it the saving is
@@ -83,7 +82,7 @@ func (c *Cache) Get(local string) (Entry, error) {
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return Entry{}, fmt.Errorf("compressed sidecar cache: %w", err)
 	}
-	err = c.locked(filepath.Join(c.dir, sum+".lock"), func() error {
+	err = filelock.Locked(filepath.Join(c.dir, sum+".lock"), 0o644, func() error {
 		if ok, err := c.filled(form, plain); err != nil || ok {
 			return err // another one filled it while this one waited
 		}
@@ -211,21 +210,6 @@ func (c *Cache) digest(p string) (string, int64, error) {
 	c.digests[key] = sum
 	c.mu.Unlock()
 	return sum, n, nil
-}
-
-// locked runs fn holding the lock file at p. flock serializes goroutines
-// (each opens the file anew) and processes alike.
-func (c *Cache) locked(p string, fn func() error) error {
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return fmt.Errorf("compressed sidecar cache lock: %w", err)
-	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("compressed sidecar cache lock: %w", err)
-	}
-	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	return fn()
 }
 
 func inode(fi fs.FileInfo) uint64 {
