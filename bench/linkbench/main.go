@@ -144,6 +144,11 @@ func run() error {
 			return fmt.Errorf("%s: %w", l.name, err)
 		}
 	}
+	peak, err := agentproc.PeakRSSMiB(agent.Cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nagent peak RSS (VmHWM) over every delivery above: %.1f MiB (the unit's MemoryMax is 256M)\n", peak)
 	return nil
 }
 
