@@ -109,8 +109,8 @@ func TestAgentAnnouncesZstd(t *testing.T) {
 	}
 }
 
-// oldAgent is an agent from before frames: it announces none, and takes a
-// frame for an empty chunk, as its generated code did.
+// oldAgent is an agent from before frames as a client sees it: it does not
+// announce files.zstd.v1.
 type oldAgent struct{ *server.Server }
 
 func (a oldAgent) GetVersion(ctx context.Context, req *agentv1.GetVersionRequest) (*agentv1.GetVersionResponse, error) {
