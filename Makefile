@@ -113,6 +113,10 @@ bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size,
 bench-status: ## vm status fan-out over 100 real agents on loopback vs one after another
 	go run ./bench/statusbench
 
+.PHONY: bench-link
+bench-link: ## Sidecar delivery over a veth link shaped by tc tbf (100 Mbit, 1 Gbit, unshaped) vs scp and scp -C (root, openssh-server)
+	go run ./bench/linkbench
+
 .PHONY: bench-lab
 bench-lab: ## Lab benchmarks (root): re-onboard vs reinstall, onboarding 1/10/50 VMs, agent RSS on a VM, rolling vm upgrade of 10 VMs
 	go run ./bench/labbench

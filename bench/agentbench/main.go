@@ -13,17 +13,16 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/meshvm/meshvm/bench/internal/agentproc"
+	"github.com/meshvm/meshvm/bench/internal/measure"
 	"github.com/meshvm/meshvm/pkg/agentclient"
 )
 
@@ -85,7 +84,7 @@ func run() error {
 	var copies, delivers, hashes []time.Duration
 	for i := range rounds {
 		src := filepath.Join(work, fmt.Sprintf("payload-%d", i))
-		if err := randomFile(src, fileSize); err != nil {
+		if err := measure.RandomFile(src, fileSize); err != nil {
 			return err
 		}
 		d, err := localCopy(src, filepath.Join(work, "copy"))
@@ -124,7 +123,7 @@ func run() error {
 	}
 	// Rounds interleave copy and delivery so disk write-back noise hits
 	// both; medians keep one slow fsync from deciding the ratio.
-	cp, dl, hs := median(copies), median(delivers), median(hashes)
+	cp, dl, hs := measure.Median(copies), measure.Median(delivers), measure.Median(hashes)
 	mbps := func(d time.Duration) float64 { return float64(fileSize) / mib / d.Seconds() }
 	fmt.Printf("local copy 150 MB:  %6.0f ms  %6.0f MiB/s (median of %d: read, write, fsync)\n", ms(cp), mbps(cp), rounds)
 	fmt.Printf("mTLS delivery:      %6.0f ms  %6.0f MiB/s (median of %d: stat, stream, hash+verify, fsync, rename on the agent)\n", ms(dl), mbps(dl), rounds)
@@ -157,28 +156,6 @@ func run() error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func randomFile(path string, size int) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.CopyN(f, rand.Reader, int64(size)); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
 
 func hashFile(path string) (string, int64, error) {
 	f, err := os.Open(path)

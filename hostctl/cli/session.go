@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/formcache"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/onboard"
@@ -35,6 +36,7 @@ type session struct {
 	// registry request).
 	sidecarsMu sync.Mutex
 	sidecars   map[string]onboard.Sidecar
+	forms      *formcache.Cache
 }
 
 // sidecar returns the site's sidecar files of version for arch, looked up once.
@@ -49,6 +51,9 @@ func (r *session) sidecar(ctx context.Context, arch, version string) (onboard.Si
 	if err != nil {
 		return side, err
 	}
+	// Beside the extracted binaries, by digest: every VM of this and later
+	// runs sends the same compressed bytes.
+	side.Forms = r.forms
 	if r.sidecars == nil {
 		r.sidecars = map[string]onboard.Sidecar{}
 	}
@@ -96,7 +101,8 @@ func workloadSession(ctx context.Context, p *progress, cfg config.Config, state 
 	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
-		deps: onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(cfg.Agent.Dir)},
+		forms: formcache.New(state.Path("sidecar", "zstd")),
+		deps:  onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(cfg.Agent.Dir)},
 	}, nil
 }
 

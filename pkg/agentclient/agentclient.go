@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -21,19 +22,28 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/agentspec"
+	"github.com/meshvm/meshvm/pkg/filecodec"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
 const flowWindow = 4 << 20
 
-// ChunkSize is the size of file data messages; well under gRPC's 4 MiB limit.
-const ChunkSize = 1 << 20
+// ChunkSize is the content one file data message carries; well under
+// gRPC's 4 MiB limit.
+const ChunkSize = filecodec.ChunkSize
 
 // Client is a connection to one agent.
 type Client struct {
 	addr string
 	conn *grpc.ClientConn
 	api  agentv1.AgentServiceClient
+
+	mu sync.Mutex
+	// zstd says the agent takes zstd frames; asked once, at the first
+	// compressed delivery.
+	zstd *bool
+	// framed is what the first probe found faster (see sendContent).
+	framed probed
 }
 
 // Dial connects to the agent at addr (host:port) with tlsCfg, which must carry
@@ -145,6 +155,10 @@ type File struct {
 	// the content once more (hostctl caches binaries by digest).
 	SHA256 string
 	Size   int64
+	// Form, when set, opens the content's compressed form (filecodec), sent
+	// instead of the content to an agent that takes it over a link slower
+	// than it decodes.
+	Form func() (io.ReadCloser, error)
 }
 
 // LocalFile delivers the file at local to path.
@@ -161,8 +175,11 @@ func BytesFile(path string, data []byte) File {
 type PutResult struct {
 	Path string
 	// Sent is false when the agent already had the content.
-	Sent  bool
+	Sent bool
+	// Bytes of file data sent: less than the size when compressed.
 	Bytes int64
+	// Compressed is true when some of it went as zstd frames.
+	Compressed bool
 }
 
 // PutFile delivers f unless the agent already has the same content, in
@@ -185,9 +202,10 @@ func (c *Client) PutFile(ctx context.Context, f File) (PutResult, error) {
 	if err := stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: hdr}}); err != nil && err != io.EOF {
 		return PutResult{}, c.wrap("put "+f.Path, err)
 	}
-	var sent int64
+	out := &chunkSender{stream: stream, f: f}
+	defer out.close()
 	if !same {
-		if sent, err = sendChunks(stream, f); err != nil {
+		if err := c.sendContent(ctx, out, size); err != nil {
 			return PutResult{}, c.wrap("put "+f.Path, err)
 		}
 	}
@@ -195,36 +213,7 @@ func (c *Client) PutFile(ctx context.Context, f File) (PutResult, error) {
 	if err != nil {
 		return PutResult{}, c.wrap("put "+f.Path, err)
 	}
-	return PutResult{Path: f.Path, Sent: resp.GetOutcome() == agentv1.FileOutcome_FILE_OUTCOME_WRITTEN, Bytes: sent}, nil
-}
-
-func sendChunks(stream grpc.ClientStreamingClient[agentv1.PutFileRequest, agentv1.PutFileResponse], f File) (int64, error) {
-	r, err := f.Open()
-	if err != nil {
-		return 0, fmt.Errorf("open %s: %w", f.Path, err)
-	}
-	defer r.Close()
-	buf := make([]byte, ChunkSize)
-	var sent int64
-	for {
-		n, rerr := io.ReadFull(r, buf)
-		if n > 0 {
-			if err := stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Chunk{Chunk: buf[:n]}}); err != nil {
-				// io.EOF means the agent ended the stream early: its status says why.
-				if err == io.EOF {
-					return sent, nil
-				}
-				return sent, err
-			}
-			sent += int64(n)
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			return sent, nil
-		}
-		if rerr != nil {
-			return sent, fmt.Errorf("read %s: %w", f.Path, rerr)
-		}
-	}
+	return PutResult{Path: f.Path, Sent: resp.GetOutcome() == agentv1.FileOutcome_FILE_OUTCOME_WRITTEN, Bytes: out.wire, Compressed: out.frames > 0}, nil
 }
 
 func digest(f File) (string, int64, error) {

@@ -99,40 +99,16 @@ func Pinned(moduleDir string) (Versions, error) {
 
 // Build returns the cached binaries, building what is missing first.
 func Build(ctx context.Context, o Options) (Result, error) {
-	if o.Arch == "" {
-		o.Arch = runtime.GOARCH
-	}
-	if o.Progress == nil {
-		o.Progress = io.Discard
-	}
-	gomod, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.mod"))
-	if err != nil {
-		return Result{}, fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the hostctl/labbuild directory", err)
-	}
-	gosum, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.sum"))
-	if err != nil {
-		return Result{}, fmt.Errorf("lab build pins: %w", err)
-	}
-	v, err := versions(gomod)
+	o, res, key, err := locate(ctx, o)
 	if err != nil {
 		return Result{}, err
 	}
-	goVersion, err := exec.CommandContext(ctx, "go", "env", "GOVERSION").Output()
-	if err != nil {
-		return Result{}, fmt.Errorf("the lab builds its control plane with Go: go not found (%v): install Go %s or newer", err, "1.26")
-	}
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", gomod, gosum, strings.TrimSpace(string(goVersion)), o.Arch)
-	for _, c := range Components {
-		fmt.Fprintf(h, "%s %s %q\n", c.Name, c.Package, c.versionFlags(v))
-	}
-	key := hex.EncodeToString(h.Sum(nil))[:16]
-	res := Result{Dir: filepath.Join(o.CacheDir, "bin-"+key), Versions: v}
 	if _, err := os.Stat(filepath.Join(res.Dir, ".complete")); err == nil {
-		rebuilt, err := refreshOwn(ctx, o, v, res.Dir)
+		rebuilt, err := refreshOwn(ctx, o, res.Versions, res.Dir)
 		res.Cached = !rebuilt
 		return res, err
 	}
+	v := res.Versions
 	if err := os.MkdirAll(res.Dir, 0o755); err != nil {
 		return Result{}, err
 	}
@@ -160,6 +136,58 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	}
 	fmt.Fprintf(o.Progress, "lab control plane built in %s: %s\n", time.Since(start).Round(time.Second), res.Dir)
 	return res, nil
+}
+
+// ErrNotBuilt reports binaries not in the cache yet.
+var ErrNotBuilt = errors.New("the lab's control plane is not built")
+
+// Cached returns the cached binaries of the pinned versions without
+// building anything, or ErrNotBuilt naming make lab, which builds them.
+// meshvm's own components may be older than their source.
+func Cached(ctx context.Context, o Options) (Result, error) {
+	_, res, _, err := locate(ctx, o)
+	if err != nil {
+		return Result{}, err
+	}
+	if _, err := os.Stat(filepath.Join(res.Dir, ".complete")); err != nil {
+		return Result{}, fmt.Errorf("%w in %s: run make lab (as root) once to build it, about 25 minutes", ErrNotBuilt, res.Dir)
+	}
+	res.Cached = true
+	return res, nil
+}
+
+// locate reads the pins and returns where their binaries are cached, by a
+// key of the pins, the Go version and the architecture.
+func locate(ctx context.Context, o Options) (_ Options, _ Result, key string, _ error) {
+	if o.Arch == "" {
+		o.Arch = runtime.GOARCH
+	}
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	gomod, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.mod"))
+	if err != nil {
+		return o, Result{}, "", fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the hostctl/labbuild directory", err)
+	}
+	gosum, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.sum"))
+	if err != nil {
+		return o, Result{}, "", fmt.Errorf("lab build pins: %w", err)
+	}
+	v, err := versions(gomod)
+	if err != nil {
+		return o, Result{}, "", err
+	}
+	goVersion, err := exec.CommandContext(ctx, "go", "env", "GOVERSION").Output()
+	if err != nil {
+		return o, Result{}, "", fmt.Errorf("the lab builds its control plane with Go: go not found (%v): install Go %s or newer", err, "1.26")
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", gomod, gosum, strings.TrimSpace(string(goVersion)), o.Arch)
+	for _, c := range Components {
+		fmt.Fprintf(h, "%s %s %q\n", c.Name, c.Package, c.versionFlags(v))
+	}
+	key = hex.EncodeToString(h.Sum(nil))[:16]
+	return o, Result{Dir: filepath.Join(o.CacheDir, "bin-"+key), Versions: v}, key, nil
 }
 
 // ownModule is the module of meshvm's own lab components (the Envoy

@@ -3,6 +3,7 @@ package labbuild
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -104,5 +105,28 @@ func TestOwnComponentFollowsItsSource(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(filepath.Join(bin, "lab-envoy")); bytes.Equal(before, after) {
 		t.Error("the binary did not change with its source")
+	}
+}
+
+func TestCachedNamesMakeLabWhenNotBuilt(t *testing.T) {
+	o := Options{ModuleDir: "../../hostctl/labbuild", CacheDir: t.TempDir()}
+	_, err := Cached(context.Background(), o)
+	if !errors.Is(err, ErrNotBuilt) || !strings.Contains(err.Error(), "make lab") {
+		t.Fatalf("got %v, want ErrNotBuilt naming make lab", err)
+	}
+	// Where Build would put them, once complete, is what Cached returns.
+	_, res, _, err := locate(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(res.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(res.Dir, ".complete"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Cached(context.Background(), o)
+	if err != nil || got.Dir != res.Dir {
+		t.Fatalf("got %+v, %v, want %s", got, err, res.Dir)
 	}
 }

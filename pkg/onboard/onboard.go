@@ -10,6 +10,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/agentspec"
+	"github.com/meshvm/meshvm/pkg/formcache"
 	"github.com/meshvm/meshvm/pkg/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
@@ -17,6 +18,9 @@ import (
 // Sidecar names the local sidecar files for the VM's architecture.
 type Sidecar struct {
 	PilotAgent, Envoy, BootstrapTemplate string
+	// Forms, when set, keeps the binaries' compressed forms (sent to agents
+	// that take them) and digests.
+	Forms *formcache.Cache
 }
 
 // Hosts are the managed /etc/hosts lines: istiod, and the VM's own name.
@@ -58,9 +62,11 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 			hostsChanged = true
 		}
 	}
-	deliveries := []agentclient.File{
-		agentclient.LocalFile("/usr/local/bin/pilot-agent", side.PilotAgent),
-		agentclient.LocalFile("/usr/local/bin/envoy", side.Envoy),
+	binaries, err := side.binaries()
+	if err != nil {
+		return r, err
+	}
+	deliveries := append(binaries,
 		agentclient.LocalFile("/var/lib/istio/envoy/envoy_bootstrap_tmpl.json", side.BootstrapTemplate),
 		agentclient.BytesFile("/var/lib/istio/envoy/cluster.env", files.ClusterEnv),
 		agentclient.BytesFile("/etc/istio/config/mesh", files.Mesh),
@@ -69,7 +75,7 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		// would resend and restart.
 		agentclient.BytesFile(workloadfiles.RootCertPath, bytes.TrimRight(files.RootCert, "\n")),
 		agentclient.BytesFile(TokenPath, files.Token),
-	}
+	)
 	for _, f := range deliveries {
 		res, err := c.PutFile(ctx, f)
 		if err != nil {
@@ -99,6 +105,24 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		return r, fmt.Errorf("sidecar: %w", err)
 	}
 	return r, nil
+}
+
+// binaries are the deliveries of pilot-agent and envoy, from the cache of
+// compressed forms when there is one.
+func (s Sidecar) binaries() ([]agentclient.File, error) {
+	bins := []struct{ path, local string }{{"/usr/local/bin/pilot-agent", s.PilotAgent}, {"/usr/local/bin/envoy", s.Envoy}}
+	files := make([]agentclient.File, 0, len(bins))
+	for _, b := range bins {
+		f := agentclient.LocalFile(b.path, b.local)
+		if s.Forms != nil {
+			var err error
+			if f, err = s.Forms.File(b.path, b.local); err != nil {
+				return nil, fmt.Errorf("sidecar binary %s: %w", b.local, err)
+			}
+		}
+		files = append(files, f)
+	}
+	return files, nil
 }
 
 // sidecar starts or restarts the sidecar. Its capture rules may cut the

@@ -17,8 +17,7 @@ import (
 	"slices"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/meshvm/meshvm/pkg/filelock"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/mtls"
 )
@@ -71,16 +70,7 @@ func (d *Dir) ReadFile(rel string) ([]byte, error) {
 // two of them creating the CA (or one certificate) at once would each pin a
 // different one. flock serializes goroutines and hostctl processes alike.
 func (d *Dir) locked(fn func() error) error {
-	f, err := os.OpenFile(d.Path(".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return fmt.Errorf("state directory lock: %w", err)
-	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("state directory lock: %w", err)
-	}
-	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	return fn()
+	return filelock.Locked(d.Path(".lock"), 0o600, fn)
 }
 
 // AgentCA loads the agent CA, creating it on first use.

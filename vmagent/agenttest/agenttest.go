@@ -41,6 +41,9 @@ type Options struct {
 	// ServerKey, when set, are the agent's (as hostctl's state issues them).
 	CA                    *mtls.CA
 	ServerCert, ServerKey []byte
+	// Wrap, when set, serves its service in front of the agent's (an agent
+	// of an older release, say).
+	Wrap func(*server.Server) agentv1.AgentServiceServer
 }
 
 // Agent is a running agent.
@@ -90,14 +93,19 @@ func Start(t testing.TB, o Options) *Agent {
 	users := sysusers.New(root)
 	state := agentstate.New(root)
 	srv := grpc.NewServer(server.Options(log, tlsCfg, limits)...)
-	agentv1.RegisterAgentServiceServer(srv, server.New(log, server.Deps{
+	agent := server.New(log, server.Deps{
 		Root:      root,
 		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
 		Files:     vmfiles.NewStore(log, root, users, state),
 		// A sandbox has no systemd: the real manager must say so, promptly.
 		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second}),
 		DNS:     dnscheck.DefaultResolver(dir),
-	}))
+	})
+	var svc agentv1.AgentServiceServer = agent
+	if o.Wrap != nil {
+		svc = o.Wrap(agent)
+	}
+	agentv1.RegisterAgentServiceServer(srv, svc)
 	lis, err := net.Listen("tcp", listen)
 	must(t, err)
 	go srv.Serve(lis)

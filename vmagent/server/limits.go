@@ -13,7 +13,9 @@ import (
 
 // The limits (config.Limits) bound what an authenticated caller can make
 // the agent hold: a delivery costs about 10 MiB while it streams (its
-// flow-control window, the message being decoded, the write's buffers), so
+// flow-control window, the message being decoded, the write's buffers),
+// and at most 3 MiB more when it carries zstd frames (two decode buffers of
+// a chunk each, the decoder's state), so
 // max_deliveries of them stay well inside the unit's MemoryMax (256M) and
 // near its GOMEMLIMIT (64MiB); streams_per_connection caps HTTP/2's
 // concurrent streams (more wait in the client).

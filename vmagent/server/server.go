@@ -5,7 +5,6 @@ package server
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -22,6 +21,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/dnscheck"
+	"github.com/meshvm/meshvm/pkg/filecodec"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/netcheck"
 	"github.com/meshvm/meshvm/pkg/postinst"
@@ -34,7 +34,7 @@ import (
 var _ agentv1.AgentServiceServer = (*Server)(nil)
 
 // Capabilities the agent announces in GetVersion; hostctl checks them.
-var Capabilities = []string{"install.v1", "files.v1", "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1"}
+var Capabilities = []string{"install.v1", "files.v1", filecodec.Capability, "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1"}
 
 // Sidecar controls the istio unit.
 type Sidecar interface {
@@ -205,6 +205,7 @@ func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 	}
 	hdr := vmfiles.Header{Path: h.GetPath(), Size: h.GetSize(), SHA256: h.GetSha256(), Mode: h.GetMode(), Owner: h.GetOwner(), Group: h.GetGroup()}
 	body := &chunkReader{stream: stream}
+	defer body.close()
 	outcome, err := s.deps.Files.Put(hdr, body)
 	if errors.Is(err, vmfiles.ErrBusy) {
 		return status.Error(codes.Aborted, err.Error())
@@ -219,32 +220,119 @@ func (s *Server) PutFile(stream agentv1.AgentService_PutFileServer) error {
 	})
 }
 
-// chunkReader turns the stream's chunk messages into an io.Reader. A broken
-// stream surfaces as a read error, which abandons the temporary file.
+// chunkReader turns the stream's chunk messages into an io.Reader. A
+// goroutine receives and decodes ahead (zstd frames: one decoder per
+// delivery, made at the first frame, and two ChunkSize buffers), so that
+// decoding overlaps the write. A broken stream or a bad frame surfaces as
+// a read error, which abandons the temporary file; the store stops reading
+// past the declared size.
 type chunkReader struct {
 	stream agentv1.AgentService_PutFileServer
-	buf    []byte
+	ahead  chan piece
+	free   chan []byte // decode buffers given back
+	quit   chan struct{}
+	cur    piece
+	buf    []byte // what is left of cur
+	err    error
 	n      int64
 }
 
+// piece is one received message's content; pooled when its data is a
+// decode buffer, to be given back.
+type piece struct {
+	data   []byte
+	pooled bool
+	err    error
+}
+
+// decodeBuffers bounds what one delivery holds decoded.
+const decodeBuffers = 2
+
+func (r *chunkReader) close() {
+	if r.quit != nil {
+		close(r.quit)
+	}
+}
+
 func (r *chunkReader) Read(p []byte) (int, error) {
+	if r.quit == nil {
+		r.ahead, r.free, r.quit = make(chan piece, 1), make(chan []byte, decodeBuffers), make(chan struct{})
+		go r.readAhead()
+	}
 	for len(r.buf) == 0 {
-		msg, err := r.stream.Recv()
-		if err == io.EOF {
-			return 0, io.EOF
+		if r.err != nil {
+			return 0, r.err
 		}
-		if err != nil {
-			return 0, err
+		if r.cur.pooled {
+			r.free <- r.cur.data
 		}
-		if msg.GetHeader() != nil {
-			return 0, agenterr.Invalid("put file: a second header arrived mid-stream")
-		}
-		r.buf = msg.GetChunk()
+		r.cur = <-r.ahead
+		r.buf, r.err = r.cur.data, r.cur.err
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]
 	r.n += int64(n)
 	return n, nil
+}
+
+// readAhead receives and decodes until the stream ends, an error, or close.
+func (r *chunkReader) readAhead() {
+	var (
+		dec       *filecodec.Decoder
+		allocated int
+		decoded   int64
+	)
+	defer func() {
+		if dec != nil {
+			dec.Close()
+		}
+	}()
+	for {
+		var pc piece
+		msg, err := r.stream.Recv()
+		if err != nil {
+			pc.err = err // io.EOF at the end
+		}
+		switch m := msg.GetMsg().(type) {
+		case *agentv1.PutFileRequest_Chunk:
+			pc.data = m.Chunk
+		case *agentv1.PutFileRequest_ZstdChunk:
+			var buf []byte
+			select {
+			case buf = <-r.free:
+			default:
+				if allocated < decodeBuffers {
+					buf, allocated = filecodec.NewBuffer(), allocated+1
+				} else {
+					select {
+					case buf = <-r.free:
+					case <-r.quit:
+						return
+					}
+				}
+			}
+			if dec == nil {
+				if dec, pc.err = filecodec.NewDecoder(); pc.err != nil {
+					break
+				}
+			}
+			if pc.data, err = dec.Decode(buf, m.ZstdChunk); err != nil {
+				pc.err = agenterr.Invalid("put file: after %d bytes: %w: send the file again, or plain", decoded, err)
+			}
+			pc.pooled = pc.err == nil
+		case *agentv1.PutFileRequest_Header:
+			pc.err = agenterr.Invalid("put file: a second header arrived mid-stream")
+		}
+		decoded += int64(len(pc.data))
+		select {
+		case r.ahead <- pc:
+		case <-r.quit:
+			return
+		}
+		if pc.err != nil {
+			return
+		}
+	}
 }
 
 func (s *Server) ControlSidecar(ctx context.Context, req *agentv1.ControlSidecarRequest) (*agentv1.ControlSidecarResponse, error) {

@@ -28,6 +28,7 @@ import (
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 	"github.com/meshvm/meshvm/vmagent/config"
+	"github.com/meshvm/meshvm/vmagent/server"
 )
 
 // env is a real agent server on a loopback port with real mTLS, over a
@@ -53,7 +54,14 @@ func startAgent(t testing.TB) env {
 
 func startAgentWith(t testing.TB, limits config.Limits) env {
 	t.Helper()
-	a := agenttest.Start(t, agenttest.Options{Limits: &limits})
+	return startAgentServing(t, limits, nil)
+}
+
+// startAgentServing serves wrap's service in front of the agent's (an
+// agent of an older release), or the agent's own when wrap is nil.
+func startAgentServing(t testing.TB, limits config.Limits, wrap func(*server.Server) agentv1.AgentServiceServer) env {
+	t.Helper()
+	a := agenttest.Start(t, agenttest.Options{Limits: &limits, Wrap: wrap})
 	return env{addr: a.Addr, dir: a.Root, ca: a.CA, agent: a}
 }
 

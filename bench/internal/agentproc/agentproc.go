@@ -37,6 +37,10 @@ type Fleet struct {
 	bin, dir  string
 	ClientTLS *tls.Config
 	agents    []*Agent
+	// ip is where the agents listen; netns, when set, the network
+	// namespace they run in (ip netns exec).
+	ip    net.IP
+	netns string
 }
 
 // Agent is one running vmagent.
@@ -45,13 +49,19 @@ type Agent struct {
 	Cmd  *exec.Cmd
 }
 
-// NewFleet issues the certificates under dir.
+// NewFleet issues the certificates under dir, for agents on loopback.
 func NewFleet(bin, dir string) (*Fleet, error) {
+	return NewFleetIn(bin, dir, "", net.ParseIP("127.0.0.1"))
+}
+
+// NewFleetIn is NewFleet for agents that run in the network namespace
+// netns and listen on ip there.
+func NewFleetIn(bin, dir, netns string, ip net.IP) (*Fleet, error) {
 	ca, err := mtls.NewCA("bench CA", time.Hour)
 	if err != nil {
 		return nil, err
 	}
-	srvCert, srvKey, err := ca.IssueServer("vmagent", []string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
+	srvCert, srvKey, err := ca.IssueServer("vmagent", []string{"localhost"}, []net.IP{ip}, time.Hour)
 	if err != nil {
 		return nil, err
 	}
@@ -68,17 +78,17 @@ func NewFleet(bin, dir string) (*Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Fleet{bin: bin, dir: dir, ClientTLS: clientTLS}, nil
+	return &Fleet{bin: bin, dir: dir, ClientTLS: clientTLS, ip: ip, netns: netns}, nil
 }
 
 // Start runs one more agent on a free loopback port with its own sandbox root.
 func (f *Fleet) Start() (*Agent, error) {
 	n := len(f.agents)
-	root := filepath.Join(f.dir, fmt.Sprintf("root-%d", n))
+	root := f.RootOf(n)
 	if err := sandbox(root); err != nil {
 		return nil, err
 	}
-	addr, err := freePort()
+	addr, err := f.freePort()
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +99,9 @@ func (f *Fleet) Start() (*Agent, error) {
 		return nil, err
 	}
 	cmd := exec.Command(f.bin, "serve", "--config", cfgPath, "--root", root, "--log-level", "warn")
+	if f.netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", f.netns}, cmd.Args...)...)
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -164,7 +177,15 @@ func sandbox(root string) error {
 	return os.WriteFile(filepath.Join(root, "etc/group"), []byte("root:x:0:\nistio-proxy:x:1337:\n"), 0o644)
 }
 
-func freePort() (string, error) {
+// RootOf is the sandbox root of the n-th agent started.
+func (f *Fleet) RootOf(n int) string { return filepath.Join(f.dir, fmt.Sprintf("root-%d", n)) }
+
+// freePort is a free port on loopback; in a namespace, where this process
+// cannot look, the agent's own 7443 plus one per agent.
+func (f *Fleet) freePort() (string, error) {
+	if f.netns != "" {
+		return net.JoinHostPort(f.ip.String(), strconv.Itoa(7443+len(f.agents))), nil
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err

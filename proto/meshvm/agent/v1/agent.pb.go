@@ -386,6 +386,8 @@ type GetVersionResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// Capability names the agent supports, e.g. "install.v1", "files.v1".
+	// "files.zstd.v1": PutFile takes PutFileRequest.zstd_chunk; a client
+	// sends those only to an agent that names it, plain chunks to any other.
 	Capabilities  []string `protobuf:"bytes,2,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	GoVersion     string   `protobuf:"bytes,3,opt,name=go_version,json=goVersion,proto3" json:"go_version,omitempty"`
 	Os            string   `protobuf:"bytes,4,opt,name=os,proto3" json:"os,omitempty"`
@@ -1307,6 +1309,7 @@ type PutFileRequest struct {
 	//
 	//	*PutFileRequest_Header
 	//	*PutFileRequest_Chunk
+	//	*PutFileRequest_ZstdChunk
 	Msg           isPutFileRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1367,6 +1370,15 @@ func (x *PutFileRequest) GetChunk() []byte {
 	return nil
 }
 
+func (x *PutFileRequest) GetZstdChunk() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*PutFileRequest_ZstdChunk); ok {
+			return x.ZstdChunk
+		}
+	}
+	return nil
+}
+
 type isPutFileRequest_Msg interface {
 	isPutFileRequest_Msg()
 }
@@ -1377,13 +1389,24 @@ type PutFileRequest_Header struct {
 }
 
 type PutFileRequest_Chunk struct {
-	// Every later message.
+	// Every later message: the content itself, or one zstd_chunk.
 	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+type PutFileRequest_ZstdChunk struct {
+	// One zstd frame of the content's next bytes, decoding to at most 1 MiB
+	// (a frame declaring or decoding to more is refused, as is one with a
+	// larger window). Chunks and frames may alternate; FileHeader's size and
+	// sha256 are those of the decoded content, and the agent stops decoding
+	// once it has more than size bytes.
+	ZstdChunk []byte `protobuf:"bytes,3,opt,name=zstd_chunk,json=zstdChunk,proto3,oneof"`
 }
 
 func (*PutFileRequest_Header) isPutFileRequest_Msg() {}
 
 func (*PutFileRequest_Chunk) isPutFileRequest_Msg() {}
+
+func (*PutFileRequest_ZstdChunk) isPutFileRequest_Msg() {}
 
 type FileHeader struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1474,11 +1497,12 @@ func (x *FileHeader) GetGroup() string {
 }
 
 type PutFileResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	Outcome       FileOutcome            `protobuf:"varint,2,opt,name=outcome,proto3,enum=meshvm.agent.v1.FileOutcome" json:"outcome,omitempty"`
-	BytesReceived uint64                 `protobuf:"varint,3,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
-	Sha256        string                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Path    string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Outcome FileOutcome            `protobuf:"varint,2,opt,name=outcome,proto3,enum=meshvm.agent.v1.FileOutcome" json:"outcome,omitempty"`
+	// The content's bytes written (the decoded size when frames arrived).
+	BytesReceived uint64 `protobuf:"varint,3,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	Sha256        string `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2825,10 +2849,12 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\x06sha256\x18\x04 \x01(\tR\x06sha256\x12\x12\n" +
 	"\x04mode\x18\x05 \x01(\rR\x04mode\x12\x14\n" +
 	"\x05owner\x18\x06 \x01(\tR\x05owner\x12\x14\n" +
-	"\x05group\x18\a \x01(\tR\x05group\"f\n" +
+	"\x05group\x18\a \x01(\tR\x05group\"\x87\x01\n" +
 	"\x0ePutFileRequest\x125\n" +
 	"\x06header\x18\x01 \x01(\v2\x1b.meshvm.agent.v1.FileHeaderH\x00R\x06header\x12\x16\n" +
-	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x05\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunk\x12\x1f\n" +
+	"\n" +
+	"zstd_chunk\x18\x03 \x01(\fH\x00R\tzstdChunkB\x05\n" +
 	"\x03msg\"\x8c\x01\n" +
 	"\n" +
 	"FileHeader\x12\x12\n" +
@@ -3117,6 +3143,7 @@ func file_meshvm_agent_v1_agent_proto_init() {
 	file_meshvm_agent_v1_agent_proto_msgTypes[15].OneofWrappers = []any{
 		(*PutFileRequest_Header)(nil),
 		(*PutFileRequest_Chunk)(nil),
+		(*PutFileRequest_ZstdChunk)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

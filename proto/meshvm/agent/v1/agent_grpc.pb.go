@@ -61,7 +61,8 @@ type AgentServiceClient interface {
 	StatFiles(ctx context.Context, in *StatFilesRequest, opts ...grpc.CallOption) (*StatFilesResponse, error)
 	// PutFile writes one allowlisted file atomically: a header message, then
 	// data chunks. The old file stays intact unless the whole file arrived and
-	// matched its declared size and SHA-256.
+	// matched its declared size and SHA-256. To an agent that announces
+	// "files.zstd.v1" the content may come as zstd frames (zstd_chunk).
 	PutFile(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutFileRequest, PutFileResponse], error)
 	// ControlSidecar starts, stops or restarts the istio unit.
 	ControlSidecar(ctx context.Context, in *ControlSidecarRequest, opts ...grpc.CallOption) (*ControlSidecarResponse, error)
@@ -260,7 +261,8 @@ type AgentServiceServer interface {
 	StatFiles(context.Context, *StatFilesRequest) (*StatFilesResponse, error)
 	// PutFile writes one allowlisted file atomically: a header message, then
 	// data chunks. The old file stays intact unless the whole file arrived and
-	// matched its declared size and SHA-256.
+	// matched its declared size and SHA-256. To an agent that announces
+	// "files.zstd.v1" the content may come as zstd frames (zstd_chunk).
 	PutFile(grpc.ClientStreamingServer[PutFileRequest, PutFileResponse]) error
 	// ControlSidecar starts, stops or restarts the istio unit.
 	ControlSidecar(context.Context, *ControlSidecarRequest) (*ControlSidecarResponse, error)
