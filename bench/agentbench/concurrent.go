@@ -120,7 +120,7 @@ func concurrentDeliveries(conns []*agentclient.Client) map[string]int {
 // stalledDeliveries opens crowd deliveries that send their header and 1 MiB
 // and then nothing, and waits until the agent has answered each (refused or
 // cancelled) or stallWait has passed.
-func stalledDeliveries(conns []*agentclient.Client) map[string]int {
+func stalledDeliveries(conns []agentv1.AgentServiceClient) map[string]int {
 	chunk := make([]byte, agentclient.ChunkSize)
 	var mu sync.Mutex
 	outcome := map[string]int{}
@@ -129,7 +129,7 @@ func stalledDeliveries(conns []*agentclient.Client) map[string]int {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), stallWait)
 			defer cancel()
-			stream, err := conns[i%len(conns)].API().PutFile(ctx)
+			stream, err := conns[i%len(conns)].PutFile(ctx)
 			if err == nil {
 				fake, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 				sum := sha256.Sum256(fake.Bytes())

@@ -24,6 +24,7 @@ import (
 	"github.com/meshvm/meshvm/bench/internal/agentproc"
 	"github.com/meshvm/meshvm/bench/internal/measure"
 	"github.com/meshvm/meshvm/pkg/agentclient"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
 const (
@@ -147,7 +148,16 @@ func run() error {
 		return err
 	}
 	fmt.Printf("%d concurrent 8 MB deliveries: %s (goal: peak well under MemoryMax 256 MiB)\n", crowd, res)
-	res, err = measureCrowd(agent, func() map[string]int { return stalledDeliveries(conns) })
+	raw := make([]agentv1.AgentServiceClient, crowdConns)
+	for i := range raw {
+		api, conn, err := fleet.DialRaw(agent)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		raw[i] = api
+	}
+	res, err = measureCrowd(agent, func() map[string]int { return stalledDeliveries(raw) })
 	if err != nil {
 		return err
 	}

@@ -69,12 +69,6 @@ func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
-// API is the raw service, whose errors are gRPC's and not agenterr's.
-//
-// Deprecated: use the typed methods, which map errors back to agenterr;
-// only bench/agentbench's hand-built PutFile streams still call it.
-func (c *Client) API() agentv1.AgentServiceClient { return c.api }
-
 // wrap maps a gRPC error back to its agenterr class and names the agent.
 func (c *Client) wrap(what string, err error) error {
 	if err == nil {

@@ -457,7 +457,7 @@ func (r *Root) WriteFile(p string, src io.Reader, opts WriteOptions) (WriteResul
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	if opts.SHA256 != "" && !strings.EqualFold(sum, opts.SHA256) {
-		return res, fmt.Errorf("write %s: content has sha256 %s, declared %s: the transfer was corrupted, send it again", p, sum, opts.SHA256)
+		return res, fmt.Errorf("write %s: %w: content has sha256 %s, declared %s: the transfer was corrupted, send it again", p, ErrDigestMismatch, sum, opts.SHA256)
 	}
 	if err := setOwnerMode(fd, opts.UID, opts.GID, opts.Mode); err != nil {
 		return res, fmt.Errorf("write %s: %w", p, err)
@@ -508,6 +508,9 @@ func (w *writeBehind) Write(p []byte) (int, error) {
 
 // ErrSizeMismatch reports content longer or shorter than declared.
 var ErrSizeMismatch = errors.New("size mismatch")
+
+// ErrDigestMismatch reports content whose SHA-256 is not the declared one.
+var ErrDigestMismatch = errors.New("digest mismatch")
 
 // copyChecked copies src to dst, feeding h, and checks the size when size >= 0.
 // Hashing runs beside the copy: on a large file the two together would

@@ -322,13 +322,11 @@ func (s *Store) recordDirs(created []string) {
 func classify(p string, err error) error {
 	switch {
 	case errors.Is(err, fsroot.ErrUnsafePath):
-		return agenterr.Denied("%v", err)
-	case errors.Is(err, fsroot.ErrSizeMismatch):
-		return agenterr.Invalid("%v", err)
+		return agenterr.Denied("%w", err)
+	case errors.Is(err, fsroot.ErrSizeMismatch), errors.Is(err, fsroot.ErrDigestMismatch):
+		return agenterr.Invalid("%w", err)
 	case errors.Is(err, fs.ErrNotExist):
-		return agenterr.Precondition("%v: the directory is missing; run Install first", err)
-	case strings.Contains(err.Error(), "declared"):
-		return agenterr.Invalid("%v", err)
+		return agenterr.Precondition("%w: the directory is missing; run Install first", err)
 	}
 	return fmt.Errorf("deliver %s: %w", p, err)
 }

@@ -124,8 +124,13 @@ func TestPutMismatchKeepsOldFile(t *testing.T) {
 	must(t, os.WriteFile(filepath.Join(dir, "var/lib/istio/config/mesh"), old, 0o640))
 	sent := []byte("new mesh\n")
 	h := Header{Path: "/etc/istio/config/mesh", Size: uint64(len(sent)), SHA256: digestOf([]byte("something else"))}
-	if _, err := s.Put(h, bytes.NewReader(sent)); err == nil {
-		t.Fatal("got no error for a digest mismatch")
+	if _, err := s.Put(h, bytes.NewReader(sent)); !errors.Is(err, agenterr.InvalidArgument) || !errors.Is(err, fsroot.ErrDigestMismatch) {
+		t.Fatalf("got %v for a digest mismatch, want InvalidArgument wrapping fsroot.ErrDigestMismatch", err)
+	}
+	// Too short: the size sentinel, the same class.
+	h = Header{Path: "/etc/istio/config/mesh", Size: uint64(len(sent)) + 5, SHA256: digestOf(sent)}
+	if _, err := s.Put(h, bytes.NewReader(sent)); !errors.Is(err, agenterr.InvalidArgument) || !errors.Is(err, fsroot.ErrSizeMismatch) {
+		t.Fatalf("got %v for a short body, want InvalidArgument wrapping fsroot.ErrSizeMismatch", err)
 	}
 	got, _ := os.ReadFile(filepath.Join(dir, "var/lib/istio/config/mesh"))
 	if !bytes.Equal(got, old) {

@@ -160,9 +160,9 @@ func frame(t testing.TB, chunk []byte) []byte {
 }
 
 // putRaw sends a header and msgs on the raw API and returns the outcome.
-func putRaw(t *testing.T, c *agentclient.Client, hdr *agentv1.FileHeader, msgs ...*agentv1.PutFileRequest) error {
+func putRaw(t *testing.T, c agentv1.AgentServiceClient, hdr *agentv1.FileHeader, msgs ...*agentv1.PutFileRequest) error {
 	t.Helper()
-	stream, err := c.API().PutFile(ctxT(t))
+	stream, err := c.PutFile(ctxT(t))
 	must(t, err)
 	must(t, stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: hdr}}))
 	for _, m := range msgs {
@@ -186,7 +186,7 @@ func TestChunksAndFramesAlternate(t *testing.T) {
 	e := startAgent(t)
 	data := binaryLike(t, 3*filecodec.ChunkSize+1234)
 	cs := filecodec.ChunkSize
-	err := putRaw(t, e.client(t), &agentv1.FileHeader{Path: "/usr/local/bin/envoy", Size: uint64(len(data)), Sha256: sum(data)},
+	err := putRaw(t, e.raw(t), &agentv1.FileHeader{Path: "/usr/local/bin/envoy", Size: uint64(len(data)), Sha256: sum(data)},
 		plainMsg(data[:cs]), zstdMsg(frame(t, data[cs:2*cs])), plainMsg(data[2*cs:3*cs]), zstdMsg(frame(t, data[3*cs:])))
 	must(t, err)
 	if got, _ := os.ReadFile(filepath.Join(e.dir, "usr/local/bin/envoy")); !bytes.Equal(got, data) {
@@ -222,7 +222,7 @@ func TestBadFramesRefusedOldFileKept(t *testing.T) {
 			old := []byte("the old envoy")
 			target := filepath.Join(e.dir, "usr/local/bin/envoy")
 			must(t, os.WriteFile(target, old, 0o755))
-			err := putRaw(t, e.client(t), tt.hdr("/usr/local/bin/envoy"), tt.msgs...)
+			err := putRaw(t, e.raw(t), tt.hdr("/usr/local/bin/envoy"), tt.msgs...)
 			if status.Code(err) != codes.InvalidArgument || !bytes.Contains([]byte(err.Error()), []byte(tt.want)) {
 				t.Fatalf("got %v, want InvalidArgument naming %q", err, tt.want)
 			}

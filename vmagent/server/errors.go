@@ -26,6 +26,7 @@ var classOf = []struct {
 	{probe.ErrNotService, agenterr.InvalidArgument},
 	{fsroot.ErrUnsafePath, agenterr.InvalidArgument},
 	{fsroot.ErrSizeMismatch, agenterr.InvalidArgument},
+	{fsroot.ErrDigestMismatch, agenterr.InvalidArgument},
 	{fsroot.ErrUntrusted, agenterr.FailedPrecondition},
 	{fsroot.ErrTooLarge, agenterr.FailedPrecondition},
 	{fs.ErrNotExist, agenterr.NotFound},

@@ -15,9 +15,13 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/mtls"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
 // Build compiles the agent as `make build` does (its RSS counts its text).
@@ -114,6 +118,17 @@ func (f *Fleet) Start() (*Agent, error) {
 // Dial connects to a with the fleet's client certificate.
 func (f *Fleet) Dial(a *Agent) (*agentclient.Client, error) {
 	return agentclient.Dial(a.Addr, f.ClientTLS)
+}
+
+// DialRaw is a bare gRPC client of the agent, with hostctl's certificate,
+// for benchmarks that misbehave on purpose (a delivery that stalls):
+// agentclient has no call for that.
+func (f *Fleet) DialRaw(a *Agent) (agentv1.AgentServiceClient, *grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(a.Addr, grpc.WithTransportCredentials(credentials.NewTLS(f.ClientTLS)))
+	if err != nil {
+		return nil, nil, err
+	}
+	return agentv1.NewAgentServiceClient(conn), conn, nil
 }
 
 // Stop kills every agent.
