@@ -32,6 +32,7 @@ func TestSentinelsLeaveWithTheirCode(t *testing.T) {
 		{probe.ErrNotService, codes.InvalidArgument},
 		{fsroot.ErrUnsafePath, codes.InvalidArgument},
 		{fsroot.ErrSizeMismatch, codes.InvalidArgument},
+		{fsroot.ErrDigestMismatch, codes.InvalidArgument},
 		{fsroot.ErrUntrusted, codes.FailedPrecondition},
 		{fsroot.ErrTooLarge, codes.FailedPrecondition},
 		{fs.ErrNotExist, codes.NotFound},
