@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
 // joined is what a VM was last onboarded onto: the Istio revision its files
@@ -50,12 +51,7 @@ func vmRevision(state *statedir.Dir, vm, siteRev string) string {
 }
 
 // revisionName is how a revision is shown: "" is "default".
-func revisionName(rev string) string {
-	if rev == "" {
-		return "default"
-	}
-	return rev
-}
+func revisionName(rev string) string { return workloadfiles.RevisionName(rev) }
 
 func sameRevision(a, b string) bool { return revisionName(a) == revisionName(b) }
 

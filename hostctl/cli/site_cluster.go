@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/k3s"
@@ -21,7 +23,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/proxyimage"
 	"github.com/meshvm/meshvm/pkg/statedir"
 	"github.com/meshvm/meshvm/pkg/workload"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
 // clusterSite is a real Kubernetes cluster, reached through a kubeconfig:
@@ -377,7 +379,7 @@ func (s *clusterSite) istiodDeployment(ctx context.Context, rev string) (string,
 }
 
 func (s *clusterSite) revision(ctx context.Context) string {
-	if cp, _ := s.joinedPlane(ctx); cp != nil && cp.Revision != "default" {
+	if cp, _ := s.joinedPlane(ctx); cp != nil && workloadfiles.Revisioned(cp.Revision) {
 		return cp.Revision
 	}
 	return s.cfg.Istio.Revision

@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
 type vmUpgradeCmd struct {
@@ -39,7 +40,7 @@ func (c *vmUpgradeCmd) command() *cobra.Command {
 
 func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 	rev := c.revision
-	if rev == "default" {
+	if !workloadfiles.Revisioned(rev) {
 		rev = ""
 	}
 	if rev != "" && !config.ValidRevision(rev) {

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/ownership"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
 // ControlPlane is an istiod meshvm did not install, as the cluster shows it.
@@ -43,11 +44,8 @@ type Foreign struct {
 
 // Revision is the control plane of revision rev ("" or "default": the default).
 func (f Foreign) Revision(rev string) (ControlPlane, bool) {
-	if rev == "" {
-		rev = "default"
-	}
 	for _, cp := range f.ControlPlanes {
-		if cp.Revision == rev {
+		if cp.Revision == workloadfiles.RevisionName(rev) {
 			return cp, true
 		}
 	}
@@ -99,11 +97,7 @@ func InspectForeign(ctx context.Context, kc kubernetes.Interface) (Foreign, erro
 			continue
 		}
 		cp := readControlPlane(d, svcs.Items)
-		cmName := "istio"
-		if cp.Revision != "default" {
-			cmName += "-" + cp.Revision
-		}
-		cp.MeshID = meshID(mesh[d.Namespace+"/"+cmName])
+		cp.MeshID = meshID(mesh[d.Namespace+"/"+MeshConfigName(cp.Revision)])
 		if ns, err := kc.CoreV1().Namespaces().Get(ctx, d.Namespace, metav1.GetOptions{}); err == nil {
 			cp.Network = ns.Labels["topology.istio.io/network"]
 		}
@@ -116,10 +110,7 @@ func InspectForeign(ctx context.Context, kc kubernetes.Interface) (Foreign, erro
 // readControlPlane reads an istiod Deployment, and finds among svcs a
 // gateway exposing its ports.
 func readControlPlane(d *appsv1.Deployment, svcs []corev1.Service) ControlPlane {
-	cp := ControlPlane{Deployment: d.Namespace + "/" + d.Name, Revision: d.Labels["istio.io/rev"]}
-	if cp.Revision == "" {
-		cp.Revision = "default"
-	}
+	cp := ControlPlane{Deployment: d.Namespace + "/" + d.Name, Revision: workloadfiles.RevisionName(d.Labels["istio.io/rev"])}
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name != "discovery" {
 			continue

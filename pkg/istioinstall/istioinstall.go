@@ -282,7 +282,7 @@ func exposeObjects(rev string) ([]Object, error) {
 	}
 	istiod := IstiodService(rev)
 	sni := "*"
-	if revisionValue(rev) != "" {
+	if workloadfiles.Revisioned(rev) {
 		sni = istiod + "." + Namespace + ".svc"
 	}
 	route := func(port uint32, dst uint32) *networking.TLSRoute {
@@ -425,7 +425,7 @@ func IstiodEnv(objs []Object, rev string) (map[string]string, error) {
 // revisionValue is the IstioOperator's spec.revision: "" for the default
 // revision, which Istio names no revision at all.
 func revisionValue(rev string) string {
-	if rev == "default" {
+	if !workloadfiles.Revisioned(rev) {
 		return ""
 	}
 	return rev

@@ -25,6 +25,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/istioinstall"
 	"github.com/meshvm/meshvm/pkg/procs"
+	"github.com/meshvm/meshvm/pkg/workloadfiles"
 )
 
 // Config describes one revision's istiod.
@@ -73,11 +74,9 @@ func portsOf(slot int) ports {
 	return ports{grpc: at(10), secure: at(12), https: at(17), http: at(80), monitoring: at(14), ctrlz: strconv.Itoa(20000 + 100*slot + 76)}
 }
 
-func isDefault(rev string) bool { return rev == "" || rev == "default" }
-
 // revDir is where a revision's istiod keeps its state.
 func revDir(dir, rev string) string {
-	if isDefault(rev) {
+	if !workloadfiles.Revisioned(rev) {
 		return dir
 	}
 	return filepath.Join(dir, "rev-"+rev)
@@ -86,7 +85,7 @@ func revDir(dir, rev string) string {
 // slot is the revision's port block: 0 for the default, else the one
 // recorded when it first started (a new one: one past the highest).
 func slot(dir, rev string, assign bool) (int, error) {
-	if isDefault(rev) {
+	if !workloadfiles.Revisioned(rev) {
 		return 0, nil
 	}
 	file := filepath.Join(revDir(dir, rev), "slot")
@@ -158,16 +157,9 @@ func Version(ctx context.Context, dir, rev string) (string, error) {
 	}
 	b, err := get(ctx, "http://"+portsOf(n).monitoring+"/version")
 	if err != nil {
-		return "", fmt.Errorf("istiod (revision %s) /version: %w", orDefault(rev), err)
+		return "", fmt.Errorf("istiod (revision %s) /version: %w", workloadfiles.RevisionName(rev), err)
 	}
 	return istioinstall.VersionOf(string(b)), nil
-}
-
-func orDefault(rev string) string {
-	if isDefault(rev) {
-		return "default"
-	}
-	return rev
 }
 
 func get(ctx context.Context, url string) ([]byte, error) {
@@ -210,7 +202,7 @@ func startIstiod(ctx context.Context, c Config) error {
 	ready := func(ctx context.Context) error { return Ready(ctx, c.Dir, c.Revision) }
 	same := sameSpec(dir, name, spec, c.Mesh)
 	if pid, ok := pd.Running(name); ok && same && ready(ctx) == nil {
-		fmt.Fprintf(c.Progress, "istio: istiod (revision %s) already running (pid %d)\n", orDefault(c.Revision), pid)
+		fmt.Fprintf(c.Progress, "istio: istiod (revision %s) already running (pid %d)\n", workloadfiles.RevisionName(c.Revision), pid)
 		return nil
 	} else if ok {
 		if err := pd.Stop(ctx, name, 10*time.Second); err != nil {
@@ -235,7 +227,7 @@ func startIstiod(ctx context.Context, c Config) error {
 	if err := recordSpec(dir, name, spec, c.Mesh); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.Progress, "istio: istiod (revision %s) ready (pid %d, %s)\n", orDefault(c.Revision), pid, time.Since(start).Round(100*time.Millisecond))
+	fmt.Fprintf(c.Progress, "istio: istiod (revision %s) ready (pid %d, %s)\n", workloadfiles.RevisionName(c.Revision), pid, time.Since(start).Round(100*time.Millisecond))
 	return nil
 }
 
@@ -272,7 +264,7 @@ func startGateway(ctx context.Context, c Config) error {
 		}
 		up := portsOf(n).secure
 		args = append(args, "--route", istioinstall.IstiodService(rev)+"."+namespace+".svc="+up)
-		if isDefault(rev) {
+		if !workloadfiles.Revisioned(rev) {
 			args = append(args, "--route", "*="+up)
 		}
 	}

@@ -331,7 +331,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 	meshName := workloadfiles.MeshConfigName(f.Revision)
 	meshCM, err := c.Kube.CoreV1().ConfigMaps(f.IstioNamespace).Get(ctx, meshName, metav1.GetOptions{})
 	if err != nil {
-		return workloadfiles.Files{}, fmt.Errorf("mesh config (ConfigMap %s/%s): %w: is Istio (revision %s) installed? run hostctl up", f.IstioNamespace, meshName, err, orDefault(f.Revision))
+		return workloadfiles.Files{}, fmt.Errorf("mesh config (ConfigMap %s/%s): %w: is Istio (revision %s) installed? run hostctl up", f.IstioNamespace, meshName, err, workloadfiles.RevisionName(f.Revision))
 	}
 	root, err := waitRootCert(ctx, c.Kube, s.Namespace)
 	if err != nil {
@@ -567,11 +567,4 @@ func DeleteEntry(ctx context.Context, c Clients, s Spec, address string) (string
 		return "", fmt.Errorf("delete WorkloadEntry %s/%s: %w", s.Namespace, e.Name, err)
 	}
 	return e.Name, nil
-}
-
-func orDefault(rev string) string {
-	if rev == "" {
-		return "default"
-	}
-	return rev
 }

@@ -80,12 +80,21 @@ func (f Files) Map() map[string][]byte {
 	return map[string][]byte{"cluster.env": f.ClusterEnv, "mesh.yaml": f.Mesh, "hosts": f.Hosts, "root-cert.pem": f.RootCert, "istio-token": f.Token}
 }
 
-// revisioned reports whether rev names a non-default control plane.
-func revisioned(rev string) bool { return rev != "" && rev != "default" }
+// Revisioned reports whether rev names a non-default control plane ("" and
+// "default" are the default revision).
+func Revisioned(rev string) bool { return rev != "" && rev != "default" }
+
+// RevisionName is how a revision is named: "default" for the default.
+func RevisionName(rev string) string {
+	if !Revisioned(rev) {
+		return "default"
+	}
+	return rev
+}
 
 // IstiodService is the revision's istiod Deployment and Service name.
 func IstiodService(rev string) string {
-	if revisioned(rev) {
+	if Revisioned(rev) {
 		return "istiod-" + rev
 	}
 	return "istiod"
@@ -94,7 +103,7 @@ func IstiodService(rev string) string {
 // MeshConfigName is the revision's mesh config ConfigMap (what istioctl
 // reads the VM's mesh.yaml from).
 func MeshConfigName(rev string) string {
-	if revisioned(rev) {
+	if Revisioned(rev) {
 		return "istio-" + rev
 	}
 	return "istio"
@@ -146,7 +155,7 @@ func proxyConfig(o Options) (*meshconfig.ProxyConfig, error) {
 		mc.DefaultConfig = &meshconfig.ProxyConfig{}
 	}
 	pc := mc.DefaultConfig
-	if revisioned(o.Revision) && pc.DiscoveryAddress == "" {
+	if Revisioned(o.Revision) && pc.DiscoveryAddress == "" {
 		pc.DiscoveryAddress = IstiodHost(o.IstioNamespace, o.Revision) + ":15012"
 	}
 	// Object annotations first, then the template's: the later wins.
@@ -297,7 +306,7 @@ func clusterEnv(o Options, pc *meshconfig.ProxyConfig) []byte {
 			env[k] = v
 		}
 	}
-	if revisioned(o.Revision) {
+	if Revisioned(o.Revision) {
 		env["CA_ADDR"] = IstiodHost(o.IstioNamespace, o.Revision) + ":15012"
 	}
 	switch {
