@@ -162,10 +162,9 @@ type vmDoctor struct {
 	bindings      map[string]string
 	bindingsKnown bool
 
-	m      machine.Machine
-	c      *agentclient.Client
-	ov     agentclient.Overview
-	istiod string // where the VM should reach istiod; "" when unknown
+	m  machine.Machine
+	c  *agentclient.Client
+	ov agentclient.Overview
 	// rev is the VM's revision, istiodName the istiod name it resolves.
 	rev, istiodName string
 	out             []finding

@@ -37,6 +37,27 @@ type session struct {
 	sidecarsMu sync.Mutex
 	sidecars   map[string]onboard.Sidecar
 	forms      *formcache.Cache
+	// versions are the running istiods' by revision, asked once (an API
+	// round trip or two each) for all the VMs. Guarded by sidecarsMu.
+	versions map[string]string
+}
+
+// istiodVersion is the revision's running istiod's version, asked once.
+func (r *session) istiodVersion(ctx context.Context, rev string) (string, error) {
+	r.sidecarsMu.Lock()
+	defer r.sidecarsMu.Unlock()
+	if v, ok := r.versions[revisionName(rev)]; ok {
+		return v, nil
+	}
+	v, _, err := r.site.istiodVersion(ctx, rev)
+	if err != nil {
+		return "", err
+	}
+	if r.versions == nil {
+		r.versions = map[string]string{}
+	}
+	r.versions[revisionName(rev)] = v
+	return v, nil
 }
 
 // sidecar returns the site's sidecar files of version for arch, looked up once.
@@ -203,7 +224,7 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	version, _, err := r.site.istiodVersion(ctx, rev)
+	version, err := r.istiodVersion(ctx, rev)
 	if err != nil {
 		return workload.Entry{}, err
 	}

@@ -43,9 +43,9 @@ type clusterSite struct {
 	kube workload.Clients
 	// mu guards addr and kube: VMs onboard concurrently.
 	mu sync.Mutex
-	// version is Istio's (the embedded one unless istio.version names
-	// another, then rendered with istioctl of that version; an Istio of
-	// yours's when the VMs join it).
+	// version is the Istio meshvm installs (the embedded one unless
+	// istio.version names another, then rendered with istioctl of that
+	// version). The VMs' proxy is their running istiod's (istiodVersion).
 	version, istioctl string
 	// joined is the Istio of yours the VMs join (nil: meshvm's own), and
 	// joinErr why they cannot; looked up once (inspected). Guarded by mu.
@@ -94,9 +94,6 @@ func (s *clusterSite) joinedPlane(ctx context.Context) (*istioinstall.ControlPla
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.joined, s.joinErr, s.inspected = joined, joinErr, true
-	if joined != nil && joined.Version != "" {
-		s.version = joined.Version // the VMs' proxy is their istiod's version
-	}
 	return joined, joinErr
 }
 

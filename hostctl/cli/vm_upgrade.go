@@ -73,7 +73,7 @@ func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 			moving = append(moving, vm)
 		}
 	}
-	if len(moving) > 0 && r.spec.Revision != "" {
+	if len(moving) > 0 {
 		// Both revisions' istiods must see the group while VMs are split.
 		if err := r.labelGroup(ctx, ""); err != nil {
 			return err

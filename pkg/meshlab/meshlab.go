@@ -320,13 +320,14 @@ func istiodEnv(c Config, hosts []string) []string {
 	return out
 }
 
-// Down stops the gateway and every revision's istiod.
+// Down stops the gateway and every revision's istiod: the default's in dir
+// (whether or not its working directory appeared), the others' in theirs.
 func Down(ctx context.Context, dir string) error {
-	errs := []error{procs.Dir(dir).Stop(ctx, gatewayName, 5*time.Second)}
+	errs := []error{procs.Dir(dir).Stop(ctx, gatewayName, 5*time.Second), procs.Dir(dir).Stop(ctx, "pilot-discovery", 10*time.Second)}
 	for _, rev := range Revisions(dir) {
-		errs = append(errs, procs.Dir(revDir(dir, rev)).Stop(ctx, "pilot-discovery", 10*time.Second))
+		if workloadfiles.Revisioned(rev) {
+			errs = append(errs, procs.Dir(revDir(dir, rev)).Stop(ctx, "pilot-discovery", 10*time.Second))
+		}
 	}
-	// An istiod whose working directory never appeared still has a PID file.
-	errs = append(errs, procs.Dir(dir).Stop(ctx, "pilot-discovery", 10*time.Second))
 	return errors.Join(errs...)
 }
