@@ -32,15 +32,10 @@ import (
 // removes the VM and the workload and leaves every object of that Istio as
 // it was.
 func TestJoinYourIstio(t *testing.T) {
-	root, work, labCfg, state := labSetup(t, "jy1")
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
-	kubeconfig := clusterOfYours(t, ctx, labCfg, state)
-	hub := proxyRegistry(t, root)
-	clients, err := kubeClients(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	y := labAsYours(t, ctx, "jy1")
+	work, state, kubeconfig, hub, clients := y.work, y.state, y.kubeconfig, y.hub, y.clients
 	objs := disownIstio(t, ctx, kubeconfig)
 	labels := map[string]string{"app": "istiod", "istio.io/rev": "default"}
 	env := []corev1.EnvVar{{Name: "CLUSTER_ID", Value: "test"}, {Name: "PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION", Value: "true"},

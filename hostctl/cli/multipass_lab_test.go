@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/labmultipass"
 	"github.com/meshvm/meshvm/pkg/procs"
+	"github.com/meshvm/meshvm/pkg/workload"
 )
 
 // TestUpOnMultipass runs the recipe's own path, machines: multipass,
@@ -28,15 +29,10 @@ import (
 // by itself), an instance left Starting by a killed launch that the next
 // up recovers, and down.
 func TestUpOnMultipass(t *testing.T) {
-	root, work, labCfg, state := labSetup(t, "mpe1", "mpe2")
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
-	kubeconfig := clusterOfYours(t, ctx, labCfg, state)
-	hub := proxyRegistry(t, root)
-	clients, err := kubeClients(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
+	y := labAsYours(t, ctx, "mpe1", "mpe2")
+	root, work, state, kubeconfig, hub, clients := y.root, y.work, y.state, y.kubeconfig, y.hub, y.clients
 	hostIP := loadBalancerAddress(t)
 	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
 
@@ -171,6 +167,25 @@ func TestUpOnMultipass(t *testing.T) {
 // for a test that takes them as a cluster of yours, and returns the
 // kubeconfig. The controller manager is stopped: it would overwrite the
 // Deployment status the test writes in the kubelet's place.
+// yours is the lab's cluster lent as a cluster of yours (provider
+// kubeconfig, lab VMs), with a registry serving the proxy image.
+type yours struct {
+	root, work, state, kubeconfig, hub string
+	clients                            workload.Clients
+}
+
+// labAsYours sets up the lab for vms and lends its cluster as yours.
+func labAsYours(t *testing.T, ctx context.Context, vms ...string) yours {
+	t.Helper()
+	root, work, labCfg, state := labSetup(t, vms...)
+	kubeconfig := clusterOfYours(t, ctx, labCfg, state)
+	clients, err := kubeClients(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return yours{root: root, work: work, state: state, kubeconfig: kubeconfig, hub: proxyRegistry(t, root), clients: clients}
+}
+
 func clusterOfYours(t *testing.T, ctx context.Context, labCfg, state string) string {
 	t.Helper()
 	if out, err := run(t, "--config", labCfg, "istio", "install"); err != nil {

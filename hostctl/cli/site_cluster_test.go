@@ -46,18 +46,13 @@ import (
 // image is the lab's pilot-agent and Envoy stand-in, served by a real
 // registry in-process.
 func TestUpOnYourCluster(t *testing.T) {
-	root, work, labCfg, state := labSetup(t, "yc1")
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Minute)
 	defer cancel()
-	kubeconfig := clusterOfYours(t, ctx, labCfg, state)
-	hub := proxyRegistry(t, root)
+	y := labAsYours(t, ctx, "yc1")
+	work, state, kubeconfig, hub, clients := y.work, y.state, y.kubeconfig, y.hub, y.clients
 	cfgPath := filepath.Join(work, "yours.yaml")
 	os.WriteFile(cfgPath, []byte("version: 1\nstateDir: "+state+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+kubeconfig+
 		"\nmachines: lab\nistio:\n  hub: "+hub+"\nvms:\n- name: yc1\n"), 0o600)
-	clients, err := kubeClients(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// An Istio control plane of yours (here a revision's istiod) next to
 	// meshvm's: up does not move the VMs to it, names it and changes
