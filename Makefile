@@ -99,7 +99,7 @@ test: check-generate proto-lint vet vet-darwin build ## Run every check and test
 
 .PHONY: test-multipass
 test-multipass: build ## Only the Multipass lab tests (root; make test runs them too): the stand-in's every command, and hostctl up through it
-	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/labmultipass ./hostctl/cli
+	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/lab/multipass ./hostctl/cli
 
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector
@@ -123,8 +123,8 @@ bench-lab: ## Lab benchmarks (root): re-onboard vs reinstall, onboarding 1/10/50
 
 .PHONY: fuzz
 fuzz: ## Fuzz the /etc/hosts merge and the file delivery policy, 60s each
-	go test ./pkg/hostsfile -run '^$$' -fuzz FuzzMerge -fuzztime 60s
-	go test ./pkg/vmfiles -run '^$$' -fuzz FuzzPolicy -fuzztime 60s
+	go test ./vmagent/internal/hostsfile -run '^$$' -fuzz FuzzMerge -fuzztime 60s
+	go test ./vmagent/internal/vmfiles -run '^$$' -fuzz FuzzPolicy -fuzztime 60s
 
 .PHONY: package
 package: tools build ## Build vmagent .deb and .rpm for amd64 and arm64 into dist/

@@ -11,9 +11,9 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/meshvm/meshvm/pkg/hostsfile"
 	"github.com/meshvm/meshvm/pkg/report"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/vmagent/internal/hostsfile"
 )
 
 // doctorCmd prints, for a person on the VM, what hostctl sees through the

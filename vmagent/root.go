@@ -7,16 +7,16 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/agentstate"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
-	"github.com/meshvm/meshvm/pkg/dnscheck"
 	"github.com/meshvm/meshvm/pkg/fsroot"
-	"github.com/meshvm/meshvm/pkg/postinst"
-	"github.com/meshvm/meshvm/pkg/sidecar"
-	"github.com/meshvm/meshvm/pkg/sysusers"
-	"github.com/meshvm/meshvm/pkg/vmfiles"
 	"github.com/meshvm/meshvm/vmagent/config"
-	"github.com/meshvm/meshvm/vmagent/server"
+	"github.com/meshvm/meshvm/vmagent/internal/agentstate"
+	"github.com/meshvm/meshvm/vmagent/internal/dnscheck"
+	"github.com/meshvm/meshvm/vmagent/internal/postinst"
+	"github.com/meshvm/meshvm/vmagent/internal/server"
+	"github.com/meshvm/meshvm/vmagent/internal/sidecar"
+	"github.com/meshvm/meshvm/vmagent/internal/sysusers"
+	"github.com/meshvm/meshvm/vmagent/internal/vmfiles"
 )
 
 // globals are the flags every command shares.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
-	"github.com/meshvm/meshvm/vmagent/server"
+	"github.com/meshvm/meshvm/vmagent/internal/server"
 )
 
 type serveCmd struct {

@@ -7,10 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/agentstate"
 	"github.com/meshvm/meshvm/pkg/fsroot"
-	"github.com/meshvm/meshvm/pkg/sidecarenv"
-	"github.com/meshvm/meshvm/pkg/sysusers"
+	"github.com/meshvm/meshvm/vmagent/internal/agentstate"
+	"github.com/meshvm/meshvm/vmagent/internal/sidecarenv"
+	"github.com/meshvm/meshvm/vmagent/internal/sysusers"
 )
 
 // sidecarCmd holds the root-side hooks of the istio unit (ExecStartPre and

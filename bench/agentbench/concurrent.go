@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshvm/meshvm/bench/internal/agentproc"
-	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 

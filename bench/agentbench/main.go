@@ -8,7 +8,7 @@
 //     deliveries, and with 200 that stall after their first chunk.
 //
 // It builds the real vmagent, runs it against a sandbox root and talks to it
-// through pkg/agentclient, as hostctl does. Run it with `make bench`.
+// through pkg/host/agentclient, as hostctl does. Run it with `make bench`.
 package main
 
 import (
@@ -23,7 +23,7 @@ import (
 
 	"github.com/meshvm/meshvm/bench/internal/agentproc"
 	"github.com/meshvm/meshvm/bench/internal/measure"
-	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 

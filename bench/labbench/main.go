@@ -34,8 +34,8 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/buildinfo"
-	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/lab/build"
+	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
 )
 
 func main() {
@@ -288,7 +288,7 @@ func (b *bench) timed(args ...string) (time.Duration, error) {
 
 // agentRSS reads vmagent's resident set inside the VM.
 func agentRSS(work, vm string) (int64, error) {
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(work, ".meshvm", "lab", "vms"), labbuild.DefaultCacheDir())
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(work, ".meshvm", "lab", "vms"), build.DefaultCacheDir())
 	out, err := lab.Exec(context.Background(), vm, nil, "sh", "-c",
 		"awk '/^VmRSS:/ {print $2}' /proc/$(systemctl show -p MainPID --value vmagent.service)/status")
 	if err != nil {

@@ -32,9 +32,9 @@ import (
 
 	"github.com/meshvm/meshvm/bench/internal/agentproc"
 	"github.com/meshvm/meshvm/bench/internal/measure"
-	"github.com/meshvm/meshvm/pkg/agentclient"
-	"github.com/meshvm/meshvm/pkg/formcache"
-	"github.com/meshvm/meshvm/pkg/labbuild"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/formcache"
+	"github.com/meshvm/meshvm/pkg/lab/build"
 )
 
 const (
@@ -80,7 +80,7 @@ func run() error {
 		}
 	}
 	ctx := context.Background()
-	bins, err := labbuild.Cached(ctx, labbuild.Options{ModuleDir: "hostctl/labbuild", CacheDir: labbuild.DefaultCacheDir()})
+	bins, err := build.Cached(ctx, build.Options{ModuleDir: "hostctl/labbuild", CacheDir: build.DefaultCacheDir()})
 	if err != nil {
 		return fmt.Errorf("the payload is the lab's pilot-agent and pilot-discovery: %w", err)
 	}

@@ -16,12 +16,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 )

@@ -6,9 +6,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
 // The recipe's app: python3 -m http.server on the workload port, as a unit.

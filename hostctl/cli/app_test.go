@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/host/config"
 )
 
 // freePort is a TCP port nothing listens on right now.

@@ -11,8 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/procs"
+	"github.com/meshvm/meshvm/pkg/lab/procs"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
 // clusterCommands are `hostctl cluster ...` and `hostctl istio ...`: the

@@ -3,8 +3,8 @@ package cli
 import (
 	"testing"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 )
 
 // cluster status asks the site for the processes it runs instead of

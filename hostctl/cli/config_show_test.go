@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/host/config"
 )
 
 func run(t *testing.T, args ...string) (string, error) {

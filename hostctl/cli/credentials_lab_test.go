@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/credcheck"
-	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/host/credcheck"
+	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
 // TestCredentialsOnLab runs three VMs with one-minute workload certificates

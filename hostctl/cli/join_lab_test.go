@@ -19,9 +19,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/restmapper"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/ownership"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 )
 
 // TestJoinYourIstio joins a VM to an Istio meshvm did not install: the

@@ -21,20 +21,20 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
-	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/labmachine"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
+	labbuild "github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/pkg/lab/mesh"
+	"github.com/meshvm/meshvm/pkg/lab/procs"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/meshlab"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/procs"
-	"github.com/meshvm/meshvm/pkg/statedir"
-	"github.com/meshvm/meshvm/pkg/workload"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // TestUpOnLab is the end-to-end proof on real parts: kube-apiserver,
@@ -601,7 +601,7 @@ func onboardAgainAndFaults(t *testing.T, cfgPath, state string, lab *labmachine.
 	t.Run("istiod restarted", func(t *testing.T) {
 		e, _, _ := workload.FindEntry(ctx, clients, spec, addr)
 		istio := filepath.Join(state, "lab", "istio")
-		if err := meshlab.Down(ctx, istio); err != nil {
+		if err := mesh.Down(ctx, istio); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := run(t, "--config", cfgPath, "istio", "status"); err == nil || !strings.Contains(err.Error(), "istiod not ready") {
@@ -617,7 +617,7 @@ func onboardAgainAndFaults(t *testing.T, cfgPath, state string, lab *labmachine.
 	t.Run("address changed", func(t *testing.T) {
 		// istiod down while the VM moves: nobody sees the old connection end,
 		// so only up can clear the old entry.
-		if err := meshlab.Down(ctx, filepath.Join(state, "lab", "istio")); err != nil {
+		if err := mesh.Down(ctx, filepath.Join(state, "lab", "istio")); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := run(t, "--config", cfgPath, "vm", "stop", vm); err != nil {

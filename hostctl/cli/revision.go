@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"path/filepath"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/statedir"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // joined is what a VM was last onboarded onto: the Istio revision its files

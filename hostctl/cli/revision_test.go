@@ -3,8 +3,8 @@ package cli
 import (
 	"testing"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/statedir"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 )
 
 // The WorkloadGroup carries a revision only while every VM shares it: a

@@ -11,8 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/hostctl/config"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
+	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/report"
 )
 

@@ -9,15 +9,15 @@ import (
 	"sync"
 	"time"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/agentclient"
-	"github.com/meshvm/meshvm/pkg/formcache"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/formcache"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/statedir"
-	"github.com/meshvm/meshvm/pkg/workload"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // session is a site whose cluster and Istio are up, with what every per-VM

@@ -9,15 +9,15 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/labvm"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
+	labvm "github.com/meshvm/meshvm/pkg/lab/vm"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/multipass"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/sshmachine"
-	"github.com/meshvm/meshvm/pkg/statedir"
+	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/pkg/machine/multipass"
+	"github.com/meshvm/meshvm/pkg/machine/ssh"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
 // site is where the mesh and its VMs live: the lab on this machine, or a
@@ -103,11 +103,11 @@ func (g *globals) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, 
 		cs.kc, cs.k3s = state.Path("kubeconfig"), multipassProvider(cmd.ErrOrStderr())
 	case config.SSH:
 		// k3s on the nodes you list.
-		hosts := map[string]sshmachine.Host{}
+		hosts := map[string]ssh.Host{}
 		for _, n := range cfg.Cluster.Nodes {
-			hosts[n.Name] = sshmachine.Host{Address: n.Address, User: n.User, KeyFile: n.Key}
+			hosts[n.Name] = ssh.Host{Address: n.Address, User: n.User, KeyFile: n.Key}
 		}
-		cs.kc, cs.k3s = state.Path("kubeconfig"), sshmachine.New(hosts, state.Path("known_hosts"))
+		cs.kc, cs.k3s = state.Path("kubeconfig"), ssh.New(hosts, state.Path("known_hosts"))
 	}
 	return cfg, state, cs, nil
 }
@@ -128,11 +128,11 @@ func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machi
 	case config.Lab:
 		return labMachines(state)
 	case config.SSH:
-		hosts := map[string]sshmachine.Host{}
+		hosts := map[string]ssh.Host{}
 		for _, vm := range cfg.VMs {
-			hosts[vm.Name] = sshmachine.Host{Address: vm.Address, User: vm.User, KeyFile: vm.Key}
+			hosts[vm.Name] = ssh.Host{Address: vm.Address, User: vm.User, KeyFile: vm.Key}
 		}
-		return sshmachine.New(hosts, state.Path("known_hosts"))
+		return ssh.New(hosts, state.Path("known_hosts"))
 	}
 	return multipassProvider(stderr)
 }

@@ -13,17 +13,17 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/k3s"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/meshcall"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/ownership"
-	"github.com/meshvm/meshvm/pkg/proxyimage"
-	"github.com/meshvm/meshvm/pkg/statedir"
-	"github.com/meshvm/meshvm/pkg/workload"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/k3s"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
+	"github.com/meshvm/meshvm/pkg/mesh/proxyimage"
+	"github.com/meshvm/meshvm/pkg/mesh/traffic"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // clusterSite is a real Kubernetes cluster, reached through a kubeconfig:
@@ -500,7 +500,7 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 		return err
 	}
 	// verify's client pods live in their own namespace, when meshvm made it.
-	if ch, err := workload.RemoveNamespace(ctx, c.Kube, meshcall.Namespace); err != nil {
+	if ch, err := workload.RemoveNamespace(ctx, c.Kube, traffic.Namespace); err != nil {
 		return err
 	} else if ch.Action == ownership.Yours {
 		p.step("cluster", "", "%s %s", ch.Object, ch.Action)

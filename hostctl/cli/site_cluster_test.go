@@ -29,10 +29,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/meshcall"
-	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/traffic"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
 // TestUpOnYourCluster runs up through the path a real cluster takes
@@ -151,12 +151,12 @@ func TestUpOnYourCluster(t *testing.T) {
 	if out, err := run(t, "--config", cfgPath, "verify"); err != nil || strings.Count(out, "skipped") != 2 || !strings.Contains(out, "Envoy stand-in") {
 		t.Errorf("verify: %v\n%s", err, out)
 	}
-	_, err = meshcall.Fetch(ctx, clients.Kube, meshcall.DefaultImage, "http://external-app.vmns:8000/", 5*time.Second)
+	_, err = traffic.Fetch(ctx, clients.Kube, traffic.DefaultImage, "http://external-app.vmns:8000/", 5*time.Second)
 	t.Logf("mesh client pod on the lab: %v", err)
-	if err == nil || !strings.Contains(err.Error(), "pod") || !strings.Contains(err.Error(), meshcall.Namespace) {
+	if err == nil || !strings.Contains(err.Error(), "pod") || !strings.Contains(err.Error(), traffic.Namespace) {
 		t.Errorf("client pod without a kubelet: got %v, want the pod's failure named", err)
 	}
-	if pods, _ := clients.Kube.CoreV1().Pods(meshcall.Namespace).List(ctx, metav1.ListOptions{}); pods != nil && len(pods.Items) > 0 && pods.Items[0].DeletionTimestamp == nil {
+	if pods, _ := clients.Kube.CoreV1().Pods(traffic.Namespace).List(ctx, metav1.ListOptions{}); pods != nil && len(pods.Items) > 0 && pods.Items[0].DeletionTimestamp == nil {
 		t.Errorf("client pod left: %s", pods.Items[0].Name)
 	}
 
@@ -189,7 +189,7 @@ func TestUpOnYourCluster(t *testing.T) {
 	if ns, err := clients.Kube.CoreV1().Namespaces().Get(ctx, "vmns", metav1.GetOptions{}); err == nil && ns.DeletionTimestamp == nil {
 		t.Error("the workload namespace is left after down")
 	}
-	if ns, err := clients.Kube.CoreV1().Namespaces().Get(ctx, meshcall.Namespace, metav1.GetOptions{}); err == nil && ns.DeletionTimestamp == nil {
+	if ns, err := clients.Kube.CoreV1().Namespaces().Get(ctx, traffic.Namespace, metav1.GetOptions{}); err == nil && ns.DeletionTimestamp == nil {
 		t.Error("verify's namespace is left after down")
 	}
 	if _, err := clients.Kube.Discovery().ServerVersion(); err != nil {
@@ -229,11 +229,11 @@ func istioSystem(t *testing.T, ctx context.Context, c workload.Clients) string {
 func proxyRegistry(t *testing.T, root string) string {
 	t.Helper()
 	ctx := context.Background()
-	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: filepath.Join(root, "hostctl", "labbuild"), CacheDir: cacheDir(), Progress: io.Discard})
+	bins, err := build.Build(ctx, build.Options{ModuleDir: filepath.Join(root, "hostctl", "labbuild"), CacheDir: cacheDir(), Progress: io.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bootstrap, err := labbuild.IstioFile(ctx, filepath.Join(root, "hostctl", "labbuild"), "tools/packaging/common/envoy_bootstrap.json")
+	bootstrap, err := build.IstioFile(ctx, filepath.Join(root, "hostctl", "labbuild"), "tools/packaging/common/envoy_bootstrap.json")
 	if err != nil {
 		t.Fatal(err)
 	}

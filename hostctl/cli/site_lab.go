@@ -7,16 +7,16 @@ import (
 	"runtime"
 	"strings"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/labcluster"
-	"github.com/meshvm/meshvm/pkg/labmachine"
-	"github.com/meshvm/meshvm/pkg/labstack"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/pkg/lab/cluster"
+	"github.com/meshvm/meshvm/pkg/lab/mesh"
+	labstack "github.com/meshvm/meshvm/pkg/lab/stack"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/meshlab"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/statedir"
+	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
 // labSite is the lab: a control plane built from source running as local
@@ -36,7 +36,7 @@ func newLabSite(cfg config.Config, state *statedir.Dir, lab *labmachine.Provider
 
 func (s *labSite) machines() machine.Provider { return s.lab }
 
-func (s *labSite) kubeconfig() string { return labcluster.Kubeconfig(s.state.Path("lab", "cluster")) }
+func (s *labSite) kubeconfig() string { return cluster.Kubeconfig(s.state.Path("lab", "cluster")) }
 
 func (s *labSite) config(p *progress, step string) (labstack.Config, error) {
 	src, err := labSource()
@@ -82,7 +82,7 @@ func (s *labSite) eastWest(context.Context) (string, string) {
 func (s *labSite) istioDir() string { return s.state.Path("lab", "istio") }
 
 func (s *labSite) istiodReady(ctx context.Context, rev string) (string, error) {
-	if err := meshlab.Ready(ctx, s.istioDir(), rev); err != nil {
+	if err := mesh.Ready(ctx, s.istioDir(), rev); err != nil {
 		return "", err
 	}
 	v, _, err := s.istiodVersion(ctx, rev)
@@ -98,7 +98,7 @@ func (s *labSite) revision(context.Context) string { return s.cfg.Istio.Revision
 // istio.io/istio pseudo-version it was built from, which is Istio's
 // EmbeddedVersion line: that is the version the VMs get.
 func (s *labSite) istiodVersion(ctx context.Context, rev string) (string, string, error) {
-	v, err := meshlab.Version(ctx, s.istioDir(), rev)
+	v, err := mesh.Version(ctx, s.istioDir(), rev)
 	if err != nil {
 		return "", "", err
 	}
@@ -106,7 +106,7 @@ func (s *labSite) istiodVersion(ctx context.Context, rev string) (string, string
 	if err != nil {
 		return "", "", err
 	}
-	pins, err := labbuild.Pinned(src)
+	pins, err := build.Pinned(src)
 	if err != nil {
 		return "", "", err
 	}
@@ -117,8 +117,8 @@ func (s *labSite) istiodVersion(ctx context.Context, rev string) (string, string
 }
 
 func (s *labSite) revisionOf(_ context.Context, controller string) string {
-	for _, rev := range meshlab.Revisions(s.istioDir()) {
-		if meshlab.PodName(rev) == controller {
+	for _, rev := range mesh.Revisions(s.istioDir()) {
+		if mesh.PodName(rev) == controller {
 			return rev
 		}
 	}
@@ -144,13 +144,13 @@ func (s *labSite) sidecar(ctx context.Context, arch, version string) (onboard.Si
 	if err != nil {
 		return onboard.Sidecar{}, err
 	}
-	bins := labbuild.Result{}
+	bins := build.Result{}
 	if s.stack != nil {
 		bins = s.stack.Bins
-	} else if bins, err = labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: io.Discard}); err != nil {
+	} else if bins, err = build.Build(ctx, build.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: io.Discard}); err != nil {
 		return onboard.Sidecar{}, err
 	}
-	bootstrap, err := labbuild.IstioFile(ctx, src, "tools/packaging/common/envoy_bootstrap.json")
+	bootstrap, err := build.IstioFile(ctx, src, "tools/packaging/common/envoy_bootstrap.json")
 	if err != nil {
 		return onboard.Sidecar{}, err
 	}

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/meshvm/meshvm/hostctl/config"
+	"github.com/meshvm/meshvm/pkg/host/config"
 )
 
 // Off Linux a config asking for the lab, as its cluster or only for its VMs,

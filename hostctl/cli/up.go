@@ -20,11 +20,11 @@ import (
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/labbuild"
-	"github.com/meshvm/meshvm/pkg/statedir"
-	"github.com/meshvm/meshvm/pkg/workload"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 type upCmd struct {
@@ -130,7 +130,7 @@ func labSource() (string, error) {
 	}
 }
 
-func cacheDir() string { return labbuild.DefaultCacheDir() }
+func cacheDir() string { return build.DefaultCacheDir() }
 
 func workloadSpec(cfg config.Config) workload.Spec {
 	w := cfg.Workload

@@ -9,12 +9,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/agenterr"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
-	"github.com/meshvm/meshvm/pkg/meshcall"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/traffic"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -91,7 +91,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 		v := verdict{"mesh", toVM, "FAIL", ""}
 		if clients, err := kubeClients(s.kubeconfig()); err != nil {
 			v.Detail = err.Error()
-		} else if body, err := meshcall.Fetch(ctx, clients.Kube, meshcall.DefaultImage,
+		} else if body, err := traffic.Fetch(ctx, clients.Kube, traffic.DefaultImage,
 			fmt.Sprintf("http://%s.%s:%d/", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), 2*time.Minute); err != nil {
 			v.Detail = err.Error()
 		} else {

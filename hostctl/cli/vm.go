@@ -11,12 +11,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/statedir"
-	"github.com/meshvm/meshvm/pkg/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 

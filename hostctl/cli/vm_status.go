@@ -10,14 +10,14 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/credcheck"
-	"github.com/meshvm/meshvm/pkg/istioinstall"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/credcheck"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/onboard"
-	"github.com/meshvm/meshvm/pkg/statedir"
-	"github.com/meshvm/meshvm/pkg/workload"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 

@@ -8,9 +8,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/hostctl/config"
-	"github.com/meshvm/meshvm/pkg/workload"
-	"github.com/meshvm/meshvm/pkg/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 type vmUpgradeCmd struct {

@@ -4,7 +4,7 @@
 // source: kube-apiserver and kube-controller-manager from k8s.io/kubernetes,
 // pilot-discovery (istiod), pilot-agent and istioctl from istio.io/istio. It is
 // its own module so the product's go.mod never carries them; hostctl's lab
-// provider runs `go build` in this directory (see pkg/labbuild).
+// provider runs `go build` in this directory (see pkg/lab/build).
 //
 // Istio's commands are pinned by the tool directives in go.mod (their main
 // packages import more than their app packages do). Kubernetes' are pinned

@@ -17,18 +17,18 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/meshvm/meshvm/pkg/agentclient"
-	"github.com/meshvm/meshvm/pkg/agentstate"
-	"github.com/meshvm/meshvm/pkg/dnscheck"
 	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/mtls"
-	"github.com/meshvm/meshvm/pkg/postinst"
-	"github.com/meshvm/meshvm/pkg/sidecar"
-	"github.com/meshvm/meshvm/pkg/sysusers"
-	"github.com/meshvm/meshvm/pkg/vmfiles"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/config"
-	"github.com/meshvm/meshvm/vmagent/server"
+	"github.com/meshvm/meshvm/vmagent/internal/agentstate"
+	"github.com/meshvm/meshvm/vmagent/internal/dnscheck"
+	"github.com/meshvm/meshvm/vmagent/internal/postinst"
+	"github.com/meshvm/meshvm/vmagent/internal/server"
+	"github.com/meshvm/meshvm/vmagent/internal/sidecar"
+	"github.com/meshvm/meshvm/vmagent/internal/sysusers"
+	"github.com/meshvm/meshvm/vmagent/internal/vmfiles"
 )
 
 // Options shape the agent; the zero value is a fresh CA on 127.0.0.1, any port.

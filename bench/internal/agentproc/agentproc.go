@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/meshvm/meshvm/pkg/agentclient"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )

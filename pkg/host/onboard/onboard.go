@@ -1,0 +1,158 @@
+package onboard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/agentspec"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/formcache"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+// Sidecar names the local sidecar files for the VM's architecture.
+type Sidecar struct {
+	PilotAgent, Envoy, BootstrapTemplate string
+	// Forms, when set, keeps the binaries' compressed forms (sent to agents
+	// that take them) and digests.
+	Forms *formcache.Cache
+}
+
+// Hosts are the managed /etc/hosts lines: istiod, and the VM's own name.
+type Hosts struct {
+	IstiodIP, IstiodName string
+	VMIP, VMName         string
+}
+
+// Report says what onboarding did.
+type Report struct {
+	Steps []*agentv1.StepResult
+	// Sent and Skipped list delivered files by whether data crossed the wire.
+	Sent, Skipped []string
+	Sidecar       *agentv1.SidecarState
+	// Restarted is true when the sidecar was restarted (it reconnects to istiod).
+	Restarted bool
+}
+
+// TokenPath is where the sidecar reads its istio-ca token.
+const TokenPath = agentspec.TokenPath
+
+// Onboard runs the postinst, delivers what differs, and starts the sidecar,
+// restarting it when something it reads only at start changed (a file, the
+// hosts block) or when restart is set. A new token alone needs no restart:
+// pilot-agent reads the token file for every certificate request. A start
+// leaves a running sidecar alone.
+func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Files, side Sidecar, h Hosts, restart bool) (Report, error) {
+	var r Report
+	hosts := []*agentv1.HostsEntry{{Ip: h.IstiodIP, Names: []string{h.IstiodName}}, {Ip: h.VMIP, Names: []string{h.VMName}}}
+	steps, err := c.Install(ctx, &agentv1.InstallRequest{HostsEntries: hosts})
+	r.Steps = steps
+	if err != nil {
+		return r, err
+	}
+	// A new hosts block (istiod or the VM moved) is read by a sidecar that starts.
+	hostsChanged := false
+	for _, st := range steps {
+		if st.GetName() == "hosts" && st.GetOutcome() == agentv1.StepOutcome_STEP_OUTCOME_CHANGED {
+			hostsChanged = true
+		}
+	}
+	binaries, err := side.binaries()
+	if err != nil {
+		return r, err
+	}
+	deliveries := append(binaries,
+		agentclient.LocalFile("/var/lib/istio/envoy/envoy_bootstrap_tmpl.json", side.BootstrapTemplate),
+		agentclient.BytesFile("/var/lib/istio/envoy/cluster.env", files.ClusterEnv),
+		agentclient.BytesFile("/etc/istio/config/mesh", files.Mesh),
+		// pilot-agent rewrites this file (it is in OUTPUT_CERTS) without the
+		// final newline: deliver it the same way, or every re-onboarding
+		// would resend and restart.
+		agentclient.BytesFile(workloadfiles.RootCertPath, bytes.TrimRight(files.RootCert, "\n")),
+		agentclient.BytesFile(TokenPath, files.Token),
+	)
+	for _, f := range deliveries {
+		res, err := c.PutFile(ctx, f)
+		if err != nil {
+			return r, err
+		}
+		if res.Sent {
+			r.Sent = append(r.Sent, f.Path)
+		} else {
+			r.Skipped = append(r.Skipped, f.Path)
+		}
+	}
+	// The binaries' owner and mode are set by the postinst: run it again now
+	// that they exist (a no-op when nothing changed).
+	if steps, err = c.Install(ctx, &agentv1.InstallRequest{HostsEntries: hosts}); err != nil {
+		r.Steps = steps
+		return r, err
+	}
+	action := agentv1.SidecarAction_SIDECAR_ACTION_START
+	for _, p := range r.Sent {
+		restart = restart || p != TokenPath
+	}
+	if restart || hostsChanged {
+		action = agentv1.SidecarAction_SIDECAR_ACTION_RESTART
+		r.Restarted = true
+	}
+	if r.Sidecar, err = sidecar(ctx, c, action); err != nil {
+		return r, fmt.Errorf("sidecar: %w", err)
+	}
+	return r, nil
+}
+
+// binaries are the deliveries of pilot-agent and envoy, from the cache of
+// compressed forms when there is one.
+func (s Sidecar) binaries() ([]agentclient.File, error) {
+	bins := []struct{ path, local string }{{"/usr/local/bin/pilot-agent", s.PilotAgent}, {"/usr/local/bin/envoy", s.Envoy}}
+	files := make([]agentclient.File, 0, len(bins))
+	for _, b := range bins {
+		f := agentclient.LocalFile(b.path, b.local)
+		if s.Forms != nil {
+			var err error
+			if f, err = s.Forms.File(b.path, b.local); err != nil {
+				return nil, fmt.Errorf("sidecar binary %s: %w", b.local, err)
+			}
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+// sidecar starts or restarts the sidecar. Its capture rules may cut the
+// very connection the call runs on; then the state is read again over a
+// new one: the unit's state, not the lost reply, says whether it worked.
+func sidecar(ctx context.Context, c *agentclient.Client, action agentv1.SidecarAction) (*agentv1.SidecarState, error) {
+	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	st, err := c.Sidecar(cctx, action)
+	cancel()
+	if err == nil || !(errors.Is(err, agenterr.Unavailable) || errors.Is(err, context.DeadlineExceeded)) {
+		return st, err
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, gerr := c.SidecarState(cctx)
+		cancel()
+		if gerr == nil && st.GetActiveState() == "active" {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			if gerr == nil {
+				return nil, fmt.Errorf("%w; and the sidecar is %s/%s after reconnecting", err, st.GetActiveState(), st.GetSubState())
+			}
+			return nil, fmt.Errorf("%w; and its state is unknown after reconnecting (%v)", err, gerr)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

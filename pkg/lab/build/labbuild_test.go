@@ -1,0 +1,132 @@
+package build
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVersionsFromPins(t *testing.T) {
+	gomod, err := os.ReadFile("../../../hostctl/labbuild/go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := versions(gomod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(v.Kubernetes, "v1.") || !strings.Contains(v.Istio, "-") {
+		t.Errorf("got %+v, want a Kubernetes release and an Istio pseudo-version", v)
+	}
+	got := strings.Join(k8sFlags(Versions{Kubernetes: "v1.36.3"}), " ")
+	for _, want := range []string{"k8s.io/component-base/version.gitVersion=v1.36.3", "gitMajor=1", "gitMinor=36", "k8s.io/client-go/pkg/version.gitTreeState=clean"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("ldflags %q lack %q", got, want)
+		}
+	}
+	if _, err := versions([]byte("module x\n")); err == nil {
+		t.Error("got no error for a go.mod without the pins")
+	}
+}
+
+// TestBuildControlPlane builds the real binaries (about 25 minutes cold on
+// two cores, seconds when cached) and runs each one's version command.
+func TestBuildControlPlane(t *testing.T) {
+	if os.Getenv("MESHVM_LAB_BUILD") == "" {
+		t.Skip("set MESHVM_LAB_BUILD=1 to build the lab control plane from source")
+	}
+	cache := DefaultCacheDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	var progress bytes.Buffer
+	res, err := Build(ctx, Options{ModuleDir: "../../../hostctl/labbuild", CacheDir: cache, Progress: &progress})
+	t.Logf("progress:\n%s", progress.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string][]string{
+		"kube-apiserver":          {"--version"},
+		"kube-controller-manager": {"--version"},
+		"pilot-discovery":         {"version", "--short"},
+		"pilot-agent":             {"version", "--short"},
+		"istioctl":                {"version", "--remote=false", "--short"},
+	}
+	// lab-envoy refuses to run without a bootstrap, naming what it needs.
+	if out, err := exec.Command(res.Path("lab-envoy")).CombinedOutput(); err == nil || !strings.Contains(string(out), "-c <envoy-rev.json>") {
+		t.Errorf("lab-envoy without -c: got %v, %q", err, out)
+	}
+	for name, args := range checks {
+		out, err := exec.Command(res.Path(name), args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s %v: %v\n%s", name, args, err, out)
+			continue
+		}
+		want := res.Versions.Istio
+		if strings.HasPrefix(name, "kube-") {
+			want = res.Versions.Kubernetes
+		}
+		if !strings.Contains(string(out), want) {
+			t.Errorf("%s reports %q, want %s", name, strings.TrimSpace(string(out)), want)
+		}
+	}
+	again, err := Build(ctx, Options{ModuleDir: "../../../hostctl/labbuild", CacheDir: cache})
+	if err != nil || !again.Cached || again.Dir != res.Dir {
+		t.Errorf("second build: got %+v, %v, want the cached set", again, err)
+	}
+}
+
+// The Envoy stand-in is meshvm's own source: a cached control plane keeps
+// its binaries, and the stand-in alone is rebuilt when its source changes.
+func TestOwnComponentFollowsItsSource(t *testing.T) {
+	mod := t.TempDir()
+	os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module "+ownModule+"\n\ngo 1.22\n"), 0o644)
+	os.Mkdir(filepath.Join(mod, "labenvoy"), 0o755)
+	src := filepath.Join(mod, "labenvoy", "main.go")
+	os.WriteFile(src, []byte("package main\n\nfunc main() { println(1) }\n"), 0o644)
+	bin := t.TempDir()
+	o := Options{ModuleDir: mod, Arch: runtime.GOARCH, Progress: io.Discard}
+	for i, want := range []bool{true, false} {
+		if rebuilt, err := refreshOwn(context.Background(), o, Versions{}, bin); err != nil || rebuilt != want {
+			t.Fatalf("refresh %d: rebuilt %v (%v), want %v", i, rebuilt, err, want)
+		}
+	}
+	before, _ := os.ReadFile(filepath.Join(bin, "lab-envoy"))
+	os.WriteFile(src, []byte("package main\n\nfunc main() { println(2) }\n"), 0o644)
+	if rebuilt, err := refreshOwn(context.Background(), o, Versions{}, bin); err != nil || !rebuilt {
+		t.Fatalf("after a source change: rebuilt %v (%v), want a rebuild", rebuilt, err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(bin, "lab-envoy")); bytes.Equal(before, after) {
+		t.Error("the binary did not change with its source")
+	}
+}
+
+func TestCachedNamesMakeLabWhenNotBuilt(t *testing.T) {
+	o := Options{ModuleDir: "../../../hostctl/labbuild", CacheDir: t.TempDir()}
+	_, err := Cached(context.Background(), o)
+	if !errors.Is(err, ErrNotBuilt) || !strings.Contains(err.Error(), "make lab") {
+		t.Fatalf("got %v, want ErrNotBuilt naming make lab", err)
+	}
+	// Where Build would put them, once complete, is what Cached returns.
+	_, res, _, err := locate(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(res.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(res.Dir, ".complete"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Cached(context.Background(), o)
+	if err != nil || got.Dir != res.Dir {
+		t.Fatalf("got %+v, %v, want %s", got, err, res.Dir)
+	}
+}

@@ -1,0 +1,113 @@
+// Package stack brings up the lab's control plane in order: the
+// binaries (built from source, cached), the Kubernetes control plane, then
+// Istio, installed as on any cluster (rendered from the embedded charts,
+// applied where the lab can hold it) with istiod run as a process. It is the
+// lab's cluster provider; hostctl's steps and the end-to-end tests both go
+// through it.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/pkg/lab/cluster"
+	meshlab "github.com/meshvm/meshvm/pkg/lab/mesh"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+)
+
+// Config says where things are and what the mesh is called.
+type Config struct {
+	// ModuleDir is hostctl/labbuild; CacheDir keeps the built binaries.
+	ModuleDir, CacheDir string
+	// Dir keeps the running control plane's state.
+	Dir      string
+	Istio    istioinstall.Options
+	Progress io.Writer
+}
+
+// Stack is a running lab control plane.
+type Stack struct {
+	Bins       build.Result
+	Kubeconfig string
+}
+
+// Up builds what is missing and starts what is not running: the cluster,
+// then Istio.
+func Up(ctx context.Context, c Config) (*Stack, error) {
+	st, err := UpCluster(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return st, InstallIstio(ctx, c, st)
+}
+
+// UpCluster builds the binaries if needed and starts the Kubernetes control plane.
+func UpCluster(ctx context.Context, c Config) (*Stack, error) {
+	bins, err := build.Build(ctx, build.Options{ModuleDir: c.ModuleDir, CacheDir: c.CacheDir, Progress: c.Progress})
+	if err != nil {
+		return nil, err
+	}
+	cl := filepath.Join(c.Dir, "cluster")
+	if err := cluster.Up(ctx, cluster.Config{Dir: cl, APIServer: bins.Path("kube-apiserver"),
+		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress}); err != nil {
+		return nil, err
+	}
+	return &Stack{Bins: bins, Kubeconfig: cluster.Kubeconfig(cl)}, nil
+}
+
+// InstallIstio renders Istio (c.Istio.Revision's control plane), applies
+// what the lab can hold, and runs that revision's istiod with the rendered
+// mesh configuration and environment; other revisions' keep running.
+func InstallIstio(ctx context.Context, c Config, st *Stack) error {
+	objs, err := istioinstall.Render(c.Istio)
+	if err != nil {
+		return err
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("lab kubeconfig: %w", err)
+	}
+	changes, err := istioinstall.Apply(ctx, rc, objs, istioinstall.LabRunnable)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.Progress, "istio: %d objects rendered from the embedded charts (Istio %s): %s (workloads and webhooks: no kubelet here)\n",
+		len(objs), istioinstall.EmbeddedVersion, istioinstall.Summary(changes))
+	mesh, err := istioinstall.MeshConfig(objs, c.Istio.Revision)
+	if err != nil {
+		return err
+	}
+	env, err := istioinstall.IstiodEnv(objs, c.Istio.Revision)
+	if err != nil {
+		return err
+	}
+	return meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Revision: c.Istio.Revision, Istiod: st.Bins.Path("pilot-discovery"),
+		Gateway:    st.Bins.Path("lab-envoy"),
+		Kubeconfig: st.Kubeconfig, Mesh: mesh, Env: env, ClusterID: c.Istio.ClusterName, Progress: c.Progress})
+}
+
+// DownCluster stops istiod and the control plane and removes their state,
+// keeping the lab's VMs.
+func DownCluster(ctx context.Context, dir string) error {
+	if err := Down(ctx, dir, false); err != nil {
+		return err
+	}
+	return errors.Join(os.RemoveAll(filepath.Join(dir, "istio")), os.RemoveAll(filepath.Join(dir, "cluster")))
+}
+
+// Down stops istiod, then the control plane; purge also deletes the lab's
+// state directory (stop its VMs first: their disks live there).
+func Down(ctx context.Context, dir string, purge bool) error {
+	err := errors.Join(meshlab.Down(ctx, filepath.Join(dir, "istio")), cluster.Down(ctx, filepath.Join(dir, "cluster")))
+	if purge && err == nil {
+		err = os.RemoveAll(dir)
+	}
+	return err
+}

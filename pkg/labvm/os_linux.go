@@ -1,4 +1,0 @@
-package labvm
-
-// Unsupported says why the lab cannot run on this machine's OS: nil on Linux.
-func Unsupported() error { return nil }
