@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/meshvm/meshvm/hostctl/agentbin"
+	"github.com/meshvm/meshvm/pkg/lab/build"
 )
 
 // agentBinary returns the lookup of the static vmagent that up installs:
@@ -52,7 +53,7 @@ func agentDirsOnDisk() []string {
 	if exe, err := os.Executable(); err == nil {
 		dirs = append(dirs, filepath.Dir(exe))
 	}
-	if src, err := labSource(); err == nil {
+	if src, err := build.ModuleDir(); err == nil {
 		dirs = append(dirs, filepath.Join(src, "..", "..", "bin"))
 	}
 	return dirs

@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/lab/build"
 	"io"
 	"log/slog"
 	"os"
@@ -41,15 +43,15 @@ func TestCredentialsOnLab(t *testing.T) {
 		t.Fatalf("up: %v\n%s", err, out)
 	}
 	ctx := context.Background()
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), cacheDir())
-	clients, err := kubeClients(filepath.Join(state, "lab", "cluster", "kubeconfig"))
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
+	clients, err := fleet.KubeClients(filepath.Join(state, "lab", "cluster", "kubeconfig"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	status := func(vm string) (VMStatus, string, error) {
+	status := func(vm string) (fleet.VMStatus, string, error) {
 		t.Helper()
 		out, err := run(t, "--config", cfgPath, "vm", "status", vm, "-o", "json")
-		var s []VMStatus
+		var s []fleet.VMStatus
 		if jerr := json.NewDecoder(strings.NewReader(jsonPart(out))).Decode(&s); jerr != nil || len(s) != 1 {
 			t.Fatalf("vm status %s -o json: %v %v\n%s", vm, err, jerr, out)
 		}
@@ -61,7 +63,7 @@ func TestCredentialsOnLab(t *testing.T) {
 	}
 	const tokenPath, tokenCopy = "/var/run/secrets/tokens/istio-token", "/var/lib/meshvm/secrets/istio-token"
 
-	before := map[string]VMStatus{}
+	before := map[string]fleet.VMStatus{}
 	for _, vm := range []string{"cr1", "cr2", "cr3"} {
 		s, out, err := status(vm)
 		if err != nil || !s.OK || s.Credentials != credcheck.OK || s.CertNotAfter == nil || s.TokenExpiresAt == nil || s.TokenIssuedAt == nil {
@@ -138,7 +140,7 @@ func TestCredentialsOnLab(t *testing.T) {
 	// is, plus a renewal period.
 	cr2, _, _ := status("cr2")
 	until := stoppedAt.Add(70 * time.Second)
-	for _, s := range []VMStatus{before["cr1"], before["cr3"], cr2} {
+	for _, s := range []fleet.VMStatus{before["cr1"], before["cr3"], cr2} {
 		if s.CertNotAfter != nil && s.CertNotAfter.Add(30*time.Second).After(until) {
 			until = s.CertNotAfter.Add(30 * time.Second)
 		}
@@ -176,9 +178,9 @@ func TestCredentialsOnLab(t *testing.T) {
 		t.Errorf("vm status of a VM with no token and a lapsed certificate: %v\n%s\nwant stranded, its cause in words, a non-zero exit", err, out)
 	}
 	out, err = run(t, "--config", cfgPath, "doctor", "-o", "json")
-	var findings []finding
+	var findings []fleet.Finding
 	json.NewDecoder(strings.NewReader(jsonPart(out))).Decode(&findings)
-	said := map[string]finding{}
+	said := map[string]fleet.Finding{}
 	for _, f := range findings {
 		if f.Check == "credentials" {
 			said[f.Scope] = f

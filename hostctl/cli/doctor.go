@@ -2,29 +2,13 @@ package cli
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/buildinfo"
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
-	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/credcheck"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
-	"github.com/meshvm/meshvm/pkg/host/statedir"
-	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
-	"github.com/meshvm/meshvm/pkg/mesh/workload"
-	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
-	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 )
 
 type doctorCmd struct {
@@ -45,43 +29,14 @@ func (c *doctorCmd) command() *cobra.Command {
 	return outputFlag(cmd, &c.output, "table", "json", "yaml")
 }
 
-// finding is one check's verdict: ok, warn or fail, with the fix.
-type finding struct {
-	Scope  string `json:"scope"`
-	Check  string `json:"check"`
-	Result string `json:"result"`
-	Detail string `json:"detail,omitempty"`
-	Fix    string `json:"fix,omitempty"`
-}
-
 func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, state, s, err := c.open(cmd)
+	f, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	var out []finding
-	add := func(f finding) { out = append(out, f) }
-	clients, err := kubeClients(s.kubeconfig())
-	if err == nil {
-		_, err = clients.Kube.Discovery().ServerVersion()
-	}
-	if err != nil {
-		add(finding{"cluster", "API server", "fail", err.Error(), "run hostctl up"})
-	} else {
-		add(finding{"cluster", "API server", "ok", "answering", ""})
-		out = append(out, clusterChecks(ctx, s, clients)...)
-	}
-	// The VMs' credential Secrets, listed once: a token whose Secret is gone is revoked.
-	var bindings map[string]string
-	var bindErr error = errors.New("no API server")
-	if clients.Kube != nil {
-		bindings, bindErr = workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
-	}
-	for _, vm := range cfg.VMs {
-		out = append(out, vmChecks(ctx, cfg, state, s, vm.Name, bindings, bindErr == nil)...)
-	}
+	out := f.Doctor(ctx)
 	if err := renderFindings(cmd.OutOrStdout(), c.output, out); err != nil {
 		return err
 	}
@@ -97,260 +52,7 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	return nil
 }
 
-func clusterChecks(ctx context.Context, s site, clients workload.Clients) []finding {
-	var out []finding
-	if detail, err := s.istiodReady(ctx, s.revision(ctx)); err != nil {
-		out = append(out, finding{"cluster", "istiod", "fail", err.Error(), "run hostctl up (it installs and waits for istiod)"})
-	} else {
-		out = append(out, finding{"cluster", "istiod", "ok", detail, ""})
-	}
-	if yours := s.joinedIstio(ctx); yours != "" {
-		// Their gateway may have any name: its ports are theirs to keep.
-		out = append(out, finding{"cluster", "east-west ports", "ok", "the Istio is yours (" + yours + "): its gateway and ports are as you run them", ""})
-		return out
-	}
-	held, err := istioinstall.PortConflicts(ctx, clients.Kube)
-	switch {
-	case err != nil:
-		out = append(out, finding{"cluster", "east-west ports", "fail", err.Error(), "check the API server"})
-	case len(held) > 0:
-		out = append(out, finding{"cluster", "east-west ports", "fail", strings.Join(held, "; "), istioinstall.PortConflictFix})
-	default:
-		out = append(out, finding{"cluster", "east-west ports", "ok", "no other LoadBalancer holds 15021/15443/15012/15017", ""})
-	}
-	return out
-}
-
-// sidecarDigests is the sidecar build of an Istio version for arch, by
-// digest of each file on the VM.
-func sidecarDigests(ctx context.Context, s site, arch, version string) (map[string]string, error) {
-	side, err := s.sidecar(ctx, arch, version)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	for path, local := range map[string]string{"/usr/local/bin/pilot-agent": side.PilotAgent, "/usr/local/bin/envoy": side.Envoy} {
-		sum, err := fileDigest(local)
-		if err != nil {
-			return nil, err
-		}
-		out[path] = sum
-	}
-	return out, nil
-}
-
-func fileDigest(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// vmDoctor is what the checks of one VM share: the machine and, once it
-// answers, its agent and what it reported.
-type vmDoctor struct {
-	cfg           config.Config
-	state         *statedir.Dir
-	s             site
-	name          string
-	bindings      map[string]string
-	bindingsKnown bool
-
-	m  machine.Machine
-	c  *agentclient.Client
-	ov agentclient.Overview
-	// rev is the VM's revision, istiodName the istiod name it resolves.
-	rev, istiodName string
-	out             []finding
-}
-
-func (d *vmDoctor) add(check, result, detail, fix string) {
-	d.out = append(d.out, finding{d.name, check, result, detail, fix})
-}
-
-// vmChecks runs the checks of one VM in order. The first ones need each
-// other (a machine, then its address, then its agent): one that fails ends
-// the list; the rest read what the agent reported and all run.
-func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s site, name string, bindings map[string]string, bindingsKnown bool) []finding {
-	d := &vmDoctor{cfg: cfg, state: state, s: s, name: name, bindings: bindings, bindingsKnown: bindingsKnown}
-	for _, reach := range []func(context.Context) bool{d.machine, d.address, d.agent} {
-		if !reach(ctx) {
-			return d.out
-		}
-	}
-	defer d.c.Close()
-	for _, check := range []func(context.Context){d.agentVersion, d.istiodDNS, d.credentials, d.iptables, d.proxyVersion} {
-		check(ctx)
-	}
-	return d.out
-}
-
-func (d *vmDoctor) machine(ctx context.Context) bool {
-	m, err := d.s.machines().Info(ctx, d.name)
-	if err != nil || !m.Running() {
-		d.add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+d.name+")")
-		return false
-	}
-	d.m = m
-	return true
-}
-
-func (d *vmDoctor) address(ctx context.Context) bool {
-	addr := d.m.Address()
-	if addr == "" {
-		d.add("address", "fail", "running but reports no address", "check the machine's network (multipass info "+d.name+"), then run hostctl up")
-		return false
-	}
-	if prev := onboardedAddress(d.state, d.name); prev != "" && prev != addr {
-		d.add("address", "warn", fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr),
-			"run hostctl up: new certificate and hosts block, and the stale WorkloadEntry is deleted")
-	} else {
-		d.add("address", "ok", addr, "")
-	}
-	if hosts, err := d.state.ReadFile(filepath.Join("vms", d.name, "files", "hosts")); err != nil || len(strings.TrimSpace(string(hosts))) == 0 {
-		d.add("hosts file", "fail", "the generated hosts file is empty or missing (without it the VM cannot resolve istiod)", "run hostctl vm onboard "+d.name)
-	}
-	return true
-}
-
-func (d *vmDoctor) agent(ctx context.Context) bool {
-	c, err := onboard.Dial(d.state, d.m.Address())
-	if err != nil {
-		d.add("agent", "fail", err.Error(), "run hostctl up to reinstall the agent")
-		return false
-	}
-	d.rev = vmRevision(d.state, d.name, d.s.revision(ctx))
-	d.istiodName = workloadfiles.IstiodHost(istioinstall.Namespace, d.rev)
-	d.ov = c.Overview(ctx, d.istiodName, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(d.cfg.Workload.Probe.Port), Path: d.cfg.Workload.Probe.Path})
-	if d.ov.StatusErr != nil {
-		c.Close()
-		d.add("agent", "fail", d.ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
-		return false
-	}
-	d.c = c
-	return true
-}
-
-func (d *vmDoctor) agentVersion(context.Context) {
-	if v := d.ov.Status.GetVersion(); v != buildinfo.String() {
-		d.add("agent", "warn", fmt.Sprintf("vmagent %s, hostctl %s: the agent may lack what this hostctl asks for", v, buildinfo.String()),
-			"run hostctl up (it updates the agent; nothing else changes)")
-	} else {
-		d.add("agent", "ok", "vmagent "+v, "")
-	}
-}
-
-func (d *vmDoctor) istiodDNS(ctx context.Context) {
-	want, err := d.s.istiodAddress(ctx, d.name)
-	if err != nil {
-		d.add("istiod DNS", "fail", "where the VM should reach istiod is unknown: "+err.Error(), "run hostctl up")
-		return
-	}
-	switch r := d.ov.DNS; {
-	case d.ov.DNSErr != nil:
-		d.add("istiod DNS", "fail", "the agent did not resolve "+d.istiodName+": "+d.ov.DNSErr.Error(), "run hostctl up (it updates the agent)")
-	case r.GetError() != "":
-		d.add("istiod DNS", "fail", d.istiodName+" does not resolve on the VM: "+r.GetError(), "run hostctl vm onboard "+d.name+" (it writes the hosts block)")
-	case len(r.GetAddresses()) == 0 || r.GetAddresses()[0] != want:
-		d.add("istiod DNS", "fail", fmt.Sprintf("resolves to %s, want %s", strings.Join(r.GetAddresses(), ","), want), "run hostctl vm onboard "+d.name)
-	default:
-		d.add("istiod DNS", "ok", d.istiodName+" -> "+want, "")
-	}
-}
-
-func (d *vmDoctor) credentials(context.Context) {
-	d.out = append(d.out, credentialFinding(credentialFacts(d.cfg, d.name, d.ov.Status, d.bindings, d.bindingsKnown, time.Now())))
-}
-
-func (d *vmDoctor) iptables(ctx context.Context) {
-	n, err := d.c.CheckNetwork(ctx)
-	if err != nil {
-		d.add("iptables", "warn", "the agent did not check the network: "+err.Error(), "run hostctl up (it updates the agent), or see journalctl -u vmagent on the VM")
-		return
-	}
-	for _, b := range n.GetFirewallBackends() {
-		if b.GetAvailable() {
-			d.add("iptables", "ok", "a backend for the capture rules is available", "")
-			return
-		}
-	}
-	d.add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
-}
-
-// proxyVersion judges the VM's proxy: the version it was given against the
-// one its revision's running istiod reports (Istio's skew policy), and its
-// binaries against that version's build.
-func (d *vmDoctor) proxyVersion(ctx context.Context) {
-	istiod, from, err := d.s.istiodVersion(ctx, d.rev)
-	if err != nil {
-		d.add("proxy version", "fail", fmt.Sprintf("revision %s: %v", revisionName(d.rev), err), "run hostctl up")
-		return
-	}
-	proxy := istiod
-	if j, ok := joinedOf(d.state, d.name); ok && j.Istio != "" {
-		proxy = j.Istio
-		ok, detail := istioinstall.Skew(proxy, istiod)
-		if ok {
-			d.add("version skew", "ok", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from), "")
-		} else {
-			d.add("version skew", "fail", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from),
-				"run hostctl vm onboard "+d.name+" (it delivers istiod's version)")
-		}
-	}
-	side, err := sidecarDigests(ctx, d.s, d.m.Arch, proxy)
-	if err != nil {
-		d.add("proxy version", "warn", "the Istio "+proxy+" sidecar build to compare with is not available here: "+err.Error(), "run hostctl up")
-		return
-	}
-	if differ := proxySkew(side, d.ov.Status.GetFiles()); differ != "" {
-		d.add("proxy version", "fail", differ+" differs from the Istio "+proxy+" build hostctl delivered",
-			"run hostctl vm onboard "+d.name+" (it sends the matching binaries)")
-		return
-	}
-	d.add("proxy version", "ok", "the sidecar is the Istio "+proxy+" build", "")
-}
-
-// credentialFinding is the credential verdict as a doctor finding: a
-// certificate being replaced after a power-off warns, a VM that cannot
-// renew fails.
-func credentialFinding(f credcheck.Facts) finding {
-	v := credcheck.Judge(f)
-	result := "ok"
-	switch {
-	case v.Fail:
-		result = "fail"
-	case v.State != credcheck.OK:
-		result = "warn"
-	}
-	return finding{f.VM, "credentials", result, string(v.State) + ": " + v.Detail, v.Fix}
-}
-
-// proxySkew names the sidecar binaries on the VM that are not the build
-// hostctl delivers.
-func proxySkew(want map[string]string, files []*agentv1.FileStat) string {
-	var differ []string
-	for _, f := range files {
-		if sum, ok := want[f.GetPath()]; ok && f.GetExists() && f.GetSha256() != sum {
-			differ = append(differ, f.GetPath())
-		}
-	}
-	return strings.Join(differ, ", ")
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
-}
-
-func renderFindings(w io.Writer, output string, out []finding) error {
+func renderFindings(w io.Writer, output string, out []fleet.Finding) error {
 	return render(w, output, out, []string{"SCOPE", "CHECK", "RESULT", "DETAIL", "FIX"},
-		func(f finding) []string { return []string{f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix)} })
+		func(f fleet.Finding) []string { return []string{f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix)} })
 }

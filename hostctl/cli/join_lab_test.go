@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,7 +77,7 @@ func TestJoinYourIstio(t *testing.T) {
 		t.Error("up rendered and applied Istio although it joined one")
 	}
 	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
-	var status []VMStatus
+	var status []fleet.VMStatus
 	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil || len(status) != 1 || !status[0].OK {
 		t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
 	}
@@ -135,7 +136,7 @@ func TestJoinYourIstio(t *testing.T) {
 func disownIstio(t *testing.T, ctx context.Context, kubeconfig string) []*unstructured.Unstructured {
 	t.Helper()
 	dyn, mapper := dynamicClients(t, kubeconfig)
-	rendered, err := istioinstall.Render(istioOptions(config.Default()))
+	rendered, err := istioinstall.Render(fleet.IstioOptions(config.Default()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +192,7 @@ func yourIstio(t *testing.T, ctx context.Context, kubeconfig string, objs []*uns
 
 func dynamicClients(t *testing.T, kubeconfig string) (dynamic.Interface, meta.RESTMapper) {
 	t.Helper()
-	rc, err := restConfig(kubeconfig)
+	rc, err := fleet.RestConfig(kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}

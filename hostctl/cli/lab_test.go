@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"io"
 	"log/slog"
 	"os"
@@ -62,7 +63,7 @@ func TestUpOnLab(t *testing.T) {
 	if err != nil {
 		t.Fatalf("vm status: %v\n%s", err, out)
 	}
-	var status []VMStatus
+	var status []fleet.VMStatus
 	if err := json.Unmarshal([]byte(out), &status); err != nil {
 		t.Fatalf("vm status -o json: %v\n%s", err, out)
 	}
@@ -75,7 +76,7 @@ func TestUpOnLab(t *testing.T) {
 		t.Errorf("verify: got %v\n%s\nwant istiod resolved and both traffic checks said to be impossible here", err, out)
 	}
 	out, err = run(t, "--config", cfgPath, "verify", "-o", "json")
-	var verdicts []verdict
+	var verdicts []fleet.Verdict
 	if jerr := json.Unmarshal([]byte(out), &verdicts); err != nil || jerr != nil || len(verdicts) != 3 ||
 		verdicts[0].Result != "ok" || verdicts[1].Result != "skipped" || verdicts[2].Result != "skipped" {
 		t.Errorf("verify -o json: %v %v\n%s", err, jerr, out)
@@ -86,14 +87,14 @@ func TestUpOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
-	clients, err := kubeClients(kubeconfig)
+	clients, err := fleet.KubeClients(kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	for _, args := range [][]string{{"cluster", "status", "-o", "json"}, {"istio", "status", "-o", "json"}} {
 		out, err := run(t, append([]string{"--config", cfgPath}, args...)...)
-		var comps []component
+		var comps []fleet.Component
 		if jerr := json.Unmarshal([]byte(out), &comps); err != nil || jerr != nil || len(comps) < 3 {
 			t.Errorf("%v: %v %v\n%s", args, err, jerr, out)
 		}
@@ -107,7 +108,7 @@ func TestUpOnLab(t *testing.T) {
 
 	// doctor: all clear, then a LoadBalancer holding the east-west ports is named with its fix.
 	out, err = run(t, "--config", cfgPath, "doctor", "-o", "json")
-	var findings []finding
+	var findings []fleet.Finding
 	if jerr := json.Unmarshal([]byte(out), &findings); err != nil || jerr != nil {
 		t.Fatalf("doctor on a healthy lab: %v %v\n%s", err, jerr, out)
 	}
@@ -126,12 +127,12 @@ func TestUpOnLab(t *testing.T) {
 		t.Errorf("doctor with the default ingress gateway in the way: %v\n%s", err, out)
 	}
 	clients.Kube.CoreV1().Services("istio-system").Delete(context.Background(), "istio-ingressgateway", metav1.DeleteOptions{})
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), cacheDir())
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), labbuild.DefaultCacheDir())
 	m, err := lab.Info(context.Background(), "e2e1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := workloadSpec(cfg)
+	spec := fleet.WorkloadSpec(cfg)
 	ctx := context.Background()
 	inVM(t, ctx, lab, state, m, spec, clients)
 
@@ -150,7 +151,7 @@ func TestUpOnLab(t *testing.T) {
 
 	// The files agree with istioctl's own, built from the same module, against the same cluster.
 	src := filepath.Join(root, "hostctl", "labbuild")
-	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: cacheDir()})
+	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: labbuild.DefaultCacheDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +352,7 @@ func TestManyVMsOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
-	var status []VMStatus
+	var status []fleet.VMStatus
 	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil {
 		t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
 	}
@@ -383,7 +384,7 @@ func TestManyVMsOnLab(t *testing.T) {
 // WorkloadGroup carries istio.io/rev only while all VMs share one.
 func revisions(t *testing.T, cfgPath, state string, vms []string) {
 	ctx := context.Background()
-	clients, err := kubeClients(filepath.Join(state, "lab", "cluster", "kubeconfig"))
+	clients, err := fleet.KubeClients(filepath.Join(state, "lab", "cluster", "kubeconfig"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,14 +396,14 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 		rev, ok := wg.Labels["istio.io/rev"]
 		return rev, ok
 	}
-	statusOf := func() map[string]VMStatus {
+	statusOf := func() map[string]fleet.VMStatus {
 		t.Helper()
 		out, err := run(t, "--config", cfgPath, "vm", "status", "-o", "json")
-		var list []VMStatus
+		var list []fleet.VMStatus
 		if jerr := json.Unmarshal([]byte(out), &list); err != nil || jerr != nil {
 			t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
 		}
-		by := map[string]VMStatus{}
+		by := map[string]fleet.VMStatus{}
 		for _, s := range list {
 			by[s.Name] = s
 		}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,10 +70,10 @@ func TestUpOnMultipass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	status := func(want int) []VMStatus {
+	status := func(want int) []fleet.VMStatus {
 		t.Helper()
 		out, err := run(t, "--config", cfgPath, "vm", "status", "-o", "json")
-		var s []VMStatus
+		var s []fleet.VMStatus
 		if jerr := json.Unmarshal([]byte(out), &s); err != nil || jerr != nil || len(s) != want {
 			t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
 		}
@@ -179,7 +180,7 @@ func labAsYours(t *testing.T, ctx context.Context, vms ...string) yours {
 	t.Helper()
 	root, work, labCfg, state := labSetup(t, vms...)
 	kubeconfig := clusterOfYours(t, ctx, labCfg, state)
-	clients, err := kubeClients(kubeconfig)
+	clients, err := fleet.KubeClients(kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}

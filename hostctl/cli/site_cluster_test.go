@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"io"
 	"log"
 	"net"
@@ -117,7 +118,7 @@ func TestUpOnYourCluster(t *testing.T) {
 		}
 	}
 	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
-	var status []VMStatus
+	var status []fleet.VMStatus
 	if jerr := json.Unmarshal([]byte(out), &status); err != nil || jerr != nil || !status[0].OK {
 		t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
 	}
@@ -229,7 +230,7 @@ func istioSystem(t *testing.T, ctx context.Context, c workload.Clients) string {
 func proxyRegistry(t *testing.T, root string) string {
 	t.Helper()
 	ctx := context.Background()
-	bins, err := build.Build(ctx, build.Options{ModuleDir: filepath.Join(root, "hostctl", "labbuild"), CacheDir: cacheDir(), Progress: io.Discard})
+	bins, err := build.Build(ctx, build.Options{ModuleDir: filepath.Join(root, "hostctl", "labbuild"), CacheDir: build.DefaultCacheDir(), Progress: io.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,7 +117,7 @@ func TestDoctorYAML(t *testing.T) {
 	if ExitCode(err) != ExitFailed {
 		t.Errorf("doctor with no cluster: %v, want exit 1", err)
 	}
-	var got []finding
+	var got []fleet.Finding
 	if yerr := yaml.Unmarshal([]byte(out[:strings.LastIndex(out, "\n")+1]), &got); yerr != nil || len(got) == 0 {
 		t.Fatalf("not a YAML list of findings (%v):\n%s", yerr, out)
 	}

@@ -2,20 +2,12 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/agenterr"
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
-	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
-	"github.com/meshvm/meshvm/pkg/mesh/traffic"
-	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
-	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 )
 
 type verifyCmd struct {
@@ -33,120 +25,26 @@ func (c *verifyCmd) command() *cobra.Command {
 	return outputFlag(cmd, &c.output, "table", "json", "yaml")
 }
 
-// verdict is one line of the report: ok, FAIL, or skipped (with why).
-type verdict struct {
-	VM     string `json:"vm"`
-	Check  string `json:"check"`
-	Result string `json:"result"`
-	Detail string `json:"detail,omitempty"`
-}
-
 func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
-	cfg, state, s, err := c.g.open(cmd)
+	f, err := c.g.open(cmd)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 	defer cancel()
-	siteRev := s.revision(ctx)
-	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
-	noTraffic := s.trafficUncheckable()
-	var out []verdict
+	out := f.Verify(ctx)
+	if err := render(cmd.OutOrStdout(), c.output, out, []string{"VM", "CHECK", "RESULT", "DETAIL"},
+		func(v fleet.Verdict) []string { return []string{v.VM, v.Check, v.Result, v.Detail} }); err != nil {
+		return err
+	}
 	failed := 0
-	add := func(v verdict) {
+	for _, v := range out {
 		if v.Result == "FAIL" {
 			failed++
 		}
-		out = append(out, v)
-	}
-	for _, vm := range cfg.VMs {
-		m, err := s.machines().Info(ctx, vm.Name)
-		if err != nil || !m.Running() || m.Address() == "" {
-			add(verdict{vm.Name, "VM running", "FAIL", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", vm.Name)})
-			continue
-		}
-		want, err := s.istiodAddress(ctx, vm.Name)
-		if err != nil {
-			add(verdict{vm.Name, "istiod resolves on the VM", "FAIL", err.Error()})
-			continue
-		}
-		ac, err := onboard.Dial(state, m.Address())
-		if err != nil {
-			add(verdict{vm.Name, "agent", "FAIL", err.Error()})
-			continue
-		}
-		add(resolves(ctx, ac, vm.Name, workloadfiles.IstiodHost(istioinstall.Namespace, vmRevision(state, vm.Name, siteRev)), want))
-		fromVM := verdict{vm.Name, "VM -> " + meshSample, "skipped", "not checked: " + noTraffic}
-		if noTraffic == "" {
-			fromVM = callFromVM(ctx, ac, vm.Name)
-		}
-		ac.Close()
-		add(fromVM)
-		if noTraffic != "" {
-			// Without a data path to check, a result would only pretend.
-			add(verdict{vm.Name, toVM, "skipped", "not checked: " + noTraffic})
-		}
-	}
-	if noTraffic == "" {
-		v := verdict{"mesh", toVM, "FAIL", ""}
-		if clients, err := kubeClients(s.kubeconfig()); err != nil {
-			v.Detail = err.Error()
-		} else if body, err := traffic.Fetch(ctx, clients.Kube, traffic.DefaultImage,
-			fmt.Sprintf("http://%s.%s:%d/", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), 2*time.Minute); err != nil {
-			v.Detail = err.Error()
-		} else {
-			v.Result, v.Detail = "ok", firstLine(body)
-		}
-		add(v)
-	}
-	if err := render(cmd.OutOrStdout(), c.output, out, []string{"VM", "CHECK", "RESULT", "DETAIL"},
-		func(v verdict) []string { return []string{v.VM, v.Check, v.Result, v.Detail} }); err != nil {
-		return err
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d check(s) failed", failed)
 	}
 	return nil
-}
-
-// meshSample is the recipe's mesh service, Istio's helloworld sample.
-const meshSample = "helloworld.sample:5000/hello"
-
-// resolves checks that name resolves on the VM to want.
-func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string) verdict {
-	v := verdict{vm, "istiod resolves on the VM", "FAIL", ""}
-	r, err := ac.ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
-	switch {
-	case err != nil:
-		v.Detail = err.Error()
-	case r.GetError() != "":
-		v.Detail = r.GetError()
-	case len(r.GetAddresses()) > 0 && r.GetAddresses()[0] == want:
-		v.Result, v.Detail = "ok", fmt.Sprintf("%s -> %s via %s", name, want, r.GetServer())
-	default:
-		v.Detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", name, strings.Join(r.GetAddresses(), ","), want)
-	}
-	return v
-}
-
-// callFromVM has the VM's agent call the mesh sample through the sidecar.
-func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) verdict {
-	v := verdict{vm, "VM -> " + meshSample, "FAIL", ""}
-	r, err := ac.CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
-	switch {
-	case errors.Is(err, agenterr.Unimplemented):
-		v.Detail = err.Error() + ": the agent is older than this hostctl: run hostctl up"
-	case err != nil:
-		v.Detail = err.Error()
-	case !r.GetOk():
-		v.Detail = r.GetError() + ": is Istio's helloworld sample deployed in namespace sample, with injection on?"
-	default:
-		v.Result, v.Detail = "ok", firstLine(r.GetBody())
-	}
-	return v
-}
-
-func firstLine(s string) string {
-	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
-	return line
 }

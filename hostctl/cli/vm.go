@@ -2,21 +2,15 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
-	"github.com/meshvm/meshvm/pkg/host/statedir"
-	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -31,38 +25,31 @@ func (c *vmCmd) flags(cmd *cobra.Command, timeout time.Duration) *cobra.Command 
 	return cmd
 }
 
-// open loads the config and its site without starting anything.
-func (c *vmCmd) open(cmd *cobra.Command) (config.Config, *statedir.Dir, site, error) {
+// open loads the config and its fleet without starting anything.
+func (c *vmCmd) open(cmd *cobra.Command) (*fleet.Fleet, error) {
 	return c.g.open(cmd)
 }
 
-// vmRun is what a per-VM command starts from: the config, its state and
-// site, the VMs named (each must be listed) and a context bounded by
-// --timeout.
+// vmRun is what a per-VM command starts from: the fleet, the VMs named
+// (each must be listed) and a context bounded by --timeout.
 type vmRun struct {
-	cfg   config.Config
-	state *statedir.Dir
-	site  site
-	vms   []config.VM
-	ctx   context.Context
-
-	clients    workload.Clients
-	clientsErr error
-	dialed     bool
+	*fleet.Fleet
+	vms []config.VM
+	ctx context.Context
 }
 
-// begin opens the site for the named VMs; call the CancelFunc when done.
+// begin opens the fleet for the named VMs; call the CancelFunc when done.
 func (c *vmCmd) begin(cmd *cobra.Command, names []string) (*vmRun, context.CancelFunc, error) {
-	cfg, state, s, err := c.open(cmd)
+	f, err := c.open(cmd)
 	if err != nil {
 		return nil, nil, err
 	}
-	vms, err := pick(cfg, names)
+	vms, err := pick(f.Config, names)
 	if err != nil {
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
-	return &vmRun{cfg: cfg, state: state, site: s, vms: vms, ctx: ctx}, cancel, nil
+	return &vmRun{Fleet: f, vms: vms, ctx: ctx}, cancel, nil
 }
 
 // beginAll is begin for the commands that take every VM when none is named.
@@ -79,13 +66,14 @@ func (c *vmCmd) beginAll(cmd *cobra.Command, names []string) (*vmRun, context.Ca
 	return c.begin(cmd, names)
 }
 
-// kube returns the cluster's clients, made once.
-func (r *vmRun) kube() (workload.Clients, error) {
-	if !r.dialed {
-		r.clients, r.clientsErr = kubeClients(r.site.kubeconfig())
-		r.dialed = true
+// sayer prints a command's lines on w, each after prefix, one at a time.
+func sayer(w io.Writer, prefix string) fleet.Say {
+	var mu sync.Mutex
+	return func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(w, "%s%s\n", prefix, fmt.Sprintf(format, args...))
 	}
-	return r.clients, r.clientsErr
 }
 
 func vmCommands(g *globals) []*cobra.Command {
@@ -123,25 +111,7 @@ func (c *vmRevokeCmd) run(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer cancel()
-	clients, err := r.kube()
-	if err != nil {
-		return err
-	}
-	cfg := r.cfg
-	var errs []error
-	for _, vm := range r.vms {
-		how, err := workload.Revoke(r.ctx, clients.Kube, cfg.Workload.Namespace, vm.Name)
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
-		case how == "absent":
-			fmt.Fprintf(cmd.ErrOrStderr(), "vm revoke %s: no Secret %s/%s: already revoked, or never onboarded\n", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
-		default:
-			fmt.Fprintf(cmd.ErrOrStderr(), "vm revoke %s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)\n",
-				vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name), vm.Name)
-		}
-	}
-	return errors.Join(errs...)
+	return r.Revoke(r.ctx, r.vms, sayer(cmd.ErrOrStderr(), "vm revoke "))
 }
 
 type vmOnboardCmd struct {
@@ -166,26 +136,12 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 }
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
-	v, cancel, err := c.begin(cmd, args)
+	r, cancel, err := c.begin(cmd, args)
 	if err != nil {
 		return err
 	}
 	defer cancel()
-	ctx := v.ctx
-	p := newProgress(cmd.ErrOrStderr(), "control plane", "workload", "agent", "onboard", "healthy")
-	r, err := attach(ctx, p, v.cfg, v.state, v.site)
-	if err != nil {
-		return err
-	}
-	return eachVM(v.vms, func(vm config.VM) error {
-		m, ac, err := r.running(ctx, vm.Name)
-		if err != nil {
-			return err
-		}
-		defer ac.Close()
-		p.step("agent", vm.Name, "answering on %s:%s", m.Address(), onboard.AgentPort)
-		return r.onboard(ctx, vm.Name, m, ac, true, c.restart)
-	})
+	return r.Onboard(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.OnboardSteps...), r.vms, c.restart)
 }
 
 // pick returns the named VMs from the config; a name it does not list is a
@@ -251,20 +207,13 @@ func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
 	if added {
 		fmt.Fprintf(cmd.ErrOrStderr(), "vm add: %s listed in %s\n", vm.Name, c.g.configPath)
 	}
-	cfg, state, s, err := c.open(cmd)
+	f, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	r, err := start(ctx, newProgress(cmd.ErrOrStderr(), upSteps...), cfg, state, s)
-	if err != nil {
-		return err
-	}
-	if err := r.up(ctx, vm.Name); err != nil {
-		return fmt.Errorf("%s: %w", vm.Name, err)
-	}
-	return nil
+	return f.Add(ctx, newProgress(cmd.ErrOrStderr(), fleet.UpSteps...), vm.Name)
 }
 
 type vmRmCmd struct{ vmCmd }
@@ -280,100 +229,26 @@ func (c *vmRmCmd) command() *cobra.Command {
 }
 
 func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
-	cfg, state, s, err := c.open(cmd)
+	f, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	rm := &vmRemoval{vmRun: &vmRun{cfg: cfg, state: state, site: s, ctx: ctx}, name: args[0], w: cmd.ErrOrStderr(), configPath: c.g.configPath}
-	var errs []error
-	m, err := s.machines().Info(ctx, rm.name)
-	switch {
-	case errors.Is(err, machine.ErrNotFound):
-		fmt.Fprintf(rm.w, "vm rm: no machine %s\n", rm.name)
-	case err != nil:
-		return err
-	default:
-		if err := rm.machine(); err != nil {
-			return err
-		}
-		errs = append(errs, rm.entry(m))
-	}
-	// The token goes with the VM even when the machine is already gone.
-	errs = append(errs, rm.token(), os.RemoveAll(state.Path("vms", rm.name)), rm.unlist())
-	return errors.Join(errs...)
-}
-
-// vmRemoval is vm rm of one VM, step by step: the machine, its
-// WorkloadEntry, its token, its files, its line in the config.
-type vmRemoval struct {
-	*vmRun
-	name       string
-	w          io.Writer
-	configPath string
-}
-
-func (rm *vmRemoval) machine() error {
-	how, err := removeVM(rm.ctx, rm.cfg, rm.state, rm.site, rm.name)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(rm.w, "vm rm: machine %s %s\n", rm.name, how)
-	return nil
-}
-
-// entry deletes the VM's WorkloadEntry: istiod would drop it after its
-// grace period; do not leave it to chance.
-func (rm *vmRemoval) entry(m machine.Machine) error {
-	clients, err := rm.kube()
-	if err != nil {
-		return err
-	}
-	addr := entryAddress(rm.state, m)
-	if addr == "" {
-		fmt.Fprintf(rm.w, "vm rm: %s has no address and was never onboarded: no WorkloadEntry to delete\n", rm.name)
-		return nil
-	}
-	gone, err := workload.DeleteEntry(rm.ctx, clients, workloadSpec(rm.cfg), addr)
-	if err != nil {
-		return fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err)
-	}
-	if gone != "" {
-		fmt.Fprintf(rm.w, "vm rm: WorkloadEntry %s deleted\n", gone)
-	}
-	return nil
-}
-
-// token revokes the VM's token. Without a cluster it says so and goes on,
-// as before: the machine and its files go anyway.
-func (rm *vmRemoval) token() error {
-	clients, err := rm.kube()
-	if err != nil {
-		fmt.Fprintf(rm.w, "vm rm: token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers\n", rm.name, err, rm.name)
-		return nil
-	}
-	ns := rm.cfg.Workload.Namespace
-	how, err := workload.Revoke(rm.ctx, clients.Kube, ns, rm.name)
-	if err != nil {
-		return err
-	}
-	if how == "deleted" {
-		fmt.Fprintf(rm.w, "vm rm: token revoked (Secret %s/%s deleted)\n", ns, workload.CredentialName(rm.name))
-	}
-	return nil
+	name, w := args[0], cmd.ErrOrStderr()
+	return f.Remove(ctx, name, sayer(w, "vm rm: "), func() error { return unlist(w, f.Config, c.g.configPath, name) })
 }
 
 // unlist takes the VM off the config file, unless it is the last one.
-func (rm *vmRemoval) unlist() error {
-	removed, err := config.RemoveVM(rm.configPath, rm.name)
+func unlist(w io.Writer, cfg config.Config, configPath, name string) error {
+	removed, err := config.RemoveVM(configPath, name)
 	switch {
 	case err != nil:
 		return err
 	case removed:
-		fmt.Fprintf(rm.w, "vm rm: %s taken off %s\n", rm.name, rm.configPath)
-	case len(rm.cfg.VMs) == 1 && rm.cfg.VMs[0].Name == rm.name:
-		fmt.Fprintf(rm.w, "vm rm: %s stays listed in %s (a config needs one VM): the next up creates it again\n", rm.name, rm.configPath)
+		fmt.Fprintf(w, "vm rm: %s taken off %s\n", name, configPath)
+	case len(cfg.VMs) == 1 && cfg.VMs[0].Name == name:
+		fmt.Fprintf(w, "vm rm: %s stays listed in %s (a config needs one VM): the next up creates it again\n", name, configPath)
 	}
 	return nil
 }
@@ -396,17 +271,7 @@ func (c *vmStopCmd) run(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer cancel()
-	stopper, ok := r.site.machines().(machine.Stopper)
-	if !ok {
-		return fmt.Errorf("%s machines are not hostctl's to power off: stop them yourself (the agent and sidecar come back on boot)", r.cfg.MachineProvider())
-	}
-	return eachVM(r.vms, func(vm config.VM) error {
-		if err := stopper.Stop(r.ctx, vm.Name); err != nil {
-			return err
-		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "vm stop: %s stopped\n", vm.Name)
-		return nil
-	})
+	return r.Stop(r.ctx, r.vms, sayer(cmd.ErrOrStderr(), "vm stop: "))
 }
 
 type vmStartCmd struct{ vmCmd }
@@ -429,42 +294,7 @@ func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer cancel()
-	clients, err := r.kube()
-	if err != nil {
-		return err
-	}
-	cfg, state, lab, ctx := r.cfg, r.state, r.site.machines(), r.ctx
-	p := newProgress(cmd.ErrOrStderr(), "machine", "agent", "healthy")
-	return eachVM(r.vms, func(vm config.VM) error {
-		m, err := lab.Info(ctx, vm.Name)
-		if err != nil {
-			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
-		}
-		var prev workload.Entry
-		if !m.Running() {
-			// Booting: the entry must come from the new boot's proxy.
-			if prev, _, err = workload.FindEntry(ctx, clients, workloadSpec(cfg), entryAddress(state, m)); err != nil {
-				return err
-			}
-		}
-		m, err = lab.Launch(ctx, machine.Spec{Name: vm.Name})
-		if err != nil {
-			return err
-		}
-		p.step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
-		ac, err := onboard.Connect(ctx, state, m)
-		if err != nil {
-			return err
-		}
-		ac.Close()
-		p.step("agent", vm.Name, "answering")
-		_, detail, err := waitOnboarded(ctx, cfg, clients, vm, m.Address(), c.timeout, prev)
-		if err != nil {
-			return fmt.Errorf("%w; then run hostctl vm onboard %s", err, vm.Name)
-		}
-		p.step("healthy", vm.Name, "%s", detail)
-		return nil
-	})
+	return r.Start(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.StartSteps...), r.vms, c.timeout)
 }
 
 type vmLogsCmd struct {
@@ -499,11 +329,11 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 	if !ok {
 		return usageErrorf("--source %q: want journal, proxy or proxy-err", c.source)
 	}
-	cfg, state, s, err := c.open(cmd)
+	f, err := c.open(cmd)
 	if err != nil {
 		return err
 	}
-	if _, err := pick(cfg, args); err != nil {
+	if _, err := pick(f.Config, args); err != nil {
 		return err
 	}
 	ctx := cmd.Context()
@@ -512,35 +342,7 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
-	return printLogs(ctx, cmd.OutOrStdout(), state, s.machines(), args[0], &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
-}
-
-// printLogs prints the sidecar's log lines from VM name's agent to out.
-func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
-	m, err := machines.Info(ctx, name)
-	if err != nil {
-		return fmt.Errorf("%w: run hostctl up to create it", err)
-	}
-	if !m.Running() {
-		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
-	}
-	ac, err := onboard.Dial(state, m.Address())
-	if err != nil {
-		return err
-	}
-	defer ac.Close()
-	err = ac.SidecarLogs(ctx, req, func(lines []*agentv1.LogLine) error {
-		for _, l := range lines {
-			if _, err := fmt.Fprintln(out, l.GetText()); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("%s: %w", m.Name, err)
-	}
-	return nil
+	return f.Logs(ctx, cmd.OutOrStdout(), args[0], &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
 }
 
 type vmRenewCmd struct {
@@ -569,44 +371,5 @@ func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer cancel()
-	clients, err := r.kube()
-	if err != nil {
-		return err
-	}
-	spec, life, w := workloadSpec(r.cfg), r.cfg.Workload.TokenLifetime.Duration, cmd.ErrOrStderr()
-	return eachVM(r.vms, func(vm config.VM) error {
-		saved := filepath.Join("vms", vm.Name, "files", "istio-token")
-		last, _ := r.state.ReadFile(saved)
-		if !c.force && workload.Reusable(r.ctx, clients.Kube, last, spec, vm.Name, life) {
-			fmt.Fprintf(w, "vm renew %s: token kept (more than half its life left)\n", vm.Name)
-			return nil
-		}
-		m, err := r.site.machines().Info(r.ctx, vm.Name)
-		if err != nil {
-			return err
-		}
-		if !m.Running() {
-			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, m.State.Lower(), vm.Name)
-		}
-		tok, err := workload.IssueToken(r.ctx, clients.Kube, spec, vm.Name, life)
-		if err != nil {
-			return err
-		}
-		if tok.Capped != "" {
-			fmt.Fprintf(w, "vm renew %s: %s\n", vm.Name, tok.Capped)
-		}
-		ac, err := onboard.Connect(r.ctx, r.state, m)
-		if err != nil {
-			return err
-		}
-		defer ac.Close()
-		if _, err := ac.PutFile(r.ctx, agentclient.BytesFile(onboard.TokenPath, tok.Raw)); err != nil {
-			return err
-		}
-		if err := r.state.WriteSecret(saved, tok.Raw); err != nil {
-			return err
-		}
-		fmt.Fprintf(w, "vm renew %s: new token valid until %s sent; sidecar not restarted\n", vm.Name, tok.ExpiresAt.UTC().Format(time.RFC3339))
-		return nil
-	})
+	return r.Renew(r.ctx, r.vms, c.force, sayer(cmd.ErrOrStderr(), "vm renew "))
 }

@@ -1,15 +1,13 @@
 package cli
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
@@ -54,95 +52,15 @@ func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer cancel()
-	ctx, w := v.ctx, cmd.ErrOrStderr()
-	p := newProgress(w, "control plane", "workload", "agent", "onboard", "healthy")
-	detail, err := v.site.istiodReady(ctx, rev)
-	if err != nil {
-		return fmt.Errorf("istiod of revision %s is not ready (%w): install that revision first (for meshvm's Istio: istio.revision: %s, then hostctl up)",
-			revisionName(rev), err, revisionName(rev))
-	}
-	p.step("control plane", "", "target: istiod %s", detail)
-	r, err := attach(ctx, p, v.cfg, v.state, v.site)
+	w := cmd.ErrOrStderr()
+	p := newProgress(w, fleet.OnboardSteps...)
+	moved, err := v.Upgrade(v.ctx, p, v.vms, rev, c.parallel)
 	if err != nil {
 		return err
 	}
-	siteRev := v.site.revision(ctx)
-	var moving []config.VM
-	for _, vm := range v.vms {
-		if !sameRevision(vmRevision(v.state, vm.Name, siteRev), rev) {
-			moving = append(moving, vm)
-		}
-	}
-	if len(moving) > 0 {
-		// Both revisions' istiods must see the group while VMs are split.
-		if err := r.labelGroup(ctx, ""); err != nil {
-			return err
-		}
-	}
-	moved := 0
-	for start := 0; start < len(v.vms); start += c.parallel {
-		batch := v.vms[start:min(start+c.parallel, len(v.vms))]
-		err := eachVM(batch, func(vm config.VM) error { return r.upgrade(ctx, vm.Name, rev, siteRev) })
-		if err != nil {
-			return errors.Join(err, r.labelGroup(ctx, groupRevision(v.cfg, v.state, siteRev)))
-		}
-		moved += len(batch)
-	}
-	if err := r.labelGroup(ctx, groupRevision(v.cfg, v.state, siteRev)); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "vm upgrade: %d VM(s) on revision %s in %s\n", moved, revisionName(rev), time.Since(p.start).Round(time.Second))
-	if !sameRevision(v.cfg.Istio.Revision, rev) {
-		fmt.Fprintf(w, "vm upgrade: istio.revision is %s: set it to %s so that VMs added later join it too\n", revisionName(v.cfg.Istio.Revision), revisionName(rev))
+	fmt.Fprintf(w, "vm upgrade: %d VM(s) on revision %s in %s\n", moved, workloadfiles.RevisionName(rev), time.Since(p.start).Round(time.Second))
+	if workloadfiles.RevisionName(v.Config.Istio.Revision) != workloadfiles.RevisionName(rev) {
+		fmt.Fprintf(w, "vm upgrade: istio.revision is %s: set it to %s so that VMs added later join it too\n", workloadfiles.RevisionName(v.Config.Istio.Revision), workloadfiles.RevisionName(rev))
 	}
 	return nil
-}
-
-// upgrade moves one VM onto rev and checks that an istiod of rev registered
-// it. A VM already there is converged without a restart.
-func (r *session) upgrade(ctx context.Context, name, rev, siteRev string) error {
-	from := vmRevision(r.state, name, siteRev)
-	m, ac, err := r.running(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer ac.Close()
-	start := time.Now()
-	move := !sameRevision(from, rev)
-	e, err := r.onboardOnto(ctx, name, m, ac, false, move, rev)
-	rollback := fmt.Sprintf("roll it back with hostctl vm upgrade %s --revision %s", name, revisionName(from))
-	if err != nil {
-		if !move {
-			return err
-		}
-		return fmt.Errorf("did not come back on revision %s (%w): %s", revisionName(rev), err, rollback)
-	}
-	if got := r.site.revisionOf(ctx, e.Controller); got != "" && !sameRevision(got, rev) {
-		return fmt.Errorf("WorkloadEntry %s is held by istiod %s of revision %s, not %s: %s", e.Name, e.Controller, got, revisionName(rev), rollback)
-	}
-	how := "already on it"
-	if move {
-		how = "moved from " + revisionName(from)
-	}
-	r.p.step("healthy", name, "revision %s (%s in %s), registered by istiod %s", revisionName(rev), how, time.Since(start).Round(100*time.Millisecond), orDash(e.Controller))
-	return nil
-}
-
-// labelGroup sets the WorkloadGroup's istio.io/rev ("" removes it).
-func (r *session) labelGroup(ctx context.Context, rev string) error {
-	if r.spec.Revision == rev {
-		return nil
-	}
-	r.spec.Revision = rev
-	changes, err := workload.Ensure(ctx, r.clients, r.spec)
-	for _, ch := range changes {
-		if ch.Action != "unchanged" {
-			what := "istio.io/rev " + rev
-			if rev == "" {
-				what = "no istio.io/rev: every revision's istiod serves it"
-			}
-			r.p.step("workload", "", "%s %s (%s)", ch.Object, ch.Action, what)
-		}
-	}
-	return err
 }

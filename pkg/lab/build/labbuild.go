@@ -347,3 +347,26 @@ func DefaultCacheDir() string {
 	}
 	return filepath.Join(d, "meshvm")
 }
+
+// ModuleDir finds the hostctl/labbuild module: MESHVM_SOURCE's, else the
+// one of the meshvm checkout the working directory is in.
+func ModuleDir() (string, error) {
+	if d := os.Getenv("MESHVM_SOURCE"); d != "" {
+		return filepath.Join(d, "hostctl", "labbuild"), nil
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		cand := filepath.Join(dir, "hostctl", "labbuild", "go.mod")
+		if _, err := os.Stat(cand); err == nil {
+			return filepath.Dir(cand), nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("the lab builds its control plane from the meshvm checkout: run hostctl from it, or set MESHVM_SOURCE to its path")
+		}
+		dir = parent
+	}
+}

@@ -16,21 +16,10 @@ import (
 var ModuleDir = moduleDir()
 
 func moduleDir() string {
-	dir, err := os.Getwd()
-	if err != nil {
-		return filepath.Join("hostctl", "labbuild")
+	if d, err := build.ModuleDir(); err == nil {
+		return d
 	}
-	for {
-		cand := filepath.Join(dir, "hostctl", "labbuild")
-		if _, err := os.Stat(filepath.Join(cand, "go.mod")); err == nil {
-			return cand
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return filepath.Join("hostctl", "labbuild")
-		}
-		dir = parent
-	}
+	return filepath.Join("hostctl", "labbuild")
 }
 
 // RequireVMs skips unless MESHVM_LAB is set (make test sets it).

@@ -1,6 +1,6 @@
 //go:build linux
 
-package cli
+package fleet
 
 import (
 	"bytes"
@@ -81,27 +81,27 @@ func testCtx(t *testing.T) context.Context {
 
 // agentSite is a site whose VMs are the test's; the cluster is not asked.
 type agentSite struct {
-	site
+	Site
 	ms        machine.Provider
 	istiodErr error
 }
 
-func (s agentSite) machines() machine.Provider { return s.ms }
+func (s agentSite) Machines() machine.Provider { return s.ms }
 
-func (s agentSite) istiodAddress(context.Context, string) (string, error) {
+func (s agentSite) IstiodAddress(context.Context, string) (string, error) {
 	if s.istiodErr != nil {
 		return "", s.istiodErr
 	}
 	return testIstiodIP, nil
 }
 
-func (s agentSite) sidecar(context.Context, string, string) (onboard.Sidecar, error) {
+func (s agentSite) Sidecar(context.Context, string, string) (onboard.Sidecar, error) {
 	return onboard.Sidecar{}, errors.New("no sidecar build in a test")
 }
 
-func (s agentSite) revision(context.Context) string { return "" }
+func (s agentSite) Revision(context.Context) string { return "" }
 
-func (s agentSite) istiodVersion(context.Context, string) (string, string, error) {
+func (s agentSite) IstiodVersion(context.Context, string) (string, string, error) {
 	return istioinstall.EmbeddedVersion, "the test", nil
 }
 
@@ -169,7 +169,7 @@ func TestLogsFromARealAgent(t *testing.T) {
 
 func TestDoctorAgainstARealAgent(t *testing.T) {
 	vm := startVM(t)
-	got := map[string]finding{}
+	got := map[string]Finding{}
 	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
@@ -208,7 +208,7 @@ func TestUnreachableAgentSaysWhy(t *testing.T) {
 // when they cannot tell (here: no sidecar build to compare with).
 func TestDoctorRowsCarryTheReason(t *testing.T) {
 	vm := startVM(t)
-	got := map[string]finding{}
+	got := map[string]Finding{}
 	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
@@ -221,7 +221,7 @@ func TestDoctorRowsCarryTheReason(t *testing.T) {
 	if f := got["credentials"]; f.Result == "" {
 		t.Errorf("credentials: no row")
 	}
-	got = map[string]finding{}
+	got = map[string]Finding{}
 	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms, istiodErr: errors.New("no east-west gateway address")}, "vm1", nil, false) {
 		got[f.Check] = f
 	}

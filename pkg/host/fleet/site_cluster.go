@@ -1,4 +1,4 @@
-package cli
+package fleet
 
 import (
 	"context"
@@ -44,7 +44,7 @@ type clusterSite struct {
 	// mu guards addr and kube: VMs onboard concurrently.
 	mu sync.Mutex
 	// version is the Istio meshvm installs (the embedded one unless
-	// istio.version names another, then rendered with istioctl of that
+	// Istio.version names another, then rendered with istioctl of that
 	// version). The VMs' proxy is their running istiod's (istiodVersion).
 	version, istioctl string
 	// joined is the Istio of yours the VMs join (nil: meshvm's own), and
@@ -97,7 +97,7 @@ func (s *clusterSite) joinedPlane(ctx context.Context) (*istioinstall.ControlPla
 	return joined, joinErr
 }
 
-func (s *clusterSite) joinedIstio(ctx context.Context) string {
+func (s *clusterSite) JoinedIstio(ctx context.Context) string {
 	if cp, _ := s.joinedPlane(ctx); cp != nil {
 		return cp.String()
 	}
@@ -106,7 +106,7 @@ func (s *clusterSite) joinedIstio(ctx context.Context) string {
 
 // clusterID is the cluster's name in the mesh: istiod's, when the VMs join
 // an Istio of yours (Istio's default is Kubernetes).
-func (s *clusterSite) clusterID(ctx context.Context) string {
+func (s *clusterSite) ClusterID(ctx context.Context) string {
 	if cp, _ := s.joinedPlane(ctx); cp != nil {
 		if cp.ClusterID == "" {
 			return "Kubernetes"
@@ -132,9 +132,9 @@ func (s *clusterSite) istiodRoute(cp *istioinstall.ControlPlane) (gateway, direc
 	return cp.Gateway, ""
 }
 
-func (s *clusterSite) machines() machine.Provider { return s.ms }
+func (s *clusterSite) Machines() machine.Provider { return s.ms }
 
-func (s *clusterSite) kubeconfig() string { return s.kc }
+func (s *clusterSite) Kubeconfig() string { return s.kc }
 
 // clients connects once (the kubeconfig of a k3s cluster appears only
 // when upCluster has written it).
@@ -144,7 +144,7 @@ func (s *clusterSite) clients() (workload.Clients, error) {
 	if s.kube.Kube != nil {
 		return s.kube, nil
 	}
-	c, err := kubeClients(s.kc)
+	c, err := KubeClients(s.kc)
 	if err == nil {
 		s.kube = c
 	}
@@ -152,13 +152,13 @@ func (s *clusterSite) clients() (workload.Clients, error) {
 }
 
 // k3sConfig is the recipe's cluster: one server, agents, the configured size.
-func (s *clusterSite) k3sConfig(p *progress) k3s.Config {
+func (s *clusterSite) k3sConfig(p Reporter) k3s.Config {
 	cl := s.cfg.Cluster
 	spec := func(name string) machine.Spec {
 		return machine.Spec{Name: name, CPUs: cl.Machine.CPUs, Memory: cl.Machine.Memory, Disk: cl.Machine.Disk}
 	}
 	c := k3s.Config{Provider: s.k3s, Version: cl.K3sVersion, Server: spec("k3s-server"),
-		Progress: func(f string, a ...any) { p.step(p.steps[0], "", f, a...) }}
+		Progress: func(f string, a ...any) { p.Step("control plane", "", f, a...) }}
 	if len(cl.Nodes) > 0 {
 		c.Server = spec(cl.Nodes[0].Name)
 		for _, n := range cl.Nodes[1:] {
@@ -172,7 +172,7 @@ func (s *clusterSite) k3sConfig(p *progress) k3s.Config {
 	return c
 }
 
-func (s *clusterSite) upCluster(ctx context.Context, p *progress) error {
+func (s *clusterSite) UpCluster(ctx context.Context, p Reporter) error {
 	if s.k3s != nil {
 		kc, err := k3s.Up(ctx, s.k3sConfig(p))
 		if err != nil {
@@ -194,19 +194,19 @@ func (s *clusterSite) upCluster(ctx context.Context, p *progress) error {
 	if s.k3s != nil {
 		whose = "k3s " + s.cfg.Cluster.K3sVersion
 	}
-	p.step("control plane", "", "%s, Kubernetes %s (kubeconfig %s)", whose, v.GitVersion, s.kc)
+	p.Step("control plane", "", "%s, Kubernetes %s (kubeconfig %s)", whose, v.GitVersion, s.kc)
 	return nil
 }
 
 func (s *clusterSite) options() istioinstall.Options {
-	o := istioOptions(s.cfg)
+	o := IstioOptions(s.cfg)
 	o.Hub, o.Tag, o.Istioctl = s.cfg.Istio.Hub, s.version, s.istioctl
 	// VMs given istiod's address share the pods' network: no gateway.
 	o.OneNetwork = s.cfg.Istio.IstiodAddress != ""
 	return o
 }
 
-func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
+func (s *clusterSite) InstallIstio(ctx context.Context, p Reporter) error {
 	c, err := s.clients()
 	if err != nil {
 		return err
@@ -229,11 +229,11 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 		return fmt.Errorf("istio.istiodAddress makes a single-network mesh (VMs reach istiod directly, no east-west gateway), but workload.network %q is not istio.network %q: "+
 			"set both to one network, or leave istio.istiodAddress empty for the VMs' own network behind an east-west gateway", s.cfg.Workload.Network, s.cfg.Istio.Network)
 	}
-	objs, keep, err := s.istio()
+	objs, keep, err := s.Istio()
 	if err != nil {
 		return err
 	}
-	rc, err := restConfig(s.kc)
+	rc, err := RestConfig(s.kc)
 	if err != nil {
 		return err
 	}
@@ -245,31 +245,31 @@ func (s *clusterSite) installIstio(ctx context.Context, p *progress) error {
 	if s.istioctl != "" {
 		from = s.istioctl
 	}
-	p.step("control plane", "", "Istio %s: %d objects rendered from %s: %s", s.version, len(objs), from, istioinstall.Summary(changes))
+	p.Step("control plane", "", "Istio %s: %d objects rendered from %s: %s", s.version, len(objs), from, istioinstall.Summary(changes))
 	for _, ch := range changes {
 		if ch.Action == istioinstall.Yours {
-			p.step("control plane", "", "%s exists and is not meshvm's: left as it is", ch.Ref)
+			p.Step("control plane", "", "%s exists and is not meshvm's: left as it is", ch.Ref)
 		}
 	}
-	addr, err := istioinstall.WaitReady(ctx, c.Kube, s.cfg.Istio.Revision, !oneNetwork, func(msg string) { p.step("control plane", "", "%s", msg) })
+	addr, err := istioinstall.WaitReady(ctx, c.Kube, s.cfg.Istio.Revision, !oneNetwork, func(msg string) { p.Step("control plane", "", "%s", msg) })
 	if err != nil {
 		return err
 	}
 	if oneNetwork {
-		p.step("control plane", "", "istiod ready; one network: VMs reach it directly at %s (istio.istiodAddress), no east-west gateway", s.cfg.Istio.IstiodAddress)
+		p.Step("control plane", "", "istiod ready; one network: VMs reach it directly at %s (istio.istiodAddress), no east-west gateway", s.cfg.Istio.IstiodAddress)
 		return nil
 	}
 	s.mu.Lock()
 	s.addr = addr
 	s.mu.Unlock()
-	p.step("control plane", "", "istiod ready; VMs reach it through the east-west gateway at %s", addr)
+	p.Step("control plane", "", "istiod ready; VMs reach it through the east-west gateway at %s", addr)
 	return nil
 }
 
 // join waits until the Istio of yours serves and its gateway has an
 // address, changing nothing of it.
-func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients, cp *istioinstall.ControlPlane) error {
-	p.step("control plane", "", "joining the Istio of yours: %s; meshvm installs and changes none of it", cp)
+func (s *clusterSite) join(ctx context.Context, p Reporter, c workload.Clients, cp *istioinstall.ControlPlane) error {
+	p.Step("control plane", "", "joining the Istio of yours: %s; meshvm installs and changes none of it", cp)
 	last := ""
 	gateway, direct := s.istiodRoute(cp)
 	for {
@@ -286,7 +286,7 @@ func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients,
 			s.mu.Lock()
 			s.addr = addr
 			s.mu.Unlock()
-			p.step("control plane", "", "istiod ready; VMs reach it %s at %s", through, addr)
+			p.Step("control plane", "", "istiod ready; VMs reach it %s at %s", through, addr)
 			return nil
 		}
 		waiting := "Service " + gateway + " has no LoadBalancer address yet"
@@ -294,7 +294,7 @@ func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients,
 			waiting = notReady.Error()
 		}
 		if waiting != last {
-			p.step("control plane", "", "waiting: %s", waiting)
+			p.Step("control plane", "", "waiting: %s", waiting)
 			last = waiting
 		}
 		select {
@@ -305,12 +305,12 @@ func (s *clusterSite) join(ctx context.Context, p *progress, c workload.Clients,
 	}
 }
 
-func (s *clusterSite) istio() ([]istioinstall.Object, istioinstall.Keep, error) {
+func (s *clusterSite) Istio() ([]istioinstall.Object, istioinstall.Keep, error) {
 	objs, err := istioinstall.Render(s.options())
 	return objs, istioinstall.Everything, err
 }
 
-func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
+func (s *clusterSite) EastWest(ctx context.Context) (string, string) {
 	c, err := s.clients()
 	if err != nil {
 		return "unknown", err.Error()
@@ -335,7 +335,7 @@ func (s *clusterSite) eastWest(ctx context.Context) (string, string) {
 	return "ready", "VMs reach istiod at " + addr
 }
 
-func (s *clusterSite) istiodReady(ctx context.Context, rev string) (string, error) {
+func (s *clusterSite) IstiodReady(ctx context.Context, rev string) (string, error) {
 	c, err := s.clients()
 	if err != nil {
 		return "", err
@@ -375,14 +375,14 @@ func (s *clusterSite) istiodDeployment(ctx context.Context, rev string) (string,
 	return other.Deployment, nil
 }
 
-func (s *clusterSite) revision(ctx context.Context) string {
+func (s *clusterSite) Revision(ctx context.Context) string {
 	if cp, _ := s.joinedPlane(ctx); cp != nil && workloadfiles.Revisioned(cp.Revision) {
 		return cp.Revision
 	}
 	return s.cfg.Istio.Revision
 }
 
-func (s *clusterSite) istiodVersion(ctx context.Context, rev string) (string, string, error) {
+func (s *clusterSite) IstiodVersion(ctx context.Context, rev string) (string, string, error) {
 	c, err := s.clients()
 	if err != nil {
 		return "", "", err
@@ -396,7 +396,7 @@ func (s *clusterSite) istiodVersion(ctx context.Context, rev string) (string, st
 
 // revisionOf reads the istio.io/rev of the istiod pod that registered the
 // entry.
-func (s *clusterSite) revisionOf(ctx context.Context, controller string) string {
+func (s *clusterSite) RevisionOf(ctx context.Context, controller string) string {
 	c, err := s.clients()
 	if err != nil || controller == "" {
 		return ""
@@ -412,7 +412,7 @@ func (s *clusterSite) revisionOf(ctx context.Context, controller string) string 
 	return pod.Labels["istio.io/rev"]
 }
 
-func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, error) {
+func (s *clusterSite) IstiodAddress(ctx context.Context, _ string) (string, error) {
 	c, err := s.clients()
 	if err != nil {
 		return "", err
@@ -441,7 +441,7 @@ func (s *clusterSite) istiodAddress(ctx context.Context, _ string) (string, erro
 	return addr, nil
 }
 
-func (s *clusterSite) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
+func (s *clusterSite) Sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
 	var side proxyimage.Sidecar
 	var err error
 	if deb := s.cfg.Istio.SidecarDeb; deb != "" {
@@ -460,7 +460,7 @@ func (s *clusterSite) sidecar(ctx context.Context, arch, version string) (onboar
 // downCluster deletes the k3s machines up created; in a cluster of yours it
 // uninstalls what up installed: the workload's namespace and Istio (its
 // CRDs stay). Your cluster itself is not ours to delete.
-func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) error {
+func (s *clusterSite) DownCluster(ctx context.Context, p Reporter, _ bool) error {
 	if s.k3s != nil {
 		c := s.k3sConfig(p)
 		if len(s.cfg.Cluster.Nodes) > 0 {
@@ -473,7 +473,7 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 				if err := s.k3s.Delete(ctx, m.Name); err != nil {
 					return err
 				}
-				p.step("cluster", "", "k3s machine %s deleted", m.Name)
+				p.Step("cluster", "", "k3s machine %s deleted", m.Name)
 			}
 		}
 		if err := os.Remove(s.kc); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -491,10 +491,10 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	if err != nil {
 		return err
 	}
-	p.step("cluster", "", "%d VM credential(s) revoked in %s", revoked, s.cfg.Workload.Namespace)
-	removed, err := workload.Remove(ctx, c, workloadSpec(s.cfg))
+	p.Step("cluster", "", "%d VM credential(s) revoked in %s", revoked, s.cfg.Workload.Namespace)
+	removed, err := workload.Remove(ctx, c, WorkloadSpec(s.cfg))
 	for _, ch := range removed {
-		p.step("cluster", "", "%s %s", ch.Object, ch.Action)
+		p.Step("cluster", "", "%s %s", ch.Object, ch.Action)
 	}
 	if err != nil {
 		return err
@@ -503,10 +503,10 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	if ch, err := workload.RemoveNamespace(ctx, c.Kube, traffic.Namespace); err != nil {
 		return err
 	} else if ch.Action == ownership.Yours {
-		p.step("cluster", "", "%s %s", ch.Object, ch.Action)
+		p.Step("cluster", "", "%s %s", ch.Object, ch.Action)
 	}
 	if cp, _ := s.joinedPlane(ctx); cp != nil {
-		p.step("cluster", "", "Istio is yours (%s): nothing of it removed; the cluster itself is yours and stays", cp.Deployment)
+		p.Step("cluster", "", "Istio is yours (%s): nothing of it removed; the cluster itself is yours and stays", cp.Deployment)
 		return nil
 	}
 	// Every revision meshvm installed, with or without a gateway.
@@ -518,7 +518,7 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	if err != nil {
 		return err
 	}
-	rc, err := restConfig(s.kc)
+	rc, err := RestConfig(s.kc)
 	if err != nil {
 		return err
 	}
@@ -526,7 +526,7 @@ func (s *clusterSite) downCluster(ctx context.Context, p *progress, _ bool) erro
 	if err != nil {
 		return err
 	}
-	p.step("cluster", "", "Istio uninstalled: %s; the cluster itself is yours and stays", istioinstall.Summary(changes))
+	p.Step("cluster", "", "Istio uninstalled: %s; the cluster itself is yours and stays", istioinstall.Summary(changes))
 	return nil
 }
 
@@ -548,7 +548,7 @@ func (s *clusterSite) ownRevisions(ctx context.Context, c workload.Clients) ([]s
 	return revs, nil
 }
 
-func (s *clusterSite) trafficUncheckable() string {
+func (s *clusterSite) TrafficUncheckable() string {
 	if s.cfg.MachineProvider() == config.Lab {
 		return "lab VMs run the lab's Envoy stand-in, which has no data path"
 	}

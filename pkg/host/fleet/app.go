@@ -1,4 +1,4 @@
-package cli
+package fleet
 
 import (
 	"context"
@@ -120,7 +120,7 @@ func removeApp(ctx context.Context, p machine.Provider, vm string) (bool, error)
 func (r *session) convergeApp(ctx context.Context, vm config.VM) error {
 	port := r.cfg.Workload.Port
 	if !r.cfg.RunsApp(vm) {
-		removed, err := removeApp(ctx, r.site.machines(), vm.Name)
+		removed, err := removeApp(ctx, r.site.Machines(), vm.Name)
 		if err != nil {
 			return err
 		}
@@ -128,14 +128,14 @@ func (r *session) convergeApp(ctx context.Context, vm config.VM) error {
 		if removed {
 			detail += "; hostctl's " + appUnitName + " removed"
 		}
-		r.p.step("app", vm.Name, "%s", detail)
+		r.p.Step("app", vm.Name, "%s", detail)
 		return nil
 	}
-	detail, err := ensureApp(ctx, r.site.machines(), vm.Name, port)
+	detail, err := ensureApp(ctx, r.site.Machines(), vm.Name, port)
 	if err != nil {
 		return err
 	}
-	r.p.step("app", vm.Name, "%s", detail)
+	r.p.Step("app", vm.Name, "%s", detail)
 	return nil
 }
 
@@ -143,7 +143,7 @@ func (r *session) convergeApp(ctx context.Context, vm config.VM) error {
 // app; when the app is the user's, registered from a live connection (newer
 // than prev's) is enough, since Healthy waits on that app.
 func waitOnboarded(ctx context.Context, cfg config.Config, clients workload.Clients, vm config.VM, addr string, timeout time.Duration, prev workload.Entry) (workload.Entry, string, error) {
-	spec := workloadSpec(cfg)
+	spec := WorkloadSpec(cfg)
 	if cfg.RunsApp(vm) {
 		e, err := workload.WaitHealthy(ctx, clients, spec, addr, timeout, prev)
 		return e, fmt.Sprintf("WorkloadEntry %s Healthy", e.Name), err

@@ -1,4 +1,4 @@
-package cli
+package fleet
 
 import (
 	"testing"
@@ -15,13 +15,13 @@ func TestClusterProcessesComeFromTheSite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lab site = newLabSite(config.Default(), state, labMachines(state))
-	got := lab.processes()
+	var lab Site = newLabSite(config.Default(), state, labMachines(state))
+	got := lab.Processes()
 	if len(got) != 3 || got[0].Name != "etcd" || got[0].State != "stopped" || got[0].Detail != "run hostctl cluster up" {
 		t.Errorf("lab: got %+v, want etcd, kube-apiserver and kube-controller-manager stopped", got)
 	}
-	var yours site = &clusterSite{cfg: config.Default(), state: state}
-	if got := yours.processes(); got != nil {
+	var yours Site = &clusterSite{cfg: config.Default(), state: state}
+	if got := yours.Processes(); got != nil {
 		t.Errorf("cluster of yours: got %+v, want none", got)
 	}
 }

@@ -1,4 +1,4 @@
-package cli
+package fleet
 
 import (
 	"context"
@@ -34,75 +34,75 @@ func newLabSite(cfg config.Config, state *statedir.Dir, lab *labmachine.Provider
 	return &labSite{cfg: cfg, state: state, lab: lab}
 }
 
-func (s *labSite) machines() machine.Provider { return s.lab }
+func (s *labSite) Machines() machine.Provider { return s.lab }
 
-func (s *labSite) kubeconfig() string { return cluster.Kubeconfig(s.state.Path("lab", "cluster")) }
+func (s *labSite) Kubeconfig() string { return cluster.Kubeconfig(s.state.Path("lab", "cluster")) }
 
-func (s *labSite) config(p *progress, step string) (labstack.Config, error) {
-	src, err := labSource()
+func (s *labSite) config(p Reporter, step string) (labstack.Config, error) {
+	src, err := build.ModuleDir()
 	if err != nil {
 		return labstack.Config{}, err
 	}
-	return labstack.Config{ModuleDir: src, CacheDir: cacheDir(), Dir: s.state.Path("lab"), Istio: istioOptions(s.cfg),
+	return labstack.Config{ModuleDir: src, CacheDir: build.DefaultCacheDir(), Dir: s.state.Path("lab"), Istio: IstioOptions(s.cfg),
 		Progress: lineWriter{p, step}}, nil
 }
 
-func (s *labSite) upCluster(ctx context.Context, p *progress) error {
+func (s *labSite) UpCluster(ctx context.Context, p Reporter) error {
 	c, err := s.config(p, "control plane")
 	if err != nil {
 		return err
 	}
-	p.step("control plane", "", "building (cached after the first run) and starting the lab cluster")
+	p.Step("control plane", "", "building (cached after the first run) and starting the lab cluster")
 	s.stack, err = labstack.UpCluster(ctx, c)
 	return err
 }
 
-func (s *labSite) installIstio(ctx context.Context, p *progress) error {
+func (s *labSite) InstallIstio(ctx context.Context, p Reporter) error {
 	c, err := s.config(p, "control plane")
 	if err != nil {
 		return err
 	}
 	if s.stack == nil {
-		if err := s.upCluster(ctx, p); err != nil {
+		if err := s.UpCluster(ctx, p); err != nil {
 			return err
 		}
 	}
 	return labstack.InstallIstio(ctx, c, s.stack)
 }
 
-func (s *labSite) istio() ([]istioinstall.Object, istioinstall.Keep, error) {
-	objs, err := istioinstall.Render(istioOptions(s.cfg))
+func (s *labSite) Istio() ([]istioinstall.Object, istioinstall.Keep, error) {
+	objs, err := istioinstall.Render(IstioOptions(s.cfg))
 	return objs, istioinstall.LabRunnable, err
 }
 
-func (s *labSite) eastWest(context.Context) (string, string) {
+func (s *labSite) EastWest(context.Context) (string, string) {
 	return "not run", "the lab has no kubelet or load balancer: VMs reach istiod on the host's address"
 }
 
 func (s *labSite) istioDir() string { return s.state.Path("lab", "istio") }
 
-func (s *labSite) istiodReady(ctx context.Context, rev string) (string, error) {
+func (s *labSite) IstiodReady(ctx context.Context, rev string) (string, error) {
 	if err := mesh.Ready(ctx, s.istioDir(), rev); err != nil {
 		return "", err
 	}
-	v, _, err := s.istiodVersion(ctx, rev)
+	v, _, err := s.IstiodVersion(ctx, rev)
 	if err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("ready, revision %s, Istio %s, a local process", revisionName(rev), v), nil
 }
 
-func (s *labSite) revision(context.Context) string { return s.cfg.Istio.Revision }
+func (s *labSite) Revision(context.Context) string { return s.cfg.Istio.Revision }
 
 // istiodVersion is the lab istiod's /version. It reports the pinned
 // istio.io/istio pseudo-version it was built from, which is Istio's
 // EmbeddedVersion line: that is the version the VMs get.
-func (s *labSite) istiodVersion(ctx context.Context, rev string) (string, string, error) {
+func (s *labSite) IstiodVersion(ctx context.Context, rev string) (string, string, error) {
 	v, err := mesh.Version(ctx, s.istioDir(), rev)
 	if err != nil {
 		return "", "", err
 	}
-	src, err := labSource()
+	src, err := build.ModuleDir()
 	if err != nil {
 		return "", "", err
 	}
@@ -116,7 +116,7 @@ func (s *labSite) istiodVersion(ctx context.Context, rev string) (string, string
 	return v, "its /version", nil
 }
 
-func (s *labSite) revisionOf(_ context.Context, controller string) string {
+func (s *labSite) RevisionOf(_ context.Context, controller string) string {
 	for _, rev := range mesh.Revisions(s.istioDir()) {
 		if mesh.PodName(rev) == controller {
 			return rev
@@ -125,29 +125,29 @@ func (s *labSite) revisionOf(_ context.Context, controller string) string {
 	return ""
 }
 
-func (s *labSite) clusterID(context.Context) string { return s.cfg.Istio.ClusterName }
+func (s *labSite) ClusterID(context.Context) string { return s.cfg.Istio.ClusterName }
 
-func (s *labSite) joinedIstio(context.Context) string { return "" }
+func (s *labSite) JoinedIstio(context.Context) string { return "" }
 
-func (s *labSite) istiodAddress(_ context.Context, vm string) (string, error) {
+func (s *labSite) IstiodAddress(_ context.Context, vm string) (string, error) {
 	return s.lab.HostAddress(vm)
 }
 
-func (s *labSite) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
+func (s *labSite) Sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
 	if arch != "" && arch != runtime.GOARCH {
 		return onboard.Sidecar{}, fmt.Errorf("lab VM is %s, the lab builds the sidecar for %s only", arch, runtime.GOARCH)
 	}
 	if version != istioinstall.EmbeddedVersion {
 		return onboard.Sidecar{}, fmt.Errorf("Istio %s: the lab builds pilot-agent %s only", version, istioinstall.EmbeddedVersion)
 	}
-	src, err := labSource()
+	src, err := build.ModuleDir()
 	if err != nil {
 		return onboard.Sidecar{}, err
 	}
 	bins := build.Result{}
 	if s.stack != nil {
 		bins = s.stack.Bins
-	} else if bins, err = build.Build(ctx, build.Options{ModuleDir: src, CacheDir: cacheDir(), Progress: io.Discard}); err != nil {
+	} else if bins, err = build.Build(ctx, build.Options{ModuleDir: src, CacheDir: build.DefaultCacheDir(), Progress: io.Discard}); err != nil {
 		return onboard.Sidecar{}, err
 	}
 	bootstrap, err := build.IstioFile(ctx, src, "tools/packaging/common/envoy_bootstrap.json")
@@ -157,7 +157,7 @@ func (s *labSite) sidecar(ctx context.Context, arch, version string) (onboard.Si
 	return onboard.Sidecar{PilotAgent: bins.Path("pilot-agent"), Envoy: bins.Path("lab-envoy"), BootstrapTemplate: bootstrap}, nil
 }
 
-func (s *labSite) downCluster(ctx context.Context, p *progress, vmsGone bool) error {
+func (s *labSite) DownCluster(ctx context.Context, p Reporter, vmsGone bool) error {
 	if vmsGone {
 		// A lab VM the config no longer lists still runs from the state
 		// directory: keep it (and its disk) rather than fail half-way.
@@ -173,7 +173,7 @@ func (s *labSite) downCluster(ctx context.Context, p *progress, vmsGone bool) er
 			if err := labstack.DownCluster(ctx, s.state.Path("lab")); err != nil {
 				return err
 			}
-			p.step("cluster", "", "lab control plane stopped and its state removed; lab VM(s) %s are not in the config and stay: list them under vms and run hostctl down again to delete them",
+			p.Step("cluster", "", "lab control plane stopped and its state removed; lab VM(s) %s are not in the config and stay: list them under vms and run hostctl down again to delete them",
 				strings.Join(names, ", "))
 			return nil
 		}
@@ -181,16 +181,16 @@ func (s *labSite) downCluster(ctx context.Context, p *progress, vmsGone bool) er
 		if err := labstack.Down(ctx, s.state.Path("lab"), true); err != nil {
 			return err
 		}
-		p.step("cluster", "", "lab control plane stopped and its state removed")
+		p.Step("cluster", "", "lab control plane stopped and its state removed")
 		return nil
 	}
 	if err := labstack.DownCluster(ctx, s.state.Path("lab")); err != nil {
 		return err
 	}
-	p.step("cluster", "", "lab control plane and istiod stopped, their state removed; the VMs are kept")
+	p.Step("cluster", "", "lab control plane and istiod stopped, their state removed; the VMs are kept")
 	return nil
 }
 
-func (s *labSite) trafficUncheckable() string {
+func (s *labSite) TrafficUncheckable() string {
 	return "the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
 }

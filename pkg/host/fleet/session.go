@@ -1,4 +1,4 @@
-package cli
+package fleet
 
 import (
 	"context"
@@ -25,11 +25,11 @@ import (
 type session struct {
 	cfg     config.Config
 	state   *statedir.Dir
-	site    site
+	site    Site
 	clients workload.Clients
 	spec    workload.Spec
 	deps    onboard.Deps
-	p       *progress
+	p       Reporter
 
 	// sidecars are the sidecar files by architecture and version, found
 	// once for all the VMs onboarding at once (a module lookup or a
@@ -43,13 +43,13 @@ type session struct {
 }
 
 // istiodVersion is the revision's running istiod's version, asked once.
-func (r *session) istiodVersion(ctx context.Context, rev string) (string, error) {
+func (r *session) IstiodVersion(ctx context.Context, rev string) (string, error) {
 	r.sidecarsMu.Lock()
 	defer r.sidecarsMu.Unlock()
 	if v, ok := r.versions[revisionName(rev)]; ok {
 		return v, nil
 	}
-	v, _, err := r.site.istiodVersion(ctx, rev)
+	v, _, err := r.site.IstiodVersion(ctx, rev)
 	if err != nil {
 		return "", err
 	}
@@ -61,14 +61,14 @@ func (r *session) istiodVersion(ctx context.Context, rev string) (string, error)
 }
 
 // sidecar returns the site's sidecar files of version for arch, looked up once.
-func (r *session) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
+func (r *session) Sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
 	r.sidecarsMu.Lock()
 	defer r.sidecarsMu.Unlock()
 	key := arch + "/" + version
 	if side, ok := r.sidecars[key]; ok {
 		return side, nil
 	}
-	side, err := r.site.sidecar(ctx, arch, version)
+	side, err := r.site.Sidecar(ctx, arch, version)
 	if err != nil {
 		return side, err
 	}
@@ -83,52 +83,55 @@ func (r *session) sidecar(ctx context.Context, arch, version string) (onboard.Si
 }
 
 // start converges the site's cluster, Istio and the workload's objects.
-func start(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
-	if err := s.upCluster(ctx, p); err != nil {
+func start(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
+	s := f.Site
+	if err := s.UpCluster(ctx, p); err != nil {
 		return nil, err
 	}
-	if err := s.installIstio(ctx, p); err != nil {
+	if err := s.InstallIstio(ctx, p); err != nil {
 		return nil, err
 	}
-	return workloadSession(ctx, p, cfg, state, s)
+	return workloadSession(ctx, p, f)
 }
 
 // attach is start for re-onboarding: the mesh must be up already, and only
 // the workload's objects are converged. Re-applying Istio would cost
 // seconds and is up's job.
-func attach(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
-	detail, err := s.istiodReady(ctx, s.revision(ctx))
+func attach(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
+	s := f.Site
+	detail, err := s.IstiodReady(ctx, s.Revision(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("istiod is not ready (%w): run hostctl up", err)
 	}
-	p.step("control plane", "", "istiod %s", detail)
-	return workloadSession(ctx, p, cfg, state, s)
+	p.Step("control plane", "", "istiod %s", detail)
+	return workloadSession(ctx, p, f)
 }
 
 // workloadSession converges the workload's objects and opens the session.
-func workloadSession(ctx context.Context, p *progress, cfg config.Config, state *statedir.Dir, s site) (*session, error) {
-	clients, err := kubeClients(s.kubeconfig())
+func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
+	cfg, state, s := f.Config, f.State, f.Site
+	clients, err := KubeClients(s.Kubeconfig())
 	if err != nil {
 		return nil, err
 	}
-	spec := workloadSpec(cfg)
-	spec.Revision = groupRevision(cfg, state, s.revision(ctx))
+	spec := WorkloadSpec(cfg)
+	spec.Revision = groupRevision(cfg, state, s.Revision(ctx))
 	changes, err := workload.Ensure(ctx, clients, spec)
 	if err != nil {
 		return nil, err
 	}
 	for _, ch := range changes {
-		p.step("workload", "", "%s %s", ch.Object, ch.Action)
+		p.Step("workload", "", "%s %s", ch.Object, ch.Action)
 	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
 		forms: formcache.New(state.Path("sidecar", "zstd")),
-		deps:  onboard.Deps{Provider: s.machines(), State: state, AgentBinary: agentBinary(cfg.Agent.Dir)},
+		deps:  onboard.Deps{Provider: s.Machines(), State: state, AgentBinary: f.Agent},
 	}, nil
 }
 
-// istioOptions are the install's inputs from the config.
-func istioOptions(cfg config.Config) istioinstall.Options {
+// IstioOptions are the install's inputs from the config.
+func IstioOptions(cfg config.Config) istioinstall.Options {
 	return istioinstall.Options{MeshID: cfg.Istio.MeshID, ClusterName: cfg.Istio.ClusterName, Network: cfg.Istio.Network, Revision: cfg.Istio.Revision}
 }
 
@@ -157,11 +160,11 @@ func (r *session) provision(ctx context.Context, name string) (machine.Machine, 
 	if err != nil {
 		return machine.Machine{}, nil, err
 	}
-	m, err := r.site.machines().Launch(ctx, machine.Spec{Name: name, Image: vm.Image, CPUs: vm.CPUs, Memory: vm.Memory, Disk: vm.Disk})
+	m, err := r.site.Machines().Launch(ctx, machine.Spec{Name: name, Image: vm.Image, CPUs: vm.CPUs, Memory: vm.Memory, Disk: vm.Disk})
 	if err != nil {
 		return m, nil, err
 	}
-	r.p.step("machine", name, "%s at %s", m.State.Lower(), m.Address())
+	r.p.Step("machine", name, "%s at %s", m.State.Lower(), m.Address())
 	if err := r.convergeApp(ctx, vm); err != nil {
 		return m, nil, err
 	}
@@ -174,14 +177,14 @@ func (r *session) provision(ctx context.Context, name string) (machine.Machine, 
 		c.Close()
 		return m, nil, err
 	}
-	r.p.step("agent", name, "vmagent %s answering on %s:%s", v.GetVersion(), m.Address(), onboard.AgentPort)
+	r.p.Step("agent", name, "vmagent %s answering on %s:%s", v.GetVersion(), m.Address(), onboard.AgentPort)
 	return m, c, nil
 }
 
 // running returns a VM that must already run, and its connected agent: the
 // per-VM commands other than up and add never create or reinstall anything.
 func (r *session) running(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
-	m, err := r.site.machines().Info(ctx, name)
+	m, err := r.site.Machines().Info(ctx, name)
 	if errors.Is(err, machine.ErrNotFound) {
 		return m, nil, fmt.Errorf("no VM %s: run hostctl up (or hostctl vm add %s) to create it", name, name)
 	}
@@ -202,8 +205,8 @@ func (r *session) running(ctx context.Context, name string) (machine.Machine, *a
 // left at an old address.
 func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool) error {
 	rev := r.vmRevision(ctx, name)
-	if want := r.site.revision(ctx); !sameRevision(rev, want) {
-		r.p.step("onboard", name, "stays on revision %s (the VMs join %s): hostctl vm upgrade %s --revision %s moves it",
+	if want := r.site.Revision(ctx); !sameRevision(rev, want) {
+		r.p.Step("onboard", name, "stays on revision %s (the VMs join %s): hostctl vm upgrade %s --revision %s moves it",
 			revisionName(rev), revisionName(want), name, revisionName(want))
 	}
 	_, err := r.onboardOnto(ctx, name, m, c, fresh, restart, rev)
@@ -213,34 +216,34 @@ func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c
 // vmRevision is the revision the VM is on: its record's; a VM onboarded
 // before meshvm kept one is on the default; a new one joins the site's.
 func (r *session) vmRevision(ctx context.Context, name string) string {
-	return vmRevision(r.state, name, r.site.revision(ctx))
+	return vmRevision(r.state, name, r.site.Revision(ctx))
 }
 
 // onboardOnto is onboard onto revision rev, with the proxy of the version
 // that revision's running istiod reports (never newer than it); it returns
 // the VM's WorkloadEntry once Healthy.
 func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool, rev string) (workload.Entry, error) {
-	istiodIP, err := r.site.istiodAddress(ctx, name)
+	istiodIP, err := r.site.IstiodAddress(ctx, name)
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	version, err := r.istiodVersion(ctx, rev)
+	version, err := r.IstiodVersion(ctx, rev)
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	side, err := r.sidecar(ctx, m.Arch, version)
+	side, err := r.Sidecar(ctx, m.Arch, version)
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	r.p.step("onboard", name, "revision %s, Istio %s (its istiod's)", revisionName(rev), version)
+	r.p.Step("onboard", name, "revision %s, Istio %s (its istiod's)", revisionName(rev), version)
 	addr := m.Address()
 	var lastToken []byte
 	if !fresh {
 		lastToken, _ = r.state.ReadFile(filepath.Join("vms", name, "files", "istio-token"))
 	}
-	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.site.clusterID(ctx),
+	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.site.ClusterID(ctx),
 		VMIP: addr, IstiodIP: istiodIP, VM: name, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken,
-		Warn: func(msg string) { r.p.step("onboard", name, "%s", msg) }, Revision: rev})
+		Warn: func(msg string) { r.p.Step("onboard", name, "%s", msg) }, Revision: rev})
 	if err != nil {
 		return workload.Entry{}, err
 	}
@@ -269,7 +272,7 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if rep.Restarted {
 		sidecarState += " (restarted)"
 	}
-	r.p.step("onboard", name, "%s; %d file(s) already in place; %s", sent, len(rep.Skipped), sidecarState)
+	r.p.Step("onboard", name, "%s; %d file(s) already in place; %s", sent, len(rep.Skipped), sidecarState)
 	if !rep.Restarted {
 		prev = workload.Entry{}
 	}
@@ -281,7 +284,7 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if err != nil {
 		return e, err
 	}
-	r.p.step("healthy", name, "%s", detail)
+	r.p.Step("healthy", name, "%s", detail)
 	return e, r.moved(ctx, name, addr)
 }
 
@@ -312,7 +315,7 @@ func (r *session) moved(ctx context.Context, name, addr string) error {
 			return err
 		}
 		if gone != "" {
-			r.p.step("healthy", name, "address changed from %s: stale WorkloadEntry %s deleted", old, gone)
+			r.p.Step("healthy", name, "address changed from %s: stale WorkloadEntry %s deleted", old, gone)
 		}
 	}
 	return r.state.WriteSecret(addressFile(name), []byte(addr))

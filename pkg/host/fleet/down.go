@@ -1,0 +1,48 @@
+package fleet
+
+import (
+	"context"
+	"os"
+	"sync"
+
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
+)
+
+// RemoveVMs removes every VM of the config and its state, all at once as up
+// brings them (each waits for its machine's shutdown); removed is told how
+// each went, one at a time.
+func (f *Fleet) RemoveVMs(ctx context.Context, removed func(vm, how string)) error {
+	cfg, state, s := f.Config, f.State, f.Site
+	var out sync.Mutex
+	return eachVM(cfg.VMs, func(vm config.VM) error {
+		how, err := removeVM(ctx, cfg, state, s, vm.Name)
+		if err != nil {
+			return err
+		}
+		out.Lock()
+		removed(vm.Name, how)
+		out.Unlock()
+		// Its certificate and workload files belonged to that machine and cluster.
+		return os.RemoveAll(state.Path("vms", vm.Name))
+	})
+}
+
+// removeVM deletes a VM hostctl created; one brought over SSH is not ours to
+// delete: the agent reverts what it did and is removed itself. It says
+// which happened.
+func removeVM(ctx context.Context, cfg config.Config, state *statedir.Dir, s Site, name string) (string, error) {
+	if cfg.MachineProvider() != config.SSH {
+		return "deleted", s.Machines().Delete(ctx, name)
+	}
+	m, err := s.Machines().Info(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	if _, err := removeApp(ctx, s.Machines(), name); err != nil {
+		return "", err
+	}
+	return "left as it was before up (hostctl's app, sidecar, postinst and agent removed; the machine is yours)",
+		onboard.RemoveAgent(ctx, onboard.Deps{Provider: s.Machines(), State: state}, m)
+}

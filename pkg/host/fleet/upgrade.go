@@ -1,0 +1,107 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+)
+
+// OnboardSteps are the steps Onboard and Upgrade report; StartSteps Start's.
+var (
+	OnboardSteps = []string{"control plane", "workload", "agent", "onboard", "healthy"}
+	StartSteps   = []string{"machine", "agent", "healthy"}
+)
+
+// Upgrade moves the VMs onto revision rev ("" is the default), parallel at a
+// time, stopping at the first that does not come back; it says how many
+// moved. While VMs are split between revisions the WorkloadGroup carries no
+// istio.io/rev, so both revisions' istiods serve it.
+func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev string, parallel int) (int, error) {
+	cfg, state, s := f.Config, f.State, f.Site
+	detail, err := s.IstiodReady(ctx, rev)
+	if err != nil {
+		return 0, fmt.Errorf("istiod of revision %s is not ready (%w): install that revision first (for meshvm's Istio: istio.revision: %s, then hostctl up)",
+			revisionName(rev), err, revisionName(rev))
+	}
+	p.Step("control plane", "", "target: istiod %s", detail)
+	r, err := attach(ctx, p, f)
+	if err != nil {
+		return 0, err
+	}
+	siteRev := s.Revision(ctx)
+	var moving []config.VM
+	for _, vm := range vms {
+		if !sameRevision(vmRevision(state, vm.Name, siteRev), rev) {
+			moving = append(moving, vm)
+		}
+	}
+	if len(moving) > 0 {
+		// Both revisions' istiods must see the group while VMs are split.
+		if err := r.labelGroup(ctx, ""); err != nil {
+			return 0, err
+		}
+	}
+	moved := 0
+	for start := 0; start < len(vms); start += parallel {
+		batch := vms[start:min(start+parallel, len(vms))]
+		err := eachVM(batch, func(vm config.VM) error { return r.upgrade(ctx, vm.Name, rev, siteRev) })
+		if err != nil {
+			return moved, errors.Join(err, r.labelGroup(ctx, groupRevision(cfg, state, siteRev)))
+		}
+		moved += len(batch)
+	}
+	return moved, r.labelGroup(ctx, groupRevision(cfg, state, siteRev))
+}
+
+// upgrade moves one VM onto rev and checks that an istiod of rev registered
+// it. A VM already there is converged without a restart.
+func (r *session) upgrade(ctx context.Context, name, rev, siteRev string) error {
+	from := vmRevision(r.state, name, siteRev)
+	m, ac, err := r.running(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer ac.Close()
+	start := time.Now()
+	move := !sameRevision(from, rev)
+	e, err := r.onboardOnto(ctx, name, m, ac, false, move, rev)
+	rollback := fmt.Sprintf("roll it back with hostctl vm upgrade %s --revision %s", name, revisionName(from))
+	if err != nil {
+		if !move {
+			return err
+		}
+		return fmt.Errorf("did not come back on revision %s (%w): %s", revisionName(rev), err, rollback)
+	}
+	if got := r.site.RevisionOf(ctx, e.Controller); got != "" && !sameRevision(got, rev) {
+		return fmt.Errorf("WorkloadEntry %s is held by istiod %s of revision %s, not %s: %s", e.Name, e.Controller, got, revisionName(rev), rollback)
+	}
+	how := "already on it"
+	if move {
+		how = "moved from " + revisionName(from)
+	}
+	r.p.Step("healthy", name, "revision %s (%s in %s), registered by istiod %s", revisionName(rev), how, time.Since(start).Round(100*time.Millisecond), orDash(e.Controller))
+	return nil
+}
+
+// labelGroup sets the WorkloadGroup's istio.io/rev ("" removes it).
+func (r *session) labelGroup(ctx context.Context, rev string) error {
+	if r.spec.Revision == rev {
+		return nil
+	}
+	r.spec.Revision = rev
+	changes, err := workload.Ensure(ctx, r.clients, r.spec)
+	for _, ch := range changes {
+		if ch.Action != "unchanged" {
+			what := "istio.io/rev " + rev
+			if rev == "" {
+				what = "no istio.io/rev: every revision's istiod serves it"
+			}
+			r.p.Step("workload", "", "%s %s (%s)", ch.Object, ch.Action, what)
+		}
+	}
+	return err
+}

@@ -1,0 +1,119 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/traffic"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+// Verdict is one line of the report: ok, FAIL, or skipped (with why).
+type Verdict struct {
+	VM     string `json:"vm"`
+	Check  string `json:"check"`
+	Result string `json:"result"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Verify runs the recipe's closing checks on every VM of the config: istiod
+// resolves on it, and traffic both ways where the site has a data path.
+func (f *Fleet) Verify(ctx context.Context) []Verdict {
+	cfg, state, s := f.Config, f.State, f.Site
+	siteRev := s.Revision(ctx)
+	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
+	noTraffic := s.TrafficUncheckable()
+	var out []Verdict
+	add := func(v Verdict) { out = append(out, v) }
+	for _, vm := range cfg.VMs {
+		m, err := s.Machines().Info(ctx, vm.Name)
+		if err != nil || !m.Running() || m.Address() == "" {
+			add(Verdict{vm.Name, "VM running", "FAIL", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", vm.Name)})
+			continue
+		}
+		want, err := s.IstiodAddress(ctx, vm.Name)
+		if err != nil {
+			add(Verdict{vm.Name, "istiod resolves on the VM", "FAIL", err.Error()})
+			continue
+		}
+		ac, err := onboard.Dial(state, m.Address())
+		if err != nil {
+			add(Verdict{vm.Name, "agent", "FAIL", err.Error()})
+			continue
+		}
+		add(resolves(ctx, ac, vm.Name, workloadfiles.IstiodHost(istioinstall.Namespace, vmRevision(state, vm.Name, siteRev)), want))
+		fromVM := Verdict{vm.Name, "VM -> " + meshSample, "skipped", "not checked: " + noTraffic}
+		if noTraffic == "" {
+			fromVM = callFromVM(ctx, ac, vm.Name)
+		}
+		ac.Close()
+		add(fromVM)
+		if noTraffic != "" {
+			// Without a data path to check, a result would only pretend.
+			add(Verdict{vm.Name, toVM, "skipped", "not checked: " + noTraffic})
+		}
+	}
+	if noTraffic == "" {
+		v := Verdict{"mesh", toVM, "FAIL", ""}
+		if clients, err := KubeClients(s.Kubeconfig()); err != nil {
+			v.Detail = err.Error()
+		} else if body, err := traffic.Fetch(ctx, clients.Kube, traffic.DefaultImage,
+			fmt.Sprintf("http://%s.%s:%d/", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), 2*time.Minute); err != nil {
+			v.Detail = err.Error()
+		} else {
+			v.Result, v.Detail = "ok", firstLine(body)
+		}
+		add(v)
+	}
+	return out
+}
+
+// meshSample is the recipe's mesh service, Istio's helloworld sample.
+const meshSample = "helloworld.sample:5000/hello"
+
+// resolves checks that name resolves on the VM to want.
+func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string) Verdict {
+	v := Verdict{vm, "istiod resolves on the VM", "FAIL", ""}
+	r, err := ac.ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
+	switch {
+	case err != nil:
+		v.Detail = err.Error()
+	case r.GetError() != "":
+		v.Detail = r.GetError()
+	case len(r.GetAddresses()) > 0 && r.GetAddresses()[0] == want:
+		v.Result, v.Detail = "ok", fmt.Sprintf("%s -> %s via %s", name, want, r.GetServer())
+	default:
+		v.Detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", name, strings.Join(r.GetAddresses(), ","), want)
+	}
+	return v
+}
+
+// callFromVM has the VM's agent call the mesh sample through the sidecar.
+func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) Verdict {
+	v := Verdict{vm, "VM -> " + meshSample, "FAIL", ""}
+	r, err := ac.CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
+	switch {
+	case errors.Is(err, agenterr.Unimplemented):
+		v.Detail = err.Error() + ": the agent is older than this hostctl: run hostctl up"
+	case err != nil:
+		v.Detail = err.Error()
+	case !r.GetOk():
+		v.Detail = r.GetError() + ": is Istio's helloworld sample deployed in namespace sample, with injection on?"
+	default:
+		v.Result, v.Detail = "ok", firstLine(r.GetBody())
+	}
+	return v
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
+	return line
+}

@@ -1,0 +1,311 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+)
+
+// Say is told one line of what a command did, as it happens. It may be
+// called from several VMs' goroutines at once.
+type Say func(format string, args ...any)
+
+// Revoke deletes the Secret each VM's token is bound to: the API server
+// refuses the token from then on.
+func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, say Say) error {
+	cfg, s := f.Config, f.Site
+	clients, err := KubeClients(s.Kubeconfig())
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, vm := range vms {
+		how, err := workload.Revoke(ctx, clients.Kube, cfg.Workload.Namespace, vm.Name)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
+		case how == "absent":
+			say("%s: no Secret %s/%s: already revoked, or never onboarded", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
+		default:
+			say("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)",
+				vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name), vm.Name)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Onboard re-onboards running VMs without reinstalling anything: fresh
+// token and files, the sidecar (re)started when it needs it (or restart),
+// each VM Healthy again.
+func (f *Fleet) Onboard(ctx context.Context, p Reporter, vms []config.VM, restart bool) error {
+	r, err := attach(ctx, p, f)
+	if err != nil {
+		return err
+	}
+	return eachVM(vms, func(vm config.VM) error {
+		m, ac, err := r.running(ctx, vm.Name)
+		if err != nil {
+			return err
+		}
+		defer ac.Close()
+		p.Step("agent", vm.Name, "answering on %s:%s", m.Address(), onboard.AgentPort)
+		return r.onboard(ctx, vm.Name, m, ac, true, restart)
+	})
+}
+
+// Add converges the site and the one VM name, as up does for each.
+func (f *Fleet) Add(ctx context.Context, p Reporter, name string) error {
+	r, err := start(ctx, p, f)
+	if err != nil {
+		return err
+	}
+	if err := r.up(ctx, name); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// Remove deletes VM name, its WorkloadEntry, its token and its state, then
+// runs unlist (the config file is the caller's).
+func (f *Fleet) Remove(ctx context.Context, name string, say Say, unlist func() error) error {
+	cfg, state, s := f.Config, f.State, f.Site
+	rm := &vmRemoval{cfg: cfg, state: state, site: s, ctx: ctx, name: name, say: say}
+	var errs []error
+	m, err := s.Machines().Info(ctx, name)
+	switch {
+	case errors.Is(err, machine.ErrNotFound):
+		say("no machine %s", name)
+	case err != nil:
+		return err
+	default:
+		if err := rm.machine(); err != nil {
+			return err
+		}
+		errs = append(errs, rm.entry(m))
+	}
+	// The token goes with the VM even when the machine is already gone.
+	errs = append(errs, rm.token(), os.RemoveAll(state.Path("vms", name)), unlist())
+	return errors.Join(errs...)
+}
+
+// vmRemoval is Remove of one VM, step by step: the machine, its
+// WorkloadEntry, its token, its files.
+type vmRemoval struct {
+	cfg   config.Config
+	state *statedir.Dir
+	site  Site
+	ctx   context.Context
+	name  string
+	say   Say
+
+	clients    workload.Clients
+	clientsErr error
+	dialed     bool
+}
+
+// kube returns the cluster's clients, made once.
+func (rm *vmRemoval) kube() (workload.Clients, error) {
+	if !rm.dialed {
+		rm.clients, rm.clientsErr = KubeClients(rm.site.Kubeconfig())
+		rm.dialed = true
+	}
+	return rm.clients, rm.clientsErr
+}
+
+func (rm *vmRemoval) machine() error {
+	how, err := removeVM(rm.ctx, rm.cfg, rm.state, rm.site, rm.name)
+	if err != nil {
+		return err
+	}
+	rm.say("machine %s %s", rm.name, how)
+	return nil
+}
+
+// entry deletes the VM's WorkloadEntry: istiod would drop it after its
+// grace period; do not leave it to chance.
+func (rm *vmRemoval) entry(m machine.Machine) error {
+	clients, err := rm.kube()
+	if err != nil {
+		return err
+	}
+	addr := entryAddress(rm.state, m)
+	if addr == "" {
+		rm.say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
+		return nil
+	}
+	gone, err := workload.DeleteEntry(rm.ctx, clients, WorkloadSpec(rm.cfg), addr)
+	if err != nil {
+		return fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err)
+	}
+	if gone != "" {
+		rm.say("WorkloadEntry %s deleted", gone)
+	}
+	return nil
+}
+
+// token revokes the VM's token. Without a cluster it says so and goes on,
+// as before: the machine and its files go anyway.
+func (rm *vmRemoval) token() error {
+	clients, err := rm.kube()
+	if err != nil {
+		rm.say("token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers", rm.name, err, rm.name)
+		return nil
+	}
+	ns := rm.cfg.Workload.Namespace
+	how, err := workload.Revoke(rm.ctx, clients.Kube, ns, rm.name)
+	if err != nil {
+		return err
+	}
+	if how == "deleted" {
+		rm.say("token revoked (Secret %s/%s deleted)", ns, workload.CredentialName(rm.name))
+	}
+	return nil
+}
+
+// Stop powers the VMs off, keeping their disks, where the machines are
+// hostctl's to power off.
+func (f *Fleet) Stop(ctx context.Context, vms []config.VM, say Say) error {
+	cfg, s := f.Config, f.Site
+	stopper, ok := s.Machines().(machine.Stopper)
+	if !ok {
+		return fmt.Errorf("%s machines are not hostctl's to power off: stop them yourself (the agent and sidecar come back on boot)", cfg.MachineProvider())
+	}
+	return eachVM(vms, func(vm config.VM) error {
+		if err := stopper.Stop(ctx, vm.Name); err != nil {
+			return err
+		}
+		say("%s stopped", vm.Name)
+		return nil
+	})
+}
+
+// Start boots stopped VMs and waits, up to timeout, until each is Healthy
+// again on its own: nothing is sent.
+func (f *Fleet) Start(ctx context.Context, p Reporter, vms []config.VM, timeout time.Duration) error {
+	cfg, state, s := f.Config, f.State, f.Site
+	clients, err := KubeClients(s.Kubeconfig())
+	if err != nil {
+		return err
+	}
+	machines := s.Machines()
+	return eachVM(vms, func(vm config.VM) error {
+		m, err := machines.Info(ctx, vm.Name)
+		if err != nil {
+			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
+		}
+		var prev workload.Entry
+		if !m.Running() {
+			// Booting: the entry must come from the new boot's proxy.
+			if prev, _, err = workload.FindEntry(ctx, clients, WorkloadSpec(cfg), entryAddress(state, m)); err != nil {
+				return err
+			}
+		}
+		m, err = machines.Launch(ctx, machine.Spec{Name: vm.Name})
+		if err != nil {
+			return err
+		}
+		p.Step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
+		ac, err := onboard.Connect(ctx, state, m)
+		if err != nil {
+			return err
+		}
+		ac.Close()
+		p.Step("agent", vm.Name, "answering")
+		_, detail, err := waitOnboarded(ctx, cfg, clients, vm, m.Address(), timeout, prev)
+		if err != nil {
+			return fmt.Errorf("%w; then run hostctl vm onboard %s", err, vm.Name)
+		}
+		p.Step("healthy", vm.Name, "%s", detail)
+		return nil
+	})
+}
+
+// Logs prints the sidecar's log lines from VM name's agent to out.
+func (f *Fleet) Logs(ctx context.Context, out io.Writer, name string, req *agentv1.SidecarLogsRequest) error {
+	return printLogs(ctx, out, f.State, f.Site.Machines(), name, req)
+}
+
+func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
+	m, err := machines.Info(ctx, name)
+	if err != nil {
+		return fmt.Errorf("%w: run hostctl up to create it", err)
+	}
+	if !m.Running() {
+		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
+	}
+	ac, err := onboard.Dial(state, m.Address())
+	if err != nil {
+		return err
+	}
+	defer ac.Close()
+	err = ac.SidecarLogs(ctx, req, func(lines []*agentv1.LogLine) error {
+		for _, l := range lines {
+			if _, err := fmt.Fprintln(out, l.GetText()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", m.Name, err)
+	}
+	return nil
+}
+
+// Renew issues a new istio-token for each running VM whose token is past
+// half its life (every one with force) and sends only that file.
+func (f *Fleet) Renew(ctx context.Context, vms []config.VM, force bool, say Say) error {
+	cfg, state, s := f.Config, f.State, f.Site
+	clients, err := KubeClients(s.Kubeconfig())
+	if err != nil {
+		return err
+	}
+	spec, life := WorkloadSpec(cfg), cfg.Workload.TokenLifetime.Duration
+	return eachVM(vms, func(vm config.VM) error {
+		saved := filepath.Join("vms", vm.Name, "files", "istio-token")
+		last, _ := state.ReadFile(saved)
+		if !force && workload.Reusable(ctx, clients.Kube, last, spec, vm.Name, life) {
+			say("%s: token kept (more than half its life left)", vm.Name)
+			return nil
+		}
+		m, err := s.Machines().Info(ctx, vm.Name)
+		if err != nil {
+			return err
+		}
+		if !m.Running() {
+			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, m.State.Lower(), vm.Name)
+		}
+		tok, err := workload.IssueToken(ctx, clients.Kube, spec, vm.Name, life)
+		if err != nil {
+			return err
+		}
+		if tok.Capped != "" {
+			say("%s: %s", vm.Name, tok.Capped)
+		}
+		ac, err := onboard.Connect(ctx, state, m)
+		if err != nil {
+			return err
+		}
+		defer ac.Close()
+		if _, err := ac.PutFile(ctx, agentclient.BytesFile(onboard.TokenPath, tok.Raw)); err != nil {
+			return err
+		}
+		if err := state.WriteSecret(saved, tok.Raw); err != nil {
+			return err
+		}
+		say("%s: new token valid until %s sent; sidecar not restarted", vm.Name, tok.ExpiresAt.UTC().Format(time.RFC3339))
+		return nil
+	})
+}
