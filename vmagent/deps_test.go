@@ -1,24 +1,17 @@
 package main
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/meshvm/meshvm/internal/deptest"
 )
 
 // The agent ships to every VM: keep it small and free of the workstation's
-// heavy dependencies (tailscale's deptest, LXD's lxd-agent deps list).
+// side (tailscale's deptest, LXD's lxd-agent deps list). It builds on
+// vmagent/... and the packages both programs share (pkg/ itself).
 func TestAgentDependencies(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list -deps: %v\n%s", err, out)
-	}
-	forbidden := []string{"k8s.io/", "istio.io/", "sigs.k8s.io/controller-runtime", "github.com/google/go-containerregistry", "golang.org/x/crypto/ssh", "github.com/meshvm/meshvm/hostctl"}
-	for _, dep := range strings.Fields(string(out)) {
-		for _, f := range forbidden {
-			if strings.HasPrefix(dep, f) {
-				t.Errorf("vmagent imports %s (forbidden prefix %s): move that code to hostctl", dep, f)
-			}
-		}
-	}
+	m := deptest.Module + "/"
+	deptest.Forbid(t, m+"vmagent",
+		"k8s.io/", "istio.io/", "sigs.k8s.io/controller-runtime", "github.com/google/go-containerregistry", "golang.org/x/crypto/ssh",
+		m+"hostctl", m+"pkg/host", m+"pkg/mesh", m+"pkg/machine", m+"pkg/lab", m+"bench")
 }

@@ -1,4 +1,6 @@
-// Package cli holds hostctl's cobra commands, one file per noun-verb.
+// Package cli is hostctl's terminal: cobra commands (one file per noun-verb)
+// that parse flags, run pkg/host/fleet, print its progress and results, and
+// map errors to exit codes.
 package cli
 
 import (
