@@ -25,7 +25,7 @@ import (
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-// Finding is one check's Verdict: ok, warn or fail, with the fix.
+// Finding is one check's verdict: ok, warn or fail, with the fix.
 type Finding struct {
 	Scope  string `json:"scope"`
 	Check  string `json:"check"`
@@ -39,7 +39,7 @@ type Finding struct {
 func (f *Fleet) Doctor(ctx context.Context) []Finding {
 	cfg, state, s := f.Config, f.State, f.Site
 	var out []Finding
-	add := func(f Finding) { out = append(out, f) }
+	add := func(x Finding) { out = append(out, x) }
 	clients, err := KubeClients(s.Kubeconfig())
 	if err == nil {
 		_, err = clients.Kube.Discovery().ServerVersion()

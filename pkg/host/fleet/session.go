@@ -43,7 +43,7 @@ type session struct {
 }
 
 // istiodVersion is the revision's running istiod's version, asked once.
-func (r *session) IstiodVersion(ctx context.Context, rev string) (string, error) {
+func (r *session) istiodVersion(ctx context.Context, rev string) (string, error) {
 	r.sidecarsMu.Lock()
 	defer r.sidecarsMu.Unlock()
 	if v, ok := r.versions[revisionName(rev)]; ok {
@@ -61,7 +61,7 @@ func (r *session) IstiodVersion(ctx context.Context, rev string) (string, error)
 }
 
 // sidecar returns the site's sidecar files of version for arch, looked up once.
-func (r *session) Sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
+func (r *session) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
 	r.sidecarsMu.Lock()
 	defer r.sidecarsMu.Unlock()
 	key := arch + "/" + version
@@ -128,11 +128,6 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 		forms: formcache.New(state.Path("sidecar", "zstd")),
 		deps:  onboard.Deps{Provider: s.Machines(), State: state, AgentBinary: f.Agent},
 	}, nil
-}
-
-// IstioOptions are the install's inputs from the config.
-func IstioOptions(cfg config.Config) istioinstall.Options {
-	return istioinstall.Options{MeshID: cfg.Istio.MeshID, ClusterName: cfg.Istio.ClusterName, Network: cfg.Istio.Network, Revision: cfg.Istio.Revision}
 }
 
 // eachVM runs fn for every VM concurrently; one failing is reported by name
@@ -227,11 +222,11 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	version, err := r.IstiodVersion(ctx, rev)
+	version, err := r.istiodVersion(ctx, rev)
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	side, err := r.Sidecar(ctx, m.Arch, version)
+	side, err := r.sidecar(ctx, m.Arch, version)
 	if err != nil {
 		return workload.Entry{}, err
 	}

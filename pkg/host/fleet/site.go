@@ -1,4 +1,4 @@
-// Package fleet is what hostctl does to a Site, apart from the terminal: it
+// Package fleet is what hostctl does to a site, apart from the terminal: it
 // converges the cluster, Istio, the workload and each VM to the config (up,
 // vm onboard, vm upgrade, down) and gathers what they report (vm status,
 // doctor, verify). hostctl/cli parses flags, prints progress and results,
@@ -66,7 +66,7 @@ type Site interface {
 	// TrafficUncheckable says why mesh traffic cannot be checked here, if it cannot.
 	TrafficUncheckable() string
 	// Processes are the cluster's processes hostctl runs itself, for
-	// cluster status (cluster.go); none when the cluster is not hostctl's lab.
+	// ClusterStatus; none when the cluster is not hostctl's lab.
 	Processes() []Component
 }
 

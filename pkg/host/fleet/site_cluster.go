@@ -44,7 +44,7 @@ type clusterSite struct {
 	// mu guards addr and kube: VMs onboard concurrently.
 	mu sync.Mutex
 	// version is the Istio meshvm installs (the embedded one unless
-	// Istio.version names another, then rendered with istioctl of that
+	// istio.version names another, then rendered with istioctl of that
 	// version). The VMs' proxy is their running istiod's (istiodVersion).
 	version, istioctl string
 	// joined is the Istio of yours the VMs join (nil: meshvm's own), and

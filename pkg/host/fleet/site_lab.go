@@ -194,3 +194,16 @@ func (s *labSite) DownCluster(ctx context.Context, p Reporter, vmsGone bool) err
 func (s *labSite) TrafficUncheckable() string {
 	return "the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
 }
+
+// lineWriter reports what a long step writes, line by line.
+type lineWriter struct {
+	p    Reporter
+	name string
+}
+
+func (w lineWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		w.p.Step(w.name, "", "%s", strings.TrimSpace(line))
+	}
+	return len(b), nil
+}
