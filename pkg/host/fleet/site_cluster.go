@@ -45,7 +45,7 @@ type clusterSite struct {
 	mu sync.Mutex
 	// version is the Istio meshvm installs (the embedded one unless
 	// istio.version names another, then rendered with istioctl of that
-	// version). The VMs' proxy is their running istiod's (istiodVersion).
+	// version). The VMs' proxy is their running istiod's (IstiodVersion).
 	version, istioctl string
 	// joined is the Istio of yours the VMs join (nil: meshvm's own), and
 	// joinErr why they cannot; looked up once (inspected). Guarded by mu.
