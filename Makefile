@@ -57,13 +57,15 @@ build: ## Static vmagent for linux/amd64 and arm64, then hostctl (embedding them
 	done
 	ln -sf hostctl-$(GOOS_HOST)-$(GOARCH_HOST) bin/hostctl
 
-# vet-darwin keeps hostctl building on macOS (both arches): a Linux-only call
-# outside a build constraint fails here, not on a user's Mac.
+# vet-darwin keeps the workstation side (hostctl and the pkg/ groups it
+# builds on, tests included) building on macOS, both arches: a Linux-only
+# call outside a build constraint fails here, not on a user's Mac.
+WORKSTATION := ./hostctl/... ./pkg/host/... ./pkg/mesh/... ./pkg/machine/... ./pkg/lab/...
 .PHONY: vet-darwin
-vet-darwin: ## go vet hostctl for darwin/arm64 and darwin/amd64
+vet-darwin: ## go vet hostctl and the workstation packages for darwin/arm64 and darwin/amd64
 	@set -e; for arch in arm64 amd64; do \
-	  echo "vet hostctl for darwin/$$arch"; \
-	  CGO_ENABLED=0 GOOS=darwin GOARCH=$$arch go vet ./hostctl/...; \
+	  echo "vet the workstation side for darwin/$$arch"; \
+	  CGO_ENABLED=0 GOOS=darwin GOARCH=$$arch go vet $(WORKSTATION); \
 	done
 
 .PHONY: generate
