@@ -2,7 +2,6 @@ package cli
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/spf13/cobra"
 )
@@ -28,7 +27,7 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	err = f.RemoveVMs(cmd.Context(), func(vm, how string) { fmt.Fprintf(cmd.ErrOrStderr(), "down: VM %s %s\n", vm, how) })
+	err = f.RemoveVMs(cmd.Context(), sayer(cmd.ErrOrStderr(), "down: "))
 	if !c.keepCluster {
 		if derr := f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), err == nil); derr != nil {
 			err = errors.Join(err, derr)

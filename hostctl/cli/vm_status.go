@@ -40,7 +40,7 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 	defer cancel()
-	out, err := f.Statuses(ctx, vms, func(msg string) { fmt.Fprintf(cmd.ErrOrStderr(), "vm status: %s\n", msg) })
+	out, err := f.Statuses(ctx, vms, sayer(cmd.ErrOrStderr(), "vm status: "))
 	if err != nil {
 		return err
 	}

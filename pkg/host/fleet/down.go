@@ -3,7 +3,6 @@ package fleet
 import (
 	"context"
 	"os"
-	"sync"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
@@ -11,19 +10,16 @@ import (
 )
 
 // RemoveVMs removes every VM of the config and its state, all at once as up
-// brings them (each waits for its machine's shutdown); removed is told how
-// each went, one at a time.
-func (f *Fleet) RemoveVMs(ctx context.Context, removed func(vm, how string)) error {
+// brings them (each waits for its machine's shutdown); say is told how each
+// went.
+func (f *Fleet) RemoveVMs(ctx context.Context, say Say) error {
 	cfg, state, s := f.Config, f.State, f.Site
-	var out sync.Mutex
 	return eachVM(cfg.VMs, func(vm config.VM) error {
 		how, err := removeVM(ctx, cfg, state, s, vm.Name)
 		if err != nil {
 			return err
 		}
-		out.Lock()
-		removed(vm.Name, how)
-		out.Unlock()
+		say("VM %s %s", vm.Name, how)
 		// Its certificate and workload files belonged to that machine and cluster.
 		return os.RemoveAll(state.Path("vms", vm.Name))
 	})

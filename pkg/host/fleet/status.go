@@ -57,9 +57,9 @@ type VMStatus struct {
 	Next string `json:"next,omitempty"`
 }
 
-// Statuses gathers the status of vms, every VM at once. warn is told what
+// Statuses gathers the status of vms, every VM at once. say is told what
 // could not be learned, and what follows from it.
-func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, warn func(string)) ([]VMStatus, error) {
+func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, say Say) ([]VMStatus, error) {
 	cfg, state, site := f.Config, f.State, f.Site
 	clients, err := KubeClients(site.Kubeconfig())
 	if err != nil {
@@ -69,7 +69,7 @@ func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, warn func(string)
 	// Without the list, revocation is unknown, not assumed.
 	bindings, bindErr := workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
 	if bindErr != nil {
-		warn(fmt.Sprintf("%v: revoked tokens are not told apart", bindErr))
+		say("%v: revoked tokens are not told apart", bindErr)
 	}
 	siteRev := site.Revision(ctx)
 	out := make([]VMStatus, len(vms))
