@@ -5,10 +5,12 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/report"
 )
 
@@ -48,4 +50,14 @@ func render[T any](w io.Writer, format string, rows []T, header []string, cells 
 		fmt.Fprintln(tw, strings.Join(cells(r), "\t"))
 	}
 	return tw.Flush()
+}
+
+// sayer prints a command's lines on w, each after prefix, one at a time.
+func sayer(w io.Writer, prefix string) fleet.Say {
+	var mu sync.Mutex
+	return func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(w, "%s%s\n", prefix, fmt.Sprintf(format, args...))
+	}
 }

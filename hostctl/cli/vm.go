@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -64,16 +63,6 @@ func (c *vmCmd) beginAll(cmd *cobra.Command, names []string) (*vmRun, context.Ca
 		}
 	}
 	return c.begin(cmd, names)
-}
-
-// sayer prints a command's lines on w, each after prefix, one at a time.
-func sayer(w io.Writer, prefix string) fleet.Say {
-	var mu sync.Mutex
-	return func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		fmt.Fprintf(w, "%s%s\n", prefix, fmt.Sprintf(format, args...))
-	}
 }
 
 func vmCommands(g *globals) []*cobra.Command {
