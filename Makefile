@@ -37,7 +37,7 @@ tools: ## Install buf, protoc plugins and nfpm at pinned versions
 # hostctl embeds the agents make build copies here (git-ignored), so one
 # downloaded hostctl is all a user needs; HOSTCTL_TARGETS are the
 # workstations it is built for, bin/hostctl the one for this machine.
-AGENT_EMBED     := hostctl/agentbin/vmagent
+AGENT_EMBED     := hostctl/internal/agentbin/vmagent
 HOSTCTL_TARGETS ?= darwin/arm64 darwin/amd64 linux/amd64 linux/arm64
 GOOS_HOST       := $(shell go env GOOS)
 GOARCH_HOST     := $(shell go env GOARCH)
@@ -101,7 +101,7 @@ test: check-generate proto-lint vet vet-darwin build ## Run every check and test
 
 .PHONY: test-multipass
 test-multipass: build ## Only the Multipass lab tests (root; make test runs them too): the stand-in's every command, and hostctl up through it
-	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/lab/multipass ./hostctl/cli
+	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/lab/multipass ./hostctl/internal/cli
 
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector

@@ -9,7 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/meshvm/meshvm/hostctl/cli"
+	"github.com/meshvm/meshvm/hostctl/internal/cli"
 )
 
 func main() {

@@ -21,8 +21,8 @@ func TestViolations(t *testing.T) {
 			t.Errorf("%q does not name the chain from hostctl", b)
 		}
 	}
-	if !strings.Contains(strings.Join(own, " "), "hostctl/cli") {
-		t.Errorf("own packages %v lack hostctl/cli", own)
+	if !strings.Contains(strings.Join(own, " "), "hostctl/internal/cli") {
+		t.Errorf("own packages %v lack hostctl/internal/cli", own)
 	}
 	if bad, _, err := Violations(m+"pkg/fsroot", "k8s.io/"); err != nil || len(bad) != 0 {
 		t.Errorf("pkg/fsroot: %v, %v; want no k8s.io", bad, err)

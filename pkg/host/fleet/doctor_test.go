@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 

@@ -1,7 +1,7 @@
 // Package fleet is what hostctl does to a site, apart from the terminal: it
 // converges the cluster, Istio, the workload and each VM to the config (up,
 // vm onboard, vm upgrade, down) and gathers what they report (vm status,
-// doctor, verify). hostctl/cli parses flags, prints progress and results,
+// doctor, verify). hostctl/internal/cli parses flags, prints progress and results,
 // and maps errors to exit codes; anything else could drive the same steps.
 package fleet
 

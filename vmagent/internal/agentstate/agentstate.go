@@ -11,9 +11,10 @@ import (
 	"slices"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/vmagent/internal/hostsfile"
-	"golang.org/x/sys/unix"
 )
 
 // Path is where the record lives on the machine.

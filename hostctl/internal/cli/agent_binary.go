@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/meshvm/meshvm/hostctl/agentbin"
+	"github.com/meshvm/meshvm/hostctl/internal/agentbin"
 	"github.com/meshvm/meshvm/pkg/lab/build"
 )
 

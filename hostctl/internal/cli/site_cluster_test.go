@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"io"
 	"log"
 	"net"
@@ -30,6 +29,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/lab/build"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/traffic"

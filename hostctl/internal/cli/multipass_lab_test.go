@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/lab/multipass"
 	"github.com/meshvm/meshvm/pkg/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"

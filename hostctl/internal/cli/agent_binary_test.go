@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshvm/meshvm/hostctl/agentbin"
+	"github.com/meshvm/meshvm/hostctl/internal/agentbin"
 )
 
 // The agent up installs comes from, in order: the directory given

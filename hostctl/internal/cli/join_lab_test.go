@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 )

@@ -1,13 +1,14 @@
 package cli
 
 import (
-	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 )
 
 // A mistake in the command line or config exits 2 and says where to look;

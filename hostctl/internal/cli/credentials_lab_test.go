@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"github.com/meshvm/meshvm/pkg/host/fleet"
-	"github.com/meshvm/meshvm/pkg/lab/build"
 	"io"
 	"log/slog"
 	"os"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/lab/build"
 	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
