@@ -51,18 +51,28 @@ func (c *vmCmd) begin(cmd *cobra.Command, names []string) (*vmRun, context.Cance
 	return &vmRun{Fleet: f, vms: vms, ctx: ctx}, cancel, nil
 }
 
-// beginAll is begin for the commands that take every VM when none is named.
-func (c *vmCmd) beginAll(cmd *cobra.Command, names []string) (*vmRun, context.CancelFunc, error) {
+// onVMs runs fn on the named VMs within --timeout.
+func (c *vmCmd) onVMs(cmd *cobra.Command, names []string, fn func(*vmRun) error) error {
+	r, cancel, err := c.begin(cmd, names)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	return fn(r)
+}
+
+// onAllVMs is onVMs on every VM when none is named.
+func (c *vmCmd) onAllVMs(cmd *cobra.Command, names []string, fn func(*vmRun) error) error {
 	if len(names) == 0 {
 		cfg, err := c.g.load(cmd)
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
 		for _, vm := range cfg.VMs {
 			names = append(names, vm.Name)
 		}
 	}
-	return c.begin(cmd, names)
+	return c.onVMs(cmd, names, fn)
 }
 
 func vmCommands(g *globals) []*cobra.Command {
@@ -95,12 +105,9 @@ func (c *vmRevokeCmd) command() *cobra.Command {
 }
 
 func (c *vmRevokeCmd) run(cmd *cobra.Command, args []string) error {
-	r, cancel, err := c.begin(cmd, args)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	return r.Revoke(r.ctx, r.vms, sayer(cmd.ErrOrStderr(), "vm revoke "))
+	return c.onVMs(cmd, args, func(r *vmRun) error {
+		return r.Revoke(r.ctx, r.vms, sayer(cmd.ErrOrStderr(), "vm revoke "))
+	})
 }
 
 type vmOnboardCmd struct {
@@ -125,12 +132,9 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 }
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
-	r, cancel, err := c.begin(cmd, args)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	return r.Onboard(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.OnboardSteps...), r.vms, c.restart)
+	return c.onVMs(cmd, args, func(r *vmRun) error {
+		return r.Onboard(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.OnboardSteps...), r.vms, c.restart)
+	})
 }
 
 // pick returns the named VMs from the config; a name it does not list is a
@@ -255,12 +259,9 @@ func (c *vmStopCmd) command() *cobra.Command {
 }
 
 func (c *vmStopCmd) run(cmd *cobra.Command, args []string) error {
-	r, cancel, err := c.begin(cmd, args)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	return r.Stop(r.ctx, r.vms, sayer(cmd.ErrOrStderr(), "vm stop: "))
+	return c.onVMs(cmd, args, func(r *vmRun) error {
+		return r.Stop(r.ctx, r.vms, sayer(cmd.ErrOrStderr(), "vm stop: "))
+	})
 }
 
 type vmStartCmd struct{ vmCmd }
@@ -278,12 +279,9 @@ func (c *vmStartCmd) command() *cobra.Command {
 }
 
 func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
-	r, cancel, err := c.begin(cmd, args)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	return r.Start(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.StartSteps...), r.vms, c.timeout)
+	return c.onVMs(cmd, args, func(r *vmRun) error {
+		return r.Start(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.StartSteps...), r.vms, c.timeout)
+	})
 }
 
 type vmLogsCmd struct {
@@ -355,10 +353,7 @@ func (c *vmRenewCmd) command() *cobra.Command {
 }
 
 func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
-	r, cancel, err := c.beginAll(cmd, args)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	return r.Renew(r.ctx, r.vms, c.force, sayer(cmd.ErrOrStderr(), "vm renew "))
+	return c.onAllVMs(cmd, args, func(r *vmRun) error {
+		return r.Renew(r.ctx, r.vms, c.force, sayer(cmd.ErrOrStderr(), "vm renew "))
+	})
 }

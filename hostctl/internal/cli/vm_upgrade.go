@@ -47,20 +47,18 @@ func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 	if c.parallel < 1 {
 		return usageError{fmt.Errorf("--parallel %d: move at least one VM at a time", c.parallel)}
 	}
-	v, cancel, err := c.beginAll(cmd, args)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	w := cmd.ErrOrStderr()
-	p := newProgress(w, fleet.OnboardSteps...)
-	moved, err := v.Upgrade(v.ctx, p, v.vms, rev, c.parallel)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "vm upgrade: %d VM(s) on revision %s in %s\n", moved, workloadfiles.RevisionName(rev), time.Since(p.start).Round(time.Second))
-	if workloadfiles.RevisionName(v.Config.Istio.Revision) != workloadfiles.RevisionName(rev) {
-		fmt.Fprintf(w, "vm upgrade: istio.revision is %s: set it to %s so that VMs added later join it too\n", workloadfiles.RevisionName(v.Config.Istio.Revision), workloadfiles.RevisionName(rev))
-	}
-	return nil
+	return c.onAllVMs(cmd, args, func(v *vmRun) error {
+		w := cmd.ErrOrStderr()
+		p := newProgress(w, fleet.OnboardSteps...)
+		moved, err := v.Upgrade(v.ctx, p, v.vms, rev, c.parallel)
+		if err != nil {
+			return err
+		}
+		from, to := workloadfiles.RevisionName(v.Config.Istio.Revision), workloadfiles.RevisionName(rev)
+		fmt.Fprintf(w, "vm upgrade: %d VM(s) on revision %s in %s\n", moved, to, time.Since(p.start).Round(time.Second))
+		if from != to {
+			fmt.Fprintf(w, "vm upgrade: istio.revision is %s: set it to %s so that VMs added later join it too\n", from, to)
+		}
+		return nil
+	})
 }
