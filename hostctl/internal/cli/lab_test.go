@@ -280,7 +280,7 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 	if os.Getenv("MESHVM_LAB") == "" || os.Getenv("MESHVM_LAB_BUILD") == "" {
 		t.Skip("set MESHVM_LAB=1 and MESHVM_LAB_BUILD=1 to run hostctl up on the lab")
 	}
-	root, _ = filepath.Abs("../..")
+	root, _ = filepath.Abs("../../..")
 	work = t.TempDir()
 	// The agent and this in-process hostctl carry one version, as a release does.
 	buildinfo.Version = "e2e"
