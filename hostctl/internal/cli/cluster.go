@@ -82,8 +82,7 @@ func (c *clusterCmd) down(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	s := f.Site
-	return s.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), false)
+	return f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), false)
 }
 
 func (c *clusterCmd) kubeconfig(cmd *cobra.Command, _ []string) error {
@@ -91,8 +90,7 @@ func (c *clusterCmd) kubeconfig(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	s := f.Site
-	data, err := os.ReadFile(s.Kubeconfig())
+	data, err := os.ReadFile(f.Site.Kubeconfig())
 	if err != nil {
 		return fmt.Errorf("no cluster kubeconfig (%w): run hostctl cluster up", err)
 	}
