@@ -5,7 +5,9 @@
 package deptest
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -82,14 +84,15 @@ func Direct(t *testing.T, pkg string, forbidden ...string) {
 // list is the import graph of pkg's dependencies, pkg included.
 func list(pkg string) (map[string][]string, error) {
 	out, err := exec.Command("go", "list", "-deps", "-json=ImportPath,Imports", pkg).Output()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return nil, fmt.Errorf("go list -deps %s: %w\n%s", pkg, err, exit.Stderr)
+	}
 	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
-			return nil, &listError{pkg, string(ee.Stderr)}
-		}
 		return nil, err
 	}
 	imports := map[string][]string{}
-	dec := json.NewDecoder(strings.NewReader(string(out)))
+	dec := json.NewDecoder(bytes.NewReader(out))
 	for dec.More() {
 		var p struct {
 			ImportPath string
@@ -102,10 +105,6 @@ func list(pkg string) (map[string][]string, error) {
 	}
 	return imports, nil
 }
-
-type listError struct{ pkg, stderr string }
-
-func (e *listError) Error() string { return "go list -deps " + e.pkg + ": " + e.stderr }
 
 // chain is a shortest import path from one package to another.
 func chain(imports map[string][]string, from, to string) []string {
