@@ -53,7 +53,8 @@ func (c *serveCmd) run(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	a.files.SweepInterrupted()
-	srv := grpc.NewServer(server.Options(log, tlsCfg, cfg.Limits)...)
+	guard := server.NewGuard(log, cfg.Limits)
+	srv := grpc.NewServer(guard.Options(tlsCfg)...)
 	agentv1.RegisterAgentServiceServer(srv, a.server(log))
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
@@ -67,7 +68,7 @@ func (c *serveCmd) run(cmd *cobra.Command, _ []string) error {
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
+	go func() { errc <- srv.Serve(guard.Listener(lis)) }()
 	select {
 	case err := <-errc:
 		return err

@@ -92,7 +92,8 @@ func Start(t testing.TB, o Options) *Agent {
 	must(t, err)
 	users := sysusers.New(root)
 	state := agentstate.New(root)
-	srv := grpc.NewServer(server.Options(log, tlsCfg, limits)...)
+	guard := server.NewGuard(log, limits)
+	srv := grpc.NewServer(guard.Options(tlsCfg)...)
 	agent := server.New(log, server.Deps{
 		Root:      root,
 		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
@@ -108,7 +109,7 @@ func Start(t testing.TB, o Options) *Agent {
 	agentv1.RegisterAgentServiceServer(srv, svc)
 	lis, err := net.Listen("tcp", listen)
 	must(t, err)
-	go srv.Serve(lis)
+	go srv.Serve(guard.Listener(lis))
 	t.Cleanup(srv.Stop)
 	return &Agent{Addr: lis.Addr().String(), Root: dir, CA: ca}
 }

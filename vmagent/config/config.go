@@ -39,17 +39,50 @@ type Config struct {
 	Limits   Limits `json:"limits"`
 }
 
-// Limits bound what an authenticated caller can make the agent hold.
+// Limits bound what callers can make the agent hold, summed over all of
+// them: connections before and after the handshake, streams, the bytes a
+// stream may buffer, and the calls that hold a process or a slot for long.
+// SECURITY.md's table says what happens beyond each.
 type Limits struct {
+	// MaxHandshakes is how many connections may be in their TLS handshake
+	// at once; one more pushes out the oldest (an anonymous flood holds
+	// no more than this).
+	MaxHandshakes int `json:"max_handshakes"`
+	// HandshakeTimeout closes a connection that has not finished its TLS
+	// and HTTP/2 handshake in time.
+	HandshakeTimeout Duration `json:"handshake_timeout"`
+	// MaxConnections is how many authenticated connections may be open;
+	// one more closes the one idle longest, or is refused at accept when
+	// every connection has a call running.
+	MaxConnections int `json:"max_connections"`
+	// FirstCallTimeout closes an authenticated connection that has made no
+	// call so long after its handshake.
+	FirstCallTimeout Duration `json:"first_call_timeout"`
+	// ConnectionIdleTimeout closes a connection with no call for so long.
+	ConnectionIdleTimeout Duration `json:"connection_idle_timeout"`
+	// StreamsPerConnection caps concurrent calls on one connection (more
+	// wait in the client).
+	StreamsPerConnection uint32 `json:"streams_per_connection"`
+	// MaxStreams caps concurrent calls over all connections; one more is
+	// refused (RESOURCE_EXHAUSTED) before its bytes are buffered.
+	MaxStreams int `json:"max_streams"`
+	// RequestTimeout cancels a call whose request has not fully arrived
+	// so long after it began (a half-sent message holds its buffer).
+	RequestTimeout Duration `json:"request_timeout"`
 	// MaxDeliveries is how many files may stream in at once; one more is
 	// refused (RESOURCE_EXHAUSTED) until one finishes.
 	MaxDeliveries int `json:"max_deliveries"`
-	// StreamsPerConnection caps concurrent calls on one connection.
-	StreamsPerConnection uint32 `json:"streams_per_connection"`
-	// DeliveryIdleTimeout cancels a delivery that sends nothing for so long.
+	// DeliveryIdleTimeout cancels a delivery that has not sent 64 KiB of
+	// new data in so long: a trickle cannot hold a slot.
 	DeliveryIdleTimeout Duration `json:"delivery_idle_timeout"`
-	// ConnectionIdleTimeout closes a connection with no call for so long.
-	ConnectionIdleTimeout Duration `json:"connection_idle_timeout"`
+	// MaxLogStreams is how many SidecarLogs calls may run at once (each
+	// journal stream runs a journalctl).
+	MaxLogStreams int `json:"max_log_streams"`
+	// LogSendTimeout drops a log stream whose caller takes no lines for so long.
+	LogSendTimeout Duration `json:"log_send_timeout"`
+	// MaxProcessCalls is how many calls that run programs (Install,
+	// Uninstall, CheckNetwork) may run at once.
+	MaxProcessCalls int `json:"max_process_calls"`
 }
 
 // Duration is a time.Duration written as "30s" or "5m".
@@ -91,10 +124,19 @@ func Default() Config {
 		},
 		LogLevel: "info",
 		Limits: Limits{
+			MaxHandshakes:         32,
+			HandshakeTimeout:      Duration(5 * time.Second),
+			MaxConnections:        64,
+			FirstCallTimeout:      Duration(15 * time.Second),
+			ConnectionIdleTimeout: Duration(2 * time.Minute),
+			StreamsPerConnection:  8,
+			MaxStreams:            32,
+			RequestTimeout:        Duration(10 * time.Second),
 			MaxDeliveries:         4,
-			StreamsPerConnection:  16,
 			DeliveryIdleTimeout:   Duration(30 * time.Second),
-			ConnectionIdleTimeout: Duration(5 * time.Minute),
+			MaxLogStreams:         4,
+			LogSendTimeout:        Duration(30 * time.Second),
+			MaxProcessCalls:       2,
 		},
 	}
 }
@@ -152,15 +194,43 @@ func (c Config) validate(path string) error {
 
 func (l Limits) validate() error {
 	d := Default().Limits
-	switch {
-	case l.MaxDeliveries < 1 || l.MaxDeliveries > 64:
-		return fmt.Errorf("config: limits.max_deliveries %d: want 1 to 64 (default %d)", l.MaxDeliveries, d.MaxDeliveries)
-	case l.StreamsPerConnection < 1 || l.StreamsPerConnection > 1000:
-		return fmt.Errorf("config: limits.streams_per_connection %d: want 1 to 1000 (default %d)", l.StreamsPerConnection, d.StreamsPerConnection)
-	case l.DeliveryIdleTimeout < Duration(time.Second):
-		return fmt.Errorf("config: limits.delivery_idle_timeout %s: want at least 1s (default %s)", time.Duration(l.DeliveryIdleTimeout), time.Duration(d.DeliveryIdleTimeout))
-	case l.ConnectionIdleTimeout < Duration(time.Second):
-		return fmt.Errorf("config: limits.connection_idle_timeout %s: want at least 1s (default %s)", time.Duration(l.ConnectionIdleTimeout), time.Duration(d.ConnectionIdleTimeout))
+	counts := []struct {
+		name      string
+		v, lo, hi int
+		def       int
+	}{
+		{"max_handshakes", l.MaxHandshakes, 1, 1024, d.MaxHandshakes},
+		{"max_connections", l.MaxConnections, 1, 1024, d.MaxConnections},
+		{"streams_per_connection", int(l.StreamsPerConnection), 1, 100, int(d.StreamsPerConnection)},
+		{"max_streams", l.MaxStreams, 1, 256, d.MaxStreams},
+		{"max_deliveries", l.MaxDeliveries, 1, 64, d.MaxDeliveries},
+		{"max_log_streams", l.MaxLogStreams, 1, 64, d.MaxLogStreams},
+		{"max_process_calls", l.MaxProcessCalls, 1, 64, d.MaxProcessCalls},
+	}
+	for _, c := range counts {
+		if c.v < c.lo || c.v > c.hi {
+			return fmt.Errorf("config: limits.%s %d: want %d to %d (default %d)", c.name, c.v, c.lo, c.hi, c.def)
+		}
+	}
+	durations := []struct {
+		name   string
+		v, def Duration
+	}{
+		{"handshake_timeout", l.HandshakeTimeout, d.HandshakeTimeout},
+		{"first_call_timeout", l.FirstCallTimeout, d.FirstCallTimeout},
+		{"connection_idle_timeout", l.ConnectionIdleTimeout, d.ConnectionIdleTimeout},
+		{"request_timeout", l.RequestTimeout, d.RequestTimeout},
+		{"delivery_idle_timeout", l.DeliveryIdleTimeout, d.DeliveryIdleTimeout},
+		{"log_send_timeout", l.LogSendTimeout, d.LogSendTimeout},
+	}
+	for _, c := range durations {
+		if c.v < Duration(time.Second) {
+			return fmt.Errorf("config: limits.%s %s: want at least 1s (default %s)", c.name, time.Duration(c.v), time.Duration(c.def))
+		}
+	}
+	if l.MaxDeliveries+l.MaxLogStreams+l.MaxProcessCalls > l.MaxStreams {
+		return fmt.Errorf("config: limits.max_deliveries + max_log_streams + max_process_calls (%d) exceed limits.max_streams %d: raise max_streams or lower the others",
+			l.MaxDeliveries+l.MaxLogStreams+l.MaxProcessCalls, l.MaxStreams)
 	}
 	return nil
 }
