@@ -4,7 +4,11 @@
 // sides cannot drift apart.
 package agentspec
 
-import "time"
+import (
+	"net/netip"
+	"slices"
+	"time"
+)
 
 // Port is where vmagent listens (packaging/vmagent.yaml's listen).
 const Port = 7443
@@ -21,3 +25,16 @@ const (
 	KeepaliveTimeout = 5 * time.Second
 	KeepaliveMinTime = 5 * time.Second
 )
+
+// Cloud instance-metadata endpoints outside 169.254.0.0/16: Alibaba's
+// 100.100.100.200 and AWS's IPv6 fd00:ec2::254. The agent never calls them
+// for a caller, and never points a hosts entry at them.
+var metadataAddrs = []netip.Addr{netip.MustParseAddr("100.100.100.200"), netip.MustParseAddr("fd00:ec2::254")}
+
+// MetadataAddress reports whether a is where a cloud may serve instance
+// metadata (credentials among it): IPv4 link-local (169.254.0.0/16), or
+// one of metadataAddrs. IPv6 link-local stays a peer's address on a LAN.
+func MetadataAddress(a netip.Addr) bool {
+	a = a.Unmap()
+	return (a.Is4() && a.IsLinkLocalUnicast()) || slices.Contains(metadataAddrs, a.WithZone(""))
+}

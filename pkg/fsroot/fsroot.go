@@ -24,6 +24,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -363,6 +364,27 @@ func (r *Root) Open(p string) (*os.File, error) {
 	if !st.Mode().IsRegular() {
 		f.Close()
 		return nil, fmt.Errorf("open %s: not a regular file", p)
+	}
+	return f, nil
+}
+
+// OpenSingle is Open for a file in a directory another user can write: it
+// also refuses a file with more than one name, since a hard link planted
+// there can name a file that user may not read (protected_hardlinks is
+// not on everywhere), and root would read it for them.
+func (r *Root) OpenSingle(p string) (*os.File, error) {
+	f, err := r.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if n := st.Sys().(*syscall.Stat_t).Nlink; n > 1 {
+		f.Close()
+		return nil, fmt.Errorf("open %s: %w: the file has %d names (hard links): remove it and let its writer create it again", p, ErrUnsafePath, n)
 	}
 	return f, nil
 }

@@ -86,11 +86,12 @@ func rootOnly(fd int, name string) error {
 	return nil
 }
 
-// ReadLimited reads the regular file at p as Open does (no final symlink,
-// untrusted links refused on the way, never a FIFO or device), and refuses
-// one longer than max bytes instead of reading it all.
+// ReadLimited reads the regular file at p as OpenSingle does (no final
+// symlink, untrusted links refused on the way, never a FIFO or device, no
+// file with other names), and refuses one longer than max bytes instead of
+// reading it all.
 func (r *Root) ReadLimited(p string, max int64) ([]byte, error) {
-	f, err := r.Open(p)
+	f, err := r.OpenSingle(p)
 	if err != nil {
 		return nil, err
 	}

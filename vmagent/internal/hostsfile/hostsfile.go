@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/meshvm/meshvm/pkg/agentspec"
 )
 
 const (
@@ -177,6 +179,9 @@ func (e Entry) validate() error {
 		return fmt.Errorf("IP zone %q cannot be written to a hosts file: use an interface name as the zone", e.IP.Zone())
 	} else if back, err := netip.ParseAddr(s); err != nil || back != e.IP {
 		return fmt.Errorf("IP %s does not read back as the same address: use a plain IPv4 or IPv6 address", s)
+	}
+	if agentspec.MetadataAddress(e.IP) {
+		return fmt.Errorf("IP %s is a cloud's metadata address (or IPv4 link-local): a hosts entry never sends names there; give the address istiod (or the VM) is reached at", e.IP)
 	}
 	if len(e.Names) == 0 {
 		return errors.New("no host names: give at least one name such as istiod.istio-system.svc")

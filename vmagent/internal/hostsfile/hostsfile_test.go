@@ -199,6 +199,9 @@ func TestMergeValidates(t *testing.T) {
 		{"leading hyphen", Entry{IP: netip.MustParseAddr("10.0.0.1"), Names: []string{"-a.example"}}, "starts or ends with '-'"},
 		{"long label", Entry{IP: netip.MustParseAddr("10.0.0.1"), Names: []string{strings.Repeat("a", 64)}}, "longer than 63"},
 		{"long name", Entry{IP: netip.MustParseAddr("10.0.0.1"), Names: []string{strings.Repeat("a.", 127) + "ab"}}, "limit is 253"},
+		{"cloud metadata", Entry{IP: netip.MustParseAddr("169.254.169.254"), Names: []string{"istiod.istio-system.svc"}}, "cloud's metadata address"},
+		{"alibaba metadata", Entry{IP: netip.MustParseAddr("100.100.100.200"), Names: []string{"istiod.istio-system.svc"}}, "cloud's metadata address"},
+		{"aws ipv6 metadata", Entry{IP: netip.MustParseAddr("fd00:ec2::254"), Names: []string{"istiod.istio-system.svc"}}, "cloud's metadata address"},
 		{"zone with space", Entry{IP: netip.MustParseAddr("fe80::1").WithZone("eth 0"), Names: []string{"a"}}, "cannot be written"},
 	}
 	for _, tt := range tests {

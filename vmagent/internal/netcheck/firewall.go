@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/meshvm/meshvm/vmagent/internal/capbuf"
 )
 
 // istioChainPrefix starts every chain `pilot-agent istio-iptables` creates
@@ -71,8 +73,8 @@ func (t tools) run(ctx context.Context, name string, args ...string) ([]byte, er
 	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	cmd.WaitDelay = toolWaitDelay
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	stdout, stderr := capbuf.New(maxToolOutput), capbuf.New(maxToolError)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if err := cmd.Run(); err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		if msg == "" {
@@ -80,8 +82,17 @@ func (t tools) run(ctx context.Context, name string, args ...string) ([]byte, er
 		}
 		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, firstLine(msg))
 	}
+	if stdout.Truncated() {
+		return nil, fmt.Errorf("%s %s: its output is over %d MiB: too large to check", name, strings.Join(args, " "), maxToolOutput>>20)
+	}
 	return stdout.Bytes(), nil
 }
+
+// A ruleset of tens of thousands of rules fits; more is not read.
+const (
+	maxToolOutput = 32 << 20
+	maxToolError  = 64 << 10
+)
 
 func firstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {

@@ -26,6 +26,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/meshvm/meshvm/pkg/agentspec"
 )
 
 // Errors for targets the package refuses; callers map both to
@@ -188,10 +190,11 @@ func Service(ctx context.Context, host string, port int, path string, timeout ti
 	if err != nil {
 		return refuse(fmt.Errorf("resolve %s: %w: on a VM the sidecar's DNS proxy answers for mesh services (ISTIO_META_DNS_CAPTURE)", fqdn, plain(err)))
 	}
+	own := ownAddrs()
 	for i, a := range addrs {
 		a = a.Unmap()
 		addrs[i] = a
-		if why := unreachable(a); why != "" {
+		if why := unreachable(a, own); why != "" {
 			return refuse(fmt.Errorf("%w: %s resolves to %s, %s, where no mesh service is: check /etc/hosts and the VM's DNS", ErrNotService, host, a, why))
 		}
 	}
@@ -204,12 +207,20 @@ func Service(ctx context.Context, host string, port int, path string, timeout ti
 	return ServiceResult{Result: r, Body: body}
 }
 
-// unreachable says why a mesh service cannot be at a, or "" when it can.
-func unreachable(a netip.Addr) string {
+// unreachable says why a mesh service cannot be at a, or "" when it can:
+// not this machine (own holds its addresses), not a cloud's metadata
+// endpoint, not the shared range 100.64.0.0/10 such endpoints sit in.
+func unreachable(a netip.Addr, own []netip.Addr) string {
 	a = a.Unmap()
 	switch {
 	case a.IsLoopback():
 		return "a loopback address"
+	case slices.Contains(own, a.WithZone("")):
+		return "this VM's own address"
+	case agentspec.MetadataAddress(a) && !a.IsLinkLocalUnicast(): // link-local is named below
+		return "a cloud metadata address"
+	case sharedRange.Contains(a):
+		return "in the shared range 100.64.0.0/10 (cloud metadata and carrier NAT)"
 	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast():
 		return "a link-local address"
 	case a.IsUnspecified():
@@ -220,12 +231,30 @@ func unreachable(a netip.Addr) string {
 	return ""
 }
 
+var sharedRange = netip.MustParsePrefix("100.64.0.0/10")
+
+// ownAddrs lists this machine's interface addresses, zones dropped (a
+// variable for the test, whose "remote" service sits on its own loopback).
+var ownAddrs = func() []netip.Addr {
+	ifAddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var own []netip.Addr
+	for _, ia := range ifAddrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil {
+			own = append(own, p.Addr().Unmap().WithZone(""))
+		}
+	}
+	return own
+}
+
 // pinnedDialer connects to the checked addresses, in order, whatever
 // address the HTTP client asks for: the name is never resolved again.
 func pinnedDialer(addrs []netip.Addr, port int) func(context.Context, string, string) (net.Conn, error) {
 	d := &net.Dialer{Control: func(_, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)
-		if err != nil || unreachable(ap.Addr()) != "" || !slices.Contains(addrs, ap.Addr()) {
+		if err != nil || unreachable(ap.Addr(), nil) != "" || !slices.Contains(addrs, ap.Addr()) {
 			return fmt.Errorf("%w: refusing to dial %s", ErrNotService, address)
 		}
 		return nil

@@ -55,10 +55,13 @@ func TestServiceByName(t *testing.T) {
 		"127.0.0.1 loop.sample.svc.cluster.local\n"+
 		"::1 loop6.sample.svc.cluster.local\n"+
 		"169.254.169.254 metadata.sample.svc.cluster.local\n"+
+		"100.100.100.200 alibaba.sample.svc.cluster.local\n"+
+		"100.70.0.1 shared.sample.svc.cluster.local\n"+
+		"10.213.250.2 self.sample.svc.cluster.local\n"+
 		"10.213.250.1 example.com\n"), 0o644)
 	self, _ := os.Executable()
 	cmd := exec.Command("unshare", "--mount", "--net", "--propagation", "private", "sh", "-c",
-		`ip link set lo up && ip addr add 10.213.250.1/32 dev lo && mount --bind "$1" /etc/hosts && exec "$2" -test.run '^TestServiceByName$' -test.v`, "sh", hosts, self)
+		`ip link set lo up && ip addr add 10.213.250.1/32 dev lo && ip addr add 10.213.250.2/32 dev lo && mount --bind "$1" /etc/hosts && exec "$2" -test.run '^TestServiceByName$' -test.v`, "sh", hosts, self)
 	cmd.Env = append(os.Environ(), "PROBE_SERVICE_CHILD=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -70,6 +73,9 @@ func TestServiceByName(t *testing.T) {
 		"loop.sample: refused=true err=only Kubernetes service names are called: loop.sample resolves to 127.0.0.1, a loopback address",
 		"loop6.sample: refused=true",
 		"metadata.sample: refused=true err=only Kubernetes service names are called: metadata.sample resolves to 169.254.169.254, a link-local address",
+		"alibaba.sample: refused=true err=only Kubernetes service names are called: alibaba.sample resolves to 100.100.100.200, a cloud metadata address",
+		"shared.sample: refused=true err=only Kubernetes service names are called: shared.sample resolves to 100.70.0.1, in the shared range 100.64.0.0/10",
+		"self.sample: refused=true err=only Kubernetes service names are called: self.sample resolves to 10.213.250.2, this VM's own address",
 		// Looked up as service "example" of namespace "com", never as the host.
 		"example.com: status=0 ok=false err=resolve example.com.svc.cluster.local.:",
 		"10.213.250.1: refused=true",
@@ -100,7 +106,19 @@ func serviceChild() {
 			go srv.Serve(ll)
 		}
 	}
-	for _, host := range []string{"helloworld.sample", "helloworld.sample.svc.cluster.local", "loop.sample", "loop6.sample", "metadata.sample", "example.com", "10.213.250.1"} {
+	// 10.213.250.1 stands for a pod elsewhere: only 10.213.250.2 is this
+	// machine's as far as the check goes.
+	realOwn := ownAddrs
+	ownAddrs = func() []netip.Addr {
+		var own []netip.Addr
+		for _, a := range realOwn() {
+			if a != netip.MustParseAddr("10.213.250.1") {
+				own = append(own, a)
+			}
+		}
+		return own
+	}
+	for _, host := range []string{"helloworld.sample", "helloworld.sample.svc.cluster.local", "loop.sample", "loop6.sample", "metadata.sample", "alibaba.sample", "shared.sample", "self.sample", "example.com", "10.213.250.1"} {
 		r := Service(context.Background(), host, port, "/hello", 0)
 		if errors.Is(r.Err, ErrNotService) {
 			fmt.Printf("%s: refused=true err=%v\n", host, r.Err)
@@ -111,15 +129,15 @@ func serviceChild() {
 	// The name is resolved once and the connection goes to that address: a
 	// name only the lookup knows (the system resolver cannot) still works.
 	calls := 0
-	real := lookup
+	realLookup := lookup
 	lookup = func(ctx context.Context, fqdn string) ([]netip.Addr, error) {
 		calls++
 		if fqdn == "pinned.sample.svc.cluster.local." {
 			return []netip.Addr{netip.MustParseAddr("10.213.250.1")}, nil
 		}
-		return real(ctx, fqdn)
+		return realLookup(ctx, fqdn)
 	}
-	defer func() { lookup = real }()
+	defer func() { lookup = realLookup }()
 	r := Service(context.Background(), "pinned.sample", port, "/", 0)
 	fmt.Printf("pinned.sample: status=%d ok=%v lookups=%d err=%v\n", r.StatusCode, r.OK, calls, r.Err)
 }

@@ -324,8 +324,9 @@ func (g *Guard) slotLimit(k slotKind) (int, string) {
 
 // call is what the guard keeps of one stream, reachable from its context.
 type call struct {
-	cancel   context.CancelCauseFunc
-	received atomic.Bool
+	cancel      context.CancelCauseFunc
+	received    atomic.Bool
+	sendTimeout time.Duration
 }
 
 type callKey struct{}
@@ -341,6 +342,25 @@ func requestReceived(ctx context.Context) {
 		c.received.Store(true)
 	}
 }
+
+// sendBounded runs send, a stream's Send, which blocks while the caller
+// reads nothing (gRPC holds 64 KiB per stream); past limits.log_send_timeout
+// it ends the call instead, so a caller that stops reading costs its
+// stream, not the agent's memory.
+func sendBounded(ctx context.Context, send func() error) error {
+	c := callOf(ctx)
+	if c == nil {
+		return send()
+	}
+	t := time.AfterFunc(c.sendTimeout, func() { c.cancel(errSlowReader) })
+	err := send()
+	if !t.Stop() {
+		return status.Errorf(codes.ResourceExhausted, "the caller read nothing for %s (limits.log_send_timeout): the stream was dropped", c.sendTimeout)
+	}
+	return err
+}
+
+var errSlowReader = errors.New("the caller read nothing within limits.log_send_timeout")
 
 // errRequestTimeout ends a call whose request did not arrive in time.
 var errRequestTimeout = errors.New("the request did not arrive within limits.request_timeout")
@@ -373,7 +393,7 @@ func (g *Guard) tap(ctx context.Context, info *tap.Info) (context.Context, error
 	g.mu.Unlock()
 
 	ctx, cancel := context.WithCancelCause(ctx)
-	cl := &call{cancel: cancel}
+	cl := &call{cancel: cancel, sendTimeout: time.Duration(g.limits.LogSendTimeout)}
 	timer := time.AfterFunc(time.Duration(g.limits.RequestTimeout), func() {
 		if !cl.received.Load() {
 			cancel(errRequestTimeout)

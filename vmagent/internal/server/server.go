@@ -373,8 +373,9 @@ func (s *Server) SidecarLogs(req *agentv1.SidecarLogsRequest, stream agentv1.Age
 	if tail == 0 {
 		tail = 100
 	}
-	return s.deps.Sidecar.Logs(stream.Context(), src, tail, req.GetFollow(), func(lines []sidecar.LogLine) error {
-		return stream.Send(&agentv1.SidecarLogsResponse{Lines: logLines(lines)})
+	ctx := stream.Context()
+	return s.deps.Sidecar.Logs(ctx, src, tail, req.GetFollow(), func(lines []sidecar.LogLine) error {
+		return sendBounded(ctx, func() error { return stream.Send(&agentv1.SidecarLogsResponse{Lines: logLines(lines)}) })
 	})
 }
 

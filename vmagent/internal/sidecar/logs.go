@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/vmagent/internal/capbuf"
 )
 
 // LogSource selects which log Logs reads.
@@ -138,8 +139,8 @@ func (m *Manager) journal(ctx context.Context, tail int, follow bool, emit func(
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0")
 	cmd.WaitDelay = 2 * time.Second
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := capbuf.New(64 << 10)
+	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return fmt.Errorf("read the journal of %s: %w", m.opts.Unit, err)
@@ -320,6 +321,7 @@ const maxBacklog = 32 << 20
 // file sends the last tail lines of the log file at rel (below the root)
 // and, with follow, polls it for more until ctx is done. The agent is root
 // and istio-proxy owns the directory, so the file is opened as fsroot does:
+// one name only (a hard link could name a file istio-proxy may not read),
 // no symlinks (none to /etc/shadow or /dev/zero), regular files only (a
 // FIFO never blocks the call), and no further back than maxBacklog. It copes
 // with rotation (the name now holds another file: the old one is read to its
@@ -354,7 +356,7 @@ func (m *Manager) file(ctx context.Context, rel string, tail int, follow bool, e
 // openTail opens p at the start of its last tail lines, looking no further
 // back than maxBacklog.
 func openTail(ctx context.Context, root *fsroot.Root, p string, tail int, b *batcher) (*fileTail, error) {
-	f, err := root.Open(p)
+	f, err := root.OpenSingle(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("read %s: no such file: the sidecar has not written this log; its output may be in the journal instead (log source journal)", p)
 	}
@@ -422,7 +424,7 @@ func (m *Manager) follow(ctx context.Context, root *fsroot.Root, t *fileTail) er
 // from its start, the same one shorter than what was read (truncated) from
 // its new start; a missing one is waited for.
 func (m *Manager) reopen(root *fsroot.Root, t *fileTail) error {
-	nf, err := root.Open(t.path)
+	nf, err := root.OpenSingle(t.path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // rotated away and not yet recreated: wait for the new file
 	}
