@@ -19,11 +19,11 @@ import (
 	"github.com/meshvm/meshvm/pkg/fsroot"
 )
 
-// maxFile bounds what is read of a credential file. Both live where
+// MaxFile bounds what is read of a credential file. Both live where
 // istio-proxy writes (/etc/certs, /var/run/secrets) and hold a few KiB; the
 // agent reading them is root, so they are opened as fsroot does (no
 // symlinks, regular files only: a FIFO or device is refused, never waited on).
-const maxFile = 1 << 20
+const MaxFile = 1 << 20
 
 // Certificate describes the leaf of a PEM certificate chain.
 type Certificate struct {
@@ -37,7 +37,7 @@ type Certificate struct {
 // first as pilot-agent writes it, and describes the leaf. A missing file
 // gives an error wrapping fs.ErrNotExist.
 func ReadCertificate(root *fsroot.Root, path string) (Certificate, error) {
-	data, err := root.ReadLimited(path, maxFile)
+	data, err := root.ReadLimited(path, MaxFile)
 	if err != nil {
 		return Certificate{}, fmt.Errorf("read certificate: %w", err)
 	}
@@ -96,7 +96,7 @@ type BoundObject struct {
 // ReadToken reads a JWT from path below root and decodes its claims without
 // verifying the signature. Errors never quote the token: it is a credential.
 func ReadToken(root *fsroot.Root, path string) (Token, error) {
-	data, err := root.ReadLimited(path, maxFile)
+	data, err := root.ReadLimited(path, MaxFile)
 	if err != nil {
 		return Token{}, fmt.Errorf("read token: %w", err)
 	}

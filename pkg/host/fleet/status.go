@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
@@ -40,6 +41,9 @@ type VMStatus struct {
 	CertNotAfter       *time.Time      `json:"certificateNotAfter,omitempty"`
 	CertRenewBy        *time.Time      `json:"certificateRenewBy,omitempty"`
 	TokenIssuedAt      *time.Time      `json:"tokenIssuedAt,omitempty"`
+	// TokenChanged: the token pilot-agent reads is not the root-only copy
+	// the agent delivered (something on the VM changed it).
+	TokenChanged bool `json:"tokenChanged,omitempty"`
 	TokenExpiresAt     *time.Time      `json:"tokenExpiresAt,omitempty"`
 	Credentials        credcheck.State `json:"credentials,omitempty"`
 	CredentialsDetail  string          `json:"credentialsDetail,omitempty"`
@@ -129,6 +133,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.Sidecar = "error: " + sc.GetError()
 	}
 	s.credentials(credentialFacts(cfg, vm.Name, st, bindings, bindingsKnown, time.Now()))
+	s.TokenChanged = st.GetToken().GetDiffersFromPersistent()
 	switch r := ov.DNS; {
 	case ov.DNSErr != nil:
 		s.IstiodDNS = "error: " + ov.DNSErr.Error()
@@ -198,6 +203,8 @@ func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (b
 	switch {
 	case cred.Fail:
 		return false, fmt.Sprintf("credentials %s: %s: %s", cred.State, cred.Detail, cred.Fix)
+	case s.TokenChanged:
+		return false, fmt.Sprintf("the token pilot-agent reads (%s) is not the copy meshvm delivered: something on the VM changed it; run hostctl vm onboard %s", agentspec.TokenPath, vm.Name)
 	case sidecarActive != "active":
 		return false, fmt.Sprintf("the sidecar is not running: see hostctl vm logs %s, then run hostctl vm onboard %s", vm.Name, vm.Name)
 	case s.WorkloadEntry == "":

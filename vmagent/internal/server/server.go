@@ -3,7 +3,9 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"errors"
 	"log/slog"
 	"os"
@@ -108,28 +110,18 @@ func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*a
 	// Both live where istio-proxy writes: credinfo reads them bounded, no links, regular files only.
 	if c, err := credinfo.ReadCertificate(s.deps.Root, workloadCertPath); err == nil {
 		resp.WorkloadCertificate = certInfo(workloadCertPath, c)
+		s.note("certificate", nil)
 	} else if !errors.Is(err, os.ErrNotExist) {
 		s.note("certificate", err)
 	}
-	spec, _ := vmfiles.Lookup(tokenPath)
-	tokPath := tokenPath
-	tok, err := credinfo.ReadToken(s.deps.Root, tokenPath)
-	if errors.Is(err, os.ErrNotExist) {
-		// /run is empty after a reboot until the sidecar starts; the persisted copy tells the truth.
-		tokPath = spec.PersistAt
-		tok, err = credinfo.ReadToken(s.deps.Root, spec.PersistAt)
-	}
-	if err == nil {
-		resp.Token = tokenInfo(tokPath, spec.PersistAt, tok)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		s.note("token", err)
-	}
+	resp.Token = s.tokenStatus()
 	if files, err := s.deps.Files.Stat(nil); err == nil {
 		for _, f := range files {
 			if f.Exists {
 				resp.Files = append(resp.Files, fileStat(f))
 			}
 		}
+		s.note("files", nil)
 	} else {
 		s.note("files", err)
 	}
@@ -143,6 +135,37 @@ func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*a
 }
 
 const tokenPath = agentspec.TokenPath
+
+// tokenStatus describes the token pilot-agent reads, or the root-only copy
+// when /run is empty after a reboot (until the sidecar starts), and says
+// when the two differ. An error is kept for GetStatus's last_errors until
+// the file reads again.
+func (s *Server) tokenStatus() *agentv1.TokenInfo {
+	spec, _ := vmfiles.Lookup(tokenPath)
+	live, liveErr := s.deps.Root.ReadLimited(tokenPath, credinfo.MaxFile)
+	kept, keptErr := s.deps.Root.ReadTrusted(spec.PersistAt, credinfo.MaxFile)
+	raw, path, err := live, tokenPath, liveErr
+	if errors.Is(liveErr, os.ErrNotExist) {
+		raw, path, err = kept, spec.PersistAt, keptErr
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		s.note("token", nil)
+		return nil
+	}
+	var tok credinfo.Token
+	if err == nil {
+		tok, err = credinfo.ParseToken(raw)
+		if err != nil {
+			err = fmt.Errorf("token %s: %w", path, err)
+		}
+	}
+	if s.note("token", err) != nil {
+		return nil
+	}
+	info := tokenInfo(path, spec.PersistAt, tok)
+	info.DiffersFromPersistent = liveErr == nil && keptErr == nil && !bytes.Equal(bytes.TrimSpace(live), bytes.TrimSpace(kept))
+	return info
+}
 
 func (s *Server) Install(ctx context.Context, req *agentv1.InstallRequest) (*agentv1.InstallResponse, error) {
 	hosts, err := hostsEntries(req.GetHostsEntries())

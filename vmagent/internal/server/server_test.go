@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"net"
@@ -360,5 +361,51 @@ func BenchmarkPutFile(b *testing.B) {
 		if _, err := c.PutFile(context.Background(), f); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// GetStatus says when the token pilot-agent reads is not the root-only
+// copy the agent keeps, and forgets a token error once the file reads again.
+func TestStatusTokenChangedAndErrorCleared(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the root-only copy is read as root's")
+	}
+	e := startAgent(t)
+	c := e.client(t)
+	jwt := func(sub string) []byte {
+		part := func(v string) string { return base64.RawURLEncoding.EncodeToString([]byte(v)) }
+		return []byte(part(`{"alg":"RS256"}`) + "." + part(`{"sub":"`+sub+`","exp":4102444800}`) + "." + part("sig"))
+	}
+	live := filepath.Join(e.dir, "run/secrets/tokens/istio-token") // var/run is a link to /run
+	kept := filepath.Join(e.dir, "var/lib/meshvm/secrets/istio-token")
+	for _, p := range []string{live, kept} {
+		must(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		must(t, os.WriteFile(p, jwt("system:serviceaccount:vmns:vmsa"), 0o600))
+	}
+	status := func() *agentv1.GetStatusResponse {
+		st, err := c.Status(ctxT(t))
+		must(t, err)
+		return st
+	}
+	if st := status(); st.GetToken().GetSubject() != "system:serviceaccount:vmns:vmsa" || st.GetToken().GetDiffersFromPersistent() {
+		t.Fatalf("same token in both places: got %+v, want it read and not flagged", st.GetToken())
+	}
+	must(t, os.WriteFile(live, jwt("system:serviceaccount:vmns:other"), 0o600))
+	if st := status(); !st.GetToken().GetDiffersFromPersistent() {
+		t.Errorf("token changed where istio-proxy writes: got %+v, want differs_from_persistent", st.GetToken())
+	}
+	must(t, os.WriteFile(live, []byte("not a token"), 0o600))
+	if st := status(); st.GetLastErrors()["token"] == "" || st.GetToken() != nil {
+		t.Errorf("unreadable token: got %+v, errors %v, want a token error and no token", st.GetToken(), st.GetLastErrors())
+	}
+	must(t, os.WriteFile(live, jwt("system:serviceaccount:vmns:vmsa"), 0o600))
+	if st := status(); st.GetLastErrors()["token"] != "" || st.GetToken().GetDiffersFromPersistent() {
+		t.Errorf("token fixed: got errors %v, token %+v, want the error gone", st.GetLastErrors(), st.GetToken())
+	}
+	// A second name for the token (a hard link istio-proxy could plant to
+	// a file it may not read) is refused, not read as root.
+	must(t, os.Link(live, live+".other"))
+	if st := status(); !strings.Contains(st.GetLastErrors()["token"], "hard links") {
+		t.Errorf("hard-linked token: got errors %v, want it refused for its other names", st.GetLastErrors())
 	}
 }

@@ -733,8 +733,13 @@ type TokenInfo struct {
 	// unbound token. Deleting that Secret revokes the token.
 	BoundSecretName string `protobuf:"bytes,7,opt,name=bound_secret_name,json=boundSecretName,proto3" json:"bound_secret_name,omitempty"`
 	BoundSecretUid  string `protobuf:"bytes,8,opt,name=bound_secret_uid,json=boundSecretUid,proto3" json:"bound_secret_uid,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The token at path (where istio-proxy reads it, in a directory it can
+	// write) is not the root-only copy at persistent_path that the agent
+	// delivered: something else changed it. pilot-agent presents what is at
+	// path; re-onboarding (or a renewal) writes both again.
+	DiffersFromPersistent bool `protobuf:"varint,9,opt,name=differs_from_persistent,json=differsFromPersistent,proto3" json:"differs_from_persistent,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *TokenInfo) Reset() {
@@ -821,6 +826,13 @@ func (x *TokenInfo) GetBoundSecretUid() string {
 		return x.BoundSecretUid
 	}
 	return ""
+}
+
+func (x *TokenInfo) GetDiffersFromPersistent() bool {
+	if x != nil {
+		return x.DiffersFromPersistent
+	}
+	return false
 }
 
 type InstallRequest struct {
@@ -2809,7 +2821,7 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\buri_sans\x18\x03 \x03(\tR\auriSans\x129\n" +
 	"\n" +
 	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
-	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xca\x02\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\x82\x03\n" +
 	"\tTokenInfo\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1c\n" +
@@ -2819,7 +2831,8 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fpersistent_path\x18\x05 \x01(\tR\x0epersistentPath\x127\n" +
 	"\tissued_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12*\n" +
 	"\x11bound_secret_name\x18\a \x01(\tR\x0fboundSecretName\x12(\n" +
-	"\x10bound_secret_uid\x18\b \x01(\tR\x0eboundSecretUid\"k\n" +
+	"\x10bound_secret_uid\x18\b \x01(\tR\x0eboundSecretUid\x126\n" +
+	"\x17differs_from_persistent\x18\t \x01(\bR\x15differsFromPersistent\"k\n" +
 	"\x0eInstallRequest\x12\x17\n" +
 	"\adry_run\x18\x01 \x01(\bR\x06dryRun\x12@\n" +
 	"\rhosts_entries\x18\x02 \x03(\v2\x1b.meshvm.agent.v1.HostsEntryR\fhostsEntries\"2\n" +
