@@ -24,10 +24,17 @@ import (
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-// Build compiles the agent as `make build` does (its RSS counts its text).
+// Build compiles the agent as `make build` does (its RSS counts its text),
+// from the module the working directory is in (a test runs in its
+// package's directory).
 func Build(work string) (string, error) {
 	bin := filepath.Join(work, "vmagent")
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("find the module: %w", err)
+	}
 	build := exec.Command("go", "build", "-trimpath", "-tags", buildinfo.AgentTags, "-ldflags", "-s -w", "-o", bin, "./vmagent")
+	build.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -45,6 +52,10 @@ type Fleet struct {
 	// namespace they run in (ip netns exec).
 	ip    net.IP
 	netns string
+	// Config is appended to each agent's vmagent.yaml (a limits: block).
+	Config string
+	// Env is added to each agent's environment (GOMEMLIMIT, as the unit sets it).
+	Env []string
 }
 
 // Agent is one running vmagent.
@@ -97,7 +108,7 @@ func (f *Fleet) Start() (*Agent, error) {
 		return nil, err
 	}
 	cfg := fmt.Sprintf("version: 1\nlisten: %q\ntls:\n  cert: %s\n  key: %s\n  client_ca: %s\n", addr,
-		filepath.Join(f.dir, "server.pem"), filepath.Join(f.dir, "server-key.pem"), filepath.Join(f.dir, "client-ca.pem"))
+		filepath.Join(f.dir, "server.pem"), filepath.Join(f.dir, "server-key.pem"), filepath.Join(f.dir, "client-ca.pem")) + f.Config
 	cfgPath := filepath.Join(f.dir, fmt.Sprintf("vmagent-%d.yaml", n))
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -107,6 +118,7 @@ func (f *Fleet) Start() (*Agent, error) {
 		cmd = exec.Command("ip", append([]string{"netns", "exec", f.netns}, cmd.Args...)...)
 	}
 	cmd.Stderr = os.Stderr
+	cmd.Env = append(os.Environ(), f.Env...)
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
