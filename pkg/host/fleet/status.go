@@ -38,12 +38,13 @@ type VMStatus struct {
 	CertExpiry   string `json:"certificateExpiresIn,omitempty"`
 	TokenExpiry  string `json:"tokenExpiresIn,omitempty"`
 	// The credentials' times (RFC 3339) and the verdict on them together.
-	CertNotAfter       *time.Time      `json:"certificateNotAfter,omitempty"`
-	CertRenewBy        *time.Time      `json:"certificateRenewBy,omitempty"`
-	TokenIssuedAt      *time.Time      `json:"tokenIssuedAt,omitempty"`
+	CertNotAfter  *time.Time `json:"certificateNotAfter,omitempty"`
+	CertRenewBy   *time.Time `json:"certificateRenewBy,omitempty"`
+	TokenIssuedAt *time.Time `json:"tokenIssuedAt,omitempty"`
+
 	// TokenChanged: the token pilot-agent reads is not the root-only copy
 	// the agent delivered (something on the VM changed it).
-	TokenChanged bool `json:"tokenChanged,omitempty"`
+	TokenChanged       bool            `json:"tokenChanged,omitempty"`
 	TokenExpiresAt     *time.Time      `json:"tokenExpiresAt,omitempty"`
 	Credentials        credcheck.State `json:"credentials,omitempty"`
 	CredentialsDetail  string          `json:"credentialsDetail,omitempty"`

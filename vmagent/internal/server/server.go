@@ -5,8 +5,8 @@ package server
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"runtime"
