@@ -38,13 +38,9 @@ type VMStatus struct {
 	CertExpiry   string `json:"certificateExpiresIn,omitempty"`
 	TokenExpiry  string `json:"tokenExpiresIn,omitempty"`
 	// The credentials' times (RFC 3339) and the verdict on them together.
-	CertNotAfter  *time.Time `json:"certificateNotAfter,omitempty"`
-	CertRenewBy   *time.Time `json:"certificateRenewBy,omitempty"`
-	TokenIssuedAt *time.Time `json:"tokenIssuedAt,omitempty"`
-
-	// TokenChanged: the token pilot-agent reads is not the root-only copy
-	// the agent delivered (something on the VM changed it).
-	TokenChanged       bool            `json:"tokenChanged,omitempty"`
+	CertNotAfter       *time.Time      `json:"certificateNotAfter,omitempty"`
+	CertRenewBy        *time.Time      `json:"certificateRenewBy,omitempty"`
+	TokenIssuedAt      *time.Time      `json:"tokenIssuedAt,omitempty"`
 	TokenExpiresAt     *time.Time      `json:"tokenExpiresAt,omitempty"`
 	Credentials        credcheck.State `json:"credentials,omitempty"`
 	CredentialsDetail  string          `json:"credentialsDetail,omitempty"`
@@ -60,6 +56,9 @@ type VMStatus struct {
 	OK               bool   `json:"ok"`
 	// Next is the step that fixes what is wrong.
 	Next string `json:"next,omitempty"`
+	// TokenChanged: the token pilot-agent reads is not the root-only copy
+	// the agent delivered (something on the VM changed it).
+	TokenChanged bool `json:"tokenChanged,omitempty"`
 }
 
 // Statuses gathers the status of vms, every VM at once. say is told what
