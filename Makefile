@@ -108,8 +108,9 @@ test-short: ## Unit tests only, no race detector
 	go test -short ./...
 
 .PHONY: bench
-bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size, 200 concurrent and 200 stalled deliveries
+bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size, 200 concurrent and 200 stalled deliveries; then every flood (peak RSS, fds, children, a valid caller served)
 	go run ./bench/agentbench
+	go run ./bench/floodbench
 
 .PHONY: bench-status
 bench-status: ## vm status fan-out over 100 real agents on loopback vs one after another

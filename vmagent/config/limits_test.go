@@ -31,6 +31,16 @@ func TestLimitsLoadAndValidate(t *testing.T) {
 		"limits:\n  delivery_idle_timeout: 10ms\n":   "limits.delivery_idle_timeout 10ms: want at least 1s",
 		"limits:\n  connection_idle_timeout: soon\n": `duration "soon"`,
 		"limits:\n  delivery_idle_timeout: 30\n":     `want a string such as "30s"`,
+		"limits:\n  max_handshakes: 0\n":             "limits.max_handshakes 0: want 1 to 1024 (default 32)",
+		"limits:\n  max_streams: 300\n":              "limits.max_streams 300: want 1 to 256",
+		"limits:\n  handshake_timeout: 0s\n":         "limits.handshake_timeout 0s: want at least 1s (default 5s)",
+		"limits:\n  first_call_timeout: 500ms\n":     "limits.first_call_timeout 500ms",
+		"limits:\n  request_timeout: 1ms\n":          "limits.request_timeout 1ms",
+		"limits:\n  log_send_timeout: 1ms\n":         "limits.log_send_timeout 1ms",
+		"limits:\n  max_log_streams: 65\n":           "limits.max_log_streams 65",
+		"limits:\n  max_process_calls: 0\n":          "limits.max_process_calls 0",
+		"limits:\n  max_connections: 2000\n":         "limits.max_connections 2000",
+		"limits:\n  max_streams: 8\n":                "exceed limits.max_streams 8",
 	} {
 		if _, err := load(body); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want an error containing %q", body, err, want)
