@@ -51,6 +51,8 @@ type Agent struct {
 	// Addr is where it listens; Root the sandbox it treats as /.
 	Addr, Root string
 	CA         *mtls.CA
+	// Guard counts what the agent holds, for tests of its limits.
+	Guard *server.Guard
 }
 
 // Start starts an agent that stops when the test ends. Its sandbox has the
@@ -111,7 +113,7 @@ func Start(t testing.TB, o Options) *Agent {
 	must(t, err)
 	go srv.Serve(guard.Listener(lis))
 	t.Cleanup(srv.Stop)
-	return &Agent{Addr: lis.Addr().String(), Root: dir, CA: ca}
+	return &Agent{Addr: lis.Addr().String(), Root: dir, CA: ca, Guard: guard}
 }
 
 // ClientTLS is hostctl's side of mTLS: a client certificate of the agent's CA.

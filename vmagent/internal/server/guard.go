@@ -33,10 +33,11 @@ import (
 //     connection has a call running, so a caller that holds a stream keeps
 //     it through a flood; one that makes no call is closed after
 //     FirstCallTimeout;
-//   - streams at MaxStreams over all connections, and per class (deliveries,
+//   - streams at MaxStreams over all connections, and per kind (deliveries,
 //     log streams, calls that run programs), refused in gRPC's tap before
 //     their bytes are buffered; a request not fully received within
-//     RequestTimeout is cancelled.
+//     RequestTimeout is cancelled, and sooner when another caller needs
+//     its slot.
 //
 // Memory follows: each stream buffers at most its flow-control window and
 // one message (flowWindow + maxMessage), a connection about 100 KiB.
@@ -47,7 +48,7 @@ type Guard struct {
 	mu         sync.Mutex
 	handshakes []*conn // oldest first
 	ready      []*conn
-	streams    int
+	calls      []*call // the streams admitted, oldest first
 	slots      [numSlots]int
 
 	refused atomic.Int64 // connections refused or pushed out, for the log's rate
@@ -76,7 +77,7 @@ type Counts struct {
 func (g *Guard) Counts() Counts {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return Counts{Handshakes: len(g.handshakes), Connections: len(g.ready), Streams: g.streams}
+	return Counts{Handshakes: len(g.handshakes), Connections: len(g.ready), Streams: len(g.calls)}
 }
 
 type guardedListener struct {
@@ -327,6 +328,12 @@ type call struct {
 	cancel      context.CancelCauseFunc
 	received    atomic.Bool
 	sendTimeout time.Duration
+
+	// Guarded by g.mu.
+	conn     *conn
+	kind     slotKind
+	started  time.Time
+	released bool
 }
 
 type callKey struct{}
@@ -365,8 +372,20 @@ var errSlowReader = errors.New("the caller read nothing within limits.log_send_t
 // errRequestTimeout ends a call whose request did not arrive in time.
 var errRequestTimeout = errors.New("the request did not arrive within limits.request_timeout")
 
+// errPreempted ends a stream whose request has not arrived, for a caller
+// that has a request to make when all max_streams are taken.
+var errPreempted = errors.New("the call's request had not arrived and another caller needed its slot (limits.max_streams)")
+
+// preemptAge is how long a request may be in flight before its stream can
+// be preempted: a real caller's arrives within milliseconds.
+const preemptAge = 500 * time.Millisecond
+
 // tap admits a new stream or refuses it before gRPC buffers its data. It
-// runs on the connection's reader, so it never blocks.
+// runs on the connection's reader, so it never blocks. When all
+// max_streams are taken, a stream whose request has not arrived after
+// preemptAge is ended for the new one (from the connection that holds the
+// most streams): half-sent requests cannot starve the callers that send
+// theirs.
 func (g *Guard) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	var c *conn
 	if p, ok := peer.FromContext(ctx); ok {
@@ -375,25 +394,35 @@ func (g *Guard) tap(ctx context.Context, info *tap.Info) (context.Context, error
 		}
 	}
 	k := slotOf(info.FullMethodName)
+	ctx, cancel := context.WithCancelCause(ctx)
+	cl := &call{cancel: cancel, sendTimeout: time.Duration(g.limits.LogSendTimeout), conn: c, kind: k, started: time.Now()}
+
 	g.mu.Lock()
-	if g.streams >= g.limits.MaxStreams {
-		g.mu.Unlock()
-		return nil, status.Errorf(codes.ResourceExhausted, "the agent is serving %d calls, its limit (limits.max_streams): retry shortly", g.limits.MaxStreams)
-	}
 	if limit, why := g.slotLimit(k); k != slotOther && g.slots[k] >= limit {
 		g.mu.Unlock()
+		cancel(nil)
 		return nil, status.Error(codes.ResourceExhausted, why)
 	}
-	g.streams++
+	var victim *call
+	if len(g.calls) >= g.limits.MaxStreams {
+		if victim = g.preemptableLocked(); victim == nil {
+			g.mu.Unlock()
+			cancel(nil)
+			return nil, status.Errorf(codes.ResourceExhausted, "the agent is serving %d calls, its limit (limits.max_streams): retry shortly", g.limits.MaxStreams)
+		}
+		g.releaseLocked(victim)
+	}
+	g.calls = append(g.calls, cl)
 	g.slots[k]++
 	if c != nil {
 		c.streams++
 		c.called, c.lastActive = true, time.Now()
 	}
 	g.mu.Unlock()
+	if victim != nil {
+		victim.cancel(errPreempted)
+	}
 
-	ctx, cancel := context.WithCancelCause(ctx)
-	cl := &call{cancel: cancel, sendTimeout: time.Duration(g.limits.LogSendTimeout)}
 	timer := time.AfterFunc(time.Duration(g.limits.RequestTimeout), func() {
 		if !cl.received.Load() {
 			cancel(errRequestTimeout)
@@ -403,15 +432,58 @@ func (g *Guard) tap(ctx context.Context, info *tap.Info) (context.Context, error
 	context.AfterFunc(ctx, func() {
 		timer.Stop()
 		g.mu.Lock()
-		g.streams--
-		g.slots[k]--
-		if c != nil {
-			c.streams--
-			c.lastActive = time.Now()
-		}
+		g.releaseLocked(cl)
 		g.mu.Unlock()
 	})
 	return context.WithValue(ctx, callKey{}, cl), nil
+}
+
+// preemptableLocked picks the stream to end for a new one: the oldest
+// whose request has not arrived after preemptAge, on the connection that
+// holds the most streams; nil when there is none.
+func (g *Guard) preemptableLocked() *call {
+	var best *call
+	now := time.Now()
+	for _, cl := range g.calls {
+		if cl.received.Load() || now.Sub(cl.started) < preemptAge {
+			continue
+		}
+		switch {
+		case best == nil:
+			best = cl
+		case streamsOf(cl.conn) > streamsOf(best.conn):
+			best = cl
+		case streamsOf(cl.conn) == streamsOf(best.conn) && cl.started.Before(best.started):
+			best = cl
+		}
+	}
+	return best
+}
+
+func streamsOf(c *conn) int {
+	if c == nil {
+		return 0
+	}
+	return c.streams
+}
+
+// releaseLocked gives back cl's slots, once.
+func (g *Guard) releaseLocked(cl *call) {
+	if cl.released {
+		return
+	}
+	cl.released = true
+	for i, x := range g.calls {
+		if x == cl {
+			g.calls = append(g.calls[:i], g.calls[i+1:]...)
+			break
+		}
+	}
+	g.slots[cl.kind]--
+	if c := cl.conn; c != nil {
+		c.streams--
+		c.lastActive = time.Now()
+	}
 }
 
 // receivedStream marks the request received at the first message in.

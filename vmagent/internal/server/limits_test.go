@@ -3,6 +3,8 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -161,5 +163,76 @@ func TestIdleConnectionIsClosed(t *testing.T) {
 	}
 	if st := conn.GetState(); st != connectivity.Idle {
 		t.Errorf("got %v, want Idle (closed by the agent's GOAWAY)", st)
+	}
+}
+
+// stalledDelivery opens a delivery on conn that sends its header and then
+// nothing: it holds a call running on that connection.
+func stalledDelivery(t *testing.T, conn *grpc.ClientConn, path string) {
+	t.Helper()
+	stream, err := agentv1.NewAgentServiceClient(conn).PutFile(ctxT(t))
+	must(t, err)
+	must(t, stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: &agentv1.FileHeader{Path: path, Size: 1 << 20, Sha256: strings.Repeat("ab", 32)}}}))
+}
+
+// With every authenticated connection running a call, one more connection
+// is refused at accept (the calls in progress keep their connections);
+// once a call ends, its idle connection makes room for a new one.
+func TestConnectionsBeyondTheCapWithCallsRunning(t *testing.T) {
+	l := testLimits()
+	l.MaxConnections = 2
+	l.DeliveryIdleTimeout = config.Duration(3 * time.Second)
+	e := startAgentWith(t, l)
+	busy := []*grpc.ClientConn{e.rawConn(t), e.rawConn(t)}
+	stalledDelivery(t, busy[0], "/usr/local/bin/envoy")
+	stalledDelivery(t, busy[1], "/usr/local/bin/pilot-agent")
+	waitFor(t, "both deliveries running", func() bool { return e.agent.Guard.Counts().Streams == 2 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := agentv1.NewAgentServiceClient(e.rawConn(t)).GetVersion(ctx, &agentv1.GetVersionRequest{}, grpc.WaitForReady(false))
+	if err == nil {
+		t.Fatal("a third connection was served while two calls held both slots, want it refused at accept")
+	}
+	if c := e.agent.Guard.Counts(); c.Connections != 2 {
+		t.Errorf("got %d authenticated connections, want the 2 with calls running", c.Connections)
+	}
+	// The deliveries are cancelled after 3 s without data; their connections
+	// are then idle, and a new caller gets in.
+	waitFor(t, "a new caller served", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := agentv1.NewAgentServiceClient(e.rawConn(t)).GetVersion(ctx, &agentv1.GetVersionRequest{})
+		return err == nil
+	})
+}
+
+// An authenticated connection that makes no call is closed after
+// first_call_timeout; one that made a call stays.
+func TestConnectionWithoutACallIsClosed(t *testing.T) {
+	l := testLimits()
+	l.FirstCallTimeout = config.Duration(time.Second)
+	e := startAgentWith(t, l)
+	used := e.rawConn(t)
+	if _, err := agentv1.NewAgentServiceClient(used).GetVersion(ctxT(t), &agentv1.GetVersionRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.clientTLS(t).Clone()
+	cfg.NextProtos = []string{"h2"}
+	raw, err := tls.Dial("tcp", e.addr, cfg)
+	must(t, err)
+	defer raw.Close()
+	_, err = raw.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"))
+	must(t, err)
+	raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.Copy(io.Discard, raw) // until the agent closes it
+	if err != nil {
+		t.Fatalf("got %v, want the agent to close a connection that made no call", err)
+	}
+	if st := used.GetState(); st != connectivity.Ready && st != connectivity.Idle {
+		t.Errorf("the connection that made a call: %v", st)
+	}
+	if _, err := agentv1.NewAgentServiceClient(used).GetVersion(ctxT(t), &agentv1.GetVersionRequest{}); err != nil {
+		t.Errorf("the connection that made a call: %v", err)
 	}
 }
