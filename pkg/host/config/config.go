@@ -25,7 +25,10 @@ import (
 // DefaultFile is looked up in the working directory when --config is not given.
 const DefaultFile = "meshvm.yaml"
 
-// Config is version 1 of meshvm.yaml.
+// Config is version 1 of meshvm.yaml. Its JSON fields have no omitempty:
+// hostctl config show prints every one, zero values included, as
+// containerd config default does (vm add and vm rm edit the file itself,
+// never write this struct).
 type Config struct {
 	Version int `json:"version"`
 	// StateDir holds kubeconfig, agent CA, per-VM certificates, workload files
@@ -36,7 +39,7 @@ type Config struct {
 	// Machines is where the VMs come from: lab, multipass or ssh. Empty
 	// follows cluster.provider (kubeconfig: ssh when every VM has an
 	// address, else multipass).
-	Machines Provider `json:"machines,omitempty"`
+	Machines Provider `json:"machines"`
 	Workload Workload `json:"workload"`
 	VMs      []VM     `json:"vms"`
 	Agent    Agent    `json:"agent"`
@@ -47,34 +50,34 @@ type Agent struct {
 	// Dir holds vmagent-linux-amd64 and vmagent-linux-arm64 to install
 	// instead of the ones built into hostctl (development); relative to the
 	// config file's directory.
-	Dir string `json:"dir,omitempty"`
+	Dir string `json:"dir"`
 }
 
 // Istio is what the mesh is installed with.
 type Istio struct {
 	// Version empty means the version whose charts hostctl embeds.
-	Version string `json:"version,omitempty"`
+	Version string `json:"version"`
 	// Hub is the registry path of Istio's images (the cluster's and the VMs'
 	// proxyv2); empty means docker.io/istio.
-	Hub string `json:"hub,omitempty"`
+	Hub string `json:"hub"`
 	// SidecarDeb is a local istio-sidecar .deb to take the VMs' sidecar from
 	// instead of the proxyv2 image (one architecture only); relative to the
 	// config file's directory.
-	SidecarDeb string `json:"sidecarDeb,omitempty"`
+	SidecarDeb string `json:"sidecarDeb"`
 	// Install says whether up installs Istio: auto (the default) installs
 	// it where there is none and joins the VMs to an Istio of yours where
 	// there is one; always installs and refuses a cluster with another;
 	// never only joins one that is there.
-	Install IstioInstall `json:"install,omitempty"`
+	Install IstioInstall `json:"install"`
 	// IstiodAddress is where VMs reach istiod's 15012 directly, in a
 	// single-network mesh of yours without an east-west gateway (then
 	// workload.network is the mesh's network).
-	IstiodAddress string `json:"istiodAddress,omitempty"`
+	IstiodAddress string `json:"istiodAddress"`
 	// Revision is the Istio revision (istio.io/rev) the VMs join: their
 	// files point at istiod-<revision>. Empty is the default revision.
 	// meshvm installs that revision's control plane when it installs Istio;
 	// hostctl vm upgrade moves VMs between revisions.
-	Revision    string `json:"revision,omitempty"`
+	Revision    string `json:"revision"`
 	MeshID      string `json:"meshID"`
 	ClusterName string `json:"clusterName"`
 	Network     string `json:"network"`
@@ -103,14 +106,14 @@ const (
 type Cluster struct {
 	Provider Provider `json:"provider"`
 	// Kubeconfig of an existing cluster (provider kubeconfig).
-	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Kubeconfig string `json:"kubeconfig"`
 	K3sVersion string `json:"k3sVersion"`
 	Servers    int    `json:"servers"`
 	Agents     int    `json:"agents"`
 	Machine    Size   `json:"machine"`
 	// Nodes are the machines k3s goes on with provider ssh: the first is
 	// the server, the others agents (servers and agents are then ignored).
-	Nodes []Node `json:"nodes,omitempty"`
+	Nodes []Node `json:"nodes"`
 }
 
 // Node is a cluster machine reached over SSH.
@@ -118,7 +121,7 @@ type Node struct {
 	Name    string `json:"name"`
 	Address string `json:"address"`
 	User    string `json:"user"`
-	Key     string `json:"key,omitempty"`
+	Key     string `json:"key"`
 }
 
 // Size is a machine's size.
@@ -165,14 +168,14 @@ type Probe struct {
 type VM struct {
 	Name string `json:"name"`
 	// Image is the Multipass image (e.g. "22.04").
-	Image string `json:"image,omitempty"`
+	Image string `json:"image"`
 	Size  `json:",inline"`
 	// Address, User and Key are for provider ssh.
-	Address string `json:"address,omitempty"`
-	User    string `json:"user,omitempty"`
-	Key     string `json:"key,omitempty"`
+	Address string `json:"address"`
+	User    string `json:"user"`
+	Key     string `json:"key"`
 	// App overrides workload.app for this VM (false: it runs its own app).
-	App *bool `json:"app,omitempty"`
+	App *bool `json:"app"`
 }
 
 // Duration is a time.Duration written as "1h" in YAML.
@@ -198,7 +201,7 @@ func Default() Config {
 	return Config{
 		Version:  1,
 		StateDir: ".meshvm",
-		Istio:    Istio{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
+		Istio:    Istio{Install: InstallAuto, MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
 		Cluster: Cluster{
 			Provider: Multipass, K3sVersion: "v1.33.3+k3s1", Servers: 1, Agents: 2,
 			Machine: Size{CPUs: 2, Memory: "2G", Disk: "10G"},
