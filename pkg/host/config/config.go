@@ -43,6 +43,10 @@ type Config struct {
 	Workload Workload `json:"workload"`
 	VMs      []VM     `json:"vms"`
 	Agent    Agent    `json:"agent"`
+	// Parallel is how many VMs a command works on at once (up, down, vm
+	// onboard, status and the others that go over every VM); the rest wait
+	// for a turn.
+	Parallel int `json:"parallel"`
 }
 
 // Agent is the vmagent hostctl installs on the VMs.
@@ -213,9 +217,15 @@ func Default() Config {
 			TokenLifetime: Duration{30 * 24 * time.Hour},
 			App:           true,
 		},
-		VMs: []VM{{Name: "vm1", Image: multipass.DefaultImage, Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
+		VMs:      []VM{{Name: "vm1", Image: multipass.DefaultImage, Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
+		Parallel: DefaultParallel,
 	}
 }
+
+// DefaultParallel is parallel's default: onboarding moves sidecar binaries
+// of some 100 MB to each VM, and eight at once keep a workstation's uplink
+// and disk busy without a hundred VMs' transfers and watches at once.
+const DefaultParallel = 8
 
 // envOverrides maps MESHVM_* variables to fields.
 var envOverrides = []struct {
@@ -248,6 +258,7 @@ var envOverrides = []struct {
 	{"MESHVM_VM_NETWORK", func(c *Config, v string) error { c.Workload.Network = v; return nil }},
 	{"MESHVM_STATE_DIR", func(c *Config, v string) error { c.StateDir = v; return nil }},
 	{"MESHVM_AGENT_DIR", func(c *Config, v string) error { c.Agent.Dir = v; return nil }},
+	{"MESHVM_PARALLEL", func(c *Config, v string) error { return atoi(v, &c.Parallel) }},
 }
 
 func atoi(s string, dst *int) error {
@@ -351,6 +362,9 @@ func (c Config) Validate() error {
 	}
 	if c.Workload.TokenLifetime.Duration < 10*time.Minute {
 		bad("workload.tokenLifetime %s is shorter than the API server's 10m minimum", c.Workload.TokenLifetime)
+	}
+	if c.Parallel < 1 {
+		bad("parallel %d: want the number of VMs to work on at once, 1 or more (default %d)", c.Parallel, DefaultParallel)
 	}
 	switch c.Istio.Install {
 	case "", InstallAuto, InstallAlways, InstallNever:
