@@ -103,25 +103,13 @@ type StaleEntry struct {
 }
 
 // Stale returns the entries of forbidden that name nothing. An entry in
-// this module or the standard library must be a package or have packages
-// below it (go list); any other must be, or be a prefix of, a module in the
-// build graph (go list -m all) or lie inside one.
+// this module or the standard library, or inside a module of the build
+// graph (golang.org/x/crypto/ssh), must be a package or have packages below
+// it (go list); any other must be a module of the build graph (go list -m
+// all) or a prefix of one ("k8s.io/").
 func Stale(forbidden ...string) ([]StaleEntry, error) {
-	var pkgs, mods []string
-	var patterns []string
-	for _, f := range forbidden {
-		if local(f) {
-			patterns = append(patterns, strings.TrimSuffix(f, "/")+"/...")
-		}
-	}
-	if len(patterns) > 0 {
-		out, err := goList(append([]string{"list", "-find", "-f", "{{.ImportPath}}"}, patterns...)...)
-		if err != nil {
-			return nil, err
-		}
-		pkgs = strings.Fields(out)
-	}
-	if len(patterns) < len(forbidden) {
+	var mods []string // the build graph, needed for entries outside std and this module
+	if slices.ContainsFunc(forbidden, func(f string) bool { return !local(f) }) {
 		out, err := goList("list", "-m", "-f", "{{.Path}}", "all")
 		if err != nil {
 			return nil, err
@@ -129,23 +117,43 @@ func Stale(forbidden ...string) ([]StaleEntry, error) {
 		mods = strings.Fields(out)
 	}
 	var stale []StaleEntry
+	var patterns, packaged []string // what go list must find packages of
 	for _, f := range forbidden {
-		if local(f) {
-			if !slices.ContainsFunc(pkgs, func(p string) bool { return under(p, f) }) {
-				stale = append(stale, StaleEntry{f, "no package is or lies below it"})
-			}
+		switch {
+		case local(f):
+		case slices.ContainsFunc(mods, func(m string) bool { return under(m, f) }):
+			continue // a module, or a prefix of modules
+		case slices.ContainsFunc(mods, func(m string) bool { return under(strings.TrimSuffix(f, "/"), m) }):
+			// inside a module: one of its packages, or a directory of them
+		default:
+			stale = append(stale, StaleEntry{f, "no module of the build graph is, lies below or holds it"})
 			continue
 		}
-		if !slices.ContainsFunc(mods, func(m string) bool { return under(m, f) || under(strings.TrimSuffix(f, "/"), m) }) {
-			stale = append(stale, StaleEntry{f, "no module of the build graph is, lies below or holds it"})
+		patterns = append(patterns, strings.TrimSuffix(f, "/")+"/...")
+		packaged = append(packaged, f)
+	}
+	if len(patterns) == 0 {
+		return stale, nil
+	}
+	out, err := goList(append([]string{"list", "-find", "-f", "{{.ImportPath}}"}, patterns...)...)
+	if err != nil {
+		return nil, err
+	}
+	pkgs := strings.Fields(out)
+	for _, f := range packaged {
+		if !slices.ContainsFunc(pkgs, func(p string) bool { return under(p, f) }) {
+			stale = append(stale, StaleEntry{f, "no package is or lies below it"})
 		}
 	}
+	// In the order given.
+	slices.SortStableFunc(stale, func(a, b StaleEntry) int {
+		return slices.Index(forbidden, a.Entry) - slices.Index(forbidden, b.Entry)
+	})
 	return stale, nil
 }
 
 // local says whether a forbidden entry is in this module or the standard
-// library (no dot in its first element), where go list finds packages
-// without downloading anything.
+// library (no dot in its first element).
 func local(f string) bool {
 	first, _, _ := strings.Cut(f, "/")
 	return under(f, Module) || !strings.Contains(first, ".")

@@ -51,7 +51,7 @@ func (r *recorder) Fatal(args ...any) { r.TB.Fatal(args...) }
 func TestStaleEntriesFail(t *testing.T) {
 	m := Module + "/"
 	real := []string{m + "pkg/host", m + "bench", m + "pkg/", "k8s.io/", "istio.io/", "sigs.k8s.io/controller-runtime", "golang.org/x/crypto/ssh", "net/http"}
-	gone := []string{m + "pkg/nosuch", m + "pkg/hos", "example.invalid/", "k8s.io/nosuch-module", "net/nosuch"}
+	gone := []string{m + "pkg/nosuch", m + "pkg/hos", "example.invalid/", "k8s.io/nosuch-module", "golang.org/x/crypto/nosuch", "net/nosuch"}
 	stale, err := Stale(append(real, gone...)...)
 	if err != nil {
 		t.Fatal(err)
