@@ -1,7 +1,9 @@
 // Package deptest keeps each program's dependencies on its side of the
 // tree, as tailscale's tstest/deptest does for its daemon: a test lists what
 // a package may never import, directly or not, and fails naming the path
-// that brought it in.
+// that brought it in. Unlike tstest/deptest, it also fails on an entry that
+// names nothing (a package renamed or moved away): such a guard would pass
+// forever without guarding anything.
 package deptest
 
 import (
@@ -20,9 +22,11 @@ const Module = "github.com/meshvm/meshvm"
 
 // Forbid fails t for every package in pkg's dependencies (its own imports
 // included, tests not) that starts with one of forbidden, naming the import
-// chain that reached it. It logs the module's own packages pkg builds on.
-func Forbid(t *testing.T, pkg string, forbidden ...string) {
+// chain that reached it, and for every entry of forbidden that names
+// nothing (see Stale). It logs the module's own packages pkg builds on.
+func Forbid(t testing.TB, pkg string, forbidden ...string) {
 	t.Helper()
+	failStale(t, forbidden)
 	bad, own, err := Violations(pkg, forbidden...)
 	if err != nil {
 		t.Fatal(err)
@@ -65,9 +69,10 @@ func under(p, prefix string) bool {
 }
 
 // Direct fails t for every direct import of pkg that starts with one of
-// forbidden.
-func Direct(t *testing.T, pkg string, forbidden ...string) {
+// forbidden, and for every entry of forbidden that names nothing.
+func Direct(t testing.TB, pkg string, forbidden ...string) {
 	t.Helper()
+	failStale(t, forbidden)
 	imports, err := list(pkg)
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +84,88 @@ func Direct(t *testing.T, pkg string, forbidden ...string) {
 			}
 		}
 	}
+}
+
+func failStale(t testing.TB, forbidden []string) {
+	t.Helper()
+	stale, err := Stale(forbidden...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range stale {
+		t.Errorf("forbidden entry %s names nothing: %s; fix or remove the entry, or the guard passes without guarding", s.Entry, s.Why)
+	}
+}
+
+// StaleEntry is an entry of a forbidden list that names nothing.
+type StaleEntry struct {
+	Entry, Why string
+}
+
+// Stale returns the entries of forbidden that name nothing. An entry in
+// this module or the standard library, or inside a module of the build
+// graph (golang.org/x/crypto/ssh), must be a package or have packages below
+// it (go list); any other must be a module of the build graph (go list -m
+// all) or a prefix of one ("k8s.io/").
+func Stale(forbidden ...string) ([]StaleEntry, error) {
+	var mods []string // the build graph, needed for entries outside std and this module
+	if slices.ContainsFunc(forbidden, func(f string) bool { return !local(f) }) {
+		out, err := goList("list", "-m", "-f", "{{.Path}}", "all")
+		if err != nil {
+			return nil, err
+		}
+		mods = strings.Fields(out)
+	}
+	var stale []StaleEntry
+	var patterns, packaged []string // what go list must find packages of
+	for _, f := range forbidden {
+		switch {
+		case local(f):
+		case slices.ContainsFunc(mods, func(m string) bool { return under(m, f) }):
+			continue // a module, or a prefix of modules
+		case slices.ContainsFunc(mods, func(m string) bool { return under(strings.TrimSuffix(f, "/"), m) }):
+			// inside a module: one of its packages, or a directory of them
+		default:
+			stale = append(stale, StaleEntry{f, "no module of the build graph is, lies below or holds it"})
+			continue
+		}
+		patterns = append(patterns, strings.TrimSuffix(f, "/")+"/...")
+		packaged = append(packaged, f)
+	}
+	if len(patterns) == 0 {
+		return stale, nil
+	}
+	out, err := goList(append([]string{"list", "-find", "-f", "{{.ImportPath}}"}, patterns...)...)
+	if err != nil {
+		return nil, err
+	}
+	pkgs := strings.Fields(out)
+	for _, f := range packaged {
+		if !slices.ContainsFunc(pkgs, func(p string) bool { return under(p, f) }) {
+			stale = append(stale, StaleEntry{f, "no package is or lies below it"})
+		}
+	}
+	// In the order given.
+	slices.SortStableFunc(stale, func(a, b StaleEntry) int {
+		return slices.Index(forbidden, a.Entry) - slices.Index(forbidden, b.Entry)
+	})
+	return stale, nil
+}
+
+// local says whether a forbidden entry is in this module or the standard
+// library (no dot in its first element).
+func local(f string) bool {
+	first, _, _ := strings.Cut(f, "/")
+	return under(f, Module) || !strings.Contains(first, ".")
+}
+
+func goList(args ...string) (string, error) {
+	out, err := exec.Command("go", args...).Output()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return "", fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, exit.Stderr)
+	}
+	return string(out), err
 }
 
 // list is the import graph of pkg's dependencies, pkg included.

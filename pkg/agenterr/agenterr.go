@@ -2,6 +2,8 @@
 // and their one translation to and from gRPC status codes.
 package agenterr
 
+//lint:file-ignore ST1012 the error variables here are classes, named as gRPC's codes and containerd's errdefs name theirs (agenterr.NotFound, read with errors.Is), not single errors: ErrNotFound would stutter at every caller
+
 import (
 	"context"
 	"errors"

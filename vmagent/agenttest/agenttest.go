@@ -6,12 +6,16 @@
 package agenttest
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,6 +57,23 @@ type Agent struct {
 	CA         *mtls.CA
 	// Guard counts what the agent holds, for tests of its limits.
 	Guard *server.Guard
+
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+// Calls is how many times each RPC was called, by method name
+// ("GetVersion"), whatever its outcome.
+func (a *Agent) Calls() map[string]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.calls)
+}
+
+func (a *Agent) count(fullMethod string) {
+	a.mu.Lock()
+	a.calls[path.Base(fullMethod)]++
+	a.mu.Unlock()
 }
 
 // Start starts an agent that stops when the test ends. Its sandbox has the
@@ -95,7 +116,19 @@ func Start(t testing.TB, o Options) *Agent {
 	users := sysusers.New(root)
 	state := agentstate.New(root)
 	guard := server.NewGuard(log, limits)
-	srv := grpc.NewServer(guard.Options(tlsCfg)...)
+	a := &Agent{Root: dir, CA: ca, Guard: guard, calls: map[string]int{}}
+	// Counted outside the agent's own interceptors: every call that arrives.
+	count := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			a.count(info.FullMethod)
+			return h(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			a.count(info.FullMethod)
+			return h(srv, ss)
+		}),
+	}
+	srv := grpc.NewServer(append(count, guard.Options(tlsCfg)...)...)
 	agent := server.New(log, server.Deps{
 		Root:      root,
 		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
@@ -113,7 +146,8 @@ func Start(t testing.TB, o Options) *Agent {
 	must(t, err)
 	go srv.Serve(guard.Listener(lis))
 	t.Cleanup(srv.Stop)
-	return &Agent{Addr: lis.Addr().String(), Root: dir, CA: ca, Guard: guard}
+	a.Addr = lis.Addr().String()
+	return a
 }
 
 // ClientTLS is hostctl's side of mTLS: a client certificate of the agent's CA.

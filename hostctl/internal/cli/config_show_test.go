@@ -5,8 +5,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 )
@@ -124,4 +128,94 @@ func TestVMAddSSHMachine(t *testing.T) {
 	if vm, err := cfg.VM("vm2"); err != nil || vm.Address != "10.0.0.3" || vm.User != "ubuntu" || vm.Key != "/keys/id" {
 		t.Errorf("vm2 listed as %+v, %v", vm, err)
 	}
+}
+
+// config show prints every field of the configuration with its value, zero
+// values included (istio.install auto, an empty istio.revision, no
+// cluster.nodes), in JSON and YAML alike, as containerd config default
+// does; what it prints reads back as the same configuration.
+func TestConfigShowEveryField(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "meshvm.yaml")
+	os.WriteFile(p, []byte("version: 1\n"), 0o600)
+	want, err := config.Load(p, true, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"json", "yaml"} {
+		out, err := run(t, "--config", p, "config", "show", "-o", format)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var shown map[string]any
+		if err := yaml.Unmarshal([]byte(out), &shown); err != nil {
+			t.Fatalf("%s: %v\n%s", format, err, out)
+		}
+		for _, f := range jsonFields(reflect.TypeFor[config.Config](), "") {
+			if !has(shown, strings.Split(f, ".")) {
+				t.Errorf("%s: field %s not shown:\n%s", format, f, out)
+			}
+		}
+		if istio, _ := shown["istio"].(map[string]any); istio["install"] != "auto" {
+			t.Errorf("%s: istio.install %v, want auto", format, istio["install"])
+		}
+		back := filepath.Join(dir, "shown."+format)
+		os.WriteFile(back, []byte(out), 0o600)
+		got, err := config.Load(back, true, func(string) string { return "" })
+		if err != nil {
+			t.Fatalf("%s: what config show printed does not load: %v", format, err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: loaded back (-want +got):\n%s", format, diff)
+		}
+	}
+	// Listing a VM edits the user's file: it writes that VM, not the defaults.
+	if _, err := config.AddVM(p, config.VM{Name: "vm2", Address: "10.0.0.3", User: "ubuntu"}, want.VMs); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); strings.Contains(string(b), "install") || strings.Contains(string(b), "key") || !strings.Contains(string(b), "vm2") {
+		t.Errorf("vm add wrote more than the VM:\n%s", b)
+	}
+}
+
+// jsonFields are the dotted JSON names of t's fields, inner ones included;
+// a slice's are those of its elements (vms.name).
+func jsonFields(t reflect.Type, prefix string) []string {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || t == reflect.TypeFor[config.Duration]() {
+		return nil
+	}
+	var out []string
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.Anonymous && name == "" {
+			out = append(out, jsonFields(f.Type, prefix)...)
+			continue
+		}
+		out = append(out, prefix+name)
+		out = append(out, jsonFields(f.Type, prefix+name+".")...)
+	}
+	return out
+}
+
+// has says whether path is a key in v, looking into every element of a
+// list; an empty list (null) has none to show.
+func has(v any, path []string) bool {
+	switch v := v.(type) {
+	case nil:
+		return true
+	case map[string]any:
+		inner, ok := v[path[0]]
+		return ok && (len(path) == 1 || has(inner, path[1:]))
+	case []any:
+		for _, e := range v {
+			if !has(e, path) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }

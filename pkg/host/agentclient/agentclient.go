@@ -39,9 +39,8 @@ type Client struct {
 	api  agentv1.AgentServiceClient
 
 	mu sync.Mutex
-	// zstd says the agent takes zstd frames; asked once, at the first
-	// compressed delivery.
-	zstd *bool
+	// version is the agent's answer to GetVersion, asked once (see Version).
+	version *agentv1.GetVersionResponse
 	// framed is what the first probe found faster (see sendContent).
 	framed probed
 }
@@ -81,10 +80,26 @@ func (c *Client) wrap(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// Version returns the agent's version and capabilities.
+// Version returns the agent's version and capabilities. The agent is asked
+// until it answers once, then never again on this connection: waiting for
+// the agent, reporting its version and choosing how to send files take one
+// GetVersion between them. A client is made for each session, and after
+// installing a new agent (onboard.InstallAgent dials anew).
 func (c *Client) Version(ctx context.Context) (*agentv1.GetVersionResponse, error) {
+	c.mu.Lock()
+	v := c.version
+	c.mu.Unlock()
+	if v != nil {
+		return v, nil
+	}
 	r, err := c.api.GetVersion(ctx, &agentv1.GetVersionRequest{})
-	return r, c.wrap("version", err)
+	if err != nil {
+		return nil, c.wrap("version", err)
+	}
+	c.mu.Lock()
+	c.version = r
+	c.mu.Unlock()
+	return r, nil
 }
 
 // Status returns the agent's view of the VM.
@@ -179,16 +194,50 @@ type PutResult struct {
 // PutFile delivers f unless the agent already has the same content, in
 // which case only owner and mode are converged and no data is sent.
 func (c *Client) PutFile(ctx context.Context, f File) (PutResult, error) {
-	sum, size, err := digest(f)
-	if err != nil {
+	res, err := c.PutFiles(ctx, []File{f})
+	if len(res) == 0 {
 		return PutResult{}, err
 	}
-	st, err := c.api.StatFiles(ctx, &agentv1.StatFilesRequest{Paths: []string{f.Path}})
-	if err != nil {
-		return PutResult{}, c.wrap("stat "+f.Path, err)
+	return res[0], err
+}
+
+// PutFiles delivers files one after another as PutFile does, asking the
+// agent what it holds of them all in one StatFiles. On an error it returns
+// the results of the files delivered before it.
+func (c *Client) PutFiles(ctx context.Context, files []File) ([]PutResult, error) {
+	sums := make([]string, len(files))
+	sizes := make([]int64, len(files))
+	paths := make([]string, len(files))
+	for i, f := range files {
+		var err error
+		if sums[i], sizes[i], err = digest(f); err != nil {
+			return nil, err
+		}
+		paths[i] = f.Path
 	}
+	st, err := c.api.StatFiles(ctx, &agentv1.StatFilesRequest{Paths: paths})
+	if err != nil {
+		return nil, c.wrap("stat "+strings.Join(paths, ", "), err)
+	}
+	held := map[string]string{} // path: the agent's digest
+	for _, s := range st.GetFiles() {
+		held[s.GetPath()] = s.GetSha256()
+	}
+	results := make([]PutResult, 0, len(files))
+	for i, f := range files {
+		r, err := c.put(ctx, f, sums[i], sizes[i], held[f.Path] == sums[i])
+		if err != nil {
+			return results, err
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+// put delivers f of digest sum and size, sending no data when same (the
+// agent holds that content).
+func (c *Client) put(ctx context.Context, f File, sum string, size int64, same bool) (PutResult, error) {
 	hdr := &agentv1.FileHeader{Path: f.Path, Size: uint64(size), Sha256: sum, Mode: f.Mode, Owner: f.Owner, Group: f.Group}
-	same := len(st.GetFiles()) == 1 && st.GetFiles()[0].GetSha256() == sum
 	stream, err := c.api.PutFile(ctx)
 	if err != nil {
 		return PutResult{}, c.wrap("put "+f.Path, err)

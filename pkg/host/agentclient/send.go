@@ -84,24 +84,14 @@ func (c *Client) sendContent(ctx context.Context, s *chunkSender, size int64) er
 	return s.run(next, -1, found == framesFaster)
 }
 
-// takesZstd asks the agent once whether it announces filecodec.Capability;
-// an agent from before it gets plain chunks.
+// takesZstd says whether the agent announces filecodec.Capability (Version
+// asks it once); an agent from before it gets plain chunks.
 func (c *Client) takesZstd(ctx context.Context) (bool, error) {
-	c.mu.Lock()
-	known := c.zstd
-	c.mu.Unlock()
-	if known != nil {
-		return *known, nil
-	}
 	v, err := c.Version(ctx)
 	if err != nil {
 		return false, err
 	}
-	ok := slices.Contains(v.GetCapabilities(), filecodec.Capability)
-	c.mu.Lock()
-	c.zstd = &ok
-	c.mu.Unlock()
-	return ok, nil
+	return slices.Contains(v.GetCapabilities(), filecodec.Capability), nil
 }
 
 // chunkSender sends one file's content chunk by chunk, each plain (read

@@ -25,7 +25,10 @@ import (
 // DefaultFile is looked up in the working directory when --config is not given.
 const DefaultFile = "meshvm.yaml"
 
-// Config is version 1 of meshvm.yaml.
+// Config is version 1 of meshvm.yaml. Its JSON fields have no omitempty:
+// hostctl config show prints every one, zero values included, as
+// containerd config default does (vm add and vm rm edit the file itself,
+// never write this struct).
 type Config struct {
 	Version int `json:"version"`
 	// StateDir holds kubeconfig, agent CA, per-VM certificates, workload files
@@ -36,10 +39,14 @@ type Config struct {
 	// Machines is where the VMs come from: lab, multipass or ssh. Empty
 	// follows cluster.provider (kubeconfig: ssh when every VM has an
 	// address, else multipass).
-	Machines Provider `json:"machines,omitempty"`
+	Machines Provider `json:"machines"`
 	Workload Workload `json:"workload"`
 	VMs      []VM     `json:"vms"`
 	Agent    Agent    `json:"agent"`
+	// Parallel is how many VMs a command works on at once (up, down, vm
+	// onboard, status and the others that go over every VM); the rest wait
+	// for a turn.
+	Parallel int `json:"parallel"`
 }
 
 // Agent is the vmagent hostctl installs on the VMs.
@@ -47,34 +54,34 @@ type Agent struct {
 	// Dir holds vmagent-linux-amd64 and vmagent-linux-arm64 to install
 	// instead of the ones built into hostctl (development); relative to the
 	// config file's directory.
-	Dir string `json:"dir,omitempty"`
+	Dir string `json:"dir"`
 }
 
 // Istio is what the mesh is installed with.
 type Istio struct {
 	// Version empty means the version whose charts hostctl embeds.
-	Version string `json:"version,omitempty"`
+	Version string `json:"version"`
 	// Hub is the registry path of Istio's images (the cluster's and the VMs'
 	// proxyv2); empty means docker.io/istio.
-	Hub string `json:"hub,omitempty"`
+	Hub string `json:"hub"`
 	// SidecarDeb is a local istio-sidecar .deb to take the VMs' sidecar from
 	// instead of the proxyv2 image (one architecture only); relative to the
 	// config file's directory.
-	SidecarDeb string `json:"sidecarDeb,omitempty"`
+	SidecarDeb string `json:"sidecarDeb"`
 	// Install says whether up installs Istio: auto (the default) installs
 	// it where there is none and joins the VMs to an Istio of yours where
 	// there is one; always installs and refuses a cluster with another;
 	// never only joins one that is there.
-	Install IstioInstall `json:"install,omitempty"`
+	Install IstioInstall `json:"install"`
 	// IstiodAddress is where VMs reach istiod's 15012 directly, in a
 	// single-network mesh of yours without an east-west gateway (then
 	// workload.network is the mesh's network).
-	IstiodAddress string `json:"istiodAddress,omitempty"`
+	IstiodAddress string `json:"istiodAddress"`
 	// Revision is the Istio revision (istio.io/rev) the VMs join: their
 	// files point at istiod-<revision>. Empty is the default revision.
 	// meshvm installs that revision's control plane when it installs Istio;
 	// hostctl vm upgrade moves VMs between revisions.
-	Revision    string `json:"revision,omitempty"`
+	Revision    string `json:"revision"`
 	MeshID      string `json:"meshID"`
 	ClusterName string `json:"clusterName"`
 	Network     string `json:"network"`
@@ -103,14 +110,14 @@ const (
 type Cluster struct {
 	Provider Provider `json:"provider"`
 	// Kubeconfig of an existing cluster (provider kubeconfig).
-	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Kubeconfig string `json:"kubeconfig"`
 	K3sVersion string `json:"k3sVersion"`
 	Servers    int    `json:"servers"`
 	Agents     int    `json:"agents"`
 	Machine    Size   `json:"machine"`
 	// Nodes are the machines k3s goes on with provider ssh: the first is
 	// the server, the others agents (servers and agents are then ignored).
-	Nodes []Node `json:"nodes,omitempty"`
+	Nodes []Node `json:"nodes"`
 }
 
 // Node is a cluster machine reached over SSH.
@@ -118,7 +125,7 @@ type Node struct {
 	Name    string `json:"name"`
 	Address string `json:"address"`
 	User    string `json:"user"`
-	Key     string `json:"key,omitempty"`
+	Key     string `json:"key"`
 }
 
 // Size is a machine's size.
@@ -165,14 +172,14 @@ type Probe struct {
 type VM struct {
 	Name string `json:"name"`
 	// Image is the Multipass image (e.g. "22.04").
-	Image string `json:"image,omitempty"`
+	Image string `json:"image"`
 	Size  `json:",inline"`
 	// Address, User and Key are for provider ssh.
-	Address string `json:"address,omitempty"`
-	User    string `json:"user,omitempty"`
-	Key     string `json:"key,omitempty"`
+	Address string `json:"address"`
+	User    string `json:"user"`
+	Key     string `json:"key"`
 	// App overrides workload.app for this VM (false: it runs its own app).
-	App *bool `json:"app,omitempty"`
+	App *bool `json:"app"`
 }
 
 // Duration is a time.Duration written as "1h" in YAML.
@@ -198,7 +205,7 @@ func Default() Config {
 	return Config{
 		Version:  1,
 		StateDir: ".meshvm",
-		Istio:    Istio{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
+		Istio:    Istio{Install: InstallAuto, MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
 		Cluster: Cluster{
 			Provider: Multipass, K3sVersion: "v1.33.3+k3s1", Servers: 1, Agents: 2,
 			Machine: Size{CPUs: 2, Memory: "2G", Disk: "10G"},
@@ -210,9 +217,15 @@ func Default() Config {
 			TokenLifetime: Duration{30 * 24 * time.Hour},
 			App:           true,
 		},
-		VMs: []VM{{Name: "vm1", Image: multipass.DefaultImage, Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
+		VMs:      []VM{{Name: "vm1", Image: multipass.DefaultImage, Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
+		Parallel: DefaultParallel,
 	}
 }
+
+// DefaultParallel is parallel's default: onboarding moves sidecar binaries
+// of some 100 MB to each VM, and eight at once keep a workstation's uplink
+// and disk busy without a hundred VMs' transfers and watches at once.
+const DefaultParallel = 8
 
 // envOverrides maps MESHVM_* variables to fields.
 var envOverrides = []struct {
@@ -245,6 +258,7 @@ var envOverrides = []struct {
 	{"MESHVM_VM_NETWORK", func(c *Config, v string) error { c.Workload.Network = v; return nil }},
 	{"MESHVM_STATE_DIR", func(c *Config, v string) error { c.StateDir = v; return nil }},
 	{"MESHVM_AGENT_DIR", func(c *Config, v string) error { c.Agent.Dir = v; return nil }},
+	{"MESHVM_PARALLEL", func(c *Config, v string) error { return atoi(v, &c.Parallel) }},
 }
 
 func atoi(s string, dst *int) error {
@@ -348,6 +362,9 @@ func (c Config) Validate() error {
 	}
 	if c.Workload.TokenLifetime.Duration < 10*time.Minute {
 		bad("workload.tokenLifetime %s is shorter than the API server's 10m minimum", c.Workload.TokenLifetime)
+	}
+	if c.Parallel < 1 {
+		bad("parallel %d: want the number of VMs to work on at once, 1 or more (default %d)", c.Parallel, DefaultParallel)
 	}
 	switch c.Istio.Install {
 	case "", InstallAuto, InstallAlways, InstallNever:

@@ -63,18 +63,53 @@ type Verdict struct {
 	Fail   bool
 	Detail string
 	Fix    string
-	// RenewBy is when pilot-agent should have renewed the certificate
-	// (zero without one).
+	// RenewBy is when pilot-agent should have renewed the certificate by,
+	// its rotation time and a margin (zero without one; see renewBy).
 	RenewBy time.Time
 }
 
-// renewalRatio is where in its life pilot-agent renews a certificate
-// (SECRET_GRACE_PERIOD_RATIO, 0.5); overdueRatio leaves room for its
-// retries and jitter before a late renewal is called overdue.
+// When pilot-agent renews, as Istio's code has it (istio.io/istio at the
+// version go.mod pins):
+//
+//   - security/pkg/pki/util/generate_cert.go, genCertTemplateFromCSR: istiod's
+//     CA signs with NotBefore = now - ClockSkewGracePeriod (2 minutes) and
+//     NotAfter = now + TTL, so NotBefore is not when the certificate was
+//     issued, and NotAfter-NotBefore is its lifetime plus 2 minutes.
+//   - security/pkg/nodeagent/cache/secretcache.go, rotateTime: pilot-agent
+//     rotates at ExpireTime - (ratio+jitter)*(ExpireTime-CreatedTime), where
+//     CreatedTime is when it got the certificate, ratio is
+//     SECRET_GRACE_PERIOD_RATIO (0.5) and jitter is uniform within
+//     +-SECRET_GRACE_PERIOD_RATIO_JITTER (0.01; pilot/cmd/pilot-agent/options/options.go).
+//
+// So a certificate issued at t with lifetime L is rotated by t + 0.51*L at
+// the latest. Renewal is overdue once that time and a margin for retries
+// (overdueMargin of the lifetime, at least minOverdueMargin for one
+// certificate request) have passed: at 24 hours that is 75 % of the
+// lifetime, as before; at 1 minute, 45.6 s after issuance, where going by
+// NotBefore called it overdue 15 s after issuance, before pilot-agent
+// rotates at 30 s.
 const (
-	renewalRatio = 0.5
-	overdueRatio = 0.75
+	istioBackdate    = 2 * time.Minute // ClockSkewGracePeriod
+	renewalRatio     = 0.5             // 1 - SECRET_GRACE_PERIOD_RATIO
+	renewalJitter    = 0.01            // SECRET_GRACE_PERIOD_RATIO_JITTER
+	overdueMargin    = 0.24
+	minOverdueMargin = 15 * time.Second
 )
+
+// renewBy is when pilot-agent should have replaced c, margin included.
+func renewBy(c *Certificate) time.Time {
+	issued := c.NotBefore
+	if c.NotAfter.Sub(c.NotBefore) > istioBackdate {
+		// Istio's CA: every certificate it signs is valid 2 minutes before it
+		// was issued. A CA that does not back-date makes this later, so
+		// renewal is called overdue later, never too early.
+		issued = c.NotBefore.Add(istioBackdate)
+	}
+	life := c.NotAfter.Sub(issued)
+	rotated := issued.Add(time.Duration(float64(life) * (renewalRatio + renewalJitter)))
+	margin := max(time.Duration(float64(life)*overdueMargin), minOverdueMargin)
+	return rotated.Add(margin)
+}
 
 // Judge returns the verdict for f.
 func Judge(f Facts) Verdict {
@@ -83,8 +118,7 @@ func Judge(f Facts) Verdict {
 	var certValid, tokenValid bool
 	if c := f.Cert; c != nil {
 		certValid = f.Now.Before(c.NotAfter)
-		life := c.NotAfter.Sub(c.NotBefore)
-		v.RenewBy = c.NotBefore.Add(time.Duration(float64(life) * overdueRatio))
+		v.RenewBy = renewBy(c)
 	}
 	if t := f.Token; t != nil {
 		tokenValid = f.Now.Before(t.ExpiresAt)

@@ -8,8 +8,9 @@ import (
 
 func TestJudge(t *testing.T) {
 	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	// cert is as istiod's CA signs it: NotBefore 2 minutes before it was issued.
 	cert := func(issued, life time.Duration) *Certificate {
-		return &Certificate{NotBefore: now.Add(issued), NotAfter: now.Add(issued + life)}
+		return &Certificate{NotBefore: now.Add(issued - 2*time.Minute), NotAfter: now.Add(issued + life)}
 	}
 	tok := func(issued, life time.Duration) *Token {
 		return &Token{IssuedAt: now.Add(issued), ExpiresAt: now.Add(issued + life), BoundSecret: "meshvm-vm1", BoundUID: "u1"}
@@ -60,5 +61,32 @@ func TestJudge(t *testing.T) {
 		if v.State != OK && v.Fix == "" {
 			t.Errorf("%s: %s without a fix", tc.name, v.State)
 		}
+	}
+}
+
+// At a 1-minute certificate lifetime pilot-agent rotates 29.4 to 30.6 s
+// after issuance (SECRET_GRACE_PERIOD_RATIO 0.5, jitter 0.01) and istiod
+// back-dates NotBefore by 2 minutes: a certificate is not overdue at any
+// moment before pilot-agent's rotation plus a certificate request, and is
+// once it is well past that, still before it expires.
+func TestJudgeShortLifetime(t *testing.T) {
+	issued := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	c := &Certificate{NotBefore: issued.Add(-2 * time.Minute), NotAfter: issued.Add(time.Minute)}
+	tok := &Token{IssuedAt: issued.Add(-10 * time.Minute), ExpiresAt: issued.Add(time.Hour)}
+	judge := func(since time.Duration) Verdict {
+		return Judge(Facts{VM: "vm1", Namespace: "vmns", Now: issued.Add(since), Cert: c, Token: tok})
+	}
+	// Every status poll, a second apart, from issuance to the latest
+	// rotation (30.6 s) and 10 s for the new certificate to be written.
+	for since := time.Duration(0); since <= 40*time.Second; since += time.Second {
+		if v := judge(since); v.State == RenewalOverdue || v.Fail {
+			t.Errorf("%v after issuance: got %s fail=%v (%s), want not overdue: pilot-agent rotates at 30 s", since, v.State, v.Fail, v.Detail)
+		}
+	}
+	if v := judge(50 * time.Second); v.State != RenewalOverdue {
+		t.Errorf("50s after issuance: got %s (%s), want %s", v.State, v.Detail, RenewalOverdue)
+	}
+	if got, want := judge(0).RenewBy, issued.Add(30600*time.Millisecond+15*time.Second); !got.Equal(want) {
+		t.Errorf("renew by %v, want %v (issuance + 0.51 of the lifetime + 15 s)", got, want)
 	}
 }

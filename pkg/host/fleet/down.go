@@ -14,7 +14,7 @@ import (
 // went.
 func (f *Fleet) RemoveVMs(ctx context.Context, say Say) error {
 	cfg, state, s := f.Config, f.State, f.Site
-	return eachVM(cfg.VMs, func(vm config.VM) error {
+	return eachVM(cfg.Parallel, cfg.VMs, func(vm config.VM) error {
 		how, err := removeVM(ctx, cfg, state, s, vm.Name)
 		if err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
@@ -130,22 +131,36 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 	}, nil
 }
 
-// eachVM runs fn for every VM concurrently; one failing is reported by name
-// and does not stop the others.
-func eachVM(vms []config.VM, fn func(config.VM) error) error {
-	var wg sync.WaitGroup
+// eachVM runs fn for every VM, at most parallel at once (config's
+// parallel), in the order listed; one failing is reported by name and does
+// not stop the others. The errors come in the VMs' order.
+func eachVM(parallel int, vms []config.VM, fn func(config.VM) error) error {
 	errs := make([]error, len(vms))
-	for i, vm := range vms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(vm); err != nil {
-				errs[i] = fmt.Errorf("%s: %w", vm.Name, err)
+	bounded(parallel, len(vms), func(i int) {
+		if err := fn(vms[i]); err != nil {
+			errs[i] = fmt.Errorf("%s: %w", vms[i].Name, err)
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// bounded calls fn(0) to fn(n-1) on at most parallel goroutines (the
+// default when parallel is unset), each taking the next index, and returns
+// when all have returned.
+func bounded(parallel, n int, fn func(i int)) {
+	if parallel < 1 {
+		parallel = config.DefaultParallel
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(parallel, n) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(i)
 			}
-		}()
+		})
 	}
 	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // provision boots the VM (or finds it running), converges its app and installs or

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/agentspec"
@@ -77,15 +76,10 @@ func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, say Say) ([]VMSta
 	}
 	siteRev := site.Revision(ctx)
 	out := make([]VMStatus, len(vms))
-	var wg sync.WaitGroup
-	for i, vm := range vms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out[i] = vmStatus(ctx, cfg, state, site.Machines(), entries, entriesErr, bindings, bindErr == nil, vm, vmRevision(state, vm.Name, siteRev))
-		}()
-	}
-	wg.Wait()
+	bounded(cfg.Parallel, len(vms), func(i int) {
+		vm := vms[i]
+		out[i] = vmStatus(ctx, cfg, state, site.Machines(), entries, entriesErr, bindings, bindErr == nil, vm, vmRevision(state, vm.Name, siteRev))
+	})
 	return out, nil
 }
 

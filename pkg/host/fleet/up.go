@@ -25,7 +25,7 @@ func (f *Fleet) Up(ctx context.Context, p Reporter, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := eachVM(cfg.VMs, func(vm config.VM) error { return r.up(ctx, vm.Name) }); err != nil {
+	if err := eachVM(cfg.Parallel, cfg.VMs, func(vm config.VM) error { return r.up(ctx, vm.Name) }); err != nil {
 		return err
 	}
 	took := time.Since(begun).Round(time.Second)

@@ -48,7 +48,7 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 	moved := 0
 	for start := 0; start < len(vms); start += parallel {
 		batch := vms[start:min(start+parallel, len(vms))]
-		err := eachVM(batch, func(vm config.VM) error { return r.upgrade(ctx, vm.Name, rev, siteRev) })
+		err := eachVM(cfg.Parallel, batch, func(vm config.VM) error { return r.upgrade(ctx, vm.Name, rev, siteRev) })
 		if err != nil {
 			return moved, errors.Join(err, r.labelGroup(ctx, groupRevision(cfg, state, siteRev)))
 		}

@@ -54,7 +54,7 @@ func (f *Fleet) Onboard(ctx context.Context, p Reporter, vms []config.VM, restar
 	if err != nil {
 		return err
 	}
-	return eachVM(vms, func(vm config.VM) error {
+	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
 		m, ac, err := r.running(ctx, vm.Name)
 		if err != nil {
 			return err
@@ -182,7 +182,7 @@ func (f *Fleet) Stop(ctx context.Context, vms []config.VM, say Say) error {
 	if !ok {
 		return fmt.Errorf("%s machines are not hostctl's to power off: stop them yourself (the agent and sidecar come back on boot)", cfg.MachineProvider())
 	}
-	return eachVM(vms, func(vm config.VM) error {
+	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
 		if err := stopper.Stop(ctx, vm.Name); err != nil {
 			return err
 		}
@@ -200,7 +200,7 @@ func (f *Fleet) Start(ctx context.Context, p Reporter, vms []config.VM, timeout 
 		return err
 	}
 	machines := s.Machines()
-	return eachVM(vms, func(vm config.VM) error {
+	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
 		m, err := machines.Info(ctx, vm.Name)
 		if err != nil {
 			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
@@ -273,7 +273,7 @@ func (f *Fleet) Renew(ctx context.Context, vms []config.VM, force bool, say Say)
 		return err
 	}
 	spec, life := WorkloadSpec(cfg), cfg.Workload.TokenLifetime.Duration
-	return eachVM(vms, func(vm config.VM) error {
+	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
 		saved := filepath.Join("vms", vm.Name, "files", "istio-token")
 		last, _ := state.ReadFile(saved)
 		if !force && workload.Reusable(ctx, clients.Kube, last, spec, vm.Name, life) {

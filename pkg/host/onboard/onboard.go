@@ -76,16 +76,16 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		agentclient.BytesFile(workloadfiles.RootCertPath, bytes.TrimRight(files.RootCert, "\n")),
 		agentclient.BytesFile(TokenPath, files.Token),
 	)
-	for _, f := range deliveries {
-		res, err := c.PutFile(ctx, f)
-		if err != nil {
-			return r, err
-		}
+	results, err := c.PutFiles(ctx, deliveries)
+	for _, res := range results {
 		if res.Sent {
-			r.Sent = append(r.Sent, f.Path)
+			r.Sent = append(r.Sent, res.Path)
 		} else {
-			r.Skipped = append(r.Skipped, f.Path)
+			r.Skipped = append(r.Skipped, res.Path)
 		}
+	}
+	if err != nil {
+		return r, err
 	}
 	// The binaries' owner and mode are set by the postinst: run it again now
 	// that they exist (a no-op when nothing changed).

@@ -118,10 +118,12 @@ func options(args []string, takesValue map[string]bool, aliases map[string]strin
 		}
 		needs, known := takesValue[key]
 		if !known {
+			//lint:ignore ST1005 the stand-in says what multipass (Qt's QCommandLineParser) says, word for word
 			return nil, nil, fmt.Errorf("Unknown option '%s'.", key)
 		}
 		if needs && !hasValue {
 			if i+1 >= len(args) {
+				//lint:ignore ST1005 as above, multipass's own words
 				return nil, nil, fmt.Errorf("Missing value after '%s'.", a)
 			}
 			i++

@@ -180,7 +180,7 @@ func DeploymentReady(ctx context.Context, kc kubernetes.Interface, ref string) (
 		return "", err
 	}
 	if !available(d) {
-		return "", fmt.Errorf("Deployment %s: %d/%d available", ref, d.Status.AvailableReplicas, ptrOr(d.Spec.Replicas, 1))
+		return "", fmt.Errorf("the Deployment %s has %d/%d available", ref, d.Status.AvailableReplicas, ptrOr(d.Spec.Replicas, 1))
 	}
 	return fmt.Sprintf("ready, %d replica(s) of %s", d.Status.AvailableReplicas, d.Spec.Template.Spec.Containers[0].Image), nil
 }

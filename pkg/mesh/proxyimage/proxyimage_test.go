@@ -24,7 +24,8 @@ import (
 // layer is a tar layer holding files (path -> content).
 func layer(t *testing.T, files map[string]string) v1.Layer {
 	t.Helper()
-	l, err := tarball.LayerFromReader(bytes.NewReader(tarOf(t, files)))
+	data := tarOf(t, files)
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
 	if err != nil {
 		t.Fatal(err)
 	}

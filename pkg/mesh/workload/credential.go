@@ -39,7 +39,7 @@ func ensureCredential(ctx context.Context, kc kubernetes.Interface, ns, vm strin
 	sec, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 	if err == nil {
 		if sec.Labels[ownership.Label] != ownership.Value {
-			return nil, fmt.Errorf("Secret %s/%s exists but meshvm did not create it (no %s=%s label): rename or delete it, meshvm binds VM %s's token to that name", ns, name, ownership.Label, ownership.Value, vm)
+			return nil, fmt.Errorf("the Secret %s/%s exists but meshvm did not create it (no %s=%s label): rename or delete it, meshvm binds VM %s's token to that name", ns, name, ownership.Label, ownership.Value, vm)
 		}
 		return sec, nil
 	}
@@ -96,7 +96,7 @@ func Revoke(ctx context.Context, kc kubernetes.Interface, ns, vm string) (string
 	case err != nil:
 		return "", err
 	case sec.Labels[ownership.Label] != ownership.Value:
-		return "", fmt.Errorf("Secret %s/%s was not created by meshvm (no %s=%s label): left as it is", ns, name, ownership.Label, ownership.Value)
+		return "", fmt.Errorf("the Secret %s/%s was not created by meshvm (no %s=%s label): left as it is", ns, name, ownership.Label, ownership.Value)
 	}
 	err = kc.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sec.UID}})
 	if apierrors.IsNotFound(err) {

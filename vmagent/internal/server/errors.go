@@ -12,8 +12,10 @@ import (
 )
 
 // classOf gives the agent's packages' sentinel errors their class, so each
-// reaches hostctl as its own code instead of Unknown. The first match wins:
-// the packages' own sentinels before the fs ones they may wrap.
+// reaches hostctl as its own code instead of Unknown: the agent's one
+// sentinel-to-class table (agenterr holds the one class-to-code table), as
+// containerd's errdefs are mapped at its gRPC edge. The first match wins:
+// the packages' own sentinels before the fsroot and fs ones they may wrap.
 var classOf = []struct {
 	err, class error
 }{
@@ -21,6 +23,12 @@ var classOf = []struct {
 	{sidecar.ErrUnitNotFound, agenterr.NotFound},
 	{sidecar.ErrJobFailed, agenterr.FailedPrecondition},
 	{vmfiles.ErrBusy, agenterr.Aborted},
+	// A delivery through a planted symlink is refused, not malformed: the
+	// path was checked canonical and allowlisted before (ErrUnsafePath from
+	// a caller's path below is InvalidArgument).
+	{vmfiles.ErrUnsafeTarget, agenterr.PermissionDenied},
+	// A delivery's missing directory is the VM's state, not a missing file.
+	{vmfiles.ErrNoDirectory, agenterr.FailedPrecondition},
 	{probe.ErrNotLocal, agenterr.InvalidArgument},
 	{probe.ErrBadPort, agenterr.InvalidArgument},
 	{probe.ErrNotService, agenterr.InvalidArgument},

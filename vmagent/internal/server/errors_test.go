@@ -27,6 +27,8 @@ func TestSentinelsLeaveWithTheirCode(t *testing.T) {
 		{sidecar.ErrUnitNotFound, codes.NotFound},
 		{sidecar.ErrJobFailed, codes.FailedPrecondition},
 		{vmfiles.ErrBusy, codes.Aborted},
+		{vmfiles.ErrUnsafeTarget, codes.PermissionDenied},
+		{vmfiles.ErrNoDirectory, codes.FailedPrecondition},
 		{probe.ErrNotLocal, codes.InvalidArgument},
 		{probe.ErrBadPort, codes.InvalidArgument},
 		{probe.ErrNotService, codes.InvalidArgument},
@@ -50,7 +52,7 @@ func TestSentinelsLeaveWithTheirCode(t *testing.T) {
 			t.Errorf("%v: message %q, want %q", tc.err, status.Convert(wire).Message(), err)
 		}
 	}
-	if len(classOf) != 14 {
-		t.Errorf("classOf has %d sentinels, the test %d: add the new one above", len(classOf), 14)
+	if len(classOf) != 16 {
+		t.Errorf("classOf has %d sentinels, the test %d: add the new one above", len(classOf), 16)
 	}
 }

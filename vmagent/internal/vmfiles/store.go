@@ -86,6 +86,14 @@ func NewStore(log *slog.Logger, root *fsroot.Root, users *sysusers.DB, state *ag
 // is running.
 var ErrBusy = errors.New("delivery in progress")
 
+// ErrUnsafeTarget is a delivery refused because the way to its path on the
+// VM crosses an untrusted symlink; ErrNoDirectory one whose directory is
+// missing (the postinst makes them).
+var (
+	ErrUnsafeTarget = errors.New("refused to write through an untrusted symlink")
+	ErrNoDirectory  = errors.New("the directory is missing; run Install first")
+)
+
 // busyWait is how long a delivery waits for another one of the same path
 // to end before it gives up: long enough for one just cancelled to clean up.
 const busyWait = 2 * time.Second
@@ -262,7 +270,7 @@ func (s *Store) put(r resolved, body io.Reader) (Outcome, error) {
 	res, err := s.root.WriteFile(r.spec.Path, src, opts)
 	s.recordDirs(res.CreatedDirs)
 	if err != nil {
-		return 0, classify(r.spec.Path, err)
+		return 0, deliveryError(r.spec.Path, err)
 	}
 	s.remember(r.spec.Path, r.sha256)
 	return Written, nil
@@ -279,7 +287,7 @@ func (s *Store) keep(r resolved, src io.Reader) (*os.File, error) {
 	res, err := s.root.WriteFile(r.spec.PersistAt, src, fsroot.WriteOptions{Mode: 0o600, Size: r.size, SHA256: r.sha256, Dir: &dir})
 	s.recordDirs(res.CreatedDirs)
 	if err != nil {
-		return nil, classify(r.spec.Path, fmt.Errorf("keep a root-only copy of %s: %w", r.spec.Path, err))
+		return nil, deliveryError(r.spec.Path, fmt.Errorf("keep a root-only copy of %s: %w", r.spec.Path, err))
 	}
 	s.remember(r.spec.PersistAt, r.sha256)
 	return s.root.Open(r.spec.PersistAt)
@@ -319,14 +327,16 @@ func (s *Store) recordDirs(created []string) {
 	}
 }
 
-func classify(p string, err error) error {
+// deliveryError says which delivery failed. It gives no class: the
+// server's one table (errors.go) maps the sentinels err wraps to codes.
+func deliveryError(p string, err error) error {
 	switch {
 	case errors.Is(err, fsroot.ErrUnsafePath):
-		return agenterr.Denied("%w", err)
-	case errors.Is(err, fsroot.ErrSizeMismatch), errors.Is(err, fsroot.ErrDigestMismatch):
-		return agenterr.Invalid("%w", err)
+		// The path was checked canonical and allowlisted before: what is
+		// unsafe is the VM's tree, a symlink where a directory should be.
+		return fmt.Errorf("deliver %s: %w: %w", p, ErrUnsafeTarget, err)
 	case errors.Is(err, fs.ErrNotExist):
-		return agenterr.Precondition("%w: the directory is missing; run Install first", err)
+		return fmt.Errorf("deliver %s: %w: %w", p, ErrNoDirectory, err)
 	}
 	return fmt.Errorf("deliver %s: %w", p, err)
 }
