@@ -83,11 +83,6 @@ func run() error {
 			return err
 		}
 		fmt.Println(r)
-		if at.Name == "deliveries trickling a byte a second" {
-			start := time.Now()
-			err := flood.Deliver(ctx, a.Legit)
-			fmt.Printf("%-58s a real delivery during the trickle: %v after %.1fs\n", "", errOrOK(err), time.Since(start).Seconds())
-		}
 		if !r.Alive {
 			break
 		}

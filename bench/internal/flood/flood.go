@@ -112,19 +112,22 @@ type Attack struct {
 	// "authenticated" caller with a certificate of the agent's CA.
 	Caller string
 	Start  func(ctx context.Context, t Target, n int) (*Held, error)
+	// Check, when set, is what the attack tries to deny, done while it
+	// holds (a real delivery, for the trickles).
+	Check func(ctx context.Context, a *Agent) error
 }
 
 // Attacks are the rows of the flood table, in its order.
 var Attacks = []Attack{
-	{"TCP connections that send nothing", "anyone", IdleTCP},
-	{"TLS ClientHellos, never finished", "anyone", UnfinishedHellos},
-	{"idle connections with no call", "authenticated", IdleAuthenticated},
-	{"delivery streams that send and wait (16 per connection)", "authenticated", SendingDeliveries},
-	{"SidecarLogs(PROXY_LOG, follow) never read", "authenticated", ProxyLogFollowers},
-	{"SidecarLogs(JOURNAL, follow)", "authenticated", JournalFollowers},
-	{"half-sent messages (16 per connection)", "authenticated", HalfSentMessages},
-	{"stalled HTTP/2 header blocks", "authenticated", StalledHeaders},
-	{"deliveries trickling a byte a second", "authenticated", Trickles},
+	{"TCP connections that send nothing", "anyone", IdleTCP, nil},
+	{"TLS ClientHellos, never finished", "anyone", UnfinishedHellos, nil},
+	{"idle connections with no call", "authenticated", IdleAuthenticated, nil},
+	{"delivery streams that send and wait (16 per connection)", "authenticated", SendingDeliveries, nil},
+	{"SidecarLogs(PROXY_LOG, follow) never read", "authenticated", ProxyLogFollowers, nil},
+	{"SidecarLogs(JOURNAL, follow)", "authenticated", JournalFollowers, nil},
+	{"half-sent messages (16 per connection)", "authenticated", HalfSentMessages, nil},
+	{"stalled HTTP/2 header blocks", "authenticated", StalledHeaders, nil},
+	{"deliveries trickling a byte a second", "authenticated", Trickles, func(ctx context.Context, a *Agent) error { return Deliver(ctx, a.Legit) }},
 }
 
 func dialTCP(ctx context.Context, addr string) (net.Conn, error) {

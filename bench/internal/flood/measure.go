@@ -135,6 +135,9 @@ type Row struct {
 	// new connection's (retried for up to 15 s, as a client would).
 	Established, Fresh error
 	FreshAfter         time.Duration
+	// Check is the attack's own check (Attack.Check), done while it held.
+	Check      error
+	CheckAfter time.Duration
 }
 
 // Measure runs attack at size n against a, waits until each attempt has
@@ -169,6 +172,11 @@ func Measure(ctx context.Context, a *Agent, at Attack, n int, settle time.Durati
 	start := time.Now()
 	r.Fresh = freshCall(ctx, a.Target)
 	r.FreshAfter = time.Since(start)
+	if at.Check != nil {
+		start = time.Now()
+		r.Check = at.Check(ctx, a)
+		r.CheckAfter = time.Since(start)
+	}
 
 	r.PeakRSS, _ = agentproc.PeakRSSMiB(a.PID)
 	r.Outcomes = h.Outcomes()
@@ -196,9 +204,10 @@ func freshCall(ctx context.Context, t Target) error {
 }
 
 // Deliver is a valid delivery retried while the agent's slots are taken,
-// for up to 15 s: the trickle row's check that a real delivery gets in.
+// for up to 45 s (a trickle is cancelled after delivery_idle_timeout, 30 s
+// by default): the trickle row's check that a real delivery gets in.
 func Deliver(ctx context.Context, c *agentclient.Client) error {
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(45 * time.Second)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := c.PutFile(cctx, agentclient.BytesFile("/etc/istio/config/mesh", []byte("defaultConfig: {}\n")))
@@ -218,6 +227,10 @@ func (r Row) String() string {
 		}
 		return "served"
 	}
-	return fmt.Sprintf("%-58s %-13s %6d  alive=%-5v peak RSS %6.1f MiB  fds %5d  children %3d  established %s, new %s (%.1fs)  [%s]",
-		r.Attack.Name, r.Attack.Caller, r.N, r.Alive, r.PeakRSS, r.FDs, r.Children, ok(r.Established), ok(r.Fresh), r.FreshAfter.Seconds(), String(r.Outcomes))
+	check := ""
+	if r.Attack.Check != nil {
+		check = fmt.Sprintf(", its check %s (%.1fs)", ok(r.Check), r.CheckAfter.Seconds())
+	}
+	return fmt.Sprintf("%-58s %-13s %6d  alive=%-5v peak RSS %6.1f MiB  fds %5d  children %3d  established %s, new %s (%.1fs)%s  [%s]",
+		r.Attack.Name, r.Attack.Caller, r.N, r.Alive, r.PeakRSS, r.FDs, r.Children, ok(r.Established), ok(r.Fresh), r.FreshAfter.Seconds(), check, String(r.Outcomes))
 }
