@@ -41,27 +41,18 @@ func main() {
 }
 
 func run() error {
-	work, err := os.MkdirTemp("", "agentbench-")
+	fleet, err := agentproc.BuildFleet("agentbench")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
-
-	bin, err := agentproc.Build(work)
-	if err != nil {
-		return err
-	}
-	st, err := os.Stat(bin)
+	defer fleet.Close()
+	work := fleet.Dir()
+	st, err := os.Stat(fleet.Bin())
 	if err != nil {
 		return err
 	}
 	fmt.Printf("binary size:        %6.1f MiB   (goal <= 25 MiB)\n", float64(st.Size())/mib)
 
-	fleet, err := agentproc.NewFleet(bin, work)
-	if err != nil {
-		return err
-	}
-	defer fleet.Stop()
 	agent, err := fleet.Start()
 	if err != nil {
 		return err

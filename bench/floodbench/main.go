@@ -37,19 +37,11 @@ func main() {
 }
 
 func run() error {
-	work, err := os.MkdirTemp("", "floodbench-")
+	fleet, err := agentproc.BuildFleet("floodbench")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
-	bin, err := agentproc.Build(work)
-	if err != nil {
-		return err
-	}
-	fleet, err := agentproc.NewFleet(bin, work)
-	if err != nil {
-		return err
-	}
+	defer fleet.Close()
 	fleet.Env = []string{"GOMEMLIMIT=64MiB"}
 	cg, cgErr := agentproc.NewMemoryCgroup(fmt.Sprintf("meshvm-floodbench-%d", os.Getpid()), 256<<20)
 	if cg != nil {
@@ -59,7 +51,6 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	defer fleet.Stop()
 	if cg != nil {
 		if err := cg.Add(agent.Cmd.Process.Pid); err != nil {
 			return err

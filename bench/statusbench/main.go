@@ -29,20 +29,11 @@ func main() {
 }
 
 func run(n, rounds int) error {
-	work, err := os.MkdirTemp("", "statusbench-")
+	fleet, err := agentproc.BuildFleet("statusbench")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
-	bin, err := agentproc.Build(work)
-	if err != nil {
-		return err
-	}
-	fleet, err := agentproc.NewFleet(bin, work)
-	if err != nil {
-		return err
-	}
-	defer fleet.Stop()
+	defer fleet.Close()
 	ctx := context.Background()
 	var agents []*agentproc.Agent
 	for range n {

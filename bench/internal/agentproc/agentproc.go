@@ -56,6 +56,8 @@ type Fleet struct {
 	Config string
 	// Env is added to each agent's environment (GOMEMLIMIT, as the unit sets it).
 	Env []string
+	// owned: Close removes dir (BuildFleet made it).
+	owned bool
 }
 
 // Agent is one running vmagent.
@@ -63,6 +65,40 @@ type Agent struct {
 	Addr string
 	Cmd  *exec.Cmd
 }
+
+// BuildFleet makes a work directory named for prefix, builds the agent into
+// it and issues a fleet's certificates there, for agents on loopback; Close
+// stops the agents and removes the directory.
+func BuildFleet(prefix string) (*Fleet, error) {
+	work, err := os.MkdirTemp("", prefix+"-")
+	if err != nil {
+		return nil, err
+	}
+	bin, err := Build(work)
+	if err == nil {
+		var f *Fleet
+		if f, err = NewFleet(bin, work); err == nil {
+			f.owned = true
+			return f, nil
+		}
+	}
+	os.RemoveAll(work)
+	return nil, err
+}
+
+// Close stops every agent and removes the work directory BuildFleet made.
+func (f *Fleet) Close() {
+	f.Stop()
+	if f.owned {
+		os.RemoveAll(f.dir)
+	}
+}
+
+// Bin is the agent binary; Dir the work directory.
+func (f *Fleet) Bin() string { return f.bin }
+
+// Dir is the fleet's work directory (certificates, configs, sandboxes).
+func (f *Fleet) Dir() string { return f.dir }
 
 // NewFleet issues the certificates under dir, for agents on loopback.
 func NewFleet(bin, dir string) (*Fleet, error) {

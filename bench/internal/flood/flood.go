@@ -137,19 +137,29 @@ func dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", addr)
 }
 
-// IdleTCP opens n TCP connections and sends nothing.
-func IdleTCP(ctx context.Context, t Target, n int) (*Held, error) {
+// eachConnection opens n connections with open and holds each one; open
+// says how its attempt stands.
+func eachConnection(ctx context.Context, n int, open func(context.Context) (io.Closer, string)) *Held {
 	h, ctx := newHeld(ctx)
 	for range n {
+		c, outcome := open(ctx)
+		if c != nil {
+			h.hold(c)
+		}
+		h.count(outcome)
+	}
+	return h
+}
+
+// IdleTCP opens n TCP connections and sends nothing.
+func IdleTCP(ctx context.Context, t Target, n int) (*Held, error) {
+	return eachConnection(ctx, n, func(ctx context.Context) (io.Closer, string) {
 		c, err := dialTCP(ctx, t.Addr)
 		if err != nil {
-			h.count("dial failed")
-			continue
+			return nil, "dial failed"
 		}
-		h.count("connected")
-		h.hold(c)
-	}
-	return h, nil
+		return c, "connected"
+	}), nil
 }
 
 // clientHello is the first flight of a TLS handshake as Go's client sends
@@ -190,38 +200,29 @@ func UnfinishedHellos(ctx context.Context, t Target, n int) (*Held, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, ctx := newHeld(ctx)
-	for range n {
+	return eachConnection(ctx, n, func(ctx context.Context) (io.Closer, string) {
 		c, err := dialTCP(ctx, t.Addr)
 		if err != nil {
-			h.count("dial failed")
-			continue
+			return nil, "dial failed"
 		}
 		if _, err := c.Write(hello); err != nil {
-			h.count("write failed")
 			c.Close()
-			continue
+			return nil, "write failed"
 		}
-		h.count("hello sent")
-		h.hold(c)
-	}
-	return h, nil
+		return c, "hello sent"
+	}), nil
 }
 
 // IdleAuthenticated opens n connections that finish TLS with the client
 // certificate and HTTP/2's preface, then make no call.
 func IdleAuthenticated(ctx context.Context, t Target, n int) (*Held, error) {
-	h, ctx := newHeld(ctx)
-	for range n {
+	return eachConnection(ctx, n, func(ctx context.Context) (io.Closer, string) {
 		c, err := dialH2(ctx, t)
 		if err != nil {
-			h.count("handshake failed")
-			continue
+			return nil, "handshake failed"
 		}
-		h.count("authenticated")
-		h.hold(c)
-	}
-	return h, nil
+		return c, "authenticated"
+	}), nil
 }
 
 // grpcConns dials m gRPC connections as hostctl would, with its large
@@ -374,21 +375,16 @@ func HalfSentMessages(ctx context.Context, t Target, n int) (*Held, error) {
 // StalledHeaders opens n connections that each begin a request's header
 // block and send 4 MiB of it in CONTINUATION frames without ever ending it.
 func StalledHeaders(ctx context.Context, t Target, n int) (*Held, error) {
-	h, ctx := newHeld(ctx)
-	for range n {
+	return eachConnection(ctx, n, func(ctx context.Context) (io.Closer, string) {
 		hc, err := dialH2(ctx, t)
 		if err != nil {
-			h.count("handshake failed")
-			continue
+			return nil, "handshake failed"
 		}
-		h.hold(hc)
 		if err := hc.stalledHeaders(4 << 20); err != nil {
-			h.count("cut short")
-			continue
+			return hc, "cut short"
 		}
-		h.count("header block open")
-	}
-	return h, nil
+		return hc, "header block open"
+	}), nil
 }
 
 // trickled are the paths the trickles deliver to, one each: two
