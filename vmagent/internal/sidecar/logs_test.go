@@ -538,3 +538,18 @@ func TestJournalctlErrors(t *testing.T) {
 		})
 	}
 }
+
+// A log file with a second name (a hard link istio-proxy could plant to a
+// file it may not read) is refused, not read as root.
+func TestFileWithOtherNamesIsRefused(t *testing.T) {
+	root := t.TempDir()
+	writeLog(t, root, ProxyLogPath, "secret\n")
+	if err := os.Link(filepath.Join(root, ProxyLogPath), filepath.Join(root, "other-name")); err != nil {
+		t.Fatal(err)
+	}
+	c := newCollector()
+	err := New(testLogger(t), Options{Root: root}).Logs(context.Background(), ProxyLog, 10, false, c.emit)
+	if err == nil || !strings.Contains(err.Error(), "hard links") {
+		t.Fatalf("got %v, want the hard-linked log refused", err)
+	}
+}
