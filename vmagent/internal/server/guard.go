@@ -103,7 +103,6 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 type conn struct {
 	net.Conn
 	g         *Guard
-	accepted  time.Time
 	closeOnce sync.Once
 
 	// Guarded by g.mu.
@@ -139,7 +138,7 @@ func (g *Guard) admit(raw net.Conn) *conn {
 		out = g.handshakes[0]
 		g.removeLocked(out)
 	}
-	c := &conn{Conn: raw, g: g, accepted: time.Now()}
+	c := &conn{Conn: raw, g: g}
 	g.handshakes = append(g.handshakes, c)
 	g.mu.Unlock()
 	if out != nil {
