@@ -16,6 +16,8 @@ PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 NFPM_VERSION               ?= v2.45.2
 # staticcheck 2026.2.2: the v0.8 line is the first built for Go 1.26.
 STATICCHECK_VERSION        ?= v0.8.2
+# controller-gen v0.21.0 is the line built against Kubernetes 1.36, as go.mod is.
+CONTROLLER_GEN_VERSION     ?= v0.21.0
 
 # The .deb/.rpm version: git describe's "abc1234" or "v1.2.0-3-gabc1234" is
 # valid for neither dpkg nor rpm, so version.sh maps it (0.0.0~git42.abc1234).
@@ -30,12 +32,13 @@ help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: tools
-tools: ## Install buf, protoc plugins, nfpm and staticcheck at pinned versions
+tools: ## Install buf, protoc plugins, nfpm, staticcheck and controller-gen at pinned versions
 	@command -v buf >/dev/null && buf --version | grep -qx '$(BUF_VERSION:v%=%)' || go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 	@command -v protoc-gen-go >/dev/null && protoc-gen-go --version | grep -q '$(PROTOC_GEN_GO_VERSION)' || go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@command -v protoc-gen-go-grpc >/dev/null && protoc-gen-go-grpc --version | grep -q '$(PROTOC_GEN_GO_GRPC_VERSION:v%=%)' || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	@command -v nfpm >/dev/null && go version -m "$$(command -v nfpm)" | grep -q 'nfpm/v2[[:space:]]*$(NFPM_VERSION)[[:space:]]' || go install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 	@command -v staticcheck >/dev/null && staticcheck -version | grep -q '($(STATICCHECK_VERSION:v%=%))' || go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@command -v controller-gen >/dev/null && controller-gen --version | grep -qx 'Version: $(CONTROLLER_GEN_VERSION)' || go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 
 # hostctl embeds the agents make build copies here (git-ignored), so one
 # downloaded hostctl is all a user needs; HOSTCTL_TARGETS are the
@@ -81,14 +84,15 @@ staticcheck: tools ## staticcheck the tree, and the workstation side for darwin
 	CGO_ENABLED=0 GOOS=darwin GOARCH=arm64 staticcheck $(WORKSTATION)
 
 .PHONY: generate
-generate: tools ## Regenerate Go code from proto/ with buf
+generate: tools ## Regenerate Go code from proto/ with buf, and the MeshVM API's deepcopy and CRD with controller-gen
 	buf format -w
 	buf generate
+	controller-gen object paths=./api/... crd:crdVersions=v1 output:crd:dir=./api/meshvm/crd
 
 .PHONY: check-generate
 check-generate: generate ## Fail if generated code or formatting is out of date
-	@git diff --exit-code -- proto || { echo "generated code is stale: run 'make generate' and commit the result"; exit 1; }
-	@test -z "$$(git status --porcelain -- proto)" || { git status --porcelain -- proto; echo "untracked generated files: run 'make generate' and commit them"; exit 1; }
+	@git diff --exit-code -- proto api || { echo "generated code is stale: run 'make generate' and commit the result"; exit 1; }
+	@test -z "$$(git status --porcelain -- proto api)" || { git status --porcelain -- proto api; echo "untracked generated files: run 'make generate' and commit them"; exit 1; }
 
 .PHONY: proto-lint
 proto-lint: tools ## Lint the API with buf (STANDARD)
