@@ -147,7 +147,7 @@ func TestVerdictOnRealRules(t *testing.T) {
 		{name: "wildcard inbound with the agent port excluded", legacy: wildcardAgent, active: true, env: wildExcl, wantState: OK,
 			wantBackends: "iptables-legacy"},
 		{name: "inbound port not captured", legacy: meshvm, active: true,
-			env: func() map[string]string { e := meshvmEnv(); e["ISTIO_INBOUND_PORTS"] = "8000,9000"; return e }(),
+			env:       func() map[string]string { e := meshvmEnv(); e["ISTIO_INBOUND_PORTS"] = "8000,9000"; return e }(),
 			wantState: Fail, wantBackends: "iptables-legacy", wantFailed: []string{"inbound :9000 -> 15006: not redirected, want redirected to 15006"}},
 		{name: "operator's rules", legacy: meshvm, active: true,
 			env:       func() map[string]string { e := meshvmEnv(); e["ISTIO_CUSTOM_IP_TABLES"] = "true"; return e }(),
