@@ -207,6 +207,25 @@ const (
 // TEST-NET-1, never a real destination.
 var peer = netip.MustParseAddr("192.0.2.10")
 
+// Held names the backends whose nat table (IPv4 or IPv6) holds Istio's chains.
+func Held(saves Saves) []string {
+	var out []string
+	for _, name := range saveTools {
+		rs, err := ParseSave(saves.Out[name])
+		if err != nil || !hasIstio(rs["nat"]) {
+			continue
+		}
+		b := BackendLegacy
+		if strings.Contains(name, "nft") {
+			b = BackendNFT
+		}
+		if !slices.Contains(out, b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // Judge gives the verdict on the rules in saves against e.
 func Judge(saves Saves, e Expect) Verdict {
 	var v Verdict
