@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/meshvm/meshvm/pkg/fsroot"
 )
 
 // These tests load rules with the real iptables-legacy-restore and
@@ -236,5 +238,51 @@ COMMIT
 	}
 	if _, err := ParseSave([]byte("*nat\nhello\n")); err == nil {
 		t.Error("got no error for a line that is not iptables-save output")
+	}
+}
+
+// The Checker reads the expectations from the sidecar environment root
+// wrote, judges the namespace's rules against them and adds the
+// validator's record.
+func TestCheckerUsesSidecarEnvAndValidation(t *testing.T) {
+	ns := newNetNS(t)
+	load(t, ns, "iptables-nft-restore", rules(t))
+	saves := readIn(t, ns)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "run/meshvm"), 0o755)
+	envText := "ISTIO_INBOUND_PORTS=8000,9000\nISTIO_SERVICE_CIDR=*\nPROXY_UID=1337\nINSTANCE_IP=10.213.0.2\n"
+	os.WriteFile(filepath.Join(dir, "run/meshvm/sidecar.env"), []byte(envText), 0o600)
+	root, err := fsroot.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Checker{Root: root, EnvPath: "/run/meshvm/sidecar.env", AgentPort: 7443, Read: func(context.Context) Saves { return saves }}
+
+	v := c.Verdict(context.Background(), "active")
+	if got := failed(v); v.State != Fail || len(got) != 1 || !strings.Contains(got[0], "inbound :9000") {
+		t.Errorf("got %s with failures %q, want a failure for port 9000 alone (from sidecar.env)", v.State, got)
+	}
+	if last := v.Checks[len(v.Checks)-1]; last.Name != "istio validation" || last.State != Skipped {
+		t.Errorf("got last check %+v, want the validation skipped for want of a record", last)
+	}
+	if err := Save(root, Validation{Passed: true, Output: "Validation passed, iptables rules established"}); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "run/meshvm/sidecar.env"), []byte(strings.Replace(envText, ",9000", "", 1)), 0o600)
+	v = c.Verdict(context.Background(), "active")
+	if v.State != OK || v.Checks[len(v.Checks)-1].State != OK {
+		t.Errorf("got %s, checks %+v, want ok with the validation passed", v.State, v.Checks)
+	}
+	if v := c.Verdict(context.Background(), "activating"); v.State != Skipped {
+		t.Errorf("activating: got %s, want skipped", v.State)
+	}
+	// A stopped sidecar with rules in force: left behind.
+	if v := c.Verdict(context.Background(), "inactive"); v.State != Fail {
+		t.Errorf("inactive: got %s, want fail for rules left behind", v.State)
+	}
+	// An environment file istio-proxy could have written is not read.
+	os.Chown(filepath.Join(dir, "run/meshvm/sidecar.env"), 1337, 1337)
+	if v := c.Verdict(context.Background(), "active"); v.State != Skipped || !strings.Contains(v.Checks[0].Detail, "sidecar environment") {
+		t.Errorf("got %s %+v, want skipped: the environment is not root's", v.State, v.Checks)
 	}
 }
