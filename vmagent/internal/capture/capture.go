@@ -404,7 +404,7 @@ func judgeTable(t Table, e Expect) []Check {
 	}
 	if e.AgentPort != 0 {
 		expect(fmt.Sprintf("agent :%d exempt inbound", e.AgentPort), t.Eval("PREROUTING", in(e.AgentPort)), 0,
-			fmt.Sprintf("add %d to ISTIO_LOCAL_EXCLUDE_PORTS in cluster.env (hostctl vm onboard writes it), or the agent becomes unreachable", e.AgentPort))
+			fmt.Sprintf("connections to the agent go to the proxy: list the app's ports in the WorkloadGroup (so only those are captured) or add %d to ISTIO_LOCAL_EXCLUDE_PORTS in cluster.env, then restart the sidecar", e.AgentPort))
 		reply := Packet{Proto: "tcp", Src: addr, Dst: peer, SPort: e.AgentPort, DPort: 40000, Out: iface, UID: 0, GID: 0}
 		expect(fmt.Sprintf("agent :%d replies exempt", e.AgentPort), t.Eval("OUTPUT", reply), 0,
 			"the `--sport "+strconv.Itoa(e.AgentPort)+" -j RETURN` rule in nat OUTPUT is missing: restart the sidecar (vmagent sidecar prepare adds it)")
