@@ -216,13 +216,13 @@ func (p *Preparer) Prepare(ctx context.Context) error {
 	if err := p.Root.WriteBytes(postinst.SidecarEnvPath, data, fsroot.WriteOptions{Mode: 0o600, Dir: &dir}); err != nil {
 		return fmt.Errorf("write sidecar environment: %w", err)
 	}
+	// A validation of earlier rules says nothing of the ones in force next.
+	if err := capture.Forget(p.Root); err != nil {
+		return err
+	}
 	if env["ISTIO_CUSTOM_IP_TABLES"] == "true" {
 		p.Log.Info("ISTIO_CUSTOM_IP_TABLES=true: leaving the capture rules to the operator")
 		return nil
-	}
-	// A validation of earlier rules says nothing of the ones installed now.
-	if err := capture.Forget(p.Root); err != nil {
-		return err
 	}
 	list := childEnv(env)
 	if err := p.cleanup(ctx, env); err != nil {
