@@ -432,27 +432,33 @@ func judgeTable(t Table, e Expect) []Check {
 			"istio-proxy's own traffic is captured (a loop): check PROXY_UID/PROXY_GID and restart the sidecar")
 	}
 
-	// DNS.
+	// DNS: the rules judged are IPv4's, so the first IPv4 resolver, or any
+	// address when all DNS is captured.
 	dns := env["ISTIO_META_DNS_CAPTURE"] == "true" || env["REDIRECT_DNS"] == "true"
+	all := env["CAPTURE_ALL_DNS"] == "true"
+	ns := netip.Addr{}
+	for _, a := range e.Nameservers {
+		if a.Is4() {
+			ns = a
+			break
+		}
+	}
+	if !ns.IsValid() && all {
+		ns = peer
+	}
 	switch {
 	case !dns:
 		out = append(out, Check{Name: "dns", State: Skipped, Detail: "DNS capture is off (ISTIO_META_DNS_CAPTURE)"})
-	case len(e.Nameservers) == 0 && env["CAPTURE_ALL_DNS"] != "true":
-		out = append(out, Check{Name: "dns", State: Skipped, Detail: "DNS capture is on but /etc/resolv.conf names no nameserver"})
+	case !ns.IsValid():
+		out = append(out, Check{Name: "dns", State: Skipped, Detail: "DNS capture is on but /etc/resolv.conf names no IPv4 nameserver"})
 	default:
-		ns := peer
-		if len(e.Nameservers) > 0 {
-			ns = e.Nameservers[0]
-		}
 		src, o := addr, iface
 		if ns.IsLoopback() {
 			src, o = netip.MustParseAddr("127.0.0.1"), "lo"
 		}
-		if ns.Is4() {
-			for _, proto := range []string{"udp", "tcp"} {
-				q := Packet{Proto: proto, Src: src, Dst: ns, SPort: 40000, DPort: 53, Out: o, UID: appUID, GID: appUID}
-				expect(fmt.Sprintf("dns %s %s:53 -> %d", proto, ns, dnsPort), t.Eval("OUTPUT", q), dnsPort, restart)
-			}
+		for _, proto := range []string{"udp", "tcp"} {
+			q := Packet{Proto: proto, Src: src, Dst: ns, SPort: 40000, DPort: 53, Out: o, UID: appUID, GID: appUID}
+			expect(fmt.Sprintf("dns %s %s:53 -> %d", proto, ns, dnsPort), t.Eval("OUTPUT", q), dnsPort, restart)
 		}
 	}
 	return out
