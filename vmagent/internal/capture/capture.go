@@ -62,6 +62,8 @@ type Verdict struct {
 	// Backends lists the backends holding Istio's nat chains, sorted.
 	Backends []string
 	Checks   []Check
+	// Validation is Istio's validator's record at the sidecar's last start.
+	Validation *Validation
 }
 
 // Problem returns the first failed check, if any.

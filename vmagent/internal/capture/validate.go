@@ -120,6 +120,9 @@ func Load(root *fsroot.Root) (Validation, bool, error) {
 // validation fails the verdict; a missing one, while the sidecar runs, is
 // a skipped check (an agent older than this one started it).
 func (v *Verdict) WithValidation(rec Validation, ok bool, active bool) {
+	if ok {
+		v.Validation = &rec
+	}
 	if !active || v.State == Off {
 		return
 	}

@@ -185,12 +185,12 @@ var captureStates = map[capture.State]agentv1.CaptureState{
 }
 
 // captureVerdict converts the verdict, with the validator's record.
-func captureVerdict(v capture.Verdict, root *fsroot.Root) *agentv1.CaptureVerdict {
+func captureVerdict(v capture.Verdict) *agentv1.CaptureVerdict {
 	out := &agentv1.CaptureVerdict{State: captureStates[v.State], Backends: v.Backends}
 	for _, c := range v.Checks {
 		out.Checks = append(out.Checks, &agentv1.CaptureCheck{Name: c.Name, State: captureStates[c.State], Detail: c.Detail, Fix: c.Fix})
 	}
-	if rec, ok, err := capture.Load(root); err == nil && ok {
+	if rec := v.Validation; rec != nil {
 		out.Validation = &agentv1.CaptureValidation{RanAt: timestamppb.New(rec.At), Passed: rec.Passed, Output: rec.Output}
 	}
 	return out

@@ -111,7 +111,7 @@ func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*a
 		if err != nil {
 			active = ""
 		}
-		resp.Capture = captureVerdict(s.deps.Capture.Verdict(ctx, active), s.deps.Root)
+		resp.Capture = captureVerdict(s.deps.Capture.Verdict(ctx, active))
 	}
 	resp.InstallSteps = stepResults(s.deps.Installer.Install(ctx, true, nil))
 
