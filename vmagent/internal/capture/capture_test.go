@@ -270,8 +270,8 @@ func TestCheckerUsesSidecarEnvAndValidation(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(dir, "run/meshvm/sidecar.env"), []byte(strings.Replace(envText, ",9000", "", 1)), 0o600)
 	v = c.Verdict(context.Background(), "active")
-	if v.State != OK || v.Checks[len(v.Checks)-1].State != OK {
-		t.Errorf("got %s, checks %+v, want ok with the validation passed", v.State, v.Checks)
+	if v.State != OK || v.Checks[len(v.Checks)-1].State != OK || v.Validation == nil || !v.Validation.Passed {
+		t.Errorf("got %s, checks %+v, validation %+v, want ok with the validation passed", v.State, v.Checks, v.Validation)
 	}
 	if v := c.Verdict(context.Background(), "activating"); v.State != Skipped {
 		t.Errorf("activating: got %s, want skipped", v.State)
