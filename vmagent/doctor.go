@@ -103,6 +103,9 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	} else {
 		rep.Checks = append(rep.Checks, check{"istio-token", false, "missing: run hostctl vm onboard"})
 	}
+	if cv := st.GetCapture(); cv != nil {
+		rep.Checks = append(rep.Checks, captureCheck(cv))
+	}
 	for k, v := range st.GetLastErrors() {
 		rep.Checks = append(rep.Checks, check{"last error: " + k, false, v})
 	}
@@ -163,6 +166,27 @@ func managedNames(a *agent) []string {
 		names = append(names, e.Names...)
 	}
 	return names
+}
+
+// captureCheck is the agent's verdict on the capture rules: the first
+// failed check with its fix, else the backends holding them.
+func captureCheck(cv *agentv1.CaptureVerdict) check {
+	bad := cv.GetState() == agentv1.CaptureState_CAPTURE_STATE_FAIL
+	for _, c := range cv.GetChecks() {
+		if c.GetState() == agentv1.CaptureState_CAPTURE_STATE_FAIL {
+			return check{"capture verdict", false, c.GetName() + ": " + c.GetDetail() + ": " + c.GetFix()}
+		}
+	}
+	detail := strings.ToLower(strings.TrimPrefix(cv.GetState().String(), "CAPTURE_STATE_"))
+	if len(cv.GetBackends()) > 0 {
+		detail += ": rules in " + strings.Join(cv.GetBackends(), ", ")
+	} else if len(cv.GetChecks()) > 0 {
+		detail += ": " + cv.GetChecks()[0].GetDetail()
+	}
+	if v := cv.GetValidation(); v != nil {
+		detail += fmt.Sprintf("; Istio's validation passed=%v", v.GetPassed())
+	}
+	return check{"capture verdict", !bad, detail}
 }
 
 func backendSummary(nw *agentv1.CheckNetworkResponse) string {

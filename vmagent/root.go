@@ -11,6 +11,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/vmagent/config"
 	"github.com/meshvm/meshvm/vmagent/internal/agentstate"
+	"github.com/meshvm/meshvm/vmagent/internal/capture"
 	"github.com/meshvm/meshvm/vmagent/internal/dnscheck"
 	"github.com/meshvm/meshvm/vmagent/internal/postinst"
 	"github.com/meshvm/meshvm/vmagent/internal/server"
@@ -65,6 +66,7 @@ func versionCmd() *cobra.Command {
 
 // agent is everything the server and the doctor need, wired once.
 type agent struct {
+	capture   *capture.Checker
 	root      *fsroot.Root
 	users     *sysusers.DB
 	installer *postinst.Installer
@@ -94,9 +96,11 @@ func newAgent(cfg config.Config, log *slog.Logger) (*agent, error) {
 		files:   vmfiles.NewStore(log.With("subsystem", "files"), root, users, state),
 		sidecar: sc,
 		dns:     dnscheck.DefaultResolver(cfg.Root),
+		// A listen address without a port leaves the agent's exemption unchecked.
+		capture: &capture.Checker{Root: root, EnvPath: postinst.SidecarEnvPath, AgentPort: listenPort(cfg.Listen)},
 	}, nil
 }
 
 func (a *agent) server(log *slog.Logger) *server.Server {
-	return server.New(log, server.Deps{Root: a.root, Installer: a.installer, Files: a.files, Sidecar: a.sidecar, DNS: a.dns})
+	return server.New(log, server.Deps{Root: a.root, Installer: a.installer, Files: a.files, Sidecar: a.sidecar, DNS: a.dns, Capture: a.capture})
 }

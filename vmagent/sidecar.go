@@ -69,3 +69,13 @@ func (c *sidecarCmd) preparer(cmd *cobra.Command) (*sidecarenv.Preparer, error) 
 	}
 	return &sidecarenv.Preparer{Log: log, Root: root, Users: sysusers.New(root), State: agentstate.New(root), AgentPort: agentPort}, nil
 }
+
+// listenPort is the port of a listen address, 0 when it has none.
+func listenPort(listen string) int {
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(port)
+	return n
+}

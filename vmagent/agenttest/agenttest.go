@@ -27,6 +27,7 @@ import (
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/config"
 	"github.com/meshvm/meshvm/vmagent/internal/agentstate"
+	"github.com/meshvm/meshvm/vmagent/internal/capture"
 	"github.com/meshvm/meshvm/vmagent/internal/dnscheck"
 	"github.com/meshvm/meshvm/vmagent/internal/postinst"
 	"github.com/meshvm/meshvm/vmagent/internal/server"
@@ -136,6 +137,7 @@ func Start(t testing.TB, o Options) *Agent {
 		// A sandbox has no systemd: the real manager must say so, promptly.
 		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second}),
 		DNS:     dnscheck.DefaultResolver(dir),
+		Capture: &capture.Checker{Root: root, EnvPath: postinst.SidecarEnvPath, AgentPort: 7443},
 	})
 	var svc agentv1.AgentServiceServer = agent
 	if o.Wrap != nil {

@@ -70,6 +70,9 @@ func TestUpOnLab(t *testing.T) {
 	if s := status[0]; !s.OK || s.Healthy != "True" || s.Sidecar != "active/running" || s.IstiodDNS == "" || s.App != "HTTP 200" || s.CertExpiry == "" {
 		t.Errorf("vm status: got %+v, want a healthy, onboarded VM", s)
 	}
+	if c := status[0].Capture; c == nil || c.State != fleet.CaptureOK || len(c.Backends) != 1 || c.Validation == nil || !c.Validation.Passed {
+		t.Errorf("vm status: got capture %+v, want ok in one backend with Istio's validation passed", c)
+	}
 
 	out, err = run(t, "--config", cfgPath, "verify")
 	if err != nil || !regexp.MustCompile(`istiod resolves on the VM\s+ok\s`).MatchString(out) || strings.Count(out, "skipped") != 2 || !strings.Contains(out, "no Envoy data path") {
@@ -77,8 +80,9 @@ func TestUpOnLab(t *testing.T) {
 	}
 	out, err = run(t, "--config", cfgPath, "verify", "-o", "json")
 	var verdicts []fleet.Verdict
-	if jerr := json.Unmarshal([]byte(out), &verdicts); err != nil || jerr != nil || len(verdicts) != 3 ||
-		verdicts[0].Result != "ok" || verdicts[1].Result != "skipped" || verdicts[2].Result != "skipped" {
+	if jerr := json.Unmarshal([]byte(out), &verdicts); err != nil || jerr != nil || len(verdicts) != 4 ||
+		verdicts[0].Result != "ok" || verdicts[1].Result != "skipped" || verdicts[2].Result != "skipped" ||
+		verdicts[3].Check != "capture rules" || verdicts[3].Result != "ok" {
 		t.Errorf("verify -o json: %v %v\n%s", err, jerr, out)
 	}
 
@@ -148,6 +152,9 @@ func TestUpOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitEntry(t, clients, spec, m.Addresses[0], "True")
+
+	// Where the kernel sends connections, and the verdict on rules left in both backends.
+	captureOnLab(t, ctx, cfgPath, lab, "e2e1")
 
 	// The files agree with istioctl's own, built from the same module, against the same cluster.
 	src := filepath.Join(root, "hostctl", "labbuild")

@@ -61,14 +61,14 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 
 func renderStatus(w io.Writer, output string, vms []fleet.VMStatus) error {
 	return render(w, output, vms,
-		[]string{"VM", "ADDRESS", "MACHINE", "REVISION", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "CREDENTIALS", "ISTIOD DNS", "APP"},
+		[]string{"VM", "ADDRESS", "MACHINE", "REVISION", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "CREDENTIALS", "ISTIOD DNS", "APP", "CAPTURE"},
 		func(s fleet.VMStatus) []string {
 			healthy := orDash(s.Healthy)
 			if s.Disconnected != "" {
 				healthy += " (stale)"
 			}
 			return []string{s.Name, orDash(s.Address), s.Machine, s.Revision, orDash(s.WorkloadEntry), healthy, s.Agent,
-				orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(string(s.Credentials)), orDash(s.IstiodDNS), orDash(s.App)}
+				orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(string(s.Credentials)), orDash(s.IstiodDNS), orDash(s.App), orDash(s.CaptureSummary())}
 		})
 }
 

@@ -221,6 +221,10 @@ func TestDoctorRowsCarryTheReason(t *testing.T) {
 	if f := got["credentials"]; f.Result == "" {
 		t.Errorf("credentials: no row")
 	}
+	// The test agent has no systemd: the capture rules are not judged, and doctor says why.
+	if f := got["capture rules"]; f.Result != "warn" || !strings.Contains(f.Detail, "no systemd") {
+		t.Errorf("capture rules: got %+v, want a warning naming the unknown sidecar state", f)
+	}
 	got = map[string]Finding{}
 	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms, istiodErr: errors.New("no east-west gateway address")}, "vm1", nil, false) {
 		got[f.Check] = f

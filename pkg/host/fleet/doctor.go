@@ -150,7 +150,7 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s Sit
 		}
 	}
 	defer d.c.Close()
-	for _, check := range []func(context.Context){d.agentVersion, d.istiodDNS, d.credentials, d.iptables, d.proxyVersion} {
+	for _, check := range []func(context.Context){d.agentVersion, d.istiodDNS, d.credentials, d.iptables, d.capture, d.proxyVersion} {
 		check(ctx)
 	}
 	return d.out
@@ -246,6 +246,29 @@ func (d *vmDoctor) iptables(ctx context.Context) {
 		}
 	}
 	d.add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
+}
+
+// capture reports the agent's verdict on the capture rules in force.
+func (d *vmDoctor) capture(context.Context) {
+	d.out = append(d.out, captureFinding(d.name, captureOf(d.ov.Status.GetCapture())))
+}
+
+// captureFinding grades the verdict: a failure with its fix; a verdict the
+// agent could not reach, or an agent too old to give one, warns.
+func captureFinding(vm string, c *Capture) Finding {
+	f := Finding{Scope: vm, Check: "capture rules"}
+	switch {
+	case c == nil:
+		f.Result, f.Detail, f.Fix = "warn", "the agent does not judge the capture rules (older than this hostctl)", "run hostctl up (it updates the agent; nothing else changes)"
+	case c.State == CaptureFail:
+		f.Result, f.Detail, f.Fix = "fail", c.Detail, captureFix(c, vm)
+	case c.State == CaptureSkipped:
+		f.Result, f.Detail = "warn", c.Detail
+		f.Fix = "run hostctl doctor again once the sidecar has settled; see hostctl vm logs " + vm
+	default:
+		f.Result, f.Detail = "ok", c.Detail
+	}
+	return f
 }
 
 // proxyVersion judges the VM's proxy: the version it was given against the

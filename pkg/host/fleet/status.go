@@ -52,7 +52,10 @@ type VMStatus struct {
 	Istio            string `json:"istio,omitempty"`
 	IstiodController string `json:"istiodController,omitempty"`
 	App              string `json:"app,omitempty"`
-	OK               bool   `json:"ok"`
+	// Capture is the agent's verdict on the capture rules in force; unset
+	// when the agent was not reached or reports none.
+	Capture *Capture `json:"capture,omitempty"`
+	OK      bool     `json:"ok"`
 	// Next is the step that fixes what is wrong.
 	Next string `json:"next,omitempty"`
 	// TokenChanged: the token pilot-agent reads is not the root-only copy
@@ -144,6 +147,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 	default:
 		s.App = fmt.Sprintf("HTTP %d", p.GetStatusCode())
 	}
+	s.Capture = captureOf(st.GetCapture())
 	s.OK, s.Next = judge(cfg, vm, s, sc.GetActiveState())
 	return s
 }
@@ -211,8 +215,22 @@ func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (b
 		return false, fmt.Sprintf("WorkloadEntry %s says Healthy, but istiod saw its proxy disconnect at %s, so that is stale: see hostctl vm logs %s", s.WorkloadEntry, s.Disconnected, vm.Name)
 	case cred.State == credcheck.CertExpired || cred.State == credcheck.NoCertificate || cred.State == credcheck.RenewalOverdue:
 		return false, fmt.Sprintf("credentials %s: %s: %s", cred.State, cred.Detail, cred.Fix)
+	case s.Capture != nil && s.Capture.State == CaptureFail:
+		return false, fmt.Sprintf("capture rules: %s: %s", s.Capture.Detail, captureFix(s.Capture, vm.Name))
 	}
 	return true, ""
+}
+
+// CaptureSummary is the capture verdict for the status table.
+func (s VMStatus) CaptureSummary() string { return s.Capture.column() }
+
+// captureFix is the agent's fix, with the command that restarts the sidecar
+// where the fix is a restart.
+func captureFix(c *Capture, vm string) string {
+	if strings.Contains(c.Fix, "restart the sidecar") {
+		return c.Fix + " (hostctl vm onboard " + vm + " --restart)"
+	}
+	return c.Fix
 }
 
 func orDash(s string) string {

@@ -54,12 +54,14 @@ func (f *Fleet) Verify(ctx context.Context) []Verdict {
 		if noTraffic == "" {
 			fromVM = callFromVM(ctx, ac, vm.Name)
 		}
+		capture := captureVerdict(ctx, ac, vm.Name)
 		ac.Close()
 		add(fromVM)
 		if noTraffic != "" {
 			// Without a data path to check, a result would only pretend.
 			add(Verdict{vm.Name, toVM, "skipped", "not checked: " + noTraffic})
 		}
+		add(capture)
 	}
 	if noTraffic == "" {
 		v := Verdict{"mesh", toVM, "FAIL", ""}
@@ -109,6 +111,30 @@ func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) Verdict 
 		v.Detail = r.GetError() + ": is Istio's helloworld sample deployed in namespace sample, with injection on?"
 	default:
 		v.Result, v.Detail = "ok", firstLine(r.GetBody())
+	}
+	return v
+}
+
+// captureVerdict is the agent's verdict on the VM's capture rules: ok
+// means the kernel's rules send the app's traffic to the proxy's ports and
+// leave the agent's and the proxy's own alone, and Istio's validator passed.
+func captureVerdict(ctx context.Context, ac *agentclient.Client, vm string) Verdict {
+	v := Verdict{vm, "capture rules", "FAIL", ""}
+	st, err := ac.Status(ctx)
+	if err != nil {
+		v.Detail = err.Error()
+		return v
+	}
+	c := captureOf(st.GetCapture())
+	switch {
+	case c == nil:
+		v.Result, v.Detail = "skipped", "not checked: the agent is older than this hostctl: run hostctl up"
+	case c.State == CaptureFail:
+		v.Detail = c.Detail + ": " + captureFix(c, vm)
+	case c.State == CaptureOK:
+		v.Result, v.Detail = "ok", c.Detail
+	default:
+		v.Result, v.Detail = "skipped", "not checked: "+c.Detail
 	}
 	return v
 }

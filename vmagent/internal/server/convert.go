@@ -13,6 +13,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/vmagent/internal/capture"
 	"github.com/meshvm/meshvm/vmagent/internal/hostsfile"
 	"github.com/meshvm/meshvm/vmagent/internal/netcheck"
 	"github.com/meshvm/meshvm/vmagent/internal/postinst"
@@ -174,4 +175,23 @@ func svcIP(root *fsroot.Root) string {
 		return ""
 	}
 	return env["ISTIO_SVC_IP"]
+}
+
+var captureStates = map[capture.State]agentv1.CaptureState{
+	capture.OK:      agentv1.CaptureState_CAPTURE_STATE_OK,
+	capture.Fail:    agentv1.CaptureState_CAPTURE_STATE_FAIL,
+	capture.Off:     agentv1.CaptureState_CAPTURE_STATE_OFF,
+	capture.Skipped: agentv1.CaptureState_CAPTURE_STATE_SKIPPED,
+}
+
+// captureVerdict converts the verdict, with the validator's record.
+func captureVerdict(v capture.Verdict) *agentv1.CaptureVerdict {
+	out := &agentv1.CaptureVerdict{State: captureStates[v.State], Backends: v.Backends}
+	for _, c := range v.Checks {
+		out.Checks = append(out.Checks, &agentv1.CaptureCheck{Name: c.Name, State: captureStates[c.State], Detail: c.Detail, Fix: c.Fix})
+	}
+	if rec := v.Validation; rec != nil {
+		out.Validation = &agentv1.CaptureValidation{RanAt: timestamppb.New(rec.At), Passed: rec.Passed, Output: rec.Output}
+	}
+	return out
 }

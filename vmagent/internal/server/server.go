@@ -25,6 +25,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/filecodec"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/vmagent/internal/capture"
 	"github.com/meshvm/meshvm/vmagent/internal/dnscheck"
 	"github.com/meshvm/meshvm/vmagent/internal/netcheck"
 	"github.com/meshvm/meshvm/vmagent/internal/postinst"
@@ -36,7 +37,7 @@ import (
 var _ agentv1.AgentServiceServer = (*Server)(nil)
 
 // Capabilities the agent announces in GetVersion; hostctl checks them.
-var Capabilities = []string{"install.v1", "files.v1", filecodec.Capability, "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1"}
+var Capabilities = []string{"install.v1", "files.v1", filecodec.Capability, "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1", "capture.v1"}
 
 // Sidecar controls the istio unit.
 type Sidecar interface {
@@ -54,6 +55,8 @@ type Deps struct {
 	Files     *vmfiles.Store
 	Sidecar   Sidecar
 	DNS       dnscheck.Resolver
+	// Capture judges the capture rules in force; nil reports none.
+	Capture *capture.Checker
 }
 
 // Server implements agentv1.AgentServiceServer.
@@ -105,6 +108,13 @@ func (s *Server) GetStatus(ctx context.Context, _ *agentv1.GetStatusRequest) (*a
 	}
 	st, err := s.deps.Sidecar.State(ctx)
 	resp.Sidecar = sidecarState(st, err)
+	if s.deps.Capture != nil {
+		active := st.ActiveState
+		if err != nil {
+			active = ""
+		}
+		resp.Capture = captureVerdict(s.deps.Capture.Verdict(ctx, active))
+	}
 	resp.InstallSteps = stepResults(s.deps.Installer.Install(ctx, true, nil))
 
 	// Both live where istio-proxy writes: credinfo reads them bounded, no links, regular files only.

@@ -283,6 +283,11 @@ func TestSidecarWithoutSystemdSaysSo(t *testing.T) {
 	if st.GetLastErrors()["sidecar"] == "" {
 		t.Errorf("status: got last errors %v, want the sidecar failure recorded", st.GetLastErrors())
 	}
+	// Without the sidecar's state the capture rules are not judged, and it says why.
+	if c := st.GetCapture(); c.GetState() != agentv1.CaptureState_CAPTURE_STATE_SKIPPED || len(c.GetChecks()) != 1 ||
+		!strings.Contains(c.GetChecks()[0].GetDetail(), "no systemd") {
+		t.Errorf("status: got capture %v, want SKIPPED saying the sidecar's state is unknown", c)
+	}
 }
 
 func TestProbeOnlyLocal(t *testing.T) {

@@ -34,6 +34,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/vmagent/internal/agentstate"
+	"github.com/meshvm/meshvm/vmagent/internal/capture"
 	"github.com/meshvm/meshvm/vmagent/internal/hostsfile"
 	"github.com/meshvm/meshvm/vmagent/internal/postinst"
 	"github.com/meshvm/meshvm/vmagent/internal/sysusers"
@@ -178,6 +179,12 @@ type Preparer struct {
 	// Run executes a command with env, its whole environment; tests may
 	// replace it.
 	Run func(ctx context.Context, env []string, name string, args ...string) error
+	// ReadRules reads the rules of both iptables backends (capture.Read
+	// on the root's tools when nil).
+	ReadRules func(ctx context.Context) capture.Saves
+	// Validate runs Istio's validator as the proxy user (capture.Validate
+	// on the root's pilot-agent when nil).
+	Validate func(ctx context.Context, uid, gid int, env map[string]string) capture.Validation
 }
 
 // Prepare restores the token and the hosts block, writes the unit's
@@ -209,18 +216,80 @@ func (p *Preparer) Prepare(ctx context.Context) error {
 	if err := p.Root.WriteBytes(postinst.SidecarEnvPath, data, fsroot.WriteOptions{Mode: 0o600, Dir: &dir}); err != nil {
 		return fmt.Errorf("write sidecar environment: %w", err)
 	}
+	// A validation of earlier rules says nothing of the ones in force next.
+	if err := capture.Forget(p.Root); err != nil {
+		return err
+	}
 	if env["ISTIO_CUSTOM_IP_TABLES"] == "true" {
 		p.Log.Info("ISTIO_CUSTOM_IP_TABLES=true: leaving the capture rules to the operator")
 		return nil
 	}
 	list := childEnv(env)
-	if err := p.run(ctx, list, pilotAgent, "istio-iptables", "--cleanup-only"); err != nil {
+	if err := p.cleanup(ctx, env); err != nil {
 		return err
 	}
 	if err := p.run(ctx, list, pilotAgent, "istio-iptables"); err != nil {
 		return err
 	}
-	return p.exemptAgent(ctx, true)
+	if err := p.exemptAgent(ctx, true); err != nil {
+		return err
+	}
+	p.validate(ctx, u, env)
+	return nil
+}
+
+// validate runs Istio's validator before the proxy binds its ports and
+// records the outcome for the agent's status. A failure does not stop the
+// start: the sidecar still reaches istiod, and the status names the fault.
+func (p *Preparer) validate(ctx context.Context, u sysusers.User, env map[string]string) {
+	run := p.Validate
+	if run == nil {
+		run = func(ctx context.Context, uid, gid int, env map[string]string) capture.Validation {
+			return capture.Validate(ctx, p.Root.HostPath(pilotAgent), uid, gid, env)
+		}
+	}
+	v := run(ctx, u.UID, u.GID, env)
+	if v.Passed {
+		p.Log.Info("Istio's capture validation passed", "output", v.Output)
+	} else {
+		p.Log.Error("Istio's capture validation failed: the redirect did not take a connection from the proxy user", "output", v.Output)
+	}
+	if err := capture.Save(p.Root, v); err != nil {
+		p.Log.Warn("could not record the capture validation", "err", err)
+	}
+}
+
+// cleanup removes Istio's rules from every backend holding them. Istio's
+// --cleanup-only cleans only the backend it detects (legacy as soon as
+// legacy tables exist), so rules an earlier run left in the other backend
+// would capture alongside the new ones: each backend still holding chains
+// afterwards gets its own cleanup, forced to it.
+func (p *Preparer) cleanup(ctx context.Context, env map[string]string) error {
+	if err := p.run(ctx, childEnv(env), pilotAgent, "istio-iptables", "--cleanup-only"); err != nil {
+		return err
+	}
+	read := p.ReadRules
+	if read == nil {
+		read = func(ctx context.Context) capture.Saves {
+			var dirs []string
+			for _, d := range capture.DefaultDirs {
+				dirs = append(dirs, p.Root.HostPath(d))
+			}
+			return capture.Read(ctx, dirs)
+		}
+	}
+	for _, b := range capture.Held(read(ctx)) {
+		forced := maps.Clone(env)
+		if forced == nil {
+			forced = map[string]string{}
+		}
+		forced["FORCE_IPTABLES_BINARY"] = strings.TrimPrefix(b, "iptables-")
+		p.Log.Warn("Istio's capture rules were left in a second backend: removing them", "backend", b)
+		if err := p.run(ctx, childEnv(forced), pilotAgent, "istio-iptables", "--cleanup-only"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // iptablesTools are the front ends istio-iptables may have used; the one
@@ -279,7 +348,10 @@ func (p *Preparer) Cleanup(ctx context.Context) error {
 	if err := p.exemptAgent(ctx, false); err != nil {
 		return err
 	}
-	return p.run(ctx, childEnv(files), pilotAgent, "istio-iptables", "--cleanup-only")
+	if err := capture.Forget(p.Root); err != nil {
+		return err
+	}
+	return p.cleanup(ctx, files)
 }
 
 func (p *Preparer) run(ctx context.Context, env []string, name string, args ...string) error {

@@ -26,6 +26,65 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type CaptureState int32
+
+const (
+	CaptureState_CAPTURE_STATE_UNSPECIFIED CaptureState = 0
+	// The rules sit in one backend and send every checked path where it belongs.
+	CaptureState_CAPTURE_STATE_OK CaptureState = 1
+	// A check failed; its fix says what to do.
+	CaptureState_CAPTURE_STATE_FAIL CaptureState = 2
+	// No capture is expected (sidecar stopped, or ISTIO_CUSTOM_IP_TABLES) and none is in force.
+	CaptureState_CAPTURE_STATE_OFF CaptureState = 3
+	// The check could not run; the detail says why.
+	CaptureState_CAPTURE_STATE_SKIPPED CaptureState = 4
+)
+
+// Enum value maps for CaptureState.
+var (
+	CaptureState_name = map[int32]string{
+		0: "CAPTURE_STATE_UNSPECIFIED",
+		1: "CAPTURE_STATE_OK",
+		2: "CAPTURE_STATE_FAIL",
+		3: "CAPTURE_STATE_OFF",
+		4: "CAPTURE_STATE_SKIPPED",
+	}
+	CaptureState_value = map[string]int32{
+		"CAPTURE_STATE_UNSPECIFIED": 0,
+		"CAPTURE_STATE_OK":          1,
+		"CAPTURE_STATE_FAIL":        2,
+		"CAPTURE_STATE_OFF":         3,
+		"CAPTURE_STATE_SKIPPED":     4,
+	}
+)
+
+func (x CaptureState) Enum() *CaptureState {
+	p := new(CaptureState)
+	*p = x
+	return p
+}
+
+func (x CaptureState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CaptureState) Descriptor() protoreflect.EnumDescriptor {
+	return file_meshvm_agent_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (CaptureState) Type() protoreflect.EnumType {
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[0]
+}
+
+func (x CaptureState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CaptureState.Descriptor instead.
+func (CaptureState) EnumDescriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
 type StepOutcome int32
 
 const (
@@ -72,11 +131,11 @@ func (x StepOutcome) String() string {
 }
 
 func (StepOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_meshvm_agent_v1_agent_proto_enumTypes[0].Descriptor()
+	return file_meshvm_agent_v1_agent_proto_enumTypes[1].Descriptor()
 }
 
 func (StepOutcome) Type() protoreflect.EnumType {
-	return &file_meshvm_agent_v1_agent_proto_enumTypes[0]
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[1]
 }
 
 func (x StepOutcome) Number() protoreflect.EnumNumber {
@@ -85,7 +144,7 @@ func (x StepOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StepOutcome.Descriptor instead.
 func (StepOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
 type FileOutcome int32
@@ -123,11 +182,11 @@ func (x FileOutcome) String() string {
 }
 
 func (FileOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_meshvm_agent_v1_agent_proto_enumTypes[1].Descriptor()
+	return file_meshvm_agent_v1_agent_proto_enumTypes[2].Descriptor()
 }
 
 func (FileOutcome) Type() protoreflect.EnumType {
-	return &file_meshvm_agent_v1_agent_proto_enumTypes[1]
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[2]
 }
 
 func (x FileOutcome) Number() protoreflect.EnumNumber {
@@ -136,7 +195,7 @@ func (x FileOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FileOutcome.Descriptor instead.
 func (FileOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 type SidecarAction int32
@@ -175,11 +234,11 @@ func (x SidecarAction) String() string {
 }
 
 func (SidecarAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_meshvm_agent_v1_agent_proto_enumTypes[2].Descriptor()
+	return file_meshvm_agent_v1_agent_proto_enumTypes[3].Descriptor()
 }
 
 func (SidecarAction) Type() protoreflect.EnumType {
-	return &file_meshvm_agent_v1_agent_proto_enumTypes[2]
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[3]
 }
 
 func (x SidecarAction) Number() protoreflect.EnumNumber {
@@ -188,7 +247,7 @@ func (x SidecarAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SidecarAction.Descriptor instead.
 func (SidecarAction) EnumDescriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 type LogSource int32
@@ -230,11 +289,11 @@ func (x LogSource) String() string {
 }
 
 func (LogSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_meshvm_agent_v1_agent_proto_enumTypes[3].Descriptor()
+	return file_meshvm_agent_v1_agent_proto_enumTypes[4].Descriptor()
 }
 
 func (LogSource) Type() protoreflect.EnumType {
-	return &file_meshvm_agent_v1_agent_proto_enumTypes[3]
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[4]
 }
 
 func (x LogSource) Number() protoreflect.EnumNumber {
@@ -243,7 +302,7 @@ func (x LogSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LogSource.Descriptor instead.
 func (LogSource) EnumDescriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 type DNSVia int32
@@ -281,11 +340,11 @@ func (x DNSVia) String() string {
 }
 
 func (DNSVia) Descriptor() protoreflect.EnumDescriptor {
-	return file_meshvm_agent_v1_agent_proto_enumTypes[4].Descriptor()
+	return file_meshvm_agent_v1_agent_proto_enumTypes[5].Descriptor()
 }
 
 func (DNSVia) Type() protoreflect.EnumType {
-	return &file_meshvm_agent_v1_agent_proto_enumTypes[4]
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[5]
 }
 
 func (x DNSVia) Number() protoreflect.EnumNumber {
@@ -294,7 +353,7 @@ func (x DNSVia) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DNSVia.Descriptor instead.
 func (DNSVia) EnumDescriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 type ProbeKind int32
@@ -330,11 +389,11 @@ func (x ProbeKind) String() string {
 }
 
 func (ProbeKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_meshvm_agent_v1_agent_proto_enumTypes[5].Descriptor()
+	return file_meshvm_agent_v1_agent_proto_enumTypes[6].Descriptor()
 }
 
 func (ProbeKind) Type() protoreflect.EnumType {
-	return &file_meshvm_agent_v1_agent_proto_enumTypes[5]
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[6]
 }
 
 func (x ProbeKind) Number() protoreflect.EnumNumber {
@@ -343,7 +402,7 @@ func (x ProbeKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProbeKind.Descriptor instead.
 func (ProbeKind) EnumDescriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 type GetVersionRequest struct {
@@ -517,7 +576,10 @@ type GetStatusResponse struct {
 	// Last error per subsystem ("install", "files", "sidecar", ...); empty when healthy.
 	LastErrors map[string]string `protobuf:"bytes,12,rep,name=last_errors,json=lastErrors,proto3" json:"last_errors,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The allowlisted onboarding files present on the VM, with digests.
-	Files         []*FileStat `protobuf:"bytes,13,rep,name=files,proto3" json:"files,omitempty"`
+	Files []*FileStat `protobuf:"bytes,13,rep,name=files,proto3" json:"files,omitempty"`
+	// The verdict on the traffic capture rules in force; unset from an agent
+	// without the "capture.v1" capability.
+	Capture       *CaptureVerdict `protobuf:"bytes,14,opt,name=capture,proto3" json:"capture,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -643,6 +705,221 @@ func (x *GetStatusResponse) GetFiles() []*FileStat {
 	return nil
 }
 
+func (x *GetStatusResponse) GetCapture() *CaptureVerdict {
+	if x != nil {
+		return x.Capture
+	}
+	return nil
+}
+
+// CaptureVerdict is the agent's judgement of the capture rules the kernel
+// holds, read with iptables-legacy-save and iptables-nft-save, and of
+// Istio's own validation run when the sidecar last started.
+type CaptureVerdict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State CaptureState           `protobuf:"varint,1,opt,name=state,proto3,enum=meshvm.agent.v1.CaptureState" json:"state,omitempty"`
+	// The backends holding Istio's nat chains ("iptables-legacy",
+	// "iptables-nft"); more than one is a failure.
+	Backends []string `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	// Each path checked, in order: backend, inbound ports, exemptions,
+	// outbound, DNS, Istio's validation.
+	Checks []*CaptureCheck `protobuf:"bytes,3,rep,name=checks,proto3" json:"checks,omitempty"`
+	// Istio's validator (pilot-agent istio-iptables --run-validation as the
+	// proxy user) at the last start; unset when it has not run.
+	Validation    *CaptureValidation `protobuf:"bytes,4,opt,name=validation,proto3" json:"validation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureVerdict) Reset() {
+	*x = CaptureVerdict{}
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureVerdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureVerdict) ProtoMessage() {}
+
+func (x *CaptureVerdict) ProtoReflect() protoreflect.Message {
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureVerdict.ProtoReflect.Descriptor instead.
+func (*CaptureVerdict) Descriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CaptureVerdict) GetState() CaptureState {
+	if x != nil {
+		return x.State
+	}
+	return CaptureState_CAPTURE_STATE_UNSPECIFIED
+}
+
+func (x *CaptureVerdict) GetBackends() []string {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *CaptureVerdict) GetChecks() []*CaptureCheck {
+	if x != nil {
+		return x.Checks
+	}
+	return nil
+}
+
+func (x *CaptureVerdict) GetValidation() *CaptureValidation {
+	if x != nil {
+		return x.Validation
+	}
+	return nil
+}
+
+type CaptureCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// e.g. "backend", "inbound :8000 -> 15006", "agent :7443 replies exempt".
+	Name   string       `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	State  CaptureState `protobuf:"varint,2,opt,name=state,proto3,enum=meshvm.agent.v1.CaptureState" json:"state,omitempty"`
+	Detail string       `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The next step on the VM when state is FAIL.
+	Fix           string `protobuf:"bytes,4,opt,name=fix,proto3" json:"fix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureCheck) Reset() {
+	*x = CaptureCheck{}
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureCheck) ProtoMessage() {}
+
+func (x *CaptureCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureCheck.ProtoReflect.Descriptor instead.
+func (*CaptureCheck) Descriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CaptureCheck) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CaptureCheck) GetState() CaptureState {
+	if x != nil {
+		return x.State
+	}
+	return CaptureState_CAPTURE_STATE_UNSPECIFIED
+}
+
+func (x *CaptureCheck) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *CaptureCheck) GetFix() string {
+	if x != nil {
+		return x.Fix
+	}
+	return ""
+}
+
+type CaptureValidation struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	RanAt  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=ran_at,json=ranAt,proto3" json:"ran_at,omitempty"`
+	Passed bool                   `protobuf:"varint,2,opt,name=passed,proto3" json:"passed,omitempty"`
+	// The validator's last lines, or why it could not run.
+	Output        string `protobuf:"bytes,3,opt,name=output,proto3" json:"output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CaptureValidation) Reset() {
+	*x = CaptureValidation{}
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CaptureValidation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CaptureValidation) ProtoMessage() {}
+
+func (x *CaptureValidation) ProtoReflect() protoreflect.Message {
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CaptureValidation.ProtoReflect.Descriptor instead.
+func (*CaptureValidation) Descriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CaptureValidation) GetRanAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RanAt
+	}
+	return nil
+}
+
+func (x *CaptureValidation) GetPassed() bool {
+	if x != nil {
+		return x.Passed
+	}
+	return false
+}
+
+func (x *CaptureValidation) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
 type CertificateInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
@@ -656,7 +933,7 @@ type CertificateInfo struct {
 
 func (x *CertificateInfo) Reset() {
 	*x = CertificateInfo{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +945,7 @@ func (x *CertificateInfo) String() string {
 func (*CertificateInfo) ProtoMessage() {}
 
 func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +958,7 @@ func (x *CertificateInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInfo.ProtoReflect.Descriptor instead.
 func (*CertificateInfo) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CertificateInfo) GetPath() string {
@@ -744,7 +1021,7 @@ type TokenInfo struct {
 
 func (x *TokenInfo) Reset() {
 	*x = TokenInfo{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +1033,7 @@ func (x *TokenInfo) String() string {
 func (*TokenInfo) ProtoMessage() {}
 
 func (x *TokenInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1046,7 @@ func (x *TokenInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
 func (*TokenInfo) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TokenInfo) GetPath() string {
@@ -847,7 +1124,7 @@ type InstallRequest struct {
 
 func (x *InstallRequest) Reset() {
 	*x = InstallRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1136,7 @@ func (x *InstallRequest) String() string {
 func (*InstallRequest) ProtoMessage() {}
 
 func (x *InstallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1149,7 @@ func (x *InstallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallRequest.ProtoReflect.Descriptor instead.
 func (*InstallRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InstallRequest) GetDryRun() bool {
@@ -899,7 +1176,7 @@ type HostsEntry struct {
 
 func (x *HostsEntry) Reset() {
 	*x = HostsEntry{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1188,7 @@ func (x *HostsEntry) String() string {
 func (*HostsEntry) ProtoMessage() {}
 
 func (x *HostsEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1201,7 @@ func (x *HostsEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostsEntry.ProtoReflect.Descriptor instead.
 func (*HostsEntry) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HostsEntry) GetIp() string {
@@ -950,7 +1227,7 @@ type InstallResponse struct {
 
 func (x *InstallResponse) Reset() {
 	*x = InstallResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1239,7 @@ func (x *InstallResponse) String() string {
 func (*InstallResponse) ProtoMessage() {}
 
 func (x *InstallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1252,7 @@ func (x *InstallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallResponse.ProtoReflect.Descriptor instead.
 func (*InstallResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InstallResponse) GetSteps() []*StepResult {
@@ -994,7 +1271,7 @@ type UninstallRequest struct {
 
 func (x *UninstallRequest) Reset() {
 	*x = UninstallRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1283,7 @@ func (x *UninstallRequest) String() string {
 func (*UninstallRequest) ProtoMessage() {}
 
 func (x *UninstallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1296,7 @@ func (x *UninstallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UninstallRequest.ProtoReflect.Descriptor instead.
 func (*UninstallRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UninstallRequest) GetDryRun() bool {
@@ -1038,7 +1315,7 @@ type UninstallResponse struct {
 
 func (x *UninstallResponse) Reset() {
 	*x = UninstallResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1327,7 @@ func (x *UninstallResponse) String() string {
 func (*UninstallResponse) ProtoMessage() {}
 
 func (x *UninstallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1340,7 @@ func (x *UninstallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UninstallResponse.ProtoReflect.Descriptor instead.
 func (*UninstallResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UninstallResponse) GetSteps() []*StepResult {
@@ -1085,7 +1362,7 @@ type StepResult struct {
 
 func (x *StepResult) Reset() {
 	*x = StepResult{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1374,7 @@ func (x *StepResult) String() string {
 func (*StepResult) ProtoMessage() {}
 
 func (x *StepResult) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1387,7 @@ func (x *StepResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResult.ProtoReflect.Descriptor instead.
 func (*StepResult) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StepResult) GetName() string {
@@ -1143,7 +1420,7 @@ type StatFilesRequest struct {
 
 func (x *StatFilesRequest) Reset() {
 	*x = StatFilesRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1432,7 @@ func (x *StatFilesRequest) String() string {
 func (*StatFilesRequest) ProtoMessage() {}
 
 func (x *StatFilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1445,7 @@ func (x *StatFilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatFilesRequest.ProtoReflect.Descriptor instead.
 func (*StatFilesRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatFilesRequest) GetPaths() []string {
@@ -1187,7 +1464,7 @@ type StatFilesResponse struct {
 
 func (x *StatFilesResponse) Reset() {
 	*x = StatFilesResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1476,7 @@ func (x *StatFilesResponse) String() string {
 func (*StatFilesResponse) ProtoMessage() {}
 
 func (x *StatFilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1489,7 @@ func (x *StatFilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatFilesResponse.ProtoReflect.Descriptor instead.
 func (*StatFilesResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatFilesResponse) GetFiles() []*FileStat {
@@ -1238,7 +1515,7 @@ type FileStat struct {
 
 func (x *FileStat) Reset() {
 	*x = FileStat{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1527,7 @@ func (x *FileStat) String() string {
 func (*FileStat) ProtoMessage() {}
 
 func (x *FileStat) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1540,7 @@ func (x *FileStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileStat.ProtoReflect.Descriptor instead.
 func (*FileStat) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FileStat) GetPath() string {
@@ -1329,7 +1606,7 @@ type PutFileRequest struct {
 
 func (x *PutFileRequest) Reset() {
 	*x = PutFileRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1341,7 +1618,7 @@ func (x *PutFileRequest) String() string {
 func (*PutFileRequest) ProtoMessage() {}
 
 func (x *PutFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1354,7 +1631,7 @@ func (x *PutFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFileRequest.ProtoReflect.Descriptor instead.
 func (*PutFileRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PutFileRequest) GetMsg() isPutFileRequest_Msg {
@@ -1438,7 +1715,7 @@ type FileHeader struct {
 
 func (x *FileHeader) Reset() {
 	*x = FileHeader{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1727,7 @@ func (x *FileHeader) String() string {
 func (*FileHeader) ProtoMessage() {}
 
 func (x *FileHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1740,7 @@ func (x *FileHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileHeader.ProtoReflect.Descriptor instead.
 func (*FileHeader) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FileHeader) GetPath() string {
@@ -1521,7 +1798,7 @@ type PutFileResponse struct {
 
 func (x *PutFileResponse) Reset() {
 	*x = PutFileResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1810,7 @@ func (x *PutFileResponse) String() string {
 func (*PutFileResponse) ProtoMessage() {}
 
 func (x *PutFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1823,7 @@ func (x *PutFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutFileResponse.ProtoReflect.Descriptor instead.
 func (*PutFileResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PutFileResponse) GetPath() string {
@@ -1586,7 +1863,7 @@ type ControlSidecarRequest struct {
 
 func (x *ControlSidecarRequest) Reset() {
 	*x = ControlSidecarRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1875,7 @@ func (x *ControlSidecarRequest) String() string {
 func (*ControlSidecarRequest) ProtoMessage() {}
 
 func (x *ControlSidecarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1888,7 @@ func (x *ControlSidecarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlSidecarRequest.ProtoReflect.Descriptor instead.
 func (*ControlSidecarRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ControlSidecarRequest) GetAction() SidecarAction {
@@ -1630,7 +1907,7 @@ type ControlSidecarResponse struct {
 
 func (x *ControlSidecarResponse) Reset() {
 	*x = ControlSidecarResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1919,7 @@ func (x *ControlSidecarResponse) String() string {
 func (*ControlSidecarResponse) ProtoMessage() {}
 
 func (x *ControlSidecarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1932,7 @@ func (x *ControlSidecarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlSidecarResponse.ProtoReflect.Descriptor instead.
 func (*ControlSidecarResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ControlSidecarResponse) GetSidecar() *SidecarState {
@@ -1673,7 +1950,7 @@ type GetSidecarRequest struct {
 
 func (x *GetSidecarRequest) Reset() {
 	*x = GetSidecarRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1962,7 @@ func (x *GetSidecarRequest) String() string {
 func (*GetSidecarRequest) ProtoMessage() {}
 
 func (x *GetSidecarRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1975,7 @@ func (x *GetSidecarRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSidecarRequest.ProtoReflect.Descriptor instead.
 func (*GetSidecarRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 type GetSidecarResponse struct {
@@ -1710,7 +1987,7 @@ type GetSidecarResponse struct {
 
 func (x *GetSidecarResponse) Reset() {
 	*x = GetSidecarResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1722,7 +1999,7 @@ func (x *GetSidecarResponse) String() string {
 func (*GetSidecarResponse) ProtoMessage() {}
 
 func (x *GetSidecarResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1735,7 +2012,7 @@ func (x *GetSidecarResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSidecarResponse.ProtoReflect.Descriptor instead.
 func (*GetSidecarResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetSidecarResponse) GetSidecar() *SidecarState {
@@ -1765,7 +2042,7 @@ type SidecarState struct {
 
 func (x *SidecarState) Reset() {
 	*x = SidecarState{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +2054,7 @@ func (x *SidecarState) String() string {
 func (*SidecarState) ProtoMessage() {}
 
 func (x *SidecarState) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +2067,7 @@ func (x *SidecarState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarState.ProtoReflect.Descriptor instead.
 func (*SidecarState) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SidecarState) GetUnit() string {
@@ -1870,7 +2147,7 @@ type SidecarLogsRequest struct {
 
 func (x *SidecarLogsRequest) Reset() {
 	*x = SidecarLogsRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +2159,7 @@ func (x *SidecarLogsRequest) String() string {
 func (*SidecarLogsRequest) ProtoMessage() {}
 
 func (x *SidecarLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +2172,7 @@ func (x *SidecarLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarLogsRequest.ProtoReflect.Descriptor instead.
 func (*SidecarLogsRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SidecarLogsRequest) GetSource() LogSource {
@@ -1928,7 +2205,7 @@ type SidecarLogsResponse struct {
 
 func (x *SidecarLogsResponse) Reset() {
 	*x = SidecarLogsResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2217,7 @@ func (x *SidecarLogsResponse) String() string {
 func (*SidecarLogsResponse) ProtoMessage() {}
 
 func (x *SidecarLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2230,7 @@ func (x *SidecarLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SidecarLogsResponse.ProtoReflect.Descriptor instead.
 func (*SidecarLogsResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SidecarLogsResponse) GetLines() []*LogLine {
@@ -1973,7 +2250,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1985,7 +2262,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1998,7 +2275,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LogLine) GetTime() *timestamppb.Timestamp {
@@ -2026,7 +2303,7 @@ type ResolveDNSRequest struct {
 
 func (x *ResolveDNSRequest) Reset() {
 	*x = ResolveDNSRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2038,7 +2315,7 @@ func (x *ResolveDNSRequest) String() string {
 func (*ResolveDNSRequest) ProtoMessage() {}
 
 func (x *ResolveDNSRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2051,7 +2328,7 @@ func (x *ResolveDNSRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveDNSRequest.ProtoReflect.Descriptor instead.
 func (*ResolveDNSRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResolveDNSRequest) GetName() string {
@@ -2090,7 +2367,7 @@ type ResolveDNSResponse struct {
 
 func (x *ResolveDNSResponse) Reset() {
 	*x = ResolveDNSResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2102,7 +2379,7 @@ func (x *ResolveDNSResponse) String() string {
 func (*ResolveDNSResponse) ProtoMessage() {}
 
 func (x *ResolveDNSResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2115,7 +2392,7 @@ func (x *ResolveDNSResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveDNSResponse.ProtoReflect.Descriptor instead.
 func (*ResolveDNSResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResolveDNSResponse) GetName() string {
@@ -2172,7 +2449,7 @@ type ProbeRequest struct {
 
 func (x *ProbeRequest) Reset() {
 	*x = ProbeRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2461,7 @@ func (x *ProbeRequest) String() string {
 func (*ProbeRequest) ProtoMessage() {}
 
 func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2474,7 @@ func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeRequest.ProtoReflect.Descriptor instead.
 func (*ProbeRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ProbeRequest) GetKind() ProbeKind {
@@ -2248,7 +2525,7 @@ type ProbeResponse struct {
 
 func (x *ProbeResponse) Reset() {
 	*x = ProbeResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2260,7 +2537,7 @@ func (x *ProbeResponse) String() string {
 func (*ProbeResponse) ProtoMessage() {}
 
 func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2273,7 +2550,7 @@ func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResponse.ProtoReflect.Descriptor instead.
 func (*ProbeResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ProbeResponse) GetOk() bool {
@@ -2326,7 +2603,7 @@ type CallServiceRequest struct {
 
 func (x *CallServiceRequest) Reset() {
 	*x = CallServiceRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2615,7 @@ func (x *CallServiceRequest) String() string {
 func (*CallServiceRequest) ProtoMessage() {}
 
 func (x *CallServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2628,7 @@ func (x *CallServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallServiceRequest.ProtoReflect.Descriptor instead.
 func (*CallServiceRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CallServiceRequest) GetHost() string {
@@ -2397,7 +2674,7 @@ type CallServiceResponse struct {
 
 func (x *CallServiceResponse) Reset() {
 	*x = CallServiceResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2686,7 @@ func (x *CallServiceResponse) String() string {
 func (*CallServiceResponse) ProtoMessage() {}
 
 func (x *CallServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2699,7 @@ func (x *CallServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallServiceResponse.ProtoReflect.Descriptor instead.
 func (*CallServiceResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CallServiceResponse) GetOk() bool {
@@ -2468,7 +2745,7 @@ type CheckNetworkRequest struct {
 
 func (x *CheckNetworkRequest) Reset() {
 	*x = CheckNetworkRequest{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2757,7 @@ func (x *CheckNetworkRequest) String() string {
 func (*CheckNetworkRequest) ProtoMessage() {}
 
 func (x *CheckNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2770,7 @@ func (x *CheckNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckNetworkRequest.ProtoReflect.Descriptor instead.
 func (*CheckNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 type CheckNetworkResponse struct {
@@ -2511,7 +2788,7 @@ type CheckNetworkResponse struct {
 
 func (x *CheckNetworkResponse) Reset() {
 	*x = CheckNetworkResponse{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2523,7 +2800,7 @@ func (x *CheckNetworkResponse) String() string {
 func (*CheckNetworkResponse) ProtoMessage() {}
 
 func (x *CheckNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2536,7 +2813,7 @@ func (x *CheckNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckNetworkResponse.ProtoReflect.Descriptor instead.
 func (*CheckNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CheckNetworkResponse) GetFirewallBackends() []*FirewallBackend {
@@ -2588,7 +2865,7 @@ type FirewallBackend struct {
 
 func (x *FirewallBackend) Reset() {
 	*x = FirewallBackend{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2600,7 +2877,7 @@ func (x *FirewallBackend) String() string {
 func (*FirewallBackend) ProtoMessage() {}
 
 func (x *FirewallBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2613,7 +2890,7 @@ func (x *FirewallBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallBackend.ProtoReflect.Descriptor instead.
 func (*FirewallBackend) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *FirewallBackend) GetName() string {
@@ -2657,7 +2934,7 @@ type NetworkInterface struct {
 
 func (x *NetworkInterface) Reset() {
 	*x = NetworkInterface{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2946,7 @@ func (x *NetworkInterface) String() string {
 func (*NetworkInterface) ProtoMessage() {}
 
 func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2959,7 @@ func (x *NetworkInterface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkInterface.ProtoReflect.Descriptor instead.
 func (*NetworkInterface) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NetworkInterface) GetName() string {
@@ -2731,7 +3008,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +3020,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +3033,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Route) GetDestination() string {
@@ -2793,7 +3070,7 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"go_version\x18\x03 \x01(\tR\tgoVersion\x12\x0e\n" +
 	"\x02os\x18\x04 \x01(\tR\x02os\x12\x12\n" +
 	"\x04arch\x18\x05 \x01(\tR\x04arch\"\x12\n" +
-	"\x10GetStatusRequest\"\xc1\x05\n" +
+	"\x10GetStatusRequest\"\xfc\x05\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x129\n" +
 	"\n" +
@@ -2811,10 +3088,27 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\x05token\x18\v \x01(\v2\x1a.meshvm.agent.v1.TokenInfoR\x05token\x12S\n" +
 	"\vlast_errors\x18\f \x03(\v22.meshvm.agent.v1.GetStatusResponse.LastErrorsEntryR\n" +
 	"lastErrors\x12/\n" +
-	"\x05files\x18\r \x03(\v2\x19.meshvm.agent.v1.FileStatR\x05files\x1a=\n" +
+	"\x05files\x18\r \x03(\v2\x19.meshvm.agent.v1.FileStatR\x05files\x129\n" +
+	"\acapture\x18\x0e \x01(\v2\x1f.meshvm.agent.v1.CaptureVerdictR\acapture\x1a=\n" +
 	"\x0fLastErrorsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xce\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdc\x01\n" +
+	"\x0eCaptureVerdict\x123\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1d.meshvm.agent.v1.CaptureStateR\x05state\x12\x1a\n" +
+	"\bbackends\x18\x02 \x03(\tR\bbackends\x125\n" +
+	"\x06checks\x18\x03 \x03(\v2\x1d.meshvm.agent.v1.CaptureCheckR\x06checks\x12B\n" +
+	"\n" +
+	"validation\x18\x04 \x01(\v2\".meshvm.agent.v1.CaptureValidationR\n" +
+	"validation\"\x81\x01\n" +
+	"\fCaptureCheck\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1d.meshvm.agent.v1.CaptureStateR\x05state\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x10\n" +
+	"\x03fix\x18\x04 \x01(\tR\x03fix\"v\n" +
+	"\x11CaptureValidation\x121\n" +
+	"\x06ran_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05ranAt\x12\x16\n" +
+	"\x06passed\x18\x02 \x01(\bR\x06passed\x12\x16\n" +
+	"\x06output\x18\x03 \x01(\tR\x06output\"\xce\x01\n" +
 	"\x0fCertificateInfo\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\asubject\x18\x02 \x01(\tR\asubject\x12\x19\n" +
@@ -2967,7 +3261,13 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\x05Route\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1c\n" +
-	"\tinterface\x18\x03 \x01(\tR\tinterface*\xb3\x01\n" +
+	"\tinterface\x18\x03 \x01(\tR\tinterface*\x8d\x01\n" +
+	"\fCaptureState\x12\x1d\n" +
+	"\x19CAPTURE_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10CAPTURE_STATE_OK\x10\x01\x12\x16\n" +
+	"\x12CAPTURE_STATE_FAIL\x10\x02\x12\x15\n" +
+	"\x11CAPTURE_STATE_OFF\x10\x03\x12\x19\n" +
+	"\x15CAPTURE_STATE_SKIPPED\x10\x04*\xb3\x01\n" +
 	"\vStepOutcome\x12\x1c\n" +
 	"\x18STEP_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16STEP_OUTCOME_UNCHANGED\x10\x01\x12\x18\n" +
@@ -3027,125 +3327,135 @@ func file_meshvm_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_meshvm_agent_v1_agent_proto_rawDescData
 }
 
-var file_meshvm_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_meshvm_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_meshvm_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
+var file_meshvm_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_meshvm_agent_v1_agent_proto_goTypes = []any{
-	(StepOutcome)(0),               // 0: meshvm.agent.v1.StepOutcome
-	(FileOutcome)(0),               // 1: meshvm.agent.v1.FileOutcome
-	(SidecarAction)(0),             // 2: meshvm.agent.v1.SidecarAction
-	(LogSource)(0),                 // 3: meshvm.agent.v1.LogSource
-	(DNSVia)(0),                    // 4: meshvm.agent.v1.DNSVia
-	(ProbeKind)(0),                 // 5: meshvm.agent.v1.ProbeKind
-	(*GetVersionRequest)(nil),      // 6: meshvm.agent.v1.GetVersionRequest
-	(*GetVersionResponse)(nil),     // 7: meshvm.agent.v1.GetVersionResponse
-	(*GetStatusRequest)(nil),       // 8: meshvm.agent.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),      // 9: meshvm.agent.v1.GetStatusResponse
-	(*CertificateInfo)(nil),        // 10: meshvm.agent.v1.CertificateInfo
-	(*TokenInfo)(nil),              // 11: meshvm.agent.v1.TokenInfo
-	(*InstallRequest)(nil),         // 12: meshvm.agent.v1.InstallRequest
-	(*HostsEntry)(nil),             // 13: meshvm.agent.v1.HostsEntry
-	(*InstallResponse)(nil),        // 14: meshvm.agent.v1.InstallResponse
-	(*UninstallRequest)(nil),       // 15: meshvm.agent.v1.UninstallRequest
-	(*UninstallResponse)(nil),      // 16: meshvm.agent.v1.UninstallResponse
-	(*StepResult)(nil),             // 17: meshvm.agent.v1.StepResult
-	(*StatFilesRequest)(nil),       // 18: meshvm.agent.v1.StatFilesRequest
-	(*StatFilesResponse)(nil),      // 19: meshvm.agent.v1.StatFilesResponse
-	(*FileStat)(nil),               // 20: meshvm.agent.v1.FileStat
-	(*PutFileRequest)(nil),         // 21: meshvm.agent.v1.PutFileRequest
-	(*FileHeader)(nil),             // 22: meshvm.agent.v1.FileHeader
-	(*PutFileResponse)(nil),        // 23: meshvm.agent.v1.PutFileResponse
-	(*ControlSidecarRequest)(nil),  // 24: meshvm.agent.v1.ControlSidecarRequest
-	(*ControlSidecarResponse)(nil), // 25: meshvm.agent.v1.ControlSidecarResponse
-	(*GetSidecarRequest)(nil),      // 26: meshvm.agent.v1.GetSidecarRequest
-	(*GetSidecarResponse)(nil),     // 27: meshvm.agent.v1.GetSidecarResponse
-	(*SidecarState)(nil),           // 28: meshvm.agent.v1.SidecarState
-	(*SidecarLogsRequest)(nil),     // 29: meshvm.agent.v1.SidecarLogsRequest
-	(*SidecarLogsResponse)(nil),    // 30: meshvm.agent.v1.SidecarLogsResponse
-	(*LogLine)(nil),                // 31: meshvm.agent.v1.LogLine
-	(*ResolveDNSRequest)(nil),      // 32: meshvm.agent.v1.ResolveDNSRequest
-	(*ResolveDNSResponse)(nil),     // 33: meshvm.agent.v1.ResolveDNSResponse
-	(*ProbeRequest)(nil),           // 34: meshvm.agent.v1.ProbeRequest
-	(*ProbeResponse)(nil),          // 35: meshvm.agent.v1.ProbeResponse
-	(*CallServiceRequest)(nil),     // 36: meshvm.agent.v1.CallServiceRequest
-	(*CallServiceResponse)(nil),    // 37: meshvm.agent.v1.CallServiceResponse
-	(*CheckNetworkRequest)(nil),    // 38: meshvm.agent.v1.CheckNetworkRequest
-	(*CheckNetworkResponse)(nil),   // 39: meshvm.agent.v1.CheckNetworkResponse
-	(*FirewallBackend)(nil),        // 40: meshvm.agent.v1.FirewallBackend
-	(*NetworkInterface)(nil),       // 41: meshvm.agent.v1.NetworkInterface
-	(*Route)(nil),                  // 42: meshvm.agent.v1.Route
-	nil,                            // 43: meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
-	(*timestamppb.Timestamp)(nil),  // 44: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 45: google.protobuf.Duration
+	(CaptureState)(0),              // 0: meshvm.agent.v1.CaptureState
+	(StepOutcome)(0),               // 1: meshvm.agent.v1.StepOutcome
+	(FileOutcome)(0),               // 2: meshvm.agent.v1.FileOutcome
+	(SidecarAction)(0),             // 3: meshvm.agent.v1.SidecarAction
+	(LogSource)(0),                 // 4: meshvm.agent.v1.LogSource
+	(DNSVia)(0),                    // 5: meshvm.agent.v1.DNSVia
+	(ProbeKind)(0),                 // 6: meshvm.agent.v1.ProbeKind
+	(*GetVersionRequest)(nil),      // 7: meshvm.agent.v1.GetVersionRequest
+	(*GetVersionResponse)(nil),     // 8: meshvm.agent.v1.GetVersionResponse
+	(*GetStatusRequest)(nil),       // 9: meshvm.agent.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),      // 10: meshvm.agent.v1.GetStatusResponse
+	(*CaptureVerdict)(nil),         // 11: meshvm.agent.v1.CaptureVerdict
+	(*CaptureCheck)(nil),           // 12: meshvm.agent.v1.CaptureCheck
+	(*CaptureValidation)(nil),      // 13: meshvm.agent.v1.CaptureValidation
+	(*CertificateInfo)(nil),        // 14: meshvm.agent.v1.CertificateInfo
+	(*TokenInfo)(nil),              // 15: meshvm.agent.v1.TokenInfo
+	(*InstallRequest)(nil),         // 16: meshvm.agent.v1.InstallRequest
+	(*HostsEntry)(nil),             // 17: meshvm.agent.v1.HostsEntry
+	(*InstallResponse)(nil),        // 18: meshvm.agent.v1.InstallResponse
+	(*UninstallRequest)(nil),       // 19: meshvm.agent.v1.UninstallRequest
+	(*UninstallResponse)(nil),      // 20: meshvm.agent.v1.UninstallResponse
+	(*StepResult)(nil),             // 21: meshvm.agent.v1.StepResult
+	(*StatFilesRequest)(nil),       // 22: meshvm.agent.v1.StatFilesRequest
+	(*StatFilesResponse)(nil),      // 23: meshvm.agent.v1.StatFilesResponse
+	(*FileStat)(nil),               // 24: meshvm.agent.v1.FileStat
+	(*PutFileRequest)(nil),         // 25: meshvm.agent.v1.PutFileRequest
+	(*FileHeader)(nil),             // 26: meshvm.agent.v1.FileHeader
+	(*PutFileResponse)(nil),        // 27: meshvm.agent.v1.PutFileResponse
+	(*ControlSidecarRequest)(nil),  // 28: meshvm.agent.v1.ControlSidecarRequest
+	(*ControlSidecarResponse)(nil), // 29: meshvm.agent.v1.ControlSidecarResponse
+	(*GetSidecarRequest)(nil),      // 30: meshvm.agent.v1.GetSidecarRequest
+	(*GetSidecarResponse)(nil),     // 31: meshvm.agent.v1.GetSidecarResponse
+	(*SidecarState)(nil),           // 32: meshvm.agent.v1.SidecarState
+	(*SidecarLogsRequest)(nil),     // 33: meshvm.agent.v1.SidecarLogsRequest
+	(*SidecarLogsResponse)(nil),    // 34: meshvm.agent.v1.SidecarLogsResponse
+	(*LogLine)(nil),                // 35: meshvm.agent.v1.LogLine
+	(*ResolveDNSRequest)(nil),      // 36: meshvm.agent.v1.ResolveDNSRequest
+	(*ResolveDNSResponse)(nil),     // 37: meshvm.agent.v1.ResolveDNSResponse
+	(*ProbeRequest)(nil),           // 38: meshvm.agent.v1.ProbeRequest
+	(*ProbeResponse)(nil),          // 39: meshvm.agent.v1.ProbeResponse
+	(*CallServiceRequest)(nil),     // 40: meshvm.agent.v1.CallServiceRequest
+	(*CallServiceResponse)(nil),    // 41: meshvm.agent.v1.CallServiceResponse
+	(*CheckNetworkRequest)(nil),    // 42: meshvm.agent.v1.CheckNetworkRequest
+	(*CheckNetworkResponse)(nil),   // 43: meshvm.agent.v1.CheckNetworkResponse
+	(*FirewallBackend)(nil),        // 44: meshvm.agent.v1.FirewallBackend
+	(*NetworkInterface)(nil),       // 45: meshvm.agent.v1.NetworkInterface
+	(*Route)(nil),                  // 46: meshvm.agent.v1.Route
+	nil,                            // 47: meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
+	(*timestamppb.Timestamp)(nil),  // 48: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 49: google.protobuf.Duration
 }
 var file_meshvm_agent_v1_agent_proto_depIdxs = []int32{
-	44, // 0: meshvm.agent.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	45, // 1: meshvm.agent.v1.GetStatusResponse.uptime:type_name -> google.protobuf.Duration
-	28, // 2: meshvm.agent.v1.GetStatusResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	17, // 3: meshvm.agent.v1.GetStatusResponse.install_steps:type_name -> meshvm.agent.v1.StepResult
-	10, // 4: meshvm.agent.v1.GetStatusResponse.workload_certificate:type_name -> meshvm.agent.v1.CertificateInfo
-	11, // 5: meshvm.agent.v1.GetStatusResponse.token:type_name -> meshvm.agent.v1.TokenInfo
-	43, // 6: meshvm.agent.v1.GetStatusResponse.last_errors:type_name -> meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
-	20, // 7: meshvm.agent.v1.GetStatusResponse.files:type_name -> meshvm.agent.v1.FileStat
-	44, // 8: meshvm.agent.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
-	44, // 9: meshvm.agent.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
-	44, // 10: meshvm.agent.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	44, // 11: meshvm.agent.v1.TokenInfo.issued_at:type_name -> google.protobuf.Timestamp
-	13, // 12: meshvm.agent.v1.InstallRequest.hosts_entries:type_name -> meshvm.agent.v1.HostsEntry
-	17, // 13: meshvm.agent.v1.InstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
-	17, // 14: meshvm.agent.v1.UninstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
-	0,  // 15: meshvm.agent.v1.StepResult.outcome:type_name -> meshvm.agent.v1.StepOutcome
-	20, // 16: meshvm.agent.v1.StatFilesResponse.files:type_name -> meshvm.agent.v1.FileStat
-	22, // 17: meshvm.agent.v1.PutFileRequest.header:type_name -> meshvm.agent.v1.FileHeader
-	1,  // 18: meshvm.agent.v1.PutFileResponse.outcome:type_name -> meshvm.agent.v1.FileOutcome
-	2,  // 19: meshvm.agent.v1.ControlSidecarRequest.action:type_name -> meshvm.agent.v1.SidecarAction
-	28, // 20: meshvm.agent.v1.ControlSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	28, // 21: meshvm.agent.v1.GetSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	44, // 22: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
-	3,  // 23: meshvm.agent.v1.SidecarLogsRequest.source:type_name -> meshvm.agent.v1.LogSource
-	31, // 24: meshvm.agent.v1.SidecarLogsResponse.lines:type_name -> meshvm.agent.v1.LogLine
-	44, // 25: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	4,  // 26: meshvm.agent.v1.ResolveDNSRequest.via:type_name -> meshvm.agent.v1.DNSVia
-	45, // 27: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 28: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
-	5,  // 29: meshvm.agent.v1.ProbeRequest.kind:type_name -> meshvm.agent.v1.ProbeKind
-	45, // 30: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 31: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
-	45, // 32: meshvm.agent.v1.CallServiceRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 33: meshvm.agent.v1.CallServiceResponse.latency:type_name -> google.protobuf.Duration
-	40, // 34: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
-	41, // 35: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
-	42, // 36: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
-	6,  // 37: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
-	8,  // 38: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
-	12, // 39: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
-	15, // 40: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
-	18, // 41: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
-	21, // 42: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
-	24, // 43: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
-	26, // 44: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
-	29, // 45: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
-	32, // 46: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
-	34, // 47: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
-	38, // 48: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
-	36, // 49: meshvm.agent.v1.AgentService.CallService:input_type -> meshvm.agent.v1.CallServiceRequest
-	7,  // 50: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
-	9,  // 51: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
-	14, // 52: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
-	16, // 53: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
-	19, // 54: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
-	23, // 55: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
-	25, // 56: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
-	27, // 57: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
-	30, // 58: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
-	33, // 59: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
-	35, // 60: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
-	39, // 61: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
-	37, // 62: meshvm.agent.v1.AgentService.CallService:output_type -> meshvm.agent.v1.CallServiceResponse
-	50, // [50:63] is the sub-list for method output_type
-	37, // [37:50] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	48, // 0: meshvm.agent.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	49, // 1: meshvm.agent.v1.GetStatusResponse.uptime:type_name -> google.protobuf.Duration
+	32, // 2: meshvm.agent.v1.GetStatusResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	21, // 3: meshvm.agent.v1.GetStatusResponse.install_steps:type_name -> meshvm.agent.v1.StepResult
+	14, // 4: meshvm.agent.v1.GetStatusResponse.workload_certificate:type_name -> meshvm.agent.v1.CertificateInfo
+	15, // 5: meshvm.agent.v1.GetStatusResponse.token:type_name -> meshvm.agent.v1.TokenInfo
+	47, // 6: meshvm.agent.v1.GetStatusResponse.last_errors:type_name -> meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
+	24, // 7: meshvm.agent.v1.GetStatusResponse.files:type_name -> meshvm.agent.v1.FileStat
+	11, // 8: meshvm.agent.v1.GetStatusResponse.capture:type_name -> meshvm.agent.v1.CaptureVerdict
+	0,  // 9: meshvm.agent.v1.CaptureVerdict.state:type_name -> meshvm.agent.v1.CaptureState
+	12, // 10: meshvm.agent.v1.CaptureVerdict.checks:type_name -> meshvm.agent.v1.CaptureCheck
+	13, // 11: meshvm.agent.v1.CaptureVerdict.validation:type_name -> meshvm.agent.v1.CaptureValidation
+	0,  // 12: meshvm.agent.v1.CaptureCheck.state:type_name -> meshvm.agent.v1.CaptureState
+	48, // 13: meshvm.agent.v1.CaptureValidation.ran_at:type_name -> google.protobuf.Timestamp
+	48, // 14: meshvm.agent.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
+	48, // 15: meshvm.agent.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
+	48, // 16: meshvm.agent.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	48, // 17: meshvm.agent.v1.TokenInfo.issued_at:type_name -> google.protobuf.Timestamp
+	17, // 18: meshvm.agent.v1.InstallRequest.hosts_entries:type_name -> meshvm.agent.v1.HostsEntry
+	21, // 19: meshvm.agent.v1.InstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
+	21, // 20: meshvm.agent.v1.UninstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
+	1,  // 21: meshvm.agent.v1.StepResult.outcome:type_name -> meshvm.agent.v1.StepOutcome
+	24, // 22: meshvm.agent.v1.StatFilesResponse.files:type_name -> meshvm.agent.v1.FileStat
+	26, // 23: meshvm.agent.v1.PutFileRequest.header:type_name -> meshvm.agent.v1.FileHeader
+	2,  // 24: meshvm.agent.v1.PutFileResponse.outcome:type_name -> meshvm.agent.v1.FileOutcome
+	3,  // 25: meshvm.agent.v1.ControlSidecarRequest.action:type_name -> meshvm.agent.v1.SidecarAction
+	32, // 26: meshvm.agent.v1.ControlSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	32, // 27: meshvm.agent.v1.GetSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	48, // 28: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
+	4,  // 29: meshvm.agent.v1.SidecarLogsRequest.source:type_name -> meshvm.agent.v1.LogSource
+	35, // 30: meshvm.agent.v1.SidecarLogsResponse.lines:type_name -> meshvm.agent.v1.LogLine
+	48, // 31: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	5,  // 32: meshvm.agent.v1.ResolveDNSRequest.via:type_name -> meshvm.agent.v1.DNSVia
+	49, // 33: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
+	49, // 34: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
+	6,  // 35: meshvm.agent.v1.ProbeRequest.kind:type_name -> meshvm.agent.v1.ProbeKind
+	49, // 36: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
+	49, // 37: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
+	49, // 38: meshvm.agent.v1.CallServiceRequest.timeout:type_name -> google.protobuf.Duration
+	49, // 39: meshvm.agent.v1.CallServiceResponse.latency:type_name -> google.protobuf.Duration
+	44, // 40: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
+	45, // 41: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
+	46, // 42: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
+	7,  // 43: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
+	9,  // 44: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
+	16, // 45: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
+	19, // 46: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
+	22, // 47: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
+	25, // 48: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
+	28, // 49: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
+	30, // 50: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
+	33, // 51: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
+	36, // 52: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
+	38, // 53: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
+	42, // 54: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
+	40, // 55: meshvm.agent.v1.AgentService.CallService:input_type -> meshvm.agent.v1.CallServiceRequest
+	8,  // 56: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
+	10, // 57: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
+	18, // 58: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
+	20, // 59: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
+	23, // 60: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
+	27, // 61: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
+	29, // 62: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
+	31, // 63: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
+	34, // 64: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
+	37, // 65: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
+	39, // 66: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
+	43, // 67: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
+	41, // 68: meshvm.agent.v1.AgentService.CallService:output_type -> meshvm.agent.v1.CallServiceResponse
+	56, // [56:69] is the sub-list for method output_type
+	43, // [43:56] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_meshvm_agent_v1_agent_proto_init() }
@@ -3153,7 +3463,7 @@ func file_meshvm_agent_v1_agent_proto_init() {
 	if File_meshvm_agent_v1_agent_proto != nil {
 		return
 	}
-	file_meshvm_agent_v1_agent_proto_msgTypes[15].OneofWrappers = []any{
+	file_meshvm_agent_v1_agent_proto_msgTypes[18].OneofWrappers = []any{
 		(*PutFileRequest_Header)(nil),
 		(*PutFileRequest_Chunk)(nil),
 		(*PutFileRequest_ZstdChunk)(nil),
@@ -3163,8 +3473,8 @@ func file_meshvm_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshvm_agent_v1_agent_proto_rawDesc), len(file_meshvm_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      6,
-			NumMessages:   38,
+			NumEnums:      7,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
