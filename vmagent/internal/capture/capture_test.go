@@ -10,7 +10,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -284,5 +287,38 @@ func TestCheckerUsesSidecarEnvAndValidation(t *testing.T) {
 	os.Chown(filepath.Join(dir, "run/meshvm/sidecar.env"), 1337, 1337)
 	if v := c.Verdict(context.Background(), "active"); v.State != Skipped || !strings.Contains(v.Checks[0].Detail, "sidecar environment") {
 		t.Errorf("got %s %+v, want skipped: the environment is not root's", v.State, v.Checks)
+	}
+}
+
+// Verdicts asked at once share one read of the rules: a burst of GetStatus
+// runs one set of iptables-save, not one per caller.
+func TestConcurrentVerdictsShareOneRead(t *testing.T) {
+	root, err := fsroot.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reads atomic.Int32
+	release := make(chan struct{})
+	c := &Checker{Root: root, EnvPath: "/run/meshvm/sidecar.env", Read: func(context.Context) Saves {
+		reads.Add(1)
+		<-release
+		return Saves{Out: map[string][]byte{}, Err: map[string]error{}}
+	}}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() { c.Verdict(context.Background(), "inactive") })
+	}
+	for reads.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // the other 19 arrive while the first reads
+	close(release)
+	wg.Wait()
+	if n := reads.Load(); n != 1 {
+		t.Errorf("20 verdicts at once read the rules %d times, want once", n)
+	}
+	c.Verdict(context.Background(), "inactive")
+	if n := reads.Load(); n != 2 {
+		t.Errorf("a verdict after them read %d times in all, want a fresh read (2)", n)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/fsroot"
@@ -26,6 +27,37 @@ type Checker struct {
 	AgentPort int
 	// Read reads both backends' rules; nil means Read on the root's tools.
 	Read func(ctx context.Context) Saves
+
+	mu       sync.Mutex
+	inflight *reading
+}
+
+// reading is one read of the rules that concurrent verdicts share.
+type reading struct {
+	done  chan struct{}
+	saves Saves
+}
+
+// share runs read once for all the verdicts asked meanwhile: GetStatus
+// from many callers at once runs one set of iptables-save, not one each
+// (each run is bounded by its own timeout, so a waiter is too).
+func (c *Checker) share(ctx context.Context, read func(context.Context) Saves) Saves {
+	c.mu.Lock()
+	if r := c.inflight; r != nil {
+		c.mu.Unlock()
+		<-r.done
+		return r.saves
+	}
+	r := &reading{done: make(chan struct{})}
+	c.inflight = r
+	c.mu.Unlock()
+	// Not the first caller's cancellation: the others wait on this read.
+	r.saves = read(context.WithoutCancel(ctx))
+	c.mu.Lock()
+	c.inflight = nil
+	c.mu.Unlock()
+	close(r.done)
+	return r.saves
 }
 
 // maxEnv bounds the sidecar environment's read.
@@ -70,7 +102,7 @@ func (c *Checker) Verdict(ctx context.Context, sidecarState string) Verdict {
 	}
 	e := Expect{Active: active, Env: env, AgentPort: c.AgentPort, Nameservers: c.nameservers()}
 	e.Addr, e.Iface = addrOf(env["INSTANCE_IP"])
-	v := Judge(read(ctx), e)
+	v := Judge(c.share(ctx, read), e)
 	rec, ok, err := Load(c.Root)
 	if err != nil {
 		v.Checks = append(v.Checks, Check{Name: "istio validation", State: Skipped, Detail: err.Error()})
