@@ -1,0 +1,16 @@
+package vmcore_test
+
+import (
+	"testing"
+
+	"github.com/meshvm/meshvm/internal/deptest"
+)
+
+// The core is what a controller links: no terminal, no lab, and no
+// controller framework of its own (the controller brings that).
+func TestCoreDependencies(t *testing.T) {
+	m := deptest.Module + "/"
+	deptest.Forbid(t, m+"pkg/host/vmcore",
+		"github.com/spf13/cobra", m+"hostctl", m+"pkg/lab", m+"pkg/machine/lab", m+"pkg/host/fleet",
+		"sigs.k8s.io/controller-runtime", m+"vmagent")
+}
