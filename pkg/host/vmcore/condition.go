@@ -74,6 +74,7 @@ const (
 	EntryUnavailable Reason = "EntryUnavailable"
 	// AddressMoved
 	AddressUnchanged  Reason = "Unchanged"
+	NothingLeft       Reason = "NothingLeft"
 	AddressFirst      Reason = "FirstAddress"
 	StaleEntryDeleted Reason = "StaleEntryDeleted"
 	AddressHeld       Reason = "OldAddressHeld"

@@ -29,18 +29,20 @@ type Mesh interface {
 // architecture and version (a module lookup or a registry request). One
 // Targets serves every VM of a run, concurrently.
 type Targets struct {
-	mesh  Mesh
-	forms *formcache.Cache
+	mesh           Mesh
+	istioNamespace string
+	forms          *formcache.Cache
 
 	mu       sync.Mutex
 	versions map[string]string
 	sidecars map[string]onboard.Sidecar
 }
 
-// NewTargets resolves targets from mesh; forms, when set, keeps the sidecar
-// binaries' compressed forms so every VM sends the same bytes.
-func NewTargets(mesh Mesh, forms *formcache.Cache) *Targets {
-	return &Targets{mesh: mesh, forms: forms, versions: map[string]string{}, sidecars: map[string]onboard.Sidecar{}}
+// NewTargets resolves targets from mesh, whose istiod runs in
+// istioNamespace; forms, when set, keeps the sidecar binaries' compressed
+// forms so every VM sends the same bytes.
+func NewTargets(mesh Mesh, istioNamespace string, forms *formcache.Cache) *Targets {
+	return &Targets{mesh: mesh, istioNamespace: istioNamespace, forms: forms, versions: map[string]string{}, sidecars: map[string]onboard.Sidecar{}}
 }
 
 // Target is what VMs join, seen once per pass: the revision new VMs join
@@ -50,12 +52,14 @@ type Target struct {
 	// Revision is the revision new VMs join ("" is the default).
 	Revision  string
 	ClusterID string
-	src       *Targets
+	// IstioNamespace is where istiod runs (the VM's hosts block names it).
+	IstioNamespace string
+	src            *Targets
 }
 
 // Snapshot resolves the target for one pass.
 func (ts *Targets) Snapshot(ctx context.Context) Target {
-	return Target{Revision: ts.mesh.Revision(ctx), ClusterID: ts.mesh.ClusterID(ctx), src: ts}
+	return Target{Revision: ts.mesh.Revision(ctx), ClusterID: ts.mesh.ClusterID(ctx), IstioNamespace: ts.istioNamespace, src: ts}
 }
 
 // IstiodVersion is the running istiod's version of revision rev, asked once.

@@ -36,7 +36,7 @@ func (m *countingMesh) Sidecar(_ context.Context, arch, version string) (onboard
 func TestTargetsAskOncePerWhatTheyDependOn(t *testing.T) {
 	ctx := context.Background()
 	m := &countingMesh{versions: map[string]string{"canary": "1.31.0", "": "1.30.2"}, asked: map[string]int{}}
-	ts := NewTargets(m, nil)
+	ts := NewTargets(m, "istio-system", nil)
 	for range 3 {
 		tg := ts.Snapshot(ctx)
 		if tg.Revision != "canary" || tg.ClusterID != "c1" {
@@ -65,7 +65,7 @@ func TestTargetsAskOncePerWhatTheyDependOn(t *testing.T) {
 func TestTargetsDoNotCacheFailures(t *testing.T) {
 	ctx := context.Background()
 	m := &countingMesh{versions: map[string]string{}, asked: map[string]int{}}
-	tg := NewTargets(m, nil).Snapshot(ctx)
+	tg := NewTargets(m, "istio-system", nil).Snapshot(ctx)
 	for range 2 {
 		if _, err := tg.IstiodVersion(ctx, "canary"); err == nil {
 			t.Fatal("got no error for a revision with no istiod")

@@ -1,0 +1,140 @@
+//go:build linux
+
+package vmcore
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	networkingv1 "istio.io/api/networking/v1"
+	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/vmagent/agenttest"
+)
+
+// fixedMesh is a site's Istio as the target sees it.
+type fixedMesh struct{ sidecar onboard.Sidecar }
+
+func (fixedMesh) Revision(context.Context) string  { return "" }
+func (fixedMesh) ClusterID(context.Context) string { return "cluster1" }
+func (fixedMesh) IstiodVersion(context.Context, string) (string, string, error) {
+	return "1.31.0", "test", nil
+}
+func (fixedMesh) IstiodAddress(context.Context, string) (string, error) { return "10.9.8.7", nil }
+func (m fixedMesh) Sidecar(context.Context, string, string) (onboard.Sidecar, error) {
+	return m.sidecar, nil
+}
+
+// cluster is what workload.Files reads: the mesh config, istiod's root
+// certificate in the workload namespace, the WorkloadGroup, and tokens.
+func cluster(t *testing.T) workload.Clients {
+	kc := fake.NewClientset(
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": "defaultConfig: {}\n"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-ca-root-cert", Namespace: group.Namespace}, Data: map[string]string{"root-cert.pem": "ROOT\n"}},
+	)
+	// The fake API server keeps no tokens: answer a TokenRequest as one would.
+	kc.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, k8sruntime.Object, error) {
+		if a.GetSubresource() != "token" {
+			return false, nil, nil
+		}
+		tr := a.(k8stesting.CreateAction).GetObject().(*authv1.TokenRequest).DeepCopy()
+		tr.Status = authv1.TokenRequestStatus{Token: "issued-token", ExpirationTimestamp: metav1.NewTime(time.Now().Add(time.Hour))}
+		return true, tr, nil
+	})
+	ic := istiofake.NewSimpleClientset(&clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: group.Group, Namespace: group.Namespace},
+		Spec: networkingv1.WorkloadGroup{Template: &networkingv1.WorkloadEntry{ServiceAccount: group.ServiceAccount}}})
+	return workload.Clients{Kube: kc, Istio: ic}
+}
+
+// A first pass against a real agent: the agent answers, the files are
+// generated and delivered into the VM; the sandbox has no systemd, so the
+// sidecar's start fails and the pass returns that error with what it did.
+func TestFirstPassDeliversThroughTheRealAgent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	store, _ := openStore(t, "vm1")
+	ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), rand.IntN(250), 1+rand.IntN(250))
+	lis, err := net.Listen("tcp", net.JoinHostPort(ip, onboard.AgentPort))
+	if err != nil {
+		t.Skipf("no loopback address %s here (%v)", ip, err)
+	}
+	lis.Close()
+	ca, err := store.Dir.AgentCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, _, err := store.Dir.VMCert(ca, "vm1", []string{ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := agenttest.Start(t, agenttest.Options{Listen: net.JoinHostPort(ip, onboard.AgentPort), CA: ca, ServerCert: pair.Cert, ServerKey: pair.Key})
+
+	dir := t.TempDir()
+	side := onboard.Sidecar{PilotAgent: filepath.Join(dir, "pilot-agent"), Envoy: filepath.Join(dir, "envoy"), BootstrapTemplate: filepath.Join(dir, "bootstrap.json")}
+	for _, f := range []string{side.PilotAgent, side.Envoy, side.BootstrapTemplate} {
+		if err := os.WriteFile(f, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms := machines{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Running, Addresses: []string{ip}, Arch: runtime.GOARCH}}}
+	var got events
+	deps := Deps{Machines: ms, Kube: cluster(t), Workload: group, Record: got.record}
+	target := NewTargets(fixedMesh{side}, "istio-system", nil).Snapshot(ctx)
+	res, err := Reconcile(ctx, Spec{Name: "vm1", Generation: 1, RunsApp: true, TokenLifetime: time.Hour, FreshToken: true}, Status{}, target, store, deps)
+	if err == nil || !strings.Contains(err.Error(), "sidecar") {
+		t.Fatalf("got %v, want the sidecar's start to fail without systemd", err)
+	}
+	for _, ct := range []ConditionType{Machine, AgentReachable, Credentials} {
+		if !res.Status.Conditions.IsTrue(ct) {
+			c, _ := res.Status.Conditions.Get(ct)
+			t.Errorf("%s: got %+v, want True", ct, c)
+		}
+	}
+	if c, _ := res.Status.Conditions.Get(FilesInSync); c.Status != False || c.Reason != FilesFailed {
+		t.Errorf("files: got %+v, want False %s", c, FilesFailed)
+	}
+	if want := []Reason{AgentAnswering, Joining}; !slices.Equal(got.reasons(), want) {
+		t.Errorf("events: got %v, want %v", got.reasons(), want)
+	}
+	if got[1].Message != "revision default, Istio 1.31.0 (its istiod's)" {
+		t.Errorf("joining: got %q", got[1].Message)
+	}
+	// Delivered into the VM, and kept in the store for the next pass.
+	// The sandbox's /var/run links to its /run.
+	if b, err := os.ReadFile(filepath.Join(agent.Root, strings.Replace(onboard.TokenPath, "/var/run/", "/run/", 1))); err != nil || string(b) != "issued-token" {
+		t.Errorf("token on the VM: got %q %v", b, err)
+	}
+	if tok, _ := store.Token("vm1"); string(tok) != "issued-token" {
+		t.Errorf("token in the store: got %q", tok)
+	}
+	// The revision is recorded only once the agent took the files and the
+	// sidecar (re)started on them.
+	if _, ok, _ := store.Joined("vm1"); ok {
+		t.Errorf("joined recorded though the pass failed before the sidecar ran")
+	}
+	// One question per file asked once, in one call: the RPCs of a first pass.
+	want := map[string]int{"GetVersion": 1, "Install": 2, "StatFiles": 1, "PutFile": 7, "ControlSidecar": 1}
+	if calls := agent.Calls(); !maps.Equal(calls, want) {
+		t.Errorf("RPCs of one pass: got %v, want %v", calls, want)
+	}
+}
