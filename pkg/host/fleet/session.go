@@ -15,6 +15,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/formcache"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -32,55 +33,13 @@ type session struct {
 	deps    onboard.Deps
 	p       Reporter
 
-	// sidecars are the sidecar files by architecture and version, found
-	// once for all the VMs onboarding at once (a module lookup or a
-	// registry request).
-	sidecarsMu sync.Mutex
-	sidecars   map[string]onboard.Sidecar
-	forms      *formcache.Cache
-	// versions are the running istiods' by revision, asked once (an API
-	// round trip or two each) for all the VMs. Guarded by sidecarsMu.
-	versions map[string]string
-}
-
-// istiodVersion is the revision's running istiod's version, asked once.
-func (r *session) istiodVersion(ctx context.Context, rev string) (string, error) {
-	r.sidecarsMu.Lock()
-	defer r.sidecarsMu.Unlock()
-	if v, ok := r.versions[revisionName(rev)]; ok {
-		return v, nil
-	}
-	v, _, err := r.site.IstiodVersion(ctx, rev)
-	if err != nil {
-		return "", err
-	}
-	if r.versions == nil {
-		r.versions = map[string]string{}
-	}
-	r.versions[revisionName(rev)] = v
-	return v, nil
-}
-
-// sidecar returns the site's sidecar files of version for arch, looked up once.
-func (r *session) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
-	r.sidecarsMu.Lock()
-	defer r.sidecarsMu.Unlock()
-	key := arch + "/" + version
-	if side, ok := r.sidecars[key]; ok {
-		return side, nil
-	}
-	side, err := r.site.Sidecar(ctx, arch, version)
-	if err != nil {
-		return side, err
-	}
-	// Beside the extracted binaries, by digest: every VM of this and later
-	// runs sends the same compressed bytes.
-	side.Forms = r.forms
-	if r.sidecars == nil {
-		r.sidecars = map[string]onboard.Sidecar{}
-	}
-	r.sidecars[key] = side
-	return side, nil
+	// store is the state directory as the per-VM core sees it.
+	store vmcore.DirStore
+	// targets finds what the VMs join once for all the VMs onboarding at
+	// once: the running istiods' versions by revision (an API round trip
+	// or two each), the sidecar files by architecture and version (a
+	// module lookup or a registry request).
+	targets *vmcore.Targets
 }
 
 // start converges the site's cluster, Istio and the workload's objects.
@@ -124,10 +83,15 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 	for _, ch := range changes {
 		p.Step("workload", "", "%s %s", ch.Object, ch.Action)
 	}
+	var names []string
+	for _, vm := range cfg.VMs {
+		names = append(names, vm.Name)
+	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
-		forms: formcache.New(state.Path("sidecar", "zstd")),
-		deps:  onboard.Deps{Provider: s.Machines(), State: state, AgentBinary: f.Agent},
+		deps:    onboard.Deps{Provider: s.Machines(), State: state, AgentBinary: f.Agent},
+		store:   vmcore.DirStore{Dir: state, VMs: names},
+		targets: vmcore.NewTargets(s, istioinstall.Namespace, formcache.New(state.Path("sidecar", "zstd"))),
 	}, nil
 }
 
@@ -237,11 +201,12 @@ func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machin
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	version, err := r.istiodVersion(ctx, rev)
+	target := r.targets.Snapshot(ctx)
+	version, err := target.IstiodVersion(ctx, rev)
 	if err != nil {
 		return workload.Entry{}, err
 	}
-	side, err := r.sidecar(ctx, m.Arch, version)
+	side, err := target.Sidecar(ctx, m.Arch, version)
 	if err != nil {
 		return workload.Entry{}, err
 	}

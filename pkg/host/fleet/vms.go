@@ -55,13 +55,8 @@ func (f *Fleet) Onboard(ctx context.Context, p Reporter, vms []config.VM, restar
 		return err
 	}
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		m, ac, err := r.running(ctx, vm.Name)
-		if err != nil {
-			return err
-		}
-		defer ac.Close()
-		p.Step("agent", vm.Name, "answering on %s:%s", m.Address(), onboard.AgentPort)
-		return r.onboard(ctx, vm.Name, m, ac, true, restart)
+		_, err := r.converge(ctx, r.onboardSpec(vm, true, restart))
+		return err
 	})
 }
 
