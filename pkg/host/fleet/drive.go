@@ -26,15 +26,22 @@ func (r *session) onboardSpec(vm config.VM, fresh, restart bool) vmcore.Spec {
 // converge runs the core's passes over one VM until it is onboarded, waiting
 // between them as each asks, and reports each event as a progress line.
 // It gives up as hostctl always has, with the advice its reasons call for.
-func (r *session) converge(ctx context.Context, spec vmcore.Spec) (vmcore.Status, error) {
+// fresh, when set, is the machine and agent the caller just brought up, for
+// the first pass to take; tellAgent says whether a line tells the agent
+// answering (up says it itself, upgrade not at all).
+func (r *session) converge(ctx context.Context, spec vmcore.Spec, fresh *vmcore.Fresh, tellAgent bool) (vmcore.Status, error) {
 	name := spec.Name
-	deps := vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec,
-		Record: func(e vmcore.Event) { r.progress(ctx, name, e) }}
+	deps := vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec, Fresh: fresh,
+		Record: func(e vmcore.Event) {
+			if e.Reason != vmcore.AgentAnswering || tellAgent {
+				r.progress(ctx, name, e)
+			}
+		}}
 	var st vmcore.Status
 	var synced time.Time
 	for {
 		res, err := vmcore.Reconcile(ctx, spec, st, r.targets.Snapshot(ctx), r.store, deps)
-		st = res.Status
+		st, deps.Fresh = res.Status, nil
 		if err != nil || res.Done {
 			return st, err
 		}

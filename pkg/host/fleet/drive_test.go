@@ -53,7 +53,7 @@ func TestConvergeGivesTheMachineAdvice(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r, lines := driveSession(t, infoOnly{m: tc.ms})
 			start := time.Now()
-			_, err := r.converge(testCtx(t), r.onboardSpec(config.VM{Name: "vm1"}, true, false))
+			_, err := r.converge(testCtx(t), r.onboardSpec(config.VM{Name: "vm1"}, true, false), nil, true)
 			if err == nil || err.Error() != tc.want {
 				t.Errorf("got %v, want %q", err, tc.want)
 			}

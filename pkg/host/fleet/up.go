@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/statedir"
-	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 )
 
 // UpSteps are the steps Up and vm add report.
@@ -48,15 +46,10 @@ func (r *session) up(ctx context.Context, name string) error {
 		return err
 	}
 	defer c.Close()
-	return r.onboard(ctx, name, m, c, false, false)
-}
-
-// saveFiles keeps the generated workload files in the state directory (0600).
-func saveFiles(state *statedir.Dir, vm string, f workloadfiles.Files) error {
-	for name, data := range f.Map() {
-		if err := state.WriteSecret(filepath.Join("vms", vm, "files", name), data); err != nil {
-			return err
-		}
+	vm, err := r.cfg.VM(name)
+	if err != nil {
+		return err
 	}
-	return nil
+	_, err = r.converge(ctx, r.onboardSpec(vm, false, false), &vmcore.Fresh{Machine: m, Agent: c}, false)
+	return err
 }

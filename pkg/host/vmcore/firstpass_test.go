@@ -4,6 +4,7 @@ package vmcore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -137,4 +138,35 @@ func TestFirstPassDeliversThroughTheRealAgent(t *testing.T) {
 	if calls := agent.Calls(); !maps.Equal(calls, want) {
 		t.Errorf("RPCs of one pass: got %v, want %v", calls, want)
 	}
+}
+
+// A pass given the machine and agent its driver just brought up asks
+// neither again, and leaves the agent's client open for its owner.
+func TestFreshMachineAndAgentAreTakenAsTheyAre(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store, _ := openStore(t, "vm1")
+	agent := agenttest.Start(t, agenttest.Options{})
+	c := agent.Client(t, agent.ClientTLS(t))
+	// Info would fail: the pass must not ask the provider.
+	fresh := &Fresh{Machine: machine.Machine{Name: "vm1", State: machine.Running, Addresses: []string{"127.0.0.1"}}, Agent: c}
+	deps := Deps{Machines: machines{}, Kube: cluster(t), Workload: group, Fresh: fresh}
+	// The mesh fails the pass right after the agent step: what matters here
+	// is what came before.
+	_, err := Reconcile(ctx, Spec{Name: "vm1", Generation: 1, RunsApp: true}, Status{}, NewTargets(failingMesh{}, "istio-system", nil).Snapshot(ctx), store, deps)
+	if err == nil || !strings.Contains(err.Error(), "no istiod address") {
+		t.Fatalf("got %v, want the mesh's error after the agent step", err)
+	}
+	if calls := agent.Calls(); calls["GetVersion"] != 0 {
+		t.Errorf("GetVersion called %d times, want none: the driver just asked", calls["GetVersion"])
+	}
+	if _, err := c.Version(ctx); err != nil {
+		t.Errorf("the driver's client was closed by the pass: %v", err)
+	}
+}
+
+type failingMesh struct{ fixedMesh }
+
+func (failingMesh) IstiodAddress(context.Context, string) (string, error) {
+	return "", errors.New("no istiod address")
 }

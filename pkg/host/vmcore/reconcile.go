@@ -94,6 +94,17 @@ type Deps struct {
 	Record func(Event)
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Fresh, when set, is what the driver observed of this VM a moment ago
+	// (up just launched the machine and installed its agent): the first
+	// pass takes it instead of asking again.
+	Fresh *Fresh
+}
+
+// Fresh is a VM's machine and its answering agent, as just observed. The
+// agent's client stays its owner's: the pass does not close it.
+type Fresh struct {
+	Machine machine.Machine
+	Agent   *agentclient.Client
 }
 
 // How soon to look again while waiting on the world: the agent starting,
@@ -114,14 +125,16 @@ type pass struct {
 	res    Result
 	// synced: the files were delivered for this generation by an earlier
 	// pass, so the machine, agent and files steps need not run again.
-	synced  bool
-	m       machine.Machine
-	agent   *agentclient.Client
-	files   workloadfiles.Files
-	side    onboard.Sidecar
-	istiod  string
-	report  onboard.Report
-	stopped bool
+	synced bool
+	m      machine.Machine
+	agent  *agentclient.Client
+	// ownAgent says the pass dialed agent and closes it.
+	ownAgent bool
+	files    workloadfiles.Files
+	side     onboard.Sidecar
+	istiod   string
+	report   onboard.Report
+	stopped  bool
 }
 
 // step converges one condition; it ends the pass by calling p.stop.
@@ -158,7 +171,7 @@ func Reconcile(ctx context.Context, vm Spec, last Status, target Target, store S
 		p.synced = true
 	}
 	defer func() {
-		if p.agent != nil {
+		if p.ownAgent {
 			p.agent.Close()
 		}
 	}()
@@ -204,7 +217,13 @@ func (p *pass) machine() error {
 	if p.synced {
 		return nil
 	}
-	m, err := p.deps.Machines.Info(p.ctx, p.vm.Name)
+	var m machine.Machine
+	var err error
+	if p.deps.Fresh != nil {
+		m = p.deps.Fresh.Machine
+	} else {
+		m, err = p.deps.Machines.Info(p.ctx, p.vm.Name)
+	}
 	switch {
 	case errors.Is(err, machine.ErrNotFound):
 		p.set(Machine, False, MachineNotFound, "no machine %s", p.vm.Name)
@@ -245,6 +264,11 @@ func (p *pass) agentReachable() error {
 		return nil
 	}
 	addr := p.m.Address()
+	if p.deps.Fresh != nil && p.deps.Fresh.Agent != nil {
+		p.agent = p.deps.Fresh.Agent
+		p.set(AgentReachable, True, AgentAnswering, "answering on %s", net.JoinHostPort(addr, onboard.AgentPort))
+		return nil
+	}
 	tlsCfg, err := p.store.AgentTLS(addr)
 	if err != nil {
 		return err
@@ -262,7 +286,7 @@ func (p *pass) agentReachable() error {
 		p.stop(agentRequeue, err)
 		return nil
 	}
-	p.agent = c
+	p.agent, p.ownAgent = c, true
 	p.set(AgentReachable, True, AgentAnswering, "answering on %s", net.JoinHostPort(addr, onboard.AgentPort))
 	p.record(AgentReachable, AgentAnswering, fmt.Sprintf("answering on %s:%s", addr, onboard.AgentPort))
 	return nil
