@@ -161,8 +161,14 @@ func RemoveAgent(ctx context.Context, d Deps, m machine.Machine) error {
 	if err != nil {
 		return err
 	}
+	defer c.Close()
+	return RemoveAgentWith(ctx, d.Provider, c, m)
+}
+
+// RemoveAgentWith is RemoveAgent through a client already connected to m's
+// agent (closed by its owner).
+func RemoveAgentWith(ctx context.Context, p machine.Provider, c *agentclient.Client, m machine.Machine) error {
 	steps, err := c.Uninstall(ctx, false)
-	c.Close()
 	if err != nil {
 		return fmt.Errorf("%s: uninstall: %w", m.Name, err)
 	}
@@ -173,7 +179,7 @@ func RemoveAgent(ctx context.Context, d Deps, m machine.Machine) error {
 	}
 	const script = "systemctl disable --now vmagent.service 2>/dev/null || true; " +
 		"rm -f /usr/local/bin/vmagent /etc/systemd/system/vmagent.service; rm -rf /etc/meshvm /var/lib/meshvm; systemctl daemon-reload"
-	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
+	if out, err := p.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
 		return fmt.Errorf("%s: remove vmagent: %w: %s", m.Name, err, out)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"math/rand/v2"
 	"net"
@@ -169,4 +170,49 @@ type failingMesh struct{ fixedMesh }
 
 func (failingMesh) IstiodAddress(context.Context, string) (string, error) {
 	return "", errors.New("no istiod address")
+}
+
+// execRecorder is a machine provider that records the commands it runs.
+type execRecorder struct {
+	machines
+	ran []string
+}
+
+func (p *execRecorder) Exec(_ context.Context, name string, _ io.Reader, args ...string) ([]byte, error) {
+	p.ran = append(p.ran, name+": "+strings.Join(args, " "))
+	return nil, nil
+}
+
+// Delete of a VM that is not ours to delete: the real agent uninstalls,
+// then the provider removes the agent itself.
+func TestDeleteRemovesTheAgentThroughTheRealAgent(t *testing.T) {
+	ctx := testCtx(t)
+	store, _ := openStore(t, "vm1")
+	ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), rand.IntN(250), 1+rand.IntN(250))
+	if lis, err := net.Listen("tcp", net.JoinHostPort(ip, onboard.AgentPort)); err != nil {
+		t.Skipf("no loopback address %s here (%v)", ip, err)
+	} else {
+		lis.Close()
+	}
+	ca, err := store.Dir.AgentCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, _, err := store.Dir.VMCert(ca, "vm1", []string{ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := agenttest.Start(t, agenttest.Options{Listen: net.JoinHostPort(ip, onboard.AgentPort), CA: ca, ServerCert: pair.Cert, ServerKey: pair.Key})
+	ms := &execRecorder{}
+	m := machine.Machine{Name: "vm1", State: machine.Running, Addresses: []string{ip}}
+	r, err := Delete(ctx, "vm1", m, true, store, Deps{Machines: ms, Kube: cluster(t), Workload: group})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.AgentRemoved || agent.Calls()["Uninstall"] != 1 {
+		t.Errorf("got %+v, Uninstall called %d times; want the agent's uninstall then its removal", r, agent.Calls()["Uninstall"])
+	}
+	if len(ms.ran) != 1 || !strings.Contains(ms.ran[0], "systemctl disable --now vmagent.service") {
+		t.Errorf("provider ran %q, want the agent's removal", ms.ran)
+	}
 }
