@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
 // How long the driver waits on the world, as hostctl always has: an agent
@@ -24,7 +25,7 @@ func (r *session) onboardSpec(vm config.VM, fresh, restart bool) vmcore.Spec {
 }
 
 // converge runs the core's passes over one VM until it is onboarded, waiting
-// between them as each asks, and reports each event as a progress line.
+// between them as each asks (or until its WorkloadEntry changes), and reports each event as a progress line.
 // It gives up as hostctl always has, with the advice its reasons call for.
 // fresh, when set, is the machine and agent the caller just brought up, for
 // the first pass to take; tellAgent says whether a line tells the agent
@@ -39,6 +40,11 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, fresh *vmcore.
 		}}
 	var st vmcore.Status
 	var synced time.Time
+	// Once the files are out, what is awaited is istiod writing the VM's
+	// WorkloadEntry: a watch wakes the next pass when it changes.
+	var changes <-chan struct{}
+	watching, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
 	for {
 		res, err := vmcore.Reconcile(ctx, spec, st, r.targets.Snapshot(ctx), r.store, deps)
 		st, deps.Fresh = res.Status, nil
@@ -47,6 +53,7 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, fresh *vmcore.
 		}
 		if synced.IsZero() && st.Conditions.IsTrue(vmcore.FilesInSync) {
 			synced = time.Now()
+			changes = workload.EntryChanges(watching, r.clients, r.spec)
 		}
 		if err := giveUp(spec, res, synced); err != nil {
 			return st, err
@@ -54,6 +61,7 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, fresh *vmcore.
 		select {
 		case <-ctx.Done():
 			return st, ctx.Err()
+		case <-changes:
 		case <-time.After(res.RequeueAfter):
 		}
 	}

@@ -107,11 +107,12 @@ type Fresh struct {
 	Agent   *agentclient.Client
 }
 
-// How soon to look again while waiting on the world: the agent starting,
-// istiod registering the VM and its health report.
+// How soon to look again while waiting on the world: the agent starting;
+// istiod registering the VM and its health report, which a driver that
+// watches WorkloadEntries sees sooner (the requeue is its safety net).
 const (
 	agentRequeue = 300 * time.Millisecond
-	entryRequeue = 500 * time.Millisecond
+	entryRequeue = 5 * time.Second
 )
 
 // pass is one Reconcile: the spec, what it found so far, and where it writes.
