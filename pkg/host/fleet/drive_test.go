@@ -6,14 +6,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+	istiometa "istio.io/api/meta/v1alpha1"
+	networkingv1 "istio.io/api/networking/v1"
+	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+	"github.com/meshvm/meshvm/vmagent/agenttest"
 )
 
 // stepLines is a Reporter that keeps its lines.
@@ -114,4 +135,137 @@ func TestGiveUpChoosesTheAdviceFromTheReason(t *testing.T) {
 
 func fmtLine(format string, args ...any) string {
 	return strings.TrimSpace(fmt.Sprintf(format, args...))
+}
+
+// activeSidecar answers the sidecar's start as systemd would for a unit
+// that started: the agent's sandbox has no systemd.
+type activeSidecar struct{ agentv1.AgentServiceServer }
+
+func (activeSidecar) ControlSidecar(context.Context, *agentv1.ControlSidecarRequest) (*agentv1.ControlSidecarResponse, error) {
+	return &agentv1.ControlSidecarResponse{Sidecar: &agentv1.SidecarState{Unit: "istio.service", LoadState: "loaded", ActiveState: "active", SubState: "running"}}, nil
+}
+
+func withActiveSidecar[S agentv1.AgentServiceServer](s S) agentv1.AgentServiceServer { return activeSidecar{s} }
+
+// sidecarSite is driveSite with sidecar files to send.
+type sidecarSite struct {
+	driveSite
+	side onboard.Sidecar
+}
+
+func (s sidecarSite) Sidecar(context.Context, string, string) (onboard.Sidecar, error) { return s.side, nil }
+
+// fakeCluster holds what onboarding reads from the cluster: the mesh
+// config, istiod's root certificate, the WorkloadGroup, and tokens.
+func fakeCluster(spec workload.Spec) workload.Clients {
+	kc := fake.NewClientset(
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: istioinstall.Namespace}, Data: map[string]string{"mesh": "defaultConfig: {}\n"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-ca-root-cert", Namespace: spec.Namespace}, Data: map[string]string{"root-cert.pem": "ROOT\n"}},
+	)
+	// The fake API server keeps no tokens: answer a TokenRequest as one would.
+	kc.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, k8sruntime.Object, error) {
+		if a.GetSubresource() != "token" {
+			return false, nil, nil
+		}
+		tr := a.(k8stesting.CreateAction).GetObject().(*authv1.TokenRequest).DeepCopy()
+		life := time.Duration(*tr.Spec.ExpirationSeconds) * time.Second
+		tr.Status = authv1.TokenRequestStatus{Token: "issued-token", ExpirationTimestamp: metav1.NewTime(time.Now().Add(life))}
+		return true, tr, nil
+	})
+	ic := istiofake.NewSimpleClientset(&clientnetworking.WorkloadGroup{ObjectMeta: metav1.ObjectMeta{Name: spec.Group, Namespace: spec.Namespace},
+		Spec: networkingv1.WorkloadGroup{Template: &networkingv1.WorkloadEntry{ServiceAccount: spec.ServiceAccount}}})
+	return workload.Clients{Kube: kc, Istio: ic}
+}
+
+// vm onboard through the core, from the first pass to Healthy: the lines
+// are the ones hostctl has always printed, the wait for the entry ends on
+// the watch (well inside the core's 5 s requeue), and the RPCs to the agent
+// are counted.
+func TestConvergeOnboardsToHealthyWithTheSameLines(t *testing.T) {
+	var o agenttest.Options
+	o.Wrap = withActiveSidecar // inferred: the agent's server type is internal to vmagent
+	vm := startVMWith(t, o)
+	dir := t.TempDir()
+	side := onboard.Sidecar{PilotAgent: filepath.Join(dir, "pilot-agent"), Envoy: filepath.Join(dir, "envoy"), BootstrapTemplate: filepath.Join(dir, "bootstrap.json")}
+	for _, f := range []string{side.PilotAgent, side.Envoy, side.BootstrapTemplate} {
+		if err := os.WriteFile(f, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := config.Default()
+	cfg.VMs = []config.VM{{Name: "vm1"}}
+	site := sidecarSite{driveSite{agentSite{ms: vm.ms}}, side}
+	spec := WorkloadSpec(cfg)
+	clients := fakeCluster(spec)
+	lines := &lockedLines{}
+	r := &session{cfg: cfg, state: vm.state, site: site, spec: spec, clients: clients, p: lines,
+		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(site, istioinstall.Namespace, nil)}
+	ctx := testCtx(t)
+	addr := vm.m.Address()
+	entry := "external-app-" + addr
+	// istiod registers the VM once its sidecar is up, and reports it Healthy.
+	go func() {
+		for !lines.contains("sidecar active") {
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+		we := &clientnetworking.WorkloadEntry{ObjectMeta: metav1.ObjectMeta{Name: entry, Namespace: spec.Namespace,
+			Annotations: map[string]string{"istio.io/autoRegistrationGroup": spec.Group, "istio.io/connectedAt": time.Now().Format(time.RFC3339Nano)}}}
+		we.Spec.Address = addr
+		we.Status.Conditions = []*istiometa.IstioCondition{{Type: "Healthy", Status: "True", LastProbeTime: timestamppb.Now()}}
+		clients.Istio.NetworkingV1().WorkloadEntries(spec.Namespace).Create(ctx, we, metav1.CreateOptions{})
+	}()
+	start := time.Now()
+	st, err := r.converge(ctx, r.onboardSpec(cfg.VMs[0], true, false), nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("took %s: the entry's change did not wake the driver", took)
+	}
+	want := []string{
+		"agent vm1: answering on " + addr + ":" + onboard.AgentPort,
+		"onboard vm1: revision default, Istio " + istioinstall.EmbeddedVersion + " (its istiod's)",
+		"onboard vm1: sent /usr/local/bin/pilot-agent, /usr/local/bin/envoy, /var/lib/istio/envoy/envoy_bootstrap_tmpl.json, /var/lib/istio/envoy/cluster.env, " +
+			"/etc/istio/config/mesh, /etc/certs/root-cert.pem, /var/run/secrets/tokens/istio-token; 0 file(s) already in place; sidecar active (restarted)",
+		"healthy vm1: WorkloadEntry " + entry + " Healthy",
+	}
+	if got := lines.all(); !slices.Equal(got, want) {
+		t.Errorf("lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if st.Entry.Name != entry || !st.Conditions.IsTrue(vmcore.Healthy) {
+		t.Errorf("status: entry %q, conditions %+v", st.Entry.Name, st.Conditions)
+	}
+	if got, _ := (vmcore.DirStore{Dir: vm.state}).Address("vm1"); got != addr {
+		t.Errorf("address recorded: %q, want %s", got, addr)
+	}
+	// One onboarding's RPCs: the version once, the postinst before and after
+	// the binaries, one StatFiles for every file, a PutFile for each sent,
+	// the sidecar's start.
+	wantCalls := map[string]int{"GetVersion": 1, "Install": 2, "StatFiles": 1, "PutFile": 7, "ControlSidecar": 1}
+	if calls := vm.agent.Calls(); !maps.Equal(calls, wantCalls) {
+		t.Errorf("RPCs: got %v, want %v", calls, wantCalls)
+	}
+}
+
+// lockedLines keeps the lines a Reporter is told, from any goroutine.
+type lockedLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lockedLines) Step(step, vm, format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, step+" "+vm+": "+fmt.Sprintf(format, args...))
+}
+
+func (l *lockedLines) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.lines)
+}
+
+func (l *lockedLines) contains(s string) bool {
+	return slices.ContainsFunc(l.all(), func(line string) bool { return strings.Contains(line, s) })
 }
