@@ -28,9 +28,9 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -145,7 +145,9 @@ func (activeSidecar) ControlSidecar(context.Context, *agentv1.ControlSidecarRequ
 	return &agentv1.ControlSidecarResponse{Sidecar: &agentv1.SidecarState{Unit: "istio.service", LoadState: "loaded", ActiveState: "active", SubState: "running"}}, nil
 }
 
-func withActiveSidecar[S agentv1.AgentServiceServer](s S) agentv1.AgentServiceServer { return activeSidecar{s} }
+func withActiveSidecar[S agentv1.AgentServiceServer](s S) agentv1.AgentServiceServer {
+	return activeSidecar{s}
+}
 
 // sidecarSite is driveSite with sidecar files to send.
 type sidecarSite struct {
@@ -153,7 +155,9 @@ type sidecarSite struct {
 	side onboard.Sidecar
 }
 
-func (s sidecarSite) Sidecar(context.Context, string, string) (onboard.Sidecar, error) { return s.side, nil }
+func (s sidecarSite) Sidecar(context.Context, string, string) (onboard.Sidecar, error) {
+	return s.side, nil
+}
 
 // fakeCluster holds what onboarding reads from the cluster: the mesh
 // config, istiod's root certificate, the WorkloadGroup, and tokens.
