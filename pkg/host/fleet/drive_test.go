@@ -237,7 +237,7 @@ func TestConvergeOnboardsToHealthyWithTheSameLines(t *testing.T) {
 	if got := lines.all(); !slices.Equal(got, want) {
 		t.Errorf("lines:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	if st.Entry.Name != entry || !st.Conditions.IsTrue(vmcore.Healthy) {
+	if st.Entry.Name != entry || !st.Conditions.IsTrue(vmcore.Healthy) || !st.Conditions.IsTrue(vmcore.Ready) {
 		t.Errorf("status: entry %q, conditions %+v", st.Entry.Name, st.Conditions)
 	}
 	if got, _ := (vmcore.DirStore{Dir: vm.state}).Address("vm1"); got != addr {

@@ -26,6 +26,9 @@ const (
 	Registered     ConditionType = "Registered"
 	Healthy        ConditionType = "Healthy"
 	AddressMoved   ConditionType = "AddressMoved"
+	// Ready sums the others up: True once the VM is in the mesh, else the
+	// first step's condition that is not (cluster-api's summary).
+	Ready ConditionType = "Ready"
 )
 
 // ConditionStatus is True, False or Unknown, as Kubernetes conditions say it.
@@ -78,6 +81,9 @@ const (
 	AddressFirst      Reason = "FirstAddress"
 	StaleEntryDeleted Reason = "StaleEntryDeleted"
 	AddressHeld       Reason = "OldAddressHeld"
+	// Ready
+	InMesh         Reason = "InMesh"
+	ReconcileError Reason = "ReconcileError"
 	// Any condition whose step has not run yet.
 	NotObserved Reason = "NotObserved"
 )

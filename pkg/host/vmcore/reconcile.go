@@ -178,6 +178,7 @@ func Reconcile(ctx context.Context, vm Spec, last Status, target Target, store S
 	}()
 	for _, s := range steps {
 		if err := s.run(p); err != nil {
+			p.summarize(err)
 			p.res.Status = p.st
 			return p.res, err
 		}
@@ -185,11 +186,38 @@ func Reconcile(ctx context.Context, vm Spec, last Status, target Target, store S
 			break
 		}
 	}
+	p.summarize(nil)
 	p.res.Status = p.st
 	if !p.res.Done && !p.stopped {
 		p.res.RequeueAfter = entryRequeue
 	}
 	return p.res, nil
+}
+
+// summarized are the conditions Ready sums up, in the steps' order: those
+// that must be True for the VM to be in the mesh.
+var summarized = []ConditionType{Machine, AgentReachable, Credentials, FilesInSync, SidecarRunning, Registered, Healthy}
+
+// summarize sets Ready from the pass: True once the VM is in the mesh, else
+// the error that ended the pass, else the first condition that holds it back.
+func (p *pass) summarize(err error) {
+	if err == nil && p.res.Done {
+		healthy, _ := p.st.Conditions.Get(Healthy)
+		p.set(Ready, True, InMesh, "%s", healthy.Message)
+		return
+	}
+	if err != nil {
+		p.set(Ready, False, ReconcileError, "%v", err)
+		return
+	}
+	for _, t := range summarized {
+		c, _ := p.st.Conditions.Get(t)
+		if c.Status != True {
+			p.set(Ready, False, c.Reason, "%s: %s", t, c.Message)
+			return
+		}
+	}
+	p.set(Ready, False, NotObserved, "the VM's address is not recorded yet")
 }
 
 // set records a condition for this generation; it returns whether its

@@ -78,6 +78,9 @@ func TestMachineThatDoesNotRunEndsThePass(t *testing.T) {
 			if c.Status != False || c.Reason != tc.reason || res.Done || res.RequeueAfter != tc.requeue {
 				t.Errorf("got %+v done %v requeue %s, want False %s requeue %s", c, res.Done, res.RequeueAfter, tc.reason, tc.requeue)
 			}
+			if ready, _ := res.Status.Conditions.Get(Ready); ready.Status != False || ready.Reason != tc.reason {
+				t.Errorf("Ready: got %+v, want False %s", ready, tc.reason)
+			}
 			if _, ok := res.Status.Conditions.Get(AgentReachable); ok || len(got) != 0 {
 				t.Errorf("the pass went on past the machine: %+v, events %v", res.Status.Conditions, got)
 			}
@@ -131,7 +134,10 @@ func entryAt(name, address, connectedAt, healthy string, probed time.Time) *clie
 func syncedStatus(addr string) Status {
 	var st Status
 	st.Address = addr
-	st.Conditions.Set(Condition{Type: FilesInSync, Status: True, Reason: FilesSent, ObservedGeneration: 1}, time.Now())
+	for t, r := range map[ConditionType]Reason{Machine: MachineRunning, AgentReachable: AgentAnswering, Credentials: TokenBound,
+		FilesInSync: FilesSent, SidecarRunning: SidecarRestarted} {
+		st.Conditions.Set(Condition{Type: t, Status: True, Reason: r, ObservedGeneration: 1}, time.Now())
+	}
 	return st
 }
 
@@ -185,6 +191,14 @@ func TestEntryStepsFollowTheWorkloadEntry(t *testing.T) {
 			c, _ := res.Status.Conditions.Get(Healthy)
 			if c.Reason != tc.healthy || res.Done != tc.done {
 				t.Errorf("got Healthy %+v done %v, want %s done %v", c, res.Done, tc.healthy, tc.done)
+			}
+			// Ready sums it up: True when done, else the reason holding the VM back.
+			ready, _ := res.Status.Conditions.Get(Ready)
+			switch {
+			case tc.done && (ready.Status != True || ready.Reason != InMesh):
+				t.Errorf("done but Ready %+v", ready)
+			case !tc.done && (ready.Status != False || ready.Reason == InMesh || ready.Reason == NotObserved):
+				t.Errorf("not done but Ready %+v, want False with the reason holding it back", ready)
 			}
 			addr, _ := store.Address("vm1")
 			if tc.done != (addr == "10.0.0.7") {
