@@ -185,7 +185,17 @@ func fakeCluster(spec workload.Spec) workload.Clients {
 // are the ones hostctl has always printed, the wait for the entry ends on
 // the watch (well inside the core's 5 s requeue), and the RPCs to the agent
 // are counted.
-func TestConvergeOnboardsToHealthyWithTheSameLines(t *testing.T) {
+// driveFixture is a session over one VM whose agent is real (its sidecar
+// start answered as systemd would) and whose cluster is fake.
+type driveFixture struct {
+	r           *session
+	vm          vmWithAgent
+	lines       *lockedLines
+	addr, entry string
+}
+
+func newDriveFixture(t *testing.T) driveFixture {
+	t.Helper()
 	var o agenttest.Options
 	o.Wrap = withActiveSidecar // inferred: the agent's server type is internal to vmagent
 	vm := startVMWith(t, o)
@@ -200,27 +210,38 @@ func TestConvergeOnboardsToHealthyWithTheSameLines(t *testing.T) {
 	cfg.VMs = []config.VM{{Name: "vm1"}}
 	site := sidecarSite{driveSite{agentSite{ms: vm.ms}}, side}
 	spec := WorkloadSpec(cfg)
-	clients := fakeCluster(spec)
 	lines := &lockedLines{}
-	r := &session{cfg: cfg, state: vm.state, site: site, spec: spec, clients: clients, p: lines,
+	r := &session{cfg: cfg, state: vm.state, site: site, spec: spec, clients: fakeCluster(spec), p: lines,
 		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(site, istioinstall.Namespace, nil)}
-	ctx := testCtx(t)
 	addr := vm.m.Address()
-	entry := "external-app-" + addr
-	// istiod registers the VM once its sidecar is up, and reports it Healthy.
-	go func() {
-		for !lines.contains("sidecar active") {
-			time.Sleep(50 * time.Millisecond)
+	return driveFixture{r: r, vm: vm, lines: lines, addr: addr, entry: "external-app-" + addr}
+}
+
+// registerWhenStarted is istiod: once the sidecar is up, it registers the
+// VM's WorkloadEntry, Healthy.
+func (d driveFixture) registerWhenStarted(ctx context.Context) {
+	for !d.lines.contains("sidecar active") {
+		if ctx.Err() != nil {
+			return
 		}
-		time.Sleep(300 * time.Millisecond)
-		we := &clientnetworking.WorkloadEntry{ObjectMeta: metav1.ObjectMeta{Name: entry, Namespace: spec.Namespace,
-			Annotations: map[string]string{"istio.io/autoRegistrationGroup": spec.Group, "istio.io/connectedAt": time.Now().Format(time.RFC3339Nano)}}}
-		we.Spec.Address = addr
-		we.Status.Conditions = []*istiometa.IstioCondition{{Type: "Healthy", Status: "True", LastProbeTime: timestamppb.Now()}}
-		clients.Istio.NetworkingV1().WorkloadEntries(spec.Namespace).Create(ctx, we, metav1.CreateOptions{})
-	}()
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	spec := d.r.spec
+	we := &clientnetworking.WorkloadEntry{ObjectMeta: metav1.ObjectMeta{Name: d.entry, Namespace: spec.Namespace,
+		Annotations: map[string]string{"istio.io/autoRegistrationGroup": spec.Group, "istio.io/connectedAt": time.Now().Format(time.RFC3339Nano)}}}
+	we.Spec.Address = d.addr
+	we.Status.Conditions = []*istiometa.IstioCondition{{Type: "Healthy", Status: "True", LastProbeTime: timestamppb.Now()}}
+	d.r.clients.Istio.NetworkingV1().WorkloadEntries(spec.Namespace).Create(ctx, we, metav1.CreateOptions{})
+}
+
+func TestConvergeOnboardsToHealthyWithTheSameLines(t *testing.T) {
+	d := newDriveFixture(t)
+	r, vm, lines, addr, entry := d.r, d.vm, d.lines, d.addr, d.entry
+	ctx := testCtx(t)
+	go d.registerWhenStarted(ctx)
 	start := time.Now()
-	st, err := r.converge(ctx, r.onboardSpec(cfg.VMs[0], true, false), nil, true)
+	st, err := r.converge(ctx, r.onboardSpec(r.cfg.VMs[0], true, false), nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,4 +293,45 @@ func (l *lockedLines) all() []string {
 
 func (l *lockedLines) contains(s string) bool {
 	return slices.ContainsFunc(l.all(), func(line string) bool { return strings.Contains(line, s) })
+}
+
+// up's onboarding through the core: the machine and agent up just brought
+// up are taken as they are (no agent line of the core's, no second
+// GetVersion), and a VM on another revision than the site's says so.
+func TestConvergeAfterProvisioningAsUpDoes(t *testing.T) {
+	d := newDriveFixture(t)
+	ctx := testCtx(t)
+	r := d.r
+	// vm1 was onboarded onto revision canary; the site's VMs join the default.
+	if err := r.store.SetJoined("vm1", vmcore.Joined{Revision: "canary", Istio: istioinstall.EmbeddedVersion}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.clients.Kube.CoreV1().ConfigMaps(istioinstall.Namespace).Create(ctx,
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-canary", Namespace: istioinstall.Namespace}, Data: map[string]string{"mesh": "defaultConfig: {}\n"}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ac, err := onboard.Dial(d.vm.state, d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	go d.registerWhenStarted(ctx)
+	if _, err := r.converge(ctx, r.onboardSpec(r.cfg.VMs[0], false, false), &vmcore.Fresh{Machine: d.vm.m, Agent: ac}, false); err != nil {
+		t.Fatal(err)
+	}
+	lines := d.lines.all()
+	want := []string{
+		"onboard vm1: stays on revision canary (the VMs join default): hostctl vm upgrade vm1 --revision default moves it",
+		"onboard vm1: revision canary, Istio " + istioinstall.EmbeddedVersion + " (its istiod's)",
+	}
+	if len(lines) != 4 || !slices.Equal(lines[:2], want) || !strings.HasSuffix(lines[2], "sidecar active (restarted)") || lines[3] != "healthy vm1: WorkloadEntry "+d.entry+" Healthy" {
+		t.Errorf("lines:\n%s\nwant first:\n%s\nthen the files sent and Healthy", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+	if n := d.vm.agent.Calls()["GetVersion"]; n != 0 {
+		t.Errorf("GetVersion called %d times, want none: up just asked", n)
+	}
+	if _, err := ac.Version(ctx); err != nil {
+		t.Errorf("up's client was closed by the core: %v", err)
+	}
 }
