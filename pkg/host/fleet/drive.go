@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
+	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
@@ -20,22 +21,30 @@ const (
 
 // onboardSpec is the core's declaration of config VM vm for one run.
 func (r *session) onboardSpec(vm config.VM, fresh, restart bool) vmcore.Spec {
-	return vmcore.Spec{Name: vm.Name, Generation: 1, RunsApp: r.cfg.RunsApp(vm), ProbePort: r.spec.ProbePort,
+	return vmcore.Spec{Name: vm.Name, Generation: 1, RunsApp: r.cfg.RunsApp(vm), ProbePort: r.spec.ProbePort, AppPort: r.cfg.Workload.Port,
 		TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, FreshToken: fresh, Restart: restart}
+}
+
+// provisionSpec is onboardSpec for up and vm add: the machine created (or
+// found running), the app converged, the agent installed or updated.
+func (r *session) provisionSpec(vm config.VM) vmcore.Spec {
+	spec := r.onboardSpec(vm, false, false)
+	spec.Provision = true
+	spec.Machine = machine.Spec{Name: vm.Name, Image: vm.Image, CPUs: vm.CPUs, Memory: vm.Memory, Disk: vm.Disk}
+	return spec
 }
 
 // converge runs the core's passes over one VM until it is onboarded, waiting
 // between them as each asks (or until its WorkloadEntry changes), and reports each event as a progress line.
 // It gives up as hostctl always has, with the advice its reasons call for.
-// fresh, when set, is the machine and agent the caller just brought up, for
-// the first pass to take; tellAgent says whether a line tells the agent
-// answering (up says it itself, upgrade not at all).
-func (r *session) converge(ctx context.Context, spec vmcore.Spec, fresh *vmcore.Fresh, tellAgent bool) (vmcore.Status, error) {
-	name := spec.Name
-	deps := vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec, Fresh: fresh,
+// tellAgent says whether a line tells the agent answering (vm upgrade has
+// never said it).
+func (r *session) converge(ctx context.Context, spec vmcore.Spec, tellAgent bool) (vmcore.Status, error) {
+	deps := vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec,
+		AgentBinary: r.agentBinary, Apps: apps{r.site.Machines()},
 		Record: func(e vmcore.Event) {
 			if e.Reason != vmcore.AgentAnswering || tellAgent {
-				r.progress(ctx, name, e)
+				r.progress(ctx, spec, e)
 			}
 		}}
 	var st vmcore.Status
@@ -47,7 +56,7 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, fresh *vmcore.
 	defer stopWatching()
 	for {
 		res, err := vmcore.Reconcile(ctx, spec, st, r.targets.Snapshot(ctx), r.store, deps)
-		st, deps.Fresh = res.Status, nil
+		st = res.Status
 		if err != nil || res.Done {
 			return st, err
 		}
@@ -68,10 +77,26 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, fresh *vmcore.
 }
 
 // progress prints one of the core's events as the step line it has always been.
-func (r *session) progress(ctx context.Context, name string, e vmcore.Event) {
+func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event) {
+	name := spec.Name
 	switch e.Reason {
+	case vmcore.MachineRunning:
+		r.p.Step("machine", name, "%s", e.Message)
+	case vmcore.AppServing:
+		r.p.Step("app", name, "%s", e.Message)
+	case vmcore.AppOwn, vmcore.AppOwnRemoved:
+		detail := fmt.Sprintf("off (app: false): your app serves port %d", spec.AppPort)
+		if e.Reason == vmcore.AppOwnRemoved {
+			detail += "; hostctl's " + appUnitName + " removed"
+		}
+		r.p.Step("app", name, "%s", detail)
 	case vmcore.AgentAnswering:
-		r.p.Step("agent", name, "%s", e.Message)
+		if spec.Provision {
+			// up installed it: which vmagent answers.
+			r.p.Step("agent", name, "vmagent %s %s", e.Object, e.Message)
+		} else {
+			r.p.Step("agent", name, "%s", e.Message)
+		}
 	case vmcore.RevisionKept:
 		want := revisionName(r.site.Revision(ctx))
 		r.p.Step("onboard", name, "%s: hostctl vm upgrade %s --revision %s moves it", e.Message, name, want)

@@ -4,11 +4,14 @@ package fleet
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -27,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
@@ -74,7 +78,7 @@ func TestConvergeGivesTheMachineAdvice(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r, lines := driveSession(t, infoOnly{m: tc.ms})
 			start := time.Now()
-			_, err := r.converge(testCtx(t), r.onboardSpec(config.VM{Name: "vm1"}, true, false), nil, true)
+			_, err := r.converge(testCtx(t), r.onboardSpec(config.VM{Name: "vm1"}, true, false), true)
 			if err == nil || err.Error() != tc.want {
 				t.Errorf("got %v, want %q", err, tc.want)
 			}
@@ -241,7 +245,7 @@ func TestConvergeOnboardsToHealthyWithTheSameLines(t *testing.T) {
 	ctx := testCtx(t)
 	go d.registerWhenStarted(ctx)
 	start := time.Now()
-	st, err := r.converge(ctx, r.onboardSpec(r.cfg.VMs[0], true, false), nil, true)
+	st, err := r.converge(ctx, r.onboardSpec(r.cfg.VMs[0], true, false), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,13 +299,55 @@ func (l *lockedLines) contains(s string) bool {
 	return slices.ContainsFunc(l.all(), func(line string) bool { return strings.Contains(line, s) })
 }
 
-// up's onboarding through the core: the machine and agent up just brought
-// up are taken as they are (no agent line of the core's, no second
-// GetVersion), and a VM on another revision than the site's says so.
-func TestConvergeAfterProvisioningAsUpDoes(t *testing.T) {
+// standInMachines is a machine provider at the boundary a test cannot
+// reach (Multipass, SSH, the lab): one running machine, files kept as
+// Transfer wrote them, sha256sum answered from them, the app's script
+// answered as a VM with python3 would, every script recorded.
+type standInMachines struct {
+	machine.Provider
+	m       machine.Machine
+	files   map[string][]byte
+	scripts []string
+}
+
+func (p *standInMachines) Launch(context.Context, machine.Spec) (machine.Machine, error) {
+	return p.m, nil
+}
+
+func (p *standInMachines) Info(context.Context, string) (machine.Machine, error) { return p.m, nil }
+
+func (p *standInMachines) Transfer(_ context.Context, _, path string, data io.Reader, _ os.FileMode) error {
+	b, err := io.ReadAll(data)
+	p.files[path] = b
+	return err
+}
+
+func (p *standInMachines) Exec(_ context.Context, _ string, _ io.Reader, args ...string) ([]byte, error) {
+	script := args[len(args)-1]
+	if strings.HasPrefix(script, "sha256sum ") {
+		var out strings.Builder
+		for path, b := range p.files {
+			fmt.Fprintf(&out, "%x  %s\n", sha256.Sum256(b), path)
+		}
+		return []byte(out.String()), nil
+	}
+	p.scripts = append(p.scripts, script)
+	if strings.Contains(script, "command -v python3") {
+		return []byte("python3\n"), nil
+	}
+	return nil, nil
+}
+
+// up through the core, provisioning included: the lines up has always
+// printed, in its order (machine, app, agent, onboarding, Healthy), and a
+// VM on another revision than the site's says so.
+func TestConvergeProvisionsAsUpDoes(t *testing.T) {
 	d := newDriveFixture(t)
 	ctx := testCtx(t)
 	r := d.r
+	ms := &standInMachines{m: d.vm.m, files: map[string][]byte{}}
+	r.site = sidecarSite{driveSite{agentSite{ms: ms}}, r.site.(sidecarSite).side}
+	r.agentBinary = func(arch string) ([]byte, error) { return []byte("vmagent for " + arch), nil }
 	// vm1 was onboarded onto revision canary; the site's VMs join the default.
 	if err := r.store.SetJoined("vm1", vmcore.Joined{Revision: "canary", Istio: istioinstall.EmbeddedVersion}); err != nil {
 		t.Fatal(err)
@@ -311,27 +357,26 @@ func TestConvergeAfterProvisioningAsUpDoes(t *testing.T) {
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	ac, err := onboard.Dial(d.vm.state, d.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
 	go d.registerWhenStarted(ctx)
-	if _, err := r.converge(ctx, r.onboardSpec(r.cfg.VMs[0], false, false), &vmcore.Fresh{Machine: d.vm.m, Agent: ac}, false); err != nil {
+	if _, err := r.converge(ctx, r.provisionSpec(r.cfg.VMs[0]), true); err != nil {
 		t.Fatal(err)
 	}
 	lines := d.lines.all()
 	want := []string{
+		"machine vm1: running at " + d.addr,
+		"app vm1: python3 -m http.server on port 8000 (meshvm-app.service installed and started)",
+		"agent vm1: vmagent " + buildinfo.String() + " answering on " + d.addr + ":" + onboard.AgentPort,
 		"onboard vm1: stays on revision canary (the VMs join default): hostctl vm upgrade vm1 --revision default moves it",
 		"onboard vm1: revision canary, Istio " + istioinstall.EmbeddedVersion + " (its istiod's)",
 	}
-	if len(lines) != 4 || !slices.Equal(lines[:2], want) || !strings.HasSuffix(lines[2], "sidecar active (restarted)") || lines[3] != "healthy vm1: WorkloadEntry "+d.entry+" Healthy" {
+	if len(lines) != 7 || !slices.Equal(lines[:5], want) || !strings.HasSuffix(lines[5], "sidecar active (restarted)") || lines[6] != "healthy vm1: WorkloadEntry "+d.entry+" Healthy" {
 		t.Errorf("lines:\n%s\nwant first:\n%s\nthen the files sent and Healthy", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
-	if n := d.vm.agent.Calls()["GetVersion"]; n != 0 {
-		t.Errorf("GetVersion called %d times, want none: up just asked", n)
+	if string(ms.files["/usr/local/bin/vmagent"]) != "vmagent for "+runtime.GOARCH {
+		t.Errorf("the agent's binary was not put on the machine")
 	}
-	if _, err := ac.Version(ctx); err != nil {
-		t.Errorf("up's client was closed by the core: %v", err)
+	// One GetVersion: it says the agent answers, and which one.
+	if n := d.vm.agent.Calls()["GetVersion"]; n != 1 {
+		t.Errorf("GetVersion called %d times, want 1", n)
 	}
 }

@@ -8,10 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/formcache"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -27,8 +25,9 @@ type session struct {
 	site    Site
 	clients workload.Clients
 	spec    workload.Spec
-	deps    onboard.Deps
-	p       Reporter
+	// agentBinary is the static vmagent for a VM architecture.
+	agentBinary func(arch string) ([]byte, error)
+	p           Reporter
 
 	// store is the state directory as the per-VM core sees it.
 	store vmcore.DirStore
@@ -86,9 +85,9 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
-		deps:    onboard.Deps{Provider: s.Machines(), State: state, AgentBinary: f.Agent},
-		store:   vmcore.DirStore{Dir: state, VMs: names},
-		targets: vmcore.NewTargets(s, istioinstall.Namespace, formcache.New(state.Path("sidecar", "zstd"))),
+		agentBinary: f.Agent,
+		store:       vmcore.DirStore{Dir: state, VMs: names},
+		targets:     vmcore.NewTargets(s, istioinstall.Namespace, formcache.New(state.Path("sidecar", "zstd"))),
 	}, nil
 }
 
@@ -122,34 +121,6 @@ func bounded(parallel, n int, fn func(i int)) {
 		})
 	}
 	wg.Wait()
-}
-
-// provision boots the VM (or finds it running), converges its app and installs or
-// updates the agent, returning a client connected to it.
-func (r *session) provision(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
-	vm, err := r.cfg.VM(name)
-	if err != nil {
-		return machine.Machine{}, nil, err
-	}
-	m, err := r.site.Machines().Launch(ctx, machine.Spec{Name: name, Image: vm.Image, CPUs: vm.CPUs, Memory: vm.Memory, Disk: vm.Disk})
-	if err != nil {
-		return m, nil, err
-	}
-	r.p.Step("machine", name, "%s at %s", m.State.Lower(), m.Address())
-	if err := r.convergeApp(ctx, vm); err != nil {
-		return m, nil, err
-	}
-	c, err := onboard.InstallAgent(ctx, r.deps, m)
-	if err != nil {
-		return m, nil, err
-	}
-	v, err := c.Version(ctx)
-	if err != nil {
-		c.Close()
-		return m, nil, err
-	}
-	r.p.Step("agent", name, "vmagent %s answering on %s:%s", v.GetVersion(), m.Address(), onboard.AgentPort)
-	return m, c, nil
 }
 
 // onboardedAddress is the address the VM was last onboarded at ("" when

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/vmcore"
 )
 
 // UpSteps are the steps Up and vm add report.
@@ -39,17 +38,12 @@ func (f *Fleet) Up(ctx context.Context, p Reporter, stderr io.Writer) error {
 	return nil
 }
 
-// up converges one VM: machine, agent, onboarding.
+// up converges one VM through the core: machine, app, agent, onboarding.
 func (r *session) up(ctx context.Context, name string) error {
-	m, c, err := r.provision(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	vm, err := r.cfg.VM(name)
 	if err != nil {
 		return err
 	}
-	_, err = r.converge(ctx, r.onboardSpec(vm, false, false), &vmcore.Fresh{Machine: m, Agent: c}, false)
+	_, err = r.converge(ctx, r.provisionSpec(vm), true)
 	return err
 }

@@ -57,7 +57,7 @@ func (f *Fleet) Onboard(ctx context.Context, p Reporter, vms []config.VM, restar
 		return err
 	}
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		_, err := r.converge(ctx, r.onboardSpec(vm, true, restart), nil, true)
+		_, err := r.converge(ctx, r.onboardSpec(vm, true, restart), true)
 		return err
 	})
 }

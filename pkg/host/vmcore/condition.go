@@ -51,8 +51,11 @@ const (
 	MachineNotRunning Reason = "NotRunning"
 	MachineNoAddress  Reason = "NoAddress"
 	// App
+	AppServing    Reason = "Serving"
 	AppOwn        Reason = "OwnApp"
+	AppOwnRemoved Reason = "OwnAppMeshvmsRemoved"
 	AppNotManaged Reason = "NotManaged"
+	AppFailed     Reason = "ConvergeFailed"
 	// AgentReachable
 	AgentAnswering   Reason = "Answering"
 	AgentUnreachable Reason = "Unreachable"

@@ -4,6 +4,7 @@ package vmcore
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -141,28 +142,120 @@ func TestFirstPassDeliversThroughTheRealAgent(t *testing.T) {
 	}
 }
 
-// A pass given the machine and agent its driver just brought up asks
-// neither again, and leaves the agent's client open for its owner.
-func TestFreshMachineAndAgentAreTakenAsTheyAre(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+// standInMachines is a machine provider at the boundary hostctl cannot
+// reach in a test (Multipass, SSH, the lab): one running machine, files
+// kept as Transfer wrote them, sha256sum answered from them, every other
+// script recorded and taken as done.
+type standInMachines struct {
+	m               machine.Machine
+	files           map[string][]byte
+	launched, infos int
+	scripts         []string
+}
+
+func (p *standInMachines) Launch(context.Context, machine.Spec) (machine.Machine, error) {
+	p.launched++
+	return p.m, nil
+}
+
+func (p *standInMachines) Info(context.Context, string) (machine.Machine, error) {
+	p.infos++
+	return p.m, nil
+}
+
+func (p *standInMachines) Transfer(_ context.Context, _, path string, data io.Reader, _ os.FileMode) error {
+	b, err := io.ReadAll(data)
+	p.files[path] = b
+	return err
+}
+
+func (p *standInMachines) Exec(_ context.Context, _ string, _ io.Reader, args ...string) ([]byte, error) {
+	script := args[len(args)-1]
+	if strings.HasPrefix(script, "sha256sum ") {
+		var out strings.Builder
+		for path, b := range p.files {
+			fmt.Fprintf(&out, "%x  %s\n", sha256.Sum256(b), path)
+		}
+		return []byte(out.String()), nil
+	}
+	p.scripts = append(p.scripts, script)
+	return nil, nil
+}
+
+func (p *standInMachines) Delete(context.Context, string) error { return nil }
+
+// recordingApps is meshvm's app as the provisioner converges it.
+type recordingApps struct{ ensured, removed []string }
+
+func (a *recordingApps) Ensure(_ context.Context, vm string, port int) (string, error) {
+	a.ensured = append(a.ensured, vm)
+	return fmt.Sprintf("python3 -m http.server on port %d (meshvm-app.service unchanged)", port), nil
+}
+
+func (a *recordingApps) Remove(_ context.Context, vm string) (bool, error) {
+	a.removed = append(a.removed, vm)
+	return false, nil
+}
+
+// Provisioning, once per generation: the machine launched, the app
+// converged, the agent's files put through the provider with the identity
+// the store issues, then the agent asked its version once. A second pass of
+// the generation only looks the machine up again.
+func TestProvisioningRunsOncePerGeneration(t *testing.T) {
+	ctx := testCtx(t)
 	store, _ := openStore(t, "vm1")
-	agent := agenttest.Start(t, agenttest.Options{})
-	c := agent.Client(t, agent.ClientTLS(t))
-	// Info would fail: the pass must not ask the provider.
-	fresh := &Fresh{Machine: machine.Machine{Name: "vm1", State: machine.Running, Addresses: []string{"127.0.0.1"}}, Agent: c}
-	deps := Deps{Machines: machines{}, Kube: cluster(t), Workload: group, Fresh: fresh}
-	// The mesh fails the pass right after the agent step: what matters here
+	ip := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), rand.IntN(250), 1+rand.IntN(250))
+	if lis, err := net.Listen("tcp", net.JoinHostPort(ip, onboard.AgentPort)); err != nil {
+		t.Skipf("no loopback address %s here (%v)", ip, err)
+	} else {
+		lis.Close()
+	}
+	id, err := store.AgentIdentity("vm1", []string{ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := store.Dir.AgentCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent the provider "starts" is this one, already listening.
+	agent := agenttest.Start(t, agenttest.Options{Listen: net.JoinHostPort(ip, onboard.AgentPort), CA: ca, ServerCert: id.Cert, ServerKey: id.Key})
+	ms := &standInMachines{m: machine.Machine{Name: "vm1", State: machine.Running, Addresses: []string{ip}, Arch: runtime.GOARCH}, files: map[string][]byte{}}
+	apps := &recordingApps{}
+	var got events
+	deps := Deps{Machines: ms, Kube: cluster(t), Workload: group, Record: got.record, Apps: apps,
+		AgentBinary: func(arch string) ([]byte, error) { return []byte("vmagent for " + arch), nil }}
+	// The mesh fails each pass right after the agent step: what matters here
 	// is what came before.
-	_, err := Reconcile(ctx, Spec{Name: "vm1", Generation: 1, RunsApp: true}, Status{}, NewTargets(failingMesh{}, "istio-system", nil).Snapshot(ctx), store, deps)
+	target := NewTargets(failingMesh{}, "istio-system", nil).Snapshot(ctx)
+	spec := Spec{Name: "vm1", Generation: 1, RunsApp: true, AppPort: 8000, Provision: true, Machine: machine.Spec{Name: "vm1"}}
+	res, err := Reconcile(ctx, spec, Status{}, target, store, deps)
 	if err == nil || !strings.Contains(err.Error(), "no istiod address") {
 		t.Fatalf("got %v, want the mesh's error after the agent step", err)
 	}
-	if calls := agent.Calls(); calls["GetVersion"] != 0 {
-		t.Errorf("GetVersion called %d times, want none: the driver just asked", calls["GetVersion"])
+	if ms.launched != 1 || len(apps.ensured) != 1 || res.Status.Provisioned != 1 {
+		t.Errorf("launched %d, app ensured %v, provisioned generation %d; want one of each", ms.launched, apps.ensured, res.Status.Provisioned)
 	}
-	if _, err := c.Version(ctx); err != nil {
-		t.Errorf("the driver's client was closed by the pass: %v", err)
+	if string(ms.files["/usr/local/bin/vmagent"]) != "vmagent for "+runtime.GOARCH || string(ms.files["/etc/meshvm/agent/server.pem"]) != string(id.Cert) {
+		t.Errorf("agent files put: %d, want the binary and the store's certificate", len(ms.files))
+	}
+	if len(ms.scripts) != 1 || !strings.Contains(ms.scripts[0], "systemctl restart vmagent.service") {
+		t.Errorf("scripts run: %q, want the agent (re)started", ms.scripts)
+	}
+	want := []Reason{MachineRunning, AppServing, AgentAnswering}
+	if !slices.Equal(got.reasons()[:3], want) || got[0].Message != "running at "+ip || got[2].Object == "" {
+		t.Errorf("events: got %+v, want %v with the address and the agent's version", got, want)
+	}
+	if calls := agent.Calls(); calls["GetVersion"] != 1 {
+		t.Errorf("GetVersion called %d times, want once", calls["GetVersion"])
+	}
+
+	files := len(ms.files)
+	if _, err := Reconcile(ctx, spec, res.Status, target, store, deps); err == nil {
+		t.Fatal("the second pass should fail at the mesh as the first did")
+	}
+	if ms.launched != 1 || len(apps.ensured) != 1 || len(ms.scripts) != 1 || len(ms.files) != files || ms.infos != 1 {
+		t.Errorf("second pass: launched %d, app ensured %d, scripts %d, info %d; want only a look at the machine", ms.launched, len(apps.ensured), len(ms.scripts), ms.infos)
 	}
 }
 

@@ -34,6 +34,14 @@ type Spec struct {
 	// the VM stays on the one it joined, and a new VM joins the target's.
 	Revision string
 	Pinned   bool
+	// Provision creates the machine (or finds it running), converges
+	// meshvm's app (or takes it off a VM that runs its own) and installs or
+	// updates the agent, once per generation; otherwise the VM must run
+	// with its agent answering.
+	Provision bool
+	Machine   machine.Spec
+	// AppPort is the workload port meshvm's app serves.
+	AppPort int
 }
 
 // Status is what the passes found, carried from one pass to the next (a
@@ -46,6 +54,9 @@ type Status struct {
 	MachineState string
 	// Revision and Istio are what the VM was onboarded onto.
 	Revision, Istio string
+	// Provisioned is the generation whose machine, app and agent were
+	// converged (Spec.Provision).
+	Provisioned int64
 	// Entry is the VM's WorkloadEntry as last seen.
 	Entry workload.Entry
 }
@@ -94,17 +105,19 @@ type Deps struct {
 	Record func(Event)
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
-	// Fresh, when set, is what the driver observed of this VM a moment ago
-	// (up just launched the machine and installed its agent): the first
-	// pass takes it instead of asking again.
-	Fresh *Fresh
+	// AgentBinary is the static vmagent for a GOARCH (Spec.Provision).
+	AgentBinary func(arch string) ([]byte, error)
+	// Apps converges meshvm's app (Spec.Provision); nil leaves apps alone.
+	Apps Apps
 }
 
-// Fresh is a VM's machine and its answering agent, as just observed. The
-// agent's client stays its owner's: the pass does not close it.
-type Fresh struct {
-	Machine machine.Machine
-	Agent   *agentclient.Client
+// Apps puts meshvm's app on a VM, or takes it off one that runs its own.
+// The app is the recipe's, so its units are the provisioner's business.
+type Apps interface {
+	// Ensure converges the app serving port on vm and says what serves.
+	Ensure(ctx context.Context, vm string, port int) (string, error)
+	// Remove takes it off vm, saying whether it was there.
+	Remove(ctx context.Context, vm string) (bool, error)
 }
 
 // How soon to look again while waiting on the world: the agent starting;
@@ -127,15 +140,16 @@ type pass struct {
 	// synced: the files were delivered for this generation by an earlier
 	// pass, so the machine, agent and files steps need not run again.
 	synced bool
-	m      machine.Machine
-	agent  *agentclient.Client
-	// ownAgent says the pass dialed agent and closes it.
-	ownAgent bool
-	files    workloadfiles.Files
-	side     onboard.Sidecar
-	istiod   string
-	report   onboard.Report
-	stopped  bool
+	// provisioning: this pass creates the machine, converges the app and
+	// installs the agent (Spec.Provision, not yet done this generation).
+	provisioning bool
+	m            machine.Machine
+	agent        *agentclient.Client
+	files        workloadfiles.Files
+	side         onboard.Sidecar
+	istiod       string
+	report       onboard.Report
+	stopped      bool
 }
 
 // step converges one condition; it ends the pass by calling p.stop.
@@ -171,8 +185,9 @@ func Reconcile(ctx context.Context, vm Spec, last Status, target Target, store S
 	if c, ok := last.Conditions.Get(FilesInSync); ok && c.Status == True && c.ObservedGeneration == vm.Generation {
 		p.synced = true
 	}
+	p.provisioning = vm.Provision && last.Provisioned != vm.Generation && !p.synced
 	defer func() {
-		if p.ownAgent {
+		if p.agent != nil {
 			p.agent.Close()
 		}
 	}()
@@ -248,8 +263,11 @@ func (p *pass) machine() error {
 	}
 	var m machine.Machine
 	var err error
-	if p.deps.Fresh != nil {
-		m = p.deps.Fresh.Machine
+	if p.provisioning {
+		if m, err = p.deps.Machines.Launch(p.ctx, p.vm.Machine); err != nil {
+			return err
+		}
+		p.record(Machine, MachineRunning, fmt.Sprintf("%s at %s", m.State.Lower(), m.Address()))
 	} else {
 		m, err = p.deps.Machines.Info(p.ctx, p.vm.Name)
 	}
@@ -268,20 +286,50 @@ func (p *pass) machine() error {
 		p.stop(0, nil)
 	case m.Address() == "":
 		p.set(Machine, False, MachineNoAddress, "%s has no address", p.vm.Name)
-		p.stop(agentRequeue, fmt.Errorf("%s has no address: check that it is running", p.vm.Name))
+		// Provisioning goes on to the app; the agent's install needs the address.
+		if !p.provisioning {
+			p.stop(agentRequeue, errNoAddress(p.vm.Name))
+		}
 	default:
 		p.set(Machine, True, MachineRunning, "running at %s", m.Address())
 	}
 	return nil
 }
 
-// app records who serves the probe: converging meshvm's app is the
-// provisioning's (hostctl up), not yet a step of this core.
+func errNoAddress(vm string) error {
+	return fmt.Errorf("%s has no address: check that it is running", vm)
+}
+
+// app converges meshvm's app while provisioning, and otherwise records who
+// serves the probe.
 func (p *pass) app() error {
-	if p.vm.RunsApp {
+	switch {
+	case p.vm.Provision && !p.provisioning:
+		return nil // as the provisioning pass left it
+	case p.provisioning && p.deps.Apps != nil && p.vm.RunsApp:
+		detail, err := p.deps.Apps.Ensure(p.ctx, p.vm.Name, p.vm.AppPort)
+		if err != nil {
+			p.set(App, False, AppFailed, "%v", err)
+			return err
+		}
+		p.set(App, True, AppServing, "%s", detail)
+		p.record(App, AppServing, detail)
+	case p.provisioning && p.deps.Apps != nil:
+		removed, err := p.deps.Apps.Remove(p.ctx, p.vm.Name)
+		if err != nil {
+			p.set(App, False, AppFailed, "%v", err)
+			return err
+		}
+		reason := AppOwn
+		if removed {
+			reason = AppOwnRemoved
+		}
+		p.set(App, True, reason, "the VM's own app serves port %d", p.vm.AppPort)
+		p.record(App, reason, fmt.Sprintf("the VM's own app serves port %d", p.vm.AppPort))
+	case p.vm.RunsApp:
 		p.set(App, Unknown, AppNotManaged, "meshvm's app is converged when the VM is provisioned")
-	} else {
-		p.set(App, True, AppOwn, "the VM's own app serves port %d", p.vm.ProbePort)
+	default:
+		p.set(App, True, AppOwn, "the VM's own app serves port %d", p.vm.AppPort)
 	}
 	return nil
 }
@@ -293,10 +341,10 @@ func (p *pass) agentReachable() error {
 		return nil
 	}
 	addr := p.m.Address()
-	if p.deps.Fresh != nil && p.deps.Fresh.Agent != nil {
-		p.agent = p.deps.Fresh.Agent
-		p.set(AgentReachable, True, AgentAnswering, "answering on %s", net.JoinHostPort(addr, onboard.AgentPort))
-		return nil
+	if p.provisioning {
+		if err := p.putAgent(); err != nil {
+			return err
+		}
 	}
 	tlsCfg, err := p.store.AgentTLS(addr)
 	if err != nil {
@@ -307,7 +355,7 @@ func (p *pass) agentReachable() error {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, 3*time.Second)
-	_, err = c.Version(ctx)
+	v, err := c.Version(ctx)
 	cancel()
 	if err != nil {
 		c.Close()
@@ -315,9 +363,30 @@ func (p *pass) agentReachable() error {
 		p.stop(agentRequeue, err)
 		return nil
 	}
-	p.agent, p.ownAgent = c, true
+	p.agent = c
 	p.set(AgentReachable, True, AgentAnswering, "answering on %s", net.JoinHostPort(addr, onboard.AgentPort))
-	p.record(AgentReachable, AgentAnswering, fmt.Sprintf("answering on %s:%s", addr, onboard.AgentPort))
+	p.recordAbout(AgentReachable, AgentAnswering, v.GetVersion(), fmt.Sprintf("answering on %s:%s", addr, onboard.AgentPort))
+	return nil
+}
+
+// putAgent installs or updates the agent through the machine provider; it
+// (re)starts on its own time, and the next steps dial it.
+func (p *pass) putAgent() error {
+	if p.m.Address() == "" {
+		return errNoAddress(p.vm.Name)
+	}
+	id, err := p.store.AgentIdentity(p.vm.Name, p.m.Addresses)
+	if err != nil {
+		return err
+	}
+	bin, err := p.deps.AgentBinary(p.m.Arch)
+	if err != nil {
+		return err
+	}
+	if err := onboard.PutAgent(p.ctx, p.deps.Machines, p.m, id, bin); err != nil {
+		return err
+	}
+	p.st.Provisioned = p.vm.Generation
 	return nil
 }
 

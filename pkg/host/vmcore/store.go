@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 	"github.com/meshvm/meshvm/pkg/mtls"
@@ -38,6 +39,9 @@ type Store interface {
 	// AgentTLS is the client side of mTLS to the agent at addr: the client
 	// certificate and the agent CA it pins.
 	AgentTLS(addr string) (*tls.Config, error)
+	// AgentIdentity is the certificate the VM's agent presents, for its
+	// addresses, and the CA it pins its callers to.
+	AgentIdentity(vm string, addresses []string) (onboard.AgentIdentity, error)
 
 	// Address is where the VM was last onboarded (its WorkloadEntry is there).
 	Address(vm string) (string, error)
@@ -91,6 +95,18 @@ func (s DirStore) AgentTLS(addr string) (*tls.Config, error) {
 		return nil, err
 	}
 	return mtls.ClientConfig(cert.Cert, cert.Key, ca.CertPEM(), addr)
+}
+
+func (s DirStore) AgentIdentity(vm string, addresses []string) (onboard.AgentIdentity, error) {
+	ca, err := s.Dir.AgentCA()
+	if err != nil {
+		return onboard.AgentIdentity{}, err
+	}
+	server, _, err := s.Dir.VMCert(ca, vm, addresses)
+	if err != nil {
+		return onboard.AgentIdentity{}, err
+	}
+	return onboard.AgentIdentity{Cert: server.Cert, Key: server.Key, ClientCA: ca.CertPEM()}, nil
 }
 
 func (s DirStore) Address(vm string) (string, error) {
