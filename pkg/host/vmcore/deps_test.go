@@ -10,7 +10,9 @@ import (
 // controller framework of its own (the controller brings that).
 func TestCoreDependencies(t *testing.T) {
 	m := deptest.Module + "/"
-	deptest.Forbid(t, m+"pkg/host/vmcore",
-		"github.com/spf13/cobra", m+"hostctl", m+"pkg/lab", m+"pkg/machine/lab", m+"pkg/host/fleet",
-		"sigs.k8s.io/controller-runtime", m+"vmagent")
+	for _, pkg := range []string{"pkg/host/vmcore", "pkg/host/vmcore/storetest"} {
+		deptest.Forbid(t, m+pkg,
+			"github.com/spf13/cobra", m+"hostctl", m+"pkg/lab", m+"pkg/machine/lab", m+"pkg/host/fleet",
+			"sigs.k8s.io/controller-runtime", m+"vmagent")
+	}
 }
