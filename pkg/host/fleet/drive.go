@@ -35,10 +35,10 @@ func (r *session) provisionSpec(vm config.VM) vmcore.Spec {
 }
 
 // converge runs the core's passes over one VM until it is onboarded, waiting
-// between them as each asks (or until its WorkloadEntry changes), and reports each event as a progress line.
-// It gives up as hostctl always has, with the advice its reasons call for.
-// tellAgent says whether a line tells the agent answering (vm upgrade has
-// never said it).
+// between them as each asks (or until its WorkloadEntry changes), and
+// reports each event as a progress line. It gives up as hostctl always has,
+// with the advice its reasons call for. tellAgent says whether a line tells
+// the agent answering (vm upgrade has never said it).
 func (r *session) converge(ctx context.Context, spec vmcore.Spec, tellAgent bool) (vmcore.Status, error) {
 	deps := vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec,
 		AgentBinary: r.agentBinary, Apps: apps{r.site.Machines()},
