@@ -84,7 +84,7 @@ func (c *Client) wrap(what string, err error) error {
 // until it answers once, then never again on this connection: waiting for
 // the agent, reporting its version and choosing how to send files take one
 // GetVersion between them. A client is made for each session, and after
-// installing a new agent (onboard.InstallAgent dials anew).
+// installing a new agent (a new pass of the per-VM core dials anew).
 func (c *Client) Version(ctx context.Context) (*agentv1.GetVersionResponse, error) {
 	c.mu.Lock()
 	v := c.version

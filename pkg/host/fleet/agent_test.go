@@ -44,6 +44,13 @@ type vmWithAgent struct {
 
 func startVM(t *testing.T) vmWithAgent {
 	t.Helper()
+	return startVMWith(t, agenttest.Options{})
+}
+
+// startVMWith is startVM with the agent shaped by o (its address, CA and
+// certificate are the VM's).
+func startVMWith(t *testing.T, o agenttest.Options) vmWithAgent {
+	t.Helper()
 	state, err := statedir.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -64,7 +71,8 @@ func startVM(t *testing.T) vmWithAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := agenttest.Start(t, agenttest.Options{Listen: net.JoinHostPort(ip, onboard.AgentPort), CA: ca, ServerCert: pair.Cert, ServerKey: pair.Key})
+	o.Listen, o.CA, o.ServerCert, o.ServerKey = net.JoinHostPort(ip, onboard.AgentPort), ca, pair.Cert, pair.Key
+	a := agenttest.Start(t, o)
 	hosts := testIstiodIP + " istiod.istio-system.svc\n" + ip + " vm1\n"
 	if err := os.WriteFile(filepath.Join(a.Root, "etc/hosts"), []byte(hosts), 0o644); err != nil {
 		t.Fatal(err)

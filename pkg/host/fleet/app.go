@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
@@ -115,28 +116,18 @@ func removeApp(ctx context.Context, p machine.Provider, vm string) (bool, error)
 	return strings.TrimSpace(string(out)) == "removed", nil
 }
 
-// convergeApp gives the VM the recipe's app, or takes hostctl's off a VM
-// that runs its own, and reports which.
-func (r *session) convergeApp(ctx context.Context, vm config.VM) error {
-	port := r.cfg.Workload.Port
-	if !r.cfg.RunsApp(vm) {
-		removed, err := removeApp(ctx, r.site.Machines(), vm.Name)
-		if err != nil {
-			return err
-		}
-		detail := fmt.Sprintf("off (app: false): your app serves port %d", port)
-		if removed {
-			detail += "; hostctl's " + appUnitName + " removed"
-		}
-		r.p.Step("app", vm.Name, "%s", detail)
-		return nil
-	}
-	detail, err := ensureApp(ctx, r.site.Machines(), vm.Name, port)
-	if err != nil {
-		return err
-	}
-	r.p.Step("app", vm.Name, "%s", detail)
-	return nil
+// apps is the recipe's app on the VMs of a machine provider, as the core's
+// provisioning converges it.
+type apps struct{ machine.Provider }
+
+var _ vmcore.Apps = apps{}
+
+func (a apps) Ensure(ctx context.Context, vm string, port int) (string, error) {
+	return ensureApp(ctx, a.Provider, vm, port)
+}
+
+func (a apps) Remove(ctx context.Context, vm string) (bool, error) {
+	return removeApp(ctx, a.Provider, vm)
 }
 
 // waitOnboarded waits for the VM's WorkloadEntry: Healthy when hostctl runs its

@@ -5,6 +5,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 )
 
 // The WorkloadGroup carries a revision only while every VM shares it: a
@@ -23,7 +24,7 @@ func TestGroupRevision(t *testing.T) {
 	if got := groupRevision(cfg, state, ""); got != "default" {
 		t.Errorf("no VM onboarded yet, joining the default: %q, want default", got)
 	}
-	if err := recordJoined(state, "a", joined{Revision: "canary", Istio: "1.31.0"}); err != nil {
+	if err := (vmcore.DirStore{Dir: state}).SetJoined("a", vmcore.Joined{Revision: "canary", Istio: "1.31.0"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := groupRevision(cfg, state, ""); got != "" {
@@ -39,7 +40,7 @@ func TestGroupRevision(t *testing.T) {
 	if got := groupRevision(cfg, state, "canary"); got != "" {
 		t.Errorf("a on canary, b on the default: %q, want none", got)
 	}
-	if err := recordJoined(state, "b", joined{Revision: "canary"}); err != nil {
+	if err := (vmcore.DirStore{Dir: state}).SetJoined("b", vmcore.Joined{Revision: "canary"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := groupRevision(cfg, state, ""); got != "canary" {

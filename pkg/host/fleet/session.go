@@ -5,20 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/formcache"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
-	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // session is a site whose cluster and Istio are up, with what every per-VM
@@ -29,58 +25,17 @@ type session struct {
 	site    Site
 	clients workload.Clients
 	spec    workload.Spec
-	deps    onboard.Deps
-	p       Reporter
+	// agentBinary is the static vmagent for a VM architecture.
+	agentBinary func(arch string) ([]byte, error)
+	p           Reporter
 
-	// sidecars are the sidecar files by architecture and version, found
-	// once for all the VMs onboarding at once (a module lookup or a
-	// registry request).
-	sidecarsMu sync.Mutex
-	sidecars   map[string]onboard.Sidecar
-	forms      *formcache.Cache
-	// versions are the running istiods' by revision, asked once (an API
-	// round trip or two each) for all the VMs. Guarded by sidecarsMu.
-	versions map[string]string
-}
-
-// istiodVersion is the revision's running istiod's version, asked once.
-func (r *session) istiodVersion(ctx context.Context, rev string) (string, error) {
-	r.sidecarsMu.Lock()
-	defer r.sidecarsMu.Unlock()
-	if v, ok := r.versions[revisionName(rev)]; ok {
-		return v, nil
-	}
-	v, _, err := r.site.IstiodVersion(ctx, rev)
-	if err != nil {
-		return "", err
-	}
-	if r.versions == nil {
-		r.versions = map[string]string{}
-	}
-	r.versions[revisionName(rev)] = v
-	return v, nil
-}
-
-// sidecar returns the site's sidecar files of version for arch, looked up once.
-func (r *session) sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
-	r.sidecarsMu.Lock()
-	defer r.sidecarsMu.Unlock()
-	key := arch + "/" + version
-	if side, ok := r.sidecars[key]; ok {
-		return side, nil
-	}
-	side, err := r.site.Sidecar(ctx, arch, version)
-	if err != nil {
-		return side, err
-	}
-	// Beside the extracted binaries, by digest: every VM of this and later
-	// runs sends the same compressed bytes.
-	side.Forms = r.forms
-	if r.sidecars == nil {
-		r.sidecars = map[string]onboard.Sidecar{}
-	}
-	r.sidecars[key] = side
-	return side, nil
+	// store is the state directory as the per-VM core sees it.
+	store vmcore.DirStore
+	// targets finds what the VMs join once for all the VMs onboarding at
+	// once: the running istiods' versions by revision (an API round trip
+	// or two each), the sidecar files by architecture and version (a
+	// module lookup or a registry request).
+	targets *vmcore.Targets
 }
 
 // start converges the site's cluster, Istio and the workload's objects.
@@ -124,10 +79,15 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 	for _, ch := range changes {
 		p.Step("workload", "", "%s %s", ch.Object, ch.Action)
 	}
+	var names []string
+	for _, vm := range cfg.VMs {
+		names = append(names, vm.Name)
+	}
 	return &session{
 		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
-		forms: formcache.New(state.Path("sidecar", "zstd")),
-		deps:  onboard.Deps{Provider: s.Machines(), State: state, AgentBinary: f.Agent},
+		agentBinary: f.Agent,
+		store:       vmcore.DirStore{Dir: state, VMs: names},
+		targets:     vmcore.NewTargets(s, istioinstall.Namespace, formcache.New(state.Path("sidecar", "zstd"))),
 	}, nil
 }
 
@@ -163,141 +123,6 @@ func bounded(parallel, n int, fn func(i int)) {
 	wg.Wait()
 }
 
-// provision boots the VM (or finds it running), converges its app and installs or
-// updates the agent, returning a client connected to it.
-func (r *session) provision(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
-	vm, err := r.cfg.VM(name)
-	if err != nil {
-		return machine.Machine{}, nil, err
-	}
-	m, err := r.site.Machines().Launch(ctx, machine.Spec{Name: name, Image: vm.Image, CPUs: vm.CPUs, Memory: vm.Memory, Disk: vm.Disk})
-	if err != nil {
-		return m, nil, err
-	}
-	r.p.Step("machine", name, "%s at %s", m.State.Lower(), m.Address())
-	if err := r.convergeApp(ctx, vm); err != nil {
-		return m, nil, err
-	}
-	c, err := onboard.InstallAgent(ctx, r.deps, m)
-	if err != nil {
-		return m, nil, err
-	}
-	v, err := c.Version(ctx)
-	if err != nil {
-		c.Close()
-		return m, nil, err
-	}
-	r.p.Step("agent", name, "vmagent %s answering on %s:%s", v.GetVersion(), m.Address(), onboard.AgentPort)
-	return m, c, nil
-}
-
-// running returns a VM that must already run, and its connected agent: the
-// per-VM commands other than up and add never create or reinstall anything.
-func (r *session) running(ctx context.Context, name string) (machine.Machine, *agentclient.Client, error) {
-	m, err := r.site.Machines().Info(ctx, name)
-	if errors.Is(err, machine.ErrNotFound) {
-		return m, nil, fmt.Errorf("no VM %s: run hostctl up (or hostctl vm add %s) to create it", name, name)
-	}
-	if err != nil {
-		return m, nil, err
-	}
-	if !m.Running() {
-		return m, nil, fmt.Errorf("VM %s is %s: run hostctl vm start %s", name, m.State.Lower(), name)
-	}
-	c, err := onboard.Connect(ctx, r.state, m)
-	return m, c, err
-}
-
-// onboard generates the workload files (reusing a still-valid token unless
-// fresh), delivers what differs through the agent, restarts the sidecar when
-// it needs it (or restart is set), waits for the VM's WorkloadEntry to be
-// Healthy (registered, when the app is the user's), and removes the one it
-// left at an old address.
-func (r *session) onboard(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool) error {
-	rev := r.vmRevision(ctx, name)
-	if want := r.site.Revision(ctx); !sameRevision(rev, want) {
-		r.p.Step("onboard", name, "stays on revision %s (the VMs join %s): hostctl vm upgrade %s --revision %s moves it",
-			revisionName(rev), revisionName(want), name, revisionName(want))
-	}
-	_, err := r.onboardOnto(ctx, name, m, c, fresh, restart, rev)
-	return err
-}
-
-// vmRevision is the revision the VM is on: its record's; a VM onboarded
-// before meshvm kept one is on the default; a new one joins the site's.
-func (r *session) vmRevision(ctx context.Context, name string) string {
-	return vmRevision(r.state, name, r.site.Revision(ctx))
-}
-
-// onboardOnto is onboard onto revision rev, with the proxy of the version
-// that revision's running istiod reports (never newer than it); it returns
-// the VM's WorkloadEntry once Healthy.
-func (r *session) onboardOnto(ctx context.Context, name string, m machine.Machine, c *agentclient.Client, fresh, restart bool, rev string) (workload.Entry, error) {
-	istiodIP, err := r.site.IstiodAddress(ctx, name)
-	if err != nil {
-		return workload.Entry{}, err
-	}
-	version, err := r.istiodVersion(ctx, rev)
-	if err != nil {
-		return workload.Entry{}, err
-	}
-	side, err := r.sidecar(ctx, m.Arch, version)
-	if err != nil {
-		return workload.Entry{}, err
-	}
-	r.p.Step("onboard", name, "revision %s, Istio %s (its istiod's)", revisionName(rev), version)
-	addr := m.Address()
-	var lastToken []byte
-	if !fresh {
-		lastToken, _ = r.state.ReadFile(filepath.Join("vms", name, "files", "istio-token"))
-	}
-	files, err := workload.Files(ctx, r.clients, r.spec, workload.FilesFor{ClusterID: r.site.ClusterID(ctx),
-		VMIP: addr, IstiodIP: istiodIP, VM: name, TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, ReuseToken: lastToken,
-		Warn: func(msg string) { r.p.Step("onboard", name, "%s", msg) }, Revision: rev})
-	if err != nil {
-		return workload.Entry{}, err
-	}
-	if err := saveFiles(r.state, name, files); err != nil {
-		return workload.Entry{}, err
-	}
-	prev, _, err := workload.FindEntry(ctx, r.clients, r.spec, addr)
-	if err != nil {
-		return workload.Entry{}, err
-	}
-	rep, err := onboard.Onboard(ctx, c, files, side, onboard.Hosts{
-		IstiodIP: istiodIP, IstiodName: workloadfiles.IstiodHost(istioinstall.Namespace, rev), VMIP: addr, VMName: name}, restart)
-	if err != nil {
-		return workload.Entry{}, err
-	}
-	// The files now point at rev, whether or not the VM comes back Healthy:
-	// a rollback is a move back from it.
-	if err := recordJoined(r.state, name, joined{Revision: rev, Istio: version}); err != nil {
-		return workload.Entry{}, err
-	}
-	sent := "nothing sent"
-	if len(rep.Sent) > 0 {
-		sent = "sent " + strings.Join(rep.Sent, ", ")
-	}
-	sidecarState := "sidecar " + rep.Sidecar.GetActiveState()
-	if rep.Restarted {
-		sidecarState += " (restarted)"
-	}
-	r.p.Step("onboard", name, "%s; %d file(s) already in place; %s", sent, len(rep.Skipped), sidecarState)
-	if !rep.Restarted {
-		prev = workload.Entry{}
-	}
-	vm, err := r.cfg.VM(name)
-	if err != nil {
-		return workload.Entry{}, err
-	}
-	e, detail, err := waitOnboarded(ctx, r.cfg, r.clients, vm, addr, 2*time.Minute, prev)
-	if err != nil {
-		return e, err
-	}
-	r.p.Step("healthy", name, "%s", detail)
-	return e, r.moved(ctx, name, addr)
-}
-
 // onboardedAddress is the address the VM was last onboarded at ("" when
 // never): its WorkloadEntry is there.
 func onboardedAddress(state *statedir.Dir, name string) string {
@@ -314,31 +139,4 @@ func entryAddress(state *statedir.Dir, m machine.Machine) string {
 		return a
 	}
 	return onboardedAddress(state, m.Name)
-}
-
-// moved records the VM's address and deletes the WorkloadEntry left at the
-// previous one, unless another VM of ours now holds that address.
-func (r *session) moved(ctx context.Context, name, addr string) error {
-	if old := onboardedAddress(r.state, name); old != "" && old != addr && !r.addressInUse(name, old) {
-		gone, err := workload.DeleteEntry(ctx, r.clients, r.spec, old)
-		if err != nil {
-			return err
-		}
-		if gone != "" {
-			r.p.Step("healthy", name, "address changed from %s: stale WorkloadEntry %s deleted", old, gone)
-		}
-	}
-	return r.state.WriteSecret(addressFile(name), []byte(addr))
-}
-
-func (r *session) addressInUse(self, addr string) bool {
-	for _, vm := range r.cfg.VMs {
-		if vm.Name == self {
-			continue
-		}
-		if onboardedAddress(r.state, vm.Name) == addr {
-			return true
-		}
-	}
-	return false
 }

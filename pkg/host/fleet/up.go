@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/statedir"
-	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // UpSteps are the steps Up and vm add report.
@@ -41,22 +38,12 @@ func (f *Fleet) Up(ctx context.Context, p Reporter, stderr io.Writer) error {
 	return nil
 }
 
-// up converges one VM: machine, agent, onboarding.
+// up converges one VM through the core: machine, app, agent, onboarding.
 func (r *session) up(ctx context.Context, name string) error {
-	m, c, err := r.provision(ctx, name)
+	vm, err := r.cfg.VM(name)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	return r.onboard(ctx, name, m, c, false, false)
-}
-
-// saveFiles keeps the generated workload files in the state directory (0600).
-func saveFiles(state *statedir.Dir, vm string, f workloadfiles.Files) error {
-	for name, data := range f.Map() {
-		if err := state.WriteSecret(filepath.Join("vms", vm, "files", name), data); err != nil {
-			return err
-		}
-	}
-	return nil
+	_, err = r.converge(ctx, r.provisionSpec(vm), true)
+	return err
 }

@@ -61,14 +61,16 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 // it. A VM already there is converged without a restart.
 func (r *session) upgrade(ctx context.Context, name, rev, siteRev string) error {
 	from := vmRevision(r.state, name, siteRev)
-	m, ac, err := r.running(ctx, name)
+	vm, err := r.cfg.VM(name)
 	if err != nil {
 		return err
 	}
-	defer ac.Close()
 	start := time.Now()
 	move := !sameRevision(from, rev)
-	e, err := r.onboardOnto(ctx, name, m, ac, false, move, rev)
+	spec := r.onboardSpec(vm, false, move)
+	spec.Revision, spec.Pinned = rev, true
+	st, err := r.converge(ctx, spec, false)
+	e := st.Entry
 	rollback := fmt.Sprintf("roll it back with hostctl vm upgrade %s --revision %s", name, revisionName(from))
 	if err != nil {
 		if !move {

@@ -13,6 +13,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -30,13 +31,14 @@ func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, say Say) error {
 	if err != nil {
 		return err
 	}
+	deps := vmcore.Deps{Kube: clients, Workload: WorkloadSpec(cfg)}
 	var errs []error
 	for _, vm := range vms {
-		how, err := workload.Revoke(ctx, clients.Kube, cfg.Workload.Namespace, vm.Name)
+		revoked, err := vmcore.Revoke(ctx, vm.Name, deps)
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
-		case how == "absent":
+		case !revoked:
 			say("%s: no Secret %s/%s: already revoked, or never onboarded", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
 		default:
 			say("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)",
@@ -55,13 +57,8 @@ func (f *Fleet) Onboard(ctx context.Context, p Reporter, vms []config.VM, restar
 		return err
 	}
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		m, ac, err := r.running(ctx, vm.Name)
-		if err != nil {
-			return err
-		}
-		defer ac.Close()
-		p.Step("agent", vm.Name, "answering on %s:%s", m.Address(), onboard.AgentPort)
-		return r.onboard(ctx, vm.Name, m, ac, true, restart)
+		_, err := r.converge(ctx, r.onboardSpec(vm, true, restart), true)
+		return err
 	})
 }
 
@@ -133,23 +130,25 @@ func (rm *vmRemoval) machine() error {
 	return nil
 }
 
-// entry deletes the VM's WorkloadEntry: istiod would drop it after its
-// grace period; do not leave it to chance.
-func (rm *vmRemoval) entry(m machine.Machine) error {
+// core is what the per-VM core's deletion steps work through.
+func (rm *vmRemoval) core() (vmcore.DirStore, vmcore.Deps, error) {
 	clients, err := rm.kube()
+	return vmcore.DirStore{Dir: rm.state}, vmcore.Deps{Kube: clients, Workload: WorkloadSpec(rm.cfg)}, err
+}
+
+// entry deletes the VM's WorkloadEntry.
+func (rm *vmRemoval) entry(m machine.Machine) error {
+	store, deps, err := rm.core()
 	if err != nil {
 		return err
 	}
-	addr := entryAddress(rm.state, m)
-	if addr == "" {
-		rm.say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
-		return nil
-	}
-	gone, err := workload.DeleteEntry(rm.ctx, clients, WorkloadSpec(rm.cfg), addr)
-	if err != nil {
+	addr, gone, err := vmcore.DeleteEntry(rm.ctx, rm.name, m, store, deps)
+	switch {
+	case err != nil:
 		return fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err)
-	}
-	if gone != "" {
+	case addr == "":
+		rm.say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
+	case gone != "":
 		rm.say("WorkloadEntry %s deleted", gone)
 	}
 	return nil
@@ -158,18 +157,17 @@ func (rm *vmRemoval) entry(m machine.Machine) error {
 // token revokes the VM's token. Without a cluster it says so and goes on,
 // as before: the machine and its files go anyway.
 func (rm *vmRemoval) token() error {
-	clients, err := rm.kube()
+	_, deps, err := rm.core()
 	if err != nil {
 		rm.say("token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers", rm.name, err, rm.name)
 		return nil
 	}
-	ns := rm.cfg.Workload.Namespace
-	how, err := workload.Revoke(rm.ctx, clients.Kube, ns, rm.name)
+	revoked, err := vmcore.Revoke(rm.ctx, rm.name, deps)
 	if err != nil {
 		return err
 	}
-	if how == "deleted" {
-		rm.say("token revoked (Secret %s/%s deleted)", ns, workload.CredentialName(rm.name))
+	if revoked {
+		rm.say("token revoked (Secret %s/%s deleted)", rm.cfg.Workload.Namespace, workload.CredentialName(rm.name))
 	}
 	return nil
 }

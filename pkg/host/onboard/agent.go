@@ -35,25 +35,17 @@ type Deps struct {
 	AgentBinary func(arch string) ([]byte, error)
 }
 
-// InstallAgent installs or updates vmagent on m and returns a client
-// connected to it. Files already identical are not sent again, and the agent
-// is restarted only when something it reads changed.
-func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.Client, error) {
-	if m.Address() == "" {
-		return nil, fmt.Errorf("%s has no address: check that it is running", m.Name)
-	}
-	ca, err := d.State.AgentCA()
-	if err != nil {
-		return nil, err
-	}
-	server, _, err := d.State.VMCert(ca, m.Name, m.Addresses)
-	if err != nil {
-		return nil, err
-	}
-	bin, err := d.AgentBinary(m.Arch)
-	if err != nil {
-		return nil, err
-	}
+// AgentIdentity is what an agent presents and pins: its server certificate
+// and key, and the CA its callers' certificates must chain to.
+type AgentIdentity struct {
+	Cert, Key, ClientCA []byte
+}
+
+// PutAgent installs or updates vmagent (binary bin) with identity id on m
+// through the machine provider and (re)starts it, without waiting for it to
+// answer. Files already identical are not sent again, and the agent is
+// restarted only when something it reads changed.
+func PutAgent(ctx context.Context, p machine.Provider, m machine.Machine, id AgentIdentity, bin []byte) error {
 	files := []struct {
 		path string
 		data []byte
@@ -62,24 +54,24 @@ func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.
 		{"/usr/local/bin/vmagent", bin, 0o755},
 		{unitPath, packaging.Unit, 0o644},
 		{"/etc/meshvm/vmagent.yaml", packaging.Config, 0o644},
-		{"/etc/meshvm/agent/server.pem", server.Cert, 0o600},
-		{"/etc/meshvm/agent/server-key.pem", server.Key, 0o600},
-		{"/etc/meshvm/agent/client-ca.pem", ca.CertPEM(), 0o600},
+		{"/etc/meshvm/agent/server.pem", id.Cert, 0o600},
+		{"/etc/meshvm/agent/server-key.pem", id.Key, 0o600},
+		{"/etc/meshvm/agent/client-ca.pem", id.ClientCA, 0o600},
 	}
 	want := map[string][]byte{}
 	for _, f := range files {
 		want[f.path] = f.data
 	}
-	differ, err := machine.Differing(ctx, d.Provider, m.Name, want)
+	differ, err := machine.Differing(ctx, p, m.Name, want)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, f := range files {
 		if !differ[f.path] {
 			continue
 		}
-		if err := d.Provider.Transfer(ctx, m.Name, f.path, bytes.NewReader(f.data), f.mode); err != nil {
-			return nil, err
+		if err := p.Transfer(ctx, m.Name, f.path, bytes.NewReader(f.data), f.mode); err != nil {
+			return err
 		}
 	}
 	action := "start"
@@ -92,10 +84,10 @@ func InstallAgent(ctx context.Context, d Deps, m machine.Machine) (*agentclient.
 	if differ[unitPath] {
 		script = "systemctl daemon-reload && " + script
 	}
-	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
-		return nil, fmt.Errorf("%s: start vmagent: %w: %s", m.Name, err, out)
+	if out, err := p.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
+		return fmt.Errorf("%s: start vmagent: %w: %s", m.Name, err, out)
 	}
-	return Connect(ctx, d.State, m)
+	return nil
 }
 
 // Dial connects to the agent at addr with hostctl's client certificate,
@@ -161,8 +153,14 @@ func RemoveAgent(ctx context.Context, d Deps, m machine.Machine) error {
 	if err != nil {
 		return err
 	}
+	defer c.Close()
+	return RemoveAgentWith(ctx, d.Provider, c, m)
+}
+
+// RemoveAgentWith is RemoveAgent through a client already connected to m's
+// agent (closed by its owner).
+func RemoveAgentWith(ctx context.Context, p machine.Provider, c *agentclient.Client, m machine.Machine) error {
 	steps, err := c.Uninstall(ctx, false)
-	c.Close()
 	if err != nil {
 		return fmt.Errorf("%s: uninstall: %w", m.Name, err)
 	}
@@ -173,7 +171,7 @@ func RemoveAgent(ctx context.Context, d Deps, m machine.Machine) error {
 	}
 	const script = "systemctl disable --now vmagent.service 2>/dev/null || true; " +
 		"rm -f /usr/local/bin/vmagent /etc/systemd/system/vmagent.service; rm -rf /etc/meshvm /var/lib/meshvm; systemctl daemon-reload"
-	if out, err := d.Provider.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
+	if out, err := p.Exec(ctx, m.Name, nil, "sh", "-c", script); err != nil {
 		return fmt.Errorf("%s: remove vmagent: %w: %s", m.Name, err, out)
 	}
 	return nil

@@ -73,3 +73,24 @@ func TestWaitHealthyOnFakeClients(t *testing.T) {
 		t.Errorf("refused list: got %v after %s, want the Forbidden at once", err, time.Since(start))
 	}
 }
+
+// EntryChanges signals a change made after it started, and stops with ctx.
+func TestEntryChangesSignalsAChange(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := Clients{Kube: fake.NewClientset(), Istio: istiofake.NewSimpleClientset()}
+	changes := EntryChanges(ctx, c, recipe)
+	select {
+	case <-changes:
+		t.Fatal("a change signalled before any was made")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := c.Istio.NetworkingV1().WorkloadEntries(recipe.Namespace).Create(ctx, healthyEntry("e1", "10.0.0.2", "t1", time.Now()), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changes:
+	case <-ctx.Done():
+		t.Fatal("no signal after an entry was created")
+	}
+}

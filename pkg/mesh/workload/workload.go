@@ -568,3 +568,33 @@ func DeleteEntry(ctx context.Context, c Clients, s Spec, address string) (string
 	}
 	return e.Name, nil
 }
+
+// EntryChanges watches the namespace's WorkloadEntries until ctx ends and
+// signals on the channel after any change, coalesced: a driver waiting for a
+// VM's entry looks again at once instead of polling. A watch the API server
+// ends is started again; one it refuses ends the signals (the caller's
+// timer still runs).
+func EntryChanges(ctx context.Context, c Clients, s Spec) <-chan struct{} {
+	changed := make(chan struct{}, 1)
+	api := c.Istio.NetworkingV1().WorkloadEntries(s.Namespace)
+	go func() {
+		for ctx.Err() == nil {
+			w, err := api.Watch(ctx, metav1.ListOptions{})
+			if err != nil {
+				return
+			}
+			for range w.ResultChan() {
+				select {
+				case changed <- struct{}{}:
+				default:
+				}
+			}
+			w.Stop()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return changed
+}

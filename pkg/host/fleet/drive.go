@@ -1,0 +1,160 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
+	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+)
+
+// How long the driver waits on the world, as hostctl always has: an agent
+// that does not answer, and a VM that does not come back registered or
+// Healthy after its files are delivered.
+const (
+	agentPatience = 30 * time.Second
+	entryPatience = 2 * time.Minute
+)
+
+// onboardSpec is the core's declaration of config VM vm for one run.
+func (r *session) onboardSpec(vm config.VM, fresh, restart bool) vmcore.Spec {
+	return vmcore.Spec{Name: vm.Name, Generation: 1, RunsApp: r.cfg.RunsApp(vm), ProbePort: r.spec.ProbePort, AppPort: r.cfg.Workload.Port,
+		TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, FreshToken: fresh, Restart: restart}
+}
+
+// provisionSpec is onboardSpec for up and vm add: the machine created (or
+// found running), the app converged, the agent installed or updated.
+func (r *session) provisionSpec(vm config.VM) vmcore.Spec {
+	spec := r.onboardSpec(vm, false, false)
+	spec.Provision = true
+	spec.Machine = machine.Spec{Name: vm.Name, Image: vm.Image, CPUs: vm.CPUs, Memory: vm.Memory, Disk: vm.Disk}
+	return spec
+}
+
+// converge runs the core's passes over one VM until it is onboarded, waiting
+// between them as each asks (or until its WorkloadEntry changes), and
+// reports each event as a progress line. It gives up as hostctl always has,
+// with the advice its reasons call for. tellAgent says whether a line tells
+// the agent answering (vm upgrade has never said it).
+func (r *session) converge(ctx context.Context, spec vmcore.Spec, tellAgent bool) (vmcore.Status, error) {
+	deps := vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec,
+		AgentBinary: r.agentBinary, Apps: apps{r.site.Machines()},
+		Record: func(e vmcore.Event) {
+			if e.Reason != vmcore.AgentAnswering || tellAgent {
+				r.progress(ctx, spec, e)
+			}
+		}}
+	var st vmcore.Status
+	var synced time.Time
+	// Once the files are out, what is awaited is istiod writing the VM's
+	// WorkloadEntry: a watch wakes the next pass when it changes.
+	var changes <-chan struct{}
+	watching, stopWatching := context.WithCancel(ctx)
+	defer stopWatching()
+	for {
+		res, err := vmcore.Reconcile(ctx, spec, st, r.targets.Snapshot(ctx), r.store, deps)
+		st = res.Status
+		if err != nil || res.Done {
+			return st, err
+		}
+		if synced.IsZero() && st.Conditions.IsTrue(vmcore.FilesInSync) {
+			synced = time.Now()
+			changes = workload.EntryChanges(watching, r.clients, r.spec)
+		}
+		if err := giveUp(spec, res, synced); err != nil {
+			return st, err
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-changes:
+		case <-time.After(res.RequeueAfter):
+		}
+	}
+}
+
+// progress prints one of the core's events as the step line it has always been.
+func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event) {
+	name := spec.Name
+	switch e.Reason {
+	case vmcore.MachineRunning:
+		r.p.Step("machine", name, "%s", e.Message)
+	case vmcore.AppServing:
+		r.p.Step("app", name, "%s", e.Message)
+	case vmcore.AppOwn, vmcore.AppOwnRemoved:
+		detail := fmt.Sprintf("off (app: false): your app serves port %d", spec.AppPort)
+		if e.Reason == vmcore.AppOwnRemoved {
+			detail += "; hostctl's " + appUnitName + " removed"
+		}
+		r.p.Step("app", name, "%s", detail)
+	case vmcore.AgentAnswering:
+		if spec.Provision {
+			// up installed it: which vmagent answers.
+			r.p.Step("agent", name, "vmagent %s %s", e.Object, e.Message)
+		} else {
+			r.p.Step("agent", name, "%s", e.Message)
+		}
+	case vmcore.RevisionKept:
+		want := revisionName(r.site.Revision(ctx))
+		r.p.Step("onboard", name, "%s: hostctl vm upgrade %s --revision %s moves it", e.Message, name, want)
+	case vmcore.Joining, vmcore.TokenCapped, vmcore.Delivered:
+		r.p.Step("onboard", name, "%s", e.Message)
+	case vmcore.WaitsOnOwnApp:
+		r.p.Step("healthy", name, "WorkloadEntry %s registered, sidecar connected; Healthy waits on your app answering on port %d (app: false)",
+			e.Object, r.cfg.Workload.Probe.Port)
+	case vmcore.EntryHealthy, vmcore.StaleEntryDeleted:
+		r.p.Step("healthy", name, "%s", e.Message)
+	}
+}
+
+// giveUp is the error that ends the run for a pass that did not finish the
+// VM, naming the next step; nil while waiting is still worth it. synced is
+// when the files were delivered (zero before).
+func giveUp(spec vmcore.Spec, res vmcore.Result, synced time.Time) error {
+	name, cs := spec.Name, res.Status.Conditions
+	if c, _ := cs.Get(vmcore.Machine); c.Status == vmcore.False {
+		switch c.Reason {
+		case vmcore.MachineNotFound:
+			return fmt.Errorf("no VM %s: run hostctl up (or hostctl vm add %s) to create it", name, name)
+		case vmcore.MachineNotRunning:
+			return fmt.Errorf("VM %s is %s: run hostctl vm start %s", name, res.Status.MachineState, name)
+		default:
+			return res.Cause
+		}
+	}
+	if c, _ := cs.Get(vmcore.AgentReachable); c.Status == vmcore.False && time.Since(c.LastTransitionTime) >= agentPatience {
+		return fmt.Errorf("%s: agent not answering after 30s: %w: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it", name, res.Cause)
+	}
+	if synced.IsZero() || time.Since(synced) < entryPatience {
+		return nil
+	}
+	return notOnboarded(spec, res.Status)
+}
+
+// notOnboarded says why the VM's WorkloadEntry did not come through in time,
+// from the reasons of its last pass.
+func notOnboarded(spec vmcore.Spec, st vmcore.Status) error {
+	e, timeout := st.Entry, entryPatience
+	registered, _ := st.Conditions.Get(vmcore.Registered)
+	healthy, _ := st.Conditions.Get(vmcore.Healthy)
+	switch {
+	case registered.Reason == vmcore.NoEntry:
+		return fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", st.Address, timeout)
+	case !spec.RunsApp:
+		return fmt.Errorf("WorkloadEntry %s: the sidecar has not (re)connected to istiod after %s (see hostctl vm logs)", e.Name, timeout)
+	case healthy.Reason == vmcore.NotReconnected:
+		return fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s (see hostctl vm logs)", e.Name, timeout)
+	default:
+		return fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", e.Name, timeout, orNone(e.Message), spec.ProbePort)
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no health report yet"
+	}
+	return s
+}
