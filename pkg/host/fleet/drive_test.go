@@ -4,10 +4,8 @@ package fleet
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -35,6 +33,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/machine/machinetest"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -299,45 +298,6 @@ func (l *lockedLines) contains(s string) bool {
 	return slices.ContainsFunc(l.all(), func(line string) bool { return strings.Contains(line, s) })
 }
 
-// standInMachines is a machine provider at the boundary a test cannot
-// reach (Multipass, SSH, the lab): one running machine, files kept as
-// Transfer wrote them, sha256sum answered from them, the app's script
-// answered as a VM with python3 would, every script recorded.
-type standInMachines struct {
-	machine.Provider
-	m       machine.Machine
-	files   map[string][]byte
-	scripts []string
-}
-
-func (p *standInMachines) Launch(context.Context, machine.Spec) (machine.Machine, error) {
-	return p.m, nil
-}
-
-func (p *standInMachines) Info(context.Context, string) (machine.Machine, error) { return p.m, nil }
-
-func (p *standInMachines) Transfer(_ context.Context, _, path string, data io.Reader, _ os.FileMode) error {
-	b, err := io.ReadAll(data)
-	p.files[path] = b
-	return err
-}
-
-func (p *standInMachines) Exec(_ context.Context, _ string, _ io.Reader, args ...string) ([]byte, error) {
-	script := args[len(args)-1]
-	if strings.HasPrefix(script, "sha256sum ") {
-		var out strings.Builder
-		for path, b := range p.files {
-			fmt.Fprintf(&out, "%x  %s\n", sha256.Sum256(b), path)
-		}
-		return []byte(out.String()), nil
-	}
-	p.scripts = append(p.scripts, script)
-	if strings.Contains(script, "command -v python3") {
-		return []byte("python3\n"), nil
-	}
-	return nil, nil
-}
-
 // up through the core, provisioning included: the lines up has always
 // printed, in its order (machine, app, agent, onboarding, Healthy), and a
 // VM on another revision than the site's says so.
@@ -345,7 +305,13 @@ func TestConvergeProvisionsAsUpDoes(t *testing.T) {
 	d := newDriveFixture(t)
 	ctx := testCtx(t)
 	r := d.r
-	ms := &standInMachines{m: d.vm.m, files: map[string][]byte{}}
+	ms := machinetest.New(d.vm.m)
+	ms.Answer = func(script string) []byte {
+		if strings.Contains(script, "command -v python3") {
+			return []byte("python3\n") // a VM with python3, for the app
+		}
+		return nil
+	}
 	r.site = sidecarSite{driveSite{agentSite{ms: ms}}, r.site.(sidecarSite).side}
 	r.agentBinary = func(arch string) ([]byte, error) { return []byte("vmagent for " + arch), nil }
 	// vm1 was onboarded onto revision canary; the site's VMs join the default.
@@ -372,7 +338,7 @@ func TestConvergeProvisionsAsUpDoes(t *testing.T) {
 	if len(lines) != 7 || !slices.Equal(lines[:5], want) || !strings.HasSuffix(lines[5], "sidecar active (restarted)") || lines[6] != "healthy vm1: WorkloadEntry "+d.entry+" Healthy" {
 		t.Errorf("lines:\n%s\nwant first:\n%s\nthen the files sent and Healthy", strings.Join(lines, "\n"), strings.Join(want, "\n"))
 	}
-	if string(ms.files["/usr/local/bin/vmagent"]) != "vmagent for "+runtime.GOARCH {
+	if string(ms.File("/usr/local/bin/vmagent")) != "vmagent for "+runtime.GOARCH {
 		t.Errorf("the agent's binary was not put on the machine")
 	}
 	// One GetVersion: it says the agent answers, and which one.

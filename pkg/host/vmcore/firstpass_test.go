@@ -4,7 +4,6 @@ package vmcore
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/machine/machinetest"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 )
@@ -142,48 +142,6 @@ func TestFirstPassDeliversThroughTheRealAgent(t *testing.T) {
 	}
 }
 
-// standInMachines is a machine provider at the boundary hostctl cannot
-// reach in a test (Multipass, SSH, the lab): one running machine, files
-// kept as Transfer wrote them, sha256sum answered from them, every other
-// script recorded and taken as done.
-type standInMachines struct {
-	m               machine.Machine
-	files           map[string][]byte
-	launched, infos int
-	scripts         []string
-}
-
-func (p *standInMachines) Launch(context.Context, machine.Spec) (machine.Machine, error) {
-	p.launched++
-	return p.m, nil
-}
-
-func (p *standInMachines) Info(context.Context, string) (machine.Machine, error) {
-	p.infos++
-	return p.m, nil
-}
-
-func (p *standInMachines) Transfer(_ context.Context, _, path string, data io.Reader, _ os.FileMode) error {
-	b, err := io.ReadAll(data)
-	p.files[path] = b
-	return err
-}
-
-func (p *standInMachines) Exec(_ context.Context, _ string, _ io.Reader, args ...string) ([]byte, error) {
-	script := args[len(args)-1]
-	if strings.HasPrefix(script, "sha256sum ") {
-		var out strings.Builder
-		for path, b := range p.files {
-			fmt.Fprintf(&out, "%x  %s\n", sha256.Sum256(b), path)
-		}
-		return []byte(out.String()), nil
-	}
-	p.scripts = append(p.scripts, script)
-	return nil, nil
-}
-
-func (p *standInMachines) Delete(context.Context, string) error { return nil }
-
 // recordingApps is meshvm's app as the provisioner converges it.
 type recordingApps struct{ ensured, removed []string }
 
@@ -220,7 +178,7 @@ func TestProvisioningRunsOncePerGeneration(t *testing.T) {
 	}
 	// The agent the provider "starts" is this one, already listening.
 	agent := agenttest.Start(t, agenttest.Options{Listen: net.JoinHostPort(ip, onboard.AgentPort), CA: ca, ServerCert: id.Cert, ServerKey: id.Key})
-	ms := &standInMachines{m: machine.Machine{Name: "vm1", State: machine.Running, Addresses: []string{ip}, Arch: runtime.GOARCH}, files: map[string][]byte{}}
+	ms := machinetest.New(machine.Machine{Name: "vm1", State: machine.Running, Addresses: []string{ip}, Arch: runtime.GOARCH})
 	apps := &recordingApps{}
 	var got events
 	deps := Deps{Machines: ms, Kube: cluster(t), Workload: group, Record: got.record, Apps: apps,
@@ -233,14 +191,14 @@ func TestProvisioningRunsOncePerGeneration(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no istiod address") {
 		t.Fatalf("got %v, want the mesh's error after the agent step", err)
 	}
-	if ms.launched != 1 || len(apps.ensured) != 1 || res.Status.Provisioned != 1 {
-		t.Errorf("launched %d, app ensured %v, provisioned generation %d; want one of each", ms.launched, apps.ensured, res.Status.Provisioned)
+	if ms.Launched() != 1 || len(apps.ensured) != 1 || res.Status.Provisioned != 1 {
+		t.Errorf("launched %d, app ensured %v, provisioned generation %d; want one of each", ms.Launched(), apps.ensured, res.Status.Provisioned)
 	}
-	if string(ms.files["/usr/local/bin/vmagent"]) != "vmagent for "+runtime.GOARCH || string(ms.files["/etc/meshvm/agent/server.pem"]) != string(id.Cert) {
-		t.Errorf("agent files put: %d, want the binary and the store's certificate", len(ms.files))
+	if string(ms.File("/usr/local/bin/vmagent")) != "vmagent for "+runtime.GOARCH || string(ms.File("/etc/meshvm/agent/server.pem")) != string(id.Cert) {
+		t.Errorf("agent files put: %d, want the binary and the store's certificate", ms.Files())
 	}
-	if len(ms.scripts) != 1 || !strings.Contains(ms.scripts[0], "systemctl restart vmagent.service") {
-		t.Errorf("scripts run: %q, want the agent (re)started", ms.scripts)
+	if scripts := ms.Scripts(); len(scripts) != 1 || !strings.Contains(scripts[0], "systemctl restart vmagent.service") {
+		t.Errorf("scripts run: %q, want the agent (re)started", scripts)
 	}
 	want := []Reason{MachineRunning, AppServing, AgentAnswering}
 	if !slices.Equal(got.reasons()[:3], want) || got[0].Message != "running at "+ip || got[2].Object == "" {
@@ -250,12 +208,12 @@ func TestProvisioningRunsOncePerGeneration(t *testing.T) {
 		t.Errorf("GetVersion called %d times, want once", calls["GetVersion"])
 	}
 
-	files := len(ms.files)
+	files := ms.Files()
 	if _, err := Reconcile(ctx, spec, res.Status, target, store, deps); err == nil {
 		t.Fatal("the second pass should fail at the mesh as the first did")
 	}
-	if ms.launched != 1 || len(apps.ensured) != 1 || len(ms.scripts) != 1 || len(ms.files) != files || ms.infos != 1 {
-		t.Errorf("second pass: launched %d, app ensured %d, scripts %d, info %d; want only a look at the machine", ms.launched, len(apps.ensured), len(ms.scripts), ms.infos)
+	if ms.Launched() != 1 || len(apps.ensured) != 1 || len(ms.Scripts()) != 1 || ms.Files() != files || ms.Infos() != 1 {
+		t.Errorf("second pass: launched %d, app ensured %d, scripts %d, info %d; want only a look at the machine", ms.Launched(), len(apps.ensured), len(ms.Scripts()), ms.Infos())
 	}
 }
 
