@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
 // The recipe's app: python3 -m http.server on the workload port, as a unit.
@@ -128,50 +126,6 @@ func (a apps) Ensure(ctx context.Context, vm string, port int) (string, error) {
 
 func (a apps) Remove(ctx context.Context, vm string) (bool, error) {
 	return removeApp(ctx, a.Provider, vm)
-}
-
-// waitOnboarded waits for the VM's WorkloadEntry: Healthy when hostctl runs its
-// app; when the app is the user's, registered from a live connection (newer
-// than prev's) is enough, since Healthy waits on that app.
-func waitOnboarded(ctx context.Context, cfg config.Config, clients workload.Clients, vm config.VM, addr string, timeout time.Duration, prev workload.Entry) (workload.Entry, string, error) {
-	spec := WorkloadSpec(cfg)
-	if cfg.RunsApp(vm) {
-		e, err := workload.WaitHealthy(ctx, clients, spec, addr, timeout, prev)
-		return e, fmt.Sprintf("WorkloadEntry %s Healthy", e.Name), err
-	}
-	e, err := waitRegistered(ctx, clients, spec, addr, timeout, prev)
-	if err != nil || e.Healthy == "True" {
-		return e, fmt.Sprintf("WorkloadEntry %s Healthy", e.Name), err
-	}
-	return e, fmt.Sprintf("WorkloadEntry %s registered, sidecar connected; Healthy waits on your app answering on port %d (app: false)",
-		e.Name, cfg.Workload.Probe.Port), nil
-}
-
-// waitRegistered polls for the VM's WorkloadEntry from a connected sidecar:
-// one list a second, only for VMs whose app is their own.
-func waitRegistered(ctx context.Context, clients workload.Clients, spec workload.Spec, addr string, timeout time.Duration, prev workload.Entry) (workload.Entry, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		e, found, err := workload.FindEntry(ctx, clients, spec, addr)
-		if err != nil && ctx.Err() == nil {
-			return e, err
-		}
-		// A proxy that went away leaves its entry without connectedAt.
-		if found && e.ConnectedAt != "" && (prev.Name == "" || e.ConnectedAt != prev.ConnectedAt) {
-			return e, nil
-		}
-		select {
-		case <-ctx.Done():
-			if found {
-				return e, fmt.Errorf("WorkloadEntry %s: the sidecar has not (re)connected to istiod after %s (see hostctl vm logs)", e.Name, timeout)
-			}
-			return e, fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", addr, timeout)
-		case <-tick.C:
-		}
-	}
 }
 
 // ownApps are the VMs that run their own app.

@@ -34,19 +34,49 @@ func (r *session) provisionSpec(vm config.VM) vmcore.Spec {
 	return spec
 }
 
+// drive is how a command drives the core.
+type drive struct {
+	// tellAgent says whether a line tells the agent answering (vm upgrade
+	// has never said it).
+	tellAgent bool
+	// agentLine, when set, is the agent line's detail (vm start's "answering").
+	agentLine string
+	// patience is how long the entry is awaited once the files are out
+	// (entryPatience when 0).
+	patience time.Duration
+	// then is the next step named after a VM that did not come through in time.
+	then string
+}
+
+func (d drive) entryPatience() time.Duration {
+	if d.patience > 0 {
+		return d.patience
+	}
+	return entryPatience
+}
+
+// coreDeps are the clients the core's passes work through, its events told
+// to record.
+func (r *session) coreDeps(record func(vmcore.Event)) vmcore.Deps {
+	return vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec,
+		AgentBinary: r.agentBinary, Apps: apps{r.site.Machines()}, Record: record}
+}
+
 // converge runs the core's passes over one VM until it is onboarded, waiting
 // between them as each asks (or until its WorkloadEntry changes), and
 // reports each event as a progress line. It gives up as hostctl always has,
-// with the advice its reasons call for. tellAgent says whether a line tells
-// the agent answering (vm upgrade has never said it).
-func (r *session) converge(ctx context.Context, spec vmcore.Spec, tellAgent bool) (vmcore.Status, error) {
-	deps := vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec,
-		AgentBinary: r.agentBinary, Apps: apps{r.site.Machines()},
-		Record: func(e vmcore.Event) {
-			if e.Reason != vmcore.AgentAnswering || tellAgent {
-				r.progress(ctx, spec, e)
-			}
-		}}
+// with the advice its reasons call for.
+func (r *session) converge(ctx context.Context, spec vmcore.Spec, d drive) (vmcore.Status, error) {
+	deps := r.coreDeps(func(e vmcore.Event) {
+		switch {
+		case e.Reason != vmcore.AgentAnswering:
+			r.progress(ctx, spec, e)
+		case d.agentLine != "":
+			r.p.Step("agent", spec.Name, "%s", d.agentLine)
+		case d.tellAgent:
+			r.progress(ctx, spec, e)
+		}
+	})
 	var st vmcore.Status
 	var synced time.Time
 	// Once the files are out, what is awaited is istiod writing the VM's
@@ -64,14 +94,19 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, tellAgent bool
 			synced = time.Now()
 			changes = workload.EntryChanges(watching, r.clients, r.spec)
 		}
-		if err := giveUp(spec, res, synced); err != nil {
+		if err := giveUp(spec, res, synced, d); err != nil {
 			return st, err
+		}
+		// Look again as the core asks, and when the patience runs out at the latest.
+		wait := res.RequeueAfter
+		if !synced.IsZero() {
+			wait = max(min(wait, d.entryPatience()-time.Since(synced)), 0)
 		}
 		select {
 		case <-ctx.Done():
 			return st, ctx.Err()
 		case <-changes:
-		case <-time.After(res.RequeueAfter):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -113,7 +148,7 @@ func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event
 // giveUp is the error that ends the run for a pass that did not finish the
 // VM, naming the next step; nil while waiting is still worth it. synced is
 // when the files were delivered (zero before).
-func giveUp(spec vmcore.Spec, res vmcore.Result, synced time.Time) error {
+func giveUp(spec vmcore.Spec, res vmcore.Result, synced time.Time, d drive) error {
 	name, cs := spec.Name, res.Status.Conditions
 	if c, _ := cs.Get(vmcore.Machine); c.Status == vmcore.False {
 		switch c.Reason {
@@ -128,16 +163,20 @@ func giveUp(spec vmcore.Spec, res vmcore.Result, synced time.Time) error {
 	if c, _ := cs.Get(vmcore.AgentReachable); c.Status == vmcore.False && time.Since(c.LastTransitionTime) >= agentPatience {
 		return fmt.Errorf("%s: agent not answering after 30s: %w: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it", name, res.Cause)
 	}
-	if synced.IsZero() || time.Since(synced) < entryPatience {
+	if synced.IsZero() || time.Since(synced) < d.entryPatience() {
 		return nil
 	}
-	return notOnboarded(spec, res.Status)
+	err := notOnboarded(spec, res.Status, d.entryPatience())
+	if d.then != "" {
+		return fmt.Errorf("%w; then %s", err, d.then)
+	}
+	return err
 }
 
 // notOnboarded says why the VM's WorkloadEntry did not come through in time,
 // from the reasons of its last pass.
-func notOnboarded(spec vmcore.Spec, st vmcore.Status) error {
-	e, timeout := st.Entry, entryPatience
+func notOnboarded(spec vmcore.Spec, st vmcore.Status, timeout time.Duration) error {
+	e := st.Entry
 	registered, _ := st.Conditions.Get(vmcore.Registered)
 	healthy, _ := st.Conditions.Get(vmcore.Healthy)
 	switch {

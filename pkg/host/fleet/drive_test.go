@@ -77,7 +77,7 @@ func TestConvergeGivesTheMachineAdvice(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r, lines := driveSession(t, infoOnly{m: tc.ms})
 			start := time.Now()
-			_, err := r.converge(testCtx(t), r.onboardSpec(config.VM{Name: "vm1"}, true, false), true)
+			_, err := r.converge(testCtx(t), r.onboardSpec(config.VM{Name: "vm1"}, true, false), drive{tellAgent: true})
 			if err == nil || err.Error() != tc.want {
 				t.Errorf("got %v, want %q", err, tc.want)
 			}
@@ -121,7 +121,7 @@ func TestGiveUpChoosesTheAdviceFromTheReason(t *testing.T) {
 			"WorkloadEntry : the sidecar has not (re)connected to istiod after 2m0s (see hostctl vm logs)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := giveUp(tc.spec, tc.res, tc.synced)
+			err := giveUp(tc.spec, tc.res, tc.synced, drive{})
 			got := ""
 			if err != nil {
 				got = err.Error()
@@ -244,7 +244,7 @@ func TestConvergeOnboardsToHealthyWithTheSameLines(t *testing.T) {
 	ctx := testCtx(t)
 	go d.registerWhenStarted(ctx)
 	start := time.Now()
-	st, err := r.converge(ctx, r.onboardSpec(r.cfg.VMs[0], true, false), true)
+	st, err := r.converge(ctx, r.onboardSpec(r.cfg.VMs[0], true, false), drive{tellAgent: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +324,7 @@ func TestConvergeProvisionsAsUpDoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	go d.registerWhenStarted(ctx)
-	if _, err := r.converge(ctx, r.provisionSpec(r.cfg.VMs[0]), true); err != nil {
+	if _, err := r.converge(ctx, r.provisionSpec(r.cfg.VMs[0]), drive{tellAgent: true}); err != nil {
 		t.Fatal(err)
 	}
 	lines := d.lines.all()

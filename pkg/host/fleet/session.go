@@ -65,26 +65,35 @@ func attach(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
 
 // workloadSession converges the workload's objects and opens the session.
 func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
-	cfg, state, s := f.Config, f.State, f.Site
-	clients, err := KubeClients(s.Kubeconfig())
+	r, err := observe(p, f)
 	if err != nil {
 		return nil, err
 	}
-	spec := WorkloadSpec(cfg)
-	spec.Revision = groupRevision(cfg, state, s.Revision(ctx))
-	changes, err := workload.Ensure(ctx, clients, spec)
+	r.spec.Revision = groupRevision(r.cfg, r.state, f.Site.Revision(ctx))
+	changes, err := workload.Ensure(ctx, r.clients, r.spec)
 	if err != nil {
 		return nil, err
 	}
 	for _, ch := range changes {
 		p.Step("workload", "", "%s %s", ch.Object, ch.Action)
 	}
+	return r, nil
+}
+
+// observe opens a session on the site as it is, converging nothing: for
+// the commands that only power VMs on or rotate their tokens.
+func observe(p Reporter, f *Fleet) (*session, error) {
+	cfg, state, s := f.Config, f.State, f.Site
+	clients, err := KubeClients(s.Kubeconfig())
+	if err != nil {
+		return nil, err
+	}
 	var names []string
 	for _, vm := range cfg.VMs {
 		names = append(names, vm.Name)
 	}
 	return &session{
-		cfg: cfg, state: state, site: s, clients: clients, spec: spec, p: p,
+		cfg: cfg, state: state, site: s, clients: clients, spec: WorkloadSpec(cfg), p: p,
 		agentBinary: f.Agent,
 		store:       vmcore.DirStore{Dir: state, VMs: names},
 		targets:     vmcore.NewTargets(s, istioinstall.Namespace, formcache.New(state.Path("sidecar", "zstd"))),

@@ -44,6 +44,6 @@ func (r *session) up(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = r.converge(ctx, r.provisionSpec(vm), true)
+	_, err = r.converge(ctx, r.provisionSpec(vm), drive{tellAgent: true})
 	return err
 }

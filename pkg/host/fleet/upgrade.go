@@ -69,7 +69,7 @@ func (r *session) upgrade(ctx context.Context, name, rev, siteRev string) error 
 	move := !sameRevision(from, rev)
 	spec := r.onboardSpec(vm, false, move)
 	spec.Revision, spec.Pinned = rev, true
-	st, err := r.converge(ctx, spec, false)
+	st, err := r.converge(ctx, spec, drive{})
 	e := st.Entry
 	rollback := fmt.Sprintf("roll it back with hostctl vm upgrade %s --revision %s", name, revisionName(from))
 	if err != nil {

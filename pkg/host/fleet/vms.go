@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
@@ -57,7 +55,7 @@ func (f *Fleet) Onboard(ctx context.Context, p Reporter, vms []config.VM, restar
 		return err
 	}
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		_, err := r.converge(ctx, r.onboardSpec(vm, true, restart), true)
+		_, err := r.converge(ctx, r.onboardSpec(vm, true, restart), drive{tellAgent: true})
 		return err
 	})
 }
@@ -189,45 +187,41 @@ func (f *Fleet) Stop(ctx context.Context, vms []config.VM, say Say) error {
 	})
 }
 
-// Start boots stopped VMs and waits, up to timeout, until each is Healthy
-// again on its own: nothing is sent.
+// Start powers the VMs on (only a workstation may: the core never does)
+// and drives the core until each is Healthy again on its own, up to
+// timeout: the machine's boot starts the agent and sidecar, and nothing is
+// sent.
 func (f *Fleet) Start(ctx context.Context, p Reporter, vms []config.VM, timeout time.Duration) error {
-	cfg, state, s := f.Config, f.State, f.Site
-	clients, err := KubeClients(s.Kubeconfig())
+	r, err := observe(p, f)
 	if err != nil {
 		return err
 	}
-	machines := s.Machines()
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		m, err := machines.Info(ctx, vm.Name)
-		if err != nil {
-			return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
-		}
-		var prev workload.Entry
-		if !m.Running() {
-			// Booting: the entry must come from the new boot's proxy.
-			if prev, _, err = workload.FindEntry(ctx, clients, WorkloadSpec(cfg), entryAddress(state, m)); err != nil {
-				return err
-			}
-		}
-		m, err = machines.Launch(ctx, machine.Spec{Name: vm.Name})
-		if err != nil {
-			return err
-		}
-		p.Step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
-		ac, err := onboard.Connect(ctx, state, m)
-		if err != nil {
-			return err
-		}
-		ac.Close()
-		p.Step("agent", vm.Name, "answering")
-		_, detail, err := waitOnboarded(ctx, cfg, clients, vm, m.Address(), timeout, prev)
-		if err != nil {
-			return fmt.Errorf("%w; then run hostctl vm onboard %s", err, vm.Name)
-		}
-		p.Step("healthy", vm.Name, "%s", detail)
-		return nil
+		return r.start(ctx, vm, timeout)
 	})
+}
+
+func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration) error {
+	machines := r.site.Machines()
+	m, err := machines.Info(ctx, vm.Name)
+	if err != nil {
+		return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
+	}
+	if !m.Running() {
+		// Booting: the entry must come from the new boot's proxy.
+		if err := vmcore.Booting(ctx, vm.Name, entryAddress(r.state, m), r.store, r.coreDeps(nil)); err != nil {
+			return err
+		}
+	}
+	m, err = machines.Launch(ctx, machine.Spec{Name: vm.Name})
+	if err != nil {
+		return err
+	}
+	r.p.Step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
+	spec := r.onboardSpec(vm, false, false)
+	spec.KeepFiles = true
+	_, err = r.converge(ctx, spec, drive{agentLine: "answering", patience: timeout, then: "run hostctl vm onboard " + vm.Name})
+	return err
 }
 
 // Logs prints the sidecar's log lines from VM name's agent to out.
@@ -262,48 +256,35 @@ func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines
 	return nil
 }
 
-// Renew issues a new istio-token for each running VM whose token is past
-// half its life (every one with force) and sends only that file.
+// Renew rotates the istio-token of each running VM whose token is past
+// half its life (every one with force) through the core: only that file
+// is sent, and nothing restarts.
 func (f *Fleet) Renew(ctx context.Context, vms []config.VM, force bool, say Say) error {
-	cfg, state, s := f.Config, f.State, f.Site
-	clients, err := KubeClients(s.Kubeconfig())
+	r, err := observe(nil, f)
 	if err != nil {
 		return err
 	}
-	spec, life := WorkloadSpec(cfg), cfg.Workload.TokenLifetime.Duration
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		saved := filepath.Join("vms", vm.Name, "files", "istio-token")
-		last, _ := state.ReadFile(saved)
-		if !force && workload.Reusable(ctx, clients.Kube, last, spec, vm.Name, life) {
-			say("%s: token kept (more than half its life left)", vm.Name)
-			return nil
-		}
-		m, err := s.Machines().Info(ctx, vm.Name)
-		if err != nil {
-			return err
-		}
-		if !m.Running() {
-			return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, m.State.Lower(), vm.Name)
-		}
-		tok, err := workload.IssueToken(ctx, clients.Kube, spec, vm.Name, life)
-		if err != nil {
-			return err
-		}
-		if tok.Capped != "" {
-			say("%s: %s", vm.Name, tok.Capped)
-		}
-		ac, err := onboard.Connect(ctx, state, m)
-		if err != nil {
-			return err
-		}
-		defer ac.Close()
-		if _, err := ac.PutFile(ctx, agentclient.BytesFile(onboard.TokenPath, tok.Raw)); err != nil {
-			return err
-		}
-		if err := state.WriteSecret(saved, tok.Raw); err != nil {
-			return err
-		}
-		say("%s: new token valid until %s sent; sidecar not restarted", vm.Name, tok.ExpiresAt.UTC().Format(time.RFC3339))
-		return nil
+		return r.renew(ctx, vm, force, say)
 	})
+}
+
+func (r *session) renew(ctx context.Context, vm config.VM, force bool, say Say) error {
+	deps := r.coreDeps(func(e vmcore.Event) {
+		if e.Reason == vmcore.TokenCapped {
+			say("%s: %s", vm.Name, e.Message)
+		}
+	})
+	rn, err := vmcore.RenewToken(ctx, vm.Name, r.cfg.Workload.TokenLifetime.Duration, force, r.store, deps)
+	switch {
+	case errors.Is(err, vmcore.ErrNotRunning):
+		return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, rn.MachineState, vm.Name)
+	case err != nil:
+		return err
+	case rn.Kept:
+		say("%s: token kept (more than half its life left)", vm.Name)
+	default:
+		say("%s: new token valid until %s sent; sidecar not restarted", vm.Name, rn.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return nil
 }

@@ -65,7 +65,10 @@ const (
 	// FilesInSync
 	FilesSent    Reason = "Sent"
 	FilesInPlace Reason = "InPlace"
-	FilesFailed  Reason = "DeliveryFailed"
+	// FilesKept: the files are as the VM's last onboarding left them and
+	// are not looked at (Spec.KeepFiles); so is its token.
+	FilesKept   Reason = "Kept"
+	FilesFailed Reason = "DeliveryFailed"
 	// SidecarRunning
 	SidecarStarted   Reason = "Started"
 	SidecarRestarted Reason = "Restarted"

@@ -56,6 +56,8 @@ type Store interface {
 	Token(vm string) ([]byte, error)
 	// SetFiles keeps the workload files generated for the VM, the token among them.
 	SetFiles(vm string, f workloadfiles.Files) error
+	// SetToken keeps a token renewed on its own, the other files as they were.
+	SetToken(vm string, tok []byte) error
 
 	LastRestart(vm string) (Restart, bool, error)
 	SetLastRestart(vm string, r Restart) error
@@ -161,6 +163,10 @@ func (s DirStore) SetFiles(vm string, f workloadfiles.Files) error {
 		}
 	}
 	return nil
+}
+
+func (s DirStore) SetToken(vm string, tok []byte) error {
+	return s.Dir.WriteSecret(vmPath(vm, "files", "istio-token"), tok)
 }
 
 func (s DirStore) LastRestart(vm string) (Restart, bool, error) {

@@ -123,6 +123,13 @@ func (s *memStore) SetFiles(vm string, f workloadfiles.Files) error {
 	return nil
 }
 
+func (s *memStore) SetToken(vm string, tok []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tokens[vm] = tok
+	return nil
+}
+
 func (s *memStore) LastRestart(vm string) (vmcore.Restart, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -11,18 +11,12 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/go-logr/logr"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
-	"k8s.io/klog/v2"
 
 	networking "istio.io/api/networking/v1alpha3"
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
@@ -459,96 +453,6 @@ func entryAt(we *clientnetworking.WorkloadEntry, s Spec, address string) (Entry,
 		}
 	}
 	return e, true
-}
-
-// WaitHealthy waits until the VM's WorkloadEntry exists and is Healthy,
-// watching the namespace's entries with client-go's watch tools (many VMs
-// waiting at once cost one watch each, not a list every second; a watch that
-// breaks is listed again after the reflector's backoff, not at once). After a sidecar restart, pass the entry
-// seen before it as prev: the entry must then come from a new connection and
-// a new health report, or a stale Healthy condition of the old proxy would
-// pass for the new one.
-func WaitHealthy(ctx context.Context, c Clients, s Spec, address string, timeout time.Duration, prev Entry) (Entry, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	ctx, fail := context.WithCancelCause(ctx)
-	defer fail(nil)
-	// The informer reports a broken watch on its logger and lists again
-	// after a pause; the CLI does not log.
-	ctx = klog.NewContext(ctx, logr.Discard())
-	api := c.Istio.NetworkingV1().WorkloadEntries(s.Namespace)
-	lw := &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			l, err := api.List(ctx, o)
-			if err != nil {
-				// Not listing at all (no CRD, no permission) does not heal by waiting.
-				fail(fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err))
-			}
-			return l, err
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return api.Watch(ctx, o) },
-	}
-	w := &entryWait{s: s, address: address, prev: prev}
-	_, err := watchtools.UntilWithSync(ctx, listThenWatch{lw}, &clientnetworking.WorkloadEntry{}, nil, w.event)
-	if err == nil {
-		return w.last, nil
-	}
-	switch cause := context.Cause(ctx); {
-	case cause == nil:
-		return w.last, err
-	case !errors.Is(cause, context.DeadlineExceeded):
-		return w.last, cause // the list failed, or the caller cancelled
-	case !w.found:
-		return w.last, fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", address, timeout)
-	case w.last.Healthy == "True":
-		return w.last, fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s (see hostctl vm logs)", w.last.Name, timeout)
-	default:
-		return w.last, fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", w.last.Name, timeout, orNone(w.last.Message), s.ProbePort)
-	}
-}
-
-// listThenWatch lists, then watches from the list's version, as any API
-// server (and the fake clients) can: one namespace's entries are few, so
-// the streaming list buys nothing.
-type listThenWatch struct{ *cache.ListWatch }
-
-func (listThenWatch) IsWatchListSemanticsUnSupported() bool { return true }
-
-// entryWait follows the VM's entry through WaitHealthy's events.
-type entryWait struct {
-	s       Spec
-	address string
-	prev    Entry
-	last    Entry
-	found   bool
-}
-
-// event notes the VM's entry and says whether it is done: Healthy, and
-// after a restart from a new connection and a new health report.
-func (w *entryWait) event(ev watch.Event) (bool, error) {
-	we, ok := ev.Object.(*clientnetworking.WorkloadEntry)
-	if !ok {
-		return false, nil
-	}
-	e, mine := entryAt(we, w.s, w.address)
-	if !mine {
-		return false, nil
-	}
-	if ev.Type == watch.Deleted {
-		w.found = false
-		return false, nil
-	}
-	w.last, w.found = e, true
-	// A proxy that went away leaves its entry without connectedAt.
-	fresh := e.ConnectedAt != "" && (w.prev.Name == "" || (e.ConnectedAt != w.prev.ConnectedAt && e.ProbedAt.After(w.prev.ProbedAt)))
-	return fresh && e.Healthy == "True", nil
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "no health report yet"
-	}
-	return s
 }
 
 // DeleteEntry removes the group's autoregistered WorkloadEntry at address,

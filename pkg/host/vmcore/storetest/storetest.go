@@ -54,6 +54,12 @@ func Run(t *testing.T, open func(t *testing.T, vms ...string) vmcore.Store) {
 		if tok, _ := s.Token("vm1"); string(tok) != "tok" {
 			t.Errorf("Token: got %q", tok)
 		}
+		if err := s.SetToken("vm1", []byte("renewed")); err != nil {
+			t.Fatal(err)
+		}
+		if tok, _ := s.Token("vm1"); string(tok) != "renewed" {
+			t.Errorf("Token after SetToken: got %q", tok)
+		}
 		if r, ok, _ := s.LastRestart("vm1"); !ok || !r.At.Equal(at) || !r.EntryProbedAt.Equal(restart.EntryProbedAt) || r.EntryBeforeRestart != "e1" || r.EntryConnectedAt != "c1" {
 			t.Errorf("LastRestart: got %+v %v", r, ok)
 		}
