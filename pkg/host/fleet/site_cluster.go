@@ -306,7 +306,7 @@ func (s *clusterSite) join(ctx context.Context, p Reporter, c workload.Clients, 
 }
 
 func (s *clusterSite) Istio() ([]istioinstall.Object, istioinstall.Keep, error) {
-	objs, err := istioinstall.Render(s.options())
+	objs, err := istioinstall.RenderIn(s.state.Path("istio-render"), s.options())
 	return objs, istioinstall.Everything, err
 }
 

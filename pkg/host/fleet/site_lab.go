@@ -71,7 +71,7 @@ func (s *labSite) InstallIstio(ctx context.Context, p Reporter) error {
 }
 
 func (s *labSite) Istio() ([]istioinstall.Object, istioinstall.Keep, error) {
-	objs, err := istioinstall.Render(IstioOptions(s.cfg))
+	objs, err := istioinstall.RenderIn(s.state.Path("lab", "istio-render"), IstioOptions(s.cfg))
 	return objs, istioinstall.LabRunnable, err
 }
 

@@ -66,7 +66,7 @@ func UpCluster(ctx context.Context, c Config) (*Stack, error) {
 // what the lab can hold, and runs that revision's istiod with the rendered
 // mesh configuration and environment; other revisions' keep running.
 func InstallIstio(ctx context.Context, c Config, st *Stack) error {
-	objs, err := istioinstall.Render(c.Istio)
+	objs, err := istioinstall.RenderIn(filepath.Join(c.Dir, "istio-render"), c.Istio)
 	if err != nil {
 		return err
 	}
