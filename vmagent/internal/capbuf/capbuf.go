@@ -7,9 +7,12 @@ import "bytes"
 // Buffer keeps the first Max bytes written and counts the rest. Writes
 // never fail, so the program is not cut off mid-run by a broken pipe.
 type Buffer struct {
-	Max     int
-	buf     bytes.Buffer
-	dropped int64
+	Max int
+	// OnOverflow, when set, is called once, at the first byte past Max
+	// (to end the program early: its output is too much to use).
+	OnOverflow func()
+	buf        bytes.Buffer
+	dropped    int64
 }
 
 // New returns a Buffer that keeps max bytes.
@@ -18,7 +21,12 @@ func New(max int) *Buffer { return &Buffer{Max: max} }
 func (b *Buffer) Write(p []byte) (int, error) {
 	keep := min(len(p), b.Max-b.buf.Len())
 	b.buf.Write(p[:keep])
-	b.dropped += int64(len(p) - keep)
+	if keep < len(p) {
+		if b.dropped == 0 && b.OnOverflow != nil {
+			b.OnOverflow()
+		}
+		b.dropped += int64(len(p) - keep)
+	}
 	return len(p), nil
 }
 

@@ -26,6 +26,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshvm/meshvm/vmagent/internal/capbuf"
 )
 
 // State is the vocabulary of a verdict and of each check.
@@ -152,40 +154,21 @@ func runBounded(ctx context.Context, timeout time.Duration, extra func(*exec.Cmd
 	cmd.Dir = "/"
 	cmd.WaitDelay = 2 * time.Second
 	// Too much output ends the program at once, as the deadline does.
-	out, errOut := &capped{max: maxToolOut, stop: cancel}, &capped{max: 64 << 10, stop: cancel}
+	out, errOut := &capbuf.Buffer{Max: maxToolOut, OnOverflow: cancel}, &capbuf.Buffer{Max: 64 << 10, OnOverflow: cancel}
 	cmd.Stdout, cmd.Stderr = out, errOut
 	if extra != nil {
 		extra(cmd)
 	}
 	err = cmd.Run()
 	switch {
-	case out.over || errOut.over:
+	case out.Truncated() || errOut.Truncated():
 		err = fmt.Errorf("%s: more than %d bytes of output", path, maxToolOut)
 	case ctx.Err() != nil:
 		err = fmt.Errorf("%s: did not finish in %s", path, timeout)
 	case err != nil:
-		err = fmt.Errorf("%s %s: %w: %s", path, strings.Join(args, " "), err, lastLine(errOut.buf))
+		err = fmt.Errorf("%s %s: %w: %s", path, strings.Join(args, " "), err, lastLine(errOut.Bytes()))
 	}
-	return out.buf, errOut.buf, err
-}
-
-// capped keeps at most max bytes; when more comes it notes it and calls stop.
-type capped struct {
-	buf  []byte
-	max  int
-	over bool
-	stop func()
-}
-
-func (c *capped) Write(p []byte) (int, error) {
-	room := c.max - len(c.buf)
-	if len(p) > room {
-		c.buf, c.over = append(c.buf, p[:max(room, 0)]...), true
-		c.stop()
-		return len(p), nil
-	}
-	c.buf = append(c.buf, p...)
-	return len(p), nil
+	return out.Bytes(), errOut.Bytes(), err
 }
 
 func lastLine(b []byte) string {
