@@ -66,7 +66,7 @@ build: ## Static vmagent for linux/amd64 and arm64, then hostctl (embedding them
 # vet-darwin keeps the workstation side (hostctl and the pkg/ groups it
 # builds on, tests included) building on macOS, both arches: a Linux-only
 # call outside a build constraint fails here, not on a user's Mac.
-WORKSTATION := ./hostctl/... ./pkg/host/... ./pkg/mesh/... ./pkg/machine/... ./pkg/lab/...
+WORKSTATION := ./hostctl/... ./pkg/host/... ./pkg/mesh/... ./pkg/machine/... ./lab/...
 .PHONY: vet-darwin
 vet-darwin: ## go vet hostctl and the workstation packages for darwin/arm64 and darwin/amd64
 	@set -e; for arch in arm64 amd64; do \
@@ -117,7 +117,7 @@ test: check-generate proto-lint vet vet-darwin staticcheck build ## Run every ch
 
 .PHONY: test-multipass
 test-multipass: build ## Only the Multipass lab tests (root; make test runs them too): the stand-in's every command, and hostctl up through it
-	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./pkg/lab/multipass ./hostctl/internal/cli
+	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./lab/multipass ./hostctl/internal/cli
 
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector

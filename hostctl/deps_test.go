@@ -14,5 +14,5 @@ func TestHostctlDependencies(t *testing.T) {
 	m := deptest.Module + "/"
 	deptest.Forbid(t, m+"hostctl", m+"vmagent", m+"bench")
 	deptest.Direct(t, m+"hostctl/internal/cli", "k8s.io/", "istio.io/", "sigs.k8s.io/",
-		m+"pkg/machine", m+"pkg/host/agentclient", m+"pkg/host/onboard", m+"pkg/mesh/workload", m+"pkg/mesh/istioinstall", m+"pkg/lab/stack", m+"pkg/lab/cluster")
+		m+"pkg/machine", m+"pkg/host/agentclient", m+"pkg/host/onboard", m+"pkg/mesh/workload", m+"pkg/mesh/istioinstall", m+"lab/stack", m+"lab/cluster")
 }

@@ -13,5 +13,5 @@ func TestAgentDependencies(t *testing.T) {
 	m := deptest.Module + "/"
 	deptest.Forbid(t, m+"vmagent",
 		"k8s.io/", "istio.io/", "sigs.k8s.io/controller-runtime", "github.com/google/go-containerregistry", "golang.org/x/crypto/ssh",
-		m+"hostctl", m+"pkg/host", m+"pkg/mesh", m+"pkg/machine", m+"pkg/lab", m+"bench")
+		m+"hostctl", m+"pkg/host", m+"pkg/mesh", m+"pkg/machine", m+"lab", m+"bench")
 }

@@ -17,8 +17,8 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
-	labvm "github.com/meshvm/meshvm/pkg/lab/vm"
+	"github.com/meshvm/meshvm/lab/labtest"
+	labvm "github.com/meshvm/meshvm/lab/vm"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )

@@ -34,8 +34,8 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/buildinfo"
-	"github.com/meshvm/meshvm/pkg/lab/build"
-	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/lab/build"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 )
 
 func main() {

@@ -34,7 +34,7 @@ import (
 	"github.com/meshvm/meshvm/bench/internal/measure"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/formcache"
-	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/lab/build"
 )
 
 const (
@@ -80,7 +80,7 @@ func run() error {
 		}
 	}
 	ctx := context.Background()
-	bins, err := build.Cached(ctx, build.Options{ModuleDir: "hostctl/labbuild", CacheDir: build.DefaultCacheDir()})
+	bins, err := build.Cached(ctx, build.Options{ModuleDir: "lab/toolchain", CacheDir: build.DefaultCacheDir()})
 	if err != nil {
 		return fmt.Errorf("the payload is the lab's pilot-agent and pilot-discovery: %w", err)
 	}

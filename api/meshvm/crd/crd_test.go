@@ -17,9 +17,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshvm/meshvm/pkg/lab/build"
-	"github.com/meshvm/meshvm/pkg/lab/cluster"
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
+	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/cluster"
+	"github.com/meshvm/meshvm/lab/labtest"
 )
 
 var (

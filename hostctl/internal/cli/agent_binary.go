@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	"github.com/meshvm/meshvm/hostctl/internal/agentbin"
-	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/lab/build"
 )
 
 // agentBinary returns the lookup of the static vmagent that up installs:

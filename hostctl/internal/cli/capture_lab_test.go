@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/fleet"
-	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 )
 
 // ctEvent is one conntrack NEW event: the original tuple's source and

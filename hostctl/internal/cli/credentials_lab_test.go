@@ -14,8 +14,8 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
-	"github.com/meshvm/meshvm/pkg/lab/build"
-	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/lab/build"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 

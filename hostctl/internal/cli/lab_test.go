@@ -29,11 +29,11 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
-	labbuild "github.com/meshvm/meshvm/pkg/lab/build"
-	"github.com/meshvm/meshvm/pkg/lab/mesh"
-	"github.com/meshvm/meshvm/pkg/lab/procs"
+	labbuild "github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/mesh"
+	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/machine"
-	labmachine "github.com/meshvm/meshvm/pkg/machine/lab"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
@@ -157,7 +157,7 @@ func TestUpOnLab(t *testing.T) {
 	captureOnLab(t, ctx, cfgPath, lab, "e2e1")
 
 	// The files agree with istioctl's own, built from the same module, against the same cluster.
-	src := filepath.Join(root, "hostctl", "labbuild")
+	src := filepath.Join(root, "lab", "toolchain")
 	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: src, CacheDir: labbuild.DefaultCacheDir()})
 	if err != nil {
 		t.Fatal(err)

@@ -15,14 +15,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshvm/meshvm/pkg/host/fleet"
-	"github.com/meshvm/meshvm/pkg/lab/multipass"
-	"github.com/meshvm/meshvm/pkg/lab/procs"
+	"github.com/meshvm/meshvm/lab/multipass"
+	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
 // TestUpOnMultipass runs the recipe's own path, machines: multipass,
 // through pkg/machine/multipass unchanged: the multipass on PATH is the lab's
-// stand-in (pkg/lab/multipass), whose instances are lab VMs booting Debian's
+// stand-in (lab/multipass), whose instances are lab VMs booting Debian's
 // cloud-init with Multipass's base config. The cluster is the lab's API
 // server and istiod taken as a cluster of yours, as TestUpOnYourCluster
 // does. It checks up, vm status, a stop and start (cloud-init rewrites
@@ -38,7 +38,7 @@ func TestUpOnMultipass(t *testing.T) {
 	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
 
 	bin := filepath.Join(work, "bin")
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "multipass"), "./pkg/lab/multipass/cmd/multipass")
+	build := exec.Command("go", "build", "-o", filepath.Join(bin, "multipass"), "./lab/multipass/cmd/multipass")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the multipass stand-in: %v\n%s", err, out)

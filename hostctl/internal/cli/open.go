@@ -6,7 +6,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
-	labvm "github.com/meshvm/meshvm/pkg/lab/vm"
+	labvm "github.com/meshvm/meshvm/lab/vm"
 )
 
 // open loads the config and the fleet on the site it names, starting

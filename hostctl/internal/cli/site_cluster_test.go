@@ -30,7 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshvm/meshvm/pkg/host/fleet"
-	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/traffic"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -230,11 +230,11 @@ func istioSystem(t *testing.T, ctx context.Context, c workload.Clients) string {
 func proxyRegistry(t *testing.T, root string) string {
 	t.Helper()
 	ctx := context.Background()
-	bins, err := build.Build(ctx, build.Options{ModuleDir: filepath.Join(root, "hostctl", "labbuild"), CacheDir: build.DefaultCacheDir(), Progress: io.Discard})
+	bins, err := build.Build(ctx, build.Options{ModuleDir: filepath.Join(root, "lab", "toolchain"), CacheDir: build.DefaultCacheDir(), Progress: io.Discard})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bootstrap, err := build.IstioFile(ctx, filepath.Join(root, "hostctl", "labbuild"), "tools/packaging/common/envoy_bootstrap.json")
+	bootstrap, err := build.IstioFile(ctx, filepath.Join(root, "lab", "toolchain"), "tools/packaging/common/envoy_bootstrap.json")
 	if err != nil {
 		t.Fatal(err)
 	}

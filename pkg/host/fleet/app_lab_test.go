@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
+	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/lab/labmachine"
 )
 
 // TestAppOnLabVM converges the recipe's app on a real systemd VM: served
@@ -23,7 +23,7 @@ func TestAppOnLabVM(t *testing.T) {
 	labtest.RequireVMs(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	p := lab.New(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), t.TempDir(), labtest.Cache())
+	p := labmachine.New(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), t.TempDir(), labtest.Cache())
 	const vm = "appvm"
 	t.Cleanup(func() { p.Delete(context.Background(), vm) })
 	if _, err := p.Launch(ctx, machine.Spec{Name: vm}); err != nil {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/meshvm/meshvm/pkg/lab/procs"
+	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 

@@ -12,7 +12,7 @@ func TestCoreDependencies(t *testing.T) {
 	m := deptest.Module + "/"
 	for _, pkg := range []string{"pkg/host/vmcore", "pkg/host/vmcore/storetest"} {
 		deptest.Forbid(t, m+pkg,
-			"github.com/spf13/cobra", m+"hostctl", m+"pkg/lab", m+"pkg/machine/lab", m+"pkg/host/fleet",
+			"github.com/spf13/cobra", m+"hostctl", m+"lab", m+"pkg/host/fleet",
 			"sigs.k8s.io/controller-runtime", m+"vmagent")
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
+	"github.com/meshvm/meshvm/lab/labtest"
 )
 
 // TestAnotherVersionThroughIstioctl renders with a real istioctl built from

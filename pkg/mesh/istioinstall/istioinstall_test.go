@@ -148,7 +148,7 @@ func TestLabKeepsWhatItCanRun(t *testing.T) {
 func TestOnePinForIstio(t *testing.T) {
 	pin := regexp.MustCompile(`(?m)^\s*istio\.io/istio (v\S+)`)
 	var got []string
-	for _, f := range []string{"../../../go.mod", "../../../hostctl/labbuild/go.mod"} {
+	for _, f := range []string{"../../../go.mod", "../../../lab/toolchain/go.mod"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -160,7 +160,7 @@ func TestOnePinForIstio(t *testing.T) {
 		got = append(got, string(m[1]))
 	}
 	if got[0] != got[1] {
-		t.Errorf("go.mod pins istio.io/istio %s, hostctl/labbuild/go.mod %s: pin both to the same version", got[0], got[1])
+		t.Errorf("go.mod pins istio.io/istio %s, lab/toolchain/go.mod %s: pin both to the same version", got[0], got[1])
 	}
 }
 

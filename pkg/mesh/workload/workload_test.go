@@ -21,8 +21,8 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
-	"github.com/meshvm/meshvm/pkg/lab/stack"
+	"github.com/meshvm/meshvm/lab/labtest"
+	"github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 )

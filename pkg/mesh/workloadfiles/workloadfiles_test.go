@@ -19,7 +19,7 @@ import (
 func istioModule(t *testing.T) string {
 	t.Helper()
 	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "istio.io/istio")
-	cmd.Dir = "../../../hostctl/labbuild"
+	cmd.Dir = "../../../lab/toolchain"
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("locate istio.io/istio: %v", err)

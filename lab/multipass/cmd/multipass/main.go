@@ -1,11 +1,11 @@
-// Command multipass is the lab's Multipass stand-in (pkg/lab/multipass):
+// Command multipass is the lab's Multipass stand-in (lab/multipass):
 // tests put it first on PATH as "multipass".
 package main
 
 import (
 	"os"
 
-	"github.com/meshvm/meshvm/pkg/lab/multipass"
+	"github.com/meshvm/meshvm/lab/multipass"
 )
 
 func main() {

@@ -1,4 +1,4 @@
-package lab
+package labmachine
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
+	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/pkg/machine"
 )
 

@@ -1,4 +1,4 @@
-module github.com/meshvm/meshvm/hostctl/labbuild
+module github.com/meshvm/meshvm/lab/toolchain
 
 go 1.26.0
 

@@ -1,9 +1,9 @@
 // Package lab is the machine provider of the local lab: each machine
-// is a pkg/lab/vm VM (systemd under systemd-nspawn in its own network
+// is a lab/vm VM (systemd under systemd-nspawn in its own network
 // namespace) with a /30 of 10.213.0.0/16 on its veth pair. It meets the same
 // machine.Provider contract as the Multipass and SSH providers, so hostctl
 // onboards a lab VM through the very code that onboards a real one.
-package lab
+package labmachine
 
 import (
 	"context"
@@ -25,7 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	labvm "github.com/meshvm/meshvm/pkg/lab/vm"
+	labvm "github.com/meshvm/meshvm/lab/vm"
 	"github.com/meshvm/meshvm/pkg/machine"
 )
 

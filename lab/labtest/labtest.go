@@ -8,10 +8,10 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/lab/build"
 )
 
-// ModuleDir is hostctl/labbuild, found up from the directory go test runs a
+// ModuleDir is lab/toolchain, found up from the directory go test runs a
 // package's tests in (its own), whatever its depth in the tree.
 var ModuleDir = moduleDir()
 
@@ -19,7 +19,7 @@ func moduleDir() string {
 	if d, err := build.ModuleDir(); err == nil {
 		return d
 	}
-	return filepath.Join("hostctl", "labbuild")
+	return filepath.Join("lab", "toolchain")
 }
 
 // RequireVMs skips unless MESHVM_LAB is set (make test sets it).

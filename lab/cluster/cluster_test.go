@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/lab/build"
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
-	"github.com/meshvm/meshvm/pkg/lab/procs"
+	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/labtest"
+	"github.com/meshvm/meshvm/lab/procs"
 )
 
 // TestControlPlane runs etcd, the API server and the controller manager for

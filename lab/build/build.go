@@ -1,7 +1,7 @@
 // Package build builds the lab's control plane from source through the Go
 // module proxy: kube-apiserver and kube-controller-manager from
 // k8s.io/kubernetes, istiod (pilot-discovery), pilot-agent and istioctl from
-// istio.io/istio, at the versions pinned by the hostctl/labbuild module. The
+// istio.io/istio, at the versions pinned by the lab/toolchain module. The
 // binaries are cached by a key of those pins, the Go version and the target
 // architecture, so only the first lab on a machine pays the ~25 minutes;
 // meshvm's own stand-in beside them is rebuilt whenever its source changes.
@@ -9,6 +9,7 @@ package build
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -31,7 +32,7 @@ type Component struct {
 	versionFlags func(v Versions) []string
 }
 
-// Versions are the pinned module versions read from the labbuild go.mod.
+// Versions are the pinned module versions read from the toolchain go.mod.
 type Versions struct {
 	Kubernetes string // e.g. v1.36.3
 	Istio      string // a pseudo-version of istio.io/istio
@@ -61,12 +62,12 @@ var Components = []Component{
 	{"pilot-agent", "istio.io/istio/pilot/cmd/pilot-agent", istioFlags},
 	{"istioctl", "istio.io/istio/istioctl/cmd/istioctl", istioFlags},
 	// The lab's stand-in for Envoy (no Envoy binary can be had here).
-	{"lab-envoy", "github.com/meshvm/meshvm/hostctl/labbuild/labenvoy", func(Versions) []string { return nil }},
+	{"lab-envoy", "github.com/meshvm/meshvm/lab/toolchain/labenvoy", func(Versions) []string { return nil }},
 }
 
 // Options says where the pins are and where binaries go.
 type Options struct {
-	// ModuleDir is the hostctl/labbuild module (go.mod, go.sum, tools.go).
+	// ModuleDir is the lab/toolchain module (go.mod, go.sum, tools.go).
 	ModuleDir string
 	// CacheDir holds bin-<key> directories.
 	CacheDir string
@@ -92,7 +93,7 @@ func (r Result) Path(name string) string { return filepath.Join(r.Dir, name) }
 func Pinned(moduleDir string) (Versions, error) {
 	gomod, err := os.ReadFile(filepath.Join(moduleDir, "go.mod"))
 	if err != nil {
-		return Versions{}, fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the hostctl/labbuild directory", err)
+		return Versions{}, fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the lab/toolchain directory", err)
 	}
 	return versions(gomod)
 }
@@ -167,7 +168,7 @@ func locate(ctx context.Context, o Options) (_ Options, _ Result, key string, _ 
 	}
 	gomod, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.mod"))
 	if err != nil {
-		return o, Result{}, "", fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the hostctl/labbuild directory", err)
+		return o, Result{}, "", fmt.Errorf("lab build pins: %w: run from the meshvm checkout or pass the lab/toolchain directory", err)
 	}
 	gosum, err := os.ReadFile(filepath.Join(o.ModuleDir, "go.sum"))
 	if err != nil {
@@ -181,18 +182,36 @@ func locate(ctx context.Context, o Options) (_ Options, _ Result, key string, _ 
 	if err != nil {
 		return o, Result{}, "", fmt.Errorf("the lab builds its control plane with Go: go not found (%v): install Go %s or newer", err, "1.26")
 	}
+	// The key is the pins' content, not where the module lives: moving or
+	// renaming it must not cold-start every cache. meshvm's own components
+	// are keyed by their source instead (refreshOwn).
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", gomod, gosum, strings.TrimSpace(string(goVersion)), o.Arch)
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", withoutModuleLine(gomod), gosum, strings.TrimSpace(string(goVersion)), o.Arch)
 	for _, c := range Components {
+		if ownPackage(c.Package) {
+			continue
+		}
 		fmt.Fprintf(h, "%s %s %q\n", c.Name, c.Package, c.versionFlags(v))
 	}
 	key = hex.EncodeToString(h.Sum(nil))[:16]
 	return o, Result{Dir: filepath.Join(o.CacheDir, "bin-"+key), Versions: v}, key, nil
 }
 
+// withoutModuleLine is go.mod with its module directive left out.
+func withoutModuleLine(gomod []byte) []byte {
+	var out []byte
+	for line := range bytes.Lines(gomod) {
+		if f := bytes.Fields(line); len(f) > 0 && string(f[0]) == "module" {
+			continue
+		}
+		out = append(out, line...)
+	}
+	return out
+}
+
 // ownModule is the module of meshvm's own lab components (the Envoy
 // stand-in): the pins do not name their version, their source does.
-const ownModule = "github.com/meshvm/meshvm/hostctl/labbuild"
+const ownModule = "github.com/meshvm/meshvm/lab/toolchain"
 
 func ownPackage(pkg string) bool { return strings.HasPrefix(pkg, ownModule+"/") }
 
@@ -275,7 +294,7 @@ func build(ctx context.Context, o Options, c Component, v Versions, out string, 
 	}
 }
 
-// versions reads the pinned versions from the labbuild go.mod.
+// versions reads the pinned versions from the toolchain go.mod.
 func versions(gomod []byte) (Versions, error) {
 	var v Versions
 	sc := bufio.NewScanner(strings.NewReader(string(gomod)))
@@ -292,7 +311,7 @@ func versions(gomod []byte) (Versions, error) {
 		}
 	}
 	if v.Kubernetes == "" || v.Istio == "" {
-		return v, errors.New("hostctl/labbuild/go.mod does not require k8s.io/kubernetes and istio.io/istio")
+		return v, errors.New("lab/toolchain/go.mod does not require k8s.io/kubernetes and istio.io/istio")
 	}
 	return v, nil
 }
@@ -348,18 +367,18 @@ func DefaultCacheDir() string {
 	return filepath.Join(d, "meshvm")
 }
 
-// ModuleDir finds the hostctl/labbuild module: MESHVM_SOURCE's, else the
+// ModuleDir finds the lab/toolchain module: MESHVM_SOURCE's, else the
 // one of the meshvm checkout the working directory is in.
 func ModuleDir() (string, error) {
 	if d := os.Getenv("MESHVM_SOURCE"); d != "" {
-		return filepath.Join(d, "hostctl", "labbuild"), nil
+		return filepath.Join(d, "lab", "toolchain"), nil
 	}
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
-		cand := filepath.Join(dir, "hostctl", "labbuild", "go.mod")
+		cand := filepath.Join(dir, "lab", "toolchain", "go.mod")
 		if _, err := os.Stat(cand); err == nil {
 			return filepath.Dir(cand), nil
 		}

@@ -1,5 +1,5 @@
 // Package multipass is a stand-in for the multipass CLI, backed by the
-// lab's systemd-nspawn VMs (pkg/machine/lab), for tests that drive
+// lab's systemd-nspawn VMs (lab/labmachine), for tests that drive
 // pkg/machine/multipass unchanged. It reproduces what canonical/multipass v1.16
 // does at that boundary, read from its source: the instance states and
 // their transitions (Starting until cloud-init has finished, Suspended,

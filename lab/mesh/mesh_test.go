@@ -13,9 +13,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/meshvm/meshvm/pkg/lab/build"
-	"github.com/meshvm/meshvm/pkg/lab/cluster"
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
+	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/cluster"
+	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 

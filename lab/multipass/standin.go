@@ -23,9 +23,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/lab/build"
+	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/pkg/machine/lab"
+	"github.com/meshvm/meshvm/lab/labmachine"
 )
 
 // socketPath is what the real client names when it cannot reach the daemon.
@@ -37,7 +37,7 @@ const network = 214
 
 type daemon struct {
 	dir            string
-	lab            *lab.Provider
+	lab            *labmachine.Provider
 	stdin          io.Reader
 	stdout, stderr io.Writer
 }
@@ -63,7 +63,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	d := &daemon{dir: dir, stdin: stdin, stdout: stdout, stderr: stderr}
-	d.lab = lab.New(log, filepath.Join(dir, "vms"), build.DefaultCacheDir()).WithImage(lab.Image{Packages: Packages, Setup: d.seed}, network)
+	d.lab = labmachine.New(log, filepath.Join(dir, "vms"), build.DefaultCacheDir()).WithImage(labmachine.Image{Packages: Packages, Setup: d.seed}, network)
 	// No signal handling: a killed client dies where it is, and so does a
 	// launch in progress (its instance stays Starting).
 	ctx := context.Background()

@@ -16,15 +16,15 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/meshvm/meshvm/pkg/lab/build"
-	"github.com/meshvm/meshvm/pkg/lab/cluster"
-	meshlab "github.com/meshvm/meshvm/pkg/lab/mesh"
+	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/cluster"
+	meshlab "github.com/meshvm/meshvm/lab/mesh"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
 // Config says where things are and what the mesh is called.
 type Config struct {
-	// ModuleDir is hostctl/labbuild; CacheDir keeps the built binaries.
+	// ModuleDir is lab/toolchain; CacheDir keeps the built binaries.
 	ModuleDir, CacheDir string
 	// Dir keeps the running control plane's state.
 	Dir      string

@@ -102,7 +102,7 @@ func TestListJSON(t *testing.T) {
 
 // The fake pkg/machine/multipass replays is in the same layout.
 func TestSameLayoutAsRecordedOutput(t *testing.T) {
-	data, err := os.ReadFile("../../machine/multipass/testdata/info.json")
+	data, err := os.ReadFile("../../pkg/machine/multipass/testdata/info.json")
 	if err != nil {
 		t.Skip(err)
 	}

@@ -1,6 +1,6 @@
 // Package cluster runs the lab's Kubernetes control plane as local
 // processes: etcd (Debian's etcd-server), and kube-apiserver and
-// kube-controller-manager built from source (pkg/lab/build). There is no
+// kube-controller-manager built from source (lab/build). There is no
 // kubelet, so no pods; the API, service-account tokens (TokenRequest), RBAC,
 // namespace deletion and owner-reference garbage collection all work.
 //
@@ -29,7 +29,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/lab/procs"
+	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mtls"
 )
 

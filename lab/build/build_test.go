@@ -15,7 +15,7 @@ import (
 )
 
 func TestVersionsFromPins(t *testing.T) {
-	gomod, err := os.ReadFile("../../../hostctl/labbuild/go.mod")
+	gomod, err := os.ReadFile("../toolchain/go.mod")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,7 @@ func TestBuildControlPlane(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	var progress bytes.Buffer
-	res, err := Build(ctx, Options{ModuleDir: "../../../hostctl/labbuild", CacheDir: cache, Progress: &progress})
+	res, err := Build(ctx, Options{ModuleDir: "../toolchain", CacheDir: cache, Progress: &progress})
 	t.Logf("progress:\n%s", progress.String())
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestBuildControlPlane(t *testing.T) {
 			t.Errorf("%s reports %q, want %s", name, strings.TrimSpace(string(out)), want)
 		}
 	}
-	again, err := Build(ctx, Options{ModuleDir: "../../../hostctl/labbuild", CacheDir: cache})
+	again, err := Build(ctx, Options{ModuleDir: "../toolchain", CacheDir: cache})
 	if err != nil || !again.Cached || again.Dir != res.Dir {
 		t.Errorf("second build: got %+v, %v, want the cached set", again, err)
 	}
@@ -109,7 +109,7 @@ func TestOwnComponentFollowsItsSource(t *testing.T) {
 }
 
 func TestCachedNamesMakeLabWhenNotBuilt(t *testing.T) {
-	o := Options{ModuleDir: "../../../hostctl/labbuild", CacheDir: t.TempDir()}
+	o := Options{ModuleDir: "../toolchain", CacheDir: t.TempDir()}
 	_, err := Cached(context.Background(), o)
 	if !errors.Is(err, ErrNotBuilt) || !strings.Contains(err.Error(), "make lab") {
 		t.Fatalf("got %v, want ErrNotBuilt naming make lab", err)
@@ -128,5 +128,45 @@ func TestCachedNamesMakeLabWhenNotBuilt(t *testing.T) {
 	got, err := Cached(context.Background(), o)
 	if err != nil || got.Dir != res.Dir {
 		t.Fatalf("got %+v, %v, want %s", got, err, res.Dir)
+	}
+}
+
+// TestKeyIsThePinsNotThePath: the toolchain module moved (and may again)
+// without its pins changing; the cache must not go cold for it. A changed
+// pin must change the key.
+func TestKeyIsThePinsNotThePath(t *testing.T) {
+	gomod, err := os.ReadFile("../toolchain/go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gosum, err := os.ReadFile("../toolchain/go.sum")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(mod []byte) string {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "go.mod"), mod, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "go.sum"), gosum, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, _, k, err := locate(context.Background(), Options{ModuleDir: dir, CacheDir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	here := key(gomod)
+	moved := key(bytes.Replace(gomod, []byte("module github.com/meshvm/meshvm/lab/toolchain"), []byte("module example.com/elsewhere/pins"), 1))
+	if here != moved {
+		t.Errorf("key %s became %s when only the module's path changed", here, moved)
+	}
+	if !bytes.Contains(gomod, []byte("k8s.io/kubernetes v1.")) {
+		t.Fatal("the pins no longer name k8s.io/kubernetes; update this test")
+	}
+	bumped := key(bytes.Replace(gomod, []byte("k8s.io/kubernetes v1."), []byte("k8s.io/kubernetes v9."), 1))
+	if bumped == here {
+		t.Error("key unchanged after a pin changed")
 	}
 }

@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/lab/procs"
+	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/lab/labtest"
+	"github.com/meshvm/meshvm/lab/labtest"
 )
 
 // standin builds the stand-in and returns a function running it as the
