@@ -15,10 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/agenterr"
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/lab/labtest"
 	labvm "github.com/meshvm/meshvm/lab/vm"
+	"github.com/meshvm/meshvm/pkg/agenterr"
+	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )

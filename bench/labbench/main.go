@@ -33,9 +33,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/lab/build"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/pkg/buildinfo"
 )
 
 func main() {

@@ -32,9 +32,9 @@ import (
 
 	"github.com/meshvm/meshvm/bench/internal/agentproc"
 	"github.com/meshvm/meshvm/bench/internal/measure"
+	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/formcache"
-	"github.com/meshvm/meshvm/lab/build"
 )
 
 const (

@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/pkg/machine"
 )
 
 // socketPath is what the real client names when it cannot reach the daemon.

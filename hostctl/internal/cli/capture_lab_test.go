@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/host/fleet"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 )
 
 // ctEvent is one conntrack NEW event: the original tuple's source and

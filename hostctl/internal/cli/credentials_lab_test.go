@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/pkg/host/credcheck"
-	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/lab/build"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/pkg/host/credcheck"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 

@@ -21,6 +21,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	labbuild "github.com/meshvm/meshvm/lab/build"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/lab/mesh"
+	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
@@ -29,11 +33,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
-	labbuild "github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/lab/mesh"
-	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/machine"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )

@@ -14,9 +14,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/lab/multipass"
 	"github.com/meshvm/meshvm/lab/procs"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 

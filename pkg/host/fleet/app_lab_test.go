@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/pkg/machine"
-	"github.com/meshvm/meshvm/lab/labmachine"
 )
 
 // TestAppOnLabVM converges the recipe's app on a real systemd VM: served

@@ -7,15 +7,15 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/cluster"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/lab/mesh"
+	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
-	"github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/lab/cluster"
-	"github.com/meshvm/meshvm/lab/mesh"
-	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/machine"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 

@@ -19,10 +19,10 @@ import (
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
-	"github.com/meshvm/meshvm/pkg/credinfo"
-	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/lab/stack"
+	"github.com/meshvm/meshvm/pkg/credinfo"
+	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 )
