@@ -14,8 +14,8 @@
 //     against the baseline of one pass at a time (controller-runtime's
 //     default of one worker) on 100 VMs.
 //
-// Run it with `make bench-fleet` (root: it binds the lab's fixed ports; the
-// make target holds the lab lock).
+// Run it with `make bench-fleet` (root). Its control plane listens on its own
+// ports, so it runs beside the lab tests.
 package main
 
 import (
@@ -26,12 +26,14 @@ import (
 	"maps"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -42,6 +44,7 @@ import (
 
 	"github.com/meshvm/meshvm/bench/internal/measure"
 	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/cluster"
 	"github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
@@ -124,12 +127,23 @@ func run(c config) error {
 		return err
 	}
 	cfg := stack.Config{ModuleDir: moduleDir, CacheDir: build.DefaultCacheDir(), Dir: filepath.Join(dir, "lab"), Progress: os.Stderr,
-		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: clusterID, Network: "kube-network"}}
+		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: clusterID, Network: "kube-network"},
+		// Its own ports: the bench runs beside the lab tests, not under their lock.
+		Ports: cluster.Ports{API: 26443, Etcd: 33790, EtcdPeer: 33800, Controller: 20257}}
 	st, err := stack.UpCluster(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer stack.Down(context.Background(), cfg.Dir, false)
+	// Interrupted: stop the control plane it started, or its processes outlive it.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		stack.Down(context.Background(), cfg.Dir, false)
+		os.RemoveAll(dir)
+		os.Exit(130)
+	}()
 	if err := stack.InstallIstioAPI(ctx, cfg, st); err != nil {
 		return err
 	}
@@ -209,6 +223,8 @@ type sizeResult struct {
 	watchCPU, pollCPU          float64 // share of one core at rest
 	stopSeen, pollSeen         []time.Duration
 	harnessRSS                 int64
+	streamHeapPer100           int64
+	harnessCPU                 float64
 	onboard                    onboardResult
 	coreVerbs, standInVerbs    map[string]int
 	standInFailures, trialMiss int
@@ -236,6 +252,9 @@ func (e *errCount) add(err error) {
 	defer e.mu.Unlock()
 	e.n++
 	e.by[fmt.Sprintf("%.100v", err)]++
+	if e.n <= 3 {
+		fmt.Fprintln(os.Stderr, "fleetbench: pilot-agent stand-in:", err)
+	}
 }
 
 func (l *lab) startFleet(ctx context.Context, n int, first netip.Addr) (*fleet, time.Duration, error) {
@@ -347,6 +366,7 @@ func (l *lab) size(ctx context.Context, c config, n int, first netip.Addr, worke
 	}
 	trialVMs := spread(f.sim.VMs, min(c.trials, n))
 	// Through Watch: one VM at a time, every other VM connected.
+	heap2 := heap()
 	w, err := startWatcher(plan, l.dir)
 	if err != nil {
 		return r, err
@@ -356,6 +376,8 @@ func (l *lab) size(ctx context.Context, c config, n int, first netip.Addr, worke
 		return r, err
 	}
 	r.watchCPU, r.watchRSS = atRest(w, c.atRest)
+	r.streamHeapPer100 = (heap() - heap2) * 100 / int64(n)
+	r.harnessCPU = harnessCPU(c.atRest)
 	for _, vm := range trialVMs {
 		seen := w.expectStop(vm.Name)
 		t0 := time.Now()
@@ -437,6 +459,13 @@ func atRest(w *watcher, d time.Duration) (float64, int64) {
 	return float64(w.cpu()-c0) / float64(d), w.rss()
 }
 
+// harnessCPU is this process's share of a core over d.
+func harnessCPU(d time.Duration) float64 {
+	c0 := must(measure.CPU(0))
+	time.Sleep(d)
+	return float64(must(measure.CPU(0))-c0) / float64(d)
+}
+
 func must[T any](v T, err error) T {
 	if err != nil {
 		panic(err)
@@ -463,6 +492,8 @@ func report(out io.Writer, c config, rows []sizeResult, serialN int, serial onbo
 		return measure.MiB(r.heapPer100) + " / " + measure.MiB(r.rssPer100)
 	})
 	line("harness RSS, N agents + pilots, onboarded", "", func(r sizeResult) string { return measure.MiB(r.harnessRSS) })
+	line("agents' heap per 100 more with a Watch each", "", func(r sizeResult) string { return measure.MiB(r.streamHeapPer100) })
+	line("harness CPU, N agents watched, at rest", "", func(r sizeResult) string { return fmt.Sprintf("%.1f %%", 100*r.harnessCPU) })
 	fmt.Fprintln(out, "watch: agentwatch holds one stream per agent (a separate process)")
 	line("  all streams open", "every stream back ≤ 60 s", func(r sizeResult) string { return r.streamsOpen.Round(time.Millisecond).String() })
 	line("  watching process at rest: CPU / RSS", "controller < 10 % core, ≤ 300 MiB", func(r sizeResult) string {

@@ -37,6 +37,9 @@ func (m simMesh) Sidecar(context.Context, string, string) (onboard.Sidecar, erro
 
 // standInSidecar writes the sidecar's files: size bytes each.
 func standInSidecar(dir string, size int) (onboard.Sidecar, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return onboard.Sidecar{}, err
+	}
 	side := onboard.Sidecar{PilotAgent: filepath.Join(dir, "pilot-agent"), Envoy: filepath.Join(dir, "envoy"), BootstrapTemplate: filepath.Join(dir, "envoy_bootstrap_tmpl.json")}
 	for i, f := range []string{side.PilotAgent, side.Envoy, side.BootstrapTemplate} {
 		b := make([]byte, size)
@@ -88,6 +91,20 @@ func onboardAll(ctx context.Context, names []string, addrs map[string]string, wo
 		wg  sync.WaitGroup
 	)
 	start := time.Now()
+	go func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+			mu.Lock()
+			fmt.Fprintf(os.Stderr, "fleetbench: %s: %d of %d VMs Healthy, %d passes, errors %v\n", time.Since(start).Round(time.Second), len(res.PerVM), len(names), res.Passes, res.Errors)
+			mu.Unlock()
+		}
+	}()
 	for _, n := range names {
 		wg.Add(1)
 		go func() {

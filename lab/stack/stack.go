@@ -30,6 +30,8 @@ type Config struct {
 	Dir      string
 	Istio    istioinstall.Options
 	Progress io.Writer
+	// Ports are the control plane's (default: the lab's fixed ones).
+	Ports cluster.Ports
 }
 
 // Stack is a running lab control plane.
@@ -56,7 +58,7 @@ func UpCluster(ctx context.Context, c Config) (*Stack, error) {
 	}
 	cl := filepath.Join(c.Dir, "cluster")
 	if err := cluster.Up(ctx, cluster.Config{Dir: cl, APIServer: bins.Path("kube-apiserver"),
-		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress}); err != nil {
+		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress, Ports: c.Ports}); err != nil {
 		return nil, err
 	}
 	return &Stack{Bins: bins, Kubeconfig: cluster.Kubeconfig(cl)}, nil

@@ -19,13 +19,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/agentspec"
+	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/vmagent/config"
 	"github.com/meshvm/meshvm/vmagent/internal/inproc"
@@ -203,9 +203,14 @@ func (vm *VM) StartApp() error {
 	return vm.app.start()
 }
 
-// ReadFile reads a file delivered into the VM, by its path on the VM.
+// ReadFile reads a file delivered into the VM, by its path on the VM: links
+// resolve inside the VM's root (its /etc/istio links to /var/lib/istio).
 func (vm *VM) ReadFile(path string) ([]byte, error) {
-	return os.ReadFile(filepath.Join(vm.Root, filepath.FromSlash(path)))
+	root, err := fsroot.New(vm.Root)
+	if err != nil {
+		return nil, err
+	}
+	return root.ReadFile(path)
 }
 
 // app is the VM's app: 200 on every path while it runs.

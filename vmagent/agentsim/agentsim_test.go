@@ -147,3 +147,20 @@ func TestWatchSeesTheHarness(t *testing.T) {
 		t.Fatalf("watch ended with %v at stage %d", err, stage)
 	}
 }
+
+// Files are read as the VM sees them: its links resolve in its root.
+func TestReadFileInsideTheRoot(t *testing.T) {
+	f, ca := startFleet(t, 1, nil)
+	vm := f.VMs[0]
+	c := dial(t, ca, vm)
+	ctx := context.Background()
+	if _, err := c.Install(ctx, &agentv1.InstallRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PutFiles(ctx, []agentclient.File{agentclient.BytesFile("/etc/istio/config/mesh", []byte("defaultConfig: {}\n"))}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := vm.ReadFile("/etc/istio/config/mesh"); err != nil || string(b) != "defaultConfig: {}\n" {
+		t.Errorf("mesh through the VM's /etc/istio link: %q %v", b, err)
+	}
+}

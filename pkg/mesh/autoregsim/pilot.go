@@ -106,7 +106,9 @@ func (p *Pilot) run(ctx context.Context) {
 	}
 	connected := time.Now()
 	if _, err := p.istiod.Connect(ctx, proxy, connected); err != nil {
-		p.onErr(err)
+		if ctx.Err() == nil { // not a connection cut short by its sidecar stopping
+			p.onErr(err)
+		}
 		return
 	}
 	defer func() {
