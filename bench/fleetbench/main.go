@@ -559,8 +559,9 @@ func report(out io.Writer, c config, rows []sizeResult, serialN int, serial onbo
 	line("  API writes per VM (the core's client)", "≤ 4 to onboard", func(r sizeResult) string {
 		return fmt.Sprintf("%.2f", float64(measure.Writes(r.coreVerbs))/float64(r.n))
 	})
-	line("  API requests per VM by verb", "", func(r sizeResult) string { return perVM(r.coreVerbs, r.n) })
-	line("  istiod stand-in's API requests per VM", "", func(r sizeResult) string { return perVM(r.standInVerbs, r.n) })
+	for _, r := range rows {
+		fmt.Fprintf(out, "  N=%d: API requests per VM by verb: the core's %s; istiod stand-in's %s\n", r.n, perVM(r.coreVerbs, r.n), perVM(r.standInVerbs, r.n))
+	}
 	fmt.Fprintf(out, "baseline: one pass at a time (controller-runtime's default), %d VMs: all Healthy in %s, %.2f passes per VM\n",
 		serialN, serial.AllHealthy.Round(time.Millisecond), float64(serial.Passes)/float64(serialN))
 	for _, r := range rows {

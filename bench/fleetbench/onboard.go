@@ -117,6 +117,9 @@ func onboardAll(ctx context.Context, names []string, addrs map[string]string, wo
 				r, err := vmcore.Reconcile(ctx, vm, st, target, store, deps)
 				<-sem
 				st = r.Status
+				if ctx.Err() != nil {
+					return // the budget ran out: not a pass of the run
+				}
 				mu.Lock()
 				res.Passes++
 				if err != nil {
