@@ -83,7 +83,7 @@ func (t *tarballs) get(arch string) ([]byte, error) {
 const ctr = "k3s ctr --namespace k8s.io"
 
 func loadNode(ctx context.Context, p machine.Provider, node, ref string, tars *tarballs) (Loaded, error) {
-	out, err := p.Exec(ctx, node, nil, "uname", "-m")
+	out, err := p.Exec(ctx, node, nil, "sh", "-c", "uname -m")
 	if err != nil {
 		return Loaded{}, fmt.Errorf("uname -m: %w: %s", err, lastLine(out))
 	}

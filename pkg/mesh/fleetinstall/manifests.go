@@ -255,7 +255,7 @@ func deployment(o Options, m metav1.ObjectMeta) *appsv1.Deployment {
 						Env: []corev1.EnvVar{{
 							// The Go runtime collects before the memory limit kills it.
 							Name:      "GOMEMLIMIT",
-							ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory"}},
+							ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory", Divisor: resource.MustParse("1")}},
 						}},
 						Ports: []corev1.ContainerPort{
 							{Name: "metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
