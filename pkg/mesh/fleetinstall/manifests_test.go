@@ -204,17 +204,20 @@ func TestRenderDeploymentAndMarks(t *testing.T) {
 		}
 	}
 	sc, psc := c.SecurityContext, pod.SecurityContext
-	if sc == nil || !*sc.RunAsNonRoot || !*sc.ReadOnlyRootFilesystem || *sc.AllowPrivilegeEscalation || *sc.Privileged ||
-		len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0 {
+	if sc == nil || !is(sc.RunAsNonRoot, true) || !is(sc.ReadOnlyRootFilesystem, true) || !is(sc.AllowPrivilegeEscalation, false) || !is(sc.Privileged, false) ||
+		sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" || len(sc.Capabilities.Add) != 0 {
 		t.Errorf("container securityContext %+v", sc)
 	}
-	if psc == nil || !*psc.RunAsNonRoot || *psc.RunAsUser != UID || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+	if psc == nil || !is(psc.RunAsNonRoot, true) || !is(psc.RunAsUser, UID) || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Errorf("pod securityContext %+v", psc)
 	}
 	if pod.HostNetwork || pod.HostPID || pod.HostIPC {
 		t.Error("the pod shares a host namespace")
 	}
 }
+
+// is says p is set, to want.
+func is[T comparable](p *T, want T) bool { return p != nil && *p == want }
 
 func TestRenderRefusesBadOptions(t *testing.T) {
 	for _, c := range []struct {
