@@ -99,7 +99,7 @@ func New() *cobra.Command {
 	vm.AddCommand((&vmStatusCmd{g: g}).command())
 	vm.AddCommand(vmCommands(g)...)
 	cluster, istio := clusterCommands(g)
-	root.AddCommand(cfg, vm, cluster, istio, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
+	root.AddCommand(cfg, vm, cluster, istio, fleetCommands(g), (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
 		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())
 	strictUsage(root)
 	return root
