@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
@@ -109,12 +108,11 @@ func (f *Fleet) InstallController(ctx context.Context, p Reporter, o ControllerO
 	if err != nil {
 		return r, err
 	}
-	start := time.Now()
 	if err := fleetinstall.WaitAvailable(ctx, kc, fleetinstall.DefaultNamespace, func(s string) { p.Step("controller", "", "waiting: %s", s) }); err != nil {
 		return r, err
 	}
 	r.Available = true
-	p.Step("controller", "", "Deployment %s/%s available (%s)", fleetinstall.DefaultNamespace, fleetinstall.Name, time.Since(start).Round(100*time.Millisecond))
+	p.Step("controller", "", "Deployment %s/%s available", fleetinstall.DefaultNamespace, fleetinstall.Name)
 	return r, nil
 }
 
