@@ -2,19 +2,13 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/hostctl/internal/agentbin"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
-	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/report"
 )
 
@@ -60,7 +54,7 @@ func (c *fleetCmd) install(cmd *cobra.Command, _ []string) error {
 	if !r.Available {
 		state = "applied (not waited for)"
 	}
-	_, err = fmt.Fprintf(cmd.OutOrStdout(), "fleet install: controller %s, image %s; %s (%s)\n", state, r.Image, istioinstall.Summary(r.Objects), time.Since(start).Round(100*time.Millisecond))
+	_, err = fmt.Fprintf(cmd.OutOrStdout(), "fleet install: controller %s, image %s; %s (%s)\n", state, r.Image, r.Summary, time.Since(start).Round(100*time.Millisecond))
 	return err
 }
 
@@ -71,20 +65,20 @@ func (c *fleetCmd) uninstall(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	changes, err := f.UninstallController(ctx, c.force)
+	r, err := f.UninstallController(ctx, c.force)
 	if err != nil {
 		return err
 	}
-	if ok, err := report.Encode(cmd.OutOrStdout(), c.format, changes); ok {
+	if ok, err := report.Encode(cmd.OutOrStdout(), c.format, r); ok {
 		return err
 	}
 	say := sayer(cmd.ErrOrStderr(), "fleet uninstall: ")
-	for _, ch := range changes {
+	for _, ch := range r.Objects {
 		if ch.Why != "" {
 			say("%s %s: %s", ch.Ref, ch.Action, ch.Why)
 		}
 	}
-	_, err = fmt.Fprintf(cmd.OutOrStdout(), "fleet uninstall: %s\n", istioinstall.Summary(changes))
+	_, err = fmt.Fprintf(cmd.OutOrStdout(), "fleet uninstall: %s\n", r.Summary)
 	return err
 }
 
@@ -93,26 +87,6 @@ func (c *fleetCmd) uninstall(cmd *cobra.Command, _ []string) error {
 // build), else beside hostctl or in the checkout's bin/ (a plain go build,
 // in development).
 func controllerBinary(dir string) func(arch string) ([]byte, error) {
-	return func(arch string) ([]byte, error) {
-		name := agentbin.ControllerName(arch)
-		if dir != "" {
-			b, err := os.ReadFile(filepath.Join(dir, name))
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("no %s in %s (--controller-dir): run make build and point it at the checkout's bin/", name, dir)
-			}
-			return b, err
-		}
-		if b, ok := agentbin.Controller(arch); ok {
-			return b, nil
-		}
-		dirs := agentDirsOnDisk()
-		for _, d := range dirs {
-			b, err := os.ReadFile(filepath.Join(d, name))
-			if err == nil || !errors.Is(err, fs.ErrNotExist) {
-				return b, err
-			}
-		}
-		return nil, fmt.Errorf("no %s: this hostctl was built without the controller and none is in %s: build hostctl with make build (it embeds it), or give a directory holding it with --controller-dir",
-			name, strings.Join(dirs, ", "))
-	}
+	b := builtIn{what: "controller", name: agentbin.ControllerName, embedded: agentbin.Controller, flag: "--controller-dir", flagDesc: "--controller-dir"}
+	return func(arch string) ([]byte, error) { return b.find(arch, dir, agentDirsOnDisk()) }
 }

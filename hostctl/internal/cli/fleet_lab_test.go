@@ -19,15 +19,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshvm/meshvm/hostctl/internal/agentbin"
-	"github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/lab/cluster"
-	"github.com/meshvm/meshvm/lab/labtest"
+	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/mesh/fleetinstall"
-	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
 // hostctl fleet install and uninstall on a cluster of yours: the lab's
@@ -38,23 +34,10 @@ import (
 // kubelet's part in the Deployment's status. The controller binary is a
 // small static program standing for it (./controller is another task's).
 func TestFleetInstallOnYourCluster(t *testing.T) {
-	labtest.RequireBuild(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	bins, err := build.Build(ctx, build.Options{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Progress: os.Stderr})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rc, kubeconfig := clustertest.Start(ctx, t)
 	work := t.TempDir()
-	dir := filepath.Join(work, "cluster")
-	t.Cleanup(func() { cluster.Down(context.Background(), dir) })
-	if err := cluster.Up(ctx, cluster.Config{Dir: dir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager")}); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", cluster.Kubeconfig(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
 	kc := kubernetes.NewForConfigOrDie(rc)
 	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "vmns"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -76,7 +59,7 @@ func TestFleetInstallOnYourCluster(t *testing.T) {
 		}
 	}
 	cfg := filepath.Join(work, "meshvm.yaml")
-	os.WriteFile(cfg, []byte("version: 1\nstateDir: "+filepath.Join(work, "state")+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+cluster.Kubeconfig(dir)+"\nmachines: lab\n"), 0o600)
+	os.WriteFile(cfg, []byte("version: 1\nstateDir: "+filepath.Join(work, "state")+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+kubeconfig+"\nmachines: lab\n"), 0o600)
 
 	if _, err := run(t, "--config", cfg, "fleet", "install", "--controller-dir", ctrlDir); err == nil || !strings.Contains(err.Error(), "give --registry REPOSITORY") {
 		t.Errorf("install on a cluster of yours without a registry: %v", err)
@@ -125,7 +108,7 @@ func TestFleetInstallOnYourCluster(t *testing.T) {
 	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &r); err != nil {
 		t.Fatalf("-o json: %v\n%s", err, out)
 	}
-	if r.Pushed == nil || r.Pushed.Action != "unchanged" || !r.Available || istioinstall.Summary(r.Objects) != "0 created, 0 configured, 10 unchanged, 0 skipped" {
+	if r.Pushed == nil || r.Pushed.Action != "unchanged" || !r.Available || r.Summary != "0 created, 0 configured, 10 unchanged, 0 skipped" {
 		t.Errorf("second install: %+v, want the image and every object unchanged", r)
 	}
 	d, err := kc.AppsV1().Deployments(fleetinstall.DefaultNamespace).Get(ctx, fleetinstall.Name, metav1.GetOptions{})

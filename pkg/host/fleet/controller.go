@@ -28,12 +28,14 @@ type ControllerOptions struct {
 
 // ControllerReport is what fleet install did (-o json).
 type ControllerReport struct {
-	Image     string                `json:"image"`
-	Arches    []string              `json:"arches"`
-	Loaded    []fleetinstall.Loaded `json:"loaded,omitempty"`
-	Pushed    *fleetinstall.Pushed  `json:"pushed,omitempty"`
-	Objects   []istioinstall.Change `json:"objects"`
-	Available bool                  `json:"available"`
+	Image   string                `json:"image"`
+	Arches  []string              `json:"arches"`
+	Loaded  []fleetinstall.Loaded `json:"loaded,omitempty"`
+	Pushed  *fleetinstall.Pushed  `json:"pushed,omitempty"`
+	Objects []istioinstall.Change `json:"objects"`
+	// Summary counts Objects by action.
+	Summary   string `json:"summary"`
+	Available bool   `json:"available"`
 }
 
 // InstallController builds the controller's image, puts it where the
@@ -95,7 +97,8 @@ func (f *Fleet) InstallController(ctx context.Context, p Reporter, o ControllerO
 	if r.Objects, err = fleetinstall.Install(ctx, rc, opts); err != nil {
 		return r, err
 	}
-	p.Step("cluster", "", "%d objects: %s", len(r.Objects), istioinstall.Summary(r.Objects))
+	r.Summary = istioinstall.Summary(r.Objects)
+	p.Step("cluster", "", "%d objects: %s", len(r.Objects), r.Summary)
 	for _, c := range r.Objects {
 		if c.Action == istioinstall.Yours {
 			p.Step("cluster", "", "%s: not meshvm's: left as it is", c.Ref)
@@ -116,12 +119,19 @@ func (f *Fleet) InstallController(ctx context.Context, p Reporter, o ControllerO
 	return r, nil
 }
 
+// ControllerRemoval is what fleet uninstall did (-o json).
+type ControllerRemoval struct {
+	Objects []istioinstall.Change `json:"objects"`
+	Summary string                `json:"summary"`
+}
+
 // UninstallController removes what fleet install applied and carries
 // meshvm's mark (fleetinstall.Uninstall says what stays and why).
-func (f *Fleet) UninstallController(ctx context.Context, force bool) ([]istioinstall.Change, error) {
+func (f *Fleet) UninstallController(ctx context.Context, force bool) (ControllerRemoval, error) {
 	rc, err := RestConfig(f.Site.Kubeconfig())
 	if err != nil {
-		return nil, err
+		return ControllerRemoval{}, err
 	}
-	return fleetinstall.Uninstall(ctx, rc, fleetinstall.Options{WorkloadNamespaces: []string{f.Config.Workload.Namespace}}, force)
+	out, err := fleetinstall.Uninstall(ctx, rc, fleetinstall.Options{WorkloadNamespaces: []string{f.Config.Workload.Namespace}}, force)
+	return ControllerRemoval{Objects: out, Summary: istioinstall.Summary(out)}, err
 }

@@ -159,7 +159,7 @@ func WaitAvailable(ctx context.Context, kc kubernetes.Interface, namespace strin
 func rollout(ctx context.Context, kc kubernetes.Interface, namespace string) (string, bool, error) {
 	d, err := kc.AppsV1().Deployments(namespace).Get(ctx, Name, metav1.GetOptions{})
 	if err != nil {
-		return "", false, fmt.Errorf("Deployment %s/%s: %w", namespace, Name, err)
+		return "", false, fmt.Errorf("the controller's Deployment %s/%s: %w", namespace, Name, err)
 	}
 	want := int32(1)
 	if d.Spec.Replicas != nil {

@@ -2,7 +2,6 @@ package fleetinstall
 
 import (
 	"context"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -18,11 +17,8 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/lab/cluster"
-	"github.com/meshvm/meshvm/lab/labtest"
+	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
@@ -47,22 +43,9 @@ func (w *warnings) HandleWarningHeader(code int, agent, text string) {
 // no kubelet or containerd: the Deployment is stored and admitted, its
 // pods never run (the image load is tested against the ctr stand-in).
 func TestInstallOnTheAPIServer(t *testing.T) {
-	labtest.RequireBuild(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	bins, err := build.Build(ctx, build.Options{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Progress: os.Stderr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	t.Cleanup(func() { cluster.Down(context.Background(), dir) })
-	if err := cluster.Up(ctx, cluster.Config{Dir: dir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager")}); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", cluster.Kubeconfig(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rc, _ := clustertest.Start(ctx, t)
 	warned := &warnings{}
 	rc.WarningHandler = warned
 	kc := kubernetes.NewForConfigOrDie(rc)
@@ -202,9 +185,12 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 		t.Errorf("the controller revokes (deletes the Secret): %v", err)
 	}
 	for what, err := range map[string]error{
-		"read kube-system's Secrets": func() error { _, err := akc.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{}); return err }(),
-		"list pods":                  func() error { _, err := akc.CoreV1().Pods("vmns").List(ctx, metav1.ListOptions{}); return err }(),
-		"delete a namespace":         akc.CoreV1().Namespaces().Delete(ctx, "vmns", metav1.DeleteOptions{}),
+		"read kube-system's Secrets": func() error {
+			_, err := akc.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
+			return err
+		}(),
+		"list pods":          func() error { _, err := akc.CoreV1().Pods("vmns").List(ctx, metav1.ListOptions{}); return err }(),
+		"delete a namespace": akc.CoreV1().Namespaces().Delete(ctx, "vmns", metav1.DeleteOptions{}),
 		"write its own namespace's Secrets": func() error {
 			_, err := akc.CoreV1().Secrets(DefaultNamespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
 			return err
