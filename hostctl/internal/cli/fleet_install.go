@@ -12,11 +12,10 @@ import (
 	"github.com/meshvm/meshvm/pkg/report"
 )
 
-// fleetCommands are `hostctl fleet install|uninstall`: fleet mode's
-// controller on a real cluster.
-func fleetCommands(g *globals) *cobra.Command {
-	top := &cobra.Command{Use: "fleet", Short: "Run fleet mode's controller in the cluster"}
-	c := &fleetCmd{vmCmd: vmCmd{g: g}}
+// fleetInstallCommands are `hostctl fleet install|uninstall`: fleet
+// mode's controller on a real cluster.
+func fleetInstallCommands(g *globals) []*cobra.Command {
+	c := &fleetInstallCmd{vmCmd: vmCmd{g: g}}
 	install := c.flags(&cobra.Command{Use: "install", Short: "Build the controller's image, load or push it, apply its manifests and wait for it", Args: cobra.NoArgs, RunE: c.install}, 10*time.Minute)
 	install.Flags().StringVar(&c.registry, "registry", "", "push the image to this repository (registry/repository) instead of loading it into the k3s nodes hostctl made; needed on a cluster of yours")
 	install.Flags().StringVar(&c.controllerDir, "controller-dir", "", "build the image from the meshvm-controller-linux-ARCH binaries of this directory instead of the ones built into hostctl")
@@ -24,17 +23,16 @@ func fleetCommands(g *globals) *cobra.Command {
 	_ = install.MarkFlagDirname("controller-dir")
 	uninstall := c.flags(&cobra.Command{Use: "uninstall", Short: "Remove the controller and what fleet install applied (the MeshVM CRD and the agent CA stay)", Args: cobra.NoArgs, RunE: c.uninstall}, 2*time.Minute)
 	uninstall.Flags().BoolVar(&c.force, "force", false, "remove the controller even while MeshVMs remain (they stay, with the CRD)")
-	top.AddCommand(outputFlag(install, &c.format, "text", "json", "yaml"), outputFlag(uninstall, &c.format, "text", "json", "yaml"))
-	return top
+	return []*cobra.Command{outputFlag(install, &c.format, "text", "json", "yaml"), outputFlag(uninstall, &c.format, "text", "json", "yaml")}
 }
 
-type fleetCmd struct {
+type fleetInstallCmd struct {
 	vmCmd
 	format, registry, controllerDir string
 	noWait, force                   bool
 }
 
-func (c *fleetCmd) install(cmd *cobra.Command, _ []string) error {
+func (c *fleetInstallCmd) install(cmd *cobra.Command, _ []string) error {
 	f, err := c.open(cmd)
 	if err != nil {
 		return err
@@ -58,7 +56,7 @@ func (c *fleetCmd) install(cmd *cobra.Command, _ []string) error {
 	return err
 }
 
-func (c *fleetCmd) uninstall(cmd *cobra.Command, _ []string) error {
+func (c *fleetInstallCmd) uninstall(cmd *cobra.Command, _ []string) error {
 	f, err := c.open(cmd)
 	if err != nil {
 		return err
