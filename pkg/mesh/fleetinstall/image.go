@@ -171,8 +171,8 @@ func rootfs(bin []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	// /tmp for libraries that want one; the Deployment mounts an emptyDir
-	// there, the root filesystem being read-only.
+	// /tmp: the controller caches the sidecar images it pulls there; the
+	// Deployment mounts an emptyDir on it, the root filesystem being read-only.
 	if err := dir("tmp", 0o1777); err != nil {
 		return nil, err
 	}

@@ -105,13 +105,14 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 	type ask struct {
 		ns, group, resource, sub, verb string
 		allowed                        bool
+		name                           string
 	}
 	var asks []ask
 	for _, r := range ClusterRules() {
 		for _, res := range r.Resources {
 			for _, v := range r.Verbs {
 				res, sub, _ := strings.Cut(res, "/")
-				asks = append(asks, ask{"team-z", r.APIGroups[0], res, sub, v, true}, ask{"", r.APIGroups[0], res, sub, v, true})
+				asks = append(asks, ask{"team-z", r.APIGroups[0], res, sub, v, true, ""}, ask{"", r.APIGroups[0], res, sub, v, true, ""})
 			}
 		}
 	}
@@ -119,54 +120,61 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 		for _, res := range r.Resources {
 			for _, v := range r.Verbs {
 				res, sub, _ := strings.Cut(res, "/")
-				asks = append(asks, ask{"vmns", r.APIGroups[0], res, sub, v, true}, ask{"team-z", r.APIGroups[0], res, sub, v, false})
+				asks = append(asks, ask{"vmns", r.APIGroups[0], res, sub, v, true, ""}, ask{"team-z", r.APIGroups[0], res, sub, v, false, ""})
 			}
 		}
 	}
 	for _, r := range OwnRules() {
 		for _, res := range r.Resources {
 			for _, v := range r.Verbs {
-				asks = append(asks, ask{DefaultNamespace, r.APIGroups[0], res, "", v, true})
+				a := ask{ns: DefaultNamespace, group: r.APIGroups[0], resource: res, verb: v, allowed: true}
+				if len(r.ResourceNames) > 0 {
+					a.name = r.ResourceNames[0]
+					// Another Lease of the namespace is not its to renew.
+					asks = append(asks, ask{DefaultNamespace, r.APIGroups[0], res, "", v, false, "someone-elses"})
+				}
+				asks = append(asks, a)
 			}
 		}
 	}
 	asks = append(asks,
-		ask{"kube-system", "", "secrets", "", "get", false},
-		ask{"", "", "secrets", "", "list", false},
-		ask{DefaultNamespace, "", "secrets", "", "create", false},
-		ask{DefaultNamespace, "", "secrets", "", "delete", false},
-		ask{"vmns", "", "pods", "", "list", false},
-		ask{"vmns", "", "pods", "", "create", false},
-		ask{"", "", "namespaces", "", "delete", false},
-		ask{"vmns", "", "serviceaccounts", "", "create", false},
-		ask{"team-z", "", "serviceaccounts", "token", "create", false},
-		ask{"vmns", "networking.istio.io", "workloadentries", "", "create", false},
-		ask{"vmns", "networking.istio.io", "workloadgroups", "", "delete", false},
-		ask{"", "meshvm.io", "meshvms", "", "delete", false},
-		ask{"", "meshvm.io", "meshvms", "", "create", false},
-		ask{"", "rbac.authorization.k8s.io", "clusterroles", "", "escalate", false},
-		ask{"", "rbac.authorization.k8s.io", "clusterrolebindings", "", "create", false},
-		ask{"", "", "users", "", "impersonate", false},
-		ask{DefaultNamespace, "coordination.k8s.io", "leases", "", "delete", false},
-		ask{"kube-system", "coordination.k8s.io", "leases", "", "update", false},
-		ask{"", "apps", "deployments", "", "update", false},
+		ask{"kube-system", "", "secrets", "", "get", false, ""},
+		ask{"", "", "secrets", "", "list", false, ""},
+		ask{"kube-system", "", "secrets", "", "create", false, ""},
+		ask{DefaultNamespace, "", "configmaps", "", "update", false, ""},
+		ask{"vmns", "", "configmaps", "", "get", false, ""},
+		ask{"vmns", "", "pods", "", "list", false, ""},
+		ask{"vmns", "", "pods", "", "create", false, ""},
+		ask{"", "", "namespaces", "", "delete", false, ""},
+		ask{"vmns", "", "serviceaccounts", "", "create", false, ""},
+		ask{"team-z", "", "serviceaccounts", "token", "create", false, ""},
+		ask{"vmns", "networking.istio.io", "workloadentries", "", "create", false, ""},
+		ask{"vmns", "networking.istio.io", "workloadgroups", "", "delete", false, ""},
+		ask{"", "meshvm.io", "meshvms", "", "delete", false, ""},
+		ask{"", "meshvm.io", "meshvms", "", "create", false, ""},
+		ask{"", "rbac.authorization.k8s.io", "clusterroles", "", "escalate", false, ""},
+		ask{"", "rbac.authorization.k8s.io", "clusterrolebindings", "", "create", false, ""},
+		ask{"", "", "users", "", "impersonate", false, ""},
+		ask{DefaultNamespace, "coordination.k8s.io", "leases", "", "delete", false, ""},
+		ask{"kube-system", "coordination.k8s.io", "leases", "", "update", false, ""},
+		ask{"", "apps", "deployments", "", "update", false, ""},
 	)
 	start = time.Now()
 	for _, a := range asks {
 		r, err := akc.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{Spec: authorizationv1.SelfSubjectAccessReviewSpec{
-			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: a.ns, Group: a.group, Resource: a.resource, Subresource: a.sub, Verb: a.verb}}}, metav1.CreateOptions{})
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: a.ns, Group: a.group, Resource: a.resource, Subresource: a.sub, Verb: a.verb, Name: a.name}}}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		// And the same question put by the admin about the service account.
 		sar, err := kc.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 			User: sa, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + DefaultNamespace, "system:authenticated"},
-			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: a.ns, Group: a.group, Resource: a.resource, Subresource: a.sub, Verb: a.verb}}}, metav1.CreateOptions{})
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: a.ns, Group: a.group, Resource: a.resource, Subresource: a.sub, Verb: a.verb, Name: a.name}}}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if r.Status.Allowed != a.allowed || sar.Status.Allowed != a.allowed {
-			t.Errorf("%s %s.%s/%s in %q: self %v, subject %v (%s); want %v", a.verb, a.resource, a.group, a.sub, a.ns, r.Status.Allowed, sar.Status.Allowed, sar.Status.Reason, a.allowed)
+			t.Errorf("%s %s.%s/%s %q in %q: self %v, subject %v (%s); want %v", a.verb, a.resource, a.group, a.sub, a.name, a.ns, r.Status.Allowed, sar.Status.Allowed, sar.Status.Reason, a.allowed)
 		}
 	}
 	t.Logf("%d access reviews, each asked twice, in %v", len(asks), time.Since(start).Round(time.Millisecond))
@@ -191,8 +199,8 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 		}(),
 		"list pods":          func() error { _, err := akc.CoreV1().Pods("vmns").List(ctx, metav1.ListOptions{}); return err }(),
 		"delete a namespace": akc.CoreV1().Namespaces().Delete(ctx, "vmns", metav1.DeleteOptions{}),
-		"write its own namespace's Secrets": func() error {
-			_, err := akc.CoreV1().Secrets(DefaultNamespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
+		"write Secrets in kube-system": func() error {
+			_, err := akc.CoreV1().Secrets("kube-system").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{})
 			return err
 		}(),
 	} {

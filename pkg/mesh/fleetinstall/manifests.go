@@ -118,13 +118,22 @@ func WorkloadRules() []rbacv1.PolicyRule {
 	}
 }
 
-// OwnRules are what it may do in its own namespace: read the Secrets of
-// the agent CA and its client identity, hold the leader-election Lease,
-// and record Events (leader election's among them).
+// LeaseName is the controller's leader-election Lease (its
+// LeaderElectionID, controller/main.go): the only Lease it may read or
+// renew.
+const LeaseName = "meshvm-controller.meshvm.io"
+
+// OwnRules are what it may do in its own namespace: the Secrets of the
+// fleet store (the agent CA, its client identity, one record per VM),
+// read the fleet settings ConfigMap, hold its leader-election Lease (a
+// create cannot be limited to a name; a read or renewal can), and record
+// Events (leader election's among them).
 func OwnRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{LeaseName}, Verbs: []string{"get", "update"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
@@ -264,8 +273,8 @@ func deployment(o Options, m metav1.ObjectMeta) *appsv1.Deployment {
 						LivenessProbe:  probe("/healthz", 15),
 						ReadinessProbe: probe("/readyz", 5),
 						Resources: corev1.ResourceRequirements{
-							Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
-							Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("256Mi")},
+							Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+							Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("512Mi")},
 						},
 						SecurityContext: &corev1.SecurityContext{
 							RunAsNonRoot: &yes, Privileged: &no, AllowPrivilegeEscalation: &no, ReadOnlyRootFilesystem: &yes,
@@ -273,7 +282,7 @@ func deployment(o Options, m metav1.ObjectMeta) *appsv1.Deployment {
 						},
 						VolumeMounts: []corev1.VolumeMount{{Name: "tmp", MountPath: "/tmp"}},
 					}},
-					Volumes: []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr(resource.MustParse("16Mi"))}}}},
+					Volumes: []corev1.Volume{{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{SizeLimit: ptr(resource.MustParse("2Gi"))}}}},
 				},
 			},
 		},

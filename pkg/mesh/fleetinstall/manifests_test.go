@@ -114,6 +114,9 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			for _, g := range r.APIGroups {
 				for _, res := range r.Resources {
 					for _, v := range r.Verbs {
+						if len(r.ResourceNames) > 0 {
+							v += "(" + strings.Join(r.ResourceNames, ",") + ")"
+						}
 						out = append(out, g+"/"+res+":"+v)
 					}
 				}
@@ -129,7 +132,9 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			"networking.istio.io/workloadgroups:get networking.istio.io/workloadgroups:list networking.istio.io/workloadgroups:watch",
 		"ClusterRole/meshvm-controller-workload": "/events:create /events:patch /secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
 			"/serviceaccounts/token:create events.k8s.io/events:create events.k8s.io/events:patch networking.istio.io/workloadentries:delete",
-		"Role/meshvm-system/meshvm-controller": "/events:create /events:patch /secrets:get /secrets:list /secrets:watch coordination.k8s.io/leases:create coordination.k8s.io/leases:get coordination.k8s.io/leases:update " +
+		"Role/meshvm-system/meshvm-controller": "/configmaps:get /configmaps:list /configmaps:watch /events:create /events:patch " +
+			"/secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
+			"coordination.k8s.io/leases:create coordination.k8s.io/leases:get(meshvm-controller.meshvm.io) coordination.k8s.io/leases:update(meshvm-controller.meshvm.io) " +
 			"events.k8s.io/events:create events.k8s.io/events:patch",
 	}
 	for role, w := range want {
