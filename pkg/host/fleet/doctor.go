@@ -16,7 +16,6 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -189,7 +188,7 @@ func (d *vmDoctor) address(ctx context.Context) bool {
 }
 
 func (d *vmDoctor) agent(ctx context.Context) bool {
-	c, err := onboard.Dial(d.state, d.m.Address())
+	c, err := vmcore.DialAgent(d.m, vmcore.DirStore{Dir: d.state})
 	if err != nil {
 		d.add("agent", "fail", err.Error(), "run hostctl up to reinstall the agent")
 		return false

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -235,11 +234,11 @@ func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines
 	if err != nil {
 		return fmt.Errorf("%w: run hostctl up to create it", err)
 	}
-	if !m.Running() {
+	ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
+	switch {
+	case errors.Is(err, vmcore.ErrNotRunning):
 		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
-	}
-	ac, err := onboard.Dial(state, m.Address())
-	if err != nil {
+	case err != nil:
 		return err
 	}
 	defer ac.Close()
