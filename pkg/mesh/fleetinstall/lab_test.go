@@ -2,6 +2,7 @@ package fleetinstall
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -108,35 +109,32 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 		name                           string
 	}
 	var asks []ask
-	for _, r := range ClusterRules() {
-		for _, res := range r.Resources {
-			for _, v := range r.Verbs {
-				res, sub, _ := strings.Cut(res, "/")
-				asks = append(asks, ask{"team-z", r.APIGroups[0], res, sub, v, true, ""}, ask{"", r.APIGroups[0], res, sub, v, true, ""})
-			}
-		}
-	}
-	for _, r := range WorkloadRules() {
-		for _, res := range r.Resources {
-			for _, v := range r.Verbs {
-				res, sub, _ := strings.Cut(res, "/")
-				asks = append(asks, ask{"vmns", r.APIGroups[0], res, sub, v, true, ""}, ask{"team-z", r.APIGroups[0], res, sub, v, false, ""})
-			}
-		}
-	}
-	for _, r := range OwnRules() {
-		for _, res := range r.Resources {
-			for _, v := range r.Verbs {
-				a := ask{ns: DefaultNamespace, group: r.APIGroups[0], resource: res, verb: v, allowed: true}
-				if len(r.ResourceNames) > 0 {
-					a.name = r.ResourceNames[0]
-					// Another Lease of the namespace is not its to renew.
-					asks = append(asks, ask{DefaultNamespace, r.APIGroups[0], res, "", v, false, "someone-elses"})
+	// grant asks each verb of rules in each namespace of yes (allowed) and
+	// of no (refused); a rule limited to a name is also asked of another.
+	grant := func(rules []rbacv1.PolicyRule, yes, no []string) {
+		for _, r := range rules {
+			for _, full := range r.Resources {
+				res, sub, _ := strings.Cut(full, "/")
+				for _, v := range r.Verbs {
+					for _, name := range append(slices.Clone(r.ResourceNames), "") {
+						if name != "" {
+							asks = append(asks, ask{yes[0], r.APIGroups[0], res, sub, v, true, name}, ask{yes[0], r.APIGroups[0], res, sub, v, false, "someone-elses"})
+							break
+						}
+						for _, ns := range yes {
+							asks = append(asks, ask{ns, r.APIGroups[0], res, sub, v, true, ""})
+						}
+						for _, ns := range no {
+							asks = append(asks, ask{ns, r.APIGroups[0], res, sub, v, false, ""})
+						}
+					}
 				}
-				asks = append(asks, a)
 			}
 		}
 	}
+	grant(ClusterRules(), []string{"team-z", ""}, nil)
+	grant(WorkloadRules(), []string{"vmns"}, []string{"team-z"})
+	grant(OwnRules(), []string{DefaultNamespace}, nil)
 	asks = append(asks,
 		ask{"kube-system", "", "secrets", "", "get", false, ""},
 		ask{"", "", "secrets", "", "list", false, ""},
