@@ -61,7 +61,7 @@ build: ## Static vmagent and controller for linux/amd64 and arm64, then hostctl 
 	@rm -f $(CONTROLLER_EMBED)/meshvm-controller-linux-*; set -e; if [ -d controller ]; then for arch in $(ARCHES); do \
 	  echo "build bin/meshvm-controller-linux-$$arch"; \
 	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o bin/meshvm-controller-linux-$$arch ./controller; \
-	  go run ./packaging/checkstatic bin/meshvm-controller-linux-$$arch; cp bin/meshvm-controller-linux-$$arch $(CONTROLLER_EMBED)/; \
+	  go run ./packaging/checkstatic bin/meshvm-controller-linux-$$arch; gzip -9 -n -c bin/meshvm-controller-linux-$$arch > $(CONTROLLER_EMBED)/meshvm-controller-linux-$$arch.gz; \
 	done; else echo "no ./controller yet: hostctl is built without fleet mode's controller (hostctl fleet install says so)"; fi
 	@set -e; for target in $(HOSTCTL_TARGETS); do \
 	  os=$${target%/*}; arch=$${target#*/}; \
