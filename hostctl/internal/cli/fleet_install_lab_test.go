@@ -39,8 +39,10 @@ func TestFleetInstallOnYourCluster(t *testing.T) {
 	rc, kubeconfig := clustertest.Start(ctx, t)
 	work := t.TempDir()
 	kc := kubernetes.NewForConfigOrDie(rc)
-	if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "vmns"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	for _, ns := range []string{"vmns", "istio-system"} {
+		if _, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	defer srv.Close()
@@ -77,7 +79,7 @@ func TestFleetInstallOnYourCluster(t *testing.T) {
 		t.Fatalf("fleet install: %v\n%s", err, out)
 	}
 	t.Logf("fleet install (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
-	for _, want := range []string{"[1/3] image: " + repo + "@sha256:", " pushed (linux/amd64, linux/arm64)", "[2/3] cluster: 10 objects: 10 created",
+	for _, want := range []string{"[1/3] image: " + repo + "@sha256:", " pushed (linux/amd64, linux/arm64)", "[2/3] cluster: 12 objects: 12 created",
 		"[3/3] controller: Deployment meshvm-system/meshvm-controller available", "fleet install: controller available, image " + repo + "@sha256:"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("fleet install's lines lack %q:\n%s", want, out)
@@ -108,7 +110,7 @@ func TestFleetInstallOnYourCluster(t *testing.T) {
 	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &r); err != nil {
 		t.Fatalf("-o json: %v\n%s", err, out)
 	}
-	if r.Pushed == nil || r.Pushed.Action != "unchanged" || !r.Available || r.Summary != "0 created, 0 configured, 10 unchanged, 0 skipped" {
+	if r.Pushed == nil || r.Pushed.Action != "unchanged" || !r.Available || r.Summary != "0 created, 0 configured, 12 unchanged, 0 skipped" {
 		t.Errorf("second install: %+v, want the image and every object unchanged", r)
 	}
 	d, err := kc.AppsV1().Deployments(fleetinstall.DefaultNamespace).Get(ctx, fleetinstall.Name, metav1.GetOptions{})
@@ -121,7 +123,7 @@ func TestFleetInstallOnYourCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fleet uninstall: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "fleet uninstall: 9 deleted, 0 absent, 0 kept, 1 skipped") || !strings.Contains(out, "CustomResourceDefinition/meshvms.meshvm.io skipped: "+fleetinstall.KeptCRD) {
+	if !strings.Contains(out, "fleet uninstall: 11 deleted, 0 absent, 0 kept, 1 skipped") || !strings.Contains(out, "CustomResourceDefinition/meshvms.meshvm.io skipped: "+fleetinstall.KeptCRD) {
 		t.Errorf("fleet uninstall:\n%s", out)
 	}
 	if _, err := kc.CoreV1().Namespaces().Get(ctx, "vmns", metav1.GetOptions{}); err != nil {

@@ -36,9 +36,14 @@ func Install(ctx context.Context, rc *rest.Config, o Options) ([]istioinstall.Ch
 	if err != nil {
 		return nil, err
 	}
-	for _, ns := range o.WorkloadNamespaces {
+	o = o.withDefaults()
+	for _, ns := range append([]string{o.IstioNamespace}, o.WorkloadNamespaces...) {
 		if _, err := kc.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("workload namespace %s does not exist: run hostctl up first (it creates the workload), or set workload.namespace to the VMs' namespace", ns)
+			what := "workload namespace " + ns
+			if ns == o.IstioNamespace {
+				what = "Istio's namespace " + ns
+			}
+			return nil, fmt.Errorf("%s does not exist: run hostctl up first (it installs Istio and creates the workload), or set workload.namespace to the VMs' namespace", what)
 		} else if err != nil {
 			return nil, fmt.Errorf("namespace %s: %w", ns, err)
 		}
@@ -90,7 +95,7 @@ func Uninstall(ctx context.Context, rc *rest.Config, o Options, force bool) ([]i
 		return nil, fmt.Errorf("list the install's RoleBindings: %w", err)
 	}
 	for _, rb := range rbs.Items {
-		if rb.Name == Name && rb.Namespace != o.Namespace && !slices.Contains(o.WorkloadNamespaces, rb.Namespace) {
+		if rb.Name == Name && rb.Namespace != o.Namespace && rb.Namespace != o.IstioNamespace && !slices.Contains(o.WorkloadNamespaces, rb.Namespace) {
 			o.WorkloadNamespaces = append(o.WorkloadNamespaces, rb.Namespace)
 		}
 	}

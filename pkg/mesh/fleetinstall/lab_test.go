@@ -53,10 +53,12 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(rc)
 
 	// The workload as a user made it: nothing of it carries meshvm's mark.
-	mustCreate(t, func() error {
-		_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "vmns"}}, metav1.CreateOptions{})
-		return err
-	})
+	for _, ns := range []string{"vmns", "istio-system"} {
+		mustCreate(t, func() error {
+			_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+			return err
+		})
+	}
 	mustCreate(t, func() error {
 		_, err := kc.CoreV1().ServiceAccounts("vmns").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "vmsa"}}, metav1.CreateOptions{})
 		return err
@@ -94,7 +96,7 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := istioinstall.Summary(again); s != "0 created, 0 configured, 10 unchanged, 0 skipped" {
+	if s := istioinstall.Summary(again); s != "0 created, 0 configured, 12 unchanged, 0 skipped" {
 		t.Errorf("second install: %s, want all unchanged", s)
 	}
 
@@ -135,6 +137,7 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 	grant(ClusterRules(), []string{"team-z", ""}, nil)
 	grant(WorkloadRules(), []string{"vmns"}, []string{"team-z"})
 	grant(OwnRules(), []string{DefaultNamespace}, nil)
+	grant(IstioRules(), []string{"istio-system"}, []string{"kube-system"})
 	asks = append(asks,
 		ask{"kube-system", "", "secrets", "", "get", false, ""},
 		ask{"", "", "secrets", "", "list", false, ""},
@@ -156,6 +159,8 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 		ask{DefaultNamespace, "coordination.k8s.io", "leases", "", "delete", false, ""},
 		ask{"kube-system", "coordination.k8s.io", "leases", "", "update", false, ""},
 		ask{"", "apps", "deployments", "", "update", false, ""},
+		ask{"istio-system", "", "pods", "proxy", "get", false, ""},
+		ask{"istio-system", "", "secrets", "", "get", false, ""},
 	)
 	start = time.Now()
 	for _, a := range asks {
@@ -235,6 +240,7 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 		"Deployment/meshvm-system/meshvm-controller": "deleted", "RoleBinding/vmns/meshvm-controller": "deleted",
 		"RoleBinding/meshvm-system/meshvm-controller": "deleted", "Role/meshvm-system/meshvm-controller": "deleted",
 		"ClusterRole/meshvm-controller-workload": "deleted", "ClusterRoleBinding/meshvm-controller": "deleted",
+		"ClusterRole/meshvm-controller-istio": "deleted", "RoleBinding/istio-system/meshvm-controller": "deleted",
 		"ClusterRole/meshvm-controller": "deleted", "ServiceAccount/meshvm-system/meshvm-controller": "deleted",
 		"CustomResourceDefinition/meshvms.meshvm.io": "skipped", "Namespace/meshvm-system": "kept",
 	}
@@ -263,7 +269,7 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 	if _, err := kc.RbacV1().ClusterRoles().Get(ctx, "view", metav1.GetOptions{}); err != nil {
 		t.Errorf("ClusterRole view: %v", err)
 	}
-	for _, name := range []string{Name, WorkloadRole} {
+	for _, name := range []string{Name, WorkloadRole, IstioRole} {
 		if _, err := kc.RbacV1().ClusterRoles().Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			t.Errorf("ClusterRole %s after uninstall: %v", name, err)
 		}
@@ -277,7 +283,7 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := istioinstall.Summary(last); s != "1 deleted, 8 absent, 0 kept, 1 skipped" {
+	if s := istioinstall.Summary(last); s != "1 deleted, 10 absent, 0 kept, 1 skipped" {
 		t.Errorf("uninstall again: %s, want only the namespace deleted", s)
 	}
 }

@@ -31,6 +31,11 @@ const (
 	// WorkloadRole is the ClusterRole bound, by a RoleBinding, in each
 	// namespace whose MeshVMs the controller serves: what it may do there.
 	WorkloadRole = "meshvm-controller-workload"
+	// IstioRole is the ClusterRole bound, by a RoleBinding, in Istio's
+	// namespace: what the VMs' files are made from.
+	IstioRole = "meshvm-controller-istio"
+	// DefaultIstioNamespace is where istiod and its mesh config live.
+	DefaultIstioNamespace = "istio-system"
 	// Component names the install's objects in istioinstall's terms.
 	Component = "fleet"
 	// ComponentLabel marks every object of the install, beside meshvm's mark.
@@ -49,6 +54,8 @@ type Options struct {
 	// VMs' service accounts live (workload.namespace): the controller may
 	// write Secrets and mint tokens there and nowhere else.
 	WorkloadNamespaces []string
+	// IstioNamespace is istiod's; DefaultIstioNamespace when empty.
+	IstioNamespace string
 	// Image is the reference the Deployment runs.
 	Image string
 	// PullPolicy is Never for an image loaded into the nodes (no registry
@@ -65,6 +72,9 @@ func (o Options) withDefaults() Options {
 	if o.Replicas == 0 {
 		o.Replicas = 2
 	}
+	if o.IstioNamespace == "" {
+		o.IstioNamespace = DefaultIstioNamespace
+	}
 	if o.PullPolicy == "" {
 		o.PullPolicy = corev1.PullIfNotPresent
 	}
@@ -72,7 +82,7 @@ func (o Options) withDefaults() Options {
 }
 
 func (o Options) validate() error {
-	for _, ns := range append([]string{o.Namespace}, o.WorkloadNamespaces...) {
+	for _, ns := range append([]string{o.Namespace, o.IstioNamespace}, o.WorkloadNamespaces...) {
 		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
 			return fmt.Errorf("namespace %q: %s", ns, errs[0])
 		}
@@ -80,8 +90,10 @@ func (o Options) validate() error {
 	if len(o.WorkloadNamespaces) == 0 {
 		return fmt.Errorf("no workload namespace: the controller needs the namespace its MeshVMs live in (workload.namespace)")
 	}
-	if slices.Contains(o.WorkloadNamespaces, o.Namespace) {
-		return fmt.Errorf("namespace %s is the controller's own: keep VMs' workloads in another (workload.namespace)", o.Namespace)
+	for _, ns := range []string{o.Namespace, o.IstioNamespace} {
+		if slices.Contains(o.WorkloadNamespaces, ns) {
+			return fmt.Errorf("namespace %s is the controller's or Istio's: keep VMs' workloads in another (workload.namespace)", ns)
+		}
 	}
 	return nil
 }
@@ -92,8 +104,9 @@ func Labels() map[string]string {
 }
 
 // ClusterRules are what the controller may do in every namespace: read
-// MeshVMs and write their status and finalizers, and watch Istio's
-// WorkloadEntries and WorkloadGroups. Nothing here reads a Secret.
+// MeshVMs and write their status and finalizers, watch Istio's
+// WorkloadEntries and WorkloadGroups, and review a VM's token (whether it
+// can be kept). Nothing here reads a Secret.
 func ClusterRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{"meshvm.io"}, Resources: []string{"meshvms"}, Verbs: []string{"get", "list", "watch", "update", "patch"}},
@@ -102,19 +115,33 @@ func ClusterRules() []rbacv1.PolicyRule {
 		// (the per-VM Secret's) needs this where OwnerReferencesPermissionEnforcement runs.
 		{APIGroups: []string{"meshvm.io"}, Resources: []string{"meshvms/finalizers"}, Verbs: []string{"update"}},
 		{APIGroups: []string{"networking.istio.io"}, Resources: []string{"workloadentries", "workloadgroups"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 	}
 }
 
 // WorkloadRules are what it may do in each workload namespace: the per-VM
 // token Secrets (written, and deleted to revoke a token), tokens for the
-// VMs' service account, deleting the WorkloadEntries it owns, and Events.
+// VMs' service account, the mesh's root certificate (ConfigMap
+// istio-ca-root-cert), deleting the WorkloadEntries it owns, and Events.
 func WorkloadRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}},
 		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
 		{APIGroups: []string{"networking.istio.io"}, Resources: []string{"workloadentries"}, Verbs: []string{"delete"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+	}
+}
+
+// IstioRules are what it may read in Istio's namespace: the mesh config
+// (ConfigMap istio or istio-REV) the VMs' files are made from, and
+// istiod's Deployment (its version, where the fleet settings name none).
+// Not pods/proxy: istiod's image names its version well enough.
+func IstioRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}},
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get"}},
 	}
 }
 
@@ -164,10 +191,13 @@ func Render(o Options) ([]istioinstall.Object, error) {
 		&rbacv1.ClusterRoleBinding{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"), ObjectMeta: meta(Name, ""),
 			Subjects: []rbacv1.Subject{sa}, RoleRef: roleRef("ClusterRole", Name)},
 		&rbacv1.ClusterRole{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "ClusterRole"), ObjectMeta: meta(WorkloadRole, ""), Rules: WorkloadRules()},
+		&rbacv1.ClusterRole{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "ClusterRole"), ObjectMeta: meta(IstioRole, ""), Rules: IstioRules()},
 		&rbacv1.Role{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "Role"), ObjectMeta: meta(Name, o.Namespace), Rules: OwnRules()},
 		&rbacv1.RoleBinding{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: meta(Name, o.Namespace),
 			Subjects: []rbacv1.Subject{sa}, RoleRef: roleRef("Role", Name)},
 	}
+	typed = append(typed, &rbacv1.RoleBinding{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: meta(Name, o.IstioNamespace),
+		Subjects: []rbacv1.Subject{sa}, RoleRef: roleRef("ClusterRole", IstioRole)})
 	for _, ns := range o.WorkloadNamespaces {
 		typed = append(typed, &rbacv1.RoleBinding{TypeMeta: typeMeta("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: meta(Name, ns),
 			Subjects: []rbacv1.Subject{sa}, RoleRef: roleRef("ClusterRole", WorkloadRole)})

@@ -126,11 +126,12 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		return out
 	}
 	want := map[string]string{
-		"ClusterRole/meshvm-controller": "meshvm.io/meshvms/finalizers:update meshvm.io/meshvms/status:get meshvm.io/meshvms/status:patch meshvm.io/meshvms/status:update " +
+		"ClusterRole/meshvm-controller": "authentication.k8s.io/tokenreviews:create meshvm.io/meshvms/finalizers:update meshvm.io/meshvms/status:get meshvm.io/meshvms/status:patch meshvm.io/meshvms/status:update " +
 			"meshvm.io/meshvms:get meshvm.io/meshvms:list meshvm.io/meshvms:patch meshvm.io/meshvms:update meshvm.io/meshvms:watch " +
 			"networking.istio.io/workloadentries:get networking.istio.io/workloadentries:list networking.istio.io/workloadentries:watch " +
 			"networking.istio.io/workloadgroups:get networking.istio.io/workloadgroups:list networking.istio.io/workloadgroups:watch",
-		"ClusterRole/meshvm-controller-workload": "/events:create /events:patch /secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
+		"ClusterRole/meshvm-controller-istio": "/configmaps:get apps/deployments:get",
+		"ClusterRole/meshvm-controller-workload": "/configmaps:get /events:create /events:patch /secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
 			"/serviceaccounts/token:create events.k8s.io/events:create events.k8s.io/events:patch networking.istio.io/workloadentries:delete",
 		"Role/meshvm-system/meshvm-controller": "/configmaps:get /configmaps:list /configmaps:watch /events:create /events:patch " +
 			"/secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
@@ -148,6 +149,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 	wantBindings := map[string]string{
 		"ClusterRoleBinding/meshvm-controller":        "ClusterRole/meshvm-controller",
 		"RoleBinding/meshvm-system/meshvm-controller": "Role/meshvm-controller",
+		"RoleBinding/istio-system/meshvm-controller":  "ClusterRole/meshvm-controller-istio",
 		"RoleBinding/vmns/meshvm-controller":          "ClusterRole/meshvm-controller-workload",
 		"RoleBinding/team-b/meshvm-controller":        "ClusterRole/meshvm-controller-workload",
 	}
@@ -177,7 +179,7 @@ func TestRenderDeploymentAndMarks(t *testing.T) {
 			t.Errorf("%s: labels %v, want meshvm's mark and component %s", o.Ref(), o.GetLabels(), Component)
 		}
 	}
-	if got := strings.Join(kinds, " "); got != "Namespace CustomResourceDefinition ServiceAccount ClusterRole ClusterRoleBinding ClusterRole Role RoleBinding RoleBinding Deployment" {
+	if got := strings.Join(kinds, " "); got != "Namespace CustomResourceDefinition ServiceAccount ClusterRole ClusterRoleBinding ClusterRole ClusterRole Role RoleBinding RoleBinding RoleBinding Deployment" {
 		t.Errorf("kinds in order: %s", got)
 	}
 	if objs[1].GetName() != "meshvms.meshvm.io" {
@@ -231,7 +233,8 @@ func TestRenderRefusesBadOptions(t *testing.T) {
 	}{
 		{Options{Image: "x"}, "no workload namespace"},
 		{Options{Image: "x", WorkloadNamespaces: []string{"VMs!"}}, `namespace "VMs!"`},
-		{Options{Image: "x", WorkloadNamespaces: []string{"meshvm-system"}}, "is the controller's own"},
+		{Options{Image: "x", WorkloadNamespaces: []string{"meshvm-system"}}, "is the controller's or Istio's"},
+		{Options{Image: "x", WorkloadNamespaces: []string{"istio-system"}}, "is the controller's or Istio's"},
 	} {
 		if _, err := Render(c.o); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want %q", c.o, err, c.want)
