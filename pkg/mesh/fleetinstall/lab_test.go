@@ -143,7 +143,7 @@ func TestInstallOnTheAPIServer(t *testing.T) {
 		ask{"", "", "secrets", "", "list", false, ""},
 		ask{"kube-system", "", "secrets", "", "create", false, ""},
 		ask{DefaultNamespace, "", "configmaps", "", "update", false, ""},
-		ask{"vmns", "", "configmaps", "", "get", false, ""},
+		ask{"vmns", "", "configmaps", "", "list", false, ""},
 		ask{"vmns", "", "pods", "", "list", false, ""},
 		ask{"vmns", "", "pods", "", "create", false, ""},
 		ask{"", "", "namespaces", "", "delete", false, ""},
