@@ -524,7 +524,7 @@ func report(out io.Writer, c config, rows []sizeResult, serialN int, serial onbo
 	line(fmt.Sprintf("  sidecar stopped → seen, p50 / p99 (%d trials)", c.trials), "p99 ≤ 2 s", func(r sizeResult) string {
 		return fmt.Sprintf("%s / %s", measure.Percentile(r.stopSeen, 50).Round(time.Millisecond), measure.Percentile(r.stopSeen, 99).Round(time.Millisecond))
 	})
-	fmt.Fprintf(out, "baseline: GetStatus every %s (the controller's resync), a connection held per agent\n", c.poll)
+	fmt.Fprintf(out, "baseline: GetStatus every %s (-poll; default the controller's resync, 1m), a connection held per agent\n", c.poll)
 	line("  polling process at rest: CPU / RSS", "", func(r sizeResult) string {
 		return fmt.Sprintf("%.1f %% / %s", 100*r.pollCPU, measure.MiB(r.pollRSS))
 	})

@@ -196,8 +196,8 @@ func (d *Istiod) Connect(ctx context.Context, p Proxy, at time.Time) (string, er
 		}
 		d.setConnected(&cur.ObjectMeta, at)
 		_, err = entries.Update(ctx, cur, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			continue // istiod retries the whole check on a conflict
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			continue // istiod retries the whole check (the grace period's delete may have won: create it)
 		}
 		if err != nil {
 			return "", fmt.Errorf("failed updating WorkloadEntry %s/%s: %w", p.Namespace, name, err)
