@@ -18,6 +18,7 @@ import (
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
+	"github.com/meshvm/meshvm/lab/cluster"
 	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
@@ -38,7 +39,9 @@ func labAPI(t *testing.T) workload.Clients {
 	dir := t.TempDir()
 	t.Cleanup(func() { stack.Down(context.Background(), dir, false) })
 	cfg := stack.Config{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Dir: dir, Progress: os.Stderr,
-		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"}}
+		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
+		// Its own ports: it needs no VMs nor istiod, so it runs beside the lab tests.
+		Ports: cluster.Ports{API: 27443, Etcd: 34790, EtcdPeer: 34800, Controller: 21257}}
 	st, err := stack.UpCluster(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
