@@ -27,6 +27,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/machinetest"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // bootable is the stand-in machine, stopped until Launch powers it on.
@@ -204,8 +205,8 @@ func TestRenewRefusesAStoppedVM(t *testing.T) {
 	stopped.State = machine.Stopped
 	d.r.site = sidecarSite{driveSite{agentSite{ms: machinetest.New(stopped)}}, d.r.site.(sidecarSite).side}
 	err := d.r.renew(testCtx(t), d.r.cfg.VMs[0], true, func(string, ...any) {})
-	if want := "VM vm1 is stopped: start it (hostctl vm start vm1), then renew"; err == nil || err.Error() != want {
-		t.Errorf("got %v, want %s", err, want)
+	if r, ok := reason.Of(err); !ok || err.Error() != "VM vm1 is stopped" || r.Reason != reason.VMStoppedRenew {
+		t.Errorf("got %v, want VM vm1 is stopped, for the CLI to say how to start it", err)
 	}
 }
 

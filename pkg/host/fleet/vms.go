@@ -14,6 +14,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -143,7 +144,7 @@ func (rm *vmRemoval) entry(m machine.Machine) error {
 	addr, gone, err := vmcore.DeleteEntry(rm.ctx, rm.name, m, store, deps)
 	switch {
 	case err != nil:
-		return fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err)
+		return reason.Wrap(err, reason.ClusterUnreachable)
 	case addr == "":
 		rm.say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
 	case gone != "":
@@ -205,7 +206,7 @@ func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration
 	machines := r.site.Machines()
 	m, err := machines.Info(ctx, vm.Name)
 	if err != nil {
-		return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
+		return reason.Wrap(err, reason.VMNotFound, vm.Name)
 	}
 	if !m.Running() {
 		// Booting: the entry must come from the new boot's proxy.
@@ -232,10 +233,10 @@ func (f *Fleet) Logs(ctx context.Context, out io.Writer, name string, req *agent
 func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
 	m, err := machines.Info(ctx, name)
 	if err != nil {
-		return fmt.Errorf("%w: run hostctl up to create it", err)
+		return reason.Wrap(err, reason.VMGone)
 	}
 	if !m.Running() {
-		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
+		return reason.Wrap(fmt.Errorf("VM %s is %s", m.Name, m.State.Lower()), reason.VMNotRunning, m.Name)
 	}
 	ac, err := onboard.Dial(state, m.Address())
 	if err != nil {
@@ -278,7 +279,7 @@ func (r *session) renew(ctx context.Context, vm config.VM, force bool, say Say) 
 	rn, err := vmcore.RenewToken(ctx, vm.Name, r.cfg.Workload.TokenLifetime.Duration, force, r.store, deps)
 	switch {
 	case errors.Is(err, vmcore.ErrNotRunning):
-		return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, rn.MachineState, vm.Name)
+		return reason.Wrap(fmt.Errorf("VM %s is %s", vm.Name, rn.MachineState), reason.VMStoppedRenew, vm.Name)
 	case err != nil:
 		return err
 	case rn.Kept:

@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/meshvm/meshvm/pkg/reason"
+)
+
+// The advice reads as it did when the packages below wrote it: after the
+// reason's own message, inside whatever wraps it.
+func TestAdviceReadsAsBefore(t *testing.T) {
+	stopped := reason.Wrap(errors.New("VM vm1 is stopped"), reason.VMStoppedRenew, "vm1")
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{stopped, "VM vm1 is stopped: start it (hostctl vm start vm1), then renew"},
+		{fmt.Errorf("vm1: %w", stopped), "vm1: VM vm1 is stopped: start it (hostctl vm start vm1), then renew"},
+		{errors.Join(fmt.Errorf("vm1: %w", stopped), errors.New("vm2: other")),
+			"vm1: VM vm1 is stopped: start it (hostctl vm start vm1), then renew\nvm2: other"},
+		{errors.New("no reason"), "no reason"},
+	} {
+		if got := adviseError(tc.err).Error(); got != tc.want {
+			t.Errorf("got %q, want %q", got, tc.want)
+		}
+	}
+	if got := advise("", reason.Because(reason.VMStopped, "vm1")); got != "run hostctl vm start vm1 (or hostctl up)" {
+		t.Errorf("status of a stopped VM: got %q", got)
+	}
+	if got := advise("restart the sidecar", reason.Because(reason.CaptureRestart, "vm1")); got != "restart the sidecar (hostctl vm onboard vm1 --restart)" {
+		t.Errorf("capture fix: got %q", got)
+	}
+	if got := advise("no WorkloadEntry: the sidecar has not reached istiod", reason.Because(reason.NoEntry, "vm1")); got != "no WorkloadEntry: the sidecar has not reached istiod; see hostctl vm logs vm1" {
+		t.Errorf("status without an entry: got %q", got)
+	}
+	if got := advise("WorkloadEntry not Healthy (refused)", reason.Because(reason.OwnAppUnhealthy, "own", "8000")); got != "WorkloadEntry not Healthy (refused): hostctl runs no app on own (app: false), so Healthy waits on yours: start it on port 8000" {
+		t.Errorf("own app: got %q", got)
+	}
+}
+
+// Every advice takes its arguments by index, so that each formats with
+// the arguments its reason is given and no more: a missing one would
+// print %!s(MISSING).
+func TestAdviceTakesItsArguments(t *testing.T) {
+	verb := regexp.MustCompile(`%(\[\d\])?.`)
+	for r, a := range advices {
+		for _, v := range verb.FindAllString(a.text, -1) {
+			if !regexp.MustCompile(`^%\[[12]\]s$`).MatchString(v) {
+				t.Errorf("%s: %q takes an argument by position (%s), not by index", r, a.text, v)
+			}
+		}
+		if got := advise("x", reason.Because(r, "vm1", "8000")); strings.Contains(got, "%!") || a.text == "" {
+			t.Errorf("%s: got %q", r, got)
+		}
+	}
+}
