@@ -31,6 +31,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/machinetest"
@@ -40,11 +41,20 @@ import (
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 )
 
-// stepLines is a Reporter that keeps its lines.
+// stepLines keeps the lines a Reporter is told: step, VM, message and the
+// cause's reason in brackets.
 type stepLines []string
 
-func (s *stepLines) Step(step, vm, format string, args ...any) {
-	*s = append(*s, step+" "+vm+": "+fmtLine(format, args...))
+func (s *stepLines) report(e progress.Event) {
+	*s = append(*s, eventLine(e))
+}
+
+func eventLine(e progress.Event) string {
+	line := string(e.Step) + " " + e.VM + ": " + e.Message
+	if e.Reason != "" {
+		line += " [" + string(e.Reason) + "]"
+	}
+	return line
 }
 
 // driveSite is agentSite with the cluster's id, which a target snapshot asks.
@@ -59,7 +69,7 @@ func driveSession(t *testing.T, ms machine.Provider) (*session, *stepLines) {
 	site := driveSite{agentSite{ms: ms}}
 	cfg := config.Default()
 	cfg.VMs = []config.VM{{Name: "vm1"}}
-	return &session{cfg: cfg, state: vm.state, site: site, spec: WorkloadSpec(cfg), p: lines,
+	return &session{cfg: cfg, state: vm.state, site: site, spec: WorkloadSpec(cfg), p: lines.report,
 		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(site, istioinstall.Namespace, nil)}, lines
 }
 
@@ -214,7 +224,7 @@ func newDriveFixture(t *testing.T) driveFixture {
 	site := sidecarSite{driveSite{agentSite{ms: vm.ms}}, side}
 	spec := WorkloadSpec(cfg)
 	lines := &lockedLines{}
-	r := &session{cfg: cfg, state: vm.state, site: site, spec: spec, clients: fakeCluster(spec), p: lines,
+	r := &session{cfg: cfg, state: vm.state, site: site, spec: spec, clients: fakeCluster(spec), p: lines.report,
 		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(site, istioinstall.Namespace, nil)}
 	addr := vm.m.Address()
 	return driveFixture{r: r, vm: vm, lines: lines, addr: addr, entry: "external-app-" + addr}
@@ -282,10 +292,10 @@ type lockedLines struct {
 	lines []string
 }
 
-func (l *lockedLines) Step(step, vm, format string, args ...any) {
+func (l *lockedLines) report(e progress.Event) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lines = append(l.lines, step+" "+vm+": "+fmt.Sprintf(format, args...))
+	l.lines = append(l.lines, eventLine(e))
 }
 
 func (l *lockedLines) all() []string {

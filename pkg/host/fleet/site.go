@@ -16,6 +16,7 @@ import (
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/multipass"
@@ -155,8 +156,6 @@ func multipassProvider(stderr io.Writer) *multipass.Provider {
 	}}
 }
 
-// Reporter is told each step of long work as it happens, for one VM or for
-// the site ("" vm): hostctl prints "[n/N] step VM: detail (elapsed)".
-type Reporter interface {
-	Step(step, vm, format string, args ...any)
-}
+// Reporter is the progress channel: each step of long work as it happens,
+// for one VM or for the site ("" vm), rendered by the CLI.
+type Reporter = progress.Reporter

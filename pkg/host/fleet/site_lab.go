@@ -13,6 +13,7 @@ import (
 	"github.com/meshvm/meshvm/lab/mesh"
 	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -203,7 +204,7 @@ type lineWriter struct {
 
 func (w lineWriter) Write(b []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		w.p.Step(w.name, "", "%s", strings.TrimSpace(line))
+		w.p.Step(progress.Step(w.name), "", "%s", strings.TrimSpace(line))
 	}
 	return len(b), nil
 }

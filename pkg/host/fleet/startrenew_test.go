@@ -24,6 +24,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/machinetest"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -156,7 +157,7 @@ func TestRenewRotatesOnlyTheToken(t *testing.T) {
 	})
 	ctx := testCtx(t)
 	var said []string
-	say := func(format string, args ...any) { said = append(said, fmtLine(format, args...)) }
+	say := func(e progress.Event) { said = append(said, e.Message) }
 
 	fresh := jwt(t, r.spec, time.Now().Add(-time.Hour), time.Now().Add(72*time.Hour))
 	if err := r.store.SetToken("vm1", fresh); err != nil {
@@ -204,7 +205,7 @@ func TestRenewRefusesAStoppedVM(t *testing.T) {
 	stopped := d.vm.m
 	stopped.State = machine.Stopped
 	d.r.site = sidecarSite{driveSite{agentSite{ms: machinetest.New(stopped)}}, d.r.site.(sidecarSite).side}
-	err := d.r.renew(testCtx(t), d.r.cfg.VMs[0], true, func(string, ...any) {})
+	err := d.r.renew(testCtx(t), d.r.cfg.VMs[0], true, nil)
 	if r, ok := reason.Of(err); !ok || err.Error() != "VM vm1 is stopped" || r.Reason != reason.VMStoppedRenew {
 		t.Errorf("got %v, want VM vm1 is stopped, for the CLI to say how to start it", err)
 	}

@@ -68,7 +68,7 @@ type VMStatus struct {
 
 // Statuses gathers the status of vms, every VM at once. say is told what
 // could not be learned, and what follows from it.
-func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, say Say) ([]VMStatus, error) {
+func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, p Reporter) ([]VMStatus, error) {
 	cfg, state, site := f.Config, f.State, f.Site
 	clients, err := KubeClients(site.Kubeconfig())
 	if err != nil {
@@ -78,7 +78,7 @@ func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, say Say) ([]VMSta
 	// Without the list, revocation is unknown, not assumed.
 	bindings, bindErr := workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
 	if bindErr != nil {
-		say("%v: revoked tokens are not told apart", bindErr)
+		p.Say("%v: revoked tokens are not told apart", bindErr)
 	}
 	siteRev := site.Revision(ctx)
 	out := make([]VMStatus, len(vms))

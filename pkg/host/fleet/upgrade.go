@@ -7,13 +7,14 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
 // OnboardSteps are the steps Onboard and Upgrade report; StartSteps Start's.
 var (
-	OnboardSteps = []string{"control plane", "workload", "agent", "onboard", "healthy"}
-	StartSteps   = []string{"machine", "agent", "healthy"}
+	OnboardSteps = []progress.Step{progress.ControlPlane, progress.Workload, progress.Agent, progress.Onboard, progress.Healthy}
+	StartSteps   = []progress.Step{progress.Machine, progress.Agent, progress.Healthy}
 )
 
 // Upgrade moves the VMs onto revision rev ("" is the default), parallel at a

@@ -18,13 +18,9 @@ import (
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-// Say is told one line of what a command did, as it happens. It may be
-// called from several VMs' goroutines at once.
-type Say func(format string, args ...any)
-
 // Revoke deletes the Secret each VM's token is bound to: the API server
 // refuses the token from then on.
-func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, say Say) error {
+func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, p Reporter) error {
 	cfg, s := f.Config, f.Site
 	clients, err := KubeClients(s.Kubeconfig())
 	if err != nil {
@@ -38,9 +34,9 @@ func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, say Say) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 		case !revoked:
-			say("%s: no Secret %s/%s: already revoked, or never onboarded", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
+			p.Say("%s: no Secret %s/%s: already revoked, or never onboarded", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
 		default:
-			say("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)",
+			p.Say("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)",
 				vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name), vm.Name)
 		}
 	}
@@ -75,14 +71,14 @@ func (f *Fleet) Add(ctx context.Context, p Reporter, name string) error {
 
 // Remove deletes VM name, its WorkloadEntry, its token and its state, then
 // runs unlist (the config file is the caller's).
-func (f *Fleet) Remove(ctx context.Context, name string, say Say, unlist func() error) error {
+func (f *Fleet) Remove(ctx context.Context, name string, p Reporter, unlist func() error) error {
 	cfg, state, s := f.Config, f.State, f.Site
-	rm := &vmRemoval{cfg: cfg, state: state, site: s, ctx: ctx, name: name, say: say}
+	rm := &vmRemoval{cfg: cfg, state: state, site: s, ctx: ctx, name: name, p: p}
 	var errs []error
 	m, err := s.Machines().Info(ctx, name)
 	switch {
 	case errors.Is(err, machine.ErrNotFound):
-		say("no machine %s", name)
+		p.Say("no machine %s", name)
 	case err != nil:
 		return err
 	default:
@@ -104,7 +100,7 @@ type vmRemoval struct {
 	site  Site
 	ctx   context.Context
 	name  string
-	say   Say
+	p     Reporter
 
 	clients    workload.Clients
 	clientsErr error
@@ -125,7 +121,7 @@ func (rm *vmRemoval) machine() error {
 	if err != nil {
 		return err
 	}
-	rm.say("machine %s %s", rm.name, how)
+	rm.p.Say("machine %s %s", rm.name, how)
 	return nil
 }
 
@@ -146,9 +142,9 @@ func (rm *vmRemoval) entry(m machine.Machine) error {
 	case err != nil:
 		return reason.Wrap(err, reason.ClusterUnreachable)
 	case addr == "":
-		rm.say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
+		rm.p.Say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
 	case gone != "":
-		rm.say("WorkloadEntry %s deleted", gone)
+		rm.p.Say("WorkloadEntry %s deleted", gone)
 	}
 	return nil
 }
@@ -158,7 +154,7 @@ func (rm *vmRemoval) entry(m machine.Machine) error {
 func (rm *vmRemoval) token() error {
 	_, deps, err := rm.core()
 	if err != nil {
-		rm.say("token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers", rm.name, err, rm.name)
+		rm.p.Say("token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers", rm.name, err, rm.name)
 		return nil
 	}
 	revoked, err := vmcore.Revoke(rm.ctx, rm.name, deps)
@@ -166,14 +162,14 @@ func (rm *vmRemoval) token() error {
 		return err
 	}
 	if revoked {
-		rm.say("token revoked (Secret %s/%s deleted)", rm.cfg.Workload.Namespace, workload.CredentialName(rm.name))
+		rm.p.Say("token revoked (Secret %s/%s deleted)", rm.cfg.Workload.Namespace, workload.CredentialName(rm.name))
 	}
 	return nil
 }
 
 // Stop powers the VMs off, keeping their disks, where the machines are
 // hostctl's to power off.
-func (f *Fleet) Stop(ctx context.Context, vms []config.VM, say Say) error {
+func (f *Fleet) Stop(ctx context.Context, vms []config.VM, p Reporter) error {
 	cfg, s := f.Config, f.Site
 	stopper, ok := s.Machines().(machine.Stopper)
 	if !ok {
@@ -183,7 +179,7 @@ func (f *Fleet) Stop(ctx context.Context, vms []config.VM, say Say) error {
 		if err := stopper.Stop(ctx, vm.Name); err != nil {
 			return err
 		}
-		say("%s stopped", vm.Name)
+		p.Say("%s stopped", vm.Name)
 		return nil
 	})
 }
@@ -260,20 +256,20 @@ func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines
 // Renew rotates the istio-token of each running VM whose token is past
 // half its life (every one with force) through the core: only that file
 // is sent, and nothing restarts.
-func (f *Fleet) Renew(ctx context.Context, vms []config.VM, force bool, say Say) error {
+func (f *Fleet) Renew(ctx context.Context, vms []config.VM, force bool, p Reporter) error {
 	r, err := observe(nil, f)
 	if err != nil {
 		return err
 	}
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		return r.renew(ctx, vm, force, say)
+		return r.renew(ctx, vm, force, p)
 	})
 }
 
-func (r *session) renew(ctx context.Context, vm config.VM, force bool, say Say) error {
+func (r *session) renew(ctx context.Context, vm config.VM, force bool, p Reporter) error {
 	deps := r.coreDeps(func(e vmcore.Event) {
 		if e.Reason == vmcore.TokenCapped {
-			say("%s: %s", vm.Name, e.Message)
+			p.Say("%s: %s", vm.Name, e.Message)
 		}
 	})
 	rn, err := vmcore.RenewToken(ctx, vm.Name, r.cfg.Workload.TokenLifetime.Duration, force, r.store, deps)
@@ -283,9 +279,9 @@ func (r *session) renew(ctx context.Context, vm config.VM, force bool, say Say) 
 	case err != nil:
 		return err
 	case rn.Kept:
-		say("%s: token kept (more than half its life left)", vm.Name)
+		p.Say("%s: token kept (more than half its life left)", vm.Name)
 	default:
-		say("%s: new token valid until %s sent; sidecar not restarted", vm.Name, rn.ExpiresAt.UTC().Format(time.RFC3339))
+		p.Say("%s: new token valid until %s sent; sidecar not restarted", vm.Name, rn.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	return nil
 }

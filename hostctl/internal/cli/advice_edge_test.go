@@ -1,0 +1,58 @@
+package cli
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// Advice names hostctl's commands, and only this package words it: the
+// packages under pkg/ (which the agent and a controller link too) report
+// reasons. A string literal in their code that names a command of this
+// tree ("run hostctl up", "hostctl vm onboard vm1", "run hostctl again") fails here.
+func TestNoAdviceBelowTheCLI(t *testing.T) {
+	var names []string
+	for _, c := range New().Commands() {
+		names = append(names, regexp.QuoteMeta(c.Name()))
+	}
+	if len(names) < 5 {
+		t.Fatalf("the command tree has %d commands: the check would pass on nothing", len(names))
+	}
+	advice := regexp.MustCompile(`\bhostctl (` + strings.Join(names, "|") + `)\b|\brun hostctl\b|\bhostctl again\b`)
+	root := filepath.Join("..", "..", "..", "pkg")
+	files := 0
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		files++
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			lit, ok := n.(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING {
+				return true
+			}
+			if s, err := strconv.Unquote(lit.Value); err == nil && advice.MatchString(s) {
+				t.Errorf("%s: advice %q: return a reason (pkg/reason) and word it in advice.go", fset.Position(lit.Pos()), s)
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < 50 {
+		t.Fatalf("read %d files under %s: the check would pass on nothing", files, root)
+	}
+}
