@@ -28,6 +28,9 @@ var advices = map[reason.Reason]advice{
 	reason.VMNoAddress:     {"", "check the machine's network (multipass info %[1]s), then run hostctl up"},
 	reason.VMStoppedRenew:  {"", "start it (hostctl vm start %[1]s), then renew"},
 	reason.VMGone:          {"", "run hostctl up to create it"},
+	reason.MachineTimedOut: {", then ", "run hostctl up again (it carries on with the instance)"},
+	reason.MachineLost:     {", then ", "hostctl up again"},
+	reason.MachineYours:    {" ", "(hostctl down already uninstalled the agent)"},
 
 	// A VM's agent.
 	reason.AgentUnreachable:  {"", "run hostctl up to reinstall the agent"},
@@ -55,6 +58,12 @@ var advices = map[reason.Reason]advice{
 	reason.NoEntry:            {"; ", "see hostctl vm logs %[1]s"},
 	reason.OwnAppUnhealthy:    {"", "hostctl runs no app on %[1]s (app: false), so Healthy waits on yours: start it on port %[2]s"},
 	reason.EntryStale:         {"", "see hostctl vm logs %[1]s"},
+	reason.EntryTimedOut:      {" ", "(see hostctl vm logs)"},
+	reason.NotBackOnline:      {"; then ", "run hostctl vm onboard %[1]s"},
+	reason.TokenRevoked:       {" ", "(hostctl vm onboard %[1]s issues a new token)"},
+	reason.TokenNotRevoked:    {"", "run hostctl vm rm %[1]s again once the cluster answers"},
+	reason.RevisionKept:       {"", "hostctl vm upgrade %[1]s --revision %[2]s moves it"},
+	reason.NotBackOnRevision:  {"", "roll it back with hostctl vm upgrade %[1]s --revision %[2]s"},
 
 	// Credentials.
 	reason.CredentialsReissue:    {"", "run hostctl vm onboard %[1]s (a new token bound to a new Secret; no restart)"},
@@ -63,10 +72,24 @@ var advices = map[reason.Reason]advice{
 	reason.CredentialsOverdue:    {"", "see hostctl vm logs %[1]s and hostctl doctor"},
 	reason.CredentialsTokenAging: {"", "run hostctl vm renew %[1]s (or hostctl up): it replaces the token, no restart"},
 
-	// The cluster and Istio.
+	// The cluster, Istio and the workstation.
+	reason.ConfigField:        {"", "fix the field (hostctl config show prints every field with its default)"},
+	reason.ChangedWhileRead:   {"", "run hostctl again"},
 	reason.ClusterDown:        {"", "run hostctl up"},
+	reason.ClusterStopped:     {"", "run hostctl cluster up"},
+	reason.ClusterNotUp:       {"", "is the cluster up? run hostctl up (or hostctl cluster up)"},
+	reason.ClusterUnreachable: {" ", "(is the cluster up? hostctl up starts it)"},
+	reason.ClusterUnanswered:  {"", "is the cluster up? (hostctl cluster status)"},
+	reason.IstiodNotReady:     {"", "run hostctl up"},
 	reason.IstiodNotInstalled: {"", "run hostctl up (it installs and waits for istiod)"},
+	reason.IstioNotInstalled:  {"", "run hostctl istio install"},
+	reason.IstioIncomplete:    {"", "run hostctl istio install"},
 	reason.IstioVersionDown:   {"", "run hostctl up"},
+	reason.RevisionNotReady:   {"", "install that revision first (for meshvm's Istio: istio.revision: %[1]s, then hostctl up)"},
+	reason.MeshConfigMissing:  {"", "is Istio (revision %[1]s) installed? run hostctl up"},
+	reason.NoGatewayAddress:   {"", "run hostctl up (it waits for it and names what holds it up)"},
+	reason.TwoIstios:          {" ", "(hostctl down removes meshvm's)"},
+	reason.LabVMsLeft:         {"", "list them under vms and run hostctl down again to delete them"},
 }
 
 // adviceOn is the advice for c, "" when its reason has none.
@@ -102,8 +125,8 @@ func advise(text string, c reason.Cause) string {
 }
 
 // advisedError is a command's error with the advice on each reason it
-// carries inserted right after that reason's message, where the message
-// said it before the advice moved here.
+// carries right after that reason's message, where the message said it
+// before the advice moved here.
 type advisedError struct {
 	err error
 	msg string
@@ -114,41 +137,10 @@ func (e advisedError) Unwrap() error { return e.err }
 
 // adviseError words the advice on the reasons err carries.
 func adviseError(err error) error {
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	changed := false
-	walkReasons(err, func(r *reason.Error) {
-		inner := r.Error()
-		a, ok := adviceOn(reason.Cause{Reason: r.Reason, Args: r.Args})
-		if i := strings.Index(msg, inner); ok && i >= 0 {
-			end := i + len(inner)
-			msg = msg[:end] + a.sep + a.text + msg[end:]
-			changed = true
-		}
-	})
-	if !changed {
+	if _, ok := reason.Of(err); !ok {
 		return err
 	}
-	return advisedError{err, msg}
-}
-
-// walkReasons calls fn on every *reason.Error in err's tree, outermost first.
-func walkReasons(err error, fn func(*reason.Error)) {
-	if r, ok := err.(*reason.Error); ok {
-		fn(r)
-	}
-	switch u := err.(type) {
-	case interface{ Unwrap() error }:
-		if next := u.Unwrap(); next != nil {
-			walkReasons(next, fn)
-		}
-	case interface{ Unwrap() []error }:
-		for _, next := range u.Unwrap() {
-			walkReasons(next, fn)
-		}
-	}
+	return advisedError{err, reason.Format(err, advise)}
 }
 
 // adviseErrors makes every command of the tree word the advice on the

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // Advice names hostctl's commands, and only this package words it: the
@@ -54,5 +56,43 @@ func TestNoAdviceBelowTheCLI(t *testing.T) {
 	}
 	if files < 50 {
 		t.Fatalf("read %d files under %s: the check would pass on nothing", files, root)
+	}
+}
+
+// Every reason pkg/reason declares has its advice here, and the table
+// advises on no reason that is not declared.
+func TestEveryReasonHasAdvice(t *testing.T) {
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, filepath.Join("..", "..", "..", "pkg", "reason", "reason.go"), nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	declared := map[reason.Reason]bool{}
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range g.Specs {
+			v := spec.(*ast.ValueSpec)
+			if id, ok := v.Type.(*ast.Ident); !ok || id.Name != "Reason" || len(v.Values) != 1 {
+				continue
+			}
+			s, _ := strconv.Unquote(v.Values[0].(*ast.BasicLit).Value)
+			declared[reason.Reason(s)] = true
+		}
+	}
+	if len(declared) < 20 {
+		t.Fatalf("found %d reasons in pkg/reason: the check would pass on nothing", len(declared))
+	}
+	for r := range declared {
+		if _, ok := advices[r]; !ok && r != reason.None {
+			t.Errorf("reason %s has no advice in advice.go", r)
+		}
+	}
+	for r := range advices {
+		if !declared[r] {
+			t.Errorf("advice.go advises on %s, which pkg/reason does not declare", r)
+		}
 	}
 }

@@ -23,6 +23,11 @@ func TestAdviceReadsAsBefore(t *testing.T) {
 		{errors.Join(fmt.Errorf("vm1: %w", stopped), errors.New("vm2: other")),
 			"vm1: VM vm1 is stopped: start it (hostctl vm start vm1), then renew\nvm2: other"},
 		{errors.New("no reason"), "no reason"},
+		// Two VMs' errors alike: each gets its advice once.
+		{errors.Join(stopped, stopped), "VM vm1 is stopped: start it (hostctl vm start vm1), then renew\nVM vm1 is stopped: start it (hostctl vm start vm1), then renew"},
+		// A reason inside a reason: each advice after its own message.
+		{reason.Wrap(fmt.Errorf("did not come back (%w)", stopped), reason.NotBackOnRevision, "vm1", "default"),
+			"did not come back (VM vm1 is stopped: start it (hostctl vm start vm1), then renew): roll it back with hostctl vm upgrade vm1 --revision default"},
 	} {
 		if got := adviseError(tc.err).Error(); got != tc.want {
 			t.Errorf("got %q, want %q", got, tc.want)

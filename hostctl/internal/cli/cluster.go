@@ -141,6 +141,9 @@ func reportComponents(w io.Writer, format string, out []fleet.Component, good ..
 }
 
 func printComponents(w io.Writer, format string, out []fleet.Component) error {
+	for i := range out {
+		out[i].Detail = advise(out[i].Detail, out[i].Cause)
+	}
 	return render(w, format, out, []string{"COMPONENT", "STATE", "DETAIL"},
 		func(c fleet.Component) []string { return []string{c.Name, c.State, c.Detail} })
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // cluster status asks the site for the processes it runs instead of
@@ -17,7 +18,7 @@ func TestClusterProcessesComeFromTheSite(t *testing.T) {
 	}
 	var lab Site = newLabSite(config.Default(), state, labMachines(state))
 	got := lab.Processes()
-	if len(got) != 3 || got[0].Name != "etcd" || got[0].State != "stopped" || got[0].Detail != "run hostctl cluster up" {
+	if len(got) != 3 || got[0].Name != "etcd" || got[0].State != "stopped" || got[0].Reason != reason.ClusterStopped {
 		t.Errorf("lab: got %+v, want etcd, kube-apiserver and kube-controller-manager stopped", got)
 	}
 	var yours Site = &clusterSite{cfg: config.Default(), state: state}

@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // How long the driver waits on the world, as hostctl always has: an agent
@@ -44,8 +46,9 @@ type drive struct {
 	// patience is how long the entry is awaited once the files are out
 	// (entryPatience when 0).
 	patience time.Duration
-	// then is the next step named after a VM that did not come through in time.
-	then string
+	// then is the reason of a VM that did not come through in time, for
+	// the next step to be named after its own.
+	then reason.Reason
 }
 
 func (d drive) entryPatience() time.Duration {
@@ -134,7 +137,7 @@ func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event
 		}
 	case vmcore.RevisionKept:
 		want := revisionName(r.site.Revision(ctx))
-		r.p.Step("onboard", name, "%s: hostctl vm upgrade %s --revision %s moves it", e.Message, name, want)
+		r.p.Report(progress.Event{Step: progress.Onboard, VM: name, Message: e.Message, Cause: reason.Because(reason.RevisionKept, name, want)})
 	case vmcore.Joining, vmcore.TokenCapped, vmcore.Delivered:
 		r.p.Step("onboard", name, "%s", e.Message)
 	case vmcore.WaitsOnOwnApp:
@@ -153,22 +156,22 @@ func giveUp(spec vmcore.Spec, res vmcore.Result, synced time.Time, d drive) erro
 	if c, _ := cs.Get(vmcore.Machine); c.Status == vmcore.False {
 		switch c.Reason {
 		case vmcore.MachineNotFound:
-			return fmt.Errorf("no VM %s: run hostctl up (or hostctl vm add %s) to create it", name, name)
+			return reason.Wrap(fmt.Errorf("no VM %s", name), reason.VMNotFound, name)
 		case vmcore.MachineNotRunning:
-			return fmt.Errorf("VM %s is %s: run hostctl vm start %s", name, res.Status.MachineState, name)
+			return reason.Wrap(fmt.Errorf("VM %s is %s", name, res.Status.MachineState), reason.VMNotRunning, name)
 		default:
 			return res.Cause
 		}
 	}
 	if c, _ := cs.Get(vmcore.AgentReachable); c.Status == vmcore.False && time.Since(c.LastTransitionTime) >= agentPatience {
-		return fmt.Errorf("%s: agent not answering after 30s: %w: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it", name, res.Cause)
+		return reason.Wrap(fmt.Errorf("%s: agent not answering after 30s: %w", name, res.Cause), reason.AgentNotAnswering)
 	}
 	if synced.IsZero() || time.Since(synced) < d.entryPatience() {
 		return nil
 	}
 	err := notOnboarded(spec, res.Status, d.entryPatience())
 	if d.then != "" {
-		return fmt.Errorf("%w; then %s", err, d.then)
+		return reason.Wrap(err, d.then, name)
 	}
 	return err
 }
@@ -181,11 +184,11 @@ func notOnboarded(spec vmcore.Spec, st vmcore.Status, timeout time.Duration) err
 	healthy, _ := st.Conditions.Get(vmcore.Healthy)
 	switch {
 	case registered.Reason == vmcore.NoEntry:
-		return fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", st.Address, timeout)
+		return reason.Wrap(fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod", st.Address, timeout), reason.EntryTimedOut)
 	case !spec.RunsApp:
-		return fmt.Errorf("WorkloadEntry %s: the sidecar has not (re)connected to istiod after %s (see hostctl vm logs)", e.Name, timeout)
+		return reason.Wrap(fmt.Errorf("WorkloadEntry %s: the sidecar has not (re)connected to istiod after %s", e.Name, timeout), reason.EntryTimedOut)
 	case healthy.Reason == vmcore.NotReconnected:
-		return fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s (see hostctl vm logs)", e.Name, timeout)
+		return reason.Wrap(fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s", e.Name, timeout), reason.EntryTimedOut)
 	default:
 		return fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", e.Name, timeout, orNone(e.Message), spec.ProbePort)
 	}

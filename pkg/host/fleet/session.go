@@ -15,6 +15,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // session is a site whose cluster and Istio are up, with what every per-VM
@@ -57,7 +58,7 @@ func attach(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
 	s := f.Site
 	detail, err := s.IstiodReady(ctx, s.Revision(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("istiod is not ready (%w): run hostctl up", err)
+		return nil, reason.Wrap(fmt.Errorf("istiod is not ready (%w)", err), reason.IstiodNotReady)
 	}
 	p.Step("control plane", "", "istiod %s", detail)
 	return workloadSession(ctx, p, f)

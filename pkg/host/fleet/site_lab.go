@@ -18,6 +18,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // labSite is the lab: a control plane built from source running as local
@@ -174,8 +175,8 @@ func (s *labSite) DownCluster(ctx context.Context, p Reporter, vmsGone bool) err
 			if err := labstack.DownCluster(ctx, s.state.Path("lab")); err != nil {
 				return err
 			}
-			p.Step("cluster", "", "lab control plane stopped and its state removed; lab VM(s) %s are not in the config and stay: list them under vms and run hostctl down again to delete them",
-				strings.Join(names, ", "))
+			p.Report(progress.Event{Step: progress.Cluster, Cause: reason.Because(reason.LabVMsLeft),
+				Message: fmt.Sprintf("lab control plane stopped and its state removed; lab VM(s) %s are not in the config and stay", strings.Join(names, ", "))})
 			return nil
 		}
 		// Nothing of the lab is left to keep: its whole state directory goes.

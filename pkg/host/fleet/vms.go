@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -36,8 +37,9 @@ func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, p Reporter) error {
 		case !revoked:
 			p.Say("%s: no Secret %s/%s: already revoked, or never onboarded", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
 		default:
-			p.Say("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)",
-				vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name), vm.Name)
+			p.Report(progress.Event{Cause: reason.Because(reason.TokenRevoked, vm.Name),
+				Message: fmt.Sprintf("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires",
+					vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))})
 		}
 	}
 	return errors.Join(errs...)
@@ -154,7 +156,7 @@ func (rm *vmRemoval) entry(m machine.Machine) error {
 func (rm *vmRemoval) token() error {
 	_, deps, err := rm.core()
 	if err != nil {
-		rm.p.Say("token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers", rm.name, err, rm.name)
+		rm.p.Report(progress.Event{Message: fmt.Sprintf("token of %s not revoked (%v)", rm.name, err), Cause: reason.Because(reason.TokenNotRevoked, rm.name)})
 		return nil
 	}
 	revoked, err := vmcore.Revoke(rm.ctx, rm.name, deps)
@@ -217,7 +219,7 @@ func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration
 	r.p.Step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
 	spec := r.onboardSpec(vm, false, false)
 	spec.KeepFiles = true
-	_, err = r.converge(ctx, spec, drive{agentLine: "answering", patience: timeout, then: "run hostctl vm onboard " + vm.Name})
+	_, err = r.converge(ctx, spec, drive{agentLine: "answering", patience: timeout, then: reason.NotBackOnline})
 	return err
 }
 
