@@ -82,10 +82,9 @@ type Fleet struct {
 }
 
 // Open is the fleet of the config, starting nothing: agent gives the vmagent
-// binaries it installs, stderr is where a Multipass launch says what it
-// waits for.
-func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent func(arch string) ([]byte, error), stderr io.Writer) (*Fleet, error) {
-	s, err := openSite(ctx, cfg, state, stderr)
+// binaries it installs, p is told what a Multipass launch waits for.
+func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent func(arch string) ([]byte, error), p Reporter) (*Fleet, error) {
+	s, err := openSite(ctx, cfg, state, p)
 	if err != nil {
 		return nil, err
 	}
@@ -93,8 +92,8 @@ func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent fun
 }
 
 // openSite is the site the config names.
-func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stderr io.Writer) (Site, error) {
-	ms := machinesFor(cfg, state, stderr)
+func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, p Reporter) (Site, error) {
+	ms := machinesFor(cfg, state, p)
 	v := cfg.Istio.Version
 	if cfg.Cluster.Provider == config.Lab {
 		if v != "" && v != istioinstall.EmbeddedVersion {
@@ -115,7 +114,7 @@ func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stder
 		if cfg.Cluster.Servers != 1 {
 			return nil, fmt.Errorf("cluster.servers %d: hostctl provisions one k3s server (HA servers are not built): set it to 1", cfg.Cluster.Servers)
 		}
-		cs.kc, cs.k3s = state.Path("kubeconfig"), multipassProvider(stderr)
+		cs.kc, cs.k3s = state.Path("kubeconfig"), multipassProvider(p)
 	case config.SSH:
 		// k3s on the nodes you list.
 		hosts := map[string]ssh.Host{}
@@ -128,7 +127,7 @@ func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stder
 }
 
 // machinesFor is the provider of the config's VMs.
-func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machine.Provider {
+func machinesFor(cfg config.Config, state *statedir.Dir, p Reporter) machine.Provider {
 	switch cfg.MachineProvider() {
 	case config.Lab:
 		return labMachines(state)
@@ -139,7 +138,7 @@ func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machi
 		}
 		return ssh.New(hosts, state.Path("known_hosts"))
 	}
-	return multipassProvider(stderr)
+	return multipassProvider(p)
 }
 
 // labMachines is the lab's machine provider, its VMs under the state dir.
@@ -147,12 +146,12 @@ func labMachines(state *statedir.Dir) *labmachine.Provider {
 	return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), build.DefaultCacheDir())
 }
 
-// multipassProvider says on stderr what a launch waits for (an instance
-// Starting, cloud-init), with the time since it began.
-func multipassProvider(stderr io.Writer) *multipass.Provider {
+// multipassProvider tells p what a launch waits for (an instance Starting,
+// cloud-init), with the time since it began.
+func multipassProvider(p Reporter) *multipass.Provider {
 	start := time.Now()
 	return &multipass.Provider{Progress: func(format string, args ...any) {
-		fmt.Fprintf(stderr, "multipass: %s (%s)\n", fmt.Sprintf(format, args...), time.Since(start).Round(time.Second))
+		p.Say("%s (%s)", fmt.Sprintf(format, args...), time.Since(start).Round(time.Second))
 	}}
 }
 
