@@ -75,7 +75,7 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, d drive) (vmco
 		case e.Reason != vmcore.AgentAnswering:
 			r.progress(ctx, spec, e)
 		case d.agentLine != "":
-			r.p.Step("agent", spec.Name, "%s", d.agentLine)
+			r.p.Step(progress.Agent, spec.Name, "%s", d.agentLine)
 		case d.tellAgent:
 			r.progress(ctx, spec, e)
 		}
@@ -119,32 +119,32 @@ func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event
 	name := spec.Name
 	switch e.Reason {
 	case vmcore.MachineRunning:
-		r.p.Step("machine", name, "%s", e.Message)
+		r.p.Step(progress.Machine, name, "%s", e.Message)
 	case vmcore.AppServing:
-		r.p.Step("app", name, "%s", e.Message)
+		r.p.Step(progress.App, name, "%s", e.Message)
 	case vmcore.AppOwn, vmcore.AppOwnRemoved:
 		detail := fmt.Sprintf("off (app: false): your app serves port %d", spec.AppPort)
 		if e.Reason == vmcore.AppOwnRemoved {
 			detail += "; hostctl's " + appUnitName + " removed"
 		}
-		r.p.Step("app", name, "%s", detail)
+		r.p.Step(progress.App, name, "%s", detail)
 	case vmcore.AgentAnswering:
 		if spec.Provision {
 			// up installed it: which vmagent answers.
-			r.p.Step("agent", name, "vmagent %s %s", e.Object, e.Message)
+			r.p.Step(progress.Agent, name, "vmagent %s %s", e.Object, e.Message)
 		} else {
-			r.p.Step("agent", name, "%s", e.Message)
+			r.p.Step(progress.Agent, name, "%s", e.Message)
 		}
 	case vmcore.RevisionKept:
 		want := revisionName(r.site.Revision(ctx))
 		r.p.Report(progress.Event{Step: progress.Onboard, VM: name, Message: e.Message, Cause: reason.Because(reason.RevisionKept, name, want)})
 	case vmcore.Joining, vmcore.TokenCapped, vmcore.Delivered:
-		r.p.Step("onboard", name, "%s", e.Message)
+		r.p.Step(progress.Onboard, name, "%s", e.Message)
 	case vmcore.WaitsOnOwnApp:
-		r.p.Step("healthy", name, "WorkloadEntry %s registered, sidecar connected; Healthy waits on your app answering on port %d (app: false)",
+		r.p.Step(progress.Healthy, name, "WorkloadEntry %s registered, sidecar connected; Healthy waits on your app answering on port %d (app: false)",
 			e.Object, r.cfg.Workload.Probe.Port)
 	case vmcore.EntryHealthy, vmcore.StaleEntryDeleted:
-		r.p.Step("healthy", name, "%s", e.Message)
+		r.p.Step(progress.Healthy, name, "%s", e.Message)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/formcache"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -60,7 +61,7 @@ func attach(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
 	if err != nil {
 		return nil, reason.Wrap(fmt.Errorf("istiod is not ready (%w)", err), reason.IstiodNotReady)
 	}
-	p.Step("control plane", "", "istiod %s", detail)
+	p.Step(progress.ControlPlane, "", "istiod %s", detail)
 	return workloadSession(ctx, p, f)
 }
 
@@ -76,7 +77,7 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 		return nil, err
 	}
 	for _, ch := range changes {
-		p.Step("workload", "", "%s %s", ch.Object, ch.Action)
+		p.Step(progress.Workload, "", "%s %s", ch.Object, ch.Action)
 	}
 	return r, nil
 }

@@ -29,7 +29,7 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 	if err != nil {
 		return 0, reason.Wrap(fmt.Errorf("istiod of revision %s is not ready (%w)", revisionName(rev), err), reason.RevisionNotReady, revisionName(rev))
 	}
-	p.Step("control plane", "", "target: istiod %s", detail)
+	p.Step(progress.ControlPlane, "", "target: istiod %s", detail)
 	r, err := attach(ctx, p, f)
 	if err != nil {
 		return 0, err
@@ -87,7 +87,7 @@ func (r *session) upgrade(ctx context.Context, name, rev, siteRev string) error 
 	if move {
 		how = "moved from " + revisionName(from)
 	}
-	r.p.Step("healthy", name, "revision %s (%s in %s), registered by istiod %s", revisionName(rev), how, time.Since(start).Round(100*time.Millisecond), orDash(e.Controller))
+	r.p.Step(progress.Healthy, name, "revision %s (%s in %s), registered by istiod %s", revisionName(rev), how, time.Since(start).Round(100*time.Millisecond), orDash(e.Controller))
 	return nil
 }
 
@@ -104,7 +104,7 @@ func (r *session) labelGroup(ctx context.Context, rev string) error {
 			if rev == "" {
 				what = "no istio.io/rev: every revision's istiod serves it"
 			}
-			r.p.Step("workload", "", "%s %s (%s)", ch.Object, ch.Action, what)
+			r.p.Step(progress.Workload, "", "%s %s (%s)", ch.Object, ch.Action, what)
 		}
 	}
 	return err

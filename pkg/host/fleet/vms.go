@@ -216,7 +216,7 @@ func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration
 	if err != nil {
 		return err
 	}
-	r.p.Step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
+	r.p.Step(progress.Machine, vm.Name, "%s at %s", m.State.Lower(), m.Address())
 	spec := r.onboardSpec(vm, false, false)
 	spec.KeepFiles = true
 	_, err = r.converge(ctx, spec, drive{agentLine: "answering", patience: timeout, then: reason.NotBackOnline})
