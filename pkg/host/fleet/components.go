@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/reason"
@@ -17,20 +16,6 @@ type Component struct {
 	State  string `json:"state"`
 	Detail string `json:"detail,omitempty"`
 	reason.Cause
-}
-
-// processes are the lab cluster's control-plane processes.
-func (s *labSite) Processes() []Component {
-	var out []Component
-	dir := s.state.Path("lab", "cluster")
-	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if pid, ok := procs.Dir(dir).Running(name); ok {
-			out = append(out, Component{Name: name, State: "running", Detail: fmt.Sprintf("pid %d", pid)})
-		} else {
-			out = append(out, Component{Name: name, State: "stopped", Cause: reason.Because(reason.ClusterStopped)})
-		}
-	}
-	return out
 }
 
 // processes: a cluster of yours (or k3s) runs its own.

@@ -9,7 +9,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/traffic"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
@@ -47,7 +47,7 @@ func (f *Fleet) Verify(ctx context.Context) []Verdict {
 			add(Verdict{VM: vm.Name, Check: "istiod resolves on the VM", Result: Fail, Detail: err.Error()})
 			continue
 		}
-		ac, err := onboard.Dial(state, m.Address())
+		ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
 		if err != nil {
 			add(Verdict{VM: vm.Name, Check: "agent", Result: Fail, Detail: err.Error()})
 			continue

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
@@ -75,7 +74,7 @@ func (f *Fleet) Add(ctx context.Context, p Reporter, name string) error {
 // runs unlist (the config file is the caller's).
 func (f *Fleet) Remove(ctx context.Context, name string, p Reporter, unlist func() error) error {
 	cfg, state, s := f.Config, f.State, f.Site
-	rm := &vmRemoval{cfg: cfg, state: state, site: s, ctx: ctx, name: name, p: p}
+	rm := &vmRemoval{cfg: cfg, state: state, machines: s.Machines(), kubeconfig: s.Kubeconfig(), ctx: ctx, name: name, p: p}
 	var errs []error
 	m, err := s.Machines().Info(ctx, name)
 	switch {
@@ -97,12 +96,13 @@ func (f *Fleet) Remove(ctx context.Context, name string, p Reporter, unlist func
 // vmRemoval is Remove of one VM, step by step: the machine, its
 // WorkloadEntry, its token, its files.
 type vmRemoval struct {
-	cfg   config.Config
-	state *statedir.Dir
-	site  Site
-	ctx   context.Context
-	name  string
-	p     Reporter
+	cfg        config.Config
+	state      *statedir.Dir
+	machines   machine.Provider
+	kubeconfig string
+	ctx        context.Context
+	name       string
+	p          Reporter
 
 	clients    workload.Clients
 	clientsErr error
@@ -112,14 +112,14 @@ type vmRemoval struct {
 // kube returns the cluster's clients, made once.
 func (rm *vmRemoval) kube() (workload.Clients, error) {
 	if !rm.dialed {
-		rm.clients, rm.clientsErr = KubeClients(rm.site.Kubeconfig())
+		rm.clients, rm.clientsErr = KubeClients(rm.kubeconfig)
 		rm.dialed = true
 	}
 	return rm.clients, rm.clientsErr
 }
 
 func (rm *vmRemoval) machine() error {
-	how, err := removeVM(rm.ctx, rm.cfg, rm.state, rm.site, rm.name)
+	how, err := removeVM(rm.ctx, rm.cfg, rm.state, rm.machines, rm.name)
 	if err != nil {
 		return err
 	}
@@ -201,7 +201,7 @@ func (f *Fleet) Start(ctx context.Context, p Reporter, vms []config.VM, timeout 
 }
 
 func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration) error {
-	machines := r.site.Machines()
+	machines := r.machines
 	m, err := machines.Info(ctx, vm.Name)
 	if err != nil {
 		return reason.Wrap(err, reason.VMNotFound, vm.Name)
@@ -233,11 +233,11 @@ func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines
 	if err != nil {
 		return reason.Wrap(err, reason.VMGone)
 	}
-	if !m.Running() {
+	ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
+	switch {
+	case errors.Is(err, vmcore.ErrNotRunning):
 		return reason.Wrap(fmt.Errorf("VM %s is %s", m.Name, m.State.Lower()), reason.VMNotRunning, m.Name)
-	}
-	ac, err := onboard.Dial(state, m.Address())
-	if err != nil {
+	case err != nil:
 		return err
 	}
 	defer ac.Close()
