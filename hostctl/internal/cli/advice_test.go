@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/reason"
 )
 
@@ -61,5 +62,23 @@ func TestAdviceTakesItsArguments(t *testing.T) {
 		if got := advise("x", reason.Because(r, "vm1", "8000")); strings.Contains(got, "%!") || a.text == "" {
 			t.Errorf("%s: got %q", r, got)
 		}
+	}
+}
+
+// The progress channel renders as the lines always read: a step's event
+// with its position, VM and elapsed time, a line of no step after the
+// command's prefix, and the advice on a cause after the message.
+func TestProgressLines(t *testing.T) {
+	var b strings.Builder
+	p := newLines(&b, "up: ", progress.ControlPlane, progress.Onboard).Reporter()
+	p.Step(progress.ControlPlane, "", "istiod %s", "ready")
+	p.Report(progress.Event{Step: progress.Onboard, VM: "vm1", Message: "stays on revision canary (the VMs join default)", Cause: reason.Because(reason.RevisionKept, "vm1", "default")})
+	p.Say("%d VM(s) onboarded and Healthy in %s.", 1, "3s")
+	want := regexp.MustCompile(`^\[1/2\] control plane: istiod ready \(\d+(\.\d)?m?s\)
+\[2/2\] onboard vm1: stays on revision canary \(the VMs join default\): hostctl vm upgrade vm1 --revision default moves it \(\d+(\.\d)?m?s\)
+up: 1 VM\(s\) onboarded and Healthy in 3s\.
+$`)
+	if !want.MatchString(b.String()) {
+		t.Errorf("got:\n%s", b.String())
 	}
 }
