@@ -92,7 +92,8 @@ var advices = map[reason.Reason]advice{
 	reason.LabVMsLeft:         {"", "list them under vms and run hostctl down again to delete them"},
 }
 
-// adviceOn is the advice for c, "" when its reason has none.
+// adviceOn is the advice on c, its arguments filled in; false when its
+// reason has none.
 func adviceOn(c reason.Cause) (advice, bool) {
 	a, ok := advices[c.Reason]
 	if !ok {
