@@ -90,6 +90,13 @@ const (
 	NoGatewayAddress   Reason = "NoGatewayAddress"   // the east-west gateway has no address
 	TwoIstios          Reason = "TwoIstios"          // meshvm's Istio and another
 	LabVMsLeft         Reason = "LabVMsLeft"         // lab down left VMs the config does not list
+
+	// Fleet mode's controller (no args).
+	WorkloadNotUp  Reason = "WorkloadNotUp"  // Istio's or the workload's namespace is not there
+	MeshVMsRemain  Reason = "MeshVMsRemain"  // uninstall with MeshVMs left
+	ImageNotOnNode Reason = "ImageNotOnNode" // a node's containerd lacks the image
+	ImageNotListed Reason = "ImageNotListed" // imported, but containerd does not list it
+	K3sMissing     Reason = "K3sMissing"     // no k3s to load the image into
 )
 
 // Cause is a reason with the arguments its advice names, for a result to

@@ -90,6 +90,13 @@ var advices = map[reason.Reason]advice{
 	reason.NoGatewayAddress:   {"", "run hostctl up (it waits for it and names what holds it up)"},
 	reason.TwoIstios:          {" ", "(hostctl down removes meshvm's)"},
 	reason.LabVMsLeft:         {"", "list them under vms and run hostctl down again to delete them"},
+
+	// Fleet mode's controller.
+	reason.WorkloadNotUp:  {"", "run hostctl up first (it installs Istio and creates the workload), or set workload.namespace to the VMs' namespace"},
+	reason.MeshVMsRemain:  {"; ", "remove them first (hostctl vm rm, hostctl down), or pass --force to remove the controller anyway (they stay, with the CRD)"},
+	reason.ImageNotOnNode: {"", "run hostctl fleet install again (it loads it into every node of the cluster)"},
+	reason.ImageNotListed: {"", "run hostctl fleet install again"},
+	reason.K3sMissing:     {"", "hostctl cluster up installs it"},
 }
 
 // adviceOn is the advice on c, its arguments filled in; false when its

@@ -25,6 +25,9 @@ const (
 	Onboard      Step = "onboard"
 	Healthy      Step = "healthy"
 	Cluster      Step = "cluster"
+	// fleet install's: the controller's image, then the controller.
+	Image      Step = "image"
+	Controller Step = "controller"
 )
 
 // Event is one thing done or seen. Message is what happened; the cause,

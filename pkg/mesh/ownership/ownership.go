@@ -27,8 +27,10 @@ const (
 	Absent     Action = "absent" // nothing to delete
 	Kept       Action = "kept"   // not deleted: others may use it
 	Skipped    Action = "skipped"
-	Present    Action = "present" // a check found it
-	Missing    Action = "missing" // a check did not
+	Present    Action = "present"  // a check found it
+	Missing    Action = "missing"  // a check did not
+	Imported   Action = "imported" // an image, into a node's containerd
+	Pushed     Action = "pushed"   // an image, to a registry
 	// Yours is said of an object meshvm did not create: it is used, or
 	// left, as it is.
 	Yours Action = "not meshvm's: left as it is"
