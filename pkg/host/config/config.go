@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/machine/multipass"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // DefaultFile is looked up in the working directory when --config is not given.
@@ -284,7 +285,7 @@ func Load(path string, explicit bool, getenv func(string) string) (Config, error
 		// The default VM list is replaced, not merged, by a file that lists VMs.
 		c.VMs = nil
 		if err := yaml.UnmarshalStrict(data, &c); err != nil {
-			return Config{}, fmt.Errorf("config %s: %w: fix the field (hostctl config show prints every field with its default)", path, err)
+			return Config{}, reason.Wrap(fmt.Errorf("config %s: %w", path, err), reason.ConfigField)
 		}
 		if c.VMs == nil {
 			c.VMs = Default().VMs

@@ -93,7 +93,7 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"bad env number", "version: 1\n", "MESHVM_APP_PORT", map[string]string{"MESHVM_APP_PORT": "eighty"}},
 		{"no VM at a time", "version: 1\nparallel: 0\n", "1 or more (default 8)", nil},
 		{"no VM at a time from the environment", "version: 1\n", "parallel -2", map[string]string{"MESHVM_PARALLEL": "-2"}},
-		{"app not a bool", "version: 1\nworkload:\n  app: maybe\n", "fix the field", nil},
+		{"app not a bool", "version: 1\nworkload:\n  app: maybe\n", "cannot unmarshal", nil}, // the fix is the CLI's to word (reason.ConfigField)
 		{"app's port not probed", "version: 1\nworkload:\n  port: 9000\n", "set workload.probe.port to 9000 (or set workload.app: false", nil},
 		{"a VM's app's port not probed", "version: 1\nworkload:\n  app: false\n  port: 9000\nvms:\n- {name: a, app: true}\n", "set workload.probe.port to 9000", nil},
 		{"kubeconfig provider without file", "version: 1\ncluster:\n  provider: kubeconfig\n", "MESHVM_KUBECONFIG", nil},

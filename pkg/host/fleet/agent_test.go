@@ -22,6 +22,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 )
@@ -146,11 +147,11 @@ func TestVerifyChecksAgainstARealAgent(t *testing.T) {
 	if v := resolves(ctx, ac, "vm1", "istiod.istio-system.svc", testIstiodIP); v.Result != "ok" || !strings.Contains(v.Detail, "/etc/hosts") {
 		t.Errorf("resolves: got %+v, want ok from /etc/hosts", v)
 	}
-	if v := resolves(ctx, ac, "vm1", "istiod.istio-system.svc", "10.0.0.1"); v.Result != "FAIL" || !strings.Contains(v.Detail, "want 10.0.0.1: run hostctl up") {
+	if v := resolves(ctx, ac, "vm1", "istiod.istio-system.svc", "10.0.0.1"); v.Result != Fail || !strings.HasSuffix(v.Detail, "want 10.0.0.1") || v.Reason != reason.HostsBlockStale {
 		t.Errorf("resolves elsewhere: got %+v, want FAIL naming the fix", v)
 	}
 	// Nothing in the sandbox resolves the sample: the call's failure is the detail.
-	if v := callFromVM(ctx, ac, "vm1"); v.Result != "FAIL" || !strings.Contains(v.Detail, "helloworld.sample") {
+	if v := callFromVM(ctx, ac, "vm1"); v.Result != Fail || !strings.Contains(v.Detail, "helloworld.sample") {
 		t.Errorf("call from VM: got %+v, want FAIL naming the service", v)
 	}
 }
@@ -174,7 +175,7 @@ func TestLogsFromARealAgent(t *testing.T) {
 	}
 	stopped := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Stopped}}}
 	err := printLogs(testCtx(t), &out, vm.state, stopped, "vm1", req)
-	if err == nil || !strings.Contains(err.Error(), "run hostctl vm start vm1") {
+	if r, ok := reason.Of(err); !ok || r.Reason != reason.VMNotRunning || r.Args[0] != "vm1" {
 		t.Errorf("stopped VM: got %v, want the way to start it", err)
 	}
 }
@@ -185,7 +186,7 @@ func TestDoctorAgainstARealAgent(t *testing.T) {
 	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
-	for check, result := range map[string]string{"address": "ok", "agent": "ok", "istiod DNS": "ok", "hosts file": "fail", "proxy version": "warn"} {
+	for check, result := range map[string]Result{"address": "ok", "agent": "ok", "istiod DNS": "ok", "hosts file": "fail", "proxy version": "warn"} {
 		if got[check].Result != result {
 			t.Errorf("%s: got %+v, want %s", check, got[check], result)
 		}
@@ -211,7 +212,7 @@ func TestUnreachableAgentSaysWhy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s := vmStatus(ctx, config.Default(), vm.state, ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
-	if s.Agent != "unreachable" || s.AgentError == "" || !strings.Contains(s.Next, s.AgentError) || !strings.Contains(s.Next, "run hostctl up") {
+	if s.Agent != "unreachable" || s.AgentError == "" || !strings.Contains(s.Next, s.AgentError) || s.Reason != reason.AgentDown {
 		t.Errorf("got agent %q error %q next %q, want the reason and the fix", s.Agent, s.AgentError, s.Next)
 	}
 }
