@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -424,11 +425,13 @@ func (l *lab) size(ctx context.Context, c config, n int, first netip.Addr, worke
 	pollVMs := spread(f.sim.VMs, min(c.pollTrials, n))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	for i, vm := range pollVMs {
+	for _, vm := range pollVMs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			time.Sleep(c.poll * time.Duration(i) / time.Duration(len(pollVMs)))
+			// At a random phase of the VM's polls: spaced evenly, the stops
+			// would line up with the polls' own spacing.
+			time.Sleep(rand.N(c.poll))
 			seen := p.expectStop(vm.Name)
 			t0 := time.Now()
 			vm.StopSidecar()
@@ -536,7 +539,7 @@ func report(out io.Writer, c config, rows []sizeResult, serialN int, serial onbo
 		if w == 0 {
 			return "-"
 		}
-		return fmt.Sprintf("%.0fx", float64(measure.Percentile(r.pollSeen, 99))/float64(w))
+		return fmt.Sprintf("%.1fx", float64(measure.Percentile(r.pollSeen, 99))/float64(w))
 	})
 	lists := "a LIST of the namespace's WorkloadEntries per lookup, as vmcore does today"
 	if c.entryCache {
