@@ -374,7 +374,7 @@ func (l *lab) size(ctx context.Context, c config, n int, first netip.Addr, worke
 	r.coreVerbs = measure.Since(l.coreCount.Snapshot(), core0)
 	r.standInVerbs = measure.Since(l.standInCount.Snapshot(), standIn0)
 	r.harnessRSS = must(measure.RSS(0))
-	fmt.Fprintf(os.Stderr, "fleetbench: %d VMs Healthy in %s\n", n, r.onboard.AllHealthy.Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "fleetbench: %d of %d VMs Healthy after %s\n", len(r.onboard.PerVM), n, r.onboard.AllHealthy.Round(time.Millisecond))
 
 	plan := watchPlan{Mode: "watch", AppPort: f.spec.Port, CA: l.ca.CertPEM(), Cert: l.client.Cert, Key: l.client.Key}
 	for _, name := range f.names {
