@@ -133,6 +133,8 @@ func captureVerdict(ctx context.Context, ac *agentclient.Client, vm string) Verd
 		v.Detail = c.Detail + ": " + captureFix(c, vm)
 	case c.State == CaptureOK:
 		v.Result, v.Detail = "ok", c.Detail
+	case c.notApplicable():
+		v.Result, v.Detail = "skipped", c.Detail
 	default:
 		v.Result, v.Detail = "skipped", "not checked: "+c.Detail
 	}
