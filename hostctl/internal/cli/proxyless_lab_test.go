@@ -1,0 +1,381 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	networkingapi "istio.io/api/networking/v1alpha3"
+	securityapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
+	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
+	clientsecurity "istio.io/client-go/pkg/apis/security/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	labbuild "github.com/meshvm/meshvm/lab/build"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+)
+
+// The proxyless VMs: a gRPC server and a client, each in its own group with
+// its own service account, so each has its own SPIFFE identity.
+const (
+	pxServer, pxClient = "pxs", "pxc"
+	pxNamespace        = "vmns"
+	pxPort             = 7070
+	// pxProbe is the echo server's HTTP port, which the group probes.
+	pxProbe = 8080
+)
+
+var pxTarget = fmt.Sprintf("xds:///grpc-server.%s.svc.cluster.local:%d", pxNamespace, pxPort)
+
+func pxPrincipal(sa string) string { return "cluster.local/ns/" + pxNamespace + "/sa/" + sa }
+
+// pxConfig is a config onboarding vm proxyless in group (service account
+// of the same name), in the lab whose state is state.
+func pxConfig(t *testing.T, path, state, group, vm string) {
+	t.Helper()
+	cfg := fmt.Sprintf(`version: 1
+stateDir: %s
+cluster:
+  provider: lab
+workload:
+  namespace: %s
+  group: %s
+  serviceAccount: %s
+  port: %d
+  portName: grpc
+  app: false
+  sidecar: proxyless
+  probe: {path: /, port: %d}
+vms:
+- name: %s
+`, state, pxNamespace, group, group, pxPort, pxProbe, vm)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestProxylessOnLab onboards two proxyless VMs (pilot-agent alone, no
+// Envoy) and has them talk over Istio's mTLS with Istio's own echo server
+// and client as their apps.
+func TestProxylessOnLab(t *testing.T) {
+	_, work, cfgPath, state := labSetup(t, pxServer)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	pxConfig(t, cfgPath, state, "grpc-server", pxServer)
+	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
+	t.Logf("up:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxylessOnLab(t, ctx, work, state, cfgPath)
+}
+
+// proxylessOnLab runs the proxyless checks in a lab that is up, with the
+// server VM onboarded through serverCfg: the client VM joins through a
+// config of its own and leaves again at the end.
+func proxylessOnLab(t *testing.T, ctx context.Context, work, state, serverCfg string) {
+	t.Helper()
+	begun := time.Now()
+	clientCfg := filepath.Join(work, "proxyless-client.yaml")
+	pxConfig(t, clientCfg, state, "grpc-client", pxClient)
+	t.Cleanup(func() {
+		if out, err := run(t, "--config", clientCfg, "vm", "rm", pxClient); err != nil {
+			t.Errorf("vm rm %s: %v\n%s", pxClient, err, out)
+		}
+	})
+	out, err := run(t, "--config", clientCfg, "up", "--timeout", "10m")
+	t.Logf("up of the client VM:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "proxyless: pilot-agent runs without Envoy") {
+		t.Errorf("up does not say what a proxyless VM waits on:\n%s", out)
+	}
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), labbuild.DefaultCacheDir())
+	sh := func(vm, cmd string) string {
+		out, err := lab.Exec(ctx, vm, nil, "sh", "-c", cmd)
+		if err != nil {
+			t.Fatalf("%s: %s: %v\n%s", vm, cmd, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+
+	// pilot-agent alone, no capture, the gRPC bootstrap naming absolute certificate paths.
+	for _, vm := range []string{pxServer, pxClient} {
+		if got := sh(vm, "ls /usr/local/bin; iptables-legacy-save -t nat; iptables-nft-save -t nat"); strings.Contains(got, "envoy") || strings.Contains(got, "ISTIO_") || !strings.Contains(got, "pilot-agent") {
+			t.Errorf("%s: want pilot-agent, no envoy and no Istio chains:\n%s", vm, got)
+		}
+		boot := sh(vm, "cat "+workloadfiles.GRPCBootstrapPath)
+		if !strings.Contains(boot, `"/etc/certs/cert-chain.pem"`) || !strings.Contains(boot, "unix:///") {
+			t.Errorf("%s: gRPC bootstrap without absolute certificates or the agent's socket:\n%s", vm, boot)
+		}
+	}
+	for _, cfg := range []string{serverCfg, clientCfg} {
+		out, err := run(t, "--config", cfg, "vm", "status", "-o", "json")
+		var st []fleet.VMStatus
+		if jerr := json.Unmarshal([]byte(out), &st); jerr != nil || len(st) != 1 {
+			t.Fatalf("vm status: %v %v\n%s", err, jerr, out)
+		}
+		if c := st[0].Capture; c == nil || c.State != fleet.CaptureOff || !strings.HasPrefix(c.Detail, "not applicable: proxyless") {
+			t.Errorf("%s: capture verdict %+v, want off: not applicable: proxyless", st[0].Name, c)
+		}
+	}
+
+	// The apps: Istio's echo server on the server VM, as istio-proxy (the
+	// key is its own, 0600), after the sidecar, once the certificate is there.
+	bins, err := labbuild.Build(ctx, labbuild.Options{ModuleDir: filepath.Join(os.Getenv("MESHVM_SOURCE"), "lab", "toolchain"), CacheDir: labbuild.DefaultCacheDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(vm, name string) {
+		f, err := os.Open(bins.Path(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := lab.Transfer(ctx, vm, "/usr/local/bin/"+name, f, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(pxServer, "echo-server")
+	put(pxClient, "echo-client")
+	unit := fmt.Sprintf(`[Unit]
+Description=Istio's echo server, a proxyless gRPC app
+After=istio.service
+
+[Service]
+User=istio-proxy
+Group=istio-proxy
+WorkingDirectory=/
+Environment=GRPC_XDS_BOOTSTRAP=%s
+ExecStartPre=/bin/sh -c 'until [ -s /etc/certs/cert-chain.pem ] && [ -s %[1]s ]; do sleep 1; done'
+ExecStart=/usr/local/bin/echo-server --grpc %d --xds-grpc-server %[2]d --port %d --tcp 9090
+Restart=always
+RestartSec=2
+TimeoutStartSec=120
+`, workloadfiles.GRPCBootstrapPath, pxPort, pxProbe)
+	if err := lab.Transfer(ctx, pxServer, "/etc/systemd/system/grpc-echo.service", strings.NewReader(unit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sh(pxServer, "systemctl daemon-reload && systemctl start grpc-echo.service")
+
+	// 1. The server registers through its app's xDS connection and turns Healthy on its probe.
+	clients, err := fleet.KubeClients(filepath.Join(state, "lab", "cluster", "kubeconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverSpec := workload.Spec{Namespace: pxNamespace, Group: "grpc-server", Network: "vm-network"}
+	serverIP, _ := lab.Info(ctx, pxServer)
+	waitEntryOr(t, ctx, clients, serverSpec, serverIP.Address(), func() string {
+		return sh(pxServer, "journalctl -u grpc-echo -u istio --no-pager -n 60")
+	})
+	t.Logf("server WorkloadEntry Healthy %s after the client VM's up", time.Since(begun).Round(time.Second))
+
+	// The mesh's policy: mTLS required, the client's identity alone allowed.
+	policies(t, ctx, clients, pxPrincipal("grpc-client"))
+	defer removePolicies(ctx, clients)
+
+	// 2. The client VM calls the server by its mesh name, through xDS.
+	call := func() (string, error) {
+		out, err := lab.Exec(ctx, pxClient, nil, "sh", "-c", "cd / && runuser -u istio-proxy -- env GRPC_XDS_BOOTSTRAP="+workloadfiles.GRPCBootstrapPath+
+			" /usr/local/bin/echo-client "+pxTarget+" --count 3 --timeout 10s 2>&1")
+		return string(out), err
+	}
+	expectCall := func(what string, ok bool, want string) string {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			out, err := call()
+			if (err == nil) == ok && strings.Contains(out, want) {
+				t.Logf("%s: %s", what, lastLines(out, 4))
+				return out
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: got %v\n%s\nwant ok=%v with %q; the server's logs:\n%s", what, err, out, ok, want,
+					sh(pxServer, "journalctl -u grpc-echo -u istio --no-pager -n 40"))
+			}
+			time.Sleep(2 * time.Second)
+		}
+	}
+	expectCall("call from "+pxClient+" allowed by its principal", true, "Hostname="+pxServer)
+
+	// 3. The mTLS is shown, not assumed: plaintext and a client without a
+	// certificate are refused; the server's certificate is its SPIFFE
+	// identity, issued by istiod's CA.
+	addr := net.JoinHostPort(serverIP.Address(), fmt.Sprint(pxPort))
+	plainRefused(t, ctx, addr)
+	serverCert(t, ctx, clients, addr, "spiffe://"+pxPrincipal("grpc-server"))
+
+	// 4. Authorization on the server matches the caller's identity: another
+	// principal allowed and the call is denied; restored, allowed again.
+	setPrincipal(t, ctx, clients, pxPrincipal("other"))
+	expectCall("call with another principal allowed", false, "PermissionDenied")
+	setPrincipal(t, ctx, clients, pxPrincipal("grpc-client"))
+	expectCall("call with the client's principal restored", true, "Hostname="+pxServer)
+	t.Logf("proxyless checks took %s", time.Since(begun).Round(time.Second))
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+}
+
+// waitEntryOr waits for the entry at addr to be Healthy, showing logs() when it does not.
+func waitEntryOr(t *testing.T, ctx context.Context, c workload.Clients, s workload.Spec, addr string, logs func() string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		e, ok, err := workload.FindEntry(ctx, c, s, addr)
+		if err == nil && ok && e.Healthy == "True" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("WorkloadEntry at %s: %+v (found %v, %v), want Healthy; logs:\n%s", addr, e, ok, err, logs())
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+var pxSelector = &typeapi.WorkloadSelector{MatchLabels: map[string]string{"app": "grpc-server"}}
+
+// policies applies PeerAuthentication STRICT, the ISTIO_MUTUAL
+// DestinationRule (without it gRPC falls back to plaintext silently) and
+// an AuthorizationPolicy allowing principal alone to call Echo.
+func policies(t *testing.T, ctx context.Context, c workload.Clients, principal string) {
+	t.Helper()
+	meta := func(name string) metav1.ObjectMeta { return metav1.ObjectMeta{Name: name, Namespace: pxNamespace} }
+	pa := &clientsecurity.PeerAuthentication{ObjectMeta: meta("default"),
+		Spec: securityapi.PeerAuthentication{Mtls: &securityapi.PeerAuthentication_MutualTLS{Mode: securityapi.PeerAuthentication_MutualTLS_STRICT}}}
+	dr := &clientnetworking.DestinationRule{ObjectMeta: meta("grpc-server"),
+		Spec: networkingapi.DestinationRule{Host: "grpc-server." + pxNamespace + ".svc.cluster.local",
+			TrafficPolicy: &networkingapi.TrafficPolicy{Tls: &networkingapi.ClientTLSSettings{Mode: networkingapi.ClientTLSSettings_ISTIO_MUTUAL}}}}
+	ap := &clientsecurity.AuthorizationPolicy{ObjectMeta: meta("grpc-server-allow"), Spec: *allow(principal)}
+	if _, err := c.Istio.SecurityV1().PeerAuthentications(pxNamespace).Create(ctx, pa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Istio.NetworkingV1().DestinationRules(pxNamespace).Create(ctx, dr, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Istio.SecurityV1().AuthorizationPolicies(pxNamespace).Create(ctx, ap, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func allow(principal string) *securityapi.AuthorizationPolicy {
+	return &securityapi.AuthorizationPolicy{Selector: pxSelector, Action: securityapi.AuthorizationPolicy_ALLOW,
+		Rules: []*securityapi.Rule{{
+			From: []*securityapi.Rule_From{{Source: &securityapi.Source{Principals: []string{principal}}}},
+			To:   []*securityapi.Rule_To{{Operation: &securityapi.Operation{Paths: []string{"/proto.EchoTestService/Echo"}}}},
+		}}}
+}
+
+func setPrincipal(t *testing.T, ctx context.Context, c workload.Clients, principal string) {
+	t.Helper()
+	ap, err := c.Istio.SecurityV1().AuthorizationPolicies(pxNamespace).Get(ctx, "grpc-server-allow", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap.Spec.Rules = allow(principal).Rules
+	if _, err := c.Istio.SecurityV1().AuthorizationPolicies(pxNamespace).Update(ctx, ap, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func removePolicies(ctx context.Context, c workload.Clients) {
+	c.Istio.SecurityV1().PeerAuthentications(pxNamespace).Delete(ctx, "default", metav1.DeleteOptions{})
+	c.Istio.NetworkingV1().DestinationRules(pxNamespace).Delete(ctx, "grpc-server", metav1.DeleteOptions{})
+	c.Istio.SecurityV1().AuthorizationPolicies(pxNamespace).Delete(ctx, "grpc-server-allow", metav1.DeleteOptions{})
+}
+
+// plainRefused checks that a plaintext gRPC call to addr fails.
+func plainRefused(t *testing.T, ctx context.Context, addr string) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
+	if err == nil {
+		t.Fatalf("a plaintext gRPC call to %s succeeded, want it refused under STRICT mTLS", addr)
+	}
+	t.Logf("plaintext call to %s refused: %v", addr, err)
+}
+
+// serverCert handshakes with addr presenting no certificate: the server's
+// certificate must carry uri and chain to istiod's root, and the server
+// must refuse the connection for want of a client certificate.
+func serverCert(t *testing.T, ctx context.Context, c workload.Clients, addr, uri string) {
+	t.Helper()
+	cm, err := c.Kube.CoreV1().ConfigMaps(pxNamespace).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(cm.Data["root-cert.pem"])) {
+		t.Fatal("istio-ca-root-cert holds no certificate")
+	}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second},
+		Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}} // verified below, by SPIFFE rules
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		// TLS 1.2 refuses in the handshake itself; then the certificate is not seen.
+		t.Fatalf("TLS handshake with %s without a client certificate: %v (want the server's certificate, then a refusal)", addr, err)
+	}
+	defer conn.Close()
+	tc := conn.(*tls.Conn)
+	st := tc.ConnectionState()
+	leaf := st.PeerCertificates[0]
+	var uris []string
+	for _, u := range leaf.URIs {
+		uris = append(uris, u.String())
+	}
+	if !slices.Contains(uris, uri) {
+		t.Errorf("server certificate URI SANs %v, want %s", uris, uri)
+	}
+	inter := x509.NewCertPool()
+	for _, ic := range st.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("server certificate does not chain to istiod's root: %v", err)
+	}
+	// In TLS 1.3 the server's verdict on the client comes after the handshake.
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := tc.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")); err == nil {
+		_, err = tc.Read(make([]byte, 64))
+		if err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+			t.Fatalf("the server took a client without a certificate (read: %v), want a refusal", err)
+		}
+		t.Logf("TLS without a client certificate refused: %v", err)
+	} else {
+		t.Logf("TLS without a client certificate refused: %v", err)
+	}
+	t.Logf("server certificate %v, issuer %q, chains to istiod's root", uris, leaf.Issuer.String())
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
