@@ -124,7 +124,8 @@ func proxylessOnLab(t *testing.T, ctx context.Context, work, state, serverCfg st
 		if got := sh(vm, "ls /usr/local/bin; iptables-legacy-save -t nat; iptables-nft-save -t nat"); strings.Contains(got, "envoy") || strings.Contains(got, "ISTIO_") || !strings.Contains(got, "pilot-agent") {
 			t.Errorf("%s: want pilot-agent, no envoy and no Istio chains:\n%s", vm, got)
 		}
-		boot := sh(vm, "cat "+workloadfiles.GRPCBootstrapPath)
+		// pilot-agent writes it as it starts, which up does not wait for.
+		boot := sh(vm, "for i in $(seq 30); do [ -s "+workloadfiles.GRPCBootstrapPath+" ] && break; sleep 1; done; cat "+workloadfiles.GRPCBootstrapPath)
 		if !strings.Contains(boot, `"/etc/certs/cert-chain.pem"`) || !strings.Contains(boot, "unix:///") {
 			t.Errorf("%s: gRPC bootstrap without absolute certificates or the agent's socket:\n%s", vm, boot)
 		}
@@ -188,7 +189,7 @@ TimeoutStartSec=120
 	waitEntryOr(t, ctx, clients, serverSpec, serverIP.Address(), func() string {
 		return sh(pxServer, "journalctl -u grpc-echo -u istio --no-pager -n 60")
 	})
-	t.Logf("server WorkloadEntry Healthy %s after the client VM's up", time.Since(begun).Round(time.Second))
+	t.Logf("server WorkloadEntry Healthy %s after the client VM's up began", time.Since(begun).Round(time.Second))
 
 	// The mesh's policy: mTLS required, the client's identity alone allowed.
 	policies(t, ctx, clients, pxPrincipal("grpc-client"))
@@ -216,14 +217,14 @@ TimeoutStartSec=120
 			time.Sleep(2 * time.Second)
 		}
 	}
-	expectCall("call from "+pxClient+" allowed by its principal", true, "Hostname="+pxServer)
-
-	// 3. The mTLS is shown, not assumed: plaintext and a client without a
-	// certificate are refused; the server's certificate is its SPIFFE
-	// identity, issued by istiod's CA.
+	// 3. The mTLS is shown, not assumed: once the server has the policy,
+	// plaintext and a client without a certificate are refused, and the
+	// server's certificate is its SPIFFE identity, issued by istiod's CA.
 	addr := net.JoinHostPort(serverIP.Address(), fmt.Sprint(pxPort))
 	plainRefused(t, ctx, addr)
 	serverCert(t, ctx, clients, addr, "spiffe://"+pxPrincipal("grpc-server"))
+	// So a call that succeeds now was made over mTLS, by the client's identity.
+	expectCall("call from "+pxClient+" allowed by its principal", true, "Hostname="+pxServer)
 
 	// 4. Authorization on the server matches the caller's identity: another
 	// principal allowed and the call is denied; restored, allowed again.
@@ -306,21 +307,30 @@ func removePolicies(ctx context.Context, c workload.Clients) {
 	c.Istio.SecurityV1().AuthorizationPolicies(pxNamespace).Delete(ctx, "grpc-server-allow", metav1.DeleteOptions{})
 }
 
-// plainRefused checks that a plaintext gRPC call to addr fails.
+// plainRefused checks that a plaintext gRPC call to addr fails, once istiod
+// has pushed PeerAuthentication STRICT to the server (a push takes moments:
+// until then the server serves plaintext, as it did before the policy).
 func plainRefused(t *testing.T, ctx context.Context, addr string) {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		conn.Close()
+		if err != nil {
+			t.Logf("plaintext call to %s refused: %v", addr, err)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a plaintext gRPC call to %s still succeeds after 90s, want it refused under STRICT mTLS", addr)
+		}
+		time.Sleep(time.Second)
 	}
-	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
-	if err == nil {
-		t.Fatalf("a plaintext gRPC call to %s succeeded, want it refused under STRICT mTLS", addr)
-	}
-	t.Logf("plaintext call to %s refused: %v", addr, err)
 }
 
 // serverCert handshakes with addr presenting no certificate: the server's
