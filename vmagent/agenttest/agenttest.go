@@ -47,8 +47,9 @@ type Options struct {
 	CA                    *mtls.CA
 	ServerCert, ServerKey []byte
 	// Wrap, when set, serves its service in front of the agent's (an agent
-	// of an older release, say).
-	Wrap func(*server.Server) agentv1.AgentServiceServer
+	// of an older release, say): a type embedding the agent's service and
+	// overriding what differs.
+	Wrap func(agentv1.AgentServiceServer) agentv1.AgentServiceServer
 }
 
 // Agent is a running agent.

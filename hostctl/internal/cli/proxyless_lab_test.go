@@ -2,24 +2,18 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	networkingapi "istio.io/api/networking/v1alpha3"
 	securityapi "istio.io/api/security/v1beta1"
 	typeapi "istio.io/api/type/v1beta1"
@@ -30,6 +24,7 @@ import (
 	labbuild "github.com/meshvm/meshvm/lab/build"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/mesh/mtlsprobe"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
@@ -221,8 +216,7 @@ TimeoutStartSec=120
 	// plaintext and a client without a certificate are refused, and the
 	// server's certificate is its SPIFFE identity, issued by istiod's CA.
 	addr := net.JoinHostPort(serverIP.Address(), fmt.Sprint(pxPort))
-	plainRefused(t, ctx, addr)
-	serverCert(t, ctx, clients, addr, "spiffe://"+pxPrincipal("grpc-server"))
+	strictMTLS(t, ctx, clients, addr, "/ns/"+pxNamespace+"/sa/grpc-server")
 	// So a call that succeeds now was made over mTLS, by the client's identity.
 	expectCall("call from "+pxClient+" allowed by its principal", true, "Hostname="+pxServer)
 
@@ -230,8 +224,28 @@ TimeoutStartSec=120
 	// principal allowed and the call is denied; restored, allowed again.
 	setPrincipal(t, ctx, clients, pxPrincipal("other"))
 	expectCall("call with another principal allowed", false, "PermissionDenied")
+	verdicts := pxVerify(t, clientCfg, false)
+	if v := verdictOf(verdicts, pxClient, fleet.MeshCallCheck); v.Result != "FAIL" || !strings.Contains(v.Detail, "PermissionDenied") {
+		t.Errorf("verify while another principal is allowed: %+v, want FAIL with PermissionDenied", v)
+	}
 	setPrincipal(t, ctx, clients, pxPrincipal("grpc-client"))
 	expectCall("call with the client's principal restored", true, "Hostname="+pxServer)
+
+	// 5. verify reports these calls as checked, and still not Envoy's data path.
+	verdicts = pxVerify(t, clientCfg, true)
+	if v := verdictOf(verdicts, pxClient, fleet.MeshCallCheck); v.Result != "ok" || !strings.Contains(v.Detail, "so the call was mTLS") {
+		t.Errorf("verify from the client VM: %+v, want the call ok and shown to be mTLS", v)
+	}
+	verdicts = pxVerify(t, serverCfg, true)
+	if v := verdictOf(verdicts, pxServer, "mTLS on "+addr+" (proxyless gRPC)"); v.Result != "ok" {
+		t.Errorf("verify of the server VM's port: %+v, want ok", v)
+	}
+	if v := verdictOf(verdicts, pxServer, fleet.MeshCallCheck); v.Result != "skipped" || !strings.Contains(v.Detail, "only xDS connection") {
+		t.Errorf("verify from the server VM, whose app holds pilot-agent's xDS: %+v, want skipped, saying why", v)
+	}
+	if v := verdictOf(verdicts, pxServer, "capture rules"); v.Result != "skipped" || !strings.Contains(v.Detail, "not applicable: proxyless") {
+		t.Errorf("verify's capture verdict on a proxyless VM: %+v", v)
+	}
 	t.Logf("proxyless checks took %s", time.Since(begun).Round(time.Second))
 }
 
@@ -307,36 +321,11 @@ func removePolicies(ctx context.Context, c workload.Clients) {
 	c.Istio.SecurityV1().AuthorizationPolicies(pxNamespace).Delete(ctx, "grpc-server-allow", metav1.DeleteOptions{})
 }
 
-// plainRefused checks that a plaintext gRPC call to addr fails, once istiod
-// has pushed PeerAuthentication STRICT to the server (a push takes moments:
-// until then the server serves plaintext, as it did before the policy).
-func plainRefused(t *testing.T, ctx context.Context, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		conn.Close()
-		if err != nil {
-			t.Logf("plaintext call to %s refused: %v", addr, err)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a plaintext gRPC call to %s still succeeds after 90s, want it refused under STRICT mTLS", addr)
-		}
-		time.Sleep(time.Second)
-	}
-}
-
-// serverCert handshakes with addr presenting no certificate: the server's
-// certificate must carry uri and chain to istiod's root, and the server
-// must refuse the connection for want of a client certificate.
-func serverCert(t *testing.T, ctx context.Context, c workload.Clients, addr, uri string) {
+// strictMTLS waits until istiod has pushed PeerAuthentication STRICT to the
+// server at addr (until then it serves plaintext, as before the policy):
+// plaintext and a TLS client without a certificate refused, its certificate
+// the identity uri, chained to istiod's root.
+func strictMTLS(t *testing.T, ctx context.Context, c workload.Clients, addr, identity string) {
 	t.Helper()
 	cm, err := c.Kube.CoreV1().ConfigMaps(pxNamespace).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
 	if err != nil {
@@ -346,46 +335,38 @@ func serverCert(t *testing.T, ctx context.Context, c workload.Clients, addr, uri
 	if !roots.AppendCertsFromPEM([]byte(cm.Data["root-cert.pem"])) {
 		t.Fatal("istio-ca-root-cert holds no certificate")
 	}
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 5 * time.Second},
-		Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}} // verified below, by SPIFFE rules
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		// TLS 1.2 refuses in the handshake itself; then the certificate is not seen.
-		t.Fatalf("TLS handshake with %s without a client certificate: %v (want the server's certificate, then a refusal)", addr, err)
-	}
-	defer conn.Close()
-	tc := conn.(*tls.Conn)
-	st := tc.ConnectionState()
-	leaf := st.PeerCertificates[0]
-	var uris []string
-	for _, u := range leaf.URIs {
-		uris = append(uris, u.String())
-	}
-	if !slices.Contains(uris, uri) {
-		t.Errorf("server certificate URI SANs %v, want %s", uris, uri)
-	}
-	inter := x509.NewCertPool()
-	for _, ic := range st.PeerCertificates[1:] {
-		inter.AddCert(ic)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Errorf("server certificate does not chain to istiod's root: %v", err)
-	}
-	// In TLS 1.3 the server's verdict on the client comes after the handshake.
-	tc.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := tc.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")); err == nil {
-		_, err = tc.Read(make([]byte, 64))
-		if err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
-			t.Fatalf("the server took a client without a certificate (read: %v), want a refusal", err)
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		r := mtlsprobe.Probe(ctx, addr, roots, 5*time.Second)
+		err := r.Enforced(identity)
+		if err == nil {
+			t.Logf("%s: plaintext refused (%v); TLS without a client certificate refused (%v); certificate %v, chained to istiod's root", addr, r.Plaintext, r.NoCert, r.URIs)
+			return
 		}
-		t.Logf("TLS without a client certificate refused: %v", err)
-	} else {
-		t.Logf("TLS without a client certificate refused: %v", err)
+		if time.Now().After(deadline) {
+			t.Fatalf("%s after 90s: %v", addr, err)
+		}
+		time.Sleep(time.Second)
 	}
-	t.Logf("server certificate %v, issuer %q, chains to istiod's root", uris, leaf.Issuer.String())
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+// pxVerify runs verify with the client's call named, and wants it to pass or fail.
+func pxVerify(t *testing.T, cfg string, pass bool) []fleet.Verdict {
+	t.Helper()
+	out, err := run(t, "--config", cfg, "verify", "--grpc-service", "grpc-server."+pxNamespace+":"+fmt.Sprint(pxPort), "-o", "json")
+	var vs []fleet.Verdict
+	if jerr := json.Unmarshal([]byte(out), &vs); jerr != nil || (err == nil) != pass {
+		t.Fatalf("verify: %v (%v), want pass %v:\n%s", err, jerr, pass, out)
+	}
+	t.Logf("verify --config %s:\n%s", filepath.Base(cfg), out)
+	return vs
+}
+
+func verdictOf(vs []fleet.Verdict, vm, check string) fleet.Verdict {
+	for _, v := range vs {
+		if v.VM == vm && v.Check == check {
+			return v
+		}
+	}
+	return fleet.Verdict{VM: vm, Check: check, Result: "missing"}
 }

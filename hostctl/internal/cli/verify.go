@@ -13,6 +13,7 @@ import (
 type verifyCmd struct {
 	g      *globals
 	output string
+	opts   fleet.VerifyOptions
 }
 
 func (c *verifyCmd) command() *cobra.Command {
@@ -22,6 +23,8 @@ func (c *verifyCmd) command() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  c.run,
 	}
+	cmd.Flags().StringVar(&c.opts.GRPCService, "grpc-service", "",
+		"NAME.NAMESPACE:PORT: the mesh gRPC service proxyless VMs call by its mesh name (xds:///), where the site can run a gRPC client on them (the lab)")
 	return outputFlag(cmd, &c.output, "table", "json", "yaml")
 }
 
@@ -32,7 +35,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 	defer cancel()
-	out := f.Verify(ctx)
+	out := f.Verify(ctx, c.opts)
 	if err := render(cmd.OutOrStdout(), c.output, out, []string{"VM", "CHECK", "RESULT", "DETAIL"},
 		func(v fleet.Verdict) []string { return []string{v.VM, v.Check, v.Result, v.Detail} }); err != nil {
 		return err
