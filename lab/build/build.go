@@ -245,20 +245,11 @@ func refreshOwn(ctx context.Context, o Options, v Versions, dir string) (rebuilt
 		if err != nil {
 			return rebuilt, err
 		}
-		out := filepath.Join(dir, c.Name)
-		if had, err := os.ReadFile(out + ".src"); err == nil && strings.TrimSpace(string(had)) == sum {
-			if _, err := os.Stat(out); err == nil {
-				continue
-			}
-		}
-		fmt.Fprintf(o.Progress, "building %s from %s (its source changed)\n", c.Name, c.Package)
-		if err := build(ctx, o, c, v, out, time.Now()); err != nil {
+		built, err := buildStamped(ctx, o, c, v, dir, sum, "(its source changed)")
+		rebuilt = rebuilt || built
+		if err != nil {
 			return rebuilt, err
 		}
-		if err := os.WriteFile(out+".src", []byte(sum+"\n"), 0o644); err != nil {
-			return rebuilt, err
-		}
-		rebuilt = true
 	}
 	return rebuilt, nil
 }
@@ -267,23 +258,29 @@ func refreshOwn(ctx context.Context, o Options, v Versions, dir string) (rebuilt
 // package or with other flags than recorded beside them.
 func ensureApps(ctx context.Context, o Options, v Versions, dir string) (built bool, err error) {
 	for _, c := range Apps {
-		stamp := fmt.Sprintf("%s %q", c.Package, c.versionFlags(v))
-		out := filepath.Join(dir, c.Name)
-		if had, err := os.ReadFile(out + ".src"); err == nil && strings.TrimSpace(string(had)) == stamp {
-			if _, err := os.Stat(out); err == nil {
-				continue
-			}
-		}
-		fmt.Fprintf(o.Progress, "building %s from %s\n", c.Name, c.Package)
-		if err := build(ctx, o, c, v, out, time.Now()); err != nil {
+		b, err := buildStamped(ctx, o, c, v, dir, fmt.Sprintf("%s %q", c.Package, c.versionFlags(v)), "")
+		built = built || b
+		if err != nil {
 			return built, err
 		}
-		if err := os.WriteFile(out+".src", []byte(stamp+"\n"), 0o644); err != nil {
-			return built, err
-		}
-		built = true
 	}
 	return built, nil
+}
+
+// buildStamped builds c into dir unless its binary is there with stamp
+// recorded beside it (<name>.src), and records stamp after a build.
+func buildStamped(ctx context.Context, o Options, c Component, v Versions, dir, stamp, why string) (bool, error) {
+	out := filepath.Join(dir, c.Name)
+	if had, err := os.ReadFile(out + ".src"); err == nil && strings.TrimSpace(string(had)) == stamp {
+		if _, err := os.Stat(out); err == nil {
+			return false, nil
+		}
+	}
+	fmt.Fprintln(o.Progress, strings.TrimSpace(fmt.Sprintf("building %s from %s %s", c.Name, c.Package, why)))
+	if err := build(ctx, o, c, v, out, time.Now()); err != nil {
+		return false, err
+	}
+	return true, os.WriteFile(out+".src", []byte(stamp+"\n"), 0o644)
 }
 
 // sourceSum digests a package directory's Go files, names and contents.

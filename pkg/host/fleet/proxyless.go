@@ -175,7 +175,7 @@ func endpoints(ctx context.Context, c workload.Clients, name, ns string, port in
 		out = append(out, endpoint{net.JoinHostPort(we.Spec.Address, strconv.Itoa(target)), we.Spec.ServiceAccount})
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("Service %s/%s selects no WorkloadEntry", ns, name)
+		return nil, fmt.Errorf("no WorkloadEntry is selected by Service %s/%s", ns, name)
 	}
 	return out, nil
 }

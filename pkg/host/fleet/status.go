@@ -205,6 +205,8 @@ func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (b
 		return false, fmt.Sprintf("the token pilot-agent reads (%s) is not the copy meshvm delivered: something on the VM changed it; run hostctl vm onboard %s", agentspec.TokenPath, vm.Name)
 	case sidecarActive != "active":
 		return false, fmt.Sprintf("the sidecar is not running: see hostctl vm logs %s, then run hostctl vm onboard %s", vm.Name, vm.Name)
+	case s.WorkloadEntry == "" && cfg.Proxyless(vm):
+		return false, fmt.Sprintf("no WorkloadEntry: a proxyless VM registers only while its gRPC app holds pilot-agent's xDS connection: start your app with GRPC_XDS_BOOTSTRAP=%s (a client-only app registers only while it calls)", workloadfiles.GRPCBootstrapPath)
 	case s.WorkloadEntry == "":
 		return false, fmt.Sprintf("no WorkloadEntry: the sidecar has not reached istiod; see hostctl vm logs %s", vm.Name)
 	case s.Healthy != "True" && !cfg.RunsApp(vm):
