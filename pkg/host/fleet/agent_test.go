@@ -243,32 +243,12 @@ func TestDoctorRowsCarryTheReason(t *testing.T) {
 	}
 }
 
-// olderAgent is an agent of a release before capture.v1: it announces no
-// such capability and its status carries no verdict.
-type olderAgent struct{ agentv1.AgentServiceServer }
-
-func (a olderAgent) GetVersion(ctx context.Context, req *agentv1.GetVersionRequest) (*agentv1.GetVersionResponse, error) {
-	r, err := a.AgentServiceServer.GetVersion(ctx, req)
-	if r != nil {
-		r.Capabilities = slices.DeleteFunc(slices.Clone(r.Capabilities), func(c string) bool { return c == "capture.v1" })
-	}
-	return r, err
-}
-
-func (a olderAgent) GetStatus(ctx context.Context, req *agentv1.GetStatusRequest) (*agentv1.GetStatusResponse, error) {
-	r, err := a.AgentServiceServer.GetStatus(ctx, req)
-	if r != nil {
-		r.Capture = nil
-	}
-	return r, err
-}
-
 // hostctl keeps working with an agent older than capture.v1: status reads
 // as it does with a current agent, with no verdict, and doctor asks for the
 // agent to be upgraded instead of failing.
 func TestStatusAndDoctorWithAnAgentBeforeCapture(t *testing.T) {
 	current := startVM(t)
-	older := startVMWith(t, agenttest.Options{Wrap: func(s agentv1.AgentServiceServer) agentv1.AgentServiceServer { return olderAgent{s} }})
+	older := startVMWith(t, agenttest.Options{Lacking: []string{"capture.v1"}})
 	ctx := testCtx(t)
 	ac, err := onboard.Dial(older.state, older.m.Address())
 	if err != nil {

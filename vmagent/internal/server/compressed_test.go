@@ -19,6 +19,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/formcache"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/config"
+	"github.com/meshvm/meshvm/vmagent/internal/server"
 )
 
 // binaryLike is content that compresses as a Go binary does: symbol text
@@ -110,10 +111,10 @@ func TestAgentAnnouncesZstd(t *testing.T) {
 
 // oldAgent is an agent from before frames as a client sees it: it does not
 // announce files.zstd.v1.
-type oldAgent struct{ agentv1.AgentServiceServer }
+type oldAgent struct{ *server.Server }
 
 func (a oldAgent) GetVersion(ctx context.Context, req *agentv1.GetVersionRequest) (*agentv1.GetVersionResponse, error) {
-	v, err := a.AgentServiceServer.GetVersion(ctx, req)
+	v, err := a.Server.GetVersion(ctx, req)
 	if err == nil {
 		v.Capabilities = slices.DeleteFunc(slices.Clone(v.Capabilities), func(c string) bool { return c == filecodec.Capability })
 	}
@@ -121,7 +122,7 @@ func (a oldAgent) GetVersion(ctx context.Context, req *agentv1.GetVersionRequest
 }
 
 func TestNewClientOldAgentSendsPlain(t *testing.T) {
-	e := startAgentServing(t, config.Default().Limits, func(s agentv1.AgentServiceServer) agentv1.AgentServiceServer { return oldAgent{s} })
+	e := startAgentServing(t, config.Default().Limits, func(s *server.Server) agentv1.AgentServiceServer { return oldAgent{s} })
 	c := e.client(t)
 	data := binaryLike(t, 6<<20)
 	res, err := c.PutFile(ctxT(t), cachedFile(t, "/usr/local/bin/envoy", data))

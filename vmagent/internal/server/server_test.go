@@ -29,6 +29,7 @@ import (
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 	"github.com/meshvm/meshvm/vmagent/config"
 	"github.com/meshvm/meshvm/vmagent/internal/postinst"
+	"github.com/meshvm/meshvm/vmagent/internal/server"
 )
 
 // env is a real agent server on a loopback port with real mTLS, over a
@@ -59,7 +60,7 @@ func startAgentWith(t testing.TB, limits config.Limits) env {
 
 // startAgentServing serves wrap's service in front of the agent's (an
 // agent of an older release), or the agent's own when wrap is nil.
-func startAgentServing(t testing.TB, limits config.Limits, wrap func(agentv1.AgentServiceServer) agentv1.AgentServiceServer) env {
+func startAgentServing(t testing.TB, limits config.Limits, wrap func(*server.Server) agentv1.AgentServiceServer) env {
 	t.Helper()
 	a := agenttest.Start(t, agenttest.Options{Limits: &limits, Wrap: wrap})
 	return env{addr: a.Addr, dir: a.Root, ca: a.CA, agent: a}
