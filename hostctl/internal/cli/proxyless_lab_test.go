@@ -246,6 +246,19 @@ TimeoutStartSec=120
 	if v := verdictOf(verdicts, pxServer, "capture rules"); v.Result != "skipped" || !strings.Contains(v.Detail, "not applicable: proxyless") {
 		t.Errorf("verify's capture verdict on a proxyless VM: %+v", v)
 	}
+	// doctor finds nothing wrong with a proxyless VM for want of Envoy or capture.
+	for _, cfg := range []string{serverCfg, clientCfg} {
+		out, _ := run(t, "--config", cfg, "doctor", "-o", "json")
+		var findings []fleet.Finding
+		if err := json.Unmarshal([]byte(out), &findings); err != nil {
+			t.Fatalf("doctor -o json: %v\n%s", err, out)
+		}
+		for _, f := range findings {
+			if f.Result == "fail" || (f.Check == "capture rules" && f.Result != "ok") {
+				t.Errorf("doctor --config %s: %+v", filepath.Base(cfg), f)
+			}
+		}
+	}
 	t.Logf("proxyless checks took %s", time.Since(begun).Round(time.Second))
 }
 
