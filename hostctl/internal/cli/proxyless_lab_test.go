@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 	labbuild "github.com/meshvm/meshvm/lab/build"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/mesh/mtlsprobe"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
@@ -189,6 +191,18 @@ TimeoutStartSec=120
 	// The mesh's policy: mTLS required, the client's identity alone allowed.
 	policies(t, ctx, clients, pxPrincipal("grpc-client"))
 	defer removePolicies(ctx, clients)
+
+	// The identity the policy names is the client VM's certificate's.
+	clientM, _ := lab.Info(ctx, pxClient)
+	ac, err := onboard.Dial(mustState(t, state), clientM.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := ac.Status(ctx)
+	ac.Close()
+	if err != nil || !slices.Contains(st.GetWorkloadCertificate().GetUriSans(), "spiffe://"+pxPrincipal("grpc-client")) {
+		t.Fatalf("%s's workload certificate: %v (%v), want spiffe://%s", pxClient, st.GetWorkloadCertificate().GetUriSans(), err, pxPrincipal("grpc-client"))
+	}
 
 	// 2. The client VM calls the server by its mesh name, through xDS.
 	call := func() (string, error) {
