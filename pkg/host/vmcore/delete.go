@@ -3,9 +3,7 @@ package vmcore
 import (
 	"context"
 	"errors"
-	"net"
 
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -48,12 +46,7 @@ func Delete(ctx context.Context, name string, m machine.Machine, removeAgent boo
 // RemoveAgent has m's agent undo what it did (sidecar, capture rules, hosts
 // block, files, users) and removes the agent through the machine provider.
 func RemoveAgent(ctx context.Context, m machine.Machine, store Store, machines machine.Provider) error {
-	addr := m.Address()
-	tlsCfg, err := store.AgentTLS(addr)
-	if err != nil {
-		return err
-	}
-	c, err := agentclient.Dial(net.JoinHostPort(addr, onboard.AgentPort), tlsCfg)
+	c, err := DialAgent(m, store)
 	if err != nil {
 		return err
 	}
