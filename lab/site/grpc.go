@@ -8,9 +8,13 @@ import (
 	"os"
 
 	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
+
+// The lab runs verify's proxyless call (fleet asks for it by this interface).
+var _ fleet.GRPCCaller = (*labSite)(nil)
 
 // echoClientPath is where the lab puts Istio's echo client on a VM.
 const echoClientPath = "/usr/local/bin/echo-client"

@@ -25,10 +25,10 @@ type VerifyOptions struct {
 	GRPCService string
 }
 
-// grpcCaller is a site that can run a gRPC xDS client on a proxyless VM
+// GRPCCaller is a site that can run a gRPC xDS client on a proxyless VM
 // (the lab: Istio's echo client, built from the pinned module). On other
 // sites the VM's own app is the only client.
-type grpcCaller interface {
+type GRPCCaller interface {
 	CallGRPC(ctx context.Context, vm, target string) (string, error)
 }
 
@@ -99,7 +99,7 @@ const MeshCallCheck = "VM↔VM mTLS via proxyless gRPC"
 // back to plaintext silently).
 func (f *Fleet) meshCall(ctx context.Context, clients workload.Clients, vm config.VM, appConnected bool, o VerifyOptions) Verdict {
 	v := Verdict{vm.Name, MeshCallCheck, "skipped", ""}
-	caller, ok := f.Site.(grpcCaller)
+	caller, ok := f.Site.(GRPCCaller)
 	switch {
 	case o.GRPCService == "":
 		v.Detail = "not checked: name the mesh gRPC service to call with --grpc-service NAME.NAMESPACE:PORT"
