@@ -99,7 +99,9 @@ func New() *cobra.Command {
 	vm.AddCommand((&vmStatusCmd{g: g}).command())
 	vm.AddCommand(vmCommands(g)...)
 	cluster, istio := clusterCommands(g)
-	root.AddCommand(cfg, vm, cluster, istio, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
+	fleet := &cobra.Command{Use: "fleet", Short: "Fleet mode: VMs declared in the cluster and kept in the mesh by a controller"}
+	fleet.AddCommand(fleetInstallCommands(g)...)
+	root.AddCommand(cfg, vm, cluster, istio, fleet, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
 		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())
 	strictUsage(root)
 	return root
