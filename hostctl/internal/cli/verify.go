@@ -14,6 +14,7 @@ import (
 type verifyCmd struct {
 	g      *globals
 	output string
+	opts   fleet.VerifyOptions
 }
 
 func (c *verifyCmd) command() *cobra.Command {
@@ -23,6 +24,8 @@ func (c *verifyCmd) command() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  c.run,
 	}
+	cmd.Flags().StringVar(&c.opts.GRPCService, "grpc-service", "",
+		"NAME.NAMESPACE:PORT: the mesh gRPC service proxyless VMs call by its mesh name (xds:///), where the site can run a gRPC client on them (the lab)")
 	return outputFlag(cmd, &c.output, "table", "json", "yaml")
 }
 
@@ -33,7 +36,7 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 	defer cancel()
-	out := f.Verify(ctx)
+	out := f.Verify(ctx, c.opts)
 	rows := make([]verdictRow, len(out))
 	failed := 0
 	for i, v := range out {

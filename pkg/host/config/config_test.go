@@ -100,6 +100,9 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"unknown istio.install", "version: 1\nistio:\n  install: sometimes\n", "want auto (install where there is no Istio, else join it), always or never", nil},
 		{"revision not a DNS label", "version: 1\nistio:\n  revision: Canary_1\n", "a revision is a DNS label", nil},
 		{"istiod address not an IP", "version: 1\nistio:\n  istiodAddress: istiod.example\n", "is not an IP address", nil},
+		{"unknown sidecar", "version: 1\nworkload:\n  sidecar: linkerd\n", `workload.sidecar "linkerd": want envoy`, nil},
+		{"unknown VM sidecar", "version: 1\nworkload:\n  app: false\nvms:\n- {name: a, sidecar: none}\n", `vms[0].sidecar "none": want envoy`, nil},
+		{"proxyless with hostctl's app", "version: 1\nvms:\n- {name: a, sidecar: proxyless}\n", "set app: false for it", nil},
 		{"lab never installing", "version: 1\ncluster:\n  provider: lab\nistio:\n  install: never\n", "leave istio.install empty", nil},
 	}
 	for _, tt := range tests {
@@ -199,5 +202,19 @@ func TestValidationErrorsInAStableOrder(t *testing.T) {
 		} else if err.Error() != first {
 			t.Fatalf("run %d: got %q, want %q", i, err, first)
 		}
+	}
+}
+
+// workload.sidecar decides for every VM, vms[].sidecar for one.
+func TestSidecarPerVMOverridesWorkload(t *testing.T) {
+	if d := Default(); d.Proxyless(d.VMs[0]) {
+		t.Error("the default VM is proxyless, want Envoy (the recipe's)")
+	}
+	c, err := Load(write(t, "version: 1\nworkload:\n  app: false\n  sidecar: proxyless\nvms:\n- {name: a}\n- {name: b, sidecar: envoy}\n"), true, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Proxyless(c.VMs[0]) || c.Proxyless(c.VMs[1]) {
+		t.Errorf("proxyless %v and %v, want a proxyless and b with Envoy", c.Proxyless(c.VMs[0]), c.Proxyless(c.VMs[1]))
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -244,5 +245,41 @@ func TestDoctorRowsCarryTheReason(t *testing.T) {
 	}
 	if f := got["istiod DNS"]; f.Result != "fail" || !strings.Contains(f.Detail, "no east-west gateway address") {
 		t.Errorf("istiod DNS without istiod's address: got %+v, want fail with the reason", f)
+	}
+}
+
+// hostctl keeps working with an agent older than capture.v1: status reads
+// as it does with a current agent, with no verdict, and doctor asks for the
+// agent to be upgraded instead of failing.
+func TestStatusAndDoctorWithAnAgentBeforeCapture(t *testing.T) {
+	current := startVM(t)
+	older := startVMWith(t, agenttest.Options{Lacking: []string{"capture.v1"}})
+	ctx := testCtx(t)
+	ac, err := onboard.Dial(older.state, older.m.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ac.Version(ctx)
+	ac.Close()
+	if err != nil || slices.Contains(v.GetCapabilities(), "capture.v1") {
+		t.Fatalf("the older agent announces %v (%v), want no capture.v1", v.GetCapabilities(), err)
+	}
+	want := vmStatus(ctx, config.Default(), current.state, current.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	got := vmStatus(ctx, config.Default(), older.state, older.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	if got.Capture != nil || got.CaptureSummary() != "" {
+		t.Errorf("capture from an agent without a verdict: %+v", got.Capture)
+	}
+	if got.OK != want.OK || got.Agent != want.Agent || got.IstiodDNS != want.IstiodDNS || got.Credentials != want.Credentials || got.Next != want.Next {
+		t.Errorf("status with the older agent %+v, want it as with a current one %+v (capture aside)", got, want)
+	}
+	findings := map[string]Finding{}
+	for _, f := range vmChecks(ctx, config.Default(), older.state, older.ms, testMesh{}, "vm1", nil, false) {
+		findings[f.Check] = f
+	}
+	if f := findings["capture rules"]; f.Result != Warn || f.Reason != reason.AgentOutdated {
+		t.Errorf("doctor's capture finding with the older agent: %+v, want a warning to upgrade the agent", f)
+	}
+	if f := findings["agent"]; f.Result != OK {
+		t.Errorf("doctor's agent finding: %+v, want ok", f)
 	}
 }

@@ -23,7 +23,7 @@ const (
 
 // onboardSpec is the core's declaration of config VM vm for one run.
 func (r *session) onboardSpec(vm config.VM, fresh, restart bool) vmcore.Spec {
-	return vmcore.Spec{Name: vm.Name, Generation: 1, RunsApp: r.cfg.RunsApp(vm), ProbePort: r.spec.ProbePort, AppPort: r.cfg.Workload.Port,
+	return vmcore.Spec{Name: vm.Name, Generation: 1, RunsApp: r.cfg.RunsApp(vm), Proxyless: r.cfg.Proxyless(vm), ProbePort: r.spec.ProbePort, AppPort: r.cfg.Workload.Port,
 		TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, FreshToken: fresh, Restart: restart}
 }
 
@@ -143,7 +143,7 @@ func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event
 	case vmcore.WaitsOnOwnApp:
 		r.p.Step(progress.Healthy, name, "WorkloadEntry %s registered, sidecar connected; Healthy waits on your app answering on port %d (app: false)",
 			e.Object, r.cfg.Workload.Probe.Port)
-	case vmcore.EntryHealthy, vmcore.StaleEntryDeleted:
+	case vmcore.EntryHealthy, vmcore.StaleEntryDeleted, vmcore.WaitsOnGRPCApp:
 		r.p.Step(progress.Healthy, name, "%s", e.Message)
 	}
 }

@@ -209,6 +209,8 @@ func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (b
 		return false, fmt.Sprintf("the token pilot-agent reads (%s) is not the copy meshvm delivered: something on the VM changed it", agentspec.TokenPath), because(reason.TokenChanged)
 	case sidecarActive != "active":
 		return false, "the sidecar is not running", because(reason.SidecarDown)
+	case s.WorkloadEntry == "" && cfg.Proxyless(vm):
+		return false, fmt.Sprintf("no WorkloadEntry: a proxyless VM registers only while its gRPC app holds pilot-agent's xDS connection: start your app with GRPC_XDS_BOOTSTRAP=%s (a client-only app registers only while it calls)", workloadfiles.GRPCBootstrapPath), reason.Cause{}
 	case s.WorkloadEntry == "":
 		return false, "no WorkloadEntry: the sidecar has not reached istiod", because(reason.NoEntry)
 	case s.Healthy != "True" && !cfg.RunsApp(vm):

@@ -61,6 +61,8 @@ func TestStatusOfAVMWithItsOwnApp(t *testing.T) {
 		{"own app down", own, registered, false, "WorkloadEntry not Healthy (connection refused)"},
 		{"own app up", own, VMStatus{WorkloadEntry: "e", Healthy: "True"}, true, ""},
 		{"own app, not registered", own, VMStatus{}, false, "no WorkloadEntry: the sidecar has not reached istiod"},
+		{"proxyless, no app connected", config.VM{Name: "px", App: &off, Sidecar: config.SidecarProxyless}, VMStatus{}, false,
+			"a proxyless VM registers only while its gRPC app holds pilot-agent's xDS connection"},
 		{"Healthy but disconnected", own, VMStatus{WorkloadEntry: "e", Healthy: "True", Disconnected: "2026-12-02T10:00:00.000Z"}, false,
 			"istiod saw its proxy disconnect at 2026-12-02T10:00:00.000Z, so that is stale"},
 		{"Healthy, token revoked", cfg.VMs[0], VMStatus{WorkloadEntry: "e", Healthy: "True",

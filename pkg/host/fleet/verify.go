@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/traffic"
@@ -28,8 +29,9 @@ type Verdict struct {
 }
 
 // Verify runs the recipe's closing checks on every VM of the config: istiod
-// resolves on it, and traffic both ways where the site has a data path.
-func (f *Fleet) Verify(ctx context.Context) []Verdict {
+// resolves on it, and traffic both ways where the site has a data path; a
+// proxyless VM's traffic checks are its mTLS and its gRPC calls instead.
+func (f *Fleet) Verify(ctx context.Context, o VerifyOptions) []Verdict {
 	cfg, state, s := f.Config, f.State, f.Site
 	siteRev := s.Revision(ctx)
 	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
@@ -53,6 +55,13 @@ func (f *Fleet) Verify(ctx context.Context) []Verdict {
 			continue
 		}
 		add(resolves(ctx, ac, vm.Name, workloadfiles.IstiodHost(istioinstall.Namespace, vmRevision(state, vm.Name, siteRev)), want))
+		if cfg.Proxyless(vm) {
+			capture := captureVerdict(ctx, ac, vm.Name)
+			ac.Close()
+			out = append(out, f.proxylessChecks(ctx, vm, m, o)...)
+			add(capture)
+			continue
+		}
 		fromVM := Verdict{VM: vm.Name, Check: "VM -> " + meshSample, Result: Skipped, Detail: "not checked: " + noTraffic}
 		if noTraffic == "" {
 			fromVM = callFromVM(ctx, ac, vm.Name)
@@ -66,7 +75,7 @@ func (f *Fleet) Verify(ctx context.Context) []Verdict {
 		}
 		add(capture)
 	}
-	if noTraffic == "" {
+	if noTraffic == "" && !allProxyless(cfg) {
 		v := Verdict{VM: "mesh", Check: toVM, Result: Fail}
 		if clients, err := KubeClients(s.Kubeconfig()); err != nil {
 			v.Detail = err.Error()
@@ -139,6 +148,8 @@ func captureVerdict(ctx context.Context, ac *agentclient.Client, vm string) Verd
 		v.Detail, v.Cause = c.Detail+": "+c.Fix, captureCause(c, vm)
 	case c.State == CaptureOK:
 		v.Result, v.Detail = OK, c.Detail
+	case c.notApplicable():
+		v.Result, v.Detail = Skipped, c.Detail
 	default:
 		v.Result, v.Detail = Skipped, "not checked: "+c.Detail
 	}
@@ -148,4 +159,15 @@ func captureVerdict(ctx context.Context, ac *agentclient.Client, vm string) Verd
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
 	return line
+}
+
+// allProxyless says no VM has Envoy: the recipe's HTTP curl to the
+// workload does not apply to their gRPC apps.
+func allProxyless(cfg config.Config) bool {
+	for _, vm := range cfg.VMs {
+		if !cfg.Proxyless(vm) {
+			return false
+		}
+	}
+	return true
 }

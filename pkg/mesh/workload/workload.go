@@ -315,6 +315,8 @@ type FilesFor struct {
 	// Revision is the Istio revision the VM joins ("" or "default": the
 	// default): its mesh config and istiod-<revision>.
 	Revision string
+	// Proxyless writes the files of a VM without Envoy (workloadfiles.Proxyless).
+	Proxyless bool
 }
 
 // Files reads the mesh config and root certificate, requests a token and
@@ -354,7 +356,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 		Mesh:           meshCM.Data["mesh"],
 		Group:          workloadfiles.Group{Name: wg.Name, Namespace: wg.Namespace, Annotations: wg.Annotations, Spec: &wg.Spec},
 		IstioNamespace: f.IstioNamespace, ClusterID: f.ClusterID, AutoRegister: true, DNSCapture: true, Revision: f.Revision,
-		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: token,
+		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: token, Proxyless: f.Proxyless,
 	})
 }
 
