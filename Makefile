@@ -148,6 +148,10 @@ bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size,
 bench-status: ## vm status fan-out over 100 real agents on loopback vs one after another
 	go run ./bench/statusbench
 
+.PHONY: bench-fleet
+bench-fleet: ## Fleet scale harness (root): 100 and 1,000 simulated agents on loopback, the lab's API server, istiod's autoregistration stood in: memory per agent, Watch vs GetStatus polling, the core onboarding all VMs
+	go run ./bench/fleetbench $(FLEETBENCH_FLAGS)
+
 .PHONY: bench-link
 bench-link: ## Sidecar delivery over a veth link shaped by tc tbf (100 Mbit, 1 Gbit, unshaped) vs scp and scp -C (root, openssh-server)
 	go run ./bench/linkbench

@@ -45,7 +45,32 @@ type Config struct {
 	ExtraSANs []net.IP
 	// Progress receives a line per step.
 	Progress io.Writer
+	// Ports default to the lab's fixed ones; a run that must not share the
+	// lab (a benchmark beside the lab tests) gives its own.
+	Ports Ports
 }
+
+// Ports are where the control plane listens on 127.0.0.1.
+type Ports struct{ API, Etcd, EtcdPeer, Controller int }
+
+func (c Config) ports() Ports {
+	p := c.Ports
+	if p.API == 0 {
+		p.API = apiPort
+	}
+	if p.Etcd == 0 {
+		p.Etcd = etcdPort
+	}
+	if p.EtcdPeer == 0 {
+		p.EtcdPeer = etcdPeerPort
+	}
+	if p.Controller == 0 {
+		p.Controller = 10257
+	}
+	return p
+}
+
+func (c Config) server() string { return "https://127.0.0.1:" + strconv.Itoa(c.ports().API) }
 
 // Fixed lab ports, away from a system etcd or API server on the defaults.
 const (
@@ -141,8 +166,8 @@ func Down(ctx context.Context, dir string) error {
 func pki(dir, name string) string { return filepath.Join(dir, "pki", name) }
 
 func etcdArgs(c Config) []string {
-	client := "http://127.0.0.1:" + strconv.Itoa(etcdPort)
-	peer := "http://127.0.0.1:" + strconv.Itoa(etcdPeerPort)
+	client := "http://127.0.0.1:" + strconv.Itoa(c.ports().Etcd)
+	peer := "http://127.0.0.1:" + strconv.Itoa(c.ports().EtcdPeer)
 	return []string{"--name", "lab", "--data-dir", filepath.Join(c.Dir, "etcd"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -151,8 +176,8 @@ func etcdArgs(c Config) []string {
 
 func apiserverArgs(c Config) []string {
 	return []string{
-		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(etcdPort),
-		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(apiPort), "--advertise-address=127.0.0.1",
+		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(c.ports().Etcd),
+		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(c.ports().API), "--advertise-address=127.0.0.1",
 		// Endpoints may not name loopback addresses otherwise.
 		"--endpoint-reconciler-type=none",
 		"--tls-cert-file=" + pki(c.Dir, "apiserver.pem"), "--tls-private-key-file=" + pki(c.Dir, "apiserver-key.pem"),
@@ -169,7 +194,7 @@ func controllerArgs(c Config) []string {
 	return []string{
 		"--kubeconfig=" + Kubeconfig(c.Dir), "--authentication-kubeconfig=" + Kubeconfig(c.Dir),
 		"--authorization-kubeconfig=" + Kubeconfig(c.Dir),
-		"--bind-address=127.0.0.1", "--secure-port=10257", "--leader-elect=false",
+		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(c.ports().Controller), "--leader-elect=false",
 		"--root-ca-file=" + pki(c.Dir, "ca.pem"), "--service-account-private-key-file=" + pki(c.Dir, "sa-key.pem"),
 		"--cluster-signing-cert-file=" + pki(c.Dir, "ca.pem"), "--cluster-signing-key-file=" + pki(c.Dir, "ca-key.pem"),
 		"--use-service-account-credentials=false",
@@ -177,7 +202,7 @@ func controllerArgs(c Config) []string {
 }
 
 func etcdReady(ctx context.Context, c Config) error {
-	return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(etcdPort)+"/health")
+	return httpOK(ctx, http.DefaultClient, "http://127.0.0.1:"+strconv.Itoa(c.ports().Etcd)+"/health")
 }
 
 func apiReady(ctx context.Context, c Config) error {
@@ -185,14 +210,14 @@ func apiReady(ctx context.Context, c Config) error {
 	if err != nil {
 		return err
 	}
-	return httpOK(ctx, hc, Server()+"/readyz")
+	return httpOK(ctx, hc, c.server()+"/readyz")
 }
 
 func controllerReady(ctx context.Context, c Config) error {
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		InsecureSkipVerify: true, // its self-signed serving cert; only /healthz is read
 	}}}
-	return httpOK(ctx, hc, "https://127.0.0.1:10257/healthz")
+	return httpOK(ctx, hc, "https://127.0.0.1:"+strconv.Itoa(c.ports().Controller)+"/healthz")
 }
 
 func httpOK(ctx context.Context, hc *http.Client, url string) error {
@@ -283,10 +308,10 @@ func ensurePKI(c Config) error {
 		}
 	}
 	// The kubeconfig goes last: its presence marks the PKI complete.
-	return os.WriteFile(Kubeconfig(c.Dir), []byte(kubeconfig(c.Dir)), 0o600)
+	return os.WriteFile(Kubeconfig(c.Dir), []byte(kubeconfig(c.Dir, c.server())), 0o600)
 }
 
-func kubeconfig(dir string) string {
+func kubeconfig(dir, server string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -303,5 +328,5 @@ contexts:
 - name: meshvm-lab
   context: {cluster: meshvm-lab, user: %s}
 current-context: meshvm-lab
-`, Server(), pki(dir, "ca.pem"), adminUser, pki(dir, "admin.pem"), pki(dir, "admin-key.pem"), adminUser)
+`, server, pki(dir, "ca.pem"), adminUser, pki(dir, "admin.pem"), pki(dir, "admin-key.pem"), adminUser)
 }

@@ -30,6 +30,8 @@ type Config struct {
 	Dir      string
 	Istio    istioinstall.Options
 	Progress io.Writer
+	// Ports are the control plane's (default: the lab's fixed ones).
+	Ports cluster.Ports
 }
 
 // Stack is a running lab control plane.
@@ -56,7 +58,7 @@ func UpCluster(ctx context.Context, c Config) (*Stack, error) {
 	}
 	cl := filepath.Join(c.Dir, "cluster")
 	if err := cluster.Up(ctx, cluster.Config{Dir: cl, APIServer: bins.Path("kube-apiserver"),
-		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress}); err != nil {
+		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress, Ports: c.Ports}); err != nil {
 		return nil, err
 	}
 	return &Stack{Bins: bins, Kubeconfig: cluster.Kubeconfig(cl)}, nil
@@ -66,15 +68,7 @@ func UpCluster(ctx context.Context, c Config) (*Stack, error) {
 // what the lab can hold, and runs that revision's istiod with the rendered
 // mesh configuration and environment; other revisions' keep running.
 func InstallIstio(ctx context.Context, c Config, st *Stack) error {
-	objs, err := istioinstall.RenderIn(filepath.Join(c.Dir, "istio-render"), c.Istio)
-	if err != nil {
-		return err
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
-	if err != nil {
-		return fmt.Errorf("lab kubeconfig: %w", err)
-	}
-	changes, err := istioinstall.Apply(ctx, rc, objs, istioinstall.LabRunnable)
+	objs, changes, err := applyIstio(ctx, c, st)
 	if err != nil {
 		return err
 	}
@@ -91,6 +85,33 @@ func InstallIstio(ctx context.Context, c Config, st *Stack) error {
 	return meshlab.Up(ctx, meshlab.Config{Dir: filepath.Join(c.Dir, "istio"), Revision: c.Istio.Revision, Istiod: st.Bins.Path("pilot-discovery"),
 		Gateway:    st.Bins.Path("lab-envoy"),
 		Kubeconfig: st.Kubeconfig, Mesh: mesh, Env: env, ClusterID: c.Istio.ClusterName, Progress: c.Progress})
+}
+
+// InstallIstioAPI applies what InstallIstio applies (Istio's resources,
+// its namespace, its mesh config) and runs no istiod: for runs that stand
+// in for istiod's writes (pkg/mesh/autoregsim) at a scale the lab's istiod
+// and VMs cannot reach.
+func InstallIstioAPI(ctx context.Context, c Config, st *Stack) error {
+	objs, changes, err := applyIstio(ctx, c, st)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.Progress, "istio API: %d objects rendered (Istio %s): %s (no istiod)\n", len(objs), istioinstall.EmbeddedVersion, istioinstall.Summary(changes))
+	return nil
+}
+
+// applyIstio renders c.Istio and applies what the lab can hold.
+func applyIstio(ctx context.Context, c Config, st *Stack) ([]istioinstall.Object, []istioinstall.Change, error) {
+	objs, err := istioinstall.RenderIn(filepath.Join(c.Dir, "istio-render"), c.Istio)
+	if err != nil {
+		return nil, nil, err
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+	if err != nil {
+		return nil, nil, fmt.Errorf("lab kubeconfig: %w", err)
+	}
+	changes, err := istioinstall.Apply(ctx, rc, objs, istioinstall.LabRunnable)
+	return objs, changes, err
 }
 
 // DownCluster stops istiod and the control plane and removes their state,

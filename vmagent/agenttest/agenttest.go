@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -25,19 +24,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshvm/meshvm/pkg/agentspec"
-	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/config"
-	"github.com/meshvm/meshvm/vmagent/internal/agentstate"
-	"github.com/meshvm/meshvm/vmagent/internal/capture"
-	"github.com/meshvm/meshvm/vmagent/internal/dnscheck"
-	"github.com/meshvm/meshvm/vmagent/internal/postinst"
+	"github.com/meshvm/meshvm/vmagent/internal/inproc"
 	"github.com/meshvm/meshvm/vmagent/internal/server"
 	"github.com/meshvm/meshvm/vmagent/internal/sidecar"
-	"github.com/meshvm/meshvm/vmagent/internal/sysusers"
-	"github.com/meshvm/meshvm/vmagent/internal/vmfiles"
 )
 
 // Options shape the agent; the zero value is a fresh CA on 127.0.0.1, any port.
@@ -92,12 +85,7 @@ func (a *Agent) count(fullMethod string) {
 func Start(t testing.TB, o Options) *Agent {
 	t.Helper()
 	dir := t.TempDir()
-	for _, d := range []string{"etc/certs", "var/lib/istio/envoy", "var/lib/istio/config", "usr/local/bin", "run", "var/lib"} {
-		must(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
-	}
-	must(t, os.Symlink("/run", filepath.Join(dir, "var/run")))
-	must(t, os.WriteFile(filepath.Join(dir, "etc/passwd"), []byte("root:x:0:0::/root:/bin/sh\nistio-proxy:x:1337:1337::/var/lib/istio:/usr/sbin/nologin\n"), 0o644))
-	must(t, os.WriteFile(filepath.Join(dir, "etc/group"), []byte("root:x:0:\nistio-proxy:x:1337:\n"), 0o644))
+	must(t, inproc.Sandbox(dir))
 
 	ca, cert, key := o.CA, o.ServerCert, o.ServerKey
 	var err error
@@ -121,12 +109,7 @@ func Start(t testing.TB, o Options) *Agent {
 	}
 
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	root, err := fsroot.New(dir)
-	must(t, err)
-	users := sysusers.New(root)
-	state := agentstate.New(root)
-	guard := server.NewGuard(log, limits)
-	a := &Agent{Root: dir, CA: ca, Guard: guard, calls: map[string]int{}}
+	a := &Agent{Root: dir, CA: ca, calls: map[string]int{}}
 	// Counted outside the agent's own interceptors: every call that arrives.
 	count := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -145,25 +128,15 @@ func Start(t testing.TB, o Options) *Agent {
 			return h(srv, ss)
 		}),
 	}
-	srv := grpc.NewServer(append(count, guard.Options(tlsCfg)...)...)
-	agent := server.New(log, server.Deps{
-		Root:      root,
-		Installer: postinst.New(log, postinst.Options{Root: root, Users: users, State: state}),
-		Files:     vmfiles.NewStore(log, root, users, state),
+	agent, err := inproc.New(inproc.Config{Root: dir, TLS: tlsCfg, Limits: limits, Log: log, Options: count, Wrap: o.Wrap,
 		// A sandbox has no systemd: the real manager must say so, promptly.
-		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second}),
-		DNS:     dnscheck.DefaultResolver(dir),
-		Capture: &capture.Checker{Root: root, EnvPath: postinst.SidecarEnvPath, AgentPort: 7443},
-	})
-	var svc agentv1.AgentServiceServer = agent
-	if o.Wrap != nil {
-		svc = o.Wrap(agent)
-	}
-	agentv1.RegisterAgentServiceServer(srv, svc)
+		Sidecar: sidecar.New(log, sidecar.Options{Root: dir, SystemdSocket: filepath.Join(dir, "run/systemd/private"), ConnectTimeout: 2 * time.Second})})
+	must(t, err)
+	a.Guard = agent.Guard
 	lis, err := net.Listen("tcp", listen)
 	must(t, err)
-	go srv.Serve(guard.Listener(lis))
-	t.Cleanup(srv.Stop)
+	go agent.Serve(lis)
+	t.Cleanup(agent.GRPC.Stop)
 	a.Addr = lis.Addr().String()
 	return a
 }

@@ -57,6 +57,9 @@ type Deps struct {
 	DNS       dnscheck.Resolver
 	// Capture judges the capture rules in force; nil reports none.
 	Capture *capture.Checker
+	// Addresses, when set, are the VM's addresses Watch reports instead of
+	// the host's global unicast ones (an agent simulated on loopback).
+	Addresses func() []string
 }
 
 // Server implements agentv1.AgentServiceServer.

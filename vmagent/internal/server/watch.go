@@ -164,7 +164,11 @@ func (s *Server) observeVM(ctx context.Context) *agentv1.WatchResponse {
 		s.note("certificate", err)
 	}
 	out.Token = s.tokenStatus()
-	out.Addresses = globalAddresses()
+	if s.deps.Addresses != nil {
+		out.Addresses = s.deps.Addresses()
+	} else {
+		out.Addresses = globalAddresses()
+	}
 	return out
 }
 
