@@ -48,17 +48,33 @@ func Delete(ctx context.Context, name string, m machine.Machine, removeAgent boo
 // RemoveAgent has m's agent undo what it did (sidecar, capture rules, hosts
 // block, files, users) and removes the agent through the machine provider.
 func RemoveAgent(ctx context.Context, m machine.Machine, store Store, machines machine.Provider) error {
-	addr := m.Address()
-	tlsCfg, err := store.AgentTLS(addr)
-	if err != nil {
-		return err
-	}
-	c, err := agentclient.Dial(net.JoinHostPort(addr, onboard.AgentPort), tlsCfg)
+	c, err := dialAgent(m.Address(), store)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	return onboard.RemoveAgentWith(ctx, machines, c, m)
+}
+
+// UndoAgent has the agent at addr undo what it did (sidecar, capture rules,
+// hosts block, files, users) and leaves the agent installed: what a
+// controller, which reaches VMs only through their agents, can take back.
+func UndoAgent(ctx context.Context, addr string, store Store) error {
+	c, err := dialAgent(addr, store)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Uninstall(ctx, false)
+	return err
+}
+
+func dialAgent(addr string, store Store) (*agentclient.Client, error) {
+	tlsCfg, err := store.AgentTLS(addr)
+	if err != nil {
+		return nil, err
+	}
+	return agentclient.Dial(net.JoinHostPort(addr, onboard.AgentPort), tlsCfg)
 }
 
 // DeleteEntry deletes the VM's WorkloadEntry, at its address or, when it
