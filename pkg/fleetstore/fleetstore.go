@@ -286,9 +286,14 @@ func (s *Store) secret(vm string) (*corev1.Secret, error) {
 // update sets keys of VM vm's records (an empty value removes its key),
 // writing only when that changes them.
 func (s *Store) update(vm string, set map[string][]byte) error {
+	_, err := s.put(vm, set)
+	return err
+}
+
+func (s *Store) put(vm string, set map[string][]byte) (bool, error) {
 	sec, err := s.secret(vm)
 	if err != nil {
-		return err
+		return false, err
 	}
 	var data map[string][]byte
 	if sec != nil {
@@ -305,7 +310,7 @@ func (s *Store) update(vm string, set map[string][]byte) error {
 		}
 	}
 	if sec != nil && maps.EqualFunc(data, sec.Data, func(a, b []byte) bool { return string(a) == string(b) }) {
-		return nil
+		return false, nil
 	}
 	name := RecordName(s.vmNS, vm)
 	if sec == nil {
@@ -323,12 +328,44 @@ func (s *Store) update(vm string, set map[string][]byte) error {
 		s.mu.Lock()
 		delete(s.records, vm)
 		s.mu.Unlock()
-		return fmt.Errorf("records of VM %s (Secret %s/%s): %w", vm, s.ns, name, err)
+		return false, fmt.Errorf("records of VM %s (Secret %s/%s): %w", vm, s.ns, name, err)
 	}
 	s.mu.Lock()
 	s.records[vm] = sec
 	s.mu.Unlock()
-	return nil
+	return true, nil
+}
+
+// Records are a VM's records as a state directory kept them: what
+// hostctl fleet adopt carries into the cluster.
+type Records struct {
+	Address string
+	Joined  *vmcore.Joined
+	Restart *vmcore.Restart
+	// Files are the workload files last generated, by name (istio-token...).
+	Files map[string][]byte
+	// AgentCert and AgentKey are the identity its agent presents.
+	AgentCert, AgentKey []byte
+}
+
+// Put writes VM vm's records in one write, when they differ.
+func (s *Store) Put(vm string, r Records) (changed bool, err error) {
+	set := maps.Clone(r.Files)
+	if set == nil {
+		set = map[string][]byte{}
+	}
+	set[keyAddress], set[keyAgent], set[keyAgentK] = []byte(r.Address), r.AgentCert, r.AgentKey
+	if r.Joined != nil {
+		if set[keyJoined], err = json.Marshal(r.Joined); err != nil {
+			return false, err
+		}
+	}
+	if r.Restart != nil {
+		if set[keyRestart], err = json.Marshal(r.Restart); err != nil {
+			return false, err
+		}
+	}
+	return s.put(vm, set)
 }
 
 func (s *Store) Address(vm string) (string, error) {

@@ -100,7 +100,7 @@ func New() *cobra.Command {
 	vm.AddCommand(vmCommands(g)...)
 	cluster, istio := clusterCommands(g)
 	root.AddCommand(cfg, vm, cluster, istio, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
-		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())
+		(&doctorCmd{vmCmd: vmCmd{g: g}}).command(), fleetCommand(g))
 	strictUsage(root)
 	return root
 }

@@ -1,0 +1,94 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/procs"
+	"github.com/meshvm/meshvm/pkg/fleetstore"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+)
+
+// The lab's controller answers its probes here (and serves metrics beside).
+const (
+	controllerName   = "meshvm-controller"
+	controllerProbes = "127.0.0.1:18081"
+	controllerMetric = "127.0.0.1:18080"
+)
+
+// ControllerDir is where the lab's controller keeps its log, PID and caches.
+func ControllerDir(dir string) string { return filepath.Join(dir, "controller") }
+
+// StartController runs fleet mode's controller (the static binary bin) as a
+// local process against the lab's API server, as istiod runs, with the
+// lab's pilot-agent and Envoy stand-in as the sidecar it delivers; a
+// controller already running the same way is kept. Its leader election is
+// on, as anywhere.
+func StartController(ctx context.Context, c Config, st *Stack, bin string, resync time.Duration) (int, error) {
+	dir := ControllerDir(c.Dir)
+	side := filepath.Join(dir, "sidecar", istioinstall.EmbeddedVersion, runtime.GOARCH)
+	if err := os.MkdirAll(side, 0o700); err != nil {
+		return 0, err
+	}
+	bootstrap, err := build.IstioFile(ctx, c.ModuleDir, "tools/packaging/common/envoy_bootstrap.json")
+	if err != nil {
+		return 0, err
+	}
+	for name, target := range map[string]string{"pilot-agent": st.Bins.Path("pilot-agent"), "envoy": st.Bins.Path("lab-envoy"), "envoy_bootstrap_tmpl.json": bootstrap} {
+		link := filepath.Join(side, name)
+		os.Remove(link)
+		if err := os.Symlink(target, link); err != nil {
+			return 0, err
+		}
+	}
+	spec := procs.Spec{Name: controllerName, Bin: bin, Args: []string{"--kubeconfig", st.Kubeconfig, "--namespace", fleetstore.DefaultNamespace,
+		"--metrics-bind-address", controllerMetric, "--health-probe-bind-address", controllerProbes,
+		"--sidecar-dir", filepath.Join(dir, "sidecar"), "--cache-dir", filepath.Join(dir, "cache"), "--resync", resync.String()}}
+	pd := procs.Dir(dir)
+	if pid, ok := pd.Running(controllerName); ok {
+		if err := pd.Stop(ctx, controllerName, 10*time.Second); err != nil {
+			return pid, err
+		}
+	}
+	pid, err := pd.Start(spec)
+	if err != nil {
+		return 0, err
+	}
+	if err := pd.WaitReady(ctx, controllerName, pid, 30*time.Second, controllerReady); err != nil {
+		return pid, err
+	}
+	fmt.Fprintf(progress(c), "fleet: controller ready (pid %d, log %s)\n", pid, pd.LogPath(controllerName))
+	return pid, nil
+}
+
+func progress(c Config) interface{ Write([]byte) (int, error) } {
+	if c.Progress == nil {
+		return io.Discard
+	}
+	return c.Progress
+}
+
+func controllerReady(ctx context.Context) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+controllerProbes+"/readyz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("readyz: %s", resp.Status)
+	}
+	return nil
+}
+
+// StopController stops the lab's controller, if it runs.
+func StopController(ctx context.Context, dir string) error {
+	return procs.Dir(ControllerDir(dir)).Stop(ctx, controllerName, 10*time.Second)
+}
