@@ -35,6 +35,9 @@ var (
 	MeshVMs = v1alpha1.GroupVersion.WithResource("meshvms")
 )
 
+// Change is one object's fate, as up reports the workload's.
+type Change = workload.Change
+
 // VM is one VM of the config as fleet mode declares it.
 type VM struct {
 	Name    string
