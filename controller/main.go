@@ -19,10 +19,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -44,7 +44,6 @@ func main() {
 
 func run() error {
 	var (
-		kubeconfig   = flag.String("kubeconfig", "", "kubeconfig to reach the API server (default: in-cluster)")
 		namespace    = flag.String("namespace", fleetstore.DefaultNamespace, "namespace of the controller's Secrets (agent CA, client identity, VM records), fleet settings and leader lease")
 		leaderElect  = flag.Bool("leader-elect", true, "elect one leader among the controller's replicas: only it acts")
 		metricsAddr  = flag.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 turns it off)")
@@ -62,7 +61,8 @@ func run() error {
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 
-	rc, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	// --kubeconfig is controller-runtime's flag: in-cluster without it.
+	rc, err := ctrlconfig.GetConfig()
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w (give --kubeconfig outside a cluster)", err)
 	}

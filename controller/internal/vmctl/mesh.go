@@ -11,7 +11,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
-	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/istioversion"
 	"github.com/meshvm/meshvm/pkg/mesh/proxyimage"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
@@ -83,7 +83,7 @@ func (m mesh) IstiodVersion(ctx context.Context, rev string) (string, string, er
 	if v := m.settings.IstiodVersions[name]; v != "" {
 		return v, "the fleet settings", nil
 	}
-	v, from, err := istioinstall.RunningVersion(ctx, m.kube, m.settings.IstioNamespace+"/"+istioinstall.IstiodService(rev))
+	v, from, err := istioversion.RunningVersion(ctx, m.kube, m.settings.IstioNamespace+"/"+workloadfiles.IstiodService(rev))
 	if err != nil {
 		return "", "", &RevisionNotRunning{Revision: name, Err: err}
 	}

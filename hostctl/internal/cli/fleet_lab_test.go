@@ -113,9 +113,6 @@ func TestFleetOnLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	stackCfg := labstack.Config{ModuleDir: filepath.Join(root, "lab", "toolchain"), CacheDir: build.DefaultCacheDir(), Dir: filepath.Join(state, "lab"), Progress: testWriter{t}}
-	if _, err := labstack.StartController(ctx, stackCfg, &labstack.Stack{Bins: bins, Kubeconfig: kubeconfig}, bin, 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	controllerLog := filepath.Join(labstack.ControllerDir(stackCfg.Dir), "logs", "meshvm-controller.log")
 	t.Cleanup(func() {
 		// The MeshVMs go before down, through the finalizer, while the controller runs.
@@ -129,6 +126,9 @@ func TestFleetOnLab(t *testing.T) {
 			t.Logf("controller log:\n%s", tail(string(b), 80))
 		}
 	})
+	if _, err := labstack.StartController(ctx, stackCfg, &labstack.Stack{Bins: bins, Kubeconfig: kubeconfig}, bin, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	get := func(name string) v1alpha1.MeshVM {
 		var m v1alpha1.MeshVM
 		u, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").Get(ctx, name, metav1.GetOptions{})
