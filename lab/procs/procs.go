@@ -6,6 +6,8 @@ package procs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -32,6 +34,14 @@ type Spec struct {
 	// Env is added to the current environment; Cwd defaults to the Dir.
 	Env []string
 	Cwd string
+}
+
+// Sum digests what a process is started with, and extra: a change to any
+// of it means a restart.
+func (s Spec) Sum(extra string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%q\n%q\n%s\n", s.Bin, s.Args, s.Env, extra)
+	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
 // Start launches s detached and records its PID.

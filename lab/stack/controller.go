@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"time"
@@ -52,7 +53,13 @@ func StartController(ctx context.Context, c Config, st *Stack, bin string, resyn
 		"--metrics-bind-address", controllerMetric, "--health-probe-bind-address", controllerProbes,
 		"--sidecar-dir", filepath.Join(dir, "sidecar"), "--cache-dir", filepath.Join(dir, "cache"), "--resync", resync.String()}}
 	pd := procs.Dir(dir)
+	sum := filepath.Join(dir, controllerName+".spec")
+	want := spec.Sum(binStamp(bin))
 	if pid, ok := pd.Running(controllerName); ok {
+		if had, _ := os.ReadFile(sum); string(had) == want && controllerReady(ctx) == nil {
+			fmt.Fprintf(progress(c), "controller already running (pid %d)\n", pid)
+			return pid, nil
+		}
 		if err := pd.Stop(ctx, controllerName, 10*time.Second); err != nil {
 			return pid, err
 		}
@@ -64,7 +71,10 @@ func StartController(ctx context.Context, c Config, st *Stack, bin string, resyn
 	if err := pd.WaitReady(ctx, controllerName, pid, 30*time.Second, controllerReady); err != nil {
 		return pid, err
 	}
-	fmt.Fprintf(progress(c), "fleet: controller ready (pid %d, log %s)\n", pid, pd.LogPath(controllerName))
+	if err := os.WriteFile(sum, []byte(want), 0o600); err != nil {
+		return pid, err
+	}
+	fmt.Fprintf(progress(c), "controller ready (pid %d, a lab process; log %s)\n", pid, pd.LogPath(controllerName))
 	return pid, nil
 }
 
@@ -91,4 +101,26 @@ func controllerReady(ctx context.Context) error {
 // StopController stops the lab's controller, if it runs.
 func StopController(ctx context.Context, dir string) error {
 	return procs.Dir(ControllerDir(dir)).Stop(ctx, controllerName, 10*time.Second)
+}
+
+// BuildController builds the controller (static) from the meshvm checkout
+// whose lab/toolchain module is moduleDir, into the controller's directory.
+func BuildController(ctx context.Context, c Config) (string, error) {
+	bin := filepath.Join(ControllerDir(c.Dir), "bin", controllerName)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./controller")
+	cmd.Dir = filepath.Join(c.ModuleDir, "..", "..")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the controller in %s: %w: %s", cmd.Dir, err, out)
+	}
+	return bin, nil
+}
+
+// binStamp names the binary's build: a rebuilt controller is restarted.
+func binStamp(bin string) string {
+	st, err := os.Stat(bin)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprint(st.Size(), st.ModTime().UnixNano())
 }

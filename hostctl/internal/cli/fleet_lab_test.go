@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,7 +44,7 @@ import (
 //     expiry with its sidecar never restarted: the case that strands a VM
 //     without fleet mode. It runs beside the cases above, in one lab.
 func TestFleetOnLab(t *testing.T) {
-	root, work, cfgPath, state := labSetup(t, "fl1", "fl2")
+	_, _, cfgPath, state := labSetup(t, "fl1", "fl2")
 	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -87,35 +86,9 @@ func TestFleetOnLab(t *testing.T) {
 	}
 	fl2PID := sidecarPID("fl2")
 
-	// Adopt: run twice, the second changes nothing.
-	out, err := run(t, "--config", cfgPath, "fleet", "adopt", "-o", "json")
-	var changes []workload.Change
-	if jerr := json.Unmarshal([]byte(out), &changes); err != nil || jerr != nil {
-		t.Fatalf("fleet adopt: %v %v\n%s", err, jerr, out)
-	}
-	t.Logf("fleet adopt:\n%s", out)
-	if !hasChange(changes, "MeshVM vmns/fl1", "created") || !hasChange(changes, "Secret meshvm-system/meshvm-agent-ca", "created") {
-		t.Errorf("fleet adopt: got %+v, want the CA and the MeshVMs created", changes)
-	}
-	if out, err := run(t, "--config", cfgPath, "fleet", "adopt", "-o", "json"); err != nil || strings.Count(out, `"unchanged"`) != 7 {
-		t.Errorf("fleet adopt again: %v\n%s\nwant all 7 objects unchanged", err, out)
-	}
-
-	// The controller, as a lab process; its VMs' Ready is awaited.
-	bin := filepath.Join(work, "meshvm-controller")
-	cmd := exec.Command("go", "build", "-o", bin, "./controller")
-	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the controller: %v\n%s", err, out)
-	}
-	bins, err := build.Build(ctx, build.Options{ModuleDir: filepath.Join(root, "lab", "toolchain"), CacheDir: build.DefaultCacheDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stackCfg := labstack.Config{ModuleDir: filepath.Join(root, "lab", "toolchain"), CacheDir: build.DefaultCacheDir(), Dir: filepath.Join(state, "lab"), Progress: testWriter{t}}
-	controllerLog := filepath.Join(labstack.ControllerDir(stackCfg.Dir), "logs", "meshvm-controller.log")
+	// The MeshVMs go before down, through the finalizer, while the controller runs.
+	controllerLog := filepath.Join(labstack.ControllerDir(filepath.Join(state, "lab")), "logs", "meshvm-controller.log")
 	t.Cleanup(func() {
-		// The MeshVMs go before down, through the finalizer, while the controller runs.
 		dc.Resource(fleetmode.MeshVMs).Namespace("vmns").DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{})
 		waitFor(t, 2*time.Minute, "every MeshVM finalized", func() (bool, string) {
 			l, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").List(context.Background(), metav1.ListOptions{})
@@ -126,8 +99,27 @@ func TestFleetOnLab(t *testing.T) {
 			t.Logf("controller log:\n%s", tail(string(b), 80))
 		}
 	})
-	if _, err := labstack.StartController(ctx, stackCfg, &labstack.Stack{Bins: bins, Kubeconfig: kubeconfig}, bin, 15*time.Second); err != nil {
-		t.Fatal(err)
+
+	// Adopt: the records and MeshVMs into the cluster, the controller
+	// started as a lab process, the VMs awaited Ready. Run again, it
+	// changes nothing.
+	start := time.Now()
+	out, err := run(t, "--config", cfgPath, "fleet", "adopt", "-o", "json")
+	t.Logf("fleet adopt (%s):\n%s", time.Since(start).Round(time.Second), out)
+	var changes []workload.Change
+	if jerr := json.NewDecoder(strings.NewReader(out)).Decode(&changes); err != nil || jerr != nil {
+		t.Fatalf("fleet adopt: %v %v", err, jerr)
+	}
+	if !hasChange(changes, "MeshVM vmns/fl1", "created") || !hasChange(changes, "Secret meshvm-system/meshvm-agent-ca", "created") {
+		t.Errorf("fleet adopt: got %+v, want the CA and the MeshVMs created", changes)
+	}
+	if out, err := run(t, "--config", cfgPath, "fleet", "adopt", "-o", "json"); err != nil || strings.Count(out, `"unchanged"`) != 7 || !strings.Contains(out, "controller already running") {
+		t.Errorf("fleet adopt again: %v\n%s\nwant all 7 objects unchanged and the controller kept", err, out)
+	}
+	if out, err := run(t, "--config", cfgPath, "fleet", "status"); err != nil || strings.Count(out, " True ") < 2 {
+		t.Errorf("fleet status: %v\n%s", err, out)
+	} else {
+		t.Logf("hostctl fleet status:\n%s", out)
 	}
 	get := func(name string) v1alpha1.MeshVM {
 		var m v1alpha1.MeshVM
@@ -142,11 +134,12 @@ func TestFleetOnLab(t *testing.T) {
 		c := findCond(m.Status.Conditions, "Ready")
 		return c != nil && c.Status == metav1.ConditionTrue && m.Status.ObservedGeneration == m.Generation, fmt.Sprintf("%+v", m.Status)
 	}
-	start := time.Now()
 	for _, vm := range []string{"fl1", "fl2"} {
-		waitFor(t, 2*time.Minute, vm+" Ready", func() (bool, string) { return ready(vm) })
+		if ok, s := ready(vm); !ok {
+			t.Errorf("%s not Ready after fleet adopt: %s", vm, s)
+		}
 	}
-	t.Logf("declared → Ready in %s; kubectl get meshvms:\n%s", time.Since(start).Round(time.Second), getTable(t, rc, "vmns"))
+	t.Logf("kubectl get meshvms:\n%s", getTable(t, rc, "vmns"))
 	for _, vm := range []string{"fl1", "fl2"} {
 		m := get(vm)
 		if c := findCond(m.Status.Conditions, "FilesInSync"); c == nil || c.Reason != "InPlace" {

@@ -2,9 +2,13 @@ package fleetmode
 
 import (
 	"context"
+	"io"
+	"time"
 
 	"k8s.io/client-go/dynamic"
 
+	"github.com/meshvm/meshvm/lab/build"
+	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
@@ -61,4 +65,37 @@ func FromFleet(ctx context.Context, f *fleet.Fleet) (Adoption, error) {
 	}
 	return Adoption{Clients: clients, Dynamic: dc, Namespace: fleetstore.DefaultNamespace, State: f.State, Workload: fleet.WorkloadSpec(cfg),
 		VMs: vms, TokenLifetime: cfg.Workload.TokenLifetime.Duration, CertificateLifetime: cfg.Workload.CertificateLifetime.Duration, Settings: settings}, nil
+}
+
+// Dynamic is the fleet's cluster's client for MeshVMs.
+func Dynamic(f *fleet.Fleet) (dynamic.Interface, error) {
+	rc, err := fleet.RestConfig(f.Site.Kubeconfig())
+	if err != nil {
+		return nil, err
+	}
+	return dynamic.NewForConfig(rc)
+}
+
+// LabResync is the lab controller's periodic look at each VM.
+const LabResync = 30 * time.Second
+
+// StartLabController runs the controller as a process of the lab, as
+// istiod runs, built from the checkout the lab builds from; a cluster's
+// controller is a Deployment (hostctl fleet install).
+func StartLabController(ctx context.Context, f *fleet.Fleet, progress io.Writer) error {
+	src, err := build.ModuleDir()
+	if err != nil {
+		return err
+	}
+	c := labstack.Config{ModuleDir: src, CacheDir: build.DefaultCacheDir(), Dir: f.State.Path("lab"), Progress: progress}
+	bins, err := build.Build(ctx, build.Options{ModuleDir: src, CacheDir: c.CacheDir})
+	if err != nil {
+		return err
+	}
+	bin, err := labstack.BuildController(ctx, c)
+	if err != nil {
+		return err
+	}
+	_, err = labstack.StartController(ctx, c, &labstack.Stack{Bins: bins, Kubeconfig: f.Site.Kubeconfig()}, bin, LabResync)
+	return err
 }
