@@ -98,9 +98,14 @@ check-generate: generate ## Fail if generated code or formatting is out of date
 proto-lint: tools ## Lint the API with buf (STANDARD)
 	buf lint
 
+# PROTO_BASELINE is the API as it last shipped (a landed commit): agents and
+# hostctls built from it must keep working with this tree's. Comparing
+# against main compared main with itself. Move it forward when a stop lands.
+PROTO_BASELINE ?= e5adf7e
 .PHONY: proto-breaking
-proto-breaking: tools ## Check the API against main for breaking changes
-	@if git rev-parse -q --verify main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then buf breaking --against '.git#branch=main'; else echo "proto-breaking: no main branch with buf.yaml yet, nothing to compare"; fi
+proto-breaking: tools ## Check the API against PROTO_BASELINE (the last shipped commit) for breaking changes
+	@git cat-file -e '$(PROTO_BASELINE)^{commit}' 2>/dev/null || { echo "proto-breaking: baseline $(PROTO_BASELINE) is not in this clone: git fetch --unshallow, or set PROTO_BASELINE=<commit>" >&2; exit 1; }
+	buf breaking --against '.git#ref=$(PROTO_BASELINE)'
 
 .PHONY: vet
 vet: ## go vet

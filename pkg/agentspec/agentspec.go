@@ -16,6 +16,10 @@ const Port = 7443
 // TokenPath is the VM's istio-token, which pilot-agent reads.
 const TokenPath = "/var/run/secrets/tokens/istio-token"
 
+// WatchCapability is announced by an agent that serves Watch: a caller
+// falls back to polling GetStatus without it (an older agent).
+const WatchCapability = "watch.v1"
+
 // Callers ping a quiet connection every KeepaliveTime and drop it when no
 // answer comes within KeepaliveTimeout: the sidecar's capture rules can cut
 // it silently. The agent closes a connection pinged more often than every

@@ -15,12 +15,16 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/mtls"
@@ -49,6 +53,11 @@ type Options struct {
 	// Wrap, when set, serves its service in front of the agent's (an agent
 	// of an older release, say).
 	Wrap func(*server.Server) agentv1.AgentServiceServer
+	// Lacking are capabilities the agent does not announce, as an agent of
+	// an older release: "watch.v1" also makes Watch an unknown method, as
+	// gRPC answers one (Unimplemented); "capture.v1" leaves GetStatus's
+	// capture verdict unset.
+	Lacking []string
 }
 
 // Agent is a running agent.
@@ -122,10 +131,17 @@ func Start(t testing.TB, o Options) *Agent {
 	count := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			a.count(info.FullMethod)
-			return h(ctx, req)
+			resp, err := h(ctx, req)
+			if err == nil {
+				older(o.Lacking, resp)
+			}
+			return resp, err
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			a.count(info.FullMethod)
+			if info.FullMethod == agentv1.AgentService_Watch_FullMethodName && slices.Contains(o.Lacking, agentspec.WatchCapability) {
+				return status.Errorf(codes.Unimplemented, "unknown method Watch for service %s", agentv1.AgentService_ServiceDesc.ServiceName)
+			}
 			return h(srv, ss)
 		}),
 	}
@@ -169,6 +185,18 @@ func (a *Agent) Client(t testing.TB, cfg *tls.Config) *agentclient.Client {
 	must(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// older takes from resp what an agent lacking those capabilities leaves out.
+func older(lacking []string, resp any) {
+	switch r := resp.(type) {
+	case *agentv1.GetVersionResponse:
+		r.Capabilities = slices.DeleteFunc(slices.Clone(r.Capabilities), func(c string) bool { return slices.Contains(lacking, c) })
+	case *agentv1.GetStatusResponse:
+		if slices.Contains(lacking, "capture.v1") {
+			r.Capture = nil
+		}
+	}
 }
 
 func must(t testing.TB, err error) {

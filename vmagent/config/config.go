@@ -83,6 +83,12 @@ type Limits struct {
 	// MaxProcessCalls is how many calls that run programs (Install,
 	// Uninstall, CheckNetwork) may run at once.
 	MaxProcessCalls int `json:"max_process_calls"`
+	// MaxWatchStreams is how many Watch calls may be open at once: one per
+	// controller replica that holds this VM, with room for a handover.
+	MaxWatchStreams int `json:"max_watch_streams"`
+	// WatchSendTimeout drops a watch stream whose caller takes no message
+	// for so long (it gets the newest state, never a backlog, meanwhile).
+	WatchSendTimeout Duration `json:"watch_send_timeout"`
 }
 
 // Duration is a time.Duration written as "30s" or "5m".
@@ -137,6 +143,8 @@ func Default() Config {
 			MaxLogStreams:         4,
 			LogSendTimeout:        Duration(30 * time.Second),
 			MaxProcessCalls:       2,
+			MaxWatchStreams:       4,
+			WatchSendTimeout:      Duration(30 * time.Second),
 		},
 	}
 }
@@ -206,6 +214,7 @@ func (l Limits) validate() error {
 		{"max_deliveries", l.MaxDeliveries, 1, 64, d.MaxDeliveries},
 		{"max_log_streams", l.MaxLogStreams, 1, 64, d.MaxLogStreams},
 		{"max_process_calls", l.MaxProcessCalls, 1, 64, d.MaxProcessCalls},
+		{"max_watch_streams", l.MaxWatchStreams, 1, 64, d.MaxWatchStreams},
 	}
 	for _, c := range counts {
 		if c.v < c.lo || c.v > c.hi {
@@ -222,15 +231,16 @@ func (l Limits) validate() error {
 		{"request_timeout", l.RequestTimeout, d.RequestTimeout},
 		{"delivery_idle_timeout", l.DeliveryIdleTimeout, d.DeliveryIdleTimeout},
 		{"log_send_timeout", l.LogSendTimeout, d.LogSendTimeout},
+		{"watch_send_timeout", l.WatchSendTimeout, d.WatchSendTimeout},
 	}
 	for _, c := range durations {
 		if c.v < Duration(time.Second) {
 			return fmt.Errorf("config: limits.%s %s: want at least 1s (default %s)", c.name, time.Duration(c.v), time.Duration(c.def))
 		}
 	}
-	if l.MaxDeliveries+l.MaxLogStreams+l.MaxProcessCalls > l.MaxStreams {
-		return fmt.Errorf("config: limits.max_deliveries + max_log_streams + max_process_calls (%d) exceed limits.max_streams %d: raise max_streams or lower the others",
-			l.MaxDeliveries+l.MaxLogStreams+l.MaxProcessCalls, l.MaxStreams)
+	if held := l.MaxDeliveries + l.MaxLogStreams + l.MaxProcessCalls + l.MaxWatchStreams; held > l.MaxStreams {
+		return fmt.Errorf("config: limits.max_deliveries + max_log_streams + max_process_calls + max_watch_streams (%d) exceed limits.max_streams %d: raise max_streams or lower the others",
+			held, l.MaxStreams)
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ func (r *Reconciler) finalize(ctx context.Context, vm *v1alpha1.MeshVM, store *f
 	var undone error
 	if recorded != "" {
 		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		undone = vmcore.UndoAgent(actx, addr, store)
+		undone = vmcore.UndoAgent(actx, machine.Machine{Name: vm.Name, State: machine.Running, Addresses: []string{addr}}, store)
 		cancel()
 	}
 	_, entry, eerr := vmcore.DeleteEntry(ctx, vm.Name, machine.Machine{Name: vm.Name, Addresses: []string{addr}}, store, deps)

@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 )
 
@@ -54,11 +53,11 @@ func (c *fleetCmd) adopt(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	p := newProgress(cmd.ErrOrStderr(), "fleet")
-	if f.Config.Cluster.Provider == config.Lab {
-		if err := fleetmode.StartLabController(ctx, f, lineWriter{p}); err != nil {
-			return err
-		}
-	} else if !c.wait {
+	started, err := fleetmode.StartController(ctx, f, lineWriter{p})
+	if err != nil {
+		return err
+	}
+	if !started && !c.wait {
 		return nil
 	}
 	dc, err := fleetmode.Dynamic(f)

@@ -3,6 +3,7 @@ package cli
 import (
 	"github.com/spf13/cobra"
 
+	labsite "github.com/meshvm/meshvm/lab/site"
 	labvm "github.com/meshvm/meshvm/lab/vm"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
@@ -10,7 +11,7 @@ import (
 )
 
 // open loads the config and the fleet on the site it names, starting
-// nothing.
+// nothing. The lab comes from here: fleet does not link it.
 func (g *globals) open(cmd *cobra.Command) (*fleet.Fleet, error) {
 	cfg, err := g.load(cmd)
 	if err != nil {
@@ -23,7 +24,7 @@ func (g *globals) open(cmd *cobra.Command) (*fleet.Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fleet.Open(cmd.Context(), cfg, state, agentBinary(cfg.Agent.Dir), cmd.ErrOrStderr())
+	return fleet.Open(cmd.Context(), cfg, state, agentBinary(cfg.Agent.Dir), cmd.ErrOrStderr(), labsite.Lab)
 }
 
 // labPossible refuses a config asking for the lab (cluster or machines)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -310,6 +311,40 @@ func (c *Client) SidecarLogs(ctx context.Context, req *agentv1.SidecarLogsReques
 			return c.wrap("logs", err)
 		}
 		if err := emit(resp.GetLines()); err != nil {
+			return err
+		}
+	}
+}
+
+// ErrNoWatch is Watch's error for an agent without the watch.v1
+// capability (an older release): its caller polls Status instead.
+var ErrNoWatch = errors.New("the agent does not stream its state (no " + agentspec.WatchCapability + " capability): upgrade the agent, or poll its status")
+
+// Watch streams the VM's state to emit, the whole state first and then
+// each change, until ctx is done, the agent ends the stream or emit
+// returns an error. The connection's keepalive pings make a silent loss of
+// the VM end the stream within agentspec.KeepaliveTime + KeepaliveTimeout.
+func (c *Client) Watch(ctx context.Context, req *agentv1.WatchRequest, emit func(*agentv1.WatchResponse) error) error {
+	v, err := c.Version(ctx)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(v.GetCapabilities(), agentspec.WatchCapability) {
+		return ErrNoWatch
+	}
+	stream, err := c.api.Watch(ctx, req)
+	if err != nil {
+		return c.wrap("watch", err)
+	}
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return c.wrap("watch", errors.New("the agent ended the stream"))
+		}
+		if err != nil {
+			return c.wrap("watch", err)
+		}
+		if err := emit(resp); err != nil {
 			return err
 		}
 	}

@@ -87,29 +87,33 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// agentSite is a site whose VMs are the test's; the cluster is not asked.
-type agentSite struct {
-	Site
-	ms        machine.Provider
+// testMesh is the mesh the test's VMs join: istiod at testIstiodIP (or
+// istiodErr), the embedded Istio on the default revision, and side as the
+// sidecar's files (none: no build in a test).
+type testMesh struct {
 	istiodErr error
+	side      onboard.Sidecar
 }
 
-func (s agentSite) Machines() machine.Provider { return s.ms }
+func (testMesh) Revision(context.Context) string { return "" }
 
-func (s agentSite) IstiodAddress(context.Context, string) (string, error) {
-	if s.istiodErr != nil {
-		return "", s.istiodErr
+func (testMesh) ClusterID(context.Context) string { return "cluster1" }
+
+func (m testMesh) IstiodAddress(context.Context, string) (string, error) {
+	if m.istiodErr != nil {
+		return "", m.istiodErr
 	}
 	return testIstiodIP, nil
 }
 
-func (s agentSite) Sidecar(context.Context, string, string) (onboard.Sidecar, error) {
-	return onboard.Sidecar{}, errors.New("no sidecar build in a test")
+func (m testMesh) Sidecar(context.Context, string, string) (onboard.Sidecar, error) {
+	if m.side.PilotAgent == "" {
+		return onboard.Sidecar{}, errors.New("no sidecar build in a test")
+	}
+	return m.side, nil
 }
 
-func (s agentSite) Revision(context.Context) string { return "" }
-
-func (s agentSite) IstiodVersion(context.Context, string) (string, string, error) {
+func (testMesh) IstiodVersion(context.Context, string) (string, string, error) {
 	return istioinstall.EmbeddedVersion, "the test", nil
 }
 
@@ -178,7 +182,7 @@ func TestLogsFromARealAgent(t *testing.T) {
 func TestDoctorAgainstARealAgent(t *testing.T) {
 	vm := startVM(t)
 	got := map[string]Finding{}
-	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms}, "vm1", nil, false) {
+	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
 	for check, result := range map[string]string{"address": "ok", "agent": "ok", "istiod DNS": "ok", "hosts file": "fail", "proxy version": "warn"} {
@@ -217,7 +221,7 @@ func TestUnreachableAgentSaysWhy(t *testing.T) {
 func TestDoctorRowsCarryTheReason(t *testing.T) {
 	vm := startVM(t)
 	got := map[string]Finding{}
-	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms}, "vm1", nil, false) {
+	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
 	if f := got["proxy version"]; !strings.Contains(f.Detail, "no sidecar build in a test") {
@@ -234,7 +238,7 @@ func TestDoctorRowsCarryTheReason(t *testing.T) {
 		t.Errorf("capture rules: got %+v, want a warning naming the unknown sidecar state", f)
 	}
 	got = map[string]Finding{}
-	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, agentSite{ms: vm.ms, istiodErr: errors.New("no east-west gateway address")}, "vm1", nil, false) {
+	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{istiodErr: errors.New("no east-west gateway address")}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
 	if f := got["istiod DNS"]; f.Result != "fail" || !strings.Contains(f.Detail, "no east-west gateway address") {

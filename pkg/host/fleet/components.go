@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
@@ -13,20 +12,6 @@ type Component struct {
 	Name   string `json:"name"`
 	State  string `json:"state"`
 	Detail string `json:"detail,omitempty"`
-}
-
-// processes are the lab cluster's control-plane processes.
-func (s *labSite) Processes() []Component {
-	var out []Component
-	dir := s.state.Path("lab", "cluster")
-	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
-		if pid, ok := procs.Dir(dir).Running(name); ok {
-			out = append(out, Component{name, "running", fmt.Sprintf("pid %d", pid)})
-		} else {
-			out = append(out, Component{name, "stopped", "run hostctl cluster up"})
-		}
-	}
-	return out
 }
 
 // processes: a cluster of yours (or k3s) runs its own.

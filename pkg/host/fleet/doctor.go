@@ -16,8 +16,8 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -48,7 +48,7 @@ func (f *Fleet) Doctor(ctx context.Context) []Finding {
 		add(Finding{"cluster", "API server", "fail", err.Error(), "run hostctl up"})
 	} else {
 		add(Finding{"cluster", "API server", "ok", "answering", ""})
-		out = append(out, clusterChecks(ctx, s, clients)...)
+		out = append(out, clusterChecks(ctx, s, s.Revision(ctx), clients)...)
 	}
 	// The VMs' credential Secrets, listed once: a token whose Secret is gone is revoked.
 	var bindings map[string]string
@@ -57,14 +57,15 @@ func (f *Fleet) Doctor(ctx context.Context) []Finding {
 		bindings, bindErr = workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
 	}
 	for _, vm := range cfg.VMs {
-		out = append(out, vmChecks(ctx, cfg, state, s, vm.Name, bindings, bindErr == nil)...)
+		out = append(out, vmChecks(ctx, cfg, state, s.Machines(), s, vm.Name, bindings, bindErr == nil)...)
 	}
 	return out
 }
 
-func clusterChecks(ctx context.Context, s Site, clients workload.Clients) []Finding {
+// clusterChecks checks istiod of revision rev and the east-west ports.
+func clusterChecks(ctx context.Context, s MeshStatus, rev string, clients workload.Clients) []Finding {
 	var out []Finding
-	if detail, err := s.IstiodReady(ctx, s.Revision(ctx)); err != nil {
+	if detail, err := s.IstiodReady(ctx, rev); err != nil {
 		out = append(out, Finding{"cluster", "istiod", "fail", err.Error(), "run hostctl up (it installs and waits for istiod)"})
 	} else {
 		out = append(out, Finding{"cluster", "istiod", "ok", detail, ""})
@@ -88,7 +89,7 @@ func clusterChecks(ctx context.Context, s Site, clients workload.Clients) []Find
 
 // sidecarDigests is the sidecar build of an Istio version for arch, by
 // digest of each file on the VM.
-func sidecarDigests(ctx context.Context, s Site, arch, version string) (map[string]string, error) {
+func sidecarDigests(ctx context.Context, s vmcore.Mesh, arch, version string) (map[string]string, error) {
 	side, err := s.Sidecar(ctx, arch, version)
 	if err != nil {
 		return nil, err
@@ -122,7 +123,8 @@ func fileDigest(path string) (string, error) {
 type vmDoctor struct {
 	cfg           config.Config
 	state         *statedir.Dir
-	s             Site
+	machines      machine.Provider
+	mesh          vmcore.Mesh
 	name          string
 	bindings      map[string]string
 	bindingsKnown bool
@@ -141,9 +143,10 @@ func (d *vmDoctor) add(check, result, detail, fix string) {
 
 // vmChecks runs the checks of one VM in order. The first ones need each
 // other (a machine, then its address, then its agent): one that fails ends
-// the list; the rest read what the agent reported and all run.
-func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s Site, name string, bindings map[string]string, bindingsKnown bool) []Finding {
-	d := &vmDoctor{cfg: cfg, state: state, s: s, name: name, bindings: bindings, bindingsKnown: bindingsKnown}
+// the list; the rest read what the agent reported and all run. machines
+// are the VMs', mesh what they join.
+func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, machines machine.Provider, mesh vmcore.Mesh, name string, bindings map[string]string, bindingsKnown bool) []Finding {
+	d := &vmDoctor{cfg: cfg, state: state, machines: machines, mesh: mesh, name: name, bindings: bindings, bindingsKnown: bindingsKnown}
 	for _, reach := range []func(context.Context) bool{d.machine, d.address, d.agent} {
 		if !reach(ctx) {
 			return d.out
@@ -157,7 +160,7 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, s Sit
 }
 
 func (d *vmDoctor) machine(ctx context.Context) bool {
-	m, err := d.s.Machines().Info(ctx, d.name)
+	m, err := d.machines.Info(ctx, d.name)
 	if err != nil || !m.Running() {
 		d.add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+d.name+")")
 		return false
@@ -185,12 +188,12 @@ func (d *vmDoctor) address(ctx context.Context) bool {
 }
 
 func (d *vmDoctor) agent(ctx context.Context) bool {
-	c, err := onboard.Dial(d.state, d.m.Address())
+	c, err := vmcore.DialAgent(d.m, vmcore.DirStore{Dir: d.state})
 	if err != nil {
 		d.add("agent", "fail", err.Error(), "run hostctl up to reinstall the agent")
 		return false
 	}
-	d.rev = vmRevision(d.state, d.name, d.s.Revision(ctx))
+	d.rev = vmRevision(d.state, d.name, d.mesh.Revision(ctx))
 	d.istiodName = workloadfiles.IstiodHost(istioinstall.Namespace, d.rev)
 	d.ov = c.Overview(ctx, d.istiodName, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(d.cfg.Workload.Probe.Port), Path: d.cfg.Workload.Probe.Path})
 	if d.ov.StatusErr != nil {
@@ -212,7 +215,7 @@ func (d *vmDoctor) agentVersion(context.Context) {
 }
 
 func (d *vmDoctor) istiodDNS(ctx context.Context) {
-	want, err := d.s.IstiodAddress(ctx, d.name)
+	want, err := d.mesh.IstiodAddress(ctx, d.name)
 	if err != nil {
 		d.add("istiod DNS", "fail", "where the VM should reach istiod is unknown: "+err.Error(), "run hostctl up")
 		return
@@ -275,7 +278,7 @@ func captureFinding(vm string, c *Capture) Finding {
 // one its revision's running istiod reports (Istio's skew policy), and its
 // binaries against that version's build.
 func (d *vmDoctor) proxyVersion(ctx context.Context) {
-	istiod, from, err := d.s.IstiodVersion(ctx, d.rev)
+	istiod, from, err := d.mesh.IstiodVersion(ctx, d.rev)
 	if err != nil {
 		d.add("proxy version", "fail", fmt.Sprintf("revision %s: %v", revisionName(d.rev), err), "run hostctl up")
 		return
@@ -291,7 +294,7 @@ func (d *vmDoctor) proxyVersion(ctx context.Context) {
 				"run hostctl vm onboard "+d.name+" (it delivers istiod's version)")
 		}
 	}
-	side, err := sidecarDigests(ctx, d.s, d.m.Arch, proxy)
+	side, err := sidecarDigests(ctx, d.mesh, d.m.Arch, proxy)
 	if err != nil {
 		d.add("proxy version", "warn", "the Istio "+proxy+" sidecar build to compare with is not available here: "+err.Error(), "run hostctl up")
 		return

@@ -58,8 +58,8 @@ func (d drive) entryPatience() time.Duration {
 // coreDeps are the clients the core's passes work through, its events told
 // to record.
 func (r *session) coreDeps(record func(vmcore.Event)) vmcore.Deps {
-	return vmcore.Deps{Machines: r.site.Machines(), Kube: r.clients, Workload: r.spec,
-		AgentBinary: r.agentBinary, Apps: apps{r.site.Machines()}, Record: record}
+	return vmcore.Deps{Machines: r.machines, Kube: r.clients, Workload: r.spec,
+		AgentBinary: r.agentBinary, Apps: apps{r.machines}, Record: record}
 }
 
 // converge runs the core's passes over one VM until it is onboarded, waiting
@@ -133,7 +133,7 @@ func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event
 			r.p.Step("agent", name, "%s", e.Message)
 		}
 	case vmcore.RevisionKept:
-		want := revisionName(r.site.Revision(ctx))
+		want := revisionName(r.mesh.Revision(ctx))
 		r.p.Step("onboard", name, "%s: hostctl vm upgrade %s --revision %s moves it", e.Message, name, want)
 	case vmcore.Joining, vmcore.TokenCapped, vmcore.Delivered:
 		r.p.Step("onboard", name, "%s", e.Message)

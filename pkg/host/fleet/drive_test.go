@@ -47,20 +47,15 @@ func (s *stepLines) Step(step, vm, format string, args ...any) {
 	*s = append(*s, step+" "+vm+": "+fmtLine(format, args...))
 }
 
-// driveSite is agentSite with the cluster's id, which a target snapshot asks.
-type driveSite struct{ agentSite }
-
-func (driveSite) ClusterID(context.Context) string { return "cluster1" }
-
 func driveSession(t *testing.T, ms machine.Provider) (*session, *stepLines) {
 	t.Helper()
 	vm := startVM(t)
 	lines := &stepLines{}
-	site := driveSite{agentSite{ms: ms}}
+	mesh := testMesh{}
 	cfg := config.Default()
 	cfg.VMs = []config.VM{{Name: "vm1"}}
-	return &session{cfg: cfg, state: vm.state, site: site, spec: WorkloadSpec(cfg), p: lines,
-		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(site, istioinstall.Namespace, nil)}, lines
+	return &session{cfg: cfg, state: vm.state, machines: ms, mesh: mesh, spec: WorkloadSpec(cfg), p: lines,
+		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(mesh, istioinstall.Namespace, nil)}, lines
 }
 
 // vm onboard on a VM that is not running fails at once with the advice it
@@ -152,16 +147,6 @@ func withActiveSidecar[S agentv1.AgentServiceServer](s S) agentv1.AgentServiceSe
 	return activeSidecar{s}
 }
 
-// sidecarSite is driveSite with sidecar files to send.
-type sidecarSite struct {
-	driveSite
-	side onboard.Sidecar
-}
-
-func (s sidecarSite) Sidecar(context.Context, string, string) (onboard.Sidecar, error) {
-	return s.side, nil
-}
-
 // fakeCluster holds what onboarding reads from the cluster: the mesh
 // config, istiod's root certificate, the WorkloadGroup, and tokens.
 func fakeCluster(spec workload.Spec) workload.Clients {
@@ -211,11 +196,11 @@ func newDriveFixture(t *testing.T) driveFixture {
 	}
 	cfg := config.Default()
 	cfg.VMs = []config.VM{{Name: "vm1"}}
-	site := sidecarSite{driveSite{agentSite{ms: vm.ms}}, side}
+	mesh := testMesh{side: side}
 	spec := WorkloadSpec(cfg)
 	lines := &lockedLines{}
-	r := &session{cfg: cfg, state: vm.state, site: site, spec: spec, clients: fakeCluster(spec), p: lines,
-		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(site, istioinstall.Namespace, nil)}
+	r := &session{cfg: cfg, state: vm.state, machines: vm.ms, mesh: mesh, spec: spec, clients: fakeCluster(spec), p: lines,
+		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(mesh, istioinstall.Namespace, nil)}
 	addr := vm.m.Address()
 	return driveFixture{r: r, vm: vm, lines: lines, addr: addr, entry: "external-app-" + addr}
 }
@@ -312,7 +297,7 @@ func TestConvergeProvisionsAsUpDoes(t *testing.T) {
 		}
 		return nil
 	}
-	r.site = sidecarSite{driveSite{agentSite{ms: ms}}, r.site.(sidecarSite).side}
+	r.machines = ms
 	r.agentBinary = func(arch string) ([]byte, error) { return []byte("vmagent for " + arch), nil }
 	// vm1 was onboarded onto revision canary; the site's VMs join the default.
 	if err := r.store.SetJoined("vm1", vmcore.Joined{Revision: "canary", Istio: istioinstall.EmbeddedVersion}); err != nil {

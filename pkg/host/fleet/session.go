@@ -20,11 +20,13 @@ import (
 // session is a site whose cluster and Istio are up, with what every per-VM
 // step needs.
 type session struct {
-	cfg     config.Config
-	state   *statedir.Dir
-	site    Site
-	clients workload.Clients
-	spec    workload.Spec
+	cfg   config.Config
+	state *statedir.Dir
+	// machines are the VMs', mesh what they join.
+	machines machine.Provider
+	mesh     vmcore.Mesh
+	clients  workload.Clients
+	spec     workload.Spec
 	// agentBinary is the static vmagent for a VM architecture.
 	agentBinary func(arch string) ([]byte, error)
 	p           Reporter
@@ -93,7 +95,7 @@ func observe(p Reporter, f *Fleet) (*session, error) {
 		names = append(names, vm.Name)
 	}
 	return &session{
-		cfg: cfg, state: state, site: s, clients: clients, spec: WorkloadSpec(cfg), p: p,
+		cfg: cfg, state: state, machines: s.Machines(), mesh: s, clients: clients, spec: WorkloadSpec(cfg), p: p,
 		agentBinary: f.Agent,
 		store:       vmcore.DirStore{Dir: state, VMs: names},
 		targets:     vmcore.NewTargets(s, istioinstall.Namespace, formcache.New(state.Path("sidecar", "zstd"))),

@@ -7,16 +7,14 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
 
-	"github.com/meshvm/meshvm/lab/build"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/multipass"
 	"github.com/meshvm/meshvm/pkg/machine/ssh"
@@ -25,49 +23,62 @@ import (
 
 // Site is where the mesh and its VMs live: the lab on this machine, or a
 // real cluster with Multipass or SSH VMs. up, vm, status, doctor, verify and
-// down run the same steps on every site; only what is here differs.
+// down run the same steps on every site; only what is here differs. It is
+// the parts below together: a caller takes the one it needs.
 type Site interface {
 	// Machines is the VMs' provider.
 	Machines() machine.Provider
 	// Kubeconfig is the cluster's admin kubeconfig.
 	Kubeconfig() string
+	ClusterLifecycle
+	// Mesh is what a VM joins, as the per-VM core asks it.
+	vmcore.Mesh
+	MeshStatus
+}
+
+// ClusterLifecycle is the cluster and the Istio a site brings up and takes
+// down: up, hostctl cluster and istio, and down drive it.
+type ClusterLifecycle interface {
 	// UpCluster brings the cluster up, or finds it, and says which.
 	UpCluster(ctx context.Context, p Reporter) error
 	// InstallIstio installs (or converges) Istio and waits until VMs can reach istiod.
 	InstallIstio(ctx context.Context, p Reporter) error
 	// Istio is the rendered install and what of it this site applies.
 	Istio() ([]istioinstall.Object, istioinstall.Keep, error)
-	// EastWest is the east-west gateway's state ("ready" or "not run" are
-	// good) and detail.
-	EastWest(ctx context.Context) (string, string)
-	// IstiodReady says whether the revision's istiod serves, and describes it.
-	IstiodReady(ctx context.Context, rev string) (string, error)
-	// Revision is the Istio revision new VMs join: istio.revision, or the
-	// joined Istio's ("" is the default).
-	Revision(ctx context.Context) string
-	// IstiodVersion asks the revision's running istiod its version (not the
-	// config's), and says where the answer came from.
-	IstiodVersion(ctx context.Context, rev string) (version, from string, err error)
-	// RevisionOf is the revision of the istiod instance (pod) that
-	// registered a WorkloadEntry, "" when the site cannot tell.
-	RevisionOf(ctx context.Context, controller string) string
-	// JoinedIstio describes the Istio of yours the VMs join; "" when the
-	// Istio is meshvm's (or there is none).
-	JoinedIstio(ctx context.Context) string
-	// ClusterID is the cluster's name in the mesh (the VMs' cluster.env).
-	ClusterID(ctx context.Context) string
-	// IstiodAddress is where the VM reaches istiod (its hosts block names it).
-	IstiodAddress(ctx context.Context, vm string) (string, error)
-	// Sidecar is the sidecar's files of an Istio version for a VM architecture.
-	Sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error)
 	// DownCluster removes the cluster, or what up installed in one it did
 	// not create; vmsGone says the VMs were deleted first.
 	DownCluster(ctx context.Context, p Reporter, vmsGone bool) error
-	// TrafficUncheckable says why mesh traffic cannot be checked here, if it cannot.
-	TrafficUncheckable() string
 	// Processes are the cluster's processes hostctl runs itself, for
 	// ClusterStatus; none when the cluster is not hostctl's lab.
 	Processes() []Component
+}
+
+// MeshStatus is what status, doctor, verify and upgrade read of the mesh
+// beyond what a VM joins.
+type MeshStatus interface {
+	// IstiodReady says whether the revision's istiod serves, and describes it.
+	IstiodReady(ctx context.Context, rev string) (string, error)
+	// EastWest is the east-west gateway's state ("ready" or "not run" are
+	// good) and detail.
+	EastWest(ctx context.Context) (string, string)
+	// JoinedIstio describes the Istio of yours the VMs join; "" when the
+	// Istio is meshvm's (or there is none).
+	JoinedIstio(ctx context.Context) string
+	// RevisionOf is the revision of the istiod instance (pod) that
+	// registered a WorkloadEntry, "" when the site cannot tell.
+	RevisionOf(ctx context.Context, controller string) string
+	// TrafficUncheckable says why mesh traffic cannot be checked here, if it cannot.
+	TrafficUncheckable() string
+}
+
+// Lab is the lab, which fleet does not link (hostctl's CLI passes
+// lab/site's): its site, and its machines, which may join a cluster of
+// yours too. A zero Lab is a hostctl without the lab.
+type Lab struct {
+	// Site is the lab's site for the config.
+	Site func(cfg config.Config, state *statedir.Dir) (Site, error)
+	// Machines is the lab's machine provider, its VMs under the state dir.
+	Machines func(state *statedir.Dir) machine.Provider
 }
 
 // Fleet is a config's VMs on the site it names, with what every step
@@ -82,9 +93,9 @@ type Fleet struct {
 
 // Open is the fleet of the config, starting nothing: agent gives the vmagent
 // binaries it installs, stderr is where a Multipass launch says what it
-// waits for.
-func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent func(arch string) ([]byte, error), stderr io.Writer) (*Fleet, error) {
-	s, err := openSite(ctx, cfg, state, stderr)
+// waits for, lab is the lab's site and machines where the config names them.
+func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent func(arch string) ([]byte, error), stderr io.Writer, lab Lab) (*Fleet, error) {
+	s, err := openSite(ctx, cfg, state, stderr, lab)
 	if err != nil {
 		return nil, err
 	}
@@ -92,15 +103,17 @@ func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent fun
 }
 
 // openSite is the site the config names.
-func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stderr io.Writer) (Site, error) {
-	ms := machinesFor(cfg, state, stderr)
-	v := cfg.Istio.Version
-	if cfg.Cluster.Provider == config.Lab {
-		if v != "" && v != istioinstall.EmbeddedVersion {
-			return nil, fmt.Errorf("istio.version %s: the lab builds istiod and pilot-agent %s from source and no other version: leave istio.version empty", v, istioinstall.EmbeddedVersion)
+func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stderr io.Writer, lab Lab) (Site, error) {
+	if cfg.Cluster.Provider == config.Lab || cfg.MachineProvider() == config.Lab {
+		if lab.Site == nil || lab.Machines == nil {
+			return nil, errors.New("cluster.provider or machines is lab, but the lab is not part of this program (hostctl brings it): name a cluster and machines of yours")
 		}
-		return newLabSite(cfg, state, labMachines(state)), nil
 	}
+	if cfg.Cluster.Provider == config.Lab {
+		return lab.Site(cfg, state)
+	}
+	ms := machinesFor(cfg, state, stderr, lab)
+	v := cfg.Istio.Version
 	cs := &clusterSite{cfg: cfg, state: state, ms: ms, kc: cfg.Cluster.Kubeconfig, version: istioinstall.EmbeddedVersion}
 	if v != "" && v != istioinstall.EmbeddedVersion {
 		var err error
@@ -127,10 +140,10 @@ func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stder
 }
 
 // machinesFor is the provider of the config's VMs.
-func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machine.Provider {
+func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer, lab Lab) machine.Provider {
 	switch cfg.MachineProvider() {
 	case config.Lab:
-		return labMachines(state)
+		return lab.Machines(state)
 	case config.SSH:
 		hosts := map[string]ssh.Host{}
 		for _, vm := range cfg.VMs {
@@ -139,11 +152,6 @@ func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer) machi
 		return ssh.New(hosts, state.Path("known_hosts"))
 	}
 	return multipassProvider(stderr)
-}
-
-// labMachines is the lab's machine provider, its VMs under the state dir.
-func labMachines(state *statedir.Dir) *labmachine.Provider {
-	return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), build.DefaultCacheDir())
 }
 
 // multipassProvider says on stderr what a launch waits for (an instance

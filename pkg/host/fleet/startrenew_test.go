@@ -48,7 +48,7 @@ func startFixture(t *testing.T) (driveFixture, *machinetest.Provider) {
 	stopped := d.vm.m
 	stopped.State, stopped.Addresses = machine.Stopped, nil
 	ms := machinetest.New(stopped)
-	d.r.site = sidecarSite{driveSite{agentSite{ms: bootable{ms, d.vm.m}}}, d.r.site.(sidecarSite).side}
+	d.r.machines = bootable{ms, d.vm.m}
 	if err := d.r.store.SetAddress("vm1", d.addr); err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func jwt(t *testing.T, spec workload.Spec, issued, expires time.Time) []byte {
 func TestRenewRotatesOnlyTheToken(t *testing.T) {
 	d := newDriveFixture(t)
 	r := d.r
-	r.site = sidecarSite{driveSite{agentSite{ms: machinetest.New(d.vm.m)}}, r.site.(sidecarSite).side}
+	r.machines = machinetest.New(d.vm.m)
 	r.clients.Kube.(*fake.Clientset).PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, k8sruntime.Object, error) {
 		return true, &authv1.TokenReview{Status: authv1.TokenReviewStatus{Authenticated: true}}, nil
 	})
@@ -202,7 +202,7 @@ func TestRenewRefusesAStoppedVM(t *testing.T) {
 	d := newDriveFixture(t)
 	stopped := d.vm.m
 	stopped.State = machine.Stopped
-	d.r.site = sidecarSite{driveSite{agentSite{ms: machinetest.New(stopped)}}, d.r.site.(sidecarSite).side}
+	d.r.machines = machinetest.New(stopped)
 	err := d.r.renew(testCtx(t), d.r.cfg.VMs[0], true, func(string, ...any) {})
 	if want := "VM vm1 is stopped: start it (hostctl vm start vm1), then renew"; err == nil || err.Error() != want {
 		t.Errorf("got %v, want %s", err, want)

@@ -9,8 +9,8 @@ import (
 	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -109,7 +109,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.WorkloadEntry, s.Healthy, s.HealthMessage, s.Disconnected = e.Name, e.Healthy, e.Message, e.DisconnectedAt
 		s.IstiodController = e.Controller
 	}
-	c, err := onboard.Dial(state, s.Address)
+	c, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
 	if err != nil {
 		s.Agent, s.Next = "error: "+err.Error(), "run hostctl up to reinstall the agent"
 		return s

@@ -48,7 +48,7 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 	moved := 0
 	for start := 0; start < len(vms); start += parallel {
 		batch := vms[start:min(start+parallel, len(vms))]
-		err := eachVM(cfg.Parallel, batch, func(vm config.VM) error { return r.upgrade(ctx, vm.Name, rev, siteRev) })
+		err := eachVM(cfg.Parallel, batch, func(vm config.VM) error { return r.upgrade(ctx, s, vm.Name, rev, siteRev) })
 		if err != nil {
 			return moved, errors.Join(err, r.labelGroup(ctx, groupRevision(cfg, state, siteRev)))
 		}
@@ -58,8 +58,8 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 }
 
 // upgrade moves one VM onto rev and checks that an istiod of rev registered
-// it. A VM already there is converged without a restart.
-func (r *session) upgrade(ctx context.Context, name, rev, siteRev string) error {
+// it (as mesh tells). A VM already there is converged without a restart.
+func (r *session) upgrade(ctx context.Context, mesh MeshStatus, name, rev, siteRev string) error {
 	from := vmRevision(r.state, name, siteRev)
 	vm, err := r.cfg.VM(name)
 	if err != nil {
@@ -78,7 +78,7 @@ func (r *session) upgrade(ctx context.Context, name, rev, siteRev string) error 
 		}
 		return fmt.Errorf("did not come back on revision %s (%w): %s", revisionName(rev), err, rollback)
 	}
-	if got := r.site.RevisionOf(ctx, e.Controller); got != "" && !sameRevision(got, rev) {
+	if got := mesh.RevisionOf(ctx, e.Controller); got != "" && !sameRevision(got, rev) {
 		return fmt.Errorf("WorkloadEntry %s is held by istiod %s of revision %s, not %s: %s", e.Name, e.Controller, got, revisionName(rev), rollback)
 	}
 	how := "already on it"

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -76,7 +75,7 @@ func (f *Fleet) Add(ctx context.Context, p Reporter, name string) error {
 // runs unlist (the config file is the caller's).
 func (f *Fleet) Remove(ctx context.Context, name string, say Say, unlist func() error) error {
 	cfg, state, s := f.Config, f.State, f.Site
-	rm := &vmRemoval{cfg: cfg, state: state, site: s, ctx: ctx, name: name, say: say}
+	rm := &vmRemoval{cfg: cfg, state: state, machines: s.Machines(), kubeconfig: s.Kubeconfig(), ctx: ctx, name: name, say: say}
 	var errs []error
 	m, err := s.Machines().Info(ctx, name)
 	switch {
@@ -98,12 +97,13 @@ func (f *Fleet) Remove(ctx context.Context, name string, say Say, unlist func() 
 // vmRemoval is Remove of one VM, step by step: the machine, its
 // WorkloadEntry, its token, its files.
 type vmRemoval struct {
-	cfg   config.Config
-	state *statedir.Dir
-	site  Site
-	ctx   context.Context
-	name  string
-	say   Say
+	cfg        config.Config
+	state      *statedir.Dir
+	machines   machine.Provider
+	kubeconfig string
+	ctx        context.Context
+	name       string
+	say        Say
 
 	clients    workload.Clients
 	clientsErr error
@@ -113,14 +113,14 @@ type vmRemoval struct {
 // kube returns the cluster's clients, made once.
 func (rm *vmRemoval) kube() (workload.Clients, error) {
 	if !rm.dialed {
-		rm.clients, rm.clientsErr = KubeClients(rm.site.Kubeconfig())
+		rm.clients, rm.clientsErr = KubeClients(rm.kubeconfig)
 		rm.dialed = true
 	}
 	return rm.clients, rm.clientsErr
 }
 
 func (rm *vmRemoval) machine() error {
-	how, err := removeVM(rm.ctx, rm.cfg, rm.state, rm.site, rm.name)
+	how, err := removeVM(rm.ctx, rm.cfg, rm.state, rm.machines, rm.name)
 	if err != nil {
 		return err
 	}
@@ -202,7 +202,7 @@ func (f *Fleet) Start(ctx context.Context, p Reporter, vms []config.VM, timeout 
 }
 
 func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration) error {
-	machines := r.site.Machines()
+	machines := r.machines
 	m, err := machines.Info(ctx, vm.Name)
 	if err != nil {
 		return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
@@ -234,11 +234,11 @@ func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines
 	if err != nil {
 		return fmt.Errorf("%w: run hostctl up to create it", err)
 	}
-	if !m.Running() {
+	ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
+	switch {
+	case errors.Is(err, vmcore.ErrNotRunning):
 		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
-	}
-	ac, err := onboard.Dial(state, m.Address())
-	if err != nil {
+	case err != nil:
 		return err
 	}
 	defer ac.Close()

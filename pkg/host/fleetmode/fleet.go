@@ -3,12 +3,9 @@ package fleetmode
 import (
 	"context"
 	"io"
-	"time"
 
 	"k8s.io/client-go/dynamic"
 
-	"github.com/meshvm/meshvm/lab/build"
-	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
@@ -76,26 +73,19 @@ func Dynamic(f *fleet.Fleet) (dynamic.Interface, error) {
 	return dynamic.NewForConfig(rc)
 }
 
-// LabResync is the lab controller's periodic look at each VM.
-const LabResync = 30 * time.Second
+// controllerRunner is a site that runs the controller itself: the lab,
+// as a local process beside istiod.
+type controllerRunner interface {
+	StartController(ctx context.Context, progress io.Writer) error
+}
 
-// StartLabController runs the controller as a process of the lab, as
-// istiod runs, built from the checkout the lab builds from; a cluster's
-// controller is a Deployment (hostctl fleet install).
-func StartLabController(ctx context.Context, f *fleet.Fleet, progress io.Writer) error {
-	src, err := build.ModuleDir()
-	if err != nil {
-		return err
+// StartController starts the controller where the site runs it (the lab);
+// it says whether it did. On a cluster the controller is a Deployment
+// (hostctl fleet install).
+func StartController(ctx context.Context, f *fleet.Fleet, progress io.Writer) (bool, error) {
+	r, ok := f.Site.(controllerRunner)
+	if !ok {
+		return false, nil
 	}
-	c := labstack.Config{ModuleDir: src, CacheDir: build.DefaultCacheDir(), Dir: f.State.Path("lab"), Progress: progress}
-	bins, err := build.Build(ctx, build.Options{ModuleDir: src, CacheDir: c.CacheDir})
-	if err != nil {
-		return err
-	}
-	bin, err := labstack.BuildController(ctx, c)
-	if err != nil {
-		return err
-	}
-	_, err = labstack.StartController(ctx, c, &labstack.Stack{Bins: bins, Kubeconfig: f.Site.Kubeconfig()}, bin, LabResync)
-	return err
+	return true, r.StartController(ctx, progress)
 }

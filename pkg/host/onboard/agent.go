@@ -6,6 +6,7 @@ package onboard
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -93,6 +94,16 @@ func PutAgent(ctx context.Context, p machine.Provider, m machine.Machine, id Age
 // Dial connects to the agent at addr with hostctl's client certificate,
 // without waiting for it to answer.
 func Dial(state *statedir.Dir, addr string) (*agentclient.Client, error) {
+	tlsCfg, err := ClientTLS(state, addr)
+	if err != nil {
+		return nil, err
+	}
+	return agentclient.Dial(net.JoinHostPort(addr, AgentPort), tlsCfg)
+}
+
+// ClientTLS is the client side of mTLS to the agent at addr: hostctl's
+// client certificate and the agent CA it pins, both in state.
+func ClientTLS(state *statedir.Dir, addr string) (*tls.Config, error) {
 	ca, err := state.AgentCA()
 	if err != nil {
 		return nil, err
@@ -101,11 +112,7 @@ func Dial(state *statedir.Dir, addr string) (*agentclient.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	tlsCfg, err := mtls.ClientConfig(cert.Cert, cert.Key, ca.CertPEM(), addr)
-	if err != nil {
-		return nil, err
-	}
-	return agentclient.Dial(net.JoinHostPort(addr, AgentPort), tlsCfg)
+	return mtls.ClientConfig(cert.Cert, cert.Key, ca.CertPEM(), addr)
 }
 
 // Connect dials m's agent and waits until it answers (it may be starting).

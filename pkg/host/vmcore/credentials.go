@@ -3,17 +3,12 @@ package vmcore
 import (
 	"context"
 	"errors"
-	"net"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
-
-// ErrNotRunning is RenewToken's error for a machine that is not running:
-// a stopped VM's token is renewed when it is started and onboarded.
-var ErrNotRunning = errors.New("machine not running")
 
 // Renewal is what RenewToken did.
 type Renewal struct {
@@ -44,12 +39,14 @@ func RenewToken(ctx context.Context, vm string, lifetime time.Duration, force bo
 	if err != nil {
 		return Renewal{}, err
 	}
-	if !m.Running() {
+	c, err := DialAgent(m, store)
+	switch {
+	case errors.Is(err, ErrNotRunning):
 		return Renewal{MachineState: m.State.Lower()}, ErrNotRunning
+	case err != nil:
+		return Renewal{}, err
 	}
-	if m.Address() == "" {
-		return Renewal{}, errNoAddress(vm)
-	}
+	defer c.Close()
 	tok, err := workload.IssueToken(ctx, deps.Kube.Kube, deps.Workload, vm, lifetime)
 	if err != nil {
 		return Renewal{}, err
@@ -57,15 +54,6 @@ func RenewToken(ctx context.Context, vm string, lifetime time.Duration, force bo
 	if tok.Capped != "" && deps.Record != nil {
 		deps.Record(Event{Condition: Credentials, Reason: TokenCapped, Message: tok.Capped})
 	}
-	tlsCfg, err := store.AgentTLS(m.Address())
-	if err != nil {
-		return Renewal{}, err
-	}
-	c, err := agentclient.Dial(net.JoinHostPort(m.Address(), onboard.AgentPort), tlsCfg)
-	if err != nil {
-		return Renewal{}, err
-	}
-	defer c.Close()
 	if _, err := c.PutFile(ctx, agentclient.BytesFile(onboard.TokenPath, tok.Raw)); err != nil {
 		return Renewal{}, err
 	}

@@ -3,9 +3,7 @@ package vmcore
 import (
 	"context"
 	"errors"
-	"net"
 
-	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -48,7 +46,7 @@ func Delete(ctx context.Context, name string, m machine.Machine, removeAgent boo
 // RemoveAgent has m's agent undo what it did (sidecar, capture rules, hosts
 // block, files, users) and removes the agent through the machine provider.
 func RemoveAgent(ctx context.Context, m machine.Machine, store Store, machines machine.Provider) error {
-	c, err := dialAgent(m.Address(), store)
+	c, err := DialAgent(m, store)
 	if err != nil {
 		return err
 	}
@@ -56,25 +54,17 @@ func RemoveAgent(ctx context.Context, m machine.Machine, store Store, machines m
 	return onboard.RemoveAgentWith(ctx, machines, c, m)
 }
 
-// UndoAgent has the agent at addr undo what it did (sidecar, capture rules,
-// hosts block, files, users) and leaves the agent installed: what a
-// controller, which reaches VMs only through their agents, can take back.
-func UndoAgent(ctx context.Context, addr string, store Store) error {
-	c, err := dialAgent(addr, store)
+// UndoAgent has m's agent undo what it did (sidecar, capture rules, hosts
+// block, files, users) and leaves the agent installed: what a controller,
+// which reaches VMs only through their agents, can take back.
+func UndoAgent(ctx context.Context, m machine.Machine, store Store) error {
+	c, err := DialAgent(m, store)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	_, err = c.Uninstall(ctx, false)
 	return err
-}
-
-func dialAgent(addr string, store Store) (*agentclient.Client, error) {
-	tlsCfg, err := store.AgentTLS(addr)
-	if err != nil {
-		return nil, err
-	}
-	return agentclient.Dial(net.JoinHostPort(addr, onboard.AgentPort), tlsCfg)
 }
 
 // DeleteEntry deletes the VM's WorkloadEntry, at its address or, when it

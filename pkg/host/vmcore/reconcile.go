@@ -305,10 +305,6 @@ func (p *pass) machine() error {
 	return nil
 }
 
-func errNoAddress(vm string) error {
-	return fmt.Errorf("%s has no address: check that it is running", vm)
-}
-
 // app converges meshvm's app while provisioning, and otherwise records who
 // serves the probe.
 func (p *pass) app() error {
@@ -355,11 +351,7 @@ func (p *pass) agentReachable() error {
 			return err
 		}
 	}
-	tlsCfg, err := p.store.AgentTLS(addr)
-	if err != nil {
-		return err
-	}
-	c, err := agentclient.Dial(net.JoinHostPort(addr, onboard.AgentPort), tlsCfg)
+	c, err := DialAgent(p.m, p.store)
 	if err != nil {
 		return err
 	}

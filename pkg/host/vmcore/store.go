@@ -11,7 +11,6 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
-	"github.com/meshvm/meshvm/pkg/mtls"
 )
 
 // Joined is what a VM was last onboarded onto: the Istio revision its files
@@ -87,17 +86,7 @@ func (s DirStore) readOptional(rel string) ([]byte, bool, error) {
 	return b, err == nil, err
 }
 
-func (s DirStore) AgentTLS(addr string) (*tls.Config, error) {
-	ca, err := s.Dir.AgentCA()
-	if err != nil {
-		return nil, err
-	}
-	cert, err := s.Dir.ClientCert(ca)
-	if err != nil {
-		return nil, err
-	}
-	return mtls.ClientConfig(cert.Cert, cert.Key, ca.CertPEM(), addr)
-}
+func (s DirStore) AgentTLS(addr string) (*tls.Config, error) { return onboard.ClientTLS(s.Dir, addr) }
 
 func (s DirStore) AgentIdentity(vm string, addresses []string) (onboard.AgentIdentity, error) {
 	ca, err := s.Dir.AgentCA()

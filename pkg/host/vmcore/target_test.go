@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 )
@@ -73,5 +74,46 @@ func TestTargetsDoNotCacheFailures(t *testing.T) {
 	}
 	if m.asked["version canary"] != 2 {
 		t.Errorf("asked %d times, want 2: an istiod that was not ready may be by the next pass", m.asked["version canary"])
+	}
+}
+
+// An istiod upgraded in place under a long-running controller: its version
+// is asked again once VersionTTL has passed, and a failed lookup neither
+// is kept nor leaves the old version standing.
+func TestTargetsAskTheVersionAgainAfterTTL(t *testing.T) {
+	ctx := context.Background()
+	m := &countingMesh{versions: map[string]string{"canary": "1.30.2"}, asked: map[string]int{}}
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	ts := NewTargets(m, "istio-system", nil)
+	ts.Now = func() time.Time { return now }
+	ask := func(want string) {
+		t.Helper()
+		v, err := ts.Snapshot(ctx).IstiodVersion(ctx, "canary")
+		if err != nil || v != want {
+			t.Fatalf("at %s: got %q %v, want %q", now.Format(time.TimeOnly), v, err, want)
+		}
+	}
+	ask("1.30.2")
+	m.versions["canary"] = "1.31.0" // istiod upgraded
+	now = now.Add(VersionTTL - time.Second)
+	ask("1.30.2")
+	if m.asked["version canary"] != 1 {
+		t.Fatalf("asked %d times within the TTL, want 1", m.asked["version canary"])
+	}
+	now = now.Add(time.Second)
+	ask("1.31.0")
+	if m.asked["version canary"] != 2 {
+		t.Fatalf("asked %d times once the TTL passed, want 2", m.asked["version canary"])
+	}
+	// istiod goes away: the error comes through, and the next lookup asks again.
+	delete(m.versions, "canary")
+	now = now.Add(VersionTTL)
+	for range 2 {
+		if v, err := ts.Snapshot(ctx).IstiodVersion(ctx, "canary"); err == nil {
+			t.Fatalf("got %q, no error, for a revision whose istiod is gone", v)
+		}
+	}
+	if m.asked["version canary"] != 4 {
+		t.Errorf("asked %d times, want 4: a failed lookup is never kept", m.asked["version canary"])
 	}
 }

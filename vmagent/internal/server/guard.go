@@ -294,6 +294,7 @@ const (
 	slotDelivery          // PutFile: a file streaming in
 	slotLogs              // SidecarLogs: a follower, journalctl for the journal
 	slotProcess           // Install, Uninstall, CheckNetwork: programs run
+	slotWatch             // Watch: open for as long as the caller watches
 	numSlots
 )
 
@@ -306,6 +307,8 @@ func slotOf(method string) slotKind {
 	case agentv1.AgentService_Install_FullMethodName, agentv1.AgentService_Uninstall_FullMethodName,
 		agentv1.AgentService_CheckNetwork_FullMethodName:
 		return slotProcess
+	case agentv1.AgentService_Watch_FullMethodName:
+		return slotWatch
 	}
 	return slotOther
 }
@@ -318,15 +321,31 @@ func (g *Guard) slotLimit(k slotKind) (int, string) {
 		return g.limits.MaxLogStreams, fmt.Sprintf("the agent is already streaming logs to %d callers (limits.max_log_streams): retry when one has ended", g.limits.MaxLogStreams)
 	case slotProcess:
 		return g.limits.MaxProcessCalls, fmt.Sprintf("the agent is already running %d installs or network checks (limits.max_process_calls): retry when one has finished", g.limits.MaxProcessCalls)
+	case slotWatch:
+		return g.limits.MaxWatchStreams, fmt.Sprintf("the agent is already watched by %d callers (limits.max_watch_streams): end a watch that is no longer needed", g.limits.MaxWatchStreams)
 	}
 	return 0, ""
+}
+
+// sendTimeout is how long a stream of kind k may block on a send.
+func (g *Guard) sendTimeout(k slotKind) sendTimeout {
+	if k == slotWatch {
+		return sendTimeout{time.Duration(g.limits.WatchSendTimeout), "limits.watch_send_timeout"}
+	}
+	return sendTimeout{time.Duration(g.limits.LogSendTimeout), "limits.log_send_timeout"}
+}
+
+// sendTimeout is a stream's bound on one blocked send, and its setting's name.
+type sendTimeout struct {
+	d    time.Duration
+	name string
 }
 
 // call is what the guard keeps of one stream, reachable from its context.
 type call struct {
 	cancel      context.CancelCauseFunc
 	received    atomic.Bool
-	sendTimeout time.Duration
+	sendTimeout sendTimeout
 
 	// Guarded by g.mu.
 	conn     *conn
@@ -350,23 +369,24 @@ func requestReceived(ctx context.Context) {
 }
 
 // sendBounded runs send, a stream's Send, which blocks while the caller
-// reads nothing (gRPC holds 64 KiB per stream); past limits.log_send_timeout
-// it ends the call instead, so a caller that stops reading costs its
-// stream, not the agent's memory.
+// reads nothing (gRPC holds 64 KiB per stream); past the stream's send
+// timeout (limits.log_send_timeout, limits.watch_send_timeout) it ends the
+// call instead, so a caller that stops reading costs its stream, not the
+// agent's memory.
 func sendBounded(ctx context.Context, send func() error) error {
 	c := callOf(ctx)
 	if c == nil {
 		return send()
 	}
-	t := time.AfterFunc(c.sendTimeout, func() { c.cancel(errSlowReader) })
+	t := time.AfterFunc(c.sendTimeout.d, func() { c.cancel(errSlowReader) })
 	err := send()
 	if !t.Stop() {
-		return status.Errorf(codes.ResourceExhausted, "the caller read nothing for %s (limits.log_send_timeout): the stream was dropped", c.sendTimeout)
+		return status.Errorf(codes.ResourceExhausted, "the caller read nothing for %s (%s): the stream was dropped", c.sendTimeout.d, c.sendTimeout.name)
 	}
 	return err
 }
 
-var errSlowReader = errors.New("the caller read nothing within limits.log_send_timeout")
+var errSlowReader = errors.New("the caller read nothing within the stream's send timeout")
 
 // errRequestTimeout ends a call whose request did not arrive in time.
 var errRequestTimeout = errors.New("the request did not arrive within limits.request_timeout")
@@ -394,7 +414,7 @@ func (g *Guard) tap(ctx context.Context, info *tap.Info) (context.Context, error
 	}
 	k := slotOf(info.FullMethodName)
 	ctx, cancel := context.WithCancelCause(ctx)
-	cl := &call{cancel: cancel, sendTimeout: time.Duration(g.limits.LogSendTimeout), conn: c, kind: k, started: time.Now()}
+	cl := &call{cancel: cancel, sendTimeout: g.sendTimeout(k), conn: c, kind: k, started: time.Now()}
 
 	g.mu.Lock()
 	if limit, why := g.slotLimit(k); k != slotOther && g.slots[k] >= limit {

@@ -37,7 +37,7 @@ import (
 var _ agentv1.AgentServiceServer = (*Server)(nil)
 
 // Capabilities the agent announces in GetVersion; hostctl checks them.
-var Capabilities = []string{"install.v1", "files.v1", filecodec.Capability, "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1", "capture.v1"}
+var Capabilities = []string{"install.v1", "files.v1", filecodec.Capability, "sidecar.v1", "logs.v1", "dns.v1", "probe.v1", "network.v1", "call.v1", "capture.v1", agentspec.WatchCapability}
 
 // Sidecar controls the istio unit.
 type Sidecar interface {
@@ -68,11 +68,15 @@ type Server struct {
 
 	mu         sync.Mutex
 	lastErrors map[string]string
+
+	watch *watchHub
 }
 
 // New returns a Server.
 func New(log *slog.Logger, deps Deps) *Server {
-	return &Server{log: log, deps: deps, started: time.Now(), lastErrors: map[string]string{}}
+	s := &Server{log: log, deps: deps, started: time.Now(), lastErrors: map[string]string{}}
+	s.watch = newWatchHub(s.observeVM, watchInterval)
+	return s
 }
 
 // note records (or clears, on nil) the last error of a subsystem for status.
@@ -442,6 +446,11 @@ func (s *Server) ResolveDNS(ctx context.Context, req *agentv1.ResolveDNSRequest)
 }
 
 func (s *Server) Probe(ctx context.Context, req *agentv1.ProbeRequest) (*agentv1.ProbeResponse, error) {
+	return s.runProbe(ctx, req)
+}
+
+// runProbe is Probe's work, shared with Watch's app probe.
+func (s *Server) runProbe(ctx context.Context, req *agentv1.ProbeRequest) (*agentv1.ProbeResponse, error) {
 	if req.GetPort() == 0 || req.GetPort() > 65535 {
 		return nil, agenterr.Invalid("probe: port %d is out of range 1-65535", req.GetPort())
 	}

@@ -405,6 +405,64 @@ func (ProbeKind) EnumDescriptor() ([]byte, []int) {
 	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
+type WatchTopic int32
+
+const (
+	WatchTopic_WATCH_TOPIC_UNSPECIFIED WatchTopic = 0
+	WatchTopic_WATCH_TOPIC_SIDECAR     WatchTopic = 1
+	WatchTopic_WATCH_TOPIC_CERTIFICATE WatchTopic = 2
+	WatchTopic_WATCH_TOPIC_TOKEN       WatchTopic = 3
+	WatchTopic_WATCH_TOPIC_ADDRESSES   WatchTopic = 4
+	WatchTopic_WATCH_TOPIC_APP         WatchTopic = 5
+)
+
+// Enum value maps for WatchTopic.
+var (
+	WatchTopic_name = map[int32]string{
+		0: "WATCH_TOPIC_UNSPECIFIED",
+		1: "WATCH_TOPIC_SIDECAR",
+		2: "WATCH_TOPIC_CERTIFICATE",
+		3: "WATCH_TOPIC_TOKEN",
+		4: "WATCH_TOPIC_ADDRESSES",
+		5: "WATCH_TOPIC_APP",
+	}
+	WatchTopic_value = map[string]int32{
+		"WATCH_TOPIC_UNSPECIFIED": 0,
+		"WATCH_TOPIC_SIDECAR":     1,
+		"WATCH_TOPIC_CERTIFICATE": 2,
+		"WATCH_TOPIC_TOKEN":       3,
+		"WATCH_TOPIC_ADDRESSES":   4,
+		"WATCH_TOPIC_APP":         5,
+	}
+)
+
+func (x WatchTopic) Enum() *WatchTopic {
+	p := new(WatchTopic)
+	*p = x
+	return p
+}
+
+func (x WatchTopic) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchTopic) Descriptor() protoreflect.EnumDescriptor {
+	return file_meshvm_agent_v1_agent_proto_enumTypes[7].Descriptor()
+}
+
+func (WatchTopic) Type() protoreflect.EnumType {
+	return &file_meshvm_agent_v1_agent_proto_enumTypes[7]
+}
+
+func (x WatchTopic) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchTopic.Descriptor instead.
+func (WatchTopic) EnumDescriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
 type GetVersionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -3057,6 +3115,187 @@ func (x *Route) GetInterface() string {
 	return ""
 }
 
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The app's health probe, run on the VM's loopback every
+	// app_probe_period (at least 1s, default 5s) and reported in app; unset
+	// runs none.
+	AppProbe       *ProbeRequest        `protobuf:"bytes,1,opt,name=app_probe,json=appProbe,proto3" json:"app_probe,omitempty"`
+	AppProbePeriod *durationpb.Duration `protobuf:"bytes,2,opt,name=app_probe_period,json=appProbePeriod,proto3" json:"app_probe_period,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *WatchRequest) GetAppProbe() *ProbeRequest {
+	if x != nil {
+		return x.AppProbe
+	}
+	return nil
+}
+
+func (x *WatchRequest) GetAppProbePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.AppProbePeriod
+	}
+	return nil
+}
+
+type WatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Counts this stream's messages from 1.
+	Sequence   uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	ObservedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=observed_at,json=observedAt,proto3" json:"observed_at,omitempty"`
+	// What changed since the stream's previous message; empty in the first,
+	// which carries the whole state.
+	Changed []WatchTopic  `protobuf:"varint,3,rep,packed,name=changed,proto3,enum=meshvm.agent.v1.WatchTopic" json:"changed,omitempty"`
+	Sidecar *SidecarState `protobuf:"bytes,4,opt,name=sidecar,proto3" json:"sidecar,omitempty"`
+	// Unset while pilot-agent has written none.
+	WorkloadCertificate *CertificateInfo `protobuf:"bytes,5,opt,name=workload_certificate,json=workloadCertificate,proto3" json:"workload_certificate,omitempty"`
+	// Unset when no token is present.
+	Token *TokenInfo `protobuf:"bytes,6,opt,name=token,proto3" json:"token,omitempty"`
+	// The VM's global unicast addresses (IPv4 and IPv6), sorted.
+	Addresses []string `protobuf:"bytes,7,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// The last app probe's result; unset when the request asked for none or
+	// none has run yet.
+	App *ProbeResponse `protobuf:"bytes,8,opt,name=app,proto3" json:"app,omitempty"`
+	// The agent's version and when it started: a new started_at is an agent
+	// that restarted.
+	AgentVersion   string                 `protobuf:"bytes,9,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	AgentStartedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=agent_started_at,json=agentStartedAt,proto3" json:"agent_started_at,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshvm_agent_v1_agent_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_meshvm_agent_v1_agent_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *WatchResponse) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *WatchResponse) GetObservedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ObservedAt
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetChanged() []WatchTopic {
+	if x != nil {
+		return x.Changed
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetSidecar() *SidecarState {
+	if x != nil {
+		return x.Sidecar
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetWorkloadCertificate() *CertificateInfo {
+	if x != nil {
+		return x.WorkloadCertificate
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetToken() *TokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetApp() *ProbeResponse {
+	if x != nil {
+		return x.App
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *WatchResponse) GetAgentStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AgentStartedAt
+	}
+	return nil
+}
+
 var File_meshvm_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
@@ -3261,7 +3500,23 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\x05Route\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1c\n" +
-	"\tinterface\x18\x03 \x01(\tR\tinterface*\x8d\x01\n" +
+	"\tinterface\x18\x03 \x01(\tR\tinterface\"\x8f\x01\n" +
+	"\fWatchRequest\x12:\n" +
+	"\tapp_probe\x18\x01 \x01(\v2\x1d.meshvm.agent.v1.ProbeRequestR\bappProbe\x12C\n" +
+	"\x10app_probe_period\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0eappProbePeriod\"\x9a\x04\n" +
+	"\rWatchResponse\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12;\n" +
+	"\vobserved_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"observedAt\x125\n" +
+	"\achanged\x18\x03 \x03(\x0e2\x1b.meshvm.agent.v1.WatchTopicR\achanged\x127\n" +
+	"\asidecar\x18\x04 \x01(\v2\x1d.meshvm.agent.v1.SidecarStateR\asidecar\x12S\n" +
+	"\x14workload_certificate\x18\x05 \x01(\v2 .meshvm.agent.v1.CertificateInfoR\x13workloadCertificate\x120\n" +
+	"\x05token\x18\x06 \x01(\v2\x1a.meshvm.agent.v1.TokenInfoR\x05token\x12\x1c\n" +
+	"\taddresses\x18\a \x03(\tR\taddresses\x120\n" +
+	"\x03app\x18\b \x01(\v2\x1e.meshvm.agent.v1.ProbeResponseR\x03app\x12#\n" +
+	"\ragent_version\x18\t \x01(\tR\fagentVersion\x12D\n" +
+	"\x10agent_started_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x0eagentStartedAt*\x8d\x01\n" +
 	"\fCaptureState\x12\x1d\n" +
 	"\x19CAPTURE_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10CAPTURE_STATE_OK\x10\x01\x12\x16\n" +
@@ -3296,7 +3551,15 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"\tProbeKind\x12\x1a\n" +
 	"\x16PROBE_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fPROBE_KIND_HTTP\x10\x01\x12\x12\n" +
-	"\x0ePROBE_KIND_TCP\x10\x022\xeb\b\n" +
+	"\x0ePROBE_KIND_TCP\x10\x02*\xa6\x01\n" +
+	"\n" +
+	"WatchTopic\x12\x1b\n" +
+	"\x17WATCH_TOPIC_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13WATCH_TOPIC_SIDECAR\x10\x01\x12\x1b\n" +
+	"\x17WATCH_TOPIC_CERTIFICATE\x10\x02\x12\x15\n" +
+	"\x11WATCH_TOPIC_TOKEN\x10\x03\x12\x19\n" +
+	"\x15WATCH_TOPIC_ADDRESSES\x10\x04\x12\x13\n" +
+	"\x0fWATCH_TOPIC_APP\x10\x052\xb5\t\n" +
 	"\fAgentService\x12U\n" +
 	"\n" +
 	"GetVersion\x12\".meshvm.agent.v1.GetVersionRequest\x1a#.meshvm.agent.v1.GetVersionResponse\x12R\n" +
@@ -3313,7 +3576,8 @@ const file_meshvm_agent_v1_agent_proto_rawDesc = "" +
 	"ResolveDNS\x12\".meshvm.agent.v1.ResolveDNSRequest\x1a#.meshvm.agent.v1.ResolveDNSResponse\x12F\n" +
 	"\x05Probe\x12\x1d.meshvm.agent.v1.ProbeRequest\x1a\x1e.meshvm.agent.v1.ProbeResponse\x12[\n" +
 	"\fCheckNetwork\x12$.meshvm.agent.v1.CheckNetworkRequest\x1a%.meshvm.agent.v1.CheckNetworkResponse\x12X\n" +
-	"\vCallService\x12#.meshvm.agent.v1.CallServiceRequest\x1a$.meshvm.agent.v1.CallServiceResponseB8Z6github.com/meshvm/meshvm/proto/meshvm/agent/v1;agentv1b\x06proto3"
+	"\vCallService\x12#.meshvm.agent.v1.CallServiceRequest\x1a$.meshvm.agent.v1.CallServiceResponse\x12H\n" +
+	"\x05Watch\x12\x1d.meshvm.agent.v1.WatchRequest\x1a\x1e.meshvm.agent.v1.WatchResponse0\x01B8Z6github.com/meshvm/meshvm/proto/meshvm/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_meshvm_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -3327,8 +3591,8 @@ func file_meshvm_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_meshvm_agent_v1_agent_proto_rawDescData
 }
 
-var file_meshvm_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 7)
-var file_meshvm_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_meshvm_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_meshvm_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_meshvm_agent_v1_agent_proto_goTypes = []any{
 	(CaptureState)(0),              // 0: meshvm.agent.v1.CaptureState
 	(StepOutcome)(0),               // 1: meshvm.agent.v1.StepOutcome
@@ -3337,125 +3601,139 @@ var file_meshvm_agent_v1_agent_proto_goTypes = []any{
 	(LogSource)(0),                 // 4: meshvm.agent.v1.LogSource
 	(DNSVia)(0),                    // 5: meshvm.agent.v1.DNSVia
 	(ProbeKind)(0),                 // 6: meshvm.agent.v1.ProbeKind
-	(*GetVersionRequest)(nil),      // 7: meshvm.agent.v1.GetVersionRequest
-	(*GetVersionResponse)(nil),     // 8: meshvm.agent.v1.GetVersionResponse
-	(*GetStatusRequest)(nil),       // 9: meshvm.agent.v1.GetStatusRequest
-	(*GetStatusResponse)(nil),      // 10: meshvm.agent.v1.GetStatusResponse
-	(*CaptureVerdict)(nil),         // 11: meshvm.agent.v1.CaptureVerdict
-	(*CaptureCheck)(nil),           // 12: meshvm.agent.v1.CaptureCheck
-	(*CaptureValidation)(nil),      // 13: meshvm.agent.v1.CaptureValidation
-	(*CertificateInfo)(nil),        // 14: meshvm.agent.v1.CertificateInfo
-	(*TokenInfo)(nil),              // 15: meshvm.agent.v1.TokenInfo
-	(*InstallRequest)(nil),         // 16: meshvm.agent.v1.InstallRequest
-	(*HostsEntry)(nil),             // 17: meshvm.agent.v1.HostsEntry
-	(*InstallResponse)(nil),        // 18: meshvm.agent.v1.InstallResponse
-	(*UninstallRequest)(nil),       // 19: meshvm.agent.v1.UninstallRequest
-	(*UninstallResponse)(nil),      // 20: meshvm.agent.v1.UninstallResponse
-	(*StepResult)(nil),             // 21: meshvm.agent.v1.StepResult
-	(*StatFilesRequest)(nil),       // 22: meshvm.agent.v1.StatFilesRequest
-	(*StatFilesResponse)(nil),      // 23: meshvm.agent.v1.StatFilesResponse
-	(*FileStat)(nil),               // 24: meshvm.agent.v1.FileStat
-	(*PutFileRequest)(nil),         // 25: meshvm.agent.v1.PutFileRequest
-	(*FileHeader)(nil),             // 26: meshvm.agent.v1.FileHeader
-	(*PutFileResponse)(nil),        // 27: meshvm.agent.v1.PutFileResponse
-	(*ControlSidecarRequest)(nil),  // 28: meshvm.agent.v1.ControlSidecarRequest
-	(*ControlSidecarResponse)(nil), // 29: meshvm.agent.v1.ControlSidecarResponse
-	(*GetSidecarRequest)(nil),      // 30: meshvm.agent.v1.GetSidecarRequest
-	(*GetSidecarResponse)(nil),     // 31: meshvm.agent.v1.GetSidecarResponse
-	(*SidecarState)(nil),           // 32: meshvm.agent.v1.SidecarState
-	(*SidecarLogsRequest)(nil),     // 33: meshvm.agent.v1.SidecarLogsRequest
-	(*SidecarLogsResponse)(nil),    // 34: meshvm.agent.v1.SidecarLogsResponse
-	(*LogLine)(nil),                // 35: meshvm.agent.v1.LogLine
-	(*ResolveDNSRequest)(nil),      // 36: meshvm.agent.v1.ResolveDNSRequest
-	(*ResolveDNSResponse)(nil),     // 37: meshvm.agent.v1.ResolveDNSResponse
-	(*ProbeRequest)(nil),           // 38: meshvm.agent.v1.ProbeRequest
-	(*ProbeResponse)(nil),          // 39: meshvm.agent.v1.ProbeResponse
-	(*CallServiceRequest)(nil),     // 40: meshvm.agent.v1.CallServiceRequest
-	(*CallServiceResponse)(nil),    // 41: meshvm.agent.v1.CallServiceResponse
-	(*CheckNetworkRequest)(nil),    // 42: meshvm.agent.v1.CheckNetworkRequest
-	(*CheckNetworkResponse)(nil),   // 43: meshvm.agent.v1.CheckNetworkResponse
-	(*FirewallBackend)(nil),        // 44: meshvm.agent.v1.FirewallBackend
-	(*NetworkInterface)(nil),       // 45: meshvm.agent.v1.NetworkInterface
-	(*Route)(nil),                  // 46: meshvm.agent.v1.Route
-	nil,                            // 47: meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
-	(*timestamppb.Timestamp)(nil),  // 48: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 49: google.protobuf.Duration
+	(WatchTopic)(0),                // 7: meshvm.agent.v1.WatchTopic
+	(*GetVersionRequest)(nil),      // 8: meshvm.agent.v1.GetVersionRequest
+	(*GetVersionResponse)(nil),     // 9: meshvm.agent.v1.GetVersionResponse
+	(*GetStatusRequest)(nil),       // 10: meshvm.agent.v1.GetStatusRequest
+	(*GetStatusResponse)(nil),      // 11: meshvm.agent.v1.GetStatusResponse
+	(*CaptureVerdict)(nil),         // 12: meshvm.agent.v1.CaptureVerdict
+	(*CaptureCheck)(nil),           // 13: meshvm.agent.v1.CaptureCheck
+	(*CaptureValidation)(nil),      // 14: meshvm.agent.v1.CaptureValidation
+	(*CertificateInfo)(nil),        // 15: meshvm.agent.v1.CertificateInfo
+	(*TokenInfo)(nil),              // 16: meshvm.agent.v1.TokenInfo
+	(*InstallRequest)(nil),         // 17: meshvm.agent.v1.InstallRequest
+	(*HostsEntry)(nil),             // 18: meshvm.agent.v1.HostsEntry
+	(*InstallResponse)(nil),        // 19: meshvm.agent.v1.InstallResponse
+	(*UninstallRequest)(nil),       // 20: meshvm.agent.v1.UninstallRequest
+	(*UninstallResponse)(nil),      // 21: meshvm.agent.v1.UninstallResponse
+	(*StepResult)(nil),             // 22: meshvm.agent.v1.StepResult
+	(*StatFilesRequest)(nil),       // 23: meshvm.agent.v1.StatFilesRequest
+	(*StatFilesResponse)(nil),      // 24: meshvm.agent.v1.StatFilesResponse
+	(*FileStat)(nil),               // 25: meshvm.agent.v1.FileStat
+	(*PutFileRequest)(nil),         // 26: meshvm.agent.v1.PutFileRequest
+	(*FileHeader)(nil),             // 27: meshvm.agent.v1.FileHeader
+	(*PutFileResponse)(nil),        // 28: meshvm.agent.v1.PutFileResponse
+	(*ControlSidecarRequest)(nil),  // 29: meshvm.agent.v1.ControlSidecarRequest
+	(*ControlSidecarResponse)(nil), // 30: meshvm.agent.v1.ControlSidecarResponse
+	(*GetSidecarRequest)(nil),      // 31: meshvm.agent.v1.GetSidecarRequest
+	(*GetSidecarResponse)(nil),     // 32: meshvm.agent.v1.GetSidecarResponse
+	(*SidecarState)(nil),           // 33: meshvm.agent.v1.SidecarState
+	(*SidecarLogsRequest)(nil),     // 34: meshvm.agent.v1.SidecarLogsRequest
+	(*SidecarLogsResponse)(nil),    // 35: meshvm.agent.v1.SidecarLogsResponse
+	(*LogLine)(nil),                // 36: meshvm.agent.v1.LogLine
+	(*ResolveDNSRequest)(nil),      // 37: meshvm.agent.v1.ResolveDNSRequest
+	(*ResolveDNSResponse)(nil),     // 38: meshvm.agent.v1.ResolveDNSResponse
+	(*ProbeRequest)(nil),           // 39: meshvm.agent.v1.ProbeRequest
+	(*ProbeResponse)(nil),          // 40: meshvm.agent.v1.ProbeResponse
+	(*CallServiceRequest)(nil),     // 41: meshvm.agent.v1.CallServiceRequest
+	(*CallServiceResponse)(nil),    // 42: meshvm.agent.v1.CallServiceResponse
+	(*CheckNetworkRequest)(nil),    // 43: meshvm.agent.v1.CheckNetworkRequest
+	(*CheckNetworkResponse)(nil),   // 44: meshvm.agent.v1.CheckNetworkResponse
+	(*FirewallBackend)(nil),        // 45: meshvm.agent.v1.FirewallBackend
+	(*NetworkInterface)(nil),       // 46: meshvm.agent.v1.NetworkInterface
+	(*Route)(nil),                  // 47: meshvm.agent.v1.Route
+	(*WatchRequest)(nil),           // 48: meshvm.agent.v1.WatchRequest
+	(*WatchResponse)(nil),          // 49: meshvm.agent.v1.WatchResponse
+	nil,                            // 50: meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
+	(*timestamppb.Timestamp)(nil),  // 51: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 52: google.protobuf.Duration
 }
 var file_meshvm_agent_v1_agent_proto_depIdxs = []int32{
-	48, // 0: meshvm.agent.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
-	49, // 1: meshvm.agent.v1.GetStatusResponse.uptime:type_name -> google.protobuf.Duration
-	32, // 2: meshvm.agent.v1.GetStatusResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	21, // 3: meshvm.agent.v1.GetStatusResponse.install_steps:type_name -> meshvm.agent.v1.StepResult
-	14, // 4: meshvm.agent.v1.GetStatusResponse.workload_certificate:type_name -> meshvm.agent.v1.CertificateInfo
-	15, // 5: meshvm.agent.v1.GetStatusResponse.token:type_name -> meshvm.agent.v1.TokenInfo
-	47, // 6: meshvm.agent.v1.GetStatusResponse.last_errors:type_name -> meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
-	24, // 7: meshvm.agent.v1.GetStatusResponse.files:type_name -> meshvm.agent.v1.FileStat
-	11, // 8: meshvm.agent.v1.GetStatusResponse.capture:type_name -> meshvm.agent.v1.CaptureVerdict
+	51, // 0: meshvm.agent.v1.GetStatusResponse.started_at:type_name -> google.protobuf.Timestamp
+	52, // 1: meshvm.agent.v1.GetStatusResponse.uptime:type_name -> google.protobuf.Duration
+	33, // 2: meshvm.agent.v1.GetStatusResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	22, // 3: meshvm.agent.v1.GetStatusResponse.install_steps:type_name -> meshvm.agent.v1.StepResult
+	15, // 4: meshvm.agent.v1.GetStatusResponse.workload_certificate:type_name -> meshvm.agent.v1.CertificateInfo
+	16, // 5: meshvm.agent.v1.GetStatusResponse.token:type_name -> meshvm.agent.v1.TokenInfo
+	50, // 6: meshvm.agent.v1.GetStatusResponse.last_errors:type_name -> meshvm.agent.v1.GetStatusResponse.LastErrorsEntry
+	25, // 7: meshvm.agent.v1.GetStatusResponse.files:type_name -> meshvm.agent.v1.FileStat
+	12, // 8: meshvm.agent.v1.GetStatusResponse.capture:type_name -> meshvm.agent.v1.CaptureVerdict
 	0,  // 9: meshvm.agent.v1.CaptureVerdict.state:type_name -> meshvm.agent.v1.CaptureState
-	12, // 10: meshvm.agent.v1.CaptureVerdict.checks:type_name -> meshvm.agent.v1.CaptureCheck
-	13, // 11: meshvm.agent.v1.CaptureVerdict.validation:type_name -> meshvm.agent.v1.CaptureValidation
+	13, // 10: meshvm.agent.v1.CaptureVerdict.checks:type_name -> meshvm.agent.v1.CaptureCheck
+	14, // 11: meshvm.agent.v1.CaptureVerdict.validation:type_name -> meshvm.agent.v1.CaptureValidation
 	0,  // 12: meshvm.agent.v1.CaptureCheck.state:type_name -> meshvm.agent.v1.CaptureState
-	48, // 13: meshvm.agent.v1.CaptureValidation.ran_at:type_name -> google.protobuf.Timestamp
-	48, // 14: meshvm.agent.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
-	48, // 15: meshvm.agent.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
-	48, // 16: meshvm.agent.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
-	48, // 17: meshvm.agent.v1.TokenInfo.issued_at:type_name -> google.protobuf.Timestamp
-	17, // 18: meshvm.agent.v1.InstallRequest.hosts_entries:type_name -> meshvm.agent.v1.HostsEntry
-	21, // 19: meshvm.agent.v1.InstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
-	21, // 20: meshvm.agent.v1.UninstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
+	51, // 13: meshvm.agent.v1.CaptureValidation.ran_at:type_name -> google.protobuf.Timestamp
+	51, // 14: meshvm.agent.v1.CertificateInfo.not_before:type_name -> google.protobuf.Timestamp
+	51, // 15: meshvm.agent.v1.CertificateInfo.not_after:type_name -> google.protobuf.Timestamp
+	51, // 16: meshvm.agent.v1.TokenInfo.expires_at:type_name -> google.protobuf.Timestamp
+	51, // 17: meshvm.agent.v1.TokenInfo.issued_at:type_name -> google.protobuf.Timestamp
+	18, // 18: meshvm.agent.v1.InstallRequest.hosts_entries:type_name -> meshvm.agent.v1.HostsEntry
+	22, // 19: meshvm.agent.v1.InstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
+	22, // 20: meshvm.agent.v1.UninstallResponse.steps:type_name -> meshvm.agent.v1.StepResult
 	1,  // 21: meshvm.agent.v1.StepResult.outcome:type_name -> meshvm.agent.v1.StepOutcome
-	24, // 22: meshvm.agent.v1.StatFilesResponse.files:type_name -> meshvm.agent.v1.FileStat
-	26, // 23: meshvm.agent.v1.PutFileRequest.header:type_name -> meshvm.agent.v1.FileHeader
+	25, // 22: meshvm.agent.v1.StatFilesResponse.files:type_name -> meshvm.agent.v1.FileStat
+	27, // 23: meshvm.agent.v1.PutFileRequest.header:type_name -> meshvm.agent.v1.FileHeader
 	2,  // 24: meshvm.agent.v1.PutFileResponse.outcome:type_name -> meshvm.agent.v1.FileOutcome
 	3,  // 25: meshvm.agent.v1.ControlSidecarRequest.action:type_name -> meshvm.agent.v1.SidecarAction
-	32, // 26: meshvm.agent.v1.ControlSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	32, // 27: meshvm.agent.v1.GetSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
-	48, // 28: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
+	33, // 26: meshvm.agent.v1.ControlSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	33, // 27: meshvm.agent.v1.GetSidecarResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	51, // 28: meshvm.agent.v1.SidecarState.active_since:type_name -> google.protobuf.Timestamp
 	4,  // 29: meshvm.agent.v1.SidecarLogsRequest.source:type_name -> meshvm.agent.v1.LogSource
-	35, // 30: meshvm.agent.v1.SidecarLogsResponse.lines:type_name -> meshvm.agent.v1.LogLine
-	48, // 31: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	36, // 30: meshvm.agent.v1.SidecarLogsResponse.lines:type_name -> meshvm.agent.v1.LogLine
+	51, // 31: meshvm.agent.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	5,  // 32: meshvm.agent.v1.ResolveDNSRequest.via:type_name -> meshvm.agent.v1.DNSVia
-	49, // 33: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
-	49, // 34: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
+	52, // 33: meshvm.agent.v1.ResolveDNSRequest.timeout:type_name -> google.protobuf.Duration
+	52, // 34: meshvm.agent.v1.ResolveDNSResponse.latency:type_name -> google.protobuf.Duration
 	6,  // 35: meshvm.agent.v1.ProbeRequest.kind:type_name -> meshvm.agent.v1.ProbeKind
-	49, // 36: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
-	49, // 37: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
-	49, // 38: meshvm.agent.v1.CallServiceRequest.timeout:type_name -> google.protobuf.Duration
-	49, // 39: meshvm.agent.v1.CallServiceResponse.latency:type_name -> google.protobuf.Duration
-	44, // 40: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
-	45, // 41: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
-	46, // 42: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
-	7,  // 43: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
-	9,  // 44: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
-	16, // 45: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
-	19, // 46: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
-	22, // 47: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
-	25, // 48: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
-	28, // 49: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
-	30, // 50: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
-	33, // 51: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
-	36, // 52: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
-	38, // 53: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
-	42, // 54: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
-	40, // 55: meshvm.agent.v1.AgentService.CallService:input_type -> meshvm.agent.v1.CallServiceRequest
-	8,  // 56: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
-	10, // 57: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
-	18, // 58: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
-	20, // 59: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
-	23, // 60: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
-	27, // 61: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
-	29, // 62: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
-	31, // 63: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
-	34, // 64: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
-	37, // 65: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
-	39, // 66: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
-	43, // 67: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
-	41, // 68: meshvm.agent.v1.AgentService.CallService:output_type -> meshvm.agent.v1.CallServiceResponse
-	56, // [56:69] is the sub-list for method output_type
-	43, // [43:56] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	52, // 36: meshvm.agent.v1.ProbeRequest.timeout:type_name -> google.protobuf.Duration
+	52, // 37: meshvm.agent.v1.ProbeResponse.latency:type_name -> google.protobuf.Duration
+	52, // 38: meshvm.agent.v1.CallServiceRequest.timeout:type_name -> google.protobuf.Duration
+	52, // 39: meshvm.agent.v1.CallServiceResponse.latency:type_name -> google.protobuf.Duration
+	45, // 40: meshvm.agent.v1.CheckNetworkResponse.firewall_backends:type_name -> meshvm.agent.v1.FirewallBackend
+	46, // 41: meshvm.agent.v1.CheckNetworkResponse.interfaces:type_name -> meshvm.agent.v1.NetworkInterface
+	47, // 42: meshvm.agent.v1.CheckNetworkResponse.default_routes:type_name -> meshvm.agent.v1.Route
+	39, // 43: meshvm.agent.v1.WatchRequest.app_probe:type_name -> meshvm.agent.v1.ProbeRequest
+	52, // 44: meshvm.agent.v1.WatchRequest.app_probe_period:type_name -> google.protobuf.Duration
+	51, // 45: meshvm.agent.v1.WatchResponse.observed_at:type_name -> google.protobuf.Timestamp
+	7,  // 46: meshvm.agent.v1.WatchResponse.changed:type_name -> meshvm.agent.v1.WatchTopic
+	33, // 47: meshvm.agent.v1.WatchResponse.sidecar:type_name -> meshvm.agent.v1.SidecarState
+	15, // 48: meshvm.agent.v1.WatchResponse.workload_certificate:type_name -> meshvm.agent.v1.CertificateInfo
+	16, // 49: meshvm.agent.v1.WatchResponse.token:type_name -> meshvm.agent.v1.TokenInfo
+	40, // 50: meshvm.agent.v1.WatchResponse.app:type_name -> meshvm.agent.v1.ProbeResponse
+	51, // 51: meshvm.agent.v1.WatchResponse.agent_started_at:type_name -> google.protobuf.Timestamp
+	8,  // 52: meshvm.agent.v1.AgentService.GetVersion:input_type -> meshvm.agent.v1.GetVersionRequest
+	10, // 53: meshvm.agent.v1.AgentService.GetStatus:input_type -> meshvm.agent.v1.GetStatusRequest
+	17, // 54: meshvm.agent.v1.AgentService.Install:input_type -> meshvm.agent.v1.InstallRequest
+	20, // 55: meshvm.agent.v1.AgentService.Uninstall:input_type -> meshvm.agent.v1.UninstallRequest
+	23, // 56: meshvm.agent.v1.AgentService.StatFiles:input_type -> meshvm.agent.v1.StatFilesRequest
+	26, // 57: meshvm.agent.v1.AgentService.PutFile:input_type -> meshvm.agent.v1.PutFileRequest
+	29, // 58: meshvm.agent.v1.AgentService.ControlSidecar:input_type -> meshvm.agent.v1.ControlSidecarRequest
+	31, // 59: meshvm.agent.v1.AgentService.GetSidecar:input_type -> meshvm.agent.v1.GetSidecarRequest
+	34, // 60: meshvm.agent.v1.AgentService.SidecarLogs:input_type -> meshvm.agent.v1.SidecarLogsRequest
+	37, // 61: meshvm.agent.v1.AgentService.ResolveDNS:input_type -> meshvm.agent.v1.ResolveDNSRequest
+	39, // 62: meshvm.agent.v1.AgentService.Probe:input_type -> meshvm.agent.v1.ProbeRequest
+	43, // 63: meshvm.agent.v1.AgentService.CheckNetwork:input_type -> meshvm.agent.v1.CheckNetworkRequest
+	41, // 64: meshvm.agent.v1.AgentService.CallService:input_type -> meshvm.agent.v1.CallServiceRequest
+	48, // 65: meshvm.agent.v1.AgentService.Watch:input_type -> meshvm.agent.v1.WatchRequest
+	9,  // 66: meshvm.agent.v1.AgentService.GetVersion:output_type -> meshvm.agent.v1.GetVersionResponse
+	11, // 67: meshvm.agent.v1.AgentService.GetStatus:output_type -> meshvm.agent.v1.GetStatusResponse
+	19, // 68: meshvm.agent.v1.AgentService.Install:output_type -> meshvm.agent.v1.InstallResponse
+	21, // 69: meshvm.agent.v1.AgentService.Uninstall:output_type -> meshvm.agent.v1.UninstallResponse
+	24, // 70: meshvm.agent.v1.AgentService.StatFiles:output_type -> meshvm.agent.v1.StatFilesResponse
+	28, // 71: meshvm.agent.v1.AgentService.PutFile:output_type -> meshvm.agent.v1.PutFileResponse
+	30, // 72: meshvm.agent.v1.AgentService.ControlSidecar:output_type -> meshvm.agent.v1.ControlSidecarResponse
+	32, // 73: meshvm.agent.v1.AgentService.GetSidecar:output_type -> meshvm.agent.v1.GetSidecarResponse
+	35, // 74: meshvm.agent.v1.AgentService.SidecarLogs:output_type -> meshvm.agent.v1.SidecarLogsResponse
+	38, // 75: meshvm.agent.v1.AgentService.ResolveDNS:output_type -> meshvm.agent.v1.ResolveDNSResponse
+	40, // 76: meshvm.agent.v1.AgentService.Probe:output_type -> meshvm.agent.v1.ProbeResponse
+	44, // 77: meshvm.agent.v1.AgentService.CheckNetwork:output_type -> meshvm.agent.v1.CheckNetworkResponse
+	42, // 78: meshvm.agent.v1.AgentService.CallService:output_type -> meshvm.agent.v1.CallServiceResponse
+	49, // 79: meshvm.agent.v1.AgentService.Watch:output_type -> meshvm.agent.v1.WatchResponse
+	66, // [66:80] is the sub-list for method output_type
+	52, // [52:66] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_meshvm_agent_v1_agent_proto_init() }
@@ -3473,8 +3751,8 @@ func file_meshvm_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshvm_agent_v1_agent_proto_rawDesc), len(file_meshvm_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      7,
-			NumMessages:   41,
+			NumEnums:      8,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,7 @@ const (
 	AgentService_Probe_FullMethodName          = "/meshvm.agent.v1.AgentService/Probe"
 	AgentService_CheckNetwork_FullMethodName   = "/meshvm.agent.v1.AgentService/CheckNetwork"
 	AgentService_CallService_FullMethodName    = "/meshvm.agent.v1.AgentService/CallService"
+	AgentService_Watch_FullMethodName          = "/meshvm.agent.v1.AgentService/Watch"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -85,6 +86,16 @@ type AgentServiceClient interface {
 	// the VM reaching the mesh (hostctl verify). It reaches nothing else: see
 	// CallServiceRequest.host. A refused name or port is InvalidArgument.
 	CallService(ctx context.Context, in *CallServiceRequest, opts ...grpc.CallOption) (*CallServiceResponse, error)
+	// Watch streams the VM's state as it changes, so a caller learns of a
+	// stopped sidecar, a renewed certificate or a new address without
+	// polling: the first message carries the whole state, and a new one
+	// follows whenever any of it changes (the agent looks about every second,
+	// and coalesces: a caller that reads slowly gets the newest state, never
+	// a backlog). The open stream is also the caller's liveness signal: with
+	// keepalive pings (agentspec), a silent loss of the VM ends it within
+	// KeepaliveTime + KeepaliveTimeout. The agent holds limits.max_watch_streams
+	// of them; announced as capability "watch.v1".
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
 }
 
 type agentServiceClient struct {
@@ -237,6 +248,25 @@ func (c *agentServiceClient) CallService(ctx context.Context, in *CallServiceReq
 	return out, nil
 }
 
+func (c *agentServiceClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[2], AgentService_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchClient = grpc.ServerStreamingClient[WatchResponse]
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -285,6 +315,16 @@ type AgentServiceServer interface {
 	// the VM reaching the mesh (hostctl verify). It reaches nothing else: see
 	// CallServiceRequest.host. A refused name or port is InvalidArgument.
 	CallService(context.Context, *CallServiceRequest) (*CallServiceResponse, error)
+	// Watch streams the VM's state as it changes, so a caller learns of a
+	// stopped sidecar, a renewed certificate or a new address without
+	// polling: the first message carries the whole state, and a new one
+	// follows whenever any of it changes (the agent looks about every second,
+	// and coalesces: a caller that reads slowly gets the newest state, never
+	// a backlog). The open stream is also the caller's liveness signal: with
+	// keepalive pings (agentspec), a silent loss of the VM ends it within
+	// KeepaliveTime + KeepaliveTimeout. The agent holds limits.max_watch_streams
+	// of them; announced as capability "watch.v1".
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -333,6 +373,9 @@ func (UnimplementedAgentServiceServer) CheckNetwork(context.Context, *CheckNetwo
 }
 func (UnimplementedAgentServiceServer) CallService(context.Context, *CallServiceRequest) (*CallServiceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CallService not implemented")
+}
+func (UnimplementedAgentServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -571,6 +614,17 @@ func _AgentService_CallService_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchServer = grpc.ServerStreamingServer[WatchResponse]
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -632,6 +686,11 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "SidecarLogs",
 			Handler:       _AgentService_SidecarLogs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Watch",
+			Handler:       _AgentService_Watch_Handler,
 			ServerStreams: true,
 		},
 	},

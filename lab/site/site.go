@@ -1,9 +1,13 @@
-package fleet
+// Package site is the lab as a site hostctl drives (fleet.Site): its
+// cluster, istiod and VMs on this machine. fleet does not link it; hostctl's
+// CLI hands it over (Lab).
+package site
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 	"strings"
 
@@ -11,13 +15,19 @@ import (
 	"github.com/meshvm/meshvm/lab/cluster"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/lab/mesh"
+	"github.com/meshvm/meshvm/lab/procs"
 	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
+
+// Lab is the lab as fleet.Open takes it.
+var Lab = fleet.Lab{Site: Open, Machines: Machines}
 
 // labSite is the lab: a control plane built from source running as local
 // processes, istiod among them, and VMs that are network namespaces booting
@@ -30,24 +40,40 @@ type labSite struct {
 	stack *labstack.Stack
 }
 
-func newLabSite(cfg config.Config, state *statedir.Dir, lab *labmachine.Provider) *labSite {
-	return &labSite{cfg: cfg, state: state, lab: lab}
+// Open is the lab site of the config, its state under state's lab
+// directory, starting nothing. The lab builds one Istio version.
+func Open(cfg config.Config, state *statedir.Dir) (fleet.Site, error) {
+	if v := cfg.Istio.Version; v != "" && v != istioinstall.EmbeddedVersion {
+		return nil, fmt.Errorf("istio.version %s: the lab builds istiod and pilot-agent %s from source and no other version: leave istio.version empty", v, istioinstall.EmbeddedVersion)
+	}
+	return newLabSite(cfg, state), nil
+}
+
+func newLabSite(cfg config.Config, state *statedir.Dir) *labSite {
+	return &labSite{cfg: cfg, state: state, lab: machines(state)}
+}
+
+// Machines is the lab's machine provider, its VMs under the state dir.
+func Machines(state *statedir.Dir) machine.Provider { return machines(state) }
+
+func machines(state *statedir.Dir) *labmachine.Provider {
+	return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), build.DefaultCacheDir())
 }
 
 func (s *labSite) Machines() machine.Provider { return s.lab }
 
 func (s *labSite) Kubeconfig() string { return cluster.Kubeconfig(s.state.Path("lab", "cluster")) }
 
-func (s *labSite) config(p Reporter, step string) (labstack.Config, error) {
+func (s *labSite) config(p fleet.Reporter, step string) (labstack.Config, error) {
 	src, err := build.ModuleDir()
 	if err != nil {
 		return labstack.Config{}, err
 	}
-	return labstack.Config{ModuleDir: src, CacheDir: build.DefaultCacheDir(), Dir: s.state.Path("lab"), Istio: IstioOptions(s.cfg),
+	return labstack.Config{ModuleDir: src, CacheDir: build.DefaultCacheDir(), Dir: s.state.Path("lab"), Istio: fleet.IstioOptions(s.cfg),
 		Progress: lineWriter{p, step}}, nil
 }
 
-func (s *labSite) UpCluster(ctx context.Context, p Reporter) error {
+func (s *labSite) UpCluster(ctx context.Context, p fleet.Reporter) error {
 	c, err := s.config(p, "control plane")
 	if err != nil {
 		return err
@@ -57,7 +83,7 @@ func (s *labSite) UpCluster(ctx context.Context, p Reporter) error {
 	return err
 }
 
-func (s *labSite) InstallIstio(ctx context.Context, p Reporter) error {
+func (s *labSite) InstallIstio(ctx context.Context, p fleet.Reporter) error {
 	c, err := s.config(p, "control plane")
 	if err != nil {
 		return err
@@ -71,7 +97,7 @@ func (s *labSite) InstallIstio(ctx context.Context, p Reporter) error {
 }
 
 func (s *labSite) Istio() ([]istioinstall.Object, istioinstall.Keep, error) {
-	objs, err := istioinstall.RenderIn(s.state.Path("lab", "istio-render"), IstioOptions(s.cfg))
+	objs, err := istioinstall.RenderIn(s.state.Path("lab", "istio-render"), fleet.IstioOptions(s.cfg))
 	return objs, istioinstall.LabRunnable, err
 }
 
@@ -89,7 +115,7 @@ func (s *labSite) IstiodReady(ctx context.Context, rev string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return fmt.Sprintf("ready, revision %s, Istio %s, a local process", revisionName(rev), v), nil
+	return fmt.Sprintf("ready, revision %s, Istio %s, a local process", workloadfiles.RevisionName(rev), v), nil
 }
 
 func (s *labSite) Revision(context.Context) string { return s.cfg.Istio.Revision }
@@ -157,7 +183,7 @@ func (s *labSite) Sidecar(ctx context.Context, arch, version string) (onboard.Si
 	return onboard.Sidecar{PilotAgent: bins.Path("pilot-agent"), Envoy: bins.Path("lab-envoy"), BootstrapTemplate: bootstrap}, nil
 }
 
-func (s *labSite) DownCluster(ctx context.Context, p Reporter, vmsGone bool) error {
+func (s *labSite) DownCluster(ctx context.Context, p fleet.Reporter, vmsGone bool) error {
 	if vmsGone {
 		// A lab VM the config no longer lists still runs from the state
 		// directory: keep it (and its disk) rather than fail half-way.
@@ -195,9 +221,23 @@ func (s *labSite) TrafficUncheckable() string {
 	return "the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
 }
 
+// processes are the lab cluster's control-plane processes.
+func (s *labSite) Processes() []fleet.Component {
+	var out []fleet.Component
+	dir := s.state.Path("lab", "cluster")
+	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+		if pid, ok := procs.Dir(dir).Running(name); ok {
+			out = append(out, fleet.Component{Name: name, State: "running", Detail: fmt.Sprintf("pid %d", pid)})
+		} else {
+			out = append(out, fleet.Component{Name: name, State: "stopped", Detail: "run hostctl cluster up"})
+		}
+	}
+	return out
+}
+
 // lineWriter reports what a long step writes, line by line.
 type lineWriter struct {
-	p    Reporter
+	p    fleet.Reporter
 	name string
 }
 
