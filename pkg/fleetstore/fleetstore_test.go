@@ -2,7 +2,6 @@ package fleetstore_test
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
@@ -10,10 +9,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/lab/cluster"
 	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
@@ -30,22 +26,9 @@ func TestContractOnAFakeClientset(t *testing.T) {
 // The contract on the lab's real kube-apiserver: each run in a namespace
 // of its own, as a second cluster would be.
 func TestContractOnTheAPIServer(t *testing.T) {
-	labtest.RequireBuild(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	bins, err := build.Build(ctx, build.Options{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Progress: os.Stderr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	t.Cleanup(func() { cluster.Down(context.Background(), dir) })
-	if err := cluster.Up(ctx, cluster.Config{Dir: dir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager")}); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", cluster.Kubeconfig(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rc := labtest.APIServer(t, ctx)
 	kc, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
