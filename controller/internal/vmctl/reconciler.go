@@ -14,6 +14,7 @@ import (
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -139,6 +140,9 @@ func notReady(vm *v1alpha1.MeshVM, reason, format string, args ...any) {
 		Message: fmt.Sprintf(format, args...), ObservedGeneration: vm.Generation})
 }
 
+// ConditionPaused is set while spec.paused holds.
+const ConditionPaused = "Paused"
+
 // Reasons the controller sets besides the core's.
 const (
 	ReasonSettingsMissing       = "FleetSettingsMissing"
@@ -202,9 +206,12 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 		return ctrl.Result{}, err
 	}
 	if vm.Spec.Paused {
-		notReady(vm, ReasonPaused, "spec.paused: the controller does not act on the VM; set it to false to resume")
+		// The conditions stay as last seen; Paused says they are not looked at.
+		setCondition(&vm.Status, metav1.Condition{Type: ConditionPaused, Status: metav1.ConditionTrue, Reason: ReasonPaused,
+			Message: "spec.paused: the controller does not act on the VM or look at it; set it to false to resume", ObservedGeneration: vm.Generation})
 		return ctrl.Result{}, nil
 	}
+	meta.RemoveStatusCondition(&vm.Status.Conditions, ConditionPaused)
 	spec := vmcore.Spec{Name: vm.Name, Generation: vm.Generation, RunsApp: vm.Spec.App == nil || *vm.Spec.App, ProbePort: deps.Workload.ProbePort,
 		AppPort: deps.Workload.Port, TokenLifetime: tokenLifetime(vm), Revision: vm.Spec.Revision, Pinned: true, Recheck: true}
 	res, err := vmcore.Reconcile(ctx, spec, coreStatus(vm.Status), target, store, deps)

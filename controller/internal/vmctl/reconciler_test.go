@@ -223,3 +223,15 @@ func TestStatusRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// A paused VM is neither acted on nor looked at, and says so.
+func TestPaused(t *testing.T) {
+	f := newFixture(t, meshVM("vm1", func(m *v1alpha1.MeshVM) { m.Spec.Paused = true }))
+	res, err, vm := f.reconcile(t, "vm1")
+	if c := findCondition(vm.Status.Conditions, ConditionPaused); err != nil || res.RequeueAfter != 0 || c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("paused: %v, requeue %s, conditions %+v", err, res.RequeueAfter, vm.Status.Conditions)
+	}
+	if c := findCondition(vm.Status.Conditions, string(vmcore.AgentReachable)); c != nil {
+		t.Errorf("a paused VM's agent was called: %+v", c)
+	}
+}
