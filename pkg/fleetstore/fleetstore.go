@@ -173,7 +173,7 @@ func PutCA(ctx context.Context, kube kubernetes.Interface, ns string, ca *mtls.C
 	case string(sec.Data[corev1.TLSCertKey]) == string(ca.CertPEM()):
 		return false, nil
 	}
-	return false, fmt.Errorf("Secret %s/%s holds another agent CA: the VMs of this cluster pin it; adopt from the state directory that created it, or delete that Secret if no VM uses it", s.ns, CASecret)
+	return false, fmt.Errorf("another agent CA is in Secret %s/%s: the VMs of this cluster pin it; adopt from the state directory that created it, or delete that Secret if no VM uses it", s.ns, CASecret)
 }
 
 // EnsureNamespace creates the store's namespace when it is missing.

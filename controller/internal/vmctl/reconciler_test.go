@@ -63,12 +63,12 @@ func meshVM(name string, mutate func(*v1alpha1.MeshVM)) *v1alpha1.MeshVM {
 	return m
 }
 
-func (f *fixture) reconcile(t *testing.T, name string) (ctrl.Result, error, v1alpha1.MeshVM) {
+func (f *fixture) reconcile(t *testing.T, name string) (ctrl.Result, v1alpha1.MeshVM, error) {
 	t.Helper()
 	res, err := f.r.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Namespace: "vmns", Name: name}})
 	var vm v1alpha1.MeshVM
 	f.client.Get(context.Background(), types.NamespacedName{Namespace: "vmns", Name: name}, &vm)
-	return res, err, vm
+	return res, vm, err
 }
 
 func (f *fixture) drainEvents() []string {
@@ -90,7 +90,7 @@ func TestBadSpecsReportedWithTheFix(t *testing.T) {
 		meshVM("nogroup", func(m *v1alpha1.MeshVM) { m.Spec.WorkloadGroup = "nope" }),
 		meshVM("norev", func(m *v1alpha1.MeshVM) { m.Spec.Revision = "canary" }))
 	for name, want := range map[string]string{"nogroup": "WorkloadGroupNotFound", "norev": "RevisionNotRunning"} {
-		res, err, vm := f.reconcile(t, name)
+		res, vm, err := f.reconcile(t, name)
 		if err != nil || res.RequeueAfter < 50*time.Second {
 			t.Errorf("%s: got %v, requeue %s; want no error and the periodic look", name, err, res.RequeueAfter)
 		}
@@ -103,7 +103,7 @@ func TestBadSpecsReportedWithTheFix(t *testing.T) {
 		}
 		rv := vm.ResourceVersion
 		f.now = f.now.Add(time.Minute)
-		_, _, again := f.reconcile(t, name)
+		_, again, _ := f.reconcile(t, name)
 		if again.ResourceVersion != rv {
 			t.Errorf("%s: a pass that found nothing new wrote the MeshVM", name)
 		}
@@ -123,7 +123,7 @@ func TestBadSpecsReportedWithTheFix(t *testing.T) {
 // so the work queue backs off per VM.
 func TestUnreachableAgentBacksOff(t *testing.T) {
 	f := newFixture(t, meshVM("vm1", nil))
-	_, err, vm := f.reconcile(t, "vm1")
+	_, vm, err := f.reconcile(t, "vm1")
 	if err == nil {
 		t.Fatal("no error for an agent that does not answer: the queue would not back off")
 	}
@@ -150,16 +150,16 @@ func TestFinalizer(t *testing.T) {
 	if err := store.SetAddress("gone", "127.0.0.9"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err, vm := f.reconcile(t, "never"); err != nil || vm.Name != "" {
+	if _, vm, err := f.reconcile(t, "never"); err != nil || vm.Name != "" {
 		t.Errorf("a MeshVM never onboarded: %v, still there: %+v", err, vm.ObjectMeta)
 	}
 	f.now = f.now.Add(time.Minute)
-	res, err, vm := f.reconcile(t, "gone")
+	res, vm, err := f.reconcile(t, "gone")
 	if c := findCondition(vm.Status.Conditions, "Ready"); err != nil || res.RequeueAfter == 0 || c == nil || c.Reason != ReasonAgentGone {
 		t.Errorf("an agent that does not answer: %v, requeue %s, Ready %+v", err, res.RequeueAfter, c)
 	}
 	f.now = f.now.Add(5 * time.Minute)
-	if _, err, vm := f.reconcile(t, "gone"); err != nil || vm.Name != "" {
+	if _, vm, err := f.reconcile(t, "gone"); err != nil || vm.Name != "" {
 		t.Errorf("after ReleaseAfter: %v, still there", err)
 	}
 	released := false
@@ -227,7 +227,7 @@ func TestStatusRoundTrip(t *testing.T) {
 // A paused VM is neither acted on nor looked at, and says so.
 func TestPaused(t *testing.T) {
 	f := newFixture(t, meshVM("vm1", func(m *v1alpha1.MeshVM) { m.Spec.Paused = true }))
-	res, err, vm := f.reconcile(t, "vm1")
+	res, vm, err := f.reconcile(t, "vm1")
 	if c := findCondition(vm.Status.Conditions, ConditionPaused); err != nil || res.RequeueAfter != 0 || c == nil || c.Status != metav1.ConditionTrue {
 		t.Errorf("paused: %v, requeue %s, conditions %+v", err, res.RequeueAfter, vm.Status.Conditions)
 	}
