@@ -56,6 +56,7 @@ func (d Dir) Start(s Spec) (int, error) {
 		return 0, err
 	}
 	defer logf.Close()
+	closeInherited()
 	cmd := exec.Command(s.Bin, s.Args...)
 	cmd.Dir = s.Cwd
 	if cmd.Dir == "" {
@@ -186,6 +187,23 @@ func (d Dir) WaitReady(ctx context.Context, name string, pid int, timeout time.D
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// closeInherited marks the descriptors this process inherited beyond stdio
+// close-on-exec (Go marks only those it opens): a detached process must not
+// carry them, above all the lab lock a test runs under (flock(1) hands it
+// down), or one that outlives its test holds every later test off the lab.
+// Where /proc is missing (macOS) there is nothing to mark.
+func closeInherited() {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, fd := range fds {
+		if n, err := strconv.Atoi(fd.Name()); err == nil && n > 2 {
+			syscall.CloseOnExec(n)
 		}
 	}
 }
