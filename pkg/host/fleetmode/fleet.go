@@ -38,8 +38,8 @@ func FromFleet(ctx context.Context, f *fleet.Fleet) (Adoption, error) {
 			return Adoption{}, err
 		}
 	}
-	// The versions of the revisions the VMs are on and new VMs join: the
-	// lab's istiods are processes the controller cannot ask.
+	// The versions of the revisions the VMs are on and new VMs join, on the
+	// lab: its istiods are processes the controller cannot ask.
 	store := vmcore.DirStore{Dir: f.State}
 	revs := []string{site.Revision(ctx)}
 	var vms []VM
@@ -55,7 +55,12 @@ func FromFleet(ctx context.Context, f *fleet.Fleet) (Adoption, error) {
 		}
 		vms = append(vms, d)
 	}
+	// On a cluster the controller asks istiod's Deployment, which follows
+	// an upgrade; a version written here would not.
 	for _, rev := range revs {
+		if !lab {
+			break
+		}
 		if v, _, err := site.IstiodVersion(ctx, rev); err == nil {
 			settings.IstiodVersions[workloadfiles.RevisionName(rev)] = v
 		}
