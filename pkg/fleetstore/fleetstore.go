@@ -440,6 +440,13 @@ func (s *Store) setJSON(vm, key string, v any) error {
 	return s.update(vm, map[string][]byte{key: b})
 }
 
+// Known says whether VM vm has records: something was issued for it or
+// sent to it.
+func (s *Store) Known(vm string) (bool, error) {
+	sec, err := s.secret(vm)
+	return sec != nil, err
+}
+
 // Forget deletes VM vm's records (its MeshVM is gone); none is no error.
 func (s *Store) Forget(vm string) error {
 	err := s.secrets().Delete(s.ctx, RecordName(s.vmNS, vm), metav1.DeleteOptions{})

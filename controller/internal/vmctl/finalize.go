@@ -28,14 +28,14 @@ func (r *Reconciler) finalize(ctx context.Context, vm *v1alpha1.MeshVM, store *f
 		return ctrl.Result{}, err
 	}
 	deps := r.deps(vm, addr, workloadSpec(vm, nil))
-	// A VM with no records was never onboarded (its pass stopped at a bad
+	// A VM with no records was never reached (its pass stopped at a bad
 	// spec): nothing on it is meshvm's to undo.
-	recorded, err := store.Address(vm.Name)
+	recorded, err := store.Known(vm.Name)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
 	var undone error
-	if recorded != "" {
+	if recorded {
 		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		undone = vmcore.UndoAgent(actx, machine.Machine{Name: vm.Name, State: machine.Running, Addresses: []string{addr}}, store)
 		cancel()
@@ -61,7 +61,7 @@ func (r *Reconciler) finalize(ctx context.Context, vm *v1alpha1.MeshVM, store *f
 		r.event(vm, "Warning", ReasonReleased, "Delete",
 			"released %s after the delete without an answer from its agent (%v): token revoked, WorkloadEntry %s deleted; the sidecar, hosts block and capture rules stay on the VM: run hostctl vm rm %s where the machine is reachable",
 			r.releaseAfter(), undone, orNone(entry), vm.Name)
-	} else if recorded != "" {
+	} else if recorded {
 		r.event(vm, "Normal", ReasonRemoved, "Delete", "the agent undid its changes, WorkloadEntry %s deleted, token revoked", orNone(entry))
 	} else {
 		r.event(vm, "Normal", ReasonRemoved, "Delete", "never onboarded: nothing to undo on the VM")
