@@ -102,6 +102,20 @@ func TestAgainstARealAgent(t *testing.T) {
 		t.Errorf("no controller identity Secret: %v", err)
 	}
 
+	// Drift: the hosts block removed on the VM; the next pass (each
+	// rechecks what the first delivered) puts it back.
+	hosts := filepath.Join(agent.Root, "etc/hosts")
+	if b, err := os.ReadFile(hosts); err != nil || !strings.Contains(string(b), "BEGIN meshvm") {
+		t.Fatalf("no hosts block after the first pass: %v\n%s", err, b)
+	}
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile(t, "vm1")
+	if b, _ := os.ReadFile(hosts); !strings.Contains(string(b), "BEGIN meshvm") || !strings.Contains(string(b), "istiod.istio-system.svc") {
+		t.Errorf("the hosts block was not repaired:\n%s", b)
+	}
+
 	// Delete: the agent undoes, the token is revoked, the records go.
 	if err := f.client.Delete(ctx, &vm); err != nil {
 		t.Fatal(err)
