@@ -14,8 +14,8 @@ import (
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
@@ -307,18 +307,13 @@ func (r *Reconciler) upToDate(vm *v1alpha1.MeshVM, cs vmcore.Status, version str
 // rotate replaces the VM's token at 40 to 50 % of its life (jittered per
 // VM, so a fleet's tokens do not all turn over at once; before the pass's
 // own reissue at half its life), sending only that file. It returns how
-// long until the next rotation is due.
+// long until the next rotation is due (0: no token to judge).
 func (r *Reconciler) rotate(ctx context.Context, vm *v1alpha1.MeshVM, spec vmcore.Spec, store *fleetstore.Store, deps vmcore.Deps) time.Duration {
-	tok, err := store.Token(vm.Name)
-	if err != nil || len(tok) == 0 {
+	info, ok := tokenInfo(store, vm.Name)
+	if !ok {
 		return 0
 	}
-	info, err := credinfo.ParseToken(tok)
-	if err != nil || info.IssuedAt.IsZero() || info.ExpiresAt.IsZero() {
-		return 0
-	}
-	due := rotationDue(info, string(vm.UID))
-	if r.now().Before(due) {
+	if due := rotationDue(info, string(vm.UID)); r.now().Before(due) {
 		return due.Sub(r.now())
 	}
 	renewal, err := vmcore.RenewToken(ctx, vm.Name, spec.TokenLifetime, true, store, deps)
@@ -329,15 +324,21 @@ func (r *Reconciler) rotate(ctx context.Context, vm *v1alpha1.MeshVM, spec vmcor
 	now := metav1.NewTime(r.now().Truncate(time.Second))
 	vm.Status.TokenRotatedAt = &now
 	r.event(vm, "Normal", ReasonTokenRotated, "RotateToken", "new token valid until %s; only the token file sent, the sidecar not restarted", renewal.ExpiresAt.UTC().Format(time.RFC3339))
-	if info, err = credinfo.ParseToken(mustToken(store, vm.Name)); err == nil {
-		return max(rotationDue(info, string(vm.UID)).Sub(r.now()), time.Second)
+	if info, ok = tokenInfo(store, vm.Name); !ok {
+		return 0
 	}
-	return 0
+	return max(rotationDue(info, string(vm.UID)).Sub(r.now()), time.Second)
 }
 
-func mustToken(store *fleetstore.Store, vm string) []byte {
-	tok, _ := store.Token(vm)
-	return tok
+// tokenInfo is the claims of VM vm's last token, when it has one with
+// both times.
+func tokenInfo(store *fleetstore.Store, vm string) (credinfo.Token, bool) {
+	tok, err := store.Token(vm)
+	if err != nil || len(tok) == 0 {
+		return credinfo.Token{}, false
+	}
+	info, err := credinfo.ParseToken(tok)
+	return info, err == nil && !info.IssuedAt.IsZero() && !info.ExpiresAt.IsZero()
 }
 
 // rotationDue is when a token is replaced: at 40 to 50 % of its life, the
@@ -351,11 +352,7 @@ func rotationDue(t credinfo.Token, uid string) time.Time {
 
 // tokenTimes shows the token's end in the status.
 func (r *Reconciler) tokenTimes(vm *v1alpha1.MeshVM, store *fleetstore.Store) {
-	tok, err := store.Token(vm.Name)
-	if err != nil || len(tok) == 0 {
-		return
-	}
-	if info, err := credinfo.ParseToken(tok); err == nil && !info.ExpiresAt.IsZero() {
+	if info, ok := tokenInfo(store, vm.Name); ok {
 		t := metav1.NewTime(info.ExpiresAt.Truncate(time.Second))
 		vm.Status.TokenExpiresAt = &t
 	}
