@@ -2,6 +2,8 @@ package stack
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -116,11 +118,17 @@ func BuildController(ctx context.Context, c Config) (string, error) {
 	return bin, nil
 }
 
-// binStamp names the binary's build: a rebuilt controller is restarted.
+// binStamp names the binary's content: a rebuilt controller that differs
+// is restarted (go build rewrites an unchanged one).
 func binStamp(bin string) string {
-	st, err := os.Stat(bin)
+	f, err := os.Open(bin)
 	if err != nil {
 		return ""
 	}
-	return fmt.Sprint(st.Size(), st.ModTime().UnixNano())
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return ""
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
