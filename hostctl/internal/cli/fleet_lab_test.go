@@ -90,10 +90,16 @@ func TestFleetOnLab(t *testing.T) {
 	controllerLog := filepath.Join(labstack.ControllerDir(filepath.Join(state, "lab")), "logs", "meshvm-controller.log")
 	t.Cleanup(func() {
 		dc.Resource(fleetmode.MeshVMs).Namespace("vmns").DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{})
-		waitFor(t, 2*time.Minute, "every MeshVM finalized", func() (bool, string) {
+		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
 			l, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").List(context.Background(), metav1.ListOptions{})
-			return err == nil && len(l.Items) == 0, fmt.Sprint(err)
-		})
+			if err == nil && len(l.Items) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("MeshVMs not finalized 2m after their delete: %v", err)
+				break
+			}
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(controllerLog)
 			t.Logf("controller log:\n%s", tail(string(b), 80))
