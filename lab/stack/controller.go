@@ -22,8 +22,8 @@ import (
 // The lab's controller answers its probes here (and serves metrics beside).
 const (
 	controllerName   = "meshvm-controller"
-	controllerProbes = "127.0.0.1:18081"
-	controllerMetric = "127.0.0.1:18080"
+	controllerProbes = "127.0.0.1:18381"
+	controllerMetric = "127.0.0.1:18380"
 )
 
 // ControllerDir is where the lab's controller keeps its log, PID and caches.
