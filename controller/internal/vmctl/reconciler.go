@@ -87,6 +87,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	res, err := r.pass(ctx, &vm, store)
 	vm.Status.ObservedGeneration = vm.Generation
 	if werr := r.writeStatus(ctx, &vm, old); werr != nil {
+		switch {
+		case apierrors.IsConflict(werr):
+			// Another write came first (a spec change, the finalizer):
+			// look again at the object as it is now, without an error.
+			return ctrl.Result{RequeueAfter: time.Second}, nil
+		case apierrors.IsNotFound(werr):
+			return ctrl.Result{}, nil // deleted meanwhile
+		}
 		return ctrl.Result{}, errors.Join(err, werr)
 	}
 	return res, err
