@@ -44,18 +44,25 @@ tools: ## Install buf, protoc plugins, nfpm, staticcheck and controller-gen at p
 # downloaded hostctl is all a user needs; HOSTCTL_TARGETS are the
 # workstations it is built for, bin/hostctl the one for this machine.
 AGENT_EMBED     := hostctl/internal/agentbin/vmagent
+# The controller of fleet mode, for hostctl fleet install to build its image from.
+CONTROLLER_EMBED := hostctl/internal/agentbin/controller
 HOSTCTL_TARGETS ?= darwin/arm64 darwin/amd64 linux/amd64 linux/arm64
 GOOS_HOST       := $(shell go env GOOS)
 GOARCH_HOST     := $(shell go env GOARCH)
 
 .PHONY: build
-build: ## Static vmagent for linux/amd64 and arm64, then hostctl (embedding them) for macOS and Linux, into bin/
+build: ## Static vmagent and controller for linux/amd64 and arm64, then hostctl (embedding them) for macOS and Linux, into bin/
 	@set -e; for arch in $(ARCHES); do \
 	  echo "build bin/vmagent-linux-$$arch"; \
 	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o bin/vmagent-linux-$$arch ./vmagent; \
 	done
 	@go run ./packaging/checkstatic bin/vmagent-linux-*
 	@rm -f $(AGENT_EMBED)/vmagent-linux-*; set -e; for arch in $(ARCHES); do cp bin/vmagent-linux-$$arch $(AGENT_EMBED)/; done
+	@rm -f $(CONTROLLER_EMBED)/meshvm-controller-linux-*; set -e; if [ -d controller ]; then for arch in $(ARCHES); do \
+	  echo "build bin/meshvm-controller-linux-$$arch"; \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o bin/meshvm-controller-linux-$$arch ./controller; \
+	  go run ./packaging/checkstatic bin/meshvm-controller-linux-$$arch; gzip -9 -n -c bin/meshvm-controller-linux-$$arch > $(CONTROLLER_EMBED)/meshvm-controller-linux-$$arch.gz; \
+	done; else echo "no ./controller yet: hostctl is built without fleet mode's controller (hostctl fleet install says so)"; fi
 	@set -e; for target in $(HOSTCTL_TARGETS); do \
 	  os=$${target%/*}; arch=$${target#*/}; \
 	  echo "build bin/hostctl-$$os-$$arch"; \

@@ -25,25 +25,40 @@ func agentBinary(dir string) func(arch string) ([]byte, error) {
 // findAgent is agentBinary's order, with the embedded agents and the
 // directories searched after them as arguments.
 func findAgent(arch, explicit string, embedded func(string) ([]byte, bool), dirs []string) ([]byte, error) {
-	name := agentbin.Name(arch)
+	return builtIn{what: "agent", name: agentbin.Name, embedded: embedded, flag: "--vmagent-dir", flagDesc: "agent.dir, --vmagent-dir or MESHVM_AGENT_DIR"}.find(arch, explicit, dirs)
+}
+
+// builtIn is a static binary make build embeds in hostctl for each
+// architecture (the agent, the controller), found in that order: a
+// directory given, the embedded one, then one of dirs.
+type builtIn struct {
+	what     string
+	name     func(arch string) string
+	embedded func(arch string) ([]byte, bool)
+	// flag names the directory's flag; flagDesc everything that sets it.
+	flag, flagDesc string
+}
+
+func (b builtIn) find(arch, explicit string, dirs []string) ([]byte, error) {
+	name := b.name(arch)
 	if explicit != "" {
-		b, err := os.ReadFile(filepath.Join(explicit, name))
+		data, err := os.ReadFile(filepath.Join(explicit, name))
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("no %s in %s (agent.dir, --vmagent-dir or MESHVM_AGENT_DIR): run make build and point it at the checkout's bin/, or leave it unset to use the agent built into hostctl", name, explicit)
+			return nil, fmt.Errorf("no %s in %s (%s): run make build and point it at the checkout's bin/, or leave it unset to use the %s built into hostctl", name, explicit, b.flagDesc, b.what)
 		}
-		return b, err
+		return data, err
 	}
-	if b, ok := embedded(arch); ok {
-		return b, nil
+	if data, ok := b.embedded(arch); ok {
+		return data, nil
 	}
 	for _, d := range dirs {
-		b, err := os.ReadFile(filepath.Join(d, name))
+		data, err := os.ReadFile(filepath.Join(d, name))
 		if err == nil || !errors.Is(err, fs.ErrNotExist) {
-			return b, err
+			return data, err
 		}
 	}
-	return nil, fmt.Errorf("no %s: this hostctl was built without the agents and none is in %s: build hostctl with make build (it embeds them), or give a directory holding %s with --vmagent-dir",
-		name, strings.Join(dirs, ", "), name)
+	return nil, fmt.Errorf("no %s: this hostctl was built without the %s and none is in %s: build hostctl with make build (it embeds it), or give a directory holding %s with %s",
+		name, b.what, strings.Join(dirs, ", "), name, b.flag)
 }
 
 // agentDirsOnDisk are where make build leaves the agents: beside the hostctl

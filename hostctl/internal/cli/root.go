@@ -99,8 +99,10 @@ func New() *cobra.Command {
 	vm.AddCommand((&vmStatusCmd{g: g}).command())
 	vm.AddCommand(vmCommands(g)...)
 	cluster, istio := clusterCommands(g)
-	root.AddCommand(cfg, vm, cluster, istio, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
-		(&doctorCmd{vmCmd: vmCmd{g: g}}).command(), fleetCommand(g))
+	fleet := fleetCommand(g)
+	fleet.AddCommand(fleetInstallCommands(g)...)
+	root.AddCommand(cfg, vm, cluster, istio, fleet, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
+		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())
 	strictUsage(root)
 	return root
 }

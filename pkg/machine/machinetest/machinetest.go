@@ -23,6 +23,9 @@ type Provider struct {
 	M machine.Machine
 	// Answer is a script's output; nil answers every script with nothing.
 	Answer func(script string) []byte
+	// Run, when set, answers instead of Answer, with the script's exit
+	// as an error (a stand-in for a tool on the machine that can fail).
+	Run func(script string) ([]byte, error)
 
 	mu              sync.Mutex
 	files           map[string][]byte
@@ -60,8 +63,8 @@ func (p *Provider) Transfer(_ context.Context, _, path string, data io.Reader, _
 func (p *Provider) Exec(_ context.Context, _ string, _ io.Reader, args ...string) ([]byte, error) {
 	script := args[len(args)-1]
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if strings.HasPrefix(script, "sha256sum ") {
+		defer p.mu.Unlock()
 		var out strings.Builder
 		for path, b := range p.files {
 			fmt.Fprintf(&out, "%x  %s\n", sha256.Sum256(b), path)
@@ -69,6 +72,11 @@ func (p *Provider) Exec(_ context.Context, _ string, _ io.Reader, args ...string
 		return []byte(out.String()), nil
 	}
 	p.scripts = append(p.scripts, script)
+	p.mu.Unlock()
+	// Unlocked: a stand-in may read the files (File) it was sent.
+	if p.Run != nil {
+		return p.Run(script)
+	}
 	if p.Answer != nil {
 		return p.Answer(script), nil
 	}
