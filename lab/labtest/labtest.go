@@ -4,16 +4,11 @@
 package labtest
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/lab/cluster"
 )
 
 // ModuleDir is lab/toolchain, found up from the directory go test runs a
@@ -45,24 +40,3 @@ func RequireBuild(t *testing.T) {
 
 // Cache is the shared lab cache directory.
 func Cache() string { return build.DefaultCacheDir() }
-
-// APIServer builds (cached) and starts a lab kube-apiserver of the test's
-// own, stopped when the test ends, and returns its client configuration.
-func APIServer(t *testing.T, ctx context.Context) *rest.Config {
-	t.Helper()
-	RequireBuild(t)
-	bins, err := build.Build(ctx, build.Options{ModuleDir: ModuleDir, CacheDir: Cache(), Progress: os.Stderr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	t.Cleanup(func() { cluster.Down(context.Background(), dir) })
-	if err := cluster.Up(ctx, cluster.Config{Dir: dir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager")}); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", cluster.Kubeconfig(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rc
-}

@@ -15,15 +15,17 @@ import (
 
 	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/lab/procs"
-	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
-// The lab's controller answers its probes here (and serves metrics beside).
+// The lab's controller answers its probes here (and serves metrics beside),
+// and keeps its Secrets in fleetstore.DefaultNamespace (not imported: the
+// workload package's tests run the lab stack, and the store links workload).
 const (
-	controllerName   = "meshvm-controller"
-	controllerProbes = "127.0.0.1:18381"
-	controllerMetric = "127.0.0.1:18380"
+	controllerNamespace = "meshvm-system"
+	controllerName      = "meshvm-controller"
+	controllerProbes    = "127.0.0.1:18381"
+	controllerMetric    = "127.0.0.1:18380"
 )
 
 // ControllerDir is where the lab's controller keeps its log, PID and caches.
@@ -51,7 +53,7 @@ func StartController(ctx context.Context, c Config, st *Stack, bin string, resyn
 			return 0, err
 		}
 	}
-	spec := procs.Spec{Name: controllerName, Bin: bin, Args: []string{"--kubeconfig", st.Kubeconfig, "--namespace", fleetstore.DefaultNamespace,
+	spec := procs.Spec{Name: controllerName, Bin: bin, Args: []string{"--kubeconfig", st.Kubeconfig, "--namespace", controllerNamespace,
 		"--metrics-bind-address", controllerMetric, "--health-probe-bind-address", controllerProbes,
 		"--sidecar-dir", filepath.Join(dir, "sidecar"), "--cache-dir", filepath.Join(dir, "cache"), "--resync", resync.String()}}
 	pd := procs.Dir(dir)
