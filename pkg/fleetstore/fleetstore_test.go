@@ -10,7 +10,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/meshvm/meshvm/lab/clustertest"
+	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/host/vmcore/storetest"
@@ -28,7 +28,7 @@ func TestContractOnAFakeClientset(t *testing.T) {
 func TestContractOnTheAPIServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	rc := clustertest.APIServer(t, ctx)
+	rc, _ := clustertest.Start(ctx, t)
 	kc, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshvm/meshvm/lab/clustertest"
+	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 )
 
 var (
@@ -29,7 +29,7 @@ var (
 func TestSchemaOnTheAPIServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	rc := clustertest.APIServer(t, ctx)
+	rc, _ := clustertest.Start(ctx, t)
 	dc, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)
