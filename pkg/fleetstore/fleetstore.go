@@ -211,6 +211,12 @@ func (s *Store) identity(ca *mtls.CA) (statedir.Pair, error) {
 	} else {
 		_, err = s.secrets().Create(s.ctx, fresh, metav1.CreateOptions{})
 	}
+	if apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err) {
+		// Another pass issued it first: take that one.
+		if sec, err = s.secrets().Get(s.ctx, IdentitySecret, metav1.GetOptions{}); err == nil && statedir.Usable(ca, sec.Data[corev1.TLSCertKey], nil) {
+			return statedir.Pair{Cert: sec.Data[corev1.TLSCertKey], Key: sec.Data[corev1.TLSPrivateKeyKey]}, nil
+		}
+	}
 	if err != nil {
 		return p, fmt.Errorf("controller identity (Secret %s/%s): %w", s.ns, IdentitySecret, err)
 	}

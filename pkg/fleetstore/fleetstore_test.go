@@ -2,6 +2,7 @@ package fleetstore_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,5 +95,33 @@ func TestWritesOnlyOnChange(t *testing.T) {
 	if sec, err := kc.CoreV1().Secrets(fleetstore.DefaultNamespace).Get(ctx, fleetstore.RecordName("vmns", "vm1"), metav1.GetOptions{}); err != nil ||
 		sec.Labels["app.kubernetes.io/managed-by"] != "meshvm" || sec.Labels["meshvm.io/vm"] != "vm1" {
 		t.Errorf("record Secret: %v %+v", err, sec)
+	}
+}
+
+// Passes that call agents at once agree on one controller identity: the
+// first to issue it wins, the others take it.
+func TestConcurrentPassesShareOneIdentity(t *testing.T) {
+	kc := fake.NewClientset()
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	certs := make([][]byte, 8)
+	for i := range certs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg, err := fleetstore.New(ctx, kc, "", "vmns").AgentTLS("10.0.0.7")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			certs[i] = cfg.Certificates[0].Certificate[0]
+		}()
+	}
+	wg.Wait()
+	first := certs[0]
+	for i, c := range certs {
+		if string(c) != string(first) {
+			t.Errorf("pass %d calls agents with another identity", i)
+		}
 	}
 }
