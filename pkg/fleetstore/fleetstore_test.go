@@ -2,17 +2,20 @@ package fleetstore_test
 
 import (
 	"context"
-	"sync"
+	"encoding/pem"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
+	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/host/vmcore/storetest"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
@@ -98,30 +101,34 @@ func TestWritesOnlyOnChange(t *testing.T) {
 	}
 }
 
-// Passes that call agents at once agree on one controller identity: the
-// first to issue it wins, the others take it.
-func TestConcurrentPassesShareOneIdentity(t *testing.T) {
+// Passes that call agents at once agree on one controller identity: one
+// that finds another pass wrote it first takes that one.
+func TestAPassTakesTheIdentityAnotherWroteFirst(t *testing.T) {
 	kc := fake.NewClientset()
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	certs := make([][]byte, 8)
-	for i := range certs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cfg, err := fleetstore.New(ctx, kc, "", "vmns").AgentTLS("10.0.0.7")
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			certs[i] = cfg.Certificates[0].Certificate[0]
-		}()
+	ca, err := fleetstore.New(ctx, kc, "", "vmns").CA()
+	if err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	first := certs[0]
-	for i, c := range certs {
-		if string(c) != string(first) {
-			t.Errorf("pass %d calls agents with another identity", i)
+	other, err := statedir.IssueClient(ca, fleetstore.ControllerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raced := false
+	kc.PrependReactor("create", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if s := a.(k8stesting.CreateAction).GetObject().(*corev1.Secret); s.Name == fleetstore.IdentitySecret && !raced {
+			raced = true // the other pass's write lands just before this one's
+			kc.Tracker().Add(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace},
+				Data: map[string][]byte{corev1.TLSCertKey: other.Cert, corev1.TLSPrivateKeyKey: other.Key}})
 		}
+		return false, nil, nil
+	})
+	cfg, err := fleetstore.New(ctx, kc, "", "vmns").AgentTLS("10.0.0.7")
+	if err != nil || !raced {
+		t.Fatalf("got %v (raced %v), want the other pass's identity taken", err, raced)
+	}
+	block, _ := pem.Decode(other.Cert)
+	if string(cfg.Certificates[0].Certificate[0]) != string(block.Bytes) {
+		t.Error("the pass calls agents with an identity of its own, not the one written")
 	}
 }
