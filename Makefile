@@ -131,6 +131,10 @@ test: check-generate proto-lint vet vet-darwin staticcheck build ## Run every ch
 test-multipass: build ## Only the Multipass lab tests (root; make test runs them too): the stand-in's every command, and hostctl up through it
 	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 60m -run 'TestStandinOnLabVM|TestUpOnMultipass' ./lab/multipass ./hostctl/internal/cli
 
+.PHONY: test-proxyless
+test-proxyless: ## Only the proxyless lab test (root; make test runs it too): two VMs calling each other over Istio's mTLS, without Envoy
+	MESHVM_LAB=1 MESHVM_LAB_BUILD=1 go test -count=1 -p 1 -timeout 30m -run 'TestProxylessOnLab' ./hostctl/internal/cli
+
 .PHONY: test-short
 test-short: ## Unit tests only, no race detector
 	go test -short ./...

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/report"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/internal/hostsfile"
@@ -107,6 +108,9 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 		rep.Checks = append(rep.Checks, captureCheck(cv))
 	}
 	for k, v := range st.GetLastErrors() {
+		if strings.HasSuffix(v, credinfo.FreshTokenFix) {
+			v += " (hostctl vm onboard does)"
+		}
 		rep.Checks = append(rep.Checks, check{"last error: " + k, false, v})
 	}
 

@@ -65,6 +65,17 @@ var Components = []Component{
 	{"lab-envoy", "github.com/meshvm/meshvm/lab/toolchain/labenvoy", func(Versions) []string { return nil }},
 }
 
+// Apps are test applications from the pinned Istio module: Istio's own echo
+// server and client, the gRPC apps of the lab's proxyless VMs (as Istio's
+// proxyless tests run them). They are built into the same directory when
+// missing, each stamped with its package and flags (<name>.src), and are
+// not part of the directory's key: adding one leaves the control plane's
+// cache warm.
+var Apps = []Component{
+	{"echo-server", "istio.io/istio/pkg/test/echo/cmd/server", istioFlags},
+	{"echo-client", "istio.io/istio/pkg/test/echo/cmd/client", istioFlags},
+}
+
 // Options says where the pins are and where binaries go.
 type Options struct {
 	// ModuleDir is the lab/toolchain module (go.mod, go.sum, tools.go).
@@ -106,7 +117,11 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	}
 	if _, err := os.Stat(filepath.Join(res.Dir, ".complete")); err == nil {
 		rebuilt, err := refreshOwn(ctx, o, res.Versions, res.Dir)
-		res.Cached = !rebuilt
+		if err != nil {
+			return res, err
+		}
+		built, err := ensureApps(ctx, o, res.Versions, res.Dir)
+		res.Cached = !rebuilt && !built
 		return res, err
 	}
 	v := res.Versions
@@ -130,6 +145,9 @@ func Build(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	if _, err := refreshOwn(ctx, o, v, res.Dir); err != nil {
+		return Result{}, err
+	}
+	if _, err := ensureApps(ctx, o, v, res.Dir); err != nil {
 		return Result{}, err
 	}
 	if err := os.WriteFile(filepath.Join(res.Dir, ".complete"), []byte(key+"\n"), 0o644); err != nil {
@@ -227,22 +245,42 @@ func refreshOwn(ctx context.Context, o Options, v Versions, dir string) (rebuilt
 		if err != nil {
 			return rebuilt, err
 		}
-		out := filepath.Join(dir, c.Name)
-		if had, err := os.ReadFile(out + ".src"); err == nil && strings.TrimSpace(string(had)) == sum {
-			if _, err := os.Stat(out); err == nil {
-				continue
-			}
-		}
-		fmt.Fprintf(o.Progress, "building %s from %s (its source changed)\n", c.Name, c.Package)
-		if err := build(ctx, o, c, v, out, time.Now()); err != nil {
+		built, err := buildStamped(ctx, o, c, v, dir, sum, "(its source changed)")
+		rebuilt = rebuilt || built
+		if err != nil {
 			return rebuilt, err
 		}
-		if err := os.WriteFile(out+".src", []byte(sum+"\n"), 0o644); err != nil {
-			return rebuilt, err
-		}
-		rebuilt = true
 	}
 	return rebuilt, nil
+}
+
+// ensureApps builds the Apps missing from dir, or built from another
+// package or with other flags than recorded beside them.
+func ensureApps(ctx context.Context, o Options, v Versions, dir string) (built bool, err error) {
+	for _, c := range Apps {
+		b, err := buildStamped(ctx, o, c, v, dir, fmt.Sprintf("%s %q", c.Package, c.versionFlags(v)), "")
+		built = built || b
+		if err != nil {
+			return built, err
+		}
+	}
+	return built, nil
+}
+
+// buildStamped builds c into dir unless its binary is there with stamp
+// recorded beside it (<name>.src), and records stamp after a build.
+func buildStamped(ctx context.Context, o Options, c Component, v Versions, dir, stamp, why string) (bool, error) {
+	out := filepath.Join(dir, c.Name)
+	if had, err := os.ReadFile(out + ".src"); err == nil && strings.TrimSpace(string(had)) == stamp {
+		if _, err := os.Stat(out); err == nil {
+			return false, nil
+		}
+	}
+	fmt.Fprintln(o.Progress, strings.TrimSpace(fmt.Sprintf("building %s from %s %s", c.Name, c.Package, why)))
+	if err := build(ctx, o, c, v, out, time.Now()); err != nil {
+		return false, err
+	}
+	return true, os.WriteFile(out+".src", []byte(stamp+"\n"), 0o644)
 }
 
 // sourceSum digests a package directory's Go files, names and contents.

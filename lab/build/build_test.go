@@ -63,6 +63,12 @@ func TestBuildControlPlane(t *testing.T) {
 	if out, err := exec.Command(res.Path("lab-envoy")).CombinedOutput(); err == nil || !strings.Contains(string(out), "-c <envoy-rev.json>") {
 		t.Errorf("lab-envoy without -c: got %v, %q", err, out)
 	}
+	// Istio's echo apps serve and call gRPC through xDS (the proxyless VMs' apps).
+	for name, flag := range map[string]string{"echo-server": "--xds-grpc-server", "echo-client": "--client-cert"} {
+		if out, err := exec.Command(res.Path(name), "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), flag) {
+			t.Errorf("%s --help: %v, want %s in:\n%s", name, err, flag, out)
+		}
+	}
 	for name, args := range checks {
 		out, err := exec.Command(res.Path(name), args...).CombinedOutput()
 		if err != nil {

@@ -20,10 +20,12 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // Lab is the lab as fleet.Open takes it.
@@ -199,8 +201,8 @@ func (s *labSite) DownCluster(ctx context.Context, p fleet.Reporter, vmsGone boo
 			if err := labstack.DownCluster(ctx, s.state.Path("lab")); err != nil {
 				return err
 			}
-			p.Step("cluster", "", "lab control plane stopped and its state removed; lab VM(s) %s are not in the config and stay: list them under vms and run hostctl down again to delete them",
-				strings.Join(names, ", "))
+			p.Report(progress.Event{Step: progress.Cluster, Cause: reason.Because(reason.LabVMsLeft),
+				Message: fmt.Sprintf("lab control plane stopped and its state removed; lab VM(s) %s are not in the config and stay", strings.Join(names, ", "))})
 			return nil
 		}
 		// Nothing of the lab is left to keep: its whole state directory goes.
@@ -229,7 +231,7 @@ func (s *labSite) Processes() []fleet.Component {
 		if pid, ok := procs.Dir(dir).Running(name); ok {
 			out = append(out, fleet.Component{Name: name, State: "running", Detail: fmt.Sprintf("pid %d", pid)})
 		} else {
-			out = append(out, fleet.Component{Name: name, State: "stopped", Detail: "run hostctl cluster up"})
+			out = append(out, fleet.Component{Name: name, State: "stopped", Cause: reason.Because(reason.ClusterStopped)})
 		}
 	}
 	return out
@@ -243,7 +245,7 @@ type lineWriter struct {
 
 func (w lineWriter) Write(b []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		w.p.Step(w.name, "", "%s", strings.TrimSpace(line))
+		w.p.Step(progress.Step(w.name), "", "%s", strings.TrimSpace(line))
 	}
 	return len(b), nil
 }

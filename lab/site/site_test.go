@@ -7,6 +7,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // cluster status asks the site for the processes it runs: the lab names
@@ -18,7 +19,7 @@ func TestLabProcesses(t *testing.T) {
 	}
 	var lab fleet.ClusterLifecycle = newLabSite(config.Default(), state)
 	got := lab.Processes()
-	if len(got) != 3 || got[0].Name != "etcd" || got[0].State != "stopped" || got[0].Detail != "run hostctl cluster up" {
+	if len(got) != 3 || got[0].Name != "etcd" || got[0].State != "stopped" || got[0].Reason != reason.ClusterStopped {
 		t.Errorf("lab: got %+v, want etcd, kube-apiserver and kube-controller-manager stopped", got)
 	}
 }

@@ -386,6 +386,12 @@ func network(s Spec) error {
 	if err := netlink.LinkSetUp(host); err != nil {
 		return err
 	}
+	// VMs reach each other through the host, as VMs on one network do (the
+	// proxyless VMs' mesh calls): forwarding on this link only, the host's
+	// own setting (often off) left as it is.
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+hostVeth(s.Name)+"/forwarding", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("forwarding on %s: %w", hostVeth(s.Name), err)
+	}
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return err

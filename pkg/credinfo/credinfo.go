@@ -107,13 +107,18 @@ func ReadToken(root *fsroot.Root, path string) (Token, error) {
 	return tok, nil
 }
 
+// FreshTokenFix ends the error of a token that does not decode: only
+// another token mends it (the program that reports the error names its own
+// command for that).
+const FreshTokenFix = "write a fresh token"
+
 // ParseToken decodes the claims of a JWT held in memory, unverified.
 func ParseToken(raw []byte) (Token, error) { return parseToken(string(raw)) }
 
 // parseToken decodes the claims of a compact JWT; surrounding whitespace is
 // ignored.
 func parseToken(raw string) (Token, error) {
-	const fix = "write a fresh token (hostctl vm onboard does)"
+	const fix = FreshTokenFix
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
 		return Token{}, fmt.Errorf("token is empty: %s", fix)

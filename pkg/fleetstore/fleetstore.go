@@ -149,7 +149,7 @@ func (s *Store) CA() (*mtls.CA, error) {
 	}
 	ca, err := mtls.LoadCA(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
 	if err != nil {
-		return nil, fmt.Errorf("agent CA in Secret %s/%s: %w: restore it (hostctl fleet adopt writes it from a state directory)", s.ns, CASecret, err)
+		return nil, fmt.Errorf("agent CA in Secret %s/%s: %w: restore it from the state directory that created it", s.ns, CASecret, err)
 	}
 	s.ca = ca
 	return ca, nil
@@ -157,23 +157,25 @@ func (s *Store) CA() (*mtls.CA, error) {
 
 // PutCA writes the agent CA (hostctl fleet adopt), unless the same one is
 // there. A different one already there is an error: the agents pin it.
-func PutCA(ctx context.Context, kube kubernetes.Interface, ns string, ca *mtls.CA) (changed bool, err error) {
+func PutCA(ctx context.Context, kube kubernetes.Interface, ns string, ca *mtls.CA) (ownership.Action, error) {
 	s := New(ctx, kube, ns, "")
 	key, err := ca.KeyPEM()
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	sec, err := s.secrets().Get(ctx, CASecret, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		_, err = s.secrets().Create(ctx, s.tlsSecret(CASecret, ca.CertPEM(), key), metav1.CreateOptions{})
-		return err == nil, err
+		if _, err = s.secrets().Create(ctx, s.tlsSecret(CASecret, ca.CertPEM(), key), metav1.CreateOptions{}); err != nil {
+			return "", err
+		}
+		return ownership.Created, nil
 	case err != nil:
-		return false, err
+		return "", err
 	case string(sec.Data[corev1.TLSCertKey]) == string(ca.CertPEM()):
-		return false, nil
+		return ownership.Unchanged, nil
 	}
-	return false, fmt.Errorf("another agent CA is in Secret %s/%s: the VMs of this cluster pin it; adopt from the state directory that created it, or delete that Secret if no VM uses it", s.ns, CASecret)
+	return "", fmt.Errorf("another agent CA is in Secret %s/%s: the VMs of this cluster pin it; adopt from the state directory that created it, or delete that Secret if no VM uses it", s.ns, CASecret)
 }
 
 // EnsureNamespace creates the store's namespace when it is missing.
@@ -296,10 +298,10 @@ func (s *Store) update(vm string, set map[string][]byte) error {
 	return err
 }
 
-func (s *Store) put(vm string, set map[string][]byte) (bool, error) {
+func (s *Store) put(vm string, set map[string][]byte) (ownership.Action, error) {
 	sec, err := s.secret(vm)
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	var data map[string][]byte
 	if sec != nil {
@@ -316,10 +318,12 @@ func (s *Store) put(vm string, set map[string][]byte) (bool, error) {
 		}
 	}
 	if sec != nil && maps.EqualFunc(data, sec.Data, func(a, b []byte) bool { return string(a) == string(b) }) {
-		return false, nil
+		return ownership.Unchanged, nil
 	}
 	name := RecordName(s.vmNS, vm)
+	action := ownership.Updated
 	if sec == nil {
+		action = ownership.Created
 		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.ns,
 			Labels: ownership.Labels(map[string]string{ownership.VMLabel: vm, VMNamespaceLabel: s.vmNS})}, Type: corev1.SecretTypeOpaque}
 		sec.Data = data
@@ -334,12 +338,12 @@ func (s *Store) put(vm string, set map[string][]byte) (bool, error) {
 		s.mu.Lock()
 		delete(s.records, vm)
 		s.mu.Unlock()
-		return false, fmt.Errorf("records of VM %s (Secret %s/%s): %w", vm, s.ns, name, err)
+		return "", fmt.Errorf("records of VM %s (Secret %s/%s): %w", vm, s.ns, name, err)
 	}
 	s.mu.Lock()
 	s.records[vm] = sec
 	s.mu.Unlock()
-	return true, nil
+	return action, nil
 }
 
 // Records are a VM's records as a state directory kept them: what
@@ -355,7 +359,8 @@ type Records struct {
 }
 
 // Put writes VM vm's records in one write, when they differ.
-func (s *Store) Put(vm string, r Records) (changed bool, err error) {
+func (s *Store) Put(vm string, r Records) (ownership.Action, error) {
+	var err error
 	set := maps.Clone(r.Files)
 	if set == nil {
 		set = map[string][]byte{}
@@ -363,12 +368,12 @@ func (s *Store) Put(vm string, r Records) (changed bool, err error) {
 	set[keyAddress], set[keyAgent], set[keyAgentK] = []byte(r.Address), r.AgentCert, r.AgentKey
 	if r.Joined != nil {
 		if set[keyJoined], err = json.Marshal(r.Joined); err != nil {
-			return false, err
+			return "", err
 		}
 	}
 	if r.Restart != nil {
 		if set[keyRestart], err = json.Marshal(r.Restart); err != nil {
-			return false, err
+			return "", err
 		}
 	}
 	return s.put(vm, set)

@@ -60,7 +60,7 @@ func (s Settings) data() (map[string]string, error) {
 func LoadSettings(ctx context.Context, kube kubernetes.Interface, ns string) (Settings, error) {
 	cm, err := kube.CoreV1().ConfigMaps(ns).Get(ctx, SettingsConfigMap, metav1.GetOptions{})
 	if err != nil {
-		return Settings{}, fmt.Errorf("fleet settings (ConfigMap %s/%s): %w: hostctl fleet adopt writes them", ns, SettingsConfigMap, err)
+		return Settings{}, fmt.Errorf("fleet settings (ConfigMap %s/%s): %w: they are written when a state directory is adopted into the cluster", ns, SettingsConfigMap, err)
 	}
 	d := cm.Data
 	s := Settings{ClusterID: d["clusterID"], IstioNamespace: d["istioNamespace"], IstiodAddress: d["istiodAddress"], ImageHub: d["imageHub"]}
@@ -76,24 +76,24 @@ func LoadSettings(ctx context.Context, kube kubernetes.Interface, ns string) (Se
 }
 
 // PutSettings writes the settings in namespace ns, only when they change.
-func PutSettings(ctx context.Context, kube kubernetes.Interface, ns string, s Settings) (changed bool, err error) {
+func PutSettings(ctx context.Context, kube kubernetes.Interface, ns string, s Settings) (ownership.Action, error) {
 	d, err := s.data()
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	api := kube.CoreV1().ConfigMaps(ns)
 	cm, err := api.Get(ctx, SettingsConfigMap, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = api.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: SettingsConfigMap, Namespace: ns, Labels: ownership.Labels(nil)}, Data: d}, metav1.CreateOptions{})
-		return err == nil, err
+		return ownership.Created, err
 	case err != nil:
-		return false, err
+		return "", err
 	case maps.Equal(cm.Data, d):
-		return false, nil
+		return ownership.Unchanged, nil
 	}
 	cm = cm.DeepCopy()
 	cm.Data = d
 	_, err = api.Update(ctx, cm, metav1.UpdateOptions{})
-	return err == nil, err
+	return ownership.Updated, err
 }

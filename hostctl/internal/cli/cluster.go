@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 )
 
 // clusterCommands are `hostctl cluster ...` and `hostctl istio ...`: the
@@ -50,11 +51,11 @@ func (c *clusterCmd) up(cmd *cobra.Command, _ []string) error {
 	s := f.Site
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	p := newProgress(cmd.ErrOrStderr(), "control plane")
+	p := newProgress(cmd.ErrOrStderr(), progress.ControlPlane).Reporter()
 	if err := s.UpCluster(ctx, p); err != nil {
 		return err
 	}
-	p.Step("control plane", "", "up; kubeconfig %s", s.Kubeconfig())
+	p.Step(progress.ControlPlane, "", "up; kubeconfig %s", s.Kubeconfig())
 	return nil
 }
 
@@ -69,7 +70,7 @@ func (c *clusterCmd) install(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	p := newProgress(cmd.ErrOrStderr(), "control plane")
+	p := newProgress(cmd.ErrOrStderr(), progress.ControlPlane).Reporter()
 	// The cluster is converged too (seconds when it runs): istiod needs it.
 	if err := s.UpCluster(ctx, p); err != nil {
 		return err
@@ -82,7 +83,7 @@ func (c *clusterCmd) down(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	return f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), false)
+	return f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), progress.Cluster).Reporter(), false)
 }
 
 func (c *clusterCmd) kubeconfig(cmd *cobra.Command, _ []string) error {
@@ -140,6 +141,9 @@ func reportComponents(w io.Writer, format string, out []fleet.Component, good ..
 }
 
 func printComponents(w io.Writer, format string, out []fleet.Component) error {
+	for i := range out {
+		out[i].Detail = advise(out[i].Detail, out[i].Cause)
+	}
 	return render(w, format, out, []string{"COMPONENT", "STATE", "DETAIL"},
 		func(c fleet.Component) []string { return []string{c.Name, c.State, c.Detail} })
 }

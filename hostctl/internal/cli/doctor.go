@@ -37,12 +37,15 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	out := f.Doctor(ctx)
+	for i := range out {
+		out[i].Fix = advise(out[i].Fix, out[i].Cause)
+	}
 	if err := renderFindings(cmd.OutOrStdout(), c.output, out); err != nil {
 		return err
 	}
 	failed := 0
 	for _, f := range out {
-		if f.Result == "fail" {
+		if f.Result == fleet.Fail {
 			failed++
 		}
 	}
@@ -54,5 +57,7 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 
 func renderFindings(w io.Writer, output string, out []fleet.Finding) error {
 	return render(w, output, out, []string{"SCOPE", "CHECK", "RESULT", "DETAIL", "FIX"},
-		func(f fleet.Finding) []string { return []string{f.Scope, f.Check, f.Result, f.Detail, orDash(f.Fix)} })
+		func(f fleet.Finding) []string {
+			return []string{f.Scope, f.Check, string(f.Result), f.Detail, orDash(f.Fix)}
+		})
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshvm/meshvm/pkg/host/progress"
 )
 
 type downCmd struct {
@@ -29,7 +31,7 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	err = f.RemoveVMs(cmd.Context(), sayer(cmd.ErrOrStderr(), "down: "))
 	if !c.keepCluster {
-		if derr := f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), "cluster"), err == nil); derr != nil {
+		if derr := f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), progress.Cluster).Reporter(), err == nil); derr != nil {
 			err = errors.Join(err, derr)
 		}
 	}

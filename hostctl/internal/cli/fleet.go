@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/host/fleetmode"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 )
 
 // fleetCommand is `hostctl fleet ...`: fleet mode, where the cluster keeps
@@ -45,14 +46,14 @@ func (c *fleetCmd) adopt(cmd *cobra.Command, _ []string) error {
 	}
 	changes, err := fleetmode.Adopt(ctx, a)
 	if rerr := render(cmd.OutOrStdout(), c.format, changes, []string{"OBJECT", "ACTION"}, func(ch fleetmode.Change) []string {
-		return []string{ch.Object, ch.Action}
+		return []string{ch.Object, string(ch.Action)}
 	}); err == nil {
 		err = rerr
 	}
 	if err != nil {
 		return err
 	}
-	p := newProgress(cmd.ErrOrStderr(), "fleet")
+	p := newProgress(cmd.ErrOrStderr(), progress.Controller).Reporter()
 	started, err := fleetmode.StartController(ctx, f, lineWriter{p})
 	if err != nil {
 		return err
@@ -68,7 +69,7 @@ func (c *fleetCmd) adopt(cmd *cobra.Command, _ []string) error {
 	for _, vm := range a.VMs {
 		names = append(names, vm.Name)
 	}
-	return fleetmode.WaitReady(ctx, dc, a.Workload.Namespace, names, func(vm, format string, args ...any) { p.Step("fleet", vm, format, args...) })
+	return fleetmode.WaitReady(ctx, dc, a.Workload.Namespace, names, func(vm, format string, args ...any) { p.Step(progress.Controller, vm, format, args...) })
 }
 
 func (c *fleetCmd) status(cmd *cobra.Command, _ []string) error {
@@ -97,9 +98,9 @@ func (c *fleetCmd) status(cmd *cobra.Command, _ []string) error {
 }
 
 // lineWriter turns a lab step's output into progress lines.
-type lineWriter struct{ p *progress }
+type lineWriter struct{ p progress.Reporter }
 
 func (w lineWriter) Write(b []byte) (int, error) {
-	w.p.Step("fleet", "", "%s", strings.TrimSpace(string(b)))
+	w.p.Step(progress.Controller, "", "%s", strings.TrimSpace(string(b)))
 	return len(b), nil
 }

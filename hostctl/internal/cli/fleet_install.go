@@ -40,7 +40,7 @@ func (c *fleetInstallCmd) install(cmd *cobra.Command, _ []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	start := time.Now()
-	r, err := f.InstallController(ctx, newProgress(cmd.ErrOrStderr(), fleet.ControllerSteps...), fleet.ControllerOptions{
+	r, err := f.InstallController(ctx, newProgress(cmd.ErrOrStderr(), fleet.ControllerSteps...).Reporter(), fleet.ControllerOptions{
 		Registry: c.registry, NoWait: c.noWait, Binary: controllerBinary(c.controllerDir)})
 	if err != nil {
 		return err
@@ -73,7 +73,7 @@ func (c *fleetInstallCmd) uninstall(cmd *cobra.Command, _ []string) error {
 	say := sayer(cmd.ErrOrStderr(), "fleet uninstall: ")
 	for _, ch := range r.Objects {
 		if ch.Why != "" {
-			say("%s %s: %s", ch.Ref, ch.Action, ch.Why)
+			say.Say("%s %s: %s", ch.Ref, ch.Action, ch.Why)
 		}
 	}
 	_, err = fmt.Fprintf(cmd.OutOrStdout(), "fleet uninstall: %s\n", r.Summary)

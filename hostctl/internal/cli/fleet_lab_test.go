@@ -281,7 +281,7 @@ func TestFleetOnLab(t *testing.T) {
 
 func hasChange(cs []workload.Change, obj, action string) bool {
 	for _, c := range cs {
-		if c.Object == obj && c.Action == action {
+		if c.Object == obj && string(c.Action) == action {
 			return true
 		}
 	}

@@ -24,7 +24,7 @@ func (g *globals) open(cmd *cobra.Command) (*fleet.Fleet, error) {
 	if err != nil {
 		return nil, err
 	}
-	return fleet.Open(cmd.Context(), cfg, state, agentBinary(cfg.Agent.Dir), cmd.ErrOrStderr(), labsite.Lab)
+	return fleet.Open(cmd.Context(), cfg, state, agentBinary(cfg.Agent.Dir), sayer(cmd.ErrOrStderr(), "multipass: "), labsite.Lab)
 }
 
 // labPossible refuses a config asking for the lab (cluster or machines)

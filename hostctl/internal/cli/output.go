@@ -5,12 +5,11 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"sync"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/report"
 )
 
@@ -53,11 +52,6 @@ func render[T any](w io.Writer, format string, rows []T, header []string, cells 
 }
 
 // sayer prints a command's lines on w, each after prefix, one at a time.
-func sayer(w io.Writer, prefix string) fleet.Say {
-	var mu sync.Mutex
-	return func(format string, args ...any) {
-		mu.Lock()
-		defer mu.Unlock()
-		fmt.Fprintf(w, "%s%s\n", prefix, fmt.Sprintf(format, args...))
-	}
+func sayer(w io.Writer, prefix string) progress.Reporter {
+	return newLines(w, prefix).Reporter()
 }

@@ -104,6 +104,7 @@ func New() *cobra.Command {
 	root.AddCommand(cfg, vm, cluster, istio, fleet, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
 		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())
 	strictUsage(root)
+	adviseErrors(root)
 	return root
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 )
 
 type upCmd struct {
@@ -32,29 +33,44 @@ func (c *upCmd) command() *cobra.Command {
 	return cmd
 }
 
-// progress prints "[n/N] step VM: detail (elapsed)" lines to stderr; the
-// steps are named up front so every line says how far along it is.
-type progress struct {
-	mu    sync.Mutex
-	w     io.Writer
-	steps []string
-	start time.Time
+// lines renders the progress channel on stderr: a step's event as
+// "[n/N] step VM: detail (elapsed)", the steps named up front so every
+// line says how far along it is; an event of no step as the command's
+// prefix and its message. Advice on an event's cause follows its message.
+type lines struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	steps  []progress.Step
+	start  time.Time
 }
 
-func newProgress(w io.Writer, steps ...string) *progress {
-	return &progress{w: w, steps: steps, start: time.Now()}
+func newLines(w io.Writer, prefix string, steps ...progress.Step) *lines {
+	return &lines{w: w, prefix: prefix, steps: steps, start: time.Now()}
 }
 
-// Step prints one line: a step of the work, for one VM or none.
-func (p *progress) Step(name, vm, format string, args ...any) {
+// newProgress is the lines of a command that reports steps.
+func newProgress(w io.Writer, steps ...progress.Step) *lines { return newLines(w, "", steps...) }
+
+// report prints one event.
+func (p *lines) report(e progress.Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := slices.Index(p.steps, name) + 1
-	if vm != "" {
-		name += " " + vm
+	msg := advise(e.Message, e.Cause)
+	if e.Step == progress.None {
+		fmt.Fprintf(p.w, "%s%s\n", p.prefix, msg)
+		return
 	}
-	fmt.Fprintf(p.w, "[%d/%d] %s: %s (%s)\n", n, len(p.steps), name, fmt.Sprintf(format, args...), time.Since(p.start).Round(100*time.Millisecond))
+	n := slices.Index(p.steps, e.Step) + 1
+	name := string(e.Step)
+	if e.VM != "" {
+		name += " " + e.VM
+	}
+	fmt.Fprintf(p.w, "[%d/%d] %s: %s (%s)\n", n, len(p.steps), name, msg, time.Since(p.start).Round(100*time.Millisecond))
 }
+
+// Reporter is the channel the work below reports through.
+func (p *lines) Reporter() progress.Reporter { return p.report }
 
 func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
 	f, err := c.g.open(cmd)
@@ -67,7 +83,7 @@ func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), upTimeout(c.timeout, f.Config))
 	defer cancel()
-	return f.Up(ctx, newProgress(cmd.ErrOrStderr(), fleet.UpSteps...), cmd.ErrOrStderr())
+	return f.Up(ctx, newLines(cmd.ErrOrStderr(), "up: ", fleet.UpSteps...).Reporter())
 }
 
 // upTimeout is --timeout, else what a first up needs: on Multipass an image

@@ -133,7 +133,7 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onVMs(cmd, args, func(r *vmRun) error {
-		return r.Onboard(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.OnboardSteps...), r.vms, c.restart)
+		return r.Onboard(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.OnboardSteps...).Reporter(), r.vms, c.restart)
 	})
 }
 
@@ -206,7 +206,7 @@ func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	return f.Add(ctx, newProgress(cmd.ErrOrStderr(), fleet.UpSteps...), vm.Name)
+	return f.Add(ctx, newProgress(cmd.ErrOrStderr(), fleet.UpSteps...).Reporter(), vm.Name)
 }
 
 type vmRmCmd struct{ vmCmd }
@@ -280,7 +280,7 @@ func (c *vmStartCmd) command() *cobra.Command {
 
 func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onVMs(cmd, args, func(r *vmRun) error {
-		return r.Start(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.StartSteps...), r.vms, c.timeout)
+		return r.Start(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.StartSteps...).Reporter(), r.vms, c.timeout)
 	})
 }
 

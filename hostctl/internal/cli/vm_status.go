@@ -44,6 +44,9 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
+	for i := range out {
+		out[i].Next = advise(out[i].Next, out[i].Cause)
+	}
 	if err := renderStatus(cmd.OutOrStdout(), c.output, out); err != nil {
 		return err
 	}

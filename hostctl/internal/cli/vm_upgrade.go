@@ -50,7 +50,7 @@ func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onAllVMs(cmd, args, func(v *vmRun) error {
 		w := cmd.ErrOrStderr()
 		p := newProgress(w, fleet.OnboardSteps...)
-		moved, err := v.Upgrade(v.ctx, p, v.vms, rev, c.parallel)
+		moved, err := v.Upgrade(v.ctx, p.Reporter(), v.vms, rev, c.parallel)
 		if err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/machine/multipass"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // DefaultFile is looked up in the working directory when --config is not given.
@@ -158,7 +159,21 @@ type Workload struct {
 	// port: up then waits for each VM's registration, not for Healthy.
 	// vms[].app overrides it for one VM.
 	App bool `json:"app"`
+	// Sidecar is how the VMs join the mesh: envoy (pilot-agent and Envoy,
+	// the VM's traffic captured, as the recipe has it) or proxyless
+	// (pilot-agent alone, for gRPC apps that take their routes, endpoints,
+	// certificates and policies over xDS from it; nothing is captured).
+	// vms[].sidecar overrides it for one VM.
+	Sidecar SidecarMode `json:"sidecar"`
 }
+
+// SidecarMode is workload.sidecar.
+type SidecarMode string
+
+const (
+	SidecarEnvoy     SidecarMode = "envoy"
+	SidecarProxyless SidecarMode = "proxyless"
+)
 
 // Probe is the WorkloadGroup's HTTP readiness probe.
 type Probe struct {
@@ -180,6 +195,8 @@ type VM struct {
 	Key     string `json:"key"`
 	// App overrides workload.app for this VM (false: it runs its own app).
 	App *bool `json:"app"`
+	// Sidecar overrides workload.sidecar for this VM.
+	Sidecar SidecarMode `json:"sidecar"`
 }
 
 // Duration is a time.Duration written as "1h" in YAML.
@@ -216,6 +233,7 @@ func Default() Config {
 			Probe:         Probe{Path: "/", Port: 8000, PeriodSeconds: 5, InitialDelaySeconds: 1},
 			TokenLifetime: Duration{30 * 24 * time.Hour},
 			App:           true,
+			Sidecar:       SidecarEnvoy,
 		},
 		VMs:      []VM{{Name: "vm1", Image: multipass.DefaultImage, Size: Size{CPUs: 2, Memory: "1G", Disk: "4G"}}},
 		Parallel: DefaultParallel,
@@ -284,7 +302,7 @@ func Load(path string, explicit bool, getenv func(string) string) (Config, error
 		// The default VM list is replaced, not merged, by a file that lists VMs.
 		c.VMs = nil
 		if err := yaml.UnmarshalStrict(data, &c); err != nil {
-			return Config{}, fmt.Errorf("config %s: %w: fix the field (hostctl config show prints every field with its default)", path, err)
+			return Config{}, reason.Wrap(fmt.Errorf("config %s: %w", path, err), reason.ConfigField)
 		}
 		if c.VMs == nil {
 			c.VMs = Default().VMs
@@ -363,6 +381,9 @@ func (c Config) Validate() error {
 	if c.Workload.TokenLifetime.Duration < 10*time.Minute {
 		bad("workload.tokenLifetime %s is shorter than the API server's 10m minimum", c.Workload.TokenLifetime)
 	}
+	if err := sidecarMode("workload.sidecar", c.Workload.Sidecar); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Parallel < 1 {
 		bad("parallel %d: want the number of VMs to work on at once, 1 or more (default %d)", c.Parallel, DefaultParallel)
 	}
@@ -409,6 +430,14 @@ func (c Config) Validate() error {
 			bad("vms[%d].name %q appears twice: VM names must be unique", i, vm.Name)
 		}
 		seen[vm.Name] = true
+		if vm.Sidecar != "" {
+			if err := sidecarMode(fmt.Sprintf("vms[%d].sidecar", i), vm.Sidecar); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if c.Proxyless(vm) && c.RunsApp(vm) {
+			bad("vms[%d] (%s) is proxyless but runs hostctl's HTTP app: a proxyless VM serves your gRPC app, which joins the mesh through pilot-agent's xDS; set app: false for it (workload.app: false for every VM)", i, vm.Name)
+		}
 		if machines == SSH {
 			if vm.Address == "" || vm.User == "" {
 				bad("vms[%d] (%s): ssh machines need address and user", i, vm.Name)
@@ -457,6 +486,24 @@ func (c Config) MachineProvider() Provider {
 		}
 	}
 	return SSH
+}
+
+// Proxyless says whether vm runs pilot-agent without Envoy: vms[].sidecar,
+// else workload.sidecar.
+func (c Config) Proxyless(vm VM) bool {
+	if vm.Sidecar != "" {
+		return vm.Sidecar == SidecarProxyless
+	}
+	return c.Workload.Sidecar == SidecarProxyless
+}
+
+// sidecarMode checks a sidecar field.
+func sidecarMode(field string, m SidecarMode) error {
+	switch m {
+	case SidecarEnvoy, SidecarProxyless:
+		return nil
+	}
+	return fmt.Errorf("%s %q: want envoy (pilot-agent and Envoy, the VM's traffic captured) or proxyless (pilot-agent alone, for gRPC apps using xDS)", field, m)
 }
 
 // RunsApp says whether hostctl runs the recipe's app on vm: vms[].app, else

@@ -93,13 +93,16 @@ func TestErrorsNameTheFix(t *testing.T) {
 		{"bad env number", "version: 1\n", "MESHVM_APP_PORT", map[string]string{"MESHVM_APP_PORT": "eighty"}},
 		{"no VM at a time", "version: 1\nparallel: 0\n", "1 or more (default 8)", nil},
 		{"no VM at a time from the environment", "version: 1\n", "parallel -2", map[string]string{"MESHVM_PARALLEL": "-2"}},
-		{"app not a bool", "version: 1\nworkload:\n  app: maybe\n", "fix the field", nil},
+		{"app not a bool", "version: 1\nworkload:\n  app: maybe\n", "cannot unmarshal", nil}, // the fix is the CLI's to word (reason.ConfigField)
 		{"app's port not probed", "version: 1\nworkload:\n  port: 9000\n", "set workload.probe.port to 9000 (or set workload.app: false", nil},
 		{"a VM's app's port not probed", "version: 1\nworkload:\n  app: false\n  port: 9000\nvms:\n- {name: a, app: true}\n", "set workload.probe.port to 9000", nil},
 		{"kubeconfig provider without file", "version: 1\ncluster:\n  provider: kubeconfig\n", "MESHVM_KUBECONFIG", nil},
 		{"unknown istio.install", "version: 1\nistio:\n  install: sometimes\n", "want auto (install where there is no Istio, else join it), always or never", nil},
 		{"revision not a DNS label", "version: 1\nistio:\n  revision: Canary_1\n", "a revision is a DNS label", nil},
 		{"istiod address not an IP", "version: 1\nistio:\n  istiodAddress: istiod.example\n", "is not an IP address", nil},
+		{"unknown sidecar", "version: 1\nworkload:\n  sidecar: linkerd\n", `workload.sidecar "linkerd": want envoy`, nil},
+		{"unknown VM sidecar", "version: 1\nworkload:\n  app: false\nvms:\n- {name: a, sidecar: none}\n", `vms[0].sidecar "none": want envoy`, nil},
+		{"proxyless with hostctl's app", "version: 1\nvms:\n- {name: a, sidecar: proxyless}\n", "set app: false for it", nil},
 		{"lab never installing", "version: 1\ncluster:\n  provider: lab\nistio:\n  install: never\n", "leave istio.install empty", nil},
 	}
 	for _, tt := range tests {
@@ -199,5 +202,19 @@ func TestValidationErrorsInAStableOrder(t *testing.T) {
 		} else if err.Error() != first {
 			t.Fatalf("run %d: got %q, want %q", i, err, first)
 		}
+	}
+}
+
+// workload.sidecar decides for every VM, vms[].sidecar for one.
+func TestSidecarPerVMOverridesWorkload(t *testing.T) {
+	if d := Default(); d.Proxyless(d.VMs[0]) {
+		t.Error("the default VM is proxyless, want Envoy (the recipe's)")
+	}
+	c, err := Load(write(t, "version: 1\nworkload:\n  app: false\n  sidecar: proxyless\nvms:\n- {name: a}\n- {name: b, sidecar: envoy}\n"), true, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Proxyless(c.VMs[0]) || c.Proxyless(c.VMs[1]) {
+		t.Errorf("proxyless %v and %v, want a proxyless and b with Envoy", c.Proxyless(c.VMs[0]), c.Proxyless(c.VMs[1]))
 	}
 }

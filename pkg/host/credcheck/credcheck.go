@@ -3,12 +3,15 @@
 // sidecar authenticates every certificate request with the token alone
 // (PROV_CERT is empty), so a valid token lets a VM that was off for any
 // time rejoin, and a revoked or lapsed one stops renewal. The verdict names
-// the cause in words, with RFC 3339 times, and the command that fixes it.
+// the cause in words, with RFC 3339 times, and a reason the CLI words the
+// fix from.
 package credcheck
 
 import (
 	"fmt"
 	"time"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // Certificate is the VM's workload certificate.
@@ -59,10 +62,11 @@ const (
 type Verdict struct {
 	State State
 	// Fail means the VM is or will be out of the mesh without a command;
-	// a warning (Fail false, Fix set) is worth acting on, not urgent.
+	// a warning (Fail false, a cause set) is worth acting on, not urgent.
 	Fail   bool
 	Detail string
-	Fix    string
+	// Cause is what the fix is worded from (the VM's name its argument).
+	Cause reason.Cause
 	// RenewBy is when pilot-agent should have renewed the certificate by,
 	// its rotation time and a margin (zero without one; see renewBy).
 	RenewBy time.Time
@@ -113,7 +117,7 @@ func renewBy(c *Certificate) time.Time {
 
 // Judge returns the verdict for f.
 func Judge(f Facts) Verdict {
-	onboard := "run hostctl vm onboard " + f.VM + " (a new token bound to a new Secret; no restart)"
+	onboard := reason.Because(reason.CredentialsReissue, f.VM)
 	var v Verdict
 	var certValid, tokenValid bool
 	if c := f.Cert; c != nil {
@@ -130,7 +134,7 @@ func Judge(f Facts) Verdict {
 	case f.Cert == nil && f.Token == nil:
 		v.State, v.Fail = Missing, true
 		v.Detail = "no workload certificate and no istio-token on the VM"
-		v.Fix = onboard
+		v.Cause = onboard
 	case revoked:
 		v.State, v.Fail = Revoked, true
 		what := "was deleted"
@@ -141,31 +145,31 @@ func Judge(f Facts) Verdict {
 		if certValid {
 			v.Detail += fmt.Sprintf("; the certificate stays valid until %s and will not be renewed", stamp(f.Cert.NotAfter))
 		}
-		v.Fix = "if that was not meant, " + onboard + "; else hostctl vm rm " + f.VM
+		v.Cause = reason.Because(reason.CredentialsRevoked, f.VM)
 	case !certValid && !tokenValid:
 		v.State, v.Fail = Stranded, true
 		v.Detail = "no valid credential: " + certWords(f.Cert) + " and " + tokenWords(f.Token) + ": the VM cannot rejoin the mesh on its own"
-		v.Fix = onboard
+		v.Cause = onboard
 	case !tokenValid:
 		v.State, v.Fail = TokenExpired, true
 		v.Detail = fmt.Sprintf("%s: pilot-agent cannot renew the certificate, which expires at %s", tokenWords(f.Token), stamp(f.Cert.NotAfter))
-		v.Fix = onboard
+		v.Cause = onboard
 	case f.Cert == nil:
 		v.State = NoCertificate
 		v.Detail = fmt.Sprintf("no workload certificate yet; the token is valid until %s, so pilot-agent can ask for one", stamp(f.Token.ExpiresAt))
-		v.Fix = "if it stays so, see hostctl vm logs " + f.VM
+		v.Cause = reason.Because(reason.CredentialsRenewing, f.VM)
 	case !certValid:
 		v.State = CertExpired
 		v.Detail = fmt.Sprintf("the certificate expired at %s; the token is valid until %s, so pilot-agent gets a new one when it reaches istiod", stamp(f.Cert.NotAfter), stamp(f.Token.ExpiresAt))
-		v.Fix = "if it stays so, see hostctl vm logs " + f.VM
+		v.Cause = reason.Because(reason.CredentialsRenewing, f.VM)
 	case f.Now.After(v.RenewBy):
 		v.State = RenewalOverdue
 		v.Detail = fmt.Sprintf("the certificate (valid until %s) should have been renewed by %s: pilot-agent is not reaching istiod", stamp(f.Cert.NotAfter), stamp(v.RenewBy))
-		v.Fix = "see hostctl vm logs " + f.VM + " and hostctl doctor"
+		v.Cause = reason.Because(reason.CredentialsOverdue, f.VM)
 	case pastHalf(f.Token, f.Now):
 		v.State = Rotate
 		v.Detail = fmt.Sprintf("the token is past half its life (it expires at %s)", stamp(f.Token.ExpiresAt))
-		v.Fix = "run hostctl vm renew " + f.VM + " (or hostctl up): it replaces the token, no restart"
+		v.Cause = reason.Because(reason.CredentialsTokenAging, f.VM)
 	default:
 		v.State = OK
 		v.Detail = fmt.Sprintf("certificate valid until %s; token valid until %s", stamp(f.Cert.NotAfter), stamp(f.Token.ExpiresAt))

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 )
@@ -146,11 +148,11 @@ func TestVerifyChecksAgainstARealAgent(t *testing.T) {
 	if v := resolves(ctx, ac, "vm1", "istiod.istio-system.svc", testIstiodIP); v.Result != "ok" || !strings.Contains(v.Detail, "/etc/hosts") {
 		t.Errorf("resolves: got %+v, want ok from /etc/hosts", v)
 	}
-	if v := resolves(ctx, ac, "vm1", "istiod.istio-system.svc", "10.0.0.1"); v.Result != "FAIL" || !strings.Contains(v.Detail, "want 10.0.0.1: run hostctl up") {
+	if v := resolves(ctx, ac, "vm1", "istiod.istio-system.svc", "10.0.0.1"); v.Result != Fail || !strings.HasSuffix(v.Detail, "want 10.0.0.1") || v.Reason != reason.HostsBlockStale {
 		t.Errorf("resolves elsewhere: got %+v, want FAIL naming the fix", v)
 	}
 	// Nothing in the sandbox resolves the sample: the call's failure is the detail.
-	if v := callFromVM(ctx, ac, "vm1"); v.Result != "FAIL" || !strings.Contains(v.Detail, "helloworld.sample") {
+	if v := callFromVM(ctx, ac, "vm1"); v.Result != Fail || !strings.Contains(v.Detail, "helloworld.sample") {
 		t.Errorf("call from VM: got %+v, want FAIL naming the service", v)
 	}
 }
@@ -174,7 +176,7 @@ func TestLogsFromARealAgent(t *testing.T) {
 	}
 	stopped := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Stopped}}}
 	err := printLogs(testCtx(t), &out, vm.state, stopped, "vm1", req)
-	if err == nil || !strings.Contains(err.Error(), "run hostctl vm start vm1") {
+	if r, ok := reason.Of(err); !ok || r.Reason != reason.VMNotRunning || r.Args[0] != "vm1" {
 		t.Errorf("stopped VM: got %v, want the way to start it", err)
 	}
 }
@@ -185,7 +187,7 @@ func TestDoctorAgainstARealAgent(t *testing.T) {
 	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
-	for check, result := range map[string]string{"address": "ok", "agent": "ok", "istiod DNS": "ok", "hosts file": "fail", "proxy version": "warn"} {
+	for check, result := range map[string]Result{"address": "ok", "agent": "ok", "istiod DNS": "ok", "hosts file": "fail", "proxy version": "warn"} {
 		if got[check].Result != result {
 			t.Errorf("%s: got %+v, want %s", check, got[check], result)
 		}
@@ -211,7 +213,7 @@ func TestUnreachableAgentSaysWhy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	s := vmStatus(ctx, config.Default(), vm.state, ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
-	if s.Agent != "unreachable" || s.AgentError == "" || !strings.Contains(s.Next, s.AgentError) || !strings.Contains(s.Next, "run hostctl up") {
+	if s.Agent != "unreachable" || s.AgentError == "" || !strings.Contains(s.Next, s.AgentError) || s.Reason != reason.AgentDown {
 		t.Errorf("got agent %q error %q next %q, want the reason and the fix", s.Agent, s.AgentError, s.Next)
 	}
 }
@@ -243,5 +245,41 @@ func TestDoctorRowsCarryTheReason(t *testing.T) {
 	}
 	if f := got["istiod DNS"]; f.Result != "fail" || !strings.Contains(f.Detail, "no east-west gateway address") {
 		t.Errorf("istiod DNS without istiod's address: got %+v, want fail with the reason", f)
+	}
+}
+
+// hostctl keeps working with an agent older than capture.v1: status reads
+// as it does with a current agent, with no verdict, and doctor asks for the
+// agent to be upgraded instead of failing.
+func TestStatusAndDoctorWithAnAgentBeforeCapture(t *testing.T) {
+	current := startVM(t)
+	older := startVMWith(t, agenttest.Options{Lacking: []string{"capture.v1"}})
+	ctx := testCtx(t)
+	ac, err := onboard.Dial(older.state, older.m.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := ac.Version(ctx)
+	ac.Close()
+	if err != nil || slices.Contains(v.GetCapabilities(), "capture.v1") {
+		t.Fatalf("the older agent announces %v (%v), want no capture.v1", v.GetCapabilities(), err)
+	}
+	want := vmStatus(ctx, config.Default(), current.state, current.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	got := vmStatus(ctx, config.Default(), older.state, older.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	if got.Capture != nil || got.CaptureSummary() != "" {
+		t.Errorf("capture from an agent without a verdict: %+v", got.Capture)
+	}
+	if got.OK != want.OK || got.Agent != want.Agent || got.IstiodDNS != want.IstiodDNS || got.Credentials != want.Credentials || got.Next != want.Next {
+		t.Errorf("status with the older agent %+v, want it as with a current one %+v (capture aside)", got, want)
+	}
+	findings := map[string]Finding{}
+	for _, f := range vmChecks(ctx, config.Default(), older.state, older.ms, testMesh{}, "vm1", nil, false) {
+		findings[f.Check] = f
+	}
+	if f := findings["capture rules"]; f.Result != Warn || f.Reason != reason.AgentOutdated {
+		t.Errorf("doctor's capture finding with the older agent: %+v, want a warning to upgrade the agent", f)
+	}
+	if f := findings["agent"]; f.Result != OK {
+		t.Errorf("doctor's agent finding: %+v, want ok", f)
 	}
 }

@@ -104,5 +104,13 @@ func (c *Capture) column() string {
 	if len(c.Backends) > 0 {
 		return string(c.State) + " (" + strings.Join(c.Backends, "+") + ")"
 	}
+	if c.notApplicable() {
+		return "n/a (proxyless)"
+	}
 	return string(c.State)
+}
+
+// notApplicable says the VM has no capture to judge: it runs without Envoy.
+func (c *Capture) notApplicable() bool {
+	return c.State == CaptureOff && strings.HasPrefix(c.Detail, "not applicable: proxyless")
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -38,18 +39,18 @@ func TestCaptureVerdictEverywhere(t *testing.T) {
 	if got := healthy.CaptureSummary(); got != "fail (iptables-legacy+iptables-nft)" {
 		t.Errorf("status column: got %q", got)
 	}
-	ok, next := judge(cfg, cfg.VMs[0], healthy, "active")
+	ok, next, cause := judge(cfg, cfg.VMs[0], healthy, "active")
 	if ok || !strings.Contains(next, "capture rules: backend: capture rules are installed in both iptables-legacy") ||
-		!strings.HasSuffix(next, "(hostctl vm onboard vm1 --restart)") {
+		cause.Reason != reason.CaptureRestart || cause.Args[0] != "vm1" {
 		t.Errorf("status: got %v %q, want not ok naming both backends and the restart", ok, next)
 	}
-	if f := captureFinding("vm1", c); f.Result != "fail" || !strings.Contains(f.Detail, "both iptables-legacy") || !strings.Contains(f.Fix, "hostctl vm onboard vm1 --restart") {
+	if f := captureFinding("vm1", c); f.Result != "fail" || !strings.Contains(f.Detail, "both iptables-legacy") || f.Reason != reason.CaptureRestart {
 		t.Errorf("doctor: got %+v", f)
 	}
 
 	c = captureOf(good)
 	healthy.Capture = c
-	if ok, next := judge(cfg, cfg.VMs[0], healthy, "active"); !ok || next != "" {
+	if ok, next, _ := judge(cfg, cfg.VMs[0], healthy, "active"); !ok || next != "" {
 		t.Errorf("status with good capture: got %v %q", ok, next)
 	}
 	if f := captureFinding("vm1", c); f.Result != "ok" || f.Detail != "rules in iptables-legacy only; 2 checks as expected, Istio's validation passed" {
@@ -57,10 +58,10 @@ func TestCaptureVerdictEverywhere(t *testing.T) {
 	}
 	// An agent without the verdict warns in doctor and leaves status alone.
 	healthy.Capture = captureOf(nil)
-	if ok, _ := judge(cfg, cfg.VMs[0], healthy, "active"); !ok || healthy.CaptureSummary() != "" {
+	if ok, _, _ := judge(cfg, cfg.VMs[0], healthy, "active"); !ok || healthy.CaptureSummary() != "" {
 		t.Errorf("status from an older agent: got %v %q", ok, healthy.CaptureSummary())
 	}
-	if f := captureFinding("vm1", nil); f.Result != "warn" || !strings.Contains(f.Fix, "hostctl up") {
+	if f := captureFinding("vm1", nil); f.Result != "warn" || f.Reason != reason.AgentOutdated {
 		t.Errorf("doctor from an older agent: got %+v", f)
 	}
 }

@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"io"
 	"strings"
 	"testing"
 
@@ -33,7 +32,7 @@ func TestOpenWithoutTheLab(t *testing.T) {
 	}
 	cfg := config.Default()
 	cfg.Cluster.Provider, cfg.Machines = config.Lab, config.Lab
-	if _, err := Open(context.Background(), cfg, state, nil, io.Discard, Lab{}); err == nil || !strings.Contains(err.Error(), "the lab is not part of this program") {
+	if _, err := Open(context.Background(), cfg, state, nil, nil, Lab{}); err == nil || !strings.Contains(err.Error(), "the lab is not part of this program") {
 		t.Fatalf("got %v, want the lab named as missing", err)
 	}
 }

@@ -8,12 +8,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/mesh/fleetinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
 // ControllerSteps are fleet install's progress steps.
-var ControllerSteps = []string{"image", "cluster", "controller"}
+var ControllerSteps = []progress.Step{progress.Image, progress.Cluster, progress.Controller}
 
 // ControllerOptions are how fleet install runs the controller.
 type ControllerOptions struct {
@@ -75,15 +76,15 @@ func (f *Fleet) InstallController(ctx context.Context, p Reporter, o ControllerO
 			return r, err
 		}
 		r.Pushed, opts.Image, opts.PullPolicy = &pushed, pushed.Ref, corev1.PullIfNotPresent
-		p.Step("image", "", "%s %s (linux/%s)", pushed.Ref, pushed.Action, strings.Join(r.Arches, ", linux/"))
+		p.Step(progress.Image, "", "%s %s (linux/%s)", pushed.Ref, pushed.Action, strings.Join(r.Arches, ", linux/"))
 	} else {
 		k := cs.k3sConfig(p)
 		nodes := []string{k.Server.Name}
 		for _, a := range k.Agents {
 			nodes = append(nodes, a.Name)
 		}
-		p.Step("image", "", "%s built for linux/%s; loading it into %s", im.LocalRef(), strings.Join(r.Arches, ", linux/"), strings.Join(nodes, ", "))
-		r.Loaded, err = fleetinstall.LoadK3s(ctx, cs.k3s, nodes, im, func(format string, args ...any) { p.Step("image", "", format, args...) })
+		p.Step(progress.Image, "", "%s built for linux/%s; loading it into %s", im.LocalRef(), strings.Join(r.Arches, ", linux/"), strings.Join(nodes, ", "))
+		r.Loaded, err = fleetinstall.LoadK3s(ctx, cs.k3s, nodes, im, func(format string, args ...any) { p.Step(progress.Image, "", format, args...) })
 		if err != nil {
 			return r, err
 		}
@@ -98,10 +99,10 @@ func (f *Fleet) InstallController(ctx context.Context, p Reporter, o ControllerO
 		return r, err
 	}
 	r.Summary = istioinstall.Summary(r.Objects)
-	p.Step("cluster", "", "%d objects: %s", len(r.Objects), r.Summary)
+	p.Step(progress.Cluster, "", "%d objects: %s", len(r.Objects), r.Summary)
 	for _, c := range r.Objects {
 		if c.Action == istioinstall.Yours {
-			p.Step("cluster", "", "%s: not meshvm's: left as it is", c.Ref)
+			p.Step(progress.Cluster, "", "%s: not meshvm's: left as it is", c.Ref)
 		}
 	}
 	if o.NoWait {
@@ -111,11 +112,11 @@ func (f *Fleet) InstallController(ctx context.Context, p Reporter, o ControllerO
 	if err != nil {
 		return r, err
 	}
-	if err := fleetinstall.WaitAvailable(ctx, kc, fleetinstall.DefaultNamespace, func(s string) { p.Step("controller", "", "waiting: %s", s) }); err != nil {
+	if err := fleetinstall.WaitAvailable(ctx, kc, fleetinstall.DefaultNamespace, func(s string) { p.Step(progress.Controller, "", "waiting: %s", s) }); err != nil {
 		return r, err
 	}
 	r.Available = true
-	p.Step("controller", "", "Deployment %s/%s available", fleetinstall.DefaultNamespace, fleetinstall.Name)
+	p.Step(progress.Controller, "", "Deployment %s/%s available", fleetinstall.DefaultNamespace, fleetinstall.Name)
 	return r, nil
 }
 

@@ -22,16 +22,25 @@ import (
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-// Finding is one check's verdict: ok, warn or fail, with the fix.
+// Finding is one check's verdict: ok, warn or fail, with the fix: Fix is
+// what to do that names no hostctl command (the agent's, or outside
+// meshvm), the cause what the CLI words its advice from (after Fix).
 type Finding struct {
 	Scope  string `json:"scope"`
 	Check  string `json:"check"`
-	Result string `json:"result"`
+	Result Result `json:"result"`
 	Detail string `json:"detail,omitempty"`
 	Fix    string `json:"fix,omitempty"`
+	reason.Cause
+}
+
+// finding is a Finding whose fix is the advice on cause alone.
+func finding(scope, check string, r Result, detail string, cause reason.Cause) Finding {
+	return Finding{Scope: scope, Check: check, Result: r, Detail: detail, Cause: cause}
 }
 
 // Doctor runs every check of the cluster and of each VM of the config,
@@ -45,9 +54,9 @@ func (f *Fleet) Doctor(ctx context.Context) []Finding {
 		_, err = clients.Kube.Discovery().ServerVersion()
 	}
 	if err != nil {
-		add(Finding{"cluster", "API server", "fail", err.Error(), "run hostctl up"})
+		add(finding("cluster", "API server", Fail, err.Error(), reason.Because(reason.ClusterDown)))
 	} else {
-		add(Finding{"cluster", "API server", "ok", "answering", ""})
+		add(finding("cluster", "API server", OK, "answering", reason.Cause{}))
 		out = append(out, clusterChecks(ctx, s, s.Revision(ctx), clients)...)
 	}
 	// The VMs' credential Secrets, listed once: a token whose Secret is gone is revoked.
@@ -66,23 +75,23 @@ func (f *Fleet) Doctor(ctx context.Context) []Finding {
 func clusterChecks(ctx context.Context, s MeshStatus, rev string, clients workload.Clients) []Finding {
 	var out []Finding
 	if detail, err := s.IstiodReady(ctx, rev); err != nil {
-		out = append(out, Finding{"cluster", "istiod", "fail", err.Error(), "run hostctl up (it installs and waits for istiod)"})
+		out = append(out, finding("cluster", "istiod", Fail, err.Error(), reason.Because(reason.IstiodNotInstalled)))
 	} else {
-		out = append(out, Finding{"cluster", "istiod", "ok", detail, ""})
+		out = append(out, finding("cluster", "istiod", OK, detail, reason.Cause{}))
 	}
 	if yours := s.JoinedIstio(ctx); yours != "" {
 		// Their gateway may have any name: its ports are theirs to keep.
-		out = append(out, Finding{"cluster", "east-west ports", "ok", "the Istio is yours (" + yours + "): its gateway and ports are as you run them", ""})
+		out = append(out, finding("cluster", "east-west ports", OK, "the Istio is yours ("+yours+"): its gateway and ports are as you run them", reason.Cause{}))
 		return out
 	}
 	held, err := istioinstall.PortConflicts(ctx, clients.Kube)
 	switch {
 	case err != nil:
-		out = append(out, Finding{"cluster", "east-west ports", "fail", err.Error(), "check the API server"})
+		out = append(out, Finding{Scope: "cluster", Check: "east-west ports", Result: Fail, Detail: err.Error(), Fix: "check the API server"})
 	case len(held) > 0:
-		out = append(out, Finding{"cluster", "east-west ports", "fail", strings.Join(held, "; "), istioinstall.PortConflictFix})
+		out = append(out, Finding{Scope: "cluster", Check: "east-west ports", Result: Fail, Detail: strings.Join(held, "; "), Fix: istioinstall.PortConflictFix})
 	default:
-		out = append(out, Finding{"cluster", "east-west ports", "ok", "no other LoadBalancer holds 15021/15443/15012/15017", ""})
+		out = append(out, finding("cluster", "east-west ports", OK, "no other LoadBalancer holds 15021/15443/15012/15017", reason.Cause{}))
 	}
 	return out
 }
@@ -137,8 +146,14 @@ type vmDoctor struct {
 	out             []Finding
 }
 
-func (d *vmDoctor) add(check, result, detail, fix string) {
-	d.out = append(d.out, Finding{d.name, check, result, detail, fix})
+// add records a finding on the VM whose advice, if any, is on r (the VM's
+// name its argument).
+func (d *vmDoctor) add(check string, result Result, detail string, r reason.Reason) {
+	c := reason.Cause{}
+	if r != reason.None {
+		c = reason.Because(r, d.name)
+	}
+	d.out = append(d.out, finding(d.name, check, result, detail, c))
 }
 
 // vmChecks runs the checks of one VM in order. The first ones need each
@@ -162,7 +177,7 @@ func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 func (d *vmDoctor) machine(ctx context.Context) bool {
 	m, err := d.machines.Info(ctx, d.name)
 	if err != nil || !m.Running() {
-		d.add("machine", "fail", fmt.Sprintf("not running (%v)", orDash(errString(err))), "run hostctl up (or hostctl vm start "+d.name+")")
+		d.add("machine", Fail, fmt.Sprintf("not running (%v)", orDash(errString(err))), reason.VMNotRunningNow)
 		return false
 	}
 	d.m = m
@@ -172,17 +187,16 @@ func (d *vmDoctor) machine(ctx context.Context) bool {
 func (d *vmDoctor) address(ctx context.Context) bool {
 	addr := d.m.Address()
 	if addr == "" {
-		d.add("address", "fail", "running but reports no address", "check the machine's network (multipass info "+d.name+"), then run hostctl up")
+		d.add("address", Fail, "running but reports no address", reason.VMNoAddress)
 		return false
 	}
 	if prev := onboardedAddress(d.state, d.name); prev != "" && prev != addr {
-		d.add("address", "warn", fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr),
-			"run hostctl up: new certificate and hosts block, and the stale WorkloadEntry is deleted")
+		d.add("address", Warn, fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr), reason.AddressMoved)
 	} else {
-		d.add("address", "ok", addr, "")
+		d.add("address", OK, addr, reason.None)
 	}
 	if hosts, err := d.state.ReadFile(filepath.Join("vms", d.name, "files", "hosts")); err != nil || len(strings.TrimSpace(string(hosts))) == 0 {
-		d.add("hosts file", "fail", "the generated hosts file is empty or missing (without it the VM cannot resolve istiod)", "run hostctl vm onboard "+d.name)
+		d.add("hosts file", Fail, "the generated hosts file is empty or missing (without it the VM cannot resolve istiod)", reason.NoHostsFile)
 	}
 	return true
 }
@@ -190,7 +204,7 @@ func (d *vmDoctor) address(ctx context.Context) bool {
 func (d *vmDoctor) agent(ctx context.Context) bool {
 	c, err := vmcore.DialAgent(d.m, vmcore.DirStore{Dir: d.state})
 	if err != nil {
-		d.add("agent", "fail", err.Error(), "run hostctl up to reinstall the agent")
+		d.add("agent", Fail, err.Error(), reason.AgentUnreachable)
 		return false
 	}
 	d.rev = vmRevision(d.state, d.name, d.mesh.Revision(ctx))
@@ -198,7 +212,7 @@ func (d *vmDoctor) agent(ctx context.Context) bool {
 	d.ov = c.Overview(ctx, d.istiodName, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(d.cfg.Workload.Probe.Port), Path: d.cfg.Workload.Probe.Path})
 	if d.ov.StatusErr != nil {
 		c.Close()
-		d.add("agent", "fail", d.ov.StatusErr.Error(), "run hostctl up to reinstall the agent")
+		d.add("agent", Fail, d.ov.StatusErr.Error(), reason.AgentUnreachable)
 		return false
 	}
 	d.c = c
@@ -207,28 +221,27 @@ func (d *vmDoctor) agent(ctx context.Context) bool {
 
 func (d *vmDoctor) agentVersion(context.Context) {
 	if v := d.ov.Status.GetVersion(); v != buildinfo.String() {
-		d.add("agent", "warn", fmt.Sprintf("vmagent %s, hostctl %s: the agent may lack what this hostctl asks for", v, buildinfo.String()),
-			"run hostctl up (it updates the agent; nothing else changes)")
+		d.add("agent", Warn, fmt.Sprintf("vmagent %s, hostctl %s: the agent may lack what this hostctl asks for", v, buildinfo.String()), reason.AgentOutdated)
 	} else {
-		d.add("agent", "ok", "vmagent "+v, "")
+		d.add("agent", OK, "vmagent "+v, reason.None)
 	}
 }
 
 func (d *vmDoctor) istiodDNS(ctx context.Context) {
 	want, err := d.mesh.IstiodAddress(ctx, d.name)
 	if err != nil {
-		d.add("istiod DNS", "fail", "where the VM should reach istiod is unknown: "+err.Error(), "run hostctl up")
+		d.add("istiod DNS", Fail, "where the VM should reach istiod is unknown: "+err.Error(), reason.IstiodAddrUnknown)
 		return
 	}
 	switch r := d.ov.DNS; {
 	case d.ov.DNSErr != nil:
-		d.add("istiod DNS", "fail", "the agent did not resolve "+d.istiodName+": "+d.ov.DNSErr.Error(), "run hostctl up (it updates the agent)")
+		d.add("istiod DNS", Fail, "the agent did not resolve "+d.istiodName+": "+d.ov.DNSErr.Error(), reason.IstiodDNSUnchecked)
 	case r.GetError() != "":
-		d.add("istiod DNS", "fail", d.istiodName+" does not resolve on the VM: "+r.GetError(), "run hostctl vm onboard "+d.name+" (it writes the hosts block)")
+		d.add("istiod DNS", Fail, d.istiodName+" does not resolve on the VM: "+r.GetError(), reason.IstiodUnresolved)
 	case len(r.GetAddresses()) == 0 || r.GetAddresses()[0] != want:
-		d.add("istiod DNS", "fail", fmt.Sprintf("resolves to %s, want %s", strings.Join(r.GetAddresses(), ","), want), "run hostctl vm onboard "+d.name)
+		d.add("istiod DNS", Fail, fmt.Sprintf("resolves to %s, want %s", strings.Join(r.GetAddresses(), ","), want), reason.IstiodMisresolved)
 	default:
-		d.add("istiod DNS", "ok", d.istiodName+" -> "+want, "")
+		d.add("istiod DNS", OK, d.istiodName+" -> "+want, reason.None)
 	}
 }
 
@@ -239,16 +252,17 @@ func (d *vmDoctor) credentials(context.Context) {
 func (d *vmDoctor) iptables(ctx context.Context) {
 	n, err := d.c.CheckNetwork(ctx)
 	if err != nil {
-		d.add("iptables", "warn", "the agent did not check the network: "+err.Error(), "run hostctl up (it updates the agent), or see journalctl -u vmagent on the VM")
+		d.add("iptables", Warn, "the agent did not check the network: "+err.Error(), reason.AgentNoCheck)
 		return
 	}
 	for _, b := range n.GetFirewallBackends() {
 		if b.GetAvailable() {
-			d.add("iptables", "ok", "a backend for the capture rules is available", "")
+			d.add("iptables", OK, "a backend for the capture rules is available", reason.None)
 			return
 		}
 	}
-	d.add("iptables", "fail", "no iptables or nft backend on the VM: the sidecar cannot capture traffic", "install iptables on the VM (apt-get install iptables)")
+	d.out = append(d.out, Finding{Scope: d.name, Check: "iptables", Result: Fail, Detail: "no iptables or nft backend on the VM: the sidecar cannot capture traffic",
+		Fix: "install iptables on the VM (apt-get install iptables)"})
 }
 
 // capture reports the agent's verdict on the capture rules in force.
@@ -262,14 +276,13 @@ func captureFinding(vm string, c *Capture) Finding {
 	f := Finding{Scope: vm, Check: "capture rules"}
 	switch {
 	case c == nil:
-		f.Result, f.Detail, f.Fix = "warn", "the agent does not judge the capture rules (older than this hostctl)", "run hostctl up (it updates the agent; nothing else changes)"
+		f.Result, f.Detail, f.Cause = Warn, "the agent does not judge the capture rules (older than this hostctl)", reason.Because(reason.AgentOutdated, vm)
 	case c.State == CaptureFail:
-		f.Result, f.Detail, f.Fix = "fail", c.Detail, captureFix(c, vm)
+		f.Result, f.Detail, f.Fix, f.Cause = Fail, c.Detail, c.Fix, captureCause(c, vm)
 	case c.State == CaptureSkipped:
-		f.Result, f.Detail = "warn", c.Detail
-		f.Fix = "run hostctl doctor again once the sidecar has settled; see hostctl vm logs " + vm
+		f.Result, f.Detail, f.Cause = Warn, c.Detail, reason.Because(reason.CaptureUnsettled, vm)
 	default:
-		f.Result, f.Detail = "ok", c.Detail
+		f.Result, f.Detail = OK, c.Detail
 	}
 	return f
 }
@@ -280,7 +293,7 @@ func captureFinding(vm string, c *Capture) Finding {
 func (d *vmDoctor) proxyVersion(ctx context.Context) {
 	istiod, from, err := d.mesh.IstiodVersion(ctx, d.rev)
 	if err != nil {
-		d.add("proxy version", "fail", fmt.Sprintf("revision %s: %v", revisionName(d.rev), err), "run hostctl up")
+		d.add("proxy version", Fail, fmt.Sprintf("revision %s: %v", revisionName(d.rev), err), reason.IstioVersionDown)
 		return
 	}
 	proxy := istiod
@@ -288,23 +301,21 @@ func (d *vmDoctor) proxyVersion(ctx context.Context) {
 		proxy = j.Istio
 		ok, detail := istioinstall.Skew(proxy, istiod)
 		if ok {
-			d.add("version skew", "ok", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from), "")
+			d.add("version skew", OK, fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from), reason.None)
 		} else {
-			d.add("version skew", "fail", fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from),
-				"run hostctl vm onboard "+d.name+" (it delivers istiod's version)")
+			d.add("version skew", Fail, fmt.Sprintf("revision %s: %s (istiod's from %s)", revisionName(d.rev), detail, from), reason.ProxySkewed)
 		}
 	}
 	side, err := sidecarDigests(ctx, d.mesh, d.m.Arch, proxy)
 	if err != nil {
-		d.add("proxy version", "warn", "the Istio "+proxy+" sidecar build to compare with is not available here: "+err.Error(), "run hostctl up")
+		d.add("proxy version", Warn, "the Istio "+proxy+" sidecar build to compare with is not available here: "+err.Error(), reason.ProxyBuildMissing)
 		return
 	}
 	if differ := proxySkew(side, d.ov.Status.GetFiles()); differ != "" {
-		d.add("proxy version", "fail", differ+" differs from the Istio "+proxy+" build hostctl delivered",
-			"run hostctl vm onboard "+d.name+" (it sends the matching binaries)")
+		d.add("proxy version", Fail, differ+" differs from the Istio "+proxy+" build hostctl delivered", reason.ProxyBuildDiffers)
 		return
 	}
-	d.add("proxy version", "ok", "the sidecar is the Istio "+proxy+" build", "")
+	d.add("proxy version", OK, "the sidecar is the Istio "+proxy+" build", reason.None)
 }
 
 // credentialFinding is the credential verdict as a doctor finding: a
@@ -312,14 +323,14 @@ func (d *vmDoctor) proxyVersion(ctx context.Context) {
 // renew fails.
 func credentialFinding(f credcheck.Facts) Finding {
 	v := credcheck.Judge(f)
-	result := "ok"
+	result := OK
 	switch {
 	case v.Fail:
-		result = "fail"
+		result = Fail
 	case v.State != credcheck.OK:
-		result = "warn"
+		result = Warn
 	}
-	return Finding{f.VM, "credentials", result, string(v.State) + ": " + v.Detail, v.Fix}
+	return finding(f.VM, "credentials", result, string(v.State)+": "+v.Detail, v.Cause)
 }
 
 // proxySkew names the sidecar binaries on the VM that are not the build

@@ -27,7 +27,7 @@ func TestCredentialFinding(t *testing.T) {
 		name   string
 		st     *agentv1.GetStatusResponse
 		uids   map[string]string
-		result string
+		result Result
 		prefix string
 	}{
 		{"both valid", &agentv1.GetStatusResponse{WorkloadCertificate: cert(20 * time.Hour), Token: tok(700 * time.Hour)}, map[string]string{"vm1": "u1"}, "ok", "ok: "},
@@ -39,7 +39,7 @@ func TestCredentialFinding(t *testing.T) {
 		if f.Result != tc.result || !strings.HasPrefix(f.Detail, tc.prefix) {
 			t.Errorf("%s: got %s %q", tc.name, f.Result, f.Detail)
 		}
-		if f.Result != "ok" && f.Fix == "" {
+		if f.Result != OK && f.Reason == "" {
 			t.Errorf("%s: no fix", tc.name)
 		}
 	}

@@ -13,14 +13,14 @@ import (
 // RemoveVMs removes every VM of the config and its state, all at once as up
 // brings them (each waits for its machine's shutdown); say is told how each
 // went.
-func (f *Fleet) RemoveVMs(ctx context.Context, say Say) error {
+func (f *Fleet) RemoveVMs(ctx context.Context, p Reporter) error {
 	cfg, state, s := f.Config, f.State, f.Site
 	return eachVM(cfg.Parallel, cfg.VMs, func(vm config.VM) error {
 		how, err := removeVM(ctx, cfg, state, s.Machines(), vm.Name)
 		if err != nil {
 			return err
 		}
-		say("VM %s %s", vm.Name, how)
+		p.Say("VM %s %s", vm.Name, how)
 		// Its certificate and workload files belonged to that machine and cluster.
 		return os.RemoveAll(state.Path("vms", vm.Name))
 	})

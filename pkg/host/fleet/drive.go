@@ -6,9 +6,11 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // How long the driver waits on the world, as hostctl always has: an agent
@@ -21,7 +23,7 @@ const (
 
 // onboardSpec is the core's declaration of config VM vm for one run.
 func (r *session) onboardSpec(vm config.VM, fresh, restart bool) vmcore.Spec {
-	return vmcore.Spec{Name: vm.Name, Generation: 1, RunsApp: r.cfg.RunsApp(vm), ProbePort: r.spec.ProbePort, AppPort: r.cfg.Workload.Port,
+	return vmcore.Spec{Name: vm.Name, Generation: 1, RunsApp: r.cfg.RunsApp(vm), Proxyless: r.cfg.Proxyless(vm), ProbePort: r.spec.ProbePort, AppPort: r.cfg.Workload.Port,
 		TokenLifetime: r.cfg.Workload.TokenLifetime.Duration, FreshToken: fresh, Restart: restart}
 }
 
@@ -44,8 +46,9 @@ type drive struct {
 	// patience is how long the entry is awaited once the files are out
 	// (entryPatience when 0).
 	patience time.Duration
-	// then is the next step named after a VM that did not come through in time.
-	then string
+	// then is the reason of a VM that did not come through in time, for
+	// the next step to be named after its own.
+	then reason.Reason
 }
 
 func (d drive) entryPatience() time.Duration {
@@ -72,7 +75,7 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, d drive) (vmco
 		case e.Reason != vmcore.AgentAnswering:
 			r.progress(ctx, spec, e)
 		case d.agentLine != "":
-			r.p.Step("agent", spec.Name, "%s", d.agentLine)
+			r.p.Step(progress.Agent, spec.Name, "%s", d.agentLine)
 		case d.tellAgent:
 			r.progress(ctx, spec, e)
 		}
@@ -116,32 +119,32 @@ func (r *session) progress(ctx context.Context, spec vmcore.Spec, e vmcore.Event
 	name := spec.Name
 	switch e.Reason {
 	case vmcore.MachineRunning:
-		r.p.Step("machine", name, "%s", e.Message)
+		r.p.Step(progress.Machine, name, "%s", e.Message)
 	case vmcore.AppServing:
-		r.p.Step("app", name, "%s", e.Message)
+		r.p.Step(progress.App, name, "%s", e.Message)
 	case vmcore.AppOwn, vmcore.AppOwnRemoved:
 		detail := fmt.Sprintf("off (app: false): your app serves port %d", spec.AppPort)
 		if e.Reason == vmcore.AppOwnRemoved {
 			detail += "; hostctl's " + appUnitName + " removed"
 		}
-		r.p.Step("app", name, "%s", detail)
+		r.p.Step(progress.App, name, "%s", detail)
 	case vmcore.AgentAnswering:
 		if spec.Provision {
 			// up installed it: which vmagent answers.
-			r.p.Step("agent", name, "vmagent %s %s", e.Object, e.Message)
+			r.p.Step(progress.Agent, name, "vmagent %s %s", e.Object, e.Message)
 		} else {
-			r.p.Step("agent", name, "%s", e.Message)
+			r.p.Step(progress.Agent, name, "%s", e.Message)
 		}
 	case vmcore.RevisionKept:
 		want := revisionName(r.mesh.Revision(ctx))
-		r.p.Step("onboard", name, "%s: hostctl vm upgrade %s --revision %s moves it", e.Message, name, want)
+		r.p.Report(progress.Event{Step: progress.Onboard, VM: name, Message: e.Message, Cause: reason.Because(reason.RevisionKept, name, want)})
 	case vmcore.Joining, vmcore.TokenCapped, vmcore.Delivered:
-		r.p.Step("onboard", name, "%s", e.Message)
+		r.p.Step(progress.Onboard, name, "%s", e.Message)
 	case vmcore.WaitsOnOwnApp:
-		r.p.Step("healthy", name, "WorkloadEntry %s registered, sidecar connected; Healthy waits on your app answering on port %d (app: false)",
+		r.p.Step(progress.Healthy, name, "WorkloadEntry %s registered, sidecar connected; Healthy waits on your app answering on port %d (app: false)",
 			e.Object, r.cfg.Workload.Probe.Port)
-	case vmcore.EntryHealthy, vmcore.StaleEntryDeleted:
-		r.p.Step("healthy", name, "%s", e.Message)
+	case vmcore.EntryHealthy, vmcore.StaleEntryDeleted, vmcore.WaitsOnGRPCApp:
+		r.p.Step(progress.Healthy, name, "%s", e.Message)
 	}
 }
 
@@ -153,22 +156,22 @@ func giveUp(spec vmcore.Spec, res vmcore.Result, synced time.Time, d drive) erro
 	if c, _ := cs.Get(vmcore.Machine); c.Status == vmcore.False {
 		switch c.Reason {
 		case vmcore.MachineNotFound:
-			return fmt.Errorf("no VM %s: run hostctl up (or hostctl vm add %s) to create it", name, name)
+			return reason.Wrap(fmt.Errorf("no VM %s", name), reason.VMNotFound, name)
 		case vmcore.MachineNotRunning:
-			return fmt.Errorf("VM %s is %s: run hostctl vm start %s", name, res.Status.MachineState, name)
+			return reason.Wrap(fmt.Errorf("VM %s is %s", name, res.Status.MachineState), reason.VMNotRunning, name)
 		default:
 			return res.Cause
 		}
 	}
 	if c, _ := cs.Get(vmcore.AgentReachable); c.Status == vmcore.False && time.Since(c.LastTransitionTime) >= agentPatience {
-		return fmt.Errorf("%s: agent not answering after 30s: %w: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it", name, res.Cause)
+		return reason.Wrap(fmt.Errorf("%s: agent not answering after 30s: %w", name, res.Cause), reason.AgentNotAnswering)
 	}
 	if synced.IsZero() || time.Since(synced) < d.entryPatience() {
 		return nil
 	}
 	err := notOnboarded(spec, res.Status, d.entryPatience())
 	if d.then != "" {
-		return fmt.Errorf("%w; then %s", err, d.then)
+		return reason.Wrap(err, d.then, name)
 	}
 	return err
 }
@@ -181,11 +184,11 @@ func notOnboarded(spec vmcore.Spec, st vmcore.Status, timeout time.Duration) err
 	healthy, _ := st.Conditions.Get(vmcore.Healthy)
 	switch {
 	case registered.Reason == vmcore.NoEntry:
-		return fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod (see hostctl vm logs)", st.Address, timeout)
+		return reason.Wrap(fmt.Errorf("no WorkloadEntry for %s after %s: the sidecar has not reached istiod", st.Address, timeout), reason.EntryTimedOut)
 	case !spec.RunsApp:
-		return fmt.Errorf("WorkloadEntry %s: the sidecar has not (re)connected to istiod after %s (see hostctl vm logs)", e.Name, timeout)
+		return reason.Wrap(fmt.Errorf("WorkloadEntry %s: the sidecar has not (re)connected to istiod after %s", e.Name, timeout), reason.EntryTimedOut)
 	case healthy.Reason == vmcore.NotReconnected:
-		return fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s (see hostctl vm logs)", e.Name, timeout)
+		return reason.Wrap(fmt.Errorf("WorkloadEntry %s: the restarted sidecar has not reconnected and reported health after %s", e.Name, timeout), reason.EntryTimedOut)
 	default:
 		return fmt.Errorf("WorkloadEntry %s not Healthy after %s (%s): is the app listening on port %d?", e.Name, timeout, orNone(e.Message), spec.ProbePort)
 	}

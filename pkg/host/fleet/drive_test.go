@@ -5,7 +5,6 @@ package fleet
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -31,20 +30,43 @@ import (
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/machinetest"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 	"github.com/meshvm/meshvm/vmagent/agenttest"
 )
 
-// stepLines is a Reporter that keeps its lines.
+// stepLines keeps the lines a Reporter is told: step, VM, message and the
+// cause's reason in brackets.
 type stepLines []string
 
-func (s *stepLines) Step(step, vm, format string, args ...any) {
-	*s = append(*s, step+" "+vm+": "+fmtLine(format, args...))
+func (s *stepLines) report(e progress.Event) {
+	*s = append(*s, eventLine(e))
+}
+
+func eventLine(e progress.Event) string {
+	return string(e.Step) + " " + e.VM + ": " + bracket(e.Message, e.Cause)
+}
+
+// worded is err with each reason it carries in brackets, where the CLI
+// puts the advice it words from it.
+func worded(err error) string {
+	if err == nil {
+		return ""
+	}
+	return reason.Format(err, bracket)
+}
+
+func bracket(msg string, c reason.Cause) string {
+	if c.Reason == "" {
+		return msg
+	}
+	return msg + " [" + strings.Join(append([]string{string(c.Reason)}, c.Args...), " ") + "]"
 }
 
 func driveSession(t *testing.T, ms machine.Provider) (*session, *stepLines) {
@@ -54,7 +76,7 @@ func driveSession(t *testing.T, ms machine.Provider) (*session, *stepLines) {
 	mesh := testMesh{}
 	cfg := config.Default()
 	cfg.VMs = []config.VM{{Name: "vm1"}}
-	return &session{cfg: cfg, state: vm.state, machines: ms, mesh: mesh, spec: WorkloadSpec(cfg), p: lines,
+	return &session{cfg: cfg, state: vm.state, machines: ms, mesh: mesh, spec: WorkloadSpec(cfg), p: lines.report,
 		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(mesh, istioinstall.Namespace, nil)}, lines
 }
 
@@ -66,15 +88,15 @@ func TestConvergeGivesTheMachineAdvice(t *testing.T) {
 		ms   map[string]machine.Machine
 		want string
 	}{
-		{"absent", nil, "no VM vm1: run hostctl up (or hostctl vm add vm1) to create it"},
-		{"stopped", map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Stopped}}, "VM vm1 is stopped: run hostctl vm start vm1"},
+		{"absent", nil, "no VM vm1 [VMNotFound vm1]"},
+		{"stopped", map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Stopped}}, "VM vm1 is stopped [VMNotRunning vm1]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, lines := driveSession(t, infoOnly{m: tc.ms})
 			start := time.Now()
 			_, err := r.converge(testCtx(t), r.onboardSpec(config.VM{Name: "vm1"}, true, false), drive{tellAgent: true})
-			if err == nil || err.Error() != tc.want {
-				t.Errorf("got %v, want %q", err, tc.want)
+			if got := worded(err); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
 			}
 			if time.Since(start) > 5*time.Second || len(*lines) != 0 {
 				t.Errorf("took %s with lines %q, want an immediate error and no line", time.Since(start), *lines)
@@ -104,23 +126,20 @@ func TestGiveUpChoosesTheAdviceFromTheReason(t *testing.T) {
 		want   string // "" is: keep waiting
 	}{
 		{"agent down for a minute", spec, vmcore.Result{Status: status(vmcore.Condition{Type: vmcore.AgentReachable, Status: vmcore.False, Reason: vmcore.AgentUnreachable}), Cause: cause}, time.Time{},
-			"vm1: agent not answering after 30s: connection refused: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it"},
+			"vm1: agent not answering after 30s: connection refused [AgentNotAnswering]"},
 		{"entry awaited for a second", spec, vmcore.Result{Status: status(vmcore.Condition{Type: vmcore.Registered, Status: vmcore.False, Reason: vmcore.NoEntry})}, time.Now().Add(-time.Second), ""},
 		{"no entry", spec, vmcore.Result{Status: status(vmcore.Condition{Type: vmcore.Registered, Status: vmcore.False, Reason: vmcore.NoEntry})}, longAgo,
-			"no WorkloadEntry for 10.0.0.7 after 2m0s: the sidecar has not reached istiod (see hostctl vm logs)"},
+			"no WorkloadEntry for 10.0.0.7 after 2m0s: the sidecar has not reached istiod [EntryTimedOut]"},
 		{"not reconnected", spec, vmcore.Result{Status: status(vmcore.Condition{Type: vmcore.Healthy, Status: vmcore.False, Reason: vmcore.NotReconnected})}, longAgo,
-			"WorkloadEntry : the restarted sidecar has not reconnected and reported health after 2m0s (see hostctl vm logs)"},
+			"WorkloadEntry : the restarted sidecar has not reconnected and reported health after 2m0s [EntryTimedOut]"},
 		{"not healthy", spec, vmcore.Result{Status: status(vmcore.Condition{Type: vmcore.Healthy, Status: vmcore.False, Reason: vmcore.EntryNotHealthy})}, longAgo,
 			"WorkloadEntry  not Healthy after 2m0s (no health report yet): is the app listening on port 8000?"},
 		{"own app not connected", vmcore.Spec{Name: "vm1"}, vmcore.Result{Status: status(vmcore.Condition{Type: vmcore.Registered, Status: vmcore.False, Reason: vmcore.NotReconnected})}, longAgo,
-			"WorkloadEntry : the sidecar has not (re)connected to istiod after 2m0s (see hostctl vm logs)"},
+			"WorkloadEntry : the sidecar has not (re)connected to istiod after 2m0s [EntryTimedOut]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := giveUp(tc.spec, tc.res, tc.synced, drive{})
-			got := ""
-			if err != nil {
-				got = err.Error()
-			}
+			got := worded(err)
 			if got != tc.want {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
@@ -129,10 +148,6 @@ func TestGiveUpChoosesTheAdviceFromTheReason(t *testing.T) {
 			}
 		})
 	}
-}
-
-func fmtLine(format string, args ...any) string {
-	return strings.TrimSpace(fmt.Sprintf(format, args...))
 }
 
 // activeSidecar answers the sidecar's start as systemd would for a unit
@@ -199,7 +214,7 @@ func newDriveFixture(t *testing.T) driveFixture {
 	mesh := testMesh{side: side}
 	spec := WorkloadSpec(cfg)
 	lines := &lockedLines{}
-	r := &session{cfg: cfg, state: vm.state, machines: vm.ms, mesh: mesh, spec: spec, clients: fakeCluster(spec), p: lines,
+	r := &session{cfg: cfg, state: vm.state, machines: vm.ms, mesh: mesh, spec: spec, clients: fakeCluster(spec), p: lines.report,
 		store: vmcore.DirStore{Dir: vm.state, VMs: []string{"vm1"}}, targets: vmcore.NewTargets(mesh, istioinstall.Namespace, nil)}
 	addr := vm.m.Address()
 	return driveFixture{r: r, vm: vm, lines: lines, addr: addr, entry: "external-app-" + addr}
@@ -267,10 +282,10 @@ type lockedLines struct {
 	lines []string
 }
 
-func (l *lockedLines) Step(step, vm, format string, args ...any) {
+func (l *lockedLines) report(e progress.Event) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.lines = append(l.lines, step+" "+vm+": "+fmt.Sprintf(format, args...))
+	l.lines = append(l.lines, eventLine(e))
 }
 
 func (l *lockedLines) all() []string {
@@ -317,7 +332,7 @@ func TestConvergeProvisionsAsUpDoes(t *testing.T) {
 		"machine vm1: running at " + d.addr,
 		"app vm1: python3 -m http.server on port 8000 (meshvm-app.service installed and started)",
 		"agent vm1: vmagent " + buildinfo.String() + " answering on " + d.addr + ":" + onboard.AgentPort,
-		"onboard vm1: stays on revision canary (the VMs join default): hostctl vm upgrade vm1 --revision default moves it",
+		"onboard vm1: stays on revision canary (the VMs join default) [RevisionKept vm1 default]",
 		"onboard vm1: revision canary, Istio " + istioinstall.EmbeddedVersion + " (its istiod's)",
 	}
 	if len(lines) != 7 || !slices.Equal(lines[:5], want) || !strings.HasSuffix(lines[5], "sidecar active (restarted)") || lines[6] != "healthy vm1: WorkloadEntry "+d.entry+" Healthy" {

@@ -14,6 +14,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // WorkloadSpec is the config's workload: the cluster objects a VM joins.
@@ -34,7 +35,7 @@ func IstioOptions(cfg config.Config) istioinstall.Options {
 // missing or broken.
 func RestConfig(kubeconfig string) (*rest.Config, error) {
 	if _, err := os.Stat(kubeconfig); errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("no kubeconfig at %s: is the cluster up? run hostctl up (or hostctl cluster up)", kubeconfig)
+		return nil, reason.Wrap(fmt.Errorf("no kubeconfig at %s", kubeconfig), reason.ClusterNotUp)
 	}
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {

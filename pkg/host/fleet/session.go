@@ -10,11 +10,13 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/formcache"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // session is a site whose cluster and Istio are up, with what every per-VM
@@ -59,9 +61,9 @@ func attach(ctx context.Context, p Reporter, f *Fleet) (*session, error) {
 	s := f.Site
 	detail, err := s.IstiodReady(ctx, s.Revision(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("istiod is not ready (%w): run hostctl up", err)
+		return nil, reason.Wrap(fmt.Errorf("istiod is not ready (%w)", err), reason.IstiodNotReady)
 	}
-	p.Step("control plane", "", "istiod %s", detail)
+	p.Step(progress.ControlPlane, "", "istiod %s", detail)
 	return workloadSession(ctx, p, f)
 }
 
@@ -77,7 +79,7 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 		return nil, err
 	}
 	for _, ch := range changes {
-		p.Step("workload", "", "%s %s", ch.Object, ch.Action)
+		p.Step(progress.Workload, "", "%s %s", ch.Object, ch.Action)
 	}
 	return r, nil
 }

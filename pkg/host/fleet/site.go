@@ -9,10 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -92,10 +92,10 @@ type Fleet struct {
 }
 
 // Open is the fleet of the config, starting nothing: agent gives the vmagent
-// binaries it installs, stderr is where a Multipass launch says what it
-// waits for, lab is the lab's site and machines where the config names them.
-func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent func(arch string) ([]byte, error), stderr io.Writer, lab Lab) (*Fleet, error) {
-	s, err := openSite(ctx, cfg, state, stderr, lab)
+// binaries it installs, p is told what a Multipass launch waits for, lab
+// is the lab's site and machines where the config names them.
+func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent func(arch string) ([]byte, error), p Reporter, lab Lab) (*Fleet, error) {
+	s, err := openSite(ctx, cfg, state, p, lab)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func Open(ctx context.Context, cfg config.Config, state *statedir.Dir, agent fun
 }
 
 // openSite is the site the config names.
-func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stderr io.Writer, lab Lab) (Site, error) {
+func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, p Reporter, lab Lab) (Site, error) {
 	if cfg.Cluster.Provider == config.Lab || cfg.MachineProvider() == config.Lab {
 		if lab.Site == nil || lab.Machines == nil {
 			return nil, errors.New("cluster.provider or machines is lab, but the lab is not part of this program (hostctl brings it): name a cluster and machines of yours")
@@ -112,7 +112,7 @@ func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stder
 	if cfg.Cluster.Provider == config.Lab {
 		return lab.Site(cfg, state)
 	}
-	ms := machinesFor(cfg, state, stderr, lab)
+	ms := machinesFor(cfg, state, p, lab)
 	v := cfg.Istio.Version
 	cs := &clusterSite{cfg: cfg, state: state, ms: ms, kc: cfg.Cluster.Kubeconfig, version: istioinstall.EmbeddedVersion}
 	if v != "" && v != istioinstall.EmbeddedVersion {
@@ -127,7 +127,7 @@ func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stder
 		if cfg.Cluster.Servers != 1 {
 			return nil, fmt.Errorf("cluster.servers %d: hostctl provisions one k3s server (HA servers are not built): set it to 1", cfg.Cluster.Servers)
 		}
-		cs.kc, cs.k3s = state.Path("kubeconfig"), multipassProvider(stderr)
+		cs.kc, cs.k3s = state.Path("kubeconfig"), multipassProvider(p)
 	case config.SSH:
 		// k3s on the nodes you list.
 		hosts := map[string]ssh.Host{}
@@ -140,7 +140,7 @@ func openSite(ctx context.Context, cfg config.Config, state *statedir.Dir, stder
 }
 
 // machinesFor is the provider of the config's VMs.
-func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer, lab Lab) machine.Provider {
+func machinesFor(cfg config.Config, state *statedir.Dir, p Reporter, lab Lab) machine.Provider {
 	switch cfg.MachineProvider() {
 	case config.Lab:
 		return lab.Machines(state)
@@ -151,20 +151,18 @@ func machinesFor(cfg config.Config, state *statedir.Dir, stderr io.Writer, lab L
 		}
 		return ssh.New(hosts, state.Path("known_hosts"))
 	}
-	return multipassProvider(stderr)
+	return multipassProvider(p)
 }
 
-// multipassProvider says on stderr what a launch waits for (an instance
-// Starting, cloud-init), with the time since it began.
-func multipassProvider(stderr io.Writer) *multipass.Provider {
+// multipassProvider tells p what a launch waits for (an instance Starting,
+// cloud-init), with the time since it began.
+func multipassProvider(p Reporter) *multipass.Provider {
 	start := time.Now()
 	return &multipass.Provider{Progress: func(format string, args ...any) {
-		fmt.Fprintf(stderr, "multipass: %s (%s)\n", fmt.Sprintf(format, args...), time.Since(start).Round(time.Second))
+		p.Say("%s (%s)", fmt.Sprintf(format, args...), time.Since(start).Round(time.Second))
 	}}
 }
 
-// Reporter is told each step of long work as it happens, for one VM or for
-// the site ("" vm): hostctl prints "[n/N] step VM: detail (elapsed)".
-type Reporter interface {
-	Step(step, vm, format string, args ...any)
-}
+// Reporter is the progress channel: each step of long work as it happens,
+// for one VM or for the site ("" vm), rendered by the CLI.
+type Reporter = progress.Reporter

@@ -24,6 +24,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/mesh/traffic"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // clusterSite is a real Kubernetes cluster, reached through a kubeconfig:
@@ -435,7 +436,7 @@ func (s *clusterSite) IstiodAddress(ctx context.Context, _ string) (string, erro
 		return "", err
 	}
 	if addr == "" {
-		return "", fmt.Errorf("the east-west gateway has no LoadBalancer address yet: run hostctl up (it waits for it and names what holds it up)")
+		return "", reason.Wrap(errors.New("the east-west gateway has no LoadBalancer address yet"), reason.NoGatewayAddress)
 	}
 	s.addr = addr
 	return addr, nil

@@ -24,9 +24,11 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/meshvm/meshvm/pkg/host/onboard"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/machinetest"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // bootable is the stand-in machine, stopped until Launch powers it on.
@@ -121,8 +123,8 @@ func TestStartGivesUpAtTheTimeout(t *testing.T) {
 	d, _ := startFixture(t)
 	start := time.Now()
 	err := d.r.start(testCtx(t), d.r.cfg.VMs[0], time.Second)
-	want := "WorkloadEntry " + d.entry + ": the restarted sidecar has not reconnected and reported health after 1s (see hostctl vm logs); then run hostctl vm onboard vm1"
-	if err == nil || err.Error() != want {
+	want := "WorkloadEntry " + d.entry + ": the restarted sidecar has not reconnected and reported health after 1s [EntryTimedOut] [NotBackOnline vm1]"
+	if worded(err) != want {
 		t.Errorf("got %v, want %s", err, want)
 	}
 	if took := time.Since(start); took > 3*time.Second {
@@ -155,7 +157,7 @@ func TestRenewRotatesOnlyTheToken(t *testing.T) {
 	})
 	ctx := testCtx(t)
 	var said []string
-	say := func(format string, args ...any) { said = append(said, fmtLine(format, args...)) }
+	say := func(e progress.Event) { said = append(said, e.Message) }
 
 	fresh := jwt(t, r.spec, time.Now().Add(-time.Hour), time.Now().Add(72*time.Hour))
 	if err := r.store.SetToken("vm1", fresh); err != nil {
@@ -203,9 +205,9 @@ func TestRenewRefusesAStoppedVM(t *testing.T) {
 	stopped := d.vm.m
 	stopped.State = machine.Stopped
 	d.r.machines = machinetest.New(stopped)
-	err := d.r.renew(testCtx(t), d.r.cfg.VMs[0], true, func(string, ...any) {})
-	if want := "VM vm1 is stopped: start it (hostctl vm start vm1), then renew"; err == nil || err.Error() != want {
-		t.Errorf("got %v, want %s", err, want)
+	err := d.r.renew(testCtx(t), d.r.cfg.VMs[0], true, nil)
+	if r, ok := reason.Of(err); !ok || err.Error() != "VM vm1 is stopped" || r.Reason != reason.VMStoppedRenew {
+		t.Errorf("got %v, want VM vm1 is stopped, for the CLI to say how to start it", err)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -56,8 +57,10 @@ type VMStatus struct {
 	// when the agent was not reached or reports none.
 	Capture *Capture `json:"capture,omitempty"`
 	OK      bool     `json:"ok"`
-	// Next is the step that fixes what is wrong.
+	// Next is what is wrong, the cause what the CLI words the step that
+	// fixes it from (after Next).
 	Next string `json:"next,omitempty"`
+	reason.Cause
 	// TokenChanged: the token pilot-agent reads is not the root-only copy
 	// the agent delivered (something on the VM changed it).
 	TokenChanged bool `json:"tokenChanged,omitempty"`
@@ -65,7 +68,7 @@ type VMStatus struct {
 
 // Statuses gathers the status of vms, every VM at once. say is told what
 // could not be learned, and what follows from it.
-func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, say Say) ([]VMStatus, error) {
+func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, p Reporter) ([]VMStatus, error) {
 	cfg, state, site := f.Config, f.State, f.Site
 	clients, err := KubeClients(site.Kubeconfig())
 	if err != nil {
@@ -75,7 +78,7 @@ func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, say Say) ([]VMSta
 	// Without the list, revocation is unknown, not assumed.
 	bindings, bindErr := workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
 	if bindErr != nil {
-		say("%v: revoked tokens are not told apart", bindErr)
+		p.Say("%v: revoked tokens are not told apart", bindErr)
 	}
 	siteRev := site.Revision(ctx)
 	out := make([]VMStatus, len(vms))
@@ -95,12 +98,12 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 	}
 	m, err := machines.Info(ctx, name)
 	if err != nil {
-		s.Machine, s.Agent, s.Next = "absent", "-", "run hostctl up to create it"
+		s.Machine, s.Agent, s.Cause = "absent", "-", reason.Because(reason.VMAbsent, name)
 		return s
 	}
 	s.Machine, s.Address = m.State.Lower(), m.Address()
 	if !m.Running() || s.Address == "" {
-		s.Agent, s.Next = "-", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", name)
+		s.Agent, s.Cause = "-", reason.Because(reason.VMStopped, name)
 		return s
 	}
 	if entriesErr != nil {
@@ -111,7 +114,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 	}
 	c, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
 	if err != nil {
-		s.Agent, s.Next = "error: "+err.Error(), "run hostctl up to reinstall the agent"
+		s.Agent, s.Cause = "error: "+err.Error(), reason.Because(reason.AgentUnreachable, name)
 		return s
 	}
 	defer c.Close()
@@ -119,7 +122,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		&agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(cfg.Workload.Probe.Port), Path: cfg.Workload.Probe.Path})
 	if ov.StatusErr != nil {
 		s.Agent, s.AgentError = "unreachable", ov.StatusErr.Error()
-		s.Next = fmt.Sprintf("agent unreachable (%v): run hostctl up to reinstall the agent on %s", ov.StatusErr, name)
+		s.Next, s.Cause = fmt.Sprintf("agent unreachable (%v)", ov.StatusErr), reason.Because(reason.AgentDown, name)
 		return s
 	}
 	st := ov.Status
@@ -148,7 +151,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.App = fmt.Sprintf("HTTP %d", p.GetStatusCode())
 	}
 	s.Capture = captureOf(st.GetCapture())
-	s.OK, s.Next = judge(cfg, vm, s, sc.GetActiveState())
+	s.OK, s.Next, s.Cause = judge(cfg, vm, s, sc.GetActiveState())
 	return s
 }
 
@@ -194,43 +197,46 @@ func (s *VMStatus) credentials(f credcheck.Facts) {
 	s.Credentials, s.CredentialsDetail, s.credentialsVerdict = v.State, v.Detail, v
 }
 
-// judge says whether the VM is healthy, else the step that fixes it.
-func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (bool, string) {
+// judge says whether the VM is healthy, else what is wrong and its cause.
+func judge(cfg config.Config, vm config.VM, s VMStatus, sidecarActive string) (bool, string, reason.Cause) {
 	port := cfg.Workload.Probe.Port
 	cred := s.credentialsVerdict
+	because := func(r reason.Reason) reason.Cause { return reason.Because(r, vm.Name) }
 	switch {
 	case cred.Fail:
-		return false, fmt.Sprintf("credentials %s: %s: %s", cred.State, cred.Detail, cred.Fix)
+		return false, fmt.Sprintf("credentials %s: %s", cred.State, cred.Detail), cred.Cause
 	case s.TokenChanged:
-		return false, fmt.Sprintf("the token pilot-agent reads (%s) is not the copy meshvm delivered: something on the VM changed it; run hostctl vm onboard %s", agentspec.TokenPath, vm.Name)
+		return false, fmt.Sprintf("the token pilot-agent reads (%s) is not the copy meshvm delivered: something on the VM changed it", agentspec.TokenPath), because(reason.TokenChanged)
 	case sidecarActive != "active":
-		return false, fmt.Sprintf("the sidecar is not running: see hostctl vm logs %s, then run hostctl vm onboard %s", vm.Name, vm.Name)
+		return false, "the sidecar is not running", because(reason.SidecarDown)
+	case s.WorkloadEntry == "" && cfg.Proxyless(vm):
+		return false, fmt.Sprintf("no WorkloadEntry: a proxyless VM registers only while its gRPC app holds pilot-agent's xDS connection: start your app with GRPC_XDS_BOOTSTRAP=%s (a client-only app registers only while it calls)", workloadfiles.GRPCBootstrapPath), reason.Cause{}
 	case s.WorkloadEntry == "":
-		return false, fmt.Sprintf("no WorkloadEntry: the sidecar has not reached istiod; see hostctl vm logs %s", vm.Name)
+		return false, "no WorkloadEntry: the sidecar has not reached istiod", because(reason.NoEntry)
 	case s.Healthy != "True" && !cfg.RunsApp(vm):
-		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s): hostctl runs no app on %s (app: false), so Healthy waits on yours: start it on port %d", orDash(s.HealthMessage), vm.Name, port)
+		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s)", orDash(s.HealthMessage)), reason.Because(reason.OwnAppUnhealthy, vm.Name, fmt.Sprint(port))
 	case s.Healthy != "True":
-		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s): is the app answering on port %d?", orDash(s.HealthMessage), port)
+		return false, fmt.Sprintf("WorkloadEntry not Healthy (%s): is the app answering on port %d?", orDash(s.HealthMessage), port), reason.Cause{}
 	case s.Disconnected != "":
-		return false, fmt.Sprintf("WorkloadEntry %s says Healthy, but istiod saw its proxy disconnect at %s, so that is stale: see hostctl vm logs %s", s.WorkloadEntry, s.Disconnected, vm.Name)
+		return false, fmt.Sprintf("WorkloadEntry %s says Healthy, but istiod saw its proxy disconnect at %s, so that is stale", s.WorkloadEntry, s.Disconnected), because(reason.EntryStale)
 	case cred.State == credcheck.CertExpired || cred.State == credcheck.NoCertificate || cred.State == credcheck.RenewalOverdue:
-		return false, fmt.Sprintf("credentials %s: %s: %s", cred.State, cred.Detail, cred.Fix)
+		return false, fmt.Sprintf("credentials %s: %s", cred.State, cred.Detail), cred.Cause
 	case s.Capture != nil && s.Capture.State == CaptureFail:
-		return false, fmt.Sprintf("capture rules: %s: %s", s.Capture.Detail, captureFix(s.Capture, vm.Name))
+		return false, fmt.Sprintf("capture rules: %s: %s", s.Capture.Detail, s.Capture.Fix), captureCause(s.Capture, vm.Name)
 	}
-	return true, ""
+	return true, "", reason.Cause{}
 }
 
 // CaptureSummary is the capture verdict for the status table.
 func (s VMStatus) CaptureSummary() string { return s.Capture.column() }
 
-// captureFix is the agent's fix, with the command that restarts the sidecar
-// where the fix is a restart.
-func captureFix(c *Capture, vm string) string {
+// captureCause is the cause of a failed capture verdict: where the agent's
+// fix is to restart the sidecar, the CLI names the command that does.
+func captureCause(c *Capture, vm string) reason.Cause {
 	if strings.Contains(c.Fix, "restart the sidecar") {
-		return c.Fix + " (hostctl vm onboard " + vm + " --restart)"
+		return reason.Because(reason.CaptureRestart, vm)
 	}
-	return c.Fix
+	return reason.Cause{}
 }
 
 func orDash(s string) string {

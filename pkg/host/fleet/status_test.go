@@ -9,6 +9,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // infoOnly is a machine provider that only reports machines.
@@ -33,11 +34,11 @@ func TestStatusOfMachinesNotRunning(t *testing.T) {
 	}
 	p := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: "Stopped"}}}
 	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
-	if s.OK || s.Machine != "stopped" || s.Address != "" || s.Next != "run hostctl vm start vm1 (or hostctl up)" {
+	if s.OK || s.Machine != "stopped" || s.Address != "" || s.Next != "" || s.Reason != reason.VMStopped || s.Args[0] != "vm1" {
 		t.Errorf("stopped: got %+v", s)
 	}
 	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm2"}, "")
-	if s.OK || s.Machine != "absent" || !strings.Contains(s.Next, "hostctl up") {
+	if s.OK || s.Machine != "absent" || s.Reason != reason.VMAbsent {
 		t.Errorf("absent: got %+v", s)
 	}
 }
@@ -57,23 +58,25 @@ func TestStatusOfAVMWithItsOwnApp(t *testing.T) {
 		want string
 	}{
 		{"hostctl's app down", cfg.VMs[0], registered, false, "(connection refused): is the app answering on port 8000?"},
-		{"own app down", own, registered, false, "hostctl runs no app on own (app: false), so Healthy waits on yours: start it on port 8000"},
+		{"own app down", own, registered, false, "WorkloadEntry not Healthy (connection refused)"},
 		{"own app up", own, VMStatus{WorkloadEntry: "e", Healthy: "True"}, true, ""},
 		{"own app, not registered", own, VMStatus{}, false, "no WorkloadEntry: the sidecar has not reached istiod"},
+		{"proxyless, no app connected", config.VM{Name: "px", App: &off, Sidecar: config.SidecarProxyless}, VMStatus{}, false,
+			"a proxyless VM registers only while its gRPC app holds pilot-agent's xDS connection"},
 		{"Healthy but disconnected", own, VMStatus{WorkloadEntry: "e", Healthy: "True", Disconnected: "2026-12-02T10:00:00.000Z"}, false,
 			"istiod saw its proxy disconnect at 2026-12-02T10:00:00.000Z, so that is stale"},
 		{"Healthy, token revoked", cfg.VMs[0], VMStatus{WorkloadEntry: "e", Healthy: "True",
-			credentialsVerdict: credcheck.Verdict{State: credcheck.Revoked, Fail: true, Detail: "revoked: ...", Fix: "run hostctl vm onboard vm1"}}, false,
-			"credentials revoked: revoked: ...: run hostctl vm onboard vm1"},
+			credentialsVerdict: credcheck.Verdict{State: credcheck.Revoked, Fail: true, Detail: "revoked: ...", Cause: reason.Because(reason.CredentialsRevoked, "vm1")}}, false,
+			"credentials revoked: revoked: ..."},
 		{"Healthy, certificate expired", cfg.VMs[0], VMStatus{WorkloadEntry: "e", Healthy: "True",
-			credentialsVerdict: credcheck.Verdict{State: credcheck.CertExpired, Detail: "the certificate expired at", Fix: "see"}}, false,
+			credentialsVerdict: credcheck.Verdict{State: credcheck.CertExpired, Detail: "the certificate expired at", Cause: reason.Because(reason.CredentialsRenewing, "vm1")}}, false,
 			"credentials certificate-expired"},
 		{"Healthy, token to rotate", cfg.VMs[0], VMStatus{WorkloadEntry: "e", Healthy: "True",
-			credentialsVerdict: credcheck.Verdict{State: credcheck.Rotate, Detail: "past half", Fix: "run hostctl vm onboard"}}, true, ""},
+			credentialsVerdict: credcheck.Verdict{State: credcheck.Rotate, Detail: "past half", Cause: reason.Because(reason.CredentialsTokenAging, "vm1")}}, true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ok, next := judge(cfg, tt.vm, tt.s, "active")
+			ok, next, _ := judge(cfg, tt.vm, tt.s, "active")
 			if ok != tt.ok || !strings.Contains(next, tt.want) || (tt.want == "" && next != "") {
 				t.Errorf("got %v %q, want %v %q", ok, next, tt.ok, tt.want)
 			}

@@ -2,20 +2,19 @@ package fleet
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"strings"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 )
 
 // UpSteps are the steps Up and vm add report.
-var UpSteps = []string{"control plane", "workload", "machine", "app", "agent", "onboard", "healthy"}
+var UpSteps = []progress.Step{progress.ControlPlane, progress.Workload, progress.Machine, progress.App, progress.Agent, progress.Onboard, progress.Healthy}
 
-// Up converges the site and every VM of the config, and says how it went
-// on stderr; p is told the UpSteps.
-func (f *Fleet) Up(ctx context.Context, p Reporter, stderr io.Writer) error {
+// Up converges the site and every VM of the config: p is told the UpSteps,
+// then how it went.
+func (f *Fleet) Up(ctx context.Context, p Reporter) error {
 	cfg, s := f.Config, f.Site
 	begun := time.Now()
 	r, err := start(ctx, p, f)
@@ -27,13 +26,13 @@ func (f *Fleet) Up(ctx context.Context, p Reporter, stderr io.Writer) error {
 	}
 	took := time.Since(begun).Round(time.Second)
 	if own := ownApps(cfg); len(own) > 0 {
-		fmt.Fprintf(stderr, "up: %d VM(s) onboarded in %s; %s run their own app (app: false): Healthy follows it on port %d.\n",
+		p.Say("%d VM(s) onboarded in %s; %s run their own app (app: false): Healthy follows it on port %d.",
 			len(cfg.VMs), took, strings.Join(own, ", "), cfg.Workload.Probe.Port)
 	} else {
-		fmt.Fprintf(stderr, "up: %d VM(s) onboarded and Healthy in %s.\n", len(cfg.VMs), took)
+		p.Say("%d VM(s) onboarded and Healthy in %s.", len(cfg.VMs), took)
 	}
 	if why := s.TrafficUncheckable(); why != "" {
-		fmt.Fprintf(stderr, "up: traffic between workloads is not exercised: %s.\n", why)
+		p.Say("traffic between workloads is not exercised: %s.", why)
 	}
 	return nil
 }

@@ -7,13 +7,16 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // OnboardSteps are the steps Onboard and Upgrade report; StartSteps Start's.
 var (
-	OnboardSteps = []string{"control plane", "workload", "agent", "onboard", "healthy"}
-	StartSteps   = []string{"machine", "agent", "healthy"}
+	OnboardSteps = []progress.Step{progress.ControlPlane, progress.Workload, progress.Agent, progress.Onboard, progress.Healthy}
+	StartSteps   = []progress.Step{progress.Machine, progress.Agent, progress.Healthy}
 )
 
 // Upgrade moves the VMs onto revision rev ("" is the default), parallel at a
@@ -24,10 +27,9 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 	cfg, state, s := f.Config, f.State, f.Site
 	detail, err := s.IstiodReady(ctx, rev)
 	if err != nil {
-		return 0, fmt.Errorf("istiod of revision %s is not ready (%w): install that revision first (for meshvm's Istio: istio.revision: %s, then hostctl up)",
-			revisionName(rev), err, revisionName(rev))
+		return 0, reason.Wrap(fmt.Errorf("istiod of revision %s is not ready (%w)", revisionName(rev), err), reason.RevisionNotReady, revisionName(rev))
 	}
-	p.Step("control plane", "", "target: istiod %s", detail)
+	p.Step(progress.ControlPlane, "", "target: istiod %s", detail)
 	r, err := attach(ctx, p, f)
 	if err != nil {
 		return 0, err
@@ -71,21 +73,21 @@ func (r *session) upgrade(ctx context.Context, mesh MeshStatus, name, rev, siteR
 	spec.Revision, spec.Pinned = rev, true
 	st, err := r.converge(ctx, spec, drive{})
 	e := st.Entry
-	rollback := fmt.Sprintf("roll it back with hostctl vm upgrade %s --revision %s", name, revisionName(from))
+	rollback := func(err error) error { return reason.Wrap(err, reason.NotBackOnRevision, name, revisionName(from)) }
 	if err != nil {
 		if !move {
 			return err
 		}
-		return fmt.Errorf("did not come back on revision %s (%w): %s", revisionName(rev), err, rollback)
+		return rollback(fmt.Errorf("did not come back on revision %s (%w)", revisionName(rev), err))
 	}
 	if got := mesh.RevisionOf(ctx, e.Controller); got != "" && !sameRevision(got, rev) {
-		return fmt.Errorf("WorkloadEntry %s is held by istiod %s of revision %s, not %s: %s", e.Name, e.Controller, got, revisionName(rev), rollback)
+		return rollback(fmt.Errorf("WorkloadEntry %s is held by istiod %s of revision %s, not %s", e.Name, e.Controller, got, revisionName(rev)))
 	}
 	how := "already on it"
 	if move {
 		how = "moved from " + revisionName(from)
 	}
-	r.p.Step("healthy", name, "revision %s (%s in %s), registered by istiod %s", revisionName(rev), how, time.Since(start).Round(100*time.Millisecond), orDash(e.Controller))
+	r.p.Step(progress.Healthy, name, "revision %s (%s in %s), registered by istiod %s", revisionName(rev), how, time.Since(start).Round(100*time.Millisecond), orDash(e.Controller))
 	return nil
 }
 
@@ -97,12 +99,12 @@ func (r *session) labelGroup(ctx context.Context, rev string) error {
 	r.spec.Revision = rev
 	changes, err := workload.Ensure(ctx, r.clients, r.spec)
 	for _, ch := range changes {
-		if ch.Action != "unchanged" {
+		if ch.Action != ownership.Unchanged {
 			what := "istio.io/rev " + rev
 			if rev == "" {
 				what = "no istio.io/rev: every revision's istiod serves it"
 			}
-			r.p.Step("workload", "", "%s %s (%s)", ch.Object, ch.Action, what)
+			r.p.Step(progress.Workload, "", "%s %s (%s)", ch.Object, ch.Action, what)
 		}
 	}
 	return err

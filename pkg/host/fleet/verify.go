@@ -9,24 +9,29 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
+	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/traffic"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-// Verdict is one line of the report: ok, FAIL, or skipped (with why).
+// Verdict is one line of the report: ok, fail, or skipped (with why), and
+// the cause of a failure for the CLI to advise on.
 type Verdict struct {
 	VM     string `json:"vm"`
 	Check  string `json:"check"`
-	Result string `json:"result"`
+	Result Result `json:"result"`
 	Detail string `json:"detail,omitempty"`
+	reason.Cause
 }
 
 // Verify runs the recipe's closing checks on every VM of the config: istiod
-// resolves on it, and traffic both ways where the site has a data path.
-func (f *Fleet) Verify(ctx context.Context) []Verdict {
+// resolves on it, and traffic both ways where the site has a data path; a
+// proxyless VM's traffic checks are its mTLS and its gRPC calls instead.
+func (f *Fleet) Verify(ctx context.Context, o VerifyOptions) []Verdict {
 	cfg, state, s := f.Config, f.State, f.Site
 	siteRev := s.Revision(ctx)
 	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
@@ -36,21 +41,28 @@ func (f *Fleet) Verify(ctx context.Context) []Verdict {
 	for _, vm := range cfg.VMs {
 		m, err := s.Machines().Info(ctx, vm.Name)
 		if err != nil || !m.Running() || m.Address() == "" {
-			add(Verdict{vm.Name, "VM running", "FAIL", fmt.Sprintf("run hostctl vm start %s (or hostctl up)", vm.Name)})
+			add(Verdict{vm.Name, "VM running", Fail, "", reason.Because(reason.VMStopped, vm.Name)})
 			continue
 		}
 		want, err := s.IstiodAddress(ctx, vm.Name)
 		if err != nil {
-			add(Verdict{vm.Name, "istiod resolves on the VM", "FAIL", err.Error()})
+			add(Verdict{VM: vm.Name, Check: "istiod resolves on the VM", Result: Fail, Detail: err.Error()})
 			continue
 		}
 		ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
 		if err != nil {
-			add(Verdict{vm.Name, "agent", "FAIL", err.Error()})
+			add(Verdict{VM: vm.Name, Check: "agent", Result: Fail, Detail: err.Error()})
 			continue
 		}
 		add(resolves(ctx, ac, vm.Name, workloadfiles.IstiodHost(istioinstall.Namespace, vmRevision(state, vm.Name, siteRev)), want))
-		fromVM := Verdict{vm.Name, "VM -> " + meshSample, "skipped", "not checked: " + noTraffic}
+		if cfg.Proxyless(vm) {
+			capture := captureVerdict(ctx, ac, vm.Name)
+			ac.Close()
+			out = append(out, f.proxylessChecks(ctx, vm, m, o)...)
+			add(capture)
+			continue
+		}
+		fromVM := Verdict{VM: vm.Name, Check: "VM -> " + meshSample, Result: Skipped, Detail: "not checked: " + noTraffic}
 		if noTraffic == "" {
 			fromVM = callFromVM(ctx, ac, vm.Name)
 		}
@@ -59,19 +71,19 @@ func (f *Fleet) Verify(ctx context.Context) []Verdict {
 		add(fromVM)
 		if noTraffic != "" {
 			// Without a data path to check, a result would only pretend.
-			add(Verdict{vm.Name, toVM, "skipped", "not checked: " + noTraffic})
+			add(Verdict{VM: vm.Name, Check: toVM, Result: Skipped, Detail: "not checked: " + noTraffic})
 		}
 		add(capture)
 	}
-	if noTraffic == "" {
-		v := Verdict{"mesh", toVM, "FAIL", ""}
+	if noTraffic == "" && !allProxyless(cfg) {
+		v := Verdict{VM: "mesh", Check: toVM, Result: Fail}
 		if clients, err := KubeClients(s.Kubeconfig()); err != nil {
 			v.Detail = err.Error()
 		} else if body, err := traffic.Fetch(ctx, clients.Kube, traffic.DefaultImage,
 			fmt.Sprintf("http://%s.%s:%d/", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port), 2*time.Minute); err != nil {
 			v.Detail = err.Error()
 		} else {
-			v.Result, v.Detail = "ok", firstLine(body)
+			v.Result, v.Detail = OK, firstLine(body)
 		}
 		add(v)
 	}
@@ -83,7 +95,7 @@ const meshSample = "helloworld.sample:5000/hello"
 
 // resolves checks that name resolves on the VM to want.
 func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string) Verdict {
-	v := Verdict{vm, "istiod resolves on the VM", "FAIL", ""}
+	v := Verdict{VM: vm, Check: "istiod resolves on the VM", Result: Fail}
 	r, err := ac.ResolveDNS(ctx, &agentv1.ResolveDNSRequest{Name: name})
 	switch {
 	case err != nil:
@@ -91,26 +103,28 @@ func resolves(ctx context.Context, ac *agentclient.Client, vm, name, want string
 	case r.GetError() != "":
 		v.Detail = r.GetError()
 	case len(r.GetAddresses()) > 0 && r.GetAddresses()[0] == want:
-		v.Result, v.Detail = "ok", fmt.Sprintf("%s -> %s via %s", name, want, r.GetServer())
+		v.Result, v.Detail = OK, fmt.Sprintf("%s -> %s via %s", name, want, r.GetServer())
 	default:
-		v.Detail = fmt.Sprintf("%s -> %s, want %s: run hostctl up to rewrite the hosts block", name, strings.Join(r.GetAddresses(), ","), want)
+		v.Detail = fmt.Sprintf("%s -> %s, want %s", name, strings.Join(r.GetAddresses(), ","), want)
+		v.Cause = reason.Because(reason.HostsBlockStale, vm)
 	}
 	return v
 }
 
 // callFromVM has the VM's agent call the mesh sample through the sidecar.
 func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) Verdict {
-	v := Verdict{vm, "VM -> " + meshSample, "FAIL", ""}
+	v := Verdict{VM: vm, Check: "VM -> " + meshSample, Result: Fail}
 	r, err := ac.CallService(ctx, &agentv1.CallServiceRequest{Host: "helloworld.sample", Port: 5000, Path: "/hello"})
 	switch {
 	case errors.Is(err, agenterr.Unimplemented):
-		v.Detail = err.Error() + ": the agent is older than this hostctl: run hostctl up"
+		v.Detail = err.Error() + ": the agent is older than this hostctl"
+		v.Cause = reason.Because(reason.AgentOutdatedRPC, vm)
 	case err != nil:
 		v.Detail = err.Error()
 	case !r.GetOk():
 		v.Detail = r.GetError() + ": is Istio's helloworld sample deployed in namespace sample, with injection on?"
 	default:
-		v.Result, v.Detail = "ok", firstLine(r.GetBody())
+		v.Result, v.Detail = OK, firstLine(r.GetBody())
 	}
 	return v
 }
@@ -119,7 +133,7 @@ func callFromVM(ctx context.Context, ac *agentclient.Client, vm string) Verdict 
 // means the kernel's rules send the app's traffic to the proxy's ports and
 // leave the agent's and the proxy's own alone, and Istio's validator passed.
 func captureVerdict(ctx context.Context, ac *agentclient.Client, vm string) Verdict {
-	v := Verdict{vm, "capture rules", "FAIL", ""}
+	v := Verdict{VM: vm, Check: "capture rules", Result: Fail}
 	st, err := ac.Status(ctx)
 	if err != nil {
 		v.Detail = err.Error()
@@ -128,13 +142,16 @@ func captureVerdict(ctx context.Context, ac *agentclient.Client, vm string) Verd
 	c := captureOf(st.GetCapture())
 	switch {
 	case c == nil:
-		v.Result, v.Detail = "skipped", "not checked: the agent is older than this hostctl: run hostctl up"
+		v.Result, v.Detail = Skipped, "not checked: the agent is older than this hostctl"
+		v.Cause = reason.Because(reason.AgentOutdatedRPC, vm)
 	case c.State == CaptureFail:
-		v.Detail = c.Detail + ": " + captureFix(c, vm)
+		v.Detail, v.Cause = c.Detail+": "+c.Fix, captureCause(c, vm)
 	case c.State == CaptureOK:
-		v.Result, v.Detail = "ok", c.Detail
+		v.Result, v.Detail = OK, c.Detail
+	case c.notApplicable():
+		v.Result, v.Detail = Skipped, c.Detail
 	default:
-		v.Result, v.Detail = "skipped", "not checked: "+c.Detail
+		v.Result, v.Detail = Skipped, "not checked: "+c.Detail
 	}
 	return v
 }
@@ -142,4 +159,15 @@ func captureVerdict(ctx context.Context, ac *agentclient.Client, vm string) Verd
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(strings.TrimSpace(s), "\n")
 	return line
+}
+
+// allProxyless says no VM has Envoy: the recipe's HTTP curl to the
+// workload does not apply to their gRPC apps.
+func allProxyless(cfg config.Config) bool {
+	for _, vm := range cfg.VMs {
+		if !cfg.Proxyless(vm) {
+			return false
+		}
+	}
+	return true
 }

@@ -9,20 +9,18 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/host/config"
+	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
+	"github.com/meshvm/meshvm/pkg/reason"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
-// Say is told one line of what a command did, as it happens. It may be
-// called from several VMs' goroutines at once.
-type Say func(format string, args ...any)
-
 // Revoke deletes the Secret each VM's token is bound to: the API server
 // refuses the token from then on.
-func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, say Say) error {
+func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, p Reporter) error {
 	cfg, s := f.Config, f.Site
 	clients, err := KubeClients(s.Kubeconfig())
 	if err != nil {
@@ -36,10 +34,11 @@ func (f *Fleet) Revoke(ctx context.Context, vms []config.VM, say Say) error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("%s: %w", vm.Name, err))
 		case !revoked:
-			say("%s: no Secret %s/%s: already revoked, or never onboarded", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
+			p.Say("%s: no Secret %s/%s: already revoked, or never onboarded", vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))
 		default:
-			say("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires (hostctl vm onboard %s issues a new token)",
-				vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name), vm.Name)
+			p.Report(progress.Event{Cause: reason.Because(reason.TokenRevoked, vm.Name),
+				Message: fmt.Sprintf("%s: Secret %s/%s deleted: its token is refused from now on; the VM leaves the mesh when its certificate expires",
+					vm.Name, cfg.Workload.Namespace, workload.CredentialName(vm.Name))})
 		}
 	}
 	return errors.Join(errs...)
@@ -73,14 +72,14 @@ func (f *Fleet) Add(ctx context.Context, p Reporter, name string) error {
 
 // Remove deletes VM name, its WorkloadEntry, its token and its state, then
 // runs unlist (the config file is the caller's).
-func (f *Fleet) Remove(ctx context.Context, name string, say Say, unlist func() error) error {
+func (f *Fleet) Remove(ctx context.Context, name string, p Reporter, unlist func() error) error {
 	cfg, state, s := f.Config, f.State, f.Site
-	rm := &vmRemoval{cfg: cfg, state: state, machines: s.Machines(), kubeconfig: s.Kubeconfig(), ctx: ctx, name: name, say: say}
+	rm := &vmRemoval{cfg: cfg, state: state, machines: s.Machines(), kubeconfig: s.Kubeconfig(), ctx: ctx, name: name, p: p}
 	var errs []error
 	m, err := s.Machines().Info(ctx, name)
 	switch {
 	case errors.Is(err, machine.ErrNotFound):
-		say("no machine %s", name)
+		p.Say("no machine %s", name)
 	case err != nil:
 		return err
 	default:
@@ -103,7 +102,7 @@ type vmRemoval struct {
 	kubeconfig string
 	ctx        context.Context
 	name       string
-	say        Say
+	p          Reporter
 
 	clients    workload.Clients
 	clientsErr error
@@ -124,7 +123,7 @@ func (rm *vmRemoval) machine() error {
 	if err != nil {
 		return err
 	}
-	rm.say("machine %s %s", rm.name, how)
+	rm.p.Say("machine %s %s", rm.name, how)
 	return nil
 }
 
@@ -143,11 +142,11 @@ func (rm *vmRemoval) entry(m machine.Machine) error {
 	addr, gone, err := vmcore.DeleteEntry(rm.ctx, rm.name, m, store, deps)
 	switch {
 	case err != nil:
-		return fmt.Errorf("%w (is the cluster up? hostctl up starts it)", err)
+		return reason.Wrap(err, reason.ClusterUnreachable)
 	case addr == "":
-		rm.say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
+		rm.p.Say("%s has no address and was never onboarded: no WorkloadEntry to delete", rm.name)
 	case gone != "":
-		rm.say("WorkloadEntry %s deleted", gone)
+		rm.p.Say("WorkloadEntry %s deleted", gone)
 	}
 	return nil
 }
@@ -157,7 +156,7 @@ func (rm *vmRemoval) entry(m machine.Machine) error {
 func (rm *vmRemoval) token() error {
 	_, deps, err := rm.core()
 	if err != nil {
-		rm.say("token of %s not revoked (%v): run hostctl vm rm %s again once the cluster answers", rm.name, err, rm.name)
+		rm.p.Report(progress.Event{Message: fmt.Sprintf("token of %s not revoked (%v)", rm.name, err), Cause: reason.Because(reason.TokenNotRevoked, rm.name)})
 		return nil
 	}
 	revoked, err := vmcore.Revoke(rm.ctx, rm.name, deps)
@@ -165,14 +164,14 @@ func (rm *vmRemoval) token() error {
 		return err
 	}
 	if revoked {
-		rm.say("token revoked (Secret %s/%s deleted)", rm.cfg.Workload.Namespace, workload.CredentialName(rm.name))
+		rm.p.Say("token revoked (Secret %s/%s deleted)", rm.cfg.Workload.Namespace, workload.CredentialName(rm.name))
 	}
 	return nil
 }
 
 // Stop powers the VMs off, keeping their disks, where the machines are
 // hostctl's to power off.
-func (f *Fleet) Stop(ctx context.Context, vms []config.VM, say Say) error {
+func (f *Fleet) Stop(ctx context.Context, vms []config.VM, p Reporter) error {
 	cfg, s := f.Config, f.Site
 	stopper, ok := s.Machines().(machine.Stopper)
 	if !ok {
@@ -182,7 +181,7 @@ func (f *Fleet) Stop(ctx context.Context, vms []config.VM, say Say) error {
 		if err := stopper.Stop(ctx, vm.Name); err != nil {
 			return err
 		}
-		say("%s stopped", vm.Name)
+		p.Say("%s stopped", vm.Name)
 		return nil
 	})
 }
@@ -205,7 +204,7 @@ func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration
 	machines := r.machines
 	m, err := machines.Info(ctx, vm.Name)
 	if err != nil {
-		return fmt.Errorf("%w: run hostctl up (or hostctl vm add %s) to create it", err, vm.Name)
+		return reason.Wrap(err, reason.VMNotFound, vm.Name)
 	}
 	if !m.Running() {
 		// Booting: the entry must come from the new boot's proxy.
@@ -217,10 +216,10 @@ func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration
 	if err != nil {
 		return err
 	}
-	r.p.Step("machine", vm.Name, "%s at %s", m.State.Lower(), m.Address())
+	r.p.Step(progress.Machine, vm.Name, "%s at %s", m.State.Lower(), m.Address())
 	spec := r.onboardSpec(vm, false, false)
 	spec.KeepFiles = true
-	_, err = r.converge(ctx, spec, drive{agentLine: "answering", patience: timeout, then: "run hostctl vm onboard " + vm.Name})
+	_, err = r.converge(ctx, spec, drive{agentLine: "answering", patience: timeout, then: reason.NotBackOnline})
 	return err
 }
 
@@ -232,12 +231,12 @@ func (f *Fleet) Logs(ctx context.Context, out io.Writer, name string, req *agent
 func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
 	m, err := machines.Info(ctx, name)
 	if err != nil {
-		return fmt.Errorf("%w: run hostctl up to create it", err)
+		return reason.Wrap(err, reason.VMGone)
 	}
 	ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
 	switch {
 	case errors.Is(err, vmcore.ErrNotRunning):
-		return fmt.Errorf("VM %s is %s: run hostctl vm start %s", m.Name, m.State.Lower(), m.Name)
+		return reason.Wrap(fmt.Errorf("VM %s is %s", m.Name, m.State.Lower()), reason.VMNotRunning, m.Name)
 	case err != nil:
 		return err
 	}
@@ -259,32 +258,32 @@ func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines
 // Renew rotates the istio-token of each running VM whose token is past
 // half its life (every one with force) through the core: only that file
 // is sent, and nothing restarts.
-func (f *Fleet) Renew(ctx context.Context, vms []config.VM, force bool, say Say) error {
+func (f *Fleet) Renew(ctx context.Context, vms []config.VM, force bool, p Reporter) error {
 	r, err := observe(nil, f)
 	if err != nil {
 		return err
 	}
 	return eachVM(f.Config.Parallel, vms, func(vm config.VM) error {
-		return r.renew(ctx, vm, force, say)
+		return r.renew(ctx, vm, force, p)
 	})
 }
 
-func (r *session) renew(ctx context.Context, vm config.VM, force bool, say Say) error {
+func (r *session) renew(ctx context.Context, vm config.VM, force bool, p Reporter) error {
 	deps := r.coreDeps(func(e vmcore.Event) {
 		if e.Reason == vmcore.TokenCapped {
-			say("%s: %s", vm.Name, e.Message)
+			p.Say("%s: %s", vm.Name, e.Message)
 		}
 	})
 	rn, err := vmcore.RenewToken(ctx, vm.Name, r.cfg.Workload.TokenLifetime.Duration, force, r.store, deps)
 	switch {
 	case errors.Is(err, vmcore.ErrNotRunning):
-		return fmt.Errorf("VM %s is %s: start it (hostctl vm start %s), then renew", vm.Name, rn.MachineState, vm.Name)
+		return reason.Wrap(fmt.Errorf("VM %s is %s", vm.Name, rn.MachineState), reason.VMStoppedRenew, vm.Name)
 	case err != nil:
 		return err
 	case rn.Kept:
-		say("%s: token kept (more than half its life left)", vm.Name)
+		p.Say("%s: token kept (more than half its life left)", vm.Name)
 	default:
-		say("%s: new token valid until %s sent; sidecar not restarted", vm.Name, rn.ExpiresAt.UTC().Format(time.RFC3339))
+		p.Say("%s: new token valid until %s sent; sidecar not restarted", vm.Name, rn.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	return nil
 }

@@ -67,33 +67,29 @@ type Adoption struct {
 // skipped, saying so; a MeshVM already there is left as it is.
 func Adopt(ctx context.Context, a Adoption) ([]workload.Change, error) {
 	var out []workload.Change
-	add := func(obj string, changed bool, verb string) {
-		action := "unchanged"
-		if changed {
-			action = verb
-		}
+	add := func(obj string, action ownership.Action) {
 		out = append(out, workload.Change{Object: obj, Action: action})
 	}
 	if err := fleetstore.EnsureNamespace(ctx, a.Clients.Kube, a.Namespace); err != nil {
 		return out, fmt.Errorf("namespace %s: %w", a.Namespace, err)
 	}
-	changed, err := ApplyCRD(ctx, a.Dynamic)
+	action, err := ApplyCRD(ctx, a.Dynamic)
 	if err != nil {
 		return out, err
 	}
-	add("CustomResourceDefinition meshvms.meshvm.io", changed, "applied")
+	add("CustomResourceDefinition meshvms.meshvm.io", action)
 	ca, err := a.State.AgentCA()
 	if err != nil {
 		return out, err
 	}
-	if changed, err = fleetstore.PutCA(ctx, a.Clients.Kube, a.Namespace, ca); err != nil {
+	if action, err = fleetstore.PutCA(ctx, a.Clients.Kube, a.Namespace, ca); err != nil {
 		return out, err
 	}
-	add("Secret "+a.Namespace+"/"+fleetstore.CASecret, changed, "created")
-	if changed, err = fleetstore.PutSettings(ctx, a.Clients.Kube, a.Namespace, a.Settings); err != nil {
+	add("Secret "+a.Namespace+"/"+fleetstore.CASecret, action)
+	if action, err = fleetstore.PutSettings(ctx, a.Clients.Kube, a.Namespace, a.Settings); err != nil {
 		return out, err
 	}
-	add("ConfigMap "+a.Namespace+"/"+fleetstore.SettingsConfigMap, changed, "written")
+	add("ConfigMap "+a.Namespace+"/"+fleetstore.SettingsConfigMap, action)
 	store := fleetstore.New(ctx, a.Clients.Kube, a.Namespace, a.Workload.Namespace)
 	dir := vmcore.DirStore{Dir: a.State}
 	for _, vm := range a.VMs {
@@ -102,22 +98,21 @@ func Adopt(ctx context.Context, a Adoption) ([]workload.Change, error) {
 			return out, fmt.Errorf("%s: %w", vm.Name, err)
 		}
 		if rec.Address == "" {
-			out = append(out, workload.Change{Object: "VM " + vm.Name, Action: "skipped: never onboarded (run hostctl up first)"})
+			add("VM "+vm.Name+" (never onboarded: no address kept)", ownership.Skipped)
 			continue
 		}
-		if changed, err = store.Put(vm.Name, rec); err != nil {
+		if action, err = store.Put(vm.Name, rec); err != nil {
 			return out, err
 		}
-		add("Secret "+a.Namespace+"/"+fleetstore.RecordName(a.Workload.Namespace, vm.Name), changed, "written")
+		add("Secret "+a.Namespace+"/"+fleetstore.RecordName(a.Workload.Namespace, vm.Name), action)
 		revision := ""
 		if rec.Joined != nil && rec.Joined.Revision != "default" {
 			revision = rec.Joined.Revision
 		}
-		created, err := a.declare(ctx, vm, rec.Address, revision)
-		if err != nil {
+		if action, err = a.declare(ctx, vm, rec.Address, revision); err != nil {
 			return out, fmt.Errorf("%s: %w", vm.Name, err)
 		}
-		add("MeshVM "+a.Workload.Namespace+"/"+vm.Name, created, "created")
+		add("MeshVM "+a.Workload.Namespace+"/"+vm.Name, action)
 	}
 	return out, nil
 }
@@ -163,17 +158,17 @@ func optional(state *statedir.Dir, rel string) ([]byte, error) {
 }
 
 // declare creates VM vm's MeshVM unless one is there.
-func (a Adoption) declare(ctx context.Context, vm VM, addr, revision string) (bool, error) {
+func (a Adoption) declare(ctx context.Context, vm VM, addr, revision string) (ownership.Action, error) {
 	m := MeshVM(vm, a.Workload, addr, revision, a.TokenLifetime, a.CertificateLifetime)
 	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(m)
 	if err != nil {
-		return false, err
+		return "", err
 	}
 	_, err = a.Dynamic.Resource(MeshVMs).Namespace(m.Namespace).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{FieldManager: ownership.FieldManager})
 	if apierrors.IsAlreadyExists(err) {
-		return false, nil
+		return ownership.Unchanged, nil
 	}
-	return err == nil, err
+	return ownership.Created, err
 }
 
 // MeshVM is the declaration of VM vm.
@@ -198,10 +193,10 @@ func MeshVM(vm VM, w workload.Spec, addr, revision string, token, cert time.Dura
 
 // ApplyCRD applies the MeshVM CRD (server-side, as meshvm) and waits until
 // the API server serves it; it says whether it changed.
-func ApplyCRD(ctx context.Context, dc dynamic.Interface) (bool, error) {
+func ApplyCRD(ctx context.Context, dc dynamic.Interface) (ownership.Action, error) {
 	var obj unstructured.Unstructured
 	if err := yaml.Unmarshal(crd.MeshVMs, &obj.Object); err != nil {
-		return false, err
+		return "", err
 	}
 	labels := obj.GetLabels()
 	if labels == nil {
@@ -212,14 +207,20 @@ func ApplyCRD(ctx context.Context, dc dynamic.Interface) (bool, error) {
 	api := dc.Resource(crdGVR)
 	before, err := api.Get(ctx, obj.GetName(), metav1.GetOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return false, fmt.Errorf("CustomResourceDefinition %s: %w", obj.GetName(), err)
+		return "", fmt.Errorf("CustomResourceDefinition %s: %w", obj.GetName(), err)
 	}
 	force := true
 	after, err := api.Apply(ctx, obj.GetName(), &obj, metav1.ApplyOptions{FieldManager: ownership.FieldManager, Force: force})
 	if err != nil {
-		return false, fmt.Errorf("apply CustomResourceDefinition %s: %w", obj.GetName(), err)
+		return "", fmt.Errorf("apply CustomResourceDefinition %s: %w", obj.GetName(), err)
 	}
-	changed := before == nil || before.GetResourceVersion() != after.GetResourceVersion()
+	changed := ownership.Unchanged
+	switch {
+	case before == nil:
+		changed = ownership.Created
+	case before.GetResourceVersion() != after.GetResourceVersion():
+		changed = ownership.Configured
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for !established(after) {
 		if time.Now().After(deadline) {

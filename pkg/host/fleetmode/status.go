@@ -34,7 +34,7 @@ type Row struct {
 func List(ctx context.Context, dc dynamic.Interface, ns string) ([]Row, error) {
 	l, err := dc.Resource(MeshVMs).Namespace(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("MeshVMs in %s: %w (is fleet mode on? run hostctl fleet adopt)", ns, err)
+		return nil, fmt.Errorf("MeshVMs in %s: %w (fleet mode is not on in this cluster)", ns, err)
 	}
 	rows := make([]Row, 0, len(l.Items))
 	for _, u := range l.Items {

@@ -23,6 +23,8 @@ import (
 	"github.com/meshvm/meshvm/pkg/filecodec"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/filelock"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // minSize is the smallest file given a form: below it the saving is
@@ -143,7 +145,7 @@ func (c *Cache) fill(local string, e Entry, form, plain string) error {
 		return fmt.Errorf("compress %s: %w", local, err)
 	}
 	if size != e.Size || sum != e.SHA256 {
-		return fmt.Errorf("compress %s: it changed while being read (now %d bytes, sha256 %s): run hostctl again", local, size, sum)
+		return reason.Wrap(fmt.Errorf("compress %s: it changed while being read (now %d bytes, sha256 %s)", local, size, sum), reason.ChangedWhileRead)
 	}
 	if float64(formSize) > worthwhile*float64(size) {
 		return os.WriteFile(plain, nil, 0o644)
@@ -203,7 +205,7 @@ func (c *Cache) digest(p string) (string, int64, error) {
 		return "", 0, fmt.Errorf("read %s: %w", p, err)
 	}
 	if n != fi.Size() {
-		return "", 0, fmt.Errorf("read %s: it changed while being read: run hostctl again", p)
+		return "", 0, reason.Wrap(fmt.Errorf("read %s: it changed while being read", p), reason.ChangedWhileRead)
 	}
 	sum = hex.EncodeToString(h.Sum(nil))
 	c.mu.Lock()

@@ -20,6 +20,8 @@ import (
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mtls"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // AgentPort is where vmagent listens, as net.JoinHostPort takes it.
@@ -126,7 +128,7 @@ func Connect(ctx context.Context, state *statedir.Dir, m machine.Machine) (*agen
 	}
 	if err := waitAgent(ctx, c); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%s: %w: see journalctl -u vmagent on the VM, or run hostctl up to reinstall it", m.Name, err)
+		return nil, reason.Wrap(fmt.Errorf("%s: %w", m.Name, err), reason.AgentNotAnswering)
 	}
 	return c, nil
 }

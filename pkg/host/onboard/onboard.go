@@ -20,6 +20,8 @@ import (
 
 // Sidecar names the local sidecar files for the VM's architecture.
 type Sidecar struct {
+	// Envoy and BootstrapTemplate are empty for a proxyless VM: pilot-agent
+	// alone is delivered.
 	PilotAgent, Envoy, BootstrapTemplate string
 	// Forms, when set, keeps the binaries' compressed forms (sent to agents
 	// that take them) and digests.
@@ -69,8 +71,11 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 	if err != nil {
 		return r, err
 	}
-	deliveries := append(binaries,
-		agentclient.LocalFile("/var/lib/istio/envoy/envoy_bootstrap_tmpl.json", side.BootstrapTemplate),
+	deliveries := binaries
+	if side.BootstrapTemplate != "" {
+		deliveries = append(deliveries, agentclient.LocalFile("/var/lib/istio/envoy/envoy_bootstrap_tmpl.json", side.BootstrapTemplate))
+	}
+	deliveries = append(deliveries,
 		agentclient.BytesFile("/var/lib/istio/envoy/cluster.env", files.ClusterEnv),
 		agentclient.BytesFile("/etc/istio/config/mesh", files.Mesh),
 		rootCert(files.RootCert),
@@ -120,12 +125,21 @@ func rootCert(pem []byte) agentclient.File {
 	return f
 }
 
-// binaries are the deliveries of pilot-agent and envoy, from the cache of
-// compressed forms when there is one.
+// Proxyless is the sidecar without Envoy: pilot-agent only.
+func (s Sidecar) Proxyless() Sidecar {
+	s.Envoy, s.BootstrapTemplate = "", ""
+	return s
+}
+
+// binaries are the deliveries of pilot-agent and envoy (none for a
+// proxyless VM), from the cache of compressed forms when there is one.
 func (s Sidecar) binaries() ([]agentclient.File, error) {
 	bins := []struct{ path, local string }{{"/usr/local/bin/pilot-agent", s.PilotAgent}, {"/usr/local/bin/envoy", s.Envoy}}
 	files := make([]agentclient.File, 0, len(bins))
 	for _, b := range bins {
+		if b.local == "" {
+			continue
+		}
 		f := agentclient.LocalFile(b.path, b.local)
 		if s.Forms != nil {
 			var err error

@@ -92,3 +92,15 @@ func TestOnboardRPCs(t *testing.T) {
 		t.Errorf("RPCs of one onboarding (-want +got):\n%s", diff)
 	}
 }
+
+// A proxyless VM gets pilot-agent only: no Envoy, no bootstrap template.
+func TestProxylessSendsPilotAgentOnly(t *testing.T) {
+	side := Sidecar{PilotAgent: "/x/pilot-agent", Envoy: "/x/envoy", BootstrapTemplate: "/x/bootstrap.json"}.Proxyless()
+	files, err := side.binaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 1 || files[0].Path != "/usr/local/bin/pilot-agent" || side.BootstrapTemplate != "" {
+		t.Errorf("proxyless deliveries %+v (template %q), want pilot-agent alone", files, side.BootstrapTemplate)
+	}
+}

@@ -74,12 +74,14 @@ const (
 	SidecarRestarted Reason = "Restarted"
 	SidecarFailed    Reason = "StartFailed"
 	// Registered and Healthy
-	NoEntry          Reason = "NoWorkloadEntry"
-	NotReconnected   Reason = "NotReconnected"
-	EntryRegistered  Reason = "Registered"
-	EntryHealthy     Reason = "Healthy"
-	EntryNotHealthy  Reason = "NotHealthy"
-	WaitsOnOwnApp    Reason = "WaitsOnOwnApp"
+	NoEntry         Reason = "NoWorkloadEntry"
+	NotReconnected  Reason = "NotReconnected"
+	EntryRegistered Reason = "Registered"
+	EntryHealthy    Reason = "Healthy"
+	EntryNotHealthy Reason = "NotHealthy"
+	WaitsOnOwnApp   Reason = "WaitsOnOwnApp"
+	// WaitsOnGRPCApp: a proxyless VM registers only while its app is connected.
+	WaitsOnGRPCApp   Reason = "WaitsOnGRPCApp"
 	EntryUnavailable Reason = "EntryUnavailable"
 	// AddressMoved
 	AddressUnchanged  Reason = "Unchanged"

@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
@@ -85,5 +86,5 @@ func DeleteEntry(ctx context.Context, name string, m machine.Machine, store Stor
 // refuses them from then on. It says whether there was one.
 func Revoke(ctx context.Context, name string, deps Deps) (bool, error) {
 	how, err := workload.Revoke(ctx, deps.Kube.Kube, deps.Workload.Namespace, name)
-	return how == "deleted", err
+	return how == ownership.Deleted, err
 }

@@ -23,7 +23,13 @@ type Spec struct {
 	Generation int64
 	// RunsApp says meshvm's app serves the probe; otherwise the VM's own app
 	// does, and Registered is as far as meshvm can take the VM.
-	RunsApp       bool
+	RunsApp bool
+	// Proxyless runs pilot-agent without Envoy for the VM's gRPC app: only
+	// pilot-agent is delivered, nothing is captured, and the VM is in as far
+	// as meshvm can take it once the sidecar runs, since pilot-agent
+	// connects to istiod (and so registers the VM) only while the app holds
+	// its xDS connection.
+	Proxyless     bool
 	ProbePort     int
 	TokenLifetime time.Duration
 	// FreshToken issues a new token even when the last has life left.
@@ -449,6 +455,9 @@ func (p *pass) credentials() error {
 	if p.side, err = p.target.Sidecar(p.ctx, p.m.Arch, version); err != nil {
 		return err
 	}
+	if p.vm.Proxyless {
+		p.side = p.side.Proxyless()
+	}
 	p.st.Revision, p.st.Istio, p.st.Address = rev, version, p.m.Address()
 	p.record(Credentials, Joining, fmt.Sprintf("revision %s, Istio %s (its istiod's)", workloadfiles.RevisionName(rev), version))
 	var last []byte
@@ -459,7 +468,7 @@ func (p *pass) credentials() error {
 	}
 	p.files, err = workload.Files(p.ctx, p.deps.Kube, p.deps.Workload, workload.FilesFor{ClusterID: p.target.ClusterID,
 		VMIP: p.st.Address, IstiodIP: p.istiod, VM: p.vm.Name, TokenLifetime: p.vm.TokenLifetime, ReuseToken: last,
-		Warn: func(msg string) { p.record(Credentials, TokenCapped, msg) }, Revision: rev})
+		Warn: func(msg string) { p.record(Credentials, TokenCapped, msg) }, Revision: rev, Proxyless: p.vm.Proxyless})
 	if err != nil {
 		p.set(Credentials, False, FilesUnavailable, "%v", err)
 		return err
@@ -580,6 +589,10 @@ func (p *pass) healthy() error {
 	registered, _ := p.st.Conditions.Get(Registered)
 	var changed bool
 	switch {
+	case p.vm.Proxyless && !(registered.Status == True && e.Healthy == "True"):
+		changed = p.set(Healthy, False, WaitsOnGRPCApp, "proxyless: pilot-agent runs without Envoy; the VM registers (and turns Healthy on its probe, port %d) "+
+			"while its gRPC app holds pilot-agent's xDS connection (GRPC_XDS_BOOTSTRAP=%s); now: %s",
+			p.vm.ProbePort, workloadfiles.GRPCBootstrapPath, registered.Message)
 	case registered.Reason == NoEntry:
 		changed = p.set(Healthy, False, NoEntry, "%s", registered.Message)
 	// A VM whose app is its own needs only the registration to be fresh.
@@ -596,7 +609,7 @@ func (p *pass) healthy() error {
 		p.stop(entryRequeue, nil)
 		return nil
 	}
-	if c, _ := p.st.Conditions.Get(Healthy); changed || c.Reason == WaitsOnOwnApp {
+	if c, _ := p.st.Conditions.Get(Healthy); changed || c.Reason == WaitsOnOwnApp || c.Reason == WaitsOnGRPCApp {
 		p.recordAbout(Healthy, c.Reason, e.Name, c.Message)
 	}
 	return nil
@@ -607,6 +620,9 @@ func (p *pass) healthy() error {
 func (p *pass) onboarded() bool {
 	if p.st.Conditions.IsTrue(Healthy) {
 		return true
+	}
+	if p.vm.Proxyless {
+		return p.st.Conditions.IsTrue(SidecarRunning)
 	}
 	return !p.vm.RunsApp && p.st.Conditions.IsTrue(Registered)
 }

@@ -145,10 +145,11 @@ func TestEntryStepsFollowTheWorkloadEntry(t *testing.T) {
 	ctx := testCtx(t)
 	probed := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
-		name    string
-		runsApp bool
-		entries []*clientnetworking.WorkloadEntry
-		restart *Restart
+		name      string
+		runsApp   bool
+		proxyless bool
+		entries   []*clientnetworking.WorkloadEntry
+		restart   *Restart
 		// what the Healthy condition says and whether the VM is done
 		healthy Reason
 		done    bool
@@ -168,6 +169,11 @@ func TestEntryStepsFollowTheWorkloadEntry(t *testing.T) {
 			healthy: WaitsOnOwnApp, done: true},
 		{name: "own app: the old connection is not", entries: []*clientnetworking.WorkloadEntry{entryAt("e1", "10.0.0.7", "c1", "False", probed)},
 			restart: &Restart{EntryBeforeRestart: "e1", EntryConnectedAt: "c1", EntryProbedAt: probed}, healthy: EntryNotHealthy},
+		{name: "proxyless: no entry until the gRPC app connects", proxyless: true, healthy: WaitsOnGRPCApp, done: true},
+		{name: "proxyless: registered, the app's probe failing", proxyless: true, entries: []*clientnetworking.WorkloadEntry{entryAt("e1", "10.0.0.7", "c1", "False", probed)},
+			healthy: WaitsOnGRPCApp, done: true},
+		{name: "proxyless: healthy", proxyless: true, entries: []*clientnetworking.WorkloadEntry{entryAt("e1", "10.0.0.7", "c1", "True", probed)},
+			healthy: EntryHealthy, done: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			store, _ := openStore(t, "vm1")
@@ -184,7 +190,7 @@ func TestEntryStepsFollowTheWorkloadEntry(t *testing.T) {
 			}
 			var got events
 			deps := Deps{Machines: machines{}, Kube: workload.Clients{Kube: fake.NewClientset(), Istio: ic}, Workload: group, Record: got.record}
-			res, err := Reconcile(ctx, Spec{Name: "vm1", Generation: 1, RunsApp: tc.runsApp, ProbePort: 8000}, syncedStatus("10.0.0.7"), Target{}, store, deps)
+			res, err := Reconcile(ctx, Spec{Name: "vm1", Generation: 1, RunsApp: tc.runsApp, Proxyless: tc.proxyless, ProbePort: 8000}, syncedStatus("10.0.0.7"), Target{}, store, deps)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/machine"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // Provider runs the multipass binary.
@@ -167,7 +169,8 @@ func classify(about string, args []string, stderr string, err error) error {
 	case args[0] == "launch" && (strings.Contains(msg, fmt.Sprintf(msgPreparing, about)) || strings.Contains(msg, fmt.Sprintf(msgExists, about))):
 		return fmt.Errorf("%s: %w: %s", label, errBusy, msg)
 	case timedOut(msg):
-		return fmt.Errorf("%s: %w: %s: a VPN or firewall between the host and its instances is the usual cause (on macOS, a firewall that blocks bootpd, which gives instances their address); check `multipass info %s`, then run hostctl up again (it carries on with the instance)", label, ErrTimeout, lastLine(msg), about)
+		return reason.Wrap(fmt.Errorf("%s: %w: %s: a VPN or firewall between the host and its instances is the usual cause (on macOS, a firewall that blocks bootpd, which gives instances their address); check `multipass info %s`", label, ErrTimeout, lastLine(msg), about),
+			reason.MachineTimedOut)
 	}
 	return fmt.Errorf("%s: %w: %s", label, err, msg)
 }
@@ -306,7 +309,8 @@ func (p *Provider) up(ctx context.Context, s machine.Spec, deadline time.Time) (
 		case state == machine.Deleted:
 			return m, deletedError(s.Name)
 		case state == machine.Unknown:
-			return m, fmt.Errorf("multipass instance %s is in an unknown state (Multipass lost touch with it, e.g. after a launch timed out) and Multipass will not start it: run `multipass stop --force %s`, then hostctl up again", s.Name, s.Name)
+			return m, reason.Wrap(fmt.Errorf("multipass instance %s is in an unknown state (Multipass lost touch with it, e.g. after a launch timed out) and Multipass will not start it: run `multipass stop --force %s`", s.Name, s.Name),
+				reason.MachineLost)
 		case startable(state) && mayAct:
 			p.progress("%s: %s, starting it", s.Name, state)
 			if _, err := p.cli(ctx, s.Name, "start", s.Name); err != nil {

@@ -24,6 +24,8 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/meshvm/meshvm/pkg/machine"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // Host is one machine's connection details.
@@ -260,7 +262,7 @@ func (p *Provider) Info(ctx context.Context, name string) (machine.Machine, erro
 
 // Delete refuses: hostctl does not destroy machines it did not create.
 func (p *Provider) Delete(ctx context.Context, name string) error {
-	return fmt.Errorf("%s: provider ssh does not delete machines you brought: remove the VM yourself (hostctl down already uninstalled the agent)", name)
+	return reason.Wrap(fmt.Errorf("%s: provider ssh does not delete machines you brought: remove the VM yourself", name), reason.MachineYours)
 }
 
 func lastLine(s string) string {

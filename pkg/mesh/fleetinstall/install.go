@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // Install server-side applies the rendered install (objects of someone
@@ -43,7 +45,7 @@ func Install(ctx context.Context, rc *rest.Config, o Options) ([]istioinstall.Ch
 			if ns == o.IstioNamespace {
 				what = "Istio's namespace " + ns
 			}
-			return nil, fmt.Errorf("%s does not exist: run hostctl up first (it installs Istio and creates the workload), or set workload.namespace to the VMs' namespace", what)
+			return nil, reason.Wrap(fmt.Errorf("%s does not exist", what), reason.WorkloadNotUp)
 		} else if err != nil {
 			return nil, fmt.Errorf("namespace %s: %w", ns, err)
 		}
@@ -85,8 +87,8 @@ func Uninstall(ctx context.Context, rc *rest.Config, o Options, force bool) ([]i
 		if len(names) > 5 {
 			names = append(names[:5], "...")
 		}
-		return nil, fmt.Errorf("%d MeshVM(s) remain (%s): the controller removes their VMs from the mesh on delete; remove them first (hostctl vm rm, hostctl down), or pass --force to remove the controller anyway (they stay, with the CRD)",
-			len(vms.Items), strings.Join(names, ", "))
+		return nil, reason.Wrap(fmt.Errorf("%d MeshVM(s) remain (%s): the controller removes their VMs from the mesh on delete",
+			len(vms.Items), strings.Join(names, ", ")), reason.MeshVMsRemain)
 	}
 	// Every RoleBinding of the install, wherever a config once put one.
 	sel := labels.SelectorFromSet(Labels()).String()
@@ -126,7 +128,7 @@ func Uninstall(ctx context.Context, rc *rest.Config, o Options, force bool) ([]i
 		return out, fmt.Errorf("list Secrets in %s: %w", o.Namespace, err)
 	}
 	if err == nil && len(secrets.Items) > 0 {
-		return append(out, istioinstall.Change{Ref: ns.Ref(), Action: "kept",
+		return append(out, istioinstall.Change{Ref: ns.Ref(), Action: ownership.Kept,
 			Why: fmt.Sprintf("it holds %d Secret(s) (the agent CA, the controller's identity): without them no one reaches the VMs' agents; kubectl delete namespace %s once none needs them", len(secrets.Items), o.Namespace)}), nil
 	}
 	last, err := istioinstall.Uninstall(ctx, rc, []istioinstall.Object{ns}, istioinstall.Everything)
@@ -187,7 +189,7 @@ func rollout(ctx context.Context, kc kubernetes.Interface, namespace string) (st
 				continue
 			}
 			if w.Reason == "ErrImageNeverPull" {
-				return state, false, fmt.Errorf("pod %s on node %s: the controller image is not in that node's containerd: run hostctl fleet install again (it loads it into every node of the cluster)", p.Name, p.Spec.NodeName)
+				return state, false, reason.Wrap(fmt.Errorf("pod %s on node %s: the controller image is not in that node's containerd", p.Name, p.Spec.NodeName), reason.ImageNotOnNode)
 			}
 			why = append(why, fmt.Sprintf("pod %s: %s", p.Name, w.Reason))
 		}

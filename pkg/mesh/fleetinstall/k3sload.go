@@ -11,6 +11,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshvm/meshvm/pkg/machine"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // PinnedLabel is containerd's CRI label that keeps an image from the
@@ -21,9 +23,9 @@ const PinnedLabel = "io.cri-containerd.pinned=pinned"
 // Loaded is what loading did on one node: "imported", or "unchanged" when
 // its containerd already held the image.
 type Loaded struct {
-	Node   string `json:"node"`
-	Arch   string `json:"arch"`
-	Action string `json:"action"`
+	Node   string           `json:"node"`
+	Arch   string           `json:"arch"`
+	Action ownership.Action `json:"action"` // imported or unchanged
 }
 
 // LoadK3s imports the image into the containerd of every node (k3s's,
@@ -94,7 +96,7 @@ func loadNode(ctx context.Context, p machine.Provider, node, ref string, tars *t
 		return l, err
 	}
 	if have {
-		l.Action = "unchanged"
+		l.Action = ownership.Unchanged
 		return l, nil
 	}
 	tar, err := tars.get(arch)
@@ -108,15 +110,16 @@ func loadNode(ctx context.Context, p machine.Provider, node, ref string, tars *t
 		return l, fmt.Errorf("send the image (%d bytes) to %s: %w", len(tar), path, err)
 	}
 	if out, err := p.Exec(ctx, node, nil, "sh", "-c", ImportScript(path, arch)); err != nil {
-		return l, fmt.Errorf("k3s ctr images import: %w: %s%s", err, lastLine(out), ctrHint(out))
+		hint, r := ctrHint(out)
+		return l, reason.Wrap(fmt.Errorf("k3s ctr images import: %w: %s%s", err, lastLine(out), hint), r)
 	}
 	// ctr's progress output is for terminals: ask containerd instead.
 	if have, err = holds(ctx, p, node, ref); err != nil {
 		return l, err
 	} else if !have {
-		return l, fmt.Errorf("k3s ctr images import succeeded but containerd does not list %s: run hostctl fleet install again", ref)
+		return l, reason.Wrap(fmt.Errorf("k3s ctr images import succeeded but containerd does not list %s", ref), reason.ImageNotListed)
 	}
-	l.Action = "imported"
+	l.Action = ownership.Imported
 	return l, nil
 }
 
@@ -133,7 +136,8 @@ func ListScript(ref string) string { return ctr + " images ls -q " + machine.She
 func holds(ctx context.Context, p machine.Provider, node, ref string) (bool, error) {
 	out, err := p.Exec(ctx, node, nil, "sh", "-c", ListScript(ref))
 	if err != nil {
-		return false, fmt.Errorf("k3s ctr images ls: %w: %s%s", err, lastLine(out), ctrHint(out))
+		hint, r := ctrHint(out)
+		return false, reason.Wrap(fmt.Errorf("k3s ctr images ls: %w: %s%s", err, lastLine(out), hint), r)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.TrimSpace(line) == ref {
@@ -143,19 +147,19 @@ func holds(ctx context.Context, p machine.Provider, node, ref string) (bool, err
 	return false, nil
 }
 
-// ctrHint names the fix for what k3s ctr says when k3s is not there or
-// its containerd does not answer.
-func ctrHint(out []byte) string {
+// ctrHint names the cause of what k3s ctr says when k3s is not there or
+// its containerd does not answer, and the reason when the fix is hostctl's.
+func ctrHint(out []byte) (string, reason.Reason) {
 	s := string(out)
 	switch {
 	case strings.Contains(s, "k3s: not found") || strings.Contains(s, "k3s: command not found"):
-		return " (k3s is not installed on this machine: hostctl cluster up installs it; fleet install loads images only into k3s)"
+		return " (k3s is not installed on this machine; fleet install loads images only into k3s)", reason.K3sMissing
 	case strings.Contains(s, "containerd.sock"):
-		return " (k3s's containerd does not answer: is k3s running? systemctl status k3s k3s-agent on the node)"
+		return " (k3s's containerd does not answer: is k3s running? systemctl status k3s k3s-agent on the node)", reason.None
 	case strings.Contains(s, "image might be filtered out"):
-		return " (the image's architecture is not the node's)"
+		return " (the image's architecture is not the node's)", reason.None
 	}
-	return ""
+	return "", reason.None
 }
 
 var errNoNodes = errors.New("no k3s nodes to load the controller image into")

@@ -7,13 +7,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 )
 
 // Pushed is where the image went: Ref is the repository at the index's
 // digest (what the Deployment runs: a tag can move, a digest cannot).
 type Pushed struct {
-	Ref    string `json:"ref"`
-	Action string `json:"action"` // pushed or unchanged
+	Ref    string           `json:"ref"`
+	Action ownership.Action `json:"action"` // pushed or unchanged
 }
 
 // Push writes the image's index (every architecture built) to repo
@@ -30,10 +32,10 @@ func Push(ctx context.Context, repo string, im Image, opts ...remote.Option) (Pu
 		return Pushed{}, err
 	}
 	tag := r.Tag(im.Tag)
-	out := Pushed{Ref: r.Digest(d.String()).String(), Action: "pushed"}
+	out := Pushed{Ref: r.Digest(d.String()).String(), Action: ownership.Pushed}
 	opts = append([]remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)}, opts...)
 	if desc, err := remote.Head(tag, opts...); err == nil && desc.Digest == d {
-		out.Action = "unchanged"
+		out.Action = ownership.Unchanged
 		return out, nil
 	}
 	if err := remote.WriteIndex(tag, im.Index, opts...); err != nil {

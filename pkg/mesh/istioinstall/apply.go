@@ -29,12 +29,14 @@ const FieldManager = ownership.FieldManager
 // Change is what applying did to one object: created, configured,
 // unchanged, skipped (Why says why), or Yours.
 type Change struct {
-	Ref, Action, Why string
+	Ref    string
+	Action ownership.Action
+	Why    string
 }
 
 // Yours is the action on an object of the render that exists and meshvm did
 // not make (another installer's): it is neither applied over nor deleted.
-const Yours = "not meshvm's"
+const Yours = ownership.Foreign
 
 // Keep decides whether an object is applied, and if not, why.
 type Keep func(Object) (bool, string)
@@ -75,7 +77,7 @@ func Apply(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) ([]Ch
 		for _, i := range tier {
 			o := objs[i]
 			if ok, why := keep(o); !ok {
-				done[i] = Change{Ref: o.Ref(), Action: "skipped", Why: why}
+				done[i] = Change{Ref: o.Ref(), Action: ownership.Skipped, Why: why}
 				continue
 			}
 			if o.GetKind() == "CustomResourceDefinition" {
@@ -155,17 +157,17 @@ func Check(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) ([]Ch
 	var out []Change
 	for _, o := range objs {
 		if ok, why := keep(o); !ok {
-			out = append(out, Change{Ref: o.Ref(), Action: "skipped", Why: why})
+			out = append(out, Change{Ref: o.Ref(), Action: ownership.Skipped, Why: why})
 			continue
 		}
-		action := "present"
+		action := ownership.Present
 		ri, err := resource(dyn, mapper, o)
 		if err == nil {
 			_, err = ri.Get(ctx, o.GetName(), metav1.GetOptions{})
 		}
 		switch {
 		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
-			action = "missing"
+			action = ownership.Missing
 		case err != nil:
 			return out, fmt.Errorf("get %s: %w", o.Ref(), err)
 		}
@@ -190,7 +192,7 @@ func clients(rc *rest.Config) (dynamic.Interface, *restmapper.DeferredDiscoveryR
 	return dyn, restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)), nil
 }
 
-func applyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, o Object) (string, error) {
+func applyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, o Object) (ownership.Action, error) {
 	ri, err := resource(dyn, mapper, o)
 	if err != nil {
 		return "", fmt.Errorf("apply %s: %w", o.Ref(), err)
@@ -211,11 +213,11 @@ func applyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper
 	}
 	switch {
 	case before == "":
-		return "created", nil
+		return ownership.Created, nil
 	case after.GetResourceVersion() != before:
-		return "configured", nil
+		return ownership.Configured, nil
 	}
-	return "unchanged", nil
+	return ownership.Unchanged, nil
 }
 
 func waitEstablished(ctx context.Context, dyn dynamic.Interface, names []string) error {
@@ -252,16 +254,16 @@ func established(crd *unstructured.Unstructured) bool {
 
 // Summary counts the changes by action, for one progress line.
 func Summary(changes []Change) string {
-	n := map[string]int{}
+	n := map[ownership.Action]int{}
 	for _, c := range changes {
 		n[c.Action]++
 	}
-	order := []string{"created", "configured", "unchanged", "skipped"}
+	order := []ownership.Action{ownership.Created, ownership.Configured, ownership.Unchanged, ownership.Skipped}
 	switch {
-	case n["present"]+n["missing"] > 0:
-		order = []string{"present", "missing", "skipped"}
-	case n["deleted"]+n["absent"]+n["kept"] > 0:
-		order = []string{"deleted", "absent", "kept", "skipped"}
+	case n[ownership.Present]+n[ownership.Missing] > 0:
+		order = []ownership.Action{ownership.Present, ownership.Missing, ownership.Skipped}
+	case n[ownership.Deleted]+n[ownership.Absent]+n[ownership.Kept] > 0:
+		order = []ownership.Action{ownership.Deleted, ownership.Absent, ownership.Kept, ownership.Skipped}
 	}
 	if n[Yours] > 0 {
 		order = append(order, Yours)
@@ -285,21 +287,21 @@ func Uninstall(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) (
 	for i := len(objs) - 1; i >= 0; i-- {
 		o := objs[i]
 		if ok, why := keep(o); !ok {
-			out = append(out, Change{Ref: o.Ref(), Action: "skipped", Why: why})
+			out = append(out, Change{Ref: o.Ref(), Action: ownership.Skipped, Why: why})
 			continue
 		}
 		if o.GetKind() == "CustomResourceDefinition" {
-			out = append(out, Change{Ref: o.Ref(), Action: "kept", Why: "other Istio resources may use it"})
+			out = append(out, Change{Ref: o.Ref(), Action: ownership.Kept, Why: "other Istio resources may use it"})
 			continue
 		}
-		action := "deleted"
+		action := ownership.Deleted
 		ri, err := resource(dyn, mapper, o)
 		var cur *unstructured.Unstructured
 		if err == nil {
 			cur, err = ri.Get(ctx, o.GetName(), metav1.GetOptions{})
 		}
 		if err == nil && !ownership.Owned(cur) {
-			out = append(out, Change{Ref: o.Ref(), Action: Yours, Why: ownership.Yours})
+			out = append(out, Change{Ref: o.Ref(), Action: Yours, Why: string(ownership.Yours)})
 			continue
 		}
 		if err == nil {
@@ -308,7 +310,7 @@ func Uninstall(ctx context.Context, rc *rest.Config, objs []Object, keep Keep) (
 		}
 		switch {
 		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
-			action = "absent"
+			action = ownership.Absent
 		case err != nil:
 			return out, fmt.Errorf("delete %s: %w", o.Ref(), err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/mesh/istioversion"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // ControlPlane is an istiod meshvm did not install, as the cluster shows it.
@@ -241,8 +242,8 @@ func (f Foreign) Joinable(direct bool, rev string) (ControlPlane, error) {
 		for _, cm := range f.MeshConfigs {
 			names = append(names, "ConfigMap "+cm)
 		}
-		return ControlPlane{}, fmt.Errorf("meshvm's own Istio is in this cluster, and another one meshvm did not install (%s); meshvm changes none of it: "+
-			"the VMs join meshvm's Istio or yours, not a mix: remove the one you do not want (hostctl down removes meshvm's)", strings.Join(names, "; "))
+		return ControlPlane{}, reason.Wrap(fmt.Errorf("meshvm's own Istio is in this cluster, and another one meshvm did not install (%s); meshvm changes none of it: "+
+			"the VMs join meshvm's Istio or yours, not a mix: remove the one you do not want", strings.Join(names, "; ")), reason.TwoIstios)
 	case n == 0:
 		return ControlPlane{}, fmt.Errorf("an Istio mesh config meshvm did not install is in this cluster (ConfigMap %s) but no istiod Deployment (label app=istiod) runs it: "+
 			"meshvm joins VMs only to a running control plane", strings.Join(f.MeshConfigs, ", "))

@@ -13,6 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // EastWestPorts are the ports the east-west gateway's LoadBalancer needs.
@@ -70,7 +72,7 @@ func GatewayAddress(ctx context.Context, kc kubernetes.Interface, ref string) (s
 	ns, name, _ := strings.Cut(ref, "/")
 	svc, err := kc.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("no Service %s: run hostctl istio install", ref)
+		return "", reason.Wrap(fmt.Errorf("no Service %s", ref), reason.IstioNotInstalled)
 	}
 	if err != nil {
 		return "", err
@@ -138,7 +140,7 @@ func notReady(ctx context.Context, kc kubernetes.Interface, rev string, gateway 
 	for _, name := range readyDeployments(rev, gateway) {
 		d, err := kc.AppsV1().Deployments(Namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("no Deployment %s/%s: run hostctl istio install", Namespace, name)
+			return nil, reason.Wrap(fmt.Errorf("no Deployment %s/%s", Namespace, name), reason.IstioNotInstalled)
 		}
 		if err != nil {
 			return nil, err

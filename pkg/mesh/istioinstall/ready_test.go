@@ -47,7 +47,7 @@ func TestWaitReady(t *testing.T) {
 			lbService(Namespace, "istio-ingressgateway", 15021, "203.0.113.8")}, "", "istio-system/istio-ingressgateway holds 15021 (status): delete that LoadBalancer"},
 		{"istiod not available", []runtime.Object{deployment("istiod", false), deployment(EastWestGateway, true), gw("203.0.113.7")},
 			"", "Deployment istio-system/istiod 0/1 available"},
-		{"not installed", nil, "", "run hostctl istio install"},
+		{"not installed", nil, "", "no Deployment istio-system/istiod"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -33,7 +33,7 @@ func Skew(proxy, istiod string) (ok bool, detail string) {
 			"onboard the VM with istiod's version (or upgrade istiod first)", proxy, istiod)
 	case in-pn > 1:
 		return false, fmt.Sprintf("proxy %s is %d minor versions behind istiod %s: Istio supports one; "+
-			"hostctl vm onboard delivers istiod's version", proxy, in-pn, istiod)
+			"onboarding the VM delivers istiod's version", proxy, in-pn, istiod)
 	}
 	return true, fmt.Sprintf("proxy %s, istiod %s: supported", proxy, istiod)
 }

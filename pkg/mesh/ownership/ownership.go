@@ -13,9 +13,30 @@ const (
 	VMLabel = "meshvm.io/vm"
 	// FieldManager names meshvm's server-side applies.
 	FieldManager = "meshvm"
+)
+
+// Action is what meshvm did to one object of a cluster, or found of it.
+type Action string
+
+const (
+	Created    Action = "created"
+	Updated    Action = "updated"
+	Configured Action = "configured" // a server-side apply changed it
+	Unchanged  Action = "unchanged"
+	Deleted    Action = "deleted"
+	Absent     Action = "absent" // nothing to delete
+	Kept       Action = "kept"   // not deleted: others may use it
+	Skipped    Action = "skipped"
+	Present    Action = "present"  // a check found it
+	Missing    Action = "missing"  // a check did not
+	Imported   Action = "imported" // an image, into a node's containerd
+	Pushed     Action = "pushed"   // an image, to a registry
 	// Yours is said of an object meshvm did not create: it is used, or
 	// left, as it is.
-	Yours = "not meshvm's: left as it is"
+	Yours Action = "not meshvm's: left as it is"
+	// Foreign is Yours of an object of Istio's install that another
+	// installer made: neither applied over nor deleted.
+	Foreign Action = "not meshvm's"
 )
 
 // Labels are meshvm's mark with extra labels added.

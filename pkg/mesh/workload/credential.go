@@ -48,7 +48,7 @@ func ensureCredential(ctx context.Context, kc kubernetes.Interface, ns, vm strin
 	}
 	sec = &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{ownership.Label: ownership.Value, ownership.VMLabel: vm},
-			Annotations: map[string]string{"meshvm.io/purpose": "VM " + vm + "'s istio-token is bound to this Secret: delete it to revoke the token (hostctl vm revoke " + vm + ")"}},
+			Annotations: map[string]string{"meshvm.io/purpose": "VM " + vm + "'s istio-token is bound to this Secret: delete it to revoke the token"}},
 		Type: credentialType,
 	}
 	created, err := kc.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{})
@@ -86,13 +86,13 @@ func IssueToken(ctx context.Context, kc kubernetes.Interface, s Spec, vm string,
 }
 
 // Revoke deletes the VM's credential Secret, which invalidates every token
-// bound to it: "deleted" or "absent".
-func Revoke(ctx context.Context, kc kubernetes.Interface, ns, vm string) (string, error) {
+// bound to it: Deleted or Absent.
+func Revoke(ctx context.Context, kc kubernetes.Interface, ns, vm string) (ownership.Action, error) {
 	name := CredentialName(vm)
 	sec, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return "absent", nil
+		return ownership.Absent, nil
 	case err != nil:
 		return "", err
 	case sec.Labels[ownership.Label] != ownership.Value:
@@ -100,12 +100,12 @@ func Revoke(ctx context.Context, kc kubernetes.Interface, ns, vm string) (string
 	}
 	err = kc.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &sec.UID}})
 	if apierrors.IsNotFound(err) {
-		return "absent", nil
+		return ownership.Absent, nil
 	}
 	if err != nil {
 		return "", err
 	}
-	return "deleted", nil
+	return ownership.Deleted, nil
 }
 
 // TokenReview is what the cluster says of a token now.

@@ -24,6 +24,8 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+
+	"github.com/meshvm/meshvm/pkg/reason"
 )
 
 // Spec is the workload, with the recipe's names by default.
@@ -69,15 +71,15 @@ type Clients struct {
 // Change reports one object's fate.
 type Change struct {
 	Object string // e.g. "WorkloadGroup vmns/external-app"
-	// Action is "created", "updated", "unchanged" or "deleted", "absent";
-	// ownership.Yours for an object meshvm did not create.
-	Action string
+	// Action is created, updated, unchanged, deleted or absent; Yours for
+	// an object meshvm did not create.
+	Action ownership.Action
 }
 
 // Ensure converges the namespace, service account, WorkloadGroup and Service.
 func Ensure(ctx context.Context, c Clients, s Spec) ([]Change, error) {
 	var out []Change
-	add := func(obj, action string, err error) error {
+	add := func(obj string, action ownership.Action, err error) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", obj, err)
 		}
@@ -141,15 +143,14 @@ func RemoveNamespace(ctx context.Context, kc kubernetes.Interface, name string) 
 }
 
 // removeOwned deletes the object name (obj as progress names it) when meshvm
-// owns it, and only that very object (its UID): "deleted", "absent", or
-// ownership.Yours.
+// owns it, and only that very object (its UID): deleted, absent, or Yours.
 func removeOwned[T metav1.Object](ctx context.Context, obj, name string,
 	get func(context.Context, string, metav1.GetOptions) (T, error),
 	del func(context.Context, string, metav1.DeleteOptions) error) (Change, error) {
 	m, err := get(ctx, name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return Change{obj, "absent"}, nil
+		return Change{obj, ownership.Absent}, nil
 	case err != nil:
 		return Change{}, fmt.Errorf("%s: %w", obj, err)
 	case !ownership.Owned(m):
@@ -159,10 +160,10 @@ func removeOwned[T metav1.Object](ctx context.Context, obj, name string,
 	if err := del(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}); err != nil && !apierrors.IsNotFound(err) {
 		return Change{}, fmt.Errorf("delete %s: %w", obj, err)
 	}
-	return Change{obj, "deleted"}, nil
+	return Change{obj, ownership.Deleted}, nil
 }
 
-func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) (string, error) {
+func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) (ownership.Action, error) {
 	_, err := kc.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: ownership.Labels(nil)}}, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		cur, err := kc.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
@@ -171,7 +172,7 @@ func ensureNamespace(ctx context.Context, kc kubernetes.Interface, name string) 
 	return createdOr(err)
 }
 
-func ensureServiceAccount(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
+func ensureServiceAccount(ctx context.Context, kc kubernetes.Interface, s Spec) (ownership.Action, error) {
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: s.ServiceAccount, Labels: ownership.Labels(nil)}}
 	_, err := kc.CoreV1().ServiceAccounts(s.Namespace).Create(ctx, sa, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
@@ -181,24 +182,24 @@ func ensureServiceAccount(ctx context.Context, kc kubernetes.Interface, s Spec) 
 	return createdOr(err)
 }
 
-// yoursOr is "unchanged" for an existing object meshvm created, ownership.Yours for
+// yoursOr is unchanged for an existing object meshvm created, Yours for
 // one it did not.
-func yoursOr(m metav1.Object, err error) (string, error) {
+func yoursOr(m metav1.Object, err error) (ownership.Action, error) {
 	switch {
 	case err != nil:
 		return "", err
 	case ownership.Owned(m):
-		return "unchanged", nil
+		return ownership.Unchanged, nil
 	}
 	return ownership.Yours, nil
 }
 
-func createdOr(err error) (string, error) {
+func createdOr(err error) (ownership.Action, error) {
 	switch {
 	case err == nil:
-		return "created", nil
+		return ownership.Created, nil
 	case apierrors.IsAlreadyExists(err):
-		return "unchanged", nil
+		return ownership.Unchanged, nil
 	}
 	return "", err
 }
@@ -215,7 +216,7 @@ func GroupSpec(s Spec) *networking.WorkloadGroup {
 	}
 }
 
-func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string, error) {
+func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (ownership.Action, error) {
 	want := GroupSpec(s)
 	groups := ic.NetworkingV1().WorkloadGroups(s.Namespace)
 	cur, err := groups.Get(ctx, s.Group, metav1.GetOptions{})
@@ -233,7 +234,7 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 		return ownership.Yours, nil // the VMs join it with its template and probe
 	}
 	if equalGroup(&cur.Spec, want) && cur.Labels[revisionLabel] == s.Revision {
-		return "unchanged", nil
+		return ownership.Unchanged, nil
 	}
 	setRevision(&cur.ObjectMeta, s.Revision)
 	proto.Reset(&cur.Spec)
@@ -242,7 +243,7 @@ func ensureGroup(ctx context.Context, ic istioclient.Interface, s Spec) (string,
 	if err != nil {
 		return "", err
 	}
-	return "updated", nil
+	return ownership.Updated, nil
 }
 
 const revisionLabel = "istio.io/rev"
@@ -270,7 +271,7 @@ func equalGroup(a, b *networking.WorkloadGroup) bool {
 		a.GetProbe().GetInitialDelaySeconds() == b.GetProbe().GetInitialDelaySeconds()
 }
 
-func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (string, error) {
+func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (ownership.Action, error) {
 	port := corev1.ServicePort{Name: s.PortName, Port: int32(s.Port), TargetPort: intstr.FromInt32(int32(s.Port))}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: s.Group, Namespace: s.Namespace, Labels: ownership.Labels(map[string]string{"app": s.Group})},
@@ -288,13 +289,13 @@ func ensureService(ctx context.Context, kc kubernetes.Interface, s Spec) (string
 		return ownership.Yours, nil
 	}
 	if len(cur.Spec.Ports) == 1 && cur.Spec.Ports[0].Port == port.Port && cur.Spec.Ports[0].Name == port.Name && cur.Spec.Selector["app"] == s.Group {
-		return "unchanged", nil
+		return ownership.Unchanged, nil
 	}
 	cur.Spec.Selector, cur.Spec.Ports = svc.Spec.Selector, svc.Spec.Ports
 	if _, err := kc.CoreV1().Services(s.Namespace).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		return "", err
 	}
-	return "updated", nil
+	return ownership.Updated, nil
 }
 
 // FilesFor are the per-VM inputs of the workload files.
@@ -314,6 +315,8 @@ type FilesFor struct {
 	// Revision is the Istio revision the VM joins ("" or "default": the
 	// default): its mesh config and istiod-<revision>.
 	Revision string
+	// Proxyless writes the files of a VM without Envoy (workloadfiles.Proxyless).
+	Proxyless bool
 }
 
 // Files reads the mesh config and root certificate, requests a token and
@@ -325,7 +328,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 	meshName := workloadfiles.MeshConfigName(f.Revision)
 	meshCM, err := c.Kube.CoreV1().ConfigMaps(f.IstioNamespace).Get(ctx, meshName, metav1.GetOptions{})
 	if err != nil {
-		return workloadfiles.Files{}, fmt.Errorf("mesh config (ConfigMap %s/%s): %w: is Istio (revision %s) installed? run hostctl up", f.IstioNamespace, meshName, err, workloadfiles.RevisionName(f.Revision))
+		return workloadfiles.Files{}, reason.Wrap(fmt.Errorf("mesh config (ConfigMap %s/%s): %w", f.IstioNamespace, meshName, err), reason.MeshConfigMissing, workloadfiles.RevisionName(f.Revision))
 	}
 	root, err := waitRootCert(ctx, c.Kube, s.Namespace)
 	if err != nil {
@@ -353,7 +356,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 		Mesh:           meshCM.Data["mesh"],
 		Group:          workloadfiles.Group{Name: wg.Name, Namespace: wg.Namespace, Annotations: wg.Annotations, Spec: &wg.Spec},
 		IstioNamespace: f.IstioNamespace, ClusterID: f.ClusterID, AutoRegister: true, DNSCapture: true, Revision: f.Revision,
-		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: token,
+		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: token, Proxyless: f.Proxyless,
 	})
 }
 

@@ -139,7 +139,7 @@ func actions(t *testing.T, what string, chs []Change, err error) map[string]stri
 		if _, dup := out[kind]; dup {
 			t.Fatalf("%s: %s reported twice in %+v", what, kind, chs)
 		}
-		out[kind] = ch.Action
+		out[kind] = string(ch.Action)
 	}
 	for _, kind := range []string{namespace, serviceAccount, group, service} {
 		if _, ok := out[kind]; !ok || len(out) != 4 {
@@ -212,9 +212,9 @@ func yoursLeftAlone(t *testing.T, ctx context.Context, c Clients) {
 	}
 	before := snapshot()
 	ensured, err := Ensure(ctx, c, spec)
-	wantActions(t, "Ensure among yours", ensured, err, ownership.Yours)
+	wantActions(t, "Ensure among yours", ensured, err, string(ownership.Yours))
 	removed, err := Remove(ctx, c, spec)
-	wantActions(t, "Remove among yours", removed, err, ownership.Yours)
+	wantActions(t, "Remove among yours", removed, err, string(ownership.Yours))
 	after := snapshot()
 	for k, v := range before {
 		if after[k] != v {

@@ -23,6 +23,8 @@ import (
 	meshconfig "istio.io/api/mesh/v1alpha1"
 	networking "istio.io/api/networking/v1alpha3"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshvm/meshvm/pkg/agentspec"
 )
 
 // RootCertPath is where the VM keeps the mesh's root certificate, the trust
@@ -68,6 +70,28 @@ type Options struct {
 	// RootCert is istio-ca-root-cert's root-cert.pem in the group's namespace;
 	// Token is a TokenRequest token for the group's service account.
 	RootCert, Token []byte
+	// Proxyless runs pilot-agent without Envoy, for gRPC apps that take
+	// their configuration over xDS (see Proxyless).
+	Proxyless bool
+}
+
+// GRPCBootstrapPath is where pilot-agent writes the gRPC xDS bootstrap (its
+// default, ./etc/istio/proxy/grpc-bootstrap.json, from the unit's working
+// directory /): a proxyless app points GRPC_XDS_BOOTSTRAP at it.
+const GRPCBootstrapPath = "/etc/istio/proxy/grpc-bootstrap.json"
+
+// CertDir is where pilot-agent writes the workload certificate.
+const CertDir = "/etc/certs"
+
+// Proxyless is what cluster.env holds for a VM without Envoy, as Istio's
+// grpc-agent injection template sets it for proxyless pods: no Envoy, the
+// gRPC generator, no DNS capture (gRPC resolves xds:/// names itself), and
+// no capture rules (they would send traffic to an Envoy that is not
+// there). OUTPUT_CERTS is absolute because the gRPC bootstrap names the
+// certificate files by it: a relative one only resolves from /.
+func Proxyless() map[string]string {
+	return map[string]string{"DISABLE_ENVOY": "true", "ISTIO_META_GENERATOR": "grpc", "OUTPUT_CERTS": CertDir,
+		"GRPC_XDS_BOOTSTRAP": GRPCBootstrapPath}
 }
 
 // Files are the generated contents, by the names istioctl gives them.
@@ -204,7 +228,7 @@ func proxyConfig(o Options) (*meshconfig.ProxyConfig, error) {
 		return nil, err
 	}
 	md["ISTIO_METAJSON_LABELS"] = string(lj)
-	if o.DNSCapture {
+	if o.DNSCapture && !o.Proxyless {
 		md["ISTIO_META_DNS_CAPTURE"] = "true"
 	}
 	if o.AutoRegister {
@@ -290,6 +314,11 @@ func clusterEnv(o Options, pc *meshconfig.ProxyConfig) []byte {
 		}
 		exclude += "," + strconv.Itoa(int(sp))
 	}
+	// A group without ports captures every inbound port: the agent's too,
+	// which would cut hostctl off from the VM once the sidecar starts.
+	if inbound == "*" {
+		exclude += "," + strconv.Itoa(agentspec.Port)
+	}
 	env := map[string]string{}
 	for k, v := range pc.GetProxyMetadata() {
 		env[k] = v
@@ -303,6 +332,11 @@ func clusterEnv(o Options, pc *meshconfig.ProxyConfig) []byte {
 	// A PROV_CERT set in the proxy metadata is left as the mesh wants it.
 	if _, set := env["PROV_CERT"]; !set {
 		for k, v := range TokenOnly() {
+			env[k] = v
+		}
+	}
+	if o.Proxyless {
+		for k, v := range Proxyless() {
 			env[k] = v
 		}
 	}

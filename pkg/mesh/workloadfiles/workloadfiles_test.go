@@ -108,6 +108,9 @@ func TestMatchesIstioctlGoldens(t *testing.T) {
 			for k, v := range TokenOnly() { // deliberately beyond istioctl's
 				wantEnv[k] = v
 			}
+			// Its group has no ports, so every inbound port is captured:
+			// deliberately, the agent's is not.
+			wantEnv["ISTIO_LOCAL_EXCLUDE_PORTS"] += ",7443"
 			if diff := cmp.Diff(wantEnv, parseEnv(t, files.ClusterEnv)); diff != "" {
 				t.Errorf("cluster.env differs from istioctl's (-istioctl +ours):\n%s", diff)
 			}
@@ -171,5 +174,58 @@ func TestRefusals(t *testing.T) {
 				t.Errorf("got %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestGroupWithoutPorts keeps the agent's port out of the capture: with no
+// ports, ISTIO_INBOUND_PORTS is "*" and would take 7443 too.
+func TestGroupWithoutPorts(t *testing.T) {
+	spec := &networking.WorkloadGroup{Template: &networking.WorkloadEntry{ServiceAccount: "sa"}}
+	o := Options{Group: Group{Name: "g", Namespace: "ns", Spec: spec}, IstiodIP: "10.0.0.1", RootCert: []byte("r"), Token: []byte("t")}
+	f, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := parseEnv(t, f.ClusterEnv)
+	if env["ISTIO_INBOUND_PORTS"] != "*" || env["ISTIO_LOCAL_EXCLUDE_PORTS"] != "22,15090,15021,15020,7443" {
+		t.Errorf("inbound %q, excluded %q: want every port but 22,15090,15021,15020,7443", env["ISTIO_INBOUND_PORTS"], env["ISTIO_LOCAL_EXCLUDE_PORTS"])
+	}
+	o.Group.Spec = &networking.WorkloadGroup{Template: &networking.WorkloadEntry{ServiceAccount: "sa", Ports: map[string]uint32{"http": 8000}}}
+	if f, err = Generate(o); err != nil {
+		t.Fatal(err)
+	}
+	if env := parseEnv(t, f.ClusterEnv); env["ISTIO_LOCAL_EXCLUDE_PORTS"] != "22,15090,15021,15020" {
+		t.Errorf("with ports listed, excluded %q: want istioctl's", env["ISTIO_LOCAL_EXCLUDE_PORTS"])
+	}
+}
+
+// TestProxyless writes what Istio's grpc-agent template sets: no Envoy, the
+// gRPC generator, no DNS capture, and certificates at an absolute path the
+// gRPC bootstrap can name.
+func TestProxyless(t *testing.T) {
+	spec := &networking.WorkloadGroup{Template: &networking.WorkloadEntry{ServiceAccount: "grpc-server", Ports: map[string]uint32{"grpc": 7070}}}
+	o := Options{Group: Group{Name: "grpc-server", Namespace: "vmns", Spec: spec}, IstiodIP: "10.0.0.1", RootCert: []byte("r"), Token: []byte("t"),
+		DNSCapture: true, AutoRegister: true}
+	f, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := parseEnv(t, f.ClusterEnv); env["ISTIO_META_DNS_CAPTURE"] != "true" || env["DISABLE_ENVOY"] != "" {
+		t.Fatalf("with Envoy: DNS capture %q, DISABLE_ENVOY %q", env["ISTIO_META_DNS_CAPTURE"], env["DISABLE_ENVOY"])
+	}
+	o.Proxyless = true
+	if f, err = Generate(o); err != nil {
+		t.Fatal(err)
+	}
+	env := parseEnv(t, f.ClusterEnv)
+	want := map[string]string{"DISABLE_ENVOY": "true", "ISTIO_META_GENERATOR": "grpc", "OUTPUT_CERTS": "/etc/certs",
+		"GRPC_XDS_BOOTSTRAP": "/etc/istio/proxy/grpc-bootstrap.json", "ISTIO_META_DNS_CAPTURE": "", "ISTIO_META_AUTO_REGISTER_GROUP": "grpc-server"}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("%s: got %q, want %q", k, env[k], v)
+		}
+	}
+	if strings.Contains(string(f.Mesh), "DNS_CAPTURE") {
+		t.Errorf("mesh.yaml turns DNS capture on:\n%s", f.Mesh)
 	}
 }

@@ -192,6 +192,9 @@ const (
 // TEST-NET-1, never a real destination.
 var peer = netip.MustParseAddr("192.0.2.10")
 
+// NotApplicableProxyless is the verdict's detail on a VM without Envoy.
+const NotApplicableProxyless = "not applicable: proxyless (DISABLE_ENVOY=true): pilot-agent runs without Envoy, so nothing is captured, and no backend holds Istio's rules"
+
 // Held names the backends whose nat table (IPv4 or IPv6) holds Istio's chains.
 func Held(saves Saves) []string {
 	var out []string
@@ -266,6 +269,16 @@ func Judge(saves Saves, e Expect) Verdict {
 		return v
 	case e.Env["NATIVE_NFTABLES"] == "true":
 		add(Check{Name: "backend", State: Skipped, Detail: "NATIVE_NFTABLES=true: native nftables rules are not checked yet"})
+		v.State = Off
+		return v
+	case e.Env["DISABLE_ENVOY"] == "true" && len(v.Backends) > 0:
+		add(Check{Name: "backend", State: Fail,
+			Detail: "pilot-agent runs without Envoy (DISABLE_ENVOY=true, proxyless), but " + where() + " hold Istio's capture rules: the VM's traffic goes to a proxy that is not there",
+			Fix:    "restart the sidecar: its start removes them (or run `vmagent sidecar cleanup` on the VM)"})
+		v.State = Fail
+		return v
+	case e.Env["DISABLE_ENVOY"] == "true":
+		add(Check{Name: "backend", State: Skipped, Detail: NotApplicableProxyless})
 		v.State = Off
 		return v
 	case !e.Active && len(v.Backends) > 0:

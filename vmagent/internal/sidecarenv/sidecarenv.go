@@ -167,6 +167,11 @@ func Compute(files map[string]string, h Host) (map[string]string, error) {
 	return env, nil
 }
 
+// Proxyless says pilot-agent runs without Envoy (DISABLE_ENVOY=true, as
+// Istio's grpc-agent template sets it): there is no proxy to capture
+// traffic for, so there are no capture rules.
+func Proxyless(env map[string]string) bool { return env["DISABLE_ENVOY"] == "true" }
+
 // Preparer runs the root-side start and stop work of the sidecar unit.
 type Preparer struct {
 	Log   *slog.Logger
@@ -223,6 +228,12 @@ func (p *Preparer) Prepare(ctx context.Context) error {
 	if env["ISTIO_CUSTOM_IP_TABLES"] == "true" {
 		p.Log.Info("ISTIO_CUSTOM_IP_TABLES=true: leaving the capture rules to the operator")
 		return nil
+	}
+	if Proxyless(env) {
+		// Rules of an earlier start with Envoy would send the app's traffic
+		// to a proxy that is not there.
+		p.Log.Info("DISABLE_ENVOY=true (proxyless gRPC): no capture rules; removing any an earlier start left")
+		return p.cleanup(ctx, env)
 	}
 	list := childEnv(env)
 	if err := p.cleanup(ctx, env); err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/fsroot"
+	"github.com/meshvm/meshvm/vmagent/internal/capture"
 	"github.com/meshvm/meshvm/vmagent/internal/postinst"
 	"github.com/meshvm/meshvm/vmagent/internal/sysusers"
 )
@@ -128,6 +129,33 @@ func TestPrepareRestoresTokenAndWritesEnv(t *testing.T) {
 	os.Remove(filepath.Join(dir, "var/lib/meshvm/secrets/cluster.env"))
 	if err := p.Prepare(context.Background()); err == nil || !strings.Contains(err.Error(), "hostctl vm onboard") {
 		t.Errorf("got %v, want an error naming hostctl vm onboard", err)
+	}
+}
+
+// A proxyless sidecar (DISABLE_ENVOY=true) gets no capture rules: its start
+// only removes what an earlier start with Envoy left, and runs no validator.
+func TestPrepareProxylessInstallsNoRules(t *testing.T) {
+	dir := sandbox(t, "ISTIO_SVC_IP='10.9.0.2'\nDISABLE_ENVOY='true'\n")
+	root, _ := fsroot.New(dir)
+	var calls []string
+	validated := false
+	p := &Preparer{
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Root: root, Users: sysusers.New(root), AgentPort: 7443,
+		Run: func(_ context.Context, _ []string, name string, args ...string) error {
+			calls = append(calls, strings.Join(append([]string{name}, args...), " "))
+			return nil
+		},
+		ReadRules: func(context.Context) capture.Saves { return capture.Saves{} },
+		Validate: func(context.Context, int, int, map[string]string) capture.Validation {
+			validated = true
+			return capture.Validation{}
+		},
+	}
+	if err := p.Prepare(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/usr/local/bin/pilot-agent istio-iptables --cleanup-only"}; !slices.Equal(calls, want) || validated {
+		t.Errorf("got commands %q (validated %v), want only %q", calls, validated, want)
 	}
 }
 
