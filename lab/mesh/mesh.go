@@ -9,8 +9,6 @@ package mesh
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -231,13 +229,7 @@ func startIstiod(ctx context.Context, c Config) error {
 	return nil
 }
 
-// specSum digests what a process was started with: a change to any of it
-// means a restart.
-func specSum(s procs.Spec, extra string) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%q\n%q\n%s\n", s.Bin, s.Args, s.Env, extra)
-	return hex.EncodeToString(h.Sum(nil))[:16]
-}
+func specSum(s procs.Spec, extra string) string { return s.Sum(extra) }
 
 func sameSpec(dir, name string, s procs.Spec, extra string) bool {
 	b, err := os.ReadFile(filepath.Join(dir, name+".spec"))

@@ -6,6 +6,8 @@ package procs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -34,6 +36,14 @@ type Spec struct {
 	Cwd string
 }
 
+// Sum digests what a process is started with, and extra: a change to any
+// of it means a restart.
+func (s Spec) Sum(extra string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%q\n%q\n%s\n", s.Bin, s.Args, s.Env, extra)
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
 // Start launches s detached and records its PID.
 func (d Dir) Start(s Spec) (int, error) {
 	for _, sub := range []string{"logs", "run"} {
@@ -46,6 +56,7 @@ func (d Dir) Start(s Spec) (int, error) {
 		return 0, err
 	}
 	defer logf.Close()
+	closeInherited()
 	cmd := exec.Command(s.Bin, s.Args...)
 	cmd.Dir = s.Cwd
 	if cmd.Dir == "" {
@@ -176,6 +187,23 @@ func (d Dir) WaitReady(ctx context.Context, name string, pid int, timeout time.D
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// closeInherited marks the descriptors this process inherited beyond stdio
+// close-on-exec (Go marks only those it opens): a detached process must not
+// carry them, above all the lab lock a test runs under (flock(1) hands it
+// down), or one that outlives its test holds every later test off the lab.
+// Where /proc is missing (macOS) there is nothing to mark.
+func closeInherited() {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, fd := range fds {
+		if n, err := strconv.Atoi(fd.Name()); err == nil && n > 2 {
+			syscall.CloseOnExec(n)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -64,5 +65,41 @@ func TestReusedPIDIsNotRunning(t *testing.T) {
 	}
 	if got, ok := d.Running("sleep"); !ok || got != pid {
 		t.Errorf("PID-only file: got %d %v, want %d", got, ok, pid)
+	}
+}
+
+// A started process carries no descriptor of its starter beyond stdio:
+// not the lab lock a test runs under.
+func TestStartedProcessInheritsNoDescriptor(t *testing.T) {
+	if _, err := os.Stat("/proc/self/fd"); err != nil {
+		t.Skip("no /proc")
+	}
+	var p [2]int
+	if err := syscall.Pipe(p[:]); err != nil { // not close-on-exec, as flock(1) hands its lock down
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	inherited, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", p[0]))
+	d := Dir(t.TempDir())
+	pid, err := d.Start(Spec{Name: "sleeper", Bin: "/bin/sleep", Args: []string{"30"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop(context.Background(), "sleeper", time.Second)
+	for i := 0; i < 50; i++ { // until it has exec'd: a forked child still holds everything
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.HasPrefix(string(b), "/bin/sleep") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == inherited {
+			t.Errorf("the started process holds the starter's %s as fd %s", l, fd.Name())
+		}
 	}
 }

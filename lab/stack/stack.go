@@ -126,7 +126,7 @@ func DownCluster(ctx context.Context, dir string) error {
 // Down stops istiod, then the control plane; purge also deletes the lab's
 // state directory (stop its VMs first: their disks live there).
 func Down(ctx context.Context, dir string, purge bool) error {
-	err := errors.Join(meshlab.Down(ctx, filepath.Join(dir, "istio")), cluster.Down(ctx, filepath.Join(dir, "cluster")))
+	err := errors.Join(StopController(ctx, dir), meshlab.Down(ctx, filepath.Join(dir, "istio")), cluster.Down(ctx, filepath.Join(dir, "cluster")))
 	if purge && err == nil {
 		err = os.RemoveAll(dir)
 	}

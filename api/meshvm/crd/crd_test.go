@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,12 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshvm/meshvm/lab/build"
-	"github.com/meshvm/meshvm/lab/cluster"
-	"github.com/meshvm/meshvm/lab/labtest"
+	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 )
 
 var (
@@ -31,22 +27,9 @@ var (
 // its defaults, and each bad spec is refused with a message that names the
 // field, by the schema and its CEL rules, before any controller sees it.
 func TestSchemaOnTheAPIServer(t *testing.T) {
-	labtest.RequireBuild(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	bins, err := build.Build(ctx, build.Options{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Progress: os.Stderr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	t.Cleanup(func() { cluster.Down(context.Background(), dir) })
-	if err := cluster.Up(ctx, cluster.Config{Dir: dir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager")}); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", cluster.Kubeconfig(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
+	rc, _ := clustertest.Start(ctx, t)
 	dc, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)

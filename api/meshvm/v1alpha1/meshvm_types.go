@@ -123,7 +123,7 @@ type MeshVMStatus struct {
 // +kubebuilder:printcolumn:name="Agent",type=string,JSONPath=`.status.agent`
 // +kubebuilder:printcolumn:name="Sidecar",type=string,JSONPath=`.status.sidecar`
 // +kubebuilder:printcolumn:name="Healthy",type=string,JSONPath=`.status.healthy`
-// +kubebuilder:printcolumn:name="Token Expires",type=date,JSONPath=`.status.tokenExpiresAt`
+// +kubebuilder:printcolumn:name="Token Expires",type=string,JSONPath=`.status.tokenExpiresAt`
 // +kubebuilder:printcolumn:name="Revision",type=string,JSONPath=`.status.revision`
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.status.address`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -99,7 +99,7 @@ func New() *cobra.Command {
 	vm.AddCommand((&vmStatusCmd{g: g}).command())
 	vm.AddCommand(vmCommands(g)...)
 	cluster, istio := clusterCommands(g)
-	fleet := &cobra.Command{Use: "fleet", Short: "Fleet mode: VMs declared in the cluster and kept in the mesh by a controller"}
+	fleet := fleetCommand(g)
 	fleet.AddCommand(fleetInstallCommands(g)...)
 	root.AddCommand(cfg, vm, cluster, istio, fleet, (&upCmd{g: g}).command(), (&downCmd{g: g}).command(), (&verifyCmd{g: g}).command(),
 		(&doctorCmd{vmCmd: vmCmd{g: g}}).command())

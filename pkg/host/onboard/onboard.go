@@ -3,8 +3,11 @@ package onboard
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/meshvm/meshvm/pkg/agenterr"
@@ -75,10 +78,7 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 	deliveries = append(deliveries,
 		agentclient.BytesFile("/var/lib/istio/envoy/cluster.env", files.ClusterEnv),
 		agentclient.BytesFile("/etc/istio/config/mesh", files.Mesh),
-		// pilot-agent rewrites this file (it is in OUTPUT_CERTS) without the
-		// final newline: deliver it the same way, or every re-onboarding
-		// would resend and restart.
-		agentclient.BytesFile(workloadfiles.RootCertPath, bytes.TrimRight(files.RootCert, "\n")),
+		rootCert(files.RootCert),
 		agentclient.BytesFile(TokenPath, files.Token),
 	)
 	results, err := c.PutFiles(ctx, deliveries)
@@ -110,6 +110,19 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		return r, fmt.Errorf("sidecar: %w", err)
 	}
 	return r, nil
+}
+
+// rootCert delivers istiod's root certificate. pilot-agent rewrites the
+// file (it is in OUTPUT_CERTS): without the final newline when it starts,
+// with it at each certificate rotation (seen on the lab with one-minute
+// certificates). Either form is the same certificate, or every
+// re-onboarding after a rotation would resend it and restart the sidecar.
+func rootCert(pem []byte) agentclient.File {
+	trimmed := bytes.TrimRight(pem, "\n")
+	f := agentclient.BytesFile(workloadfiles.RootCertPath, trimmed)
+	sum := sha256.Sum256(append(slices.Clip(trimmed), '\n'))
+	f.Equivalent = []string{hex.EncodeToString(sum[:])}
+	return f
 }
 
 // Proxyless is the sidecar without Envoy: pilot-agent only.

@@ -119,7 +119,8 @@ type Pair struct{ Cert, Key []byte }
 // ClientCert returns hostctl's client certificate, issuing or renewing it.
 func (d *Dir) ClientCert(ca *mtls.CA) (Pair, error) {
 	return d.leaf(ca, "agent-ca/hostctl", func() ([]byte, []byte, error) {
-		return ca.IssueClient(clientIdentity, leafValidity)
+		p, err := IssueClient(ca, clientIdentity)
+		return p.Cert, p.Key, err
 	}, nil)
 }
 
@@ -127,6 +128,19 @@ func (d *Dir) ClientCert(ca *mtls.CA) (Pair, error) {
 // issuing a new one when there is none, it nears expiry, another CA signed
 // it, or the VM's addresses changed. changed says whether it was (re)issued.
 func (d *Dir) VMCert(ca *mtls.CA, vm string, addresses []string) (p Pair, changed bool, err error) {
+	issue, fits := VMLeaf(ca, vm, addresses)
+	issued := false
+	p, err = d.leaf(ca, filepath.Join("vms", vm, "agent"), func() ([]byte, []byte, error) {
+		issued = true
+		return issue()
+	}, fits)
+	return p, issued, err
+}
+
+// VMLeaf is how the server certificate of VM vm's agent is issued for its
+// addresses, and whether one fits them: every store of agent identities
+// (this directory, the cluster's Secrets) issues it the same way.
+func VMLeaf(ca *mtls.CA, vm string, addresses []string) (issue func() ([]byte, []byte, error), fits func(*x509.Certificate) bool) {
 	var ips []net.IP
 	var names = []string{vm}
 	for _, a := range addresses {
@@ -136,20 +150,17 @@ func (d *Dir) VMCert(ca *mtls.CA, vm string, addresses []string) (p Pair, change
 			names = append(names, a)
 		}
 	}
-	issued := false
-	p, err = d.leaf(ca, filepath.Join("vms", vm, "agent"), func() ([]byte, []byte, error) {
-		issued = true
-		return ca.IssueServer(vm, names, ips, leafValidity)
-	}, func(c *x509.Certificate) bool {
-		return slices.EqualFunc(sortedIPs(c.IPAddresses), sortedIPs(ips), net.IP.Equal)
-	})
-	return p, issued, err
+	return func() ([]byte, []byte, error) {
+			return ca.IssueServer(vm, names, ips, leafValidity)
+		}, func(c *x509.Certificate) bool {
+			return slices.EqualFunc(sortedIPs(c.IPAddresses), sortedIPs(ips), net.IP.Equal)
+		}
 }
 
-func sortedIPs(ips []net.IP) []net.IP {
-	out := slices.Clone(ips)
-	slices.SortFunc(out, func(a, b net.IP) int { return bytes.Compare(a.To16(), b.To16()) })
-	return out
+// IssueClient issues a client identity that agents pinning ca accept.
+func IssueClient(ca *mtls.CA, name string) (Pair, error) {
+	cert, key, err := ca.IssueClient(name, leafValidity)
+	return Pair{Cert: cert, Key: key}, err
 }
 
 // leaf reuses the pair at base(.pem, -key.pem) while it is valid, signed by
@@ -165,7 +176,7 @@ func (d *Dir) leaf(ca *mtls.CA, base string, issue func() ([]byte, []byte, error
 func (d *Dir) leafLocked(ca *mtls.CA, base string, issue func() ([]byte, []byte, error), fits func(*x509.Certificate) bool) (Pair, error) {
 	cert, errC := d.ReadFile(base + ".pem")
 	key, errK := d.ReadFile(base + "-key.pem")
-	if errC == nil && errK == nil && usable(ca, cert, fits) {
+	if errC == nil && errK == nil && Usable(ca, cert, fits) {
 		return Pair{Cert: cert, Key: key}, nil
 	}
 	cert, key, err := issue()
@@ -181,7 +192,9 @@ func (d *Dir) leafLocked(ca *mtls.CA, base string, issue func() ([]byte, []byte,
 	return Pair{Cert: cert, Key: key}, nil
 }
 
-func usable(ca *mtls.CA, certPEM []byte, fits func(*x509.Certificate) bool) bool {
+// Usable says whether certPEM can be kept: signed by ca, not near its end,
+// and fits (when set).
+func Usable(ca *mtls.CA, certPEM []byte, fits func(*x509.Certificate) bool) bool {
 	block, _ := pem.Decode(certPEM)
 	if block == nil {
 		return false
@@ -196,4 +209,10 @@ func usable(ca *mtls.CA, certPEM []byte, fits func(*x509.Certificate) bool) bool
 		return false
 	}
 	return fits == nil || fits(c)
+}
+
+func sortedIPs(ips []net.IP) []net.IP {
+	out := slices.Clone(ips)
+	slices.SortFunc(out, func(a, b net.IP) int { return bytes.Compare(a.To16(), b.To16()) })
+	return out
 }

@@ -55,6 +55,19 @@ func RemoveAgent(ctx context.Context, m machine.Machine, store Store, machines m
 	return onboard.RemoveAgentWith(ctx, machines, c, m)
 }
 
+// UndoAgent has m's agent undo what it did (sidecar, capture rules, hosts
+// block, files, users) and leaves the agent installed: what a controller,
+// which reaches VMs only through their agents, can take back.
+func UndoAgent(ctx context.Context, m machine.Machine, store Store) error {
+	c, err := DialAgent(m, store)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Uninstall(ctx, false)
+	return err
+}
+
 // DeleteEntry deletes the VM's WorkloadEntry, at its address or, when it
 // reports none (a stopped machine), where it was last onboarded: istiod
 // would drop it after its grace period; it is not left to chance. It says

@@ -53,6 +53,10 @@ type Spec struct {
 	// pass checks the machine and the agent, then awaits the entry;
 	// nothing is issued or sent.
 	KeepFiles bool
+	// Recheck looks at the agent, the files and the sidecar even when this
+	// generation delivered them: a controller's periodic look, which
+	// repairs drift (a lost hosts block, a changed file, a stopped sidecar).
+	Recheck bool
 }
 
 // Status is what the passes found, carried from one pass to the next (a
@@ -193,7 +197,7 @@ func Reconcile(ctx context.Context, vm Spec, last Status, target Target, store S
 		deps.Now = time.Now
 	}
 	p := &pass{ctx: ctx, vm: vm, target: target, store: store, deps: deps, st: last}
-	if c, ok := last.Conditions.Get(FilesInSync); ok && c.Status == True && c.ObservedGeneration == vm.Generation {
+	if c, ok := last.Conditions.Get(FilesInSync); ok && c.Status == True && c.ObservedGeneration == vm.Generation && !vm.Recheck {
 		p.synced = true
 	}
 	p.provisioning = vm.Provision && last.Provisioned != vm.Generation && !p.synced
@@ -367,6 +371,11 @@ func (p *pass) agentReachable() error {
 		return nil
 	}
 	p.agent = c
+	if p.m.Arch == "" {
+		// A provider that knows only the address (a controller's) learns
+		// the architecture, for the sidecar's binaries, from the agent.
+		p.m.Arch = v.GetArch()
+	}
 	p.set(AgentReachable, True, AgentAnswering, "answering on %s", net.JoinHostPort(addr, onboard.AgentPort))
 	p.recordAbout(AgentReachable, AgentAnswering, v.GetVersion(), fmt.Sprintf("answering on %s:%s", addr, onboard.AgentPort))
 	return nil

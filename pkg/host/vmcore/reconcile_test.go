@@ -271,3 +271,28 @@ func TestAddressMovedDeletesTheStaleEntry(t *testing.T) {
 		})
 	}
 }
+
+// A synced VM's pass looks only at its entry, unless Recheck: then it
+// looks at the agent again (a controller's periodic look, which repairs
+// drift), and an agent gone since is seen.
+func TestRecheckLooksAtTheAgentAgain(t *testing.T) {
+	addr := "127.0.0.1"
+	if l, err := net.Listen("tcp", net.JoinHostPort(addr, onboard.AgentPort)); err != nil {
+		t.Skipf("the agent port on %s is taken here: %v", addr, err)
+	} else {
+		l.Close()
+	}
+	store, _ := openStore(t, "vm1")
+	ms := machines{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Running, Addresses: []string{addr}}}}
+	deps := Deps{Machines: ms, Kube: workload.Clients{Kube: fake.NewClientset(), Istio: istiofake.NewSimpleClientset()}, Workload: group}
+	for _, recheck := range []bool{false, true} {
+		res, err := Reconcile(testCtx(t), Spec{Name: "vm1", Generation: 1, Recheck: recheck}, syncedStatus(addr), Target{}, store, deps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := res.Status.Conditions.Get(AgentReachable)
+		if got := c.Status == False; got != recheck {
+			t.Errorf("Recheck %v: AgentReachable %+v", recheck, c)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshvm/meshvm/pkg/mesh/istioversion"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 	"github.com/meshvm/meshvm/pkg/reason"
@@ -112,13 +113,10 @@ func InspectForeign(ctx context.Context, kc kubernetes.Interface) (Foreign, erro
 // gateway exposing its ports.
 func readControlPlane(d *appsv1.Deployment, svcs []corev1.Service) ControlPlane {
 	cp := ControlPlane{Deployment: d.Namespace + "/" + d.Name, Revision: workloadfiles.RevisionName(d.Labels["istio.io/rev"])}
+	cp.Version = istioversion.ImageVersion(d)
 	for _, c := range d.Spec.Template.Spec.Containers {
 		if c.Name != "discovery" {
 			continue
-		}
-		image, _, _ := strings.Cut(c.Image, "@") // a digest names no version
-		if i := strings.LastIndexByte(image, ':'); i >= 0 && !strings.Contains(image[i:], "/") {
-			cp.Version = image[i+1:]
 		}
 		for _, e := range c.Env {
 			switch e.Name {

@@ -1,0 +1,27 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+var (
+	// SchemeBuilder adds the MeshVM kinds to a scheme.
+	SchemeBuilder = runtime.NewSchemeBuilder(func(s *runtime.Scheme) error {
+		s.AddKnownTypes(GroupVersion, &MeshVM{}, &MeshVMList{})
+		metav1.AddToGroupVersion(s, GroupVersion)
+		return nil
+	})
+	AddToScheme = SchemeBuilder.AddToScheme
+)
+
+// Annotations and the finalizer fleet mode puts on MeshVMs.
+const (
+	// AnnotationIstiodAddress is where this VM reaches istiod, when it is
+	// its own (the lab's VMs each reach it on their link's host end); the
+	// fleet settings' istiodAddress otherwise.
+	AnnotationIstiodAddress = "meshvm.io/istiod-address"
+	// Finalizer holds a deleted MeshVM until its token is revoked, its
+	// WorkloadEntry deleted and its agent's changes undone.
+	Finalizer = "meshvm.io/cleanup"
+)

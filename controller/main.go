@@ -1,0 +1,124 @@
+// Command controller is fleet mode's controller: it keeps every MeshVM's
+// VM in the mesh with the per-VM core hostctl drives (pkg/host/vmcore),
+// calling the VMs' agents with its own client identity. It never creates
+// machines or installs agents: hostctl does, from a workstation.
+//
+// It runs in a cluster (a Deployment that hostctl fleet install renders)
+// or, in the lab, as a local process beside istiod (--kubeconfig).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
+	"github.com/meshvm/meshvm/controller/internal/vmctl"
+	"github.com/meshvm/meshvm/pkg/fleetstore"
+	"github.com/meshvm/meshvm/pkg/host/formcache"
+	"github.com/meshvm/meshvm/pkg/mesh/proxyimage"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "controller:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		namespace    = flag.String("namespace", fleetstore.DefaultNamespace, "namespace of the controller's Secrets (agent CA, client identity, VM records), fleet settings and leader lease")
+		leaderElect  = flag.Bool("leader-elect", true, "elect one leader among the controller's replicas: only it acts")
+		metricsAddr  = flag.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 turns it off)")
+		probeAddr    = flag.String("health-probe-bind-address", ":8081", "address of the healthz and readyz endpoints")
+		sidecarDir   = flag.String("sidecar-dir", "", "directory with the sidecar's files as VERSION/ARCH/{pilot-agent,envoy,envoy_bootstrap_tmpl.json} (default: pulled from the fleet settings' imageHub)")
+		cacheDir     = flag.String("cache-dir", filepath.Join(os.TempDir(), "meshvm-controller"), "where pulled sidecar images and compressed forms are kept")
+		resync       = flag.Duration("resync", vmctl.DefaultResync, "periodic look at each Ready VM, which notices VM-side changes (jittered ±10%)")
+		releaseAfter = flag.Duration("release-after", vmctl.DefaultReleaseAfter, "how long a deleted MeshVM waits for its agent before it is released")
+		workers      = flag.Int("workers", 4, "VMs reconciled at once")
+		qps          = flag.Float64("kube-api-qps", 50, "API requests per second (client-side limit)")
+		burst        = flag.Int("kube-api-burst", 100, "API request burst")
+	)
+	opts := zap.Options{}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+
+	// --kubeconfig is controller-runtime's flag: in-cluster without it.
+	rc, err := ctrlconfig.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w (give --kubeconfig outside a cluster)", err)
+	}
+	rc.QPS, rc.Burst = float32(*qps), *burst
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme, networkingv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return err
+		}
+	}
+	mgr, err := ctrl.NewManager(rc, ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
+		HealthProbeBindAddress:  *probeAddr,
+		LeaderElection:          *leaderElect,
+		LeaderElectionID:        "meshvm-controller.meshvm.io",
+		LeaderElectionNamespace: *namespace,
+		// Only MeshVMs and WorkloadEntries are watched; Secrets are read as
+		// they are, never cached cluster-wide.
+		Cache:  cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}}},
+		Client: client.Options{Cache: &client.CacheOptions{Unstructured: false}},
+	})
+	if err != nil {
+		return err
+	}
+	kc, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	ic, err := istioclient.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	r := &vmctl.Reconciler{
+		Client:       mgr.GetClient(),
+		Kube:         workload.Clients{Kube: kc, Istio: ic},
+		Namespace:    *namespace,
+		Events:       mgr.GetEventRecorder("meshvm-controller"),
+		Sidecars:     &vmctl.Sidecars{Dir: *sidecarDir, Fetcher: &proxyimage.Fetcher{CacheDir: filepath.Join(*cacheDir, "sidecar")}},
+		Forms:        formcache.New(filepath.Join(*cacheDir, "forms")),
+		Resync:       *resync,
+		ReleaseAfter: *releaseAfter,
+	}
+	if err := r.SetupWithManager(mgr, *workers); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	ctx := ctrl.SetupSignalHandler()
+	start := time.Now()
+	ctrl.Log.Info("starting", "namespace", *namespace, "leaderElect", *leaderElect, "resync", resync.String())
+	err = mgr.Start(ctx)
+	ctrl.Log.Info("stopped", "after", time.Since(start).String())
+	return err
+}
