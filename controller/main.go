@@ -78,7 +78,7 @@ func run() error {
 		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
 		HealthProbeBindAddress:  *probeAddr,
 		LeaderElection:          *leaderElect,
-		LeaderElectionID:        "meshvm-controller.meshvm.io",
+		LeaderElectionID:        v1alpha1.ControllerLease,
 		LeaderElectionNamespace: *namespace,
 		// Only MeshVMs and WorkloadEntries are watched; Secrets are read as
 		// they are, never cached cluster-wide.

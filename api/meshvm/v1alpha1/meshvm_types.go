@@ -14,6 +14,11 @@ import (
 // GroupVersion is the API's group and version.
 var GroupVersion = schema.GroupVersion{Group: "meshvm.io", Version: "v1alpha1"}
 
+// ControllerLease is the Lease the controller's replicas elect their
+// leader with: the controller names it, and fleet install grants it that
+// Lease alone, so both read it here.
+const ControllerLease = "meshvm-controller.meshvm.io"
+
 // MeshVMSpec is what the VM should be.
 type MeshVMSpec struct {
 	// Address is where the VM's agent answers (an IPv4 or IPv6 address, or

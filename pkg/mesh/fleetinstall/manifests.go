@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/api/meshvm/crd"
+	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 )
@@ -145,10 +146,9 @@ func IstioRules() []rbacv1.PolicyRule {
 	}
 }
 
-// LeaseName is the controller's leader-election Lease (its
-// LeaderElectionID, controller/main.go): the only Lease it may read or
-// renew.
-const LeaseName = "meshvm-controller.meshvm.io"
+// LeaseName is the controller's leader-election Lease: the only Lease it
+// may read or renew.
+const LeaseName = v1alpha1.ControllerLease
 
 // OwnRules are what it may do in its own namespace: the Secrets of the
 // fleet store (the agent CA, its client identity, one record per VM),

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -214,10 +215,27 @@ func applyOne(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper
 	switch {
 	case before == "":
 		return ownership.Created, nil
-	case after.GetResourceVersion() != before:
+	case after.GetResourceVersion() != before && !sameContent(cur, after):
 		return ownership.Configured, nil
 	}
 	return ownership.Unchanged, nil
+}
+
+// sameContent says whether two versions of an object differ only in what
+// others write beside an apply: its status (a Deployment's, written by its
+// controller between our read and our apply, moves the resourceVersion
+// without our apply changing anything) and the bookkeeping of versions.
+func sameContent(a, b *unstructured.Unstructured) bool {
+	strip := func(u *unstructured.Unstructured) map[string]any {
+		c := u.DeepCopy().Object
+		delete(c, "status")
+		if md, ok := c["metadata"].(map[string]any); ok {
+			delete(md, "resourceVersion")
+			delete(md, "managedFields")
+		}
+		return c
+	}
+	return equality.Semantic.DeepEqual(strip(a), strip(b))
 }
 
 func waitEstablished(ctx context.Context, dyn dynamic.Interface, names []string) error {
