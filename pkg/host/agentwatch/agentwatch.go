@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -34,8 +36,7 @@ type Target struct {
 
 func (t Target) same(o Target) bool {
 	return t.Address == o.Address && t.TLS == o.TLS && t.AppProbePeriod == o.AppProbePeriod &&
-		t.AppProbe.GetKind() == o.AppProbe.GetKind() && t.AppProbe.GetPort() == o.AppProbe.GetPort() &&
-		t.AppProbe.GetPath() == o.AppProbe.GetPath() && t.AppProbe.GetHost() == o.AppProbe.GetHost()
+		proto.Equal(t.AppProbe, o.AppProbe)
 }
 
 // Update is what the watcher learned of one VM.
@@ -206,7 +207,7 @@ func (w *Watcher) watchOnce(ctx context.Context, vm string, t Target) (bool, err
 	defer c.Close()
 	req := &agentv1.WatchRequest{AppProbe: t.AppProbe}
 	if t.AppProbePeriod > 0 {
-		req.AppProbePeriod = durationpbOf(t.AppProbePeriod)
+		req.AppProbePeriod = durationpb.New(t.AppProbePeriod)
 	}
 	streamed := false
 	err = c.Watch(ctx, req, func(st *agentv1.WatchResponse) error {

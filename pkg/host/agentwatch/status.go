@@ -1,16 +1,11 @@
 package agentwatch
 
 import (
-	"time"
-
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
-
-func durationpbOf(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
 
 // fromStatus is what an older agent's GetStatus says of what Watch
 // streams: its sidecar and credentials (it cannot tell addresses or run an
