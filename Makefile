@@ -108,7 +108,7 @@ proto-lint: tools ## Lint the API with buf (STANDARD)
 # PROTO_BASELINE is the API as it last shipped (a landed commit): agents and
 # hostctls built from it must keep working with this tree's. Comparing
 # against main compared main with itself. Move it forward when a stop lands.
-PROTO_BASELINE ?= e5adf7e
+PROTO_BASELINE ?= ddf4bfc
 .PHONY: proto-breaking
 proto-breaking: tools ## Check the API against PROTO_BASELINE (the last shipped commit) for breaking changes
 	@git cat-file -e '$(PROTO_BASELINE)^{commit}' 2>/dev/null || { echo "proto-breaking: baseline $(PROTO_BASELINE) is not in this clone: git fetch --unshallow, or set PROTO_BASELINE=<commit>" >&2; exit 1; }
