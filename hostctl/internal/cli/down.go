@@ -29,6 +29,12 @@ func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
+	if f.Config.FleetMode() {
+		// While the controller runs: their finalizers take the VMs out of the mesh.
+		if err := downFleet(cmd.Context(), f, sayer(cmd.ErrOrStderr(), "down: ")); err != nil {
+			return err
+		}
+	}
 	err = f.RemoveVMs(cmd.Context(), sayer(cmd.ErrOrStderr(), "down: "))
 	if !c.keepCluster {
 		if derr := f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), progress.Cluster).Reporter(), err == nil); derr != nil {

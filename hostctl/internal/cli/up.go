@@ -83,6 +83,9 @@ func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), upTimeout(c.timeout, f.Config))
 	defer cancel()
+	if f.Config.FleetMode() {
+		return upFleet(ctx, cmd, f)
+	}
 	return f.Up(ctx, newLines(cmd.ErrOrStderr(), "up: ", fleet.UpSteps...).Reporter())
 }
 

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/meshvm/meshvm/pkg/fleetstore"
+	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
@@ -53,6 +54,11 @@ func Up(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, controller func(c
 	store := fleetstore.New(ctx, a.Clients.Kube, a.Namespace, a.Workload.Namespace)
 	var names []string
 	for i, vm := range vms {
+		if a.VMs[i].IstiodAddress == "" && f.Config.Cluster.Provider == config.Lab {
+			if a.VMs[i].IstiodAddress, err = f.Site.IstiodAddress(ctx, vm.Name); err != nil {
+				return fmt.Errorf("%s: %w", vm.Name, err)
+			}
+		}
 		revision, err := declaredRevision(store, vm.Name, f.Site.Revision(ctx))
 		if err != nil {
 			return fmt.Errorf("%s: %w", vm.Name, err)
