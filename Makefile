@@ -183,11 +183,10 @@ lab-deps: ## Install what the lab needs (Debian/Ubuntu, as root)
 # The lab needs hostctl for this machine only.
 lab: HOSTCTL_TARGETS := $(GOOS_HOST)/$(GOARCH_HOST)
 .PHONY: lab
-lab: lab-deps build ## Bring up the local lab: control plane built from source, a systemd VM onboarded and Healthy, then in fleet mode
-	MESHVM_SOURCE=$(CURDIR) $(HOSTCTL) up --provider lab --timeout 60m
-	$(HOSTCTL) vm status   # no flags: hostctl remembers the site up used
-	MESHVM_SOURCE=$(CURDIR) $(HOSTCTL) fleet adopt   # the VM into the cluster, kept by the controller (a lab process)
-	$(HOSTCTL) fleet status
+lab: lab-deps build ## Bring up the local lab in fleet mode: control plane built from source, a systemd VM declared as a MeshVM and kept Ready by the controller
+	MESHVM_SOURCE=$(CURDIR) $(HOSTCTL) up --provider lab --timeout 60m   # fleet mode is the lab's default: the controller (a lab process) onboards the VM
+	$(HOSTCTL) vm status   # no flags: hostctl remembers the site up used; READY is the MeshVM's
+	$(HOSTCTL) fleet status   # what kubectl get meshvms shows
 
 .PHONY: lab-down
 lab-down: ## Remove the lab's VMs and control plane
