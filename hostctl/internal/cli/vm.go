@@ -225,6 +225,10 @@ func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
+	if f.Config.FleetMode() {
+		// As up: the new VM provisioned and declared, the others unchanged.
+		return upFleet(ctx, cmd, f)
+	}
 	return f.Add(ctx, newProgress(cmd.ErrOrStderr(), fleet.UpSteps...).Reporter(), vm.Name)
 }
 
