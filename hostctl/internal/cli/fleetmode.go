@@ -66,7 +66,6 @@ func requestFleet(ctx context.Context, w io.Writer, f *fleet.Fleet, names []stri
 		return err
 	}
 	ns := f.Config.Workload.Namespace
-	start := time.Now()
 	value, err := fleetmode.Request(ctx, dc, ns, names, annotation)
 	if err != nil {
 		return err
@@ -87,7 +86,7 @@ func requestFleet(ctx context.Context, w io.Writer, f *fleet.Fleet, names []stri
 		}
 		switch annotation {
 		case v1alpha1.AnnotationRenew:
-			p.Step(progress.Controller, r.Name, "token replaced by the controller, valid until %s; sidecar not restarted (%s)", expires, time.Since(start).Round(100*time.Millisecond))
+			p.Step(progress.Controller, r.Name, "token replaced by the controller, valid until %s; sidecar not restarted", expires)
 		default:
 			p.Step(progress.Controller, r.Name, "%s by the controller: fresh token (valid until %s) and files delivered; Ready: %s", verb, expires, r.Message)
 		}
