@@ -81,34 +81,16 @@ func Up(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, controller func(c
 	return nil
 }
 
-// ensureStore is the cluster's side of fleet mode, each part written only
-// where missing or different: the store's namespace, the MeshVM CRD, the
-// agent CA (this state directory's: the agents pin it), the settings; and
-// the records of each VM this state directory onboarded that the cluster
-// does not know yet (adopted once: later the controller's are newer).
+// ensureStore is the cluster's side of fleet mode (ensureBase), and the
+// records of each VM this state directory onboarded that the cluster does
+// not know yet (adopted once: later the controller's are newer).
 func ensureStore(ctx context.Context, a Adoption) ([]Change, error) {
-	var out []Change
+	out, err := a.ensureBase(ctx)
+	if err != nil {
+		return out, err
+	}
+	var action ownership.Action
 	add := func(obj string, action ownership.Action) { out = append(out, Change{Object: obj, Action: action}) }
-	if err := fleetstore.EnsureNamespace(ctx, a.Clients.Kube, a.Namespace); err != nil {
-		return out, fmt.Errorf("namespace %s: %w", a.Namespace, err)
-	}
-	action, err := ApplyCRD(ctx, a.Dynamic)
-	if err != nil {
-		return out, err
-	}
-	add("CustomResourceDefinition meshvms.meshvm.io", action)
-	ca, err := a.State.AgentCA()
-	if err != nil {
-		return out, err
-	}
-	if action, err = fleetstore.PutCA(ctx, a.Clients.Kube, a.Namespace, ca); err != nil {
-		return out, err
-	}
-	add("Secret "+a.Namespace+"/"+fleetstore.CASecret, action)
-	if action, err = fleetstore.PutSettings(ctx, a.Clients.Kube, a.Namespace, a.Settings); err != nil {
-		return out, err
-	}
-	add("ConfigMap "+a.Namespace+"/"+fleetstore.SettingsConfigMap, action)
 	store := fleetstore.New(ctx, a.Clients.Kube, a.Namespace, a.Workload.Namespace)
 	dir := vmcore.DirStore{Dir: a.State}
 	for _, vm := range a.VMs {
