@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -153,4 +155,30 @@ func downFleet(ctx context.Context, f *fleet.Fleet, p progress.Reporter) error {
 		return nil
 	}
 	return fleetmode.Delete(ctx, dc, f.Config.Workload.Namespace, names, p.Say)
+}
+
+// notDeclared refuses a command that would drive VMs from this workstation
+// (fleet mode off) while their MeshVMs are in the cluster: the controller
+// keeps those, and two writers of one VM's token and files would undo each
+// other. A cluster without the MeshVM CRD has none.
+func notDeclared(ctx context.Context, f *fleet.Fleet, vms []config.VM) error {
+	dc, err := fleetmode.Dynamic(f)
+	if err != nil {
+		return nil // the command itself will say the cluster does not answer
+	}
+	ours, err := fleetmode.Ours(ctx, dc, f.Config.Workload.Namespace)
+	if err != nil {
+		return nil
+	}
+	var declared []string
+	for _, vm := range vms {
+		if slices.Contains(ours, vm.Name) {
+			declared = append(declared, vm.Name)
+		}
+	}
+	if len(declared) == 0 {
+		return nil
+	}
+	return usageErrorf("%s: declared as MeshVMs, kept by the controller (fleet adopt or a fleet-mode up): set fleet.enabled: true (or MESHVM_FLEET=true) so that hostctl acts through them",
+		strings.Join(declared, ", "))
 }

@@ -86,6 +86,9 @@ func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
 	if f.Config.FleetMode() {
 		return upFleet(ctx, cmd, f)
 	}
+	if err := notDeclared(ctx, f, f.Config.VMs); err != nil {
+		return err
+	}
 	return f.Up(ctx, newLines(cmd.ErrOrStderr(), "up: ", fleet.UpSteps...).Reporter())
 }
 

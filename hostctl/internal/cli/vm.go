@@ -143,6 +143,9 @@ func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 			}
 			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationOnboard, "re-onboarded")
 		}
+		if err := notDeclared(r.ctx, r.Fleet, r.vms); err != nil {
+			return err
+		}
 		return r.Onboard(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.OnboardSteps...).Reporter(), r.vms, c.restart)
 	})
 }
@@ -390,6 +393,9 @@ func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
 				return nil
 			}
 			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationRenew, "renewed")
+		}
+		if err := notDeclared(r.ctx, r.Fleet, r.vms); err != nil {
+			return err
 		}
 		return r.Renew(r.ctx, r.vms, c.force, sayer(cmd.ErrOrStderr(), "vm renew "))
 	})
