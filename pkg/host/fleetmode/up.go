@@ -6,6 +6,7 @@ import (
 	"maps"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -85,8 +86,22 @@ func Up(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, controller func(c
 // records of each VM this state directory onboarded that the cluster does
 // not know yet (adopted once: later the controller's are newer).
 func ensureStore(ctx context.Context, a Adoption) ([]Change, error) {
-	out, err := a.ensureBase(ctx)
-	if err != nil {
+	var out []Change
+	// A workstation without an agent CA takes the cluster's, which the
+	// agents pin: a second person manages the same VMs.
+	if sec, err := a.Clients.Kube.CoreV1().Secrets(a.Namespace).Get(ctx, fleetstore.CASecret, metav1.GetOptions{}); err == nil {
+		taken, err := a.State.TakeCA(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
+		if err != nil {
+			return out, fmt.Errorf("Secret %s/%s: %w", a.Namespace, fleetstore.CASecret, err)
+		}
+		if taken {
+			out = append(out, Change{Object: "agent CA (Secret " + a.Namespace + "/" + fleetstore.CASecret + ") into " + a.State.Path("agent-ca"), Action: ownership.Created})
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return out, err
+	}
+	base, err := a.ensureBase(ctx)
+	if out = append(out, base...); err != nil {
 		return out, err
 	}
 	var action ownership.Action
