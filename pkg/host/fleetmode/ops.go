@@ -150,7 +150,7 @@ func WaitRequest(ctx context.Context, dc dynamic.Interface, ns string, names []s
 			r := rows[k]
 			seen := r.Ready + " " + r.Reason + " " + r.Message
 			if last[n] != seen && r.Reason != "" && r.Ready != "True" {
-				say(n, "%s: %s", r.Reason, r.Message)
+				say(n, "%s: %s", r.Reason, strings.TrimSuffix(r.Message, ": "))
 			}
 			last[n] = seen
 			if !done(r) || r.Ready != "True" {

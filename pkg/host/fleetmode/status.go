@@ -3,6 +3,7 @@ package fleetmode
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -82,7 +83,7 @@ func WaitReady(ctx context.Context, dc dynamic.Interface, ns string, names []str
 				}
 			default:
 				if last[n] != seen && r.Reason != "" {
-					say(n, "%s: %s", r.Reason, r.Message)
+					say(n, "%s: %s", r.Reason, strings.TrimSuffix(r.Message, ": "))
 				}
 			}
 			last[n] = seen
