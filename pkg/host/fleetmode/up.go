@@ -92,7 +92,7 @@ func ensureStore(ctx context.Context, a Adoption) ([]Change, error) {
 	if sec, err := a.Clients.Kube.CoreV1().Secrets(a.Namespace).Get(ctx, fleetstore.CASecret, metav1.GetOptions{}); err == nil {
 		taken, err := a.State.TakeCA(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
 		if err != nil {
-			return out, fmt.Errorf("Secret %s/%s: %w", a.Namespace, fleetstore.CASecret, err)
+			return out, fmt.Errorf("the agent CA in Secret %s/%s: %w", a.Namespace, fleetstore.CASecret, err)
 		}
 		if taken {
 			out = append(out, Change{Object: "agent CA (Secret " + a.Namespace + "/" + fleetstore.CASecret + ") into " + a.State.Path("agent-ca"), Action: ownership.Created})
