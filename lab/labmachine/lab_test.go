@@ -3,13 +3,17 @@ package labmachine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshvm/meshvm/lab/instance"
 	"github.com/meshvm/meshvm/lab/labtest"
 	"github.com/meshvm/meshvm/pkg/machine"
 )
@@ -85,13 +89,14 @@ func TestLifecycle(t *testing.T) {
 	if err != nil || len(list) != 2 {
 		t.Errorf("list: got %+v, %v", list, err)
 	}
+	ns2, _ := p.NetNS("lm2")
 	if err := p.Delete(ctx, "lm2"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.Info(ctx, "lm2"); !errors.Is(err, machine.ErrNotFound) {
 		t.Errorf("info after delete: got %v, want not found", err)
 	}
-	if _, err := os.Stat("/run/netns/meshvm-lm2"); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat("/run/netns/" + ns2); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("netns of lm2 left behind: %v", err)
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, "lm2*")); len(left) > 0 {
@@ -110,4 +115,121 @@ func TestLifecycle(t *testing.T) {
 	if _, err := p.Launch(ctx, machine.Spec{Name: "Bad_Name"}); err == nil {
 		t.Error("an invalid VM name was accepted")
 	}
+}
+
+// TestTwoLabsAndReaddress runs a VM of one name in each of two labs at once
+// (two instances: their own ranges and namespaces), reaches each lab's
+// istiod address from its VM, then moves one VM to a new address: it
+// answers there, the old address is gone, and the istiod address still
+// answers.
+func TestTwoLabsAndReaddress(t *testing.T) {
+	labtest.RequireVMs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var labs [2]*Provider
+	for i := range labs {
+		home := t.TempDir()
+		labs[i] = New(log, filepath.Join(home, "vms"), labtest.Cache())
+		p := labs[i]
+		t.Cleanup(func() {
+			if err := p.Delete(context.Background(), "same"); err != nil {
+				t.Errorf("delete: %v", err)
+			}
+			p.Instance().RemoveIstiodIP()
+			instance.Release(home)
+		})
+	}
+	var addrs [2]string
+	for i, p := range labs {
+		m, err := p.Launch(ctx, machine.Spec{Name: "same"})
+		if err != nil {
+			t.Fatalf("lab %d: %v", i, err)
+		}
+		addrs[i] = m.Addresses[0]
+	}
+	a, b := labs[0].Instance(), labs[1].Instance()
+	ns0, _ := labs[0].NetNS("same")
+	ns1, _ := labs[1].NetNS("same")
+	if a.N == b.N || addrs[0] == addrs[1] || ns0 == ns1 {
+		t.Fatalf("two labs share: instances %d and %d, addresses %s and %s, namespaces %s and %s", a.N, b.N, addrs[0], addrs[1], ns0, ns1)
+	}
+	t.Logf("%s: %s in %s; %s: %s in %s", a, addrs[0], ns0, b, addrs[1], ns1)
+
+	// Each lab's istiod address answers its VM through the VM's default route.
+	istiod := serveOn(t, labs[1])
+	reach := func(want string) {
+		t.Helper()
+		out, err := labs[1].Exec(ctx, "same", nil, "busybox", "wget", "-q", "-O", "-", "-T", "5", "http://"+istiod+"/")
+		if err != nil || strings.TrimSpace(string(out)) != want {
+			t.Errorf("the VM fetching http://%s/: got %q, %v, want %q", istiod, out, err, want)
+		}
+	}
+	reach("istiod stand-in")
+
+	// The VM's own server answers at its address, then at the new one only.
+	serve := func() {
+		t.Helper()
+		if _, err := labs[1].Exec(ctx, "same", nil, "sh", "-c", "mkdir -p /tmp/www && echo vm > /tmp/www/index.html && busybox httpd -p 8080 -h /tmp/www"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serve()
+	get := func(addr string) error {
+		c := http.Client{Timeout: 3 * time.Second}
+		resp, err := c.Get("http://" + net.JoinHostPort(addr, "8080") + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	waitOK := func(addr string) {
+		t.Helper()
+		var err error
+		for i := 0; i < 20; i++ {
+			if err = get(addr); err == nil {
+				return
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		t.Fatalf("the VM does not answer at %s: %v", addr, err)
+	}
+	waitOK(addrs[1])
+	moved, err := labs[1].Readdress(ctx, "same")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved == addrs[1] {
+		t.Fatalf("readdress kept %s", moved)
+	}
+	if m, _ := labs[1].Info(ctx, "same"); !m.Running() || m.Addresses[0] != moved {
+		t.Errorf("after readdress: got %+v, want running at %s", m, moved)
+	}
+	serve()
+	waitOK(moved)
+	if err := get(addrs[1]); err == nil {
+		t.Errorf("the old address %s still answers", addrs[1])
+	}
+	reach("istiod stand-in")
+	// The other lab's VM of the same name was not touched.
+	if m, _ := labs[0].Info(ctx, "same"); !m.Running() || m.Addresses[0] != addrs[0] {
+		t.Errorf("the other lab's VM: got %+v, want running at %s", m, addrs[0])
+	}
+}
+
+// serveOn puts the lab's istiod address on the host and serves a page on
+// it, as the lab's gateway does on 15012; it returns host:port.
+func serveOn(t *testing.T, p *Provider) string {
+	t.Helper()
+	if err := p.Instance().AddIstiodIP(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(p.IstiodAddress(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "istiod stand-in") })}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
 }

@@ -22,9 +22,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	labbuild "github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/instance"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/lab/mesh"
 	"github.com/meshvm/meshvm/lab/procs"
+	labvm "github.com/meshvm/meshvm/lab/vm"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
@@ -304,6 +306,7 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 	state = filepath.Join(work, ".meshvm")
 	t.Cleanup(func() {
 		cfg, _ := config.Load(cfgPath, true, func(string) string { return "" })
+		inst := instance.Of(filepath.Join(state, "lab"))
 		if _, err := run(t, "--config", cfgPath, "down"); err != nil {
 			t.Errorf("down: %v", err)
 		}
@@ -313,7 +316,7 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 			}
 		}
 		for _, vm := range cfg.VMs {
-			if _, err := os.Stat("/run/netns/meshvm-" + vm.Name); err == nil {
+			if _, err := os.Stat("/run/netns/" + labvm.NetNS(labvm.Spec{Name: vm.Name, Tag: inst.Names()})); err == nil {
 				t.Errorf("the network namespace of %s is left after down", vm.Name)
 			}
 		}
