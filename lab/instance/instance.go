@@ -94,14 +94,12 @@ func Claim(dir string) (Instance, error) {
 	return Instance{}, fmt.Errorf("all %d lab instances on this machine are in use (%s): run hostctl down in a lab you no longer need", Max, ClaimDir)
 }
 
-// legacy reports whether dir holds a lab made before instances existed.
+// legacy reports whether dir holds a lab made before instances existed:
+// its control plane's PKI or a VM's slot record.
 func legacy(dir string) bool {
-	for _, part := range []string{"cluster", "vms", "istio"} {
-		if _, err := os.Stat(filepath.Join(dir, part)); err == nil {
-			return true
-		}
-	}
-	return false
+	_, err := os.Stat(filepath.Join(dir, "cluster", "kubeconfig"))
+	vms, _ := filepath.Glob(filepath.Join(dir, "vms", "*.json"))
+	return err == nil || len(vms) > 0
 }
 
 // holderOf is the state directory holding instance n, or "" when it is

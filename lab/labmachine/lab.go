@@ -89,21 +89,21 @@ func (p *Provider) spec(name string, allocate bool) (labvm.Spec, error) {
 	if len(name) > 10 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
 		return labvm.Spec{}, fmt.Errorf("lab VM name %q: use at most 10 of a-z, 0-9 and '-' (it names a network interface)", name)
 	}
+	inst := p.Instance()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if allocate {
+		// Claimed before the VMs' directory appears: a lab with VMs but no
+		// instance predates instances.
+		var err error
+		if inst, err = instance.Claim(p.home()); err != nil {
+			return labvm.Spec{}, err
+		}
 		unlock, err := p.lockSlots()
 		if err != nil {
 			return labvm.Spec{}, err
 		}
 		defer unlock()
-	}
-	inst := p.Instance()
-	if allocate {
-		var err error
-		if inst, err = instance.Claim(p.home()); err != nil {
-			return labvm.Spec{}, err
-		}
 	}
 	var rec record
 	data, err := os.ReadFile(p.recordPath(name))
