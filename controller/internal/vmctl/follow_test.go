@@ -25,6 +25,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
+	"github.com/meshvm/meshvm/pkg/mtls"
 	"github.com/meshvm/meshvm/vmagent/agentsim"
 )
 
@@ -151,6 +152,30 @@ func TestFollowsAMovedVM(t *testing.T) {
 	if strings.Join(kept, ",") != "app-"+strings.ReplaceAll(moved.Address, ".", "-")+",forged" {
 		t.Errorf("entries left %v: want the new one and the forged one (not meshvm's to delete)", kept)
 	}
+	// The certificate pilot-agent holds lapses: CredentialsValid says so.
+	lapsed, _, err := ca.Issue(mtls.IssueOptions{CommonName: "spiffe", NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(moved.Root, "etc/certs/cert-chain.pem"), lapsed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitCert := time.Now().Add(10 * time.Second) // the agent's shared look notices the file on its own time
+	for {
+		_, vm, _ = f.reconcile(t, "vm1")
+		cred = findCondition(vm.Status.Conditions, v1alpha1.ConditionCredentialsValid)
+		if cred != nil && cred.Reason == string(vmcore.CertificateExpired) || time.Now().After(waitCert) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if cred == nil || cred.Status != metav1.ConditionFalse || cred.Reason != string(vmcore.CertificateExpired) || !strings.Contains(cred.Message, "expired") {
+		t.Errorf("CredentialsValid with a lapsed certificate: %+v", cred)
+	}
+	if c := findCondition(vm.Status.Conditions, v1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse {
+		t.Errorf("Ready with a lapsed certificate: %+v", c)
+	}
+
 	// The entry maps to its VM by its label, wherever it is.
 	if reqs := f.r.vmsOfEntry(ctx, &networkingv1.WorkloadEntry{ObjectMeta: metav1.ObjectMeta{Namespace: "vmns", Labels: map[string]string{workloadfiles.VMLabel: "vm1"}}}); len(reqs) != 1 || reqs[0].Name != "vm1" {
 		t.Errorf("vmsOfEntry: %v", reqs)

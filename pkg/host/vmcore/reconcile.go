@@ -242,7 +242,11 @@ var summarized = []ConditionType{Machine, AgentReachable, Credentials, FilesInSy
 // summarize sets Ready from the pass: True once the VM is in the mesh, else
 // the error that ended the pass, else the first condition that holds it back.
 func (p *pass) summarize(err error) {
-	if err == nil && p.res.Done {
+	// A lapsed certificate cuts the VM off from mTLS while istiod may still
+	// show its entry Healthy (the probe runs on the VM).
+	cred, seen := p.st.Conditions.Get(Credentials)
+	lapsed := seen && cred.Reason == CertificateExpired
+	if err == nil && p.res.Done && !lapsed {
 		healthy, _ := p.st.Conditions.Get(Healthy)
 		p.set(Ready, True, InMesh, "%s", healthy.Message)
 		return
