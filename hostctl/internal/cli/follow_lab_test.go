@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/lab/build"
@@ -39,16 +40,7 @@ func TestFleetFollowsAMovedVMOnLab(t *testing.T) {
 		t.Fatalf("up: %v\n%s", err, out)
 	}
 	ctx := context.Background()
-	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
-	clients, err := fleet.KubeClients(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := fleet.RestConfig(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc := dynamic.NewForConfigOrDie(rc)
+	clients, rc, dc := labClients(t, state)
 	meshVMs := dc.Resource(fleetmode.MeshVMs).Namespace("vmns")
 	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
 	spec := workload.Spec{Namespace: "vmns", Group: "external-app"}
@@ -131,4 +123,19 @@ func TestFleetFollowsAMovedVMOnLab(t *testing.T) {
 		t.Logf("CredentialsValid: %s", cred.Message)
 	}
 	t.Logf("kubectl get meshvms:\n%s", getTable(t, rc, "vmns"))
+}
+
+// labClients are the clients of the lab cluster whose state is under state.
+func labClients(t *testing.T, state string) (workload.Clients, *rest.Config, dynamic.Interface) {
+	t.Helper()
+	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
+	clients, err := fleet.KubeClients(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := fleet.RestConfig(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return clients, rc, dynamic.NewForConfigOrDie(rc)
 }
