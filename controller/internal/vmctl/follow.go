@@ -40,6 +40,11 @@ func (r *Reconciler) follow(ctx context.Context, vm *v1alpha1.MeshVM, addr strin
 	if err != nil || seen == "" || seen == addr {
 		return addr, err
 	}
+	if seen == vm.Status.Address {
+		// Followed already; the record changes once the VM is in at seen.
+		// The core dials seen as the VM, so no other agent is taken for it.
+		return seen, nil
+	}
 	if addr != "" {
 		if _, err := vmcore.ProveAgent(ctx, vm.Name, addr, store); err == nil {
 			r.event(vm, "Warning", ReasonAddressNotFollowed, "FollowAddress",

@@ -129,11 +129,14 @@ func TestFollowsAMovedVM(t *testing.T) {
 	}
 
 	// The sidecar restarted with the new files: its new connection and
-	// health report complete the move.
+	// health report complete the move (told once).
 	f.putEntry(t, entry, moved.Address, now.Add(time.Second))
 	_, vm, err = f.reconcile(t, "vm1")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if hasEvent(f.drainEvents(), ReasonAddressFollowed, "") {
+		t.Error("the move told again")
 	}
 	if c := findCondition(vm.Status.Conditions, v1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
 		t.Errorf("Ready: %+v", c)
