@@ -74,7 +74,9 @@ func TestFollowsAMovedVM(t *testing.T) {
 	t.Cleanup(fleet.Close)
 	moved, other := fleet.VMs[0], fleet.VMs[1]
 	// The workload certificate pilot-agent holds on the VM.
-	certPEM, _, err := ca.IssueServer("spiffe", nil, nil, time.Hour)
+	now := time.Now()
+	// As istiod issues it: started 2 minutes before signing, living the 90 s asked.
+	certPEM, _, err := ca.Issue(mtls.IssueOptions{CommonName: "spiffe", NotBefore: now.Add(-2 * time.Minute), NotAfter: now.Add(90 * time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +87,6 @@ func TestFollowsAMovedVM(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	now := time.Now()
 	f.putEntry(t, "app-"+strings.ReplaceAll(old, ".", "-"), old, time.Time{}) // left at the old address, disconnected
 	f.putEntry(t, "forged", other.Address, now.Add(-time.Minute))
 	_, vm, err := f.reconcile(t, "vm1")
@@ -121,11 +122,11 @@ func TestFollowsAMovedVM(t *testing.T) {
 	cred := findCondition(vm.Status.Conditions, v1alpha1.ConditionCredentialsValid)
 	if cred == nil || cred.Status != metav1.ConditionTrue || !strings.Contains(cred.Message, "token bound to Secret vmns/") ||
 		!strings.Contains(cred.Message, ", valid until ") || !strings.Contains(cred.Message, "certificate valid until ") ||
-		!strings.Contains(cred.Message, "not the 1m30s asked") {
+		!strings.Contains(cred.Message, "(lifetime 1m30s)") {
 		t.Errorf("CredentialsValid: %+v", cred)
 	}
-	if cna := vm.Status.CertificateNotAfter; cna == nil || cna.Time.Sub(now.Add(time.Hour)).Abs() > time.Minute {
-		t.Errorf("status.certificateNotAfter %v, want about %v", cna, now.Add(time.Hour))
+	if cna := vm.Status.CertificateNotAfter; cna == nil || !cna.Time.Equal(now.Add(90*time.Second).Truncate(time.Second)) {
+		t.Errorf("status.certificateNotAfter %v, want %v", cna, now.Add(90*time.Second).Truncate(time.Second))
 	}
 
 	// The sidecar restarted with the new files: its new connection and
@@ -172,7 +173,8 @@ func TestFollowsAMovedVM(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if cred == nil || cred.Status != metav1.ConditionFalse || cred.Reason != string(vmcore.CertificateExpired) || !strings.Contains(cred.Message, "expired") {
+	if cred == nil || cred.Status != metav1.ConditionFalse || cred.Reason != string(vmcore.CertificateExpired) || !strings.Contains(cred.Message, "expired") ||
+		!strings.Contains(cred.Message, "(lifetime 58m0s, not the 1m30s asked") {
 		t.Errorf("CredentialsValid with a lapsed certificate: %+v", cred)
 	}
 	if c := findCondition(vm.Status.Conditions, v1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse {

@@ -522,12 +522,13 @@ func (p *pass) credentialTimes() error {
 		return nil
 	}
 	p.st.CertNotBefore, p.st.CertNotAfter = cert.GetNotBefore().AsTime(), cert.GetNotAfter().AsTime()
-	life := p.st.CertNotAfter.Sub(p.st.CertNotBefore).Round(time.Second)
+	// istiod starts a certificate istioClockSkew before it signs it.
+	life := (p.st.CertNotAfter.Sub(p.st.CertNotBefore) - istioClockSkew).Round(time.Second)
 	msg += fmt.Sprintf("; certificate valid until %s (lifetime %s", stamp(p.st.CertNotAfter), life)
 	if want := p.vm.CertificateLifetime; want > 0 && (life-want > time.Minute || want-life > time.Minute) {
-		// istiod backdates a certificate's start a little: a minute of slack.
 		msg += fmt.Sprintf(", not the %s asked: pilot-agent asks anew when it renews, at about half the certificate's life; "+
-			"istiod refuses more than its MAX_WORKLOAD_CERT_TTL (90 days unless set), and pilot-agent then keeps the certificate it has", want)
+			"istiod cuts it to its CA certificate's end and refuses more than its MAX_WORKLOAD_CERT_TTL (90 days unless set), "+
+			"and pilot-agent then keeps the certificate it has", want)
 	}
 	msg += ")"
 	if !p.deps.Now().Before(p.st.CertNotAfter) {
@@ -537,6 +538,10 @@ func (p *pass) credentialTimes() error {
 	p.set(Credentials, True, TokenBound, "%s", msg)
 	return nil
 }
+
+// istioClockSkew is how long before signing istiod starts a workload
+// certificate (ClockSkewGracePeriod in Istio's security/pkg/pki/util).
+const istioClockSkew = 2 * time.Minute
 
 func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
