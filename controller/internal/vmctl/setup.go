@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/time/rate"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -17,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // Backoff per VM: a VM that keeps failing (an agent that does not answer)
@@ -42,18 +44,23 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 		Complete(r)
 }
 
-// vmsOfEntry are the MeshVMs an entry belongs to: of its namespace, its
-// autoregistration group, at its address.
+// vmsOfEntry are the MeshVMs an entry belongs to: the one its proxy names
+// (label meshvm.io/vm, wherever the VM's address went), else those of its
+// namespace and autoregistration group at its address (a VM whose files
+// predate the label).
 func (r *Reconciler) vmsOfEntry(ctx context.Context, o client.Object) []reconcile.Request {
 	we, ok := o.(*networkingv1.WorkloadEntry)
 	if !ok {
 		return nil
 	}
+	if name := we.Labels[workloadfiles.VMLabel]; name != "" {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: we.Namespace, Name: name}}}
+	}
 	var list v1alpha1.MeshVMList
 	if err := r.Client.List(ctx, &list, client.InNamespace(we.Namespace)); err != nil {
 		return nil
 	}
-	group, addr := we.Annotations["istio.io/autoRegistrationGroup"], we.Spec.GetAddress()
+	group, addr := we.Annotations[annotationGroup], we.Spec.GetAddress()
 	var out []reconcile.Request
 	for _, vm := range list.Items {
 		if vm.Spec.WorkloadGroup == group && (vm.Status.Address == addr || vm.Spec.Address == addr) {
