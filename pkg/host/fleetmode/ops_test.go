@@ -59,6 +59,15 @@ func TestMeshVMsOnTheAPIServer(t *testing.T) {
 		t.Errorf("declared: %+v %+v", m.ObjectMeta, m.Spec)
 	}
 
+	// An address someone unpinned (to have the controller follow the VM)
+	// stays unpinned.
+	if _, err := api.Patch(ctx, "vm1", "application/merge-patch+json", []byte(`{"spec":{"address":null}}`), metav1.PatchOptions{FieldManager: "kubectl"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.apply(ctx, vm, "10.1.0.2", ""); err != nil || meshVM(t, api, "vm1").Spec.Address != "" {
+		t.Errorf("up's apply pinned an address someone removed: %v", err)
+	}
+
 	// Someone else's MeshVM: not declared over, not requested, not deleted.
 	theirs := MeshVM(VM{Name: "theirs", RunsApp: true}, a.Workload, "10.1.0.9", "", 0, 0)
 	theirs.Labels = nil

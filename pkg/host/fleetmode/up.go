@@ -157,9 +157,13 @@ func (a Adoption) apply(ctx context.Context, vm VM, addr, revision string) (owne
 	case !ownership.Owned(before):
 		return ownership.Yours, nil
 	default:
-		// A VM moved on by vm upgrade (or kubectl) keeps its revision.
+		// A VM moved on by vm upgrade (or kubectl) keeps its revision; one
+		// whose address someone unpinned stays followed by the controller.
 		if rev, _, _ := unstructured.NestedString(before.Object, "spec", "revision"); rev != "" {
 			m.Spec.Revision = rev
+		}
+		if a, _, _ := unstructured.NestedString(before.Object, "spec", "address"); a == "" {
+			m.Spec.Address = ""
 		}
 	}
 	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(m)
