@@ -55,6 +55,14 @@ func Lookup(dir string) (inst Instance, ok bool) {
 	return Instance{}, legacy(dir)
 }
 
+// Recorded is the instance dir claimed, if it claimed one: what a lab's
+// down may give back (a run with ports of its own, such as a benchmark's,
+// claims none and must not touch instance 0's).
+func Recorded(dir string) (Instance, bool) {
+	n, ok := recorded(dir)
+	return Instance{N: n}, ok
+}
+
 func recorded(dir string) (int, bool) {
 	b, err := os.ReadFile(filepath.Join(dir, file))
 	if err != nil {

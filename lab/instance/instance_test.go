@@ -55,6 +55,9 @@ func TestClaim(t *testing.T) {
 	if _, ok := Lookup(filepath.Join(t.TempDir(), "gone")); ok {
 		t.Error("Lookup found a lab in a directory that holds none")
 	}
+	if _, ok := Recorded(old); ok {
+		t.Error("Recorded found a claim in a pre-instance lab")
+	}
 	if inst, ok := Lookup(old); !ok || inst.N != 0 {
 		t.Errorf("Lookup of a pre-instance lab: got %v, %v, want 0, true", inst, ok)
 	}

@@ -349,9 +349,10 @@ func Down(ctx context.Context, dir string) error {
 			errs = append(errs, procs.Dir(revDir(dir, rev)).Stop(ctx, "pilot-discovery", 10*time.Second))
 		}
 	}
-	// Only a lab that is there: a second down of one already gone must not
-	// take instance 0's address from the lab that holds it.
-	if inst, ok := instance.Lookup(filepath.Dir(dir)); ok {
+	// Only a lab that claimed its instance: a down of one already gone, or
+	// of a run with its own ports that claimed none (a benchmark's), must
+	// not take instance 0's address from the lab that holds it.
+	if inst, ok := instance.Recorded(filepath.Dir(dir)); ok {
 		errs = append(errs, inst.RemoveIstiodIP())
 	}
 	return errors.Join(errs...)
