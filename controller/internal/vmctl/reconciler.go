@@ -244,7 +244,7 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	if agentVersion != "" {
 		vm.Status.Agent = "connected " + agentVersion
 	}
-	r.watchAgent(vm, addr, deps.Workload, agentVersion, store)
+	recheck := r.watchAgent(vm, addr, deps.Workload, agentVersion, store)
 	r.upToDate(vm, res.Status, version)
 	if err == nil && res.Cause != nil {
 		// An agent that does not answer: the work queue backs off, per VM.
@@ -264,6 +264,9 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	r.tokenTimes(vm, store)
 	if next <= 0 {
 		next = r.resync(vm)
+	}
+	if recheck > 0 && recheck < next {
+		next = recheck
 	}
 	return ctrl.Result{RequeueAfter: next}, nil
 }
