@@ -29,8 +29,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/flowcontrol"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -61,6 +63,7 @@ var labGroup = workload.Spec{Namespace: "vmns", ServiceAccount: "vmsa", Group: "
 // server with Istio's resources and no istiod.
 type labController struct {
 	t       *testing.T
+	rc      *rest.Config
 	c       client.Client
 	kube    kubernetes.Interface
 	istio   istioclient.Interface
@@ -68,8 +71,24 @@ type labController struct {
 	metrics string
 }
 
-func startLabController(t *testing.T) *labController {
+// labOptions shape the controller under test (zero: the defaults).
+type labOptions struct {
+	workers    int
+	qps        float32
+	burst      int
+	queue      QueueLimits
+	wrap       func(http.RoundTripper) http.RoundTripper
+	agentDials float64
+}
+
+func startLabController(t *testing.T, o labOptions) *labController {
 	t.Helper()
+	if o.workers == 0 {
+		o.workers = 4
+	}
+	if o.qps == 0 {
+		o.qps, o.burst = 50, 100
+	}
 	labtest.RequireBuild(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -90,8 +109,7 @@ func startLabController(t *testing.T) *labController {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc.QPS, rc.Burst = 50, 100
-	lc := &labController{t: t, kube: kubernetes.NewForConfigOrDie(rc), istio: istioclient.NewForConfigOrDie(rc)}
+	lc := &labController{t: t, rc: rc, kube: kubernetes.NewForConfigOrDie(rc), istio: istioclient.NewForConfigOrDie(rc)}
 	installCRD(ctx, t, dynamic.NewForConfigOrDie(rc))
 	wc := workload.Clients{Kube: lc.kube, Istio: lc.istio}
 	if _, err := workload.Ensure(ctx, wc, labGroup); err != nil {
@@ -131,18 +149,26 @@ func startLabController(t *testing.T) *labController {
 		}
 	}
 	lc.metrics = freePort(t)
-	mgr, err := ctrl.NewManager(rc, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: lc.metrics}, HealthProbeBindAddress: "0",
+	// The controller's own client config: its limits, its requests counted.
+	crc := rest.CopyConfig(rc)
+	crc.QPS, crc.Burst = o.qps, o.burst
+	crc.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(o.qps, o.burst) // as main does
+	if o.wrap != nil {
+		crc.Wrap(o.wrap)
+	}
+	mgr, err := ctrl.NewManager(crc, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: lc.metrics}, HealthProbeBindAddress: "0",
 		LeaderElection: true, LeaderElectionID: v1alpha1.ControllerLease, LeaderElectionNamespace: fleetstore.DefaultNamespace,
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Reconciler{Client: mgr.GetClient(), Kube: wc, Namespace: fleetstore.DefaultNamespace, Events: mgr.GetEventRecorder("meshvm-controller"),
+	cwc := workload.Clients{Kube: kubernetes.NewForConfigOrDie(crc), Istio: istioclient.NewForConfigOrDie(crc)}
+	r := &Reconciler{Client: mgr.GetClient(), Kube: cwc, Namespace: fleetstore.DefaultNamespace, Events: mgr.GetEventRecorder("meshvm-controller"),
 		Sidecars: &Sidecars{Dir: side}, Forms: nil,
 		// So long that only an event explains a pass after the VM is Ready.
 		Resync: time.Hour, ReleaseAfter: time.Minute,
-		Streams: NewStreams(agentwatch.Options{PollInterval: time.Second})}
-	if err := r.SetupWithManager(mgr, 4); err != nil {
+		Streams: NewStreams(agentwatch.Options{PollInterval: time.Second, DialsPerSecond: o.agentDials}), Queue: o.queue}
+	if err := r.SetupWithManager(mgr, o.workers); err != nil {
 		t.Fatal(err)
 	}
 	mctx, stop := context.WithCancel(context.Background())
@@ -276,7 +302,7 @@ func sum(samples map[string]float64, re string) (float64, bool) {
 //   - an agent without watch.v1 is polled (its AGENT column says so);
 //   - the metrics endpoint serves controller-runtime's and meshvm's own.
 func TestControllerFollowsAgentStreams(t *testing.T) {
-	lc := startLabController(t)
+	lc := startLabController(t, labOptions{})
 	ctx := context.Background()
 
 	// "a": a simulated VM (the real agent, systemd stood in) whose unit is

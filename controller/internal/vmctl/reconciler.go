@@ -130,6 +130,11 @@ func (r *Reconciler) writeStatus(ctx context.Context, vm *v1alpha1.MeshVM, old *
 		if was != nil && was.Status == c.Status && was.Reason == c.Reason {
 			continue
 		}
+		if was == nil && c.Status == metav1.ConditionTrue && c.Type != v1alpha1.ConditionReady {
+			// A VM's first pass: its Ready tells it; an Event per
+			// condition found True would be ten API writes per VM.
+			continue
+		}
 		if c.Type == string(vmcore.AddressMoved) && c.Status != metav1.ConditionTrue {
 			continue // "still at": nothing happened
 		}
