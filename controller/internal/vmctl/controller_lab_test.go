@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -69,6 +70,8 @@ type labController struct {
 	istio   istioclient.Interface
 	store   *fleetstore.Store
 	metrics string
+	// stop stops the manager and waits for it (before the agents go).
+	stop func()
 }
 
 // labOptions shape the controller under test (zero: the defaults).
@@ -171,15 +174,19 @@ func startLabController(t *testing.T, o labOptions) *labController {
 	if err := r.SetupWithManager(mgr, o.workers); err != nil {
 		t.Fatal(err)
 	}
-	mctx, stop := context.WithCancel(context.Background())
+	mctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(mctx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	var once sync.Once
+	lc.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		})
+	}
+	t.Cleanup(lc.stop)
 	lc.c = mgr.GetClient()
 	return lc
 }
@@ -435,4 +442,5 @@ func TestControllerFollowsAgentStreams(t *testing.T) {
 	passes, _ := sum(m, `^controller_runtime_reconcile_total\{controller="meshvm"`)
 	gets, _ := sum(m, `^rest_client_requests_total\{`)
 	t.Logf("%v passes, %v API requests in all (setup included)", passes, gets)
+	lc.stop()
 }

@@ -170,6 +170,7 @@ func TestFleetScaleFigures(t *testing.T) {
 	time.Sleep(30 * time.Second)
 	rest, _ := count.snapshot()
 	t.Logf("30 s at rest after: %s requests in all", perVM(after, rest, 1))
+	lc.stop()
 }
 
 func perVM(before, after map[string]int, n int) string {
