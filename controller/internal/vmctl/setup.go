@@ -16,18 +16,40 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
+// QueueLimits bound the work queue's retries (the zero value takes the
+// defaults): passes that failed come back through a bucket of QPS a
+// second with Burst at once. New work (a MeshVM created, a stream's event,
+// a resync) is not held by it.
+type QueueLimits struct {
+	QPS   float64
+	Burst int
+}
+
+// Defaults of the queue's retry bucket: client-go's own (10/s, 100).
+const (
+	DefaultQueueQPS   = 10
+	DefaultQueueBurst = 100
+)
+
 // Backoff per VM: a VM that keeps failing (an agent that does not answer)
-// is looked at again after 1 s, 2 s, ... up to 5 minutes; the whole queue
-// is held to 10 passes a second.
-func rateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+// is looked at again after 1 s, 2 s, ... up to 5 minutes; the queue's
+// retries are held to the bucket.
+func rateLimiter(l QueueLimits) workqueue.TypedRateLimiter[reconcile.Request] {
+	if l.QPS <= 0 {
+		l.QPS = DefaultQueueQPS
+	}
+	if l.Burst <= 0 {
+		l.Burst = DefaultQueueBurst
+	}
 	return workqueue.NewTypedMaxOfRateLimiter(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](time.Second, 5*time.Minute),
-		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(10, 100)},
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(l.QPS), l.Burst)},
 	)
 }
 
@@ -35,13 +57,27 @@ func rateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
 // not the status the controller writes) and the WorkloadEntries Istio
 // registers for them (an address, a connection, Healthy).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
+	registerMetrics(r)
+	if err := indexAddresses(context.Background(), mgr); err != nil {
+		return err
+	}
+	if r.Kube.EntriesAt == nil {
+		r.Kube.EntriesAt = r.entriesAt
+	}
 	deleting := predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool { return !e.ObjectNew.GetDeletionTimestamp().IsZero() }}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshvm").
 		For(&v1alpha1.MeshVM{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, deleting))).
 		Watches(&networkingv1.WorkloadEntry{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfEntry)).
-		WithOptions(controller.Options{RateLimiter: rateLimiter(), MaxConcurrentReconciles: workers}).
-		Complete(r)
+		WithOptions(controller.Options{RateLimiter: rateLimiter(r.Queue), MaxConcurrentReconciles: workers})
+	if r.Streams != nil {
+		// The agents' events: a VM-side change enqueues its MeshVM.
+		if err := mgr.Add(r.Streams); err != nil {
+			return err
+		}
+		b = b.WatchesRawSource(source.Channel(r.Streams.Events(), &handler.TypedEnqueueRequestForObject[*v1alpha1.MeshVM]{}))
+	}
+	return b.Complete(r)
 }
 
 // vmsOfEntry are the MeshVMs an entry belongs to: the one its proxy names
@@ -56,11 +92,14 @@ func (r *Reconciler) vmsOfEntry(ctx context.Context, o client.Object) []reconcil
 	if name := we.Labels[workloadfiles.VMLabel]; name != "" {
 		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: we.Namespace, Name: name}}}
 	}
-	var list v1alpha1.MeshVMList
-	if err := r.Client.List(ctx, &list, client.InNamespace(we.Namespace)); err != nil {
+	group, addr := we.Annotations[annotationGroup], we.Spec.GetAddress()
+	if group == "" || addr == "" {
 		return nil
 	}
-	group, addr := we.Annotations[annotationGroup], we.Spec.GetAddress()
+	var list v1alpha1.MeshVMList
+	if err := r.Client.List(ctx, &list, client.InNamespace(we.Namespace), client.MatchingFields{vmAddressIndex: addr}); err != nil {
+		return nil
+	}
 	var out []reconcile.Request
 	for _, vm := range list.Items {
 		if vm.Spec.WorkloadGroup == group && (vm.Status.Address == addr || vm.Spec.Address == addr) {
