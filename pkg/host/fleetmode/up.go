@@ -64,9 +64,20 @@ func Up(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, controller func(c
 		if err != nil {
 			return fmt.Errorf("%s: %w", vm.Name, err)
 		}
-		action, err := a.apply(ctx, a.VMs[i], pinnedAddress(f.Config.MachineProvider(), vm.Address), revision)
+		pinned := pinnedAddress(f.Config.MachineProvider(), vm.Address)
+		action, err := a.apply(ctx, a.VMs[i], pinned, revision)
 		if err != nil {
 			return fmt.Errorf("%s: %w", vm.Name, err)
+		}
+		// An unpinned VM is found where its record says: where this
+		// workstation just reached its agent (the provider's address,
+		// a move the controller followed included). After the revision
+		// is declared: a record with an address and no join reads as a
+		// VM onboarded before meshvm kept revisions.
+		if pinned == "" && action != ownership.Yours {
+			if err := store.SetAddress(vm.Name, vm.Address); err != nil {
+				return fmt.Errorf("%s: %w", vm.Name, err)
+			}
 		}
 		say(Change{Object: "MeshVM " + a.Workload.Namespace + "/" + vm.Name, Action: action})
 		if action == ownership.Yours {
