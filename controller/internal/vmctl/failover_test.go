@@ -5,6 +5,7 @@ package vmctl
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -31,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
 
@@ -60,6 +62,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.Discard)))
 	code := m.Run()
 	if apiDir != "" {
 		cluster.Down(context.Background(), apiDir)
@@ -164,6 +167,7 @@ type replica struct {
 	mgr    ctrl.Manager
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
 // Short leases, so a test's failover takes seconds.
@@ -208,12 +212,15 @@ func startReplica(t *testing.T, rc *rest.Config, name, storeNS, sidecarDir strin
 	return rp
 }
 
+// kill stops the replica and waits for its manager to return.
 func (r *replica) kill() {
-	r.cancel()
-	select {
-	case <-r.done:
-	case <-time.After(30 * time.Second):
-	}
+	r.once.Do(func() {
+		r.cancel()
+		select {
+		case <-r.done:
+		case <-time.After(30 * time.Second):
+		}
+	})
 }
 
 func (r *replica) elected(t *testing.T, within time.Duration) {
@@ -372,6 +379,7 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 	storeNS, spec, sidecars, c := fleetFor(t, rc)
 	vm := startVM(t, c.Kube, c.Istio, storeNS, spec)
 
+	t0 := time.Now()
 	a := startReplica(t, rc, "a", storeNS, sidecars)
 	a.elected(t, 30*time.Second)
 	b := startReplica(t, rc, "b", storeNS, sidecars)
@@ -404,12 +412,14 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 		t.Fatalf("no token recorded: %v", err)
 	}
 
+	t.Logf("Ready under replica a after %s", time.Since(t0).Round(time.Millisecond))
 	a.kill()
 	b.elected(t, 4*testLease+10*time.Second)
 	if h := leaseHolder(t, c.Kube, storeNS); h == holderA || h == "" {
 		t.Fatalf("the Lease is held by %q after the leader was killed (it was %q)", h, holderA)
 	}
 
+	t.Logf("replica b elected after %s", time.Since(t0).Round(time.Millisecond))
 	// The new leader looks at the VM (its periodic look) and finds it as it was.
 	after, _ := waitVM(t, cl, key, 30*time.Second, "a pass by replica b", func(m *v1alpha1.MeshVM) bool {
 		return m.Status.ObservedGeneration == m.Generation && conditionIs(m, v1alpha1.ConditionReady, metav1.ConditionTrue)
@@ -432,6 +442,7 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 		t.Error("the new leader issued a new token for a VM that needed none")
 	}
 
+	t.Logf("identity checked after %s", time.Since(t0).Round(time.Millisecond))
 	// The new leader acts: a sidecar stopped on the VM is noticed and
 	// started again (the controller keeps the VM's sidecar running).
 	if _, err := vm.vm.StopSidecar(); err != nil {
@@ -441,6 +452,7 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 
 	// The agent gone: reported within the periodic look (1 s, +10 %) and
 	// the work queue's first retry, with room for a loaded machine.
+	t.Logf("sidecar restarted after %s", time.Since(t0).Round(time.Millisecond))
 	vm.sim.Close()
 	gone := time.Now()
 	_, took := waitVM(t, cl, key, 20*time.Second, "the agent's loss", func(m *v1alpha1.MeshVM) bool {
