@@ -30,6 +30,7 @@ import (
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/controller/internal/vmctl"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
+	"github.com/meshvm/meshvm/pkg/host/agentwatch"
 	"github.com/meshvm/meshvm/pkg/host/formcache"
 	"github.com/meshvm/meshvm/pkg/mesh/proxyimage"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -50,11 +51,15 @@ func run() error {
 		probeAddr    = flag.String("health-probe-bind-address", ":8081", "address of the healthz and readyz endpoints")
 		sidecarDir   = flag.String("sidecar-dir", "", "directory with the sidecar's files as VERSION/ARCH/{pilot-agent,envoy,envoy_bootstrap_tmpl.json} (default: pulled from the fleet settings' imageHub)")
 		cacheDir     = flag.String("cache-dir", filepath.Join(os.TempDir(), "meshvm-controller"), "where pulled sidecar images and compressed forms are kept")
-		resync       = flag.Duration("resync", vmctl.DefaultResync, "periodic look at each Ready VM, which notices VM-side changes (jittered ±10%)")
+		resync       = flag.Duration("resync", vmctl.DefaultResync, "periodic look at each VM, which repairs what no event shows (a file changed on the VM); the agents' streams bring every other VM-side change (jittered ±10%)")
 		releaseAfter = flag.Duration("release-after", vmctl.DefaultReleaseAfter, "how long a deleted MeshVM waits for its agent before it is released")
 		workers      = flag.Int("workers", 4, "VMs reconciled at once")
 		qps          = flag.Float64("kube-api-qps", 50, "API requests per second (client-side limit)")
 		burst        = flag.Int("kube-api-burst", 100, "API request burst")
+		queueQPS     = flag.Float64("queue-qps", vmctl.DefaultQueueQPS, "failed passes retried per second over all VMs (the work queue's bucket; each VM also backs off 1s..5m)")
+		queueBurst   = flag.Int("queue-burst", vmctl.DefaultQueueBurst, "failed passes retried at once (the work queue's bucket)")
+		dials        = flag.Float64("agent-dials-per-second", 50, "new agent streams opened per second over all VMs: after a failover 1,000 streams come back over 20 s, not at once")
+		pollEvery    = flag.Duration("agent-poll-interval", 30*time.Second, "how often an agent without the watch stream (an older release) is asked for its status")
 	)
 	// Leader election's timing (controller-runtime's defaults): how long a
 	// dead leader holds the Lease before another replica takes it.
@@ -120,6 +125,8 @@ func run() error {
 		Forms:        formcache.New(filepath.Join(*cacheDir, "forms")),
 		Resync:       *resync,
 		ReleaseAfter: *releaseAfter,
+		Streams:      vmctl.NewStreams(agentwatch.Options{DialsPerSecond: *dials, PollInterval: *pollEvery}),
+		Queue:        vmctl.QueueLimits{QPS: *queueQPS, Burst: *queueBurst},
 	}
 	if err := r.SetupWithManager(mgr, *workers); err != nil {
 		return err

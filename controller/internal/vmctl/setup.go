@@ -15,17 +15,39 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 )
 
+// QueueLimits bound the work queue's retries (the zero value takes the
+// defaults): passes that failed come back through a bucket of QPS a
+// second with Burst at once. New work (a MeshVM created, a stream's event,
+// a resync) is not held by it.
+type QueueLimits struct {
+	QPS   float64
+	Burst int
+}
+
+// Defaults of the queue's retry bucket: client-go's own (10/s, 100).
+const (
+	DefaultQueueQPS   = 10
+	DefaultQueueBurst = 100
+)
+
 // Backoff per VM: a VM that keeps failing (an agent that does not answer)
-// is looked at again after 1 s, 2 s, ... up to 5 minutes; the whole queue
-// is held to 10 passes a second.
-func rateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+// is looked at again after 1 s, 2 s, ... up to 5 minutes; the queue's
+// retries are held to the bucket.
+func rateLimiter(l QueueLimits) workqueue.TypedRateLimiter[reconcile.Request] {
+	if l.QPS <= 0 {
+		l.QPS = DefaultQueueQPS
+	}
+	if l.Burst <= 0 {
+		l.Burst = DefaultQueueBurst
+	}
 	return workqueue.NewTypedMaxOfRateLimiter(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](time.Second, 5*time.Minute),
-		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(10, 100)},
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(l.QPS), l.Burst)},
 	)
 }
 
@@ -34,12 +56,19 @@ func rateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
 // registers for them (an address, a connection, Healthy).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 	deleting := predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool { return !e.ObjectNew.GetDeletionTimestamp().IsZero() }}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshvm").
 		For(&v1alpha1.MeshVM{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, deleting))).
 		Watches(&networkingv1.WorkloadEntry{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfEntry)).
-		WithOptions(controller.Options{RateLimiter: rateLimiter(), MaxConcurrentReconciles: workers}).
-		Complete(r)
+		WithOptions(controller.Options{RateLimiter: rateLimiter(r.Queue), MaxConcurrentReconciles: workers})
+	if r.Streams != nil {
+		// The agents' events: a VM-side change enqueues its MeshVM.
+		if err := mgr.Add(r.Streams); err != nil {
+			return err
+		}
+		b = b.WatchesRawSource(source.Channel(r.Streams.Events(), &handler.TypedEnqueueRequestForObject[*v1alpha1.MeshVM]{}))
+	}
+	return b.Complete(r)
 }
 
 // vmsOfEntry are the MeshVMs an entry belongs to: of its namespace, its
