@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -41,7 +42,9 @@ import (
 	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/lab/cluster"
 	"github.com/meshvm/meshvm/lab/labtest"
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
+	"github.com/meshvm/meshvm/pkg/host/agentwatch"
 	"github.com/meshvm/meshvm/pkg/mesh/autoregsim"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -165,6 +168,7 @@ func established(c *apiextv1.CustomResourceDefinition) bool {
 type replica struct {
 	name   string
 	mgr    ctrl.Manager
+	r      *Reconciler
 	cancel context.CancelFunc
 	done   chan error
 	once   sync.Once
@@ -201,12 +205,15 @@ func startReplica(t *testing.T, rc *rest.Config, name, storeNS, sidecarDir strin
 	ic := istioclient.NewForConfigOrDie(rc)
 	r := &Reconciler{Client: mgr.GetClient(), Kube: workload.Clients{Kube: kc, Istio: ic}, Namespace: storeNS,
 		Events: mgr.GetEventRecorder("meshvm-controller"), Sidecars: &Sidecars{Dir: sidecarDir},
-		Resync: time.Second, ReleaseAfter: time.Minute}
+		// The periodic look is far off: what the test sees comes from the
+		// agents' streams and the WorkloadEntries, as in a fleet.
+		Resync: 10 * time.Minute, ReleaseAfter: time.Minute,
+		Streams: NewStreams(agentwatch.Options{})}
 	if err := r.SetupWithManager(mgr, 2); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	rp := &replica{name: name, mgr: mgr, cancel: cancel, done: make(chan error, 1)}
+	rp := &replica{name: name, mgr: mgr, r: r, cancel: cancel, done: make(chan error, 1)}
 	go func() { rp.done <- mgr.Start(ctx) }()
 	t.Cleanup(rp.kill)
 	return rp
@@ -366,13 +373,15 @@ func leaseHolder(t *testing.T, kube kubernetes.Interface, ns string) string {
 }
 
 // A VM onboarded by one replica keeps its identity when the leader is
-// killed: the other replica takes the Lease, reaches the same agent and
-// sees the same MeshVM (UID, address, token and its records) without
-// onboarding it again; a change on the VM is then noticed by the new
-// leader, and the agent's loss is reported within its bound (the periodic
-// look, jittered, plus the work queue's first backoff). Istio's
-// TestVMRegistrationLifecycle cases, kept deterministic: every wait is on
-// an observed state, bounded generously.
+// killed: the other replica takes the Lease, opens its own stream to the
+// same agent and sees the same MeshVM (UID, address, conditions, token and
+// its records) without onboarding it again; a sidecar stopped on the VM is
+// then acted on by the new leader, and the agent's loss is reported within
+// its bound (two keepalive periods, the bound of a silent loss; a clean one
+// is seen at once). Istio's TestVMRegistrationLifecycle cases, kept
+// deterministic: every wait is on an observed state, and the periodic look
+// is 10 minutes off, so what happens comes from the streams and the
+// WorkloadEntries.
 func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 	rc := replicaAPI(t)
 	ctx := context.Background()
@@ -398,41 +407,44 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := client.ObjectKeyFromObject(m)
-	before, _ := waitVM(t, cl, key, 60*time.Second, "Ready under replica a", func(m *v1alpha1.MeshVM) bool {
-		return conditionIs(m, v1alpha1.ConditionReady, metav1.ConditionTrue) && m.Status.TokenExpiresAt != nil
+	before, _ := waitVM(t, cl, key, 60*time.Second, "Ready under replica a, its stream open", func(m *v1alpha1.MeshVM) bool {
+		return conditionIs(m, v1alpha1.ConditionReady, metav1.ConditionTrue) && m.Status.TokenExpiresAt != nil && strings.HasPrefix(m.Status.Agent, "connected ")
 	})
 	select {
 	case <-b.mgr.Elected():
 		t.Fatal("both replicas lead")
 	default:
 	}
+	if open, _ := b.r.Streams.Open(); open != 0 {
+		t.Fatalf("replica b holds %d streams before it leads", open)
+	}
 	store := fleetstore.New(ctx, c.Kube, storeNS, spec.Namespace)
 	tokBefore, err := store.Token(vm.name)
 	if err != nil || len(tokBefore) == 0 {
 		t.Fatalf("no token recorded: %v", err)
 	}
-
 	t.Logf("Ready under replica a after %s", time.Since(t0).Round(time.Millisecond))
+
 	a.kill()
 	b.elected(t, 4*testLease+10*time.Second)
 	if h := leaseHolder(t, c.Kube, storeNS); h == holderA || h == "" {
 		t.Fatalf("the Lease is held by %q after the leader was killed (it was %q)", h, holderA)
 	}
-
 	t.Logf("replica b elected after %s", time.Since(t0).Round(time.Millisecond))
-	// The new leader looks at the VM (its periodic look) and finds it as it was.
-	after, _ := waitVM(t, cl, key, 30*time.Second, "a pass by replica b", func(m *v1alpha1.MeshVM) bool {
-		return m.Status.ObservedGeneration == m.Generation && conditionIs(m, v1alpha1.ConditionReady, metav1.ConditionTrue)
+
+	// The new leader's pass (its first look at every MeshVM) opens its own
+	// stream: the AGENT column's "since" moves, nothing else does.
+	after, _ := waitVM(t, cl, key, 30*time.Second, "the stream moved to replica b", func(m *v1alpha1.MeshVM) bool {
+		return strings.HasPrefix(m.Status.Agent, "connected ") && m.Status.Agent != before.Status.Agent
 	})
-	// A few of its periodic looks, with nothing changed on the VM.
-	time.Sleep(3 * time.Second)
-	if err := cl.Get(ctx, key, &after); err != nil {
-		t.Fatal(err)
+	if open, _ := b.r.Streams.Open(); open != 1 {
+		t.Errorf("replica b holds %d streams, want the VM's", open)
 	}
-	if after.UID != before.UID || after.Status.Address != before.Status.Address || !after.Status.TokenExpiresAt.Equal(before.Status.TokenExpiresAt) {
+	if after.UID != before.UID || after.Status.Address != before.Status.Address || !after.Status.TokenExpiresAt.Equal(before.Status.TokenExpiresAt) ||
+		after.Status.ObservedGeneration != before.Status.ObservedGeneration {
 		t.Errorf("the MeshVM changed identity across the failover:\nbefore %s %+v\nafter  %s %+v", before.UID, before.Status, after.UID, after.Status)
 	}
-	for _, typ := range []string{v1alpha1.ConditionReady, v1alpha1.ConditionAgentReachable, v1alpha1.ConditionCredentialsValid, v1alpha1.ConditionSidecarRunning} {
+	for _, typ := range []string{v1alpha1.ConditionReady, v1alpha1.ConditionAgentReachable, v1alpha1.ConditionCredentialsValid, v1alpha1.ConditionSidecarRunning, v1alpha1.ConditionHealthy} {
 		was, now := findCondition(before.Status.Conditions, typ), findCondition(after.Status.Conditions, typ)
 		if was == nil || now == nil || was.Status != now.Status || !was.LastTransitionTime.Equal(&now.LastTransitionTime) {
 			t.Errorf("%s: before %+v, after %+v: want it untouched", typ, was, now)
@@ -441,22 +453,26 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 	if tok, _ := store.Token(vm.name); string(tok) != string(tokBefore) {
 		t.Error("the new leader issued a new token for a VM that needed none")
 	}
-
 	t.Logf("identity checked after %s", time.Since(t0).Round(time.Millisecond))
-	// The new leader acts: a sidecar stopped on the VM is noticed and
-	// started again (the controller keeps the VM's sidecar running).
-	if _, err := vm.vm.StopSidecar(); err != nil {
+
+	// The new leader acts on what its stream tells: a sidecar stopped on
+	// the VM is started again.
+	stopped, err := vm.vm.StopSidecar()
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitVM(t, cl, key, 30*time.Second, "the sidecar running again under replica b", func(*v1alpha1.MeshVM) bool { return vm.vm.Sidecar().Active() })
-
-	// The agent gone: reported within the periodic look (1 s, +10 %) and
-	// the work queue's first retry, with room for a loaded machine.
-	t.Logf("sidecar restarted after %s", time.Since(t0).Round(time.Millisecond))
-	vm.sim.Close()
-	gone := time.Now()
-	_, took := waitVM(t, cl, key, 20*time.Second, "the agent's loss", func(m *v1alpha1.MeshVM) bool {
-		return conditionIs(m, v1alpha1.ConditionAgentReachable, metav1.ConditionFalse)
+	waitVM(t, cl, key, 30*time.Second, "the sidecar started again by replica b", func(*v1alpha1.MeshVM) bool {
+		u := vm.vm.Sidecar()
+		return u.Active() && u.MainPID != stopped.MainPID
 	})
-	t.Logf("failover: agent loss reported %s after it went (%s after the wait began)", time.Since(gone).Round(time.Millisecond), took.Round(time.Millisecond))
+	t.Logf("sidecar restarted after %s", time.Since(t0).Round(time.Millisecond))
+
+	// The agent gone: reported within two keepalive periods.
+	bound := 2 * (agentspec.KeepaliveTime + agentspec.KeepaliveTimeout)
+	vm.sim.Close()
+	_, took := waitVM(t, cl, key, bound, "the agent's loss", func(m *v1alpha1.MeshVM) bool {
+		return strings.HasPrefix(m.Status.Agent, "disconnected") || conditionIs(m, v1alpha1.ConditionAgentReachable, metav1.ConditionFalse)
+	})
+	got, _ := waitVM(t, cl, key, bound, "the agent's loss", func(*v1alpha1.MeshVM) bool { return true })
+	t.Logf("the agent's loss reported after %s (bound %s): AGENT %q", took.Round(time.Millisecond), bound, got.Status.Agent)
 }
