@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -259,6 +260,54 @@ func (c counts) writes() int {
 	return c.method["POST"] + c.method["PUT"] + c.method["PATCH"] + c.method["DELETE"]
 }
 
+// serverWrites is the API server's own count of write requests (all
+// clients) by verb and resource: apiserver_request_total.
+func (l *lab) serverWrites(ctx context.Context) map[string]int {
+	b, err := l.admin.Kube.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	out := map[string]int{}
+	if err != nil {
+		return out
+	}
+	label := func(k, name string) string {
+		i := strings.Index(k, name+`="`)
+		if i < 0 {
+			return ""
+		}
+		rest := k[i+len(name)+2:]
+		return rest[:strings.IndexByte(rest, '"')]
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		m := sample.FindStringSubmatch(line)
+		if m == nil || m[1] != "apiserver_request_total" {
+			continue
+		}
+		verb := label(m[2], "verb")
+		if verb != "POST" && verb != "PUT" && verb != "PATCH" && verb != "DELETE" && verb != "APPLY" {
+			continue
+		}
+		res := label(m[2], "resource")
+		if sub := label(m[2], "subresource"); sub != "" {
+			res += "/" + sub
+		}
+		v, _ := strconv.ParseFloat(m[3], 64)
+		out[verb+" "+res] += int(v)
+	}
+	return out
+}
+
+func perVMSorted(m map[string]int, n int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %.2f", k, float64(m[k])/float64(n)))
+	}
+	return strings.Join(parts, ", ")
+}
+
 // vmWatch follows the MeshVMs of a namespace from an informer.
 type vmWatch struct {
 	mu      sync.Mutex
@@ -366,6 +415,8 @@ type ctlResult struct {
 	readyCount             int
 	readyP50, readyP99     time.Duration
 	onboard                counts
+	onboardServer          map[string]int
+	atRestServer           map[string]int
 	atRest                 counts
 	atRestFor              time.Duration
 	cpu                    float64
@@ -427,7 +478,7 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	defer c.cleanup(f)
 
 	// 1. N MeshVMs applied at once.
-	before := a.counts()
+	before, server0 := a.counts(), l.serverWrites(ctx)
 	start := time.Now()
 	var wg sync.WaitGroup
 	names := make(chan string)
@@ -468,7 +519,7 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	}
 	w.mu.Unlock()
 	r.readyP50, r.readyP99 = measure.Percentile(per, 50), measure.Percentile(per, 99)
-	r.onboard = a.counts().since(before)
+	r.onboard, r.onboardServer = a.counts().since(before), measure.Since(l.serverWrites(ctx), server0)
 	fmt.Fprintf(os.Stderr, "fleetbench: %d/%d Ready after %s; controller writes %v\n", r.readyCount, n, r.ready.Round(time.Millisecond), r.onboard.method)
 	if r.readyCount < n {
 		r.err = fmt.Errorf("%d of %d Ready within %s", r.readyCount, n, cc.budget)
@@ -480,9 +531,9 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	// 2. At rest.
 	time.Sleep(5 * time.Second)
 	pid := a.cmd.Process.Pid
-	before, cpu0 := a.counts(), must(measure.CPU(pid))
+	before, cpu0, server0 := a.counts(), must(measure.CPU(pid)), l.serverWrites(ctx)
 	time.Sleep(cc.atRest)
-	r.atRest, r.atRestFor = a.counts().since(before), cc.atRest
+	r.atRest, r.atRestFor, r.atRestServer = a.counts().since(before), cc.atRest, measure.Since(l.serverWrites(ctx), server0)
 	r.cpu = float64(must(measure.CPU(pid))-cpu0) / float64(cc.atRest)
 	r.rss = must(measure.RSS(pid))
 	r.streams = w.count(streamOpen)
@@ -749,6 +800,10 @@ func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 		w := r.failover.writes()
 		return fmt.Sprintf("%d / %d of %d", r.failover.code["429"], r.failover.code["409"], w)
 	})
+	for _, r := range rows {
+		fmt.Fprintf(out, "N=%d: writes per VM at the API server (all clients: the bench's creates, the istiod stand-in's entries), onboarding: %s\n", r.n, perVMSorted(r.onboardServer, r.n))
+		fmt.Fprintf(out, "N=%d: ... at rest: %s\n", r.n, perVMSorted(r.atRestServer, r.n))
+	}
 	for _, r := range rows {
 		if r.err != nil {
 			fmt.Fprintf(out, "N=%d: stopped early: %v\n", r.n, r.err)
