@@ -98,6 +98,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	old := vm.Status.DeepCopy()
 	res, err := r.pass(ctx, &vm, store)
+	if err != nil {
+		countError(&vm)
+	}
 	vm.Status.ObservedGeneration = vm.Generation
 	if werr := r.writeStatus(ctx, &vm, old); werr != nil {
 		switch {
@@ -341,9 +344,11 @@ func (r *Reconciler) rotate(ctx context.Context, vm *v1alpha1.MeshVM, spec vmcor
 	}
 	renewal, err := vmcore.RenewToken(ctx, vm.Name, spec.TokenLifetime, true, store, deps)
 	if err != nil {
+		rotations.WithLabelValues("failed").Inc()
 		r.event(vm, "Warning", ReasonRotationFailed, "RotateToken", "token rotation: %v", err)
 		return r.resync(vm) / 4
 	}
+	rotations.WithLabelValues("ok").Inc()
 	now := metav1.NewTime(r.now().Truncate(time.Second))
 	vm.Status.TokenRotatedAt = &now
 	r.event(vm, "Normal", ReasonTokenRotated, "RotateToken", "new token valid until %s; only the token file sent, the sidecar not restarted", renewal.ExpiresAt.UTC().Format(time.RFC3339))

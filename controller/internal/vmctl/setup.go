@@ -55,6 +55,13 @@ func rateLimiter(l QueueLimits) workqueue.TypedRateLimiter[reconcile.Request] {
 // not the status the controller writes) and the WorkloadEntries Istio
 // registers for them (an address, a connection, Healthy).
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
+	registerMetrics(r)
+	if err := indexAddresses(context.Background(), mgr); err != nil {
+		return err
+	}
+	if r.Kube.EntriesAt == nil {
+		r.Kube.EntriesAt = r.entriesAt
+	}
 	deleting := predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool { return !e.ObjectNew.GetDeletionTimestamp().IsZero() }}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshvm").
@@ -78,11 +85,14 @@ func (r *Reconciler) vmsOfEntry(ctx context.Context, o client.Object) []reconcil
 	if !ok {
 		return nil
 	}
-	var list v1alpha1.MeshVMList
-	if err := r.Client.List(ctx, &list, client.InNamespace(we.Namespace)); err != nil {
+	group, addr := we.Annotations["istio.io/autoRegistrationGroup"], we.Spec.GetAddress()
+	if group == "" || addr == "" {
 		return nil
 	}
-	group, addr := we.Annotations["istio.io/autoRegistrationGroup"], we.Spec.GetAddress()
+	var list v1alpha1.MeshVMList
+	if err := r.Client.List(ctx, &list, client.InNamespace(we.Namespace), client.MatchingFields{vmAddressIndex: addr}); err != nil {
+		return nil
+	}
 	var out []reconcile.Request
 	for _, vm := range list.Items {
 		if vm.Spec.WorkloadGroup == group && (vm.Status.Address == addr || vm.Spec.Address == addr) {

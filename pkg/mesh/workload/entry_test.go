@@ -44,3 +44,35 @@ func TestEntryOnTheWorkloadNetwork(t *testing.T) {
 		t.Errorf("neither on the network: %s, want the connected %s", e.Name, live.Name)
 	}
 }
+
+// With an index (a controller's cache), FindEntry asks it for the entries
+// at the address and lists nothing from the API server; what it picks is
+// judged as from a list.
+func TestFindEntryFromAnIndex(t *testing.T) {
+	mk := func(name, group, addr, network string) *clientnetworking.WorkloadEntry {
+		return &clientnetworking.WorkloadEntry{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Annotations: map[string]string{"istio.io/autoRegistrationGroup": group}},
+			Spec: networking.WorkloadEntry{Address: addr, Network: network}}
+	}
+	byAddr := map[string][]*clientnetworking.WorkloadEntry{
+		"10.0.0.2": {mk("other-10.0.0.2", "other", "10.0.0.2", ""), mk("g-10.0.0.2-net", "g", "10.0.0.2", "net")},
+	}
+	api := istiofake.NewSimpleClientset()
+	var asked []string
+	c := Clients{Istio: api, EntriesAt: func(_ context.Context, ns, addr string) ([]*clientnetworking.WorkloadEntry, error) {
+		asked = append(asked, ns+"/"+addr)
+		return byAddr[addr], nil
+	}}
+	s := Spec{Namespace: "ns", Group: "g", Network: "net"}
+	if e, ok, err := FindEntry(context.Background(), c, s, "10.0.0.2"); err != nil || !ok || e.Name != "g-10.0.0.2-net" {
+		t.Errorf("FindEntry: %+v %v %v", e, ok, err)
+	}
+	if _, ok, err := FindEntry(context.Background(), c, s, "10.0.0.3"); err != nil || ok {
+		t.Errorf("no entry at 10.0.0.3: found %v, %v", ok, err)
+	}
+	if len(asked) != 2 || asked[0] != "ns/10.0.0.2" {
+		t.Errorf("the index was asked %v", asked)
+	}
+	if n := len(api.Actions()); n != 0 {
+		t.Errorf("%d calls to the API server, want none: %v", n, api.Actions())
+	}
+}

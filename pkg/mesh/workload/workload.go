@@ -66,6 +66,12 @@ func groupAnnotations(s Spec) map[string]string {
 type Clients struct {
 	Kube  kubernetes.Interface
 	Istio istioclient.Interface
+	// EntriesAt, when set, are a namespace's WorkloadEntries at one
+	// address, from an index (a controller's informer cache): FindEntry
+	// then lists nothing from the API server, which at a thousand VMs
+	// would be a thousand entries read per lookup. Unset (hostctl), it
+	// lists the namespace.
+	EntriesAt func(ctx context.Context, namespace, address string) ([]*clientnetworking.WorkloadEntry, error)
 }
 
 // Change reports one object's fate.
@@ -400,14 +406,23 @@ type Entry struct {
 
 // FindEntry returns the WorkloadEntry istiod registered for the VM at address.
 func FindEntry(ctx context.Context, c Clients, s Spec, address string) (Entry, bool, error) {
-	list, err := c.Istio.NetworkingV1().WorkloadEntries(s.Namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return Entry{}, false, fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err)
+	var items []*clientnetworking.WorkloadEntry
+	if c.EntriesAt != nil {
+		var err error
+		if items, err = c.EntriesAt(ctx, s.Namespace, address); err != nil {
+			return Entry{}, false, fmt.Errorf("WorkloadEntries in %s at %s: %w", s.Namespace, address, err)
+		}
+	} else {
+		list, err := c.Istio.NetworkingV1().WorkloadEntries(s.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return Entry{}, false, fmt.Errorf("list WorkloadEntries in %s: %w", s.Namespace, err)
+		}
+		items = list.Items
 	}
 	var best Entry
 	found := false
-	for i := range list.Items {
-		if e, ok := entryAt(list.Items[i], s, address); ok && (!found || e.better(best, s)) {
+	for i := range items {
+		if e, ok := entryAt(items[i], s, address); ok && (!found || e.better(best, s)) {
 			best, found = e, true
 		}
 	}
