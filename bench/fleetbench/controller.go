@@ -433,7 +433,11 @@ type ctlResult struct {
 	streamsBack            time.Duration
 	streamsBackCount       int
 	failover               counts
-	err                    error
+	// The leader killed mid-rotation: rotated before the kill, in all,
+	// and how long the whole rotation took.
+	midKilledAt, midRotated int
+	midRotation             time.Duration
+	err                     error
 }
 
 func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int, first netip.Addr, port int) (r ctlResult) {
@@ -594,7 +598,9 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	}
 	// The trials' last VMs settle first (their Healthy flips come after the
 	// sidecar is back, as the stand-in reconnects).
-	healthy := func(vm *v1alpha1.MeshVM) bool { return ready(vm) && condition(vm, v1alpha1.ConditionHealthy) == metav1.ConditionTrue }
+	healthy := func(vm *v1alpha1.MeshVM) bool {
+		return ready(vm) && condition(vm, v1alpha1.ConditionHealthy) == metav1.ConditionTrue
+	}
 	waitFor(time.Minute, func() bool { return w.count(healthy) == n })
 	time.Sleep(5 * time.Second)
 	left := map[string]bool{}
@@ -667,6 +673,51 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	r.failover = b.counts().since(beforeB)
 	fmt.Fprintf(os.Stderr, "fleetbench: failover: elected %s, reconciling %s, %d/%d streams back in %s; codes %v\n", r.elected.Round(time.Millisecond),
 		r.reconciling.Round(time.Millisecond), r.streamsBackCount, n, r.streamsBack.Round(time.Millisecond), r.failover.code)
+
+	// 6. The leader killed mid-rotation: the other replica (a, started
+	// again as the standby) must rotate every token the killed one had not.
+	if r.rotated < n {
+		return r // no forced rotation in this controller
+	}
+	a2, err := c.startReplica(dir, "a2", port+4, cc)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	defer a2.kill()
+	time.Sleep(2 * time.Second)
+	w.mu.Lock()
+	for name, vm := range w.vms {
+		if vm.Status.TokenExpiresAt != nil {
+			expires[name] = vm.Status.TokenExpiresAt.Time
+		}
+	}
+	w.mu.Unlock()
+	value = "mid-" + time.Now().UTC().Format(time.RFC3339Nano)
+	patch = []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, renewAnnotation, value))
+	start = time.Now()
+	names = make(chan string)
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range names {
+				m := &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace}}
+				c.cl.Patch(ctx, m, client.RawPatch(types.MergePatchType, patch))
+			}
+		}()
+	}
+	for _, name := range f.names {
+		names <- name
+	}
+	close(names)
+	wg.Wait()
+	waitFor(cc.budget, func() bool { return w.count(rotated) >= n/3 })
+	r.midKilledAt = w.count(rotated)
+	b.kill()
+	waitFor(cc.budget+2*cc.lease, func() bool { return w.count(rotated) == n })
+	r.midRotation, r.midRotated = time.Since(start), w.count(rotated)
+	fmt.Fprintf(os.Stderr, "fleetbench: leader killed mid-rotation at %d/%d: %d/%d rotated in %s\n", r.midKilledAt, n, r.midRotated, n, r.midRotation.Round(time.Millisecond))
 	return r
 }
 
@@ -813,6 +864,12 @@ func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 	line("  429s / conflicts (of writes)", "0 / < 1 %", func(r ctlResult) string {
 		w := r.failover.writes()
 		return fmt.Sprintf("%d / %d of %d", r.failover.code["429"], r.failover.code["409"], w)
+	})
+	line("leader killed mid-rotation (at k rotated) → all", "no token left unrotated", func(r ctlResult) string {
+		if r.midKilledAt == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("at %d: %d/%d in %s", r.midKilledAt, r.midRotated, r.n, r.midRotation.Round(time.Second))
 	})
 	for _, r := range rows {
 		fmt.Fprintf(out, "N=%d: writes per VM at the API server (all clients: the bench's creates, the istiod stand-in's entries), onboarding: %s\n", r.n, perVMSorted(r.onboardServer, r.n))
