@@ -484,33 +484,12 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	// 1. N MeshVMs applied at once.
 	before, server0 := a.counts(), l.serverWrites(ctx)
 	start := time.Now()
-	var wg sync.WaitGroup
-	names := make(chan string)
-	var createErr error
-	var emu sync.Mutex
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for name := range names {
-				app := true
-				m := &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace},
-					Spec: v1alpha1.MeshVMSpec{Address: f.addrs[name], WorkloadGroup: f.spec.Group, Network: f.spec.Network, App: &app}}
-				if err := c.cl.Create(ctx, m); err != nil {
-					emu.Lock()
-					createErr = err
-					emu.Unlock()
-				}
-			}
-		}()
-	}
-	for _, name := range f.names {
-		names <- name
-	}
-	close(names)
-	wg.Wait()
-	if createErr != nil {
-		r.err = createErr
+	if err := eachVM(f.names, func(name string) error {
+		app := true
+		return c.cl.Create(ctx, &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace},
+			Spec: v1alpha1.MeshVMSpec{Address: f.addrs[name], WorkloadGroup: f.spec.Group, Network: f.spec.Network, App: &app}})
+	}); err != nil {
+		r.err = err
 		return r
 	}
 	ready := func(vm *v1alpha1.MeshVM) bool { return condition(vm, v1alpha1.ConditionReady) == metav1.ConditionTrue }
@@ -618,22 +597,7 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	value := time.Now().UTC().Format(time.RFC3339Nano)
 	start = time.Now()
 	patch := []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, renewAnnotation, value))
-	names = make(chan string)
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for name := range names {
-				m := &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace}}
-				c.cl.Patch(ctx, m, client.RawPatch(types.MergePatchType, patch))
-			}
-		}()
-	}
-	for _, name := range f.names {
-		names <- name
-	}
-	close(names)
-	wg.Wait()
+	renewAll(ctx, c.cl, f, patch)
 	waitFor(cc.budget, func() bool { return w.count(rotated) == n })
 	r.rotation = time.Since(start)
 	r.rotated = w.count(rotated)
@@ -696,22 +660,7 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	value = "mid-" + time.Now().UTC().Format(time.RFC3339Nano)
 	patch = []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, renewAnnotation, value))
 	start = time.Now()
-	names = make(chan string)
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for name := range names {
-				m := &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace}}
-				c.cl.Patch(ctx, m, client.RawPatch(types.MergePatchType, patch))
-			}
-		}()
-	}
-	for _, name := range f.names {
-		names <- name
-	}
-	close(names)
-	wg.Wait()
+	renewAll(ctx, c.cl, f, patch)
 	waitFor(cc.budget, func() bool { return w.count(rotated) >= n/3 })
 	r.midKilledAt = w.count(rotated)
 	b.kill()
@@ -719,6 +668,41 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	r.midRotation, r.midRotated = time.Since(start), w.count(rotated)
 	fmt.Fprintf(os.Stderr, "fleetbench: leader killed mid-rotation at %d/%d: %d/%d rotated in %s\n", r.midKilledAt, n, r.midRotated, n, r.midRotation.Round(time.Millisecond))
 	return r
+}
+
+// eachVM calls do for every name, 32 at once (as many clients applying
+// their MeshVMs); it returns the last error.
+func eachVM(names []string, do func(name string) error) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var last error
+	ch := make(chan string)
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range ch {
+				if err := do(name); err != nil {
+					mu.Lock()
+					last = err
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for _, name := range names {
+		ch <- name
+	}
+	close(ch)
+	wg.Wait()
+	return last
+}
+
+// renewAll asks for a fresh token on every MeshVM of the fleet.
+func renewAll(ctx context.Context, cl client.Client, f *fleet, patch []byte) error {
+	return eachVM(f.names, func(name string) error {
+		return cl.Patch(ctx, &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace}}, client.RawPatch(types.MergePatchType, patch))
+	})
 }
 
 // cleanup takes the size's MeshVMs away once its controllers are gone: the

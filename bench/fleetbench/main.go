@@ -104,25 +104,11 @@ func main() {
 	cc := ctlConfig{atRest: *ctlAtRest, budget: *ctlBudget, trials: *trials, workers: *workers, qps: *qps, burst: *burst,
 		queueQPS: *ctlQueueQPS, queueBurst: *ctlQueueBurst, lease: *lease, renew: *lease * 2 / 3, retry: *lease * 2 / 15}
 	c := config{trials: *trials, pollTrials: *pollTrials, workers: *workers, qps: *qps, burst: *burst, poll: *poll, atRest: *atRest, budget: *budget, entryCache: *entryCache}
-	for _, s := range strings.Split(*vms, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 60000 {
-			fmt.Fprintf(os.Stderr, "fleetbench: -vms %q: want sizes from 1 to 60000, comma-separated\n", *vms)
-			os.Exit(2)
-		}
-		c.sizes = append(c.sizes, n)
-	}
+	c.sizes = sizes("-vms", *vms)
 	if *ctlVMs == "" {
 		*ctlVMs = *vms
 	}
-	for _, s := range strings.Split(*ctlVMs, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 60000 {
-			fmt.Fprintf(os.Stderr, "fleetbench: -controller-vms %q: want sizes from 1 to 60000, comma-separated\n", *ctlVMs)
-			os.Exit(2)
-		}
-		cc.sizes = append(cc.sizes, n)
-	}
+	cc.sizes = sizes("-controller-vms", *ctlVMs)
 	for _, r := range strings.Split(*rows, ",") {
 		switch strings.TrimSpace(r) {
 		case "core":
@@ -139,6 +125,20 @@ func main() {
 		fmt.Fprintln(os.Stderr, "fleetbench:", err)
 		os.Exit(1)
 	}
+}
+
+// sizes parses a flag's comma-separated fleet sizes, or exits saying what is wrong.
+func sizes(flagName, v string) []int {
+	var out []int
+	for _, s := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 60000 {
+			fmt.Fprintf(os.Stderr, "fleetbench: %s %q: want sizes from 1 to 60000, comma-separated\n", flagName, v)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // lab is the control plane and what every size shares.
