@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -423,6 +424,10 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 	if err != nil || len(tokBefore) == 0 {
 		t.Fatalf("no token recorded: %v", err)
 	}
+	joinedBefore, _, err := store.Joined(vm.name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("Ready under replica a after %s", time.Since(t0).Round(time.Millisecond))
 
 	a.kill()
@@ -450,8 +455,16 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 			t.Errorf("%s: before %+v, after %+v: want it untouched", typ, was, now)
 		}
 	}
+	// The records, read afresh: the same token, address and join.
+	store = fleetstore.New(ctx, c.Kube, storeNS, spec.Namespace)
 	if tok, _ := store.Token(vm.name); string(tok) != string(tokBefore) {
 		t.Error("the new leader issued a new token for a VM that needed none")
+	}
+	if addr, _ := store.Address(vm.name); addr != vm.vm.Address {
+		t.Errorf("the recorded address is %q, want %s", addr, vm.vm.Address)
+	}
+	if j, _, _ := store.Joined(vm.name); !reflect.DeepEqual(j, joinedBefore) {
+		t.Errorf("the recorded join changed: %+v, was %+v", j, joinedBefore)
 	}
 	t.Logf("identity checked after %s", time.Since(t0).Round(time.Millisecond))
 
