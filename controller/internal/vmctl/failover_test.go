@@ -182,7 +182,7 @@ var (
 	testRetry = 200 * time.Millisecond
 )
 
-func startReplica(t *testing.T, rc *rest.Config, name, storeNS, sidecarDir string) *replica {
+func startReplica(t *testing.T, rc *rest.Config, name, storeNS, vmNS, sidecarDir string) *replica {
 	t.Helper()
 	scheme := k8sruntime.NewScheme()
 	for _, add := range []func(*k8sruntime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme, networkingv1.AddToScheme} {
@@ -195,7 +195,10 @@ func startReplica(t *testing.T, rc *rest.Config, name, storeNS, sidecarDir strin
 		Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}, HealthProbeBindAddress: "0",
 		LeaderElection: true, LeaderElectionID: v1alpha1.ControllerLease, LeaderElectionNamespace: storeNS,
 		LeaseDuration: &testLease, RenewDeadline: &testRenew, RetryPeriod: &testRetry,
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}}},
+		// Only this run's MeshVMs: the runs before it (go test -count) left
+		// theirs, whose agents are gone.
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}},
+			DefaultNamespaces: map[string]cache.Config{vmNS: {}}},
 		// Both replicas' controllers live in one process here.
 		Controller: config.Controller{SkipNameValidation: &skip},
 	})
@@ -390,9 +393,9 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 	vm := startVM(t, c.Kube, c.Istio, storeNS, spec)
 
 	t0 := time.Now()
-	a := startReplica(t, rc, "a", storeNS, sidecars)
+	a := startReplica(t, rc, "a", storeNS, spec.Namespace, sidecars)
 	a.elected(t, 30*time.Second)
-	b := startReplica(t, rc, "b", storeNS, sidecars)
+	b := startReplica(t, rc, "b", storeNS, spec.Namespace, sidecars)
 	holderA := leaseHolder(t, c.Kube, storeNS)
 
 	scheme := k8sruntime.NewScheme()
@@ -408,6 +411,11 @@ func TestLeaderKilledTheOtherReplicaKeepsTheVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := client.ObjectKeyFromObject(m)
+	t.Cleanup(func() {
+		// After the replicas (cleanups run last first): nobody finalizes it.
+		cl.Patch(ctx, m, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
+		cl.Delete(ctx, m)
+	})
 	before, _ := waitVM(t, cl, key, 60*time.Second, "Ready under replica a, its stream open", func(m *v1alpha1.MeshVM) bool {
 		return conditionIs(m, v1alpha1.ConditionReady, metav1.ConditionTrue) && m.Status.TokenExpiresAt != nil && strings.HasPrefix(m.Status.Agent, "connected ")
 	})
