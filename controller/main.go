@@ -18,6 +18,7 @@ import (
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/flowcontrol"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -82,6 +83,10 @@ func run() error {
 		return fmt.Errorf("kubeconfig: %w (give --kubeconfig outside a cluster)", err)
 	}
 	rc.QPS, rc.Burst = float32(*qps), *burst
+	// One bucket for every client made from rc (the manager's, the core's
+	// Kubernetes and Istio clientsets, Events): --kube-api-qps is the
+	// process's rate, not each client's.
+	rc.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(rc.QPS, rc.Burst)
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme, networkingv1.AddToScheme} {
 		if err := add(scheme); err != nil {

@@ -188,6 +188,11 @@ func (vm *VM) CrashSidecar() (Unit, error) { return vm.unit.crash() }
 // FailSidecar leaves the unit failed, as after start-limit-hit.
 func (vm *VM) FailSidecar() (Unit, error) { return vm.unit.fail() }
 
+// BreakSidecar makes every later start or restart of the unit fail, as
+// when pilot-agent cannot run: the unit is left failed, the job reports
+// the error. Nothing undoes it.
+func (vm *VM) BreakSidecar() { vm.unit.breakStart() }
+
 // StopApp closes the app's listener: probes are refused.
 func (vm *VM) StopApp() {
 	if vm.app != nil {

@@ -164,3 +164,30 @@ func TestReadFileInsideTheRoot(t *testing.T) {
 		t.Errorf("mesh through the VM's /etc/istio link: %q %v", b, err)
 	}
 }
+
+// A broken sidecar keeps running until stopped; then every start fails as
+// systemd's job does, and the unit is left failed.
+func TestBrokenSidecarDoesNotStart(t *testing.T) {
+	f, ca := startFleet(t, 1, nil)
+	vm := f.VMs[0]
+	c := dial(t, ca, vm)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.Install(ctx, &agentv1.InstallRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vm.StartSidecar(); err != nil {
+		t.Fatal(err)
+	}
+	vm.BreakSidecar()
+	if u := vm.Sidecar(); !u.Active() {
+		t.Fatalf("broken while running: %+v, want it still active", u)
+	}
+	vm.StopSidecar()
+	if _, err := c.Sidecar(ctx, agentv1.SidecarAction_SIDECAR_ACTION_START); err == nil || !strings.Contains(err.Error(), "control process exited with error code") {
+		t.Errorf("start of a broken sidecar: %v, want systemd's job failure", err)
+	}
+	if u := vm.Sidecar(); u.ActiveState != "failed" || u.Result != "exit-code" || u.MainPID != 0 {
+		t.Errorf("after the failed start: %+v", u)
+	}
+}

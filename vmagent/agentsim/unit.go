@@ -40,6 +40,8 @@ type unit struct {
 
 	mu sync.Mutex
 	st Unit
+	// broken: ExecStart fails, so a start leaves the unit failed.
+	broken bool
 }
 
 func newUnit(root string, onChange func(Unit)) *unit {
@@ -93,6 +95,10 @@ func (u *unit) start(op string, restart bool) (Unit, error) {
 		if st.Active() && !restart {
 			return nil // systemd: starting an active unit is a no-op job
 		}
+		if u.broken {
+			st.ActiveState, st.SubState, st.Result, st.MainPID, st.ActiveSince = "failed", "failed", "exit-code", 0, time.Time{}
+			return fmt.Errorf("%s %s: Job for %s failed because the control process exited with error code", op, sidecar.DefaultUnit, sidecar.DefaultUnit)
+		}
 		st.Restarts = 0 // a start by hand resets NRestarts
 		started(st, time.Now())
 		return nil
@@ -120,6 +126,14 @@ func (u *unit) crash() (Unit, error) {
 		st.Restarts++
 		return nil
 	})
+}
+
+// breakStart makes every later start fail, as a sidecar whose binary
+// cannot run (ExecStart exits with an error); a running unit keeps running.
+func (u *unit) breakStart() {
+	u.mu.Lock()
+	u.broken = true
+	u.mu.Unlock()
 }
 
 // fail is the main process exiting with an error and systemd giving up

@@ -92,9 +92,11 @@ func (s *state) Collect(ch chan<- prometheus.Metric) {
 }
 
 // held are the conditions a failed pass is counted under, in the core's
-// order: the first that is not True names the error's reason.
-var held = []string{string(vmcore.Machine), string(vmcore.AgentReachable), v1alpha1.ConditionCredentialsValid, string(vmcore.FilesInSync),
-	string(vmcore.SidecarRunning), string(vmcore.Registered), string(vmcore.Healthy), v1alpha1.ConditionUpToDate}
+// order but the sidecar before the files (a sidecar that does not start
+// fails the delivery too, and is the more telling reason): the first that
+// is not True names the error's reason.
+var held = []string{string(vmcore.Machine), string(vmcore.AgentReachable), v1alpha1.ConditionCredentialsValid, string(vmcore.SidecarRunning),
+	string(vmcore.FilesInSync), string(vmcore.Registered), string(vmcore.Healthy), v1alpha1.ConditionUpToDate}
 
 // countError counts a failed pass under the reason its status gives.
 func countError(vm *v1alpha1.MeshVM) {

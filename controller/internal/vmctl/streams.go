@@ -239,21 +239,42 @@ func (l AgentLink) column() string {
 	return "disconnected since " + since
 }
 
+// streamRecheck is how soon a VM is looked at again when its stream's
+// newest state disagrees with what the pass saw: the agent sends a state,
+// not each change, so a sidecar stopped again right after the pass started
+// it looks the same as the stop before and sends nothing.
+const streamRecheck = 2 * time.Second
+
 // watchAgent keeps the VM's stream open at addr and shows it in the AGENT
-// column (once it has told something; until then the pass's own view).
-func (r *Reconciler) watchAgent(vm *v1alpha1.MeshVM, addr string, ws workload.Spec, version string, store *fleetstore.Store) {
+// column (once it has told something; until then the pass's own view). It
+// returns when to look again because the stream disagrees with the pass
+// (0: it agrees).
+func (r *Reconciler) watchAgent(vm *v1alpha1.MeshVM, addr string, ws workload.Spec, version string, store *fleetstore.Store) time.Duration {
 	if r.Streams == nil {
-		return
+		return 0
 	}
 	key := types.NamespacedName{Namespace: vm.Namespace, Name: vm.Name}
 	seen := streamSeen{sidecarActive: vm.Status.Sidecar == "active", version: version}
 	if err := r.Streams.ensure(key, addr, ws, seen, store.AgentTLS); err != nil {
 		// No client identity yet: the pass said why; the next one retries.
-		return
+		return 0
 	}
 	if col := r.Streams.link(key).column(); col != "" {
 		vm.Status.Agent = col
 	}
+	if version != "" && r.Streams.disagrees(key) {
+		return streamRecheck
+	}
+	return 0
+}
+
+// disagrees says whether VM key's stream, connected, last said otherwise
+// than its last pass saw.
+func (s *Streams) disagrees(key types.NamespacedName) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.vms[key]
+	return ok && l.connected && l.last != nil && !l.seen.agrees(l.last)
 }
 
 // forgetAgent closes a VM's stream (deleted, deleting or paused).

@@ -107,10 +107,14 @@ func Onboard(ctx context.Context, c *agentclient.Client, files workloadfiles.Fil
 		r.Restarted = true
 	}
 	if r.Sidecar, err = sidecar(ctx, c, action); err != nil {
-		return r, fmt.Errorf("sidecar: %w", err)
+		return r, fmt.Errorf("%w: %w", ErrSidecar, err)
 	}
 	return r, nil
 }
+
+// ErrSidecar marks an Onboard that delivered the files but could not start
+// or restart the sidecar.
+var ErrSidecar = errors.New("sidecar")
 
 // rootCert delivers istiod's root certificate. pilot-agent rewrites the
 // file (it is in OUTPUT_CERTS): without the final newline when it starts,

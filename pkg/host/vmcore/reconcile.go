@@ -498,6 +498,11 @@ func (p *pass) filesInSync() error {
 	p.report, err = onboard.Onboard(p.ctx, p.agent, p.files, p.side, onboard.Hosts{IstiodIP: p.istiod,
 		IstiodName: workloadfiles.IstiodHost(p.target.IstioNamespace, rev), VMIP: p.st.Address, VMName: p.vm.Name}, p.vm.Restart)
 	if err != nil {
+		if errors.Is(err, onboard.ErrSidecar) {
+			// Not the files: the sidecar did not start (a stopped unit the
+			// pass could not start again is not running, whatever it was).
+			p.set(SidecarRunning, False, SidecarFailed, "%v", err)
+		}
 		p.set(FilesInSync, False, FilesFailed, "%v", err)
 		return err
 	}
