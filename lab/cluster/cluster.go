@@ -29,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshvm/meshvm/lab/instance"
 	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mtls"
 )
@@ -45,8 +46,9 @@ type Config struct {
 	ExtraSANs []net.IP
 	// Progress receives a line per step.
 	Progress io.Writer
-	// Ports default to the lab's fixed ones; a run that must not share the
-	// lab (a benchmark beside the lab tests) gives its own.
+	// Ports default to the lab instance's (see lab/instance: Dir's parent
+	// is the lab's state directory); a run that must not share the lab (a
+	// benchmark beside the lab tests) may give its own.
 	Ports Ports
 }
 
@@ -54,25 +56,31 @@ type Config struct {
 type Ports struct{ API, Etcd, EtcdPeer, Controller int }
 
 func (c Config) ports() Ports {
-	p := c.Ports
+	p, def := c.Ports, PortsOf(instance.Of(filepath.Dir(c.Dir)))
 	if p.API == 0 {
-		p.API = apiPort
+		p.API = def.API
 	}
 	if p.Etcd == 0 {
-		p.Etcd = etcdPort
+		p.Etcd = def.Etcd
 	}
 	if p.EtcdPeer == 0 {
-		p.EtcdPeer = etcdPeerPort
+		p.EtcdPeer = def.EtcdPeer
 	}
 	if p.Controller == 0 {
-		p.Controller = 10257
+		p.Controller = def.Controller
 	}
 	return p
 }
 
+// PortsOf are the lab instance's control-plane ports.
+func PortsOf(i instance.Instance) Ports {
+	return Ports{API: i.Port(apiPort, instance.APIPort), Etcd: i.Port(etcdPort, instance.EtcdPort),
+		EtcdPeer: i.Port(etcdPeerPort, instance.EtcdPeerPort), Controller: i.Port(10257, instance.ControllerManagerPort)}
+}
+
 func (c Config) server() string { return "https://127.0.0.1:" + strconv.Itoa(c.ports().API) }
 
-// Fixed lab ports, away from a system etcd or API server on the defaults.
+// Instance 0's ports, away from a system etcd or API server on the defaults.
 const (
 	apiPort       = 16443
 	etcdPort      = 23790
@@ -84,8 +92,8 @@ const (
 	kubeconfigRel = "kubeconfig"
 )
 
-// Server is the API server URL.
-func Server() string { return "https://127.0.0.1:" + strconv.Itoa(apiPort) }
+// Server is the URL of the API server whose state is dir.
+func Server(dir string) string { return Config{Dir: dir}.server() }
 
 // Kubeconfig is the admin kubeconfig path in dir.
 func Kubeconfig(dir string) string { return filepath.Join(dir, kubeconfigRel) }
@@ -120,6 +128,12 @@ func Up(ctx context.Context, c Config) error {
 		return err
 	}
 	c.Dir = dir
+	if c.Ports == (Ports{}) {
+		// The lab's parts are its state directory's children.
+		if _, err := instance.Claim(filepath.Dir(c.Dir)); err != nil {
+			return err
+		}
+	}
 	for _, d := range []string{"pki", "etcd", "logs", "run"} {
 		if err := os.MkdirAll(filepath.Join(c.Dir, d), 0o700); err != nil {
 			return err

@@ -53,7 +53,7 @@ func TestControlPlane(t *testing.T) {
 	}
 	call := func(method, path, body string, want int) map[string]any {
 		t.Helper()
-		req, _ := http.NewRequestWithContext(ctx, method, Server()+path, strings.NewReader(body))
+		req, _ := http.NewRequestWithContext(ctx, method, Server(dir)+path, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := hc.Do(req)
 		if err != nil {
@@ -78,7 +78,7 @@ func TestControlPlane(t *testing.T) {
 	call("DELETE", "/api/v1/namespaces/vmns", "", 200)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		req, _ := http.NewRequestWithContext(ctx, "GET", Server()+"/api/v1/namespaces/vmns", nil)
+		req, _ := http.NewRequestWithContext(ctx, "GET", Server(dir)+"/api/v1/namespaces/vmns", nil)
 		resp, err := hc.Do(req)
 		if err == nil {
 			resp.Body.Close()

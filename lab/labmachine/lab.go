@@ -1,6 +1,7 @@
 // Package lab is the machine provider of the local lab: each machine
 // is a lab/vm VM (systemd under systemd-nspawn in its own network
-// namespace) with a /30 of 10.213.0.0/16 on its veth pair. It meets the same
+// namespace) with a /30 of its lab instance's range (10.213.0.0/16 for
+// instance 0, see lab/instance) on its veth pair. It meets the same
 // machine.Provider contract as the Multipass and SSH providers, so hostctl
 // onboards a lab VM through the very code that onboards a real one.
 package labmachine
@@ -25,6 +26,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/meshvm/meshvm/lab/instance"
 	labvm "github.com/meshvm/meshvm/lab/vm"
 	"github.com/meshvm/meshvm/pkg/machine"
 )
@@ -32,15 +34,15 @@ import (
 // Provider launches lab VMs below Dir.
 type Provider struct {
 	log *slog.Logger
-	// Dir holds each VM's root filesystem, console log and slot record.
+	// Dir holds each VM's root filesystem, console log and slot record;
+	// its parent is the lab's state directory, whose instance the VMs'
+	// addresses and interface names derive from.
 	dir string
 	// CacheDir keeps the debootstrapped root filesystem between labs.
 	cacheDir string
 
 	// image, when set, is the root filesystem variant the VMs boot.
 	image *Image
-	// network is the second octet of the VMs' 10.x.0.0/16.
-	network byte
 
 	mu sync.Mutex // guards slot allocation
 }
@@ -57,18 +59,24 @@ var _ machine.Provider = (*Provider)(nil)
 
 // New returns a provider keeping VMs in dir and the root filesystem cache in cacheDir.
 func New(log *slog.Logger, dir, cacheDir string) *Provider {
-	return &Provider{log: log, dir: dir, cacheDir: cacheDir, network: 213}
+	return &Provider{log: log, dir: dir, cacheDir: cacheDir}
 }
 
-// WithImage makes the provider's VMs boot img on 10.network.0.0/16, a
-// range of their own, so they can run beside the lab's VMs.
-func (p *Provider) WithImage(img Image, network byte) *Provider {
-	p.image, p.network = &img, network
+// WithImage makes the provider's VMs boot img.
+func (p *Provider) WithImage(img Image) *Provider {
+	p.image = &img
 	return p
 }
 
-// slots are /30 networks: slot n has host .1 and VM .2 of 10.213.0.0/16 + 4n.
-const maxSlots = 16384
+// slots are /30 networks: slot n has host .1 and VM .2 of 10.x.0.0/16 + 4n.
+// The last /30 is not a VM's: the instance's istiod address is in it.
+const maxSlots = 16383
+
+// home is the lab state directory the VMs belong to.
+func (p *Provider) home() string { return filepath.Dir(p.dir) }
+
+// Instance is the lab instance the provider's VMs are in.
+func (p *Provider) Instance() instance.Instance { return instance.Of(p.home()) }
 
 type record struct {
 	Slot int `json:"slot"`
@@ -81,9 +89,16 @@ func (p *Provider) spec(name string, allocate bool) (labvm.Spec, error) {
 	if len(name) > 10 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
 		return labvm.Spec{}, fmt.Errorf("lab VM name %q: use at most 10 of a-z, 0-9 and '-' (it names a network interface)", name)
 	}
+	inst := p.Instance()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if allocate {
+		// Claimed before the VMs' directory appears: a lab with VMs but no
+		// instance predates instances.
+		var err error
+		if inst, err = instance.Claim(p.home()); err != nil {
+			return labvm.Spec{}, err
+		}
 		unlock, err := p.lockSlots()
 		if err != nil {
 			return labvm.Spec{}, err
@@ -114,8 +129,8 @@ func (p *Provider) spec(name string, allocate bool) (labvm.Spec, error) {
 		return labvm.Spec{}, err
 	}
 	base := 4 * rec.Slot
-	ip := func(host int) net.IP { return net.IPv4(10, p.network, byte((base+host)>>8), byte((base+host)&0xff)) }
-	spec := labvm.Spec{Name: name, Dir: filepath.Join(p.dir, name), HostIP: ip(1), VMIP: ip(2)}
+	ip := func(host int) net.IP { return net.IPv4(10, inst.Octet(), byte((base+host)>>8), byte((base+host)&0xff)) }
+	spec := labvm.Spec{Name: name, Dir: filepath.Join(p.dir, name), HostIP: ip(1), VMIP: ip(2), Tag: inst.Names()}
 	if p.image != nil && p.image.Setup != nil {
 		setup := p.image.Setup
 		spec.Setup = func(root string) error { return setup(name, root) }
@@ -177,14 +192,28 @@ func (p *Provider) Launch(ctx context.Context, s machine.Spec) (machine.Machine,
 	return p.Info(ctx, s.Name)
 }
 
-// HostAddress is the host's end of the VM's link: where the VM reaches
-// services of the host (the lab's istiod).
+// HostAddress is the host's end of the VM's link (its gateway); it
+// changes when the VM moves to another slot.
 func (p *Provider) HostAddress(name string) (string, error) {
 	spec, err := p.spec(name, false)
 	if err != nil {
 		return "", err
 	}
 	return spec.HostIP.String(), nil
+}
+
+// IstiodAddress is where every VM of the lab reaches the lab's istiod: one
+// address of the instance on the host, reached through each VM's default
+// route, so it stays when a VM's own address changes.
+func (p *Provider) IstiodAddress() string { return p.Instance().IstiodIP().String() }
+
+// NetNS is the name of the VM's network namespace (under /run/netns).
+func (p *Provider) NetNS(name string) (string, error) {
+	spec, err := p.spec(name, false)
+	if err != nil {
+		return "", err
+	}
+	return labvm.NetNS(spec), nil
 }
 
 func (p *Provider) open(name string) (*labvm.VM, labvm.Spec, error) {
@@ -316,10 +345,37 @@ func (p *Provider) Renumber(ctx context.Context, name string) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	unlock, err := p.lockSlots()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	slot, err := p.freeSlot()
 	if err != nil {
 		return err
 	}
 	data, _ := json.Marshal(record{Slot: slot})
-	return os.WriteFile(p.recordPath(name), data, 0o600)
+	tmp := p.recordPath(name) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p.recordPath(name))
+}
+
+// Readdress moves the VM to a new address as a DHCP server may across a
+// restart: it stops the VM, moves it to a free slot (a new /30) and boots
+// it again, returning its new address. The old address is gone with the
+// old link.
+func (p *Provider) Readdress(ctx context.Context, name string) (string, error) {
+	if err := p.Stop(ctx, name); err != nil {
+		return "", err
+	}
+	if err := p.Renumber(ctx, name); err != nil {
+		return "", err
+	}
+	m, err := p.Launch(ctx, machine.Spec{Name: name})
+	if err != nil {
+		return "", err
+	}
+	return m.Addresses[0], nil
 }

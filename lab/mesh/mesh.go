@@ -2,8 +2,8 @@
 // processes, one per Istio revision, with the mesh configuration and
 // environment that Istio's install rendered for the revision's Deployment.
 // There is no kubelet in the lab, so no istiod pod and no gateway pod: the
-// lab's east-west gateway (lab-envoy gateway) listens on the host's 15012
-// and passes each VM's TLS through to its revision's istiod by SNI, as the
+// lab's east-west gateway (lab-envoy gateway) listens on 15012 of the lab
+// instance's istiod address (on the host's loopback) and passes each VM's TLS through to its revision's istiod by SNI, as the
 // expose-istiod VirtualServices make Envoy do.
 package mesh
 
@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshvm/meshvm/lab/instance"
 	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
@@ -44,8 +45,8 @@ type Config struct {
 	Env  map[string]string
 	// ClusterID is the cluster's name in the mesh.
 	ClusterID string
-	// HostIPs are the host addresses VMs reach istiod on; istiod's serving
-	// certificate names them.
+	// HostIPs are more host addresses VMs reach istiod on, beside the lab
+	// instance's istiod address; istiod's serving certificate names them all.
 	HostIPs  []string
 	Progress io.Writer
 }
@@ -57,20 +58,32 @@ const (
 	gatewayName = "lab-gateway"
 )
 
-// ports are one istiod's listeners. The default revision keeps the ports
-// the lab always gave it; others get a block of loopback ports by slot.
+// ports are one istiod's listeners. Instance 0's default revision keeps
+// the ports the lab always gave it; other revisions get a block of loopback
+// ports by slot, and other instances' istiods ports of their own block.
 type ports struct {
 	grpc, secure, https, http, monitoring, ctrlz string
 }
 
-func portsOf(slot int) ports {
-	if slot == 0 {
+func portsOf(inst instance.Instance, slot int) ports {
+	if inst.N == 0 && slot == 0 {
 		return ports{grpc: ":15010", secure: "127.0.0.1:15112", https: ":15017", http: "127.0.0.1:18080",
 			monitoring: "127.0.0.1:15014", ctrlz: "9876"}
 	}
 	at := func(p int) string { return "127.0.0.1:" + strconv.Itoa(20000+100*slot+p) }
-	return ports{grpc: at(10), secure: at(12), https: at(17), http: at(80), monitoring: at(14), ctrlz: strconv.Itoa(20000 + 100*slot + 76)}
+	ctrlz := strconv.Itoa(20000 + 100*slot + 76)
+	if inst.N != 0 {
+		base := instance.IstiodPorts + instance.RevisionPorts*slot
+		at = func(p int) string { return "127.0.0.1:" + strconv.Itoa(inst.Port(0, base+p)) }
+		ctrlz = strconv.Itoa(inst.Port(0, base+5))
+		return ports{grpc: at(0), secure: at(1), https: at(2), http: at(3), monitoring: at(4), ctrlz: ctrlz}
+	}
+	return ports{grpc: at(10), secure: at(12), https: at(17), http: at(80), monitoring: at(14), ctrlz: ctrlz}
 }
+
+// instanceOf is the lab instance of the istiods in dir (a child of the
+// lab's state directory).
+func instanceOf(dir string) instance.Instance { return instance.Of(filepath.Dir(dir)) }
 
 // revDir is where a revision's istiod keeps its state.
 func revDir(dir, rev string) string {
@@ -102,6 +115,9 @@ func slot(dir, rev string, assign bool) (int, error) {
 		return 0, err
 	}
 	n := highest + 1
+	if instanceOf(dir).N != 0 && instance.IstiodPorts+instance.RevisionPorts*(n+1) > 200 {
+		return 0, fmt.Errorf("istio.revision %s: this lab instance has ports for %d revisions, all taken: run hostctl down and up to start afresh", rev, (200-instance.IstiodPorts)/instance.RevisionPorts)
+	}
 	return n, os.WriteFile(file, []byte(strconv.Itoa(n)+"\n"), 0o600)
 }
 
@@ -130,6 +146,9 @@ func Up(ctx context.Context, c Config) error {
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
+	if _, err := instance.Claim(filepath.Dir(c.Dir)); err != nil {
+		return err
+	}
 	if err := startIstiod(ctx, c); err != nil {
 		return err
 	}
@@ -142,7 +161,7 @@ func Ready(ctx context.Context, dir, rev string) error {
 	if err != nil {
 		return err
 	}
-	_, err = get(ctx, "http://"+portsOf(n).http+"/ready")
+	_, err = get(ctx, "http://"+portsOf(instanceOf(dir), n).http+"/ready")
 	return err
 }
 
@@ -153,7 +172,7 @@ func Version(ctx context.Context, dir, rev string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	b, err := get(ctx, "http://"+portsOf(n).monitoring+"/version")
+	b, err := get(ctx, "http://"+portsOf(instanceOf(dir), n).monitoring+"/version")
 	if err != nil {
 		return "", fmt.Errorf("istiod (revision %s) /version: %w", workloadfiles.RevisionName(rev), err)
 	}
@@ -187,9 +206,10 @@ func startIstiod(ctx context.Context, c Config) error {
 	dir := revDir(c.Dir, c.Revision)
 	pd := procs.Dir(dir)
 	const name = "pilot-discovery"
-	p := portsOf(n)
+	inst := instanceOf(c.Dir)
+	p := portsOf(inst, n)
 	work := filepath.Join(dir, "istiod")
-	hosts := append([]string{istioinstall.IstiodService(c.Revision) + "." + namespace + ".svc", "localhost"}, c.HostIPs...)
+	hosts := append([]string{istioinstall.IstiodService(c.Revision) + "." + namespace + ".svc", "localhost", inst.IstiodIP().String()}, c.HostIPs...)
 	spec := procs.Spec{
 		Name: name, Bin: c.Istiod, Cwd: work,
 		Args: []string{"discovery", "--kubeconfig", c.Kubeconfig, "--meshConfig", "./etc/istio/config/mesh",
@@ -248,13 +268,18 @@ func startGateway(ctx context.Context, c Config) error {
 	if c.Gateway == "" {
 		return errors.New("meshlab: no gateway binary (lab-envoy)")
 	}
-	args := []string{"gateway", "--listen", ":" + strconv.Itoa(GatewayPort)}
+	inst := instanceOf(c.Dir)
+	listen := net.JoinHostPort(inst.IstiodIP().String(), strconv.Itoa(GatewayPort))
+	if err := inst.AddIstiodIP(); err != nil {
+		return err
+	}
+	args := []string{"gateway", "--listen", listen}
 	for _, rev := range Revisions(c.Dir) {
 		n, err := slot(c.Dir, rev, false)
 		if err != nil {
 			return err
 		}
-		up := portsOf(n).secure
+		up := portsOf(inst, n).secure
 		args = append(args, "--route", istioinstall.IstiodService(rev)+"."+namespace+".svc="+up)
 		if !workloadfiles.Revisioned(rev) {
 			args = append(args, "--route", "*="+up)
@@ -276,7 +301,7 @@ func startGateway(ctx context.Context, c Config) error {
 	// Up once it takes connections on its port.
 	listening := func(ctx context.Context) error {
 		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", "127.0.0.1:"+strconv.Itoa(GatewayPort))
+		conn, err := d.DialContext(ctx, "tcp", listen)
 		if err == nil {
 			conn.Close()
 		}
@@ -285,7 +310,7 @@ func startGateway(ctx context.Context, c Config) error {
 	if err := pd.WaitReady(ctx, gatewayName, pid, 10*time.Second, listening); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.Progress, "istio: lab east-west gateway on :%d routes to %s (pid %d)\n", GatewayPort, strings.Join(Revisions(c.Dir), ", "), pid)
+	fmt.Fprintf(c.Progress, "istio: lab east-west gateway on %s (%s) routes to %s (pid %d)\n", listen, inst, strings.Join(Revisions(c.Dir), ", "), pid)
 	return recordSpec(c.Dir, gatewayName, spec, "")
 }
 
@@ -321,5 +346,5 @@ func Down(ctx context.Context, dir string) error {
 			errs = append(errs, procs.Dir(revDir(dir, rev)).Stop(ctx, "pilot-discovery", 10*time.Second))
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, instanceOf(dir).RemoveIstiodIP())...)
 }

@@ -5,6 +5,7 @@ package multipass
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	labinstance "github.com/meshvm/meshvm/lab/instance"
 	"github.com/meshvm/meshvm/lab/labtest"
 )
 
@@ -67,7 +69,7 @@ type infoJSON struct {
 // what Multipass does; and a launch killed mid-way, left Starting until
 // start waits it out.
 func TestStandinOnLabVM(t *testing.T) {
-	mp, bin, _ := standin(t)
+	mp, bin, dir := standin(t)
 	// One at a time: delete fails whole when one name does not exist.
 	t.Cleanup(func() { mp("", "delete", "--purge", "sm1"); mp("", "delete", "--purge", "sm2") })
 	info := func(name string) (infoJSON, int) {
@@ -92,7 +94,7 @@ func TestStandinOnLabVM(t *testing.T) {
 	t.Logf("launch with cloud-init took %s", time.Since(start).Round(time.Second))
 	i, _ := info("sm1")
 	sm1 := i.Info["sm1"]
-	if sm1.State != "Running" || len(sm1.IPv4) == 0 || !strings.HasPrefix(sm1.IPv4[0], "10.214.") || sm1.CPUCount == "" ||
+	if sm1.State != "Running" || len(sm1.IPv4) == 0 || !strings.HasPrefix(sm1.IPv4[0], fmt.Sprintf("10.%d.", labinstance.Of(dir).Octet())) || sm1.CPUCount == "" ||
 		sm1.Memory["total"] == 0 || sm1.Disks["sda1"]["total"] == "" || !strings.Contains(sm1.Release, "Debian") {
 		t.Errorf("info of a running instance: got %+v", sm1)
 	}

@@ -31,10 +31,6 @@ import (
 // socketPath is what the real client names when it cannot reach the daemon.
 const socketPath = "/var/snap/multipass/common/multipass_socket"
 
-// network is the second octet of the stand-in's VMs (10.214.0.0/16), apart
-// from the lab's own VMs (10.213.0.0/16).
-const network = 214
-
 type daemon struct {
 	dir            string
 	lab            *labmachine.Provider
@@ -62,8 +58,10 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitCommandFail
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The stand-in's directory is a lab instance of its own (lab/instance):
+	// its VMs get a range and interface names apart from any lab's.
 	d := &daemon{dir: dir, stdin: stdin, stdout: stdout, stderr: stderr}
-	d.lab = labmachine.New(log, filepath.Join(dir, "vms"), build.DefaultCacheDir()).WithImage(labmachine.Image{Packages: Packages, Setup: d.seed}, network)
+	d.lab = labmachine.New(log, filepath.Join(dir, "vms"), build.DefaultCacheDir()).WithImage(labmachine.Image{Packages: Packages, Setup: d.seed})
 	// No signal handling: a killed client dies where it is, and so does a
 	// launch in progress (its instance stays Starting).
 	ctx := context.Background()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/lab/cluster"
+	"github.com/meshvm/meshvm/lab/instance"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/lab/mesh"
 	"github.com/meshvm/meshvm/lab/procs"
@@ -157,8 +158,10 @@ func (s *labSite) ClusterID(context.Context) string { return s.cfg.Istio.Cluster
 
 func (s *labSite) JoinedIstio(context.Context) string { return "" }
 
-func (s *labSite) IstiodAddress(_ context.Context, vm string) (string, error) {
-	return s.lab.HostAddress(vm)
+// IstiodAddress is the lab instance's one istiod address, the same for
+// every VM and whatever the VM's own address.
+func (s *labSite) IstiodAddress(context.Context, string) (string, error) {
+	return s.lab.IstiodAddress(), nil
 }
 
 func (s *labSite) Sidecar(ctx context.Context, arch, version string) (onboard.Sidecar, error) {
@@ -223,13 +226,19 @@ func (s *labSite) TrafficUncheckable() string {
 	return "the lab has no Envoy data path (and no pods), so mesh traffic cannot flow"
 }
 
-// processes are the lab cluster's control-plane processes.
+// processes are the lab cluster's control-plane processes; the API
+// server's names the lab instance they run as and what it holds.
 func (s *labSite) Processes() []fleet.Component {
+	inst := instance.Of(s.state.Path("lab"))
 	var out []fleet.Component
 	dir := s.state.Path("lab", "cluster")
 	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
 		if pid, ok := procs.Dir(dir).Running(name); ok {
-			out = append(out, fleet.Component{Name: name, State: "running", Detail: fmt.Sprintf("pid %d", pid)})
+			c := fleet.Component{Name: name, State: "running", Detail: fmt.Sprintf("pid %d", pid)}
+			if name == "kube-apiserver" {
+				c.Detail += fmt.Sprintf("; %s: %s", inst, labstack.Describe(inst))
+			}
+			out = append(out, c)
 		} else {
 			out = append(out, fleet.Component{Name: name, State: "stopped", Cause: reason.Because(reason.ClusterStopped)})
 		}

@@ -11,22 +11,29 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/instance"
 	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
-// The lab's controller answers its probes here (and serves metrics beside),
-// and keeps its Secrets in fleetstore.DefaultNamespace (not imported: the
-// workload package's tests run the lab stack, and the store links workload).
+// The lab's controller keeps its Secrets in fleetstore.DefaultNamespace
+// (not imported: the workload package's tests run the lab stack, and the
+// store links workload).
 const (
 	controllerNamespace = "meshvm-system"
 	controllerName      = "meshvm-controller"
-	controllerProbes    = "127.0.0.1:18381"
-	controllerMetric    = "127.0.0.1:18380"
 )
+
+// controllerAddrs are where the lab instance's controller answers its
+// probes and serves its metrics.
+func controllerAddrs(inst instance.Instance) (probes, metrics string) {
+	at := func(base, off int) string { return "127.0.0.1:" + strconv.Itoa(inst.Port(base, off)) }
+	return at(18381, instance.ControllerProbePort), at(18380, instance.ControllerMetricsPort)
+}
 
 // ControllerDir is where the lab's controller keeps its log, PID and caches.
 func ControllerDir(dir string) string { return filepath.Join(dir, "controller") }
@@ -53,14 +60,16 @@ func StartController(ctx context.Context, c Config, st *Stack, bin string, resyn
 			return 0, err
 		}
 	}
+	probes, metrics := controllerAddrs(instance.Of(c.Dir))
+	ready := func(ctx context.Context) error { return controllerReady(ctx, probes) }
 	spec := procs.Spec{Name: controllerName, Bin: bin, Args: []string{"--kubeconfig", st.Kubeconfig, "--namespace", controllerNamespace,
-		"--metrics-bind-address", controllerMetric, "--health-probe-bind-address", controllerProbes,
+		"--metrics-bind-address", metrics, "--health-probe-bind-address", probes,
 		"--sidecar-dir", filepath.Join(dir, "sidecar"), "--cache-dir", filepath.Join(dir, "cache"), "--resync", resync.String()}}
 	pd := procs.Dir(dir)
 	sum := filepath.Join(dir, controllerName+".spec")
 	want := spec.Sum(binStamp(bin))
 	if pid, ok := pd.Running(controllerName); ok {
-		if had, _ := os.ReadFile(sum); string(had) == want && controllerReady(ctx) == nil {
+		if had, _ := os.ReadFile(sum); string(had) == want && ready(ctx) == nil {
 			fmt.Fprintf(progress(c), "controller already running (pid %d)\n", pid)
 			return pid, nil
 		}
@@ -72,7 +81,7 @@ func StartController(ctx context.Context, c Config, st *Stack, bin string, resyn
 	if err != nil {
 		return 0, err
 	}
-	if err := pd.WaitReady(ctx, controllerName, pid, 30*time.Second, controllerReady); err != nil {
+	if err := pd.WaitReady(ctx, controllerName, pid, 30*time.Second, ready); err != nil {
 		return pid, err
 	}
 	if err := os.WriteFile(sum, []byte(want), 0o600); err != nil {
@@ -89,8 +98,8 @@ func progress(c Config) interface{ Write([]byte) (int, error) } {
 	return c.Progress
 }
 
-func controllerReady(ctx context.Context) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+controllerProbes+"/readyz", nil)
+func controllerReady(ctx context.Context, probes string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+probes+"/readyz", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/lab/cluster"
+	"github.com/meshvm/meshvm/lab/instance"
 	meshlab "github.com/meshvm/meshvm/lab/mesh"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
@@ -57,6 +58,13 @@ func UpCluster(ctx context.Context, c Config) (*Stack, error) {
 		return nil, err
 	}
 	cl := filepath.Join(c.Dir, "cluster")
+	if c.Ports == (cluster.Ports{}) {
+		inst, err := instance.Claim(c.Dir)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(progress(c), "%s: %s\n", inst, Describe(inst))
+	}
 	if err := cluster.Up(ctx, cluster.Config{Dir: cl, APIServer: bins.Path("kube-apiserver"),
 		ControllerManager: bins.Path("kube-controller-manager"), Progress: c.Progress, Ports: c.Ports}); err != nil {
 		return nil, err
@@ -128,7 +136,14 @@ func DownCluster(ctx context.Context, dir string) error {
 func Down(ctx context.Context, dir string, purge bool) error {
 	err := errors.Join(StopController(ctx, dir), meshlab.Down(ctx, filepath.Join(dir, "istio")), cluster.Down(ctx, filepath.Join(dir, "cluster")))
 	if purge && err == nil {
-		err = os.RemoveAll(dir)
+		err = errors.Join(instance.Release(dir), os.RemoveAll(dir))
 	}
 	return err
+}
+
+// Describe says what the lab instance holds on this machine.
+func Describe(inst instance.Instance) string {
+	probes, _ := controllerAddrs(inst)
+	return fmt.Sprintf("API server 127.0.0.1:%d, etcd 127.0.0.1:%d, istiod %s:%d, controller probes %s, VMs 10.%d.0.0/16 (netns meshvm%s-<vm>)",
+		cluster.PortsOf(inst).API, cluster.PortsOf(inst).Etcd, inst.IstiodIP(), meshlab.GatewayPort, probes, inst.Octet(), inst.Names())
 }

@@ -93,6 +93,10 @@ type Spec struct {
 	Rootfs, Dir string
 	// HostIP and VMIP are the two ends of the veth pair, in one /30.
 	HostIP, VMIP net.IP
+	// Tag marks the network namespace's and host interface's names with
+	// the lab instance ("" for instance 0), so two labs' VMs of one name
+	// do not meet. At most 2 characters (an interface name is short).
+	Tag string
 	// Setup, if set, runs on the mounted root before each boot (a
 	// cloud-init seed, say).
 	Setup func(root string) error
@@ -209,7 +213,7 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	}
 	defer logf.Close()
 	cmd := exec.Command("systemd-nspawn", "--quiet", "-D", s.Dir, "--boot", "--register=no", "--keep-unit",
-		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+nsName(s.Name),
+		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+NetNS(s),
 		// The namespace is the VM's own, so its root may manage it: the
 		// sidecar's capture rules need this (nspawn grants it only with
 		// --private-network, not for a namespace given by path).
@@ -334,7 +338,7 @@ func (vm *VM) Stop(ctx context.Context) error {
 	}
 	vm.leader = 0
 	os.Remove(pidFile(vm.Dir))
-	return removeNetwork(vm.Name)
+	return removeNetwork(vm.Spec)
 }
 
 // Remove stops the VM if needed and deletes its root filesystem and changes.
@@ -348,12 +352,13 @@ func (vm *VM) Remove(ctx context.Context) error {
 		os.RemoveAll(vm.Dir+".console.log"))
 }
 
-func nsName(vm string) string   { return "meshvm-" + vm }
-func hostVeth(vm string) string { return "mv-" + vm }
+// NetNS is the name of the VM's network namespace (under /run/netns).
+func NetNS(s Spec) string    { return "meshvm" + s.Tag + "-" + s.Name }
+func hostVeth(s Spec) string { return "mv" + s.Tag + "-" + s.Name }
 
 // network creates the namespace, the veth pair and the addresses.
 func network(s Spec) error {
-	removeNetwork(s.Name)
+	removeNetwork(s)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -361,7 +366,7 @@ func network(s Spec) error {
 		return err
 	}
 	defer orig.Close()
-	ns, err := netns.NewNamed(nsName(s.Name))
+	ns, err := netns.NewNamed(NetNS(s))
 	if err != nil {
 		return fmt.Errorf("create netns: %w", err)
 	}
@@ -371,11 +376,11 @@ func network(s Spec) error {
 	}
 	// The peer is born inside the namespace: VMs launched at once would
 	// otherwise race for the name host0 in the host's namespace.
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth(s.Name)}, PeerName: "host0", PeerNamespace: netlink.NsFd(ns)}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostVeth(s)}, PeerName: "host0", PeerNamespace: netlink.NsFd(ns)}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth: %w", err)
 	}
-	host, err := netlink.LinkByName(hostVeth(s.Name))
+	host, err := netlink.LinkByName(hostVeth(s))
 	if err != nil {
 		return err
 	}
@@ -389,8 +394,8 @@ func network(s Spec) error {
 	// VMs reach each other through the host, as VMs on one network do (the
 	// proxyless VMs' mesh calls): forwarding on this link only, the host's
 	// own setting (often off) left as it is.
-	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+hostVeth(s.Name)+"/forwarding", []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("forwarding on %s: %w", hostVeth(s.Name), err)
+	if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+hostVeth(s)+"/forwarding", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("forwarding on %s: %w", hostVeth(s), err)
 	}
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
@@ -417,12 +422,12 @@ func network(s Spec) error {
 	return h.RouteAdd(&netlink.Route{LinkIndex: inner.Attrs().Index, Gw: s.HostIP})
 }
 
-func removeNetwork(name string) error {
-	if l, err := netlink.LinkByName(hostVeth(name)); err == nil {
+func removeNetwork(s Spec) error {
+	if l, err := netlink.LinkByName(hostVeth(s)); err == nil {
 		netlink.LinkDel(l)
 	}
-	if err := netns.DeleteNamed(nsName(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("delete netns %s: %w", nsName(name), err)
+	if err := netns.DeleteNamed(NetNS(s)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", NetNS(s), err)
 	}
 	return nil
 }

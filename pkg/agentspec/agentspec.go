@@ -16,6 +16,14 @@ const Port = 7443
 // TokenPath is the VM's istio-token, which pilot-agent reads.
 const TokenPath = "/var/run/secrets/tokens/istio-token"
 
+// FollowAddressKey set to "true" in cluster.env says its ISTIO_SVC_IP is
+// one of the VM's own interface addresses, as its machine provider
+// reported it: when the VM no longer has that address (it moved), the agent
+// starts the proxy at the VM's first address instead, so istiod registers
+// the VM where it now is and meshvm can find it there. Without the key the
+// address may be a NAT'd one the VM never holds, and is used as written.
+const FollowAddressKey = "MESHVM_FOLLOW_ADDRESS"
+
 // WatchCapability is announced by an agent that serves Watch: a caller
 // falls back to polling GetStatus without it (an older agent).
 const WatchCapability = "watch.v1"

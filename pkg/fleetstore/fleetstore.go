@@ -225,7 +225,7 @@ func (s *Store) identity(ca *mtls.CA) (statedir.Pair, error) {
 	return p, nil
 }
 
-func (s *Store) AgentTLS(addr string) (*tls.Config, error) {
+func (s *Store) AgentTLS(server string) (*tls.Config, error) {
 	ca, err := s.CA()
 	if err != nil {
 		return nil, err
@@ -238,7 +238,7 @@ func (s *Store) AgentTLS(addr string) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return mtls.ClientConfig(p.Cert, p.Key, ca.CertPEM(), addr)
+	return mtls.ClientConfig(p.Cert, p.Key, ca.CertPEM(), server)
 }
 
 func (s *Store) AgentIdentity(vm string, addresses []string) (onboard.AgentIdentity, error) {

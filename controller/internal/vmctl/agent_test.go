@@ -4,6 +4,7 @@ package vmctl
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -42,29 +43,7 @@ func TestAgainstARealAgent(t *testing.T) {
 	lis.Close()
 	f := newFixture(t, meshVM("vm1", func(m *v1alpha1.MeshVM) { m.Spec.Address = ip }))
 	ctx := context.Background()
-	f.kube.CoreV1().ConfigMaps("istio-system").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"},
-		Data: map[string]string{"mesh": "defaultConfig: {}\n"}}, metav1.CreateOptions{})
-	f.kube.CoreV1().ConfigMaps("vmns").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-ca-root-cert", Namespace: "vmns"},
-		Data: map[string]string{"root-cert.pem": "ROOT\n"}}, metav1.CreateOptions{})
-	f.kube.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, k8sruntime.Object, error) {
-		if a.GetSubresource() != "token" {
-			return false, nil, nil
-		}
-		tr := a.(k8stesting.CreateAction).GetObject().(*authv1.TokenRequest).DeepCopy()
-		tr.Status = authv1.TokenRequestStatus{Token: "issued-token", ExpirationTimestamp: metav1.NewTime(time.Now().Add(time.Hour))}
-		return true, tr, nil
-	})
-	f.r.Now = nil // the agent's certificates are checked against the real clock
-	dir := t.TempDir()
-	side := filepath.Join(dir, "1.31.0", runtime.GOARCH)
-	os.MkdirAll(side, 0o755)
-	for _, name := range []string{"pilot-agent", "envoy", "envoy_bootstrap_tmpl.json"} {
-		if err := os.WriteFile(filepath.Join(side, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.r.Sidecars = &Sidecars{Dir: dir}
-
+	token := f.cluster(t)
 	store := fleetstore.New(ctx, f.kube, "", "vmns")
 	ca, err := store.CA()
 	if err != nil {
@@ -91,10 +70,10 @@ func TestAgainstARealAgent(t *testing.T) {
 	if !strings.HasPrefix(vm.Status.Agent, "connected ") || vm.Status.Address != ip {
 		t.Errorf("status: %+v", vm.Status)
 	}
-	if tok, err := os.ReadFile(filepath.Join(agent.Root, "run/secrets/tokens/istio-token")); err != nil || string(tok) != "issued-token" {
+	if tok, err := os.ReadFile(filepath.Join(agent.Root, "run/secrets/tokens/istio-token")); err != nil || string(tok) != token {
 		t.Errorf("the token on the VM: %q %v", tok, err)
 	}
-	if tok, _ := fleetstore.New(ctx, f.kube, "", "vmns").Token("vm1"); string(tok) != "issued-token" {
+	if tok, _ := fleetstore.New(ctx, f.kube, "", "vmns").Token("vm1"); string(tok) != token {
 		t.Errorf("the token in the store: %q", tok)
 	}
 	// The controller called as its own identity, not a person's.
@@ -139,4 +118,39 @@ func TestAgainstARealAgent(t *testing.T) {
 	if !removed {
 		t.Error("no Removed event")
 	}
+}
+
+// cluster gives the fixture what the core reads from a cluster with Istio
+// (the mesh config, the root certificate, tokens from the API server) and
+// the sidecar's files, and the real clock the agents' certificates are
+// checked against. It returns the token the API server issues (a JWT
+// valid for an hour).
+func (f *fixture) cluster(t *testing.T) string {
+	ctx := context.Background()
+	now := time.Now()
+	claims := fmt.Sprintf(`{"iat":%d,"exp":%d,"sub":"system:serviceaccount:vmns:app-sa"}`, now.Unix(), now.Add(time.Hour).Unix())
+	token := "eyJhbGciOiJub25lIn0." + base64.RawURLEncoding.EncodeToString([]byte(claims)) + ".c2ln"
+	f.kube.CoreV1().ConfigMaps("istio-system").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"},
+		Data: map[string]string{"mesh": "defaultConfig: {}\n"}}, metav1.CreateOptions{})
+	f.kube.CoreV1().ConfigMaps("vmns").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-ca-root-cert", Namespace: "vmns"},
+		Data: map[string]string{"root-cert.pem": "ROOT\n"}}, metav1.CreateOptions{})
+	f.kube.PrependReactor("create", "serviceaccounts", func(a k8stesting.Action) (bool, k8sruntime.Object, error) {
+		if a.GetSubresource() != "token" {
+			return false, nil, nil
+		}
+		tr := a.(k8stesting.CreateAction).GetObject().(*authv1.TokenRequest).DeepCopy()
+		tr.Status = authv1.TokenRequestStatus{Token: token, ExpirationTimestamp: metav1.NewTime(now.Add(time.Hour))}
+		return true, tr, nil
+	})
+	f.r.Now = nil
+	dir := t.TempDir()
+	side := filepath.Join(dir, "1.31.0", runtime.GOARCH)
+	os.MkdirAll(side, 0o755)
+	for _, name := range []string{"pilot-agent", "envoy", "envoy_bootstrap_tmpl.json"} {
+		if err := os.WriteFile(filepath.Join(side, name), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.r.Sidecars = &Sidecars{Dir: dir}
+	return token
 }

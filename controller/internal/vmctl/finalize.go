@@ -23,7 +23,7 @@ func (r *Reconciler) finalize(ctx context.Context, vm *v1alpha1.MeshVM, store *f
 	if !controllerutil.ContainsFinalizer(vm, v1alpha1.Finalizer) {
 		return ctrl.Result{}, nil
 	}
-	addr, err := r.address(vm, store)
+	addr, err := r.address(ctx, vm, store)
 	if err != nil {
 		return ctrl.Result{}, err
 	}

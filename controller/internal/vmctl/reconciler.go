@@ -203,7 +203,7 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	addr, err := r.address(vm, store)
+	addr, err := r.address(ctx, vm, store)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -243,13 +243,15 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	}
 	meta.RemoveStatusCondition(&vm.Status.Conditions, ConditionPaused)
 	spec := vmcore.Spec{Name: vm.Name, Generation: vm.Generation, RunsApp: vm.Spec.App == nil || *vm.Spec.App, ProbePort: deps.Workload.ProbePort,
-		AppPort: deps.Workload.Port, TokenLifetime: tokenLifetime(vm), Revision: vm.Spec.Revision, Pinned: true, Recheck: true}
+		AppPort: deps.Workload.Port, TokenLifetime: tokenLifetime(vm), CertificateLifetime: certificateLifetime(vm),
+		FollowAddress: vm.Spec.Address == "", Revision: vm.Spec.Revision, Pinned: true, Recheck: true}
 	res, err := vmcore.Reconcile(ctx, spec, coreStatus(vm.Status), target, store, deps)
 	applyCore(&vm.Status, res.Status)
 	if agentVersion != "" {
 		vm.Status.Agent = "connected " + agentVersion
 	}
 	recheck := r.watchAgent(vm, addr, deps.Workload, agentVersion, store)
+	certificateTimes(&vm.Status, res.Status)
 	r.upToDate(vm, res.Status, version)
 	if err == nil && res.Cause != nil {
 		// An agent that does not answer: the work queue backs off, per VM.
@@ -276,17 +278,30 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	return ctrl.Result{RequeueAfter: next}, nil
 }
 
-// address is where the VM's agent answers: its spec's, else where hostctl
-// last onboarded it (its record), else where it was last reached.
-func (r *Reconciler) address(vm *v1alpha1.MeshVM, store *fleetstore.Store) (string, error) {
+// address is where the VM's agent answers: its spec's; else where it was
+// last onboarded (its record, else its status), unless it moved (follow).
+func (r *Reconciler) address(ctx context.Context, vm *v1alpha1.MeshVM, store *fleetstore.Store) (string, error) {
 	if vm.Spec.Address != "" {
 		return vm.Spec.Address, nil
 	}
 	addr, err := store.Address(vm.Name)
-	if err != nil || addr != "" {
-		return addr, err
+	if err != nil {
+		return "", err
 	}
-	return vm.Status.Address, nil
+	if addr == "" {
+		addr = vm.Status.Address
+	}
+	if vm.Spec.Paused {
+		return addr, nil
+	}
+	return r.follow(ctx, vm, addr, store)
+}
+
+func certificateLifetime(vm *v1alpha1.MeshVM) time.Duration {
+	if vm.Spec.CertificateLifetime != nil {
+		return vm.Spec.CertificateLifetime.Duration
+	}
+	return 0
 }
 
 func (r *Reconciler) deps(vm *v1alpha1.MeshVM, addr string, ws workload.Spec) vmcore.Deps {

@@ -39,6 +39,7 @@ func newFixture(t *testing.T, vms ...*v1alpha1.MeshVM) *fixture {
 	t.Helper()
 	scheme := runtime.NewScheme()
 	v1alpha1.AddToScheme(scheme)
+	networkingv1.AddToScheme(scheme)
 	objs := make([]client.Object, len(vms))
 	for i, vm := range vms {
 		objs[i] = vm

@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/time/rate"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -18,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
+	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
 // QueueLimits bound the work queue's retries (the zero value takes the
@@ -78,14 +80,19 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 	return b.Complete(r)
 }
 
-// vmsOfEntry are the MeshVMs an entry belongs to: of its namespace, its
-// autoregistration group, at its address.
+// vmsOfEntry are the MeshVMs an entry belongs to: the one its proxy names
+// (label meshvm.io/vm, wherever the VM's address went), else those of its
+// namespace and autoregistration group at its address (a VM whose files
+// predate the label).
 func (r *Reconciler) vmsOfEntry(ctx context.Context, o client.Object) []reconcile.Request {
 	we, ok := o.(*networkingv1.WorkloadEntry)
 	if !ok {
 		return nil
 	}
-	group, addr := we.Annotations["istio.io/autoRegistrationGroup"], we.Spec.GetAddress()
+	if name := we.Labels[workloadfiles.VMLabel]; name != "" {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: we.Namespace, Name: name}}}
+	}
+	group, addr := we.Annotations[annotationGroup], we.Spec.GetAddress()
 	if group == "" || addr == "" {
 		return nil
 	}

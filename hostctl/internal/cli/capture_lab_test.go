@@ -118,7 +118,10 @@ func captureOnLab(t *testing.T, ctx context.Context, cfgPath string, lab *labmac
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := "meshvm-" + vm
+	ns, err := lab.NetNS(vm)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	c, out, err := captureStatus(t, cfgPath, vm)
 	if err != nil || c == nil || c.State != fleet.CaptureOK || len(c.Backends) != 1 || c.Validation == nil || !c.Validation.Passed {

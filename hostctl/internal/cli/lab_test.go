@@ -22,9 +22,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	labbuild "github.com/meshvm/meshvm/lab/build"
+	labcluster "github.com/meshvm/meshvm/lab/cluster"
+	"github.com/meshvm/meshvm/lab/instance"
 	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/lab/mesh"
 	"github.com/meshvm/meshvm/lab/procs"
+	labvm "github.com/meshvm/meshvm/lab/vm"
 	"github.com/meshvm/meshvm/pkg/buildinfo"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/envfile"
@@ -103,10 +106,13 @@ func TestUpOnLab(t *testing.T) {
 			t.Errorf("%v: %v %v\n%s", args, err, jerr, out)
 		}
 	}
+	if out, err := run(t, "--config", cfgPath, "cluster", "status"); err != nil || !strings.Contains(out, instance.Of(filepath.Join(state, "lab")).String()+": API server 127.0.0.1:") {
+		t.Errorf("cluster status names no lab instance: %v\n%s", err, out)
+	}
 	if out, err := run(t, "--config", cfgPath, "istio", "status"); err != nil || !strings.Contains(out, "0 missing") {
 		t.Errorf("istio status: %v\n%s", err, out)
 	}
-	if out, err := run(t, "--config", cfgPath, "cluster", "kubeconfig"); err != nil || !strings.Contains(out, "server: https://127.0.0.1:16443") {
+	if out, err := run(t, "--config", cfgPath, "cluster", "kubeconfig"); err != nil || !strings.Contains(out, "server: "+labcluster.Server(filepath.Join(state, "lab", "cluster"))) {
 		t.Errorf("cluster kubeconfig: %v\n%s", err, out)
 	}
 
@@ -162,11 +168,11 @@ func TestUpOnLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hostIP, _ := lab.HostAddress("e2e1")
+	istiodIP := lab.IstiodAddress()
 	ref := filepath.Join(work, "istioctl-files")
 	cmd := exec.Command(bins.Path("istioctl"), "x", "workload", "entry", "configure", "--kubeconfig", kubeconfig,
 		"-n", "vmns", "--name", "external-app", "--clusterID", "test", "--autoregister", "--externalIP", m.Addresses[0],
-		"--ingressIP", hostIP, "-o", ref)
+		"--ingressIP", istiodIP, "-o", ref)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("istioctl: %v\n%s", err, out)
 	}
@@ -253,9 +259,10 @@ func inVM(t *testing.T, ctx context.Context, lab *labmachine.Provider, state str
 			t.Errorf("%s: %s, want %s", path, got, mode)
 		}
 	}
-	hostIP, _ := lab.HostAddress(m.Name)
-	if hosts := sh("cat /etc/hosts"); !regexp.MustCompile(regexp.QuoteMeta(hostIP) + `\s+istiod\.istio-system\.svc`).MatchString(hosts) {
-		t.Errorf("/etc/hosts lacks istiod at %s:\n%s", hostIP, hosts)
+	// The lab's one istiod address, not the VM's own link: it stays when the VM moves.
+	istiodIP := lab.IstiodAddress()
+	if hosts := sh("cat /etc/hosts"); !regexp.MustCompile(regexp.QuoteMeta(istiodIP) + `\s+istiod\.istio-system\.svc`).MatchString(hosts) {
+		t.Errorf("/etc/hosts lacks istiod at %s:\n%s", istiodIP, hosts)
 	}
 	if got := sh("systemctl is-enabled istio.service vmagent.service"); got != "enabled\nenabled" {
 		t.Errorf("units: %q, want both enabled", got)
@@ -304,6 +311,7 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 	state = filepath.Join(work, ".meshvm")
 	t.Cleanup(func() {
 		cfg, _ := config.Load(cfgPath, true, func(string) string { return "" })
+		inst := instance.Of(filepath.Join(state, "lab"))
 		if _, err := run(t, "--config", cfgPath, "down"); err != nil {
 			t.Errorf("down: %v", err)
 		}
@@ -313,7 +321,7 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 			}
 		}
 		for _, vm := range cfg.VMs {
-			if _, err := os.Stat("/run/netns/meshvm-" + vm.Name); err == nil {
+			if _, err := os.Stat("/run/netns/" + labvm.NetNS(labvm.Spec{Name: vm.Name, Tag: inst.Names()})); err == nil {
 				t.Errorf("the network namespace of %s is left after down", vm.Name)
 			}
 		}

@@ -284,7 +284,8 @@ func proxyRegistry(t *testing.T, root string) string {
 // interface would be neater; the sandbox these tests run in has none.)
 func loadBalancerAddress(t *testing.T) string {
 	t.Helper()
-	_, lab, _ := net.ParseCIDR("10.213.0.0/16")
+	// Every lab instance's range (lab/instance) and istiod address.
+	_, lab, _ := net.ParseCIDR("10.192.0.0/10")
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		t.Fatal(err)

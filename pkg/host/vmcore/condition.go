@@ -62,6 +62,8 @@ const (
 	// Credentials
 	TokenBound       Reason = "TokenBound"
 	FilesUnavailable Reason = "FilesUnavailable"
+	// CertificateExpired: the certificate pilot-agent holds has lapsed.
+	CertificateExpired Reason = "CertificateExpired"
 	// FilesInSync
 	FilesSent    Reason = "Sent"
 	FilesInPlace Reason = "InPlace"

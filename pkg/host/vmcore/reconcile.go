@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -32,6 +33,13 @@ type Spec struct {
 	Proxyless     bool
 	ProbePort     int
 	TokenLifetime time.Duration
+	// CertificateLifetime is the VM's own workload certificate lifetime
+	// (SECRET_TTL in its files); zero leaves the group's or Istio's 24 h.
+	CertificateLifetime time.Duration
+	// FollowAddress says the VM's address is whatever its machine has now
+	// (no one pinned it): its files let the agent register a moved VM at
+	// its new address (agentspec.FollowAddressKey).
+	FollowAddress bool
 	// FreshToken issues a new token even when the last has life left.
 	FreshToken bool
 	// Restart restarts the sidecar even when nothing it reads at start changed.
@@ -74,6 +82,9 @@ type Status struct {
 	Provisioned int64
 	// Entry is the VM's WorkloadEntry as last seen.
 	Entry workload.Entry
+	// CertNotBefore and CertNotAfter bound the workload certificate
+	// pilot-agent holds, as the agent read it (zero: none yet).
+	CertNotBefore, CertNotAfter time.Time
 }
 
 // Result is one pass's outcome.
@@ -231,7 +242,11 @@ var summarized = []ConditionType{Machine, AgentReachable, Credentials, FilesInSy
 // summarize sets Ready from the pass: True once the VM is in the mesh, else
 // the error that ended the pass, else the first condition that holds it back.
 func (p *pass) summarize(err error) {
-	if err == nil && p.res.Done {
+	// A lapsed certificate cuts the VM off from mTLS while istiod may still
+	// show its entry Healthy (the probe runs on the VM).
+	cred, seen := p.st.Conditions.Get(Credentials)
+	lapsed := seen && cred.Reason == CertificateExpired
+	if err == nil && p.res.Done && !lapsed {
 		healthy, _ := p.st.Conditions.Get(Healthy)
 		p.set(Ready, True, InMesh, "%s", healthy.Message)
 		return
@@ -468,7 +483,8 @@ func (p *pass) credentials() error {
 	}
 	p.files, err = workload.Files(p.ctx, p.deps.Kube, p.deps.Workload, workload.FilesFor{ClusterID: p.target.ClusterID,
 		VMIP: p.st.Address, IstiodIP: p.istiod, VM: p.vm.Name, TokenLifetime: p.vm.TokenLifetime, ReuseToken: last,
-		Warn: func(msg string) { p.record(Credentials, TokenCapped, msg) }, Revision: rev, Proxyless: p.vm.Proxyless})
+		Warn: func(msg string) { p.record(Credentials, TokenCapped, msg) }, Revision: rev, Proxyless: p.vm.Proxyless,
+		CertificateLifetime: p.vm.CertificateLifetime, FollowAddress: p.vm.FollowAddress})
 	if err != nil {
 		p.set(Credentials, False, FilesUnavailable, "%v", err)
 		return err
@@ -476,9 +492,58 @@ func (p *pass) credentials() error {
 	if err := p.store.SetFiles(p.vm.Name, p.files); err != nil {
 		return err
 	}
-	p.set(Credentials, True, TokenBound, "token bound to Secret %s/%s", p.deps.Workload.Namespace, workload.CredentialName(p.vm.Name))
+	return p.credentialTimes()
+}
+
+// credentialTimes sets Credentials from the token just generated and, on
+// a periodic look (Spec.Recheck: a controller's, which reports them), the
+// certificate the agent reads: True while that certificate (if any yet) is
+// valid, its message giving both times. A CLI pass asks nothing more of
+// the agent; its vm status reads the certificate.
+func (p *pass) credentialTimes() error {
+	msg := fmt.Sprintf("token bound to Secret %s/%s", p.deps.Workload.Namespace, workload.CredentialName(p.vm.Name))
+	if tok, err := credinfo.ParseToken(p.files.Token); err == nil && !tok.ExpiresAt.IsZero() {
+		msg += ", valid until " + stamp(tok.ExpiresAt)
+	}
+	if !p.vm.Recheck {
+		p.set(Credentials, True, TokenBound, "%s", msg)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, 3*time.Second)
+	cert, _, err := p.agent.Credentials(ctx)
+	cancel()
+	if err != nil {
+		p.set(Credentials, True, TokenBound, "%s; the certificate's times unknown: %v", msg, err)
+		return nil
+	}
+	p.st.CertNotBefore, p.st.CertNotAfter = time.Time{}, time.Time{}
+	if cert == nil {
+		p.set(Credentials, True, TokenBound, "%s; no workload certificate yet (pilot-agent asks istiod for one when it starts)", msg)
+		return nil
+	}
+	p.st.CertNotBefore, p.st.CertNotAfter = cert.GetNotBefore().AsTime(), cert.GetNotAfter().AsTime()
+	// istiod starts a certificate istioClockSkew before it signs it.
+	life := (p.st.CertNotAfter.Sub(p.st.CertNotBefore) - istioClockSkew).Round(time.Second)
+	msg += fmt.Sprintf("; certificate valid until %s (lifetime %s", stamp(p.st.CertNotAfter), life)
+	if want := p.vm.CertificateLifetime; want > 0 && (life-want > time.Minute || want-life > time.Minute) {
+		msg += fmt.Sprintf(", not the %s asked: pilot-agent asks anew when it renews, at about half the certificate's life; "+
+			"istiod cuts it to its CA certificate's end and refuses more than its MAX_WORKLOAD_CERT_TTL (90 days unless set), "+
+			"and pilot-agent then keeps the certificate it has", want)
+	}
+	msg += ")"
+	if !p.deps.Now().Before(p.st.CertNotAfter) {
+		p.set(Credentials, False, CertificateExpired, "%s: expired; pilot-agent gets a new one with a valid token (check the sidecar's logs if it does not)", msg)
+		return nil
+	}
+	p.set(Credentials, True, TokenBound, "%s", msg)
 	return nil
 }
+
+// istioClockSkew is how long before signing istiod starts a workload
+// certificate (ClockSkewGracePeriod in Istio's security/pkg/pki/util).
+const istioClockSkew = 2 * time.Minute
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // filesInSync delivers what differs through the agent and starts the
 // sidecar, restarting it when a file it reads at start changed.

@@ -35,9 +35,10 @@ type Restart struct {
 // Secrets and a custom resource's status fits in place of the state
 // directory. A record never written reads as its zero value with ok false.
 type Store interface {
-	// AgentTLS is the client side of mTLS to the agent at addr: the client
-	// certificate and the agent CA it pins.
-	AgentTLS(addr string) (*tls.Config, error)
+	// AgentTLS is the client side of mTLS to the agent whose certificate
+	// names server (its VM's name, or an address): the client certificate
+	// and the agent CA it pins.
+	AgentTLS(server string) (*tls.Config, error)
 	// AgentIdentity is the certificate the VM's agent presents, for its
 	// addresses, and the CA it pins its callers to.
 	AgentIdentity(vm string, addresses []string) (onboard.AgentIdentity, error)
@@ -86,7 +87,9 @@ func (s DirStore) readOptional(rel string) ([]byte, bool, error) {
 	return b, err == nil, err
 }
 
-func (s DirStore) AgentTLS(addr string) (*tls.Config, error) { return onboard.ClientTLS(s.Dir, addr) }
+func (s DirStore) AgentTLS(server string) (*tls.Config, error) {
+	return onboard.ClientTLS(s.Dir, server)
+}
 
 func (s DirStore) AgentIdentity(vm string, addresses []string) (onboard.AgentIdentity, error) {
 	ca, err := s.Dir.AgentCA()

@@ -210,7 +210,8 @@ func TestUpOnMachines(t *testing.T) {
 	beats, stopBeats := context.WithCancel(ctx)
 	defer stopBeats()
 	m.onInstall = func(name string) { kubelet(beats, t, kc, name) }
-	port := cluster.Server()[strings.LastIndex(cluster.Server(), ":")+1:]
+	server := cluster.Server(dir)
+	port := server[strings.LastIndex(server, ":")+1:]
 	c := Config{Provider: m, Version: "v1.33.3+k3s1", APIPort: port, Server: machine.Spec{Name: "k3s-server"},
 		Agents: []machine.Spec{{Name: "k3s-agent-1"}, {Name: "k3s-agent-2"}}, Progress: func(f string, a ...any) { t.Logf(f, a...) }}
 	out, err := Up(ctx, c)

@@ -323,6 +323,11 @@ type FilesFor struct {
 	Revision string
 	// Proxyless writes the files of a VM without Envoy (workloadfiles.Proxyless).
 	Proxyless bool
+	// CertificateLifetime is the VM's own (SECRET_TTL, over the group's).
+	CertificateLifetime time.Duration
+	// FollowAddress: VMIP is the VM's interface address, which the agent
+	// replaces with the VM's new one after it moves (workloadfiles.FollowAddressKey).
+	FollowAddress bool
 }
 
 // Files reads the mesh config and root certificate, requests a token and
@@ -363,6 +368,7 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 		Group:          workloadfiles.Group{Name: wg.Name, Namespace: wg.Namespace, Annotations: wg.Annotations, Spec: &wg.Spec},
 		IstioNamespace: f.IstioNamespace, ClusterID: f.ClusterID, AutoRegister: true, DNSCapture: true, Revision: f.Revision,
 		ExternalIP: f.VMIP, IstiodIP: f.IstiodIP, RootCert: []byte(root), Token: token, Proxyless: f.Proxyless,
+		VM: f.VM, CertificateLifetime: f.CertificateLifetime, FollowAddress: f.FollowAddress,
 	})
 }
 

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -22,9 +23,11 @@ import (
 	"istio.io/api/label"
 	meshconfig "istio.io/api/mesh/v1alpha1"
 	networking "istio.io/api/networking/v1alpha3"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshvm/meshvm/pkg/agentspec"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 )
 
 // RootCertPath is where the VM keeps the mesh's root certificate, the trust
@@ -73,7 +76,22 @@ type Options struct {
 	// Proxyless runs pilot-agent without Envoy, for gRPC apps that take
 	// their configuration over xDS (see Proxyless).
 	Proxyless bool
+	// VM names the VM: its proxy carries it as label VMLabel, which istiod
+	// copies onto the WorkloadEntry it autoregisters for it, so the entry
+	// names its VM wherever the VM's address goes.
+	VM string
+	// CertificateLifetime is this VM's workload certificate lifetime
+	// (SECRET_TTL, over the group's); zero leaves the group's or Istio's.
+	CertificateLifetime time.Duration
+	// FollowAddress lets the VM's agent register the proxy at the VM's
+	// own first address when ISTIO_SVC_IP is no longer one of its
+	// addresses (agentspec.FollowAddressKey).
+	FollowAddress bool
 }
+
+// VMLabel is the proxy label naming the VM, the one meshvm's other objects
+// of a VM carry.
+const VMLabel = ownership.VMLabel
 
 // GRPCBootstrapPath is where pilot-agent writes the gRPC xDS bootstrap (its
 // default, ./etc/istio/proxy/grpc-bootstrap.json, from the unit's working
@@ -221,6 +239,14 @@ func proxyConfig(o Options) (*meshconfig.ProxyConfig, error) {
 		md["ISTIO_META_POD_PORTS"] = ports
 	}
 	md["ISTIO_META_WORKLOAD_NAME"] = o.Group.Name
+	// A name too long for a label value (over 63 characters) is left out:
+	// istiod would refuse the entry, and the VM is then found by address.
+	if o.VM != "" && len(validation.IsValidLabelValue(o.VM)) == 0 {
+		labels[VMLabel] = o.VM
+	}
+	if o.CertificateLifetime > 0 {
+		md["SECRET_TTL"] = o.CertificateLifetime.String()
+	}
 	labels[label.ServiceCanonicalName.Name] = md["CANONICAL_SERVICE"]
 	labels[label.ServiceCanonicalRevision.Name] = md["CANONICAL_REVISION"]
 	lj, err := json.Marshal(labels)
@@ -342,6 +368,9 @@ func clusterEnv(o Options, pc *meshconfig.ProxyConfig) []byte {
 	}
 	if Revisioned(o.Revision) {
 		env["CA_ADDR"] = IstiodHost(o.IstioNamespace, o.Revision) + ":15012"
+	}
+	if o.FollowAddress {
+		env[agentspec.FollowAddressKey] = "true"
 	}
 	switch {
 	case o.InternalIP != "":

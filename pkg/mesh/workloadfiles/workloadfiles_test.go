@@ -1,16 +1,19 @@
 package workloadfiles
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	networking "istio.io/api/networking/v1alpha3"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/envfile"
 )
 
@@ -227,5 +230,44 @@ func TestProxyless(t *testing.T) {
 	}
 	if strings.Contains(string(f.Mesh), "DNS_CAPTURE") {
 		t.Errorf("mesh.yaml turns DNS capture on:\n%s", f.Mesh)
+	}
+}
+
+// The VM's name rides in the proxy's labels (istiod copies them onto the
+// entry it autoregisters), its certificate lifetime in SECRET_TTL (over the
+// group's annotation), and the follow marker in cluster.env; a name no
+// label can hold is left out rather than making istiod refuse the entry.
+func TestVMIdentityAndLifetime(t *testing.T) {
+	spec := &networking.WorkloadGroup{Template: &networking.WorkloadEntry{ServiceAccount: "sa"}}
+	group := Group{Name: "g", Namespace: "ns", Spec: spec,
+		Annotations: map[string]string{"proxy.istio.io/config": "proxyMetadata:\n  SECRET_TTL: 24h0m0s\n"}}
+	o := Options{Group: group, IstiodIP: "10.0.0.1", ExternalIP: "10.0.0.2", RootCert: []byte("r"), Token: []byte("t"),
+		VM: "vm-1", CertificateLifetime: 90 * time.Second, FollowAddress: true}
+	f, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := parseEnv(t, f.ClusterEnv)
+	var labels map[string]string
+	if err := json.Unmarshal([]byte(env["ISTIO_METAJSON_LABELS"]), &labels); err != nil || labels[VMLabel] != "vm-1" {
+		t.Errorf("labels %q (%v), want %s=vm-1", env["ISTIO_METAJSON_LABELS"], err, VMLabel)
+	}
+	if env["SECRET_TTL"] != "1m30s" || env[agentspec.FollowAddressKey] != "true" {
+		t.Errorf("SECRET_TTL %q, %s %q", env["SECRET_TTL"], agentspec.FollowAddressKey, env[agentspec.FollowAddressKey])
+	}
+	if !strings.Contains(string(f.Mesh), "SECRET_TTL: 1m30s") || !strings.Contains(string(f.Mesh), `meshvm.io/vm":"vm-1"`) {
+		t.Errorf("mesh.yaml lacks the lifetime or the label:\n%s", f.Mesh)
+	}
+
+	o.VM, o.CertificateLifetime, o.FollowAddress = strings.Repeat("v", 64), 0, false
+	if f, err = Generate(o); err != nil {
+		t.Fatal(err)
+	}
+	env = parseEnv(t, f.ClusterEnv)
+	if strings.Contains(env["ISTIO_METAJSON_LABELS"], VMLabel) || env["SECRET_TTL"] != "24h0m0s" {
+		t.Errorf("labels %q, SECRET_TTL %q: want no VM label (too long) and the group's lifetime", env["ISTIO_METAJSON_LABELS"], env["SECRET_TTL"])
+	}
+	if _, set := env[agentspec.FollowAddressKey]; set {
+		t.Errorf("%s set without FollowAddress", agentspec.FollowAddressKey)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -97,6 +98,8 @@ type Host struct {
 	Hostname string
 	// FirstIP is the first global address (INSTANCE_IP default).
 	FirstIP string
+	// Addresses are all the VM's global addresses (nil: not known).
+	Addresses []string
 	// ProxyUID and ProxyGID are istio-proxy's ids, exempt from capture.
 	ProxyUID, ProxyGID int
 }
@@ -124,6 +127,11 @@ func Compute(files map[string]string, h Host) (map[string]string, error) {
 	svc := env["ISTIO_SERVICE"]
 	if svc == "" {
 		svc = "rawvm"
+	}
+	if env[agentspec.FollowAddressKey] == "true" && h.FirstIP != "" && h.Addresses != nil && !holds(h.Addresses, env["ISTIO_SVC_IP"]) {
+		// The VM moved: registered at the address it left, the proxy could
+		// not be reached nor the VM found; meshvm sends the new one later.
+		env["ISTIO_SVC_IP"] = h.FirstIP
 	}
 	def("ISTIO_SVC_IP", h.FirstIP)
 	if env["ISTIO_SVC_IP"] == "" {
@@ -483,23 +491,44 @@ func (p *Preparer) environment(u sysusers.User) (map[string]string, error) {
 	}
 	host, _ := os.Hostname()
 	host, _, _ = strings.Cut(host, ".")
-	return Compute(files, Host{Hostname: host, FirstIP: FirstGlobalIP(), ProxyUID: u.UID, ProxyGID: u.GID})
+	ips := GlobalIPs()
+	first := ""
+	if len(ips) > 0 {
+		first = ips[0]
+	}
+	return Compute(files, Host{Hostname: host, FirstIP: first, Addresses: ips, ProxyUID: u.UID, ProxyGID: u.GID})
 }
 
-// FirstGlobalIP returns the first global unicast address in interface order,
-// as `hostname --all-ip-addresses | cut -d' ' -f1` does.
-func FirstGlobalIP() string {
+// holds says whether addr is one of addrs, however either is written.
+func holds(addrs []string, addr string) bool {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return false
+	}
+	for _, s := range addrs {
+		if b, err := netip.ParseAddr(s); err == nil && b.Unmap() == a.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+// GlobalIPs are the global unicast addresses in interface order, as
+// `hostname --all-ip-addresses` lists them; nil when the interfaces cannot
+// be read.
+func GlobalIPs() []string {
 	ifaces, err := net.Interfaces()
 	if err != nil {
-		return ""
+		return nil
 	}
+	ips := []string{}
 	for _, ifc := range ifaces {
 		addrs, _ := ifc.Addrs()
 		for _, a := range addrs {
 			if n, ok := a.(*net.IPNet); ok && n.IP.IsGlobalUnicast() {
-				return n.IP.String()
+				ips = append(ips, n.IP.String())
 			}
 		}
 	}
-	return ""
+	return ips
 }

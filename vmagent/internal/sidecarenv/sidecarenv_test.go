@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/envfile"
 	"github.com/meshvm/meshvm/pkg/fsroot"
 	"github.com/meshvm/meshvm/vmagent/internal/capture"
@@ -234,4 +235,31 @@ func sandbox(t *testing.T, clusterEnv string) string {
 	os.Chown(filepath.Join(dir, "var/lib/istio/envoy"), 1337, 1338)
 	os.WriteFile(filepath.Join(dir, "var/lib/meshvm/secrets/cluster.env"), []byte(clusterEnv), 0o600)
 	return dir
+}
+
+// A VM that moved starts its proxy at the address it has now, when the
+// files say their address is the VM's own; a NAT'd address (no marker), an
+// address the VM still holds, or unknown interfaces leave it as written.
+func TestComputeFollowsAMovedVM(t *testing.T) {
+	moved := Host{Hostname: "vm1", FirstIP: "10.0.1.2", Addresses: []string{"10.0.1.2", "fd00::2"}}
+	tests := []struct {
+		name  string
+		files map[string]string
+		host  Host
+		want  string
+	}{
+		{"moved", map[string]string{"ISTIO_SVC_IP": "10.0.0.2", agentspec.FollowAddressKey: "true"}, moved, "10.0.1.2"},
+		{"still there", map[string]string{"ISTIO_SVC_IP": "fd00:0::2", agentspec.FollowAddressKey: "true"}, moved, "fd00:0::2"},
+		{"NAT'd, no marker", map[string]string{"ISTIO_SVC_IP": "203.0.113.9"}, moved, "203.0.113.9"},
+		{"interfaces unknown", map[string]string{"ISTIO_SVC_IP": "10.0.0.2", agentspec.FollowAddressKey: "true"}, Host{Hostname: "vm1", FirstIP: "10.0.1.2"}, "10.0.0.2"},
+	}
+	for _, tt := range tests {
+		env, err := Compute(tt.files, tt.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env["INSTANCE_IP"] != tt.want || env["ISTIO_SVC_IP"] != tt.want {
+			t.Errorf("%s: INSTANCE_IP %q, ISTIO_SVC_IP %q, want %q", tt.name, env["INSTANCE_IP"], env["ISTIO_SVC_IP"], tt.want)
+		}
+	}
 }
