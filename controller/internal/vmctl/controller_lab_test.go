@@ -37,6 +37,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/yaml"
 
@@ -159,7 +160,8 @@ func startLabController(t *testing.T, o labOptions) *labController {
 	if o.wrap != nil {
 		crc.Wrap(o.wrap)
 	}
-	mgr, err := ctrl.NewManager(crc, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: lc.metrics}, HealthProbeBindAddress: "0",
+	skipNames := true // one "meshvm" controller per test, and tests run with -count
+	mgr, err := ctrl.NewManager(crc, ctrl.Options{Scheme: scheme, Controller: config.Controller{SkipNameValidation: &skipNames}, Metrics: metricsserver.Options{BindAddress: lc.metrics}, HealthProbeBindAddress: "0",
 		LeaderElection: true, LeaderElectionID: v1alpha1.ControllerLease, LeaderElectionNamespace: fleetstore.DefaultNamespace,
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}}}})
 	if err != nil {
