@@ -165,7 +165,7 @@ bench-status: ## vm status fan-out over 100 real agents on loopback vs one after
 	go run ./bench/statusbench
 
 .PHONY: bench-fleet
-bench-fleet: ## Fleet scale harness (root): 100 and 1,000 simulated agents on loopback, the lab's API server, istiod's autoregistration stood in: memory per agent, Watch vs GetStatus polling, the core onboarding all VMs
+bench-fleet: ## Fleet scale harness (root): 100 and 1,000 simulated agents on loopback, the lab's API server, istiod's autoregistration stood in: memory per agent, Watch vs GetStatus polling, the core onboarding all VMs; the controller (2 replicas): all Ready, writes per VM, at rest, sidecar stop, forced rotation, the leader killed (FLEETBENCH_FLAGS=-help)
 	go run ./bench/fleetbench $(FLEETBENCH_FLAGS)
 
 .PHONY: bench-link

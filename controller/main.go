@@ -62,10 +62,20 @@ func run() error {
 		dials        = flag.Float64("agent-dials-per-second", 50, "new agent streams opened per second over all VMs: after a failover 1,000 streams come back over 20 s, not at once")
 		pollEvery    = flag.Duration("agent-poll-interval", 30*time.Second, "how often an agent without the watch stream (an older release) is asked for its status")
 	)
+	// Leader election's timing (controller-runtime's defaults): how long a
+	// dead leader holds the Lease before another replica takes it.
+	var (
+		leaseDuration = flag.Duration("leader-elect-lease-duration", 15*time.Second, "how long a replica waits, after the leader's last renewal, before it takes the Lease")
+		renewDeadline = flag.Duration("leader-elect-renew-deadline", 10*time.Second, "how long the leader keeps trying to renew before it gives up leading (less than the lease duration)")
+		retryPeriod   = flag.Duration("leader-elect-retry-period", 2*time.Second, "how often replicas try to take or renew the Lease")
+	)
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	if *retryPeriod <= 0 || *renewDeadline <= *retryPeriod || *leaseDuration <= *renewDeadline {
+		return fmt.Errorf("leader election: want 0 < --leader-elect-retry-period (%s) < --leader-elect-renew-deadline (%s) < --leader-elect-lease-duration (%s)", *retryPeriod, *renewDeadline, *leaseDuration)
+	}
 
 	// --kubeconfig is controller-runtime's flag: in-cluster without it.
 	rc, err := ctrlconfig.GetConfig()
@@ -90,6 +100,11 @@ func run() error {
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        v1alpha1.ControllerLease,
 		LeaderElectionNamespace: *namespace,
+		LeaseDuration:           leaseDuration,
+		RenewDeadline:           renewDeadline,
+		RetryPeriod:             retryPeriod,
+		// A replica stopped (SIGTERM) hands the Lease over at once.
+		LeaderElectionReleaseOnCancel: true,
 		// Only MeshVMs and WorkloadEntries are watched; Secrets are read as
 		// they are, never cached cluster-wide.
 		Cache:  cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}}},

@@ -69,6 +69,9 @@ type config struct {
 	poll, atRest time.Duration
 	budget       time.Duration
 	entryCache   bool
+	core         bool
+	controller   bool
+	ctl          ctlConfig
 }
 
 func main() {
@@ -82,6 +85,13 @@ func main() {
 	poll := flag.Duration("poll", time.Minute, "the baseline's GetStatus period (the controller's resync)")
 	atRest := flag.Duration("at-rest", 10*time.Second, "how long the watching side is measured at rest")
 	budget := flag.Duration("onboard-budget", 5*time.Minute, "how long onboarding may take before the VMs not Healthy are counted and the run goes on")
+	rows := flag.String("rows", "core,controller", "which rows: core (agentwatch and the core driven by the bench), controller (the controller binary, 2 replicas), or both")
+	ctlVMs := flag.String("controller-vms", "", "fleet sizes of the controller rows (default: -vms); 5000 is the stretch row")
+	ctlAtRest := flag.Duration("controller-at-rest", time.Minute, "how long the controller is measured at rest (the README's figure: 10m)")
+	ctlBudget := flag.Duration("controller-budget", 3*time.Minute, "how long all Ready (or all rotated) may take before the row says how far it got")
+	ctlQueueQPS := flag.Float64("queue-qps", 0, "the controller's --queue-qps (0: its default)")
+	ctlQueueBurst := flag.Int("queue-burst", 0, "the controller's --queue-burst")
+	lease := flag.Duration("lease-duration", 15*time.Second, "the replicas' --leader-elect-lease-duration (controller-runtime's default)")
 	entryCache := flag.Bool("entry-cache", false, "serve the core's WorkloadEntry lists from an informer (what a controller's cached client would), instead of a LIST per lookup as vmcore does today")
 	flag.Parse()
 	if *child != "" {
@@ -91,19 +101,44 @@ func main() {
 		}
 		return
 	}
+	cc := ctlConfig{atRest: *ctlAtRest, budget: *ctlBudget, trials: *trials, workers: *workers, qps: *qps, burst: *burst,
+		queueQPS: *ctlQueueQPS, queueBurst: *ctlQueueBurst, lease: *lease, renew: *lease * 2 / 3, retry: *lease * 2 / 15}
 	c := config{trials: *trials, pollTrials: *pollTrials, workers: *workers, qps: *qps, burst: *burst, poll: *poll, atRest: *atRest, budget: *budget, entryCache: *entryCache}
-	for _, s := range strings.Split(*vms, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 60000 {
-			fmt.Fprintf(os.Stderr, "fleetbench: -vms %q: want sizes from 1 to 60000, comma-separated\n", *vms)
+	c.sizes = sizes("-vms", *vms)
+	if *ctlVMs == "" {
+		*ctlVMs = *vms
+	}
+	cc.sizes = sizes("-controller-vms", *ctlVMs)
+	for _, r := range strings.Split(*rows, ",") {
+		switch strings.TrimSpace(r) {
+		case "core":
+			c.core = true
+		case "controller":
+			c.controller = true
+		default:
+			fmt.Fprintf(os.Stderr, "fleetbench: -rows %q: want core, controller or core,controller\n", *rows)
 			os.Exit(2)
 		}
-		c.sizes = append(c.sizes, n)
 	}
+	c.ctl = cc
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "fleetbench:", err)
 		os.Exit(1)
 	}
+}
+
+// sizes parses a flag's comma-separated fleet sizes, or exits saying what is wrong.
+func sizes(flagName, v string) []int {
+	var out []int
+	for _, s := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 60000 {
+			fmt.Fprintf(os.Stderr, "fleetbench: %s %q: want sizes from 1 to 60000, comma-separated\n", flagName, v)
+			os.Exit(2)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // lab is the control plane and what every size shares.
@@ -180,6 +215,20 @@ func run(c config) error {
 	}
 	l.mesh = simMesh{side}
 
+	var ctlRows []ctlResult
+	if c.controller {
+		cl, err := l.controllerSetup(ctx, cfg, st)
+		if err != nil {
+			return err
+		}
+		for i, n := range c.ctl.sizes {
+			ctlRows = append(ctlRows, l.controllerSize(ctx, cl, c.ctl, n, netip.AddrFrom4([4]byte{127, byte(100 + i), 0, 1}), 20480+10*i))
+		}
+		if !c.core {
+			reportController(os.Stdout, c.ctl, ctlRows)
+			return nil
+		}
+	}
 	var rows []sizeResult
 	for i, n := range c.sizes {
 		r, err := l.size(ctx, c, n, netip.AddrFrom4([4]byte{127, byte(1 + i), 0, 1}), c.workers)
@@ -195,6 +244,7 @@ func run(c config) error {
 		return fmt.Errorf("baseline: %w", err)
 	}
 	report(os.Stdout, c, rows, serialN, serial)
+	reportController(os.Stdout, c.ctl, ctlRows)
 	return nil
 }
 
@@ -264,6 +314,17 @@ func (e *errCount) add(err error) {
 }
 
 func (l *lab) startFleet(ctx context.Context, n int, first netip.Addr) (*fleet, time.Duration, error) {
+	return l.startFleetWith(ctx, n, first, func(name, addr, _ string) ([]byte, []byte, []byte, error) {
+		id, err := l.store.AgentIdentity(name, []string{addr})
+		return id.Cert, id.Key, id.ClientCA, err
+	}, nil)
+}
+
+// startFleetWith starts n VMs whose agents present identity's certificate
+// (of VM name at addr, in namespace ns); onUnit, when set, hears every
+// change of a sidecar's unit.
+func (l *lab) startFleetWith(ctx context.Context, n int, first netip.Addr, identity func(name, addr, ns string) ([]byte, []byte, []byte, error),
+	onUnit func(*agentsim.VM, agentsim.Unit)) (*fleet, time.Duration, error) {
 	f := &fleet{spec: workload.Spec{Namespace: fmt.Sprintf("fleet%d-%d", n, first.As4()[1]), ServiceAccount: "vmsa", Group: "fleet-app", Port: 8000, PortName: "http",
 		Network: "vm-network", ProbePath: "/", ProbePort: 8000, ProbePeriod: 5, ProbeInitialDelay: 1}, addrs: map[string]string{},
 		errs: &errCount{by: map[string]int{}}}
@@ -288,12 +349,14 @@ func (l *lab) startFleet(ctx context.Context, n int, first netip.Addr) (*fleet, 
 	}
 	start := time.Now()
 	sim, err := agentsim.Start(agentsim.Options{N: n, Dir: filepath.Join(l.dir, "vms", f.spec.Namespace), First: first, AppPort: f.spec.Port,
-		Name: func(i int) string { return fmt.Sprintf("%s-%04d", f.spec.Namespace, i) },
-		Identity: func(name, addr string) ([]byte, []byte, []byte, error) {
-			id, err := l.store.AgentIdentity(name, []string{addr})
-			return id.Cert, id.Key, id.ClientCA, err
+		Name:     func(i int) string { return fmt.Sprintf("%s-%04d", f.spec.Namespace, i) },
+		Identity: func(name, addr string) ([]byte, []byte, []byte, error) { return identity(name, addr, f.spec.Namespace) },
+		OnSidecar: func(vm *agentsim.VM, u agentsim.Unit) {
+			pilot(vm).Sidecar(u.MainPID)
+			if onUnit != nil {
+				onUnit(vm, u)
+			}
 		},
-		OnSidecar: func(vm *agentsim.VM, u agentsim.Unit) { pilot(vm).Sidecar(u.MainPID) },
 	})
 	if err != nil {
 		return nil, 0, err
@@ -574,9 +637,7 @@ func report(out io.Writer, c config, rows []sizeResult, serialN int, serial onbo
 	}
 	fmt.Fprintln(out, "\nStand-ins: systemd (agentsim's unit state), the app (a listener per VM), istiod's writes (autoregsim), the sidecar's")
 	fmt.Fprintln(out, "binaries (4 KiB files; real delivery is bench-status's figure), istiod's root certificate (published by the bench).")
-	fmt.Fprintln(out, "TODO(controller): the MeshVM controller (branch controller) is not in main: the onboarding rows drive vmcore.Reconcile from")
-	fmt.Fprintln(out, "this bench's own queue and a DirStore; wire in the controller (MeshVMs applied at once, Ready condition, fleetstore on")
-	fmt.Fprintln(out, "Secrets) for the issue's rows: Ready ≤ 60 s, writes per VM, at rest, forced rotation, leader failover, 5,000 VMs.")
+	fmt.Fprintln(out, "These onboarding rows drive vmcore.Reconcile from the bench's own queue and a DirStore: the baseline of the controller rows below.")
 }
 
 func perVM(verbs map[string]int, n int) string {
