@@ -68,6 +68,10 @@ type Reconciler struct {
 	Streams *Streams
 	// Queue bounds the work queue's retries.
 	Queue QueueLimits
+	// Scope, when its Namespace is set, is what SetupWithManager reads
+	// from the manager's cache instead of the API server (the manager's
+	// cache made with Scope.CacheOptions).
+	Scope Scope
 }
 
 func (r *Reconciler) now() time.Time {
@@ -92,23 +96,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return r.finalize(ctx, &vm, store)
 	}
 	if controllerutil.AddFinalizer(&vm, v1alpha1.Finalizer) {
+		// Once per VM; the status below is patched from what it returns.
 		if err := r.Client.Update(ctx, &vm); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
-	old := vm.Status.DeepCopy()
+	orig := vm.DeepCopy()
 	res, err := r.pass(ctx, &vm, store)
 	if err != nil {
 		countError(&vm)
 	}
 	vm.Status.ObservedGeneration = vm.Generation
-	if werr := r.writeStatus(ctx, &vm, old); werr != nil {
-		switch {
-		case apierrors.IsConflict(werr):
-			// Another write came first (a spec change, the finalizer):
-			// look again at the object as it is now, without an error.
-			return ctrl.Result{RequeueAfter: time.Second}, nil
-		case apierrors.IsNotFound(werr):
+	if werr := r.writeStatus(ctx, &vm, orig); werr != nil {
+		if apierrors.IsNotFound(werr) {
 			return ctrl.Result{}, nil // deleted meanwhile
 		}
 		return ctrl.Result{}, errors.Join(err, werr)
@@ -116,13 +116,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return res, err
 }
 
-// writeStatus writes the status when it changed, and tells each
-// condition's transition as an Event.
-func (r *Reconciler) writeStatus(ctx context.Context, vm *v1alpha1.MeshVM, old *v1alpha1.MeshVMStatus) error {
+// writeStatus writes the status when it changed from orig's, and tells
+// each condition's transition as an Event. It is a merge patch without a
+// resourceVersion: the controller alone writes the status, and a pass that
+// read a MeshVM from a cache one write behind (an event came before the
+// cache saw the last pass's status) would otherwise fail on a conflict and
+// need another pass.
+func (r *Reconciler) writeStatus(ctx context.Context, vm, orig *v1alpha1.MeshVM) error {
+	old := &orig.Status
 	if equality.Semantic.DeepEqual(*old, vm.Status) {
 		return nil
 	}
-	if err := r.Client.Status().Update(ctx, vm); err != nil {
+	if err := r.Client.Status().Patch(ctx, vm, client.MergeFrom(orig)); err != nil {
 		return err
 	}
 	for _, c := range vm.Status.Conditions {
