@@ -131,25 +131,32 @@ func (r *Reconciler) writeStatus(ctx context.Context, vm, orig *v1alpha1.MeshVM)
 		return err
 	}
 	for _, c := range vm.Status.Conditions {
-		was := findCondition(old.Conditions, c.Type)
-		if was != nil && was.Status == c.Status && was.Reason == c.Reason {
-			continue
+		if kind, ok := eventOf(findCondition(old.Conditions, c.Type), c); ok {
+			r.event(vm, kind, c.Reason, "Reconcile", "%s %s: %s", c.Type, c.Status, c.Message)
 		}
-		if was == nil && c.Status == metav1.ConditionTrue && c.Type != v1alpha1.ConditionReady {
-			// A VM's first pass: its Ready tells it; an Event per
-			// condition found True would be ten API writes per VM.
-			continue
-		}
-		if c.Type == string(vmcore.AddressMoved) && c.Status != metav1.ConditionTrue {
-			continue // "still at": nothing happened
-		}
-		kind := "Normal"
-		if c.Status != metav1.ConditionTrue && c.Type != string(vmcore.AddressMoved) {
-			kind = "Warning"
-		}
-		r.event(vm, kind, c.Reason, "Reconcile", "%s %s: %s", c.Type, c.Status, c.Message)
 	}
 	return nil
+}
+
+// eventOf says whether a condition's change from was (nil: first set) to c
+// is told as an Event, and its kind. Events are API writes: Ready's
+// transitions tell the story (onboarded, and why not), the others only
+// when they leave True (a failure Ready sums up by one reason) or the VM
+// moved. Onboarding a VM costs one or two (Ready False, then True).
+func eventOf(was *metav1.Condition, c metav1.Condition) (string, bool) {
+	switch {
+	case was != nil && was.Status == c.Status && was.Reason == c.Reason:
+		return "", false
+	case c.Type == v1alpha1.ConditionReady:
+	case c.Type == string(vmcore.AddressMoved):
+		return "Normal", c.Status == metav1.ConditionTrue
+	case was == nil || was.Status != metav1.ConditionTrue || c.Status == metav1.ConditionTrue:
+		return "", false
+	}
+	if c.Status == metav1.ConditionTrue {
+		return "Normal", true
+	}
+	return "Warning", true
 }
 
 func findCondition(cs []metav1.Condition, t string) *metav1.Condition {
