@@ -90,10 +90,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	store := fleetstore.New(ctx, r.Kube.Kube, r.Namespace, vm.Namespace)
+	// A pass's record changes are written at its end, one write per VM.
+	store := fleetstore.New(ctx, r.Kube.Kube, r.Namespace, vm.Namespace, fleetstore.Batched())
 	if !vm.DeletionTimestamp.IsZero() {
 		r.forgetAgent(req.NamespacedName)
-		return r.finalize(ctx, &vm, store)
+		res, err := r.finalize(ctx, &vm, store)
+		return res, errors.Join(err, store.Flush())
 	}
 	if controllerutil.AddFinalizer(&vm, v1alpha1.Finalizer) {
 		// Once per VM; the status below is patched from what it returns.
@@ -103,6 +105,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	orig := vm.DeepCopy()
 	res, err := r.pass(ctx, &vm, store)
+	err = errors.Join(err, store.Flush())
 	if err != nil {
 		countError(&vm)
 	}
