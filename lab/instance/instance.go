@@ -45,6 +45,24 @@ func Of(dir string) Instance {
 	return Instance{N: n}
 }
 
+// Lookup is Of for a lab that exists: ok is false when dir holds no lab
+// (none recorded and no state from before instances), so a caller acting
+// on a lab that is gone does not act on instance 0's.
+func Lookup(dir string) (inst Instance, ok bool) {
+	if n, had := recorded(dir); had {
+		return Instance{N: n}, true
+	}
+	return Instance{}, legacy(dir)
+}
+
+// Recorded is the instance dir claimed, if it claimed one: what a lab's
+// down may give back (a run with ports of its own, such as a benchmark's,
+// claims none and must not touch instance 0's).
+func Recorded(dir string) (Instance, bool) {
+	n, ok := recorded(dir)
+	return Instance{N: n}, ok
+}
+
 func recorded(dir string) (int, bool) {
 	b, err := os.ReadFile(filepath.Join(dir, file))
 	if err != nil {

@@ -52,6 +52,15 @@ func TestClaim(t *testing.T) {
 	if _, err := Claim(old); err == nil || !strings.Contains(err.Error(), "predates lab instances") || !strings.Contains(err.Error(), c) {
 		t.Errorf("a pre-instance lab while 0 is held: got %v", err)
 	}
+	if _, ok := Lookup(filepath.Join(t.TempDir(), "gone")); ok {
+		t.Error("Lookup found a lab in a directory that holds none")
+	}
+	if _, ok := Recorded(old); ok {
+		t.Error("Recorded found a claim in a pre-instance lab")
+	}
+	if inst, ok := Lookup(old); !ok || inst.N != 0 {
+		t.Errorf("Lookup of a pre-instance lab: got %v, %v, want 0, true", inst, ok)
+	}
 	Release(c)
 	if io, err := Claim(old); err != nil || io.N != 0 {
 		t.Errorf("a pre-instance lab with 0 free: got %v, %v, want 0", io, err)

@@ -14,7 +14,13 @@ func lock() (unlock func(), err error) {
 	if err := os.MkdirAll(ClaimDir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab instances: %w (the lab runs as root)", err)
 	}
-	f, err := os.OpenFile(filepath.Join(ClaimDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	return Lock(filepath.Join(ClaimDir, ".lock"))
+}
+
+// Lock holds an exclusive lock on the file path (made if missing) across
+// processes until unlock.
+func Lock(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, err
 	}

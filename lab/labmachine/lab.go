@@ -24,8 +24,6 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/meshvm/meshvm/lab/instance"
 	labvm "github.com/meshvm/meshvm/lab/vm"
 	"github.com/meshvm/meshvm/pkg/machine"
@@ -145,15 +143,7 @@ func (p *Provider) lockSlots() (unlock func(), err error) {
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(p.dir, ".slots.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
-	}
-	return func() { f.Close() }, nil
+	return instance.Lock(filepath.Join(p.dir, ".slots.lock"))
 }
 
 func (p *Provider) freeSlot() (int, error) {

@@ -156,6 +156,14 @@ func TestTwoLabsAndReaddress(t *testing.T) {
 		t.Fatalf("two labs share: instances %d and %d, addresses %s and %s, namespaces %s and %s", a.N, b.N, addrs[0], addrs[1], ns0, ns1)
 	}
 	t.Logf("%s: %s in %s; %s: %s in %s", a, addrs[0], ns0, b, addrs[1], ns1)
+	// Each VM's systemd keeps its units in a cgroup of its own.
+	for i, ns := range []string{ns0, ns1} {
+		leader, _ := labs[i].Leader("same")
+		cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", leader))
+		if !strings.Contains(string(cg), "/meshvm-lab/"+ns+"/") {
+			t.Errorf("lab %d's VM is not in its own cgroup meshvm-lab/%s:\n%s", i, ns, cg)
+		}
+	}
 
 	// Each lab's istiod address answers its VM through the VM's default route.
 	istiod := serveOn(t, labs[1])

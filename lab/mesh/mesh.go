@@ -157,6 +157,9 @@ func Up(ctx context.Context, c Config) error {
 
 // Ready reports whether the revision's istiod answers on its HTTP port.
 func Ready(ctx context.Context, dir, rev string) error {
+	if _, ok := instance.Lookup(filepath.Dir(dir)); !ok {
+		return fmt.Errorf("no lab in %s: run hostctl up", filepath.Dir(dir))
+	}
 	n, err := slot(dir, rev, false)
 	if err != nil {
 		return err
@@ -346,5 +349,11 @@ func Down(ctx context.Context, dir string) error {
 			errs = append(errs, procs.Dir(revDir(dir, rev)).Stop(ctx, "pilot-discovery", 10*time.Second))
 		}
 	}
-	return errors.Join(append(errs, instanceOf(dir).RemoveIstiodIP())...)
+	// Only a lab that claimed its instance: a down of one already gone, or
+	// of a run with its own ports that claimed none (a benchmark's), must
+	// not take instance 0's address from the lab that holds it.
+	if inst, ok := instance.Recorded(filepath.Dir(dir)); ok {
+		errs = append(errs, inst.RemoveIstiodIP())
+	}
+	return errors.Join(errs...)
 }

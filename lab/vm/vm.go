@@ -212,12 +212,22 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command("systemd-nspawn", "--quiet", "-D", s.Dir, "--boot", "--register=no", "--keep-unit",
+	groups, err := cgroups(s)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup for lab VM %s: %w", s.Name, err)
+	}
+	// nspawn --keep-unit puts the container in "payload" beside its own
+	// cgroup: started from one cgroup, every VM would share one, and a
+	// VM's systemd would act on the others' units. The shell moves itself
+	// into the VM's own cgroups, then becomes nspawn.
+	cmd := exec.Command("sh", "-c", `IFS=:; for d in $MESHVM_CGROUPS; do echo $$ > "$d/cgroup.procs" || exit 1; done; unset MESHVM_CGROUPS; exec "$@"`, "sh",
+		"systemd-nspawn", "--quiet", "-D", s.Dir, "--boot", "--register=no", "--keep-unit",
 		"--console=pipe", "--machine="+s.Name, "--network-namespace-path=/run/netns/"+NetNS(s),
 		// The namespace is the VM's own, so its root may manage it: the
 		// sidecar's capture rules need this (nspawn grants it only with
 		// --private-network, not for a namespace given by path).
 		"--capability=CAP_NET_ADMIN")
+	cmd.Env = append(os.Environ(), "MESHVM_CGROUPS="+strings.Join(groups, ":"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own session: the VM keeps running after hostctl exits.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -230,6 +240,10 @@ func Launch(ctx context.Context, log *slog.Logger, s Spec) (*VM, error) {
 	}
 	go cmd.Wait() // reap it if it ends while this process lives
 	vm := &VM{Spec: s, log: log.With("vm", s.Name), nspawn: cmd.Process.Pid}
+	// The shell execs nspawn at once; until then the PID is not nspawn's.
+	for i := 0; i < 100 && !nspawnFor(vm.nspawn, s.Dir) && alive(vm.nspawn); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err := os.WriteFile(pidFile(s.Dir), []byte(strconv.Itoa(vm.nspawn)+"\n"), 0o600); err != nil {
 		return nil, err
 	}
@@ -338,6 +352,7 @@ func (vm *VM) Stop(ctx context.Context) error {
 	}
 	vm.leader = 0
 	os.Remove(pidFile(vm.Dir))
+	removeCgroups(vm.Spec)
 	return removeNetwork(vm.Spec)
 }
 
@@ -351,6 +366,48 @@ func (vm *VM) Remove(ctx context.Context) error {
 	return errors.Join(stopErr, os.RemoveAll(vm.Dir), os.RemoveAll(upperDir(vm.Dir)), os.RemoveAll(workDir(vm.Dir)),
 		os.RemoveAll(vm.Dir+".console.log"))
 }
+
+// cgroupRoots are where the hierarchies systemd (the host's and the VM's)
+// keeps its units in are mounted: the named v1 one and cgroup2 of a hybrid
+// host, or cgroup2 alone (a hybrid host's /sys/fs/cgroup is a tmpfs).
+var cgroupRoots = []string{"/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"}
+
+// cgroups makes the VM's own cgroup in each hierarchy there is, named like
+// its namespace (unique on the machine), and returns them.
+func cgroups(s Spec) ([]string, error) {
+	var out []string
+	for _, root := range cgroupRoots {
+		if _, err := os.Stat(filepath.Join(root, "cgroup.procs")); err != nil {
+			continue
+		}
+		d := filepath.Join(root, "meshvm-lab", NetNS(s))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// removeCgroups removes the VM's cgroups once empty, deepest first.
+func removeCgroups(s Spec) {
+	for _, root := range cgroupRoots {
+		top := filepath.Join(root, "meshvm-lab", NetNS(s))
+		var dirs []string
+		filepath.WalkDir(top, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			os.Remove(dirs[i])
+		}
+	}
+}
+
+// alive reports whether pid is alive.
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
 // NetNS is the name of the VM's network namespace (under /run/netns).
 func NetNS(s Spec) string    { return "meshvm" + s.Tag + "-" + s.Name }

@@ -64,6 +64,8 @@ const (
 	TokenNotRevoked    Reason = "TokenNotRevoked"    // vm rm without a cluster
 	RevisionKept       Reason = "RevisionKept"       // kept on its revision (the VM, the site's)
 	NotBackOnRevision  Reason = "NotBackOnRevision"  // vm upgrade: roll back (the VM, its revision)
+	NotDeclared        Reason = "NotDeclared"        // fleet mode: no MeshVM for it
+	VMPaused           Reason = "VMPaused"           // fleet mode: its MeshVM is paused (vm revoke)
 
 	// A VM's credentials (the VM).
 	CredentialsReissue    Reason = "CredentialsReissue"    // none valid: a new token heals it

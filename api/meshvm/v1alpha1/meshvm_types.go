@@ -117,6 +117,13 @@ type MeshVMStatus struct {
 	TokenRotatedAt *metav1.Time `json:"tokenRotatedAt,omitempty"`
 	// +optional
 	CertificateNotAfter *metav1.Time `json:"certificateNotAfter,omitempty"`
+	// RenewRequest and OnboardRequest are the values of the annotations
+	// meshvm.io/renew and meshvm.io/onboard last acted on: a request (a
+	// new value, hostctl writes the time) is honoured once.
+	// +optional
+	RenewRequest string `json:"renewRequest,omitempty"`
+	// +optional
+	OnboardRequest string `json:"onboardRequest,omitempty"`
 }
 
 // MeshVM is one VM that fleet mode keeps in the mesh.

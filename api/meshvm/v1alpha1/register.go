@@ -24,4 +24,11 @@ const (
 	// Finalizer holds a deleted MeshVM until its token is revoked, its
 	// WorkloadEntry deleted and its agent's changes undone.
 	Finalizer = "meshvm.io/cleanup"
+	// AnnotationRenew asks the controller to replace the VM's token now
+	// (hostctl vm renew --force); AnnotationOnboard to issue a fresh token
+	// and deliver the files again (hostctl vm onboard). Each new value is
+	// acted on once, and recorded in the status (renewRequest,
+	// onboardRequest).
+	AnnotationRenew   = "meshvm.io/renew"
+	AnnotationOnboard = "meshvm.io/onboard"
 )

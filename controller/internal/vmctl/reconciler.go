@@ -259,7 +259,7 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	meta.RemoveStatusCondition(&vm.Status.Conditions, ConditionPaused)
 	spec := vmcore.Spec{Name: vm.Name, Generation: vm.Generation, RunsApp: vm.Spec.App == nil || *vm.Spec.App, ProbePort: deps.Workload.ProbePort,
 		AppPort: deps.Workload.Port, TokenLifetime: tokenLifetime(vm), CertificateLifetime: certificateLifetime(vm),
-		FollowAddress: vm.Spec.Address == "", Revision: vm.Spec.Revision, Pinned: true, Recheck: true}
+		FollowAddress: vm.Spec.Address == "", Revision: vm.Spec.Revision, Pinned: true, Recheck: true, FreshToken: onboardPending(vm)}
 	res, err := vmcore.Reconcile(ctx, spec, coreStatus(vm.Status), target, store, deps)
 	applyCore(&vm.Status, res.Status)
 	if agentVersion != "" {
@@ -268,6 +268,9 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	recheck := r.watchAgent(vm, addr, deps.Workload, agentVersion, store)
 	certificateTimes(&vm.Status, res.Status)
 	r.upToDate(vm, res.Status, version)
+	if err == nil {
+		r.requests(ctx, vm, res, spec, store, deps)
+	}
 	if err == nil && res.Cause != nil {
 		// An agent that does not answer: the work queue backs off, per VM.
 		err = res.Cause

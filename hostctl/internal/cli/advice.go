@@ -61,6 +61,8 @@ var advices = map[reason.Reason]advice{
 	reason.EntryTimedOut:      {" ", "(see hostctl vm logs)"},
 	reason.NotBackOnline:      {"; then ", "run hostctl vm onboard %[1]s"},
 	reason.TokenRevoked:       {" ", "(hostctl vm onboard %[1]s issues a new token)"},
+	reason.NotDeclared:        {"", "run hostctl up to declare it"},
+	reason.VMPaused:           {"", "hostctl vm onboard %[1]s resumes it with a new token"},
 	reason.TokenNotRevoked:    {"", "run hostctl vm rm %[1]s again once the cluster answers"},
 	reason.RevisionKept:       {"", "hostctl vm upgrade %[1]s --revision %[2]s moves it"},
 	reason.NotBackOnRevision:  {"", "roll it back with hostctl vm upgrade %[1]s --revision %[2]s"},

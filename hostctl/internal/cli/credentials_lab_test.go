@@ -33,6 +33,7 @@ import (
 //     stranded and exit non-zero; vm onboard brings it back, and cr2 too.
 func TestCredentialsOnLab(t *testing.T) {
 	_, _, cfgPath, state := labSetup(t, "cr1", "cr2", "cr3")
+	fleetOff(t, cfgPath) // what strands a VM without fleet mode
 	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)

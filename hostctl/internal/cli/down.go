@@ -24,12 +24,20 @@ func (c *downCmd) command() *cobra.Command {
 	return cmd
 }
 
-func (c *downCmd) run(cmd *cobra.Command, _ []string) error {
+func (c *downCmd) run(cmd *cobra.Command, _ []string) (err error) {
 	f, err := c.g.open(cmd)
 	if err != nil {
 		return err
 	}
+	var held error
+	if f.Config.FleetMode() {
+		// While the controller runs: their finalizers take the VMs out of
+		// the mesh. MeshVMs it does not finalize are said, and the machines
+		// go anyway.
+		held = downFleet(cmd.Context(), f, sayer(cmd.ErrOrStderr(), "down: "))
+	}
 	err = f.RemoveVMs(cmd.Context(), sayer(cmd.ErrOrStderr(), "down: "))
+	defer func() { err = errors.Join(held, err) }()
 	if !c.keepCluster {
 		if derr := f.Site.DownCluster(cmd.Context(), newProgress(cmd.ErrOrStderr(), progress.Cluster).Reporter(), err == nil); derr != nil {
 			err = errors.Join(err, derr)

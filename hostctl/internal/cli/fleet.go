@@ -54,6 +54,9 @@ func (c *fleetCmd) adopt(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	p := newProgress(cmd.ErrOrStderr(), progress.Controller).Reporter()
+	if !f.Config.FleetMode() {
+		p.Say("fleet.enabled is false: set it to true (or MESHVM_FLEET=true) so that up and the vm commands act through the MeshVMs; until then they refuse the adopted VMs")
+	}
 	started, err := fleetmode.StartController(ctx, f, lineWriter{p})
 	if err != nil {
 		return err

@@ -45,6 +45,7 @@ import (
 //     without fleet mode. It runs beside the cases above, in one lab.
 func TestFleetOnLab(t *testing.T) {
 	_, _, cfgPath, state := labSetup(t, "fl1", "fl2")
+	fleetOff(t, cfgPath) // onboarded without fleet mode, then adopted
 	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -277,6 +278,20 @@ func TestFleetOnLab(t *testing.T) {
 		t.Errorf("fl2's certificate (until %s) was not issued after its first token expired (%s)", st[0].CertNotAfter, first.ExpiresAt)
 	}
 	t.Logf("fl2 after its first token's expiry; kubectl get meshvms:\n%s", getTable(t, rc, "vmns"))
+}
+
+// fleetOff turns fleet mode off in a lab config (it is on by default
+// there): the test is of the workstation driving the VMs itself.
+func fleetOff(t *testing.T, cfgPath string) {
+	t.Helper()
+	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("fleet:\n  enabled: false\n"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func hasChange(cs []workload.Change, obj, action string) bool {

@@ -46,6 +46,7 @@ import (
 // systemd, the real vmagent and pilot-agent (with the lab's Envoy stand-in).
 func TestUpOnLab(t *testing.T) {
 	root, work, cfgPath, state := labSetup(t, "e2e1")
+	fleetOff(t, cfgPath) // the workstation drives the VMs: TestFleetUpOnLab is the fleet path
 
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
 	t.Logf("first up:\n%s", out)
@@ -347,6 +348,7 @@ func writeLabConfig(t *testing.T, path string, vms ...string) {
 // be created fails by name without stopping the others.
 func TestManyVMsOnLab(t *testing.T) {
 	_, _, cfgPath, state := labSetup(t, "m1", "m2", "m-too-long-name")
+	fleetOff(t, cfgPath)
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
 	t.Logf("up with two good VMs and a bad one:\n%s", out)
 	if err == nil || !strings.Contains(err.Error(), "m-too-long-name: ") || !strings.Contains(err.Error(), "use at most 10") {

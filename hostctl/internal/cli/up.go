@@ -83,6 +83,12 @@ func (c *upCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), upTimeout(c.timeout, f.Config))
 	defer cancel()
+	if f.Config.FleetMode() {
+		return upFleet(ctx, cmd, f)
+	}
+	if err := notDeclared(ctx, f, f.Config.VMs); err != nil {
+		return err
+	}
 	return f.Up(ctx, newLines(cmd.ErrOrStderr(), "up: ", fleet.UpSteps...).Reporter())
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
@@ -106,6 +107,9 @@ func (c *vmRevokeCmd) command() *cobra.Command {
 
 func (c *vmRevokeCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onVMs(cmd, args, func(r *vmRun) error {
+		if r.Config.FleetMode() {
+			return revokeFleet(r.ctx, r.Fleet, r.vms, sayer(cmd.ErrOrStderr(), "vm revoke "))
+		}
 		return r.Revoke(r.ctx, r.vms, sayer(cmd.ErrOrStderr(), "vm revoke "))
 	})
 }
@@ -133,8 +137,26 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onVMs(cmd, args, func(r *vmRun) error {
+		if r.Config.FleetMode() {
+			if c.restart {
+				return usageErrorf("--restart: in fleet mode the controller restarts the sidecar only when a file it reads at start changed; set fleet.enabled: false to restart it from here")
+			}
+			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationOnboard, "re-onboarded")
+		}
+		if err := notDeclared(r.ctx, r.Fleet, r.vms); err != nil {
+			return err
+		}
 		return r.Onboard(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.OnboardSteps...).Reporter(), r.vms, c.restart)
 	})
+}
+
+// names are the VMs' names.
+func names(vms []config.VM) []string {
+	out := make([]string, len(vms))
+	for i, vm := range vms {
+		out[i] = vm.Name
+	}
+	return out
 }
 
 // pick returns the named VMs from the config; a name it does not list is a
@@ -206,6 +228,10 @@ func (c *vmAddCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
+	if f.Config.FleetMode() {
+		// As up: the new VM provisioned and declared, the others unchanged.
+		return upFleet(ctx, cmd, f)
+	}
 	return f.Add(ctx, newProgress(cmd.ErrOrStderr(), fleet.UpSteps...).Reporter(), vm.Name)
 }
 
@@ -229,6 +255,12 @@ func (c *vmRmCmd) run(cmd *cobra.Command, args []string) error {
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
 	name, w := args[0], cmd.ErrOrStderr()
+	if f.Config.FleetMode() {
+		if err := removeFleet(ctx, f, name, sayer(w, "vm rm: ")); err != nil {
+			return err
+		}
+		return unlist(w, f.Config, c.g.configPath, name)
+	}
 	return f.Remove(ctx, name, sayer(w, "vm rm: "), func() error { return unlist(w, f.Config, c.g.configPath, name) })
 }
 
@@ -354,6 +386,17 @@ func (c *vmRenewCmd) command() *cobra.Command {
 
 func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onAllVMs(cmd, args, func(r *vmRun) error {
+		if r.Config.FleetMode() {
+			if !c.force {
+				w := cmd.ErrOrStderr()
+				fmt.Fprintln(w, "vm renew: fleet mode: the controller replaces each token at 40-50% of its life on its own; --force has it replace them now")
+				return nil
+			}
+			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationRenew, "renewed")
+		}
+		if err := notDeclared(r.ctx, r.Fleet, r.vms); err != nil {
+			return err
+		}
 		return r.Renew(r.ctx, r.vms, c.force, sayer(cmd.ErrOrStderr(), "vm renew "))
 	})
 }

@@ -9,7 +9,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 )
 
 type vmStatusCmd struct {
@@ -40,7 +42,13 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 	defer cancel()
-	out, err := f.Statuses(ctx, vms, sayer(cmd.ErrOrStderr(), "vm status: "))
+	statuses := f.Statuses
+	if f.Config.FleetMode() {
+		statuses = func(ctx context.Context, vms []config.VM, p fleet.Reporter) ([]fleet.VMStatus, error) {
+			return fleetmode.Statuses(ctx, f, vms, p)
+		}
+	}
+	out, err := statuses(ctx, vms, sayer(cmd.ErrOrStderr(), "vm status: "))
 	if err != nil {
 		return err
 	}
@@ -63,16 +71,40 @@ func (c *vmStatusCmd) run(cmd *cobra.Command, args []string) error {
 }
 
 func renderStatus(w io.Writer, output string, vms []fleet.VMStatus) error {
-	return render(w, output, vms,
-		[]string{"VM", "ADDRESS", "MACHINE", "REVISION", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "CREDENTIALS", "ISTIOD DNS", "APP", "CAPTURE"},
+	head := []string{"VM", "ADDRESS", "MACHINE", "REVISION", "WORKLOADENTRY", "HEALTHY", "AGENT", "SIDECAR", "CERT", "TOKEN", "CREDENTIALS", "ISTIOD DNS", "APP", "CAPTURE"}
+	fleetMode := len(vms) > 0 && vms[0].MeshVM != nil
+	if fleetMode {
+		// Fleet mode: the MeshVM's Ready (the controller's verdict) first.
+		head = append([]string{"VM", "READY"}, head[1:]...)
+	}
+	return render(w, output, vms, head,
 		func(s fleet.VMStatus) []string {
 			healthy := orDash(s.Healthy)
 			if s.Disconnected != "" {
 				healthy += " (stale)"
 			}
-			return []string{s.Name, orDash(s.Address), s.Machine, s.Revision, orDash(s.WorkloadEntry), healthy, s.Agent,
+			row := []string{s.Name, orDash(s.Address), s.Machine, s.Revision, orDash(s.WorkloadEntry), healthy, s.Agent,
 				orDash(s.Sidecar), orDash(s.CertExpiry), orDash(s.TokenExpiry), orDash(string(s.Credentials)), orDash(s.IstiodDNS), orDash(s.App), orDash(s.CaptureSummary())}
+			if fleetMode {
+				row = append([]string{s.Name, meshVMReady(s.MeshVM)}, row[1:]...)
+			}
+			return row
 		})
+}
+
+// meshVMReady is the READY column of a VM's MeshVM.
+func meshVMReady(d *fleet.Declared) string {
+	switch {
+	case d == nil:
+		return "no MeshVM"
+	case d.Deleting:
+		return "deleting"
+	case d.Paused:
+		return "paused"
+	case d.Ready == "True":
+		return "True"
+	}
+	return d.Ready + " (" + d.Reason + ")"
 }
 
 func orDash(s string) string {

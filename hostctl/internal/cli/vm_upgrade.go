@@ -48,6 +48,16 @@ func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 		return usageError{fmt.Errorf("--parallel %d: move at least one VM at a time", c.parallel)}
 	}
 	return c.onAllVMs(cmd, args, func(v *vmRun) error {
+		if v.Config.FleetMode() {
+			// The controller pins each VM to its MeshVM's revision: moving it
+			// from here would be undone.
+			value := `null`
+			if rev != "" {
+				value = `"` + rev + `"`
+			}
+			return usageErrorf("fleet mode: the controller keeps each VM on its MeshVM's spec.revision; move a VM with kubectl patch meshvm -n %s VM --type merge -p '{\"spec\":{\"revision\":%s}}' (or set fleet.enabled: false)",
+				v.Config.Workload.Namespace, value)
+		}
 		w := cmd.ErrOrStderr()
 		p := newProgress(w, fleet.OnboardSteps...)
 		moved, err := v.Upgrade(v.ctx, p.Reporter(), v.vms, rev, c.parallel)

@@ -47,7 +47,36 @@ type Config struct {
 	// Parallel is how many VMs a command works on at once (up, down, vm
 	// onboard, status and the others that go over every VM); the rest wait
 	// for a turn.
-	Parallel int `json:"parallel"`
+	Parallel int   `json:"parallel"`
+	Fleet    Fleet `json:"fleet"`
+}
+
+// Fleet is fleet mode: the VMs declared in the cluster as MeshVMs and kept
+// in the mesh by a controller, hostctl its client.
+type Fleet struct {
+	// Enabled turns fleet mode on. Unset, it is on where the cluster is
+	// meshvm's own (the lab, the recipe's k3s) and off on a cluster of
+	// yours (kubeconfig), where running a controller is the owner's call;
+	// Load sets it, so config show says which.
+	Enabled *bool `json:"enabled"`
+}
+
+// FleetMode says whether fleet mode is on.
+func (c Config) FleetMode() bool { return c.Fleet.Enabled != nil && *c.Fleet.Enabled }
+
+// fleetDefault is fleet.enabled when the config leaves it out: on where
+// the cluster is meshvm's and every VM is one the controller keeps (a
+// proxyless VM is not, yet).
+func (c Config) fleetDefault() bool {
+	if c.Cluster.Provider == Kubeconfig {
+		return false
+	}
+	for _, vm := range c.VMs {
+		if c.Proxyless(vm) {
+			return false
+		}
+	}
+	return true
 }
 
 // Agent is the vmagent hostctl installs on the VMs.
@@ -277,6 +306,14 @@ var envOverrides = []struct {
 	{"MESHVM_STATE_DIR", func(c *Config, v string) error { c.StateDir = v; return nil }},
 	{"MESHVM_AGENT_DIR", func(c *Config, v string) error { c.Agent.Dir = v; return nil }},
 	{"MESHVM_PARALLEL", func(c *Config, v string) error { return atoi(v, &c.Parallel) }},
+	{"MESHVM_FLEET", func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q: want true or false (fleet mode on or off)", v)
+		}
+		c.Fleet.Enabled = &b
+		return nil
+	}},
 }
 
 func atoi(s string, dst *int) error {
@@ -326,6 +363,10 @@ func Load(path string, explicit bool, getenv func(string) string) (Config, error
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}
+	}
+	if c.Fleet.Enabled == nil {
+		on := c.fleetDefault()
+		c.Fleet.Enabled = &on
 	}
 	return c, c.Validate()
 }
@@ -434,6 +475,9 @@ func (c Config) Validate() error {
 			if err := sidecarMode(fmt.Sprintf("vms[%d].sidecar", i), vm.Sidecar); err != nil {
 				errs = append(errs, err)
 			}
+		}
+		if c.Proxyless(vm) && c.FleetMode() {
+			bad("vms[%d] (%s) is proxyless, which fleet mode's controller does not keep yet: set fleet.enabled: false", i, vm.Name)
 		}
 		if c.Proxyless(vm) && c.RunsApp(vm) {
 			bad("vms[%d] (%s) is proxyless but runs hostctl's HTTP app: a proxyless VM serves your gRPC app, which joins the mesh through pilot-agent's xDS; set app: false for it (workload.app: false for every VM)", i, vm.Name)

@@ -218,3 +218,37 @@ func TestSidecarPerVMOverridesWorkload(t *testing.T) {
 		t.Errorf("proxyless %v and %v, want a proxyless and b with Envoy", c.Proxyless(c.VMs[0]), c.Proxyless(c.VMs[1]))
 	}
 }
+
+func TestFleetModeDefaultsToMeshvmsOwnCluster(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		env        map[string]string
+		want       bool
+		err        string
+	}{
+		{name: "the recipe's k3s", body: "version: 1\n", want: true},
+		{name: "the lab", body: "version: 1\ncluster:\n  provider: lab\n", want: true},
+		{name: "a cluster of yours", body: "version: 1\ncluster:\n  provider: kubeconfig\n  kubeconfig: kc\nvms:\n- name: a\n  address: 10.0.0.1\n  user: u\n", want: false},
+		{name: "yours, turned on", body: "version: 1\ncluster:\n  provider: kubeconfig\n  kubeconfig: kc\nfleet:\n  enabled: true\nvms:\n- name: a\n  address: 10.0.0.1\n  user: u\n", want: true},
+		{name: "the lab, turned off", body: "version: 1\ncluster:\n  provider: lab\nfleet:\n  enabled: false\n", want: false},
+		{name: "the environment over the file", body: "version: 1\nfleet:\n  enabled: true\n", env: map[string]string{"MESHVM_FLEET": "false"}, want: false},
+		{name: "a proxyless VM keeps it off", body: "version: 1\ncluster:\n  provider: lab\nworkload:\n  app: false\n  sidecar: proxyless\n", want: false},
+		{name: "a proxyless VM with it on", body: "version: 1\ncluster:\n  provider: lab\nfleet:\n  enabled: true\nworkload:\n  app: false\n  sidecar: proxyless\n",
+			err: "set fleet.enabled: false"},
+		{name: "not a boolean", body: "version: 1\n", env: map[string]string{"MESHVM_FLEET": "maybe"}, err: "want true or false"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(write(t, tc.body), true, func(k string) string { return tc.env[k] })
+			switch {
+			case tc.err != "":
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want an error saying %q", err, tc.err)
+				}
+			case err != nil:
+				t.Fatal(err)
+			case c.Fleet.Enabled == nil || c.FleetMode() != tc.want:
+				t.Errorf("fleet.enabled %v, want %v", c.Fleet.Enabled, tc.want)
+			}
+		})
+	}
+}

@@ -90,7 +90,7 @@ func (r *session) converge(ctx context.Context, spec vmcore.Spec, d drive) (vmco
 	for {
 		res, err := vmcore.Reconcile(ctx, spec, st, r.targets.Snapshot(ctx), r.store, deps)
 		st = res.Status
-		if err != nil || res.Done {
+		if err != nil || res.Done || spec.AgentOnly && st.Conditions.IsTrue(vmcore.AgentReachable) {
 			return st, err
 		}
 		if synced.IsZero() && st.Conditions.IsTrue(vmcore.FilesInSync) {

@@ -33,8 +33,9 @@ type session struct {
 	agentBinary func(arch string) ([]byte, error)
 	p           Reporter
 
-	// store is the state directory as the per-VM core sees it.
-	store vmcore.DirStore
+	// store is what the per-VM core keeps between passes: the state
+	// directory, or in fleet mode the cluster's store.
+	store vmcore.Store
 	// targets finds what the VMs join once for all the VMs onboarding at
 	// once: the running istiods' versions by revision (an API round trip
 	// or two each), the sidecar files by architecture and version (a

@@ -64,6 +64,8 @@ type VMStatus struct {
 	// TokenChanged: the token pilot-agent reads is not the root-only copy
 	// the agent delivered (something on the VM changed it).
 	TokenChanged bool `json:"tokenChanged,omitempty"`
+	// MeshVM is the VM's MeshVM in fleet mode: its Ready decides OK.
+	MeshVM *Declared `json:"meshvm,omitempty"`
 }
 
 // Statuses gathers the status of vms, every VM at once. say is told what

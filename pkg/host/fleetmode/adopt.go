@@ -66,30 +66,14 @@ type Adoption struct {
 // again, it changes nothing. A VM never onboarded (no address kept) is
 // skipped, saying so; a MeshVM already there is left as it is.
 func Adopt(ctx context.Context, a Adoption) ([]workload.Change, error) {
-	var out []workload.Change
+	out, err := a.ensureBase(ctx)
+	if err != nil {
+		return out, err
+	}
 	add := func(obj string, action ownership.Action) {
 		out = append(out, workload.Change{Object: obj, Action: action})
 	}
-	if err := fleetstore.EnsureNamespace(ctx, a.Clients.Kube, a.Namespace); err != nil {
-		return out, fmt.Errorf("namespace %s: %w", a.Namespace, err)
-	}
-	action, err := ApplyCRD(ctx, a.Dynamic)
-	if err != nil {
-		return out, err
-	}
-	add("CustomResourceDefinition meshvms.meshvm.io", action)
-	ca, err := a.State.AgentCA()
-	if err != nil {
-		return out, err
-	}
-	if action, err = fleetstore.PutCA(ctx, a.Clients.Kube, a.Namespace, ca); err != nil {
-		return out, err
-	}
-	add("Secret "+a.Namespace+"/"+fleetstore.CASecret, action)
-	if action, err = fleetstore.PutSettings(ctx, a.Clients.Kube, a.Namespace, a.Settings); err != nil {
-		return out, err
-	}
-	add("ConfigMap "+a.Namespace+"/"+fleetstore.SettingsConfigMap, action)
+	var action ownership.Action
 	store := fleetstore.New(ctx, a.Clients.Kube, a.Namespace, a.Workload.Namespace)
 	dir := vmcore.DirStore{Dir: a.State}
 	for _, vm := range a.VMs {
@@ -114,6 +98,37 @@ func Adopt(ctx context.Context, a Adoption) ([]workload.Change, error) {
 		}
 		add("MeshVM "+a.Workload.Namespace+"/"+vm.Name, action)
 	}
+	return out, nil
+}
+
+// ensureBase writes what every VM's records rest on, each only where
+// missing or different: the store's namespace, the MeshVM CRD, the agent
+// CA (this state directory's: the agents pin it) and the settings.
+func (a Adoption) ensureBase(ctx context.Context) ([]workload.Change, error) {
+	var out []workload.Change
+	add := func(obj string, action ownership.Action) {
+		out = append(out, workload.Change{Object: obj, Action: action})
+	}
+	if err := fleetstore.EnsureNamespace(ctx, a.Clients.Kube, a.Namespace); err != nil {
+		return out, fmt.Errorf("namespace %s: %w", a.Namespace, err)
+	}
+	action, err := ApplyCRD(ctx, a.Dynamic)
+	if err != nil {
+		return out, err
+	}
+	add("CustomResourceDefinition meshvms.meshvm.io", action)
+	ca, err := a.State.AgentCA()
+	if err != nil {
+		return out, err
+	}
+	if action, err = fleetstore.PutCA(ctx, a.Clients.Kube, a.Namespace, ca); err != nil {
+		return out, err
+	}
+	add("Secret "+a.Namespace+"/"+fleetstore.CASecret, action)
+	if action, err = fleetstore.PutSettings(ctx, a.Clients.Kube, a.Namespace, a.Settings); err != nil {
+		return out, err
+	}
+	add("ConfigMap "+a.Namespace+"/"+fleetstore.SettingsConfigMap, action)
 	return out, nil
 }
 

@@ -46,9 +46,8 @@ func FromFleet(ctx context.Context, f *fleet.Fleet) (Adoption, error) {
 	for _, vm := range cfg.VMs {
 		d := VM{Name: vm.Name, RunsApp: cfg.RunsApp(vm)}
 		if lab {
-			if d.IstiodAddress, err = site.IstiodAddress(ctx, vm.Name); err != nil {
-				return Adoption{}, err
-			}
+			// A VM not created yet has none (up asks again once it is).
+			d.IstiodAddress, _ = site.IstiodAddress(ctx, vm.Name)
 		}
 		if j, ok, _ := store.Joined(vm.Name); ok {
 			revs = append(revs, j.Revision)

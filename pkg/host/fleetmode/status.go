@@ -3,6 +3,7 @@ package fleetmode
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -11,24 +12,12 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
 )
 
 // Row is one MeshVM as kubectl get meshvms shows it, with its Ready
 // condition's reason and message.
-type Row struct {
-	Name         string     `json:"name"`
-	Namespace    string     `json:"namespace"`
-	Ready        string     `json:"ready"`
-	Reason       string     `json:"reason"`
-	Message      string     `json:"message"`
-	Agent        string     `json:"agent"`
-	Sidecar      string     `json:"sidecar"`
-	Healthy      string     `json:"healthy"`
-	TokenExpires *time.Time `json:"tokenExpiresAt,omitempty"`
-	Revision     string     `json:"revision"`
-	Address      string     `json:"address"`
-	Created      time.Time  `json:"created"`
-}
+type Row = fleet.Declared
 
 // List reads the MeshVMs of namespace ns.
 func List(ctx context.Context, dc dynamic.Interface, ns string) ([]Row, error) {
@@ -49,7 +38,14 @@ func List(ctx context.Context, dc dynamic.Interface, ns string) ([]Row, error) {
 
 func row(m v1alpha1.MeshVM) Row {
 	r := Row{Name: m.Name, Namespace: m.Namespace, Ready: "Unknown", Agent: m.Status.Agent, Sidecar: m.Status.Sidecar, Healthy: m.Status.Healthy,
-		Revision: m.Status.Revision, Address: m.Status.Address, Created: m.CreationTimestamp.Time}
+		Revision: m.Status.Revision, Address: m.Status.Address, Created: m.CreationTimestamp.Time, Paused: m.Spec.Paused,
+		Generation: m.Generation, RenewRequest: m.Status.RenewRequest, OnboardRequest: m.Status.OnboardRequest, Conditions: m.Status.Conditions}
+	if t := m.Status.TokenRotatedAt; t != nil {
+		r.TokenRotated = &t.Time
+	}
+	if !m.DeletionTimestamp.IsZero() {
+		r.Deleting = true
+	}
 	if c := meta.FindStatusCondition(m.Status.Conditions, v1alpha1.ConditionReady); c != nil && c.ObservedGeneration == m.Generation {
 		r.Ready, r.Reason, r.Message = string(c.Status), c.Reason, c.Message
 	}
@@ -87,7 +83,7 @@ func WaitReady(ctx context.Context, dc dynamic.Interface, ns string, names []str
 				}
 			default:
 				if last[n] != seen && r.Reason != "" {
-					say(n, "%s: %s", r.Reason, r.Message)
+					say(n, "%s: %s", r.Reason, strings.TrimSuffix(r.Message, ": "))
 				}
 			}
 			last[n] = seen

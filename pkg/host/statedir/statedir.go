@@ -113,6 +113,27 @@ func (d *Dir) agentCA() (*mtls.CA, error) {
 	return ca, nil
 }
 
+// TakeCA makes cert and key this directory's agent CA when it has none
+// (a second workstation taking the one the agents pin), saying whether it
+// did; one already here is kept.
+func (d *Dir) TakeCA(cert, key []byte) (taken bool, err error) {
+	if _, err := mtls.LoadCA(cert, key); err != nil {
+		return false, fmt.Errorf("agent CA: %w", err)
+	}
+	err = d.locked(func() error {
+		if _, err := d.ReadFile("agent-ca/ca.pem"); !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		// The key first: a CA certificate without its key would be unusable.
+		if err := d.WriteSecret("agent-ca/ca-key.pem", key); err != nil {
+			return err
+		}
+		taken = true
+		return d.WriteSecret("agent-ca/ca.pem", cert)
+	})
+	return taken, err
+}
+
 // Pair is a certificate and its key, PEM.
 type Pair struct{ Cert, Key []byte }
 

@@ -109,3 +109,42 @@ func TestConcurrentFirstUseAgrees(t *testing.T) {
 		}
 	}
 }
+
+// A workstation without a CA takes the cluster's; one with its own keeps it.
+func TestTakeCAOnlyWhereNone(t *testing.T) {
+	first, err := Open(filepath.Join(t.TempDir(), ".meshvm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := first.AgentCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ca.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Open(filepath.Join(t.TempDir(), ".meshvm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.TakeCA([]byte("not a certificate"), key); err == nil {
+		t.Error("took a CA that does not load")
+	}
+	for i, want := range []bool{true, false} {
+		if taken, err := second.TakeCA(ca.CertPEM(), key); err != nil || taken != want {
+			t.Errorf("take %d: %v %v, want %v", i, taken, err, want)
+		}
+	}
+	if got, err := second.AgentCA(); err != nil || !bytes.Equal(got.CertPEM(), ca.CertPEM()) {
+		t.Errorf("the second workstation's CA is not the one taken (%v)", err)
+	}
+	other, _ := Open(filepath.Join(t.TempDir(), ".meshvm"))
+	mine, _ := other.AgentCA()
+	if taken, err := other.TakeCA(ca.CertPEM(), key); err != nil || taken {
+		t.Errorf("a workstation with its own CA took another: %v %v", taken, err)
+	}
+	if got, _ := other.AgentCA(); !bytes.Equal(got.CertPEM(), mine.CertPEM()) {
+		t.Error("its own CA was replaced")
+	}
+}

@@ -208,11 +208,24 @@ func TestProvisioningRunsOncePerGeneration(t *testing.T) {
 		t.Errorf("GetVersion called %d times, want once", calls["GetVersion"])
 	}
 
+	// AgentOnly (fleet mode's workstation): the same pass, ended once the
+	// agent answers, before the mesh is asked for anything.
+	agentOnly := spec
+	agentOnly.AgentOnly, agentOnly.Generation = true, 2
+	only, err := Reconcile(ctx, agentOnly, res.Status, target, store, deps)
+	if err != nil || only.Done || !only.Status.Conditions.IsTrue(AgentReachable) || only.Status.Provisioned != 2 {
+		t.Errorf("AgentOnly: %v, %+v; want the agent (re)installed and answering, no error from the mesh", err, only)
+	}
+	if c, _ := only.Status.Conditions.Get(Credentials); c.Status == True {
+		t.Errorf("AgentOnly issued credentials: %+v", c)
+	}
+
 	files := ms.Files()
-	if _, err := Reconcile(ctx, spec, res.Status, target, store, deps); err == nil {
+	spec.Generation = 2
+	if _, err := Reconcile(ctx, spec, only.Status, target, store, deps); err == nil {
 		t.Fatal("the second pass should fail at the mesh as the first did")
 	}
-	if ms.Launched() != 1 || len(apps.ensured) != 1 || len(ms.Scripts()) != 1 || ms.Files() != files || ms.Infos() != 1 {
+	if ms.Launched() != 2 || len(apps.ensured) != 2 || len(ms.Scripts()) != 2 || ms.Files() != files || ms.Infos() != 1 {
 		t.Errorf("second pass: launched %d, app ensured %d, scripts %d, info %d; want only a look at the machine", ms.Launched(), len(apps.ensured), len(ms.Scripts()), ms.Infos())
 	}
 }

@@ -65,6 +65,10 @@ type Spec struct {
 	// generation delivered them: a controller's periodic look, which
 	// repairs drift (a lost hosts block, a changed file, a stopped sidecar).
 	Recheck bool
+	// AgentOnly ends the pass once the agent answers, before anything is
+	// issued or sent: in fleet mode the workstation provisions (machine,
+	// app, agent) and the controller onboards.
+	AgentOnly bool
 }
 
 // Status is what the passes found, carried from one pass to the next (a
@@ -444,6 +448,10 @@ func VMRevision(store Store, vm, siteRev string) (string, error) {
 // credentials generates the workload files, a token among them: the last
 // one while it has more than half its life, unless a fresh one is asked for.
 func (p *pass) credentials() error {
+	if p.vm.AgentOnly {
+		p.stop(0, nil)
+		return nil
+	}
 	if p.synced {
 		return nil
 	}

@@ -1,0 +1,200 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
+	"github.com/meshvm/meshvm/lab/build"
+	labmachine "github.com/meshvm/meshvm/lab/labmachine"
+	"github.com/meshvm/meshvm/pkg/fleetstore"
+	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/fleetmode"
+	"github.com/meshvm/meshvm/pkg/mesh/workload"
+)
+
+// TestFleetUpOnLab is fleet mode as a user meets it on the lab, where it
+// is on by default: hostctl is the controller's client.
+//   - up provisions the machines and agents, declares a MeshVM per VM and
+//     waits for their Ready, which the controller (a lab process up
+//     started) sets: no fleet adopt; a second up changes nothing;
+//   - vm status reads the MeshVMs (READY, -o json's meshvm);
+//   - vm renew --force: the controller replaces the token, the sidecar is
+//     not restarted;
+//   - vm revoke: the MeshVM paused, the token refused; vm onboard: a fresh
+//     token, Ready again;
+//   - vm rm: the MeshVM finalized (token refused, entry gone), the
+//     machine deleted;
+//   - down: the MeshVMs deleted first, through their finalizers.
+func TestFleetUpOnLab(t *testing.T) {
+	_, _, cfgPath, state := labSetup(t, "fu1", "fu2")
+	if out, err := run(t, "--config", cfgPath, "config", "show", "-o", "json"); err != nil || !strings.Contains(out, `"fleet": {`) || !strings.Contains(out, `"enabled": true`) {
+		t.Fatalf("config show: %v; want fleet.enabled true by default on the lab:\n%s", err, out)
+	}
+	start := time.Now()
+	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
+	t.Logf("up in fleet mode (%s):\n%s", time.Since(start).Round(time.Second), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"MeshVM vmns/fu1 created", "controller fu1: Ready", "controller fu2: Ready", "2 VM(s) declared and Ready"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("up lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "onboard fu1") {
+		t.Errorf("up onboarded from the workstation in fleet mode:\n%s", out)
+	}
+	ctx := context.Background()
+	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
+	clients, err := fleet.KubeClients(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := fleet.RestConfig(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := dynamic.NewForConfigOrDie(rc)
+	t.Logf("kubectl get meshvms:\n%s", getTable(t, rc, "vmns"))
+	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
+	sh := func(vm, cmd string) string {
+		t.Helper()
+		out, err := lab.Exec(ctx, vm, nil, "sh", "-c", cmd)
+		if err != nil {
+			t.Errorf("%s: %s: %v: %s", vm, cmd, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	sidecarPID := func(vm string) string { return sh(vm, "systemctl show -p MainPID --value istio.service") }
+	get := func(name string) v1alpha1.MeshVM {
+		var m v1alpha1.MeshVM
+		if u, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").Get(ctx, name, metav1.GetOptions{}); err == nil {
+			runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &m)
+		}
+		return m
+	}
+	token := func(vm string) []byte {
+		rec, err := clients.Kube.CoreV1().Secrets(fleetstore.DefaultNamespace).Get(ctx, fleetstore.RecordName("vmns", vm), metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s's records: %v", vm, err)
+		}
+		return rec.Data["istio-token"]
+	}
+	authenticated := func(tok []byte) bool {
+		r, err := workload.Review(ctx, clients.Kube, tok)
+		return err == nil && r.Authenticated
+	}
+	fu1PID, fu2PID := sidecarPID("fu1"), sidecarPID("fu2")
+
+	// A second up: nothing changes, nothing is restarted.
+	start = time.Now()
+	out, err = run(t, "--config", cfgPath, "up")
+	t.Logf("second up (%s):\n%s", time.Since(start).Round(100*time.Millisecond), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"MeshVM vmns/fu1 unchanged", "MeshVM vmns/fu2 unchanged", "controller already running", "Secret meshvm-system/meshvm-agent-ca unchanged"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("second up lacks %q", want)
+		}
+	}
+	if now := sidecarPID("fu1"); now != fu1PID {
+		t.Errorf("the second up restarted fu1's sidecar (pid %s -> %s)", fu1PID, now)
+	}
+
+	// vm status through the MeshVMs.
+	out, err = run(t, "--config", cfgPath, "vm", "status")
+	t.Logf("vm status:\n%s", out)
+	if err != nil || !strings.Contains(out, "READY") || strings.Count(out, " True ") < 2 {
+		t.Errorf("vm status: %v, want READY True for both", err)
+	}
+	out, err = run(t, "--config", cfgPath, "vm", "status", "-o", "json")
+	var st []fleet.VMStatus
+	if jerr := json.Unmarshal([]byte(jsonPart(out)), &st); err != nil || jerr != nil || len(st) != 2 {
+		t.Fatalf("vm status -o json: %v %v\n%s", err, jerr, out)
+	}
+	for _, s := range st {
+		if !s.OK || s.MeshVM == nil || s.MeshVM.Ready != "True" || s.Agent == "" || s.TokenExpiresAt == nil {
+			t.Errorf("vm status -o json of %s: %+v", s.Name, s)
+		}
+	}
+
+	// vm renew --force: through the controller, only the token sent.
+	before := token("fu1")
+	out, err = run(t, "--config", cfgPath, "vm", "renew", "fu1", "--force")
+	t.Logf("vm renew fu1 --force:\n%s", out)
+	if err != nil || !strings.Contains(out, "token replaced by the controller") {
+		t.Errorf("vm renew: %v", err)
+	}
+	if m := get("fu1"); m.Status.RenewRequest == "" || m.Status.TokenRotatedAt == nil {
+		t.Errorf("fu1's renewal not recorded: %+v", m.Status)
+	}
+	if after := token("fu1"); string(after) == string(before) || !authenticated(after) {
+		t.Errorf("fu1's token not replaced with a good one")
+	}
+	if now := sidecarPID("fu1"); now != fu1PID {
+		t.Errorf("vm renew restarted fu1's sidecar (pid %s -> %s)", fu1PID, now)
+	}
+
+	// vm revoke, then vm onboard.
+	revoked := token("fu2")
+	out, err = run(t, "--config", cfgPath, "vm", "revoke", "fu2")
+	t.Logf("vm revoke fu2:\n%s", out)
+	if err != nil || !get("fu2").Spec.Paused {
+		t.Errorf("vm revoke: %v, paused %v", err, get("fu2").Spec.Paused)
+	}
+	waitFor(t, 30*time.Second, "fu2's token refused", func() (bool, string) { return !authenticated(revoked), "still authenticated" })
+	if out, err := run(t, "--config", cfgPath, "vm", "status", "fu2"); err == nil || !strings.Contains(out, "paused") {
+		t.Errorf("vm status of a revoked VM: %v\n%s", err, out)
+	}
+	out, err = run(t, "--config", cfgPath, "vm", "onboard", "fu2")
+	t.Logf("vm onboard fu2:\n%s", out)
+	if err != nil || !strings.Contains(out, "re-onboarded by the controller") {
+		t.Errorf("vm onboard: %v", err)
+	}
+	if m := get("fu2"); m.Spec.Paused || m.Status.OnboardRequest == "" || !authenticated(token("fu2")) {
+		t.Errorf("fu2 after vm onboard: paused %v, %+v", m.Spec.Paused, m.Status)
+	}
+	_ = fu2PID
+
+	// vm rm: the MeshVM finalized, then the machine.
+	fu1 := get("fu1")
+	tok := token("fu1")
+	out, err = run(t, "--config", cfgPath, "vm", "rm", "fu1")
+	t.Logf("vm rm fu1:\n%s", out)
+	if err != nil || !strings.Contains(out, "MeshVM vmns/fu1 deleted") || !strings.Contains(out, "machine fu1 deleted") {
+		t.Errorf("vm rm: %v", err)
+	}
+	if _, found, err := workload.FindEntry(ctx, clients, workload.Spec{Namespace: "vmns", Group: "external-app"}, fu1.Status.Address); found || err != nil {
+		t.Errorf("fu1's WorkloadEntry left after vm rm (%v)", err)
+	}
+	waitFor(t, 30*time.Second, "fu1's token refused", func() (bool, string) { return !authenticated(tok), "still authenticated" })
+	if out, err := run(t, "--config", cfgPath, "vm", "rm", "fu1"); err != nil || !strings.Contains(out, "no MeshVM vmns/fu1") {
+		t.Errorf("vm rm again: %v, want nothing to do, said\n%s", err, out)
+	}
+
+	// down: the MeshVMs first, through their finalizers.
+	out, err = run(t, "--config", cfgPath, "down", "--keep-cluster")
+	t.Logf("down --keep-cluster:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshVM, machine := strings.Index(out, "MeshVM vmns/fu2 deleted"), strings.Index(out, "VM fu2 deleted")
+	if meshVM < 0 || machine < 0 || meshVM > machine {
+		t.Errorf("down: want fu2's MeshVM deleted before its machine")
+	}
+	if l, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").List(ctx, metav1.ListOptions{}); err != nil || len(l.Items) != 0 {
+		t.Errorf("MeshVMs left after down: %v", err)
+	}
+}
