@@ -145,12 +145,16 @@ func (r *Reconciler) writeStatus(ctx context.Context, vm, orig *v1alpha1.MeshVM)
 // is told as an Event, and its kind. Events are API writes: Ready's
 // transitions tell the story (onboarded, and why not), the others only
 // when they leave True (a failure Ready sums up by one reason) or the VM
-// moved. Onboarding a VM costs one or two (Ready False, then True).
+// moved. A first pass that leaves the VM waiting for istiod to register
+// it says nothing (its status does): onboarding a VM costs one Event.
 func eventOf(was *metav1.Condition, c metav1.Condition) (string, bool) {
 	switch {
 	case was != nil && was.Status == c.Status && was.Reason == c.Reason:
 		return "", false
 	case c.Type == v1alpha1.ConditionReady:
+		if was == nil && c.Status == metav1.ConditionFalse && c.Reason == string(vmcore.NoEntry) {
+			return "", false
+		}
 	case c.Type == string(vmcore.AddressMoved):
 		return "Normal", c.Status == metav1.ConditionTrue
 	case was == nil || was.Status != metav1.ConditionTrue || c.Status == metav1.ConditionTrue:
