@@ -119,11 +119,7 @@ func (c cachedConfigMaps) Get(ctx context.Context, name string, opts metav1.GetO
 	if !c.k.scope.cachedConfigMap(c.ns, name) {
 		return c.ConfigMapInterface.Get(ctx, name, opts)
 	}
-	var cm corev1.ConfigMap
-	if err := c.k.cache.Get(ctx, client.ObjectKey{Namespace: c.ns, Name: name}, &cm); err != nil {
-		return nil, err
-	}
-	return &cm, nil
+	return fromCache[corev1.ConfigMap](ctx, c.k.cache, c.ns, name)
 }
 
 type cachedSecrets struct {
@@ -136,11 +132,7 @@ func (c cachedSecrets) Get(ctx context.Context, name string, opts metav1.GetOpti
 	if !c.k.scope.cachedSecret(c.ns, name) {
 		return c.SecretInterface.Get(ctx, name, opts)
 	}
-	var sec corev1.Secret
-	if err := c.k.cache.Get(ctx, client.ObjectKey{Namespace: c.ns, Name: name}, &sec); err != nil {
-		return nil, err
-	}
-	return &sec, nil
+	return fromCache[corev1.Secret](ctx, c.k.cache, c.ns, name)
 }
 
 // cachedIstio reads WorkloadGroups from the manager's cache.
@@ -169,9 +161,17 @@ type cachedGroups struct {
 }
 
 func (g cachedGroups) Get(ctx context.Context, name string, _ metav1.GetOptions) (*networkingv1.WorkloadGroup, error) {
-	var wg networkingv1.WorkloadGroup
-	if err := g.cache.Get(ctx, client.ObjectKey{Namespace: g.ns, Name: name}, &wg); err != nil {
+	return fromCache[networkingv1.WorkloadGroup](ctx, g.cache, g.ns, name)
+}
+
+// fromCache is object ns/name of type T as the cache holds it (a copy).
+func fromCache[T any, P interface {
+	*T
+	client.Object
+}](ctx context.Context, c client.Reader, ns, name string) (P, error) {
+	obj := P(new(T))
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, obj); err != nil {
 		return nil, err
 	}
-	return &wg, nil
+	return obj, nil
 }
