@@ -13,7 +13,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
@@ -27,8 +26,8 @@ import (
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
-// TestFleetFollowsAMovedVMOnLab: a MeshVM whose address no one pins
-// follows its VM to a new address with no command. The VM is stopped,
+// TestFleetFollowsAMovedVMOnLab: a MeshVM whose address no one pins (up
+// pins no lab VM's) follows its VM to a new address with no command. The VM is stopped,
 // moved to a new /30 and booted (as a DHCP lease may change across a
 // restart); its proxy starts at the new address and istiod registers it
 // there under the VM's name; the controller checks the VM's agent is
@@ -62,9 +61,6 @@ func TestFleetFollowsAMovedVMOnLab(t *testing.T) {
 			t.Logf("controller log:\n%s", tail(string(b), 80))
 		}
 	})
-	if out, err := run(t, "--config", cfgPath, "fleet", "adopt"); err != nil {
-		t.Fatalf("fleet adopt: %v\n%s", err, out)
-	}
 	get := func() v1alpha1.MeshVM {
 		var m v1alpha1.MeshVM
 		if u, err := meshVMs.Get(ctx, "mv1", metav1.GetOptions{}); err == nil {
@@ -79,12 +75,13 @@ func TestFleetFollowsAMovedVMOnLab(t *testing.T) {
 			entryHealthy(ctx, clients, spec, addr), fmt.Sprintf("address %s, %+v", m.Status.Address, c)
 	}
 
-	// No one pins the address: the controller sends files that let the
-	// VM's proxy register wherever the VM is.
-	old := get().Status.Address
-	if _, err := meshVMs.Patch(ctx, "mv1", types.MergePatchType, []byte(`{"spec":{"address":null}}`), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
+	// up (fleet mode, the lab's default) pins no lab VM's address: the
+	// controller sends files that let the VM's proxy register wherever
+	// the VM is.
+	if m := get(); m.Spec.Address != "" {
+		t.Fatalf("up declared mv1 at spec.address %q: a lab VM's address is the provider's and is followed, not pinned", m.Spec.Address)
 	}
+	old := get().Status.Address
 	waitFor(t, 3*time.Minute, "mv1 Ready with its address followed", func() (bool, string) {
 		ok, s := readyAt(old)
 		env := sh("cat /var/lib/istio/envoy/cluster.env")

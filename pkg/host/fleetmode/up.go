@@ -64,7 +64,7 @@ func Up(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, controller func(c
 		if err != nil {
 			return fmt.Errorf("%s: %w", vm.Name, err)
 		}
-		action, err := a.apply(ctx, a.VMs[i], vm.Address, revision)
+		action, err := a.apply(ctx, a.VMs[i], pinnedAddress(f.Config.MachineProvider(), vm.Address), revision)
 		if err != nil {
 			return fmt.Errorf("%s: %w", vm.Name, err)
 		}
@@ -182,4 +182,17 @@ func (a Adoption) apply(ctx context.Context, vm VM, addr, revision string) (owne
 		return ownership.Configured, nil
 	}
 	return ownership.Unchanged, nil
+}
+
+// pinnedAddress is the spec.address up declares for a VM at addr. A
+// machine whose address its provider hands out (a Multipass or lab VM,
+// a lease that can change) is left unpinned: the controller reaches it
+// where it was recorded and follows it when it moves. An SSH host's
+// address is the user's (it may be a NAT'd one the VM does not have), so
+// it is pinned.
+func pinnedAddress(machines config.Provider, addr string) string {
+	if machines == config.SSH {
+		return addr
+	}
+	return ""
 }
