@@ -12,16 +12,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/flowcontrol"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/util/flowcontrol"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -60,6 +60,8 @@ func run() error {
 		queueQPS     = flag.Float64("queue-qps", vmctl.DefaultQueueQPS, "failed passes retried per second over all VMs (the work queue's bucket; each VM also backs off 1s..5m)")
 		queueBurst   = flag.Int("queue-burst", vmctl.DefaultQueueBurst, "failed passes retried at once (the work queue's bucket)")
 		dials        = flag.Float64("agent-dials-per-second", 50, "new agent streams opened per second over all VMs: after a failover 1,000 streams come back over 20 s, not at once")
+		istioNS      = flag.String("istio-namespace", "istio-system", "istiod's namespace: its ConfigMaps (the mesh config) are watched and read from the cache")
+		workloadNS   = flag.String("workload-namespaces", "", "comma-separated namespaces of the MeshVMs, whose istio-ca-root-cert ConfigMap is watched (default: that ConfigMap in every namespace)")
 		pollEvery    = flag.Duration("agent-poll-interval", 30*time.Second, "how often an agent without the watch stream (an older release) is asked for its status")
 	)
 	// Leader election's timing (controller-runtime's defaults): how long a
@@ -93,6 +95,10 @@ func run() error {
 			return err
 		}
 	}
+	scope := vmctl.Scope{Namespace: *namespace, IstioNamespace: *istioNS}
+	if *workloadNS != "" {
+		scope.WorkloadNamespaces = strings.Split(*workloadNS, ",")
+	}
 	mgr, err := ctrl.NewManager(rc, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
@@ -105,9 +111,9 @@ func run() error {
 		RetryPeriod:             retryPeriod,
 		// A replica stopped (SIGTERM) hands the Lease over at once.
 		LeaderElectionReleaseOnCancel: true,
-		// Only MeshVMs and WorkloadEntries are watched; Secrets are read as
-		// they are, never cached cluster-wide.
-		Cache:  cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}}},
+		// What is watched, each kind scoped (Secrets only the store's,
+		// never cluster-wide): Scope.CacheOptions.
+		Cache:  scope.CacheOptions(),
 		Client: client.Options{Cache: &client.CacheOptions{Unstructured: false}},
 	})
 	if err != nil {
@@ -132,6 +138,7 @@ func run() error {
 		ReleaseAfter: *releaseAfter,
 		Streams:      vmctl.NewStreams(agentwatch.Options{DialsPerSecond: *dials, PollInterval: *pollEvery}),
 		Queue:        vmctl.QueueLimits{QPS: *queueQPS, Burst: *queueBurst},
+		Scope:        scope,
 	}
 	if err := r.SetupWithManager(mgr, *workers); err != nil {
 		return err

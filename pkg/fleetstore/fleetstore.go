@@ -27,8 +27,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,9 +80,14 @@ type Store struct {
 	// Secret; hostctl passes a person's, kept on the workstation.
 	client func(*mtls.CA) (statedir.Pair, error)
 
+	// batched keeps record changes in records until Flush (dirty names
+	// them, Created for a Secret to create).
+	batched bool
+
 	mu      sync.Mutex
 	ca      *mtls.CA
 	records map[string]*corev1.Secret
+	dirty   map[string]ownership.Action
 }
 
 var _ vmcore.Store = (*Store)(nil)
@@ -94,13 +101,20 @@ func WithClient(client func(*mtls.CA) (statedir.Pair, error)) Option {
 	return func(s *Store) { s.client = client }
 }
 
+// Batched makes the store keep a VM's record changes and write them in one
+// write at Flush: a pass sets a VM's files, token, joined and restart
+// records one after another, four writes where one does. What was not
+// flushed (a pass cut short) is redone by the next pass, whose steps find
+// the VM as the unwritten records would have said and converge again.
+func Batched() Option { return func(s *Store) { s.batched = true } }
+
 // New is the store of the VMs of vmNamespace, in namespace ns ("" for
 // meshvm-system). Its calls use ctx.
 func New(ctx context.Context, kube kubernetes.Interface, ns, vmNamespace string, opts ...Option) *Store {
 	if ns == "" {
 		ns = DefaultNamespace
 	}
-	s := &Store{ctx: ctx, kube: kube, ns: ns, vmNS: vmNamespace, records: map[string]*corev1.Secret{}}
+	s := &Store{ctx: ctx, kube: kube, ns: ns, vmNS: vmNamespace, records: map[string]*corev1.Secret{}, dirty: map[string]ownership.Action{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -320,30 +334,65 @@ func (s *Store) put(vm string, set map[string][]byte) (ownership.Action, error) 
 	if sec != nil && maps.EqualFunc(data, sec.Data, func(a, b []byte) bool { return string(a) == string(b) }) {
 		return ownership.Unchanged, nil
 	}
-	name := RecordName(s.vmNS, vm)
 	action := ownership.Updated
 	if sec == nil {
 		action = ownership.Created
-		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.ns,
+		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: RecordName(s.vmNS, vm), Namespace: s.ns,
 			Labels: ownership.Labels(map[string]string{ownership.VMLabel: vm, VMNamespaceLabel: s.vmNS})}, Type: corev1.SecretTypeOpaque}
-		sec.Data = data
-		sec, err = s.secrets().Create(s.ctx, sec, metav1.CreateOptions{})
 	} else {
 		sec = sec.DeepCopy()
-		sec.Data = data
+	}
+	sec.Data = data
+	if s.batched {
+		s.mu.Lock()
+		if s.dirty[vm] != ownership.Created {
+			s.dirty[vm] = action
+		}
+		s.records[vm] = sec
+		s.mu.Unlock()
+		return action, nil
+	}
+	if err := s.write(vm, sec, action == ownership.Created); err != nil {
+		return "", err
+	}
+	return action, nil
+}
+
+// write creates or updates VM vm's record Secret.
+func (s *Store) write(vm string, sec *corev1.Secret, create bool) error {
+	var err error
+	if create {
+		sec, err = s.secrets().Create(s.ctx, sec, metav1.CreateOptions{})
+	} else {
 		sec, err = s.secrets().Update(s.ctx, sec, metav1.UpdateOptions{})
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.dirty, vm)
 	if err != nil {
 		// Read again on the next call: another writer may have moved it.
-		s.mu.Lock()
 		delete(s.records, vm)
-		s.mu.Unlock()
-		return "", fmt.Errorf("records of VM %s (Secret %s/%s): %w", vm, s.ns, name, err)
+		return fmt.Errorf("records of VM %s (Secret %s/%s): %w", vm, s.ns, RecordName(s.vmNS, vm), err)
 	}
-	s.mu.Lock()
 	s.records[vm] = sec
+	return nil
+}
+
+// Flush writes the records a Batched store kept, one write per VM.
+func (s *Store) Flush() error {
+	s.mu.Lock()
+	vms := slices.Sorted(maps.Keys(s.dirty))
 	s.mu.Unlock()
-	return action, nil
+	var errs []error
+	for _, vm := range vms {
+		s.mu.Lock()
+		sec, action := s.records[vm], s.dirty[vm]
+		s.mu.Unlock()
+		if sec != nil && action != "" {
+			errs = append(errs, s.write(vm, sec, action == ownership.Created))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Records are a VM's records as a state directory kept them: what
@@ -463,6 +512,7 @@ func (s *Store) Forget(vm string) error {
 	err := s.secrets().Delete(s.ctx, RecordName(s.vmNS, vm), metav1.DeleteOptions{})
 	s.mu.Lock()
 	delete(s.records, vm)
+	delete(s.dirty, vm)
 	s.mu.Unlock()
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err

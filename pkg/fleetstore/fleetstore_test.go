@@ -132,3 +132,46 @@ func TestAPassTakesTheIdentityAnotherWroteFirst(t *testing.T) {
 		t.Error("the pass calls agents with an identity of its own, not the one written")
 	}
 }
+
+// A Batched store writes a pass's changes of a VM's records once, at
+// Flush, and nothing before; a second Flush writes nothing.
+func TestBatchedWritesOncePerVM(t *testing.T) {
+	kc := fake.NewClientset()
+	ctx := context.Background()
+	writes := func() (n int) {
+		for _, a := range kc.Actions() {
+			switch a.(type) {
+			case k8stesting.CreateAction, k8stesting.UpdateAction:
+				n++
+			}
+		}
+		return n
+	}
+	for pass, want := range []string{"10.0.0.7", "10.0.0.8"} {
+		s := fleetstore.New(ctx, kc, "", "vmns", fleetstore.Batched())
+		before := writes()
+		if err := s.SetFiles("vm1", workloadfiles.Files{Token: []byte{'t', byte('0' + pass)}, ClusterEnv: []byte("A=1")}); err != nil {
+			t.Fatal(err)
+		}
+		s.SetAddress("vm1", want)
+		s.SetJoined("vm1", vmcore.Joined{Revision: "canary"})
+		if addr, _ := s.Address("vm1"); addr != want {
+			t.Errorf("pass %d: the store reads %q back, want what it was given", pass, addr)
+		}
+		if n := writes() - before; n != 0 {
+			t.Errorf("pass %d: %d writes before Flush", pass, n)
+		}
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if n := writes() - before; n != 1 {
+			t.Errorf("pass %d: %d writes, want 1", pass, n)
+		}
+		if addr, _ := fleetstore.New(ctx, kc, "", "vmns").Address("vm1"); addr != want {
+			t.Errorf("pass %d: a fresh store reads %q, want %q", pass, addr, want)
+		}
+	}
+}

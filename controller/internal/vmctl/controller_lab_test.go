@@ -30,12 +30,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/flowcontrol"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -163,7 +162,7 @@ func startLabController(t *testing.T, o labOptions) *labController {
 	skipNames := true // one "meshvm" controller per test, and tests run with -count
 	mgr, err := ctrl.NewManager(crc, ctrl.Options{Scheme: scheme, Controller: config.Controller{SkipNameValidation: &skipNames}, Metrics: metricsserver.Options{BindAddress: lc.metrics}, HealthProbeBindAddress: "0",
 		LeaderElection: true, LeaderElectionID: v1alpha1.ControllerLease, LeaderElectionNamespace: fleetstore.DefaultNamespace,
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&v1alpha1.MeshVM{}: {}, &networkingv1.WorkloadEntry{}: {}}}})
+		Cache: labScope.CacheOptions()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +171,7 @@ func startLabController(t *testing.T, o labOptions) *labController {
 		Sidecars: &Sidecars{Dir: side}, Forms: nil,
 		// So long that only an event explains a pass after the VM is Ready.
 		Resync: time.Hour, ReleaseAfter: time.Minute,
-		Streams: NewStreams(agentwatch.Options{PollInterval: time.Second, DialsPerSecond: o.agentDials}), Queue: o.queue}
+		Streams: NewStreams(agentwatch.Options{PollInterval: time.Second, DialsPerSecond: o.agentDials}), Queue: o.queue, Scope: labScope}
 	if err := r.SetupWithManager(mgr, o.workers); err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +191,9 @@ func startLabController(t *testing.T, o labOptions) *labController {
 	lc.c = mgr.GetClient()
 	return lc
 }
+
+// labScope is what the lab's controller caches, as main's defaults.
+var labScope = Scope{Namespace: fleetstore.DefaultNamespace, IstioNamespace: "istio-system"}
 
 func installCRD(ctx context.Context, t *testing.T, dc dynamic.Interface) {
 	var u unstructured.Unstructured

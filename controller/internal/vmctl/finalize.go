@@ -48,12 +48,12 @@ func (r *Reconciler) finalize(ctx context.Context, vm *v1alpha1.MeshVM, store *f
 	if undone != nil {
 		waited := r.now().Sub(vm.DeletionTimestamp.Time)
 		if left := r.releaseAfter() - waited; left > 0 {
-			old := vm.Status.DeepCopy()
+			orig := vm.DeepCopy()
 			setCondition(&vm.Status, metav1.Condition{Type: v1alpha1.ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonAgentGone,
 				Message: "deleting: token revoked, WorkloadEntry deleted; the agent at " + addr + " does not answer (" + undone.Error() +
 					"): its changes are undone when it does, or the VM is released " + r.releaseAfter().String() + " after the delete",
 				ObservedGeneration: vm.Generation})
-			if err := r.writeStatus(ctx, vm, old); err != nil {
+			if err := r.writeStatus(ctx, vm, orig); err != nil {
 				return ctrl.Result{}, err
 			}
 			return ctrl.Result{RequeueAfter: min(left, 30*time.Second)}, nil

@@ -17,6 +17,7 @@ import (
 const (
 	entryAddressIndex = "spec.address"
 	vmAddressIndex    = "meshvm.address"
+	vmGroupIndex      = "spec.workloadGroup"
 )
 
 func indexAddresses(ctx context.Context, mgr ctrl.Manager) error {
@@ -26,6 +27,11 @@ func indexAddresses(ctx context.Context, mgr ctrl.Manager) error {
 			return []string{a}
 		}
 		return nil
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &v1alpha1.MeshVM{}, vmGroupIndex, func(o client.Object) []string {
+		return []string{o.(*v1alpha1.MeshVM).Spec.WorkloadGroup}
 	}); err != nil {
 		return err
 	}

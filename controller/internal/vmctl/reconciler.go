@@ -68,6 +68,10 @@ type Reconciler struct {
 	Streams *Streams
 	// Queue bounds the work queue's retries.
 	Queue QueueLimits
+	// Scope, when its Namespace is set, is what SetupWithManager reads
+	// from the manager's cache instead of the API server (the manager's
+	// cache made with Scope.CacheOptions).
+	Scope Scope
 }
 
 func (r *Reconciler) now() time.Time {
@@ -86,29 +90,28 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	store := fleetstore.New(ctx, r.Kube.Kube, r.Namespace, vm.Namespace)
+	// A pass's record changes are written at its end, one write per VM.
+	store := fleetstore.New(ctx, r.Kube.Kube, r.Namespace, vm.Namespace, fleetstore.Batched())
 	if !vm.DeletionTimestamp.IsZero() {
 		r.forgetAgent(req.NamespacedName)
-		return r.finalize(ctx, &vm, store)
+		res, err := r.finalize(ctx, &vm, store)
+		return res, errors.Join(err, store.Flush())
 	}
 	if controllerutil.AddFinalizer(&vm, v1alpha1.Finalizer) {
+		// Once per VM; the status below is patched from what it returns.
 		if err := r.Client.Update(ctx, &vm); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
-	old := vm.Status.DeepCopy()
+	orig := vm.DeepCopy()
 	res, err := r.pass(ctx, &vm, store)
+	err = errors.Join(err, store.Flush())
 	if err != nil {
 		countError(&vm)
 	}
 	vm.Status.ObservedGeneration = vm.Generation
-	if werr := r.writeStatus(ctx, &vm, old); werr != nil {
-		switch {
-		case apierrors.IsConflict(werr):
-			// Another write came first (a spec change, the finalizer):
-			// look again at the object as it is now, without an error.
-			return ctrl.Result{RequeueAfter: time.Second}, nil
-		case apierrors.IsNotFound(werr):
+	if werr := r.writeStatus(ctx, &vm, orig); werr != nil {
+		if apierrors.IsNotFound(werr) {
 			return ctrl.Result{}, nil // deleted meanwhile
 		}
 		return ctrl.Result{}, errors.Join(err, werr)
@@ -116,35 +119,51 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return res, err
 }
 
-// writeStatus writes the status when it changed, and tells each
-// condition's transition as an Event.
-func (r *Reconciler) writeStatus(ctx context.Context, vm *v1alpha1.MeshVM, old *v1alpha1.MeshVMStatus) error {
+// writeStatus writes the status when it changed from orig's, and tells
+// each condition's transition as an Event. It is a merge patch without a
+// resourceVersion: the controller alone writes the status, and a pass that
+// read a MeshVM from a cache one write behind (an event came before the
+// cache saw the last pass's status) would otherwise fail on a conflict and
+// need another pass.
+func (r *Reconciler) writeStatus(ctx context.Context, vm, orig *v1alpha1.MeshVM) error {
+	old := &orig.Status
 	if equality.Semantic.DeepEqual(*old, vm.Status) {
 		return nil
 	}
-	if err := r.Client.Status().Update(ctx, vm); err != nil {
+	if err := r.Client.Status().Patch(ctx, vm, client.MergeFrom(orig)); err != nil {
 		return err
 	}
 	for _, c := range vm.Status.Conditions {
-		was := findCondition(old.Conditions, c.Type)
-		if was != nil && was.Status == c.Status && was.Reason == c.Reason {
-			continue
+		if kind, ok := eventOf(findCondition(old.Conditions, c.Type), c); ok {
+			r.event(vm, kind, c.Reason, "Reconcile", "%s %s: %s", c.Type, c.Status, c.Message)
 		}
-		if was == nil && c.Status == metav1.ConditionTrue && c.Type != v1alpha1.ConditionReady {
-			// A VM's first pass: its Ready tells it; an Event per
-			// condition found True would be ten API writes per VM.
-			continue
-		}
-		if c.Type == string(vmcore.AddressMoved) && c.Status != metav1.ConditionTrue {
-			continue // "still at": nothing happened
-		}
-		kind := "Normal"
-		if c.Status != metav1.ConditionTrue && c.Type != string(vmcore.AddressMoved) {
-			kind = "Warning"
-		}
-		r.event(vm, kind, c.Reason, "Reconcile", "%s %s: %s", c.Type, c.Status, c.Message)
 	}
 	return nil
+}
+
+// eventOf says whether a condition's change from was (nil: first set) to c
+// is told as an Event, and its kind. Events are API writes: Ready's
+// transitions tell the story (onboarded, and why not), the others only
+// when they leave True (a failure Ready sums up by one reason) or the VM
+// moved. A first pass that leaves the VM waiting for istiod to register
+// it says nothing (its status does): onboarding a VM costs one Event.
+func eventOf(was *metav1.Condition, c metav1.Condition) (string, bool) {
+	switch {
+	case was != nil && was.Status == c.Status && was.Reason == c.Reason:
+		return "", false
+	case c.Type == v1alpha1.ConditionReady:
+		if was == nil && c.Status == metav1.ConditionFalse && c.Reason == string(vmcore.NoEntry) {
+			return "", false
+		}
+	case c.Type == string(vmcore.AddressMoved):
+		return "Normal", c.Status == metav1.ConditionTrue
+	case was == nil || was.Status != metav1.ConditionTrue || c.Status == metav1.ConditionTrue:
+		return "", false
+	}
+	if c.Status == metav1.ConditionTrue {
+		return "Normal", true
+	}
+	return "Warning", true
 }
 
 func findCondition(cs []metav1.Condition, t string) *metav1.Condition {

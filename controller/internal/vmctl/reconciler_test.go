@@ -236,3 +236,31 @@ func TestPaused(t *testing.T) {
 		t.Errorf("a paused VM's agent was called: %+v", c)
 	}
 }
+
+// Events are few: Ready's transitions (not a first pass waiting on
+// istiod's registration), a condition leaving True, a move.
+func TestEventsOnlyForMeaningfulTransitions(t *testing.T) {
+	c := func(typ string, st metav1.ConditionStatus, reason string) *metav1.Condition {
+		return &metav1.Condition{Type: typ, Status: st, Reason: reason}
+	}
+	ready, sidecar := v1alpha1.ConditionReady, string(vmcore.SidecarRunning)
+	for _, tc := range []struct {
+		was, now *metav1.Condition
+		kind     string
+	}{
+		{nil, c(ready, metav1.ConditionFalse, string(vmcore.NoEntry)), ""},
+		{nil, c(ready, metav1.ConditionFalse, ReasonWorkloadGroupNotFound), "Warning"},
+		{nil, c(ready, metav1.ConditionTrue, "InMesh"), "Normal"},
+		{c(ready, metav1.ConditionFalse, string(vmcore.NoEntry)), c(ready, metav1.ConditionTrue, "InMesh"), "Normal"},
+		{c(ready, metav1.ConditionTrue, "InMesh"), c(ready, metav1.ConditionTrue, "InMesh"), ""},
+		{nil, c(sidecar, metav1.ConditionFalse, "x"), ""},
+		{c(sidecar, metav1.ConditionFalse, "x"), c(sidecar, metav1.ConditionTrue, "y"), ""},
+		{c(sidecar, metav1.ConditionTrue, "y"), c(sidecar, metav1.ConditionFalse, "x"), "Warning"},
+		{c(string(vmcore.AddressMoved), metav1.ConditionFalse, "a"), c(string(vmcore.AddressMoved), metav1.ConditionTrue, "b"), "Normal"},
+	} {
+		kind, ok := eventOf(tc.was, *tc.now)
+		if kind != tc.kind || ok != (tc.kind != "") {
+			t.Errorf("%+v -> %+v: event %q %v, want %q", tc.was, tc.now, kind, ok, tc.kind)
+		}
+	}
+}

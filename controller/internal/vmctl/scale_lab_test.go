@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -89,7 +90,12 @@ func TestFleetScaleFigures(t *testing.T) {
 	lc := startLabController(t, o)
 	ctx := context.Background()
 
-	istiod := autoregsim.New(lc.istio, autoregsim.Options{Instance: "istiod-0"})
+	// istiod's own client limits (pilot-discovery's --kubeClientQPS 80,
+	// --kubeClientBurst 160): client-go's default 5/s would make the
+	// stand-in, not the controller, what the VMs wait for.
+	irc := rest.CopyConfig(lc.rc)
+	irc.QPS, irc.Burst = 80, 160
+	istiod := autoregsim.New(istioclient.NewForConfigOrDie(irc), autoregsim.Options{Instance: "istiod-0"})
 	defer istiod.Close()
 	var pmu sync.Mutex
 	pilots := map[string]*autoregsim.Pilot{}
@@ -166,10 +172,11 @@ func TestFleetScaleFigures(t *testing.T) {
 	passes, _ := sum(m, `^controller_runtime_reconcile_total\{controller="meshvm"`)
 	t.Logf("%d VMs, workers %d, QPS %v burst %d: applied in %s, all Ready %s after the first apply", n, o.workers, o.qps, o.burst, applied.Round(100*time.Millisecond), took.Round(100*time.Millisecond))
 	t.Logf("per VM to Ready: %s; %.1f passes; HTTP statuses %v", perVM(before, after, n), passes/float64(n), status)
+	t.Logf("per VM to Ready: %s", writesReads(before, after, n))
 
 	time.Sleep(30 * time.Second)
 	rest, _ := count.snapshot()
-	t.Logf("30 s at rest after: %s requests in all", perVM(after, rest, 1))
+	t.Logf("30 s at rest after: %s requests in all (%s)", perVM(after, rest, 1), writesReads(after, rest, 1))
 	lc.stop()
 }
 
@@ -184,6 +191,18 @@ func perVM(before, after map[string]int, n int) string {
 		s += fmt.Sprintf("%s %.2f ", k, float64(after[k]-before[k])/float64(n))
 	}
 	return s
+}
+
+// writesReads sums the requests per VM into writes (POST, PUT, PATCH,
+// DELETE) and reads (GET, with LIST and WATCH).
+func writesReads(before, after map[string]int, n int) string {
+	var w, r int
+	for _, m := range []string{"POST", "PUT", "PATCH", "DELETE"} {
+		w += after[m] - before[m]
+	}
+	r = after["GET"] - before["GET"]
+	ev := after["POST events"] - before["POST events"] + after["PATCH events"] - before["PATCH events"]
+	return fmt.Sprintf("%.2f writes (%.2f of them Events), %.2f reads", float64(w)/float64(n), float64(ev)/float64(n), float64(r)/float64(n))
 }
 
 // resourceOf is a request path's resource (and subresource), without

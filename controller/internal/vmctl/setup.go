@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/time/rate"
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -19,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
+	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
 
@@ -64,12 +66,29 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 	if r.Kube.EntriesAt == nil {
 		r.Kube.EntriesAt = r.entriesAt
 	}
+	cached := r.Scope.Namespace != ""
+	if cached {
+		r.Kube.Kube = cachedKube{Interface: r.Kube.Kube, cache: mgr.GetCache(), scope: r.Scope}
+		r.Kube.Istio = cachedIstio{Interface: r.Kube.Istio, cache: mgr.GetCache()}
+	}
 	deleting := predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool { return !e.ObjectNew.GetDeletionTimestamp().IsZero() }}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshvm").
 		For(&v1alpha1.MeshVM{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, deleting))).
 		Watches(&networkingv1.WorkloadEntry{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfEntry)).
 		WithOptions(controller.Options{RateLimiter: rateLimiter(r.Queue), MaxConcurrentReconciles: workers})
+	if cached {
+		// What the passes read from the cache: a change looks again at
+		// the VMs it reaches (an update only: at start every VM is
+		// looked at anyway).
+		updated := builder.WithPredicates(predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false },
+			DeleteFunc: func(event.DeleteEvent) bool { return true }, GenericFunc: func(event.GenericEvent) bool { return false },
+			UpdateFunc: func(e event.UpdateEvent) bool {
+				return e.ObjectOld.GetResourceVersion() != e.ObjectNew.GetResourceVersion()
+			}})
+		b = b.Watches(&networkingv1.WorkloadGroup{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfGroup), updated).
+			Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfConfigMap), updated)
+	}
 	if r.Streams != nil {
 		// The agents' events: a VM-side change enqueues its MeshVM.
 		if err := mgr.Add(r.Streams); err != nil {
@@ -78,6 +97,47 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 		b = b.WatchesRawSource(source.Channel(r.Streams.Events(), &handler.TypedEnqueueRequestForObject[*v1alpha1.MeshVM]{}))
 	}
 	return b.Complete(r)
+}
+
+// vmsOfGroup are the MeshVMs of a WorkloadGroup: its ports, probe and
+// service account are in their files.
+func (r *Reconciler) vmsOfGroup(ctx context.Context, o client.Object) []reconcile.Request {
+	return r.vmsWhere(ctx, nil, client.InNamespace(o.GetNamespace()), client.MatchingFields{vmGroupIndex: o.GetName()})
+}
+
+// vmsOfConfigMap are the MeshVMs a cached ConfigMap's change reaches: a
+// namespace's root certificate its VMs, a revision's mesh config the VMs
+// on that revision, the fleet settings every VM (rare changes, whose
+// passes are paced by the queue). Istio's other ConfigMaps reach none.
+func (r *Reconciler) vmsOfConfigMap(ctx context.Context, o client.Object) []reconcile.Request {
+	ns, name := o.GetNamespace(), o.GetName()
+	switch {
+	case ns == r.Scope.Namespace:
+		if name == fleetstore.SettingsConfigMap {
+			return r.vmsWhere(ctx, nil)
+		}
+	case ns == r.Scope.IstioNamespace:
+		return r.vmsWhere(ctx, func(vm *v1alpha1.MeshVM) bool { return workloadfiles.MeshConfigName(vm.Spec.Revision) == name })
+	case name == RootCertConfigMap:
+		return r.vmsWhere(ctx, nil, client.InNamespace(ns))
+	}
+	return nil
+}
+
+// vmsWhere are the cached MeshVMs listed with opts that keep holds for
+// (all when nil).
+func (r *Reconciler) vmsWhere(ctx context.Context, keep func(*v1alpha1.MeshVM) bool, opts ...client.ListOption) []reconcile.Request {
+	var list v1alpha1.MeshVMList
+	if err := r.Client.List(ctx, &list, opts...); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for _, vm := range list.Items {
+		if keep == nil || keep(&vm) {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&vm)})
+		}
+	}
+	return out
 }
 
 // vmsOfEntry are the MeshVMs an entry belongs to: the one its proxy names

@@ -3,6 +3,7 @@ package fleetinstall
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -123,11 +124,12 @@ func ClusterRules() []rbacv1.PolicyRule {
 // WorkloadRules are what it may do in each workload namespace: the per-VM
 // token Secrets (written, and deleted to revoke a token), tokens for the
 // VMs' service account, the mesh's root certificate (ConfigMap
-// istio-ca-root-cert), deleting the WorkloadEntries it owns, and Events.
+// istio-ca-root-cert, watched: a list limited to that name, no other
+// ConfigMap), deleting the WorkloadEntries it owns, and Events.
 func WorkloadRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update", "patch", "delete"}},
-		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{RootCertConfigMap}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
 		{APIGroups: []string{"networking.istio.io"}, Resources: []string{"workloadentries"}, Verbs: []string{"delete"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
@@ -135,13 +137,18 @@ func WorkloadRules() []rbacv1.PolicyRule {
 	}
 }
 
+// RootCertConfigMap is where istiod publishes the mesh's root certificate
+// in each namespace.
+const RootCertConfigMap = "istio-ca-root-cert"
+
 // IstioRules are what it may read in Istio's namespace: the mesh config
-// (ConfigMap istio or istio-REV) the VMs' files are made from, and
+// (ConfigMap istio or istio-REV, one per revision: watched, so the
+// namespace's ConfigMaps are listed) the VMs' files are made from, and
 // istiod's Deployment (its version, where the fleet settings name none).
 // Not pods/proxy: istiod's image names its version well enough.
 func IstioRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get"}},
 	}
 }
@@ -287,6 +294,8 @@ func deployment(o Options, m metav1.ObjectMeta) *appsv1.Deployment {
 						ImagePullPolicy: o.PullPolicy,
 						Args: []string{
 							"--namespace=" + o.Namespace,
+							"--istio-namespace=" + o.IstioNamespace,
+							"--workload-namespaces=" + strings.Join(o.WorkloadNamespaces, ","),
 							"--leader-elect=true",
 							fmt.Sprintf("--metrics-bind-address=:%d", MetricsPort),
 							fmt.Sprintf("--health-probe-bind-address=:%d", HealthPort),

@@ -130,8 +130,8 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 			"meshvm.io/meshvms:get meshvm.io/meshvms:list meshvm.io/meshvms:patch meshvm.io/meshvms:update meshvm.io/meshvms:watch " +
 			"networking.istio.io/workloadentries:get networking.istio.io/workloadentries:list networking.istio.io/workloadentries:watch " +
 			"networking.istio.io/workloadgroups:get networking.istio.io/workloadgroups:list networking.istio.io/workloadgroups:watch",
-		"ClusterRole/meshvm-controller-istio": "/configmaps:get apps/deployments:get",
-		"ClusterRole/meshvm-controller-workload": "/configmaps:get /events:create /events:patch /secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
+		"ClusterRole/meshvm-controller-istio": "/configmaps:get /configmaps:list /configmaps:watch apps/deployments:get",
+		"ClusterRole/meshvm-controller-workload": "/configmaps:get(istio-ca-root-cert) /configmaps:list(istio-ca-root-cert) /configmaps:watch(istio-ca-root-cert) /events:create /events:patch /secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
 			"/serviceaccounts/token:create events.k8s.io/events:create events.k8s.io/events:patch networking.istio.io/workloadentries:delete",
 		"Role/meshvm-system/meshvm-controller": "/configmaps:get /configmaps:list /configmaps:watch /events:create /events:patch " +
 			"/secrets:create /secrets:delete /secrets:get /secrets:list /secrets:patch /secrets:update /secrets:watch " +
