@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/pkg/host/config"
@@ -41,12 +39,8 @@ func ensureController(ctx context.Context, f *fleet.Fleet, p progress.Reporter) 
 		_, err := fleetmode.StartController(ctx, f, lineWriter{p})
 		return err
 	case config.Kubeconfig:
-		clients, err := fleet.KubeClients(f.Site.Kubeconfig())
-		if err != nil {
-			return err
-		}
-		_, err = clients.Kube.AppsV1().Deployments(fleetinstall.DefaultNamespace).Get(ctx, fleetinstall.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
+		installed, err := fleetmode.ControllerInstalled(ctx, f)
+		if err == nil && !installed {
 			return fmt.Errorf("fleet mode is on, but no controller runs in this cluster (no Deployment %s/%s): install it with hostctl fleet install --registry REPOSITORY, or set fleet.enabled: false",
 				fleetinstall.DefaultNamespace, fleetinstall.Name)
 		}
@@ -147,10 +141,7 @@ func downFleet(ctx context.Context, f *fleet.Fleet, p progress.Reporter) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	names, err := fleetmode.Ours(ctx, dc, f.Config.Workload.Namespace)
-	switch {
-	case apierrors.IsNotFound(err):
-		return nil // no MeshVM CRD: fleet mode never ran here
-	case err != nil:
+	if err != nil {
 		p.Say("MeshVMs not deleted first (%v)", err)
 		return nil
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/mesh/fleetinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/reason"
 )
@@ -228,6 +229,9 @@ func Delete(ctx context.Context, dc dynamic.Interface, ns string, names []string
 // Ours lists the names of the MeshVMs in ns that meshvm created.
 func Ours(ctx context.Context, dc dynamic.Interface, ns string) ([]string, error) {
 	l, err := dc.Resource(MeshVMs).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: ownership.Label + "=" + ownership.Value})
+	if apierrors.IsNotFound(err) {
+		return nil, nil // no MeshVM CRD: fleet mode never ran in this cluster
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -248,4 +252,18 @@ func readyMessage(u *unstructured.Unstructured) string {
 		}
 	}
 	return ""
+}
+
+// ControllerInstalled says whether fleet install's Deployment is in f's
+// cluster (a cluster of yours, where installing it is the owner's call).
+func ControllerInstalled(ctx context.Context, f *fleet.Fleet) (bool, error) {
+	clients, err := fleet.KubeClients(f.Site.Kubeconfig())
+	if err != nil {
+		return false, err
+	}
+	_, err = clients.Kube.AppsV1().Deployments(fleetinstall.DefaultNamespace).Get(ctx, fleetinstall.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
 }
