@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
@@ -56,16 +55,7 @@ func TestFleetOnLab(t *testing.T) {
 		t.Fatalf("up: %v\n%s", err, out)
 	}
 	ctx := context.Background()
-	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
-	clients, err := fleet.KubeClients(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := fleet.RestConfig(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc := dynamic.NewForConfigOrDie(rc)
+	clients, rc, dc := labClients(t, state)
 	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
 	spec := workload.Spec{Namespace: "vmns", Group: "external-app"}
 	sh := func(vm, cmd string) string {

@@ -12,7 +12,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/lab/build"
@@ -56,16 +55,7 @@ func TestFleetUpOnLab(t *testing.T) {
 		t.Errorf("up onboarded from the workstation in fleet mode:\n%s", out)
 	}
 	ctx := context.Background()
-	kubeconfig := filepath.Join(state, "lab", "cluster", "kubeconfig")
-	clients, err := fleet.KubeClients(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := fleet.RestConfig(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc := dynamic.NewForConfigOrDie(rc)
+	clients, rc, dc := labClients(t, state)
 	t.Logf("kubectl get meshvms:\n%s", getTable(t, rc, "vmns"))
 	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
 	sh := func(vm, cmd string) string {
