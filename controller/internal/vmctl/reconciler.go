@@ -146,11 +146,15 @@ func (r *Reconciler) writeStatus(ctx context.Context, vm, orig *v1alpha1.MeshVM)
 // transitions tell the story (onboarded, and why not), the others only
 // when they leave True (a failure Ready sums up by one reason) or the VM
 // moved. A first pass that leaves the VM waiting for istiod to register
-// it says nothing (its status does): onboarding a VM costs one Event.
+// it says nothing (its status does): onboarding a VM costs one Event. A
+// repair of a VM seen in order (its sidecar restarted, files sent again)
+// is told too: the status alone shows it only until the next pass.
 func eventOf(was *metav1.Condition, c metav1.Condition) (string, bool) {
 	switch {
 	case was != nil && was.Status == c.Status && was.Reason == c.Reason:
 		return "", false
+	case was != nil && was.Status == metav1.ConditionTrue && c.Status == metav1.ConditionTrue && repairs[vmcore.Reason(c.Reason)]:
+		return "Normal", true
 	case c.Type == v1alpha1.ConditionReady:
 		if was == nil && c.Status == metav1.ConditionFalse && c.Reason == string(vmcore.NoEntry) {
 			return "", false
@@ -165,6 +169,9 @@ func eventOf(was *metav1.Condition, c metav1.Condition) (string, bool) {
 	}
 	return "Warning", true
 }
+
+// repairs are the reasons a condition takes when a pass put drift right.
+var repairs = map[vmcore.Reason]bool{vmcore.SidecarRestarted: true, vmcore.FilesSent: true}
 
 func findCondition(cs []metav1.Condition, t string) *metav1.Condition {
 	for i := range cs {

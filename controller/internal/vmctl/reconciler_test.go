@@ -257,6 +257,12 @@ func TestEventsOnlyForMeaningfulTransitions(t *testing.T) {
 		{c(sidecar, metav1.ConditionFalse, "x"), c(sidecar, metav1.ConditionTrue, "y"), ""},
 		{c(sidecar, metav1.ConditionTrue, "y"), c(sidecar, metav1.ConditionFalse, "x"), "Warning"},
 		{c(string(vmcore.AddressMoved), metav1.ConditionFalse, "a"), c(string(vmcore.AddressMoved), metav1.ConditionTrue, "b"), "Normal"},
+		// Drift put right on a VM that was in order: told.
+		{c(sidecar, metav1.ConditionTrue, string(vmcore.SidecarStarted)), c(sidecar, metav1.ConditionTrue, string(vmcore.SidecarRestarted)), "Normal"},
+		{c(string(vmcore.FilesInSync), metav1.ConditionTrue, string(vmcore.FilesInPlace)), c(string(vmcore.FilesInSync), metav1.ConditionTrue, string(vmcore.FilesSent)), "Normal"},
+		// Onboarding's first start and first delivery: not a repair.
+		{nil, c(sidecar, metav1.ConditionTrue, string(vmcore.SidecarRestarted)), ""},
+		{c(string(vmcore.FilesInSync), metav1.ConditionUnknown, string(vmcore.NotObserved)), c(string(vmcore.FilesInSync), metav1.ConditionTrue, string(vmcore.FilesSent)), ""},
 	} {
 		kind, ok := eventOf(tc.was, *tc.now)
 		if kind != tc.kind || ok != (tc.kind != "") {
