@@ -48,7 +48,7 @@ func TestJoinYourIstio(t *testing.T) {
 	if _, err := clients.Kube.AppsV1().Deployments("istio-system").Create(ctx, istiod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	hostIP := loadBalancerAddress(t)
+	hostIP := loadBalancerAddress(t, kubeconfig)
 	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
 	before := yourIstio(t, ctx, kubeconfig, objs)
 

@@ -380,6 +380,7 @@ func TestManyVMsOnLab(t *testing.T) {
 		ten = append(ten, fmt.Sprintf("m%d", i))
 	}
 	writeLabConfig(t, cfgPath, ten...)
+	fleetOff(t, cfgPath)
 	out, err = run(t, "--config", cfgPath, "up")
 	t.Logf("up with ten VMs:\n%s", out)
 	if err != nil {

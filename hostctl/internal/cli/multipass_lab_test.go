@@ -34,7 +34,7 @@ func TestUpOnMultipass(t *testing.T) {
 	defer cancel()
 	y := labAsYours(t, ctx, "mpe1", "mpe2")
 	root, work, state, kubeconfig, hub, clients := y.root, y.work, y.state, y.kubeconfig, y.hub, y.clients
-	hostIP := loadBalancerAddress(t)
+	hostIP := loadBalancerAddress(t, kubeconfig)
 	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
 
 	bin := filepath.Join(work, "bin")

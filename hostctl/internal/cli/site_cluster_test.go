@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"log"
-	"net"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -30,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshvm/meshvm/lab/build"
+	"github.com/meshvm/meshvm/lab/instance"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/traffic"
@@ -104,7 +104,7 @@ func TestUpOnYourCluster(t *testing.T) {
 	}
 	clients.Kube.CoreV1().Services("istio-system").Delete(ctx, lb.Name, metav1.DeleteOptions{})
 
-	hostIP := loadBalancerAddress(t)
+	hostIP := loadBalancerAddress(t, kubeconfig)
 	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
 	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
 	t.Logf("up on your cluster:\n%s", out)
@@ -278,25 +278,19 @@ func proxyRegistry(t *testing.T, root string) string {
 	return hub
 }
 
-// loadBalancerAddress is an address of this machine outside the lab's
-// range, where istiod (a local process) listens: the lab VMs reach it
-// through their default route, as they would a LoadBalancer's. (A dummy
-// interface would be neater; the sandbox these tests run in has none.)
-func loadBalancerAddress(t *testing.T) string {
+// loadBalancerAddress stands for the east-west gateway's LoadBalancer
+// address: the lab instance's istiod address, where its gateway listens
+// (the instance's own, so labs side by side each have theirs). The lab
+// VMs reach it through their default route, as they would a
+// LoadBalancer's; hostctl learns it only from the Service's status.
+func loadBalancerAddress(t *testing.T, kubeconfig string) string {
 	t.Helper()
-	// Every lab instance's range (lab/instance) and istiod address.
-	_, lab, _ := net.ParseCIDR("10.192.0.0/10")
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
+	lab := filepath.Dir(filepath.Dir(kubeconfig)) // <state>/lab/cluster/kubeconfig
+	inst, ok := instance.Lookup(lab)
+	if !ok {
+		t.Fatalf("no lab instance at %s to stand for the LoadBalancer", lab)
 	}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() && !lab.Contains(ipn.IP) {
-			return ipn.IP.String()
-		}
-	}
-	t.Fatal("no IPv4 address outside the lab's range on this machine to stand for the LoadBalancer's")
-	return ""
+	return inst.IstiodIP().String()
 }
 
 // playKubeletAndLoadBalancer does what the lab's cluster has nobody for:
