@@ -456,6 +456,7 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 		cfg += "- name: " + vm + "\n"
 	}
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	fleetOff(t, cfgPath) // vm upgrade is the workstation's path
 	out, err := run(t, "--config", cfgPath, "up")
 	t.Logf("up with istio.revision canary:\n%s", out)
 	if err != nil {
