@@ -388,11 +388,11 @@ func (l *lab) onboard(ctx context.Context, c config, f *fleet, workers int) (onb
 	defer cancel()
 	kube := l.core
 	if c.entryCache {
-		ic, err := cachedEntries(octx, l.core.Istio, f.spec.Namespace)
+		entries, err := entriesFromInformer(octx, l.core.Istio, f.spec.Namespace)
 		if err != nil {
 			return onboardResult{}, err
 		}
-		kube.Istio = ic
+		kube.EntriesAt = entries
 	}
 	deps := vmcore.Deps{Machines: machinesim.New(f.addrs), Kube: kube, Workload: f.spec}
 	target := vmcore.NewTargets(l.mesh, "istio-system", nil).Snapshot(ctx)
