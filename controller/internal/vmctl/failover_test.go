@@ -90,7 +90,8 @@ func replicaAPI(t *testing.T) *rest.Config {
 			return
 		}
 		if apiErr = cluster.Up(ctx, cluster.Config{Dir: apiDir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager"),
-			Ports: cluster.Ports{API: 27443, Etcd: 34790, EtcdPeer: 34800, Controller: 20357}}); apiErr != nil {
+			// Apart from autoregsim's API server (27443) and every lab instance's block (24000-30399).
+			Ports: cluster.Ports{API: 31443, Etcd: 31790, EtcdPeer: 31800, Controller: 31357}}); apiErr != nil {
 			return
 		}
 		if apiRC, apiErr = clientcmd.BuildConfigFromFlags("", cluster.Kubeconfig(apiDir)); apiErr != nil {
