@@ -32,7 +32,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/flowcontrol"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -43,14 +42,12 @@ import (
 	"github.com/meshvm/meshvm/api/meshvm/crd"
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/lab/cluster"
-	"github.com/meshvm/meshvm/lab/labtest"
-	"github.com/meshvm/meshvm/lab/stack"
+	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/agentwatch"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/autoregsim"
-	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/vmagent/agentsim"
 	"github.com/meshvm/meshvm/vmagent/agenttest"
@@ -92,26 +89,10 @@ func startLabController(t *testing.T, o labOptions) *labController {
 	if o.qps == 0 {
 		o.qps, o.burst = 50, 100
 	}
-	labtest.RequireBuild(t)
+	// Its own ports: no VMs nor istiod, so it runs beside the lab tests.
+	rc := clustertest.StartIstioAPI(t, cluster.Ports{API: 28443, Etcd: 35790, EtcdPeer: 35800, Controller: 22257})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	t.Cleanup(func() { stack.Down(context.Background(), dir, false) })
-	cfg := stack.Config{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Dir: dir, Progress: os.Stderr,
-		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
-		// Its own ports: no VMs nor istiod, so it runs beside the lab tests.
-		Ports: cluster.Ports{API: 28443, Etcd: 35790, EtcdPeer: 35800, Controller: 22257}}
-	st, err := stack.UpCluster(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stack.InstallIstioAPI(ctx, cfg, st); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
 	lc := &labController{t: t, rc: rc, kube: kubernetes.NewForConfigOrDie(rc), istio: istioclient.NewForConfigOrDie(rc)}
 	installCRD(ctx, t, dynamic.NewForConfigOrDie(rc))
 	wc := workload.Clients{Kube: lc.kube, Istio: lc.istio}
@@ -135,7 +116,7 @@ func startLabController(t *testing.T, o labOptions) *labController {
 	}
 
 	// The sidecar's files, stood in (the agent only stores them).
-	side := filepath.Join(dir, "sidecar")
+	side := filepath.Join(t.TempDir(), "sidecar")
 	if err := os.MkdirAll(filepath.Join(side, "1.31.0", runtime.GOARCH), 0o755); err != nil {
 		t.Fatal(err)
 	}

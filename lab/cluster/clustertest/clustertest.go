@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -15,6 +16,8 @@ import (
 	"github.com/meshvm/meshvm/lab/build"
 	"github.com/meshvm/meshvm/lab/cluster"
 	"github.com/meshvm/meshvm/lab/labtest"
+	"github.com/meshvm/meshvm/lab/stack"
+	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 )
 
 // Start skips unless MESHVM_LAB_BUILD is set, builds the control plane (or
@@ -37,4 +40,32 @@ func Start(ctx context.Context, t *testing.T) (*rest.Config, string) {
 		t.Fatal(err)
 	}
 	return rc, cluster.Kubeconfig(dir)
+}
+
+// StartIstioAPI is the lab's control plane with Istio's resources applied
+// and no istiod (stack.InstallIstioAPI), for a test that stands in for
+// istiod's writes; ports keep it apart from the lab tests' instances.
+// It skips unless MESHVM_LAB_BUILD is set and returns the admin's REST
+// config.
+func StartIstioAPI(t *testing.T, ports cluster.Ports) *rest.Config {
+	t.Helper()
+	labtest.RequireBuild(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	t.Cleanup(func() { stack.Down(context.Background(), dir, false) })
+	cfg := stack.Config{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Dir: dir, Progress: os.Stderr,
+		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"}, Ports: ports}
+	st, err := stack.UpCluster(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stack.InstallIstioAPI(ctx, cfg, st); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc
 }

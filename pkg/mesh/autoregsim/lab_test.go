@@ -13,15 +13,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 
 	"github.com/meshvm/meshvm/lab/cluster"
-	"github.com/meshvm/meshvm/lab/labtest"
-	"github.com/meshvm/meshvm/lab/stack"
-	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
+	"github.com/meshvm/meshvm/lab/cluster/clustertest"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/mtls"
 )
@@ -33,26 +30,10 @@ var recipe = workload.Spec{Namespace: "vmns", ServiceAccount: "vmsa", Group: "ex
 // the workload converged on it.
 func labAPI(t *testing.T) workload.Clients {
 	t.Helper()
-	labtest.RequireBuild(t)
+	// Its own ports: it needs no VMs nor istiod, so it runs beside the lab tests.
+	rc := clustertest.StartIstioAPI(t, cluster.Ports{API: 27443, Etcd: 34790, EtcdPeer: 34800, Controller: 21257})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	t.Cleanup(func() { stack.Down(context.Background(), dir, false) })
-	cfg := stack.Config{ModuleDir: labtest.ModuleDir, CacheDir: labtest.Cache(), Dir: dir, Progress: os.Stderr,
-		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: "test", Network: "kube-network"},
-		// Its own ports: it needs no VMs nor istiod, so it runs beside the lab tests.
-		Ports: cluster.Ports{API: 27443, Etcd: 34790, EtcdPeer: 34800, Controller: 21257}}
-	st, err := stack.UpCluster(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := stack.InstallIstioAPI(ctx, cfg, st); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", st.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := workload.Clients{Kube: kubernetes.NewForConfigOrDie(rc), Istio: istioclient.NewForConfigOrDie(rc)}
 	if _, err := workload.Ensure(ctx, c, recipe); err != nil {
 		t.Fatal(err)
