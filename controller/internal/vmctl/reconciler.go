@@ -110,6 +110,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		countError(&vm)
 	}
 	vm.Status.ObservedGeneration = vm.Generation
+	if err == nil && r.firstWait(&vm, orig, store) {
+		return res, nil
+	}
 	if werr := r.writeStatus(ctx, &vm, orig); werr != nil {
 		if apierrors.IsNotFound(werr) {
 			return ctrl.Result{}, nil // deleted meanwhile
@@ -117,6 +120,45 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, errors.Join(err, werr)
 	}
 	return res, err
+}
+
+// entryWait is how long a VM just given its files waits on istiod (its
+// registration, its first health report) before its status says so. The
+// controller watches WorkloadEntries, so the entry's arrival brings the
+// next pass: the pass that delivered the files writes no status, and that
+// next one writes it once, Ready, where two writes were. It is also the
+// look again while waiting, a safety net for a missed event.
+const entryWait = 30 * time.Second
+
+// firstWait says the pass onboarded a VM whose status was never written
+// and which now waits only on istiod, its token issued (the files sent)
+// less than entryWait ago: its status is left to the next pass. The
+// token's issue time, in the record, is what bounds it; nothing is held in
+// the process. A request acted on (onboard, renew) is always written.
+func (r *Reconciler) firstWait(vm, orig *v1alpha1.MeshVM, store *fleetstore.Store) bool {
+	if findCondition(orig.Status.Conditions, v1alpha1.ConditionReady) != nil || !waitsOnIstiod(vm.Status) ||
+		vm.Status.OnboardRequest != orig.Status.OnboardRequest || vm.Status.RenewRequest != orig.Status.RenewRequest {
+		return false
+	}
+	info, ok := tokenInfo(store, vm.Name)
+	age := r.now().Sub(info.IssuedAt)
+	return ok && age >= 0 && age < entryWait
+}
+
+// waitsOnIstiod says Ready is held back only by istiod: no entry yet, or
+// no health report from the (re)connected sidecar yet.
+func waitsOnIstiod(st v1alpha1.MeshVMStatus) bool {
+	c := findCondition(st.Conditions, v1alpha1.ConditionReady)
+	if c == nil || c.Status != metav1.ConditionFalse {
+		return false
+	}
+	switch vmcore.Reason(c.Reason) {
+	case vmcore.NoEntry, vmcore.NotReconnected:
+		return true
+	case vmcore.EntryNotHealthy:
+		return st.Healthy == "Unknown"
+	}
+	return false
 }
 
 // writeStatus writes the status when it changed from orig's, and tells
@@ -143,10 +185,11 @@ func (r *Reconciler) writeStatus(ctx context.Context, vm, orig *v1alpha1.MeshVM)
 
 // eventOf says whether a condition's change from was (nil: first set) to c
 // is told as an Event, and its kind. Events are API writes: Ready's
-// transitions tell the story (onboarded, and why not), the others only
+// transitions tell the story (back in, and why not), the others only
 // when they leave True (a failure Ready sums up by one reason) or the VM
-// moved. A first pass that leaves the VM waiting for istiod to register
-// it says nothing (its status does): onboarding a VM costs one Event. A
+// moved. A first Ready, True or waiting for istiod to register the VM, is
+// the status's news (kubectl get shows it): onboarding a VM costs no
+// Event, and a fleet of a thousand adds no thousand Events. A
 // repair of a VM seen in order (its sidecar restarted, files sent again)
 // is told too: the status alone shows it only until the next pass.
 func eventOf(was *metav1.Condition, c metav1.Condition) (string, bool) {
@@ -156,7 +199,7 @@ func eventOf(was *metav1.Condition, c metav1.Condition) (string, bool) {
 	case was != nil && was.Status == metav1.ConditionTrue && c.Status == metav1.ConditionTrue && repairs[vmcore.Reason(c.Reason)]:
 		return "Normal", true
 	case c.Type == v1alpha1.ConditionReady:
-		if was == nil && c.Status == metav1.ConditionFalse && c.Reason == string(vmcore.NoEntry) {
+		if was == nil && (c.Status == metav1.ConditionTrue || c.Reason == string(vmcore.NoEntry)) {
 			return "", false
 		}
 	case c.Type == string(vmcore.AddressMoved):
@@ -291,6 +334,9 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 		return ctrl.Result{}, err
 	}
 	next := res.RequeueAfter
+	if !res.Done && waitsOnIstiod(vm.Status) {
+		next = max(next, entryWait)
+	}
 	if res.Done {
 		next = r.resync(vm)
 		if due := r.rotate(ctx, vm, spec, store, deps); due > 0 && due < next {

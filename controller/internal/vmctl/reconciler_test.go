@@ -237,8 +237,8 @@ func TestPaused(t *testing.T) {
 	}
 }
 
-// Events are few: Ready's transitions (not a first pass waiting on
-// istiod's registration), a condition leaving True, a move.
+// Events are few: Ready's transitions (not its first: onboarded, or
+// waiting on istiod's registration), a condition leaving True, a move.
 func TestEventsOnlyForMeaningfulTransitions(t *testing.T) {
 	c := func(typ string, st metav1.ConditionStatus, reason string) *metav1.Condition {
 		return &metav1.Condition{Type: typ, Status: st, Reason: reason}
@@ -250,7 +250,7 @@ func TestEventsOnlyForMeaningfulTransitions(t *testing.T) {
 	}{
 		{nil, c(ready, metav1.ConditionFalse, string(vmcore.NoEntry)), ""},
 		{nil, c(ready, metav1.ConditionFalse, ReasonWorkloadGroupNotFound), "Warning"},
-		{nil, c(ready, metav1.ConditionTrue, "InMesh"), "Normal"},
+		{nil, c(ready, metav1.ConditionTrue, "InMesh"), ""},
 		{c(ready, metav1.ConditionFalse, string(vmcore.NoEntry)), c(ready, metav1.ConditionTrue, "InMesh"), "Normal"},
 		{c(ready, metav1.ConditionTrue, "InMesh"), c(ready, metav1.ConditionTrue, "InMesh"), ""},
 		{nil, c(sidecar, metav1.ConditionFalse, "x"), ""},

@@ -191,7 +191,9 @@ func MeshVM(vm VM, w workload.Spec, addr, revision string, token, cert time.Dura
 	app := vm.RunsApp
 	m := &v1alpha1.MeshVM{
 		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MeshVM"},
-		ObjectMeta: metav1.ObjectMeta{Name: vm.Name, Namespace: w.Namespace, Labels: ownership.Labels(nil)},
+		// The controller's finalizer from the start: it would add it
+		// with a write of its own.
+		ObjectMeta: metav1.ObjectMeta{Name: vm.Name, Namespace: w.Namespace, Labels: ownership.Labels(nil), Finalizers: []string{v1alpha1.Finalizer}},
 		Spec:       v1alpha1.MeshVMSpec{Address: addr, WorkloadGroup: w.Group, Network: w.Network, Revision: revision, App: &app},
 	}
 	if vm.IstiodAddress != "" {

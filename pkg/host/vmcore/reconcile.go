@@ -584,6 +584,16 @@ func (p *pass) filesInSync() error {
 	if err := p.store.SetJoined(p.vm.Name, Joined{Revision: rev, Istio: p.st.Istio}); err != nil {
 		return err
 	}
+	// A VM onboarded for the first time has no entry elsewhere to clean up:
+	// its address is recorded with the files, in the same write of a store
+	// that batches them, rather than alone once it is in.
+	if old, err := p.store.Address(p.vm.Name); err != nil {
+		return err
+	} else if old == "" {
+		if err := p.store.SetAddress(p.vm.Name, p.st.Address); err != nil {
+			return err
+		}
+	}
 	if p.report.Restarted {
 		// Until the entry shows a new connection, its Healthy is the old proxy's.
 		r := Restart{At: p.deps.Now(), EntryBeforeRestart: prev.Name, EntryConnectedAt: prev.ConnectedAt, EntryProbedAt: prev.ProbedAt}
@@ -717,7 +727,7 @@ func (p *pass) addressMoved() error {
 	case old == "":
 		p.set(AddressMoved, False, AddressFirst, "first onboarded at %s", addr)
 	case old == addr:
-		p.set(AddressMoved, False, AddressUnchanged, "still at %s", addr)
+		p.set(AddressMoved, False, AddressUnchanged, "at %s", addr)
 	default:
 		holder, err := p.store.AddressHolder(old, p.vm.Name)
 		if err != nil {

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -33,27 +34,35 @@ type Token struct {
 	Capped string
 }
 
-// ensureCredential creates the VM's Secret unless it exists.
-func ensureCredential(ctx context.Context, kc kubernetes.Interface, ns, vm string) (*corev1.Secret, error) {
+// credential is the VM's Secret as it is now (nil when there is none),
+// refused when meshvm did not create it.
+func credential(ctx context.Context, kc kubernetes.Interface, ns, vm string) (*corev1.Secret, error) {
 	name := CredentialName(vm)
 	sec, err := kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-	if err == nil {
-		if sec.Labels[ownership.Label] != ownership.Value {
-			return nil, fmt.Errorf("the Secret %s/%s exists but meshvm did not create it (no %s=%s label): rename or delete it, meshvm binds VM %s's token to that name", ns, name, ownership.Label, ownership.Value, vm)
-		}
-		return sec, nil
-	}
-	if !apierrors.IsNotFound(err) {
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
 		return nil, err
+	case sec.Labels[ownership.Label] != ownership.Value:
+		return nil, fmt.Errorf("the Secret %s/%s exists but meshvm did not create it (no %s=%s label): rename or delete it, meshvm binds VM %s's token to that name", ns, name, ownership.Label, ownership.Value, vm)
 	}
-	sec = &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{ownership.Label: ownership.Value, ownership.VMLabel: vm},
+	return sec, nil
+}
+
+// createCredential creates the VM's Secret, without a read first: a VM
+// given its first token has none. One already there is read instead.
+func createCredential(ctx context.Context, kc kubernetes.Interface, ns, vm string) (*corev1.Secret, error) {
+	sec := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: CredentialName(vm), Namespace: ns, Labels: map[string]string{ownership.Label: ownership.Value, ownership.VMLabel: vm},
 			Annotations: map[string]string{"meshvm.io/purpose": "VM " + vm + "'s istio-token is bound to this Secret: delete it to revoke the token"}},
 		Type: credentialType,
 	}
 	created, err := kc.CoreV1().Secrets(ns).Create(ctx, sec, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		return kc.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+		if created, err = credential(ctx, kc, ns, vm); err == nil && created == nil {
+			err = fmt.Errorf("the Secret %s/%s was deleted while it was created: try again", ns, sec.Name)
+		}
 	}
 	return created, err
 }
@@ -62,9 +71,21 @@ func ensureCredential(ctx context.Context, kc kubernetes.Interface, ns, vm strin
 // (created if missing), audience istio-ca, valid for lifetime or what the
 // API server allows.
 func IssueToken(ctx context.Context, kc kubernetes.Interface, s Spec, vm string, lifetime time.Duration) (Token, error) {
-	sec, err := ensureCredential(ctx, kc, s.Namespace, vm)
+	sec, err := credential(ctx, kc, s.Namespace, vm)
 	if err != nil {
 		return Token{}, fmt.Errorf("credential of %s: %w", vm, err)
+	}
+	return issueToken(ctx, kc, s, vm, lifetime, sec)
+}
+
+// issueToken is IssueToken with the VM's Secret as last read (nil: none,
+// created first).
+func issueToken(ctx context.Context, kc kubernetes.Interface, s Spec, vm string, lifetime time.Duration, sec *corev1.Secret) (Token, error) {
+	if sec == nil {
+		var err error
+		if sec, err = createCredential(ctx, kc, s.Namespace, vm); err != nil {
+			return Token{}, fmt.Errorf("credential of %s: %w", vm, err)
+		}
 	}
 	secs := int64(lifetime.Seconds())
 	tr, err := kc.CoreV1().ServiceAccounts(s.Namespace).CreateToken(ctx, s.ServiceAccount, &authv1.TokenRequest{
@@ -125,24 +146,38 @@ func Review(ctx context.Context, kc kubernetes.Interface, tok []byte) (TokenRevi
 	return TokenReview{Authenticated: r.Status.Authenticated, Error: r.Status.Error}, nil
 }
 
-// Reusable reports whether tok is vm's: the service account's, bound to the
-// VM's current credential Secret, more than half its life left, and accepted
-// by this cluster's API server (a rebuilt cluster signs with a new key; a
-// revoked one has a new Secret).
+// Reusable reports whether tok is vm's: the service account's for
+// istio-ca, more than half its life left, and bound to the VM's credential
+// Secret as it is now (a revoked token's Secret is gone or a new one; a
+// rebuilt cluster's is another).
 func Reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, vm string, lifetime time.Duration) bool {
+	ok, _, err := reusable(ctx, kc, tok, s, vm, lifetime)
+	return ok && err == nil
+}
+
+// reusable is Reusable, with the VM's Secret when it was read (nil: none,
+// or not read because the token's claims already rule it out). The binding
+// is checked on the Secret's UID with a read, where a TokenReview (a
+// create, on every periodic look at every VM) would say the same: the API
+// server accepts a bound token while its Secret's UID is the token's.
+func reusable(ctx context.Context, kc kubernetes.Interface, tok []byte, s Spec, vm string, lifetime time.Duration) (bool, *corev1.Secret, error) {
 	t, err := credinfo.ParseToken(tok)
-	if err != nil || t.Subject != "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount || t.BoundSecret.Name != CredentialName(vm) {
-		return false
+	if err != nil || t.Subject != "system:serviceaccount:"+s.Namespace+":"+s.ServiceAccount || t.BoundSecret.Name != CredentialName(vm) ||
+		t.BoundSecret.UID == "" || !slices.Contains(t.Audiences, "istio-ca") {
+		return false, nil, nil
 	}
 	// Past half its life (measured on the token itself: a cap may have
 	// shortened it) it is replaced, so it never lapses between two runs.
 	// A token that outlives a shortened lifetime is replaced too.
 	left := time.Until(t.ExpiresAt)
 	if life := t.ExpiresAt.Sub(t.IssuedAt); life <= 0 || left <= life/2 || left > lifetime+time.Minute {
-		return false
+		return false, nil, nil
 	}
-	r, err := Review(ctx, kc, tok)
-	return err == nil && r.Authenticated
+	sec, err := credential(ctx, kc, s.Namespace, vm)
+	if err != nil || sec == nil {
+		return false, sec, err
+	}
+	return string(sec.UID) == t.BoundSecret.UID, sec, nil
 }
 
 // CredentialUIDs returns the UIDs of the namespace's VM credential Secrets by

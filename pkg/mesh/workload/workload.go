@@ -353,8 +353,19 @@ func Files(ctx context.Context, c Clients, s Spec, f FilesFor) (workloadfiles.Fi
 		return workloadfiles.Files{}, errors.New("workload files: no VM name to bind the token to")
 	}
 	token := f.ReuseToken
-	if !Reusable(ctx, c.Kube, token, s, f.VM, f.TokenLifetime) {
-		t, err := IssueToken(ctx, c.Kube, s, f.VM, f.TokenLifetime)
+	// The Secret read for the reuse check is the one a new token binds to.
+	ok, sec, err := reusable(ctx, c.Kube, token, s, f.VM, f.TokenLifetime)
+	if err != nil {
+		return workloadfiles.Files{}, fmt.Errorf("credential of %s: %w", f.VM, err)
+	}
+	if !ok {
+		if sec == nil && len(token) > 0 {
+			// Not read: the claims ruled the token out.
+			if sec, err = credential(ctx, c.Kube, s.Namespace, f.VM); err != nil {
+				return workloadfiles.Files{}, fmt.Errorf("credential of %s: %w", f.VM, err)
+			}
+		}
+		t, err := issueToken(ctx, c.Kube, s, f.VM, f.TokenLifetime, sec)
 		if err != nil {
 			return workloadfiles.Files{}, err
 		}
