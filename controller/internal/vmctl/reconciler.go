@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"sync"
 	"time"
 
 	networkingv1 "istio.io/client-go/pkg/apis/networking/v1"
@@ -72,6 +73,10 @@ type Reconciler struct {
 	// from the manager's cache instead of the API server (the manager's
 	// cache made with Scope.CacheOptions).
 	Scope Scope
+
+	// written holds each MeshVM's last status write until the cache
+	// shows it (ownWrite).
+	written sync.Map
 }
 
 func (r *Reconciler) now() time.Time {
@@ -87,6 +92,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.Client.Get(ctx, req.NamespacedName, &vm); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.forgetAgent(req.NamespacedName)
+			r.written.Delete(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -103,7 +109,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, err
 		}
 	}
-	orig := vm.DeepCopy()
+	orig := r.ownWrite(&vm)
 	res, err := r.pass(ctx, &vm, store)
 	err = errors.Join(err, store.Flush())
 	if err != nil {
@@ -161,6 +167,33 @@ func waitsOnIstiod(st v1alpha1.MeshVMStatus) bool {
 	return false
 }
 
+// written is a status this process wrote, with the MeshVM's
+// resourceVersion just before the write.
+type written struct {
+	before string
+	status v1alpha1.MeshVMStatus
+}
+
+// ownWrite is vm as the pass starts from: vm itself, unless the cache
+// still shows it as it was just before this process's last status write
+// (the next event came first), then with that status. A pass that read
+// the older status would write the same again, and tell its transitions
+// twice. Losing this (a restart) costs one write, nothing else.
+func (r *Reconciler) ownWrite(vm *v1alpha1.MeshVM) *v1alpha1.MeshVM {
+	orig := vm.DeepCopy()
+	key := client.ObjectKeyFromObject(vm)
+	v, ok := r.written.Load(key)
+	if !ok {
+		return orig
+	}
+	if w := v.(written); w.before == vm.ResourceVersion {
+		orig.Status, vm.Status = *w.status.DeepCopy(), *w.status.DeepCopy()
+		return orig
+	}
+	r.written.Delete(key) // the cache caught up
+	return orig
+}
+
 // writeStatus writes the status when it changed from orig's, and tells
 // each condition's transition as an Event. It is a merge patch without a
 // resourceVersion: the controller alone writes the status, and a pass that
@@ -172,9 +205,11 @@ func (r *Reconciler) writeStatus(ctx context.Context, vm, orig *v1alpha1.MeshVM)
 	if equality.Semantic.DeepEqual(*old, vm.Status) {
 		return nil
 	}
+	before := vm.ResourceVersion
 	if err := r.Client.Status().Patch(ctx, vm, client.MergeFrom(orig)); err != nil {
 		return err
 	}
+	r.written.Store(client.ObjectKeyFromObject(vm), written{before: before, status: *vm.Status.DeepCopy()})
 	for _, c := range vm.Status.Conditions {
 		if kind, ok := eventOf(findCondition(old.Conditions, c.Type), c); ok {
 			r.event(vm, kind, c.Reason, "Reconcile", "%s %s: %s", c.Type, c.Status, c.Message)
