@@ -190,7 +190,7 @@ func (a Adoption) declare(ctx context.Context, vm VM, addr, revision string) (ow
 func MeshVM(vm VM, w workload.Spec, addr, revision string, token, cert time.Duration) *v1alpha1.MeshVM {
 	app := vm.RunsApp
 	m := &v1alpha1.MeshVM{
-		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MeshVM"},
+		TypeMeta: metav1.TypeMeta{APIVersion: v1alpha1.GroupVersion.String(), Kind: "MeshVM"},
 		// The controller's finalizer from the start: it would add it
 		// with a write of its own.
 		ObjectMeta: metav1.ObjectMeta{Name: vm.Name, Namespace: w.Namespace, Labels: ownership.Labels(nil), Finalizers: []string{v1alpha1.Finalizer}},
