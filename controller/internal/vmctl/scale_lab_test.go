@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,48 +95,14 @@ func TestFleetScaleFigures(t *testing.T) {
 	irc := rest.CopyConfig(lc.rc)
 	irc.QPS, irc.Burst = 80, 160
 	istiod := autoregsim.New(istioclient.NewForConfigOrDie(irc), autoregsim.Options{Instance: "istiod-0"})
-	defer istiod.Close()
-	var pmu sync.Mutex
-	pilots := map[string]*autoregsim.Pilot{}
+	t.Cleanup(istiod.Close) // after the fleet's pilots
 	first := netip.AddrFrom4([4]byte{127, byte(150 + rand.IntN(50)), 0, 1})
-	fleet, err := agentsim.Start(agentsim.Options{N: n, Dir: t.TempDir(), First: first, AppPort: labGroup.Port,
-		Identity: func(name, addr string) ([]byte, []byte, []byte, error) {
-			id, err := lc.store.AgentIdentity(name, []string{addr})
-			return id.Cert, id.Key, id.ClientCA, err
-		},
-		OnSidecar: func(vm *agentsim.VM, u agentsim.Unit) {
-			pmu.Lock()
-			p, ok := pilots[vm.Name]
-			if !ok {
-				p = istiod.Pilot(vm.ReadFile, vm.Address, nil)
-				pilots[vm.Name] = p
-			}
-			pmu.Unlock()
-			p.Sidecar(u.MainPID)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fleet.Close()
-	defer func() {
-		for _, p := range pilots {
-			p.Close()
-		}
-	}()
+	fleet := simFleet(t, lc, istiod, agentsim.Options{N: n, First: first})
 	arc := rest.CopyConfig(lc.rc)
 	arc.QPS, arc.Burst = 500, 1000
 	admin, err := client.New(arc, client.Options{Scheme: lc.c.Scheme()})
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, vm := range fleet.VMs {
-		unit := filepath.Join(vm.Root, "etc/systemd/system/istio.service")
-		if err := os.MkdirAll(filepath.Dir(unit), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(unit, []byte("[Service]\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
 	}
 	before, _ := count.snapshot()
 	start := time.Now()

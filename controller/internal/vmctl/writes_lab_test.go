@@ -44,44 +44,11 @@ func TestOnboardingWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	istiod := autoregsim.New(lc.istio, autoregsim.Options{Instance: "istiod-0"})
-	defer istiod.Close()
-	var mu sync.Mutex
-	pilots := map[string]*autoregsim.Pilot{}
-	defer func() {
-		for _, p := range pilots {
-			p.Close()
-		}
-	}()
+	t.Cleanup(istiod.Close) // after the fleet's pilots
 	names := []string{"declared", "applied"}
-	fleet, err := agentsim.Start(agentsim.Options{N: len(names), Dir: t.TempDir(), First: netip.MustParseAddr(freeLoopback(t)), AppPort: labGroup.Port,
-		Name: func(i int) string { return names[i] },
-		Identity: func(name, addr string) ([]byte, []byte, []byte, error) {
-			id, err := lc.store.AgentIdentity(name, []string{addr})
-			return id.Cert, id.Key, id.ClientCA, err
-		},
-		OnSidecar: func(vm *agentsim.VM, u agentsim.Unit) {
-			mu.Lock()
-			p, ok := pilots[vm.Name]
-			if !ok {
-				p = istiod.Pilot(vm.ReadFile, vm.Address, nil)
-				pilots[vm.Name] = p
-			}
-			mu.Unlock()
-			p.Sidecar(u.MainPID)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fleet.Close()
+	fleet := simFleet(t, lc, istiod, agentsim.Options{N: len(names), First: netip.MustParseAddr(freeLoopback(t)), Name: func(i int) string { return names[i] }})
 
 	for i, vm := range fleet.VMs {
-		unit := filepath.Join(vm.Root, "etc/systemd/system/istio.service")
-		if err := os.MkdirAll(filepath.Dir(unit), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(unit, []byte("[Service]\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
 		m := fleetmode.MeshVM(fleetmode.VM{Name: vm.Name, RunsApp: true}, labGroup, vm.Address, "", 0, 0)
 		want := 4
 		if names[i] == "applied" {
@@ -115,6 +82,54 @@ func TestOnboardingWrites(t *testing.T) {
 			}
 		}
 	}
+	lc.stop()
+}
+
+// simFleet starts simulated VMs (the real agent each) whose agents
+// present identities from lc's store, with the sidecar unit installed as
+// hostctl's agent install leaves it; each sidecar started is registered by
+// istiod's stand-in. They stop with the test.
+func simFleet(t *testing.T, lc *labController, istiod *autoregsim.Istiod, o agentsim.Options) *agentsim.Fleet {
+	t.Helper()
+	var mu sync.Mutex
+	pilots := map[string]*autoregsim.Pilot{}
+	o.Dir, o.AppPort = t.TempDir(), labGroup.Port
+	o.Identity = func(name, addr string) ([]byte, []byte, []byte, error) {
+		id, err := lc.store.AgentIdentity(name, []string{addr})
+		return id.Cert, id.Key, id.ClientCA, err
+	}
+	o.OnSidecar = func(vm *agentsim.VM, u agentsim.Unit) {
+		mu.Lock()
+		p, ok := pilots[vm.Name]
+		if !ok {
+			p = istiod.Pilot(vm.ReadFile, vm.Address, nil)
+			pilots[vm.Name] = p
+		}
+		mu.Unlock()
+		p.Sidecar(u.MainPID)
+	}
+	fleet, err := agentsim.Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		fleet.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range pilots {
+			p.Close()
+		}
+	})
+	for _, vm := range fleet.VMs {
+		unit := filepath.Join(vm.Root, "etc/systemd/system/istio.service")
+		if err := os.MkdirAll(filepath.Dir(unit), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(unit, []byte("[Service]\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fleet
 }
 
 // settled is the counter once it has not moved for two seconds, the
