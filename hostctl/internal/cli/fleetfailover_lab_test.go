@@ -91,7 +91,7 @@ func leaderKilledMidRotation(t *testing.T, cfgPath, state string, vms ...string)
 	// Two replicas with short leases; one leads.
 	var log strings.Builder
 	replicas, err := labsite.StartControllers(ctx, labDir, labstack.ControllerOptions{Replicas: 2, Election: failoverElection}, &log)
-	t.Logf("the lab's controller as two replicas (lease %s, renew %s, retry %s):\n%s", failoverElection.Lease, failoverElection.Renew, failoverElection.Retry, log.String())
+	logOutput(t, fmt.Sprintf("the lab's controller as two replicas (lease %s, renew %s, retry %s)", failoverElection.Lease, failoverElection.Renew, failoverElection.Retry), log.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +231,7 @@ func leaderKilledMidRotation(t *testing.T, cfgPath, state string, vms ...string)
 		}
 	}
 	r := <-renewed
-	t.Logf("vm renew --force %s:\n%s", strings.Join(vms, " "), r.out)
+	logOutput(t, "vm renew --force "+strings.Join(vms, " "), r.out)
 	if r.err != nil || strings.Count(r.out, "token replaced by the controller") != len(vms) {
 		t.Errorf("vm renew --force: %v, want every token replaced", r.err)
 	}
