@@ -43,7 +43,9 @@ type Store interface {
 	// addresses, and the CA it pins its callers to.
 	AgentIdentity(vm string, addresses []string) (onboard.AgentIdentity, error)
 
-	// Address is where the VM was last onboarded (its WorkloadEntry is there).
+	// Address is where the VM was last onboarded (its WorkloadEntry is
+	// there): recorded once it is in, or, on its first onboarding, with the
+	// files delivered for that address.
 	Address(vm string) (string, error)
 	SetAddress(vm, addr string) error
 	// AddressHolder is another VM last onboarded at addr, if any.
