@@ -70,6 +70,8 @@ type ctlConfig struct {
 	lease, renew, retry time.Duration
 	// profileDir, when set, gets the leader's heap profile after the rest.
 	profileDir string
+	// restOnly stops each size after the rest (onboarding, memory, at rest).
+	restOnly bool
 }
 
 // ctlLab is what the controller rows share.
@@ -616,6 +618,10 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 		}
 	}
 	fmt.Fprintf(os.Stderr, "fleetbench: at rest %s: writes %d, CPU %.1f %%, RSS %s, %d streams\n", cc.atRest, r.atRest.writes(), 100*r.cpu, measure.MiB(r.rss), r.streams)
+
+	if cc.restOnly {
+		return r
+	}
 
 	// 3. A sidecar stopped on one VM → its MeshVM's status (or the
 	// controller starting it again, which may come first), one VM at a time.
