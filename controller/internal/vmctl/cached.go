@@ -56,13 +56,17 @@ func (s Scope) CacheOptions() cache.Options {
 			cms[ns] = root
 		}
 	}
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&v1alpha1.MeshVM{}:            {},
-		&networkingv1.WorkloadEntry{}: {},
-		&networkingv1.WorkloadGroup{}: {},
-		&corev1.ConfigMap{}:           {Namespaces: cms},
-		&corev1.Secret{}:              {Namespaces: map[string]cache.Config{s.Namespace: {LabelSelector: storeSecrets()}}},
-	}}
+	return cache.Options{
+		// Nothing reads who wrote which field: a MeshVM's and an entry's
+		// managedFields are about as large as the rest of it.
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&v1alpha1.MeshVM{}:            {},
+			&networkingv1.WorkloadEntry{}: {},
+			&networkingv1.WorkloadGroup{}: {},
+			&corev1.ConfigMap{}:           {Namespaces: cms},
+			&corev1.Secret{}:              {Namespaces: map[string]cache.Config{s.Namespace: {LabelSelector: storeSecrets()}}},
+		}}
 }
 
 // storeSecrets selects the store's own Secrets (the agent CA, the
