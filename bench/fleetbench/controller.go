@@ -594,17 +594,33 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	streamOpen := func(vm *v1alpha1.MeshVM) bool { return strings.HasPrefix(vm.Status.Agent, "connected ") }
 	waitFor(time.Minute, func() bool { return w.count(streamOpen) == n })
 
-	// 2. At rest.
+	// 2. At rest, measured on the leader: b when a lost its Lease (a
+	// starved machine renews late), which the row then says.
 	time.Sleep(5 * time.Second)
-	pid := a.cmd.Process.Pid
-	before, cpu0, server0 := a.counts(), must(measure.CPU(pid)), l.serverWrites(ctx)
+	lead := a
+	if !a.leading() && b.leading() {
+		lead = b
+		r.err = fmt.Errorf("replica a lost its Lease while onboarding (see its log); b leads: the rows after the rest are skipped")
+	}
+	pid := lead.cmd.Process.Pid
+	before, server0 = lead.counts(), l.serverWrites(ctx)
+	cpu0, err := measure.CPU(pid)
+	if err != nil {
+		r.err = fmt.Errorf("the leader is gone: %w", err)
+		return r
+	}
 	time.Sleep(cc.atRest)
-	r.atRest, r.atRestFor, r.atRestServer = a.counts().since(before), cc.atRest, measure.Since(l.serverWrites(ctx), server0)
-	r.cpu = float64(must(measure.CPU(pid))-cpu0) / float64(cc.atRest)
+	r.atRest, r.atRestFor, r.atRestServer = lead.counts().since(before), cc.atRest, measure.Since(l.serverWrites(ctx), server0)
+	cpu1, err := measure.CPU(pid)
+	if err != nil {
+		r.err = fmt.Errorf("the leader exited at rest: %w", err)
+		return r
+	}
+	r.cpu = float64(cpu1-cpu0) / float64(cc.atRest)
 	r.rss = must(measure.RSS(pid))
 	r.peakRSS = must(measure.PeakRSS(pid))
 	r.streams = w.count(streamOpen)
-	if m, err := a.scrape(); err == nil {
+	if m, err := lead.scrape(); err == nil {
 		r.goHeap, r.goStack, r.goroutines = int64(m["go_memstats_heap_inuse_bytes"]), int64(m["go_memstats_stack_inuse_bytes"]), int(m["go_goroutines"])
 	}
 	r.apiRSS, r.apiPeak = c.procMemory("kube-apiserver")
@@ -612,14 +628,14 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	r.benchRSS = must(measure.RSS(0))
 	if cc.profileDir != "" {
 		r.profile = filepath.Join(cc.profileDir, fmt.Sprintf("controller-heap-%d.pb.gz", n))
-		if err := a.heapProfile(r.profile); err != nil {
+		if err := lead.heapProfile(r.profile); err != nil {
 			fmt.Fprintf(os.Stderr, "fleetbench: %v\n", err)
 			r.profile = ""
 		}
 	}
 	fmt.Fprintf(os.Stderr, "fleetbench: at rest %s: writes %d, CPU %.1f %%, RSS %s, %d streams\n", cc.atRest, r.atRest.writes(), 100*r.cpu, measure.MiB(r.rss), r.streams)
 
-	if cc.restOnly {
+	if cc.restOnly || lead != a {
 		return r
 	}
 
