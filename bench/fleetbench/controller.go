@@ -10,8 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"maps"
+	"reflect"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -364,6 +367,16 @@ func (l *lab) serverWrites(ctx context.Context) map[string]int {
 	return out
 }
 
+// countsSorted is m as "key: n" pairs, the largest first.
+func countsSorted(m map[string]int) string {
+	keys := slices.SortedFunc(maps.Keys(m), func(a, b string) int { return m[b] - m[a] })
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%q: %d", k, m[k]))
+	}
+	return strings.Join(parts, "; ")
+}
+
 func perVMSorted(m map[string]int, n int) string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -500,6 +513,8 @@ type ctlResult struct {
 	benchRSS                 int64
 	profile                  string
 	onboardErrs              map[string]int
+	// restChanges are the MeshVMs' status changes seen at rest, by what changed.
+	restChanges map[string]int
 	streams                  int
 	stopSeen                 []time.Duration
 	stopStatus, stopMissed   int
@@ -603,6 +618,8 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 		r.err = fmt.Errorf("replica a lost its Lease while onboarding (see its log); b leads: the rows after the rest are skipped")
 	}
 	pid := lead.cmd.Process.Pid
+	changes := &changeCount{by: map[string]int{}}
+	w.hook(changes.see)
 	before, server0 = lead.counts(), l.serverWrites(ctx)
 	cpu0, err := measure.CPU(pid)
 	if err != nil {
@@ -617,6 +634,10 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 		return r
 	}
 	r.cpu = float64(cpu1-cpu0) / float64(cc.atRest)
+	r.restChanges = changes.snapshot()
+	w.mu.Lock()
+	w.hooks = w.hooks[:0]
+	w.mu.Unlock()
 	r.rss = must(measure.RSS(pid))
 	r.peakRSS = must(measure.PeakRSS(pid))
 	r.streams = w.count(streamOpen)
@@ -777,6 +798,57 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	r.midRotation, r.midRotated = time.Since(start), w.count(rotated)
 	fmt.Fprintf(os.Stderr, "fleetbench: leader killed mid-rotation at %d/%d: %d/%d rotated in %s\n", r.midKilledAt, n, r.midRotated, n, r.midRotation.Round(time.Millisecond))
 	return r
+}
+
+// changeCount counts MeshVM status changes by what changed: a condition
+// (its type, and its reason before → after, or "message" or "time" when
+// only those moved) or a status field.
+type changeCount struct {
+	mu sync.Mutex
+	by map[string]int
+}
+
+func (c *changeCount) see(old, m *v1alpha1.MeshVM) {
+	if old == nil || reflect.DeepEqual(old.Status, m.Status) {
+		return
+	}
+	var what []string
+	for _, nc := range m.Status.Conditions {
+		var oc *metav1.Condition
+		for i := range old.Status.Conditions {
+			if old.Status.Conditions[i].Type == nc.Type {
+				oc = &old.Status.Conditions[i]
+			}
+		}
+		switch {
+		case oc == nil:
+			what = append(what, nc.Type+" set")
+		case oc.Status != nc.Status || oc.Reason != nc.Reason:
+			what = append(what, fmt.Sprintf("%s %s/%s→%s/%s", nc.Type, oc.Status, oc.Reason, nc.Status, nc.Reason))
+		case oc.Message != nc.Message:
+			what = append(what, nc.Type+" message")
+		case !oc.LastTransitionTime.Equal(&nc.LastTransitionTime) || oc.ObservedGeneration != nc.ObservedGeneration:
+			what = append(what, nc.Type+" time/generation")
+		}
+	}
+	o, n := old.Status, m.Status
+	o.Conditions, n.Conditions = nil, nil
+	ov, nv := reflect.ValueOf(o), reflect.ValueOf(n)
+	for i := range ov.NumField() {
+		if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+			what = append(what, "status."+ov.Type().Field(i).Name)
+		}
+	}
+	sort.Strings(what)
+	c.mu.Lock()
+	c.by[strings.Join(what, ", ")]++
+	c.mu.Unlock()
+}
+
+func (c *changeCount) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.by)
 }
 
 // eachVM calls do for every name, 32 at once (as many clients applying
@@ -994,6 +1066,9 @@ func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 	for _, r := range rows {
 		fmt.Fprintf(out, "N=%d: writes per VM at the API server (all clients: the bench's creates, the istiod stand-in's entries), onboarding: %s\n", r.n, perVMSorted(r.onboardServer, r.n))
 		fmt.Fprintf(out, "N=%d: ... at rest: %s\n", r.n, perVMSorted(r.atRestServer, r.n))
+		if len(r.restChanges) > 0 {
+			fmt.Fprintf(out, "N=%d: MeshVM status changes at rest, by what changed: %s\n", r.n, countsSorted(r.restChanges))
+		}
 	}
 	for _, r := range rows {
 		if len(r.onboardErrs) > 0 {
