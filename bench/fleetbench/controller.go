@@ -5,12 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"maps"
 	"reflect"
 	"regexp"
 	"runtime"
@@ -514,19 +514,19 @@ type ctlResult struct {
 	profile                  string
 	onboardErrs              map[string]int
 	// restChanges are the MeshVMs' status changes seen at rest, by what changed.
-	restChanges map[string]int
-	streams                  int
-	stopSeen                 []time.Duration
-	stopStatus, stopMissed   int
-	rotated                  int
-	rotation                 time.Duration
-	rotationRestarts         int
-	rotationLeftHealthy      int
-	rotationCounts           counts
-	elected, reconciling     time.Duration
-	streamsBack              time.Duration
-	streamsBackCount         int
-	failover                 counts
+	restChanges            map[string]int
+	streams                int
+	stopSeen               []time.Duration
+	stopStatus, stopMissed int
+	rotated                int
+	rotation               time.Duration
+	rotationRestarts       int
+	rotationLeftHealthy    int
+	rotationCounts         counts
+	elected, reconciling   time.Duration
+	streamsBack            time.Duration
+	streamsBackCount       int
+	failover               counts
 	// The leader killed mid-rotation: rotated before the kill, in all,
 	// and how long the whole rotation took.
 	midKilledAt, midRotated int
