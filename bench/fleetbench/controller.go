@@ -1024,45 +1024,49 @@ func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 	line("  etcd RSS at rest / peak", "", func(r ctlResult) string { return mib(r.etcdRSS) + " / " + mib(r.etcdPeak) })
 	line("  bench RSS (the N agents, pilots, watch)", "", func(r ctlResult) string { return mib(r.benchRSS) })
 	line("  streams open (AGENT connected)", "", func(r ctlResult) string { return fmt.Sprintf("%d/%d", r.streams, r.n) })
-	line(fmt.Sprintf("sidecar stopped → MeshVM, p50 / p99 (%d trials)", cc.trials), "p99 ≤ 2 s", func(r ctlResult) string {
-		return fmt.Sprintf("%s / %s", measure.Percentile(r.stopSeen, 50).Round(time.Millisecond), measure.Percentile(r.stopSeen, 99).Round(time.Millisecond))
-	})
-	line("  ... seen in the status / restarted first / missed", "", func(r ctlResult) string {
-		return fmt.Sprintf("%d / %d / %d", r.stopStatus, len(r.stopSeen)-r.stopStatus, r.stopMissed)
-	})
-	line("forced rotation (meshvm.io/renew) → all new tokens", "≤ 60 s at 1,000", func(r ctlResult) string {
-		if r.rotated < r.n {
-			return fmt.Sprintf("%d/%d in %s", r.rotated, r.n, cc.budget)
-		}
-		return r.rotation.Round(time.Millisecond).String()
-	})
-	line("  sidecar restarts / VMs leaving Healthy", "0 / 0", func(r ctlResult) string {
-		return fmt.Sprintf("%d / %d", r.rotationRestarts, r.rotationLeftHealthy)
-	})
-	line("  API writes per VM", "", func(r ctlResult) string { return per(r.rotationCounts.writes(), r.n) })
-	line("leader killed (SIGKILL) → other replica leads", "", func(r ctlResult) string { return r.elected.Round(time.Millisecond).String() })
-	line("  ... reconciling", "≤ 20 s", func(r ctlResult) string {
-		if r.reconciling == 0 {
-			return "never"
-		}
-		return r.reconciling.Round(time.Millisecond).String()
-	})
-	line("  every stream back (meshvm_agent_streams)", "≤ 60 s", func(r ctlResult) string {
-		if r.streamsBackCount < r.n {
-			return fmt.Sprintf("%d/%d", r.streamsBackCount, r.n)
-		}
-		return r.streamsBack.Round(time.Millisecond).String()
-	})
-	line("  429s / conflicts (of writes)", "0 / < 1 %", func(r ctlResult) string {
-		w := r.failover.writes()
-		return fmt.Sprintf("%d / %d of %d", r.failover.code["429"], r.failover.code["409"], w)
-	})
-	line("leader killed mid-rotation (at k rotated) → all", "no token left unrotated", func(r ctlResult) string {
-		if r.midKilledAt == 0 {
-			return "-"
-		}
-		return fmt.Sprintf("at %d: %d/%d in %s", r.midKilledAt, r.midRotated, r.n, r.midRotation.Round(time.Second))
-	})
+	if cc.restOnly {
+		fmt.Fprintln(out, "sidecar stopped, forced rotation, leader killed: not run (-controller-rest-only)")
+	} else {
+		line(fmt.Sprintf("sidecar stopped → MeshVM, p50 / p99 (%d trials)", cc.trials), "p99 ≤ 2 s", func(r ctlResult) string {
+			return fmt.Sprintf("%s / %s", measure.Percentile(r.stopSeen, 50).Round(time.Millisecond), measure.Percentile(r.stopSeen, 99).Round(time.Millisecond))
+		})
+		line("  ... seen in the status / restarted first / missed", "", func(r ctlResult) string {
+			return fmt.Sprintf("%d / %d / %d", r.stopStatus, len(r.stopSeen)-r.stopStatus, r.stopMissed)
+		})
+		line("forced rotation (meshvm.io/renew) → all new tokens", "≤ 60 s at 1,000", func(r ctlResult) string {
+			if r.rotated < r.n {
+				return fmt.Sprintf("%d/%d in %s", r.rotated, r.n, cc.budget)
+			}
+			return r.rotation.Round(time.Millisecond).String()
+		})
+		line("  sidecar restarts / VMs leaving Healthy", "0 / 0", func(r ctlResult) string {
+			return fmt.Sprintf("%d / %d", r.rotationRestarts, r.rotationLeftHealthy)
+		})
+		line("  API writes per VM", "", func(r ctlResult) string { return per(r.rotationCounts.writes(), r.n) })
+		line("leader killed (SIGKILL) → other replica leads", "", func(r ctlResult) string { return r.elected.Round(time.Millisecond).String() })
+		line("  ... reconciling", "≤ 20 s", func(r ctlResult) string {
+			if r.reconciling == 0 {
+				return "never"
+			}
+			return r.reconciling.Round(time.Millisecond).String()
+		})
+		line("  every stream back (meshvm_agent_streams)", "≤ 60 s", func(r ctlResult) string {
+			if r.streamsBackCount < r.n {
+				return fmt.Sprintf("%d/%d", r.streamsBackCount, r.n)
+			}
+			return r.streamsBack.Round(time.Millisecond).String()
+		})
+		line("  429s / conflicts (of writes)", "0 / < 1 %", func(r ctlResult) string {
+			w := r.failover.writes()
+			return fmt.Sprintf("%d / %d of %d", r.failover.code["429"], r.failover.code["409"], w)
+		})
+		line("leader killed mid-rotation (at k rotated) → all", "no token left unrotated", func(r ctlResult) string {
+			if r.midKilledAt == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("at %d: %d/%d in %s", r.midKilledAt, r.midRotated, r.n, r.midRotation.Round(time.Second))
+		})
+	}
 	for _, r := range rows {
 		fmt.Fprintf(out, "N=%d: writes per VM at the API server (all clients: the bench's creates, the istiod stand-in's entries), onboarding: %s\n", r.n, perVMSorted(r.onboardServer, r.n))
 		fmt.Fprintf(out, "N=%d: ... at rest: %s\n", r.n, perVMSorted(r.atRestServer, r.n))
