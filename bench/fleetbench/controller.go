@@ -1003,7 +1003,7 @@ func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 		return fmt.Sprintf("%d / %d", failed, not2xx)
 	})
 	line("at rest: the controller's writes per VM", "0", func(r ctlResult) string { return fmt.Sprintf("%s in %s", per(r.atRest.writes(), r.n), r.atRestFor) })
-	line("  ... less its Lease renewals (API server's count)", "", func(r ctlResult) string {
+	line("  ... all clients, less Leases (API server count)", "", func(r ctlResult) string {
 		w := 0
 		for k, v := range r.atRestServer {
 			if !strings.HasSuffix(k, " leases") {
