@@ -573,7 +573,12 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 		r.err = err
 		return r
 	}
-	defer c.cleanup(f)
+	defer func() {
+		// The replicas first: a live one puts its finalizer back.
+		a.kill()
+		b.kill()
+		c.cleanup(f)
+	}()
 
 	// 1. N MeshVMs applied at once.
 	before, server0 := a.counts(), l.serverWrites(ctx)
@@ -890,11 +895,11 @@ func renewAll(ctx context.Context, cl client.Client, f *fleet, patch []byte) err
 // finalizer dropped (no agent left to undo anything) and each deleted.
 func (c *ctlLab) cleanup(f *fleet) {
 	ctx := context.Background()
-	for _, name := range f.names {
+	eachVM(f.names, func(name string) error {
 		m := &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace}}
 		c.cl.Patch(ctx, m, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
-		c.cl.Delete(ctx, m)
-	}
+		return c.cl.Delete(ctx, m)
+	})
 }
 
 // restartCount sees the sidecars' units: starts with a new main PID.
