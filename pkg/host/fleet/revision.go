@@ -10,14 +10,14 @@ import (
 // joinedOf is the VM's record of what it was last onboarded onto; ok is
 // false for a VM onboarded by an older meshvm or never (it is then on the
 // default revision, or about to join the site's).
-func joinedOf(state *statedir.Dir, vm string) (vmcore.Joined, bool) {
-	j, ok, _ := vmcore.DirStore{Dir: state}.Joined(vm)
+func joinedOf(store vmcore.Store, vm string) (vmcore.Joined, bool) {
+	j, ok, _ := store.Joined(vm)
 	return j, ok
 }
 
 // vmRevision is the revision the VM is on, as the per-VM core judges it.
-func vmRevision(state *statedir.Dir, vm, siteRev string) string {
-	rev, _ := vmcore.VMRevision(vmcore.DirStore{Dir: state}, vm, siteRev)
+func vmRevision(store vmcore.Store, vm, siteRev string) string {
+	rev, _ := vmcore.VMRevision(store, vm, siteRev)
 	return rev
 }
 
@@ -33,7 +33,7 @@ func sameRevision(a, b string) bool { return revisionName(a) == revisionName(b) 
 func groupRevision(cfg config.Config, state *statedir.Dir, rev string) string {
 	revs := map[string]bool{}
 	for _, vm := range cfg.VMs {
-		revs[revisionName(vmRevision(state, vm.Name, rev))] = true
+		revs[revisionName(vmRevision(vmcore.DirStore{Dir: state}, vm.Name, rev))] = true
 	}
 	if len(revs) != 1 {
 		return ""

@@ -34,7 +34,7 @@ func TestGroupRevision(t *testing.T) {
 	if err := state.WriteSecret(addressFile("b"), []byte("10.0.0.2")); err != nil {
 		t.Fatal(err)
 	}
-	if got := vmRevision(state, "b", "canary"); got != "" {
+	if got := vmRevision(vmcore.DirStore{Dir: state}, "b", "canary"); got != "" {
 		t.Errorf("b onboarded without a record: revision %q, want the default", got)
 	}
 	if got := groupRevision(cfg, state, "canary"); got != "" {
@@ -46,7 +46,7 @@ func TestGroupRevision(t *testing.T) {
 	if got := groupRevision(cfg, state, ""); got != "canary" {
 		t.Errorf("both on canary: %q, want canary", got)
 	}
-	if j, ok := joinedOf(state, "a"); !ok || j.Istio != "1.31.0" {
+	if j, ok := joinedOf(vmcore.DirStore{Dir: state}, "a"); !ok || j.Istio != "1.31.0" {
 		t.Errorf("a's record: %+v %v", j, ok)
 	}
 }

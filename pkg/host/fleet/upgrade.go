@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/progress"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/reason"
@@ -37,7 +38,7 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 	siteRev := s.Revision(ctx)
 	var moving []config.VM
 	for _, vm := range vms {
-		if !sameRevision(vmRevision(state, vm.Name, siteRev), rev) {
+		if !sameRevision(vmRevision(vmcore.DirStore{Dir: state}, vm.Name, siteRev), rev) {
 			moving = append(moving, vm)
 		}
 	}
@@ -62,7 +63,7 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 // upgrade moves one VM onto rev and checks that an istiod of rev registered
 // it (as mesh tells). A VM already there is converged without a restart.
 func (r *session) upgrade(ctx context.Context, mesh MeshStatus, name, rev, siteRev string) error {
-	from := vmRevision(r.state, name, siteRev)
+	from := vmRevision(vmcore.DirStore{Dir: r.state}, name, siteRev)
 	vm, err := r.cfg.VM(name)
 	if err != nil {
 		return err

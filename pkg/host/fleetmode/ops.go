@@ -39,6 +39,9 @@ func Statuses(ctx context.Context, f *fleet.Fleet, vms []config.VM, p fleet.Repo
 	if err != nil {
 		return nil, err
 	}
+	if err := UseCluster(ctx, f); err != nil {
+		return nil, err
+	}
 	out, err := f.Statuses(ctx, vms, p)
 	if err != nil {
 		return nil, err
