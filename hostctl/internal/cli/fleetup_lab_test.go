@@ -30,6 +30,10 @@ import (
 //   - vm status reads the MeshVMs (READY, -o json's meshvm);
 //   - vm renew --force: the controller replaces the token, the sidecar is
 //     not restarted;
+//   - a second engineer (a config and state directory of their own, no
+//     agent CA) runs vm status, verify, doctor, vm logs, vm upgrade, vm
+//     renew --force, vm onboard --restart, vm stop and vm start on the
+//     same VMs (secondEngineer);
 //   - vm revoke: the MeshVM paused, the token refused; vm onboard: a fresh
 //     token, Ready again;
 //   - vm rm: the MeshVM finalized (token refused, entry gone), the
@@ -136,6 +140,9 @@ func TestFleetUpOnLab(t *testing.T) {
 	if now := sidecarPID("fu1"); now != fu1PID {
 		t.Errorf("vm renew restarted fu1's sidecar (pid %s -> %s)", fu1PID, now)
 	}
+
+	// A second engineer, with no state of these VMs, manages them too.
+	secondEngineer(t, state, []string{"fu1", "fu2"}, sidecarPID, token, get)
 
 	// vm revoke, then vm onboard.
 	revoked := token("fu2")

@@ -18,6 +18,9 @@ import (
 var (
 	OnboardSteps = []progress.Step{progress.ControlPlane, progress.Workload, progress.Agent, progress.Onboard, progress.Healthy}
 	StartSteps   = []progress.Step{progress.Machine, progress.Agent, progress.Healthy}
+	// In fleet mode the controller moves and judges the VMs.
+	FleetUpgradeSteps = []progress.Step{progress.ControlPlane, progress.Workload, progress.Controller}
+	FleetStartSteps   = []progress.Step{progress.Machine, progress.Agent, progress.Controller}
 )
 
 // Upgrade moves the VMs onto revision rev ("" is the default), parallel at a

@@ -83,7 +83,17 @@ func judge(r Row) (bool, string, reason.Cause) {
 // value, which it returns; onboarding also ends a pause (vm revoke's).
 // A VM with no MeshVM, or one meshvm did not create, is an error naming it.
 func Request(ctx context.Context, dc dynamic.Interface, ns string, names []string, annotation string) (string, error) {
-	value := time.Now().UTC().Format(time.RFC3339Nano)
+	return request(ctx, dc, ns, names, annotation, time.Now().UTC().Format(time.RFC3339Nano))
+}
+
+// RequestRestart is Request of an onboarding that also restarts each
+// VM's sidecar (vm onboard --restart): the controller does it, and records
+// the request once it has.
+func RequestRestart(ctx context.Context, dc dynamic.Interface, ns string, names []string) (string, error) {
+	return request(ctx, dc, ns, names, v1alpha1.AnnotationOnboard, time.Now().UTC().Format(time.RFC3339Nano)+v1alpha1.OnboardRestart)
+}
+
+func request(ctx context.Context, dc dynamic.Interface, ns string, names []string, annotation, value string) (string, error) {
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{annotation: value}}}
 	if annotation == v1alpha1.AnnotationOnboard {
 		patch["spec"] = map[string]any{"paused": nil}

@@ -29,8 +29,7 @@ func UseCluster(ctx context.Context, f *fleet.Fleet) error {
 	_, err = clients.Kube.CoreV1().Secrets(ns).Get(ctx, fleetstore.CASecret, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return fmt.Errorf("fleet mode is on, but the cluster holds no agent CA (Secret %s/%s): run hostctl up (or hostctl fleet adopt) from the workstation whose state directory onboarded these VMs",
-			ns, fleetstore.CASecret)
+		return reason.Wrap(fmt.Errorf("fleet mode is on, but the cluster holds no agent CA (Secret %s/%s)", ns, fleetstore.CASecret), reason.NoFleetStore)
 	case err != nil:
 		return reason.Wrap(fmt.Errorf("the agent CA (Secret %s/%s): %w", ns, fleetstore.CASecret, err), reason.ClusterUnreachable)
 	}

@@ -69,26 +69,22 @@ func Upgrade(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, names []stri
 			return 0, err
 		}
 	}
-	moved := 0
+	moved, from := 0, map[string]string{}
 	for start := 0; start < len(moving); start += parallel {
 		batch := moving[start:min(start+parallel, len(moving))]
 		for _, n := range batch {
 			if err := setRevision(ctx, a.Dynamic, ns, n, rev); err != nil {
 				return moved, fmt.Errorf("%s: %w", n, err)
 			}
-			revs[n] = rev
+			from[n], revs[n] = revs[n], rev
 			p.Step(progress.Controller, n, "MeshVM spec.revision %s: the controller moves it", workloadfiles.RevisionName(rev))
 		}
 		wctx, cancel := context.WithTimeout(ctx, patience)
 		_, err := WaitRequest(wctx, a.Dynamic, ns, batch, onRevision(rev), func(vm, format string, args ...any) { p.Step(progress.Controller, vm, format, args...) })
 		cancel()
 		if err != nil {
-			back := "default"
-			if from := revs[batch[0]]; from != "" {
-				back = from
-			}
-			return moved, fmt.Errorf("%s not Ready on revision %s within %s (%w); the others were not moved: hostctl vm upgrade %s --revision %s moves them back",
-				strings.Join(batch, ", "), workloadfiles.RevisionName(rev), patience, err, strings.Join(batch, " "), back)
+			return moved, reason.Wrap(fmt.Errorf("%s not Ready on revision %s within %s (%w); the VMs after them were not moved",
+				strings.Join(batch, ", "), workloadfiles.RevisionName(rev), patience, err), reason.NotBackOnRevision, strings.Join(batch, " "), workloadfiles.RevisionName(from[batch[0]]))
 		}
 		for _, n := range batch {
 			p.Step(progress.Controller, n, "Ready on revision %s", workloadfiles.RevisionName(rev))
