@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"github.com/meshvm/meshvm/pkg/host/config"
-	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
@@ -30,10 +29,10 @@ func sameRevision(a, b string) bool { return revisionName(a) == revisionName(b) 
 // revision all the config's VMs are on (new ones are about to join rev),
 // else none, so that every revision's istiod sees the group while VMs are
 // split between them.
-func groupRevision(cfg config.Config, state *statedir.Dir, rev string) string {
+func groupRevision(cfg config.Config, store vmcore.Store, rev string) string {
 	revs := map[string]bool{}
 	for _, vm := range cfg.VMs {
-		revs[revisionName(vmRevision(vmcore.DirStore{Dir: state}, vm.Name, rev))] = true
+		revs[revisionName(vmRevision(store, vm.Name, rev))] = true
 	}
 	if len(revs) != 1 {
 		return ""

@@ -56,11 +56,11 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 		batch := vms[start:min(start+parallel, len(vms))]
 		err := eachVM(cfg.Parallel, batch, func(vm config.VM) error { return r.upgrade(ctx, s, vm.Name, rev, siteRev) })
 		if err != nil {
-			return moved, errors.Join(err, r.labelGroup(ctx, groupRevision(cfg, state, siteRev)))
+			return moved, errors.Join(err, r.labelGroup(ctx, groupRevision(cfg, vmcore.DirStore{Dir: state}, siteRev)))
 		}
 		moved += len(batch)
 	}
-	return moved, r.labelGroup(ctx, groupRevision(cfg, state, siteRev))
+	return moved, r.labelGroup(ctx, groupRevision(cfg, vmcore.DirStore{Dir: state}, siteRev))
 }
 
 // upgrade moves one VM onto rev and checks that an istiod of rev registered
