@@ -169,7 +169,7 @@ func run(c config) error {
 	cfg := stack.Config{ModuleDir: moduleDir, CacheDir: build.DefaultCacheDir(), Dir: filepath.Join(dir, "lab"), Progress: os.Stderr,
 		Istio: istioinstall.Options{MeshID: "mesh1", ClusterName: clusterID, Network: "kube-network"},
 		// Its own ports: the bench runs beside the lab tests, not under their lock.
-		Ports: cluster.Ports{API: 26443, Etcd: 33790, EtcdPeer: 33800, Controller: 20257}}
+		Ports: cluster.Ports{API: 30643, Etcd: 30644, EtcdPeer: 30645, Controller: 20257}}
 	st, err := stack.UpCluster(ctx, cfg)
 	if err != nil {
 		return err

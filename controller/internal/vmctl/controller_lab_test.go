@@ -90,7 +90,7 @@ func startLabController(t *testing.T, o labOptions) *labController {
 		o.qps, o.burst = 50, 100
 	}
 	// Its own ports: no VMs nor istiod, so it runs beside the lab tests.
-	rc := clustertest.StartIstioAPI(t, cluster.Ports{API: 28443, Etcd: 35790, EtcdPeer: 35800, Controller: 22257})
+	rc := clustertest.StartIstioAPI(t, cluster.Ports{API: 30543, Etcd: 30544, EtcdPeer: 30545, Controller: 22257})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	lc := &labController{t: t, rc: rc, kube: kubernetes.NewForConfigOrDie(rc), istio: istioclient.NewForConfigOrDie(rc)}

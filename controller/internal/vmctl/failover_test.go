@@ -90,7 +90,7 @@ func replicaAPI(t *testing.T) *rest.Config {
 			return
 		}
 		if apiErr = cluster.Up(ctx, cluster.Config{Dir: apiDir, APIServer: bins.Path("kube-apiserver"), ControllerManager: bins.Path("kube-controller-manager"),
-			// Apart from autoregsim's API server (27443) and every lab instance's block (24000-30399).
+			// Apart from the other tests' API servers (30443, 30543), every lab instance's block (24000-30399) and the kernel's ephemeral ports (32768 up).
 			Ports: cluster.Ports{API: 31443, Etcd: 31790, EtcdPeer: 31800, Controller: 31357}}); apiErr != nil {
 			return
 		}

@@ -219,3 +219,15 @@ func has(v any, path []string) bool {
 	}
 	return false
 }
+
+// logOutput keeps a command's output for the test's log when the test
+// fails, printed after the failure: CI keeps the head and tail of a long
+// log, and a failure message buried behind pages of progress lines is cut.
+func logOutput(t *testing.T, what, out string) {
+	t.Helper()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s:\n%s", what, out)
+		}
+	})
+}

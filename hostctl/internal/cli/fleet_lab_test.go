@@ -116,7 +116,7 @@ func TestFleetOnLab(t *testing.T) {
 	if out, err := run(t, "--config", cfgPath, "fleet", "status"); err != nil || strings.Count(out, " True ") < 2 {
 		t.Errorf("fleet status: %v\n%s", err, out)
 	} else {
-		t.Logf("hostctl fleet status:\n%s", out)
+		logOutput(t, "hostctl fleet status", out)
 	}
 	get := func(name string) v1alpha1.MeshVM {
 		var m v1alpha1.MeshVM

@@ -109,7 +109,7 @@ func TestFleetUpOnLab(t *testing.T) {
 
 	// vm status through the MeshVMs.
 	out, err = run(t, "--config", cfgPath, "vm", "status")
-	t.Logf("vm status:\n%s", out)
+	logOutput(t, "vm status", out)
 	if err != nil || !strings.Contains(out, "READY") || strings.Count(out, " True ") < 2 {
 		t.Errorf("vm status: %v, want READY True for both", err)
 	}
@@ -127,7 +127,7 @@ func TestFleetUpOnLab(t *testing.T) {
 	// vm renew --force: through the controller, only the token sent.
 	before := token("fu1")
 	out, err = run(t, "--config", cfgPath, "vm", "renew", "fu1", "--force")
-	t.Logf("vm renew fu1 --force:\n%s", out)
+	logOutput(t, "vm renew fu1 --force", out)
 	if err != nil || !strings.Contains(out, "token replaced by the controller") {
 		t.Errorf("vm renew: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestFleetUpOnLab(t *testing.T) {
 	// vm revoke, then vm onboard.
 	revoked := token("fu2")
 	out, err = run(t, "--config", cfgPath, "vm", "revoke", "fu2")
-	t.Logf("vm revoke fu2:\n%s", out)
+	logOutput(t, "vm revoke fu2", out)
 	if err != nil || !get("fu2").Spec.Paused {
 		t.Errorf("vm revoke: %v, paused %v", err, get("fu2").Spec.Paused)
 	}
@@ -156,7 +156,7 @@ func TestFleetUpOnLab(t *testing.T) {
 		t.Errorf("vm status of a revoked VM: %v\n%s", err, out)
 	}
 	out, err = run(t, "--config", cfgPath, "vm", "onboard", "fu2")
-	t.Logf("vm onboard fu2:\n%s", out)
+	logOutput(t, "vm onboard fu2", out)
 	if err != nil || !strings.Contains(out, "re-onboarded by the controller") {
 		t.Errorf("vm onboard: %v", err)
 	}
@@ -169,7 +169,7 @@ func TestFleetUpOnLab(t *testing.T) {
 	fu1 := get("fu1")
 	tok := token("fu1")
 	out, err = run(t, "--config", cfgPath, "vm", "rm", "fu1")
-	t.Logf("vm rm fu1:\n%s", out)
+	logOutput(t, "vm rm fu1", out)
 	if err != nil || !strings.Contains(out, "MeshVM vmns/fu1 deleted") || !strings.Contains(out, "machine fu1 deleted") {
 		t.Errorf("vm rm: %v", err)
 	}
@@ -183,7 +183,7 @@ func TestFleetUpOnLab(t *testing.T) {
 
 	// down: the MeshVMs first, through their finalizers.
 	out, err = run(t, "--config", cfgPath, "down", "--keep-cluster")
-	t.Logf("down --keep-cluster:\n%s", out)
+	logOutput(t, "down --keep-cluster", out)
 	if err != nil {
 		t.Fatal(err)
 	}

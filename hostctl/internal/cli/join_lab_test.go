@@ -64,7 +64,7 @@ func TestJoinYourIstio(t *testing.T) {
 	}
 	write(config.InstallAuto)
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "5m")
-	t.Logf("up joining your Istio:\n%s", out)
+	logOutput(t, "up joining your Istio", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestJoinYourIstio(t *testing.T) {
 	// (Another namespace: the lab runs no namespace controller to finish deleting vmns.)
 	write(config.InstallAuto, "  istiodAddress: "+hostIP+"\nworkload:\n  network: kube-network\n  namespace: vmone\n")
 	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
-	t.Logf("up on one network:\n%s", out)
+	logOutput(t, "up on one network", out)
 	if err != nil || !strings.Contains(out, "VMs reach it directly (istio.istiodAddress, one network) at "+hostIP) {
 		t.Fatalf("up on one network: %v", err)
 	}

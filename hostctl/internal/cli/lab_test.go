@@ -50,7 +50,7 @@ func TestUpOnLab(t *testing.T) {
 	fleetOff(t, cfgPath) // the workstation drives the VMs: TestFleetUpOnLab is the fleet path
 
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
-	t.Logf("first up:\n%s", out)
+	logOutput(t, "first up", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,7 +367,7 @@ func TestManyVMsOnLab(t *testing.T) {
 	_, _, cfgPath, state := labSetup(t, "m1", "m2", "m-too-long-name")
 	fleetOff(t, cfgPath)
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
-	t.Logf("up with two good VMs and a bad one:\n%s", out)
+	logOutput(t, "up with two good VMs and a bad one", out)
 	if err == nil || !strings.Contains(err.Error(), "m-too-long-name: ") || !strings.Contains(err.Error(), "use at most 10") {
 		t.Fatalf("got %v, want the bad VM's failure by name", err)
 	}
@@ -382,7 +382,7 @@ func TestManyVMsOnLab(t *testing.T) {
 	writeLabConfig(t, cfgPath, ten...)
 	fleetOff(t, cfgPath)
 	out, err = run(t, "--config", cfgPath, "up")
-	t.Logf("up with ten VMs:\n%s", out)
+	logOutput(t, "up with ten VMs", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,7 +458,7 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 	os.WriteFile(cfgPath, []byte(cfg), 0o600)
 	fleetOff(t, cfgPath) // vm upgrade is the workstation's path
 	out, err := run(t, "--config", cfgPath, "up")
-	t.Logf("up with istio.revision canary:\n%s", out)
+	logOutput(t, "up with istio.revision canary", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +467,7 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 	}
 
 	out, err = run(t, "--config", cfgPath, "vm", "upgrade", vms[0], vms[1], "--revision", "canary")
-	t.Logf("vm upgrade to canary:\n%s", out)
+	logOutput(t, "vm upgrade to canary", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -488,7 +488,7 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 	}
 
 	out, err = run(t, "--config", cfgPath, "vm", "upgrade", vms[0], "--revision", "default")
-	t.Logf("vm upgrade back to default:\n%s", out)
+	logOutput(t, "vm upgrade back to default", out)
 	if err != nil || !strings.Contains(out, "moved from canary") {
 		t.Fatalf("back to default: %v", err)
 	}
@@ -499,7 +499,7 @@ func revisions(t *testing.T, cfgPath, state string, vms []string) {
 	// A VM that does not come back in time stops the upgrade there, and
 	// the command it names moves it back.
 	out, err = run(t, "--config", cfgPath, "vm", "upgrade", vms[2], vms[3], "--revision", "canary", "--timeout", "4s")
-	t.Logf("vm upgrade that times out:\n%s", out)
+	logOutput(t, "vm upgrade that times out", out)
 	rollback := "roll it back with hostctl vm upgrade " + vms[2] + " --revision default"
 	if err == nil || !strings.Contains(err.Error(), "did not come back on revision canary") || !strings.Contains(err.Error(), rollback) {
 		t.Fatalf("vm upgrade past its timeout: %v, want the VM named with its rollback", err)
@@ -540,7 +540,7 @@ func onboardAgainAndFaults(t *testing.T, cfgPath, state string, lab *labmachine.
 			t.Errorf("vm status with the sidecar stopped: got %v\n%s\nwant a non-zero exit naming vm onboard", err, out)
 		}
 		out, err := run(t, "--config", cfgPath, "vm", "onboard", vm)
-		t.Logf("vm onboard:\n%s", out)
+		logOutput(t, "vm onboard", out)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -664,7 +664,7 @@ func onboardAgainAndFaults(t *testing.T, cfgPath, state string, lab *labmachine.
 			t.Fatal(err)
 		}
 		out, err := run(t, "--config", cfgPath, "up")
-		t.Logf("up after the address changed:\n%s", out)
+		logOutput(t, "up after the address changed", out)
 		if err != nil {
 			t.Fatal(err)
 		}

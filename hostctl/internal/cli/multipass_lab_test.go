@@ -66,7 +66,7 @@ func TestUpOnMultipass(t *testing.T) {
 	}
 	writeConfig("mpe1")
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "10m")
-	t.Logf("up on multipass:\n%s", out)
+	logOutput(t, "up on multipass", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,14 +145,14 @@ func TestUpOnMultipass(t *testing.T) {
 	}
 	writeConfig("mpe1", "mpe2")
 	out, err = run(t, "--config", cfgPath, "up", "--timeout", "10m")
-	t.Logf("up after an interrupted launch:\n%s", out)
+	logOutput(t, "up after an interrupted launch", out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	status(2)
 
 	out, err = run(t, "--config", cfgPath, "down")
-	t.Logf("down:\n%s", out)
+	logOutput(t, "down", out)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -79,7 +79,7 @@ func TestProxylessOnLab(t *testing.T) {
 	defer cancel()
 	pxConfig(t, cfgPath, state, "grpc-server", pxServer)
 	out, err := run(t, "--config", cfgPath, "up", "--timeout", "50m")
-	t.Logf("up:\n%s", out)
+	logOutput(t, "up", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func proxylessOnLab(t *testing.T, ctx context.Context, work, state, serverCfg st
 		}
 	})
 	out, err := run(t, "--config", clientCfg, "up", "--timeout", "10m")
-	t.Logf("up of the client VM:\n%s", out)
+	logOutput(t, "up of the client VM", out)
 	if err != nil {
 		t.Fatal(err)
 	}

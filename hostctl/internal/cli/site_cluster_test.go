@@ -107,7 +107,7 @@ func TestUpOnYourCluster(t *testing.T) {
 	hostIP := loadBalancerAddress(t, kubeconfig)
 	go playKubeletAndLoadBalancer(ctx, clients.Kube, hostIP)
 	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
-	t.Logf("up on your cluster:\n%s", out)
+	logOutput(t, "up on your cluster", out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestUpOnYourCluster(t *testing.T) {
 	os.WriteFile(cfgPath, []byte("version: 1\nstateDir: "+state+"\ncluster:\n  provider: kubeconfig\n  kubeconfig: "+kubeconfig+
 		"\nmachines: lab\nistio:\n  hub: "+hub+"\n  istiodAddress: "+hostIP+"\nworkload:\n  network: kube-network\nvms:\n- name: yc1\n"), 0o600)
 	out, err = run(t, "--config", cfgPath, "up", "--timeout", "5m")
-	t.Logf("up on one network:\n%s", out)
+	logOutput(t, "up on one network", out)
 	if err != nil || !strings.Contains(out, "one network: VMs reach it directly at "+hostIP) || strings.Contains(out, "east-west gateway at") {
 		t.Errorf("up of meshvm's Istio on one network: %v", err)
 	}
@@ -177,7 +177,7 @@ func TestUpOnYourCluster(t *testing.T) {
 	}
 
 	out, err = run(t, "--config", cfgPath, "down")
-	t.Logf("down:\n%s", out)
+	logOutput(t, "down", out)
 	if err != nil {
 		t.Fatal(err)
 	}

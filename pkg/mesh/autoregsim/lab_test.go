@@ -31,7 +31,7 @@ var recipe = workload.Spec{Namespace: "vmns", ServiceAccount: "vmsa", Group: "ex
 func labAPI(t *testing.T) workload.Clients {
 	t.Helper()
 	// Its own ports: it needs no VMs nor istiod, so it runs beside the lab tests.
-	rc := clustertest.StartIstioAPI(t, cluster.Ports{API: 27443, Etcd: 34790, EtcdPeer: 34800, Controller: 21257})
+	rc := clustertest.StartIstioAPI(t, cluster.Ports{API: 30443, Etcd: 30444, EtcdPeer: 30445, Controller: 21257})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	c := workload.Clients{Kube: kubernetes.NewForConfigOrDie(rc), Istio: istioclient.NewForConfigOrDie(rc)}
