@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,7 +39,7 @@ func secondEngineer(t *testing.T, state string, vms []string, sidecarPID func(st
 	two := func(args ...string) (string, error) {
 		t.Helper()
 		out, err := run(t, append([]string{"--config", cfgPath}, args...)...)
-		t.Logf("second engineer: hostctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		logOutput(t, fmt.Sprintf("second engineer: hostctl %s (%v)", strings.Join(args, " "), err), out)
 		return out, err
 	}
 
