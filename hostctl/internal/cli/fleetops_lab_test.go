@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
@@ -22,6 +23,7 @@ import (
 // token in the cluster's records; get its MeshVM.
 func secondEngineer(t *testing.T, state string, vms []string, sidecarPID func(string) string, token func(string) []byte, get func(string) v1alpha1.MeshVM) {
 	t.Helper()
+	begun := time.Now()
 	work := t.TempDir()
 	state2 := filepath.Join(work, ".meshvm")
 	if err := os.MkdirAll(state2, 0o700); err != nil {
@@ -148,4 +150,6 @@ func secondEngineer(t *testing.T, state string, vms []string, sidecarPID func(st
 	if out, err := two("vm", "start", vms[1]); err != nil || !strings.Contains(out, vms[1]+": Ready") {
 		t.Errorf("vm start: %v", err)
 	}
+	t.Logf("second engineer: vm status, verify, doctor, vm logs, vm upgrade, vm renew --force, vm onboard --restart, vm stop and vm start in %s",
+		time.Since(begun).Round(time.Second))
 }
