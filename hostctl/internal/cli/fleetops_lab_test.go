@@ -19,9 +19,12 @@ import (
 // machine host here) and none of the first workstation's state (no agent
 // CA, no VM records). Each command reads the cluster's store and acts
 // through the controller: they see the same VMs, and no agent CA is minted
-// on their workstation. fleetPID reads a VM's sidecar's pid; token its
-// token in the cluster's records; get its MeshVM.
-func secondEngineer(t *testing.T, state string, vms []string, sidecarPID func(string) string, token func(string) []byte, get func(string) v1alpha1.MeshVM) {
+// on their workstation. sidecarPID reads a VM's sidecar's pid; token its
+// token in the cluster's records; get its MeshVM; startCanary has the
+// first engineer run a canary revision's istiod; groupRev reads the
+// WorkloadGroup's istio.io/rev.
+func secondEngineer(t *testing.T, state string, vms []string, sidecarPID func(string) string, token func(string) []byte, get func(string) v1alpha1.MeshVM,
+	startCanary func(), groupRev func() (string, bool)) {
 	t.Helper()
 	begun := time.Now()
 	work := t.TempDir()
@@ -120,8 +123,35 @@ func secondEngineer(t *testing.T, state string, vms []string, sidecarPID func(st
 		t.Errorf("vm upgrade to the revision they are on: %v", err)
 	}
 
+	// A revision that runs: the controller moves the VM there and back,
+	// the WorkloadGroup unlabelled while the VMs are split.
+	startCanary()
+	pid := sidecarPID(vms[0])
+	if out, err := two("vm", "upgrade", vms[0], "--revision", "canary"); err != nil || !strings.Contains(out, "1 VM(s) on revision canary") {
+		t.Errorf("vm upgrade to canary: %v", err)
+	}
+	if m := get(vms[0]); m.Spec.Revision != "canary" || m.Status.Revision != "canary" {
+		t.Errorf("%s after vm upgrade: spec.revision %q, status.revision %q, want canary", vms[0], m.Spec.Revision, m.Status.Revision)
+	}
+	if now := sidecarPID(vms[0]); now == pid {
+		t.Errorf("%s moved to canary without its sidecar restarted", vms[0])
+	}
+	if rev, ok := groupRev(); ok {
+		t.Errorf("WorkloadGroup istio.io/rev %q while the VMs are split, want none", rev)
+	}
+	if out, err := two("vm", "status", vms[0], "-o", "json"); err != nil || !strings.Contains(out, `"istiodController": "istiod-canary-lab"`) {
+		t.Errorf("%s on canary is not registered by canary's istiod: %v", vms[0], err)
+	}
+	if out, err := two("vm", "upgrade", vms[0], "--revision", "default"); err != nil || !strings.Contains(out, "1 VM(s) on revision default") {
+		t.Errorf("vm upgrade back to default: %v", err)
+	}
+	if rev, ok := groupRev(); !ok || rev != "default" {
+		t.Errorf("WorkloadGroup istio.io/rev %q (set %v) with every VM back on default, want default", rev, ok)
+	}
+
 	// vm renew --force: the controller replaces the token.
-	before, pid := token(vms[0]), sidecarPID(vms[0])
+	before := token(vms[0])
+	pid = sidecarPID(vms[0])
 	if out, err := two("vm", "renew", vms[0], "--force"); err != nil || !strings.Contains(out, "token replaced by the controller") || string(token(vms[0])) == string(before) {
 		t.Errorf("vm renew --force: %v", err)
 	}
@@ -150,6 +180,6 @@ func secondEngineer(t *testing.T, state string, vms []string, sidecarPID func(st
 	if out, err := two("vm", "start", vms[1]); err != nil || !strings.Contains(out, vms[1]+": Ready") {
 		t.Errorf("vm start: %v", err)
 	}
-	t.Logf("second engineer: vm status, verify, doctor, vm logs, vm upgrade, vm renew --force, vm onboard --restart, vm stop and vm start in %s",
+	t.Logf("second engineer: vm status, verify, doctor, vm logs, vm upgrade (to canary and back), vm renew --force, vm onboard --restart, vm stop and vm start in %s",
 		time.Since(begun).Round(time.Second))
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -142,7 +143,24 @@ func TestFleetUpOnLab(t *testing.T) {
 	}
 
 	// A second engineer, with no state of these VMs, manages them too.
-	secondEngineer(t, state, []string{"fu1", "fu2"}, sidecarPID, token, get)
+	startCanary := func() {
+		t.Helper()
+		os.WriteFile(cfgPath, []byte("version: 1\ncluster:\n  provider: lab\nistio:\n  revision: canary\nvms:\n- name: fu1\n- name: fu2\n"), 0o600)
+		out, err := run(t, "--config", cfgPath, "up")
+		logOutput(t, "up with istio.revision canary", out)
+		if err != nil || !strings.Contains(out, "istiod (revision canary) ready") {
+			t.Fatalf("up with istio.revision canary: %v", err)
+		}
+	}
+	groupRev := func() (string, bool) {
+		wg, err := clients.Istio.NetworkingV1().WorkloadGroups("vmns").Get(ctx, "external-app", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev, ok := wg.Labels["istio.io/rev"]
+		return rev, ok
+	}
+	secondEngineer(t, state, []string{"fu1", "fu2"}, sidecarPID, token, get, startCanary, groupRev)
 
 	// vm revoke, then vm onboard.
 	revoked := token("fu2")
