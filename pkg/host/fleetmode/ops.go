@@ -148,6 +148,12 @@ func declaredErr(ns, name string, err error) error {
 // each VM named (done reads it from the row) and the VM is Ready, telling
 // each change of Ready as it is seen.
 func WaitRequest(ctx context.Context, dc dynamic.Interface, ns string, names []string, done func(Row) bool, say func(vm, format string, args ...any)) ([]Row, error) {
+	return waitRows(ctx, dc, ns, names, done, nil, say)
+}
+
+// waitRows is WaitRequest that gives up at once on a VM whose row fails
+// says will not get there (nil: never).
+func waitRows(ctx context.Context, dc dynamic.Interface, ns string, names []string, done func(Row) bool, fails func(Row) error, say func(vm, format string, args ...any)) ([]Row, error) {
 	last := map[string]string{}
 	for {
 		rows, err := List(ctx, dc, ns)
@@ -167,6 +173,11 @@ func WaitRequest(ctx context.Context, dc dynamic.Interface, ns string, names []s
 				say(n, "%s: %s", r.Reason, strings.TrimSuffix(r.Message, ": "))
 			}
 			last[n] = seen
+			if fails != nil {
+				if err := fails(r); err != nil {
+					return nil, fmt.Errorf("%s: %w", n, err)
+				}
+			}
 			if !done(r) || r.Ready != "True" {
 				why = append(why, fmt.Sprintf("%s: %s", n, seen))
 				continue

@@ -3,6 +3,7 @@ package fleetmode
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -80,7 +81,7 @@ func Upgrade(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, names []stri
 			p.Step(progress.Controller, n, "MeshVM spec.revision %s: the controller moves it", workloadfiles.RevisionName(rev))
 		}
 		wctx, cancel := context.WithTimeout(ctx, patience)
-		_, err := WaitRequest(wctx, a.Dynamic, ns, batch, onRevision(rev), func(vm, format string, args ...any) { p.Step(progress.Controller, vm, format, args...) })
+		_, err := waitRows(wctx, a.Dynamic, ns, batch, onRevision(rev), revisionNotRunning, func(vm, format string, args ...any) { p.Step(progress.Controller, vm, format, args...) })
 		cancel()
 		if err != nil {
 			return moved, reason.Wrap(fmt.Errorf("%s not Ready on revision %s within %s (%w); the VMs after them were not moved",
@@ -114,6 +115,16 @@ func onRevision(rev string) func(Row) bool {
 		return c != nil && c.Status == metav1.ConditionTrue && c.ObservedGeneration == r.Generation &&
 			workloadfiles.RevisionName(declared(r)) == workloadfiles.RevisionName(rev)
 	}
+}
+
+// revisionNotRunning is the controller's word that no istiod runs the
+// revision a MeshVM's current generation declares: waiting would not help.
+func revisionNotRunning(r Row) error {
+	c := meta.FindStatusCondition(r.Conditions, v1alpha1.ConditionUpToDate)
+	if c != nil && c.ObservedGeneration == r.Generation && c.Reason == "RevisionNotRunning" {
+		return errors.New(c.Message)
+	}
+	return nil
 }
 
 // setRevision patches VM name's MeshVM's spec.revision ("" removes it: the
