@@ -132,7 +132,7 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 		Args: cobra.MinimumNArgs(1),
 		RunE: c.run,
 	}, 3*time.Minute)
-	cmd.Flags().BoolVar(&c.restart, "restart", false, "restart the sidecar even when nothing it reads at start changed (it drains for Istio's terminationDrainDuration, 5s by default)")
+	cmd.Flags().BoolVar(&c.restart, "restart", false, "restart the sidecar even when nothing it reads at start changed (it drains for Istio's terminationDrainDuration, 5s by default; in fleet mode the controller restarts it)")
 	return cmd
 }
 
