@@ -29,6 +29,9 @@ import (
 //     waits for their Ready, which the controller (a lab process up
 //     started) sets: no fleet adopt; a second up changes nothing;
 //   - vm status reads the MeshVMs (READY, -o json's meshvm);
+//   - two controller processes, the leader killed mid-rotation of every
+//     VM's token: the other takes over, no token left unrotated
+//     (leaderKilledMidRotation);
 //   - vm renew --force: the controller replaces the token, the sidecar is
 //     not restarted;
 //   - a second engineer (a config and state directory of their own, no
@@ -124,6 +127,9 @@ func TestFleetUpOnLab(t *testing.T) {
 			t.Errorf("vm status -o json of %s: %+v", s.Name, s)
 		}
 	}
+
+	// Two controller processes, the leader killed mid-rotation.
+	leaderKilledMidRotation(t, cfgPath, state, "fu1", "fu2")
 
 	// vm renew --force: through the controller, only the token sent.
 	before := token("fu1")
