@@ -197,6 +197,9 @@ const (
 	ControllerManagerPort
 	ControllerProbePort
 	ControllerMetricsPort
+	// ControllerReplicaPorts is where the controller's further replicas'
+	// ports start (a failover test's), two each, up to IstiodPorts.
+	ControllerReplicaPorts = 6
 	// IstiodPorts is where the istiods' ports start, RevisionPorts apart.
 	IstiodPorts   = 20
 	RevisionPorts = 10

@@ -143,7 +143,7 @@ func Down(ctx context.Context, dir string, purge bool) error {
 
 // Describe says what the lab instance holds on this machine.
 func Describe(inst instance.Instance) string {
-	probes, _ := controllerAddrs(inst)
+	probes, _ := controllerAddrs(inst, 0)
 	return fmt.Sprintf("API server 127.0.0.1:%d, etcd 127.0.0.1:%d, istiod %s:%d, controller probes %s, VMs 10.%d.0.0/16 (netns meshvm%s-<vm>)",
 		cluster.PortsOf(inst).API, cluster.PortsOf(inst).Etcd, inst.IstiodIP(), meshlab.GatewayPort, probes, inst.Octet(), inst.Names())
 }
