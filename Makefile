@@ -164,9 +164,14 @@ bench: ## Agent benchmarks: delivery throughput vs local copy, RSS, binary size,
 bench-status: ## vm status fan-out over 100 real agents on loopback vs one after another
 	go run ./bench/statusbench
 
+# Fleet sizes of make bench-fleet: FLEET_VMS for every row, FLEET_CONTROLLER_VMS
+# for the controller rows (e.g. FLEET_CONTROLLER_VMS=1000,5000: the stretch row).
+FLEET_VMS ?= 100,1000
+FLEET_CONTROLLER_VMS ?= $(FLEET_VMS)
+
 .PHONY: bench-fleet
 bench-fleet: ## Fleet scale harness (root): 100 and 1,000 simulated agents on loopback, the lab's API server, istiod's autoregistration stood in: memory per agent, Watch vs GetStatus polling, the core onboarding all VMs; the controller (2 replicas): all Ready, writes per VM, at rest, sidecar stop, forced rotation, the leader killed (FLEETBENCH_FLAGS=-help)
-	go run ./bench/fleetbench $(FLEETBENCH_FLAGS)
+	go run ./bench/fleetbench -vms $(FLEET_VMS) -controller-vms $(FLEET_CONTROLLER_VMS) $(FLEETBENCH_FLAGS)
 
 .PHONY: bench-link
 bench-link: ## Sidecar delivery over a veth link shaped by tc tbf (100 Mbit, 1 Gbit, unshaped) vs scp and scp -C (root, openssh-server)

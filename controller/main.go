@@ -50,6 +50,7 @@ func run() error {
 		leaderElect  = flag.Bool("leader-elect", true, "elect one leader among the controller's replicas: only it acts")
 		metricsAddr  = flag.String("metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 turns it off)")
 		probeAddr    = flag.String("health-probe-bind-address", ":8081", "address of the healthz and readyz endpoints")
+		pprofAddr    = flag.String("pprof-bind-address", "", "address of Go's /debug/pprof endpoints, for a heap or CPU profile (default off: they show the process's internals)")
 		sidecarDir   = flag.String("sidecar-dir", "", "directory with the sidecar's files as VERSION/ARCH/{pilot-agent,envoy,envoy_bootstrap_tmpl.json} (default: pulled from the fleet settings' imageHub)")
 		cacheDir     = flag.String("cache-dir", filepath.Join(os.TempDir(), "meshvm-controller"), "where pulled sidecar images and compressed forms are kept")
 		resync       = flag.Duration("resync", vmctl.DefaultResync, "periodic look at each VM, which repairs what no event shows (a file changed on the VM); the agents' streams bring every other VM-side change (jittered ±10%)")
@@ -103,6 +104,7 @@ func run() error {
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: *metricsAddr},
 		HealthProbeBindAddress:  *probeAddr,
+		PprofBindAddress:        *pprofAddr,
 		LeaderElection:          *leaderElect,
 		LeaderElectionID:        v1alpha1.ControllerLease,
 		LeaderElectionNamespace: *namespace,

@@ -5,13 +5,16 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,6 +36,7 @@ import (
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/bench/internal/measure"
+	"github.com/meshvm/meshvm/lab/procs"
 	"github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/fleetmode"
@@ -67,14 +71,20 @@ type ctlConfig struct {
 	queueQPS            float64
 	queueBurst          int
 	lease, renew, retry time.Duration
+	// profileDir, when set, gets the leader's heap profile after the rest.
+	profileDir string
+	// restOnly stops each size after the rest (onboarding, memory, at rest).
+	restOnly bool
 }
 
 // ctlLab is what the controller rows share.
 type ctlLab struct {
 	bin, sidecarDir, kubeconfig string
-	dyn                         dynamic.Interface
-	cl                          client.Client
-	rc                          *rest.Config
+	// clusterDir is the lab cluster's: its processes' PIDs.
+	clusterDir string
+	dyn        dynamic.Interface
+	cl         client.Client
+	rc         *rest.Config
 }
 
 func (l *lab) controllerSetup(ctx context.Context, cfg stack.Config, st *stack.Stack) (*ctlLab, error) {
@@ -108,7 +118,7 @@ func (l *lab) controllerSetup(ctx context.Context, cfg stack.Config, st *stack.S
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
-	c := &ctlLab{kubeconfig: st.Kubeconfig, dyn: dyn, rc: rc, sidecarDir: filepath.Join(l.dir, "ctl-sidecar")}
+	c := &ctlLab{kubeconfig: st.Kubeconfig, dyn: dyn, rc: rc, sidecarDir: filepath.Join(l.dir, "ctl-sidecar"), clusterDir: filepath.Join(cfg.Dir, "cluster")}
 	if _, err := standInSidecar(filepath.Join(c.sidecarDir, istioinstall.EmbeddedVersion, runtime.GOARCH), 4<<10); err != nil {
 		return nil, err
 	}
@@ -126,9 +136,9 @@ func (l *lab) controllerSetup(ctx context.Context, cfg stack.Config, st *stack.S
 
 // replica is one controller process.
 type replica struct {
-	name, metrics string
-	cmd           *exec.Cmd
-	exited        chan struct{}
+	name, metrics, pprof string
+	cmd                  *exec.Cmd
+	exited               chan struct{}
 }
 
 func (c *ctlLab) startReplica(dir, name string, port int, cc ctlConfig) (*replica, error) {
@@ -140,9 +150,10 @@ func (c *ctlLab) startReplica(dir, name string, port int, cc ctlConfig) (*replic
 	if err != nil {
 		return nil, err
 	}
-	r := &replica{name: name, metrics: fmt.Sprintf("127.0.0.1:%d", port), exited: make(chan struct{})}
+	// Three ports from port: metrics, probes, pprof.
+	r := &replica{name: name, metrics: fmt.Sprintf("127.0.0.1:%d", port), pprof: fmt.Sprintf("127.0.0.1:%d", port+2), exited: make(chan struct{})}
 	r.cmd = exec.Command(c.bin, "--kubeconfig", c.kubeconfig, "--namespace", ctlNS,
-		"--metrics-bind-address", r.metrics, "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port+1),
+		"--metrics-bind-address", r.metrics, "--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", port+1), "--pprof-bind-address", r.pprof,
 		"--sidecar-dir", c.sidecarDir, "--cache-dir", filepath.Join(d, "cache"),
 		"--workers", strconv.Itoa(cc.workers), "--kube-api-qps", fmt.Sprint(cc.qps), "--kube-api-burst", strconv.Itoa(cc.burst),
 		"--leader-elect-lease-duration", cc.lease.String(), "--leader-elect-renew-deadline", cc.renew.String(), "--leader-elect-retry-period", cc.retry.String())
@@ -201,6 +212,54 @@ func (r *replica) scrape() (map[string]float64, error) {
 		out[m[1]+m[2]] = v
 	}
 	return out, sc.Err()
+}
+
+// heapProfile writes the replica's heap profile (Go's pprof format) to path.
+func (r *replica) heapProfile(path string) error {
+	resp, err := http.Get("http://" + r.pprof + "/debug/pprof/heap")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile of %s: %s", r.name, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// procMemory is a lab cluster process's RSS now and at its peak (0 when
+// it is not running).
+func (c *ctlLab) procMemory(name string) (rss, peak int64) {
+	pid, ok := procs.Dir(c.clusterDir).Running(name)
+	if !ok {
+		return 0, 0
+	}
+	rss, _ = measure.RSS(pid)
+	peak, _ = measure.PeakRSS(pid)
+	return rss, peak
+}
+
+// labeled sums the samples of metric name by the value of label.
+func labeled(m map[string]float64, name, label string) map[string]int {
+	out := map[string]int{}
+	re := regexp.MustCompile(label + `="([^"]*)"`)
+	for k, v := range m {
+		if !strings.HasPrefix(k, name+"{") {
+			continue
+		}
+		if s := re.FindStringSubmatch(k); s != nil {
+			out[s[1]] += int(v)
+		}
+	}
+	return out
 }
 
 // requests sums rest_client_requests_total by method and by code.
@@ -306,6 +365,16 @@ func (l *lab) serverWrites(ctx context.Context) map[string]int {
 		out[verb+" "+res] += int(v)
 	}
 	return out
+}
+
+// countsSorted is m as "key: n" pairs, the largest first.
+func countsSorted(m map[string]int) string {
+	keys := slices.SortedFunc(maps.Keys(m), func(a, b string) int { return m[b] - m[a] })
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%q: %d", k, m[k]))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func perVMSorted(m map[string]int, n int) string {
@@ -423,17 +492,29 @@ func waitFor(within time.Duration, ok func() bool) (time.Duration, bool) {
 
 // ctlResult is one size's controller figures.
 type ctlResult struct {
-	n                      int
-	ready                  time.Duration
-	readyCount             int
-	readyP50, readyP99     time.Duration
-	onboard                counts
-	onboardServer          map[string]int
-	atRestServer           map[string]int
-	atRest                 counts
-	atRestFor              time.Duration
-	cpu                    float64
-	rss                    int64
+	n                  int
+	ready              time.Duration
+	readyCount         int
+	readyP50, readyP99 time.Duration
+	onboard            counts
+	onboardServer      map[string]int
+	atRestServer       map[string]int
+	atRest             counts
+	atRestFor          time.Duration
+	cpu                float64
+	rss                int64
+	// The leader's peak RSS and its Go runtime at rest (heap and stacks in
+	// use, goroutines); the API server's and etcd's RSS at rest and peak,
+	// and the bench's own (the simulated agents).
+	peakRSS, goHeap, goStack int64
+	goroutines               int
+	apiRSS, apiPeak          int64
+	etcdRSS, etcdPeak        int64
+	benchRSS                 int64
+	profile                  string
+	onboardErrs              map[string]int
+	// restChanges are the MeshVMs' status changes seen at rest, by what changed.
+	restChanges            map[string]int
 	streams                int
 	stopSeen               []time.Duration
 	stopStatus, stopMissed int
@@ -479,7 +560,7 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 		r.err = fmt.Errorf("controller a never leads")
 		return r
 	}
-	b, err := c.startReplica(dir, "b", port+2, cc)
+	b, err := c.startReplica(dir, "b", port+3, cc)
 	if err != nil {
 		r.err = err
 		return r
@@ -492,10 +573,16 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 		r.err = err
 		return r
 	}
-	defer c.cleanup(f)
+	defer func() {
+		// The replicas first: a live one puts its finalizer back.
+		a.kill()
+		b.kill()
+		c.cleanup(f)
+	}()
 
 	// 1. N MeshVMs applied at once.
 	before, server0 := a.counts(), l.serverWrites(ctx)
+	errs0 := labeled(must(a.scrape()), "meshvm_reconcile_errors_total", "reason")
 	start := time.Now()
 	if err := eachVM(f.names, func(name string) error {
 		app := true
@@ -516,6 +603,9 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	w.mu.Unlock()
 	r.readyP50, r.readyP99 = measure.Percentile(per, 50), measure.Percentile(per, 99)
 	r.onboard, r.onboardServer = a.counts().since(before), measure.Since(l.serverWrites(ctx), server0)
+	if m, err := a.scrape(); err == nil {
+		r.onboardErrs = measure.Since(labeled(m, "meshvm_reconcile_errors_total", "reason"), errs0)
+	}
 	fmt.Fprintf(os.Stderr, "fleetbench: %d/%d Ready after %s; controller writes %v\n", r.readyCount, n, r.ready.Round(time.Millisecond), r.onboard.method)
 	if r.readyCount < n {
 		// The rows go on: at rest, failover and the rest with the VMs as they are.
@@ -524,16 +614,56 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	streamOpen := func(vm *v1alpha1.MeshVM) bool { return strings.HasPrefix(vm.Status.Agent, "connected ") }
 	waitFor(time.Minute, func() bool { return w.count(streamOpen) == n })
 
-	// 2. At rest.
+	// 2. At rest, measured on the leader: b when a lost its Lease (a
+	// starved machine renews late), which the row then says.
 	time.Sleep(5 * time.Second)
-	pid := a.cmd.Process.Pid
-	before, cpu0, server0 := a.counts(), must(measure.CPU(pid)), l.serverWrites(ctx)
+	lead := a
+	if !a.leading() && b.leading() {
+		lead = b
+		r.err = fmt.Errorf("replica a lost its Lease while onboarding (see its log); b leads: the rows after the rest are skipped")
+	}
+	pid := lead.cmd.Process.Pid
+	changes := &changeCount{by: map[string]int{}}
+	w.hook(changes.see)
+	before, server0 = lead.counts(), l.serverWrites(ctx)
+	cpu0, err := measure.CPU(pid)
+	if err != nil {
+		r.err = fmt.Errorf("the leader is gone: %w", err)
+		return r
+	}
 	time.Sleep(cc.atRest)
-	r.atRest, r.atRestFor, r.atRestServer = a.counts().since(before), cc.atRest, measure.Since(l.serverWrites(ctx), server0)
-	r.cpu = float64(must(measure.CPU(pid))-cpu0) / float64(cc.atRest)
+	r.atRest, r.atRestFor, r.atRestServer = lead.counts().since(before), cc.atRest, measure.Since(l.serverWrites(ctx), server0)
+	cpu1, err := measure.CPU(pid)
+	if err != nil {
+		r.err = fmt.Errorf("the leader exited at rest: %w", err)
+		return r
+	}
+	r.cpu = float64(cpu1-cpu0) / float64(cc.atRest)
+	r.restChanges = changes.snapshot()
+	w.mu.Lock()
+	w.hooks = w.hooks[:0]
+	w.mu.Unlock()
 	r.rss = must(measure.RSS(pid))
+	r.peakRSS = must(measure.PeakRSS(pid))
 	r.streams = w.count(streamOpen)
+	if m, err := lead.scrape(); err == nil {
+		r.goHeap, r.goStack, r.goroutines = int64(m["go_memstats_heap_inuse_bytes"]), int64(m["go_memstats_stack_inuse_bytes"]), int(m["go_goroutines"])
+	}
+	r.apiRSS, r.apiPeak = c.procMemory("kube-apiserver")
+	r.etcdRSS, r.etcdPeak = c.procMemory("etcd")
+	r.benchRSS = must(measure.RSS(0))
+	if cc.profileDir != "" {
+		r.profile = filepath.Join(cc.profileDir, fmt.Sprintf("controller-heap-%d.pb.gz", n))
+		if err := lead.heapProfile(r.profile); err != nil {
+			fmt.Fprintf(os.Stderr, "fleetbench: %v\n", err)
+			r.profile = ""
+		}
+	}
 	fmt.Fprintf(os.Stderr, "fleetbench: at rest %s: writes %d, CPU %.1f %%, RSS %s, %d streams\n", cc.atRest, r.atRest.writes(), 100*r.cpu, measure.MiB(r.rss), r.streams)
+
+	if cc.restOnly || lead != a {
+		return r
+	}
 
 	// 3. A sidecar stopped on one VM → its MeshVM's status (or the
 	// controller starting it again, which may come first), one VM at a time.
@@ -648,7 +778,7 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	if r.rotated < n {
 		return r // no forced rotation in this controller
 	}
-	a2, err := c.startReplica(dir, "a2", port+4, cc)
+	a2, err := c.startReplica(dir, "a2", port+6, cc)
 	if err != nil {
 		r.err = err
 		return r
@@ -673,6 +803,57 @@ func (l *lab) controllerSize(ctx context.Context, c *ctlLab, cc ctlConfig, n int
 	r.midRotation, r.midRotated = time.Since(start), w.count(rotated)
 	fmt.Fprintf(os.Stderr, "fleetbench: leader killed mid-rotation at %d/%d: %d/%d rotated in %s\n", r.midKilledAt, n, r.midRotated, n, r.midRotation.Round(time.Millisecond))
 	return r
+}
+
+// changeCount counts MeshVM status changes by what changed: a condition
+// (its type, and its reason before → after, or "message" or "time" when
+// only those moved) or a status field.
+type changeCount struct {
+	mu sync.Mutex
+	by map[string]int
+}
+
+func (c *changeCount) see(old, m *v1alpha1.MeshVM) {
+	if old == nil || reflect.DeepEqual(old.Status, m.Status) {
+		return
+	}
+	var what []string
+	for _, nc := range m.Status.Conditions {
+		var oc *metav1.Condition
+		for i := range old.Status.Conditions {
+			if old.Status.Conditions[i].Type == nc.Type {
+				oc = &old.Status.Conditions[i]
+			}
+		}
+		switch {
+		case oc == nil:
+			what = append(what, nc.Type+" set")
+		case oc.Status != nc.Status || oc.Reason != nc.Reason:
+			what = append(what, fmt.Sprintf("%s %s/%s→%s/%s", nc.Type, oc.Status, oc.Reason, nc.Status, nc.Reason))
+		case oc.Message != nc.Message:
+			what = append(what, nc.Type+" message")
+		case !oc.LastTransitionTime.Equal(&nc.LastTransitionTime) || oc.ObservedGeneration != nc.ObservedGeneration:
+			what = append(what, nc.Type+" time/generation")
+		}
+	}
+	o, n := old.Status, m.Status
+	o.Conditions, n.Conditions = nil, nil
+	ov, nv := reflect.ValueOf(o), reflect.ValueOf(n)
+	for i := range ov.NumField() {
+		if !reflect.DeepEqual(ov.Field(i).Interface(), nv.Field(i).Interface()) {
+			what = append(what, "status."+ov.Type().Field(i).Name)
+		}
+	}
+	sort.Strings(what)
+	c.mu.Lock()
+	c.by[strings.Join(what, ", ")]++
+	c.mu.Unlock()
+}
+
+func (c *changeCount) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.by)
 }
 
 // eachVM calls do for every name, 32 at once (as many clients applying
@@ -714,11 +895,11 @@ func renewAll(ctx context.Context, cl client.Client, f *fleet, patch []byte) err
 // finalizer dropped (no agent left to undo anything) and each deleted.
 func (c *ctlLab) cleanup(f *fleet) {
 	ctx := context.Background()
-	for _, name := range f.names {
+	eachVM(f.names, func(name string) error {
 		m := &v1alpha1.MeshVM{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.spec.Namespace}}
 		c.cl.Patch(ctx, m, client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
-		c.cl.Delete(ctx, m)
-	}
+		return c.cl.Delete(ctx, m)
+	})
 }
 
 // restartCount sees the sidecars' units: starts with a new main PID.
@@ -773,6 +954,14 @@ func (r *restartCount) n() int {
 	return r.restarts
 }
 
+// mib is b in MiB, or "-" when it was not measured.
+func mib(b int64) string {
+	if b == 0 {
+		return "-"
+	}
+	return measure.MiB(b)
+}
+
 func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 	if len(rows) == 0 {
 		return
@@ -806,8 +995,20 @@ func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 		return fmt.Sprintf("P %s U %s Pa %s D %s", per(r.onboard.method["POST"], r.n), per(r.onboard.method["PUT"], r.n), per(r.onboard.method["PATCH"], r.n), per(r.onboard.method["DELETE"], r.n))
 	})
 	line("  API reads per VM to onboard (GET)", "", func(r ctlResult) string { return per(r.onboard.method["GET"], r.n) })
+	line("  failed passes / API answers not 2xx, onboarding", "", func(r ctlResult) string {
+		failed, not2xx := 0, 0
+		for _, v := range r.onboardErrs {
+			failed += v
+		}
+		for code, v := range r.onboard.code {
+			if !strings.HasPrefix(code, "2") {
+				not2xx += v
+			}
+		}
+		return fmt.Sprintf("%d / %d", failed, not2xx)
+	})
 	line("at rest: the controller's writes per VM", "0", func(r ctlResult) string { return fmt.Sprintf("%s in %s", per(r.atRest.writes(), r.n), r.atRestFor) })
-	line("  ... less its Lease renewals (API server's count)", "", func(r ctlResult) string {
+	line("  ... all clients, less Leases (API server count)", "", func(r ctlResult) string {
 		w := 0
 		for k, v := range r.atRestServer {
 			if !strings.HasSuffix(k, " leases") {
@@ -820,49 +1021,71 @@ func reportController(out io.Writer, cc ctlConfig, rows []ctlResult) {
 	line("  leader's CPU / RSS", "< 10 % core, ≤ 300 MiB", func(r ctlResult) string {
 		return fmt.Sprintf("%.1f %% / %s", 100*r.cpu, measure.MiB(r.rss))
 	})
+	line("  leader's peak RSS (VmHWM, onboarding included)", "", func(r ctlResult) string { return measure.MiB(r.peakRSS) })
+	line("  leader's Go heap / stacks in use, goroutines", "", func(r ctlResult) string {
+		return fmt.Sprintf("%s / %s, %d", mib(r.goHeap), mib(r.goStack), r.goroutines)
+	})
+	line("  API server RSS at rest / peak", "", func(r ctlResult) string { return mib(r.apiRSS) + " / " + mib(r.apiPeak) })
+	line("  etcd RSS at rest / peak", "", func(r ctlResult) string { return mib(r.etcdRSS) + " / " + mib(r.etcdPeak) })
+	line("  bench RSS (the N agents, pilots, watch)", "", func(r ctlResult) string { return mib(r.benchRSS) })
 	line("  streams open (AGENT connected)", "", func(r ctlResult) string { return fmt.Sprintf("%d/%d", r.streams, r.n) })
-	line(fmt.Sprintf("sidecar stopped → MeshVM, p50 / p99 (%d trials)", cc.trials), "p99 ≤ 2 s", func(r ctlResult) string {
-		return fmt.Sprintf("%s / %s", measure.Percentile(r.stopSeen, 50).Round(time.Millisecond), measure.Percentile(r.stopSeen, 99).Round(time.Millisecond))
-	})
-	line("  ... seen in the status / restarted first / missed", "", func(r ctlResult) string {
-		return fmt.Sprintf("%d / %d / %d", r.stopStatus, len(r.stopSeen)-r.stopStatus, r.stopMissed)
-	})
-	line("forced rotation (meshvm.io/renew) → all new tokens", "≤ 60 s at 1,000", func(r ctlResult) string {
-		if r.rotated < r.n {
-			return fmt.Sprintf("%d/%d in %s", r.rotated, r.n, cc.budget)
-		}
-		return r.rotation.Round(time.Millisecond).String()
-	})
-	line("  sidecar restarts / VMs leaving Healthy", "0 / 0", func(r ctlResult) string {
-		return fmt.Sprintf("%d / %d", r.rotationRestarts, r.rotationLeftHealthy)
-	})
-	line("  API writes per VM", "", func(r ctlResult) string { return per(r.rotationCounts.writes(), r.n) })
-	line("leader killed (SIGKILL) → other replica leads", "", func(r ctlResult) string { return r.elected.Round(time.Millisecond).String() })
-	line("  ... reconciling", "≤ 20 s", func(r ctlResult) string {
-		if r.reconciling == 0 {
-			return "never"
-		}
-		return r.reconciling.Round(time.Millisecond).String()
-	})
-	line("  every stream back (meshvm_agent_streams)", "≤ 60 s", func(r ctlResult) string {
-		if r.streamsBackCount < r.n {
-			return fmt.Sprintf("%d/%d", r.streamsBackCount, r.n)
-		}
-		return r.streamsBack.Round(time.Millisecond).String()
-	})
-	line("  429s / conflicts (of writes)", "0 / < 1 %", func(r ctlResult) string {
-		w := r.failover.writes()
-		return fmt.Sprintf("%d / %d of %d", r.failover.code["429"], r.failover.code["409"], w)
-	})
-	line("leader killed mid-rotation (at k rotated) → all", "no token left unrotated", func(r ctlResult) string {
-		if r.midKilledAt == 0 {
-			return "-"
-		}
-		return fmt.Sprintf("at %d: %d/%d in %s", r.midKilledAt, r.midRotated, r.n, r.midRotation.Round(time.Second))
-	})
+	if cc.restOnly {
+		fmt.Fprintln(out, "sidecar stopped, forced rotation, leader killed: not run (-controller-rest-only)")
+	} else {
+		line(fmt.Sprintf("sidecar stopped → MeshVM, p50 / p99 (%d trials)", cc.trials), "p99 ≤ 2 s", func(r ctlResult) string {
+			return fmt.Sprintf("%s / %s", measure.Percentile(r.stopSeen, 50).Round(time.Millisecond), measure.Percentile(r.stopSeen, 99).Round(time.Millisecond))
+		})
+		line("  ... seen in the status / restarted first / missed", "", func(r ctlResult) string {
+			return fmt.Sprintf("%d / %d / %d", r.stopStatus, len(r.stopSeen)-r.stopStatus, r.stopMissed)
+		})
+		line("forced rotation (meshvm.io/renew) → all new tokens", "≤ 60 s at 1,000", func(r ctlResult) string {
+			if r.rotated < r.n {
+				return fmt.Sprintf("%d/%d in %s", r.rotated, r.n, cc.budget)
+			}
+			return r.rotation.Round(time.Millisecond).String()
+		})
+		line("  sidecar restarts / VMs leaving Healthy", "0 / 0", func(r ctlResult) string {
+			return fmt.Sprintf("%d / %d", r.rotationRestarts, r.rotationLeftHealthy)
+		})
+		line("  API writes per VM", "", func(r ctlResult) string { return per(r.rotationCounts.writes(), r.n) })
+		line("leader killed (SIGKILL) → other replica leads", "", func(r ctlResult) string { return r.elected.Round(time.Millisecond).String() })
+		line("  ... reconciling", "≤ 20 s", func(r ctlResult) string {
+			if r.reconciling == 0 {
+				return "never"
+			}
+			return r.reconciling.Round(time.Millisecond).String()
+		})
+		line("  every stream back (meshvm_agent_streams)", "≤ 60 s", func(r ctlResult) string {
+			if r.streamsBackCount < r.n {
+				return fmt.Sprintf("%d/%d", r.streamsBackCount, r.n)
+			}
+			return r.streamsBack.Round(time.Millisecond).String()
+		})
+		line("  429s / conflicts (of writes)", "0 / < 1 %", func(r ctlResult) string {
+			w := r.failover.writes()
+			return fmt.Sprintf("%d / %d of %d", r.failover.code["429"], r.failover.code["409"], w)
+		})
+		line("leader killed mid-rotation (at k rotated) → all", "no token left unrotated", func(r ctlResult) string {
+			if r.midKilledAt == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("at %d: %d/%d in %s", r.midKilledAt, r.midRotated, r.n, r.midRotation.Round(time.Second))
+		})
+	}
 	for _, r := range rows {
 		fmt.Fprintf(out, "N=%d: writes per VM at the API server (all clients: the bench's creates, the istiod stand-in's entries), onboarding: %s\n", r.n, perVMSorted(r.onboardServer, r.n))
 		fmt.Fprintf(out, "N=%d: ... at rest: %s\n", r.n, perVMSorted(r.atRestServer, r.n))
+		if len(r.restChanges) > 0 {
+			fmt.Fprintf(out, "N=%d: MeshVM status changes at rest, by what changed: %s\n", r.n, countsSorted(r.restChanges))
+		}
+	}
+	for _, r := range rows {
+		if len(r.onboardErrs) > 0 {
+			fmt.Fprintf(out, "N=%d: failed passes while onboarding, by reason: %v; API answers by code: %v\n", r.n, r.onboardErrs, r.onboard.code)
+		}
+		if r.profile != "" {
+			fmt.Fprintf(out, "N=%d: the leader's heap profile at rest: %s (go tool pprof -top %s)\n", r.n, r.profile, r.profile)
+		}
 	}
 	for _, r := range rows {
 		if r.err != nil {

@@ -92,6 +92,8 @@ func main() {
 	ctlQueueQPS := flag.Float64("queue-qps", 0, "the controller's --queue-qps (0: its default)")
 	ctlQueueBurst := flag.Int("queue-burst", 0, "the controller's --queue-burst")
 	lease := flag.Duration("lease-duration", 15*time.Second, "the replicas' --leader-elect-lease-duration (controller-runtime's default)")
+	restOnly := flag.Bool("controller-rest-only", false, "stop each controller row after the rest: onboarding, memory and at-rest figures, no sidecar, rotation or failover rows (a quicker run, e.g. the 5,000 stretch row)")
+	profileDir := flag.String("profile-dir", "", "where the controller rows write the leader's heap profile after the rest (default: none)")
 	entryCache := flag.Bool("entry-cache", false, "serve the core's WorkloadEntry lists from an informer (what a controller's cached client would), instead of a LIST per lookup as vmcore does today")
 	flag.Parse()
 	if *child != "" {
@@ -102,7 +104,7 @@ func main() {
 		return
 	}
 	cc := ctlConfig{atRest: *ctlAtRest, budget: *ctlBudget, trials: *trials, workers: *workers, qps: *qps, burst: *burst,
-		queueQPS: *ctlQueueQPS, queueBurst: *ctlQueueBurst, lease: *lease, renew: *lease * 2 / 3, retry: *lease * 2 / 15}
+		queueQPS: *ctlQueueQPS, queueBurst: *ctlQueueBurst, lease: *lease, renew: *lease * 2 / 3, retry: *lease * 2 / 15, profileDir: *profileDir, restOnly: *restOnly}
 	c := config{trials: *trials, pollTrials: *pollTrials, workers: *workers, qps: *qps, burst: *burst, poll: *poll, atRest: *atRest, budget: *budget, entryCache: *entryCache}
 	c.sizes = sizes("-vms", *vms)
 	if *ctlVMs == "" {
@@ -222,6 +224,7 @@ func run(c config) error {
 			return err
 		}
 		for i, n := range c.ctl.sizes {
+			// Ports from 20480, 10 a size: 3 replicas of 3 each.
 			ctlRows = append(ctlRows, l.controllerSize(ctx, cl, c.ctl, n, netip.AddrFrom4([4]byte{127, byte(100 + i), 0, 1}), 20480+10*i))
 		}
 		if !c.core {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"runtime"
 	"strings"
 
@@ -60,7 +61,13 @@ func newLabSite(cfg config.Config, state *statedir.Dir) *labSite {
 func Machines(state *statedir.Dir) machine.Provider { return machines(state) }
 
 func machines(state *statedir.Dir) *labmachine.Provider {
-	return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), state.Path("lab", "vms"), build.DefaultCacheDir())
+	dir := state.Path("lab", "vms")
+	// A lab reached through a symlink (another state directory's) is the
+	// same lab: its VMs are known by the path they were booted from.
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), dir, build.DefaultCacheDir())
 }
 
 func (s *labSite) Machines() machine.Provider { return s.lab }

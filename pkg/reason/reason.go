@@ -66,6 +66,7 @@ const (
 	NotBackOnRevision  Reason = "NotBackOnRevision"  // vm upgrade: roll back (the VM, its revision)
 	NotDeclared        Reason = "NotDeclared"        // fleet mode: no MeshVM for it
 	VMPaused           Reason = "VMPaused"           // fleet mode: its MeshVM is paused (vm revoke)
+	NoFleetStore       Reason = "NoFleetStore"       // fleet mode: no agent CA in the cluster (no args)
 
 	// A VM's credentials (the VM).
 	CredentialsReissue    Reason = "CredentialsReissue"    // none valid: a new token heals it

@@ -31,4 +31,8 @@ const (
 	// onboardRequest).
 	AnnotationRenew   = "meshvm.io/renew"
 	AnnotationOnboard = "meshvm.io/onboard"
+	// OnboardRestart ends a meshvm.io/onboard value that also asks for the
+	// sidecar restarted (hostctl vm onboard --restart), even when nothing
+	// it reads at start changed.
+	OnboardRestart = "/restart"
 )

@@ -13,7 +13,13 @@ import (
 )
 
 // RSS is a process's resident set (VmRSS) in bytes; pid 0 is this process.
-func RSS(pid int) (int64, error) {
+func RSS(pid int) (int64, error) { return status(pid, "VmRSS") }
+
+// PeakRSS is the largest resident set the process has had (VmHWM).
+func PeakRSS(pid int) (int64, error) { return status(pid, "VmHWM") }
+
+// status is a size field of /proc/pid/status in bytes.
+func status(pid int, field string) (int64, error) {
 	p := "/proc/self/status"
 	if pid > 0 {
 		p = fmt.Sprintf("/proc/%d/status", pid)
@@ -23,12 +29,12 @@ func RSS(pid int) (int64, error) {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, fmt.Errorf("%s has no VmRSS", p)
+	return 0, fmt.Errorf("%s has no %s", p, field)
 }
 
 // CPU is the processor time a process has used (user and system); pid 0 is

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/client-go/kubernetes"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -55,13 +56,29 @@ func (s Scope) CacheOptions() cache.Options {
 			cms[ns] = root
 		}
 	}
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&v1alpha1.MeshVM{}:            {},
-		&networkingv1.WorkloadEntry{}: {},
-		&networkingv1.WorkloadGroup{}: {},
-		&corev1.ConfigMap{}:           {Namespaces: cms},
-		&corev1.Secret{}:              {Namespaces: map[string]cache.Config{s.Namespace: {LabelSelector: labels.SelectorFromSet(ownership.Labels(nil))}}},
-	}}
+	return cache.Options{
+		// Nothing reads who wrote which field: a MeshVM's and an entry's
+		// managedFields are about as large as the rest of it.
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&v1alpha1.MeshVM{}:            {},
+			&networkingv1.WorkloadEntry{}: {},
+			&networkingv1.WorkloadGroup{}: {},
+			&corev1.ConfigMap{}:           {Namespaces: cms},
+			&corev1.Secret{}:              {Namespaces: map[string]cache.Config{s.Namespace: {LabelSelector: storeSecrets()}}},
+		}}
+}
+
+// storeSecrets selects the store's own Secrets (the agent CA, the
+// controller's identity): labelled managed-by meshvm, not a VM's records
+// (labelled with the VM), which are read from the API server and would
+// be a cached copy per VM (tokens, joins: most of the store's bytes).
+func storeSecrets() labels.Selector {
+	notVM, err := labels.NewRequirement(ownership.VMLabel, selection.DoesNotExist, nil)
+	if err != nil {
+		panic(err) // a constant key
+	}
+	return labels.SelectorFromSet(ownership.Labels(nil)).Add(*notVM)
 }
 
 // cachedConfigMap says whether the cache holds ConfigMap ns/name.

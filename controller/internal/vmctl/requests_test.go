@@ -44,3 +44,28 @@ func TestRequestsActedOnOnce(t *testing.T) {
 		t.Error("a second request (a new value) is not pending")
 	}
 }
+
+// An onboarding that asks for the sidecar restarted (vm onboard --restart)
+// is recorded only once the sidecar was restarted: by the pass itself (a
+// file it reads at start changed), else through the agent; an agent that
+// cannot be reached leaves it pending, with a Warning naming why.
+func TestOnboardRestartRecordedOnceRestarted(t *testing.T) {
+	asked := "t1" + v1alpha1.OnboardRestart
+	vm := meshVM("vm1", func(m *v1alpha1.MeshVM) { m.Annotations = map[string]string{v1alpha1.AnnotationOnboard: asked} })
+	f := newFixture(t, vm)
+	store := fleetstore.New(context.Background(), f.kube, "", "vmns")
+	var delivered vmcore.Result
+	delivered.Status.Conditions.Set(vmcore.Condition{Type: vmcore.FilesInSync, Status: vmcore.True}, f.now)
+	f.r.requests(context.Background(), vm, delivered, vmcore.Spec{Name: "vm1"}, store, vmcore.Deps{})
+	if vm.Status.OnboardRequest != "" || !onboardPending(vm) {
+		t.Fatalf("a restart request recorded though no agent restarted the sidecar: %+v", vm.Status)
+	}
+	if ev := strings.Join(f.drainEvents(), "\n"); !strings.Contains(ev, ReasonOnboardFailed) {
+		t.Errorf("no OnboardFailed event: %s", ev)
+	}
+	delivered.Status.Conditions.Set(vmcore.Condition{Type: vmcore.SidecarRunning, Status: vmcore.True, Reason: vmcore.SidecarRestarted}, f.now)
+	f.r.requests(context.Background(), vm, delivered, vmcore.Spec{Name: "vm1"}, store, vmcore.Deps{})
+	if vm.Status.OnboardRequest != asked {
+		t.Errorf("the pass restarted the sidecar, but the request is not recorded: %+v", vm.Status)
+	}
+}

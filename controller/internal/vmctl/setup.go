@@ -79,15 +79,19 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 		WithOptions(controller.Options{RateLimiter: rateLimiter(r.Queue), MaxConcurrentReconciles: workers})
 	if cached {
 		// What the passes read from the cache: a change looks again at
-		// the VMs it reaches (an update only: at start every VM is
-		// looked at anyway).
-		updated := builder.WithPredicates(predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false },
-			DeleteFunc: func(event.DeleteEvent) bool { return true }, GenericFunc: func(event.GenericEvent) bool { return false },
+		// the VMs it reaches. Not the cache's first list: at start every
+		// VM is looked at anyway. A group or ConfigMap created later is a
+		// change (a VM waiting for its WorkloadGroup would otherwise wait
+		// for its resync).
+		changed := builder.WithPredicates(predicate.Funcs{
+			CreateFunc:  func(e event.CreateEvent) bool { return !e.IsInInitialList },
+			DeleteFunc:  func(event.DeleteEvent) bool { return true },
+			GenericFunc: func(event.GenericEvent) bool { return false },
 			UpdateFunc: func(e event.UpdateEvent) bool {
 				return e.ObjectOld.GetResourceVersion() != e.ObjectNew.GetResourceVersion()
 			}})
-		b = b.Watches(&networkingv1.WorkloadGroup{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfGroup), updated).
-			Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfConfigMap), updated)
+		b = b.Watches(&networkingv1.WorkloadGroup{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfGroup), changed).
+			Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.vmsOfConfigMap), changed)
 	}
 	if r.Streams != nil {
 		// The agents' events: a VM-side change enqueues its MeshVM.

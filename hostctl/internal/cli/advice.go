@@ -63,6 +63,7 @@ var advices = map[reason.Reason]advice{
 	reason.TokenRevoked:       {" ", "(hostctl vm onboard %[1]s issues a new token)"},
 	reason.NotDeclared:        {"", "run hostctl up to declare it"},
 	reason.VMPaused:           {"", "hostctl vm onboard %[1]s resumes it with a new token"},
+	reason.NoFleetStore:       {": ", "run hostctl up (or hostctl fleet adopt) from the workstation whose state directory onboarded these VMs"},
 	reason.TokenNotRevoked:    {"", "run hostctl vm rm %[1]s again once the cluster answers"},
 	reason.RevisionKept:       {"", "hostctl vm upgrade %[1]s --revision %[2]s moves it"},
 	reason.NotBackOnRevision:  {"", "roll it back with hostctl vm upgrade %[1]s --revision %[2]s"},

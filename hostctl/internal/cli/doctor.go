@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 )
 
 type doctorCmd struct {
@@ -22,7 +23,9 @@ func (c *doctorCmd) command() *cobra.Command {
 		Short: "Name the known failure modes before they bite, each with its fix",
 		Long: "doctor checks the cluster (API, istiod, host ports the east-west gateway needs) and every VM\n" +
 			"(address, agent, hosts file and istiod DNS, token and certificate, iptables backend, proxy build\n" +
-			"against istiod's). It changes nothing; it exits non-zero when a check fails.",
+			"against istiod's). In fleet mode the agent CA and the VMs' records are the cluster's, so any\n" +
+			"workstation with the kubeconfig and the config can run it. It changes nothing; it exits non-zero\n" +
+			"when a check fails.",
 		Args: cobra.NoArgs,
 		RunE: c.run,
 	}, time.Minute)
@@ -36,7 +39,18 @@ func (c *doctorCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
 	defer cancel()
-	out := f.Doctor(ctx)
+	var store []fleet.Finding
+	if f.Config.FleetMode() {
+		// The VMs' records and the agent CA are the cluster's: without
+		// them each VM's checks say they were not reached.
+		if err := fleetmode.UseCluster(ctx, f); err != nil {
+			store = append(store, fleet.Finding{Scope: "cluster", Check: "fleet store", Result: fleet.Fail, Detail: err.Error()})
+		} else {
+			store = append(store, fleet.Finding{Scope: "cluster", Check: "fleet store", Result: fleet.OK,
+				Detail: "the agent CA and the VMs' records are read from the cluster (fleet mode)"})
+		}
+	}
+	out := append(store, f.Doctor(ctx)...)
 	for i := range out {
 		out[i].Fix = advise(out[i].Fix, out[i].Cause)
 	}

@@ -54,15 +54,20 @@ func ensureController(ctx context.Context, f *fleet.Fleet, p progress.Reporter) 
 }
 
 // requestFleet asks the controller to onboard (annotation
-// meshvm.io/onboard) or renew (meshvm.io/renew) the VMs named, and waits
-// until it has, telling what it did.
-func requestFleet(ctx context.Context, w io.Writer, f *fleet.Fleet, names []string, annotation, verb string) error {
+// meshvm.io/onboard; restart: with the sidecar restarted) or renew
+// (meshvm.io/renew) the VMs named, and waits until it has, telling what it
+// did.
+func requestFleet(ctx context.Context, w io.Writer, f *fleet.Fleet, names []string, annotation, verb string, restart bool) error {
 	dc, err := fleetmode.Dynamic(f)
 	if err != nil {
 		return err
 	}
 	ns := f.Config.Workload.Namespace
-	value, err := fleetmode.Request(ctx, dc, ns, names, annotation)
+	request := func() (string, error) { return fleetmode.Request(ctx, dc, ns, names, annotation) }
+	if restart {
+		request = func() (string, error) { return fleetmode.RequestRestart(ctx, dc, ns, names) }
+	}
+	value, err := request()
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,6 +34,10 @@ import (
 //     (leaderKilledMidRotation);
 //   - vm renew --force: the controller replaces the token, the sidecar is
 //     not restarted;
+//   - a second engineer (a config and state directory of their own, no
+//     agent CA) runs vm status, verify, doctor, vm logs, vm upgrade, vm
+//     renew --force, vm onboard --restart, vm stop and vm start on the
+//     same VMs (secondEngineer);
 //   - vm revoke: the MeshVM paused, the token refused; vm onboard: a fresh
 //     token, Ready again;
 //   - vm rm: the MeshVM finalized (token refused, entry gone), the
@@ -142,6 +147,26 @@ func TestFleetUpOnLab(t *testing.T) {
 	if now := sidecarPID("fu1"); now != fu1PID {
 		t.Errorf("vm renew restarted fu1's sidecar (pid %s -> %s)", fu1PID, now)
 	}
+
+	// A second engineer, with no state of these VMs, manages them too.
+	startCanary := func() {
+		t.Helper()
+		os.WriteFile(cfgPath, []byte("version: 1\ncluster:\n  provider: lab\nistio:\n  revision: canary\nvms:\n- name: fu1\n- name: fu2\n"), 0o600)
+		out, err := run(t, "--config", cfgPath, "up")
+		logOutput(t, "up with istio.revision canary", out)
+		if err != nil || !strings.Contains(out, "istiod (revision canary) ready") {
+			t.Fatalf("up with istio.revision canary: %v", err)
+		}
+	}
+	groupRev := func() (string, bool) {
+		wg, err := clients.Istio.NetworkingV1().WorkloadGroups("vmns").Get(ctx, "external-app", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev, ok := wg.Labels["istio.io/rev"]
+		return rev, ok
+	}
+	secondEngineer(t, state, []string{"fu1", "fu2"}, sidecarPID, token, get, startCanary, groupRev)
 
 	// vm revoke, then vm onboard.
 	revoked := token("fu2")

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 	"github.com/meshvm/meshvm/pkg/reason"
 )
 
@@ -36,6 +37,12 @@ func (c *verifyCmd) run(cmd *cobra.Command, _ []string) error {
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), 3*time.Minute)
 	defer cancel()
+	if f.Config.FleetMode() {
+		// The agents pin the cluster's CA: reach them through its records.
+		if err := fleetmode.UseCluster(ctx, f); err != nil {
+			return err
+		}
+	}
 	out := f.Verify(ctx, c.opts)
 	rows := make([]verdictRow, len(out))
 	failed := 0

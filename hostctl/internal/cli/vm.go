@@ -11,6 +11,7 @@ import (
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 	agentv1 "github.com/meshvm/meshvm/proto/meshvm/agent/v1"
 )
 
@@ -131,17 +132,18 @@ func (c *vmOnboardCmd) command() *cobra.Command {
 		Args: cobra.MinimumNArgs(1),
 		RunE: c.run,
 	}, 3*time.Minute)
-	cmd.Flags().BoolVar(&c.restart, "restart", false, "restart the sidecar even when nothing it reads at start changed (it drains for Istio's terminationDrainDuration, 5s by default)")
+	cmd.Flags().BoolVar(&c.restart, "restart", false, "restart the sidecar even when nothing it reads at start changed (it drains for Istio's terminationDrainDuration, 5s by default; in fleet mode the controller restarts it)")
 	return cmd
 }
 
 func (c *vmOnboardCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onVMs(cmd, args, func(r *vmRun) error {
 		if r.Config.FleetMode() {
+			verb := "re-onboarded"
 			if c.restart {
-				return usageErrorf("--restart: in fleet mode the controller restarts the sidecar only when a file it reads at start changed; set fleet.enabled: false to restart it from here")
+				verb = "re-onboarded, sidecar restarted,"
 			}
-			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationOnboard, "re-onboarded")
+			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationOnboard, verb, c.restart)
 		}
 		if err := notDeclared(r.ctx, r.Fleet, r.vms); err != nil {
 			return err
@@ -312,6 +314,9 @@ func (c *vmStartCmd) command() *cobra.Command {
 
 func (c *vmStartCmd) run(cmd *cobra.Command, args []string) error {
 	return c.onVMs(cmd, args, func(r *vmRun) error {
+		if r.Config.FleetMode() {
+			return fleetmode.Start(r.ctx, r.Fleet, newProgress(cmd.ErrOrStderr(), fleet.FleetStartSteps...).Reporter(), r.vms)
+		}
 		return r.Start(r.ctx, newProgress(cmd.ErrOrStderr(), fleet.StartSteps...).Reporter(), r.vms, c.timeout)
 	})
 }
@@ -361,6 +366,11 @@ func (c *vmLogsCmd) run(cmd *cobra.Command, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
+	if f.Config.FleetMode() {
+		if err := fleetmode.UseCluster(ctx, f); err != nil {
+			return err
+		}
+	}
 	return f.Logs(ctx, cmd.OutOrStdout(), args[0], &agentv1.SidecarLogsRequest{Source: src, TailLines: c.tail, Follow: c.follow})
 }
 
@@ -392,7 +402,7 @@ func (c *vmRenewCmd) run(cmd *cobra.Command, args []string) error {
 				fmt.Fprintln(w, "vm renew: fleet mode: the controller replaces each token at 40-50% of its life on its own; --force has it replace them now")
 				return nil
 			}
-			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationRenew, "renewed")
+			return requestFleet(r.ctx, cmd.ErrOrStderr(), r.Fleet, names(r.vms), v1alpha1.AnnotationRenew, "renewed", false)
 		}
 		if err := notDeclared(r.ctx, r.Fleet, r.vms); err != nil {
 			return err

@@ -8,8 +8,13 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
+	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 	"github.com/meshvm/meshvm/pkg/mesh/workloadfiles"
 )
+
+// upgradePatience is how long fleet mode's vm upgrade waits for the
+// controller to report a batch of VMs Ready on the new revision.
+const upgradePatience = 5 * time.Minute
 
 type vmUpgradeCmd struct {
 	vmCmd
@@ -27,7 +32,9 @@ func (c *vmUpgradeCmd) command() *cobra.Command {
 			"VM's WorkloadEntry is Healthy again, registered by an istiod of REV. Then the next VM. It stops at the\n" +
 			"first VM that does not come back and names the command that moves it back. While VMs are split\n" +
 			"between revisions the WorkloadGroup carries no istio.io/rev, so both revisions' istiods serve it.\n" +
-			"The revision's control plane must run first (istio.revision: REV and hostctl up installs meshvm's).",
+			"The revision's control plane must run first (istio.revision: REV and hostctl up installs meshvm's).\n" +
+			"In fleet mode it sets each VM's MeshVM spec.revision and waits until the controller reports it Ready\n" +
+			"and UpToDate on REV (from any workstation with the kubeconfig and the config).",
 		RunE: c.run,
 	}, 30*time.Minute)
 	cmd.Flags().StringVar(&c.revision, "revision", "", "the Istio revision to move the VMs to (default: the default revision)")
@@ -48,19 +55,21 @@ func (c *vmUpgradeCmd) run(cmd *cobra.Command, args []string) error {
 		return usageError{fmt.Errorf("--parallel %d: move at least one VM at a time", c.parallel)}
 	}
 	return c.onAllVMs(cmd, args, func(v *vmRun) error {
-		if v.Config.FleetMode() {
-			// The controller pins each VM to its MeshVM's revision: moving it
-			// from here would be undone.
-			value := `null`
-			if rev != "" {
-				value = `"` + rev + `"`
-			}
-			return usageErrorf("fleet mode: the controller keeps each VM on its MeshVM's spec.revision; move a VM with kubectl patch meshvm -n %s VM --type merge -p '{\"spec\":{\"revision\":%s}}' (or set fleet.enabled: false)",
-				v.Config.Workload.Namespace, value)
-		}
 		w := cmd.ErrOrStderr()
-		p := newProgress(w, fleet.OnboardSteps...)
-		moved, err := v.Upgrade(v.ctx, p.Reporter(), v.vms, rev, c.parallel)
+		steps := fleet.OnboardSteps
+		if v.Config.FleetMode() {
+			steps = fleet.FleetUpgradeSteps
+		}
+		p := newProgress(w, steps...)
+		upgrade := func() (int, error) { return v.Upgrade(v.ctx, p.Reporter(), v.vms, rev, c.parallel) }
+		if v.Config.FleetMode() {
+			// The controller keeps each VM on its MeshVM's spec.revision:
+			// the move is a change of it, which the controller converges.
+			upgrade = func() (int, error) {
+				return fleetmode.Upgrade(v.ctx, v.Fleet, p.Reporter(), names(v.vms), rev, c.parallel, upgradePatience)
+			}
+		}
+		moved, err := upgrade()
 		if err != nil {
 			return err
 		}

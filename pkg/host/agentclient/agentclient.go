@@ -50,16 +50,27 @@ type Client struct {
 // the client certificate and pin the agent CA. The connection is lazy: the
 // first call reports an unreachable agent.
 func Dial(addr string, tlsCfg *tls.Config) (*Client, error) {
-	conn, err := grpc.NewClient(addr,
+	// Large windows keep 100+ MB binaries streaming at disk speed.
+	return dial(addr, tlsCfg, grpc.WithInitialWindowSize(flowWindow), grpc.WithInitialConnWindowSize(flowWindow))
+}
+
+// DialWatch connects for a long-lived stream of small messages (a
+// controller's Watch of each of its agents): without gRPC's 32 KiB read
+// buffer per connection (TLS buffers each record already), 32 MiB of a
+// controller's heap at a thousand agents. (gRPC hands its write buffer
+// back after each flush already.)
+func DialWatch(addr string, tlsCfg *tls.Config) (*Client, error) {
+	return dial(addr, tlsCfg, grpc.WithReadBufferSize(0))
+}
+
+func dial(addr string, tlsCfg *tls.Config, opts ...grpc.DialOption) (*Client, error) {
+	conn, err := grpc.NewClient(addr, append(opts,
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		// Large windows keep 100+ MB binaries streaming at disk speed.
-		grpc.WithInitialWindowSize(flowWindow),
-		grpc.WithInitialConnWindowSize(flowWindow),
 		// When the sidecar starts, its capture rules can cut this connection
 		// mid-stream (conntrack picks it up as new and redirects the replies):
 		// pings notice within seconds, and the channel reconnects.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: agentspec.KeepaliveTime, Timeout: agentspec.KeepaliveTimeout, PermitWithoutStream: true}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w", addr, err)
 	}

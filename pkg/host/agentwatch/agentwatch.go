@@ -65,7 +65,7 @@ type Options struct {
 	// PollInterval is how often an agent without watch.v1 is asked for its
 	// status (default 30 s).
 	PollInterval time.Duration
-	// Dial connects to an agent (agentclient.Dial when nil).
+	// Dial connects to an agent (agentclient.DialWatch when nil).
 	Dial func(addr string, cfg *tls.Config) (*agentclient.Client, error)
 }
 
@@ -83,7 +83,7 @@ func (o *Options) defaults() {
 		o.PollInterval = 30 * time.Second
 	}
 	if o.Dial == nil {
-		o.Dial = agentclient.Dial
+		o.Dial = agentclient.DialWatch
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
 	"github.com/meshvm/meshvm/pkg/reason"
@@ -121,7 +122,7 @@ func (testMesh) IstiodVersion(context.Context, string) (string, string, error) {
 
 func TestStatusFromARealAgent(t *testing.T) {
 	vm := startVM(t)
-	s := vmStatus(testCtx(t), config.Default(), vm.state, vm.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	s := vmStatus(testCtx(t), config.Default(), vmcore.DirStore{Dir: vm.state}, vm.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
 	if s.Agent != "up "+buildinfo.String() || s.Machine != "running" || s.Address != vm.m.Address() {
 		t.Errorf("got agent %q machine %q address %q", s.Agent, s.Machine, s.Address)
 	}
@@ -168,14 +169,14 @@ func TestLogsFromARealAgent(t *testing.T) {
 	}
 	var out bytes.Buffer
 	req := &agentv1.SidecarLogsRequest{Source: agentv1.LogSource_LOG_SOURCE_PROXY_LOG, TailLines: 2}
-	if err := printLogs(testCtx(t), &out, vm.state, vm.ms, "vm1", req); err != nil {
+	if err := printLogs(testCtx(t), &out, vmcore.DirStore{Dir: vm.state}, vm.ms, "vm1", req); err != nil {
 		t.Fatal(err)
 	}
 	if out.String() != "two\nthree\n" {
 		t.Errorf("got %q, want the last two lines", out.String())
 	}
 	stopped := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: machine.Stopped}}}
-	err := printLogs(testCtx(t), &out, vm.state, stopped, "vm1", req)
+	err := printLogs(testCtx(t), &out, vmcore.DirStore{Dir: vm.state}, stopped, "vm1", req)
 	if r, ok := reason.Of(err); !ok || r.Reason != reason.VMNotRunning || r.Args[0] != "vm1" {
 		t.Errorf("stopped VM: got %v, want the way to start it", err)
 	}
@@ -184,7 +185,7 @@ func TestLogsFromARealAgent(t *testing.T) {
 func TestDoctorAgainstARealAgent(t *testing.T) {
 	vm := startVM(t)
 	got := map[string]Finding{}
-	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{}, "vm1", nil, false) {
+	for _, f := range vmChecks(testCtx(t), config.Default(), vmcore.DirStore{Dir: vm.state}, vm.ms, testMesh{}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
 	for check, result := range map[string]Result{"address": "ok", "agent": "ok", "istiod DNS": "ok", "hosts file": "fail", "proxy version": "warn"} {
@@ -212,7 +213,7 @@ func TestUnreachableAgentSaysWhy(t *testing.T) {
 	ms := infoOnly{m: map[string]machine.Machine{"vm1": gone}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	s := vmStatus(ctx, config.Default(), vm.state, ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	s := vmStatus(ctx, config.Default(), vmcore.DirStore{Dir: vm.state}, ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
 	if s.Agent != "unreachable" || s.AgentError == "" || !strings.Contains(s.Next, s.AgentError) || s.Reason != reason.AgentDown {
 		t.Errorf("got agent %q error %q next %q, want the reason and the fix", s.Agent, s.AgentError, s.Next)
 	}
@@ -223,7 +224,7 @@ func TestUnreachableAgentSaysWhy(t *testing.T) {
 func TestDoctorRowsCarryTheReason(t *testing.T) {
 	vm := startVM(t)
 	got := map[string]Finding{}
-	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{}, "vm1", nil, false) {
+	for _, f := range vmChecks(testCtx(t), config.Default(), vmcore.DirStore{Dir: vm.state}, vm.ms, testMesh{}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
 	if f := got["proxy version"]; !strings.Contains(f.Detail, "no sidecar build in a test") {
@@ -240,7 +241,7 @@ func TestDoctorRowsCarryTheReason(t *testing.T) {
 		t.Errorf("capture rules: got %+v, want a warning naming the unknown sidecar state", f)
 	}
 	got = map[string]Finding{}
-	for _, f := range vmChecks(testCtx(t), config.Default(), vm.state, vm.ms, testMesh{istiodErr: errors.New("no east-west gateway address")}, "vm1", nil, false) {
+	for _, f := range vmChecks(testCtx(t), config.Default(), vmcore.DirStore{Dir: vm.state}, vm.ms, testMesh{istiodErr: errors.New("no east-west gateway address")}, "vm1", nil, false) {
 		got[f.Check] = f
 	}
 	if f := got["istiod DNS"]; f.Result != "fail" || !strings.Contains(f.Detail, "no east-west gateway address") {
@@ -264,8 +265,8 @@ func TestStatusAndDoctorWithAnAgentBeforeCapture(t *testing.T) {
 	if err != nil || slices.Contains(v.GetCapabilities(), "capture.v1") {
 		t.Fatalf("the older agent announces %v (%v), want no capture.v1", v.GetCapabilities(), err)
 	}
-	want := vmStatus(ctx, config.Default(), current.state, current.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
-	got := vmStatus(ctx, config.Default(), older.state, older.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	want := vmStatus(ctx, config.Default(), vmcore.DirStore{Dir: current.state}, current.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	got := vmStatus(ctx, config.Default(), vmcore.DirStore{Dir: older.state}, older.ms, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
 	if got.Capture != nil || got.CaptureSummary() != "" {
 		t.Errorf("capture from an agent without a verdict: %+v", got.Capture)
 	}
@@ -273,7 +274,7 @@ func TestStatusAndDoctorWithAnAgentBeforeCapture(t *testing.T) {
 		t.Errorf("status with the older agent %+v, want it as with a current one %+v (capture aside)", got, want)
 	}
 	findings := map[string]Finding{}
-	for _, f := range vmChecks(ctx, config.Default(), older.state, older.ms, testMesh{}, "vm1", nil, false) {
+	for _, f := range vmChecks(ctx, config.Default(), vmcore.DirStore{Dir: older.state}, older.ms, testMesh{}, "vm1", nil, false) {
 		findings[f.Check] = f
 	}
 	if f := findings["capture rules"]; f.Result != Warn || f.Reason != reason.AgentOutdated {

@@ -21,8 +21,10 @@ type Declared struct {
 	TokenExpires *time.Time `json:"tokenExpiresAt,omitempty"`
 	TokenRotated *time.Time `json:"tokenRotatedAt,omitempty"`
 	Revision     string     `json:"revision"`
-	Address      string     `json:"address"`
-	Created      time.Time  `json:"created"`
+	// SpecRevision is the revision its spec declares ("" the default).
+	SpecRevision string    `json:"specRevision,omitempty"`
+	Address      string    `json:"address"`
+	Created      time.Time `json:"created"`
 	// Paused: spec.paused (vm revoke sets it), the controller not acting.
 	Paused bool `json:"paused,omitempty"`
 	// Deleting: deleted, held by its finalizer until the VM is out.

@@ -16,7 +16,6 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/agentclient"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
-	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
@@ -46,7 +45,8 @@ func finding(scope, check string, r Result, detail string, cause reason.Cause) F
 // Doctor runs every check of the cluster and of each VM of the config,
 // changing nothing.
 func (f *Fleet) Doctor(ctx context.Context) []Finding {
-	cfg, state, s := f.Config, f.State, f.Site
+	cfg, s := f.Config, f.Site
+	store, storeErr := f.records()
 	var out []Finding
 	add := func(x Finding) { out = append(out, x) }
 	clients, err := KubeClients(s.Kubeconfig())
@@ -66,7 +66,11 @@ func (f *Fleet) Doctor(ctx context.Context) []Finding {
 		bindings, bindErr = workload.CredentialUIDs(ctx, clients.Kube, cfg.Workload.Namespace)
 	}
 	for _, vm := range cfg.VMs {
-		out = append(out, vmChecks(ctx, cfg, state, s.Machines(), s, vm.Name, bindings, bindErr == nil)...)
+		if storeErr != nil {
+			out = append(out, finding(vm.Name, "agent", Fail, "not reached: "+storeErr.Error(), reason.Cause{}))
+			continue
+		}
+		out = append(out, vmChecks(ctx, cfg, store, s.Machines(), s, vm.Name, bindings, bindErr == nil)...)
 	}
 	return out
 }
@@ -130,8 +134,10 @@ func fileDigest(path string) (string, error) {
 // vmDoctor is what the checks of one VM share: the machine and, once it
 // answers, its agent and what it reported.
 type vmDoctor struct {
-	cfg           config.Config
-	state         *statedir.Dir
+	cfg config.Config
+	// store holds the VM's records and the agent CA: the state directory's,
+	// or in fleet mode the cluster's.
+	store         vmcore.Store
 	machines      machine.Provider
 	mesh          vmcore.Mesh
 	name          string
@@ -160,8 +166,8 @@ func (d *vmDoctor) add(check string, result Result, detail string, r reason.Reas
 // other (a machine, then its address, then its agent): one that fails ends
 // the list; the rest read what the agent reported and all run. machines
 // are the VMs', mesh what they join.
-func vmChecks(ctx context.Context, cfg config.Config, state *statedir.Dir, machines machine.Provider, mesh vmcore.Mesh, name string, bindings map[string]string, bindingsKnown bool) []Finding {
-	d := &vmDoctor{cfg: cfg, state: state, machines: machines, mesh: mesh, name: name, bindings: bindings, bindingsKnown: bindingsKnown}
+func vmChecks(ctx context.Context, cfg config.Config, store vmcore.Store, machines machine.Provider, mesh vmcore.Mesh, name string, bindings map[string]string, bindingsKnown bool) []Finding {
+	d := &vmDoctor{cfg: cfg, store: store, machines: machines, mesh: mesh, name: name, bindings: bindings, bindingsKnown: bindingsKnown}
 	for _, reach := range []func(context.Context) bool{d.machine, d.address, d.agent} {
 		if !reach(ctx) {
 			return d.out
@@ -190,30 +196,48 @@ func (d *vmDoctor) address(ctx context.Context) bool {
 		d.add("address", Fail, "running but reports no address", reason.VMNoAddress)
 		return false
 	}
-	if d.cfg.FleetMode() {
-		// The records are the cluster's (the controller judges them on the
-		// MeshVM's FilesInSync): this state directory's are not the VM's.
-		d.add("address", OK, addr, reason.None)
-		return true
-	}
-	if prev := onboardedAddress(d.state, d.name); prev != "" && prev != addr {
+	prev, err := d.store.Address(d.name)
+	switch {
+	case err != nil:
+		d.add("address", Warn, fmt.Sprintf("%s; where it was onboarded is unknown: %v", addr, err), reason.None)
+	case prev != "" && prev != addr && d.cfg.FleetMode():
+		d.add("address", Warn, fmt.Sprintf("changed from %s to %s since it was onboarded: the controller follows it unless its MeshVM pins spec.address", prev, addr), reason.AddressMoved)
+	case prev != "" && prev != addr:
 		d.add("address", Warn, fmt.Sprintf("changed from %s to %s since it was onboarded", prev, addr), reason.AddressMoved)
-	} else {
+	default:
 		d.add("address", OK, addr, reason.None)
 	}
-	if hosts, err := d.state.ReadFile(filepath.Join("vms", d.name, "files", "hosts")); err != nil || len(strings.TrimSpace(string(hosts))) == 0 {
+	if hosts, err := generatedHosts(d.store, d.name); err != nil || len(strings.TrimSpace(string(hosts))) == 0 {
 		d.add("hosts file", Fail, "the generated hosts file is empty or missing (without it the VM cannot resolve istiod)", reason.NoHostsFile)
 	}
 	return true
 }
 
+// HostsRecords is a store that keeps the hosts block last generated for
+// each VM (fleet mode's, in the VM's record Secret).
+type HostsRecords interface {
+	Hosts(vm string) ([]byte, error)
+}
+
+// generatedHosts is the hosts block last generated for VM vm, as store
+// keeps it.
+func generatedHosts(store vmcore.Store, vm string) ([]byte, error) {
+	switch s := store.(type) {
+	case vmcore.DirStore:
+		return s.Dir.ReadFile(filepath.Join("vms", vm, "files", "hosts"))
+	case HostsRecords:
+		return s.Hosts(vm)
+	}
+	return nil, fmt.Errorf("%T keeps no hosts block", store)
+}
+
 func (d *vmDoctor) agent(ctx context.Context) bool {
-	c, err := vmcore.DialAgent(d.m, vmcore.DirStore{Dir: d.state})
+	c, err := vmcore.DialAgent(d.m, d.store)
 	if err != nil {
 		d.add("agent", Fail, err.Error(), reason.AgentUnreachable)
 		return false
 	}
-	d.rev = vmRevision(d.state, d.name, d.mesh.Revision(ctx))
+	d.rev = vmRevision(d.store, d.name, d.mesh.Revision(ctx))
 	d.istiodName = workloadfiles.IstiodHost(istioinstall.Namespace, d.rev)
 	d.ov = c.Overview(ctx, d.istiodName, &agentv1.ProbeRequest{Kind: agentv1.ProbeKind_PROBE_KIND_HTTP, Port: uint32(d.cfg.Workload.Probe.Port), Path: d.cfg.Workload.Probe.Path})
 	if d.ov.StatusErr != nil {
@@ -303,7 +327,7 @@ func (d *vmDoctor) proxyVersion(ctx context.Context) {
 		return
 	}
 	proxy := istiod
-	if j, ok := joinedOf(d.state, d.name); ok && j.Istio != "" {
+	if j, ok := joinedOf(d.store, d.name); ok && j.Istio != "" {
 		proxy = j.Istio
 		ok, detail := istioinstall.Skew(proxy, istiod)
 		if ok {

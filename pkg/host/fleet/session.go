@@ -74,7 +74,13 @@ func workloadSession(ctx context.Context, p Reporter, f *Fleet) (*session, error
 	if err != nil {
 		return nil, err
 	}
-	r.spec.Revision = groupRevision(r.cfg, r.state, f.Site.Revision(ctx))
+	// The revisions the VMs joined: fleet mode's records are the
+	// cluster's (vm upgrade moves VMs there), once it has some.
+	var joined vmcore.Store = vmcore.DirStore{Dir: r.state}
+	if f.Records != nil {
+		joined = f.Records
+	}
+	r.spec.Revision = groupRevision(r.cfg, joined, f.Site.Revision(ctx))
 	changes, err := workload.Ensure(ctx, r.clients, r.spec)
 	if err != nil {
 		return nil, err

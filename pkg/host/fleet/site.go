@@ -89,6 +89,27 @@ type Fleet struct {
 	Site   Site
 	// Agent is the static vmagent binary for a VM architecture.
 	Agent func(arch string) ([]byte, error)
+	// Records is where status, verify, doctor and logs read the VMs'
+	// records and the agent CA: nil is the state directory; in fleet mode
+	// they are the cluster's (fleetmode.UseCluster sets them), so that a
+	// workstation with no state of these VMs reaches their agents.
+	Records vmcore.Store
+}
+
+// errRecordsUnread is a fleet-mode read made before the cluster's records
+// were opened: the state directory's are not the VMs' (and reading them
+// would mint an agent CA no agent pins).
+var errRecordsUnread = errors.New("fleet mode: the VMs' records and the agent CA are in the cluster (Secrets in meshvm-system), which was not read")
+
+// records is the store status, verify, doctor and logs read.
+func (f *Fleet) records() (vmcore.Store, error) {
+	switch {
+	case f.Records != nil:
+		return f.Records, nil
+	case f.Config.FleetMode():
+		return nil, errRecordsUnread
+	}
+	return vmcore.DirStore{Dir: f.State}, nil
 }
 
 // Open is the fleet of the config, starting nothing: agent gives the vmagent

@@ -9,7 +9,6 @@ import (
 	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
-	"github.com/meshvm/meshvm/pkg/host/statedir"
 	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/mesh/istioinstall"
@@ -71,7 +70,7 @@ type VMStatus struct {
 // Statuses gathers the status of vms, every VM at once. say is told what
 // could not be learned, and what follows from it.
 func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, p Reporter) ([]VMStatus, error) {
-	cfg, state, site := f.Config, f.State, f.Site
+	cfg, site := f.Config, f.Site
 	clients, err := KubeClients(site.Kubeconfig())
 	if err != nil {
 		return nil, err
@@ -82,20 +81,24 @@ func (f *Fleet) Statuses(ctx context.Context, vms []config.VM, p Reporter) ([]VM
 	if bindErr != nil {
 		p.Say("%v: revoked tokens are not told apart", bindErr)
 	}
+	store, err := f.records()
+	if err != nil {
+		return nil, err
+	}
 	siteRev := site.Revision(ctx)
 	out := make([]VMStatus, len(vms))
 	bounded(cfg.Parallel, len(vms), func(i int) {
 		vm := vms[i]
-		out[i] = vmStatus(ctx, cfg, state, site.Machines(), entries, entriesErr, bindings, bindErr == nil, vm, vmRevision(state, vm.Name, siteRev))
+		out[i] = vmStatus(ctx, cfg, store, site.Machines(), entries, entriesErr, bindings, bindErr == nil, vm, vmRevision(store, vm.Name, siteRev))
 	})
 	return out, nil
 }
 
-func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machines machine.Provider,
+func vmStatus(ctx context.Context, cfg config.Config, store vmcore.Store, machines machine.Provider,
 	entries map[string]workload.Entry, entriesErr error, bindings map[string]string, bindingsKnown bool, vm config.VM, rev string) VMStatus {
 	name := vm.Name
 	s := VMStatus{Name: name, Revision: revisionName(rev)}
-	if j, ok := joinedOf(state, name); ok {
+	if j, ok := joinedOf(store, name); ok {
 		s.Istio = j.Istio
 	}
 	m, err := machines.Info(ctx, name)
@@ -114,7 +117,7 @@ func vmStatus(ctx context.Context, cfg config.Config, state *statedir.Dir, machi
 		s.WorkloadEntry, s.Healthy, s.HealthMessage, s.Disconnected = e.Name, e.Healthy, e.Message, e.DisconnectedAt
 		s.IstiodController = e.Controller
 	}
-	c, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
+	c, err := vmcore.DialAgent(m, store)
 	if err != nil {
 		s.Agent, s.Cause = "error: "+err.Error(), reason.Because(reason.AgentUnreachable, name)
 		return s

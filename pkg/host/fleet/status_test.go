@@ -8,6 +8,7 @@ import (
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
 	"github.com/meshvm/meshvm/pkg/host/statedir"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/reason"
 )
@@ -33,11 +34,11 @@ func TestStatusOfMachinesNotRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := infoOnly{m: map[string]machine.Machine{"vm1": {Name: "vm1", State: "Stopped"}}}
-	s := vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
+	s := vmStatus(context.Background(), config.Default(), vmcore.DirStore{Dir: state}, p, nil, nil, nil, false, config.VM{Name: "vm1"}, "")
 	if s.OK || s.Machine != "stopped" || s.Address != "" || s.Next != "" || s.Reason != reason.VMStopped || s.Args[0] != "vm1" {
 		t.Errorf("stopped: got %+v", s)
 	}
-	s = vmStatus(context.Background(), config.Default(), state, p, nil, nil, nil, false, config.VM{Name: "vm2"}, "")
+	s = vmStatus(context.Background(), config.Default(), vmcore.DirStore{Dir: state}, p, nil, nil, nil, false, config.VM{Name: "vm2"}, "")
 	if s.OK || s.Machine != "absent" || s.Reason != reason.VMAbsent {
 		t.Errorf("absent: got %+v", s)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshvm/meshvm/pkg/host/config"
 	"github.com/meshvm/meshvm/pkg/host/progress"
+	"github.com/meshvm/meshvm/pkg/host/vmcore"
 	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/reason"
@@ -17,6 +18,9 @@ import (
 var (
 	OnboardSteps = []progress.Step{progress.ControlPlane, progress.Workload, progress.Agent, progress.Onboard, progress.Healthy}
 	StartSteps   = []progress.Step{progress.Machine, progress.Agent, progress.Healthy}
+	// In fleet mode the controller moves and judges the VMs.
+	FleetUpgradeSteps = []progress.Step{progress.ControlPlane, progress.Workload, progress.Controller}
+	FleetStartSteps   = []progress.Step{progress.Machine, progress.Agent, progress.Controller}
 )
 
 // Upgrade moves the VMs onto revision rev ("" is the default), parallel at a
@@ -37,7 +41,7 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 	siteRev := s.Revision(ctx)
 	var moving []config.VM
 	for _, vm := range vms {
-		if !sameRevision(vmRevision(state, vm.Name, siteRev), rev) {
+		if !sameRevision(vmRevision(vmcore.DirStore{Dir: state}, vm.Name, siteRev), rev) {
 			moving = append(moving, vm)
 		}
 	}
@@ -52,17 +56,17 @@ func (f *Fleet) Upgrade(ctx context.Context, p Reporter, vms []config.VM, rev st
 		batch := vms[start:min(start+parallel, len(vms))]
 		err := eachVM(cfg.Parallel, batch, func(vm config.VM) error { return r.upgrade(ctx, s, vm.Name, rev, siteRev) })
 		if err != nil {
-			return moved, errors.Join(err, r.labelGroup(ctx, groupRevision(cfg, state, siteRev)))
+			return moved, errors.Join(err, r.labelGroup(ctx, groupRevision(cfg, vmcore.DirStore{Dir: state}, siteRev)))
 		}
 		moved += len(batch)
 	}
-	return moved, r.labelGroup(ctx, groupRevision(cfg, state, siteRev))
+	return moved, r.labelGroup(ctx, groupRevision(cfg, vmcore.DirStore{Dir: state}, siteRev))
 }
 
 // upgrade moves one VM onto rev and checks that an istiod of rev registered
 // it (as mesh tells). A VM already there is converged without a restart.
 func (r *session) upgrade(ctx context.Context, mesh MeshStatus, name, rev, siteRev string) error {
-	from := vmRevision(r.state, name, siteRev)
+	from := vmRevision(vmcore.DirStore{Dir: r.state}, name, siteRev)
 	vm, err := r.cfg.VM(name)
 	if err != nil {
 		return err

@@ -32,7 +32,8 @@ type Verdict struct {
 // resolves on it, and traffic both ways where the site has a data path; a
 // proxyless VM's traffic checks are its mTLS and its gRPC calls instead.
 func (f *Fleet) Verify(ctx context.Context, o VerifyOptions) []Verdict {
-	cfg, state, s := f.Config, f.State, f.Site
+	cfg, s := f.Config, f.Site
+	store, storeErr := f.records()
 	siteRev := s.Revision(ctx)
 	toVM := fmt.Sprintf("mesh -> %s.%s:%d", cfg.Workload.Group, cfg.Workload.Namespace, cfg.Workload.Port)
 	noTraffic := s.TrafficUncheckable()
@@ -49,12 +50,15 @@ func (f *Fleet) Verify(ctx context.Context, o VerifyOptions) []Verdict {
 			add(Verdict{VM: vm.Name, Check: "istiod resolves on the VM", Result: Fail, Detail: err.Error()})
 			continue
 		}
-		ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
+		var ac *agentclient.Client
+		if err = storeErr; err == nil {
+			ac, err = vmcore.DialAgent(m, store)
+		}
 		if err != nil {
 			add(Verdict{VM: vm.Name, Check: "agent", Result: Fail, Detail: err.Error()})
 			continue
 		}
-		add(resolves(ctx, ac, vm.Name, workloadfiles.IstiodHost(istioinstall.Namespace, vmRevision(state, vm.Name, siteRev)), want))
+		add(resolves(ctx, ac, vm.Name, workloadfiles.IstiodHost(istioinstall.Namespace, vmRevision(store, vm.Name, siteRev)), want))
 		if cfg.Proxyless(vm) {
 			capture := captureVerdict(ctx, ac, vm.Name)
 			ac.Close()

@@ -225,15 +225,19 @@ func (r *session) start(ctx context.Context, vm config.VM, timeout time.Duration
 
 // Logs prints the sidecar's log lines from VM name's agent to out.
 func (f *Fleet) Logs(ctx context.Context, out io.Writer, name string, req *agentv1.SidecarLogsRequest) error {
-	return printLogs(ctx, out, f.State, f.Site.Machines(), name, req)
+	store, err := f.records()
+	if err != nil {
+		return err
+	}
+	return printLogs(ctx, out, store, f.Site.Machines(), name, req)
 }
 
-func printLogs(ctx context.Context, out io.Writer, state *statedir.Dir, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
+func printLogs(ctx context.Context, out io.Writer, store vmcore.Store, machines machine.Provider, name string, req *agentv1.SidecarLogsRequest) error {
 	m, err := machines.Info(ctx, name)
 	if err != nil {
 		return reason.Wrap(err, reason.VMGone)
 	}
-	ac, err := vmcore.DialAgent(m, vmcore.DirStore{Dir: state})
+	ac, err := vmcore.DialAgent(m, store)
 	switch {
 	case errors.Is(err, vmcore.ErrNotRunning):
 		return reason.Wrap(fmt.Errorf("VM %s is %s", m.Name, m.State.Lower()), reason.VMNotRunning, m.Name)

@@ -39,8 +39,13 @@ func FromFleet(ctx context.Context, f *fleet.Fleet) (Adoption, error) {
 		}
 	}
 	// The versions of the revisions the VMs are on and new VMs join, on the
-	// lab: its istiods are processes the controller cannot ask.
-	store := vmcore.DirStore{Dir: f.State}
+	// lab: its istiods are processes the controller cannot ask. What the
+	// VMs joined is in the cluster's records once it has some (UseCluster),
+	// else this state directory's.
+	var store vmcore.Store = vmcore.DirStore{Dir: f.State}
+	if f.Records != nil {
+		store = f.Records
+	}
 	revs := []string{site.Revision(ctx)}
 	var vms []VM
 	for _, vm := range cfg.VMs {

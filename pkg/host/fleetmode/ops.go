@@ -39,6 +39,9 @@ func Statuses(ctx context.Context, f *fleet.Fleet, vms []config.VM, p fleet.Repo
 	if err != nil {
 		return nil, err
 	}
+	if err := UseCluster(ctx, f); err != nil {
+		return nil, err
+	}
 	out, err := f.Statuses(ctx, vms, p)
 	if err != nil {
 		return nil, err
@@ -80,7 +83,17 @@ func judge(r Row) (bool, string, reason.Cause) {
 // value, which it returns; onboarding also ends a pause (vm revoke's).
 // A VM with no MeshVM, or one meshvm did not create, is an error naming it.
 func Request(ctx context.Context, dc dynamic.Interface, ns string, names []string, annotation string) (string, error) {
-	value := time.Now().UTC().Format(time.RFC3339Nano)
+	return request(ctx, dc, ns, names, annotation, time.Now().UTC().Format(time.RFC3339Nano))
+}
+
+// RequestRestart is Request of an onboarding that also restarts each
+// VM's sidecar (vm onboard --restart): the controller does it, and records
+// the request once it has.
+func RequestRestart(ctx context.Context, dc dynamic.Interface, ns string, names []string) (string, error) {
+	return request(ctx, dc, ns, names, v1alpha1.AnnotationOnboard, time.Now().UTC().Format(time.RFC3339Nano)+v1alpha1.OnboardRestart)
+}
+
+func request(ctx context.Context, dc dynamic.Interface, ns string, names []string, annotation, value string) (string, error) {
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{annotation: value}}}
 	if annotation == v1alpha1.AnnotationOnboard {
 		patch["spec"] = map[string]any{"paused": nil}
@@ -135,6 +148,12 @@ func declaredErr(ns, name string, err error) error {
 // each VM named (done reads it from the row) and the VM is Ready, telling
 // each change of Ready as it is seen.
 func WaitRequest(ctx context.Context, dc dynamic.Interface, ns string, names []string, done func(Row) bool, say func(vm, format string, args ...any)) ([]Row, error) {
+	return waitRows(ctx, dc, ns, names, done, nil, say)
+}
+
+// waitRows is WaitRequest that gives up at once on a VM whose row fails
+// says will not get there (nil: never).
+func waitRows(ctx context.Context, dc dynamic.Interface, ns string, names []string, done func(Row) bool, fails func(Row) error, say func(vm, format string, args ...any)) ([]Row, error) {
 	last := map[string]string{}
 	for {
 		rows, err := List(ctx, dc, ns)
@@ -154,6 +173,11 @@ func WaitRequest(ctx context.Context, dc dynamic.Interface, ns string, names []s
 				say(n, "%s: %s", r.Reason, strings.TrimSuffix(r.Message, ": "))
 			}
 			last[n] = seen
+			if fails != nil {
+				if err := fails(r); err != nil {
+					return nil, fmt.Errorf("%s: %w", n, err)
+				}
+			}
 			if !done(r) || r.Ready != "True" {
 				why = append(why, fmt.Sprintf("%s: %s", n, seen))
 				continue

@@ -38,7 +38,7 @@ func List(ctx context.Context, dc dynamic.Interface, ns string) ([]Row, error) {
 
 func row(m v1alpha1.MeshVM) Row {
 	r := Row{Name: m.Name, Namespace: m.Namespace, Ready: "Unknown", Agent: m.Status.Agent, Sidecar: m.Status.Sidecar, Healthy: m.Status.Healthy,
-		Revision: m.Status.Revision, Address: m.Status.Address, Created: m.CreationTimestamp.Time, Paused: m.Spec.Paused,
+		Revision: m.Status.Revision, SpecRevision: m.Spec.Revision, Address: m.Status.Address, Created: m.CreationTimestamp.Time, Paused: m.Spec.Paused,
 		Generation: m.Generation, RenewRequest: m.Status.RenewRequest, OnboardRequest: m.Status.OnboardRequest, Conditions: m.Status.Conditions}
 	if t := m.Status.TokenRotatedAt; t != nil {
 		r.TokenRotated = &t.Time

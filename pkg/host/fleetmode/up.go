@@ -30,6 +30,12 @@ import (
 // on what converged means.
 func Up(ctx context.Context, f *fleet.Fleet, p fleet.Reporter, controller func(context.Context) error) error {
 	begun := time.Now()
+	// The revisions the VMs joined, for the WorkloadGroup's istio.io/rev,
+	// are the cluster's records once it has an agent CA; before (the first
+	// up), the state directory's.
+	if err := UseCluster(ctx, f); err != nil {
+		f.Records = nil
+	}
 	var a Adoption
 	say := func(ch Change) { p.Step(progress.Controller, "", "%s %s", ch.Object, ch.Action) }
 	vms, err := f.Provision(ctx, p, func(ctx context.Context) (vmcore.Store, error) {

@@ -727,7 +727,13 @@ func (p *pass) addressMoved() error {
 	case old == "":
 		p.set(AddressMoved, False, AddressFirst, "first onboarded at %s", addr)
 	case old == addr:
-		p.set(AddressMoved, False, AddressUnchanged, "at %s", addr)
+		// A VM that never moved keeps FirstAddress: a later look at it
+		// (a controller's periodic one) rewrites nothing.
+		reason, msg := AddressUnchanged, "still at"
+		if c, _ := p.st.Conditions.Get(AddressMoved); c.Reason == AddressFirst {
+			reason, msg = AddressFirst, "first onboarded at"
+		}
+		p.set(AddressMoved, False, reason, "%s %s", msg, addr)
 	default:
 		holder, err := p.store.AddressHolder(old, p.vm.Name)
 		if err != nil {

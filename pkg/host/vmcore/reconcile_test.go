@@ -3,6 +3,7 @@ package vmcore
 import (
 	"context"
 	"net"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -294,5 +295,37 @@ func TestRecheckLooksAtTheAgentAgain(t *testing.T) {
 		if got := c.Status == False; got != recheck {
 			t.Errorf("Recheck %v: AgentReachable %+v", recheck, c)
 		}
+	}
+}
+
+// A look again at a VM still at its address changes nothing of
+// AddressMoved: one first onboarded there keeps FirstAddress (a periodic
+// look that turned it into Unchanged rewrote every MeshVM's status at
+// rest), one that moved before keeps Unchanged.
+func TestStillAtItsAddressKeepsAddressMoved(t *testing.T) {
+	ctx := testCtx(t)
+	probed := time.Now()
+	for _, was := range []Condition{
+		{Type: AddressMoved, Status: False, Reason: AddressFirst, Message: "first onboarded at 10.0.0.7", ObservedGeneration: 1},
+		{Type: AddressMoved, Status: False, Reason: AddressUnchanged, Message: "still at 10.0.0.7", ObservedGeneration: 1},
+	} {
+		t.Run(string(was.Reason), func(t *testing.T) {
+			store, _ := openStore(t, "vm1")
+			if err := store.SetAddress("vm1", "10.0.0.7"); err != nil {
+				t.Fatal(err)
+			}
+			st := syncedStatus("10.0.0.7")
+			st.Conditions.Set(was, time.Now().Add(-time.Hour))
+			before, _ := st.Conditions.Get(AddressMoved)
+			ic := istiofake.NewSimpleClientset(entryAt("e1", "10.0.0.7", "c1", "True", probed))
+			deps := Deps{Kube: workload.Clients{Kube: fake.NewClientset(), Istio: ic}, Workload: group}
+			res, err := Reconcile(ctx, Spec{Name: "vm1", Generation: 1, RunsApp: true}, st, Target{}, store, deps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c, _ := res.Status.Conditions.Get(AddressMoved); !reflect.DeepEqual(c, before) {
+				t.Errorf("AddressMoved %+v, was %+v", c, before)
+			}
+		})
 	}
 }
