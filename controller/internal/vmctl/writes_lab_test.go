@@ -62,7 +62,7 @@ func TestOnboardingWrites(t *testing.T) {
 		lc.wait(vm.Name, "Ready", 2*time.Minute, condIs(v1alpha1.ConditionReady, metav1.ConditionTrue))
 		ready := time.Since(start)
 		// Events go out behind the pass: count once the requests stop.
-		after := settled(count)
+		after := requestsSettled(count)
 		writes, by := 0, []string{}
 		for k, v := range after {
 			method, resource, ok := strings.Cut(k, " ")
@@ -132,9 +132,9 @@ func simFleet(t *testing.T, lc *labController, istiod *autoregsim.Istiod, o agen
 	return fleet
 }
 
-// settled is the counter once it has not moved for two seconds, the
+// requestsSettled is the counter once it has not moved for two seconds, the
 // leader election's lease renewals aside.
-func settled(c *requestCounter) map[string]int {
+func requestsSettled(c *requestCounter) map[string]int {
 	last, _ := c.snapshot()
 	for {
 		time.Sleep(2 * time.Second)
