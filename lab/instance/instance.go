@@ -76,7 +76,7 @@ func recorded(dir string) (int, bool) {
 // time (the one it recorded before, if free; a lab that already has state
 // but recorded none predates instances and must be 0). It is idempotent.
 func Claim(dir string) (Instance, error) {
-	dir, err := filepath.Abs(dir)
+	dir, err := canonical(dir)
 	if err != nil {
 		return Instance{}, err
 	}
@@ -137,6 +137,21 @@ func holderOf(n int) string {
 func claimPath(n int) string { return filepath.Join(ClaimDir, strconv.Itoa(n)) }
 
 // take records n in the claim directory and in dir, each atomically.
+// canonical is dir as a claim names it: absolute, its links resolved, so
+// a lab reached through a symlinked state directory (a second engineer's)
+// is the lab that claimed, not a new one taking another instance and
+// rewriting the lab's record under it.
+func canonical(dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		return real, nil
+	}
+	return dir, nil // not made yet
+}
+
 func take(n int, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -158,7 +173,7 @@ func writeAtomic(path, content string) error {
 // Release gives dir's instance back (at down); the directory's own record
 // goes with the directory.
 func Release(dir string) error {
-	dir, err := filepath.Abs(dir)
+	dir, err := canonical(dir)
 	if err != nil {
 		return err
 	}

@@ -28,6 +28,16 @@ func TestClaim(t *testing.T) {
 		t.Errorf("instance 0 moved from the lab's values: %d %s %q", ia.Port(16443, APIPort), ia.IstiodIP(), ia.Names())
 	}
 
+	// A lab reached through a symlink (a second engineer's state
+	// directory) is the same lab: the same instance, its record kept.
+	link := filepath.Join(t.TempDir(), "lab")
+	if err := os.Symlink(b, link); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Claim(link); err != nil || got != ib || Of(b) != ib {
+		t.Errorf("claim through a symlink: got %v, %v (b records %v), want %v", got, err, Of(b), ib)
+	}
+
 	// Released at down: the next lab takes 0 again; b keeps 1.
 	if err := Release(a); err != nil {
 		t.Fatal(err)

@@ -346,6 +346,11 @@ func labSetup(t *testing.T, vms ...string) (root, work, cfgPath, state string) {
 		if _, err := os.Stat(filepath.Join(state, "lab")); err == nil {
 			t.Error("the lab's state is left after down")
 		}
+		// A VM booted under names down does not know (another instance's)
+		// outlives its netns: its nspawn is what would be left.
+		if out, err := exec.Command("pgrep", "-af", "systemd-nspawn .*-D "+filepath.Join(state, "lab", "vms")+"/").Output(); err == nil {
+			t.Errorf("VMs still running after down:\n%s", out)
+		}
 	})
 	return root, work, cfgPath, state
 }
