@@ -126,7 +126,6 @@ func ClusterRules() []rbacv1.PolicyRule {
 		// (the per-VM Secret's) needs this where OwnerReferencesPermissionEnforcement runs.
 		{APIGroups: []string{"meshvm.io"}, Resources: []string{"meshvms/finalizers"}, Verbs: []string{"update"}},
 		{APIGroups: []string{"networking.istio.io"}, Resources: []string{"workloadentries", "workloadgroups"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 	}
 }
 

@@ -126,7 +126,7 @@ func TestRBACIsLeastPrivilege(t *testing.T) {
 		return out
 	}
 	want := map[string]string{
-		"ClusterRole/meshvm-controller": "authentication.k8s.io/tokenreviews:create meshvm.io/meshvms/finalizers:update meshvm.io/meshvms/status:get meshvm.io/meshvms/status:patch meshvm.io/meshvms/status:update " +
+		"ClusterRole/meshvm-controller": "meshvm.io/meshvms/finalizers:update meshvm.io/meshvms/status:get meshvm.io/meshvms/status:patch meshvm.io/meshvms/status:update " +
 			"meshvm.io/meshvms:get meshvm.io/meshvms:list meshvm.io/meshvms:patch meshvm.io/meshvms:update meshvm.io/meshvms:watch " +
 			"networking.istio.io/workloadentries:get networking.istio.io/workloadentries:list networking.istio.io/workloadentries:watch " +
 			"networking.istio.io/workloadgroups:get networking.istio.io/workloadgroups:list networking.istio.io/workloadgroups:watch",
