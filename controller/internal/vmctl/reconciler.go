@@ -348,7 +348,7 @@ func (r *Reconciler) pass(ctx context.Context, vm *v1alpha1.MeshVM, store *fleet
 	meta.RemoveStatusCondition(&vm.Status.Conditions, ConditionPaused)
 	spec := vmcore.Spec{Name: vm.Name, Generation: vm.Generation, RunsApp: vm.Spec.App == nil || *vm.Spec.App, ProbePort: deps.Workload.ProbePort,
 		AppPort: deps.Workload.Port, TokenLifetime: tokenLifetime(vm), CertificateLifetime: certificateLifetime(vm),
-		FollowAddress: vm.Spec.Address == "", Revision: vm.Spec.Revision, Pinned: true, Recheck: true, FreshToken: onboardPending(vm)}
+		FollowAddress: vm.Spec.Address == "", Revision: vm.Spec.Revision, Pinned: true, Recheck: true, FreshToken: onboardPending(vm), Restart: restartPending(vm)}
 	res, err := vmcore.Reconcile(ctx, spec, coreStatus(vm.Status), target, store, deps)
 	applyCore(&vm.Status, res.Status)
 	if agentVersion != "" {
