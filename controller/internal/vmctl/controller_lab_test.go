@@ -93,7 +93,12 @@ func startLabController(t *testing.T, o labOptions) *labController {
 	rc := clustertest.StartIstioAPI(t, cluster.Ports{API: 30543, Etcd: 30544, EtcdPeer: 30545, Controller: 22257})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	lc := &labController{t: t, rc: rc, kube: kubernetes.NewForConfigOrDie(rc), istio: istioclient.NewForConfigOrDie(rc)}
+	// The harness's own client (setup: a thousand VMs' identities, Secrets
+	// each) is not what is measured: client-go's default 5/s would make a
+	// 1,000-VM setup take minutes.
+	hrc := rest.CopyConfig(rc)
+	hrc.QPS, hrc.Burst = 500, 1000
+	lc := &labController{t: t, rc: rc, kube: kubernetes.NewForConfigOrDie(hrc), istio: istioclient.NewForConfigOrDie(rc)}
 	installCRD(ctx, t, dynamic.NewForConfigOrDie(rc))
 	wc := workload.Clients{Kube: lc.kube, Istio: lc.istio}
 	if _, err := workload.Ensure(ctx, wc, labGroup); err != nil {
