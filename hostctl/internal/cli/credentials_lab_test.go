@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshvm/meshvm/lab/build"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/host/credcheck"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
@@ -44,7 +40,7 @@ func TestCredentialsOnLab(t *testing.T) {
 		t.Fatalf("up: %v\n%s", err, out)
 	}
 	ctx := context.Background()
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
+	lab := labVMs(state)
 	clients, err := fleet.KubeClients(filepath.Join(state, "lab", "cluster", "kubeconfig"))
 	if err != nil {
 		t.Fatal(err)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,8 +17,6 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
-	"github.com/meshvm/meshvm/lab/build"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
@@ -56,16 +52,9 @@ func TestFleetOnLab(t *testing.T) {
 	}
 	ctx := context.Background()
 	clients, rc, dc := labClients(t, state)
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
+	lab := labVMs(state)
 	spec := workload.Spec{Namespace: "vmns", Group: "external-app"}
-	sh := func(vm, cmd string) string {
-		t.Helper()
-		out, err := lab.Exec(ctx, vm, nil, "sh", "-c", cmd)
-		if err != nil {
-			t.Errorf("%s: %s: %v: %s", vm, cmd, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
+	sh := vmShell(t, lab)
 	sidecarPID := func(vm string) string { return sh(vm, "systemctl show -p MainPID --value istio.service") }
 	firstToken, err := os.ReadFile(filepath.Join(state, "vms", "fl2", "files", "istio-token"))
 	if err != nil {
@@ -118,14 +107,7 @@ func TestFleetOnLab(t *testing.T) {
 	} else {
 		logOutput(t, "hostctl fleet status", out)
 	}
-	get := func(name string) v1alpha1.MeshVM {
-		var m v1alpha1.MeshVM
-		u, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").Get(ctx, name, metav1.GetOptions{})
-		if err == nil {
-			runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &m)
-		}
-		return m
-	}
+	get := func(name string) v1alpha1.MeshVM { return getMeshVM(ctx, dc, "vmns", name) }
 	ready := func(name string) (bool, string) {
 		m := get(name)
 		c := findCond(m.Status.Conditions, "Ready")

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,17 +13,13 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
-	"github.com/meshvm/meshvm/lab/build"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	labsite "github.com/meshvm/meshvm/lab/site"
 	labstack "github.com/meshvm/meshvm/lab/stack"
 	"github.com/meshvm/meshvm/pkg/agentspec"
 	"github.com/meshvm/meshvm/pkg/credinfo"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
-	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 )
 
@@ -49,24 +43,11 @@ func leaderKilledMidRotation(t *testing.T, cfgPath, state string, vms ...string)
 	start := time.Now()
 	ctx := context.Background()
 	clients, _, dc := labClients(t, state)
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
+	lab := labVMs(state)
 	labDir := filepath.Join(state, "lab")
 	spec := workload.Spec{Namespace: "vmns", Group: "external-app"}
-	sh := func(vm, cmd string) string {
-		t.Helper()
-		out, err := lab.Exec(ctx, vm, nil, "sh", "-c", cmd)
-		if err != nil {
-			t.Errorf("%s: %s: %v: %s", vm, cmd, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
-	get := func(name string) v1alpha1.MeshVM {
-		var m v1alpha1.MeshVM
-		if u, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").Get(ctx, name, metav1.GetOptions{}); err == nil {
-			runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &m)
-		}
-		return m
-	}
+	sh := vmShell(t, lab)
+	get := func(name string) v1alpha1.MeshVM { return getMeshVM(ctx, dc, "vmns", name) }
 	stored := func(vm string) string {
 		rec, err := clients.Kube.CoreV1().Secrets(fleetstore.DefaultNamespace).Get(ctx, fleetstore.RecordName("vmns", vm), metav1.GetOptions{})
 		if err != nil {

@@ -3,20 +3,14 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
-	"github.com/meshvm/meshvm/lab/build"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/fleetmode"
@@ -65,23 +59,10 @@ func TestFleetUpOnLab(t *testing.T) {
 	ctx := context.Background()
 	clients, rc, dc := labClients(t, state)
 	t.Logf("kubectl get meshvms:\n%s", getTable(t, rc, "vmns"))
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
-	sh := func(vm, cmd string) string {
-		t.Helper()
-		out, err := lab.Exec(ctx, vm, nil, "sh", "-c", cmd)
-		if err != nil {
-			t.Errorf("%s: %s: %v: %s", vm, cmd, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
+	lab := labVMs(state)
+	sh := vmShell(t, lab)
 	sidecarPID := func(vm string) string { return sh(vm, "systemctl show -p MainPID --value istio.service") }
-	get := func(name string) v1alpha1.MeshVM {
-		var m v1alpha1.MeshVM
-		if u, err := dc.Resource(fleetmode.MeshVMs).Namespace("vmns").Get(ctx, name, metav1.GetOptions{}); err == nil {
-			runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &m)
-		}
-		return m
-	}
+	get := func(name string) v1alpha1.MeshVM { return getMeshVM(ctx, dc, "vmns", name) }
 	token := func(vm string) []byte {
 		rec, err := clients.Kube.CoreV1().Secrets(fleetstore.DefaultNamespace).Get(ctx, fleetstore.RecordName("vmns", vm), metav1.GetOptions{})
 		if err != nil {

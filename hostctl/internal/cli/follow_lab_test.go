@@ -41,7 +41,7 @@ func TestFleetFollowsAMovedVMOnLab(t *testing.T) {
 	ctx := context.Background()
 	clients, rc, dc := labClients(t, state)
 	meshVMs := dc.Resource(fleetmode.MeshVMs).Namespace("vmns")
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
+	lab := labVMs(state)
 	spec := workload.Spec{Namespace: "vmns", Group: "external-app"}
 	sh := func(cmd string) string {
 		out, _ := lab.Exec(ctx, "mv1", nil, "sh", "-c", cmd)
@@ -120,6 +120,33 @@ func TestFleetFollowsAMovedVMOnLab(t *testing.T) {
 		t.Logf("CredentialsValid: %s", cred.Message)
 	}
 	t.Logf("kubectl get meshvms:\n%s", getTable(t, rc, "vmns"))
+}
+
+// labVMs is the lab's machine provider, to reach its VMs.
+func labVMs(state string) *labmachine.Provider {
+	return labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), build.DefaultCacheDir())
+}
+
+// vmShell runs a shell command on a lab VM: its output, trimmed; an error
+// fails the test and lets it go on.
+func vmShell(t *testing.T, lab *labmachine.Provider) func(vm, cmd string) string {
+	return func(vm, cmd string) string {
+		t.Helper()
+		out, err := lab.Exec(context.Background(), vm, nil, "sh", "-c", cmd)
+		if err != nil {
+			t.Errorf("%s: %s: %v: %s", vm, cmd, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+}
+
+// getMeshVM is a MeshVM as the API server has it now (zero when absent).
+func getMeshVM(ctx context.Context, dc dynamic.Interface, ns, name string) v1alpha1.MeshVM {
+	var m v1alpha1.MeshVM
+	if u, err := dc.Resource(fleetmode.MeshVMs).Namespace(ns).Get(ctx, name, metav1.GetOptions{}); err == nil {
+		runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &m)
+	}
+	return m
 }
 
 // labClients are the clients of the lab cluster whose state is under state.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,7 +138,7 @@ func TestUpOnLab(t *testing.T) {
 		t.Errorf("doctor with the default ingress gateway in the way: %v\n%s", err, out)
 	}
 	clients.Kube.CoreV1().Services("istio-system").Delete(context.Background(), "istio-ingressgateway", metav1.DeleteOptions{})
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), labbuild.DefaultCacheDir())
+	lab := labVMs(state)
 	m, err := lab.Info(context.Background(), "e2e1")
 	if err != nil {
 		t.Fatal(err)

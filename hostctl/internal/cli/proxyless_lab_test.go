@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,7 +21,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	labbuild "github.com/meshvm/meshvm/lab/build"
-	labmachine "github.com/meshvm/meshvm/lab/labmachine"
 	"github.com/meshvm/meshvm/pkg/host/fleet"
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/mesh/mtlsprobe"
@@ -107,7 +104,7 @@ func proxylessOnLab(t *testing.T, ctx context.Context, work, state, serverCfg st
 	if !strings.Contains(out, "proxyless: pilot-agent runs without Envoy") {
 		t.Errorf("up does not say what a proxyless VM waits on:\n%s", out)
 	}
-	lab := labmachine.New(slog.New(slog.NewTextHandler(io.Discard, nil)), filepath.Join(state, "lab", "vms"), labbuild.DefaultCacheDir())
+	lab := labVMs(state)
 	sh := func(vm, cmd string) string {
 		out, err := lab.Exec(ctx, vm, nil, "sh", "-c", cmd)
 		if err != nil {
