@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/meshvm/meshvm/api/meshvm/v1alpha1"
+	"github.com/meshvm/meshvm/pkg/fleetstore"
 	"github.com/meshvm/meshvm/pkg/host/fleetmode"
 	"github.com/meshvm/meshvm/pkg/mesh/autoregsim"
 	"github.com/meshvm/meshvm/vmagent/agentsim"
@@ -45,6 +46,10 @@ func TestOnboardingWrites(t *testing.T) {
 	}
 	istiod := autoregsim.New(lc.istio, autoregsim.Options{Instance: "istiod-0"})
 	t.Cleanup(istiod.Close) // after the fleet's pilots
+	// The controller's own start (its Lease taken, the LeaderElection
+	// Event about it) is not a VM's onboarding: counted before the first.
+	waitLeader(t, lc)
+	requestsSettled(count)
 	names := []string{"declared", "applied"}
 	fleet := simFleet(t, lc, istiod, agentsim.Options{N: len(names), First: netip.MustParseAddr(freeLoopback(t)), Name: func(i int) string { return names[i] }})
 
@@ -81,8 +86,30 @@ func TestOnboardingWrites(t *testing.T) {
 				t.Errorf("%s: %d %s", vm.Name, n, k)
 			}
 		}
+		if n := after["POST events"] - before["POST events"]; n > 0 {
+			evs, _ := lc.kube.EventsV1().Events("").List(ctx, metav1.ListOptions{})
+			for _, e := range evs.Items {
+				t.Logf("Event on %s %s/%s: %s %s: %s", e.Regarding.Kind, e.Regarding.Namespace, e.Regarding.Name, e.Type, e.Reason, e.Note)
+			}
+		}
 	}
 	lc.stop()
+}
+
+// waitLeader waits until a controller holds the fleet's Lease.
+func waitLeader(t *testing.T, lc *labController) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		l, err := lc.kube.CoordinationV1().Leases(fleetstore.DefaultNamespace).Get(context.Background(), v1alpha1.ControllerLease, metav1.GetOptions{})
+		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no controller holds the Lease after a minute: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // simFleet starts simulated VMs (the real agent each) whose agents
