@@ -22,6 +22,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Component is one binary the lab needs.
@@ -115,6 +117,13 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	// Labs come up side by side (make test runs a lab test beside the
+	// rest): one builds, the others wait and find it cached.
+	unlock, err := lockBuild(res.Dir, o.Progress)
+	if err != nil {
+		return Result{}, err
+	}
+	defer unlock()
 	if _, err := os.Stat(filepath.Join(res.Dir, ".complete")); err == nil {
 		rebuilt, err := refreshOwn(ctx, o, res.Versions, res.Dir)
 		if err != nil {
@@ -155,6 +164,28 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	}
 	fmt.Fprintf(o.Progress, "lab control plane built in %s: %s\n", time.Since(start).Round(time.Second), res.Dir)
 	return res, nil
+}
+
+// lockBuild holds dir's build lock (dir.lock) across processes until
+// unlock, saying so when another process holds it: a first build takes
+// minutes, and a silent wait would look hung.
+func lockBuild(dir string, progress io.Writer) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock the lab's build cache: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+		fmt.Fprintf(progress, "another process is building the lab's control plane into %s: waiting for it\n", dir)
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // ErrNotBuilt reports binaries not in the cache yet.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -175,4 +176,61 @@ func TestKeyIsThePinsNotThePath(t *testing.T) {
 	if bumped == here {
 		t.Error("key unchanged after a pin changed")
 	}
+}
+
+// Two labs coming up at once build the control plane once: the second
+// waits, saying so, until the first is done.
+func TestBuildLockMakesTheSecondWait(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "bin-key")
+	unlock, err := lockBuild(dir, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var said syncBuffer
+	got := make(chan error, 1)
+	go func() {
+		unlock2, err := lockBuild(dir, &said)
+		if err == nil {
+			unlock2()
+		}
+		got <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(said.String(), "another process is building the lab's control plane into "+dir) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the second lock neither waited nor said so: %q", said.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-got:
+		t.Fatalf("the second lock was taken while the first was held (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	unlock()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second lock was not taken after the first was released")
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
