@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/meshvm/meshvm/pkg/host/filelock"
 )
 
 // Component is one binary the lab needs.
@@ -173,19 +173,9 @@ func lockBuild(dir string, progress io.Writer) (unlock func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock the lab's build cache: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+	return filelock.Hold(dir+".lock", 0o644, func() {
 		fmt.Fprintf(progress, "another process is building the lab's control plane into %s: waiting for it\n", dir)
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
-	}
-	return func() { f.Close() }, nil
+	})
 }
 
 // ErrNotBuilt reports binaries not in the cache yet.

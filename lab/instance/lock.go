@@ -5,7 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
+	"github.com/meshvm/meshvm/pkg/host/filelock"
 )
 
 // lock holds the claim directory's lock across processes: two labs coming
@@ -20,13 +20,5 @@ func lock() (unlock func(), err error) {
 // Lock holds an exclusive lock on the file path (made if missing) across
 // processes until unlock.
 func Lock(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
-	}
-	return func() { f.Close() }, nil
+	return filelock.Hold(path, 0o600, nil)
 }

@@ -28,6 +28,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/meshvm/meshvm/pkg/host/filelock"
 )
 
 // Suite and Packages define the cached root filesystem.
@@ -59,11 +61,24 @@ func RootfsWith(ctx context.Context, log *slog.Logger, cacheDir string, extra ..
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		return "", fmt.Errorf("debootstrap not found: apt-get install debootstrap")
 	}
-	tmp := dir + ".partial"
-	os.RemoveAll(tmp)
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return "", err
 	}
+	// Labs come up side by side: one makes the tree, the others wait and
+	// find it (a second debootstrap would remove the first's partial tree,
+	// and its rename the tree running VMs are overlays of).
+	unlock, err := filelock.Hold(dir+".lock", 0o644, func() {
+		log.Info("another process is making the lab VM root filesystem: waiting for it", "dir", dir)
+	})
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(filepath.Join(dir, ".meshvm-complete")); err == nil {
+		return dir, nil
+	}
+	tmp := dir + ".partial"
+	os.RemoveAll(tmp)
 	log.Info("building the lab VM root filesystem with debootstrap (cached afterwards)", "suite", Suite, "dir", dir)
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "debootstrap", "--variant=minbase", "--include="+strings.Join(packages, ","), Suite, tmp, Mirror)

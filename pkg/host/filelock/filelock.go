@@ -4,6 +4,7 @@
 package filelock
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -13,14 +14,33 @@ import (
 // Locked runs fn holding an exclusive lock on the file at path (created
 // if missing, with mode perm).
 func Locked(path string, perm os.FileMode, fn func() error) error {
+	unlock, err := Hold(path, perm, nil)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn()
+}
+
+// Hold takes an exclusive lock on the file at path (created if missing,
+// with mode perm) and keeps it until unlock. When another holder has it,
+// waiting (if not nil) is called once before blocking, so that a long
+// wait can be said rather than look hung.
+func Hold(path string, perm os.FileMode, waiting func()) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, perm)
 	if err != nil {
-		return fmt.Errorf("lock %s: %w", path, err)
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("lock %s: %w", path, err)
+	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		if waiting != nil {
+			waiting()
+		}
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
 	}
-	defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
-	return fn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }
