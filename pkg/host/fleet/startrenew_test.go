@@ -17,16 +17,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	istiometa "istio.io/api/meta/v1alpha1"
 	clientnetworking "istio.io/client-go/pkg/apis/networking/v1"
-	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/meshvm/meshvm/pkg/host/onboard"
 	"github.com/meshvm/meshvm/pkg/host/progress"
 	"github.com/meshvm/meshvm/pkg/machine"
 	"github.com/meshvm/meshvm/pkg/machine/machinetest"
+	"github.com/meshvm/meshvm/pkg/mesh/ownership"
 	"github.com/meshvm/meshvm/pkg/mesh/workload"
 	"github.com/meshvm/meshvm/pkg/reason"
 )
@@ -152,10 +150,15 @@ func TestRenewRotatesOnlyTheToken(t *testing.T) {
 	d := newDriveFixture(t)
 	r := d.r
 	r.machines = machinetest.New(d.vm.m)
-	r.clients.Kube.(*fake.Clientset).PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, k8sruntime.Object, error) {
-		return true, &authv1.TokenReview{Status: authv1.TokenReviewStatus{Authenticated: true}}, nil
-	})
 	ctx := testCtx(t)
+	// The tokens below are bound to vm1's Secret as the API server made it
+	// (its UID u1): a token is kept only while that Secret is the one.
+	secrets := r.clients.Kube.CoreV1().Secrets(r.spec.Namespace)
+	secrets.Delete(ctx, workload.CredentialName("vm1"), metav1.DeleteOptions{})
+	if _, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: workload.CredentialName("vm1"), Namespace: r.spec.Namespace, UID: "u1",
+		Labels: ownership.Labels(map[string]string{ownership.VMLabel: "vm1"})}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	var said []string
 	say := func(e progress.Event) { said = append(said, e.Message) }
 
