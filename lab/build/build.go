@@ -166,14 +166,14 @@ func Build(ctx context.Context, o Options) (Result, error) {
 	return res, nil
 }
 
-// lockBuild holds dir's build lock (dir.lock) across processes until
+// lockBuild holds dir's build lock (filelock.Beside) across processes until
 // unlock, saying so when another process holds it: a first build takes
 // minutes, and a silent wait would look hung.
 func lockBuild(dir string, progress io.Writer) (unlock func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return nil, err
 	}
-	return filelock.Hold(dir+".lock", 0o644, func() {
+	return filelock.Hold(filelock.Beside(dir), 0o644, func() {
 		fmt.Fprintf(progress, "another process is building the lab's control plane into %s: waiting for it\n", dir)
 	})
 }

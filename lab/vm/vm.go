@@ -67,7 +67,7 @@ func RootfsWith(ctx context.Context, log *slog.Logger, cacheDir string, extra ..
 	// Labs come up side by side: one makes the tree, the others wait and
 	// find it (a second debootstrap would remove the first's partial tree,
 	// and its rename the tree running VMs are overlays of).
-	unlock, err := filelock.Hold(dir+".lock", 0o644, func() {
+	unlock, err := filelock.Hold(filelock.Beside(dir), 0o644, func() {
 		log.Info("another process is making the lab VM root filesystem: waiting for it", "dir", dir)
 	})
 	if err != nil {

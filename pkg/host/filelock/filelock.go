@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,4 +44,10 @@ func Hold(path string, perm os.FileMode, waiting func()) (unlock func(), err err
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// Beside is the lock file of path: hidden beside it, so that what looks
+// for such paths by pattern (a cache's rootfs-*, bin-*) never finds it.
+func Beside(path string) string {
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lock")
 }
