@@ -136,7 +136,6 @@ func holderOf(n int) string {
 
 func claimPath(n int) string { return filepath.Join(ClaimDir, strconv.Itoa(n)) }
 
-// take records n in the claim directory and in dir, each atomically.
 // canonical is dir as a claim names it: absolute, its links resolved, so
 // a lab reached through a symlinked state directory (a second engineer's)
 // is the lab that claimed, not a new one taking another instance and
@@ -152,6 +151,7 @@ func canonical(dir string) (string, error) {
 	return dir, nil // not made yet
 }
 
+// take records n in the claim directory and in dir, each atomically.
 func take(n int, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err

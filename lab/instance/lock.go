@@ -14,11 +14,5 @@ func lock() (unlock func(), err error) {
 	if err := os.MkdirAll(ClaimDir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab instances: %w (the lab runs as root)", err)
 	}
-	return Lock(filepath.Join(ClaimDir, ".lock"))
-}
-
-// Lock holds an exclusive lock on the file path (made if missing) across
-// processes until unlock.
-func Lock(path string) (unlock func(), err error) {
-	return filelock.Hold(path, 0o600, nil)
+	return filelock.Hold(filepath.Join(ClaimDir, ".lock"), 0o600, nil)
 }

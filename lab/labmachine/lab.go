@@ -26,6 +26,7 @@ import (
 
 	"github.com/meshvm/meshvm/lab/instance"
 	labvm "github.com/meshvm/meshvm/lab/vm"
+	"github.com/meshvm/meshvm/pkg/host/filelock"
 	"github.com/meshvm/meshvm/pkg/machine"
 )
 
@@ -143,7 +144,7 @@ func (p *Provider) lockSlots() (unlock func(), err error) {
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
 		return nil, err
 	}
-	return instance.Lock(filepath.Join(p.dir, ".slots.lock"))
+	return filelock.Hold(filepath.Join(p.dir, ".slots.lock"), 0o600, nil)
 }
 
 func (p *Provider) freeSlot() (int, error) {
