@@ -367,14 +367,20 @@ func conditionIs(vm *v1alpha1.MeshVM, typ string, s metav1.ConditionStatus) bool
 
 func leaseHolder(t *testing.T, kube kubernetes.Interface, ns string) string {
 	t.Helper()
-	l, err := kube.CoordinationV1().Leases(ns).Get(context.Background(), v1alpha1.ControllerLease, metav1.GetOptions{})
+	h, err := holderOf(kube, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Spec.HolderIdentity == nil {
-		return ""
+	return h
+}
+
+// holderOf is who holds the controller's Lease in ns ("" when no one).
+func holderOf(kube kubernetes.Interface, ns string) (string, error) {
+	l, err := kube.CoordinationV1().Leases(ns).Get(context.Background(), v1alpha1.ControllerLease, metav1.GetOptions{})
+	if err != nil || l.Spec.HolderIdentity == nil {
+		return "", err
 	}
-	return *l.Spec.HolderIdentity
+	return *l.Spec.HolderIdentity, nil
 }
 
 // A VM onboarded by one replica keeps its identity when the leader is

@@ -101,8 +101,8 @@ func waitLeader(t *testing.T, lc *labController) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		l, err := lc.kube.CoordinationV1().Leases(fleetstore.DefaultNamespace).Get(context.Background(), v1alpha1.ControllerLease, metav1.GetOptions{})
-		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
+		h, err := holderOf(lc.kube, fleetstore.DefaultNamespace)
+		if h != "" {
 			return
 		}
 		if time.Now().After(deadline) {
